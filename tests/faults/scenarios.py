@@ -357,11 +357,20 @@ class Malformed(Scenario):
             if counted < n:
                 run.problem(f"{method}: {n} malformed calls, {counted:.0f} counted as "
                             "INVALID_ARGUMENT in grpc_server_handled_total")
-        await asyncio.sleep(0.5)  # access lines are flushed within 0.2 s
-        logged = Counter(str(e.get("method", "")).rsplit("/", 1)[-1]
-                         for e in log_events(run.env.log("orderd-1"))[self.log_from:]
-                         if e.get("event") == "rpc" and e.get("side") == "server"
-                         and e.get("code") == "INVALID_ARGUMENT")
+
+        def logged_now() -> Counter[str]:
+            return Counter(str(e.get("method", "")).rsplit("/", 1)[-1]
+                           for e in log_events(run.env.log("orderd-1"))[self.log_from:]
+                           if e.get("event") == "rpc" and e.get("side") == "server"
+                           and e.get("code") == "INVALID_ARGUMENT")
+
+        # access lines are flushed within 0.2 s: waited for until all are there (2 s)
+        give_up = time.monotonic() + 2.0
+        logged = logged_now()
+        while any(logged[m] < n for m, n in self.sent.items()) \
+                and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+            logged = logged_now()
         for method, n in self.sent.items():
             if logged[method] < n:
                 run.problem(f"{method}: {n} malformed calls, {logged[method]} in the "
