@@ -32,14 +32,13 @@ from meshkit.messaging._publisher import (
     MAX_CONTROL_LINE,
     MSG_ID_HEADER,
     check_nats_filter_subject,
-    check_nats_name,
     check_nats_subject,
     check_telemetry_fields,
     control_line_fits,
     max_payload,
     message_size,
 )
-from meshkit.messaging._stream import check_duration_s, check_jetstream
+from meshkit.messaging._stream import check_duration_s, check_jetstream, check_nats_name
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff

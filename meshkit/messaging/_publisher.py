@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from meshkit._config import check_bool, check_instance, check_int, check_number
 from meshkit.errors import ConfigError, MeshError
 from meshkit.messaging._identity import MessageSigner
-from meshkit.messaging._stream import check_jetstream
+from meshkit.messaging._stream import check_jetstream, check_nats_name
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff, BudgetOptions, RetryBudget
@@ -147,32 +147,6 @@ def control_line_fits(js: JetStreamContext, subject: str, size: int) -> bool:
 def max_payload(js: JetStreamContext) -> int:
     """The ``max_payload`` of ``js``'s connection (the server's, from its last ``INFO``)."""
     return int(js._nc.max_payload)
-
-
-#: The longest stream or consumer name JetStream takes, bytes.
-_MAX_NAME_BYTES = 255
-
-
-def check_nats_name(name: str, value: object) -> None:
-    """Check that ``value`` (the field ``name``) is a JetStream stream or consumer name:
-    a non-empty string of printable characters without spaces, dots, wildcards or path
-    separators (NATS' naming rules: "Spaces, tabs, period (.), greater than (>) or
-    asterisk (*) are prohibited. Path separators ... are prohibited"; a name is part of
-    the API's subjects and of the server's storage paths), of at most 255 bytes
-    (nats-server: "stream name is too long, maximum allowed is 255", the same for a
-    consumer's; about 4,000 would also push the API request's protocol line past the
-    server's ``max_control_line``, which closes the connection).
-
-    Raises:
-        ConfigError: any other value; ``name`` and the value quoted (a long one cut).
-    """
-    if (not isinstance(value, str) or not value or not value.isprintable()
-            or any(c in value for c in " .*>/\\")):
-        raise ConfigError(f"{name} must be a non-empty NATS name of printable characters "
-                          f"without spaces, dots, wildcards or slashes, got {value!r:.300}")
-    if len(value.encode()) > _MAX_NAME_BYTES:
-        raise ConfigError(f"{name} must be at most {_MAX_NAME_BYTES} bytes (JetStream's "
-                          f"limit), got {len(value.encode())}: {value[:64]!r}...")
 
 
 def check_nats_subject(name: str, value: object) -> None:

@@ -28,6 +28,32 @@ nats-py sends as ``int(seconds * 1e9)``. Infinity raises ``OverflowError`` in na
 a longer one is refused by the server (``cannot unmarshal ... of type time.Duration``)."""
 
 
+#: The longest stream or consumer name JetStream takes, bytes.
+_MAX_NAME_BYTES = 255
+
+
+def check_nats_name(name: str, value: object) -> None:
+    """Check that ``value`` (the field ``name``) is a JetStream stream or consumer name:
+    a non-empty string of printable characters without spaces, dots, wildcards or path
+    separators (NATS' naming rules: "Spaces, tabs, period (.), greater than (>) or
+    asterisk (*) are prohibited. Path separators ... are prohibited"; a name is part of
+    the API's subjects and of the server's storage paths), of at most 255 bytes
+    (nats-server: "stream name is too long, maximum allowed is 255", the same for a
+    consumer's; about 4,000 would also push the API request's protocol line past the
+    server's ``max_control_line``, which closes the connection).
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted (a long one cut).
+    """
+    if (not isinstance(value, str) or not value or not value.isprintable()
+            or any(c in value for c in " .*>/\\")):
+        raise ConfigError(f"{name} must be a non-empty NATS name of printable characters "
+                          f"without spaces, dots, wildcards or slashes, got {value!r:.300}")
+    if len(value.encode()) > _MAX_NAME_BYTES:
+        raise ConfigError(f"{name} must be at most {_MAX_NAME_BYTES} bytes (JetStream's "
+                          f"limit), got {len(value.encode())}: {value[:64]!r}...")
+
+
 def check_jetstream(js: object) -> None:
     """Check that ``js`` is a JetStream context (``nc.jetstream()``), not the connection
     ``nc`` itself or anything else: given ``nc``, a publisher, consumer or stream set-up
@@ -83,7 +109,9 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
 
     Raises:
         ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``: pass
-            ``nc.jetstream()``), no subjects, ``subjects`` one string (or bytes) or holding
+            ``nc.jetstream()``), a ``name`` JetStream cannot take (see
+            :func:`check_nats_name`: empty, a space, dot, wildcard or slash, over 255
+            bytes), no subjects, ``subjects`` one string (or bytes) or holding
             something else than strings, a window or ``max_age_s`` <= 0, infinite or
             longer than 9223372036 s, or a window longer than ``max_age_s`` (values
             quoted);
@@ -93,6 +121,7 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
             update); other ``nats.errors.Error`` for the connection.
     """
     check_jetstream(js)
+    check_nats_name("name", name)
     # one string would be taken character by character: a stream capturing "s", "h"...
     wanted = list(check_strings("subjects", subjects))
     if not wanted:
