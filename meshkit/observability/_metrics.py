@@ -533,7 +533,9 @@ class RpcMetrics:
         """The client-side record of one method (the same one for the same labels); once
         the registry has :data:`MAX_CLIENT_METHODS` records, a method not among them is
         counted in the record of its ``grpc_type`` labelled :data:`OTHER_METHOD` (a
-        generic proxy calls the method names its own callers send)."""
+        generic proxy calls the method names its own callers send), and so is one whose
+        name cannot be written in UTF-8 (a lone surrogate: no exposition could carry
+        it, and every scrape of the registry would fail)."""
         return self._bind(self.clients, BoundClient, names, MAX_CLIENT_METHODS)
 
     def _bind(self, records: dict[tuple[str, str, str], _R], record: type[_R],
@@ -543,7 +545,7 @@ class RpcMetrics:
         labels = (names.grpc_type, names.service, names.name)
         rec = records.get(labels)
         if rec is None:
-            if len(records) >= limit:
+            if len(records) >= limit or not _encodable(labels):
                 return self._other(records, record, names.grpc_type)
             rec = records[labels] = record(labels, self.buckets_s)
         return rec
@@ -556,6 +558,18 @@ class RpcMetrics:
         if rec is None:
             rec = records[labels] = record(labels, self.buckets_s)
         return rec
+
+
+def _encodable(labels: tuple[str, ...]) -> bool:
+    """Whether every label value can be written in an exposition (UTF-8): a lone
+    surrogate (a method name decoded with ``surrogateescape``, which grpc then refuses to
+    send) would make every later scrape of the registry fail with
+    ``UnicodeEncodeError``."""
+    try:
+        "".join(labels).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _checked_buckets(buckets_s: Iterable[float]) -> tuple[float, ...]:
