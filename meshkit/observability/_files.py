@@ -140,16 +140,18 @@ def _to_dict(span: ReadableSpan) -> dict[str, Any]:
 
 def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
     """Read spans written by :class:`JsonLinesSpanExporter` from every file in ``paths``
-    (missing files and malformed lines are skipped: a line that is not JSON or nested too
-    deep to parse, lacks a field, or has one of the wrong type, such as a ``start_ns``
-    that is not an integer or ``attributes`` that are not an object)."""
+    (missing files and malformed lines are skipped: a line that is not UTF-8, not JSON or
+    nested too deep to parse, lacks a field, or has one of the wrong type, such as a
+    ``start_ns`` that is not an integer or ``attributes`` that are not an object)."""
     spans: list[ReadableSpan] = []
     for path in paths:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            data = Path(path).read_bytes()
         except OSError:
             continue
-        for line in text.splitlines():
+        # line by line as bytes: a line that is not UTF-8 fails its own json.loads
+        # (UnicodeDecodeError, a ValueError), not the whole file's decoding
+        for line in data.splitlines():
             try:
                 spans.append(_from_dict(json.loads(line)))
             except (ValueError, KeyError, TypeError, RecursionError):  # nested too deep

@@ -123,3 +123,21 @@ def test_a_child_forked_while_a_thread_exports_can_export(tmp_path: Path) -> Non
     assert done.stdout.strip() == "HUNG 0", (done.stdout, done.stderr[-2000:])
     names = {s.name for s in load_spans([path])}
     assert {f"child {k}" for k in range(6)} <= names
+
+
+def test_load_spans_skips_a_line_that_is_not_utf8(tmp_path: Path) -> None:
+    """A line holding bytes that are not UTF-8 (a corrupted file, another program's
+    output appended) is skipped as a malformed line is: the other spans of that file and
+    of the other files are read (before, UnicodeDecodeError lost them all)."""
+    good, other = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    provider = _provider(good)
+    with provider.get_tracer("t").start_as_current_span("kept"):
+        pass
+    provider.shutdown()
+    with good.open("ab") as f:
+        f.write(b"\xff\xfe not a span\n")
+    provider = _provider(other)
+    with provider.get_tracer("t").start_as_current_span("other file"):
+        pass
+    provider.shutdown()
+    assert sorted(s.name for s in load_spans([good, other])) == ["kept", "other file"]
