@@ -20,10 +20,9 @@ if TYPE_CHECKING:
     from meshkit.discovery import Instance, Registry
 
 __all__ = ["REGISTRY_READS_AT_ONCE", "SERVICE_NAME", "StdoutWriteError",
-           "add_registry_argument", "discover",
-           "failing_instances", "open_registry", "positive_seconds", "printable",
-           "quiet_grpc_core", "quiet_logging", "read_services", "service_name",
-           "service_names"]
+           "add_registry_argument", "discover", "failing_instances", "open_registry",
+           "positive_number", "positive_seconds", "printable", "quiet_grpc_core",
+           "quiet_logging", "read_services", "service_name", "service_names"]
 
 _T = TypeVar("_T")
 
@@ -98,22 +97,31 @@ def add_registry_argument(parser: argparse.ArgumentParser) -> None:
                         metavar="URI", help=REGISTRY_HELP)
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse ``type`` for a duration option: a positive finite number of seconds
-    (``inf``, ``nan``, zero and negatives are refused: asyncio and grpc take them for no
-    bound, an overflow or an expired deadline).
+def positive_number(unit: str) -> Callable[[str], float]:
+    """An argparse ``type`` for an option in ``unit`` (``"seconds"``, ``"days"``,
+    ``"hours"``): a positive finite number (``inf``, ``nan``, zero and negatives are
+    refused: asyncio and grpc take them for no bound, an overflow or an expired deadline;
+    a certificate's validity of zero days is none).
 
     Raises:
         argparse.ArgumentTypeError: anything else (argparse prints it, quoted, and exits 2).
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f"must be a positive finite number of seconds, got {text!r}")
-    return value
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(
+                f"must be a positive finite number of {unit}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_seconds = positive_number("seconds")
+"""An argparse ``type`` for a duration option in seconds (:func:`positive_number`)."""
 
 
 #: ``GRPC_VERBOSITY`` a command runs grpc core with when the user sets neither it nor

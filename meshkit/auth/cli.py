@@ -25,10 +25,10 @@ Exit codes: 0 done, 1 refused or failed (message on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from collections.abc import Callable
+
+from meshkit._cli._common import positive_number
 
 __all__ = ["main"]
 
@@ -42,30 +42,6 @@ def _default_dir() -> str:
     return os.environ.get("MESHKIT_CERT_DIR") or "certs"
 
 
-def _positive(unit: str) -> Callable[[str], float]:
-    """An argparse ``type`` for a validity in ``unit`` (``"days"``, ``"hours"``): a
-    positive finite number (NaN, infinities, zero and negatives refused; how far a
-    validity may reach, before the year 9999 or the CA's end, is the certificate
-    functions' check, exit 1).
-
-    Raises:
-        argparse.ArgumentTypeError: anything else (argparse prints it, quoted, and
-            exits 2).
-    """
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(
-                f"must be a positive finite number of {unit}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshkit certs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create the mesh CA (ca.pem, ca.key)")
     init.add_argument("--dir", default=_default_dir())
     init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
-    init.add_argument("--ttl-days", type=_positive("days"), default=365.0,
+    init.add_argument("--ttl-days", type=positive_number("days"), default=365.0,
                       help="validity of the CA, days (default 365)")
     init.add_argument("--permit-dns", action="append", default=None,
                       help="DNS subtree the CA may certify besides svc.<td> "
@@ -82,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     issue = sub.add_parser("issue", help="issue <service>.pem / <service>.key")
     issue.add_argument("service")
     issue.add_argument("--dir", default=_default_dir())
-    issue.add_argument("--ttl-h", type=_positive("hours"), default=24.0,
+    issue.add_argument("--ttl-h", type=positive_number("hours"), default=24.0,
                        help="validity of the certificate, hours (default 24)")
     issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
     issue.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
