@@ -41,6 +41,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from meshkit._fork import reset_in_forked_child
 from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
 from meshkit.observability._live import ended_since, final_stats, last_ended, tracked
@@ -201,6 +202,8 @@ def publish_certificate(server: Any, service: str, not_before_unix_s: float,
 
 
 _published = itertools.count(1)  # the order of publication (next() is atomic in CPython)
+# the collectors whose locks a forked child makes again (_Certificates, MeshCollector)
+_locked: weakref.WeakSet[Any] = reset_in_forked_child(object)
 
 _CERTIFICATE_DOCS = {
     "expiry": ("meshkit_certificate_expiry_timestamp_seconds",
@@ -219,11 +222,17 @@ class _Certificates:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        _locked.add(self)  # a lock of its own in a forked child (_forget_parent)
         # service -> (publication number, notBefore or None, notAfter), by hand
         self.set: dict[str, tuple[int, float | None, float]] = {}
         # server -> (service, publication number, notBefore, notAfter)
         self.servers: weakref.WeakKeyDictionary[Any, tuple[str, int, float, float]] = (
             weakref.WeakKeyDictionary())
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()``: a new lock (a scrape in another thread of
+        the parent may have held this one at the fork, and would never release it)."""
+        self.lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
         """No fixed description (what is published changes; the names never clash)."""
@@ -940,6 +949,7 @@ class MeshCollector:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # scrapes may run in several threads
+        _locked.add(self)  # a lock of its own in a forked child (_forget_parent)
         # every channel/server this collector saw live: its counter samples at the last
         # scrape (keyed by a weak reference: a collected one is retired with them)
         self._last: dict[weakref.ref[Any],
@@ -951,6 +961,12 @@ class MeshCollector:
         # the number of the latest final stats() retired (observability.ended_since):
         # those recorded before this collector was made are not its business
         self._ended_seq = last_ended()
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()``: a new lock (a scrape in another thread of
+        the parent may have held this one at the fork; the child's first scrape, run on
+        its event loop, would block that loop for ever)."""
+        self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
         """No fixed description: the families depend on what is live at scrape time."""
