@@ -8,13 +8,16 @@ one process would draw the same "random" delays), and the balancers (their picks
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import stat
 import weakref
-from typing import Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["ForgetsParent", "ForkSafeRandom", "reset_in_forked_child"]
+__all__ = ["ForgetsParent", "ForkSafeRandom", "name_dev_null", "reset_in_forked_child"]
 
 _log = logging.getLogger("meshkit.fork")
 
@@ -78,3 +81,32 @@ class ForkSafeRandom(random.Random):
 
 
 _randoms = reset_in_forked_child(ForkSafeRandom)
+
+
+def name_dev_null(sockets: Iterable[Any]) -> None:
+    """In a forked child: make the child's copies of the descriptors of ``sockets`` (the
+    parent's connections: objects with ``fileno()``, ``-1`` for a closed one) name
+    ``/dev/null`` (``os.dup2``, non-inheritable), so the child holds none of the parent's
+    connections open, while the parent's socket and its registration in the epoll
+    instance the two processes share stay as they were (a registration goes only when
+    every descriptor of its open file is closed). A later close of the number in the
+    child closes ``/dev/null``: a transport closed or collected there asks the shared
+    epoll instance to remove it, which it refuses (EPERM; asyncio's and uvloop's
+    selectors ignore that), and a byte written there (TLS ``close_notify``) fails
+    (ENOTSOCK) instead of reaching the parent's stream. A descriptor that is no socket
+    is left alone; no ``OSError`` is raised. Used for the registries' aiohttp sessions
+    and the rate limiter's Redis connections."""
+    fds = {fd for sock in sockets if (fd := sock.fileno()) >= 0}  # -1: closed
+    if not fds:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +27,7 @@ from typing import TypeVar
 import aiohttp
 import aiohttp.abc
 
-from meshkit._fork import reset_in_forked_child
+from meshkit._fork import name_dev_null, reset_in_forked_child
 
 __all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "abandon_session",
            "cancelled_by_close", "close_per_loop", "drop_inherited_sockets",
@@ -137,21 +135,7 @@ def drop_inherited_sockets(sessions: Iterable[aiohttp.ClientSession]) -> None:
         sessions: the parent's sessions, as the child's copy of the registry holds them
             (closed ones, with no connector, are skipped).
     """
-    fds = {fd for session in sessions for sock in session_sockets(session)
-           if (fd := sock.fileno()) >= 0}  # -1: closed
-    if not fds:
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return
-    try:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                    os.dup2(null, fd, inheritable=False)
-    finally:
-        os.close(null)
+    name_dev_null(sock for session in sessions for sock in session_sockets(session))
 
 
 def session_sockets(session: aiohttp.ClientSession) -> list[socket.socket]:

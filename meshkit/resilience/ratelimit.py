@@ -144,15 +144,13 @@ import importlib.metadata
 import importlib.util
 import inspect
 import math
-import os
 import re
-import stat
 import sys
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import CodeType, FunctionType, SimpleNamespace
 from typing import Any, Literal, Protocol, cast
@@ -175,7 +173,7 @@ from limits.util import WindowStats
 
 from meshkit._config import CONSUMED_HEADERS, check_int, check_number, check_seconds
 from meshkit._fields import FrozenMap
-from meshkit._fork import reset_in_forked_child
+from meshkit._fork import name_dev_null, reset_in_forked_child
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
@@ -1212,31 +1210,6 @@ _inherited_connections: list[list[Any]] = []
 that none is closed through the event loop the two processes share)."""
 
 
-def _name_dev_null(sockets: Iterable[Any]) -> None:
-    """In a forked child: make the child's copies of the descriptors of ``sockets`` (the
-    parent's) name ``/dev/null`` (``os.dup2``, non-inheritable), so the child holds none
-    of the parent's connections open, while the parent's socket and its registration in
-    the shared epoll instance stay as they were (a registration goes only when every
-    descriptor of its open file is closed); a later close of the number in the child
-    closes ``/dev/null``. A descriptor that is no socket is left alone; no ``OSError``
-    is raised. (What :func:`meshkit.discovery._resolver.drop_inherited_sockets` does for
-    the registries' aiohttp sessions.)"""
-    fds = {fd for sock in sockets if (fd := sock.fileno()) >= 0}
-    if not fds:
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return
-    try:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                    os.dup2(null, fd, inheritable=False)
-    finally:
-        os.close(null)
-
-
 def _import_drivers(cls: type[Any]) -> None:
     """Import the installed drivers of a ``limits`` storage class (its ``DEPENDENCIES``)
     before it is built. ``limits`` imports them lazily and takes one as imported once it
@@ -1649,7 +1622,7 @@ class StorageLimiter:
         the parent, which then never read that connection again (its next hit waited
         ``storage_timeout_s`` out: a storage failure, in every worker's parent). Here
         the child's copies of those sockets are made to name ``/dev/null`` instead (as
-        the registries' children do, :func:`_name_dev_null`), the connections are kept
+        the registries' children do, :func:`~meshkit._fork.name_dev_null`), the connections are kept
         referenced (never closed nor collected through asyncio here), and the pool
         starts empty, owned by the child. Other storages are left as they are."""
         self._let_go_of_connections()
@@ -1668,7 +1641,7 @@ class StorageLimiter:
     def _let_go_of_connections(self) -> None:
         """Empty the Redis driver's pool without closing its connections through asyncio
         (their loop may be closed, or shared with a parent process): their sockets are
-        made to name ``/dev/null`` (:func:`_name_dev_null`) and the connections kept
+        made to name ``/dev/null`` (:func:`~meshkit._fork.name_dev_null`) and the connections kept
         referenced. Other storages are left as they are."""
         client = getattr(getattr(self._storage, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)
@@ -1680,7 +1653,7 @@ class StorageLimiter:
         connections = [*held, *in_use]
         if connections:
             _inherited_connections.append(connections)
-            _name_dev_null(sock for conn in connections
+            name_dev_null(sock for conn in connections
                            if (transport := getattr(conn, "_transport", None)) is not None
                            and (sock := transport.get_extra_info("socket")) is not None)
         pool.reset()
