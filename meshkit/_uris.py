@@ -10,7 +10,7 @@ import re
 import urllib.parse
 from collections.abc import Collection
 
-__all__ = ["hide_userinfo", "mask_query", "split_userinfo"]
+__all__ = ["hide_userinfo", "mask_query", "shown_value", "split_userinfo"]
 
 
 def split_userinfo(uri: str) -> tuple[str, str, str]:
@@ -68,6 +68,15 @@ def mask_query(rest: str, known: Collection[str] = ()) -> str:
             pieces.append(f"{key}=***" if masked else piece)
         query = "".join(pieces)
     return f"{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+
+
+def shown_value(value: str) -> str:
+    """An option value of a URI's query quoted for an error (``repr``), or ``'***'`` when
+    it holds ``&``, ``;``, ``=`` or ``?``: never an option's value, but a second pair run
+    into it (``?ttl_s=5;password=pw``, which ``urllib.parse`` reads as ``ttl_s``'s value
+    ``5;password=pw``), whose secret must not reach a log, as :func:`mask_query` masks it
+    in the URI shown beside it."""
+    return "'***'" if _RUN_IN.search(value) else repr(value)
 
 
 _SEPARATORS = re.compile(r"([&;])")

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from meshkit._config import check_seconds
-from meshkit._uris import _RUN_IN, mask_query, split_userinfo
+from meshkit._uris import mask_query, shown_value, split_userinfo
 from meshkit.errors import ConfigError
 
 __all__ = [
@@ -222,27 +222,19 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
             try:
                 out[key] = float(value)
             except ValueError:
-                raise ConfigError(f"{key} must be a number, got {_shown(value)} "
+                raise ConfigError(f"{key} must be a number, got {shown_value(value)} "
                                   f"(in {where})") from None
         elif key in bools:
             try:
                 out[key] = parse_bool(key, value)
             except ConfigError:
                 raise ConfigError(f"{key} must be a boolean (true/false), got "
-                                  f"{_shown(value)} (in {where})") from None
+                                  f"{shown_value(value)} (in {where})") from None
         elif key in strs:
             out[key] = value
         else:
             raise ConfigError(f"unknown option {key!r} in {where}")
     return out
-
-
-def _shown(value: str) -> str:
-    """``value`` quoted for an error, or ``'***'`` when it holds ``&``, ``;``, ``=`` or
-    ``?``: never an option's value, but a second pair run into it (``ttl_s=5;password=pw``,
-    which ``urllib.parse`` reads as ttl_s's value), whose secret must not reach a log (as
-    :func:`meshkit._uris.mask_query` masks the URI itself)."""
-    return "'***'" if _RUN_IN.search(value) else repr(value)
 
 
 def options_with(cls: type[_T], kwargs: dict[str, Any], overrides: Mapping[str, Any]) -> _T:

@@ -30,7 +30,7 @@ from limits.aio.storage import Storage as AsyncStorage
 from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
 from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher
-from meshkit._uris import hide_userinfo, mask_query, split_userinfo
+from meshkit._uris import hide_userinfo, mask_query, shown_value, split_userinfo
 from meshkit.errors import ConfigError
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
@@ -377,7 +377,7 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     options = {name: values[0] for name, values in urllib.parse.parse_qs(query).items()}
 
     def refuse(name: str, value: str, rule: str) -> ConfigError:
-        return ConfigError(f"storage_uri {shown!r}: {name}={value!r} {rule}")
+        return ConfigError(f"storage_uri {shown!r}: {name}={shown_value(value)} {rule}")
 
     def number(name: str, low: float, *, above: bool) -> None:
         value = options.get(name)
