@@ -797,6 +797,30 @@ class _MethodPlan:
         out = serialize_message(self.method, ser, request)
         return out if self.sends_wire else request
 
+    def on_method(self, conn: Any, method: str) -> Any:
+        """:meth:`on` for a call a per-call interceptor sent to ``method`` (it changed
+        ``ClientCallDetails.method``, as a grpc.aio interceptor's
+        ``client_call_details._replace(method=...)`` does): a multicallable of ``method``
+        with this method's codecs, made for the call and not cached (a caller-chosen name
+        would grow the connection's cache for good).
+
+        Raises:
+            TypeError: ``method`` is not a ``str`` (grpc.aio's multicallables take the
+                method as ``str``); the call fails with it, nothing is sent.
+        """
+        if method == self.method:
+            return self.on(conn)
+        if type(method) is not str:
+            raise TypeError(f"ClientCallDetails.method must be a str like "
+                            f"'/package.Service/Method', got {method!r}")
+        factory = getattr(conn.channel, self.kind.value)
+        ser, deser = self.codecs()
+        mc = factory(method, request_serializer=ser, response_deserializer=deser,
+                     _registered_method=grpc_observability_active())
+        if self.kind is CallKind.UNARY_UNARY:
+            mc = inline_unary_unary(mc)
+        return mc
+
     def on(self, conn: Any) -> Any:
         """The sub-channel multicallable of this method on an endpoint's connection
         (a registered method only under a grpc observability plugin: see
@@ -985,8 +1009,11 @@ class MeshChannel(grpc.aio.Channel):
                 raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
-        start = details.codec.on(self._conns[ep.key])
+        plan = details.codec
         try:
+            # an interceptor may have sent the call to another method (ClientCallDetails)
+            start = (plan.on(self._conns[ep.key]) if details.method is plan.method
+                     else plan.on_method(self._conns[ep.key], details.method))
             call = start(
                 request,
                 timeout=timeout,
