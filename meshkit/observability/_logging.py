@@ -1100,13 +1100,17 @@ def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any])
     """One captured access-log record as its JSON line (see :class:`_AccessWriter`):
     ``(time, level, event, build or fields, args or None, context or None, span context
     or None)``; an :class:`AccessEvent`'s own :meth:`~AccessEvent.line` when nothing was
-    bound with structlog context variables and orjson is installed. The bound context
+    bound with structlog context variables and orjson is installed (the generic way when
+    that raises: a string orjson refuses, a lone surrogate). The bound context
     variables lead the line, credential-named ones redacted (:func:`redact_secrets`); the
     fields, fixed by meshkit, are written as they are."""
     ts, level, event, fields, args, ctx, sc = record
     if args is not None:
         if ctx is None and _orjson is not None and isinstance(fields, AccessEvent):
-            line = fields.line(args, level, ts, sc)
+            try:
+                line = fields.line(args, level, ts, sc)
+            except Exception:  # e.g. orjson refuses a string (a lone surrogate): below,
+                line = None  # json.dumps escapes it, and the line keeps its fields
             if line is not None:
                 return line
         fields = fields(*args)
