@@ -486,14 +486,19 @@ async def test_the_ttl_check_of_a_busy_process_survives_a_reconnect_by_host_name
                 await until(lambda: not any(t.is_alive() for t in threads),
                             what="the lookup threads to end after close()")
 
-    statuses, passes, _ = await run(loaded=False)
-    assert "critical" not in statuses and passes >= 3, (statuses, passes)  # reconnect alone
-    statuses, passes, names = await run(loaded=True)
+    # the control and the loaded run side by side (each its own agent and registry), as
+    # each mostly waits for its passes for up to 2 * ttl_s + 1: jobs blocking the loop's
+    # default executor would hold up both runs' name lookups, so the loaded run is judged
+    # first
+    (c_statuses, c_passes, _), (statuses, passes, names) = await asyncio.gather(
+        run(loaded=False), run(loaded=True))
     assert "critical" not in statuses and passes >= 3, (
         f"the TTL check of a live, busy process went critical ({statuses}, {passes} "
         "passes through) after a reconnect: its heartbeats' name lookup waited behind the "
-        "default executor's blocking jobs")
+        "default executor's blocking jobs (the control without load beside it: "
+        f"{c_statuses}, {c_passes} passes)")
     assert names and all(n.startswith("meshkit-consul-dns") for n in names), names
+    assert "critical" not in c_statuses and c_passes >= 3, (c_statuses, c_passes)  # alone
 
 
 async def test_an_ip_address_agent_starts_no_lookup_thread(
