@@ -722,16 +722,20 @@ class _LastResort(logging.Handler):
     with ``level`` and ``timestamp`` under ``json=True``, instead of their bare message
     text. An application's own handlers (``logging.basicConfig`` before or after) take
     precedence as ever: the standard library uses this handler only while none is
-    configured. A record logged again from within (structlog configured later to hand
-    its lines to the standard library) goes to the handler this one replaced."""
+    configured. Once structlog is configured again (by the application: its own
+    destination, maybe stdout, or lines handed to the standard library), and for a record
+    logged again from within, the handler this one replaced takes the record, as before
+    :func:`configure_logging` (its message on standard error)."""
 
-    def __init__(self, previous: logging.Handler | None) -> None:
+    def __init__(self, previous: logging.Handler | None, config: tuple[Any, ...]) -> None:
         super().__init__(logging.WARNING)
         self.previous = previous
+        #: the structlog configuration (_structlog_config()) records are logged through
+        self.config = config
         self._inside = threading.local()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(self._inside, "on", False):
+        if getattr(self._inside, "on", False) or not _same_config(self.config):
             if self.previous is not None:
                 self.previous.handle(record)
             return
@@ -754,17 +758,19 @@ _RECORD_METHODS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING
                    logging.ERROR: "error", logging.CRITICAL: "critical"}
 
 
-def _bridge_last_resort() -> None:
-    """Make ``logging.lastResort`` a :class:`_LastResort`, unless the application set its
-    own (or ``None``, for silence): it replaces the standard library's own, or the one an
-    earlier :func:`configure_logging` installed."""
+def _bridge_last_resort(config: tuple[Any, ...]) -> None:
+    """Make ``logging.lastResort`` a :class:`_LastResort` logging through ``config``
+    (:func:`configure_logging`'s structlog configuration), unless the application set
+    its own (or ``None``, for silence): it replaces the standard library's own, or takes
+    the configuration for the one an earlier :func:`configure_logging` installed."""
     current = logging.lastResort
     if isinstance(current, _LastResort):
+        current.config = config
         return
     stock = getattr(logging, "_StderrHandler", None)  # the standard library's own
     if current is None or stock is None or type(current) is not stock:  # the app's choice
         return
-    logging.lastResort = _LastResort(current)
+    logging.lastResort = _LastResort(current, config)
 
 
 class _StdlibAccess:
@@ -1239,8 +1245,9 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
     Records of the standard library's ``logging`` at ``WARNING`` or above that no handler
     takes (the application configured none: they would go to ``logging.lastResort`` as
     bare message text) are logged through this configuration too, with ``logger`` naming
-    their logger (OpenTelemetry's propagators and exporters, ``meshkit.fork``); handlers
-    the application configures, before or after, take them as ever.
+    their logger (OpenTelemetry's propagators and exporters, ``meshkit.fork``), while
+    structlog's configuration is this one; handlers the application configures, before
+    or after, take them as ever.
 
     Until this is called (and unless the application configured structlog itself) meshkit
     writes nothing to stdout: its loggers go through the standard library's ``logging``
@@ -1347,4 +1354,4 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
             cache_logger_on_first_use=True,
         )
     _AccessLog.built = (_AccessLog.logger, writer)
-    _bridge_last_resort()
+    _bridge_last_resort(config)
