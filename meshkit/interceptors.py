@@ -138,7 +138,13 @@ class ClientInterceptor:
     ``intercept_unary`` runs for unary-response calls (unary-unary and stream-unary; for
     stream-unary ``request`` is the request iterator). ``intercept_stream`` runs when a
     streaming-response call is opened (unary-stream and stream-stream) and returns the call
-    object to iterate. Both default to passing the call straight through. Raise a
+    object to iterate: the one ``proceed`` returned, another ``grpc.aio.Call``, or an
+    async iterator over its responses (an async generator transforming them), as a
+    grpc.aio response-streaming interceptor may: the caller then reads the iterator's
+    messages (``async for`` and ``read()``) while status, metadata, ``cancel()`` and
+    ``write()`` are those of the call ``proceed`` last returned. Anything else (``None``:
+    a forgotten ``return``) fails the call with ``TypeError`` and cancels that call.
+    Both default to passing the call straight through. Raise a
     ``grpc.aio.AioRpcError`` (e.g. :class:`meshkit.errors.MeshRpcError`) to fail a call
     with a given status.
     """
@@ -165,10 +171,19 @@ def chain_unary(interceptors: Sequence[ClientInterceptor], inner: UnaryProceed) 
 
 
 def chain_stream(interceptors: Sequence[ClientInterceptor], inner: StreamProceed) -> StreamProceed:
-    """Fold ``interceptors`` (first = outermost) around ``inner`` once, at dial time."""
+    """Fold ``interceptors`` (first = outermost) around ``inner`` once, at dial time.
+
+    An interceptor of the application's own that overrides ``intercept_stream`` has its
+    result checked (:func:`_bind_checked_stream`); meshkit's own, and one that does not
+    override it, run as they are."""
     fn = inner
     for icpt in reversed(interceptors):
-        fn = _bind_stream(icpt, fn)
+        cls = type(icpt)
+        own = cls.__module__.startswith("meshkit.")
+        if own or cls.intercept_stream is ClientInterceptor.intercept_stream:
+            fn = _bind_stream(icpt, fn)
+        else:
+            fn = _bind_checked_stream(icpt, fn)
     return fn
 
 
@@ -188,3 +203,68 @@ def _bind_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamProceed:
         return method(details, request, nxt)
 
     return run
+
+
+def _bind_checked_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamProceed:
+    """:func:`_bind_stream` for an application's interceptor: an async iterator it returns
+    in place of a call is wrapped (:class:`_IteratedCall`) over the call its ``proceed``
+    last returned, as grpc.aio's ``InterceptedUnaryStreamCall`` does; another result is a
+    ``TypeError``, the opened call cancelled. Costs a coroutine for ``proceed`` per
+    streaming call through such an interceptor (none for other interceptors)."""
+    method = icpt.intercept_stream
+
+    async def run(details: ClientCallDetails, request: Any) -> Any:
+        opened: list[Any] = []
+
+        async def proceed(details: ClientCallDetails, request: Any) -> Any:
+            call = await nxt(details, request)
+            opened.append(call)
+            return call
+
+        result = await method(details, request, proceed)
+        if opened and result is opened[-1]:
+            return result
+        if hasattr(result, "add_done_callback"):  # another call (grpc.aio's, meshkit's)
+            return result
+        if opened and hasattr(result, "__aiter__"):
+            return _IteratedCall(opened[-1], result)
+        for call in opened:
+            call.cancel()
+        raise TypeError(
+            f"{type(icpt).__qualname__}.intercept_stream returned {result!r:.100}: it must "
+            "return the call proceed() returned, another grpc.aio call, or an async "
+            "iterator over the call's responses")
+
+    return run
+
+
+class _IteratedCall:
+    """A streaming call whose messages come from ``responses`` (an async iterator an
+    interceptor returned) and whose everything else (status, metadata, ``cancel()``,
+    ``write()``, done callbacks) is ``call``'s: grpc.aio's
+    ``UnaryStreamCallResponseIterator``/``StreamStreamCallResponseIterator``. ``read()``
+    takes the next message of the same iterator ``async for`` uses (``grpc.aio.EOF`` at
+    its end), as grpc.aio's intercepted call reads through its response iterator."""
+
+    __slots__ = ("_call", "_iterator", "_responses")
+
+    def __init__(self, call: Any, responses: Any) -> None:
+        self._call = call
+        self._responses = responses
+        self._iterator: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __aiter__(self) -> Any:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._iterator = self._responses.__aiter__()
+        return iterator
+
+    async def read(self) -> Any:
+        """The next response, or ``grpc.aio.EOF`` once the iterator has ended."""
+        try:
+            return await self.__aiter__().__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
