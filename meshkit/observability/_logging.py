@@ -758,6 +758,29 @@ _RECORD_METHODS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING
                    logging.ERROR: "error", logging.CRITICAL: "critical"}
 
 
+def _append_to_regular_file(stream: TextIO | None) -> None:
+    """Set ``O_APPEND`` on ``stream``'s descriptor when it is a regular file opened
+    without it (``prog 2> app.log``, systemd's ``StandardError=file:``): logrotate's
+    ``copytruncate`` empties such a file in place, and the next line written at the
+    descriptor's old offset would leave that many NUL bytes before it (a hole a log
+    reader shows as garbage); appending, it starts the emptied file. Nothing for pipes,
+    terminals, sockets, a stream with no descriptor, or where ``fcntl`` is missing."""
+    try:
+        import fcntl
+        import stat
+
+        if stream is None:
+            return
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if not flags & os.O_APPEND:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)
+    except (ImportError, AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return
+
+
 def _bridge_last_resort(config: tuple[Any, ...]) -> None:
     """Make ``logging.lastResort`` a :class:`_LastResort` logging through ``config``
     (:func:`configure_logging`'s structlog configuration), unless the application set
@@ -1242,6 +1265,11 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
     JSON one from the batch it writes next (its pending lines included; checked once per
     batch, nothing per call), the console one from its next line.
 
+    When stderr is a regular file opened without ``O_APPEND`` (``prog 2> app.log``,
+    systemd's ``StandardError=file:``) it is set, so that after logrotate's
+    ``copytruncate`` lines start the emptied file instead of following a hole of NUL
+    bytes as long as what was cut.
+
     Records of the standard library's ``logging`` at ``WARNING`` or above that no handler
     takes (the application configured none: they would go to ``logging.lastResort`` as
     bare message text) are logged through this configuration too, with ``logger`` naming
@@ -1355,3 +1383,4 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
         )
     _AccessLog.built = (_AccessLog.logger, writer)
     _bridge_last_resort(config)
+    _append_to_regular_file(sys.stderr)
