@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_bool, check_instance, check_strings
+from meshkit._config import check_bool, check_instance, check_metadata_key, check_strings
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import is_sensitive_key
@@ -115,7 +115,9 @@ class TelemetryOptions:
             ``CollectorRegistry`` instance (the class, say), a ``peer_identity`` that is
             not a function, ``log_metadata`` or ``quiet_methods`` given as one string or
             not a collection of strings (``None``), a sensitive or binary
-            ``log_metadata`` key, an upper-case one, or a bad ``quiet_methods``
+            ``log_metadata`` key, an upper-case one, one no gRPC metadata can carry
+            (a blank, a ``:`` pseudo-header, a non-ASCII letter) or one grpc consumes
+            itself (``grpc-timeout``...), or a bad ``quiet_methods``
             pattern, or a negative ``complete_after_response_max_in_flight`` (the field
             named, the value quoted).
     """
@@ -158,3 +160,6 @@ class TelemetryOptions:
             if is_sensitive_key(key) or key.endswith("-bin"):
                 raise ConfigError(f"log_metadata must not name credentials or binary keys, "
                                   f"got {key!r}")
+            # a key no metadata can carry (a blank, a pseudo-header, a non-ASCII letter)
+            # or one grpc consumes itself would log nothing, silently
+            check_metadata_key("log_metadata", key)
