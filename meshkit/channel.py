@@ -1593,7 +1593,11 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
         local = call.cancelled() and await call.details() in _LOCAL_CANCEL_DETAILS
         code = _CANCELLED if local else await call.code()
     except Exception:
-        local, code = False, _UNKNOWN
+        # no status: an exception of an attempt interceptor's own (grpc.aio's intercepted
+        # call raises it from code()), raised on this side as a unary attempt's is, so no
+        # endpoint's outcome (a missing token file would eject every healthy endpoint)
+        done(_CANCELLED, latency)
+        return
     if local:
         # ended by the mesh for a response its codec refused: the endpoint's answer, as
         # for a unary response; else the caller's cancel() or the caller's message, no
