@@ -712,6 +712,52 @@ os.register_at_fork(before=_before_fork, after_in_child=_forked)
 _structlog_configured = structlog.is_configured
 
 
+class _LastResort(logging.Handler):
+    """The standard library's handler of last resort (``logging.lastResort``: what a
+    record at ``WARNING`` or above goes to when no handler is configured anywhere) once
+    :func:`configure_logging` has run: the record is logged through structlog's
+    configuration (``logger`` = the record's logger name, its message, its exception),
+    so the warnings of libraries that log through the standard library (OpenTelemetry's
+    propagators and exporters, ``meshkit.fork``) come out as the other lines do, JSON
+    with ``level`` and ``timestamp`` under ``json=True``, instead of their bare message
+    text. An application's own handlers (``logging.basicConfig`` before or after) take
+    precedence as ever: the standard library uses this handler only while none is
+    configured. Once structlog is configured again (by the application: its own
+    destination, maybe stdout, or lines handed to the standard library), and for a record
+    logged again from within, the handler this one replaced takes the record, as before
+    :func:`configure_logging` (its message on standard error)."""
+
+    def __init__(self, previous: logging.Handler | None, config: tuple[Any, ...]) -> None:
+        super().__init__(logging.WARNING)
+        self.previous = previous
+        #: the structlog configuration (_structlog_config()) records are logged through
+        self.config = config
+        self._inside = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._inside, "on", False) or not _same_config(self.config):
+            if self.previous is not None:
+                self.previous.handle(record)
+            return
+        self._inside.on = True
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            lg = structlog.get_logger(record.name)
+            method = _RECORD_METHODS.get(record.levelno, "warning")
+            getattr(lg, method)(record.getMessage(), **fields)
+        except Exception:  # a log sink never changes what the program does
+            if self.previous is not None:
+                self.previous.handle(record)
+        finally:
+            self._inside.on = False
+
+
+_RECORD_METHODS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+                   logging.ERROR: "error", logging.CRITICAL: "critical"}
+
+
 def _append_to_regular_file(stream: TextIO | None) -> None:
     """Set ``O_APPEND`` on ``stream``'s descriptor when it is a regular file opened
     without it (``prog 2> app.log``, systemd's ``StandardError=file:``): logrotate's
@@ -733,6 +779,21 @@ def _append_to_regular_file(stream: TextIO | None) -> None:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)
     except (ImportError, AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return
+
+
+def _bridge_last_resort(config: tuple[Any, ...]) -> None:
+    """Make ``logging.lastResort`` a :class:`_LastResort` logging through ``config``
+    (:func:`configure_logging`'s structlog configuration), unless the application set
+    its own (or ``None``, for silence): it replaces the standard library's own, or takes
+    the configuration for the one an earlier :func:`configure_logging` installed."""
+    current = logging.lastResort
+    if isinstance(current, _LastResort):
+        current.config = config
+        return
+    stock = getattr(logging, "_StderrHandler", None)  # the standard library's own
+    if current is None or stock is None or type(current) is not stock:  # the app's choice
+        return
+    logging.lastResort = _LastResort(current, config)
 
 
 class _StdlibAccess:
@@ -1209,6 +1270,13 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
     ``copytruncate`` lines start the emptied file instead of following a hole of NUL
     bytes as long as what was cut.
 
+    Records of the standard library's ``logging`` at ``WARNING`` or above that no handler
+    takes (the application configured none: they would go to ``logging.lastResort`` as
+    bare message text) are logged through this configuration too, with ``logger`` naming
+    their logger (OpenTelemetry's propagators and exporters, ``meshkit.fork``), while
+    structlog's configuration is this one; handlers the application configures, before
+    or after, take them as ever.
+
     Until this is called (and unless the application configured structlog itself) meshkit
     writes nothing to stdout: its loggers go through the standard library's ``logging``
     (:func:`get_logger`) and the access log is off (on only if the standard library
@@ -1314,4 +1382,5 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
             cache_logger_on_first_use=True,
         )
     _AccessLog.built = (_AccessLog.logger, writer)
+    _bridge_last_resort(config)
     _append_to_regular_file(sys.stderr)
