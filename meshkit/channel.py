@@ -99,6 +99,8 @@ from meshkit.interceptors import (
     CallKind,
     ClientCallDetails,
     ClientInterceptor,
+    StreamProceed,
+    UnaryProceed,
     chain_stream,
     chain_unary,
 )
@@ -319,7 +321,10 @@ class DialOptions:
         hash_key_metadata: metadata key whose value is the request key for affinity
             balancers such as :class:`~meshkit.balancer.RingHash` (default none): a gRPC
             metadata key (lowercase ``0-9 a-z _ - .``; the bytes value of a ``-bin`` key
-            serves too).
+            serves too). Read from the metadata as the per-call ``interceptors`` leave it
+            (a key one of them adds or changes counts, as grpc-go's ring hash reads
+            ``request_hash_header`` at the pick, gRFC A76; a
+            ``ClientCallDetails.request_key`` one of them sets wins).
         filters: which discovered instances to balance over, run in order on each
             discovery answer: :class:`~meshkit.balancer.Subset` (registry meta/tags),
             :class:`~meshkit.balancer.PreferZone` (the local zone's instances while
@@ -892,7 +897,10 @@ class MeshChannel(grpc.aio.Channel):
         self._keepalive = options.keepalive_channel_args()
         telemetry = options.telemetry
         self._attempt_interceptors = options.attempt_interceptors
-        chain = (*options.interceptors, *((self.retry,) if self.retry is not None else ()))
+        keyed = (() if options.hash_key_metadata is None or not options.interceptors
+                 else (_KeyFromMetadata(options.hash_key_metadata),))
+        chain = (*options.interceptors, *keyed,
+                 *((self.retry,) if self.retry is not None else ()))
         if telemetry is not None:
             chain = (*client_interceptors(telemetry), *chain)
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
@@ -1715,7 +1723,8 @@ class _MultiCallable:
         self._timeout = codec.timeout_s
         self._propagate = opts.propagate_deadline
         self._margin = opts.deadline_margin_s
-        self._hash_key = opts.hash_key_metadata
+        # with per-call interceptors, the key is read after them (_KeyFromMetadata)
+        self._hash_key = opts.hash_key_metadata if not opts.interceptors else None
 
     def _details(
         self,
@@ -1743,18 +1752,50 @@ class _MultiCallable:
                 if details.deadline is None or inherited < details.deadline:
                     details.deadline = inherited
         if self._hash_key is not None:
-            for k, v in details.metadata:
-                if k == self._hash_key:
-                    # a -bin value is any bytes: each byte one character (latin-1 maps
-                    # all 256), so any value hashes, and distinct values stay distinct;
-                    # a value of another type is left to check_metadata, which refuses
-                    # it (InvalidMetadataError, INTERNAL) before any pick
-                    if isinstance(v, str):
-                        details.request_key = v
-                    elif isinstance(v, bytes):
-                        details.request_key = v.decode("latin-1")
-                    break
+            details.request_key = _request_key(details.metadata, self._hash_key)
         return details
+
+
+def _request_key(metadata: Sequence[tuple[str, Any]], hash_key: str) -> str | None:
+    """The value of ``hash_key`` in ``metadata`` as a request key (the first one), or
+    ``None``: a ``-bin`` value is any bytes, each byte one character (latin-1 maps all
+    256), so any value hashes and distinct values stay distinct; a value of another type
+    is left to check_metadata, which refuses it (InvalidMetadataError, INTERNAL) before
+    any pick."""
+    for k, v in metadata:
+        if k == hash_key:
+            if isinstance(v, str):
+                return v
+            if isinstance(v, bytes):
+                return v.decode("latin-1")
+            return None
+    return None
+
+
+class _KeyFromMetadata(ClientInterceptor):
+    """Sets a call's ``request_key`` from ``DialOptions.hash_key_metadata`` in its metadata
+    as the application's per-call interceptors left it (one may add or change the header:
+    a tenant or user stamp), unless one of them set ``request_key`` itself; the pick
+    reads the headers as sent, as grpc-go's ring hash reads ``request_hash_header``
+    (gRFC A76) and Envoy's hash policy does. Installed right after those interceptors,
+    only on a channel with both (its calls' keys are not read before them)."""
+
+    def __init__(self, hash_key: str) -> None:
+        self.hash_key = hash_key
+
+    async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                              proceed: UnaryProceed) -> Any:
+        """Set the request key, then run the call on."""
+        if details.request_key is None and details.metadata:
+            details.request_key = _request_key(details.metadata, self.hash_key)
+        return await proceed(details, request)
+
+    async def intercept_stream(self, details: ClientCallDetails, request: Any,
+                               proceed: StreamProceed) -> Any:
+        """Set the request key, then open the call on."""
+        if details.request_key is None and details.metadata:
+            details.request_key = _request_key(details.metadata, self.hash_key)
+        return await proceed(details, request)
 
 
 def _as_pairs(metadata: Any) -> Sequence[tuple[str, str | bytes]] | None:
