@@ -262,7 +262,9 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     """Whether a status is grpc's own refusal on this side, before the message left: a
     request over the channel's ``grpc.max_send_message_length`` ("CLIENT: Sent message
     larger than max" from grpc core; for a stream, grpc.aio's failed batch, ``INTERNAL``
-    "Internal error from Core"), or a call whose per-call credentials
+    "Internal error from Core"), a stream whose metadata grpc core refused to send
+    (``INTERNAL`` "Invalid metadata": what an attempt interceptor added, after the
+    channel's own check), or a call whose per-call credentials
     (``credentials=grpc.metadata_call_credentials(plugin)``) failed: ``UNAVAILABLE``
     "Getting metadata from plugin failed with error: ...", with no metadata from a server
     (``initial_metadata``, ``trailing_metadata``; pass them for an ``UNAVAILABLE``). No
@@ -270,7 +272,7 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     request, is at fault. Residual risk: a server that forwards that status verbatim,
     without metadata, is not counted as failing. Asked on the failure path only."""
     if code is _INTERNAL:
-        return details == "Internal error from Core"
+        return details == "Internal error from Core" or details == "Invalid metadata"
     if code is _UNAVAILABLE:
         return (details is not None and details.startswith(_PLUGIN_FAILED)
                 and not initial_metadata and not trailing_metadata)

@@ -96,3 +96,46 @@ async def test_an_attempt_interceptors_own_exception_is_no_endpoints_failure(
     assert stats.ejections == 0
     assert [(ep.instance_id, ep.ejected, ep.failures) for ep in stats.endpoints] == [
         ("b1", False, 0), ("b2", False, 0)]
+
+
+class _BadHeader(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Adds a header value grpc core refuses to send (a newline in it)."""
+
+    async def _add(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        metadata = [*(client_call_details.metadata or ()), ("x-note", "line1\nline2")]
+        return await continuation(
+            client_call_details._replace(metadata=grpc.aio.Metadata(*metadata)), request)
+
+    intercept_unary_stream = _add
+    intercept_stream_stream = _add  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("kind", ["unary_stream", "stream_stream"])
+async def test_metadata_an_attempt_interceptor_adds_that_grpc_refuses_is_no_endpoints_failure(
+        registry: LocalRegistry, servers: list[meshkit.MeshServer], kind: str) -> None:
+    """grpc core refuses to send the stream (``INTERNAL`` "Invalid metadata", raised
+    on this side before anything left): no endpoint's failure either (it was counted one,
+    each endpoint's, and ejected them)."""
+    opts = meshkit.DialOptions(insecure=True, attempt_interceptors=(_BadHeader(),))
+    async with meshkit.dial("boomd", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        async with asyncio.timeout(10):
+            for _ in range(12):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    if kind == "unary_stream":
+                        async for _m in ch.unary_stream(f"/{_SVC}/Stream")(b"x", timeout=5):
+                            pass
+                    else:
+                        async for _m in ch.stream_stream(f"/{_SVC}/Bidi")(
+                                iter([b"x"]), timeout=5):
+                            pass
+                assert caught.value.code() is grpc.StatusCode.INTERNAL
+            for _ in range(50):
+                if all(ep.in_flight == 0 for ep in ch.stats().endpoints):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+        stats = ch.stats()
+    assert stats.ejections == 0
+    assert [(ep.instance_id, ep.ejected, ep.failures) for ep in stats.endpoints] == [
+        ("b1", False, 0), ("b2", False, 0)]
