@@ -45,6 +45,7 @@ from meshkit.observability._semconv import (
     NETWORK_PEER_PORT,
     RPC_GRPC_STATUS_CODE,
     SERVER_ADDRESS,
+    SERVER_ERROR_CODES,
     STATUS_CANCELLED,
     STATUS_DEADLINE,
     STATUS_EXHAUSTED,
@@ -458,7 +459,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if self.options.log_metadata and details.metadata:
             md = logged_metadata(details.metadata, self.options.log_metadata)
         n = len(attempts)
-        write_access(False, _CLIENT_ACCESS, (
+        # a failure the server's side would log as a warning (UNAVAILABLE, DEADLINE_EXCEEDED,
+        # INTERNAL, UNKNOWN, ...) is one here too: at a WARNING log level a call that never
+        # reached a server is otherwise in no log at all
+        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, _CLIENT_ACCESS, (
             m, details.service, (attempts[0] if n == 1 else _answered(attempts)).address
             if n else None, n, code, duration_s, md), span_context)
 
