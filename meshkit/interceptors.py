@@ -163,10 +163,19 @@ class ClientInterceptor:
 
 
 def chain_unary(interceptors: Sequence[ClientInterceptor], inner: UnaryProceed) -> UnaryProceed:
-    """Fold ``interceptors`` (first = outermost) around ``inner`` once, at dial time."""
+    """Fold ``interceptors`` (first = outermost) around ``inner`` once, at dial time.
+
+    An interceptor of the application's own that overrides ``intercept_unary`` may pass
+    ``proceed`` other details than it was given (:func:`_bind_copying_unary`); meshkit's
+    own, and one that does not override it, run as they are."""
     fn = inner
     for icpt in reversed(interceptors):
-        fn = _bind_unary(icpt, fn)
+        cls = type(icpt)
+        if (cls.__module__.startswith("meshkit.")
+                or cls.intercept_unary is ClientInterceptor.intercept_unary):
+            fn = _bind_unary(icpt, fn)
+        else:
+            fn = _bind_copying_unary(icpt, fn)
     return fn
 
 
@@ -194,6 +203,38 @@ def _bind_unary(icpt: ClientInterceptor, nxt: UnaryProceed) -> UnaryProceed:
         return method(details, request, nxt)
 
     return run
+
+
+def _bind_copying_unary(icpt: ClientInterceptor, nxt: UnaryProceed) -> UnaryProceed:
+    """:func:`_bind_unary` for an application's interceptor, which may hand ``proceed`` a
+    copy of the details (``copy.copy(details)``, as grpc.aio's are ``_replace``d): what
+    the attempt under it records there (``last_call``: its status and metadata;
+    ``codec_error``) is put back on the details it was given, which the call object
+    reads. Costs a closure per call; a call proceeded with its own details nothing more."""
+    method = icpt.intercept_unary
+
+    def run(details: ClientCallDetails, request: Any) -> Awaitable[Any]:
+        def proceed(given: ClientCallDetails, request: Any) -> Awaitable[Any]:
+            if given is details:
+                return nxt(given, request)
+            return _through(details, given, request, nxt)
+
+        return method(details, request, proceed)
+
+    return run
+
+
+async def _through(details: ClientCallDetails, given: ClientCallDetails, request: Any,
+                   nxt: UnaryProceed) -> Any:
+    """``nxt(given, request)``, its attempt's outcome copied back to ``details``."""
+    try:
+        return await nxt(given, request)
+    finally:
+        details.last_call = given.last_call
+        error = getattr(given, "codec_error", None)
+        if error is not None:
+            recorded: Any = details  # (a slot set only when there is one)
+            recorded.codec_error = error
 
 
 def _bind_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamProceed:
