@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import os
@@ -600,7 +601,8 @@ class ServeOptions:
             ``grpc.aio.server(interceptors=)`` takes), run after the mesh's checks, first
             outermost; those with an ``async aclose()`` method are closed
             after the server stops (drained, or its failed :meth:`MeshServer.start`
-            undone), once. A plain-function (``def``) handler one of them
+            undone), once, each given 5 s (a close still running then is cancelled
+            and logged, and the drain goes on). A plain-function (``def``) handler one of them
             returns in place of the server's runs as the server's own do (in
             ``handler_threads``, with meshkit's synchronous context, safe to ask
             ``peer()`` after the call ended). meshkit's check interceptors are refused
@@ -1719,7 +1721,10 @@ class MeshServer:
         owned registry (closed). A server stops once (a drain after an undone start
         returns at once), so each runs once."""
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("closing an interceptor", aclose) for aclose in (  # e.g. Redis connections
+            # each bounded: a close that never returns (a pool closing against a database
+            # that stopped answering) must not hold the drain and the steps after it
+            ("closing an interceptor", functools.partial(_bounded_close, aclose))
+            for aclose in (  # e.g. Redis connections
                 getattr(icpt, "aclose", None) for icpt in self._chain) if aclose is not None]
         steps.append(("releasing the handler threads", self._release_handler_threads))
         if self.admin is not None:
@@ -2235,6 +2240,10 @@ class _MethodSymbols:
 _UNDO_DEREGISTER_S = 5.0
 """How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""
 
+_CLOSE_INTERCEPTOR_S = 5.0
+"""How long a stopped server waits for each interceptor's ``aclose()``; past it the close
+is cancelled and logged (``closing an interceptor failed``) and the drain goes on."""
+
 _REFUSE_QUIET_S = 0.05
 """The drain's refusal phase ends once no call was refused for this many seconds..."""
 _REFUSE_MAX_S = 0.5
@@ -2291,6 +2300,12 @@ async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "")
             await step()
         except Exception as exc:
             _log.warning(f"{what}{when} failed", error=repr(exc))
+
+
+async def _bounded_close(aclose: Callable[[], Any]) -> None:
+    """``await aclose()`` for at most :data:`_CLOSE_INTERCEPTOR_S`; past that, cancel it
+    and raise ``TimeoutError``."""
+    await _bounded(aclose(), _CLOSE_INTERCEPTOR_S)
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
