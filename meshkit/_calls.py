@@ -331,6 +331,11 @@ class MeshCall:
                 await asyncio.shield(self._waiter())
         return self._call
 
+    # the accessors' call (initial_metadata, trailing_metadata, code, details,
+    # debug_error_string): the settled one (UnaryResponseCall tells an answer of a per-call
+    # interceptor's own from its failed attempt)
+    _outcome = _settled
+
     async def _settled_or_cancel(self) -> Any:
         """:meth:`_settled` for a read or a write: a cancelled wait cancels the call (as
         grpc.aio's ``_read``/``_write``), so nothing is sent or retried for nobody."""
@@ -426,7 +431,7 @@ class MeshCall:
         """Initial metadata of the attempt the call settled on, or the error's when the
         call settled on an error alone (a failed hedged call: the failing attempt's);
         empty without either."""
-        call = await self._settled()
+        call = await self._outcome()
         if call is None:
             err = self._error
             md = err.initial_metadata() if isinstance(err, AioRpcError) else None
@@ -436,7 +441,7 @@ class MeshCall:
     async def trailing_metadata(self) -> Metadata:
         """Trailing metadata: the attempt's, or the mesh's error's when no attempt carries
         the outcome."""
-        call = await self._settled()
+        call = await self._outcome()
         if call is None:
             err = self._error
             return err.trailing_metadata() if isinstance(err, AioRpcError) else Metadata()
@@ -444,11 +449,11 @@ class MeshCall:
 
     async def code(self) -> grpc.StatusCode:
         """The final status code (waits for the call to finish)."""
-        call = await self._settled()
+        call = await self._outcome()
         if self._error is not None:
             return _code_of(self._error)
-        if call is None:
-            return _CANCELLED
+        if call is None:  # answered without an attempt (UnaryResponseCall._outcome)
+            return _CANCELLED if self._cancelled else _OK
         code: grpc.StatusCode = await call.code()
         if code is _CANCELLED:  # ended by a message its codec refused?
             err = getattr(self._details, "codec_error", None)
@@ -459,7 +464,7 @@ class MeshCall:
     async def details(self) -> str:
         """The final status message (waits for the call to finish); grpc.aio's "Locally
         cancelled by application!" for a call cancelled here."""
-        call = await self._settled()
+        call = await self._outcome()
         err = self._error
         if err is not None:
             if isinstance(err, AioRpcError):
@@ -476,7 +481,7 @@ class MeshCall:
         """grpc core's debug string of the outcome (waits for the call to finish): the
         settled attempt's, or the error's when the call settled on an error (a mesh error's
         is ``""``: it has no core status); ``""`` for a call cancelled before any attempt."""
-        call = await self._settled()
+        call = await self._outcome()
         err = self._error
         if isinstance(err, AioRpcError):
             return err.debug_error_string() or ""
@@ -610,6 +615,18 @@ class UnaryResponseCall(MeshCall):
 
     def _current(self) -> Any:
         return self._details.last_call
+
+    async def _outcome(self) -> Any:
+        """:meth:`MeshCall._settled` for the accessors, ``None`` in place of a failed
+        attempt when the call answered all the same: a per-call interceptor gave its own
+        response (a fallback after ``proceed`` failed), so the call's status is ``OK``
+        with no details or metadata, as grpc.aio's call of an interceptor's own response
+        (not the failed attempt's). Asked by the accessors only, never on the way to the
+        response."""
+        call = await self._settled()
+        if call is not None and self._error is None and await call.code() is not _OK:
+            self._call = call = None
+        return call
 
     async def _result(self) -> Any:
         # as grpc.aio's __await__: cancelling the awaiting task (an asyncio.wait_for
