@@ -130,3 +130,32 @@ async def test_the_callers_key_and_an_interceptors_request_key(
             await ch.wait_for_endpoints(3)
             async with asyncio.timeout(10):
                 assert await _reached(ch, "unary", 5, (("x-user", "zed"),)) == reached
+
+
+class _Rewrite(ClientInterceptor):
+    """Replaces the caller's ``x-user`` header with its own value."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+    async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                              proceed: Any) -> Any:
+        details.metadata = [(k, v) for k, v in details.metadata if k != "x-user"]
+        details.metadata.append(("x-user", self.user))
+        return await proceed(details, request)
+
+
+async def test_a_key_an_interceptor_changes_is_the_one_picked_by(
+        registry: LocalRegistry, servers: None) -> None:
+    """Callers' differing headers, each rewritten to one user by the interceptor, reach
+    one endpoint (the header as sent, not as the caller passed it)."""
+    opts = meshkit.DialOptions(insecure=True, balancer=RingHash, hash_key_metadata="x-user",
+                               interceptors=(_Rewrite("alice"),))
+    async with meshkit.dial("affinityd", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(3)
+        seen = set()
+        async with asyncio.timeout(10):
+            for i in range(30):
+                seen.add(await ch.unary_unary(f"/{_SVC}/Who")(
+                    b"", timeout=5, metadata=(("x-user", f"caller-{i}"),)))
+    assert len(seen) == 1, seen
