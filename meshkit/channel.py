@@ -157,7 +157,6 @@ _LOCAL_CANCEL_DETAILS = frozenset({"Locally cancelled by application!",
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _INTERNAL = grpc.StatusCode.INTERNAL
 _MAX_PLAN_KEYS = 1024
-_UNKNOWN = grpc.StatusCode.UNKNOWN
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # the message types of a method, bound by its serializers as in types-grpcio's
