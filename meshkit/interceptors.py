@@ -72,13 +72,18 @@ class ClientCallDetails:
             call: the :class:`~meshkit.errors.RequestSerializationError` or
             :class:`~meshkit.errors.ResponseDeserializationError` (read it with
             ``getattr(details, "codec_error", None)``).
+
+    ``copy.copy(details)`` (an interceptor proceeding with details of its own, as
+    grpc.aio's are ``_replace``d) makes a copy whose ``codec_error`` is recorded on the
+    details it was copied from too, where the call object reads it.
     """
 
     __slots__ = (
+        "_codec_error",
+        "_origin",
         "attempt_started_ns",
         "attempts",
         "codec",
-        "codec_error",
         "compression",
         "credentials",
         "deadline",
@@ -91,6 +96,8 @@ class ClientCallDetails:
         "service",
         "wait_for_ready",
     )
+    _codec_error: Any  # (slots set only when there is a value: see codec_error)
+    _origin: ClientCallDetails
 
     def __init__(
         self,
@@ -118,6 +125,32 @@ class ClientCallDetails:
         self.last_call: Any = None
         self.codec: Any = None
         self.messages: Any = None
+
+    @property
+    def codec_error(self) -> Any:
+        """The codec error that ended the call (see the class docstring), or ``None``."""
+        return getattr(self, "_codec_error", None)
+
+    @codec_error.setter
+    def codec_error(self, error: Any) -> None:
+        self._codec_error = error
+        origin = getattr(self, "_origin", None)
+        if origin is not None:  # a copy: the call object reads the original
+            origin.codec_error = error
+
+    def __copy__(self) -> ClientCallDetails:
+        """A shallow copy (what ``copy.copy`` makes of the slots), recording its
+        ``codec_error`` on this one too."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        for name in ClientCallDetails.__slots__:
+            try:
+                value = getattr(self, name)
+            except AttributeError:  # a slot never set (_codec_error, _origin)
+                continue
+            setattr(new, name, value)
+        new._origin = self
+        return new
 
     def time_remaining_s(self) -> float | None:
         """Seconds left before the deadline (may be negative), or ``None`` without one."""
@@ -231,10 +264,9 @@ async def _through(details: ClientCallDetails, given: ClientCallDetails, request
         return await nxt(given, request)
     finally:
         details.last_call = given.last_call
-        error = getattr(given, "codec_error", None)
+        error = given.codec_error
         if error is not None:
-            recorded: Any = details  # (a slot set only when there is one)
-            recorded.codec_error = error
+            details.codec_error = error
 
 
 def _bind_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamProceed:

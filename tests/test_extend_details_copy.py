@@ -40,8 +40,13 @@ def _add() -> tuple[Any, None]:
         context.set_trailing_metadata((("x-trailing", "t"),))
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
+    async def echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for r in requests:
+            yield r
+
     handler = grpc.method_handlers_generic_handler(_SVC, {
         "One": grpc.unary_unary_rpc_method_handler(one),
+        "Echo": grpc.stream_stream_rpc_method_handler(echo),
         "Upload": grpc.stream_unary_rpc_method_handler(upload),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
     })
@@ -94,3 +99,40 @@ async def test_a_call_proceeded_with_a_copy_of_its_details_reports_its_attempt(
             assert caught.value.code() is grpc.StatusCode.NOT_FOUND
             assert await missing.code() is grpc.StatusCode.NOT_FOUND
             assert ("x-trailing", "t") in tuple(await missing.trailing_metadata())
+
+
+class _CopyingStream(ClientInterceptor):
+    async def intercept_stream(self, details: ClientCallDetails, request: Any,
+                               proceed: Any) -> Any:
+        return await proceed(copy.copy(details), request)
+
+
+def _refusing_serializer(message: str) -> bytes:
+    if message == "bad":
+        raise ValueError("cannot serialize")
+    return message.encode()
+
+
+async def test_a_stream_proceeded_with_a_copy_reports_its_refused_request(
+        registry: LocalRegistry, server: None) -> None:
+    """A request message the method's serializer refuses ends the stream ``INTERNAL``
+    (:class:`~meshkit.errors.RequestSerializationError`) as without the interceptor; it
+    was ``CANCELLED`` 'stream ... cancelled: the channel was closed or its endpoint
+    left', blaming the channel for the caller's message."""
+    from meshkit.errors import RequestSerializationError
+
+    async def requests() -> AsyncIterator[str]:
+        yield "ok"
+        await asyncio.sleep(0.05)
+        yield "bad"
+
+    opts = meshkit.DialOptions(insecure=True, interceptors=(_CopyingStream(),))
+    async with meshkit.dial("copyd", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(1)
+        async with asyncio.timeout(10):
+            call = ch.stream_stream(f"/{_SVC}/Echo", request_serializer=_refusing_serializer)(
+                requests(), timeout=5)
+            with pytest.raises(RequestSerializationError):
+                async for _m in call:
+                    pass
+            assert await call.code() is grpc.StatusCode.INTERNAL
