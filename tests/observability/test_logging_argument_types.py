@@ -22,10 +22,19 @@ from meshkit.observability import BufferedLineWriter, configure_logging
 
 @pytest.fixture(autouse=True)
 def _restore_structlog() -> Iterator[None]:
-    """Each test leaves structlog as it found it."""
+    """Each test leaves logging as it found it: structlog's configuration, the access
+    logger configure_logging() builds (at ``CRITICAL`` it would drop a later test's access
+    lines until it flushes, which it never does with nothing captured) and the standard
+    library's last resort it bridges. (The tests run in the suite's own process.)"""
+    from meshkit.observability._logging import _AccessLog
+
     saved = structlog.get_config()
+    access = (_AccessLog.logger, _AccessLog.built)
+    last_resort = logging.lastResort
     yield
     structlog.configure(**saved)
+    _AccessLog.logger, _AccessLog.built = access
+    logging.lastResort = last_resort
 
 
 @pytest.mark.parametrize(("level", "name"), [
