@@ -10,6 +10,7 @@ leaves the registry by itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ _FINAL: dict[weakref.ref[Any], tuple[int, Any]] = {}
 _FINAL_MAX = 1024
 _final_lock = threading.Lock()
 _final_seq = 0
+
+
+def _new_final_lock() -> None:
+    """In a child made by ``os.fork()``: a new :data:`_final_lock` (a scrape in another
+    thread of the parent may have held it at the fork, and would never release it: the
+    child's first scrape, run on its event loop, blocked that loop for ever)."""
+    global _final_lock
+    _final_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_final_lock)
 
 
 def ended(obj: _HasChannelStats | _HasServerStats) -> None:

@@ -514,6 +514,7 @@ class RpcMetrics:
         self._registry = weakref.ref(registry)
         self.servers: dict[tuple[str, str, str], BoundServer] = {}
         self.clients: dict[tuple[str, str, str], BoundClient] = {}
+        _locked.add(self)  # its registry's lock made again in a forked child
         registry.register(_RpcCollector(self))
         # rendered at scrape, not prometheus-client Gauges: under its multiprocess mode a
         # Gauge's values go to PROMETHEUS_MULTIPROC_DIR, where none can be removed
@@ -521,6 +522,15 @@ class RpcMetrics:
         registry.register(self.certificates)
         self.mesh = MeshCollector()
         registry.register(self.mesh)
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()``: a new lock for its registry
+        (prometheus-client's ``CollectorRegistry`` holds one while a scrape copies its
+        collectors, and registers no fork handler: a scrape in another thread of the
+        parent at the fork left the child's first scrape blocked for ever)."""
+        registry = self._registry()
+        if registry is not None and hasattr(registry, "_lock"):
+            registry._lock = threading.Lock()
 
     @property
     def registry(self) -> CollectorRegistry | None:
