@@ -52,6 +52,7 @@ from meshkit.auth._identity import (
     SpiffeId,
     foreign_identity_name,
     identity_dns_name,
+    load_pem_certificates,
     validate_trust_domain,
     workload_id,
 )
@@ -547,7 +548,8 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
         CertificateError: unreadable (the OS's reason: ``No such file or directory``),
             or holding no certificate: empty, DER (the openssl command converting it to
             PEM given), another PEM kind (its labels named), or a PEM certificate that
-            cannot be parsed (file named, content not).
+            cannot be parsed, the last one cut short included (a file read while it is
+            rewritten in place: "damaged or truncated"; file named, content not).
     """
     try:
         data = Path(path).read_bytes()
@@ -555,7 +557,7 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
         raise CertificateError(f"cannot read certificates from {path}: "
                                f"{_why_unreadable(exc)}") from None
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        certs = load_pem_certificates(data)  # a last certificate cut short refused too
     except ValueError:
         why = _why_not_pem(data, "certificate", re.compile(rb"-----BEGIN CERTIFICATE-----"),
                            "openssl x509 -inform der -in FILE -out FILE.pem")

@@ -66,6 +66,7 @@ __all__ = [
     "default_peer_verifier",
     "foreign_identity_name",
     "identity_dns_name",
+    "load_pem_certificates",
     "peer_from_identities",
     "validate_service_label",
     "validate_trust_domain",
@@ -91,6 +92,31 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 _TD_CHARS_RE = re.compile(r"[a-z0-9._-]+")
 _URI_SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
 _MAX_ID_BYTES = 2048
+_PEM_BEGIN = b"-----BEGIN "
+_PEM_END_RE = re.compile(rb"-----END [^-\r\n]+-----")
+_PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """The PEM certificates in ``data``, in order, refusing a file cut short.
+
+    ``cryptography`` skips a last PEM block without a complete ``-----END ...-----``
+    line (RFC 7468 §2): a bundle rewritten in place and read half-way, or one whose last
+    line was lost, would read as the certificates before it, trusting fewer CAs (or
+    presenting fewer intermediates) in silence.
+
+    Raises:
+        ValueError: no PEM certificate, a damaged one, or a last PEM block cut short
+            (never quoting the data).
+    """
+    certs = x509.load_pem_x509_certificates(data)
+    begin = data.rfind(_PEM_BEGIN)
+    if begin >= 0 and _PEM_END_RE.search(data, begin) is None:
+        raise ValueError("the last PEM block has no END line (damaged or truncated)")
+    last = data.rstrip().rpartition(b"\n")[2].strip()
+    if last[:1] == b"-" and len(last) < len(_PEM_CERT_BEGIN) and _PEM_CERT_BEGIN.startswith(last):
+        raise ValueError("the file ends inside a BEGIN line (damaged or truncated)")
+    return certs
 
 
 def validate_trust_domain(trust_domain: str) -> str:
@@ -756,9 +782,10 @@ class PeerVerifier:
     @staticmethod
     def _parse(ca_pem: bytes) -> dict[x509.Name, tuple[_Anchor, ...]]:
         try:
-            certs = x509.load_pem_x509_certificates(ca_pem)
+            certs = load_pem_certificates(ca_pem)
         except ValueError:
-            raise CertificateError("the CA bundle holds no readable PEM certificate") from None
+            raise CertificateError("the CA bundle holds no readable PEM certificate, or a "
+                                   "damaged or truncated one") from None
         by_subject: dict[x509.Name, list[_Anchor]] = {}
         for cert in certs:
             by_subject.setdefault(cert.subject, []).append(_Anchor.of(cert))
