@@ -122,7 +122,8 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
     each message serialized (``wire``), or serialized only to check it and handed on as it
     is (``wire=False``: grpc.aio serializes it again, for attempt interceptors that see
     the messages), or handed on as it is (no ``serializer``). A message the serializer
-    refuses, or an exception of ``requests`` itself, is recorded as the call's
+    refuses, or an exception of ``requests`` itself (one that cannot be iterated
+    included: an ``int``, an ``__iter__`` that raises), is recorded as the call's
     ``codec_error`` (:class:`~meshkit.errors.RequestSerializationError`,
     :class:`~meshkit.errors.RequestIteratorError`) and raised; grpc.aio then ends the
     attempt (it cancels a call whose iterator raised) and the call objects report it.
@@ -158,7 +159,7 @@ def _replayable(requests: Any) -> bool:
         if hasattr(requests, "__aiter__"):
             return bool(requests.__aiter__() is not requests)
         return iter(requests) is not requests
-    except TypeError:
+    except Exception:  # no iterable: _serialized raises it as the iterator's failure
         return False
 
 
@@ -202,7 +203,10 @@ def _iterator_failed(details: Any, exc: Exception) -> RequestIteratorError:
 def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
                 wire: bool, messages: Any) -> Iterator[Any]:
     method = details.method
-    it = iter(requests)
+    try:  # (a request that is no iterable: the caller's error, as one that raises)
+        it = iter(requests)
+    except Exception as exc:
+        raise _iterator_failed(details, exc) from exc
     while True:
         try:
             message = next(it)
@@ -222,7 +226,10 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
 async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
                        requests: Any, wire: bool, messages: Any) -> AsyncIterator[Any]:
     method = details.method
-    it = aiter(requests)
+    try:  # (see _serialized)
+        it = aiter(requests)
+    except Exception as exc:
+        raise _iterator_failed(details, exc) from exc
     while True:
         try:
             message = await anext(it)
@@ -246,7 +253,10 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
     only when no attempt of the call took it before."""
     method, record = details.method, call.record
     sent = 0
-    it = iter(requests)
+    try:  # (a request that is no iterable: the caller's error, as one that raises)
+        it = iter(requests)
+    except Exception as exc:
+        raise _iterator_failed(details, exc) from exc
     while True:
         try:
             message = next(it)
@@ -271,7 +281,10 @@ async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
     """:func:`_replayed` for an async iterable."""
     method, record = details.method, call.record
     sent = 0
-    it = aiter(requests)
+    try:  # (see _serialized)
+        it = aiter(requests)
+    except Exception as exc:
+        raise _iterator_failed(details, exc) from exc
     while True:
         try:
             message = await anext(it)
