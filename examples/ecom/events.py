@@ -20,7 +20,9 @@ from typing import Any
 
 import grpc
 import nats
+import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from examples.ecom import validation
@@ -229,6 +231,96 @@ async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_
         await asyncio.sleep(interval_s)
 
 
+#: Pause between two attempts to connect to NATS, or to create the stream (seconds).
+NATS_RETRY_S = 0.2
+#: Pause before the stream is asked for again after JetStream refused (seconds).
+STREAM_RETRY_S = 2.0
+
+#: nats-py errors meaning "the server cannot be reached now" (logged once per outage).
+_NATS_DOWN: tuple[type[BaseException], ...] = (
+    OSError, asyncio.TimeoutError, nats.errors.NoServersError, nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError,
+    nats.errors.UnexpectedEOF,
+)
+
+
+class _NatsOutages:
+    """nats-py's error, disconnect and reconnect callbacks for a long-lived connection:
+    one warning when the server cannot be reached (``nats unavailable, retrying``, the
+    error's type and message, no traceback) and one info line when it is back, where
+    nats-py's default logs a traceback at every attempt (five a second at
+    :data:`NATS_RETRY_S`). Other errors (a permission violation, a slow consumer) are
+    logged as warnings each time. The URL, which may hold credentials, is never logged."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.down = False
+
+    async def error(self, exc: Exception) -> None:
+        """nats-py's ``error_cb``."""
+        if not isinstance(exc, _NATS_DOWN):
+            _log.warning("nats error", of=self._what, error=f"{type(exc).__name__}: {exc}")
+        elif not self.down:
+            self.down = True
+            _log.warning("nats unavailable, retrying", of=self._what,
+                         error=f"{type(exc).__name__}: {exc}")
+
+    async def connected(self) -> None:
+        """nats-py's ``reconnected_cb``, and called once the first connect succeeded."""
+        if self.down:
+            self.down = False
+            _log.info("nats available again", of=self._what)
+
+
+async def nats_connection(url: str, what: str) -> tuple[NATS, asyncio.Task[None]]:
+    """A NATS client for ``url`` and the task connecting it in the background.
+
+    The caller serves at once: the task retries every :data:`NATS_RETRY_S` seconds for
+    as long as the server cannot be reached (``nats.connect`` with unlimited attempts
+    returns only once connected, so a process that awaited it never served while NATS
+    was down at its start), the outage logged once (:class:`_NatsOutages`, ``what``
+    names the user in the log), and the client reconnects by itself after a later
+    outage. Await the task before using the client; cancel it, then ``close()`` the
+    client, when done."""
+    nc = NATS()
+    outages = _NatsOutages(what)
+
+    async def connect() -> None:
+        wait: Any = NATS_RETRY_S  # nats-py annotates an int; it sleeps a float
+        await nc.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=wait,
+                         error_cb=outages.error, reconnected_cb=outages.connected)
+        await outages.connected()
+
+    return nc, asyncio.create_task(connect(), name=f"nats-connect-{what}")
+
+
+async def ensure_order_stream_when_connected(connecting: asyncio.Task[None],
+                                             js: JetStreamContext) -> None:
+    """Wait for ``connecting`` (see :func:`nats_connection`), then
+    :func:`ensure_order_stream`, tried again every :data:`STREAM_RETRY_S` seconds while
+    JetStream refuses or does not answer (logged once: ``order stream not ready``)."""
+    await connecting
+    logged = False
+    while True:
+        try:
+            await ensure_order_stream(js)
+            return
+        except Exception as exc:  # JetStream off, not answering, refusing the config
+            if not logged:
+                logged = True
+                _log.warning("order stream not ready, retrying", stream=STREAM,
+                             error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(STREAM_RETRY_S)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @contextlib.asynccontextmanager
 async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner | None,
                        options: RelayOptions | None = None, *,
@@ -239,27 +331,29 @@ async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner
     (default: :class:`~meshkit.messaging.RelayOptions` named ``orders``). The relay keeps
     retrying while NATS is down; events wait in the outbox meanwhile. Beside it,
     :func:`purge_sent_events` deletes the events sent more than ``retention_s`` seconds
-    ago (default :data:`OUTBOX_RETENTION_S`; None: keep them for ever)."""
+    ago (default :data:`OUTBOX_RETENTION_S`; None: keep them for ever).
+
+    The body starts at once, whether or not NATS answers (:func:`nats_connection`):
+    PlaceOrder needs only the store, and the relay publishes once NATS is reachable and
+    the stream made (:func:`ensure_order_stream_when_connected`)."""
     if not nats_url:
         yield None
         return
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc, connecting = await nats_connection(nats_url, "outbox relay")
+    js = nc.jetstream()
+    relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)),
+                        options or RelayOptions(name="orders"))
+
+    async def run() -> None:
+        await ensure_order_stream_when_connected(connecting, js)
+        await relay.run()
+
+    tasks = [connecting, asyncio.create_task(run(), name="outbox-relay")]
+    if retention_s is not None:
+        tasks.append(asyncio.create_task(
+            purge_sent_events(store, retention_s=retention_s), name="outbox-purge"))
     try:
-        js = nc.jetstream()
-        await ensure_order_stream(js)
-        relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)),
-                            options or RelayOptions(name="orders"))
-        tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]
-        if retention_s is not None:
-            tasks.append(asyncio.create_task(
-                purge_sent_events(store, retention_s=retention_s), name="outbox-purge"))
-        try:
-            yield relay
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        yield relay
     finally:
+        await _cancel(tasks)
         await nc.close()

@@ -17,7 +17,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import nats
 import structlog
 
 import meshkit
@@ -106,13 +105,19 @@ async def main(argv: list[str] | None = None) -> None:
             Path(args.cert_dir) / "ca.pem",
             allowed_publishers=(workload_id(security.TRUST_DOMAIN, "orderd"),))
     store = await open_store(args.db)
-    nc = await nats.connect(args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    # summaries are served from the store whether or not NATS answers: the consumer
+    # starts once it is reachable and the stream made (events.nats_connection)
+    nc, connecting = await events.nats_connection(args.nats_url, "projection")
     try:
         js = nc.jetstream()
-        await events.ensure_order_stream(js)
         consumer = Consumer(js, events.Projection(store), events.consumer_options(
             verifier, durable=args.durable, ack_wait_s=args.ack_wait_s))
-        tasks = [asyncio.create_task(consumer.run(), name="projection-consumer"),
+
+        async def consume() -> None:
+            await events.ensure_order_stream_when_connected(connecting, js)
+            await consumer.run()
+
+        tasks = [connecting, asyncio.create_task(consume(), name="projection-consumer"),
                  asyncio.create_task(purge_processed_events(store),
                                      name="processed-events-purge")]
         try:

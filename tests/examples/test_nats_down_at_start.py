@@ -1,0 +1,82 @@
+"""NATS down when the order service starts: the outbox relay must not hold the service.
+
+The point of a transactional outbox is that PlaceOrder needs only the order store; the
+relay publishes whenever NATS is reachable. ``events.outbox_relay`` awaited
+``nats.connect(..., max_reconnect_attempts=-1)``, which returns only once connected, so an
+orderd (or summaryd) started while NATS was down never served (its Kubernetes startup
+probe then killed it) and nats-py's default error callback logged a traceback at every
+attempt, five a second."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import pytest
+import structlog
+
+from examples.ecom import events
+from examples.ecom.storage import ItemRecord, NewOrder, SqliteStore, open_store
+from meshkit.messaging import RelayOptions
+from meshkit.resilience import Backoff
+from tests.messaging.conftest import NATS_SERVER, NatsServer
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_relay_lets_the_service_start_while_nats_is_down(tmp_path: Path) -> None:
+    """With NATS not yet started the relay's context is entered at once, an order placed
+    then waits in the outbox, the outage is one warning (nats-py's traceback per attempt
+    is not logged), and once NATS starts the order is published."""
+    if not Path(NATS_SERVER).exists():  # noqa: ASYNC240 - a stat
+        pytest.skip(f"nats-server not found at {NATS_SERVER}")
+    server = NatsServer(tmp_path / "nats")  # a free port, nothing listening yet
+    store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
+    assert isinstance(store, SqliteStore)
+    nats_log = _Records()
+    logging.getLogger("nats").addHandler(nats_log)
+    options = RelayOptions(name="orders", poll_interval_s=0.05,
+                           error_backoff=Backoff(base_delay_s=0.05, max_delay_s=0.1))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout(5):  # before: blocked for ever
+                    relay = await stack.enter_async_context(
+                        events.outbox_relay(store, server.url, None, options))
+                assert relay is not None
+                await store.place_order(NewOrder(
+                    user_id="u-1", items=(ItemRecord("sku-1", 1, 100),), currency="EUR",
+                    total_minor=100, idempotency_key="k-1", fingerprint="f-1"))
+                relay.notify()
+                await until(lambda: sum(e["event"] == "nats unavailable, retrying"
+                                        for e in logs) >= 1, timeout_s=5,
+                            what="the outage logged")
+                await asyncio.sleep(0.5)  # a few more attempts (one every 0.2 s)
+                assert not await _none_pending(store)  # waits in the outbox
+                await server.start()
+                await until(lambda: _none_pending(store), timeout_s=20,
+                            what="the order published once NATS is up")
+        assert [e["event"] for e in logs if e["event"].startswith("nats ")] == [
+            "nats unavailable, retrying", "nats available again"]
+        assert not [r for r in nats_log.records if r.levelno >= logging.ERROR], \
+            [r.getMessage() for r in nats_log.records]
+    finally:
+        logging.getLogger("nats").removeHandler(nats_log)
+        server.kill()
+        await store.close()
+
+
+async def _none_pending(store: SqliteStore) -> bool:
+    return await store.count_pending() == 0
