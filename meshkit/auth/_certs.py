@@ -441,34 +441,52 @@ def _dns_san(name: object) -> str:
 
 # -- files ----------------------------------------------------------------------------------
 def _write(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not overwrite and path.exists():
-        raise KeyExistsError(f"{path} exists; refusing to overwrite it")
-    # written whole to a temporary file, then moved into place: a failed write (a full
-    # disk) leaves nothing at ``path``, and without ``overwrite`` os.link refuses a file
-    # that appeared meanwhile (as O_EXCL would)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _write_all([(path, data, mode)], overwrite=overwrite)
+
+
+def _write_all(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) -> None:
+    """Write each ``(path, data, mode)`` of ``files`` atomically, all of them written
+    whole (and synced) before the first is put in place, in the order given: a write
+    that fails (a full disk, a file size limit) leaves every path as it was, so a
+    renewal never leaves a new key beside the old certificate.
+
+    Raises:
+        KeyExistsError: a path exists and ``overwrite`` is false (nothing written).
+        OSError: a file could not be written or placed.
+    """
+    for path, _data, _mode in files:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not overwrite and path.exists():
+            raise KeyExistsError(f"{path} exists; refusing to overwrite it")
+    # written whole to temporary files, then moved into place: a failed write leaves
+    # nothing at any path, and without ``overwrite`` os.link refuses a file that appeared
+    # meanwhile (as O_EXCL would)
+    staged: list[Path] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            # the data on disk before its name: a power loss after the link/rename
-            # otherwise can leave a key of zero bytes (ext4's delayed allocation
-            # commits the new name first)
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise KeyExistsError(f"{path} exists; refusing to overwrite it") from None
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
+        for path, data, mode in files:
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            staged.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                # the data on disk before its name: a power loss after the link/rename
+                # otherwise can leave a key of zero bytes (ext4's delayed allocation
+                # commits the new name first)
+                os.fsync(f.fileno())
+        for (path, _data, _mode), tmp in zip(files, staged, strict=True):
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise KeyExistsError(f"{path} exists; refusing to overwrite it") from None
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+    for directory in dict.fromkeys(path.parent for path, _data, _mode in files):
+        _sync_directory(directory)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -495,9 +513,12 @@ def write_private_key(
     Raises:
         KeyExistsError: ``path`` exists and ``overwrite`` is false.
     """
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    _write(Path(path), _key_pem(key), mode=0o600, overwrite=overwrite)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    _write(Path(path), data, mode=0o600, overwrite=overwrite)
 
 
 def write_certificate(
@@ -514,6 +535,20 @@ def write_certificate(
     chain = [certs] if isinstance(certs, x509.Certificate) else list(certs)
     data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     _write(Path(path), data, mode=0o644, overwrite=overwrite)
+
+
+def _write_pair(key_file: Path, key: ec.EllipticCurvePrivateKey, cert_file: Path,
+                cert: x509.Certificate, *, overwrite: bool) -> None:
+    """Write a key (0600) and its certificate (0644), both whole before either is put
+    in place (the key first): a failed write leaves the pair in force as it was.
+
+    Raises:
+        KeyExistsError: either exists and ``overwrite`` is false.
+        OSError: a file could not be written.
+    """
+    _write_all([(key_file, _key_pem(key), 0o600),
+                (cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)],
+               overwrite=overwrite)
 
 
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
@@ -690,6 +725,8 @@ def init_ca_dir(
     now: dt.datetime | None = None,
 ) -> WorkloadFiles:
     """Create a CA in ``directory`` (``ca.key`` 0600, ``ca.pem``); see :func:`create_ca`.
+    Both files are written whole before either is put in place: a write that fails (a
+    full disk) leaves the CA in force as it was.
 
     Returns:
         :class:`WorkloadFiles` with ``cert_file == ca_file``.
@@ -706,8 +743,7 @@ def init_ca_dir(
         for existing in (d / CA_KEY, d / CA_CERT):
             if existing.exists():
                 raise KeyExistsError(f"{existing} exists; refusing to overwrite it (--force)")
-    write_private_key(d / CA_KEY, key, overwrite=overwrite)
-    write_certificate(d / CA_CERT, cert, overwrite=overwrite)
+    _write_pair(d / CA_KEY, key, d / CA_CERT, cert, overwrite=overwrite)
     return WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / CA_CERT, key_file=d / CA_KEY)
 
 
@@ -736,8 +772,10 @@ def issue_into_dir(
 ) -> WorkloadFiles:
     """Issue ``<service>.pem`` / ``<service>.key`` (0600) with the CA in ``directory``.
 
-    When overwriting (renewal), the key is replaced before the certificate; readers such
-    as :meth:`TLSOptions.server_credentials` skip the moment where they disagree.
+    When overwriting (renewal), both files are written whole before either is replaced
+    (a write that fails, on a full disk, leaves the pair in force as it was), then the
+    key is replaced before the certificate; readers such as
+    :meth:`TLSOptions.server_credentials` skip the moment where they disagree.
 
     ``ca.pem`` may be a bundle (a CA renewed with its key beside the old certificate
     during a rotation, another CA trusted too): the issuer is the certificate of
@@ -767,8 +805,7 @@ def issue_into_dir(
         for existing in (files.key_file, files.cert_file):
             if existing.exists():
                 raise KeyExistsError(f"{existing} exists; refusing to overwrite it (--force)")
-    write_private_key(files.key_file, key, overwrite=overwrite)
-    write_certificate(files.cert_file, cert, overwrite=overwrite)
+    _write_pair(files.key_file, key, files.cert_file, cert, overwrite=overwrite)
     return files
 
 
