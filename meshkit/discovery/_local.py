@@ -654,6 +654,10 @@ class LocalRegistry:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._moved = False  # the path was found naming another file, or none
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
+        # (instance id, service) -> deregister() calls of it (by this object): a
+        # register() that sees its count change while its write was under way starts no
+        # heartbeat
+        self._withdrawals: dict[tuple[str, str], int] = {}
         # What this process registered, written again into a replaced file. Replaced, never
         # mutated, so the worker thread reads a consistent snapshot without a lock.
         self._owned: Mapping[str, Instance] = {}
@@ -700,6 +704,7 @@ class LocalRegistry:
             with contextlib.suppress(Exception):  # running the parent's loop
                 task.cancel()
         self._heartbeats = {}
+        self._withdrawals = {}
         self._owned = {}
         self._kept = {}
         self._probe_lock = None
@@ -1103,7 +1108,11 @@ class LocalRegistry:
 
         Raises:
             RegistryError: the registry file cannot be written, or the id is held by a live
-                entry of another service (both named; nothing is changed).
+                entry of another service (both named; nothing is changed); :meth:`close`
+                ran while it wrote (no heartbeat is started: the entry expires as close()
+                leaves every other one); :meth:`deregister` of the instance ran meanwhile
+                (the entry is deleted again and no heartbeat started: a drain racing a
+                start leaves the instance deregistered).
         """
         key = instance.instance_id
         mine = self._owned.get(key)
@@ -1114,6 +1123,8 @@ class LocalRegistry:
                 f"by instance id alone, so registering it for {instance.service!r} would "
                 "replace that entry: give each service's instance its own id (etcd keeps "
                 "<service>/<id> apart)")
+        # a deregister() of the instance meanwhile?
+        withdrawals = self._withdrawals.get((key, instance.service), 0)
         old = _stop_elsewhere(self._heartbeats.pop(key, None))
         if old is not None:
             old.cancel()
@@ -1128,6 +1139,20 @@ class LocalRegistry:
                 self._heartbeats[key] = asyncio.create_task(
                     self._heartbeat(previous), name=f"meshkit-heartbeat-{key}")
             raise
+        if self._closed:
+            # close() ran while the write was under way: it stopped every heartbeat, and
+            # one started now would run for good; the entry expires as close() leaves
+            # every other one
+            raise RegistryError(f"cannot keep {key!r} alive: local registry "
+                                f"{str(self.options.path)!r} is closed")
+        if self._withdrawals.get((key, instance.service), 0) != withdrawals:
+            # deregister() of the id ran meanwhile: its delete may have been done before
+            # this write (submitted while the old heartbeat ended), so delete again; no
+            # heartbeat may bring the instance back
+            await self._run(lambda c: self._write(c, remove=instance), write=True)
+            raise RegistryError(
+                f"local registry {str(self.options.path)!r}: instance {key!r} was "
+                "deregistered while register() ran; it is not registered")
         self._owned = {**self._owned, key: instance}
         stale = self._heartbeats.pop(key, None)  # a concurrent register() of the same id
         if stale is not None:
@@ -1152,7 +1177,8 @@ class LocalRegistry:
                 await self._run(lambda c: self._write(c, instance), write=True,
                                 still=lambda: self._heartbeats.get(key) is me)
             except RegistryError:
-                pass
+                if self._closed:  # nothing to renew any more: end, not spin
+                    return
             except _Stale:
                 return
 
@@ -1167,6 +1193,9 @@ class LocalRegistry:
         """
         mine = self._owned.get(instance.instance_id)
         if mine is None or mine.service == instance.service:  # not another service's id
+            # a register() of it under way sees this and starts no heartbeat
+            key = (instance.instance_id, instance.service)
+            self._withdrawals[key] = self._withdrawals.get(key, 0) + 1
             self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
             task = _stop_elsewhere(self._heartbeats.pop(instance.instance_id, None))
             if task is not None:

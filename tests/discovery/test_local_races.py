@@ -1,0 +1,85 @@
+"""LocalRegistry: register() racing close() or deregister().
+
+Each race is made deterministic by the registry's single worker thread: a register()
+submits its write before the task awaiting it yields, so a close() or deregister() started
+in the next turn runs while that write is in flight. Real SQLite files; ``LocalRegistry``
+objects on one directory stand for processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from meshkit.errors import RegistryError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def inst(i: str = "a") -> Instance:
+    return Instance(service="svc", instance_id=i, host="127.0.0.1", port=20001)
+
+
+def _heartbeat_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks()
+            if t.get_name().startswith("meshkit-heartbeat-") and not t.done()]
+
+
+async def test_a_register_whose_write_lands_while_close_runs_starts_no_heartbeat(
+        tmp_path: Path) -> None:
+    """close() while register()'s write is in flight: the register raises RegistryError
+    and no heartbeat is left running after close() (it used to renew nothing and spin
+    every heartbeat interval for good: the registry is closed)."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=0.6))
+    registering = asyncio.create_task(reg.register(inst()))
+    await asyncio.sleep(0)  # its write is submitted
+    await reg.close()
+    with pytest.raises(RegistryError, match="closed"):
+        await registering
+    assert _heartbeat_tasks() == []
+
+
+async def test_a_deregister_during_register_leaves_the_instance_deregistered(
+        tmp_path: Path) -> None:
+    """deregister() while register() of the same instance is in flight: once both have
+    returned (register raising RegistryError) the instance is not listed, and stays so
+    past its heartbeat interval (it used to come back with the register's heartbeat, and
+    be renewed for good, calls going to a server that had left)."""
+    opts = LocalOptions(path=tmp_path, ttl_s=0.6)
+    reg, reader = LocalRegistry(opts), LocalRegistry(opts)
+    try:
+        registering = asyncio.create_task(reg.register(inst()))
+        await asyncio.sleep(0)
+        await reg.deregister(inst())
+        with pytest.raises(RegistryError, match="deregistered"):
+            await registering
+        assert _heartbeat_tasks() == []
+        await asyncio.sleep(0.5)  # past two heartbeat intervals (0.2 s)
+        assert await reader.instances("svc") == frozenset()
+    finally:
+        await reg.close()
+        await reader.close()
+
+
+async def test_a_deregister_while_register_waits_for_the_old_heartbeat(
+        tmp_path: Path) -> None:
+    """The same race one step earlier: register() of an id registered already waits for
+    its old heartbeat before writing, and the deregister() comes meanwhile (its delete
+    is then done before the register's write): the instance is not listed afterwards."""
+    opts = LocalOptions(path=tmp_path, ttl_s=0.6)
+    reg, reader = LocalRegistry(opts), LocalRegistry(opts)
+    try:
+        await reg.register(inst())
+        registering = asyncio.create_task(reg.register(inst()))
+        await asyncio.sleep(0)  # it has cancelled the old heartbeat and waits for it
+        await reg.deregister(inst())
+        with pytest.raises(RegistryError, match="deregistered"):
+            await registering
+        assert await reader.instances("svc") == frozenset()
+        assert _heartbeat_tasks() == []
+    finally:
+        await reg.close()
+        await reader.close()
