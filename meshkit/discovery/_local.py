@@ -1333,7 +1333,8 @@ class LocalRegistry:
     async def close(self) -> None:
         """Stop heartbeats and close the file. Registrations expire after their TTL.
         Heartbeats of other event loops still running are cancelled in their loops (not
-        awaited; a write they still submit is not done). Idempotent."""
+        awaited; a write they still submit is not done). Idempotent; a close() cancelled
+        while it waits for the heartbeats still closes the file."""
         if self._closed:
             return
         self._closed = True
@@ -1343,15 +1344,20 @@ class LocalRegistry:
         self._heartbeats.clear()
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            await cancel_and_wait(t)
 
         def shut() -> None:
             with self._lock:
                 self._drop()
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
-        self._executor.shutdown(wait=False)
+        try:
+            for t in tasks:
+                await cancel_and_wait(t)
+        finally:
+            # also when close() is cancelled (a second one returns at once): the file is
+            # closed by the worker thread, after the jobs queued before
+            closing = self._executor.submit(shut)
+            self._executor.shutdown(wait=False)
+        await asyncio.wrap_future(closing)
 
     def __repr__(self) -> str:
         return f"LocalRegistry(path={str(self.options.path)!r}, ttl_s={self.options.ttl_s})"

@@ -1,4 +1,4 @@
-"""LocalRegistry: register() racing close() or deregister().
+"""LocalRegistry: register() racing close() or deregister(), and a close() cancelled.
 
 Each race is made deterministic by the registry's single worker thread: a register()
 submits its write before the task awaiting it yields, so a close() or deregister() started
@@ -9,6 +9,7 @@ objects on one directory stand for processes.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,36 @@ async def test_a_deregister_while_register_waits_for_the_old_heartbeat(
     finally:
         await reg.close()
         await reader.close()
+
+
+def _open_files(tmp_path: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(tmp_path)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+async def test_a_cancelled_close_still_closes_the_file(tmp_path: Path) -> None:
+    """close() cancelled while it stops the heartbeats (a shutdown timeout, asyncio.run's
+    sweep): the registry file is closed all the same (it stayed open for good, and a
+    second close() returned at once, close() being idempotent)."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3))
+    await reg.register(inst())
+    assert _open_files(tmp_path)
+    closing = asyncio.create_task(reg.close())
+    await asyncio.sleep(0)  # it is waiting for the heartbeat to end
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await reg.close()
+    for _ in range(100):  # the worker thread closes it: at most a few ms
+        if not _open_files(tmp_path):
+            break
+        await asyncio.sleep(0.02)
+    assert _open_files(tmp_path) == []
