@@ -21,6 +21,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 # build an Instance per record at every read); cleared when it reaches _HOSTS_OK_MAX
 _HOSTS_OK: set[str] = set()
 _HOSTS_OK_MAX = 4096
+#: The largest weight: a signed 64-bit integer (SQLite's INTEGER, Consul's and etcd's Go
+#: int); a larger one could not be registered (the local registry's write raised a bare
+#: OverflowError)
+_WEIGHT_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,7 +44,8 @@ class Instance:
             collection of strings, not one string (``"v2"`` would be the tags ``v`` and
             ``2``); stored as a tuple, in the order given.
         meta: string key/values (Consul ``Meta``), e.g. ``{"version": "v2", "zone": "a"}``.
-        weight: relative weight for weighted balancers (Consul ``Weights.Passing``), >= 1.
+        weight: relative weight for weighted balancers (Consul ``Weights.Passing``), 1 to
+            ``2**63 - 1`` (a signed 64-bit integer: what SQLite, Consul and etcd store).
 
     Every string (``instance_id``, ``host``, each tag, each ``meta`` key and value) must
     be encodable as UTF-8: a lone surrogate (``"orderd-\\ud83d"``, what JavaScript's
@@ -82,7 +87,7 @@ class Instance:
                 _HOSTS_OK.clear()
             _HOSTS_OK.add(self.host)
         check_int("port", self.port, high=65535)
-        check_int("weight", self.weight)
+        check_int("weight", self.weight, high=_WEIGHT_MAX)
         tags = check_strings("tags", self.tags)
         for tag in tags:
             _check_utf8("tags", tag)
