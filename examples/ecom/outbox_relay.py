@@ -5,7 +5,8 @@ and marks them sent, like the relay inside the order service (``--nats-url``), f
 deployment that runs it beside the order services instead (several relays may share one
 outbox: a repeat is dropped by the stream's dedupe window or the projection). Signs with
 the ``orderd`` workload identity when ``--cert-dir`` is given. Prints ``READY relay``
-once connected; runs until SIGTERM or SIGINT.
+once its store is open (NATS is connected in the background: it may be down); runs
+until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations

@@ -39,6 +39,13 @@ BAD_CREDENTIALS = "invalid email or password"
 #: CreateUser accepted composed is at most 4 times as long.
 SPELLING_EXPANSION = 4
 
+#: Most password hashings (scrypt: 16 MiB and tens of milliseconds of CPU each) a
+#: servicer runs at once; the others wait their turn (a cancelled call leaves the queue).
+#: ``asyncio.to_thread`` alone ran as many as its pool has threads, ``min(32, CPUs + 4)``
+#: where a container sees the node's CPUs: 32 at once is 512 MiB, past deploy/k8s'
+#: 256 MiB limit of userd.
+MAX_CONCURRENT_HASHES = 4
+
 #: Status message of UNAVAILABLE when the user store cannot be reached.
 STORE_UNAVAILABLE = "user store unavailable"
 #: Status message of INTERNAL when the user store fails otherwise.
@@ -88,7 +95,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     Authenticate; it defaults to :class:`OpaqueSessionIssuer`. With ``cache``
     (:func:`examples.ecom.cache.open_user_cache`) GetUser reads through it and
     UpdateUser invalidates the changed user in it; a cache outage only sends GetUser to
-    the store.
+    the store. Password hashings run :data:`MAX_CONCURRENT_HASHES` at a time at most.
     """
 
     def __init__(self, store: Store, *, issue_session: SessionIssuer | None = None,
@@ -96,6 +103,28 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self._store = store
         self._issue_session = issue_session or OpaqueSessionIssuer()
         self._cache = cache
+        self._hash_slots = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
+
+    async def _hashing(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` (a :mod:`~examples.ecom.passwords` function) in a worker thread,
+        once one of the :data:`MAX_CONCURRENT_HASHES` slots is free. The slot is held
+        until the thread ends, also when the call is cancelled meanwhile (the thread
+        cannot be stopped: it still takes its memory and CPU)."""
+        slots = self._hash_slots
+        await slots.acquire()
+        try:
+            work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except BaseException:
+            slots.release()
+            raise
+
+        def done(f: asyncio.Future[_T]) -> None:
+            slots.release()
+            if not f.cancelled():
+                f.exception()  # retrieved: a cancelled caller no longer awaits it
+
+        work.add_done_callback(done)
+        return await asyncio.shield(work)
 
     @staticmethod
     async def _stored(call: Awaitable[_T], context: grpc.aio.ServicerContext[Any, Any]) -> _T:
@@ -142,7 +171,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if await self._user_by_email(request.email, context) is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
-        hashed = await asyncio.to_thread(passwords.hash_password, request.password)
+        hashed = await self._hashing(passwords.hash_password, request.password)
         try:
             user = await self._stored(self._store.create_user(email, request.name, hashed), context)
         except DuplicateEmailError:  # lost a race with a concurrent CreateUser
@@ -240,7 +269,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         user = await self._user_by_email(email, context, every_spelling=True)
-        ok = await asyncio.to_thread(
+        ok = await self._hashing(
             passwords.verify_or_dummy, password, user.password_hash if user else None
         )
         if user is None or not ok:
