@@ -459,7 +459,10 @@ class EndpointPool:
         task = self._state_tasks.pop(key, None)
         if task is not None:
             task.cancel()
-        self._state_tasks[key] = self.spawn(self._track_state(ep))
+        # an endpoint left IDLE (its server closed the unused connection) stays IDLE on
+        # its new sub-channel until a call asks (connect_idle): a renewal is no activity
+        self._state_tasks[key] = self.spawn(
+            self._track_state(ep, connect=key not in self._idle))
         self._replaced.setdefault(key, set()).add(old)
         connection_ended(ep)  # new attempts go over a new connection
         self._drain(old, ep, math.inf).add_done_callback(
@@ -481,7 +484,7 @@ class EndpointPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _track_state(self, ep: Endpoint) -> None:
+    async def _track_state(self, ep: Endpoint, *, connect: bool = True) -> None:
         """Mirror the endpoint's sub-channel connectivity in ``ep.state``, waking waiting
         calls on every change.
 
@@ -497,10 +500,12 @@ class EndpointPool:
         that receive a GOAWAY when there are no active or pending RPCs should also switch
         to IDLE to avoid connection overload at servers that are attempting to shed
         connections"): reconnecting at once made an idle client reopen every connection
-        a server closed as idle, for ever."""
+        a server closed as idle, for ever. With ``connect`` false (the sub-channel
+        :meth:`rebuild` made for an endpoint left IDLE) it is not asked to connect at
+        first either: it stays IDLE until a call asks."""
         key = ep.key
         ch = self.conns[key].channel
-        state = ch.get_state(try_to_connect=True)
+        state = ch.get_state(try_to_connect=connect)
         calls = ep.calls  # the endpoint's calls before the connection being made
         while True:
             ep.state = _CONNECTIVITY.get(state, EndpointState.IDLE)

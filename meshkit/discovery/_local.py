@@ -583,6 +583,20 @@ class _Snapshot(NamedTuple):
     deregistered: frozenset[str]  # ids deregistered explicitly (tombstones not yet collected)
 
 
+def _json_list(text: str) -> tuple[object, ...]:
+    """A row's ``tags`` column: JSON text of a list, as a tuple.
+
+    Raises:
+        ValueError: not JSON.
+        TypeError: JSON of another shape (a string, an object: ``tuple()`` of it would
+            take it apart into characters or keys).
+    """
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise TypeError(f"tags must be a JSON list, got {type(value).__name__}")
+    return tuple(value)
+
+
 def _failing(snap: _Snapshot) -> frozenset[Instance]:
     """The instances of a read whose heartbeat lapsed and that were not deregistered."""
     return frozenset(i for i, _ in snap.expired if i.instance_id not in snap.deregistered)
@@ -1036,7 +1050,7 @@ class LocalRegistry:
         for r in conn.execute(query, (service,)):
             try:
                 inst = Instance(service=service, instance_id=r[0], host=r[1], port=r[2],
-                                tags=tuple(json.loads(r[3])), meta=json.loads(r[4]),
+                                tags=_json_list(r[3]), meta=json.loads(r[4]),
                                 weight=r[5])
                 expires_at = r[6]
                 if key is not None and r[7] == key and r[9] == expires_at:
