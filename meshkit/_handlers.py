@@ -455,11 +455,24 @@ class _SyncContext:
     def abort(self, code: grpc.StatusCode, details: str = "",
               trailing_metadata: Any = ()) -> Any:
         """End the call with ``code``; raises grpc.aio's ``AbortError`` (on the loop's
-        thread, in an async result of the handler: returns the coroutine that does)."""
+        thread, in an async result of the handler: returns the coroutine that does).
+
+        Trailing metadata gRPC cannot send (``trailing_metadata``, or with none given
+        those set before with ``set_trailing_metadata``, which grpc.aio's ``abort`` sends
+        then) ends the call ``INTERNAL`` naming the key instead, the metadata dropped:
+        grpc.aio's ``abort`` marks the call answered before it encodes them, and a
+        ``str`` value under a ``-bin`` key made the encoding raise, nothing sent, the
+        call left open until its deadline (see :func:`_unsendable_abort`)."""
+        bad = _unsendable_abort(self._context, trailing_metadata)
+        if bad is not None:
+            code, details, trailing_metadata = grpc.StatusCode.INTERNAL, bad, ()
         return self._on_loop(self._context.abort(code, details, trailing_metadata))
 
     def abort_with_status(self, status: Any) -> Any:
         """End the call with ``status`` (a ``grpc.Status``); as :meth:`abort`."""
+        bad = _unsendable_abort(self._context, getattr(status, "trailing_metadata", ()))
+        if bad is not None:
+            return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
         return self._on_loop(self._context.abort_with_status(status))
 
     def send_initial_metadata(self, metadata: Any) -> Any:
@@ -1167,6 +1180,33 @@ def _unsendable_trailers(context: Any) -> str | None:
     except InvalidMetadataError as e:
         context.set_trailing_metadata(())
         return f"the handler's trailing {e.details()}"
+    return None
+
+
+def _unsendable_abort(context: Any, trailing_metadata: Any) -> str | None:
+    """The status details for a synchronous handler's ``abort`` whose trailing metadata
+    gRPC cannot send (``trailing_metadata``, else those set on ``context`` before, which
+    grpc.aio's ``abort`` sends when given none), naming the key (never the value), the
+    metadata set on ``context`` then cleared; ``None`` when it can be sent, or when it is
+    no tuple of ``(str, str | bytes)`` pairs (grpc.aio's ``abort`` refuses that itself,
+    ``TypeError``, before it marks the call answered: see :class:`AnswerNotSent`).
+    Asked on ``abort`` only (a failure path)."""
+    if not trailing_metadata:
+        if not getattr(context, "trailing_metadata", _none_set)():
+            return None
+        return _unsendable_trailers(context)
+    try:
+        for pair in trailing_metadata:  # grpc.aio's own shape check, which it raises for
+            if (not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str)
+                    or not isinstance(pair[1], str | bytes)):
+                return None
+        check_metadata(trailing_metadata)
+    except InvalidMetadataError as e:
+        with contextlib.suppress(Exception):  # (a stand-in context's)
+            context.set_trailing_metadata(())
+        return f"the handler's trailing {e.details()}"
+    except Exception:
+        return None
     return None
 
 
