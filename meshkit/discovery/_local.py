@@ -475,8 +475,9 @@ class LocalOptions:
     Raises:
         ConfigError: a value is out of range or of the wrong type (quoted in the
             message): a ``path`` that is no ``str`` or ``os.PathLike`` (``None`` from an
-            unset variable, ``bytes``) or is ``""``; a ``boot_clock`` that is not callable
-            (nor None); a ``boot_id`` that is no string, is ``""`` or holds ``/``.
+            unset variable, ``bytes``), is ``""`` or holds NUL; a ``boot_clock`` that is
+            not callable (nor None); a ``boot_id`` that is no string, is ``""`` or holds
+            ``/``.
     """
 
     path: Path = field(default_factory=default_local_path)
@@ -490,7 +491,10 @@ class LocalOptions:
     boot_id: str | None = field(default_factory=_this_boot)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", _database_path(check_path("path", self.path)))
+        text = check_path("path", self.path)
+        if "\x00" in text:  # os.stat's bare ValueError otherwise (local:///tmp/mesh%00)
+            raise ConfigError(f"path must not hold a NUL character, got {text!r}")
+        object.__setattr__(self, "path", _database_path(text))
         if self.boot_clock is not None and not callable(self.boot_clock):
             raise ConfigError(f"boot_clock must be a function returning seconds or None, "
                               f"got {self.boot_clock!r}")

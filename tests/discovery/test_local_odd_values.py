@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry, registry_from_uri
 from meshkit.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,3 +52,13 @@ async def test_a_row_whose_tags_are_no_json_list_is_skipped(tmp_path: Path, tags
         assert await reg.instances("svc") == {good}
     finally:
         await reg.close()
+
+
+@pytest.mark.parametrize("path", ["/tmp/mesh\x00/x", Path("/tmp/mesh\x00")])
+def test_a_path_holding_nul_is_a_config_error(path: object) -> None:
+    """A path holding NUL (given, or ``local:///tmp/mesh%00`` decoded) is a ConfigError
+    quoting it; it was a bare ValueError ("embedded null byte") from os.stat."""
+    with pytest.raises(ConfigError, match=r"path.*\\x00"):
+        LocalOptions(path=path)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"path.*\\x00"):
+        registry_from_uri("local:///tmp/mesh%00")
