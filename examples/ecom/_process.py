@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import meshkit
@@ -17,12 +19,68 @@ def setup_logging() -> None:
     configure_logging()
 
 
+def _bad(text: str, what: str, env: str | None) -> argparse.ArgumentTypeError:
+    where = f" (the flag or env {env})" if env else ""
+    return argparse.ArgumentTypeError(f"must be {what}, got {text!r}{where}")
+
+
+def port_arg(env: str | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a TCP port, 0..65535 (0 picks a free one). ``env`` names the
+    variable the flag's default comes from, for the message: a default given as a string
+    (``default=os.environ.get(...)``) is converted by argparse too, so a bad value in the
+    environment is a usage error naming the flag and the variable (exit 2), not a
+    ``ValueError`` traceback when the parser is built (then even ``--help`` failed)."""
+
+    def port(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _bad(text, "a port number, 0..65535", env) from None
+        if not 0 <= value <= 65535:
+            raise _bad(text, "a port number, 0..65535", env)
+        return value
+
+    return port
+
+
+def seconds_arg(env: str | None = None, *, zero: bool = True) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of seconds, >= 0 (> 0 unless ``zero``); NaN
+    and infinity refused. ``env`` as for :func:`port_arg`."""
+    what = "a finite number of seconds" + (", >= 0" if zero else ", > 0")
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _bad(text, what, env) from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise _bad(text, what, env)
+        return value
+
+    return seconds
+
+
+def count_arg(low: int = 1) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _bad(text, f"an integer >= {low}", None) from None
+        if value < low:
+            raise _bad(text, f"an integer >= {low}", None)
+        return value
+
+    return count
+
+
 def parser(service: str, default_db: str) -> argparse.ArgumentParser:
     """The common arguments of a service process (registry comes from MESHKIT_REGISTRY)."""
     p = argparse.ArgumentParser(prog=f"python -m examples.ecom.{service}")
     p.add_argument("--instance-id", default=None, help="registry instance id")
     p.add_argument("--host", default="127.0.0.1", help="bind address")
-    p.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    p.add_argument("--port", type=port_arg(), default=0, help="port (0 picks a free one)")
     p.add_argument("--advertise-host", default=os.environ.get("MESHKIT_ADVERTISE_HOST") or None,
                    help="host put in the registry (env MESHKIT_ADVERTISE_HOST; default --host,"
                         " or the host name when binding all interfaces); in Kubernetes the"
@@ -30,8 +88,8 @@ def parser(service: str, default_db: str) -> argparse.ArgumentParser:
     p.add_argument("--admin-host", default=os.environ.get("MESHKIT_ADMIN_HOST", "127.0.0.1"),
                    help="admin server (/metrics, /livez, /readyz) bind address (env"
                         " MESHKIT_ADMIN_HOST; 0.0.0.0 for probes and a remote Prometheus)")
-    p.add_argument("--admin-port", type=int,
-                   default=int(os.environ.get("MESHKIT_ADMIN_PORT", "0") or 0),
+    p.add_argument("--admin-port", type=port_arg("MESHKIT_ADMIN_PORT"),
+                   default=os.environ.get("MESHKIT_ADMIN_PORT") or "0",
                    help="admin server port (env MESHKIT_ADMIN_PORT; 0 picks a free one)")
     p.add_argument("--db", default=os.environ.get("DATABASE_URL", default_db),
                    help="sqlite:///file.db or postgresql://... (env DATABASE_URL)")
@@ -42,8 +100,9 @@ def parser(service: str, default_db: str) -> argparse.ArgumentParser:
                         "default <cert-dir>/jwt)")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext instead of mTLS (asked for explicitly)")
-    p.add_argument("--grace-s", type=float, default=5.0, help="drain grace for in-flight calls")
-    p.add_argument("--drain-delay-s", type=float, default=0.5,
+    p.add_argument("--grace-s", type=seconds_arg(), default=5.0,
+                   help="drain grace for in-flight calls")
+    p.add_argument("--drain-delay-s", type=seconds_arg(), default=0.5,
                    help="delay between deregistering and refusing new calls")
     return p
 

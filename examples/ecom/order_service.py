@@ -18,7 +18,14 @@ import structlog
 
 import meshkit
 from examples.ecom import mesh, security
-from examples.ecom._process import announce, parser, serve_options, setup_logging, tls
+from examples.ecom._process import (
+    announce,
+    parser,
+    seconds_arg,
+    serve_options,
+    setup_logging,
+    tls,
+)
 from examples.ecom.events import outbox_relay
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
@@ -99,7 +106,7 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nats-url", default=os.environ.get("MESHKIT_NATS_URL", ""),
                    help="NATS with JetStream for the OrderPlaced outbox relay, e.g."
                         " nats://127.0.0.1:4222 (env MESHKIT_NATS_URL; empty: no relay)")
-    p.add_argument("--wait-users-s", type=float, default=10.0,
+    p.add_argument("--wait-users-s", type=seconds_arg(), default=10.0,
                    help="how long to wait for a user service before serving anyway")
     args = p.parse_args(argv)
     tls_options = tls(args, SERVICE)

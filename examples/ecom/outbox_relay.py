@@ -18,7 +18,7 @@ import os
 import signal
 
 import meshkit
-from examples.ecom._process import setup_logging
+from examples.ecom._process import count_arg, setup_logging
 from examples.ecom.events import outbox_relay
 from examples.ecom.storage import open_store
 from meshkit.messaging import MessageSigner, RelayOptions
@@ -36,7 +36,7 @@ async def main(argv: list[str] | None = None) -> None:
                    help="NATS with JetStream (env MESHKIT_NATS_URL)")
     p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
                    help="meshkit certs directory: sign as orderd (env MESHKIT_CERT_DIR)")
-    p.add_argument("--batch-size", type=int, default=100, help="events per round")
+    p.add_argument("--batch-size", type=count_arg(), default=100, help="events per round")
     args = p.parse_args(argv)
     signer = MessageSigner.from_dir(args.cert_dir, "orderd") if args.cert_dir else None
     stop = asyncio.Event()

@@ -21,7 +21,14 @@ import structlog
 
 import meshkit
 from examples.ecom import events, security
-from examples.ecom._process import announce, parser, serve_options, setup_logging, tls
+from examples.ecom._process import (
+    announce,
+    parser,
+    seconds_arg,
+    serve_options,
+    setup_logging,
+    tls,
+)
 from examples.ecom.proto import summary_pb2_grpc
 from examples.ecom.storage import Store, open_store
 from meshkit.auth import AuthOptions, AuthzPolicy, Rule, workload_id
@@ -93,8 +100,8 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--durable", default=os.environ.get("ECOM_SUMMARY_DURABLE", events.DURABLE),
                    help="durable consumer name; processes with one name share the events"
                         " (env ECOM_SUMMARY_DURABLE)")
-    p.add_argument("--ack-wait-s", type=float,
-                   default=float(os.environ.get("ECOM_SUMMARY_ACK_WAIT_S", "5")),
+    p.add_argument("--ack-wait-s", type=seconds_arg("ECOM_SUMMARY_ACK_WAIT_S", zero=False),
+                   default=os.environ.get("ECOM_SUMMARY_ACK_WAIT_S") or "5",
                    help="seconds before an event a dead consumer held is redelivered"
                         " (env ECOM_SUMMARY_ACK_WAIT_S; default 5)")
     args = p.parse_args(argv)

@@ -13,11 +13,20 @@ entry): ``--user-cache URI`` (env ``ECOM_USER_CACHE``; ``memory://`` by default,
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import meshkit
 from examples.ecom import security
-from examples.ecom._process import announce, jwt_dir, parser, serve_options, setup_logging, tls
+from examples.ecom._process import (
+    announce,
+    jwt_dir,
+    parser,
+    seconds_arg,
+    serve_options,
+    setup_logging,
+    tls,
+)
 from examples.ecom.cache import UserCacheOptions, open_user_cache
 from examples.ecom.proto import user_pb2_grpc
 from examples.ecom.storage import UserRecord, open_store
@@ -47,18 +56,23 @@ class JwtSessions:
         return IssuedSession(self._issuer.issue(user.id, scopes=security.SCOPES), TOKEN_TTL_S)
 
 
-async def main(argv: list[str] | None = None) -> None:
-    """Parse ``argv``, open the store, start the JWKS server and serve until a signal."""
-    setup_logging()
+def arguments() -> argparse.ArgumentParser:
+    """The process's command line (its environment defaults read now)."""
     p = parser("user_service", "sqlite:///users.db")
     p.add_argument("--user-cache", default=os.environ.get("ECOM_USER_CACHE", "memory://"),
                    help="GetUser cache: memory://, async+redis://host:6379 or off "
                         "(env ECOM_USER_CACHE; default memory://)")
-    p.add_argument("--user-cache-ttl-s", type=float,
-                   default=float(os.environ.get("ECOM_USER_CACHE_TTL_S", "60")),
+    p.add_argument("--user-cache-ttl-s", type=seconds_arg("ECOM_USER_CACHE_TTL_S", zero=False),
+                   default=os.environ.get("ECOM_USER_CACHE_TTL_S") or "60",
                    help="seconds a cached user is served (env ECOM_USER_CACHE_TTL_S; "
                         "default 60)")
-    args = p.parse_args(argv)
+    return p
+
+
+async def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv``, open the store, start the JWKS server and serve until a signal."""
+    setup_logging()
+    args = arguments().parse_args(argv)
     cache = open_user_cache(UserCacheOptions(uri=args.user_cache, ttl_s=args.user_cache_ttl_s))
     tls_options = tls(args, SERVICE)
     keys = KeySet.from_directory(jwt_dir(args))
