@@ -114,7 +114,8 @@ class TLSMaterial:
         ca_pem, cert_pem, key_pem: the file contents (``key_pem`` never logged).
         spiffe_id: the certificate's SPIFFE ID.
         not_after: the certificate's expiry, epoch seconds.
-        fingerprint: hex SHA-256 over the leaf certificate DER and the CA bundle.
+        fingerprint: hex SHA-256 over the certificate chain's DER (the leaf and the
+            intermediates after it) and the CA bundle.
         dns_names: the leaf's DNS SANs, as written (default none).
         not_before: the certificate's notBefore, epoch seconds (default ``-inf``:
             unknown).
@@ -285,7 +286,9 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    digest = hashlib.sha256(leaf.public_bytes(enc) + b"\0" + ca_pem).hexdigest()
+    # the whole chain: a renewed intermediate beside the same leaf is a renewal too
+    digest = hashlib.sha256(b"".join(c.public_bytes(enc) for c in chain) + b"\0" + ca_pem
+                            ).hexdigest()
     return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
                        digest, dns, leaf.not_valid_before_utc.timestamp(),
                        all(eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku
@@ -514,8 +517,9 @@ class TLSOptions:
         return self._initial.spiffe_id
 
     def certificate_fingerprint(self) -> str:
-        """Hex SHA-256 of the current certificate (DER) and CA bundle, read from disk now;
-        it changes when either is renewed.
+        """Hex SHA-256 of the current certificate chain (DER: the leaf and the
+        intermediates after it) and CA bundle, read from disk now; it changes when any
+        of them is renewed.
 
         Raises:
             CertificateError: the files are unreadable or inconsistent right now.
