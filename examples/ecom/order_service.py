@@ -10,6 +10,7 @@ workload identity.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Any
 
@@ -82,15 +83,24 @@ class OwnedOrders(OrderServicer):
 
 
 def jwks_url_from(users: meshkit.MeshChannel) -> Any:
-    """A JWKS URL provider reading the ``jwks_port`` meta of the user service's endpoints."""
+    """A JWKS URL provider reading the ``jwks_port`` meta of the user service's endpoints.
+
+    Each call (one per fetch) takes the endpoints announcing a JWKS whose connection is
+    in the best state (READY, else IDLE, else FAILING) in turn: every user-service
+    instance serves the same keys, and a fetch that failed on a dead instance still
+    listed (killed before its registration lapsed, or hung) is retried on another, where
+    always taking the first by instance id sent every fetch to it."""
+    turn = itertools.count()
 
     def url() -> str:
-        for ep in users.endpoints():
-            port = ep.instance.meta.get("jwks_port")
-            if port:
-                host = ep.instance.address.rsplit(":", 1)[0]
-                return f"http://{host}:{port}/.well-known/jwks.json"
-        raise JWKSError("no user service instance announces a JWKS")
+        found = [ep for ep in users.endpoints() if ep.instance.meta.get("jwks_port")]
+        if not found:
+            raise JWKSError("no user service instance announces a JWKS")
+        best = min(ep.state for ep in found)
+        candidates = [ep for ep in found if ep.state == best]
+        ep = candidates[next(turn) % len(candidates)]
+        host = ep.instance.address.rsplit(":", 1)[0]
+        return f"http://{host}:{ep.instance.meta['jwks_port']}/.well-known/jwks.json"
 
     return url
 
