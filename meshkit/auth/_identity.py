@@ -27,6 +27,7 @@ trust anchor's path length), basicConstraints, keyUsage and name constraints.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import ipaddress
@@ -778,6 +779,16 @@ class PeerVerifier:
         verifier._checked_at = now
         verifier._next_check = now + reload_interval_s
         return verifier
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PeerVerifier:
+        """A verifier of the same trust bundle (and file, followed alike) with a verdict
+        cache and outage log of its own; the parsed bundle is immutable and shared
+        (``cryptography``'s objects do not copy), so options holding a verifier
+        deep-copy (``copy.deepcopy``, ``dataclasses.asdict``)."""
+        new = copy.copy(self)
+        new._cache = {}
+        new._fault = OutageLog(_log, "CA bundle readable again", clock=self._clock)
+        return new
 
     @staticmethod
     def _parse(ca_pem: bytes) -> dict[x509.Name, tuple[_Anchor, ...]]:

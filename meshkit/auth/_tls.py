@@ -60,6 +60,8 @@ they read again.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -430,6 +432,9 @@ class TLSOptions:
     (``server_credentials()``, ``channel_credentials()`` and :meth:`peer_interceptor`
     are for plain grpc.aio servers and channels; ``serve()`` refuses a peer check among
     ``ServeOptions.interceptors`` and installs its own from ``tls``.)
+
+    The options copy and deep-copy (sharing what was read), and pickle (for worker
+    processes) as their fields: unpickled, they are built again, reading the files there.
     """
 
     ca_file: Path
@@ -478,6 +483,28 @@ class TLSOptions:
         object.__setattr__(self, "_initial", self.read())
         object.__setattr__(self, "_verifier", PeerVerifier.from_file(
             self.ca_file, reload_interval_s=self.reload_interval_s))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the fields given (``multiprocessing`` with spawn, a process pool):
+        unpickled, the options are built again, their files read and checked there as
+        a process building its own would (raising as construction does); what was read
+        here (``cryptography`` objects) does not pickle."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return (_tls_options, (type(self), given))
+
+    def __copy__(self) -> TLSOptions:
+        """A copy sharing what was read (immutable) and the peer verifier."""
+        new = object.__new__(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, getattr(self, f.name))
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TLSOptions:
+        """A copy sharing what was read (immutable: ``cryptography``'s objects do not
+        copy), with a peer verifier of its own (:meth:`PeerVerifier.__deepcopy__`)."""
+        new = self.__copy__()
+        object.__setattr__(new, "_verifier", copy.deepcopy(self._verifier, memo))
+        return new
 
     @property
     def domain(self) -> str:
@@ -625,6 +652,11 @@ class TLSOptions:
             CertificateError: as :meth:`channel_credentials`.
         """
         return ChannelCredentialsReloader(self)
+
+
+def _tls_options(cls: type[TLSOptions], given: dict[str, Any]) -> TLSOptions:
+    """``cls(**given)``: an unpickled :class:`TLSOptions` (:meth:`TLSOptions.__reduce__`)."""
+    return cls(**given)
 
 
 def check_server_identity(tls: TLSOptions, service: str) -> None:
