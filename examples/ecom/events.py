@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +31,7 @@ from nats.js.client import JetStreamContext
 from examples.ecom import validation
 from examples.ecom.proto import summary_pb2, summary_pb2_grpc
 from examples.ecom.storage import ORDER_PLACED_SUBJECT, Store, StoreError, StoreUnavailable, now_ms
+from meshkit.auth import load_certificate, load_private_key
 from meshkit.messaging import (
     ConsumerOptions,
     Delivery,
@@ -229,6 +233,76 @@ async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_
         except errors as exc:
             _log.warning(warning, cause=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(interval_s)
+
+
+class RenewingSigner(MessageSigner):
+    """The :class:`~meshkit.messaging.MessageSigner` of ``service`` from a meshkit certs
+    directory (``<service>.pem``, ``<service>.key``) that takes a renewed certificate.
+
+    ``MessageSigner.from_dir`` reads the pair once, so a long-running relay went on
+    signing with its first certificate after the Secret was renewed (the workload's TLS
+    reloads its files, the signer did not); once that certificate expired (meshkit's
+    default lifetime: 24 h), the projection's verifier refused every new event (``the
+    certificate has expired`` at its send time) and dead-lettered it, and the summaries
+    stopped counting orders. Here, at most every ``check_interval_s`` seconds (default 5,
+    as :class:`~meshkit.auth.TLSOptions`' ``reload_interval_s``), a signature first
+    compares the files' inode, size and mtime (followed through the symlinks a
+    Kubernetes Secret mount swaps) with those loaded, and loads the pair again when they
+    changed; a pair that does not load (a file missing, or a certificate and key written
+    one after the other that do not match yet) keeps the old one and is logged once
+    (``message signer reload failed``), tried again at the next check.
+
+    Raises:
+        meshkit.auth.CertificateError, ConfigError: as ``MessageSigner.from_files``, for
+            the first load.
+    """
+
+    __slots__ = ("_check_interval_s", "_current", "_files", "_next_check", "_stamp",
+                 "_warned")
+
+    def __init__(self, cert_dir: str | os.PathLike[str], service: str, *,
+                 check_interval_s: float = 5.0) -> None:
+        base = Path(cert_dir)
+        self._files = (base / f"{service}.pem", base / f"{service}.key")
+        self._check_interval_s = check_interval_s
+        self._stamp = self._stamp_now()
+        self._current = MessageSigner.from_files(*self._files)
+        super().__init__(load_certificate(self._files[0]), load_private_key(self._files[1]))
+        self._next_check = time.monotonic() + check_interval_s
+        self._warned: tuple[tuple[int, int, int], ...] | None = None
+
+    def _stamp_now(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            stats = [os.stat(f) for f in self._files]
+        except OSError:
+            return None
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+    def _renew(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._check_interval_s
+        stamp = self._stamp_now()
+        if stamp is None or stamp == self._stamp:
+            return
+        try:
+            fresh = MessageSigner.from_files(*self._files)
+        except Exception as exc:  # half-written, mismatched: keep signing with the old
+            if self._warned != stamp:
+                self._warned = stamp
+                _log.warning("message signer reload failed", error=f"{type(exc).__name__}: "
+                             f"{exc}", cert=str(self._files[0]))
+            return
+        self._current, self._stamp, self.identity = fresh, stamp, fresh.identity
+        _log.info("message signer reloaded", cert=str(self._files[0]))
+
+    def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
+             payload: bytes) -> None:
+        """Sign with the current pair (see the class docstring), as
+        :meth:`MessageSigner.sign <meshkit.messaging.MessageSigner.sign>`."""
+        self._renew()
+        self._current.sign(headers, msg_id=msg_id, subject=subject, payload=payload)
 
 
 #: Pause between two attempts to connect to NATS, or to create the stream (seconds).

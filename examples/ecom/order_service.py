@@ -27,7 +27,7 @@ from examples.ecom._process import (
     setup_logging,
     tls,
 )
-from examples.ecom.events import outbox_relay
+from examples.ecom.events import RenewingSigner, outbox_relay
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
 from examples.ecom.storage import open_store
@@ -40,7 +40,6 @@ from meshkit.auth import (
     VerifierOptions,
     current_claims,
 )
-from meshkit.messaging import MessageSigner
 from meshkit.resilience import RateLimitOptions, by_identity
 
 _log = structlog.get_logger("examples.ecom.order_service")
@@ -125,7 +124,8 @@ async def main(argv: list[str] | None = None) -> None:
         mesh.USERS, tls=tls_options, insecure=tls_options is None,
         interceptors=(TokenForwarder(services=(USER_SERVICE,)),))
     users_channel = meshkit.dial(USER_SERVICE, options=users_opts)
-    signer = MessageSigner.from_dir(args.cert_dir, SERVICE) if args.cert_dir else None
+    # renewed certificates reach the signer too (the TLS options reload theirs)
+    signer = RenewingSigner(args.cert_dir, SERVICE) if args.cert_dir else None
     jwks: JWKSClient | None = None
     try:
         # A readiness gate: PlaceOrder needs the user service, so do not join the mesh

@@ -19,9 +19,9 @@ import signal
 
 import meshkit
 from examples.ecom._process import count_arg, setup_logging
-from examples.ecom.events import outbox_relay
+from examples.ecom.events import RenewingSigner, outbox_relay
 from examples.ecom.storage import open_store
-from meshkit.messaging import MessageSigner, RelayOptions
+from meshkit.messaging import RelayOptions
 
 
 async def main(argv: list[str] | None = None) -> None:
@@ -38,7 +38,7 @@ async def main(argv: list[str] | None = None) -> None:
                    help="meshkit certs directory: sign as orderd (env MESHKIT_CERT_DIR)")
     p.add_argument("--batch-size", type=count_arg(), default=100, help="events per round")
     args = p.parse_args(argv)
-    signer = MessageSigner.from_dir(args.cert_dir, "orderd") if args.cert_dir else None
+    signer = RenewingSigner(args.cert_dir, "orderd") if args.cert_dir else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,60 @@
+"""The order service's event signer takes a renewed workload certificate
+(``events.RenewingSigner``).
+
+orderd and ``python -m examples.ecom.outbox_relay`` signed with
+``MessageSigner.from_dir``, which reads the certificate once: after a renewal (``meshkit
+certs issue orderd --force``, a Secret replaced) the gRPC side reloaded its files but the
+events kept the first certificate, and once it expired (24 h by default) the projection
+refused every new event ("the certificate has expired") and dead-lettered it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from examples.ecom.events import RenewingSigner
+from meshkit.auth import init_ca_dir, issue_into_dir, load_certificate
+from meshkit.messaging import HDR_CERT, MessageVerifier
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _sign(signer: RenewingSigner) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    signer.sign(headers, msg_id="e-1", subject="ecom.orders.placed", payload=b"{}")
+    return headers
+
+
+def _der(path: Path) -> str:
+    return base64.b64encode(load_certificate(path).public_bytes(Encoding.DER)).decode()
+
+
+def test_a_renewed_certificate_is_signed_with_and_a_mismatched_pair_is_not(
+        tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    init_ca_dir(tmp_path, trust_domain="meshkit.local", now=now - dt.timedelta(hours=1))
+    issue_into_dir(tmp_path, "orderd", ttl_h=2, now=now - dt.timedelta(minutes=30))
+    first = _der(tmp_path / "orderd.pem")
+    signer = RenewingSigner(tmp_path, "orderd", check_interval_s=0)
+    verifier = MessageVerifier.from_file(tmp_path / "ca.pem")
+    assert _sign(signer)[HDR_CERT] == first
+
+    old_key = (tmp_path / "orderd.key").read_bytes()
+    issue_into_dir(tmp_path, "orderd", ttl_h=24, overwrite=True)  # the renewal
+    renewed = _der(tmp_path / "orderd.pem")
+    assert renewed != first
+    headers = _sign(signer)
+    assert headers[HDR_CERT] == renewed  # before: the first certificate, for ever
+    verifier.verify(headers, msg_id="e-1", subject="ecom.orders.placed", payload=b"{}")
+
+    # the next renewal half written: a new certificate beside the old key
+    issue_into_dir(tmp_path, "orderd", ttl_h=24, overwrite=True)
+    (tmp_path / "orderd.key").write_bytes(old_key)
+    headers = _sign(signer)
+    assert headers[HDR_CERT] == renewed  # kept: a pair that does not match is not taken
+    verifier.verify(headers, msg_id="e-1", subject="ecom.orders.placed", payload=b"{}")
