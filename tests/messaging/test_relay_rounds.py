@@ -30,6 +30,7 @@ from meshkit.messaging import (
 )
 from meshkit.resilience import Backoff, BudgetOptions
 from tests.messaging.conftest import Bus, NatsServer
+from tests.support.procs import stop_process
 from tests.support.wait import until
 
 
@@ -542,7 +543,7 @@ async def test_a_failed_mark_still_holds_the_failed_publishes_beside_the_rounds(
         backoff=Backoff(base_delay_s=0.01, max_delay_s=0.01))), RelayOptions(
         error_backoff=Backoff(base_delay_s=30, max_delay_s=30, rng=_NoJitter())))
     assert private_nats.proc is not None
-    os.kill(private_nats.proc.pid, signal.SIGSTOP)
+    stop_process(private_nats.proc.pid)  # stopped before the first publish is sent
     try:
         assert await asyncio.wait_for(relay.relay_once(), 8) == 0  # both beside
         beside = [t for _, t in relay._retrying.values()]

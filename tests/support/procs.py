@@ -111,3 +111,28 @@ async def children(log_dir: Path, env: Mapping[str, str] | None = None,
 def lines_matching(lines: Sequence[str], prefix: str) -> list[list[str]]:
     """The whitespace-split fields of the lines starting with ``prefix``."""
     return [ln.split() for ln in lines if ln.startswith(prefix)]
+
+
+def stop_process(pid: int, timeout_s: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads is stopped (state ``T``
+    in ``/proc/<pid>/task/*/stat``).
+
+    ``kill()`` returns when the signal is queued: a thread running on another CPU stops
+    only when it next returns to user space, which on a loaded VM can be milliseconds
+    later (a NATS server answered a publish sent after ``kill(SIGSTOP)`` returned).
+    Raises ``TimeoutError`` if a thread is still running after ``timeout_s`` seconds."""
+    import time
+
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                stat = (task / "stat").read_text()
+                states.append(stat[stat.rindex(")") + 2])
+        if all(s in "Tt" for s in states):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} not stopped after {timeout_s} s: {states}")
+        time.sleep(0.001)
