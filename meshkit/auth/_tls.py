@@ -265,7 +265,7 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     if sid.service is None:
         raise CertificateError(f"{cert_file} carries {sid}, which is not a workload identity "
                                "(spiffe://<td>/svc/<service>)")
-    td = trust_domain or trust_domain_of(cas[0])
+    td = trust_domain or _bundle_trust_domain(cas, ca_file)
     if sid.trust_domain != td:
         raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
                                f"expected {td!r}")
@@ -295,6 +295,30 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
                        digest, dns, leaf.not_valid_before_utc.timestamp(),
                        all(eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku
                            for _, eku in ekus))
+
+
+def _bundle_trust_domain(cas: Sequence[x509.Certificate], ca_file: Path) -> str:
+    """The trust domain named by the first CA certificate of the bundle ``cas`` that
+    names one (a ``spiffe://<td>`` URI SAN, as meshkit's and SPIRE's CAs carry): another
+    CA trusted beside the mesh CA (a corporate or cert-manager root) names none.
+
+    Raises:
+        CertificateError: no CA of the bundle names one (the message says to give
+            ``trust_domain=``), or the one that would has malformed extensions.
+    """
+    malformed: CertificateError | None = None
+    for ca in cas:
+        try:
+            return trust_domain_of(ca)
+        except CertificateError as exc:
+            if "malformed" in str(exc) and malformed is None:
+                malformed = exc
+    if malformed is not None:
+        raise CertificateError(f"{ca_file}: {malformed}") from None
+    raise CertificateError(
+        f"no CA certificate of {ca_file} names a SPIFFE trust domain (a spiffe://<td> "
+        "URI SAN, as meshkit's and SPIRE's CAs carry): give it, "
+        "TLSOptions(trust_domain=...)")
 
 
 def _presented_ekus(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
@@ -393,7 +417,9 @@ class TLSOptions:
             or P-384, or RSA of at least 2048 bits (cert-manager's default), the keys
             grpc's BoringSSL can use (:func:`~meshkit.auth.load_workload_key`).
         trust_domain: the SPIFFE trust domain; default: read from the CA certificate
-            (the first of ``ca_file``), and read again from the new one by
+            (the first of ``ca_file`` naming one, a ``spiffe://<td>`` URI SAN: another
+            CA trusted beside the mesh CA, such as a corporate root, names none), and
+            read again from the new one by
             ``dataclasses.replace()`` (a trust domain given is kept). Either way the
             field reads as the trust domain in effect (a ``str``).
         allowed_peers: SPIFFE ID patterns (``*`` wildcards) allowed to connect to servers
@@ -408,8 +434,9 @@ class TLSOptions:
         CertificateError: a file is missing/unreadable, the key is of a type or size
             grpc's TLS cannot use or is too weak (P-521, Ed25519, RSA under 2048 bits:
             named), the key does not match, the
-            certificate's extensions (or, with no ``trust_domain`` given, those of the
-            bundle's first CA certificate) are malformed, the certificate has no URI SAN
+            certificate's extensions are malformed, with no ``trust_domain`` given no
+            CA certificate of the bundle names one (the message says to give it; one
+            with malformed extensions named), the certificate has no URI SAN
             or one besides its SPIFFE ID, its SPIFFE ID is
             no workload ID or in another trust domain, or peers would refuse the
             certificate (the message says why; an extended key usage without
@@ -479,7 +506,8 @@ class TLSOptions:
             validate_trust_domain(self.trust_domain)
         else:  # left out, or read from the CA before a replace(): read from this one
             cas = load_certificates(self.ca_file)
-            object.__setattr__(self, "trust_domain", _ReadFromCA(trust_domain_of(cas[0])))
+            object.__setattr__(self, "trust_domain",
+                               _ReadFromCA(_bundle_trust_domain(cas, self.ca_file)))
         object.__setattr__(self, "_initial", self.read())
         object.__setattr__(self, "_verifier", PeerVerifier.from_file(
             self.ca_file, reload_interval_s=self.reload_interval_s))

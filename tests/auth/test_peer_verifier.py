@@ -404,9 +404,9 @@ def test_bundle_with_a_malformed_ca_keeps_its_good_cas(pki: Pki, tmp_path: Path,
     identify() raise it at each reload check (every call failed UNKNOWN on the server),
     and PeerVerifier / TLSOptions given such a bundle raised it too. Now the malformed CA
     is unusable (a leaf it signed is refused, saying why) and the bundle's other CAs work;
-    TLSOptions over a bundle whose first certificate is malformed raises CertificateError;
-    and any exception reading a changed bundle is logged and the old bundle kept, as
-    from_file documents."""
+    TLSOptions reads the trust domain past a malformed CA, and over a bundle with no other
+    CA raises CertificateError; and any exception reading a changed bundle is logged and
+    the old bundle kept, as from_file documents."""
     ca_key, ca = ca_of(pki)
     _k, cert = leaf(ca_key, ca)
     odd_key, odd = ca_with_duplicate_extension("odd CA")
@@ -425,10 +425,14 @@ def test_bundle_with_a_malformed_ca_keeps_its_good_cas(pki: Pki, tmp_path: Path,
     with structlog.testing.capture_logs() as logs:
         assert PeerVerifier(pem(odd, ca)).identify(auth_context(odd_leaf)) is None
     assert "malformed" in refusal(logs)
-    # TLSOptions reads the trust domain from the bundle's first certificate
+    # TLSOptions reads the trust domain from the bundle's first CA naming one: the mesh
+    # CA after the malformed one; a bundle of the malformed CA alone names it
     pki.issue("orderd")
     first_odd = tmp_path / "odd-first.pem"
     first_odd.write_bytes(pem(odd, ca))
+    assert TLSOptions(ca_file=first_odd, cert_file=pki.dir / "orderd.pem",
+                      key_file=pki.dir / "orderd.key").trust_domain == TD
+    first_odd.write_bytes(pem(odd))
     with pytest.raises(CertificateError, match="malformed"):
         TLSOptions(ca_file=first_odd, cert_file=pki.dir / "orderd.pem",
                    key_file=pki.dir / "orderd.key")
