@@ -64,7 +64,11 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
   two heartbeat intervals: a healthy poll writes nothing. The trade-off: an instance that
   dies while this process cannot write stays in its watches until the grace period ends
   (calls to it fail to connect, which the balanced channel handles as for any failing
-  endpoint).
+  endpoint). A process that alone cannot write (a user or a container given the file
+  read-only) sees the others' writes go on (the ``last_write`` counter, read by a watch
+  only while it keeps endpoints): once its watch has seen them for ``fault_grace_s``, the
+  registry's view applies there too, but for this process's own instances, so an instance
+  that died leaves it as it leaves every other process's watches, not never.
 * **Deregistration** leaves a tombstone (table ``deregistered``, collected after
   ``10 * ttl_s``), so a watch that keeps endpoints after a fault still drops an instance
   that left explicitly (a graceful drain) at its next poll.
@@ -128,7 +132,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -585,9 +589,12 @@ class _Snapshot(NamedTuple):
     expired: tuple[tuple[Instance, float], ...]
     written_at: float | None  # the registry's last_write time (read only if expired)
     deregistered: frozenset[str]  # ids deregistered explicitly (tombstones not yet collected)
+    # the registry's last_write counter, one more at every write of any process (read
+    # with written_at, or when asked: a watch keeping endpoints after a fault)
+    seq: int | None = None
 
 
-def _json_list(text: str) -> tuple[object, ...]:
+def _json_list(text: str) -> tuple[Any, ...]:
     """A row's ``tags`` column: JSON text of a list, as a tuple.
 
     Raises:
@@ -1031,9 +1038,11 @@ class LocalRegistry:
                      instance_id=key[1][:128], error=type(exc).__name__,
                      path=str(self.options.path))
 
-    def _read(self, conn: sqlite3.Connection, service: str) -> _Snapshot:
+    def _read(self, conn: sqlite3.Connection, service: str, *,
+              with_seq: bool = False) -> _Snapshot:
         """The entries of ``service``: live ones, expired ones not yet collected, and, if
-        there are expired ones, the registry's ``last_write`` time. No write.
+        there are expired ones (or ``with_seq``), the registry's ``last_write`` time and
+        counter. No write.
 
         A row is live if its expiry is ahead: on this boot's clock if it carries a boot
         stamp of this boot id and time namespace, else on the wall clock (another boot id
@@ -1069,14 +1078,27 @@ class LocalRegistry:
             else:
                 expired.append((inst, expires_at))
         written_at: float | None = None
-        if expired and self._has_last_write:
-            row = conn.execute("SELECT written_at FROM last_write WHERE id = 0").fetchone()
-            written_at = None if row is None else float(row[0])
+        seq: int | None = None
+        if (expired or with_seq) and self._has_last_write:
+            row = conn.execute(
+                "SELECT written_at, seq FROM last_write WHERE id = 0").fetchone()
+            if row is not None:
+                written_at, seq = float(row[0]), int(row[1])
         gone: frozenset[str] = frozenset()
         if self._has_tombstones:
             gone = frozenset(r[0] for r in conn.execute(
                 "SELECT instance_id FROM deregistered WHERE service = ?", (service,)))
-        return _Snapshot(frozenset(live), tuple(expired), written_at, gone)
+        return _Snapshot(frozenset(live), tuple(expired), written_at, gone, seq)
+
+    def _grace_s(self) -> float:
+        grace_s = self.options.fault_grace_s
+        assert grace_s is not None
+        return grace_s
+
+    def _reopened_within_grace(self) -> bool:
+        """Whether the file was found deleted or replaced at most ``fault_grace_s`` ago."""
+        at = self._reopened_at
+        return at is not None and time.monotonic() - at <= self._grace_s()
 
     async def _suspect(self) -> bool:
         """Whether the registry's view may lack live instances because of a fault, so that
@@ -1304,14 +1326,37 @@ class LocalRegistry:
 
     async def _poll(self, service: str, poll_s: float,
                     me: int) -> AsyncGenerator[frozenset[Instance], None]:
-        """The body of :meth:`watch`: the set after each poll (``me`` numbers the watch)."""
+        """The body of :meth:`watch`: the set after each poll (``me`` numbers the watch).
+
+        While it keeps endpoints because this process cannot write, it reads the
+        registry's write counter at each poll: once others have written it for
+        ``fault_grace_s`` (their first write seen that long ago, their latest at most
+        ``max(fault_grace_s, 2 heartbeat intervals + a poll)`` ago), the fault is this
+        process's own (a user or container given the file read-only), not the
+        registry's, and the registry's view applies, but for this process's own
+        instances (alive: it is their owner), as it does in the processes that write."""
         last: frozenset[Instance] | None = None
+        interval = self.options.heartbeat_interval_s
+        assert interval is not None
+        recent_s = max(self._grace_s(), 2 * interval + poll_s)
+        seq_seen: int | None = None
+        # monotonic: others' first and latest writes seen while the watch keeps endpoints
+        written_since: float | None = None
+        advanced_at = 0.0
         while not self._closed:
+            read = functools.partial(self._read, service=service,
+                                     with_seq=bool(self._kept.get(me)))
             try:
-                snap = await self._run(lambda c: self._read(c, service), write=False)
+                snap = await self._run(read, write=False)
             except RegistryError:  # reported by _run, once per outage
                 await asyncio.sleep(poll_s)
                 continue
+            if snap.seq is not None:  # read only on a fault's path
+                if seq_seen is not None and snap.seq != seq_seen:
+                    advanced_at = time.monotonic()
+                    if written_since is None:
+                        written_since = advanced_at
+                seq_seen = snap.seq
             current = snap.live
             listed = {i.instance_id for i in current}
             gone = snap.deregistered
@@ -1320,7 +1365,20 @@ class LocalRegistry:
                            if i.instance_id not in listed and i.instance_id not in gone]
             else:  # a new watch: the entries live at the last write (none: an old file)
                 missing = _live_at_last_write(snap)
-            kept = len(missing) if missing and await self._suspect() else 0
+            if missing and await self._suspect():
+                now = time.monotonic()
+                if (written_since is not None and now - written_since >= self._grace_s()
+                        and now - advanced_at <= recent_s
+                        and not self._reopened_within_grace()):
+                    # others write, this process cannot: its fault, not the registry's
+                    owned = self._owned
+                    missing = [i for i in missing if (o := owned.get(i.instance_id))
+                               is not None and o.service == service]
+                kept = len(missing)
+            else:
+                kept = 0
+            if not kept:  # others' writes are looked at afresh at the next fault
+                seq_seen = written_since = None
             if kept:
                 current = current.union(missing)
             was = self._kept.get(me, 0)

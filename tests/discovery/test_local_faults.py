@@ -329,8 +329,9 @@ async def test_new_process_reads_a_registry_it_cannot_write(
             await writer.close()  # the last connection checkpoints and deletes them
             assert sorted(p.name for p in path.iterdir()) == ["registry.db"]
         make_read_only(path)
-        child = await start_restricted(path, "--ttl-s", "30", "--poll-s", "0.05",
-                                       "--watch", "svc")
+        # (TTL 1 s: a fault grace of 1 s, during which the reader keeps c, below)
+        child = await start_restricted(path, "--ttl-s", "1" if wal_files == "present"
+                                       else "30", "--poll-s", "0.05", "--watch", "svc")
         children.append(child)
         first = await child.wait_for(lambda e: e["event"] == "set", "the first set")
         assert first["ids"] == ["a"], f"a new reader saw {first['ids']}, not ['a']"
@@ -344,8 +345,12 @@ async def test_new_process_reads_a_registry_it_cannot_write(
             short = LocalRegistry(LocalOptions(path=path, ttl_s=0.5, poll_interval_s=0.05))
             await short.register(inst("c"))
             await child.wait_for(lambda e: e.get("ids") == ["a", "b", "c"], "c discovered")
+            since = len(child.events)  # (an earlier set was ["a", "b"] already)
             await short.close()  # c's heartbeats stop; the writer keeps renewing a and b
-            await child.wait_for(lambda e: e.get("ids") == ["a", "b"], "c to drop out")
+            # c expires (0.5 s), then the reader, whose write probe fails, keeps it until
+            # it has seen the writer write for its fault_grace_s (its ttl_s, 1 s)
+            await child.wait_for(lambda e: e.get("ids") == ["a", "b"], "c to drop out",
+                                 start=since)
     finally:
         await writer.close()
         make_writable(path)
