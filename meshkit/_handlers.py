@@ -34,6 +34,7 @@ __all__ = [
     "UNDECODABLE_MARK",
     "Before",
     "Continuation",
+    "EscapedCancelledError",
     "EscapedGeneratorExit",
     "EscapedStopIteration",
     "FusedInterceptor",
@@ -317,6 +318,34 @@ _ON_LOOP_THREAD = ("{} waits for the event loop: used on the loop's own thread i
 class EscapedStopIteration(RuntimeError):
     """A ``StopIteration`` that escaped a synchronous handler, raised in its place (see
     :func:`async_behaviour`); the original is its ``__cause__``."""
+
+
+class EscapedCancelledError(RuntimeError):
+    """An ``asyncio.CancelledError`` that escaped a handler while its call was not being
+    cancelled (see :func:`_stray_cancel`), raised (answered) in its place; the original is
+    its ``__cause__``."""
+
+
+def _stray_cancel(exc: asyncio.CancelledError) -> EscapedCancelledError | None:
+    """``exc`` as an :class:`EscapedCancelledError` when it is not the call's own
+    cancellation, else ``None`` (the wraps re-raise it, as before).
+
+    grpc.aio cancels a call's task when its caller leaves or the server stops
+    (``Task.cancelling()`` is then above 0, until someone ``uncancel()`` s it), and takes
+    any ``CancelledError`` out of a handler for that: it sends nothing. One the handler's
+    own code raised with its task not being cancelled (it awaited a future or a task
+    another task cancelled: a shared one given up on, a connection its library closed)
+    left the call open until the caller's deadline, for ever without one, counted
+    ``CANCELLED``; the wraps answer it as any unhandled exception (``UNKNOWN``). Asked on
+    the failure path only."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        return None
+    stray = EscapedCancelledError("asyncio.CancelledError escaped the handler while its "
+                                  "call was not cancelled (it awaited something another "
+                                  "task cancelled)")
+    stray.__cause__ = exc
+    return stray
 
 
 class EscapedGeneratorExit(RuntimeError):
@@ -1334,6 +1363,14 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                 if type(result) is not str:
                     raise
                 return _serialize_encoded(ser, result)  # see there
+        except asyncio.CancelledError as c:  # the call's, or a stray one: see _stray_cancel
+            stray = _stray_cancel(c)
+            if stray is None:
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(stray, context):
+                raise stray from c
+            stray = None
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
                 raise
@@ -1373,6 +1410,14 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                 bad = _unsendable_trailers(context)
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
+        except asyncio.CancelledError as c:  # (see _checked)
+            stray = _stray_cancel(c)
+            if stray is None:
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(stray, context):
+                raise stray from c
+            stray = None
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
                 raise
@@ -1436,6 +1481,19 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                         result = _serialize_encoded(ser, result)
                     else:
                         raise
+        except asyncio.CancelledError as c:  # the call's, or a stray one: see _stray_cancel
+            stray = _stray_cancel(c)
+            if stray is None:
+                finish(state, context, c)
+                raise
+            try:  # answered (or left to grpc.aio) as any exception: see below
+                _drop_unsendable_trailers(context)
+                answered = unhandled is not None and await unhandled(stray, context)
+            finally:
+                finish(state, context, stray)
+            if not answered:
+                raise stray from c
+            stray = None
         except BaseException as e:
             if unhandled is None or not _answerable(e):
                 finish(state, context, e)
@@ -1547,6 +1605,19 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                 bad = _unsendable_trailers(context)
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
+        except asyncio.CancelledError as c:  # (see _reported)
+            stray = _stray_cancel(c)
+            if stray is None:
+                finish(state, context, c)
+                raise
+            try:
+                _drop_unsendable_trailers(context)
+                answered = unhandled is not None and await unhandled(stray, context)
+            finally:
+                finish(state, context, stray)
+            if not answered:
+                raise stray from c
+            stray = None
         except BaseException as e:
             if unhandled is None or not _answerable(e):
                 finish(state, context, _reported_as(e, context))
