@@ -32,7 +32,7 @@ from examples.ecom._process import (
 from examples.ecom.proto import summary_pb2_grpc
 from examples.ecom.storage import Store, open_store
 from meshkit.auth import AuthOptions, AuthzPolicy, Rule, workload_id
-from meshkit.messaging import Consumer, MessageVerifier
+from meshkit.messaging import Consumer
 
 SERVICE = "summaryd"
 
@@ -108,7 +108,7 @@ async def main(argv: list[str] | None = None) -> None:
     tls_options = tls(args, SERVICE)
     verifier = None
     if args.cert_dir:
-        verifier = MessageVerifier.from_file(
+        verifier = events.RenewingVerifier(  # a rotated CA bundle is taken
             Path(args.cert_dir) / "ca.pem",
             allowed_publishers=(workload_id(security.TRUST_DOMAIN, "orderd"),))
     store = await open_store(args.db)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from examples.ecom.events import RenewingSigner
+from examples.ecom.events import RenewingSigner, RenewingVerifier
 from meshkit.auth import init_ca_dir, issue_into_dir, load_certificate
 from meshkit.messaging import HDR_CERT, MessageVerifier
 
@@ -58,3 +58,20 @@ def test_a_renewed_certificate_is_signed_with_and_a_mismatched_pair_is_not(
     headers = _sign(signer)
     assert headers[HDR_CERT] == renewed  # kept: a pair that does not match is not taken
     verifier.verify(headers, msg_id="e-1", subject="ecom.orders.placed", payload=b"{}")
+
+
+def test_the_projection_verifier_takes_a_rotated_ca_bundle(tmp_path: Path) -> None:
+    """A CA rotation: the new CA joins ca.pem, orderd's certificate is reissued from it.
+    The verifier made before takes the new bundle (before: every event signed with the
+    new certificate refused, 'not issued directly by a CA of the trust bundle', dead-lettered)."""
+    old_ca, new_ca = tmp_path / "old", tmp_path / "new"
+    init_ca_dir(old_ca, trust_domain="meshkit.local")
+    init_ca_dir(new_ca, trust_domain="meshkit.local")
+    issue_into_dir(new_ca, "orderd")
+    verifier = RenewingVerifier(old_ca / "ca.pem", check_interval_s=0)
+    signer = RenewingSigner(new_ca, "orderd")
+    (old_ca / "ca.pem").write_bytes((old_ca / "ca.pem").read_bytes()
+                                    + (new_ca / "ca.pem").read_bytes())
+    identity = verifier.verify(_sign(signer), msg_id="e-1", subject="ecom.orders.placed",
+                               payload=b"{}")
+    assert identity.spiffe_id == "spiffe://meshkit.local/svc/orderd"
