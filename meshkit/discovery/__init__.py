@@ -44,6 +44,7 @@ import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is con
 from meshkit.discovery._local import (
     LocalOptions,
     LocalRegistry,
+    _local_dir_from_env,
     _per_user_dir,
     default_local_path,
 )
@@ -138,7 +139,8 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
             unbalanced ``[``: ``consul://[::1:8500``), a ``local:`` URI with a host other
             than ``localhost`` or a relative path (``local://tmp/mesh``, two slashes,
             names the host ``tmp``; ``local:tmp/mesh``), which would be a path under each
-            process's working directory (the URI is quoted, any user info
+            process's working directory, as would a relative ``MESHKIT_LOCAL_DIR`` for
+            ``local://`` (the URI is quoted, any user info
             and the values of query keys that are no option masked: ``***``); a Consul URI
             without py-consul installed (``meshkit[consul]``).
     """
@@ -180,7 +182,7 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
 def _default_local_path(environ: Mapping[str, str]) -> Path:
     """:func:`default_local_path` with ``MESHKIT_LOCAL_DIR`` read from ``environ``."""
     base = environ.get("MESHKIT_LOCAL_DIR")
-    return Path(base) / "registry.db" if base else _per_user_dir() / "registry.db"
+    return (_local_dir_from_env(base) if base else _per_user_dir()) / "registry.db"
 
 
 def registry_from_env(environ: Mapping[str, str] | None = None) -> Registry:

@@ -307,9 +307,30 @@ def default_local_path() -> Path:
     """The default registry file: ``$MESHKIT_LOCAL_DIR/registry.db``, else
     ``<tmp>/meshkit-<uid>/registry.db`` (one registry per user per machine; that
     directory is created mode 0700 and used only if it is the user's own, see
-    :class:`LocalOptions`)."""
-    base = os.environ.get("MESHKIT_LOCAL_DIR") or _per_user_dir()
-    return Path(base) / "registry.db"
+    :class:`LocalOptions`).
+
+    Raises:
+        ConfigError: ``MESHKIT_LOCAL_DIR`` is not an absolute path (quoted).
+    """
+    base = os.environ.get("MESHKIT_LOCAL_DIR")
+    return (_local_dir_from_env(base) if base else _per_user_dir()) / "registry.db"
+
+
+def _local_dir_from_env(value: str) -> Path:
+    """``MESHKIT_LOCAL_DIR``'s ``value``, the registry directory.
+
+    Raises:
+        ConfigError: ``value`` is not an absolute path (quoted): each process would take
+            a relative one from its own working directory, so a server and a client
+            started in two directories would use two registries unawares (as a
+            ``local:`` URI's path must be absolute); ``~`` is not expanded (no shell
+            does in a systemd unit's or a container's environment).
+    """
+    if not os.path.isabs(value):
+        raise ConfigError(
+            f"MESHKIT_LOCAL_DIR must be an absolute path (a relative one is taken from "
+            f"each process's working directory; ~ is not expanded), got {value!r}")
+    return Path(value)
 
 
 def _unsafe(directory: Path, why: str) -> PermissionError:

@@ -1,0 +1,41 @@
+"""``MESHKIT_LOCAL_DIR`` must name an absolute directory, as a ``local:`` URI must.
+
+A relative value (``.mesh``, or ``~/mesh`` from a systemd unit or a container's
+environment, where no shell expands ``~``) was taken relative to each process's working
+directory: a server and a client started from two directories used two registries
+unawares (the client's calls failed UNAVAILABLE "no endpoint is registered"), and
+``~/mesh`` made a directory named ``~`` wherever the process started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshkit.discovery import LocalOptions, LocalRegistry, registry_from_env, registry_from_uri
+from meshkit.errors import ConfigError
+
+
+@pytest.mark.parametrize("value", [".mesh", "~/mesh", "mesh/dir"])
+def test_a_relative_local_dir_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path, value: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MESHKIT_LOCAL_DIR", value)
+    for build in (LocalRegistry, LocalOptions, registry_from_env,
+                  lambda: registry_from_uri("local://"),
+                  lambda: registry_from_env({"MESHKIT_LOCAL_DIR": value}),
+                  lambda: registry_from_uri("local://", environ={"MESHKIT_LOCAL_DIR": value})):
+        with pytest.raises(ConfigError, match=r"MESHKIT_LOCAL_DIR.*absolute") as err:
+            build()
+        assert repr(value) in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing made in the working directory
+
+
+async def test_an_absolute_local_dir_is_used(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    monkeypatch.setenv("MESHKIT_LOCAL_DIR", str(tmp_path / "mesh"))
+    registry = LocalRegistry()
+    try:
+        assert registry.options.path == tmp_path / "mesh" / "registry.db"
+    finally:
+        await registry.close()
