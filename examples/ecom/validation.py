@@ -3,7 +3,8 @@
 Checks collect every problem of a request as ``(field path, message)`` pairs and
 raise one :class:`InvalidArgument`, whose ``str()`` is the status message the
 servicers send with ``INVALID_ARGUMENT``, e.g.
-``"items[1].quantity: must be >= 1, got -2; currency: required"``.
+``"items[1].quantity: must be >= 1, got -2; currency: required"`` (bounded: past
+:data:`MAX_MESSAGE_BYTES` the rest is counted, ``"and N more violations"``).
 Messages never echo passwords, and quote other values only when short.
 """
 
@@ -50,12 +51,38 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
+#: Most bytes of an INVALID_ARGUMENT status message as gRPC sends it (``grpc-message``,
+#: percent-encoded: 3 bytes for each UTF-8 byte outside printable ASCII, and ``%``). A
+#: client refuses trailers past 8 KiB some of the time and past 16 KiB always, and then
+#: reports RESOURCE_EXHAUSTED ("received metadata size exceeds ... limit") instead.
+MAX_MESSAGE_BYTES = 2048
+
+
+def _encoded_len(text: str) -> int:
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3
+               for b in text.encode("utf-8", "surrogatepass"))
+
+
 class InvalidArgument(Exception):
-    """A request failed validation; ``violations`` lists ``(field, message)`` pairs."""
+    """A request failed validation; ``violations`` lists ``(field, message)`` pairs.
+
+    ``str()`` joins them with ``"; "`` as long as the text stays within
+    :data:`MAX_MESSAGE_BYTES` once gRPC percent-encodes it, then ends with
+    ``"and N more violations"`` (a PlaceOrder of 100 bad items has 300); ``violations``
+    keeps them all."""
 
     def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
         self.violations = list(violations)
-        super().__init__("; ".join(f"{field}: {msg}" for field, msg in self.violations))
+        parts: list[str] = []
+        size = 0
+        for i, (field, msg) in enumerate(self.violations):
+            part = f"{field}: {msg}"
+            size += _encoded_len(part) + (2 if parts else 0)
+            if parts and size > MAX_MESSAGE_BYTES - 40:  # room for the tail
+                parts.append(f"and {len(self.violations) - i} more violations")
+                break
+            parts.append(part)
+        super().__init__("; ".join(parts))
 
 
 class Violations:
