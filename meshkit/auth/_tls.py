@@ -763,13 +763,15 @@ class _ServerReloader:
         self._on_handshake = on_handshake
         self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         self._lock = threading.Lock()
+        # the files' state before they are read: a renewal written meanwhile then reads
+        # as a change at the next check (stat'ed after, it passed for the files in force)
+        self._stat = stat_files(self._paths)
         m = tls._read_own()
         if not m.server_auth:  # every client's handshake would refuse it
             raise CertificateError(f"{_no_server_auth(tls.cert_file)}; issue it with "
                                    "serverAuth too (or no extended key usage)")
         self._fingerprint = m.fingerprint
         self._current = m  # the material in force
-        self._stat = stat_files(self._paths)
         self._checked = tls.clock()
         self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
         self.initial = self._config(m)
