@@ -103,17 +103,21 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self._store = store
         self._issue_session = issue_session or OpaqueSessionIssuer()
         self._cache = cache
-        self._hash_slots = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
+        # per event loop: an asyncio.Semaphore a waiter bound to one loop raises in another
+        self._hash_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def _hashing(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` (a :mod:`~examples.ecom.passwords` function) in a worker thread,
         once one of the :data:`MAX_CONCURRENT_HASHES` slots is free. The slot is held
         until the thread ends, also when the call is cancelled meanwhile (the thread
         cannot be stopped: it still takes its memory and CPU)."""
-        slots = self._hash_slots
+        loop = asyncio.get_running_loop()
+        if self._hash_slots is None or self._hash_slots[0] is not loop:
+            self._hash_slots = (loop, asyncio.Semaphore(MAX_CONCURRENT_HASHES))
+        slots = self._hash_slots[1]
         await slots.acquire()
         try:
-            work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            work = loop.run_in_executor(None, fn, *args)
         except BaseException:
             slots.release()
             raise

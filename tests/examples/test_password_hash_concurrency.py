@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from examples.ecom import passwords
 from examples.ecom.proto import user_pb2
 from examples.ecom.storage import Store
-from examples.ecom.users import MAX_CONCURRENT_HASHES
+from examples.ecom.users import MAX_CONCURRENT_HASHES, UserServicer
 from tests.examples.conftest import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,3 +92,17 @@ async def test_a_burst_of_logins_runs_a_bounded_number_of_hashings(
     assert codes == [grpc.StatusCode.OK if i % 3 and i % 2 else grpc.StatusCode.UNAUTHENTICATED
                      for i in range(8)]
     assert 1 <= peak.peak <= MAX_CONCURRENT_HASHES, peak.peak
+
+
+def test_the_bound_holds_in_each_event_loop_a_servicer_serves() -> None:
+    """A servicer whose calls waited for a hashing slot in one event loop serves calls that
+    wait in another (one asyncio.Semaphore, bound to the first loop by its waiters, would
+    raise RuntimeError there)."""
+
+    async def burst(servicer: UserServicer) -> None:
+        await asyncio.gather(*(servicer._hashing(time.sleep, 0.02)
+                               for _ in range(MAX_CONCURRENT_HASHES + 2)))
+
+    servicer = UserServicer(cast(Store, None))  # the store is not used by _hashing
+    asyncio.run(burst(servicer))
+    asyncio.run(burst(servicer))
