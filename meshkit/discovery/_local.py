@@ -894,34 +894,50 @@ class LocalRegistry:
         """
         if self._closed:
             raise RegistryError(f"local registry {str(self.options.path)!r} is closed")
-
-        def call() -> _T:
-            if still is not None and not still():
-                raise _Stale
-            deadline = time.monotonic() + self.options.busy_timeout_s
-            backoff_s = 0.002
-            with self._lock:
-                try:
-                    while True:
-                        try:
-                            result = fn(self._connection(write))
-                            break
-                        except sqlite3.OperationalError as exc:
-                            if not _is_busy(exc) or time.monotonic() >= deadline:
-                                raise
-                        time.sleep(backoff_s * random.uniform(0.5, 1.5))
-                        backoff_s = min(backoff_s * 2, 0.05)
-                except (sqlite3.Error, OSError) as exc:
-                    self._outcome(write, exc)
-                    raise
-                self._outcome(write, None)
-                return result
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._call, fn, write, still)
         except (sqlite3.Error, OSError) as exc:
             raise RegistryError(
                 f"local registry {str(self.options.path)!r}: {_describe(exc)}") from exc
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T], write: bool,
+              still: Callable[[], bool] | None) -> _T:
+        """:meth:`_run`'s job, in the worker thread.
+
+        Raises:
+            sqlite3.Error, OSError: the operation failed (recorded).
+            _Stale: ``still`` no longer held.
+        """
+        if still is not None and not still():
+            raise _Stale
+        deadline = time.monotonic() + self.options.busy_timeout_s
+        backoff_s = 0.002
+        with self._lock:
+            try:
+                while True:
+                    try:
+                        result = fn(self._connection(write))
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc) or time.monotonic() >= deadline:
+                            raise
+                    time.sleep(backoff_s * random.uniform(0.5, 1.5))
+                    backoff_s = min(backoff_s * 2, 0.05)
+            except (sqlite3.Error, OSError) as exc:
+                self._outcome(write, exc)
+                raise
+            self._outcome(write, None)
+            return result
+
+    def _withdraw(self, instance: Instance, wrote: list[bool]) -> None:
+        """Delete ``instance``'s entry once the write queued before is done, if it was
+        (``wrote`` holds an item then), without waiting: a :meth:`register` cancelled
+        with its write under way, which its caller takes for not done. Nothing if the
+        registry is closed (the entry expires then, as close() leaves every other)."""
+        with contextlib.suppress(RuntimeError):  # the executor is shut down: closed
+            self._executor.submit(self._call, lambda c: self._write(c, remove=instance),
+                                  True, lambda: bool(wrote))
 
     def _holder(self, conn: sqlite3.Connection, inst: Instance) -> str | None:
         """The service of a live entry of ``inst``'s id that is another service's, else
@@ -1162,10 +1178,13 @@ class LocalRegistry:
         awaited *before* the new write: the worker thread runs writes in the order they
         were submitted, so an old-instance write already under way lands before the new
         one, never after it (it would bring back the old address, tags or meta until the
-        next heartbeat). If the new write fails, the old heartbeat is started again, so
-        the previous registration is still kept alive. A heartbeat of another event loop
-        (an earlier ``asyncio.run()``: already ended with its loop) is dropped, not
-        awaited; one of a loop still running in another thread is cancelled there.
+        next heartbeat). If the new write fails, or register() is cancelled, the old
+        heartbeat is started again, so the previous registration is still kept alive; a
+        register() of a new id cancelled with its write under way has that entry deleted
+        (no entry without a heartbeat is left listed for ``ttl_s``). A heartbeat of
+        another event loop (an earlier ``asyncio.run()``: already ended with its loop) is
+        dropped, not awaited; one of a loop still running in another thread is cancelled
+        there.
 
         Raises:
             RegistryError: the registry file cannot be written, or the id is held by a live
@@ -1187,18 +1206,28 @@ class LocalRegistry:
         # a deregister() of the instance meanwhile?
         withdrawals = self._withdrawals.get((key, instance.service), 0)
         old = _stop_elsewhere(self._heartbeats.pop(key, None))
-        if old is not None:
-            old.cancel()
-            # asyncio.wait: a cancellation of register() itself still propagates.
-            await asyncio.wait([old])
+        wrote: list[bool] = []  # an item once the write is done
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._write(conn, instance, claim=True)
+            wrote.append(True)
+
         try:
-            await self._run(lambda c: self._write(c, instance, claim=True), write=True)
-        except BaseException:
+            if old is not None:
+                old.cancel()
+                # asyncio.wait: a cancellation of register() itself still propagates.
+                await asyncio.wait([old])
+            await self._run(write, write=True)
+        except BaseException as exc:
             previous = self._owned.get(key)
             if (old is not None and previous is not None and not self._closed
                     and key not in self._heartbeats):
                 self._heartbeats[key] = asyncio.create_task(
                     self._heartbeat(previous), name=f"meshkit-heartbeat-{key}")
+            elif previous is None and isinstance(exc, asyncio.CancelledError):
+                # cancelled with its write under way (done in the worker thread all the
+                # same): its caller takes the instance for not registered
+                self._withdraw(instance, wrote)
             raise
         if self._closed:
             # close() ran while the write was under way: it stopped every heartbeat, and

@@ -117,3 +117,49 @@ async def test_a_cancelled_close_still_closes_the_file(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.02)
     assert _open_files(tmp_path) == []
+
+
+async def test_a_cancelled_register_leaves_no_entry(tmp_path: Path) -> None:
+    """register() cancelled once its write is under way (asyncio.wait_for's timeout on a
+    busy file, a start cancelled): its caller takes the instance for not registered, so
+    no entry is left (it used to be listed for ttl_s without heartbeat or owner, calls
+    going to a server that never started)."""
+    opts = LocalOptions(path=tmp_path, ttl_s=30)
+    reg, reader = LocalRegistry(opts), LocalRegistry(opts)
+    try:
+        registering = asyncio.create_task(reg.register(inst()))
+        await asyncio.sleep(0)  # its write is submitted
+        registering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await registering
+        await reg.instances("svc")  # the worker thread has done what was queued before
+        assert await reader.instances("svc") == frozenset()
+        assert _heartbeat_tasks() == []
+        await reg.register(inst())  # and it may register again
+        assert await reader.instances("svc") == {inst()}
+    finally:
+        await reg.close()
+        await reader.close()
+
+
+async def test_a_cancelled_register_again_keeps_the_previous_registration(
+        tmp_path: Path) -> None:
+    """The same for a register() of an id registered already (a changed address),
+    cancelled while it waits for the old heartbeat to end: the previous registration is
+    kept alive (its heartbeat restarted; it was left without one, and expired)."""
+    opts = LocalOptions(path=tmp_path, ttl_s=0.3)
+    reg, reader = LocalRegistry(opts), LocalRegistry(opts)
+    try:
+        await reg.register(inst())
+        moved = Instance(service="svc", instance_id="a", host="127.0.0.1", port=20002)
+        registering = asyncio.create_task(reg.register(moved))
+        await asyncio.sleep(0)
+        registering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await registering
+        await asyncio.sleep(0.5)  # past its TTL (0.3 s): renewed meanwhile
+        assert await reader.instances("svc") == {inst()}
+        assert len(_heartbeat_tasks()) == 1
+    finally:
+        await reg.close()
+        await reader.close()
