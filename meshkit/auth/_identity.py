@@ -98,6 +98,10 @@ _PEM_END_RE = re.compile(rb"-----END [^-\r\n]+-----")
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
+class _CutShort(ValueError):
+    """A PEM file's last block is cut short (:func:`load_pem_certificates`)."""
+
+
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     """The PEM certificates in ``data``, in order, refusing a file cut short.
 
@@ -113,10 +117,10 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     certs = x509.load_pem_x509_certificates(data)
     begin = data.rfind(_PEM_BEGIN)
     if begin >= 0 and _PEM_END_RE.search(data, begin) is None:
-        raise ValueError("the last PEM block has no END line (damaged or truncated)")
+        raise _CutShort("the last PEM block has no END line (damaged or truncated)")
     last = data.rstrip().rpartition(b"\n")[2].strip()
     if last[:1] == b"-" and len(last) < len(_PEM_CERT_BEGIN) and _PEM_CERT_BEGIN.startswith(last):
-        raise ValueError("the file ends inside a BEGIN line (damaged or truncated)")
+        raise _CutShort("the file ends inside a BEGIN line (damaged or truncated)")
     return certs
 
 
@@ -794,9 +798,14 @@ class PeerVerifier:
     def _parse(ca_pem: bytes) -> dict[x509.Name, tuple[_Anchor, ...]]:
         try:
             certs = load_pem_certificates(ca_pem)
-        except ValueError:
-            raise CertificateError("the CA bundle holds no readable PEM certificate, or a "
-                                   "damaged or truncated one") from None
+        except ValueError as exc:
+            if not ca_pem.strip():
+                why = "the CA bundle is empty"
+            elif isinstance(exc, _CutShort):
+                why = "the CA bundle's last PEM block is cut short (damaged or truncated)"
+            else:
+                why = "the CA bundle holds no readable PEM certificate (or a damaged one)"
+            raise CertificateError(why) from None
         by_subject: dict[x509.Name, list[_Anchor]] = {}
         for cert in certs:
             by_subject.setdefault(cert.subject, []).append(_Anchor.of(cert))
@@ -1065,8 +1074,11 @@ class PeerVerifier:
             changed = self.reload(data)
         except Exception as exc:  # whatever the new file is, the old bundle stays in force
             # logged when it starts, changes, and as a reminder a minute later
-            self._fault.failed("CA bundle reload skipped", type(exc).__name__,
-                               file=str(self._ca_file))
+            # why, as meshkit says it (never the file's content) or the OS does
+            why = (f"{type(exc).__name__}: {exc}" if isinstance(exc, CertificateError)
+                   else f"{type(exc).__name__}: {exc.strerror}"
+                   if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
+            self._fault.failed("CA bundle reload skipped", why, file=str(self._ca_file))
             return False
         self._stat = stat
         if self._fault.failing:

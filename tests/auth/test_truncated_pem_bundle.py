@@ -80,3 +80,28 @@ def test_the_channel_reloader_keeps_its_bundle_over_a_half_written_one(pki: Pki)
     (pki.dir / "ca.pem").write_bytes(old + new_ca[:-10])
     assert not reloader.check(force=True)  # was taken: the new CA dropped from the roots
     assert reloader.generation == generation
+
+
+def test_the_skipped_bundle_reload_says_why(pki: Pki) -> None:
+    """``CA bundle reload skipped`` gave the error's type alone (``CertificateError``),
+    so neither a truncated bundle nor an empty one was told apart (nor logged again when
+    one became the other); it now gives the reason (never the file's content)."""
+    from structlog.testing import capture_logs
+
+    orderd = pki.issue("orderd")
+    now = [time.time()]
+    verifier = PeerVerifier.from_file(pki.dir / "ca.pem", reload_interval_s=1.0,
+                                      clock=lambda: now[0])
+    context = {"x509_pem_cert": [orderd.cert_file.read_bytes()]}
+    old = (pki.dir / "ca.pem").read_bytes()
+    with capture_logs() as logs:
+        (pki.dir / "ca.pem").write_bytes(old + _pem_of_new_ca()[:-30])
+        now[0] += 2.0
+        assert verifier.identify(context) is not None
+        (pki.dir / "ca.pem").write_bytes(b"")
+        now[0] += 2.0
+        assert verifier.identify(context) is not None
+    errors = [e["error"] for e in logs if e["event"] == "CA bundle reload skipped"]
+    assert len(errors) == 2, logs
+    assert "damaged or truncated" in errors[0] and "BEGIN" not in errors[0]
+    assert "empty" in errors[1]
