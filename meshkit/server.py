@@ -1023,7 +1023,8 @@ class _WatchContext:
 
 
 class _HealthWatches:
-    """Ends one server's health ``Watch`` calls when it drains.
+    """Ends one server's health ``Watch`` calls when it drains (and its idle server
+    reflection streams: :meth:`idle_ending`).
 
     A gRPC client with client-side health checking keeps a ``grpc.health.v1.Health/Watch``
     call open for its channel's life; it never ends by itself, so ``server.stop(grace_s)``
@@ -1108,6 +1109,54 @@ class _HealthWatches:
         return grpc.unary_stream_rpc_method_handler(
             watch, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
+
+    def idle_ending(self, behavior: Callable[[Any, Any], AsyncGenerator[Any, None]]
+                    ) -> Callable[[Any, Any], AsyncGenerator[Any, None]]:
+        """``behavior`` (a bidi servicer method, an async generator of the answers to its
+        request iterator: server reflection's ``ServerReflectionInfo``) whose requests
+        end at :meth:`end` while it waits for the next one: the servicer's loop over
+        them ends and the call ends ``OK``; a request it has begun to answer is
+        answered first. A reflection client keeps its stream open between requests
+        (grpcreflect's, and so grpcui, for its whole session), and the stop waited the
+        whole ``grace_s`` for it, then cut it ``UNAVAILABLE``."""
+        ending = self._ending
+
+        async def stream(requests: Any, context: Any) -> AsyncGenerator[Any, None]:
+            async with contextlib.aclosing(
+                    behavior(_until_ending(requests, ending), context)) as answers:
+                async for answer in answers:
+                    yield answer
+
+        return stream
+
+
+async def _until_ending(requests: Any, ending: asyncio.Event) -> AsyncGenerator[Any, None]:
+    """The request stream ``requests`` (an async iterable), ended once ``ending`` is set
+    while it waits for a request (the read under way cancelled); see
+    :meth:`_HealthWatches.idle_ending`."""
+    it = aiter(requests)
+    told: asyncio.Future[Any] | None = None
+    read: asyncio.Future[Any] | None = None
+    try:
+        while not ending.is_set():
+            read = asyncio.ensure_future(anext(it))
+            if told is None:
+                told = asyncio.ensure_future(ending.wait())
+            await asyncio.wait((read, told), return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                return  # the stop: no request under way (the read is cancelled below)
+            try:
+                request = read.result()
+            except StopAsyncIteration:
+                return
+            read = None
+            yield request
+    finally:
+        if told is not None:
+            told.cancel()
+        if read is not None and not read.done():
+            read.cancel()
+            await asyncio.wait((read,))
 
 
 class _WatchEndingHandler(grpc.GenericRpcHandler):
@@ -1502,6 +1551,9 @@ class MeshServer:
                 (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)))
             servicer = reflection.aio.ReflectionServicer(
                 names, pool=_MethodSymbols(descriptor_pool.Default()))
+            # an idle stream ends as the stop begins, not after grace_s (see idle_ending)
+            servicer.ServerReflectionInfo = self._watches.idle_ending(
+                servicer.ServerReflectionInfo)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
             # the stable v1 service too (grpcurl and grpc-js ask it first; grpcio-reflection
             # serves only v1alpha): the same messages, field for field, under v1's name
@@ -1854,7 +1906,8 @@ class MeshServer:
         begins (each sent ``NOT_SERVING`` first, unless it was already, then ended
         ``OK``: a watch never ends by itself and would hold the stop for the whole
         ``grace_s``; ended earlier, a client with client-side health checking re-opened
-        it at once, again and again, until the GOAWAY). The drain runs to
+        it at once, again and again, until the GOAWAY), and the server reflection
+        streams waiting for their next request (ended ``OK``). The drain runs to
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
         server never stays deregistered but serving; its own task cancelled (the sweep of
         ``asyncio.run()`` at the end of a run), at any step, it still stops the server
