@@ -861,6 +861,31 @@ class ChannelCredentialsReloader:
         self.generation = 1
         self._checked = tls.clock()
         self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
+        self._validity = OutageLog(_log, "client certificate valid again", clock=tls.clock)
+        self._check_validity(time.time())
+
+    def _check_validity(self, now: float) -> None:
+        """Warn while the certificate in force is expired or not valid yet at ``now``
+        (wall clock, epoch seconds) with no usable renewal taken: every server refuses
+        the handshake, and calls fail ``UNAVAILABLE`` ("all endpoints are failing")
+        without naming the client's own certificate. Logged as an outage (when it
+        starts, a reminder at most every 60 s; ``client certificate valid again``)."""
+        m = self._current
+        if now > m.not_after:
+            self._validity.failed(
+                "client certificate expired",
+                f"{self.tls.cert_file} ({m.spiffe_id}) expired at {_utc(m.not_after)}: "
+                "servers refuse every new connection until it is renewed",
+                cert_file=str(self.tls.cert_file))
+        elif now < m.not_before:
+            self._validity.failed(
+                "client certificate not valid yet",
+                f"{self.tls.cert_file} ({m.spiffe_id}) is not valid until "
+                f"{_utc(m.not_before)} (is the issuer's or this host's clock off?): "
+                "servers refuse every new connection until then",
+                cert_file=str(self.tls.cert_file))
+        elif self._validity.failing:
+            self._validity.ok(spiffe_id=m.spiffe_id)
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
@@ -869,11 +894,21 @@ class ChannelCredentialsReloader:
         force, are skipped (the current credentials
         stay) and logged as ``client certificate reload skipped``, warning: when it
         starts, when the error changes, and as a reminder at most every 60 s while it
-        lasts; the next good read logs ``certificate files readable again`` (info)."""
+        lasts; the next good read logs ``certificate files readable again`` (info).
+        While the certificate in force is expired or not valid yet (no usable renewal
+        taken), ``client certificate expired`` / ``client certificate not valid yet`` is
+        logged alike (warning; ``client certificate valid again`` once it is): servers
+        refuse the handshake, and calls fail ``UNAVAILABLE`` without naming it."""
         now = self.tls.clock()
         if not force and now - self._checked < self.tls.reload_interval_s:
             return False
         self._checked = now
+        renewed = self._reload()
+        self._check_validity(time.time())
+        return renewed
+
+    def _reload(self) -> bool:
+        """:meth:`check`'s read: take the files if they changed and may be taken."""
         try:
             m = self.tls.read()
             check_renewal(self._current, m, self.tls.cert_file, server=False, now=time.time())
