@@ -700,10 +700,9 @@ class LocalRegistry:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._moved = False  # the path was found naming another file, or none
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
-        # (instance id, service) -> deregister() calls of it (by this object): a
-        # register() that sees its count change while its write was under way starts no
-        # heartbeat
-        self._withdrawals: dict[tuple[str, str], int] = {}
+        # (instance id, service) -> a list per register() of it under way, to which a
+        # deregister() of it adds an item: that register() then starts no heartbeat
+        self._registering: dict[tuple[str, str], list[list[bool]]] = {}
         # What this process registered, written again into a replaced file. Replaced, never
         # mutated, so the worker thread reads a consistent snapshot without a lock.
         self._owned: Mapping[str, Instance] = {}
@@ -750,7 +749,7 @@ class LocalRegistry:
             with contextlib.suppress(Exception):  # running the parent's loop
                 task.cancel()
         self._heartbeats = {}
-        self._withdrawals = {}
+        self._registering = {}
         self._owned = {}
         self._kept = {}
         self._probe_lock = None
@@ -1203,46 +1202,53 @@ class LocalRegistry:
                 f"by instance id alone, so registering it for {instance.service!r} would "
                 "replace that entry: give each service's instance its own id (etcd keeps "
                 "<service>/<id> apart)")
-        # a deregister() of the instance meanwhile?
-        withdrawals = self._withdrawals.get((key, instance.service), 0)
-        old = _stop_elsewhere(self._heartbeats.pop(key, None))
-        wrote: list[bool] = []  # an item once the write is done
-
-        def write(conn: sqlite3.Connection) -> None:
-            self._write(conn, instance, claim=True)
-            wrote.append(True)
-
+        # an item once a deregister() of the instance runs meanwhile (kept only while
+        # this register() runs: no table of every id ever deregistered)
+        pending, withdrawn = (key, instance.service), list[bool]()
+        self._registering.setdefault(pending, []).append(withdrawn)
         try:
-            if old is not None:
-                old.cancel()
-                # asyncio.wait: a cancellation of register() itself still propagates.
-                await asyncio.wait([old])
-            await self._run(write, write=True)
-        except BaseException as exc:
-            previous = self._owned.get(key)
-            if (old is not None and previous is not None and not self._closed
-                    and key not in self._heartbeats):
-                self._heartbeats[key] = asyncio.create_task(
-                    self._heartbeat(previous), name=f"meshkit-heartbeat-{key}")
-            elif previous is None and isinstance(exc, asyncio.CancelledError):
-                # cancelled with its write under way (done in the worker thread all the
-                # same): its caller takes the instance for not registered
-                self._withdraw(instance, wrote)
-            raise
-        if self._closed:
-            # close() ran while the write was under way: it stopped every heartbeat, and
-            # one started now would run for good; the entry expires as close() leaves
-            # every other one
-            raise RegistryError(f"cannot keep {key!r} alive: local registry "
-                                f"{str(self.options.path)!r} is closed")
-        if self._withdrawals.get((key, instance.service), 0) != withdrawals:
-            # deregister() of the id ran meanwhile: its delete may have been done before
-            # this write (submitted while the old heartbeat ended), so delete again; no
-            # heartbeat may bring the instance back
-            await self._run(lambda c: self._write(c, remove=instance), write=True)
-            raise RegistryError(
-                f"local registry {str(self.options.path)!r}: instance {key!r} was "
-                "deregistered while register() ran; it is not registered")
+            old = _stop_elsewhere(self._heartbeats.pop(key, None))
+            wrote: list[bool] = []  # an item once the write is done
+
+            def write(conn: sqlite3.Connection) -> None:
+                self._write(conn, instance, claim=True)
+                wrote.append(True)
+
+            try:
+                if old is not None:
+                    old.cancel()
+                    # asyncio.wait: a cancellation of register() itself still propagates.
+                    await asyncio.wait([old])
+                await self._run(write, write=True)
+            except BaseException as exc:
+                previous = self._owned.get(key)
+                if (old is not None and previous is not None and not self._closed
+                        and key not in self._heartbeats):
+                    self._heartbeats[key] = asyncio.create_task(
+                        self._heartbeat(previous), name=f"meshkit-heartbeat-{key}")
+                elif previous is None and isinstance(exc, asyncio.CancelledError):
+                    # cancelled with its write under way (done in the worker thread all the
+                    # same): its caller takes the instance for not registered
+                    self._withdraw(instance, wrote)
+                raise
+            if self._closed:
+                # close() ran while the write was under way: it stopped every heartbeat, and
+                # one started now would run for good; the entry expires as close() leaves
+                # every other one
+                raise RegistryError(f"cannot keep {key!r} alive: local registry "
+                                    f"{str(self.options.path)!r} is closed")
+            if withdrawn:
+                # deregister() of the id ran meanwhile: its delete may have been done before
+                # this write (submitted while the old heartbeat ended), so delete again; no
+                # heartbeat may bring the instance back
+                await self._run(lambda c: self._write(c, remove=instance), write=True)
+                raise RegistryError(
+                    f"local registry {str(self.options.path)!r}: instance {key!r} was "
+                    "deregistered while register() ran; it is not registered")
+        finally:
+            tokens = [t for t in self._registering.pop(pending, []) if t is not withdrawn]
+            if tokens:
+                self._registering[pending] = tokens
         self._owned = {**self._owned, key: instance}
         stale = self._heartbeats.pop(key, None)  # a concurrent register() of the same id
         if stale is not None:
@@ -1284,8 +1290,9 @@ class LocalRegistry:
         mine = self._owned.get(instance.instance_id)
         if mine is None or mine.service == instance.service:  # not another service's id
             # a register() of it under way sees this and starts no heartbeat
-            key = (instance.instance_id, instance.service)
-            self._withdrawals[key] = self._withdrawals.get(key, 0) + 1
+            for withdrawn in self._registering.get(
+                    (instance.instance_id, instance.service), ()):
+                withdrawn.append(True)
             self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
             task = _stop_elsewhere(self._heartbeats.pop(instance.instance_id, None))
             if task is not None:

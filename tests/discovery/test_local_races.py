@@ -163,3 +163,22 @@ async def test_a_cancelled_register_again_keeps_the_previous_registration(
     finally:
         await reg.close()
         await reader.close()
+
+
+async def test_deregistered_ids_leave_no_bookkeeping_behind(tmp_path: Path) -> None:
+    """What lets a register() in flight see a deregister() is kept only while a register
+    is in flight: a process that registers and deregisters many ids over its life (a
+    worker per job, ids from uuid4) does not grow a table of every id it ever
+    deregistered (b1dfbc4 kept one count per id for good)."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=30))
+    try:
+        for n in range(20):
+            await reg.register(inst(f"job-{n}"))
+            await reg.deregister(inst(f"job-{n}"))
+        await reg.deregister(inst("never-registered"))
+        left = {name: value for name, value in vars(reg).items()
+                if isinstance(value, dict)
+                and any("job-" in str(k) or "never-registered" in str(k) for k in value)}
+        assert left == {}
+    finally:
+        await reg.close()
