@@ -115,6 +115,7 @@ from meshkit._handlers import (
 )
 from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
 from meshkit._limits import (
+    _HEALTH_REQUEST_BYTES,
     CallSlots,
     RequestGate,
     ServerLimits,
@@ -1033,8 +1034,10 @@ class _HealthWatches:
     or the user's, an ``async def`` writing with ``context.write`` or an async generator)
     end when :meth:`end` is called: after a ``write`` under way has finished, the
     servicer's ``Watch`` is cancelled, the watcher is sent ``NOT_SERVING`` unless that is
-    the status it was last sent, and the call ends ``OK``. A ``Watch`` that is a plain
-    function (run off the event loop) is left as it is."""
+    the status it was last sent, and the call ends ``OK``. A ``Watch`` request over 4 KiB
+    is refused ``RESOURCE_EXHAUSTED`` before the servicer sees it (see
+    :func:`_watch_request_size`). A ``Watch`` that is a plain function (run off the
+    event loop) is left as it is."""
 
     __slots__ = ("_ending",)
 
@@ -1069,6 +1072,12 @@ class _HealthWatches:
         ending = self._ending
 
         async def watch(request: Any, context: Any) -> AsyncIterator[Any]:
+            size = _watch_request_size(request)
+            if size > _HEALTH_REQUEST_BYTES:  # held for the stream's life: bounded
+                request = None
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"health watch request of {size} bytes is over "
+                                    f"{_HEALTH_REQUEST_BYTES}")
             ctx = _WatchContext(context)
             responses = stream(request, ctx)
             told = asyncio.ensure_future(ending.wait())
@@ -1157,6 +1166,19 @@ async def _until_ending(requests: Any, ending: asyncio.Event) -> AsyncGenerator[
         if read is not None and not read.done():
             read.cancel()
             await asyncio.wait((read,))
+
+
+def _watch_request_size(request: Any) -> int:
+    """The encoded size of a health ``Watch`` request (a ``HealthCheckRequest``; 0 for
+    one that cannot tell). The ``Watch`` bypasses the request gate (it takes no call
+    slot) and its servicer holds the request for the stream's whole life, so one over
+    the reserved ``Check``'s bound (4 KiB: a service name) is refused
+    ``RESOURCE_EXHAUSTED`` (see :meth:`_HealthWatches.wrap`). Asked once per ``Watch``."""
+    byte_size = getattr(request, "ByteSize", None)
+    try:
+        return int(byte_size()) if callable(byte_size) else 0
+    except Exception:
+        return 0
 
 
 class _WatchEndingHandler(grpc.GenericRpcHandler):
