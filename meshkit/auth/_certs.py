@@ -33,7 +33,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -401,12 +401,15 @@ def _name_list(what: str, names: Sequence[str]) -> Sequence[str]:
     ``"localhost"`` would be the names ``l``, ``o``, ``c``..., each a valid one.
 
     Raises:
-        ConfigError: ``names`` is a ``str`` or ``bytes`` (quoted).
+        ConfigError: ``names`` is a ``str`` or ``bytes``, or no sequence at all (``None``
+            for "none": give ``()``; quoted).
     """
     if isinstance(names, (str, bytes)):
         raise ConfigError(f"{what} must be a sequence of names, e.g. ({names!r},), not one "
                           f"string: got {names!r}")
-    return names
+    if not isinstance(names, Iterable):
+        raise ConfigError(f"{what} must be a sequence of names (() for none), got {names!r}")
+    return tuple(names)
 
 
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")

@@ -445,7 +445,8 @@ class TLSOptions:
             anyExtendedKeyUsage alone too).
         ConfigError: a value out of range or of the wrong type (quoted: a file that is
             no ``str`` or ``os.PathLike``, such as ``None``, or ``""``; a
-            ``reload_interval_s`` that is no number, ``True`` or a string included), or
+            ``reload_interval_s`` that is no number, ``True`` or a string included; a
+            ``clock`` that cannot be called, such as ``time.monotonic()``'s value), or
             an ``allowed_peers`` pattern that can match no workload's SPIFFE ID
             (``spiffe://<trust domain>/svc/<service>``).
 
@@ -498,6 +499,9 @@ class TLSOptions:
             object.__setattr__(self, name, Path(check_path(name, getattr(self, name))))
         # math.inf: never re-read
         check_number("reload_interval_s", self.reload_interval_s, low_open=True, finite=False)
+        if not callable(self.clock):  # clock=time.monotonic(): its value, not the clock
+            raise ConfigError(f"clock must be a callable returning seconds, such as "
+                              f"time.monotonic, got {self.clock!r}")
         if isinstance(self.allowed_peers, str):
             raise ConfigError(f"allowed_peers must be a tuple, got {self.allowed_peers!r}")
         object.__setattr__(self, "allowed_peers", tuple(self.allowed_peers))
