@@ -13,7 +13,11 @@ class.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import secrets
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,6 +49,16 @@ SPELLING_EXPANSION = 4
 #: where a container sees the node's CPUs: 32 at once is 512 MiB, past deploy/k8s'
 #: 256 MiB limit of userd.
 MAX_CONCURRENT_HASHES = 4
+
+#: Failed logins of one email address a process takes within :data:`LOGIN_WINDOW_S`
+#: before it refuses further attempts at it (RESOURCE_EXHAUSTED): NIST SP 800-63B 5.2.2
+#: asks verifiers to limit failed attempts per account (at most 100), so that a password
+#: cannot be guessed online at the pace the service can hash.
+MAX_FAILED_LOGINS = 10
+#: The window of :data:`MAX_FAILED_LOGINS`, seconds.
+LOGIN_WINDOW_S = 300.0
+#: Status message of RESOURCE_EXHAUSTED when an email had too many failed logins.
+TOO_MANY_FAILED_LOGINS = "too many failed logins for this email; try again later"
 
 #: Status message of UNAVAILABLE when the user store cannot be reached.
 STORE_UNAVAILABLE = "user store unavailable"
@@ -81,6 +95,68 @@ class OpaqueSessionIssuer:
         return IssuedSession(secrets.token_urlsafe(32), self.ttl_s)
 
 
+class LoginThrottle:
+    """Failed logins per email address in this process: ``max_failures`` (default
+    :data:`MAX_FAILED_LOGINS`) within ``window_s`` seconds (default :data:`LOGIN_WINDOW_S`)
+    and the address is refused until the oldest of them is
+    older than the window; a successful login clears its count.
+
+    Keyed by a digest of the email's normalised form (:func:`~examples.ecom.validation.
+    normalize_email`), whether or not an account has it, so a refusal tells nothing of
+    which emails exist; at most ``max_emails`` addresses are tracked (the least recently
+    failed forgotten first), bounding the memory an attacker spraying addresses can take.
+    Each replica counts its own attempts. ``clock``: monotonic seconds.
+    """
+
+    __slots__ = ("_clock", "_failures", "_max", "_max_emails", "_window_s")
+
+    def __init__(self, max_failures: int | None = None, window_s: float | None = None, *,
+                 max_emails: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        # None: the module's MAX_FAILED_LOGINS and LOGIN_WINDOW_S, read now
+        max_failures = MAX_FAILED_LOGINS if max_failures is None else max_failures
+        window_s = LOGIN_WINDOW_S if window_s is None else window_s
+        if max_failures < 1 or not window_s > 0 or max_emails < 1:
+            raise ValueError(f"max_failures, window_s and max_emails must be positive, got "
+                             f"{max_failures!r}, {window_s!r}, {max_emails!r}")
+        self._max = max_failures
+        self._window_s = window_s
+        self._max_emails = max_emails
+        self._clock = clock
+        self._failures: OrderedDict[bytes, deque[float]] = OrderedDict()
+
+    @staticmethod
+    def _key(email: str) -> bytes:
+        normalized = validation.normalize_email(email)
+        return hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"),
+                               digest_size=16).digest()
+
+    def retry_after_s(self, email: str) -> float | None:
+        """Seconds until ``email`` may be tried again, or ``None`` when it may now."""
+        times = self._failures.get(self._key(email))
+        if times is None:
+            return None
+        now = self._clock()
+        while times and times[0] <= now - self._window_s:
+            times.popleft()
+        if len(times) < self._max:
+            return None
+        return times[0] + self._window_s - now
+
+    def failed(self, email: str) -> None:
+        """Count a failed login of ``email``."""
+        key = self._key(email)
+        times = self._failures.pop(key, None) or deque(maxlen=self._max)
+        times.append(self._clock())
+        self._failures[key] = times
+        while len(self._failures) > self._max_emails:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, email: str) -> None:
+        """Forget the failed logins of ``email``."""
+        self._failures.pop(self._key(email), None)
+
+
 def user_message(user: UserRecord) -> user_pb2.User:
     """Convert a stored user to its ``ecom.v1.User`` message (no password hash)."""
     msg = user_pb2.User(id=user.id, email=user.email, name=user.name)
@@ -96,11 +172,15 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     (:func:`examples.ecom.cache.open_user_cache`) GetUser reads through it and
     UpdateUser invalidates the changed user in it; a cache outage only sends GetUser to
     the store. Password hashings run :data:`MAX_CONCURRENT_HASHES` at a time at most.
+    Failed logins are counted per email by ``login_throttle`` (default
+    :class:`LoginThrottle`: :data:`MAX_FAILED_LOGINS` per :data:`LOGIN_WINDOW_S`).
     """
 
     def __init__(self, store: Store, *, issue_session: SessionIssuer | None = None,
-                 cache: CachedUsers | None = None) -> None:
+                 cache: CachedUsers | None = None,
+                 login_throttle: LoginThrottle | None = None) -> None:
         self._store = store
+        self._throttle = login_throttle or LoginThrottle()
         self._issue_session = issue_session or OpaqueSessionIssuer()
         self._cache = cache
         # per event loop: an asyncio.Semaphore a waiter bound to one loop raises in another
@@ -256,6 +336,9 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         all its spellings (:meth:`_user_by_email`: as many lookups, and one password
         check, whether or not the user exists); otherwise UNAUTHENTICATED with
         :data:`BAD_CREDENTIALS` for an unknown email and for a wrong password alike;
+        RESOURCE_EXHAUSTED (:data:`TOO_MANY_FAILED_LOGINS`, ``retry-after`` seconds in the
+        trailing metadata) for an email with too many failed logins
+        (:class:`LoginThrottle`), known or not, before any lookup or hashing;
         UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`).
         """
         email, password = request.email, request.password
@@ -272,12 +355,18 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             v.raise_if_any()
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        wait_s = self._throttle.retry_after_s(email)
+        if wait_s is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_FAILED_LOGINS,
+                                (("retry-after", str(max(1, math.ceil(wait_s)))),))
         user = await self._user_by_email(email, context, every_spelling=True)
         ok = await self._hashing(
             passwords.verify_or_dummy, password, user.password_hash if user else None
         )
         if user is None or not ok:
+            self._throttle.failed(email)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
+        self._throttle.succeeded(email)
         session = self._issue_session(user)
         return user_pb2.Session(
             token=session.token, user_id=user.id, expires_in_s=session.expires_in_s
