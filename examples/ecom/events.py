@@ -415,18 +415,38 @@ async def nats_connection(url: str, what: str) -> tuple[NATS, asyncio.Task[None]
     returns only once connected, so a process that awaited it never served while NATS
     was down at its start), the outage logged once (:class:`_NatsOutages`, ``what``
     names the user in the log), and the client reconnects by itself after a later
-    outage. Await the task before using the client; cancel it, then ``close()`` the
-    client, when done."""
+    outage. Await the task before using the client; when done, cancel it and
+    :func:`close_nats` the client.
+
+    Raises:
+        nats.errors.Error: ``url`` is malformed (e.g. a port past 65535), at once, as the
+            connect's first step refuses it (a failure of the connect later, no outage,
+            is logged as an error: ``nats connect failed``)."""
     nc = NATS()
     outages = _NatsOutages(what)
 
     async def connect() -> None:
         wait: Any = NATS_RETRY_S  # nats-py annotates an int; it sleeps a float
-        await nc.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=wait,
-                         error_cb=outages.error, reconnected_cb=outages.connected)
+        try:
+            await nc.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=wait,
+                             error_cb=outages.error, reconnected_cb=outages.connected)
+        except Exception as exc:  # a configuration nats-py will not retry: nobody awaits
+            _log.error("nats connect failed", of=what, error=f"{type(exc).__name__}: {exc}")
+            raise
         await outages.connected()
 
-    return nc, asyncio.create_task(connect(), name=f"nats-connect-{what}")
+    task = asyncio.create_task(connect(), name=f"nats-connect-{what}")
+    await asyncio.sleep(0)  # its first step reads the URL: a malformed one fails here
+    if task.done() and not task.cancelled() and (refused := task.exception()) is not None:
+        raise refused
+    return nc, task
+
+
+async def close_nats(nc: NATS) -> None:
+    """Close ``nc`` from :func:`nats_connection`, connected or not (nats-py's ``close``
+    asserts on a client whose connect failed before it began)."""
+    with contextlib.suppress(AssertionError):
+        await nc.close()
 
 
 async def ensure_order_stream_when_connected(connecting: asyncio.Task[None],
@@ -491,4 +511,4 @@ async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner
         yield relay
     finally:
         await _cancel(tasks)
-        await nc.close()
+        await close_nats(nc)

@@ -143,7 +143,7 @@ async def main(argv: list[str] | None = None) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
-        await nc.close()
+        await events.close_nats(nc)
         await store.close()
 
 

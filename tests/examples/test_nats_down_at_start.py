@@ -14,6 +14,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+import nats.errors
 import pytest
 import structlog
 
@@ -80,3 +81,23 @@ async def test_the_relay_lets_the_service_start_while_nats_is_down(tmp_path: Pat
 
 async def _none_pending(store: SqliteStore) -> bool:
     return await store.count_pending() == 0
+
+
+async def test_a_malformed_url_fails_at_start_and_an_unreached_server_ends_cleanly(
+        tmp_path: Path) -> None:
+    """Connecting in the background must not hide a URL nats-py refuses (before the
+    background connect it failed the start; with it, before this check, the relay never
+    started and nothing said why, and closing the client raised AssertionError); and a
+    relay whose NATS never answered ends without an error."""
+    store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
+    try:
+        with pytest.raises(nats.errors.Error, match="invalid connect url"):
+            async with asyncio.timeout(5):
+                async with events.outbox_relay(store, "nats://127.0.0.1:99999", None):
+                    pass
+        server = NatsServer(tmp_path / "nats")  # a free port, never started
+        async with asyncio.timeout(5):
+            async with events.outbox_relay(store, server.url, None) as relay:
+                assert relay is not None
+    finally:
+        await store.close()
