@@ -181,7 +181,7 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
 
 def _default_local_path(environ: Mapping[str, str]) -> Path:
     """:func:`default_local_path` with ``MESHKIT_LOCAL_DIR`` read from ``environ``."""
-    base = environ.get("MESHKIT_LOCAL_DIR")
+    base = environ.get("MESHKIT_LOCAL_DIR", "").strip()  # blank: unset
     return (_local_dir_from_env(base) if base else _per_user_dir()) / "registry.db"
 
 

@@ -304,7 +304,8 @@ def _per_user_dir() -> Path:
 
 
 def default_local_path() -> Path:
-    """The default registry file: ``$MESHKIT_LOCAL_DIR/registry.db``, else
+    """The default registry file: ``$MESHKIT_LOCAL_DIR/registry.db`` (the value
+    stripped of surrounding blanks, as every variable meshkit reads), else
     ``<tmp>/meshkit-<uid>/registry.db`` (one registry per user per machine; that
     directory is created mode 0700 and used only if it is the user's own, see
     :class:`LocalOptions`).
@@ -312,7 +313,7 @@ def default_local_path() -> Path:
     Raises:
         ConfigError: ``MESHKIT_LOCAL_DIR`` is not an absolute path (quoted).
     """
-    base = os.environ.get("MESHKIT_LOCAL_DIR")
+    base = os.environ.get("MESHKIT_LOCAL_DIR", "").strip()  # blank: unset
     return (_local_dir_from_env(base) if base else _per_user_dir()) / "registry.db"
 
 

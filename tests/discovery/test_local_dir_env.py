@@ -39,3 +39,24 @@ async def test_an_absolute_local_dir_is_used(monkeypatch: pytest.MonkeyPatch,
         assert registry.options.path == tmp_path / "mesh" / "registry.db"
     finally:
         await registry.close()
+
+
+@pytest.mark.parametrize("pad", [" ", "\n", "\t "])
+async def test_local_dir_is_stripped_as_the_other_variables(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pad: str) -> None:
+    """A value with surrounding blanks (an env file's trailing space, a value read from a
+    file with its newline) names the directory without them, as MESHKIT_REGISTRY,
+    CONSUL_* and ETCDCTL_* are read: it named a directory ``'mesh '`` of its own, so a
+    process given the variable by a shell and one given it by such a file used two
+    registries unawares."""
+    want = tmp_path / "mesh" / "registry.db"
+    value = f"{pad}{tmp_path / 'mesh'}{pad}"
+    monkeypatch.setenv("MESHKIT_LOCAL_DIR", value)
+    assert LocalOptions().path == want
+    for registry in (registry_from_env(), registry_from_env({"MESHKIT_LOCAL_DIR": value}),
+                     registry_from_uri("local://", environ={"MESHKIT_LOCAL_DIR": value})):
+        assert isinstance(registry, LocalRegistry)
+        try:
+            assert registry.options.path == want
+        finally:
+            await registry.close()
