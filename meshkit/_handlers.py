@@ -506,7 +506,14 @@ class _SyncContext:
 
     def send_initial_metadata(self, metadata: Any) -> Any:
         """Send the call's initial metadata now (on the loop's thread, in an async result
-        of the handler: returns the coroutine that does)."""
+        of the handler: returns the coroutine that does). Metadata gRPC cannot send ends
+        the call ``INTERNAL`` naming the key instead (raises ``AbortError``, as
+        :meth:`abort`): grpc core aborts the process sending ``grpc-timeout``, and ends
+        the call ``INTERNAL`` "Invalid metadata" for a value that is not printable ASCII
+        (see :func:`_unsendable_pairs`)."""
+        bad = _unsendable_pairs(metadata, "initial") if metadata else None
+        if bad is not None:
+            return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
         return self._on_loop(self._context.send_initial_metadata(metadata))
 
     def add_callback(self, callback: Callable[[], Any]) -> None:
@@ -1224,16 +1231,30 @@ def _unsendable_abort(context: Any, trailing_metadata: Any) -> str | None:
         if not getattr(context, "trailing_metadata", _none_set)():
             return None
         return _unsendable_trailers(context)
+    bad = _unsendable_pairs(trailing_metadata, "trailing")
+    if bad is not None:
+        with contextlib.suppress(Exception):  # (a stand-in context's)
+            context.set_trailing_metadata(())
+    return bad
+
+
+def _unsendable_pairs(metadata: Any, which: str) -> str | None:
+    """The status details for a synchronous handler's ``which`` (``"trailing"``,
+    ``"initial"``) metadata that gRPC cannot send (see
+    :func:`~meshkit._metadata.check_metadata`: ``grpc-timeout`` aborts the process),
+    naming the key (never the value); ``None`` when it can be sent, or when it is no tuple
+    (or list) of ``(str, str | bytes)`` tuples (grpc.aio refuses that itself,
+    ``TypeError``, before sending anything: see :class:`AnswerNotSent`)."""
+    if type(metadata) is not tuple and type(metadata) is not list:
+        return None
     try:
-        for pair in trailing_metadata:  # grpc.aio's own shape check, which it raises for
+        for pair in metadata:  # grpc.aio's own shape check, which it raises for
             if (not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str)
                     or not isinstance(pair[1], str | bytes)):
                 return None
-        check_metadata(trailing_metadata)
+        check_metadata(metadata)
     except InvalidMetadataError as e:
-        with contextlib.suppress(Exception):  # (a stand-in context's)
-            context.set_trailing_metadata(())
-        return f"the handler's trailing {e.details()}"
+        return f"the handler's {which} {e.details()}"
     except Exception:
         return None
     return None

@@ -135,10 +135,18 @@ _STATUS_REASON = ("gRPC sends it only in a response's trailers (PROTOCOL-HTTP2.m
                   "the call end OK without its response")
 
 
+# gRPC's deadline header: a request's only (PROTOCOL-HTTP2.md, "Requests"); grpc core
+# CHECK-fails (aborts the process) sending it in a server's initial or trailing metadata,
+# whatever its value. Never remembered in _KEYS: a handler's check must see it every time
+_TIMEOUT_KEY = "grpc-timeout"
+_TIMEOUT_REASON = ("gRPC sends it only in a request's headers (PROTOCOL-HTTP2.md, "
+                   "'Requests'): sent by a server, grpc core aborts the process")
+
+
 def _learn(key: Any, request: bool = False) -> bool:
     """Whether legal ``key`` is binary, remembered (but ``grpc-status``, refused in
-    ``request`` metadata); raises for an illegal key (never remembered, so it is checked
-    again at each call)."""
+    ``request`` metadata, and ``grpc-timeout``, refused in any other); raises for an
+    illegal key (never remembered, so it is checked again at each call)."""
     if type(key) is not str:
         if not isinstance(key, str | bytes):
             raise InvalidMetadataError(key, f"a key must be str, got {type(key).__name__}")
@@ -147,12 +155,18 @@ def _learn(key: Any, request: bool = False) -> bool:
             raise InvalidMetadataError(key, "a key is lower-case [0-9a-z-_.], non-empty")
         if request and text == _STATUS_KEY:
             raise InvalidMetadataError(key, _STATUS_REASON)
+        if not request and text == _TIMEOUT_KEY:
+            raise InvalidMetadataError(key, _TIMEOUT_REASON)
         return text.endswith("-bin")
     if _KEY.fullmatch(key) is None:
         raise InvalidMetadataError(key, "a key is lower-case [0-9a-z-_.], non-empty")
     if key == _STATUS_KEY:
         if request:
             raise InvalidMetadataError(key, _STATUS_REASON)
+        return False
+    if key == _TIMEOUT_KEY:
+        if not request:
+            raise InvalidMetadataError(key, _TIMEOUT_REASON)
         return False
     binary = key.endswith("-bin")
     if len(_KEYS) >= _MAX_KEYS:
@@ -171,7 +185,10 @@ def check_metadata(metadata: Iterable[tuple[Any, Any]], request: bool = False) -
     response's trailers (PROTOCOL-HTTP2.md), and grpcio sends it as request metadata,
     where a non-zero value ends the call ``OK`` without its response (a server stream's
     messages lost) while the server ran it. (In trailing metadata grpc core's own status
-    replaces it: a plain grpc.aio server answers as if it were not there.)
+    replaces it: a plain grpc.aio server answers as if it were not there.) Without
+    ``request`` (a handler's metadata), a key is not ``grpc-timeout``, a request header
+    only: grpc core aborts the server's process sending it (as request metadata grpc
+    core leaves it out, the call's own deadline sent).
 
     Raises:
         InvalidMetadataError: the first pair that breaks a rule (status ``INTERNAL``; the
