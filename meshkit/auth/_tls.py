@@ -223,6 +223,22 @@ def check_renewal(current: TLSMaterial, new: TLSMaterial, cert_file: Path, *,
         raise CertificateError(f"{_no_server_auth(cert_file)}: the current certificate is kept")
 
 
+def _out_of_validity(m: TLSMaterial, cert_file: Path, now: float, who: str
+                     ) -> tuple[str, str] | None:
+    """``("expired" | "not valid yet", why)`` when the certificate ``m`` in force is
+    outside its validity period at ``now`` (wall clock, epoch seconds; notAfter
+    inclusive), else ``None``; ``who`` (``"servers"``, ``"clients"``) refuse it."""
+    if now > m.not_after:
+        return "expired", (f"{cert_file} ({m.spiffe_id}) expired at {_utc(m.not_after)}: "
+                           f"{who} refuse every new connection until it is renewed")
+    if now < m.not_before:
+        return "not valid yet", (
+            f"{cert_file} ({m.spiffe_id}) is not valid until {_utc(m.not_before)} (is the "
+            f"issuer's or this host's clock off?): {who} refuse every new connection "
+            "until then")
+    return None
+
+
 def _utc(t: float) -> str:
     return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
@@ -778,8 +794,26 @@ class _ServerReloader:
         self._current = m  # the material in force
         self._checked = tls.clock()
         self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
+        self._validity = OutageLog(_log, "server certificate valid again", clock=tls.clock)
+        self._check_validity(time.time())
         self.initial = self._config(m)
         self.reloads = 0
+
+    def _check_validity(self, now: float) -> None:
+        """Warn while the certificate in force is expired or not valid yet at ``now``
+        (wall clock) with no usable renewal taken: every client refuses the handshake
+        (its calls fail ``UNAVAILABLE``, "all endpoints are failing"), which the server
+        otherwise hears of only in grpc core's INFO lines. Logged as an outage
+        (``server certificate expired`` / ``... not valid yet``, warning, reminders at
+        most every 60 s; ``server certificate valid again``); checked at most every
+        ``reload_interval_s``, before a handshake."""
+        m = self._current
+        problem = _out_of_validity(m, self._tls.cert_file, now, "clients")
+        if problem is not None:
+            self._validity.failed(f"server certificate {problem[0]}", problem[1],
+                                  cert_file=str(self._tls.cert_file))
+        elif self._validity.failing:
+            self._validity.ok(spiffe_id=m.spiffe_id)
 
     @property
     def current(self) -> TLSMaterial:
@@ -801,28 +835,11 @@ class _ServerReloader:
                 if now - self._checked < self._tls.reload_interval_s:
                     return None
                 self._checked = now
-                st = stat_files(self._paths)
-                if st == self._stat:
-                    if self._fault.failing:  # the files in force are back
-                        self._fault.ok()
-                    return None
-                try:
-                    m = self._tls.read()
-                    check_renewal(self._current, m, self._tls.cert_file, server=True,
-                                  now=time.time())
-                except CertificateError as exc:
-                    # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
-                    # logged when it starts, changes, and as a reminder a minute later
-                    self._fault.failed("certificate reload skipped", str(exc))
-                    return None
-                self._stat = st
-                if self._fault.failing:
-                    self._fault.ok()
-                if m.fingerprint == self._fingerprint:
-                    return None
-                self._fingerprint = m.fingerprint
-                self._current = m
-                self.reloads += 1
+                taken = self._reload()
+                self._check_validity(time.time())
+            if taken is None:
+                return None
+            m = taken
             _log.info("server certificate reloaded", spiffe_id=m.spiffe_id,
                       fingerprint=m.fingerprint[:16], not_after=m.not_after)
             if self._on_reload is not None:
@@ -834,6 +851,33 @@ class _ServerReloader:
         except Exception as exc:  # never let an exception escape into grpc's core thread
             _log.warning("certificate reload failed", error=type(exc).__name__)
             return None
+
+    def _reload(self) -> TLSMaterial | None:
+        """The renewal to serve from now on, if the files changed and may be taken, else
+        ``None`` (the current pair kept; a skipped one logged). Called under the lock."""
+        st = stat_files(self._paths)
+        if st == self._stat:
+            if self._fault.failing:  # the files in force are back
+                self._fault.ok()
+            return None
+        try:
+            m = self._tls.read()
+            check_renewal(self._current, m, self._tls.cert_file, server=True,
+                          now=time.time())
+        except CertificateError as exc:
+            # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
+            # logged when it starts, changes, and as a reminder a minute later
+            self._fault.failed("certificate reload skipped", str(exc))
+            return None
+        self._stat = st
+        if self._fault.failing:
+            self._fault.ok()
+        if m.fingerprint == self._fingerprint:
+            return None
+        self._fingerprint = m.fingerprint
+        self._current = m
+        self.reloads += 1
+        return m
 
 
 class ChannelCredentialsReloader:
@@ -875,19 +919,10 @@ class ChannelCredentialsReloader:
         without naming the client's own certificate. Logged as an outage (when it
         starts, a reminder at most every 60 s; ``client certificate valid again``)."""
         m = self._current
-        if now > m.not_after:
-            self._validity.failed(
-                "client certificate expired",
-                f"{self.tls.cert_file} ({m.spiffe_id}) expired at {_utc(m.not_after)}: "
-                "servers refuse every new connection until it is renewed",
-                cert_file=str(self.tls.cert_file))
-        elif now < m.not_before:
-            self._validity.failed(
-                "client certificate not valid yet",
-                f"{self.tls.cert_file} ({m.spiffe_id}) is not valid until "
-                f"{_utc(m.not_before)} (is the issuer's or this host's clock off?): "
-                "servers refuse every new connection until then",
-                cert_file=str(self.tls.cert_file))
+        problem = _out_of_validity(m, self.tls.cert_file, now, "servers")
+        if problem is not None:
+            self._validity.failed(f"client certificate {problem[0]}", problem[1],
+                                  cert_file=str(self.tls.cert_file))
         elif self._validity.failing:
             self._validity.ok(spiffe_id=m.spiffe_id)
 
