@@ -107,7 +107,10 @@ pre-fork master's workers, ``multiprocessing``): in the child it gets a worker t
 connection of its own (``os.register_at_fork``; SQLite forbids using a connection opened
 before a fork in the child, https://sqlite.org/howtocorrupt.html section 2.6, so the
 inherited one is left alone, not even closed) and forgets its parent's registrations and
-heartbeats. It is usable across event loops, one after another (``asyncio.run()`` again):
+heartbeats. A fork waits for a registry operation under way in the worker thread to end
+(at most ``busy_timeout_s`` and a second): SQLite's own table of the locks the process
+holds is copied by the fork while the locks are not, so a child forked during a write
+took the write lock for its own and could never write. It is usable across event loops, one after another (``asyncio.run()`` again):
 a heartbeat task of a loop that ended is dropped when the instance registers again.
 """
 
@@ -1500,3 +1503,35 @@ class LocalRegistry:
 #: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`LocalRegistry._forget_parent`).
 _registries = reset_in_forked_child(LocalRegistry)
+
+#: The registries' locks held by the forking thread across a fork (:func:`_before_fork`).
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    """Hold every registry's lock across ``os.fork()``, so that no SQLite operation is
+    under way in a worker thread when the process is copied. SQLite keeps the locks a
+    process holds on a file in process-wide tables (https://sqlite.org/howtocorrupt.html
+    section 2.6) and a child inherits them while fcntl's locks are not inherited: a child
+    forked during a write (a heartbeat) took the write lock for its own for good, and
+    every write it made failed "database is locked". Each lock is waited for at most
+    ``busy_timeout_s`` and a second (the longest an operation holds it), then the fork
+    goes on without it, as before."""
+    for reg in list(_registries):
+        lock = reg._lock
+        if lock.acquire(timeout=reg.options.busy_timeout_s + 1.0):
+            _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _held_for_fork.clear()  # each registry has a new lock (_forget_parent)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

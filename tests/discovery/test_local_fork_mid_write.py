@@ -1,0 +1,89 @@
+"""LocalRegistry: a fork while the registry's worker thread is inside a write.
+
+SQLite keeps the locks a process holds on a file in process-wide tables
+(https://sqlite.org/howtocorrupt.html section 2.6), which a forked child inherits while
+the operating system's locks (fcntl) are not inherited: a child forked during a write
+(a pre-fork master's heartbeat, about 1 ms of every heartbeat interval) took the write
+lock for held by its own process for good, and every write it made, its workers'
+register() included, failed "database is locked" after ``busy_timeout_s``, whatever the
+parent did. Forks now wait (at most ``busy_timeout_s`` and a second) for the operation in
+flight to end. The scenario runs in a script of its own: the test process runs grpc's
+threads and is never forked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+_SCRIPT = '''
+import asyncio, json, os, sys, threading
+from pathlib import Path
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+
+opts = LocalOptions(path=Path(sys.argv[1]), ttl_s=30, busy_timeout_s=1)
+reg = LocalRegistry(opts)
+started, release = threading.Event(), threading.Event()
+pids = []
+
+
+def hold(conn):  # a heartbeat's write transaction, held open until released
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE last_write SET seq = seq + 1")
+    started.set()
+    release.wait(10)
+    conn.execute("COMMIT")
+
+
+async def register_in_child():
+    try:
+        await reg.register(Instance(service="svc", instance_id="worker",
+                                    host="127.0.0.1", port=20001))
+        return "ok"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        print(json.dumps({"child": asyncio.run(register_in_child())}), flush=True)
+        os._exit(0)
+    pids.append(pid)
+
+
+async def main():
+    await reg.register(Instance(service="svc", instance_id="master", host="127.0.0.1",
+                                port=20000))
+    holding = asyncio.ensure_future(reg._run(hold, write=True))
+    await asyncio.to_thread(started.wait, 10)
+    forker = threading.Thread(target=fork)
+    forker.start()  # forks now, while the write is under way (or once it has ended)
+    await asyncio.sleep(0.3)
+    release.set()
+    await holding
+    await asyncio.to_thread(forker.join, 10)
+    os.waitpid(pids[0], 0)
+    await reg.close()
+
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_worker_forked_during_a_write_can_write(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "reg")], cwd=REPO,
+                          capture_output=True, text=True, timeout=50,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0 and lines, proc.stdout + proc.stderr[-3000:]
+    assert json.loads(lines[-1]) == {"child": "ok"}
