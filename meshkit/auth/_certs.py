@@ -27,16 +27,22 @@ Private keys are written with mode 0600 and never overwritten unless asked to
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: renewals into one directory are not serialised
+    fcntl = None  # type: ignore[assignment]
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -451,14 +457,51 @@ def _write_all(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) -> 
     """Write each ``(path, data, mode)`` of ``files`` atomically, all of them written
     whole (and synced) before the first is put in place, in the order given: a write
     that fails (a full disk, a file size limit) leaves every path as it was, so a
-    renewal never leaves a new key beside the old certificate.
+    renewal never leaves a new key beside the old certificate. Writers into the same
+    directory are serialised (an exclusive ``flock`` on it), so two renewals at once
+    never leave one's key beside the other's certificate.
 
     Raises:
         KeyExistsError: a path exists and ``overwrite`` is false (nothing written).
         OSError: a file could not be written or placed.
     """
+    directories = list(dict.fromkeys(path.parent for path, _data, _mode in files))
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.ExitStack() as locks:
+        # another writer into the directory (two renewals at once) waits: its key and
+        # certificate never land between ours, leaving a pair that matches nothing
+        for directory in sorted(directories):
+            locks.enter_context(_directory_lock(directory))
+        _write_locked(files, overwrite=overwrite)
+    for directory in directories:
+        _sync_directory(directory)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``directory`` while the block runs (released when its
+    descriptor is closed, also by the process ending); none where the system has no
+    ``flock`` (Windows) or the file system refuses one (some network file systems)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # refused: written unserialised, as before
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_locked(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) -> None:
+    """:func:`_write_all`'s writes, its directories locked."""
     for path, _data, _mode in files:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not overwrite and path.exists():
             raise KeyExistsError(f"{path} exists; refusing to overwrite it")
     # written whole to temporary files, then moved into place: a failed write leaves
@@ -488,8 +531,6 @@ def _write_all(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) -> 
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)
-    for directory in dict.fromkeys(path.parent for path, _data, _mode in files):
-        _sync_directory(directory)
 
 
 def _sync_directory(directory: Path) -> None:
