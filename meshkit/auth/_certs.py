@@ -214,13 +214,27 @@ def trust_domain_of(ca_cert: x509.Certificate) -> str:
         CertificateError: the certificate carries no SPIFFE trust-domain URI, or its
             extensions are malformed.
     """
+    td = _named_trust_domain(ca_cert)
+    if td is None:
+        raise CertificateError("CA certificate names no SPIFFE trust domain "
+                               "(spiffe://<td> URI SAN)")
+    return td
+
+
+def _named_trust_domain(ca_cert: x509.Certificate) -> str | None:
+    """The trust domain ``ca_cert`` names (its first URI SAN that is a SPIFFE ID), or
+    ``None`` (a CA of another kind: a corporate or cert-manager root).
+
+    Raises:
+        CertificateError: its extensions are malformed.
+    """
     for uri in _uris(ca_cert, "the CA certificate"):
         try:
             sid = SpiffeId.parse(uri)
         except ConfigError:
             continue
         return sid.trust_domain
-    raise CertificateError("CA certificate names no SPIFFE trust domain (spiffe://<td> URI SAN)")
+    return None
 
 
 _E = TypeVar("_E", bound=x509.ExtensionType)

@@ -81,7 +81,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshkit._config import check_number, check_path
 from meshkit._outage import OutageLog
-from meshkit.auth._certs import CA_CERT, load_certificates, load_workload_key, trust_domain_of
+from meshkit.auth._certs import (
+    CA_CERT,
+    _named_trust_domain,
+    load_certificates,
+    load_workload_key,
+)
 from meshkit.auth._errors import CertificateError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
@@ -325,10 +330,12 @@ def _bundle_trust_domain(cas: Sequence[x509.Certificate], ca_file: Path) -> str:
     malformed: CertificateError | None = None
     for ca in cas:
         try:
-            return trust_domain_of(ca)
-        except CertificateError as exc:
-            if "malformed" in str(exc) and malformed is None:
-                malformed = exc
+            td = _named_trust_domain(ca)
+        except CertificateError as exc:  # malformed extensions: the bundle's next CA
+            malformed = malformed or exc
+            continue
+        if td is not None:
+            return td
     if malformed is not None:
         raise CertificateError(f"{ca_file}: {malformed}") from None
     raise CertificateError(
