@@ -22,6 +22,7 @@ from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 import grpc
+import structlog
 
 from meshkit._metadata import check_metadata
 from meshkit.errors import InvalidMetadataError
@@ -310,6 +311,8 @@ def off_loop_handler(handler: Handler, *, threads: bool = True) -> Handler:
     return off_loop
 
 
+_log = structlog.get_logger("meshkit.server")
+
 _ON_LOOP_THREAD = ("{} waits for the event loop: used on the loop's own thread it would "
                    "deadlock the loop (use it in the handler's thread, or make the handler "
                    "async)")
@@ -409,7 +412,8 @@ class _SyncContext:
     def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._context = context
         self._loop = loop
-        self._callbacks: list[Callable[[], Any]] = []
+        # add_callback's, until they run (None: the call ended, see run_callbacks)
+        self._callbacks: list[Callable[[], Any]] | None = []
         self._awaited = False
         # False while the call lives; once it ended, True, or what end() kept of it
         self._ended: bool | dict[str, Any] = False
@@ -516,9 +520,42 @@ class _SyncContext:
             return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
         return self._on_loop(self._context.send_initial_metadata(metadata))
 
-    def add_callback(self, callback: Callable[[], Any]) -> None:
-        """Call ``callback`` once a unary-response handler has returned."""
-        self._callbacks.append(callback)
+    def add_callback(self, callback: Callable[[], Any]) -> bool:
+        """Call ``callback`` (no arguments) once, when the call ends, whatever ends it:
+        gRPC's synchronous API ("called on RPC termination"), which a handler uses to
+        learn that its caller left (a server stream blocked on a queue woken by a
+        sentinel the callback puts). A unary-response handler's run on the loop once it
+        returned, before its response is sent (as on grpc.aio; one that raises fails the
+        call); otherwise (the handler raised, its caller left while it ran, a response
+        stream ended however) on the loop as the call ends, while the handler's thread
+        may still run, an exception logged (``sync handler callback failed``).
+
+        Returns:
+            ``True``; ``False`` (not registered, never called) once the call has ended.
+        """
+        with _LOCK:
+            callbacks = self._callbacks
+            if callbacks is None:
+                return False
+            callbacks.append(callback)
+        return True
+
+    def run_callbacks(self, raising: bool = False) -> None:
+        """On the loop: run the callbacks added so far (once: later ones are refused,
+        see :meth:`add_callback`); an exception of one is raised with ``raising`` (a
+        unary handler returned: it fails the call, the callbacks after it not run), else
+        logged and the next one run."""
+        with _LOCK:
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            if raising:
+                callback()
+                continue
+            try:
+                callback()
+            except Exception as exc:
+                _log.warning("sync handler callback failed", error_type=type(exc).__name__,
+                             exc_info=exc)
 
     def __getattr__(self, name: str) -> Any:
         if name in _ASYNC_ONLY and not (
@@ -653,10 +690,10 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
             result = await running
         except BaseException:  # cancelled (the caller left), or the handler raised
             _ended_early(context, sync, job, running, loop)
+            sync.run_callbacks()  # the call ends: its add_callback()s (see there)
             raise
         try:
-            for callback in sync._callbacks:
-                callback()
+            sync.run_callbacks(raising=True)
             if inspect.isawaitable(result):
                 sync.awaited_on_loop()
                 result = await result
@@ -785,6 +822,7 @@ class _Pump:
         ``finally`` may still ask of the call while its thread runs)."""
         self.stop()
         sync.end(keep=not self.finished)
+        sync.run_callbacks()  # the call ended: its add_callback()s (see there)
 
     def _ended(self) -> None:
         """The stream's thread is done with it (or its job never ran)."""
