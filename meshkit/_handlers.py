@@ -520,6 +520,16 @@ class _SyncContext:
             return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
         return self._on_loop(self._context.send_initial_metadata(metadata))
 
+    def is_active(self) -> bool:
+        """Whether the call is still running (gRPC's synchronous API, which grpc.aio's
+        synchronous context lacks): ``False`` once it has ended, answered or not (its
+        caller left, its deadline passed), so a stream may loop ``while
+        context.is_active()``."""
+        if self._ended is not False:
+            return False
+        done = getattr(self._context, "done", None)  # (a stand-in context may have none)
+        return not (callable(done) and done() is True)
+
     def add_callback(self, callback: Callable[[], Any]) -> bool:
         """Call ``callback`` (no arguments) once, when the call ends, whatever ends it:
         gRPC's synchronous API ("called on RPC termination"), which a handler uses to
