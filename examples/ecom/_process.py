@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+
 import meshkit
+from examples.ecom.storage import Store, StoreUnavailable, open_store
 from meshkit.auth import AuthOptions, TLSOptions, tls_from_dir
 from meshkit.observability import AdminOptions, configure_logging
 from meshkit.resilience import RateLimitOptions
+
+_log = structlog.get_logger("examples.ecom.process")
 
 
 def setup_logging() -> None:
@@ -75,6 +82,36 @@ def count_arg(low: int = 1) -> Callable[[str], int]:
     return count
 
 
+async def open_store_waiting(url: str, wait_s: float) -> Store:
+    """:func:`~examples.ecom.storage.open_store`, tried again every second while the
+    database cannot be reached (:class:`~examples.ecom.storage.StoreUnavailable`), for up
+    to ``wait_s`` seconds, then the last failure is raised; one warning when the first
+    attempt fails (``store unavailable at start, retrying``) and one info line once open.
+
+    Once open, a store reconnects by itself; at the start there was no store yet, and a
+    service exited at once: a stack applied together, its database still starting, began
+    in Kubernetes' CrashLoopBackOff, whose delays (up to 5 minutes) outlasted the
+    database's start. Other failures (a bad URL, authentication) are raised at once."""
+    deadline = time.monotonic() + wait_s
+    warned = False
+    while True:
+        try:
+            store = await open_store(url)
+        except StoreUnavailable as exc:
+            if time.monotonic() + 1.0 > deadline:
+                raise
+            if not warned:
+                warned = True
+                cause = exc.__cause__
+                _log.warning("store unavailable at start, retrying", wait_s=wait_s,
+                             cause=f"{type(cause).__name__}: {cause}" if cause else str(exc))
+            await asyncio.sleep(1.0)
+            continue
+        if warned:
+            _log.info("store available")
+        return store
+
+
 def parser(service: str, default_db: str) -> argparse.ArgumentParser:
     """The common arguments of a service process (registry comes from MESHKIT_REGISTRY)."""
     p = argparse.ArgumentParser(prog=f"python -m examples.ecom.{service}")
@@ -93,6 +130,11 @@ def parser(service: str, default_db: str) -> argparse.ArgumentParser:
                    help="admin server port (env MESHKIT_ADMIN_PORT; 0 picks a free one)")
     p.add_argument("--db", default=os.environ.get("DATABASE_URL", default_db),
                    help="sqlite:///file.db or postgresql://... (env DATABASE_URL)")
+    p.add_argument("--db-wait-s", type=seconds_arg("ECOM_DB_WAIT_S"),
+                   default=os.environ.get("ECOM_DB_WAIT_S") or "60",
+                   help="how long to wait at the start for a database that cannot be"
+                        " reached (env ECOM_DB_WAIT_S; default 60, the deploy/k8s startup"
+                        " probe's allowance)")
     p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
                    help="meshkit certs directory (env MESHKIT_CERT_DIR)")
     p.add_argument("--jwt-dir", default=os.environ.get("MESHKIT_JWT_DIR"),

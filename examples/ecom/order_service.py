@@ -21,6 +21,7 @@ import meshkit
 from examples.ecom import mesh, security
 from examples.ecom._process import (
     announce,
+    open_store_waiting,
     parser,
     seconds_arg,
     serve_options,
@@ -30,7 +31,6 @@ from examples.ecom._process import (
 from examples.ecom.events import RenewingSigner, outbox_relay
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
-from examples.ecom.storage import open_store
 from meshkit.auth import (
     AuthOptions,
     JWKSClient,
@@ -119,7 +119,7 @@ async def main(argv: list[str] | None = None) -> None:
                    help="how long to wait for a user service before serving anyway")
     args = p.parse_args(argv)
     tls_options = tls(args, SERVICE)
-    store = await open_store(args.db)
+    store = await open_store_waiting(args.db, args.db_wait_s)
     users_opts = dataclasses.replace(
         mesh.USERS, tls=tls_options, insecure=tls_options is None,
         interceptors=(TokenForwarder(services=(USER_SERVICE,)),))

@@ -18,9 +18,8 @@ import os
 import signal
 
 import meshkit
-from examples.ecom._process import count_arg, setup_logging
+from examples.ecom._process import count_arg, open_store_waiting, seconds_arg, setup_logging
 from examples.ecom.events import RenewingSigner, outbox_relay
-from examples.ecom.storage import open_store
 from meshkit.messaging import RelayOptions
 
 
@@ -37,6 +36,10 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
                    help="meshkit certs directory: sign as orderd (env MESHKIT_CERT_DIR)")
     p.add_argument("--batch-size", type=count_arg(), default=100, help="events per round")
+    p.add_argument("--db-wait-s", type=seconds_arg("ECOM_DB_WAIT_S"),
+                   default=os.environ.get("ECOM_DB_WAIT_S") or "60",
+                   help="how long to wait at the start for a database that cannot be"
+                        " reached (env ECOM_DB_WAIT_S; default 60)")
     args = p.parse_args(argv)
     signer = RenewingSigner(args.cert_dir, "orderd") if args.cert_dir else None
     stop = asyncio.Event()
@@ -46,7 +49,17 @@ async def main(argv: list[str] | None = None) -> None:
     # a handler of a signal the inherited mask blocks never runs (the mask survives fork
     # and exec): unblock them, as Go's signal.Notify and meshkit's serve() do
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-    store = await open_store(args.db)
+    # a SIGTERM while the database is awaited ends the wait (the handlers are ours now)
+    opening = asyncio.ensure_future(open_store_waiting(args.db, args.db_wait_s))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not opening.done():
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await opening
+        return
+    store = opening.result()
     try:
         async with outbox_relay(store, args.nats_url, signer,
                                 RelayOptions(name="orders", batch_size=args.batch_size)):

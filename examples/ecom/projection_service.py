@@ -23,6 +23,7 @@ import meshkit
 from examples.ecom import events, security
 from examples.ecom._process import (
     announce,
+    open_store_waiting,
     parser,
     seconds_arg,
     serve_options,
@@ -30,7 +31,7 @@ from examples.ecom._process import (
     tls,
 )
 from examples.ecom.proto import summary_pb2_grpc
-from examples.ecom.storage import Store, open_store
+from examples.ecom.storage import Store
 from meshkit.auth import AuthOptions, AuthzPolicy, Rule, workload_id
 from meshkit.messaging import Consumer
 
@@ -111,7 +112,7 @@ async def main(argv: list[str] | None = None) -> None:
         verifier = events.RenewingVerifier(  # a rotated CA bundle is taken
             Path(args.cert_dir) / "ca.pem",
             allowed_publishers=(workload_id(security.TRUST_DOMAIN, "orderd"),))
-    store = await open_store(args.db)
+    store = await open_store_waiting(args.db, args.db_wait_s)
     # summaries are served from the store whether or not NATS answers: the consumer
     # starts once it is reachable and the stream made (events.nats_connection)
     nc, connecting = await events.nats_connection(args.nats_url, "projection")

@@ -21,6 +21,7 @@ from examples.ecom import security
 from examples.ecom._process import (
     announce,
     jwt_dir,
+    open_store_waiting,
     parser,
     seconds_arg,
     serve_options,
@@ -29,7 +30,7 @@ from examples.ecom._process import (
 )
 from examples.ecom.cache import UserCacheOptions, open_user_cache
 from examples.ecom.proto import user_pb2_grpc
-from examples.ecom.storage import UserRecord, open_store
+from examples.ecom.storage import UserRecord
 from examples.ecom.users import IssuedSession, UserServicer
 from meshkit.auth import (
     AuthOptions,
@@ -83,7 +84,7 @@ async def main(argv: list[str] | None = None) -> None:
                            keys)
     jwks = JWKSServer(keys)
     jwks_port = await jwks.start(args.host, 0)
-    store = await open_store(args.db)
+    store = await open_store_waiting(args.db, args.db_wait_s)
     try:
         policy = security.userd_policy(insecure=tls_options is None)
         auth = AuthOptions(verifier=verifier, jwt=security.USERD_JWT, policy=policy)
