@@ -159,6 +159,24 @@ def session_sockets(session: aiohttp.ClientSession) -> list[socket.socket]:
     return socks
 
 
+def _shut_down(sock: socket.socket) -> None:
+    """``shutdown(SHUT_RDWR)`` the connection of ``sock``, a transport's ``socket``
+    extra: asyncio's ``TransportSocket`` or uvloop's ``PseudoSocket``, which refuses
+    ``shutdown()`` (``TypeError``: "transport sockets do not support shutdown()"), so it
+    is done on a socket object over the same descriptor, detached after (the descriptor
+    stays the transport's); nothing for one closed already (``-1``: uvloop's
+    ``loop.close()`` closes its transports' descriptors itself). Raises ``OSError`` (a
+    connection already down)."""
+    fd = sock.fileno()
+    if fd < 0:
+        return
+    raw = socket.socket(fileno=fd)
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    finally:
+        raw.detach()
+
+
 #: The tasks closing sessions of loops closed with their owner pending
 #: (:func:`abandon_session`): referenced until they end.
 _abandoned: set[asyncio.Task[None]] = set()
@@ -180,7 +198,7 @@ def abandon_session(session: aiohttp.ClientSession, name: str,
     (:func:`drop_inherited_sockets`)."""
     for sock in session_sockets(session):
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            _shut_down(sock)
 
     async def close_quietly() -> None:
         with contextlib.suppress(*errors, RuntimeError):
