@@ -46,7 +46,6 @@ import asyncio
 import math
 import secrets
 import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from examples.ecom.proto import user_pb2
+from examples.ecom.storage import _shown_url
 from meshkit.errors import ConfigError
 from meshkit.observability import default_registry
 from meshkit.resilience.ratelimit import StorageBreaker
@@ -344,12 +344,10 @@ def _scheme(uri: str) -> str:
 
 
 def _shown(uri: str) -> str:
-    """``uri`` without its user and password, for logs and errors."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    except ValueError:
-        return "<unparseable uri>"
+    """``uri`` as logs and errors quote it: user info (up to the *last* ``@``, so a
+    password holding ``/``, ``?``, ``#`` or ``@`` too) and any query or fragment replaced
+    by ``***``, as the store's URLs (:func:`examples.ecom.storage._shown_url`)."""
+    return _shown_url(uri)
 
 
 _REQUESTS: dict[CollectorRegistry, Counter] = {}
