@@ -125,7 +125,8 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
     refuses, or an exception of ``requests`` itself (one that cannot be iterated
     included: an ``int``, an ``__iter__`` that raises), is recorded as the call's
     ``codec_error`` (:class:`~meshkit.errors.RequestSerializationError`,
-    :class:`~meshkit.errors.RequestIteratorError`) and raised; grpc.aio then ends the
+    :class:`~meshkit.errors.RequestIteratorError`; an ``asyncio.CancelledError`` of
+    ``requests`` too, unless the call itself is being cancelled) and raised; grpc.aio then ends the
     attempt (it cancels a call whose iterator raised) and the call objects report it.
 
     Called once per attempt. Each message handed on is counted in
@@ -196,8 +197,18 @@ class _CallMessages:
         self.record.msg_received = value
 
 
-def _iterator_failed(details: Any, exc: Exception) -> RequestIteratorError:
+def _iterator_failed(details: Any, exc: BaseException) -> RequestIteratorError:
     return _recorded(RequestIteratorError(details.method, type(exc).__name__), exc, details)
+
+
+def _cancelling() -> bool:
+    """Whether the task taking the request messages is being cancelled (the call was: its
+    ``CancelledError`` goes on as it is); else one the request iterator raised is its own
+    failure (it awaited something another task cancelled), reported as the call's
+    :class:`~meshkit.errors.RequestIteratorError`, not as a call the channel cancelled.
+    Asked on the failure path only."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
@@ -212,6 +223,10 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
             message = next(it)
         except StopIteration:
             return
+        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
+            if _cancelling():
+                raise
+            raise _iterator_failed(details, exc) from exc
         except Exception as exc:
             raise _iterator_failed(details, exc) from exc
         if serializer is not None:
@@ -235,6 +250,10 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
             message = await anext(it)
         except StopAsyncIteration:
             return
+        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
+            if _cancelling():
+                raise
+            raise _iterator_failed(details, exc) from exc
         except Exception as exc:
             raise _iterator_failed(details, exc) from exc
         if serializer is not None:
@@ -262,6 +281,10 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
             message = next(it)
         except StopIteration:
             return
+        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
+            if _cancelling():
+                raise
+            raise _iterator_failed(details, exc) from exc
         except Exception as exc:
             raise _iterator_failed(details, exc) from exc
         if serializer is not None:
@@ -290,6 +313,10 @@ async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
             message = await anext(it)
         except StopAsyncIteration:
             return
+        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
+            if _cancelling():
+                raise
+            raise _iterator_failed(details, exc) from exc
         except Exception as exc:
             raise _iterator_failed(details, exc) from exc
         if serializer is not None:
