@@ -22,6 +22,10 @@ import pytest
 from aiohttp import web
 
 from meshkit._aio_http import start_app
+from tests.support.skips import asyncio_loop_only
+
+pytestmark = asyncio_loop_only(
+    "uvloop resolves names in libuv, not through the patched socket.getaddrinfo")
 
 _NAME = "dual.meshkit.test"
 

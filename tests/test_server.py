@@ -43,6 +43,7 @@ from tests.discovery.consul_double import ConsulDouble
 from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
 from tests.support.loops import run as run_loop
+from tests.support.skips import asyncio_loop_only
 from tests.support.wait import until
 
 
@@ -1726,6 +1727,8 @@ async def test_a_signal_while_starting_undoes_the_start_and_returns(registry_dir
         await reg.close()
 
 
+@asyncio_loop_only("uvloop's signal handlers cannot be read, so none is given back "
+                   "(documented)")
 async def test_the_applications_own_loop_signal_handler_is_given_back_after_the_drain(
         registry: LocalRegistry) -> None:
     """An application that set its own ``loop.add_signal_handler`` for a signal (to

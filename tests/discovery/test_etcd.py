@@ -47,6 +47,7 @@ from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary, runnin
 from tests.support.loops import LoopThread
 from tests.support.loops import run as run_loop
 from tests.support.ports import free_port
+from tests.support.skips import asyncio_loop_only
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
@@ -1518,6 +1519,7 @@ class _Unretrieved(logging.Handler):
             self.lines.append(f"{text}: {ctx[1]!r}" if ctx else text)
 
 
+@asyncio_loop_only("it reads the loop's ready queue (loop._ready)")
 @pytest.mark.timeout(60)
 def test_a_register_answered_as_another_threads_close_runs_raises_and_starts_no_keeper(
         node: EtcdCluster) -> None:

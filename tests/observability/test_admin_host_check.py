@@ -11,6 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from meshkit.observability import AdminOptions, AdminServer
+from tests.support.skips import asyncio_loop_only
+
+_NAMES_ON_ASYNCIO = asyncio_loop_only(
+    "uvloop's create_server resolves names in libuv, not through the patched "
+    "loop.getaddrinfo")
 
 #: a host name that resolves to 127.0.0.1 only (the loop's resolver is taught it), as a
 #: machine's own name does on Debian (``/etc/hosts``: ``127.0.1.1 <hostname>``)
@@ -42,6 +47,7 @@ async def _status(port: int, host: str) -> int:
     return int(data.split(b" ", 2)[1])
 
 
+@_NAMES_ON_ASYNCIO
 async def test_a_host_name_bound_on_loopback_refuses_a_rebound_host_header(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An admin server given a host name that resolves to loopback listens on loopback
@@ -61,6 +67,7 @@ async def test_a_host_name_bound_on_loopback_refuses_a_rebound_host_header(
         await admin.stop()
 
 
+@_NAMES_ON_ASYNCIO
 async def test_a_host_name_bound_off_loopback_answers_any_host(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A host name that resolves to the wildcard address listens on every interface, like

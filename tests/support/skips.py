@@ -24,3 +24,12 @@ def require_uvloop() -> None:
 
     if importlib.util.find_spec("uvloop") is None:
         skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
+
+
+def asyncio_loop_only(reason: str) -> pytest.MarkDecorator:
+    """A mark skipping the test when the suite runs on uvloop (``MESHKIT_TEST_LOOP=uvloop``)
+    because it can only look where asyncio's loop lets it (``reason``: its ready queue, its
+    signal handlers, a patched ``socket.getaddrinfo`` that uvloop's resolver in libuv
+    never calls). What it checks holds on uvloop too; it is not seen from there."""
+    return pytest.mark.skipif(os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "uvloop",
+                              reason=f"on uvloop: {reason}")
