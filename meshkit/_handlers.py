@@ -530,6 +530,27 @@ class _SyncContext:
         done = getattr(self._context, "done", None)  # (a stand-in context may have none)
         return not (callable(done) and done() is True)
 
+    def cancel(self) -> None:
+        """End the call ``CANCELLED`` now (gRPC's synchronous API, which grpc.aio's
+        synchronous context lacks): the caller gets ``CANCELLED``; the handler goes on
+        until it returns, nothing more sent (:meth:`is_active` is ``False``). Idempotent;
+        nothing once the call has ended. Blocks until done, but on the loop's own thread
+        (an async result of the handler), where it is scheduled."""
+        if not self.is_active():
+            return
+        cancelling = self._cancel_quietly()
+        if asyncio._get_running_loop() is self._loop:
+            task = self._loop.create_task(cancelling)
+            _CANCELLING.add(task)
+            task.add_done_callback(_CANCELLING.discard)
+            return
+        asyncio.run_coroutine_threadsafe(cancelling, self._loop).result()
+
+    async def _cancel_quietly(self) -> None:
+        # AbortError: sent; UsageError: aborted before; anything else: the call is over
+        with contextlib.suppress(Exception):
+            await self._context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
+
     def add_callback(self, callback: Callable[[], Any]) -> bool:
         """Call ``callback`` (no arguments) once, when the call ends, whatever ends it:
         gRPC's synchronous API ("called on RPC termination"), which a handler uses to
@@ -575,6 +596,9 @@ class _SyncContext:
             raise AttributeError(_NO_ASYNC_ONLY.format(name))
         return getattr(self._context, name)
 
+
+_CANCELLING: set[asyncio.Task[None]] = set()
+"""The cancels :meth:`_SyncContext.cancel` scheduled on the loop, held until done."""
 
 _ASYNC_ONLY = frozenset({"read", "write"})
 """The coroutine methods of grpc.aio's servicer context that its synchronous context
