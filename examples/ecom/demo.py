@@ -35,6 +35,7 @@ import nats
 
 import meshkit
 from examples.ecom import demo_events, events, mesh, security
+from examples.ecom._process import seconds_arg
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from meshkit.auth import (
     AuthError,
@@ -797,8 +798,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workload size, >= 10 (default 300)")
     p.add_argument("--concurrency", type=_at_least(1), default=8,
                    help="concurrent workers, >= 1 (default 8)")
-    p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline, seconds")
-    p.add_argument("--ttl-s", type=float, default=2.0, help="registry TTL, seconds")
+    p.add_argument("--timeout-s", type=seconds_arg(zero=False), default=5.0,
+                   help="per-call deadline, seconds (> 0, finite; default 5)")
+    p.add_argument("--ttl-s", type=seconds_arg(zero=False), default=2.0,
+                   help="registry TTL, seconds (> 0, finite; default 2)")
     p.add_argument("--no-kill", action="store_true", help="do not kill an instance")
     p.add_argument("--keep-running", action="store_true",
                    help="leave the stack up after the workload and print how to call it")
