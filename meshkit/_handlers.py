@@ -515,6 +515,9 @@ class _SyncContext:
         :meth:`abort`): grpc core aborts the process sending ``grpc-timeout``, and ends
         the call ``INTERNAL`` "Invalid metadata" for a value that is not printable ASCII
         (see :func:`_unsendable_pairs`)."""
+        if metadata and type(metadata) is not tuple:  # (grpc.aio takes tuple(metadata))
+            with contextlib.suppress(TypeError):  # none: grpc.aio's own TypeError
+                metadata = tuple(metadata)  # a grpc.aio.Metadata, a generator: read once
         bad = _unsendable_pairs(metadata, "initial") if metadata else None
         if bad is not None:
             return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))

@@ -65,13 +65,20 @@ def _plain_initial(request: bytes, context: Any) -> Iterator[bytes]:
     yield b"unreached"
 
 
+def _plain_initial_metadata(request: bytes, context: Any) -> Iterator[bytes]:
+    context.send_initial_metadata(grpc.aio.Metadata(*_TIMEOUT))
+    yield b"unreached"
+
+
 def _add(_servicer: Any, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Timeout", {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
         "Plain": grpc.unary_unary_rpc_method_handler(_plain),
         "PlainAbort": grpc.unary_unary_rpc_method_handler(_plain_abort),
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
-        "PlainInitial": grpc.unary_stream_rpc_method_handler(_plain_initial)}),))
+        "PlainInitial": grpc.unary_stream_rpc_method_handler(_plain_initial),
+        "PlainInitialMetadata": grpc.unary_stream_rpc_method_handler(
+            _plain_initial_metadata)}),))
 
 
 @pytest.mark.parametrize("options", [{}, {"telemetry": None, "expose_exception_text": True}],
@@ -91,7 +98,8 @@ async def test_a_handlers_trailing_grpc_timeout_is_answered_internal(
                     await ch.unary_unary(f"/t.Timeout/{name}")(b"x", timeout=10)
                 assert err.value.code() is grpc.StatusCode.INTERNAL, (name, err.value)
                 assert "'grpc-timeout'" in (err.value.details() or ""), (name, err.value)
-            for name, before in (("Stream", [b"first"]), ("PlainInitial", [])):
+            for name, before in (("Stream", [b"first"]), ("PlainInitial", []),
+                                 ("PlainInitialMetadata", [])):
                 got: list[bytes] = []
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     async for m in ch.unary_stream(f"/t.Timeout/{name}")(b"x", timeout=10):
