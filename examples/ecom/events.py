@@ -384,24 +384,30 @@ class _NatsOutages:
     one warning when the server cannot be reached (``nats unavailable, retrying``, the
     error's type and message, no traceback) and one info line when it is back, where
     nats-py's default logs a traceback at every attempt (five a second at
-    :data:`NATS_RETRY_S`). Other errors (a permission violation, a slow consumer) are
-    logged as warnings each time. The URL, which may hold credentials, is never logged."""
+    :data:`NATS_RETRY_S`). Other errors (credentials refused, a permission violation, a
+    slow consumer) are logged as a warning (``nats error``) once each until the next
+    successful connect: a refused login is retried at the same pace. The URL, which may
+    hold credentials, is never logged."""
 
     def __init__(self, what: str) -> None:
         self._what = what
         self.down = False
+        self._said: set[str] = set()
 
     async def error(self, exc: Exception) -> None:
         """nats-py's ``error_cb``."""
+        error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, _NATS_DOWN):
-            _log.warning("nats error", of=self._what, error=f"{type(exc).__name__}: {exc}")
+            if error not in self._said and len(self._said) < 100:
+                self._said.add(error)
+                _log.warning("nats error", of=self._what, error=error)
         elif not self.down:
             self.down = True
-            _log.warning("nats unavailable, retrying", of=self._what,
-                         error=f"{type(exc).__name__}: {exc}")
+            _log.warning("nats unavailable, retrying", of=self._what, error=error)
 
     async def connected(self) -> None:
         """nats-py's ``reconnected_cb``, and called once the first connect succeeded."""
+        self._said.clear()
         if self.down:
             self.down = False
             _log.info("nats available again", of=self._what)
@@ -442,11 +448,22 @@ async def nats_connection(url: str, what: str) -> tuple[NATS, asyncio.Task[None]
     return nc, task
 
 
+#: Longest a NATS client's close may take at shutdown (seconds).
+NATS_CLOSE_S = 5.0
+
+
 async def close_nats(nc: NATS) -> None:
     """Close ``nc`` from :func:`nats_connection`, connected or not (nats-py's ``close``
-    asserts on a client whose connect failed before it began)."""
-    with contextlib.suppress(AssertionError):
-        await nc.close()
+    asserts on a client whose connect failed before it began), within
+    :data:`NATS_CLOSE_S` (its flush and socket close have no bound of their own; past
+    it, logged ``nats close timed out``, the process goes on stopping)."""
+    try:
+        async with asyncio.timeout(NATS_CLOSE_S):
+            await nc.close()
+    except AssertionError:
+        pass
+    except TimeoutError:
+        _log.warning("nats close timed out", timeout_s=NATS_CLOSE_S)
 
 
 async def ensure_order_stream_when_connected(connecting: asyncio.Task[None],

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import subprocess
 from pathlib import Path
 
 import nats.errors
@@ -102,3 +104,45 @@ async def test_a_malformed_url_fails_at_start_and_an_unreached_server_ends_clean
                 assert relay is not None
     finally:
         await store.close()
+
+
+async def test_refused_credentials_are_logged_once_not_at_every_attempt(
+        tmp_path: Path) -> None:
+    """A NATS that refuses the relay's credentials: the connect retries (the server may
+    be reconfigured), the refusal logged once, not once per attempt (five a second:
+    '_NatsOutages' of 651fe06 logged errors other than an outage each time)."""
+    if not Path(NATS_SERVER).exists():  # noqa: ASYNC240 - a stat
+        pytest.skip(f"nats-server not found at {NATS_SERVER}")
+    server = NatsServer(tmp_path / "nats")
+    _spawn_with_user(server)
+    store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
+    try:
+        await until(lambda: _accepting(server.port), timeout_s=10, what="nats-server up")
+        url = f"nats://relay:wrong@127.0.0.1:{server.port}"
+        with structlog.testing.capture_logs() as logs:
+            async with events.outbox_relay(store, url, None):
+                await until(lambda: any(e["event"].startswith("nats ") for e in logs),
+                            timeout_s=5, what="the refusal logged")
+                await asyncio.sleep(1.0)  # about five more attempts
+        said = [(e["event"], e.get("error")) for e in logs if e["event"].startswith("nats ")]
+        assert ("nats error", "Error: nats: 'Authorization Violation'") in said, said
+        assert len(said) == len(set(said)) <= 2, said  # the refusal, the reset it causes
+        assert "wrong" not in str(said)  # the password is never logged
+    finally:
+        server.kill()
+        await store.close()
+
+
+def _spawn_with_user(server: NatsServer) -> None:
+    """Start a nats-server (no JetStream) on ``server.port`` that takes user relay/right."""
+    server.proc = subprocess.Popen(
+        [NATS_SERVER, "-a", "127.0.0.1", "-p", str(server.port), "--user", "relay",
+         "--pass", "right"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
