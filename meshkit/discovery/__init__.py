@@ -120,7 +120,9 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
     the URI: ``CONSUL_*``, ``ETCDCTL_*``, and ``MESHKIT_LOCAL_DIR`` for ``local://``.
 
     Forms:
-        * ``local:///abs/path`` (directory or ``.db`` file; ``local://localhost/abs/path``
+        * ``local:///abs/path`` (directory or ``.db`` file, by :class:`LocalOptions`' rule:
+          ``local:///srv/run.db/``, with its trailing slash, is a directory;
+          ``local://localhost/abs/path``
           the same, as ``file:`` URIs have it) or ``local://`` (default path:
           ``$MESHKIT_LOCAL_DIR``, else ``<tmp>/meshkit-<uid>``, used only if it is the
           user's own and not writable by others, see :class:`LocalOptions`);
@@ -162,7 +164,8 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
                 "needs an absolute path, local:///abs/path (three slashes; or "
                 "local://localhost/abs/path), or local:// for the default path")
         if raw_path:
-            kwargs["path"] = Path(raw_path)
+            # the text, not Path(): a trailing slash says "directory" (LocalOptions.path)
+            kwargs["path"] = raw_path
         elif environ is not None:
             kwargs["path"] = _default_local_path(environ)
         return LocalRegistry(LocalOptions(**kwargs))

@@ -110,8 +110,9 @@ inherited one is left alone, not even closed) and forgets its parent's registrat
 heartbeats. A fork waits for a registry operation under way in the worker thread to end
 (at most ``busy_timeout_s`` and a second): SQLite's own table of the locks the process
 holds is copied by the fork while the locks are not, so a child forked during a write
-took the write lock for its own and could never write. It is usable across event loops, one after another (``asyncio.run()`` again):
-a heartbeat task of a loop that ended is dropped when the instance registers again.
+took the write lock for its own and could never write. It is usable across event loops,
+one after another (``asyncio.run()`` again): a heartbeat task of a loop that ended is
+dropped when the instance registers again.
 """
 
 from __future__ import annotations

@@ -60,3 +60,19 @@ async def test_local_dir_is_stripped_as_the_other_variables(
             assert registry.options.path == want
         finally:
             await registry.close()
+
+
+async def test_a_uri_path_with_a_trailing_slash_is_a_directory(tmp_path: Path) -> None:
+    """``local:///srv/run.db/`` names the directory ``run.db`` (LocalOptions' rule: a
+    path given with a trailing slash is a directory, whatever its suffix), as
+    ``LocalOptions(path="/srv/run.db/")`` does: the URI's path went through ``Path()``,
+    which drops the slash, so it named the file ``/srv/run.db`` and a process given the
+    URI and one given the options used two registries."""
+    want = tmp_path / "run.db" / "registry.db"
+    assert LocalOptions(path=f"{tmp_path}/run.db/").path == want
+    registry = registry_from_uri(f"local://{tmp_path}/run.db/")
+    assert isinstance(registry, LocalRegistry)
+    try:
+        assert registry.options.path == want
+    finally:
+        await registry.close()
