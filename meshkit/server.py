@@ -1850,7 +1850,9 @@ class MeshServer:
     async def _follow_certificate(self, tls: TLSOptions) -> None:
         """Keep the certificate gauges on the certificate on disk, within
         ``tls.reload_interval_s`` of a renewal: every interval, when a file changed (size,
-        mtime or inode of the CA bundle, certificate or key), read them as the TLS reloader
+        mtime or inode of the CA bundle, certificate or key; at the first interval
+        whatever they show, as a renewal may have landed since the credentials read
+        them while the start went on), read them as the TLS reloader
         does (off the event loop) and publish the validity period of the pair now served
         to new connections. The reloader publishes it too, but only before a new
         connection's handshake, which clients that keep their connections (hours, for
@@ -1863,7 +1865,9 @@ class MeshServer:
         the gauges stay on the certificate still served, so an expiry alert is not hidden
         by a notAfter no handshake presents. Runs until cancelled (:meth:`drain`)."""
         paths = (tls.ca_file, tls.cert_file, tls.key_file)
-        seen = stat_files(paths)
+        # nothing seen yet: the first interval reads the files (a renewal written since
+        # the credentials read them, while start() went on, would stat as seen)
+        seen: tuple[tuple[int, int, int], ...] = ()
         while True:
             await asyncio.sleep(tls.reload_interval_s)
             now = stat_files(paths)
