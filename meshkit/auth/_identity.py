@@ -53,7 +53,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from meshkit._config import refuse_str
+from meshkit._config import check_int, check_number, refuse_str
 from meshkit._outage import OutageLog
 from meshkit.auth._errors import CertificateError
 from meshkit.errors import ConfigError
@@ -718,7 +718,9 @@ class PeerVerifier:
 
     Raises:
         CertificateError: ``ca_pem`` holds no PEM certificate.
-        ConfigError: ``max_entries < 1`` (value quoted).
+        ConfigError: ``max_entries`` no integer >= 1 (``True`` included), a ``clock``
+            that cannot be called (``time.time()``'s value) or a ``ca_pem`` that is no
+            ``bytes`` (value or type quoted).
 
     Example::
 
@@ -731,8 +733,13 @@ class PeerVerifier:
 
     def __init__(self, ca_pem: bytes | None = None, *, max_entries: int = 1024,
                  clock: Callable[[], float] = time.time) -> None:
-        if not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        check_int("max_entries", max_entries, low=1)  # True too: no cache of one
+        if not callable(clock):  # clock=time.time(): its value, not the clock
+            raise ConfigError(f"clock must be a callable returning epoch seconds, such as "
+                              f"time.time, got {clock!r}")
+        if ca_pem is not None and not isinstance(ca_pem, bytes):
+            raise ConfigError(f"ca_pem must be bytes (PEM), got {type(ca_pem).__name__} "
+                              "(Path.read_bytes() reads a file so)")
         self._max = max_entries
         self._clock = clock
         self._cache: dict[_CacheKey, tuple[PeerIdentity | None, float, float]] = {}
@@ -764,10 +771,16 @@ class PeerVerifier:
 
         Raises:
             CertificateError: the file is unreadable or holds no certificate.
-            ConfigError: ``reload_interval_s <= 0`` or ``max_entries < 1``.
+            ConfigError: ``reload_interval_s`` no number > 0 (``math.inf``: never
+                re-read), or ``max_entries`` or ``clock`` as for the class (quoted).
         """
-        if not reload_interval_s > 0:
-            raise ConfigError(f"reload_interval_s must be > 0, got {reload_interval_s!r}")
+        # before the file is read: a wrong clock or number is the caller's error
+        check_number("reload_interval_s", reload_interval_s, low=0.0, low_open=True,
+                     finite=False)
+        check_int("max_entries", max_entries, low=1)
+        if not callable(clock):
+            raise ConfigError(f"clock must be a callable returning epoch seconds, such as "
+                              f"time.time, got {clock!r}")
         path = Path(ca_file)
         stat = _file_stat(path)
         try:

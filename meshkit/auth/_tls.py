@@ -68,7 +68,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -525,7 +525,8 @@ class TLSOptions:
         if not callable(self.clock):  # clock=time.monotonic(): its value, not the clock
             raise ConfigError(f"clock must be a callable returning seconds, such as "
                               f"time.monotonic, got {self.clock!r}")
-        if isinstance(self.allowed_peers, str):
+        if isinstance(self.allowed_peers, str) or not isinstance(self.allowed_peers, Iterable):
+            # None too: () allows every workload of the trust domain
             raise ConfigError(f"allowed_peers must be a tuple, got {self.allowed_peers!r}")
         object.__setattr__(self, "allowed_peers", tuple(self.allowed_peers))
         IdentityMatcher(self.allowed_peers, where="allowed_peers", peers=True)  # checked now
