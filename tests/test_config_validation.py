@@ -1110,7 +1110,8 @@ def test_replace_reads_the_trust_domain_again_from_the_new_ca(tmp_path: Path) ->
         dataclasses.replace(given, **b)  # the user's trust domain: kept, and refused
     assert dataclasses.replace(TLSOptions(**b, trust_domain="b.test"),
                                reload_interval_s=1.0).trust_domain == "b.test"
-    # TLSOptions holds what it read (no deep copy, no pickle); its trust domain copies
+    # TLSOptions pickles as its given fields and copies share what it read
+    # (tests/auth/test_tls_options_pickle.py); its read-from-the-CA trust domain copies too
     for domain in (pickle.loads(pickle.dumps(tls.trust_domain)), copy.copy(tls).trust_domain,
                    copy.deepcopy(tls.trust_domain)):
         assert domain == "a.test" and type(domain) is type(tls.trust_domain)
