@@ -105,3 +105,16 @@ def test_the_skipped_bundle_reload_says_why(pki: Pki) -> None:
     assert len(errors) == 2, logs
     assert "damaged or truncated" in errors[0] and "BEGIN" not in errors[0]
     assert "empty" in errors[1]
+
+
+@pytest.mark.parametrize("kept", [1, 5, 10, 16])
+def test_a_bundle_ending_inside_a_begin_line_is_refused(
+        pki: Pki, tmp_path: Path, kept: int) -> None:
+    """Cut within the next certificate's ``-----BEGIN CERTIFICATE-----`` line (before
+    or just after ``-----BEGIN ``), the file holds no BEGIN of that block to look for
+    an END after: it is refused all the same (review of 1c7b36c: no test reached it)."""
+    old = (pki.dir / "ca.pem").read_bytes()
+    damaged = tmp_path / "bundle.pem"
+    damaged.write_bytes(old + _pem_of_new_ca()[:kept])
+    with pytest.raises(CertificateError, match="damaged or truncated"):
+        load_certificates(damaged)
