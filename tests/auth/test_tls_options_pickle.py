@@ -40,3 +40,24 @@ def test_options_with_tls_pickle_copy_and_deep_copy(pki: Pki) -> None:
             peer = t.peer_verifier().identify({"x509_pem_cert": [tls.cert_file.read_bytes()]})
             assert peer is not None and peer.service == "orderd"
             assert t.channel_credentials() is not None
+
+
+def test_copies_share_what_was_read_without_reading_the_files(pki: Pki) -> None:
+    """A copy or deep copy shares the material read (as the class docstring says), so it
+    neither reads the files again nor fails while they are away (a Secret being
+    replaced): without ``__copy__``/``__deepcopy__`` both went through ``__reduce__``,
+    building the options anew from the files (review of 11b7ac2: no test told them
+    apart)."""
+    tls = pki.issue("orderd")
+    saved = {p: p.read_bytes() for p in (tls.cert_file, tls.key_file)}
+    for p in saved:
+        p.unlink()
+    try:
+        for copied in (copy.copy(tls), copy.deepcopy(tls)):
+            assert copied == tls and copied.spiffe_id == tls.spiffe_id
+            assert copied._initial is tls._initial  # shared, not read again
+        assert copy.deepcopy(tls).peer_verifier() is not tls.peer_verifier()
+        assert copy.copy(tls).peer_verifier() is tls.peer_verifier()
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
