@@ -36,3 +36,18 @@ def test_names_given_as_none_are_refused_quoted() -> None:
         with pytest.raises(ConfigError, match="None"):
             create_ca(trust_domain=TD, **kw2)  # type: ignore[arg-type]
     issue_workload(key, ca, "orderd", dns=(), ips=[])
+
+
+def test_names_given_as_a_generator_are_read_once() -> None:
+    """``create_ca`` checks the permitted DNS subtrees, then writes them: given as a
+    generator, the check used them up and the CA permitted none of them (review of
+    9e72b65, whose message says the names are taken as a tuple for this; no test)."""
+    from meshkit.auth import describe_certificate
+
+    key, ca = create_ca(trust_domain=TD, permitted_dns=(d for d in ("localhost", "internal")))
+    permitted = describe_certificate(ca).name_constraints
+    assert "DNSName:localhost" in permitted and "DNSName:internal" in permitted, permitted
+    _key, leaf = issue_workload(key, ca, "orderd", dns=(d for d in ("orderd.internal",)),
+                                ips=(i for i in ("127.0.0.1",)))
+    info = describe_certificate(leaf)
+    assert "orderd.internal" in info.dns_names and info.ip_addresses == ("127.0.0.1",)
