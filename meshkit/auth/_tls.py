@@ -909,6 +909,10 @@ class ChannelCredentialsReloader:
 
     def __init__(self, tls: TLSOptions) -> None:
         self.tls = tls
+        self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
+        # the files' state before they are read (a renewal written meanwhile reads as a
+        # change at the next check), as _ServerReloader has it
+        self._stat = stat_files(self._paths)
         m = tls._read_own()
         self.fingerprint = m.fingerprint
         self._current = m  # the material in force
@@ -936,11 +940,13 @@ class ChannelCredentialsReloader:
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
-        changed. Unreadable or inconsistent files, and a new certificate that is expired
-        or not valid yet (on the wall clock) or names another SPIFFE ID than the one in
-        force, are skipped (the current credentials
-        stay) and logged as ``client certificate reload skipped``, warning: when it
-        starts, when the error changes, and as a reminder at most every 60 s while it
+        changed. The files are read only when one's size, mtime or inode changed (this
+        runs on a channel's event loop: unchanged files cost a ``stat`` each).
+        Unreadable or inconsistent files, and a new certificate that is expired or not
+        valid yet (on the wall clock) or names another SPIFFE ID than the one in force,
+        are skipped (the current credentials stay; read again at each check) and
+        logged as ``client certificate reload skipped``, warning: when it starts, when
+        the error changes, and as a reminder at most every 60 s while it
         lasts; the next good read logs ``certificate files readable again`` (info).
         While the certificate in force is expired or not valid yet (no usable renewal
         taken), ``client certificate expired`` / ``client certificate not valid yet`` is
@@ -956,12 +962,19 @@ class ChannelCredentialsReloader:
 
     def _reload(self) -> bool:
         """:meth:`check`'s read: take the files if they changed and may be taken."""
+        st = stat_files(self._paths)
+        if st == self._stat:  # the files in force (back, after a skipped read)
+            if self._fault.failing:
+                self._fault.ok()
+            return False
         try:
             m = self.tls.read()
             check_renewal(self._current, m, self.tls.cert_file, server=False, now=time.time())
         except CertificateError as exc:
+            # read again at the next check, changed or not, until they may be taken
             self._fault.failed("client certificate reload skipped", str(exc))
             return False
+        self._stat = st
         if self._fault.failing:
             self._fault.ok()
         if m.fingerprint == self.fingerprint:
