@@ -13,12 +13,14 @@ messages already sent on a stream; a cancellation of the call itself is left as 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -124,3 +126,68 @@ async def test_the_calls_own_cancellation_still_cancels_the_handler(
             assert ended == ["cancelled"]
     finally:
         await srv.drain()
+
+
+@pytest.mark.timeout(60)
+async def test_a_cancel_by_the_caller_or_the_drain_is_not_taken_for_a_stray_one(
+    registry: LocalRegistry,
+) -> None:
+    """The call's own cancellation (its caller left; the drain's stop cut it after
+    ``grace_s``) reaches the handler as ``CancelledError`` with the call's task being
+    cancelled: it is never answered or logged as an unhandled ``EscapedCancelledError``
+    (which would count a caller's cancel ``UNKNOWN`` and log an error per cancel), for an
+    ``async def`` handler, a response stream and a plain-function handler alike."""
+    entered: asyncio.Queue[str] = asyncio.Queue()
+    release = threading.Event()
+
+    async def hold(request: bytes, context: Any) -> bytes:
+        entered.put_nowait("hold")
+        await asyncio.sleep(30)
+        return b"unreached"
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        entered.put_nowait("stream")
+        await asyncio.sleep(30)
+
+    def plain(request: bytes, context: Any) -> bytes:
+        loop.call_soon_threadsafe(entered.put_nowait, "plain")
+        release.wait(10)
+        return b"late"
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Own", {
+            "Hold": grpc.unary_unary_rpc_method_handler(hold),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Plain": grpc.unary_unary_rpc_method_handler(plain)}),))
+
+    loop = asyncio.get_running_loop()
+    srv = meshkit.MeshServer("ownd", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
+                                                          grace_s=0.3, admin=None))
+    with structlog.testing.capture_logs() as logs:
+        await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                for name in ("Hold", "Plain"):  # the caller leaves
+                    call = ch.unary_unary(f"/t.Own/{name}")(b"x", timeout=20)
+                    await asyncio.wait_for(entered.get(), 10)
+                    call.cancel()
+                    assert await call.code() is grpc.StatusCode.CANCELLED
+                release.set()
+                scall = ch.unary_stream("/t.Own/Stream")(b"x", timeout=20)
+                assert await scall.read() == b"first"
+                await asyncio.wait_for(entered.get(), 10)
+                scall.cancel()
+                # the drain's stop cuts a call still running after grace_s
+                held = ch.unary_unary("/t.Own/Hold")(b"x", timeout=20)
+                await asyncio.wait_for(entered.get(), 10)
+                await srv.drain()
+                assert await held.code() is not grpc.StatusCode.UNKNOWN
+                await asyncio.sleep(0.2)  # the cancelled tasks' ends, logged or not
+        finally:
+            release.set()
+            await srv.drain()
+    stray = [e for e in logs if e.get("error_type") == "EscapedCancelledError"
+             or "EscapedCancelledError" in repr(e.get("exc_info"))]
+    assert stray == []
