@@ -456,11 +456,20 @@ async def close_nats(nc: NATS) -> None:
     """Close ``nc`` from :func:`nats_connection`, connected or not (nats-py's ``close``
     asserts on a client whose connect failed before it began), within
     :data:`NATS_CLOSE_S` (its flush and socket close have no bound of their own; past
-    it, logged ``nats close timed out``, the process goes on stopping)."""
+    it, logged ``nats close timed out``, the process goes on stopping).
+
+    A client that lost its server and buffered what was published since (an event, an
+    ack, a fetch: kept for the reconnect) is closed too: nats-py's ``close`` flushes that
+    buffer to the dead connection and raises (asyncio's ``ConnectionResetError``,
+    uvloop's ``RuntimeError`` "the handler is closed"), which ended the service's
+    shutdown in a traceback; what it held is lost either way (an event stays pending in
+    the outbox until acked, an unacked delivery is redelivered)."""
     try:
         async with asyncio.timeout(NATS_CLOSE_S):
             await nc.close()
     except AssertionError:
+        pass
+    except (ConnectionError, RuntimeError):  # the buffer flushed to a lost connection
         pass
     except TimeoutError:
         _log.warning("nats close timed out", timeout_s=NATS_CLOSE_S)
