@@ -95,11 +95,13 @@ async def test_a_malformed_url_fails_at_start_and_an_unreached_server_ends_clean
     started and nothing said why, and closing the client raised AssertionError); and a
     relay whose NATS never answered ends without an error."""
     store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
+    served = False
     try:
         with pytest.raises(nats.errors.Error, match="invalid connect url"):
             async with asyncio.timeout(5):
                 async with events.outbox_relay(store, "nats://127.0.0.1:99999", None):
-                    pass
+                    served = True
+        assert not served  # refused at the start, not as the service stops
         server = NatsServer(tmp_path / "nats")  # a free port, never started
         async with asyncio.timeout(5):
             async with events.outbox_relay(store, server.url, None) as relay:
