@@ -13,6 +13,7 @@ class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import secrets
@@ -143,14 +144,29 @@ class LoginThrottle:
             return None
         return times[0] + self._window_s - now
 
-    def failed(self, email: str) -> None:
-        """Count a failed login of ``email``."""
+    def failed(self, email: str) -> float:
+        """Count a failed login of ``email``; returns its time, for :meth:`withdraw`.
+
+        A servicer counts an attempt as failed from its check on, before the lookup
+        and the hashing, so that attempts in flight count too: counted only once they
+        had failed, a burst of attempts sent at once all passed the check, as many
+        guesses as one liked whatever the limit."""
         key = self._key(email)
         times = self._failures.pop(key, None) or deque(maxlen=self._max)
-        times.append(self._clock())
+        now = self._clock()
+        times.append(now)
         self._failures[key] = times
         while len(self._failures) > self._max_emails:
             self._failures.popitem(last=False)
+        return now
+
+    def withdraw(self, email: str, at: float) -> None:
+        """Take back the failure :meth:`failed` counted at ``at`` (the attempt could not
+        be judged: the store failed, the call was cancelled); nothing if it is gone."""
+        times = self._failures.get(self._key(email))
+        if times is not None:
+            with contextlib.suppress(ValueError):
+                times.remove(at)
 
     def succeeded(self, email: str) -> None:
         """Forget the failed logins of ``email``."""
@@ -359,12 +375,17 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if wait_s is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_FAILED_LOGINS,
                                 (("retry-after", str(max(1, math.ceil(wait_s)))),))
-        user = await self._user_by_email(email, context, every_spelling=True)
-        ok = await self._hashing(
-            passwords.verify_or_dummy, password, user.password_hash if user else None
-        )
+        # counted before it is judged, so that attempts in flight count (LoginThrottle.failed)
+        attempt = self._throttle.failed(email)
+        try:
+            user = await self._user_by_email(email, context, every_spelling=True)
+            ok = await self._hashing(
+                passwords.verify_or_dummy, password, user.password_hash if user else None
+            )
+        except BaseException:  # a store failure (aborted) or a cancel: not judged
+            self._throttle.withdraw(email, attempt)
+            raise
         if user is None or not ok:
-            self._throttle.failed(email)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
         self._throttle.succeeded(email)
         session = self._issue_session(user)

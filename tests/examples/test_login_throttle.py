@@ -8,6 +8,7 @@ other emails are untouched and a success clears the count."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,7 +16,7 @@ import pytest
 
 from examples.ecom import users as users_module
 from examples.ecom.proto import user_pb2
-from examples.ecom.storage import Store
+from examples.ecom.storage import Store, StoreUnavailable
 from tests.examples.conftest import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,3 +80,35 @@ def test_the_window_slides_and_the_tracked_emails_are_bounded() -> None:
         throttle.failed(f"x{i}@example.com")
     assert throttle.retry_after_s("x0@example.com") is None
     assert throttle.retry_after_s("x4@example.com") is not None
+
+
+async def test_logins_in_flight_count_against_the_limit(throttled: Stack) -> None:
+    """Attempts sent at once all passed the check before any had failed (the check came
+    before the lookup and the hashing, the count after them), so a guesser sending them
+    in bursts had as many guesses as it liked, whatever the limit: each attempt now
+    counts from its check on (a success clears the count; a store failure withdraws it)."""
+    await throttled.users.CreateUser(user_pb2.CreateUserRequest(
+        email="ada@example.com", name="Ada", password=PASSWORD), timeout=30)
+    errs = await asyncio.gather(*(_login(throttled, "ada@example.com", f"guess {i}")
+                                  for i in range(6)))
+    codes = sorted(e.code().name for e in errs if e is not None)
+    assert codes.count("UNAUTHENTICATED") == 2, codes  # before: 6, every guess hashed
+    assert codes.count("RESOURCE_EXHAUSTED") == 4, codes
+
+
+async def test_an_attempt_the_store_failed_is_not_counted(
+        throttled: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attempt counted from its check on is taken back when it could not be judged
+    (the store unavailable): a user retrying through an outage is not locked out."""
+    await throttled.users.CreateUser(user_pb2.CreateUserRequest(
+        email="ada@example.com", name="Ada", password=PASSWORD), timeout=30)
+
+    async def unavailable(email: str) -> None:
+        raise StoreUnavailable("injected outage")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(throttled.store, "get_user_by_email", unavailable)
+        for _ in range(3):
+            err = await _login(throttled, "ada@example.com", PASSWORD)
+            assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE, err
+    assert await _login(throttled, "ada@example.com", PASSWORD) is None
