@@ -70,3 +70,40 @@ async def test_a_request_generators_stray_cancelled_error_fails_the_call_as_its_
         upload.cancel()
         with pytest.raises(asyncio.CancelledError):
             await upload
+
+
+@pytest.mark.timeout(60)
+async def test_a_call_cancelled_or_closed_while_its_generator_waits_is_cancelled(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """The call's own cancellation reaches its request generator as ``CancelledError``
+    with the consuming task being cancelled: ``call.cancel()`` on a stream, or its
+    channel closed, while the generator waits for its next message, still ends the call
+    ``CANCELLED``, never the generator's :class:`RequestIteratorError`."""
+    await echo_servers("e1")
+    waiting = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"a"
+        waiting.set()
+        await asyncio.sleep(30)
+        yield b"unreached"
+
+    opts = meshkit.DialOptions(insecure=True, retry=None)
+    ch = meshkit.dial("echo", registry=registry, options=opts)
+    try:
+        call = ch.stream_stream(method("Bidi"))(slow(), timeout=20)
+        assert await asyncio.wait_for(call.read(), 10) == b"e1|a"
+        await asyncio.wait_for(waiting.wait(), 10)
+        assert call.cancel()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        waiting.clear()
+        call = ch.stream_stream(method("Bidi"))(slow(), timeout=20)
+        assert await asyncio.wait_for(call.read(), 10) == b"e1|a"
+        await asyncio.wait_for(waiting.wait(), 10)
+    finally:
+        await ch.close()
+    with pytest.raises(grpc.RpcError) as err:
+        await asyncio.wait_for(call.read(), 10)
+    assert not isinstance(err.value, RequestIteratorError), err.value
+    assert err.value.code() is grpc.StatusCode.CANCELLED, err.value
