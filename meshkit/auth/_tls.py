@@ -84,6 +84,7 @@ from meshkit._outage import OutageLog
 from meshkit.auth._certs import (
     CA_CERT,
     _named_trust_domain,
+    _uris,
     load_certificates,
     load_workload_key,
 )
@@ -318,30 +319,51 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
                            for _, eku in ekus))
 
 
-def _bundle_trust_domain(cas: Sequence[x509.Certificate], ca_file: Path) -> str:
-    """The trust domain named by the first CA certificate of the bundle ``cas`` that
-    names one (a ``spiffe://<td>`` URI SAN, as meshkit's and SPIRE's CAs carry): another
-    CA trusted beside the mesh CA (a corporate or cert-manager root) names none.
+def _bundle_trust_domain(cas: Sequence[x509.Certificate], ca_file: Path,
+                         cert_file: Path | None = None) -> str:
+    """The trust domain of the bundle ``cas``: the one the workload's certificate
+    (``cert_file``, when given) is in, if a CA of the bundle names it (a bundle
+    federating another mesh holds CAs naming several); else the one named by the first
+    CA of the bundle that names one (a ``spiffe://<td>`` URI SAN, as meshkit's and
+    SPIRE's CAs carry): another CA trusted beside the mesh CA (a corporate or
+    cert-manager root) names none.
 
     Raises:
         CertificateError: no CA of the bundle names one (the message says to give
             ``trust_domain=``), or the one that would has malformed extensions.
     """
     malformed: CertificateError | None = None
+    named: list[str] = []
     for ca in cas:
         try:
             td = _named_trust_domain(ca)
         except CertificateError as exc:  # malformed extensions: the bundle's next CA
             malformed = malformed or exc
             continue
-        if td is not None:
-            return td
+        if td is not None and td not in named:
+            named.append(td)
+    if len(named) > 1 and cert_file is not None:
+        own = _leaf_trust_domain(cert_file)
+        if own in named:
+            return own
+    if named:
+        return named[0]
     if malformed is not None:
         raise CertificateError(f"{ca_file}: {malformed}") from None
     raise CertificateError(
         f"no CA certificate of {ca_file} names a SPIFFE trust domain (a spiffe://<td> "
         "URI SAN, as meshkit's and SPIRE's CAs carry): give it, "
         "TLSOptions(trust_domain=...)")
+
+
+def _leaf_trust_domain(cert_file: Path) -> str | None:
+    """The trust domain of the SPIFFE ID of ``cert_file``'s first certificate, or
+    ``None`` when it cannot be read (:func:`_read_material` then says why)."""
+    try:
+        uris = _uris(load_certificates(cert_file)[0])
+        return SpiffeId.parse(uris[0]).trust_domain if len(uris) == 1 else None
+    except (CertificateError, ConfigError):
+        return None
 
 
 def _presented_ekus(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
@@ -439,10 +461,11 @@ class TLSOptions:
         key_file: its private key, PEM (mode 0600; PKCS#8, or PKCS#1 / SEC 1): ECDSA P-256
             or P-384, or RSA of at least 2048 bits (cert-manager's default), the keys
             grpc's BoringSSL can use (:func:`~meshkit.auth.load_workload_key`).
-        trust_domain: the SPIFFE trust domain; default: read from the CA certificate
-            (the first of ``ca_file`` naming one, a ``spiffe://<td>`` URI SAN: another
-            CA trusted beside the mesh CA, such as a corporate root, names none), and
-            read again from the new one by
+        trust_domain: the SPIFFE trust domain; default: read from the CA certificates
+            (a ``spiffe://<td>`` URI SAN: the trust domain of ``cert_file``'s SPIFFE ID
+            when a CA of ``ca_file`` names it, as in a bundle federating another mesh,
+            else the first CA naming one; another CA trusted beside the mesh CA, such
+            as a corporate root, names none), and read again from the new one by
             ``dataclasses.replace()`` (a trust domain given is kept). Either way the
             field reads as the trust domain in effect (a ``str``).
         allowed_peers: SPIFFE ID patterns (``*`` wildcards) allowed to connect to servers
@@ -535,7 +558,8 @@ class TLSOptions:
         else:  # left out, or read from the CA before a replace(): read from this one
             cas = load_certificates(self.ca_file)
             object.__setattr__(self, "trust_domain",
-                               _ReadFromCA(_bundle_trust_domain(cas, self.ca_file)))
+                               _ReadFromCA(_bundle_trust_domain(
+                                   cas, self.ca_file, self.cert_file)))
         object.__setattr__(self, "_initial", self.read())
         object.__setattr__(self, "_verifier", PeerVerifier.from_file(
             self.ca_file, reload_interval_s=self.reload_interval_s))
