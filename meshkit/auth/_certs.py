@@ -22,7 +22,10 @@ or P-384 or RSA of 2048 bits or more (:func:`load_workload_key`); the mesh CA's 
 the key messages are signed with stay ECDSA (:func:`load_private_key`).
 
 Private keys are written with mode 0600 and never overwritten unless asked to
-(``overwrite=True``; the CLI's ``--force``), atomically (write then rename).
+(``overwrite=True``; the CLI's ``--force``), atomically (write then rename). A file
+replaced keeps its owner and group (as far as the writing user may give them) and its
+permission bits, a private key never readable by others: a workload reading its key
+through its group or as its owner still can after a renewal run as another user.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import ipaddress
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -528,6 +532,8 @@ def _write_locked(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) 
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             staged.append(tmp)
             with os.fdopen(fd, "wb") as f:
+                if overwrite:
+                    _keep_access(fd, path, private=not mode & 0o077)
                 f.write(data)
                 f.flush()
                 # the data on disk before its name: a power loss after the link/rename
@@ -545,6 +551,27 @@ def _write_locked(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) 
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)
+
+
+def _keep_access(fd: int, path: Path, *, private: bool) -> None:
+    """Give the file open as ``fd`` (a renewal of ``path``, not yet written) the owner,
+    group and permission bits of the ``path`` it replaces, so that a workload reading
+    its files as another user than the renewing one (a key 0640 ``root:orderd``, or
+    ``orderd``'s own) still can; a ``private`` key is never left readable by others.
+    An owner the renewing user may not give (not root) is left as it is, the group
+    tried alone; nothing is changed when ``path`` does not exist (a new file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    for uid, gid in ((st.st_uid, st.st_gid), (-1, st.st_gid)):
+        try:
+            os.fchown(fd, uid, gid)
+        except (OSError, AttributeError):  # EPERM, or no fchown (Windows)
+            continue
+        break
+    with contextlib.suppress(OSError, AttributeError):
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & (0o660 if private else 0o666))
 
 
 def _sync_directory(directory: Path) -> None:

@@ -11,7 +11,8 @@ Usage::
 ``--dir`` defaults to ``$MESHKIT_CERT_DIR``, else ``./certs``. Keys are written 0600; no
 key or certificate (``ca.pem`` included: a host holding only the trust bundle) is
 overwritten without ``--force`` (renewal: ``issue <service> --force``; running servers
-pick the new certificate up within their ``reload_interval_s``).
+pick the new certificate up within their ``reload_interval_s``; the files replaced keep
+their owner, group and mode, a key never readable by others).
 
 ``inspect`` prints every certificate of the file, the control characters of its names
 escaped as Python's ``repr`` writes them (``\\x1b``: a certificate's subject never acts
