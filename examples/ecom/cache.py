@@ -516,7 +516,9 @@ def open_user_cache(options: UserCacheOptions, *,
 
     Raises:
         ConfigError: ``async+redis://`` without the ``coredis`` driver
-            (``pip install 'meshkit[redis]'``).
+            (``pip install 'meshkit[redis]'``), or a Redis URI it cannot parse (quoted
+            as the logs quote it: no user info, query or fragment; never the driver's
+            message, which can hold a piece of an unencoded password).
     """
     if not options.enabled:
         return None
@@ -532,4 +534,9 @@ def open_user_cache(options: UserCacheOptions, *,
         except ImportError as exc:
             raise ConfigError(f"user cache {_shown(options.uri)!r} needs the coredis driver: "
                               f"pip install 'meshkit[redis]'") from exc
+        except ValueError:  # the driver's message may quote a piece of the password
+            raise ConfigError(
+                f"user cache uri {_shown(options.uri)!r} is malformed: a port that is not a"
+                f" number 0..65535, a bad db or query, or a password holding '/', '?' or"
+                f" '#' (percent-encode it: %2F, %3F, %23)") from None
     return CachedUsers(cache, options, registry=registry)

@@ -10,11 +10,13 @@ store's URLs already had this fixed (eb35505); the cache now shows URIs the same
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from examples.ecom.cache import CachedUsers, Lookup, UserCacheOptions
+from examples.ecom.cache import CachedUsers, Lookup, UserCacheOptions, open_user_cache
 from meshkit.errors import ConfigError
 
 SECRETS = ("s3cr", "et@", "p#ss", "hunter2")
@@ -61,3 +63,18 @@ async def test_the_outage_warning_does_not_quote_the_password(uri: str) -> None:
     warned = [e for e in logs if e["event"].startswith("user cache unavailable")]
     assert warned, logs
     assert not any(s in str(warned) for s in SECRETS), warned
+
+
+@pytest.mark.parametrize("uri", ["async+redis://:s3cr/et@cache:6379",
+                                 "async+redis://:s3cr?et@cache:6379",
+                                 "async+redis://:hunter2@cache:63x79"])
+def test_a_uri_the_driver_cannot_parse_is_refused_without_the_password(uri: str) -> None:
+    """userd given such a URI (a password holding '/', '?' or '#' pasted unencoded, a
+    mistyped port) died at its start with the driver's ValueError traceback, 'Port could
+    not be cast to integer value as 's3cr'': the password's start, which _shown hides
+    everywhere else, in the log of every restart."""
+    with pytest.raises(ConfigError) as refused:
+        open_user_cache(UserCacheOptions(uri=uri), registry=CollectorRegistry())
+    shown = "".join(traceback.format_exception(refused.value))
+    assert not any(s in shown for s in SECRETS), shown
+    assert "cache" in str(refused.value), str(refused.value)
