@@ -119,7 +119,10 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     if begin >= 0 and _PEM_END_RE.search(data, begin) is None:
         raise _CutShort("the last PEM block has no END line (damaged or truncated)")
     last = data.rstrip().rpartition(b"\n")[2].strip()
-    if last[:1] == b"-" and len(last) < len(_PEM_CERT_BEGIN) and _PEM_CERT_BEGIN.startswith(last):
+    # five dashes at least: a shorter line of dashes is a separator (openssl s_client's
+    # ---), and a file cut that early reads as the certificates before it anyway, as
+    # one cut between two blocks does
+    if 5 <= len(last) < len(_PEM_CERT_BEGIN) and _PEM_CERT_BEGIN.startswith(last):
         raise _CutShort("the file ends inside a BEGIN line (damaged or truncated)")
     return certs
 
