@@ -1123,7 +1123,9 @@ class PostgresStore:
                 caller lets it, e.g. its gRPC deadline).
 
         Raises:
-            ValueError: a bad ``schema`` or timeout.
+            ValueError: a bad ``schema`` or timeout, or a ``dsn`` asyncpg cannot parse
+                (neither the DSN nor asyncpg's message quoted: either can hold a piece
+                of an unencoded password).
             StoreUnavailable: the server cannot be reached.
             StoreError: any other failure (e.g. authentication).
         """
@@ -1157,6 +1159,8 @@ class PostgresStore:
         except BaseException as exc:
             if pool is not None:
                 pool.terminate()
+            if isinstance(exc, ValueError):  # asyncpg's DSN parser: it may quote a password
+                raise ValueError(_UNPARSED_PG_URL) from None
             mapped = _pg_failure(exc, connection_lost=False)
             if mapped is None:
                 raise
@@ -1458,6 +1462,15 @@ class PostgresStore:
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://)?")
 
 
+#: ValueError of a postgresql URL asyncpg cannot parse: its own message quotes what it
+#: took for the port, which is a piece of the password when one holds ``/``, ``?`` or
+#: ``#`` unencoded (``postgresql://app:s3cr/et@db`` -> ``invalid literal for int() ...:
+#: 's3cr'``).
+_UNPARSED_PG_URL = ("cannot parse the postgresql URL: a port that is not a number 0..65535,"
+                    " a bad query parameter, or a password holding '/', '?' or '#'"
+                    " (percent-encode it: %2F, %3F, %23)")
+
+
 def _shown_url(url: str) -> str:
     """``url`` as an error message may quote it, without credentials: user info
     (everything after ``scheme:`` or ``scheme://`` up to the *last* ``@``, so a password
@@ -1494,6 +1507,10 @@ async def open_store(url: str) -> Store:
             raise ValueError(f"expected sqlite:///path/to/file.db, got {_shown_url(url)!r}")
         return await SqliteStore.open(path)
     if parts.scheme in ("postgresql", "postgres"):
+        try:
+            parts.port  # noqa: B018 - raises for what asyncpg would fail on, quoting it
+        except ValueError:
+            raise ValueError(f"{_UNPARSED_PG_URL}, got {_shown_url(url)!r}") from None
         query = dict(parse_qsl(parts.query))
         schema = query.pop("schema", None)
         dsn = urlunsplit(parts._replace(query=urlencode(query)))

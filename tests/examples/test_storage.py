@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -326,3 +327,32 @@ async def test_sqlite_file_shared_by_processes(tmp_path: Path) -> None:
         assert await store.count_rows() == RowCounts(users=0, orders=1 + 4 * 5, order_items=21)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:s3cr/et@127.0.0.1:1/shop",
+                                 "postgresql://app:s3cr?et@127.0.0.1:1/shop",
+                                 "postgresql://app:s3cr#et@127.0.0.1:1/shop",
+                                 "postgresql://app:s3cret@127.0.0.1:5x432/shop"])
+async def test_a_postgresql_url_asyncpg_cannot_parse_is_refused_without_the_password(
+        url: str) -> None:
+    """A password holding '/', '?' or '#' pasted unencoded (or a mistyped port) made
+    asyncpg's DSN parser fail 'invalid literal for int() with base 10: 's3cr'' on what
+    it took for the port: the service exited with StoreError 'the postgresql store
+    failed' (nothing wrong named) chained to that ValueError, the password's start in
+    its traceback. Now a ValueError quoting the URL as eb35505 does, the driver's
+    message dropped."""
+    with pytest.raises(ValueError) as info:
+        await open_store(url)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "s3cr" not in shown, shown
+    assert "127.0.0.1" in str(info.value) and "percent-encode" in str(info.value)
+
+
+async def test_postgres_store_open_refuses_an_unparsable_dsn_without_quoting_it() -> None:
+    """PostgresStore.open called directly (not through open_store) says the same,
+    quoting neither the DSN nor asyncpg's message."""
+    dsn = "postgresql://app:s3cr/et@127.0.0.1:1/shop"
+    with pytest.raises(ValueError) as info:
+        await PostgresStore.open(dsn)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "s3cr" not in shown and "percent-encode" in shown, shown
