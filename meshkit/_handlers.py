@@ -360,6 +360,22 @@ class EscapedGeneratorExit(RuntimeError):
     its ``__cause__``."""
 
 
+def _escaped_exit(exc: GeneratorExit) -> EscapedGeneratorExit | None:
+    """``exc`` as an :class:`EscapedGeneratorExit` when the handler's own code raised it
+    (it came up from a frame below the wrap's: an ``async def`` handler, an async response
+    stream, a plain function's thread job), else ``None``: thrown into the wrap itself
+    (grpc.aio closing a response stream's generator, a coroutine closed) it goes on as it
+    is. grpc.aio answers only ``Exception`` s: the handler's own ``GeneratorExit`` ended
+    the call's task with nothing sent, the call left open until its deadline, for ever
+    without one. Asked on the failure path only."""
+    tb = exc.__traceback__
+    if tb is None or tb.tb_next is None:
+        return None
+    escaped = EscapedGeneratorExit(f"GeneratorExit escaped the handler: {exc!r}")
+    escaped.__cause__ = exc
+    return escaped
+
+
 def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
     """``behaviour(request, context)`` for the executor: a ``StopIteration`` it lets
     escape is raised as :class:`EscapedStopIteration` (set on an asyncio future it
@@ -370,6 +386,8 @@ def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
         raise EscapedStopIteration(
             f"StopIteration escaped the handler {getattr(behaviour, '__qualname__', behaviour)!s}"
         ) from e
+    except GeneratorExit as e:  # grpc.aio answers Exceptions only: see _escaped_exit
+        raise EscapedGeneratorExit(f"GeneratorExit escaped the handler: {e!r}") from e
 
 
 _CALL_READS = ("peer", "peer_identities", "peer_identity_key", "auth_context")
@@ -1467,6 +1485,14 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
             if unhandled is None or not await unhandled(stray, context):
                 raise stray from c
             stray = None
+        except GeneratorExit as g:  # the handler's own, or thrown in: see _escaped_exit
+            escaped = _escaped_exit(g)
+            if escaped is None:
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(escaped, context):
+                raise escaped from g
+            escaped = None
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
                 raise
@@ -1514,6 +1540,14 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
             if unhandled is None or not await unhandled(stray, context):
                 raise stray from c
             stray = None
+        except GeneratorExit as g:  # the handler's own, or thrown in: see _escaped_exit
+            escaped = _escaped_exit(g)
+            if escaped is None:
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(escaped, context):
+                raise escaped from g
+            escaped = None
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
                 raise
@@ -1590,6 +1624,19 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             if not answered:
                 raise stray from c
             stray = None
+        except GeneratorExit as g:  # the handler's own, or thrown in: see _escaped_exit
+            escaped = _escaped_exit(g)
+            if escaped is None:
+                finish(state, context, g)
+                raise
+            try:
+                _drop_unsendable_trailers(context)
+                answered = unhandled is not None and await unhandled(escaped, context)
+            finally:
+                finish(state, context, escaped)
+            if not answered:
+                raise escaped from g
+            escaped = None
         except BaseException as e:
             if unhandled is None or not _answerable(e):
                 finish(state, context, e)
@@ -1714,6 +1761,19 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
             if not answered:
                 raise stray from c
             stray = None
+        except GeneratorExit as g:  # (see _reported)
+            escaped = _escaped_exit(g)
+            if escaped is None:
+                finish(state, context, _reported_as(g, context))
+                raise
+            try:
+                _drop_unsendable_trailers(context)
+                answered = unhandled is not None and await unhandled(escaped, context)
+            finally:
+                finish(state, context, escaped)
+            if not answered:
+                raise escaped from g
+            escaped = None
         except BaseException as e:
             if unhandled is None or not _answerable(e):
                 finish(state, context, _reported_as(e, context))
