@@ -30,7 +30,14 @@ from nats.js.client import JetStreamContext
 
 from examples.ecom import validation
 from examples.ecom.proto import summary_pb2, summary_pb2_grpc
-from examples.ecom.storage import ORDER_PLACED_SUBJECT, Store, StoreError, StoreUnavailable, now_ms
+from examples.ecom.storage import (
+    ORDER_PLACED_SUBJECT,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    _shown_url,
+    now_ms,
+)
 from meshkit.auth import PeerIdentity, load_certificate, load_private_key
 from meshkit.messaging import (
     ConsumerOptions,
@@ -426,8 +433,9 @@ async def nats_connection(url: str, what: str) -> tuple[NATS, asyncio.Task[None]
 
     Raises:
         nats.errors.Error: ``url`` is malformed (e.g. a port past 65535), at once, as the
-            connect's first step refuses it (a failure of the connect later, no outage,
-            is logged as an error: ``nats connect failed``)."""
+            connect's first step refuses it, quoting ``url`` without its credentials (a
+            failure of the connect later, no outage, is logged as an error: ``nats
+            connect failed``)."""
     nc = NATS()
     outages = _NatsOutages(what)
 
@@ -444,7 +452,13 @@ async def nats_connection(url: str, what: str) -> tuple[NATS, asyncio.Task[None]
     task = asyncio.create_task(connect(), name=f"nats-connect-{what}")
     await asyncio.sleep(0)  # its first step reads the URL: a malformed one fails here
     if task.done() and not task.cancelled() and (refused := task.exception()) is not None:
-        raise refused
+        if not isinstance(refused, nats.errors.Error):
+            raise refused
+        # nats-py raised it while handling urllib's ValueError, whose message quotes what
+        # it took for the port: a piece of a password holding '/', '?' or '#' unencoded
+        raise nats.errors.Error(
+            f"{refused} {_shown_url(url)!r} (a password holding '/', '?' or '#'"
+            f" percent-encoded: %2F, %3F, %23)") from None
     return nc, task
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import subprocess
+import traceback
 from pathlib import Path
 
 import nats.errors
@@ -184,3 +185,18 @@ def test_a_client_reconnecting_with_data_pending_closes_cleanly(
         run_on_loop(main())
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("url", ["nats://relay:s3cr/et@127.0.0.1:4222",
+                                 "nats://relay:s3cr#et@127.0.0.1:4222"])
+async def test_a_refused_url_is_not_quoted_with_its_password(url: str) -> None:
+    """A password holding '/', '?' or '#' pasted unencoded into MESHKIT_NATS_URL: nats-py
+    refuses the URL ('invalid connect url option', raised while handling urllib's
+    ValueError "Port could not be cast to integer value as 's3cr'"), and orderd or
+    summaryd exited with both in its traceback: the password's start in the log of every
+    restart. The refusal now quotes the URL without credentials and drops that context."""
+    with pytest.raises(nats.errors.Error, match="invalid connect url") as refused:
+        await events.nats_connection(url, "test")
+    shown = "".join(traceback.format_exception(refused.value))
+    assert "s3cr" not in shown, shown
+    assert "***@127.0.0.1:4222" in str(refused.value), str(refused.value)
