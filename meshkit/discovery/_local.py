@@ -67,8 +67,10 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
   endpoint). A process that alone cannot write (a user or a container given the file
   read-only) sees the others' writes go on (the ``last_write`` counter, read by a watch
   only while it keeps endpoints): once its watch has seen them for ``fault_grace_s``, the
-  registry's view applies there too, but for this process's own instances, so an instance
-  that died leaves it as it leaves every other process's watches, not never.
+  registry's view applies there too, but for this process's own instances and for the
+  entries that expired after the last write anyone made (the writers' outage begun
+  meanwhile), so an instance that died leaves it as it leaves every other process's
+  watches, not never.
 * **Deregistration** leaves a tombstone (table ``deregistered``, collected after
   ``10 * ttl_s``), so a watch that keeps endpoints after a fault still drops an instance
   that left explicitly (a graceful drain) at its next poll.
@@ -1432,10 +1434,18 @@ class LocalRegistry:
                 if (written_since is not None and now - written_since >= self._grace_s()
                         and now - advanced_at <= recent_s
                         and not self._reopened_within_grace()):
-                    # others write, this process cannot: its fault, not the registry's
-                    owned = self._owned
-                    missing = [i for i in missing if (o := owned.get(i.instance_id))
-                               is not None and o.service == service]
+                    # others write, this process cannot: its fault, not the registry's.
+                    # Only what expired before the last write anyone made leaves (its
+                    # owner did not renew while others wrote): an entry that expired
+                    # since is no owner's death but maybe an outage of every writer
+                    # begun meanwhile (the writes counted were before it)
+                    owned, written_at = self._owned, snap.written_at
+                    expiry = {i.instance_id: at for i, at in snap.expired}
+                    missing = [i for i in missing
+                               if ((o := owned.get(i.instance_id)) is not None
+                                   and o.service == service)
+                               or (written_at is not None and i.instance_id in expiry
+                                   and expiry[i.instance_id] > written_at)]
                 kept = len(missing)
             else:
                 kept = 0

@@ -17,6 +17,7 @@ on one directory stand for processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import urllib.parse
 from pathlib import Path
@@ -109,3 +110,47 @@ async def test_a_process_that_cannot_write_keeps_its_own_instances(tmp_path: Pat
         await watch.aclose()
         await writer.close()
         await me.close()
+
+
+async def test_an_outage_of_the_writers_while_a_reader_keeps_a_dead_instance_drops_nothing(
+        tmp_path: Path) -> None:
+    """A shared outage (nobody can write: the disk filled up) that begins while the
+    read-only reader keeps a dead instance and counts the others' writes: every live
+    entry then expires for want of renewals, which is the registry's fault, not their
+    owners' deaths. The reader used to take the writes it had counted before the outage
+    for writes going on, apply the registry's view once ``fault_grace_s`` had passed
+    and drop every endpoint (w too: its calls had nowhere to go) until the count was
+    older than the grace. Only an instance that expired before the last write anyone
+    made leaves: c, whose owner died while w's renewals went on."""
+    opts = LocalOptions(path=tmp_path, ttl_s=0.15, poll_interval_s=0.02, fault_grace_s=0.6)
+    writer, owner, reader = ReadOnly(opts), LocalRegistry(opts), ReadOnly(opts)
+    writer.read_only = False
+    watch = reader.watch("svc")
+    seen: list[list[str]] = []
+
+    async def follow() -> None:
+        async for instances in watch:
+            seen.append(ids(instances))
+
+    following = asyncio.create_task(follow())
+    try:
+        await writer.register(inst("w"))
+        await owner.register(inst("c"))
+        await until(lambda: bool(seen) and seen[-1] == ["c", "w"], timeout_s=8,
+                    what="c and w listed")
+        await owner.close()  # c's process dies
+        await until(lambda: reader.status().kept_endpoints == 1, timeout_s=8,
+                    what="c kept by the reader")
+        await asyncio.sleep(0.1)  # w's renewals counted meanwhile
+        await make_read_only(writer)  # now nobody can write: w expires in the file
+        await until(lambda: seen[-1] == ["w"], timeout_s=3, what=f"c dropped ({seen})")
+        await asyncio.sleep(0.2)
+        assert all("w" in s for s in seen), seen  # never an empty set, nor w dropped
+        assert reader.status().kept_endpoints == 1  # w, kept through the outage
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await watch.aclose()
+        await writer.close()
+        await reader.close()
