@@ -91,12 +91,20 @@ async def open_store_waiting(url: str, wait_s: float) -> Store:
     Once open, a store reconnects by itself; at the start there was no store yet, and a
     service exited at once: a stack applied together, its database still starting, began
     in Kubernetes' CrashLoopBackOff, whose delays (up to 5 minutes) outlasted the
-    database's start. Other failures (a bad URL, authentication) are raised at once."""
+    database's start. Other failures (a bad URL, authentication) are raised at once.
+
+    An attempt gets what is left of ``wait_s`` (at least a second): one at a database
+    that takes connections and never answers ran to the store's own connect timeout
+    (5 s), past the wait (and past a startup probe sized to it)."""
     deadline = time.monotonic() + wait_s
     warned = False
     while True:
         try:
-            store = await open_store(url)
+            try:
+                async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                    store = await open_store(url)
+            except TimeoutError:  # ours: the store maps its own timeouts
+                raise StoreUnavailable(f"the store did not open within {wait_s} s") from None
         except StoreUnavailable as exc:
             if time.monotonic() + 1.0 > deadline:
                 raise

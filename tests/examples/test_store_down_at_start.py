@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from examples.ecom._process import open_store_waiting
+from examples.ecom.storage import StoreUnavailable
 from tests.support.procs import children
 from tests.support.wait import until
 
@@ -41,3 +44,28 @@ async def test_a_service_waits_for_its_database_at_start(tmp_path: Path) -> None
         events = [json.loads(line).get("event") for line in child.stderr().splitlines()
                   if line.startswith("{")]
         assert events.count("store unavailable at start, retrying") == 1, events
+
+
+async def test_the_wait_ends_at_its_bound_when_the_database_does_not_answer() -> None:
+    """A database that takes connections and never answers (a stalled proxy, a server
+    hung): each attempt ran to the store's own connect timeout (5 s) however little of
+    --db-wait-s was left, so the wait overran it by up to that much, and with orderd's
+    wait for a userd after it, the pod's startup probe budget that 442946a sized the
+    ConfigMap's ECOM_DB_WAIT_S for. An attempt now gets what is left of the wait."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepted, never answered
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await open_store_waiting(f"postgresql://app:pw@127.0.0.1:{port}/shop", 0.5)
+        assert time.monotonic() - t0 < 3.5  # before: 5 s, the connect timeout
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
