@@ -263,7 +263,10 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     larger than max" from grpc core; for a stream, grpc.aio's failed batch, ``INTERNAL``
     "Internal error from Core"), a stream whose metadata grpc core refused to send
     (``INTERNAL`` "Invalid metadata": what an attempt interceptor added, after the
-    channel's own check), or a call whose per-call credentials
+    channel's own check), request metadata over the server's ``grpc.max_metadata_size``
+    (``RESOURCE_EXHAUSTED`` "received metadata size exceeds hard limit ...", or "soft
+    limit", with no metadata: grpc core refused the headers before the call ran), or a
+    call whose per-call credentials
     (``credentials=grpc.metadata_call_credentials(plugin)``) failed: ``UNAVAILABLE``
     "Getting metadata from plugin failed with error: ...", with no metadata from a server
     (``initial_metadata``, ``trailing_metadata``; pass them for an ``UNAVAILABLE``). No
@@ -275,8 +278,18 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     if code is _UNAVAILABLE:
         return (details is not None and details.startswith(_PLUGIN_FAILED)
                 and not initial_metadata and not trailing_metadata)
-    return code is _EXHAUSTED and details is not None and details.startswith(
-        "CLIENT: Sent message larger than max")
+    if code is not _EXHAUSTED or details is None:
+        return False
+    # grpc core's on this side; or a server's core refusing the request's headers over its
+    # grpc.max_metadata_size (16 KiB; at random over 8 KiB) before any of it ran, with no
+    # metadata: the caller's oversized header, not the endpoint's overload
+    return details.startswith(_SENT_TOO_LARGE) or (
+        details.startswith(_METADATA_TOO_LARGE)
+        and not initial_metadata and not trailing_metadata)
+
+
+_SENT_TOO_LARGE = "CLIENT: Sent message larger than max"
+_METADATA_TOO_LARGE = "received metadata size exceeds "
 
 
 def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
