@@ -568,6 +568,11 @@ class _SyncContext:
         asyncio.run_coroutine_threadsafe(cancelling, self._loop).result()
 
     async def _cancel_quietly(self) -> None:
+        # a cancel sends no trailers (a synchronous grpc.server's resets the stream), and
+        # grpc.aio's abort sends those set before: one gRPC cannot send left the call
+        # open (see _unsendable_abort), grpc-timeout aborted the process
+        with contextlib.suppress(Exception):  # (a stand-in context's)
+            self._context.set_trailing_metadata(())
         # AbortError: sent; UsageError: aborted before; anything else: the call is over
         with contextlib.suppress(Exception):
             await self._context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
