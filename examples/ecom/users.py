@@ -13,7 +13,6 @@ class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import secrets
@@ -100,16 +99,21 @@ class LoginThrottle:
     """Failed logins per email address in this process: ``max_failures`` (default
     :data:`MAX_FAILED_LOGINS`) within ``window_s`` seconds (default :data:`LOGIN_WINDOW_S`)
     and the address is refused until the oldest of them is
-    older than the window; a successful login clears its count.
+    older than the window; a successful login clears its count. Attempts in flight
+    (:meth:`started`, not yet :meth:`ended`) count too, so a burst of attempts sent at
+    once cannot all pass the check before the first of them has failed.
 
     Keyed by a digest of the email's normalised form (:func:`~examples.ecom.validation.
     normalize_email`), whether or not an account has it, so a refusal tells nothing of
     which emails exist; at most ``max_emails`` addresses are tracked (the least recently
-    failed forgotten first), bounding the memory an attacker spraying addresses can take.
-    Each replica counts its own attempts. ``clock``: monotonic seconds.
+    failed forgotten first), bounding the memory an attacker spraying addresses can take
+    (an attempt enters that table only once judged, after its hashing: attempts cancelled
+    before it cannot flush an address out cheaply; those in flight are bounded by the
+    calls the server runs at once). Each replica counts its own attempts. ``clock``:
+    monotonic seconds.
     """
 
-    __slots__ = ("_clock", "_failures", "_max", "_max_emails", "_window_s")
+    __slots__ = ("_clock", "_failures", "_in_flight", "_max", "_max_emails", "_window_s")
 
     def __init__(self, max_failures: int | None = None, window_s: float | None = None, *,
                  max_emails: int = 10_000,
@@ -125,6 +129,7 @@ class LoginThrottle:
         self._max_emails = max_emails
         self._clock = clock
         self._failures: OrderedDict[bytes, deque[float]] = OrderedDict()
+        self._in_flight: dict[bytes, int] = {}
 
     @staticmethod
     def _key(email: str) -> bytes:
@@ -133,40 +138,45 @@ class LoginThrottle:
                                digest_size=16).digest()
 
     def retry_after_s(self, email: str) -> float | None:
-        """Seconds until ``email`` may be tried again, or ``None`` when it may now."""
-        times = self._failures.get(self._key(email))
-        if times is None:
-            return None
+        """Seconds until ``email`` may be tried again, or ``None`` when it may now
+        (1 when only attempts in flight fill its count: they end within seconds)."""
+        key = self._key(email)
+        times = self._failures.get(key)
         now = self._clock()
         while times and times[0] <= now - self._window_s:
             times.popleft()
-        if len(times) < self._max:
+        failed = len(times) if times else 0
+        if failed + self._in_flight.get(key, 0) < self._max:
             return None
-        return times[0] + self._window_s - now
+        if times and failed >= self._max:
+            return times[0] + self._window_s - now
+        return 1.0
 
-    def failed(self, email: str) -> float:
-        """Count a failed login of ``email``; returns its time, for :meth:`withdraw`.
+    def started(self, email: str) -> None:
+        """An attempt at ``email`` passed the check and is being judged; call
+        :meth:`ended` once it is (whatever the outcome), before :meth:`failed` or
+        :meth:`succeeded`."""
+        key = self._key(email)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
-        A servicer counts an attempt as failed from its check on, before the lookup
-        and the hashing, so that attempts in flight count too: counted only once they
-        had failed, a burst of attempts sent at once all passed the check, as many
-        guesses as one liked whatever the limit."""
+    def ended(self, email: str) -> None:
+        """The attempt :meth:`started` for ``email`` was judged, failed to be (the store
+        failed) or was cancelled."""
+        key = self._key(email)
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+
+    def failed(self, email: str) -> None:
+        """Count a failed login of ``email``."""
         key = self._key(email)
         times = self._failures.pop(key, None) or deque(maxlen=self._max)
-        now = self._clock()
-        times.append(now)
+        times.append(self._clock())
         self._failures[key] = times
         while len(self._failures) > self._max_emails:
             self._failures.popitem(last=False)
-        return now
-
-    def withdraw(self, email: str, at: float) -> None:
-        """Take back the failure :meth:`failed` counted at ``at`` (the attempt could not
-        be judged: the store failed, the call was cancelled); nothing if it is gone."""
-        times = self._failures.get(self._key(email))
-        if times is not None:
-            with contextlib.suppress(ValueError):
-                times.remove(at)
 
     def succeeded(self, email: str) -> None:
         """Forget the failed logins of ``email``."""
@@ -375,17 +385,16 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if wait_s is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_FAILED_LOGINS,
                                 (("retry-after", str(max(1, math.ceil(wait_s)))),))
-        # counted before it is judged, so that attempts in flight count (LoginThrottle.failed)
-        attempt = self._throttle.failed(email)
+        self._throttle.started(email)  # counts while in flight: a burst passes no further
         try:
             user = await self._user_by_email(email, context, every_spelling=True)
             ok = await self._hashing(
                 passwords.verify_or_dummy, password, user.password_hash if user else None
             )
-        except BaseException:  # a store failure (aborted) or a cancel: not judged
-            self._throttle.withdraw(email, attempt)
-            raise
+        finally:  # judged, or not (the store failed: aborted; the call cancelled)
+            self._throttle.ended(email)
         if user is None or not ok:
+            self._throttle.failed(email)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
         self._throttle.succeeded(email)
         session = self._issue_session(user)

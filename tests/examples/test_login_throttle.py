@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from examples.ecom import users as users_module
-from examples.ecom.proto import user_pb2
+from examples.ecom.proto import user_pb2, user_pb2_grpc
 from examples.ecom.storage import Store, StoreUnavailable
 from tests.examples.conftest import Stack, start_stack
 
@@ -85,8 +85,8 @@ def test_the_window_slides_and_the_tracked_emails_are_bounded() -> None:
 async def test_logins_in_flight_count_against_the_limit(throttled: Stack) -> None:
     """Attempts sent at once all passed the check before any had failed (the check came
     before the lookup and the hashing, the count after them), so a guesser sending them
-    in bursts had as many guesses as it liked, whatever the limit: each attempt now
-    counts from its check on (a success clears the count; a store failure withdraws it)."""
+    in bursts had as many guesses as it liked, whatever the limit: attempts in flight
+    now count against it too."""
     await throttled.users.CreateUser(user_pb2.CreateUserRequest(
         email="ada@example.com", name="Ada", password=PASSWORD), timeout=30)
     errs = await asyncio.gather(*(_login(throttled, "ada@example.com", f"guess {i}")
@@ -98,8 +98,8 @@ async def test_logins_in_flight_count_against_the_limit(throttled: Stack) -> Non
 
 async def test_an_attempt_the_store_failed_is_not_counted(
         throttled: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An attempt counted from its check on is taken back when it could not be judged
-    (the store unavailable): a user retrying through an outage is not locked out."""
+    """An attempt that could not be judged (the store unavailable) counts only while in
+    flight: a user retrying through an outage is not locked out."""
     await throttled.users.CreateUser(user_pb2.CreateUserRequest(
         email="ada@example.com", name="Ada", password=PASSWORD), timeout=30)
 
@@ -112,3 +112,50 @@ async def test_an_attempt_the_store_failed_is_not_counted(
             err = await _login(throttled, "ada@example.com", PASSWORD)
             assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE, err
     assert await _login(throttled, "ada@example.com", PASSWORD) is None
+
+
+async def test_attempts_never_judged_do_not_flush_an_address_out(
+        sqlite_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table of addresses is bounded (least recently failed forgotten first); an
+    attempt enters it only once judged. Counting attempts as failed from their check on
+    and taking back those never judged (83544e9) let attempts at other addresses that
+    were never judged (cancelled while queued for a hashing slot, or refused by a store
+    failing meanwhile) flush a locked address out for nothing: its guesses began again."""
+    throttle = users_module.LoginThrottle(2, 300.0, max_emails=3)
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    user_pb2_grpc.add_UserServiceServicer_to_server(
+        users_module.UserServicer(sqlite_store, login_throttle=throttle), server)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = user_pb2_grpc.UserServiceStub(channel)
+
+    async def login(email: str, password: str) -> grpc.StatusCode:
+        try:
+            await stub.Authenticate(user_pb2.AuthenticateRequest(email=email,
+                                                                 password=password),
+                                    timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    async def unavailable(email: str) -> None:
+        raise StoreUnavailable("injected outage")
+
+    try:
+        await stub.CreateUser(user_pb2.CreateUserRequest(
+            email="ada@example.com", name="Ada", password=PASSWORD), timeout=30)
+        for i in range(2):
+            assert await login("ada@example.com", f"guess {i}") \
+                == grpc.StatusCode.UNAUTHENTICATED
+        assert await login("ada@example.com", "guess 2") == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with monkeypatch.context() as patch:
+            patch.setattr(sqlite_store, "get_user_by_email", unavailable)
+            for i in range(5):  # more addresses than the table holds
+                assert await login(f"x{i}@example.com", "whatever") \
+                    == grpc.StatusCode.UNAVAILABLE
+        # before: ada's failures were flushed out, the guess was judged (UNAUTHENTICATED)
+        assert await login("ada@example.com", "guess 3") == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await channel.close()
+        await server.stop(None)
