@@ -1515,8 +1515,9 @@ class LocalRegistry:
 #: (:meth:`LocalRegistry._forget_parent`).
 _registries = reset_in_forked_child(LocalRegistry)
 
-#: The registries' locks held by the forking thread across a fork (:func:`_before_fork`).
-_held_for_fork: list[threading.Lock] = []
+#: The registries' locks held across a fork, per forking thread (:func:`_before_fork`):
+#: two threads forking at once each release their own only.
+_held_for_fork = threading.local()
 
 
 def _before_fork() -> None:
@@ -1527,20 +1528,25 @@ def _before_fork() -> None:
     forked during a write (a heartbeat) took the write lock for its own for good, and
     every write it made failed "database is locked". Each lock is waited for at most
     ``busy_timeout_s`` and a second (the longest an operation holds it), then the fork
-    goes on without it, as before."""
-    for reg in list(_registries):
+    goes on without it, as before. The locks are taken in one order (by ``id``), so
+    two threads forking at once wait for each other rather than each holding a lock the
+    other waits for."""
+    held: list[threading.Lock] = []
+    _held_for_fork.locks = held
+    for reg in sorted(_registries, key=id):
         lock = reg._lock
         if lock.acquire(timeout=reg.options.busy_timeout_s + 1.0):
-            _held_for_fork.append(lock)
+            held.append(lock)
 
 
 def _after_fork_in_parent() -> None:
-    while _held_for_fork:
-        _held_for_fork.pop().release()
+    held: list[threading.Lock] = getattr(_held_for_fork, "locks", [])
+    while held:
+        held.pop().release()
 
 
 def _after_fork_in_child() -> None:
-    _held_for_fork.clear()  # each registry has a new lock (_forget_parent)
+    _held_for_fork.locks = []  # each registry has a new lock (_forget_parent)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows

@@ -87,3 +87,39 @@ def test_a_worker_forked_during_a_write_can_write(tmp_path: Path) -> None:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert proc.returncode == 0 and lines, proc.stdout + proc.stderr[-3000:]
     assert json.loads(lines[-1]) == {"child": "ok"}
+
+
+def test_a_fork_ending_in_one_thread_leaves_another_threads_locks_held(
+        tmp_path: Path) -> None:
+    """Two threads forking at once (pools started from threads): the locks the at-fork
+    hook took for one thread's fork are released by that fork's end only. They were kept
+    in one list for the process, so a fork ending in another thread (one that had
+    found nothing to take: its hook ran before the registry existed, or gave up
+    waiting) released those the first thread held, which then copied the process with a
+    registry operation possibly under way (the fault above). The hooks run here as
+    os.fork() runs them, without a fork."""
+    import threading
+
+    from meshkit.discovery import _local
+
+    reg = _local.LocalRegistry(_local.LocalOptions(path=tmp_path))
+    took, done = threading.Event(), threading.Event()
+
+    def fork_in_another_thread() -> None:
+        _local._before_fork()
+        took.set()
+        done.wait(10)  # its fork under way
+        _local._after_fork_in_parent()
+
+    other = threading.Thread(target=fork_in_another_thread)
+    _local._after_fork_in_parent()  # this thread's own fork, ending first with nothing
+    other.start()
+    try:
+        assert took.wait(10)
+        assert reg._lock.locked()
+        _local._after_fork_in_parent()  # a fork of this thread ends meanwhile
+        assert reg._lock.locked(), "the other thread's fork lost its hold on the registry"
+    finally:
+        done.set()
+        other.join(10)
+    assert not reg._lock.locked()
