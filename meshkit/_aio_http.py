@@ -72,7 +72,7 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
             # bound here, not by asyncio's create_server: since Python 3.12.? / 3.13 that
             # skips an address not on this machine (EADDRNOTAVAIL) and, when none is
             # left, raises an OSError with no errno ("could not bind on any address")
-            addresses = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)] \
+            addresses = [(int(socket.AF_INET6 if ":" in host else socket.AF_INET), host)] \
                 if _is_ip(host) else await _addresses(host, port)
             if addresses:
                 pending = _bind_on_one_port(addresses, port)
