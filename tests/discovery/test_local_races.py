@@ -182,3 +182,15 @@ async def test_deregistered_ids_leave_no_bookkeeping_behind(tmp_path: Path) -> N
         assert left == {}
     finally:
         await reg.close()
+
+
+async def test_a_heartbeat_left_running_past_close_ends_by_itself(tmp_path: Path) -> None:
+    """A heartbeat close() did not stop (none should be left, but one that escaped, say a
+    register() racing close() in another thread's loop) ends at its next renewal, which
+    finds the registry closed, rather than waking every heartbeat interval for good."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=0.15))
+    await reg.close()
+    beating = asyncio.create_task(reg._heartbeat(inst()))
+    await asyncio.wait([beating], timeout=5)
+    assert beating.done(), "the heartbeat runs on after close()"
+    beating.cancel()
