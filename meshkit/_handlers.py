@@ -38,6 +38,7 @@ __all__ = [
     "EscapedCancelledError",
     "EscapedGeneratorExit",
     "EscapedStopIteration",
+    "EscapedSystemExit",
     "FusedInterceptor",
     "Handler",
     "NoResponse",
@@ -360,6 +361,15 @@ class EscapedGeneratorExit(RuntimeError):
     its ``__cause__``."""
 
 
+class EscapedSystemExit(RuntimeError):
+    """A ``SystemExit`` that escaped a plain-function handler run in a thread (its
+    ``sys.exit()``, ``argparse`` refusing arguments taken from a request), raised in its
+    place: in a thread it ends only that thread, but carried back to the event loop it
+    was raised in the call's task, where asyncio lets it stop the loop, ending the
+    server's process. The call ends ``UNKNOWN``, as for any exception; the original is
+    its ``__cause__``."""
+
+
 def _escaped_exit(exc: GeneratorExit) -> EscapedGeneratorExit | None:
     """``exc`` as an :class:`EscapedGeneratorExit` when the handler's own code raised it
     (it came up from a frame below the wrap's: an ``async def`` handler, an async response
@@ -388,6 +398,8 @@ def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
         ) from e
     except GeneratorExit as e:  # grpc.aio answers Exceptions only: see _escaped_exit
         raise EscapedGeneratorExit(f"GeneratorExit escaped the handler: {e!r}") from e
+    except SystemExit as e:  # a thread's own end, not the server's: see EscapedSystemExit
+        raise EscapedSystemExit(f"SystemExit escaped the handler: {e!r}") from e
 
 
 _CALL_READS = ("peer", "peer_identities", "peer_identity_key", "auth_context")
@@ -931,11 +943,13 @@ class _Pump:
     def _hand(self, to: Callable[[asyncio.Future[Any], Any], None], fut: asyncio.Future[Any],
               what: Any) -> bool:
         """``to(fut, what)`` on the loop; ``False`` when the loop is closed."""
-        if isinstance(what, StopIteration | GeneratorExit):
+        if isinstance(what, StopIteration | GeneratorExit | SystemExit):
             # an asyncio future cannot carry a StopIteration; a GeneratorExit would wedge
-            # the loop's async generators serving the stream
+            # the loop's async generators serving the stream; a SystemExit would stop
+            # the loop (see EscapedSystemExit)
             escaped = (EscapedStopIteration if isinstance(what, StopIteration)
-                       else EscapedGeneratorExit)(
+                       else EscapedGeneratorExit if isinstance(what, GeneratorExit)
+                       else EscapedSystemExit)(
                 f"{type(what).__name__} escaped a response stream: {what!r}")
             escaped.__cause__ = what
             what = escaped
