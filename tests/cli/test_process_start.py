@@ -146,8 +146,10 @@ async def test_prometheus_targets_from_a_deleted_directory_is_one_line(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
     env["PYTHONPATH"] = _ROOT
 
+    # -P: no working directory on sys.path, as the installed ``meshkit`` script runs
+    # (CPython 3.13.0's import of socket fails SystemError with a deleted one there)
     proc = await asyncio.create_subprocess_exec(
-        *launched(sys.executable, "-c",
+        *launched(sys.executable, "-P", "-c",
                   "import sys; from meshkit.cli import main; sys.exit(main())",
                   "prometheus-targets", "--registry", _registry(tmp_path),
                   "--out", "targets.json", deleted_cwd=str(gone)),

@@ -86,8 +86,10 @@ async def test_a_register_with_an_agent_that_never_answers_fails_in_one_timeout(
     """The id lookup before a first register is bounded like the write: an agent that
     accepts connections and never answers fails register() in about one
     ``request_timeout_s`` (the lookup's), not one for the lookup and another for the PUT.
-    A real listening socket that reads nothing."""
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    A real listening socket that reads nothing (its writers kept: from Python 3.13 a
+    StreamWriter collected closes its connection, and register() failed at once)."""
+    held: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}",
                                        **{**FAST, "request_timeout_s": 1.0}))

@@ -175,7 +175,10 @@ async def test_relay_sigkilled_between_publish_and_mark(
                     await until(lambda: _no_lock_waiters(store_url), timeout_s=10,
                                 what="the dead relay's UPDATE aborted")
             killed_with = await _stream_messages(js)
-            assert 1 <= killed_with <= 100
+            # at least the batch it blocked marking; under load more: first tries that
+            # timed out in the black hole are retried beside the rounds and may land
+            # before the kill (113 of 250 seen in a loaded run)
+            assert 1 <= killed_with <= 250
             assert await store.count_pending() == 250  # published, never marked
             await _place(store, 250, 20)
             second = await kids.start("examples.ecom.outbox_relay", "--db", store_url,
