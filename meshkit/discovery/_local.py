@@ -445,6 +445,12 @@ def _database_path(path: str | os.PathLike[str]) -> Path:
     return p / "registry.db"
 
 
+#: The least ``poll_interval_s`` and ``heartbeat_interval_s``, and the least ``ttl_s``,
+#: seconds: below them a watch or a heartbeat is a busy loop (a typo, milliseconds).
+_MIN_INTERVAL_S = 0.01
+_MIN_TTL_S = 0.1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalOptions:
     """Options of :class:`LocalRegistry`.
@@ -467,9 +473,12 @@ class LocalOptions:
             a group's shared directory, say) is used as it is, whoever owns it; whoever
             can write it can change the endpoints listed, and whoever can read it reads
             every instance's address and meta.
-        ttl_s: how long a registration lives without a heartbeat, seconds (default 3.0).
-        heartbeat_interval_s: seconds between heartbeats; default ``ttl_s / 3``.
-        poll_interval_s: how often watchers look for changes, seconds (default 0.25).
+        ttl_s: how long a registration lives without a heartbeat, seconds (default 3.0,
+            at least 0.1).
+        heartbeat_interval_s: seconds between heartbeats, at least 0.01 and below
+            ``ttl_s``; default ``ttl_s / 3``.
+        poll_interval_s: how often watchers look for changes, seconds (default 0.25, at
+            least 0.01: smaller ones poll without pause).
         clock: wall-clock source in seconds (injectable for tests), default ``time.time``.
             Every row's ``expires_at``, tombstones and the last-write time are written on
             it; it judges the rows without a boot stamp of this process's boot id and
@@ -537,6 +546,10 @@ class LocalOptions:
         # ttl_s first: the defaults below are worked out from it (again after a
         # replace(): a Derived is no value of the user's)
         check_seconds(self, ("ttl_s", "poll_interval_s", "busy_timeout_s"))
+        for name, floor in (("ttl_s", _MIN_TTL_S), ("poll_interval_s", _MIN_INTERVAL_S)):
+            if getattr(self, name) < floor:  # would poll or renew without pause
+                raise ConfigError(f"{name} must be at least {floor} s, got "
+                                  f"{getattr(self, name)!r}")
         hb = self.heartbeat_interval_s
         if is_default(hb):
             object.__setattr__(self, "heartbeat_interval_s", Derived(self.ttl_s / 3))
@@ -547,6 +560,9 @@ class LocalOptions:
                 raise ConfigError(
                     f"heartbeat_interval_s must be in (0, ttl_s={self.ttl_s}), got {hb!r}"
                 )
+            if hb < _MIN_INTERVAL_S:  # would renew without pause
+                raise ConfigError(f"heartbeat_interval_s must be at least "
+                                  f"{_MIN_INTERVAL_S} s, got {hb!r}")
         if is_default(self.fault_grace_s):
             object.__setattr__(self, "fault_grace_s", Derived(self.ttl_s))
         else:

@@ -62,3 +62,26 @@ def test_a_path_holding_nul_is_a_config_error(path: object) -> None:
         LocalOptions(path=path)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"path.*\\x00"):
         registry_from_uri("local:///tmp/mesh%00")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"poll_interval_s": 1e-6}, {"poll_interval_s": 0.001}, {"ttl_s": 1e-6},
+    {"ttl_s": 0.05}, {"heartbeat_interval_s": 1e-6}])
+def test_intervals_that_make_a_busy_loop_are_refused(tmp_path: Path,
+                                                     kwargs: dict[str, float]) -> None:
+    """A poll interval or TTL small enough to poll or renew without pause (a typo,
+    0.0025 for 0.25; a unit slip, ms for s) was taken: each watch then read the file,
+    or each heartbeat wrote it, in a loop that kept a core busy (and the file's write
+    lock, for every other process). A ConfigError now names the field and quotes the
+    value; the floors (poll and heartbeat 0.01 s, TTL 0.1 s) are below any use."""
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        LocalOptions(path=tmp_path, **kwargs)
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ConfigError, match=name):
+        registry_from_uri(f"local://{tmp_path}?{name}={value}")
+
+
+def test_the_smallest_intervals_allowed(tmp_path: Path) -> None:
+    opts = LocalOptions(path=tmp_path, ttl_s=0.1, poll_interval_s=0.01,
+                        heartbeat_interval_s=0.01)
+    assert (opts.ttl_s, opts.poll_interval_s, opts.heartbeat_interval_s) == (0.1, 0.01, 0.01)
