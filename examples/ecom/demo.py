@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 
 import meshkit
 from examples.ecom import demo_events, events, mesh, security
@@ -501,8 +500,7 @@ async def _create_durable() -> None:
     outage itself."""
     since = datetime.now(UTC) - timedelta(seconds=1)
     try:
-        nc = await nats.connect(demo_events.NATS_URL, connect_timeout=2,
-                                allow_reconnect=False)
+        nc = await demo_events.connect_once(demo_events.NATS_URL)
     except Exception:
         return
     try:

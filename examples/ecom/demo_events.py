@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -28,6 +29,26 @@ from meshkit.messaging import Consumer
 NATS_URL = os.environ.get("MESHKIT_NATS_URL", "nats://127.0.0.1:4222")
 #: This run's durable consumer: concurrent demos on one NATS each see every event.
 DURABLE = f"order-summary-{uuid.uuid4().hex[:8]}"
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's ``error_cb`` for :func:`connect_once`: its default logs a traceback per
+    failed attempt; the callers say what a failure means to them."""
+
+
+async def connect_once(url: str, *, timeout_s: float = 5.0) -> NATS:
+    """A NATS client for ``url`` (no reconnects) or the connect's error, within
+    ``timeout_s`` seconds (TimeoutError past it).
+
+    ``nats.connect(allow_reconnect=False)`` is not one attempt: nats-py tries a server
+    that refuses up to ``max_reconnect_attempts`` (default 60) times,
+    ``reconnect_time_wait`` (default 2 s) apart, whatever ``allow_reconnect`` says (and
+    0 attempts means no limit), so the demo waited two minutes for a NATS that was not
+    running, a traceback a try; here two tries, back to back, no traceback."""
+    async with asyncio.timeout(timeout_s):
+        return await nats.connect(url, connect_timeout=2, allow_reconnect=False,
+                                  max_reconnect_attempts=1, reconnect_time_wait=0,
+                                  error_cb=_quiet)
 
 
 def service_env() -> dict[str, str]:
@@ -115,7 +136,7 @@ async def delete_durable() -> None:
     event of the day (refused: signed under another run's CA). NATS unreachable, or the
     durable never made: nothing to do."""
     with contextlib.suppress(Exception):
-        nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+        nc = await connect_once(NATS_URL)
         try:
             await nc.jetstream().delete_consumer(events.STREAM, DURABLE)
         finally:
