@@ -265,7 +265,9 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     (``INTERNAL`` "Invalid metadata": what an attempt interceptor added, after the
     channel's own check), request metadata over the server's ``grpc.max_metadata_size``
     (``RESOURCE_EXHAUSTED`` "received metadata size exceeds hard limit ...", or "soft
-    limit", with no metadata: grpc core refused the headers before the call ran), or a
+    limit", with no metadata: grpc core refused the headers before the call ran) or a
+    request message over its ``max_receive_message_bytes`` ("SERVER: Received message
+    larger than max (N vs. M)", likewise), or a
     call whose per-call credentials
     (``credentials=grpc.metadata_call_credentials(plugin)``) failed: ``UNAVAILABLE``
     "Getting metadata from plugin failed with error: ...", with no metadata from a server
@@ -280,16 +282,18 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
                 and not initial_metadata and not trailing_metadata)
     if code is not _EXHAUSTED or details is None:
         return False
-    # grpc core's on this side; or a server's core refusing the request's headers over its
-    # grpc.max_metadata_size (16 KiB; at random over 8 KiB) before any of it ran, with no
-    # metadata: the caller's oversized header, not the endpoint's overload
+    # grpc core's on this side; or a server's core refusing, before any of the call ran
+    # and with no metadata, the request's headers over its grpc.max_metadata_size (16
+    # KiB; at random over 8 KiB) or a request message over its max_receive_message_bytes:
+    # the caller's oversized request, not the endpoint's overload
     return details.startswith(_SENT_TOO_LARGE) or (
-        details.startswith(_METADATA_TOO_LARGE)
+        details.startswith(_REQUEST_TOO_LARGE)
         and not initial_metadata and not trailing_metadata)
 
 
 _SENT_TOO_LARGE = "CLIENT: Sent message larger than max"
-_METADATA_TOO_LARGE = "received metadata size exceeds "
+_REQUEST_TOO_LARGE = ("received metadata size exceeds ",
+                      "SERVER: Received message larger than max")
 
 
 def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
