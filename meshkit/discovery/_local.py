@@ -742,6 +742,10 @@ class LocalRegistry:
         # used only in the worker thread (under _lock).
         self._unusable_logged: dict[tuple[str, str], float] = {}
         self._closed = False
+        # A write that waits longer than this let renewals lapse (see _stalled)
+        interval = self.options.heartbeat_interval_s
+        assert interval is not None
+        self._stall_s = self.options.ttl_s - interval
         # A thread of our own: heartbeats must not queue behind the application's
         # asyncio.to_thread work (password hashing, file I/O) in the default pool.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshkit-local")
@@ -933,13 +937,18 @@ class LocalRegistry:
         """
         if still is not None and not still():
             raise _Stale
-        deadline = time.monotonic() + self.options.busy_timeout_s
+        started = time.monotonic()
+        deadline = started + self.options.busy_timeout_s
         backoff_s = 0.002
+        opening_s = 0.0  # not a wait for the lock: a first open sets the file up
         with self._lock:
             try:
                 while True:
                     try:
-                        result = fn(self._connection(write))
+                        opened_at = time.monotonic()
+                        conn = self._connection(write)
+                        opening_s += time.monotonic() - opened_at
+                        result = fn(conn)
                         break
                     except sqlite3.OperationalError as exc:
                         if not _is_busy(exc) or time.monotonic() >= deadline:
@@ -949,8 +958,23 @@ class LocalRegistry:
             except (sqlite3.Error, OSError) as exc:
                 self._outcome(write, exc)
                 raise
+            if write and (waited_s := time.monotonic() - started - opening_s) > (
+                    self._stall_s):
+                self._stalled(waited_s)
             self._outcome(write, None)
             return result
+
+    def _stalled(self, waited_s: float) -> None:
+        """A write that worked but waited ``waited_s`` seconds, past the point where
+        renewals lapse (the file's lock held by another process): the entries of every
+        owner may have expired meanwhile, so it is recorded as a write outage ending now
+        (the watches keep their endpoints for ``fault_grace_s``, as after any)."""
+        error = (f"local registry {str(self.options.path)!r}: a write waited "
+                 f"{waited_s:.1f} s for the file (its lock held by another process?)")
+        self._tracker.write_failed(error)
+        _log.warning("local registry writes stalled; entries may have expired meanwhile, "
+                     "watches keep their endpoints for a grace period",
+                     path=str(self.options.path), waited_s=round(waited_s, 3))
 
     def _withdraw(self, instance: Instance, wrote: list[bool]) -> None:
         """Delete ``instance``'s entry once the write queued before is done, if it was
