@@ -525,10 +525,17 @@ class _SyncContext:
         then) ends the call ``INTERNAL`` naming the key instead, the metadata dropped:
         grpc.aio's ``abort`` marks the call answered before it encodes them, and a
         ``str`` value under a ``-bin`` key made the encoding raise, nothing sent, the
-        call left open until its deadline (see :func:`_unsendable_abort`)."""
+        call left open until its deadline (see :func:`_unsendable_abort`).
+
+        ``code`` ``OK`` (or ``0``) ends the call ``UNKNOWN`` with ``details``, as gRPC's
+        synchronous server answers it (logged, ``sync handler aborted with OK``):
+        grpc.aio's ``abort`` marked the call answered and sent nothing, the call left
+        open until its deadline."""
         bad = _unsendable_abort(self._context, trailing_metadata)
         if bad is not None:
             code, details, trailing_metadata = grpc.StatusCode.INTERNAL, bad, ()
+        elif _is_ok(code):
+            code = _aborted_ok()
         return self._on_loop(self._context.abort(code, details, trailing_metadata))
 
     def abort_with_status(self, status: Any) -> Any:
@@ -536,6 +543,10 @@ class _SyncContext:
         bad = _unsendable_abort(self._context, getattr(status, "trailing_metadata", ()))
         if bad is not None:
             return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
+        if _is_ok(getattr(status, "code", None)):
+            return self._on_loop(self._context.abort(
+                _aborted_ok(), getattr(status, "details", ""),
+                getattr(status, "trailing_metadata", None) or ()))
         return self._on_loop(self._context.abort_with_status(status))
 
     def send_initial_metadata(self, metadata: Any) -> Any:
@@ -633,6 +644,19 @@ class _SyncContext:
             # never awaited in a thread, dropped the message (or the request) silently
             raise AttributeError(_NO_ASYNC_ONLY.format(name))
         return getattr(self._context, name)
+
+
+def _is_ok(code: object) -> bool:
+    """Whether an ``abort`` code is ``OK`` (``grpc.StatusCode.OK``, or the int ``0``
+    grpc.aio also takes). Asked on ``abort`` only (a failure path)."""
+    return code is grpc.StatusCode.OK or (type(code) is int and code == 0)
+
+
+def _aborted_ok() -> grpc.StatusCode:
+    """``UNKNOWN``, the code a synchronous handler's ``abort`` with ``OK`` answers (see
+    :meth:`_SyncContext.abort`), the handler's mistake logged. A failure path only."""
+    _log.warning("sync handler aborted with OK: answered UNKNOWN")
+    return grpc.StatusCode.UNKNOWN
 
 
 _CANCELLING: set[asyncio.Task[None]] = set()
