@@ -741,6 +741,9 @@ class LocalRegistry:
         # (service, instance_id) of an unusable row -> monotonic time it was last logged;
         # used only in the worker thread (under _lock).
         self._unusable_logged: dict[tuple[str, str], float] = {}
+        # (service, instance_id, address found) -> monotonic time a duplicate id was
+        # last logged (_log_duplicate); idem
+        self._duplicate_logged: dict[tuple[str, str, str], float] = {}
         self._closed = False
         # A write that waits longer than this let renewals lapse (see _stalled)
         interval = self.options.heartbeat_interval_s
@@ -985,26 +988,55 @@ class LocalRegistry:
             self._executor.submit(self._call, lambda c: self._write(c, remove=instance),
                                   True, lambda: bool(wrote))
 
-    def _holder(self, conn: sqlite3.Connection, inst: Instance) -> str | None:
+    def _holder(self, conn: sqlite3.Connection, inst: Instance, *,
+                claim: bool = False) -> str | None:
         """The service of a live entry of ``inst``'s id that is another service's, else
         ``None``. The file keys entries by instance id alone (its primary key, which older
         versions read and write), so writing ``inst`` would replace that service's entry.
         Live as :meth:`_read` judges it: on this boot's clock for a row stamped with this
-        boot id and time namespace, on the wall clock otherwise."""
-        cols = ("service, expires_at, boot_id, boot_expires_at, boot_wall_expires_at"
-                if self._has_boot else "service, expires_at")
+        boot id and time namespace, on the wall clock otherwise. A renewal (not a
+        ``claim``) that finds a live entry of its own service at another address warns
+        (:meth:`_log_duplicate`): another live process registered the same id."""
+        cols = "service, expires_at, host, port" + (
+            ", boot_id, boot_expires_at, boot_wall_expires_at" if self._has_boot else "")
         row = conn.execute(f"SELECT {cols} FROM instances WHERE instance_id = ?",
                            (inst.instance_id,)).fetchone()
-        if row is None or row[0] == inst.service:
+        if row is None:
+            return None
+        same = row[0] == inst.service
+        if same and (claim or (row[2], row[3]) == (inst.host, inst.port)):
             return None
         opts = self.options
-        if (self._has_boot and self._boot_key is not None and row[2] == self._boot_key
-                and row[4] == row[1]):
+        if (self._has_boot and self._boot_key is not None and row[4] == self._boot_key
+                and row[6] == row[1]):
             assert opts.boot_clock is not None
-            alive = row[3] > opts.boot_clock()
+            alive = row[5] > opts.boot_clock()
         else:
             alive = row[1] > opts.clock()
-        return str(row[0]) if alive else None
+        if not alive:
+            return None
+        if same:  # its own renewal replaced by another process's: both are written on
+            self._log_duplicate(inst, f"{row[2]}:{row[3]}")
+            return None
+        return str(row[0])
+
+    def _log_duplicate(self, inst: Instance, found: str) -> None:
+        """Warn that a live entry of ``inst``'s id and service holds another address
+        (``found``) when its renewal comes: two live processes register one id, and the
+        entry flips between them at each heartbeat. Once per id and address a minute."""
+        now = time.monotonic()
+        key = (inst.service, inst.instance_id, found)
+        logged = self._duplicate_logged
+        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+            return
+        for stale in [k for k, at in logged.items() if now - at >= _UNUSABLE_LOG_EVERY_S]:
+            del logged[stale]
+        logged[key] = now
+        _log.warning("instance id registered by another process too: its entry flips "
+                     "between their addresses at each heartbeat; give each its own id",
+                     service=inst.service, instance_id=inst.instance_id,
+                     address=f"{inst.host}:{inst.port}", found=found,
+                     path=str(self.options.path))
 
     def _upsert(self, conn: sqlite3.Connection, inst: Instance, *,
                 claim: bool = False) -> None:
@@ -1017,7 +1049,7 @@ class LocalRegistry:
         leaves the entry to its holder (written again once that one is gone), so two
         services never flip one entry between them.
         """
-        holder = self._holder(conn, inst)
+        holder = self._holder(conn, inst, claim=claim)
         if holder is not None:
             if claim:
                 raise RegistryError(
