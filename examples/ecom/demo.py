@@ -136,15 +136,17 @@ class Stack:
     async def start(self, service: str, instance_id: str, timeout_s: float = 30.0) -> Proc:
         """Start one instance and wait for its READY line."""
         db = self.database_url or f"sqlite:///{self.workdir / (service + '.db')}"
+        # by environment, not --db: a PostgreSQL URL's password on a command line is
+        # anyone's to read (ps, /proc/PID/cmdline) for as long as the stack runs
         env = {**os.environ, "MESHKIT_REGISTRY": self.registry_uri, "PYTHONUNBUFFERED": "1",
                "MESHKIT_TRACE_FILE": str(self.workdir / "traces" / f"{instance_id}.jsonl"),
-               **demo_events.service_env()}
+               "DATABASE_URL": db, **demo_events.service_env()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         security = (["--cert-dir", str(self.cert_dir)] if self.cert_dir is not None
                     else ["--insecure", "--jwt-dir", str(self.workdir / "jwt")])
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", SERVICES[service], "--instance-id", instance_id,
-            "--db", db, *security, cwd=REPO, env=env,
+            *security, cwd=REPO, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         p = Proc(service, instance_id, proc, self.workdir / f"{instance_id}.log")

@@ -106,3 +106,24 @@ def test_a_bad_calls_or_concurrency_is_a_usage_error_that_creates_nothing(
     assert info.value.code == 2
     assert argv[0] in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_database_url_reaches_the_services_by_environment_not_argv(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``meshkit demo --database-url postgresql://app:PASSWORD@...`` passed the URL to each
+    service as ``--db URL``: the password in every service's command line, which any
+    local user reads (``ps``, /proc/PID/cmdline) for as long as the stack runs. It goes in
+    the services' DATABASE_URL (their --db default) instead."""
+    url = "postgresql://app:s3cret-pw@127.0.0.1:5432/shop"
+    seen: dict[str, object] = {}
+
+    async def exec_(*argv: str, env: dict[str, str], **kw: object) -> None:
+        seen.update(argv=argv, env=env)
+        raise Reached("exec")
+
+    monkeypatch.setattr(demo.asyncio, "create_subprocess_exec", exec_)
+    stack = demo.Stack(tmp_path, f"local://{tmp_path / 'registry'}", url, None)
+    with pytest.raises(Reached):
+        await stack.start("userd", "userd-1")
+    assert not any("s3cret" in a for a in seen["argv"]), seen["argv"]  # type: ignore[attr-defined]
+    assert seen["env"]["DATABASE_URL"] == url  # type: ignore[index]
