@@ -734,6 +734,8 @@ class LocalRegistry:
         self._gc_at = -float("inf")  # monotonic time of the last garbage collection
         self._reopened_at: float | None = None  # monotonic time of the latest reopen
         self._kept: dict[int, int] = {}  # watch number -> endpoints it keeps (faults)
+        # monotonic time a watch last saw others write while this process could not
+        self._others_write_at: float | None = None
         self._watch_ids = itertools.count()
         # one write probe at a time: (the event loop, its lock); an asyncio.Lock binds to
         # a loop, so a later asyncio.run() or another thread's loop makes its own
@@ -782,6 +784,7 @@ class LocalRegistry:
         self._registering = {}
         self._owned = {}
         self._kept = {}
+        self._others_write_at = None
         self._probe_lock = None
         self._stamp_boot()  # the parent may have made the child's time namespace its own
 
@@ -1506,6 +1509,7 @@ class LocalRegistry:
                 if (written_since is not None and now - written_since >= self._grace_s()
                         and now - advanced_at <= recent_s
                         and not self._reopened_within_grace()):
+                    self._others_write_at = now  # for status()
                     # others write, this process cannot: its fault, not the registry's.
                     # Only what expired before the last write anyone made leaves (its
                     # owner did not renew while others wrote): an entry that expired
@@ -1546,9 +1550,20 @@ class LocalRegistry:
         times the file was found deleted or replaced and reopened; ``last_error`` names the
         file (not for gRPC callers); ``kept_endpoints``: endpoints the watches keep after a
         fault although the registry does not list them (see the module docstring).
+
+        A process with nothing registered whose writes (its write probes) fail while its
+        watches have seen others write since (a read-only client) reports ``writable``
+        None, no fault: it has nothing to write and the registry works for those who do
+        (``write_errors`` and ``last_error`` still tell).
         """
-        return dataclasses.replace(self._tracker.status(),
-                                   kept_endpoints=sum(self._kept.values()))
+        st = self._tracker.status()
+        since = self._tracker.write.since_mono
+        at = self._others_write_at
+        if (st.writable is False and at is not None and since is not None and at >= since
+                and not self._owned and not self._heartbeats):
+            st = dataclasses.replace(st, writable=None,
+                                     failing_since_s=self._tracker.read.since_wall)
+        return dataclasses.replace(st, kept_endpoints=sum(self._kept.values()))
 
     async def close(self) -> None:
         """Stop heartbeats and close the file. Registrations expire after their TTL.
