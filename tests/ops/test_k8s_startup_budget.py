@@ -29,5 +29,7 @@ def test_the_database_and_user_service_waits_fit_in_the_startup_probe() -> None:
         (container,) = dep["spec"]["template"]["spec"]["containers"]
         probe = container["startupProbe"]
         budget_s = probe["periodSeconds"] * probe["failureThreshold"]
-        waits_s = db_wait_s + (users_wait_s if name == "orderd" else 0.0)
+        # + the database wait's overrun: its last attempt may end up to 1 s past it
+        # (_process.open_store_waiting gives an attempt at least a second)
+        waits_s = db_wait_s + 1.0 + (users_wait_s if name == "orderd" else 0.0)
         assert waits_s + 5 <= budget_s, (name, waits_s, budget_s)
