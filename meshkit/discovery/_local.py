@@ -1622,7 +1622,10 @@ def _before_fork() -> None:
     _held_for_fork.locks = held
     for reg in sorted(_registries, key=id):
         lock = reg._lock
-        if lock.acquire(timeout=reg.options.busy_timeout_s + 1.0):
+        # at most what a lock can wait (threading.TIMEOUT_MAX: busy_timeout_s=1e10, "for
+        # ever", made acquire() raise OverflowError and the fork hold nothing)
+        if lock.acquire(timeout=min(reg.options.busy_timeout_s + 1.0,
+                                    threading.TIMEOUT_MAX)):
             held.append(lock)
 
 

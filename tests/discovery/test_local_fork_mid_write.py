@@ -123,3 +123,20 @@ def test_a_fork_ending_in_one_thread_leaves_another_threads_locks_held(
         done.set()
         other.join(10)
     assert not reg._lock.locked()
+
+
+def test_a_busy_timeout_past_what_a_lock_can_wait_still_holds_at_fork(
+        tmp_path: Path) -> None:
+    """busy_timeout_s=1e10 ("wait for ever") is a valid option, but the at-fork hook
+    waited busy_timeout_s + 1 s on a lock, which refuses more than threading.TIMEOUT_MAX
+    (OverflowError): every fork printed the hook's traceback and went on with no
+    registry held (those later in its order included)."""
+    from meshkit.discovery import _local
+
+    reg = _local.LocalRegistry(_local.LocalOptions(path=tmp_path, busy_timeout_s=1e10))
+    _local._before_fork()
+    try:
+        assert reg._lock.locked()
+    finally:
+        _local._after_fork_in_parent()
+    assert not reg._lock.locked()
