@@ -142,7 +142,8 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
             than ``localhost`` or a relative path (``local://tmp/mesh``, two slashes,
             names the host ``tmp``; ``local:tmp/mesh``), which would be a path under each
             process's working directory, as would a relative ``MESHKIT_LOCAL_DIR`` for
-            ``local://`` (the URI is quoted, any user info
+            ``local://``, or a ``local:`` URI holding ``#`` (it would end the path:
+            ``%23`` is a ``#`` in a directory name) (the URI is quoted, any user info
             and the values of query keys that are no option masked: ``***``); a Consul URI
             without py-consul installed (``meshkit[consul]``).
     """
@@ -163,6 +164,11 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
                 f"registry URI {shown_uri(uri, _LOCAL_URI_FIELDS)!r}: a local registry "
                 "needs an absolute path, local:///abs/path (three slashes; or "
                 "local://localhost/abs/path), or local:// for the default path")
+        if "#" in uri:
+            # "#" ends the path: local:///srv/c#1/mesh would name /srv/c, silently
+            raise ConfigError(
+                f"registry URI {shown_uri(uri, _LOCAL_URI_FIELDS)!r}: a local registry URI "
+                "has no fragment; a '#' in its path is written %23")
         if raw_path:
             # the text, not Path(): a trailing slash says "directory" (LocalOptions.path)
             kwargs["path"] = raw_path

@@ -76,3 +76,18 @@ async def test_a_uri_path_with_a_trailing_slash_is_a_directory(tmp_path: Path) -
         assert registry.options.path == want
     finally:
         await registry.close()
+
+
+@pytest.mark.parametrize("tail", ["c#1/mesh", "mesh#", "mesh#v2"])
+def test_a_uri_path_holding_a_hash_is_refused(tmp_path: Path, tail: str) -> None:
+    """A ``#`` in a ``local:`` URI ends its path (the rest is a fragment, which names
+    nothing here): ``local:///srv/c#1/mesh`` named the registry of ``/srv/c``, silently,
+    so a process given it and one given ``LocalOptions(path="/srv/c#1/mesh")`` used two
+    registries unawares. It is a ConfigError saying to write ``%23`` (the fragment
+    masked, as any part of a URI that is no option); ``%23`` names the directory."""
+    with pytest.raises(ConfigError, match="%23") as caught:
+        registry_from_uri(f"local://{tmp_path}/{tail}")
+    assert tail.partition("#")[2] == "" or tail.partition("#")[2] not in str(caught.value)
+    registry = registry_from_uri(f"local://{tmp_path}/c%231/mesh")
+    assert isinstance(registry, LocalRegistry)
+    assert registry.options.path == tmp_path / "c#1" / "mesh" / "registry.db"
