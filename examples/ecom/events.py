@@ -50,6 +50,7 @@ from meshkit.messaging import (
     PublishOptions,
     RelayOptions,
     ensure_stream,
+    messaging_metrics,
 )
 from meshkit.resilience import Backoff
 
@@ -508,6 +509,27 @@ async def ensure_order_stream_when_connected(connecting: asyncio.Task[None],
         await asyncio.sleep(STREAM_RETRY_S)
 
 
+#: Pause between two counts of the outbox while the relay waits for NATS (seconds).
+PENDING_COUNT_S = 5.0
+
+
+async def _count_pending(store: Store, publisher: Publisher, relay: OutboxRelay) -> None:
+    """Set ``meshkit_messaging_outbox_pending`` from the store every
+    :data:`PENDING_COUNT_S` seconds until cancelled: the relay's rounds set it, and none
+    runs before NATS answers, so it read the 0 it was made with while the outbox grew
+    (an alert on it silent for a whole outage at the start). A store failure skips a
+    count."""
+    count = getattr(store, "count_pending", None)  # as OutboxRelay: a store may lack it
+    if not publisher.options.metrics or count is None:
+        return
+    gauge = messaging_metrics(publisher.options.registry).outbox_pending.labels(
+        relay.options.name)
+    while True:
+        with contextlib.suppress(StoreError):
+            gauge.set(await count())
+        await asyncio.sleep(PENDING_COUNT_S)
+
+
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
@@ -536,11 +558,15 @@ async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner
         return
     nc, connecting = await nats_connection(nats_url, "outbox relay")
     js = nc.jetstream()
-    relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)),
-                        options or RelayOptions(name="orders"))
+    publisher = Publisher(js, PublishOptions(stream=STREAM, signer=signer))
+    relay = OutboxRelay(store, publisher, options or RelayOptions(name="orders"))
 
     async def run() -> None:
-        await ensure_order_stream_when_connected(connecting, js)
+        counting = asyncio.create_task(_count_pending(store, publisher, relay))
+        try:
+            await ensure_order_stream_when_connected(connecting, js)
+        finally:
+            await _cancel([counting])
         await relay.run()
 
     tasks = [connecting, asyncio.create_task(run(), name="outbox-relay")]

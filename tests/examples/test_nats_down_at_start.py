@@ -15,6 +15,7 @@ import logging
 import socket
 import subprocess
 import traceback
+import uuid
 from pathlib import Path
 
 import nats.errors
@@ -23,7 +24,7 @@ import structlog
 
 from examples.ecom import events
 from examples.ecom.storage import ItemRecord, NewOrder, SqliteStore, open_store
-from meshkit.messaging import RelayOptions
+from meshkit.messaging import RelayOptions, messaging_metrics
 from meshkit.resilience import Backoff
 from tests.messaging.conftest import NATS_SERVER, NatsServer
 from tests.support.loops import run as run_on_loop
@@ -200,3 +201,26 @@ async def test_a_refused_url_is_not_quoted_with_its_password(url: str) -> None:
     shown = "".join(traceback.format_exception(refused.value))
     assert "s3cr" not in shown, shown
     assert "***@127.0.0.1:4222" in str(refused.value), str(refused.value)
+
+
+async def test_the_pending_gauge_counts_the_outbox_while_nats_never_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """meshkit_messaging_outbox_pending is set by the relay's rounds, and since 651fe06
+    no round runs before NATS answers: the gauge, exported at 0 when the relay was
+    made, read 0 for as long as NATS stayed down while the orders piled up in the
+    outbox, so an alert or dashboard on it said nothing was waiting. It is counted from
+    the store while the relay waits for NATS."""
+    monkeypatch.setattr(events, "PENDING_COUNT_S", 0.05)
+    name = f"orders-{uuid.uuid4().hex[:8]}"
+    store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
+    server = NatsServer(tmp_path / "nats")  # a free port, never started
+    gauge = messaging_metrics().outbox_pending.labels(name)
+    try:
+        async with events.outbox_relay(store, server.url, None, RelayOptions(name=name)):
+            await store.place_order(NewOrder(
+                user_id="u-1", items=(ItemRecord("sku-1", 1, 100),), currency="EUR",
+                total_minor=100, idempotency_key="k-1", fingerprint="f-1"))
+            await until(lambda: gauge._value.get() == 1, timeout_s=5,  # before: 0
+                        what="the pending event counted")
+    finally:
+        await store.close()
