@@ -517,15 +517,14 @@ async def _count_pending(store: Store, publisher: Publisher, relay: OutboxRelay)
     """Set ``meshkit_messaging_outbox_pending`` from the store every
     :data:`PENDING_COUNT_S` seconds until cancelled: the relay's rounds set it, and none
     runs before NATS answers, so it read the 0 it was made with while the outbox grew
-    (an alert on it silent for a whole outage at the start). A store failure skips a
-    count."""
+    (an alert on it silent for a whole outage at the start). A failure skips a count."""
     count = getattr(store, "count_pending", None)  # as OutboxRelay: a store may lack it
     if not publisher.options.metrics or count is None:
         return
     gauge = messaging_metrics(publisher.options.registry).outbox_pending.labels(
         relay.options.name)
     while True:
-        with contextlib.suppress(StoreError):
+        with contextlib.suppress(Exception):  # never in the relay's way (it awaits us)
             gauge.set(await count())
         await asyncio.sleep(PENDING_COUNT_S)
 
