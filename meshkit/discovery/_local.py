@@ -110,11 +110,12 @@ connection of its own (``os.register_at_fork``; SQLite forbids using a connectio
 before a fork in the child, https://sqlite.org/howtocorrupt.html section 2.6, so the
 inherited one is left alone, not even closed) and forgets its parent's registrations and
 heartbeats. A fork waits for a registry operation under way in the worker thread to end
-(at most ``busy_timeout_s`` and a second): SQLite's own table of the locks the process
-holds is copied by the fork while the locks are not, so a child forked during a write
-took the write lock for its own and could never write. It is usable across event loops,
-one after another (``asyncio.run()`` again): a heartbeat task of a loop that ended is
-dropped when the instance registers again.
+(one try: a wait for a lock another process holds is made of tries at most
+``_SQLITE_BUSY_WAIT_S`` long, and a fork goes on between two): SQLite's own table of the
+locks the process holds is copied by the fork while the locks are not, so a child forked
+during a write took the write lock for its own and could never write. It is usable
+across event loops, one after another (``asyncio.run()`` again): a heartbeat task of a
+loop that ended is dropped when the instance registers again.
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ _TABLES = frozenset({"instances", "last_write", "deregistered"})
 #: The boot stamp's columns (module docstring): added to an older file's ``instances``
 #: table by ``ALTER TABLE ... ADD COLUMN`` (NULL in its rows), never dropped.
 _BOOT_COLUMNS = {"boot_id": "TEXT", "boot_expires_at": "REAL", "boot_wall_expires_at": "REAL"}
+#: Seconds SQLite's own busy handler waits for a lock within one try (the rest of
+#: ``busy_timeout_s`` is LocalRegistry._call's retries; see _before_fork).
+_SQLITE_BUSY_WAIT_S = 0.05
 #: Rows dead for this many TTLs are garbage: their owners are gone for good.
 _GC_TTLS = 10
 
@@ -790,8 +794,11 @@ class LocalRegistry:
 
     # -- sqlite plumbing (runs in the worker thread, under _lock) --------------------------
     def _connect(self, database: str, uri: bool = False) -> sqlite3.Connection:
-        return sqlite3.connect(database, timeout=self.options.busy_timeout_s, uri=uri,
-                               check_same_thread=False, isolation_level=None)
+        # SQLite's own busy handler waits briefly (holding _lock); the rest of the wait,
+        # up to busy_timeout_s, is _call's retries, which let go of _lock as they sleep
+        return sqlite3.connect(database, timeout=min(self.options.busy_timeout_s,
+                                                     _SQLITE_BUSY_WAIT_S),
+                               uri=uri, check_same_thread=False, isolation_level=None)
 
     def _open(self) -> None:
         """Open the file into ``_conn``, creating and setting it up only if it needs it."""
@@ -959,7 +966,14 @@ class LocalRegistry:
                     except sqlite3.OperationalError as exc:
                         if not _is_busy(exc) or time.monotonic() >= deadline:
                             raise
-                    time.sleep(backoff_s * random.uniform(0.5, 1.5))
+                    # No SQLite lock is held between two tries (the statement failed):
+                    # a fork may go on meanwhile (_before_fork waits for _lock), rather
+                    # than wait for the whole of busy_timeout_s
+                    self._lock.release()
+                    try:
+                        time.sleep(backoff_s * random.uniform(0.5, 1.5))
+                    finally:
+                        self._lock.acquire()
                     backoff_s = min(backoff_s * 2, 0.05)
             except (sqlite3.Error, OSError) as exc:
                 self._outcome(write, exc)
@@ -1613,9 +1627,11 @@ def _before_fork() -> None:
     process holds on a file in process-wide tables (https://sqlite.org/howtocorrupt.html
     section 2.6) and a child inherits them while fcntl's locks are not inherited: a child
     forked during a write (a heartbeat) took the write lock for its own for good, and
-    every write it made failed "database is locked". Each lock is waited for at most
-    ``busy_timeout_s`` and a second (the longest an operation holds it), then the fork
-    goes on without it, as before. The locks are taken in one order (by ``id``), so
+    every write it made failed "database is locked". An operation holds the lock for
+    one try at a time (SQLite's busy handler waits ``_SQLITE_BUSY_WAIT_S`` at most, and
+    the retries let go of it as they sleep: a fork does not wait for another process's
+    lock to be let go); each lock is waited for at most ``busy_timeout_s`` and a second,
+    then the fork goes on without it, as before. The locks are taken in one order (by ``id``), so
     two threads forking at once wait for each other rather than each holding a lock the
     other waits for."""
     held: list[threading.Lock] = []

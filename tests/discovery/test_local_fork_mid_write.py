@@ -140,3 +140,83 @@ def test_a_busy_timeout_past_what_a_lock_can_wait_still_holds_at_fork(
     finally:
         _local._after_fork_in_parent()
     assert not reg._lock.locked()
+
+
+_WAITING_SCRIPT = '''
+import asyncio, json, os, subprocess, sys, threading, time
+from pathlib import Path
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+opts = LocalOptions(path=Path(sys.argv[1]), ttl_s=30, busy_timeout_s=4)
+reg = LocalRegistry(opts)
+took = []
+
+
+def inst(name, port):
+    return Instance(service="svc", instance_id=name, host="127.0.0.1", port=port)
+
+
+def fork():
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        async def child():
+            try:
+                await reg.register(inst("worker", 20002))
+                return "ok"
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"child": asyncio.run(child())}), flush=True)
+        os._exit(0)
+    took.append((time.monotonic() - t0, pid))
+
+
+async def main():
+    await reg.register(inst("master", 20000))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(opts.path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waiting = asyncio.ensure_future(reg.register(inst("second", 20001)))
+    await asyncio.sleep(0.3)  # the worker thread waits for the other process's lock
+    forker = threading.Thread(target=fork)
+    forker.start()
+    await asyncio.to_thread(forker.join, 20)
+    holder.communicate("go\\n", timeout=20)
+    second = (await asyncio.gather(waiting, return_exceptions=True))[0]
+    os.waitpid(took[0][1], 0)
+    print(json.dumps({"fork_s": took[0][0], "second": repr(second)}), flush=True)
+    await reg.close()
+
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_a_write_waits_for_another_process_is_not_held_up(
+        tmp_path: Path) -> None:
+    """A fork (a pre-fork master starting its workers) while the registry's worker
+    thread waits for the file's lock, held by another process: the at-fork hook waited
+    for the whole wait (busy_timeout_s, 5 s by default, and more), blocking the forking
+    thread (the master's event loop) for as long. No SQLite lock is held while waiting
+    between two tries, so the fork now goes on there: the wait is SQLite's own, short,
+    busy handler, and the registry's retries let go of the hook's lock while they
+    sleep. The child still writes once the other process is done."""
+    proc = subprocess.run([sys.executable, "-c", _WAITING_SCRIPT, str(tmp_path / "reg")],
+                          cwd=REPO, capture_output=True, text=True, timeout=50,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0 and lines, proc.stdout + proc.stderr[-3000:]
+    merged = {k: v for line in lines for k, v in line.items()}
+    assert merged.get("child") == "ok", merged
+    assert merged["fork_s"] < 2.0, merged  # was busy_timeout_s (4 s) and more
+    assert merged["second"] == "None", merged  # the wait went on, and its write too
