@@ -38,12 +38,20 @@ NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 _problem: list[str | None] = []
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: the probe's failure is reported by :func:`nats_problem`
+    (nats-py's default logs each connect attempt's traceback)."""
+
+
 async def nats_problem() -> str | None:
     """Why the shared NATS cannot be used (with JetStream), or None (probed once)."""
     if not _problem:
         try:
-            nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0,
-                                    allow_reconnect=False)
+            # bounded here: nats-py 2.16 reads max_reconnect_attempts=0 as no limit and
+            # kept trying a NATS that was down (every test waited for its timeout)
+            nc = await asyncio.wait_for(nats.connect(
+                NATS_URL, connect_timeout=3, max_reconnect_attempts=1,
+                allow_reconnect=False, error_cb=_quiet), 10)
             try:
                 await nc.jetstream().account_info()
             finally:
