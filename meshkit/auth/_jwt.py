@@ -19,6 +19,8 @@ Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -86,6 +88,10 @@ _PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
                       ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 _SIGNING_ALGORITHMS = ("ES256", "EdDSA")
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+_STAMPED_KEY_FILE = re.compile(r"jwt-(\d{8}T\d{6}\.\d{6})Z-.*\.key", re.ASCII)
+"""A key file named with its UTC creation time (:meth:`KeySet.rotate_directory`)."""
 
 
 def _b64(data: bytes) -> str:
@@ -283,6 +289,11 @@ class KeySet:
     ) -> KeySet:
         """Load ``jwt-*.key`` PEM files (newest file = current); create one if none.
 
+        A file's age is the UTC creation time in its name when it has one
+        (``jwt-20261206T231500.123456Z-<kid>.key``, as :meth:`rotate_directory` writes),
+        else its mtime: a copy that rewrites the mtimes (a Kubernetes Secret) keeps the
+        order of stamped files. Name keys you write yourself the same way.
+
         Creation happens under an exclusive ``flock`` on ``<directory>/.create.lock`` and
         writes mode 0600, so processes starting together share one key rather than each
         writing its own. ``keep_previous + 1`` newest files are loaded; ``grace_s`` and
@@ -317,14 +328,26 @@ class KeySet:
 
     @staticmethod
     def _key_files(d: Path) -> list[Path]:
-        """``jwt-*.key`` files in ``d``, newest first (mtime, then name)."""
-        return sorted(d.glob("jwt-*.key"), key=lambda p: (p.stat().st_mtime_ns, p.name),
-                      reverse=True)
+        """``jwt-*.key`` files in ``d``, newest first: by the creation time in the name
+        (``jwt-<YYYYMMDDTHHMMSS.ffffff>Z-<kid>.key``, as :meth:`rotate_directory` writes
+        it), else by mtime; ties by name. The name survives a copy (a Kubernetes Secret,
+        ``cp``, config management) that gives every file the copy's mtime, in the
+        copier's order, which once made an old key current after a rotation."""
+        def age(p: Path) -> tuple[int, str]:
+            m = _STAMPED_KEY_FILE.fullmatch(p.name)
+            if m is not None:
+                with contextlib.suppress(ValueError):
+                    when = datetime.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S.%f")
+                    stamp = when.replace(tzinfo=datetime.UTC).timestamp()
+                    return round(stamp * 1_000_000) * 1000, p.name
+            return p.stat().st_mtime_ns, p.name
+        return sorted(d.glob("jwt-*.key"), key=age, reverse=True)
 
     @staticmethod
     def rotate_directory(directory: str | os.PathLike[str], *, algorithm: str = "ES256") -> Path:
-        """Write a new signing key file ``jwt-<kid>.key`` (0600) into ``directory``; loaders
-        then sign with it. Returns its path.
+        """Write a new signing key file ``jwt-<UTC creation time>Z-<kid>.key`` (0600, e.g.
+        ``jwt-20261206T231500.123456Z-<kid>.key``) into ``directory``; loaders then sign
+        with it (the name's time orders the keys, not the mtime). Returns its path.
 
         The file appears atomically (written under a temporary name, then renamed), so a
         loader never reads a half-written key.
@@ -332,7 +355,9 @@ class KeySet:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = SigningKey.generate(algorithm)
-        path = d / f"jwt-{key.kid}.key"
+        # the creation time in the name orders the keys (see _key_files), not the mtime
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%f")
+        path = d / f"jwt-{stamp}Z-{key.kid}.key"
         tmp = d / f".jwt-{key.kid}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
