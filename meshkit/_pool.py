@@ -63,6 +63,9 @@ _REPR_MAX = 200  # characters of a filter's repr in a status message
 # another one is READY (a ring hash's key owner) before it is sent on anyway, seconds
 # (gRFC A56's priority failover timer, 10 s, bounds a wait for a connection alike)
 _CONNECTING_PICK_MAX_S = 10.0
+# how often a call waiting for the first discovery answer looks whether the registry
+# reports that it cannot be read (then it fails at once: a resolver error), seconds
+_UNREADABLE_POLL_S = 0.05
 _READY_CONN = grpc.ChannelConnectivity.READY
 _IDLE_CONN = grpc.ChannelConnectivity.IDLE
 _FAILURE_CONN = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -583,7 +586,8 @@ class EndpointPool:
     async def pick_slow(self, details: ClientCallDetails,
                         picked: tuple[Endpoint, Done] | None = None) -> tuple[Endpoint, Done]:
         """Pick when the fast path could not: wait for the first discovery answer (for
-        ``resolve_timeout_s`` within the call's deadline; with ``wait_for_ready`` until
+        ``resolve_timeout_s`` within the call's deadline, cut short by a registry that
+        reports it cannot be read, a resolver error; with ``wait_for_ready`` until
         the deadline, however long without one), and with ``wait_for_ready`` for a usable
         endpoint, within the call's deadline.
 
@@ -634,7 +638,12 @@ class EndpointPool:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
                 # arrives in the turn its wait ends (call.cancel() cancels this task)
                 async with asyncio.timeout(wait):
-                    await self.resolved.wait()
+                    unreadable = await self._resolved_or_unreadable()
+                if unreadable:
+                    # a resolver error (gRPC's wait-for-ready.md): a call without
+                    # wait_for_ready fails UNAVAILABLE at once, as gRPC's in a channel
+                    # whose resolver failed, not resolve_timeout_s later
+                    raise NoEndpointsError(self.service, unreadable, unresolved=True)
             except TimeoutError:
                 problem = self._registry_problem()
                 if by_deadline and problem is None:
@@ -785,6 +794,31 @@ class EndpointPool:
             if waiting_on is not None:  # sent on now (launched in this step), or ended
                 hedged.stop_waiting(waiting_on)  # type: ignore[union-attr]
         return ep, done
+
+    async def _resolved_or_unreadable(self) -> str | None:
+        """Wait for the first discovery answer (``None``) or, whichever comes first, for
+        the registry to report that it cannot be read (``RegistryStatus.readable``
+        False): then its fixed phrase (``RegistryStatus.summary``). The registry's status
+        is looked at every ``_UNREADABLE_POLL_S`` meanwhile (no I/O: it reports what its
+        own reads saw); a registry without ``status()`` is only waited for."""
+        status = getattr(self.registry, "status", None)
+        while not self.resolved.is_set():
+            if status is not None:
+                try:
+                    st = status()
+                except Exception:  # a registry without status support: wait only
+                    status = None
+                    continue
+                if st.readable is False and not self.closed:
+                    summary = st.summary
+                    return (summary if isinstance(summary, str)
+                            else "the service registry cannot be read")
+            try:
+                async with asyncio.timeout(None if status is None else _UNREADABLE_POLL_S):
+                    await self.resolved.wait()
+            except TimeoutError:
+                pass
+        return None
 
     def _pick(self, details: ClientCallDetails) -> tuple[Endpoint, Done] | None:
         """The balancer's pick for ``details``' call: ``pick_stream`` for a streaming

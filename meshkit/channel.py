@@ -400,9 +400,10 @@ class DialOptions:
             and a ``grpc.keepalive_time_ms`` below 10000 is logged as
             ``keepalive_time_s`` below 10 s is.
         resolve_timeout_s: how long a call waits for the first discovery answer before
-            failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline);
-            a ``wait_for_ready=True`` call waits until its deadline instead (however long
-            without one) and then fails ``DEADLINE_EXCEEDED``.
+            failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline;
+            at once while the registry reports that it cannot be read, a resolver
+            error, as gRPC); a ``wait_for_ready=True`` call waits until its deadline
+            instead (however long without one) and then fails ``DEADLINE_EXCEEDED``.
         drain_timeout_s: grace given to in-flight calls on an endpoint that left the
             registry before its sub-channel is closed (default 10.0 s).
         keepalive_time_s: client keepalive (gRFC A8): seconds between HTTP/2 pings on
