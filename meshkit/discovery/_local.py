@@ -954,6 +954,7 @@ class LocalRegistry:
         deadline = started + self.options.busy_timeout_s
         backoff_s = 0.002
         opening_s = 0.0  # not a wait for the lock: a first open sets the file up
+        retried = False  # the file was busy (another process's lock) at least once
         with self._lock:
             try:
                 while True:
@@ -966,6 +967,7 @@ class LocalRegistry:
                     except sqlite3.OperationalError as exc:
                         if not _is_busy(exc) or time.monotonic() >= deadline:
                             raise
+                    retried = True
                     # No SQLite lock is held between two tries (the statement failed):
                     # a fork may go on meanwhile (_before_fork waits for _lock), rather
                     # than wait for the whole of busy_timeout_s
@@ -978,8 +980,8 @@ class LocalRegistry:
             except (sqlite3.Error, OSError) as exc:
                 self._outcome(write, exc)
                 raise
-            if write and (waited_s := time.monotonic() - started - opening_s) > (
-                    self._stall_s):
+            if retried and write and (
+                    waited_s := time.monotonic() - started - opening_s) > self._stall_s:
                 self._stalled(waited_s)
             self._outcome(write, None)
             return result
