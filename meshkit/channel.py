@@ -1003,7 +1003,10 @@ class MeshChannel(grpc.aio.Channel):
         while True:
             await asyncio.sleep(self.options.tls.reload_interval_s)
             try:
-                renewed = self._reloader.check()
+                # force: this loop keeps the interval; check()'s own (by tls.clock) would
+                # skip a round whose sleep woke a hair early by that clock (uvloop's
+                # millisecond timers), taking a renewal one interval late
+                renewed = self._reloader.check(force=True)
             except Exception as exc:  # a half-written file: keep the current credentials
                 _log.warning("client certificate reload failed", service=self.service,
                              error=str(exc))
