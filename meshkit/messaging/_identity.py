@@ -43,11 +43,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -85,6 +88,74 @@ _FUTURE_SKEW_S = 60.0
 _DEFAULT_MAX_MESSAGE_AGE_S = 7 * 24 * 3600.0
 
 
+#: How often a signer or verifier made from files looks at them for a renewal, seconds
+#: (as :class:`~meshkit.auth.TLSOptions`' ``reload_interval_s``).
+_DEFAULT_RELOAD_INTERVAL_S = 5.0
+
+_log = logging.getLogger("meshkit.messaging.identity")
+
+_Stamp = tuple[tuple[int, int, int], ...]
+_L = TypeVar("_L")
+
+
+class _Watched:
+    """Files reloaded when they change (a renewed certificate, a rotated CA bundle): at
+    most every ``interval_s`` seconds (monotonic) at a use, their inode, size and mtime
+    (followed through the symlinks a Kubernetes Secret mount swaps) are compared with
+    those last loaded. Made before the first load, so a change during it is seen."""
+
+    __slots__ = ("_files", "_interval_s", "_lock", "_next", "_stamp", "_warned", "_what")
+
+    def __init__(self, files: tuple[Path, ...], interval_s: float, what: str) -> None:
+        self._files = files
+        self._interval_s = interval_s
+        self._what = what
+        self._lock = threading.Lock()
+        self._stamp = self._now()
+        self._next = time.monotonic() + interval_s
+        self._warned: _Stamp | None = None
+
+    def _now(self) -> _Stamp | None:
+        try:
+            stats = [os.stat(f) for f in self._files]
+        except OSError:  # one missing a moment (being replaced)
+            return None
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+    def reload(self, load: Callable[[], _L]) -> _L | None:
+        """``load()`` when a check is due and the files changed, else ``None``. A load
+        that fails (a file half written, a certificate and key not matching yet) keeps
+        the old one, is logged once per change (``<what> reload failed``, the error's
+        type and message, never a key) and is tried again at the next check."""
+        now = time.monotonic()
+        if now < self._next or not self._lock.acquire(blocking=False):
+            return None  # not due, or another thread checks right now
+        try:
+            self._next = now + self._interval_s
+            stamp = self._now()
+            if stamp is None or stamp == self._stamp:
+                return None
+            try:
+                fresh = load()
+            except Exception as exc:  # keep what was loaded before
+                if self._warned != stamp:
+                    self._warned = stamp
+                    _log.warning("%s reload failed: %s: %s (file %s)", self._what,
+                                 type(exc).__name__, exc, self._files[0])
+                return None
+            self._stamp = stamp
+            _log.info("%s reloaded (file %s)", self._what, self._files[0])
+            return fresh
+        finally:
+            self._lock.release()
+
+
+def _check_reload_interval(value: object) -> float | None:
+    if value is not None:
+        check_number("reload_interval_s", value)
+    return value  # type: ignore[return-value]
+
+
 class MessageIdentityError(MeshError):
     """A message's publisher identity is missing, forged or not allowed; the message says
     which (never a key or certificate body)."""
@@ -108,7 +179,7 @@ class MessageSigner:
             carries no workload SPIFFE ID.
     """
 
-    __slots__ = ("_cert_b64", "_clock", "_key", "identity")
+    __slots__ = ("_clock", "_state", "_watch", "identity")
 
     def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -123,23 +194,56 @@ class MessageSigner:
         except CertificateError as exc:
             raise ConfigError(f"not a workload certificate: {exc}") from None
         self.identity: PeerIdentity = identity
-        self._key = key
         self._clock = clock
-        self._cert_b64 = base64.b64encode(certificate.public_bytes(der)).decode()
+        # key and certificate replaced together (a reload), never one without the other
+        self._state = (key, base64.b64encode(certificate.public_bytes(der)).decode())
+        self._watch: tuple[_Watched, Callable[[], MessageSigner]] | None = None
 
     @classmethod
     def from_files(cls, cert_file: str | os.PathLike[str],
-                   key_file: str | os.PathLike[str]) -> MessageSigner:
+                   key_file: str | os.PathLike[str], *,
+                   reload_interval_s: float | None = _DEFAULT_RELOAD_INTERVAL_S,
+                   clock: Callable[[], float] = time.time) -> MessageSigner:
         """A signer from a workload's PEM files (``<service>.pem``, ``<service>.key`` of
-        ``meshkit certs issue``). Raises :class:`meshkit.auth.CertificateError` for an
-        unreadable file and :class:`ConfigError` as the constructor."""
-        return cls(load_certificate(cert_file), load_private_key(key_file))
+        ``meshkit certs issue``) that takes a renewed pair: at most every
+        ``reload_interval_s`` seconds (default 5, as :class:`~meshkit.auth.TLSOptions`;
+        >= 0), a :meth:`sign` compares the files' inode, size and mtime (through the
+        symlinks a Kubernetes Secret mount swaps) with those loaded and loads the pair
+        again when they changed. A pair that does not load (a file missing, a certificate
+        and key written one after the other that do not match yet) keeps the old one,
+        logged once (``message signer reload failed``) and tried again at the next check.
+        ``None``: the files are read once.
+
+        Raises:
+            meshkit.auth.CertificateError: an unreadable file.
+            ConfigError: as the constructor, or a bad ``reload_interval_s`` (quoted).
+        """
+        interval = _check_reload_interval(reload_interval_s)
+        pair = (Path(cert_file), Path(key_file))
+        watch = None if interval is None else _Watched(pair, interval, "message signer")
+
+        def load() -> MessageSigner:
+            return cls(load_certificate(pair[0]), load_private_key(pair[1]), clock=clock)
+
+        signer = load()
+        if watch is not None:
+            signer._watch = (watch, load)
+        return signer
 
     @classmethod
-    def from_dir(cls, cert_dir: str | os.PathLike[str], service: str) -> MessageSigner:
-        """A signer for ``service`` from a meshkit certs directory (``MESHKIT_CERT_DIR``)."""
+    def from_dir(cls, cert_dir: str | os.PathLike[str], service: str, *,
+                 reload_interval_s: float | None = _DEFAULT_RELOAD_INTERVAL_S,
+                 clock: Callable[[], float] = time.time) -> MessageSigner:
+        """A signer for ``service`` from a meshkit certs directory (``MESHKIT_CERT_DIR``),
+        reloaded as :meth:`from_files` says."""
         d = Path(cert_dir)
-        return cls.from_files(d / f"{service}.pem", d / f"{service}.key")
+        return cls.from_files(d / f"{service}.pem", d / f"{service}.key",
+                              reload_interval_s=reload_interval_s, clock=clock)
+
+    def _reload(self, watch: tuple[_Watched, Callable[[], MessageSigner]]) -> None:
+        fresh = watch[0].reload(watch[1])
+        if fresh is not None:
+            self._state, self.identity = fresh._state, fresh.identity
 
     def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
              payload: bytes) -> None:
@@ -147,10 +251,14 @@ class MessageSigner:
         ``msg_id`` must be the ``Nats-Msg-Id`` as it travels: nats-py trims header values
         and turns line breaks into spaces (:meth:`Publisher.publish
         <meshkit.messaging.Publisher.publish>` refuses an id it would change)."""
+        if self._watch is not None:
+            self._reload(self._watch)
+        key, cert_b64 = self._state
+        identity = self.identity
         sent = str(int(self._clock() * 1000))
-        sig = self._key.sign(_signed_bytes(msg_id, subject, sent, payload), _ECDSA)
-        headers[HDR_IDENTITY] = self.identity.spiffe_id
-        headers[HDR_CERT] = self._cert_b64
+        sig = key.sign(_signed_bytes(msg_id, subject, sent, payload), _ECDSA)
+        headers[HDR_IDENTITY] = identity.spiffe_id
+        headers[HDR_CERT] = cert_b64
         headers[HDR_SENT_AT_MS] = sent
         headers[HDR_SIGNATURE] = base64.b64encode(sig).decode()
 
@@ -205,7 +313,7 @@ class MessageVerifier:
             CertificateError: ``ca_pem`` has no certificate.
     """
 
-    __slots__ = ("_allowed", "_cache", "_clock", "_max", "_max_age_s", "_verifier")
+    __slots__ = ("_allowed", "_cache", "_clock", "_max", "_max_age_s", "_verifier", "_watch")
 
     def __init__(self, ca_pem: bytes, *, allowed_publishers: Sequence[str] = (),
                  max_entries: int = 256,
@@ -223,21 +331,47 @@ class MessageVerifier:
         self._cache: dict[str, _Known] = {}
         self._max = max_entries
         self._clock = clock
+        self._watch: tuple[_Watched, Callable[[], bytes]] | None = None
 
     @classmethod
     def from_file(cls, ca_file: str | os.PathLike[str], *,
                   allowed_publishers: Sequence[str] = (), max_entries: int = 256,
                   max_message_age_s: float | None = _DEFAULT_MAX_MESSAGE_AGE_S,
-                  clock: Callable[[], float] = time.time) -> MessageVerifier:
+                  clock: Callable[[], float] = time.time,
+                  reload_interval_s: float | None = _DEFAULT_RELOAD_INTERVAL_S,
+                  ) -> MessageVerifier:
         """A verifier over the CA bundle (PEM) in ``ca_file``; the keywords as the
-        constructor's (spelled out so a type checker sees a misspelled one).
+        constructor's (spelled out so a type checker sees a misspelled one). It takes a
+        changed bundle (a CA rotation adds the new CA to ``ca.pem``): at most every
+        ``reload_interval_s`` seconds (default 5; >= 0) a :meth:`verify` compares the
+        file's inode, size and mtime with those loaded, loads it again when they changed
+        and forgets its cached verdicts; a bundle that does not load keeps the old one
+        (logged once: ``message verifier reload failed``). ``None``: read once.
 
         Raises:
-            OSError: ``ca_file`` cannot be read; the constructor's errors.
+            OSError: ``ca_file`` cannot be read; ConfigError: a bad ``reload_interval_s``
+                (quoted); the constructor's errors.
         """
-        return cls(Path(ca_file).read_bytes(), allowed_publishers=allowed_publishers,
-                   max_entries=max_entries, max_message_age_s=max_message_age_s,
-                   clock=clock)
+        interval = _check_reload_interval(reload_interval_s)
+        path = Path(ca_file)
+        watch = None if interval is None else _Watched((path,), interval, "message verifier")
+        verifier = cls(path.read_bytes(), allowed_publishers=allowed_publishers,
+                       max_entries=max_entries, max_message_age_s=max_message_age_s,
+                       clock=clock)
+        if watch is not None:
+            verifier._watch = (watch, path.read_bytes)
+        return verifier
+
+    def _reload(self, watch: tuple[_Watched, Callable[[], bytes]]) -> None:
+        clock = self._clock
+
+        def load() -> PeerVerifier:
+            return PeerVerifier(watch[1](), clock=clock)
+
+        fresh = watch[0].reload(load)
+        if fresh is not None:
+            self._verifier = fresh
+            self._cache = {}  # verdicts of the old bundle (a CA removed from it)
 
     def _known(self, cert_b64: str, at: float) -> _Known:
         """The certificate ``cert_b64``, verified at ``at`` (the send time), cached."""
@@ -276,6 +410,8 @@ class MessageVerifier:
                 match the message id, subject, send time and payload, or a publisher not
                 in ``allowed_publishers``.
         """
+        if self._watch is not None:
+            self._reload(self._watch)
         h = headers or {}
         cert_b64, sig_b64, sent = h.get(HDR_CERT), h.get(HDR_SIGNATURE), h.get(HDR_SENT_AT_MS)
         if not cert_b64 or not sig_b64 or not sent:
