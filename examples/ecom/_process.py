@@ -50,17 +50,21 @@ def port_arg(env: str | None = None) -> Callable[[str], int]:
     return port
 
 
-def seconds_arg(env: str | None = None, *, zero: bool = True) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number of seconds, >= 0 (> 0 unless ``zero``); NaN
-    and infinity refused. ``env`` as for :func:`port_arg`."""
-    what = "a finite number of seconds" + (", >= 0" if zero else ", > 0")
+def seconds_arg(env: str | None = None, *, zero: bool = True,
+                least: float = 0.0) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of seconds, >= 0 (> 0 unless ``zero``; at
+    least ``least`` when given); NaN and infinity refused. ``env`` as for
+    :func:`port_arg`."""
+    what = "a finite number of seconds" + (f", >= {least:g}" if least > 0
+                                           else ", >= 0" if zero else ", > 0")
 
     def seconds(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise _bad(text, what, env) from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        if not math.isfinite(value) or value < least or value < 0 \
+                or (value == 0 and not zero):
             raise _bad(text, what, env)
         return value
 

@@ -800,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent workers, >= 1 (default 8)")
     p.add_argument("--timeout-s", type=seconds_arg(zero=False), default=5.0,
                    help="per-call deadline, seconds (> 0, finite; default 5)")
-    p.add_argument("--ttl-s", type=seconds_arg(zero=False), default=2.0,
+    # the local registry's floor (LocalOptions: ttl_s >= 0.1, a busy loop below)
+    p.add_argument("--ttl-s", type=seconds_arg(zero=False, least=0.1), default=2.0,
                    help="registry TTL, seconds (> 0, finite; default 2)")
     p.add_argument("--no-kill", action="store_true", help="do not kill an instance")
     p.add_argument("--keep-running", action="store_true",
