@@ -34,6 +34,7 @@ from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
 from meshkit.auth import (
     AuthOptions,
     JWKSClient,
+    JWKSClientOptions,
     JWKSError,
     JWTVerifier,
     TokenForwarder,
@@ -135,7 +136,9 @@ async def main(argv: list[str] | None = None) -> None:
         except TimeoutError:
             _log.warning("no user service endpoint yet; serving anyway",
                          waited_s=args.wait_users_s)
-        jwks = JWKSClient(jwks_url_from(users_channel))  # closed below (a refresh in flight)
+        # closed below (a refresh in flight); the user service's JWKSServer speaks plain
+        # http on the hosts the registry announces: the demo trusts its network
+        jwks = JWKSClient(jwks_url_from(users_channel), JWKSClientOptions(allow_http=True))
         verifier = JWTVerifier(
             VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE), jwks)
         auth = AuthOptions(verifier=verifier, jwt=security.ORDERD_JWT,

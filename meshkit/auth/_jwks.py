@@ -26,7 +26,7 @@ from aiohttp import web
 
 from meshkit._aio_http import start_app
 from meshkit._config import check_int, check_number, check_seconds
-from meshkit._hosts import bare_host, uri_host
+from meshkit._hosts import bare_host, is_loopback, uri_host
 from meshkit._outage import OutageLog
 from meshkit.auth._errors import JWKSError
 from meshkit.auth._jwt import (
@@ -254,6 +254,29 @@ def _shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _url_problem(url: object, allow_http: bool) -> str | None:
+    """Why ``url`` is no JWKS URL this client fetches, or ``None``: it must be an
+    ``https`` URL with a host, or ``http`` to a loopback host (``127.0.0.0/8``, ``::1``,
+    ``localhost``), or ``http`` anywhere with ``allow_http`` (the keys decide which tokens
+    are accepted: whoever answers a plain-HTTP fetch on the path serves keys of their
+    own). The message shows the URL as :func:`_shown_url` does."""
+    if not isinstance(url, str):
+        return f"the JWKS URL must be a string, got {type(url).__name__}"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "the JWKS URL is not a URL"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return f"the JWKS URL must be an https URL, got {_shown_url(url)!r}"
+    if scheme == "http" and not allow_http and not is_loopback(host):
+        return (f"the JWKS URL {_shown_url(url)!r} is plain http to a host other than "
+                "loopback (anyone on the path could serve keys): use https, or "
+                "JWKSClientOptions(allow_http=True) on a network you trust")
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JWKSClientOptions:
     """How :class:`JWKSClient` caches and refreshes.
@@ -270,6 +293,10 @@ class JWKSClientOptions:
             the bytes read pass it. The body is read to its end, whatever the number of
             reads it arrives in.
         algorithms: key algorithms accepted from the document (default all asymmetric).
+        allow_http: fetch plain ``http://`` URLs from any host (default ``False``: only
+            from a loopback host, ``127.0.0.0/8``, ``::1``, ``localhost``; others must be
+            ``https``): whoever answers a plain-HTTP fetch on the path (a spoofed registry
+            entry, a machine between) serves keys of their own, and their tokens pass.
         clock: monotonic clock for the intervals (default ``time.monotonic``).
 
     Raises:
@@ -282,9 +309,12 @@ class JWKSClientOptions:
     fetch_timeout_s: float = 5.0
     max_document_bytes: int = 65536
     algorithms: frozenset[str] = ASYMMETRIC_ALGORITHMS
+    allow_http: bool = False
     clock: Clock = time.monotonic
 
     def __post_init__(self) -> None:
+        if not isinstance(self.allow_http, bool):
+            raise ConfigError(f"allow_http must be True or False, got {self.allow_http!r}")
         check_seconds(self, ("refresh_interval_s", "fetch_timeout_s"))
         check_number("min_refresh_interval_s", self.min_refresh_interval_s)
         if not self.min_refresh_interval_s <= self.refresh_interval_s:
@@ -319,7 +349,10 @@ class JWKSClient:
 
     Args:
         url: a URL provider: a callable returning the URL (sync or async; called per fetch,
-            so it may resolve the issuer through the registry), or a plain URL string. An
+            so it may resolve the issuer through the registry), or a plain URL string:
+            ``https``, or plain ``http`` only to a loopback host unless
+            ``options.allow_http`` (a provider's URL that is not fails its fetch with
+            :class:`JWKSError`; such a string is a ``ConfigError`` here). An
             async provider is awaited within ``fetch_timeout_s`` (one that hangs fails that
             fetch, and a later one calls it again); a sync one runs on the event loop and
             must not block.
@@ -351,8 +384,12 @@ class JWKSClient:
 
     def __init__(self, url: UrlProvider | str, options: JWKSClientOptions | None = None, *,
                  session: aiohttp.ClientSession | None = None) -> None:
-        self._url: UrlProvider = (lambda: url) if isinstance(url, str) else url
         self.options = options or JWKSClientOptions()
+        if isinstance(url, str):
+            problem = _url_problem(url, self.options.allow_http)
+            if problem is not None:
+                raise ConfigError(problem)
+        self._url: UrlProvider = (lambda: url) if isinstance(url, str) else url
         self._session = session
         self._keys: dict[str, VerificationKey] = {}
         self._by_alg: dict[tuple[str, str], VerificationKey] = {}
@@ -488,6 +525,9 @@ class JWKSClient:
             async with asyncio.timeout(opts.fetch_timeout_s):
                 got = self._url()
                 url = await got if inspect.isawaitable(got) else got
+                problem = _url_problem(url, opts.allow_http)
+                if problem is not None:  # e.g. a provider's http URL of a remote host
+                    raise JWKSError(problem)
                 shown = _shown_url(url)
                 timeout = aiohttp.ClientTimeout(total=opts.fetch_timeout_s)
                 async with contextlib.AsyncExitStack() as stack:
