@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +68,7 @@ from meshkit._config import (
     check_tuple,
     registry_argument,
 )
+from meshkit._env import CERT_DIR, WORKLOAD, env_value
 from meshkit._fields import FrozenMap, Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
@@ -695,8 +695,7 @@ def _with_transport(opts: DialOptions, service: str) -> DialOptions:
     fail: plaintext must be asked for."""
     if opts.tls is not None or opts.credentials is not None or opts.insecure:
         return opts
-    cert_dir = os.environ.get("MESHKIT_CERT_DIR")
-    workload = os.environ.get("MESHKIT_WORKLOAD")
+    cert_dir, workload = env_value(CERT_DIR), env_value(WORKLOAD)  # stripped; blank: unset
     if cert_dir and workload:
         return dataclasses.replace(opts, tls=tls_from_dir(cert_dir, workload))
     raise ConfigError(

@@ -101,6 +101,7 @@ from meshkit._config import (
     check_tuple,
     registry_argument,
 )
+from meshkit._env import CERT_DIR, env_value
 from meshkit._fields import Normalised
 from meshkit._handlers import (
     HANDLER_EXECUTOR,
@@ -1381,7 +1382,7 @@ class MeshServer:
         Instance(service=service, instance_id="validate", host="localhost", port=1)
         opts = self.options
         if opts.tls is None and opts.credentials is None and not opts.insecure:
-            cert_dir = os.environ.get("MESHKIT_CERT_DIR")
+            cert_dir = env_value(CERT_DIR)  # stripped; blank: unset
             if not cert_dir:
                 raise ConfigError(
                     f"serve({service!r}): no transport security configured: pass "

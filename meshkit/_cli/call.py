@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from meshkit._cli._common import (
     quiet_logging,
     service_name,
 )
+from meshkit._env import CERT_DIR, WORKLOAD, env_value
 
 if TYPE_CHECKING:  # grpc, protobuf and the mesh client load once the arguments parsed
     import meshkit
@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=positive_seconds, default=10.0,
                    help="deadline of the call (and of each registry read and reflection "
                         "request), positive seconds (default 10)")
-    p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
+    p.add_argument("--cert-dir", default=env_value(CERT_DIR),
                    help="meshkit certs directory (default $MESHKIT_CERT_DIR)")
-    p.add_argument("--workload", default=os.environ.get("MESHKIT_WORKLOAD"),
+    p.add_argument("--workload", default=env_value(WORKLOAD),
                    help="this client's workload name in --cert-dir (default $MESHKIT_WORKLOAD)")
     p.add_argument("--insecure", action="store_true", help="plaintext, no mTLS")
     return p

@@ -80,6 +80,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshkit._config import check_number, check_path
+from meshkit._env import CERT_DIR, env_value
 from meshkit._outage import OutageLog
 from meshkit.auth._certs import (
     CA_CERT,
@@ -1037,7 +1038,7 @@ def tls_from_dir(
     """
     if insecure:
         return None
-    d = cert_dir if cert_dir is not None else os.environ.get("MESHKIT_CERT_DIR")
+    d = cert_dir if cert_dir is not None else env_value(CERT_DIR)
     if not d:
         raise ConfigError("no certificate directory: pass cert_dir or set MESHKIT_CERT_DIR "
                           "(or ask for plaintext explicitly with insecure=True)")

@@ -30,6 +30,7 @@ import os
 import sys
 
 from meshkit._cli._common import positive_number
+from meshkit._env import CERT_DIR, env_value
 
 __all__ = ["main"]
 
@@ -40,7 +41,7 @@ DEFAULT_TRUST_DOMAIN = "meshkit.local"
 
 
 def _default_dir() -> str:
-    return os.environ.get("MESHKIT_CERT_DIR") or "certs"
+    return env_value(CERT_DIR) or "certs"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -53,7 +53,7 @@ BASE_MODULES = {"meshkit", "meshkit._lazy", "meshkit.cli", "meshkit._cli", "mesh
 #: The meshkit modules each command's parser is allowed to load.
 PARSER_MODULES = {
     "services": {"meshkit._cli.services"},
-    "call": {"meshkit._cli.call"},
+    "call": {"meshkit._cli.call", "meshkit._env"},  # _env: os only
     "prometheus-targets": {"meshkit._cli.prometheus", "meshkit._cli.services"},
 }
 
