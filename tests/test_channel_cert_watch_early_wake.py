@@ -12,13 +12,13 @@ than the loop's sleeps): the renewal was never taken before."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import meshkit
 from meshkit.auth import TLSOptions, init_ca_dir, issue_into_dir
 from meshkit.discovery import LocalRegistry
 from tests.auth.conftest import TD
+from tests.support.wait import until
 
 
 async def test_a_renewal_is_taken_though_the_clock_shows_less_than_the_interval(
@@ -36,6 +36,5 @@ async def test_a_renewal_is_taken_though_the_clock_shows_less_than_the_interval(
         assert reloader is not None and reloader.generation == 1
         issue_into_dir(pki, "clientd", ttl_h=1.0, dns=("localhost",), ips=("127.0.0.1",),
                        overwrite=True)
-        async with asyncio.timeout(5):
-            while reloader.generation == 1:  # never, before
-                await asyncio.sleep(0.02)
+        await until(lambda: reloader.generation == 2, timeout_s=5,  # never, before
+                    what="renewal taken")
