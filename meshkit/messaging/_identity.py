@@ -175,7 +175,8 @@ class MessageSigner:
         clock: wall clock, Unix seconds (default ``time.time``).
 
     Raises:
-        ConfigError: the key does not belong to the certificate, or the certificate
+        ConfigError: the key is not an ECDSA key (RSA, Ed25519: consumers verify
+            ECDSA-P256-SHA256), does not belong to the certificate, or the certificate
             carries no workload SPIFFE ID.
     """
 
@@ -183,6 +184,10 @@ class MessageSigner:
 
     def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
+        if not isinstance(key, ec.EllipticCurvePrivateKey):  # sign() would raise per message
+            kind = type(key).__name__.removeprefix("_").removesuffix("PrivateKey") or "other"
+            raise ConfigError("message signing needs an ECDSA workload key (what "
+                              f"consumers verify), got a {kind} key")
         pub = certificate.public_key()
         raw = serialization.PublicFormat.SubjectPublicKeyInfo
         der = serialization.Encoding.DER
