@@ -806,11 +806,11 @@ class EndpointPool:
             if status is not None:
                 try:
                     st = status()
+                    unreadable, summary = st.readable is False, st.summary
                 except Exception:  # a registry without status support: wait only
                     status = None
                     continue
-                if st.readable is False and not self.closed:
-                    summary = st.summary
+                if unreadable and not self.closed:
                     return (summary if isinstance(summary, str)
                             else "the service registry cannot be read")
             try:

@@ -1485,7 +1485,9 @@ class MeshChannel(grpc.aio.Channel):
     def stats(self) -> ChannelStats:
         """A typed snapshot for ``/metrics`` and ``/debug/mesh``: connectivity, every
         endpoint (also recently removed ones) with state, counters, ejection and the
-        balancer's load/EWMA, retry counters and the active policies."""
+        balancer's load/EWMA, retry counters, the active policies and the registry's
+        health (``None`` when its ``status()`` is missing, raises or returns no
+        ``RegistryStatus``)."""
         balancer = self._balancer
         ejecting = isinstance(balancer, EjectingBalancer)
         ejected = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else set()
@@ -1515,8 +1517,11 @@ class MeshChannel(grpc.aio.Channel):
         registry: dict[str, Any] | None = None
         status = getattr(self.registry, "status", None)
         if status is not None:
-            st_reg = status()
-            registry = {**dataclasses.asdict(st_reg), "ok": st_reg.ok}
+            try:
+                st_reg = status()
+                registry = {**dataclasses.asdict(st_reg), "ok": st_reg.ok}
+            except Exception:  # a registry's own bug: as one that reports no health (the
+                registry = None  # readers skip a channel whose stats() raises: all of it)
         return ChannelStats(
             service=self.service, state=self.get_state().name, balancer=type(inner).__name__,
             ejections=balancer.ejections if isinstance(balancer, EjectingBalancer) else 0,
