@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from meshkit._config import (
+    check_instance,
     check_int,
     check_metadata_key,
     check_number,
@@ -862,6 +863,11 @@ class JWTVerifier:
     :meth:`verify` raises :class:`InvalidTokenError` (``UNAUTHENTICATED``) on any failure,
     including an unknown ``kid`` after the key source's (rate-limited) refresh.
 
+    Raises:
+        ConfigError: ``options`` is no :class:`VerifierOptions`, or ``keys`` (also when
+            assigned later) has no ``get_key`` method: a URL string (wrap it in a
+            :class:`~meshkit.auth.JWKSClient`), ``None``, a class (quoted).
+
     Verified tokens are cached until their ``exp``, but no longer than the key source's
     keys stay the same: when its ``version`` changes (a key added or removed: a rotation,
     a JWKS refresh that brought other keys) or the source is replaced, the cache is
@@ -880,6 +886,7 @@ class JWTVerifier:
 
     def __init__(self, options: VerifierOptions, keys: KeySource, *,
                  clock: Clock = time.time) -> None:
+        check_instance("options", options, VerifierOptions, optional=False)
         self._core = TokenVerifier(options, clock=clock)
         self._cache = VerifiedTokenCache(options.cache_size, leeway_s=options.leeway_s,
                                          clock=clock)
@@ -892,6 +899,10 @@ class JWTVerifier:
 
     @keys.setter
     def keys(self, keys: KeySource) -> None:
+        # else every call fails later, UNAUTHENTICATED 'token could not be verified'
+        if isinstance(keys, type) or not callable(getattr(keys, "get_key", None)):
+            raise ConfigError("keys must be a key source (a KeySet, a JWKSClient or an "
+                              f"object with an async get_key(kid)), got {keys!r}")
         self._keys = keys
         # tokens the previous source's keys verified are not this one's to accept
         self._version: object = getattr(keys, "version", None)
