@@ -224,11 +224,55 @@ class EndpointPool:
         # until a call needs one: connect_idle
         self._idle: set[str] = set()
         self._retry_task: asyncio.Task[None] | None = None
-        self._watch_task = asyncio.get_running_loop().create_task(
+        # the sub-channels of a pool shut down by _abandon (its watch cancelled from
+        # outside), closed by a close() made in the pool's own loop, if it still runs
+        self._abandoned: list[tuple[_Conn, Endpoint]] = []
+        self._loop = asyncio.get_running_loop()
+        self._watch_task = self._loop.create_task(
             self._watch(), name=f"meshkit-watch-{service}")
 
     # -- discovery ----------------------------------------------------------------------
     async def _watch(self) -> None:
+        try:
+            await self._follow()
+        except asyncio.CancelledError:
+            if not self.closed:  # not by close(): the loop's end (asyncio.run's sweep)
+                self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """The discovery watch was cancelled from outside, not by :meth:`close`: the event
+        loop is ending (``asyncio.run()`` cancels the tasks left), the connectivity
+        trackers with it. Shut the pool down as :meth:`close` does, synchronously (the
+        sub-channels' loop is going: grpc destroys them when collected), so that the
+        channel reads ``SHUTDOWN`` and a call made from a later loop fails ``CANCELLED``
+        "closed", not with a future of the ended loop (``RuntimeError``) or "no endpoint
+        is registered" from a watch that is gone."""
+        _log.warning("channel not closed before its event loop ended; it is closed now "
+                     "(dial() again in the next loop)", service=self.service)
+        self.closed = True
+        self.resolved.set()  # calls waiting for discovery: CANCELLED
+        self.notify()
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        self._unbuilt.clear()
+        self._stale.clear()
+        self._idle.clear()
+        for task in list(self._state_tasks.values()):
+            task.cancel()
+        self._state_tasks.clear()
+        conns = self.conns
+        for key, ep in self.endpoints.items():
+            forget_endpoint(ep)
+            if (conn := conns.get(key)) is not None:  # closed by a close() in this loop
+                self._abandoned.append((conn, ep))
+        self.endpoints.clear()
+        self.conns.clear()
+        self.balancer.update([])
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _follow(self) -> None:
         delay = 0.1
         while not self.closed:
             try:
@@ -870,6 +914,10 @@ class EndpointPool:
         draining (endpoints that left) get the same grace at most. Calls waiting for an
         endpoint or for discovery fail ``CANCELLED`` at once."""
         if self.closed:
+            abandoned, self._abandoned = self._abandoned, []
+            if abandoned and asyncio.get_running_loop() is self._loop:
+                await asyncio.gather(*(c.close(ep, None) for c, ep in abandoned),
+                                     return_exceptions=True)
             return
         self.closed = True
         self.resolved.set()  # wake the calls waiting for discovery: they fail CANCELLED
