@@ -300,8 +300,12 @@ class KeySet:
         writing its own. ``keep_previous + 1`` newest files are loaded; ``grace_s`` and
         ``clock`` are the constructor's.
 
+        A ``jwt-*.key`` entry that vanished while listed (a dangling link, as a Kubernetes
+        Secret mount leaves one a moment) is skipped.
+
         Raises:
-            ConfigError: no key and ``create`` is false, or an unreadable key file.
+            ConfigError: no key and ``create`` is false, or an unreadable key file or one
+                that is no key (the file named, never its content).
         """
         d = Path(directory)
         files = cls._key_files(d)
@@ -322,9 +326,13 @@ class KeySet:
         keys = []
         for f in files[: keep_previous + 1]:
             try:
-                keys.append(SigningKey.from_pem(f.read_bytes()))
+                data = f.read_bytes()
             except OSError as exc:
                 raise ConfigError(f"cannot read {f}: {type(exc).__name__}") from None
+            try:
+                keys.append(SigningKey.from_pem(data))
+            except ConfigError as exc:  # which of the files (never its content)
+                raise ConfigError(f"{f}: {exc}") from None
         return cls(keys, keep_previous=keep_previous, grace_s=grace_s, clock=clock)
 
     @staticmethod
@@ -342,7 +350,14 @@ class KeySet:
                     stamp = when.replace(tzinfo=datetime.UTC).timestamp()
                     return round(stamp * 1_000_000) * 1000, p.name
             return p.stat().st_mtime_ns, p.name
-        return sorted(d.glob("jwt-*.key"), key=age, reverse=True)
+
+        dated = []
+        for p in d.glob("jwt-*.key"):
+            try:
+                dated.append((age(p), p))
+            except FileNotFoundError:  # a dangling link (a Secret mount's swap), removed
+                continue
+        return [p for _, p in sorted(dated, key=lambda e: e[0], reverse=True)]
 
     @staticmethod
     def rotate_directory(directory: str | os.PathLike[str], *, algorithm: str = "ES256") -> Path:
