@@ -49,7 +49,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -473,6 +473,15 @@ _ORDER_COLUMNS = (
 
 # --------------------------------------------------------------------------- SQLite
 
+
+def _numbered(*values: Any) -> dict[str, Any]:
+    """The parameters of a statement with SQLite's numbered placeholders (``?1``, ``?2``,
+    the shared statements' ``{mark}N``) as the mapping sqlite3 reads them from
+    (``{"1": first, ...}``): bound from a sequence they warn ``DeprecationWarning``
+    from Python 3.12 on ("Binding 1 ('?1') is a named parameter, but you supplied a
+    sequence"), and fail from 3.14."""
+    return {str(i): v for i, v in enumerate(values, 1)}
+
 _SQLITE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
         id TEXT PRIMARY KEY,
@@ -625,7 +634,8 @@ def _left_in_transaction(conn: aiosqlite.Connection) -> bool:
         return True
 
 
-async def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+async def _fetchall(conn: aiosqlite.Connection, sql: str,
+                    params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
     """Run a query and return all its rows."""
     return list(await conn.execute_fetchall(sql, params))
 
@@ -773,7 +783,8 @@ class SqliteStore:
 
         async def update(conn: aiosqlite.Connection) -> UserRecord | None:
             try:
-                rows = await _fetchall(conn, _UPDATE_USER.format(mark="?"), (name, email, user_id))
+                rows = await _fetchall(conn, _UPDATE_USER.format(mark="?"),
+                                       _numbered(name, email, user_id))
             except sqlite3.IntegrityError as exc:  # the only unique column changed: email
                 raise DuplicateEmailError(email) from exc
             return UserRecord(*rows[0]) if rows else None
@@ -890,7 +901,8 @@ class SqliteStore:
         _check_purge_limit(limit)
 
         async def purge(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(_PURGE_SENT.format(mark="?"), (sent_before_ms, limit))
+            cur = await conn.execute(_PURGE_SENT.format(mark="?"),
+                                     _numbered(sent_before_ms, limit))
             return max(cur.rowcount, 0)
 
         return await self._run(purge, transaction=True)
@@ -921,7 +933,7 @@ class SqliteStore:
 
         async def purge(conn: aiosqlite.Connection) -> int:
             cur = await conn.execute(_PURGE_PROCESSED.format(mark="?"),
-                                     (processed_before_ms, limit))
+                                     _numbered(processed_before_ms, limit))
             return max(cur.rowcount, 0)
 
         return await self._run(purge, transaction=True)
