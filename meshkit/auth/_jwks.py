@@ -60,7 +60,8 @@ class JWKSServer:
             300; >= 0).
 
     Raises:
-        ConfigError: ``max_age_s`` is not an integer >= 0 (a float, ``True``; quoted).
+        ConfigError: ``keys`` is no :class:`KeySet`, or ``max_age_s`` is not an integer
+            >= 0 (a float, ``True``; quoted).
 
     Example::
 
@@ -71,6 +72,8 @@ class JWKSServer:
     """
 
     def __init__(self, keys: KeySet, *, max_age_s: int = 300) -> None:
+        if not isinstance(keys, KeySet):  # else every fetch answered HTTP 500
+            raise ConfigError(f"keys must be a KeySet, got {keys!r}")
         check_int("max_age_s", max_age_s, low=0)  # RFC 9111 §1.2.2: delta-seconds
         self.keys = keys
         self.max_age_s = max_age_s

@@ -209,6 +209,13 @@ def _public_jwk(pub: Any) -> dict[str, str]:
     return {k: str(v) for k, v in out.items()}
 
 
+def _check_signing_key(key: object) -> None:
+    if not isinstance(key, SigningKey):  # PEM bytes: SigningKey.from_pem(...)
+        shown = "PEM bytes" if isinstance(key, bytes) else repr(key)
+        raise ConfigError(f"a signing key must be a SigningKey (SigningKey.from_pem for "
+                          f"PEM), got {shown}")
+
+
 @runtime_checkable
 class KeySource(Protocol):
     """Where a verifier finds public keys by ``kid``: a :class:`KeySet` (same process) or a
@@ -252,14 +259,19 @@ class KeySet:
         clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
-        ConfigError: no keys, a duplicate kid, ``keep_previous`` not an integer >= 0 or
+        ConfigError: no keys, ``keys`` not a sequence of :class:`SigningKey` (PEM bytes,
+            one string), a duplicate kid, ``keep_previous`` not an integer >= 0 or
             ``grace_s`` not a number >= 0 (quoted).
     """
 
     def __init__(self, keys: Sequence[SigningKey], *, keep_previous: int = 1,
                  grace_s: float = 300.0, clock: Clock = time.time) -> None:
+        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+            raise ConfigError(f"keys must be a sequence of SigningKey, got {keys!r}")
         if not keys:
             raise ConfigError("a KeySet needs at least one signing key")
+        for key in keys:
+            _check_signing_key(key)
         check_int("keep_previous", keep_previous, low=0)
         check_number("grace_s", grace_s, finite=False)
         seen: set[str] = set()
@@ -410,8 +422,13 @@ class KeySet:
 
         ``new`` already current (same ``kid``, e.g. a reload of an unchanged key
         directory) changes nothing: no key dropped, :attr:`version` kept. ``new`` an older
-        published key becomes current, listed once."""
+        published key becomes current, listed once.
+
+        Raises:
+            ConfigError: ``new`` is no :class:`SigningKey` (PEM bytes: load them with
+                :meth:`SigningKey.from_pem`)."""
         new = new or SigningKey.generate(self.current.algorithm)
+        _check_signing_key(new)
         if new.kid == self.current.kid:
             return self.current
         now = self._clock()
@@ -501,9 +518,15 @@ class TokenIssuer:
     Args:
         keys: the :class:`KeySet`; its current key signs, its ``kid`` goes in the header.
         options: :class:`IssuerOptions`.
+
+    Raises:
+        ConfigError: ``keys`` is no :class:`KeySet` or ``options`` no
+            :class:`IssuerOptions` (swapped, a ``VerifierOptions``; quoted).
     """
 
     def __init__(self, keys: KeySet, options: IssuerOptions) -> None:
+        check_instance("keys", keys, KeySet, optional=False)
+        check_instance("options", options, IssuerOptions, optional=False)
         self.keys = keys  # each token's exp is noted in it (KeySet.note_signed)
         self.options = options
 
@@ -529,15 +552,18 @@ class TokenIssuer:
         Raises:
             ConfigError: empty subject, ``scopes`` given as one string, a scope that is no
                 RFC 6749 §3.3 scope token (empty, or with a space, tab, other control or
-                non-ASCII character, ``"`` or ``\\``; see :func:`check_scopes`), or a bad
-                ``ttl_s``.
+                non-ASCII character, ``"`` or ``\\``; see :func:`check_scopes`), a bad
+                ``ttl_s`` (not a number, ``True``, out of range) or an ``audience`` that
+                is not a string (quoted).
         """
         if not subject or not isinstance(subject, str):
             raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
         scope_list = check_scopes("scopes", scopes)
         ttl = self.options.ttl_s if ttl_s is None else ttl_s
-        if not 0 < ttl <= 86400:
-            raise ConfigError(f"ttl_s must be in (0, 86400], got {ttl!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 86400:
+            raise ConfigError(f"ttl_s must be a number of seconds in (0, 86400], got {ttl!r}")
+        if audience is not None and not isinstance(audience, str):
+            raise ConfigError(f"audience must be a string, got {audience!r}")
         now = int(self.options.clock())
         exp = now + math.ceil(ttl)  # never exp == iat (a token born expired)
         payload: dict[str, Any] = dict(extra_claims or {})
