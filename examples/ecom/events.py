@@ -475,8 +475,10 @@ async def close_nats(nc: NATS) -> None:
 
     A client that lost its server and buffered what was published since (an event, an
     ack, a fetch: kept for the reconnect) is closed too: nats-py's ``close`` flushes that
-    buffer to the dead connection and raises (asyncio's ``ConnectionResetError``,
-    uvloop's ``RuntimeError`` "the handler is closed"), which ended the service's
+    buffer to the dead connection and raises (asyncio's ``ConnectionResetError``, or on
+    Python 3.12 and later ``TypeError`` "'NoneType' object is not callable" from its
+    closed transport's ``writelines``; uvloop's ``RuntimeError`` "the handler is
+    closed"), which ended the service's
     shutdown in a traceback; what it held is lost either way (an event stays pending in
     the outbox until acked, an unacked delivery is redelivered)."""
     try:
@@ -484,8 +486,8 @@ async def close_nats(nc: NATS) -> None:
             await nc.close()
     except AssertionError:
         pass
-    except (ConnectionError, RuntimeError):  # the buffer flushed to a lost connection
-        pass
+    except (ConnectionError, RuntimeError, TypeError):  # the buffer flushed to a lost
+        pass  # connection (TypeError: 3.12+'s closed selector transport)
     except TimeoutError:
         _log.warning("nats close timed out", timeout_s=NATS_CLOSE_S)
 
