@@ -896,6 +896,17 @@ class EndpointPool:
         return (f"{self._discovered} registered instance(s), none kept by the filters"
                 f" ({names})")
 
+    def registry_unreadable(self) -> bool:
+        """The registry reports that it cannot be read (``RegistryStatus.readable``
+        False); ``False`` when it reports no status or its ``status()`` fails."""
+        status = getattr(self.registry, "status", None)
+        if status is None:
+            return False
+        try:
+            return status().readable is False
+        except Exception:  # a registry without status support
+            return False
+
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
         address or error text), or ``None`` when it reports none or cannot say."""

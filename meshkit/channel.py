@@ -1403,12 +1403,21 @@ class MeshChannel(grpc.aio.Channel):
         IDLE/CONNECTING, else TRANSIENT_FAILURE; an ejected endpoint counts as failing
         while another is in rotation, and by its connection when none can take a call
         (panic routing sends calls to it then: see :mod:`meshkit.balancer`'s outlier
-        ejection), so TRANSIENT_FAILURE only when no endpoint can connect; IDLE with no
-        endpoint; SHUTDOWN once closed."""
+        ejection), so TRANSIENT_FAILURE only when no endpoint can connect, or when there
+        is no endpoint (discovery answered with none, the filters kept none, or the
+        registry reports it cannot be read: calls fail ``UNAVAILABLE``, as gRPC's on an
+        empty or failed resolution); IDLE before the first discovery answer; SHUTDOWN
+        once closed."""
         if self._closed:
             return grpc.ChannelConnectivity.SHUTDOWN
-        endpoints = self._pool.endpoints
+        pool = self._pool
+        endpoints = pool.endpoints
         if not endpoints:
+            # gRPC's channel reads an empty resolver answer or a resolver error as
+            # TRANSIENT_FAILURE (its calls fail UNAVAILABLE, as these do); IDLE only
+            # before the first discovery answer
+            if pool.resolved.is_set() or pool.registry_unreadable():
+                return grpc.ChannelConnectivity.TRANSIENT_FAILURE
             return grpc.ChannelConnectivity.IDLE
         if try_to_connect:  # endpoints left IDLE (connections closed while unused) connect
             self._pool.connect_idle()
