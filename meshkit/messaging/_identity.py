@@ -43,15 +43,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -92,7 +91,7 @@ _DEFAULT_MAX_MESSAGE_AGE_S = 7 * 24 * 3600.0
 #: (as :class:`~meshkit.auth.TLSOptions`' ``reload_interval_s``).
 _DEFAULT_RELOAD_INTERVAL_S = 5.0
 
-_log = logging.getLogger("meshkit.messaging.identity")
+_log = structlog.get_logger("meshkit.messaging")
 
 _Stamp = tuple[tuple[int, int, int], ...]
 _L = TypeVar("_L")
@@ -104,13 +103,12 @@ class _Watched:
     (followed through the symlinks a Kubernetes Secret mount swaps) are compared with
     those last loaded. Made before the first load, so a change during it is seen."""
 
-    __slots__ = ("_files", "_interval_s", "_lock", "_next", "_stamp", "_warned", "_what")
+    __slots__ = ("_files", "_interval_s", "_next", "_stamp", "_warned", "_what")
 
     def __init__(self, files: tuple[Path, ...], interval_s: float, what: str) -> None:
         self._files = files
         self._interval_s = interval_s
         self._what = what
-        self._lock = threading.Lock()
         self._stamp = self._now()
         self._next = time.monotonic() + interval_s
         self._warned: _Stamp | None = None
@@ -128,26 +126,25 @@ class _Watched:
         the old one, is logged once per change (``<what> reload failed``, the error's
         type and message, never a key) and is tried again at the next check."""
         now = time.monotonic()
-        if now < self._next or not self._lock.acquire(blocking=False):
-            return None  # not due, or another thread checks right now
+        if now < self._next:
+            return None
+        # no lock: two threads checking at once both load (harmless), and a lock held by
+        # another thread at a fork would stop the child's reloads for good
+        self._next = now + self._interval_s
+        stamp = self._now()
+        if stamp is None or stamp == self._stamp:
+            return None
         try:
-            self._next = now + self._interval_s
-            stamp = self._now()
-            if stamp is None or stamp == self._stamp:
-                return None
-            try:
-                fresh = load()
-            except Exception as exc:  # keep what was loaded before
-                if self._warned != stamp:
-                    self._warned = stamp
-                    _log.warning("%s reload failed: %s: %s (file %s)", self._what,
-                                 type(exc).__name__, exc, self._files[0])
-                return None
-            self._stamp = stamp
-            _log.info("%s reloaded (file %s)", self._what, self._files[0])
-            return fresh
-        finally:
-            self._lock.release()
+            fresh = load()
+        except Exception as exc:  # keep what was loaded before
+            if self._warned != stamp:
+                self._warned = stamp
+                _log.warning(f"{self._what} reload failed", file=str(self._files[0]),
+                             error=f"{type(exc).__name__}: {exc}")
+            return None
+        self._stamp = stamp
+        _log.info(f"{self._what} reloaded", file=str(self._files[0]))
+        return fresh
 
 
 def _check_reload_interval(value: object) -> float | None:
