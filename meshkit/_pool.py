@@ -77,7 +77,7 @@ _CONNECTIVITY = {
 }
 
 
-def _short_repr(obj: object) -> str:
+def short_repr(obj: object) -> str:
     """``repr(obj)`` cut to ``_REPR_MAX`` characters (a filter's, in a status message);
     ``<TypeName>`` when that ``repr`` raises (a bug of the filter's own must not fail
     the call, or the registry watch, with a Python error)."""
@@ -342,10 +342,10 @@ class EndpointPool:
         endpoint fails at once saying so (the filter's ``repr`` and the error's type: no
         error text in a status), not after ``resolve_timeout_s`` for a discovery answer
         that came."""
-        failure = f"endpoint filter {_short_repr(f)} raised {type(exc).__name__}"
+        failure = f"endpoint filter {short_repr(f)} raised {type(exc).__name__}"
         if failure != self._filter_failure:
             _log.warning("endpoint filter failed; keeping last endpoints",
-                         service=self.service, filter=_short_repr(f), error=repr(exc))
+                         service=self.service, filter=short_repr(f), error=repr(exc))
         self._filter_failure = failure
         if not self.resolved.is_set():
             self.resolved.set()
@@ -892,7 +892,7 @@ class EndpointPool:
         left none of them; ``None`` otherwise."""
         if not self._discovered or not self._filters or self.endpoints or self._unbuilt:
             return None
-        names = ", ".join(_short_repr(f) for f in self._filters)
+        names = ", ".join(short_repr(f) for f in self._filters)
         return (f"{self._discovered} registered instance(s), none kept by the filters"
                 f" ({names})")
 

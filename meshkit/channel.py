@@ -74,7 +74,7 @@ from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
 from meshkit._metadata import MESH_USER_AGENT, check_metadata
 from meshkit._methods import MethodMatcher
-from meshkit._pool import EndpointPool
+from meshkit._pool import EndpointPool, short_repr
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
@@ -1542,7 +1542,9 @@ class MeshChannel(grpc.aio.Channel):
                 "method_timeouts": dict(opts.method_timeouts),
                 "propagate_deadline": opts.propagate_deadline,
                 "tls": opts.tls is not None or opts.credentials is not None,
-                "filters": [repr(f) for f in opts.filters],
+                # as a call's status names them: a repr that raises must not hide the
+                # channel from /metrics (its readers skip a stats() that raises)
+                "filters": [short_repr(f) for f in opts.filters],
             },
             registry=registry)
 

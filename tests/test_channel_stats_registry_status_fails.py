@@ -72,3 +72,37 @@ async def test_a_call_waiting_for_discovery_survives_a_registry_status_that_fail
         assert await ch._pool._resolved_or_unreadable() is None
     finally:
         await ch.close()
+
+
+class _BadRepr:
+    """A filter that keeps everything, whose ``__repr__`` raises (a bug of its own), or
+    is huge."""
+
+    def __init__(self, huge: bool = False) -> None:
+        self.huge = huge
+
+    def __call__(self, instances: Any) -> Any:
+        return instances
+
+    def __repr__(self) -> str:
+        if self.huge:
+            return "x" * 100_000
+        raise RuntimeError("no repr")
+
+
+async def test_stats_survive_a_filter_whose_repr_fails() -> None:
+    """stats() named the filters with repr(): one whose __repr__ raised hid the channel
+    from /metrics and /debug/mesh (as above); one with a huge repr put all of it in every
+    /debug/mesh answer. Named as in a call's status now: cut to 200 characters, by type
+    when repr raises."""
+    reg = _Registry(lambda: meshkit.discovery.RegistryStatus(kind="local"))
+    opts = meshkit.DialOptions(insecure=True, filters=(_BadRepr(), _BadRepr(huge=True)))
+    ch = meshkit.dial("svcstats", registry=reg,  # type: ignore[arg-type]
+                      options=opts)
+    try:
+        stats = ch.stats()
+        names = stats.policies["filters"]
+        assert names[0] == "<_BadRepr>" and len(names[1]) <= 200, names
+        assert "svcstats" in [s.service for s in live_channel_stats()]
+    finally:
+        await ch.close()
