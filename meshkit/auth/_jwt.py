@@ -304,8 +304,9 @@ class KeySet:
 
         A file's age is the UTC creation time in its name when it has one
         (``jwt-20261206T231500.123456Z-<kid>.key``, as :meth:`rotate_directory` writes),
-        else its mtime: a copy that rewrites the mtimes (a Kubernetes Secret) keeps the
-        order of stamped files. Name keys you write yourself the same way.
+        and such a file is newer than any file without one, which are ordered by mtime: a
+        copy that rewrites the mtimes (a Kubernetes Secret) keeps the order. Name keys
+        you write yourself the same way.
 
         Creation happens under an exclusive ``flock`` on ``<directory>/.create.lock`` and
         writes mode 0600, so processes starting together share one key rather than each
@@ -349,19 +350,21 @@ class KeySet:
 
     @staticmethod
     def _key_files(d: Path) -> list[Path]:
-        """``jwt-*.key`` files in ``d``, newest first: by the creation time in the name
-        (``jwt-<YYYYMMDDTHHMMSS.ffffff>Z-<kid>.key``, as :meth:`rotate_directory` writes
-        it), else by mtime; ties by name. The name survives a copy (a Kubernetes Secret,
-        ``cp``, config management) that gives every file the copy's mtime, in the
-        copier's order, which once made an old key current after a rotation."""
-        def age(p: Path) -> tuple[int, str]:
+        """``jwt-*.key`` files in ``d``, newest first: those whose name holds their
+        creation time (``jwt-<YYYYMMDDTHHMMSS.ffffff>Z-<kid>.key``, as
+        :meth:`rotate_directory` writes it) by that time, and newer than every file
+        without one (written before names held it); those by mtime; ties by name. The
+        name survives a copy (a Kubernetes Secret, ``cp``, config management) that gives
+        every file the copy's mtime, in the copier's order, which once made an old key
+        current after a rotation."""
+        def age(p: Path) -> tuple[int, int, str]:
             m = _STAMPED_KEY_FILE.fullmatch(p.name)
             if m is not None:
                 with contextlib.suppress(ValueError):
                     when = datetime.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S.%f")
                     stamp = when.replace(tzinfo=datetime.UTC).timestamp()
-                    return round(stamp * 1_000_000) * 1000, p.name
-            return p.stat().st_mtime_ns, p.name
+                    return 1, round(stamp * 1_000_000), p.name
+            return 0, p.stat().st_mtime_ns, p.name
 
         dated = []
         for p in d.glob("jwt-*.key"):

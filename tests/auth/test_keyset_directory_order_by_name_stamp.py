@@ -42,3 +42,17 @@ def test_a_file_without_a_stamp_still_goes_by_its_mtime(tmp_path: Path) -> None:
     os.utime(d / "jwt-a.key", ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
     os.utime(d / "jwt-b.key", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
     assert KeySet.from_directory(d, create=False).current.kid == a.kid
+
+
+def test_a_stamped_key_is_newer_than_an_unstamped_one_copied_later(tmp_path: Path) -> None:
+    """The first rotation after an upgrade: the old key's name has no stamp, and the
+    copy into the Secret gave it a later mtime than the new key's stamp."""
+    d = tmp_path / "keys"
+    d.mkdir()
+    old = SigningKey.generate()
+    (d / f"jwt-{old.kid}.key").write_bytes(old.private_pem())
+    new = KeySet.rotate_directory(d)
+    later = 4_000_000_000 * 1_000_000_000  # year 2096
+    os.utime(d / f"jwt-{old.kid}.key", ns=(later, later))
+    keys = KeySet.from_directory(d, create=False)
+    assert keys.current.kid == SigningKey.from_pem(new.read_bytes()).kid
