@@ -480,7 +480,8 @@ class JWKSClient:
         """Fetch the document now (ignores the rate limit).
 
         Raises:
-            JWKSError: the fetch failed or the document is malformed.
+            JWKSError: the URL provider or the fetch failed (the provider's error type
+                named, not its text), or the document is malformed.
         """
         self._attempted_at = self.options.clock()
         self._apply(await self._fetch())
@@ -526,8 +527,14 @@ class JWKSClient:
             # one deadline for the whole fetch: a provider that hangs (a registry lookup
             # never answering) must not keep this fetch, which later ones join, alive
             async with asyncio.timeout(opts.fetch_timeout_s):
-                got = self._url()
-                url = await got if inspect.isawaitable(got) else got
+                try:
+                    got = self._url()
+                    url = await got if inspect.isawaitable(got) else got
+                except JWKSError:
+                    raise
+                except Exception as exc:  # a registry lookup's error...: its type only
+                    raise JWKSError(
+                        f"the JWKS URL provider failed: {type(exc).__name__}") from None
                 problem = _url_problem(url, opts.allow_http)
                 if problem is not None:  # e.g. a provider's http URL of a remote host
                     raise JWKSError(problem)
