@@ -320,6 +320,7 @@ class KeySet:
             ConfigError: no key and ``create`` is false, or an unreadable key file or one
                 that is no key (the file named, never its content).
         """
+        check_int("keep_previous", keep_previous, low=0)  # used below, before __init__
         d = Path(directory)
         files = cls._key_files(d)
         if not files:

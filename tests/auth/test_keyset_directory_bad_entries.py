@@ -35,3 +35,13 @@ def test_a_file_that_is_no_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"jwt-truncated\.key") as err:
         KeySet.from_directory(tmp_path, create=False)
     assert "MIG" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [-1, "2", 1.5])
+def test_a_bad_keep_previous_is_named(tmp_path: Path, bad: object) -> None:
+    """It was used before it was checked: ``-1`` read "a KeySet needs at least one
+    signing key" (with a key in the directory), ``"2"`` raised ``TypeError``."""
+    KeySet.rotate_directory(tmp_path)
+    with pytest.raises(ConfigError, match="keep_previous") as err:
+        KeySet.from_directory(tmp_path, keep_previous=bad)  # type: ignore[arg-type]
+    assert repr(bad) in str(err.value)
