@@ -65,7 +65,7 @@ _REPR_MAX = 200  # characters of a filter's repr in a status message
 _CONNECTING_PICK_MAX_S = 10.0
 # how often a call waiting for the first discovery answer looks whether the registry
 # reports that it cannot be read (then it fails at once: a resolver error), seconds
-_UNREADABLE_POLL_S = 0.05
+UNREADABLE_POLL_S = 0.05
 _READY_CONN = grpc.ChannelConnectivity.READY
 _IDLE_CONN = grpc.ChannelConnectivity.IDLE
 _FAILURE_CONN = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -843,7 +843,7 @@ class EndpointPool:
         """Wait for the first discovery answer (``None``) or, whichever comes first, for
         the registry to report that it cannot be read (``RegistryStatus.readable``
         False): then its fixed phrase (``RegistryStatus.summary``). The registry's status
-        is looked at every ``_UNREADABLE_POLL_S`` meanwhile (no I/O: it reports what its
+        is looked at every ``UNREADABLE_POLL_S`` meanwhile (no I/O: it reports what its
         own reads saw); a registry without ``status()`` is only waited for."""
         status = getattr(self.registry, "status", None)
         while not self.resolved.is_set():
@@ -858,7 +858,7 @@ class EndpointPool:
                     return (summary if isinstance(summary, str)
                             else "the service registry cannot be read")
             try:
-                async with asyncio.timeout(None if status is None else _UNREADABLE_POLL_S):
+                async with asyncio.timeout(None if status is None else UNREADABLE_POLL_S):
                     await self.resolved.wait()
             except TimeoutError:
                 pass

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import time
@@ -74,7 +75,7 @@ from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
 from meshkit._metadata import MESH_USER_AGENT, check_metadata
 from meshkit._methods import MethodMatcher
-from meshkit._pool import EndpointPool, short_repr
+from meshkit._pool import UNREADABLE_POLL_S, EndpointPool, short_repr
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
@@ -1442,10 +1443,19 @@ class MeshChannel(grpc.aio.Channel):
                 this waits), as grpc.aio's: a state-watching loop ends instead of spinning
                 on ``SHUTDOWN``.
         """
+        pool = self._pool
         while self.get_state() == last_observed_state:
             if self._closed:
                 raise grpc.aio.UsageError("Channel is closed.")
-            await self._pool.changed()
+            if pool.resolved.is_set():
+                await pool.changed()
+                continue
+            # before the first discovery answer the state also turns TRANSIENT_FAILURE
+            # when the registry reports it cannot be read, which wakes nobody: looked at
+            # every UNREADABLE_POLL_S meanwhile
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(UNREADABLE_POLL_S):
+                    await pool.changed()
 
     async def channel_ready(self) -> None:
         """Wait until at least one endpoint is READY (no timeout; wrap in ``wait_for``);

@@ -53,3 +53,37 @@ async def test_an_unreadable_registry_reads_transient_failure(tmp_path: Path) ->
             assert ch.get_state() is _TF  # IDLE before
     finally:
         await registry.close()
+
+
+async def test_a_state_watch_wakes_when_the_registry_turns_unreadable() -> None:
+    """Before a first discovery answer, wait_for_state_change(IDLE) returns once the
+    registry reports it cannot be read (the state is TRANSIENT_FAILURE then), though
+    nothing in the pool changed."""
+
+    class Silent:
+        """A registry whose watch never answers; its status turns unreadable on demand."""
+
+        def __init__(self) -> None:
+            self.readable: bool | None = None
+
+        async def watch(self, service: str):  # type: ignore[no-untyped-def]
+            await asyncio.Event().wait()
+            yield frozenset()
+
+        def status(self) -> meshkit.discovery.RegistryStatus:
+            return meshkit.discovery.RegistryStatus(kind="local", readable=self.readable)
+
+        async def close(self) -> None:
+            pass
+
+    registry = Silent()
+    async with meshkit.dial("svc", registry=registry,  # type: ignore[arg-type]
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        assert ch.get_state() is grpc.ChannelConnectivity.IDLE
+        watching = asyncio.ensure_future(
+            ch.wait_for_state_change(grpc.ChannelConnectivity.IDLE))
+        await asyncio.sleep(0.1)
+        assert not watching.done()
+        registry.readable = False
+        await asyncio.wait_for(watching, 5)  # TimeoutError before
+        assert ch.get_state() is _TF
