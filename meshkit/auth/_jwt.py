@@ -317,8 +317,9 @@ class KeySet:
         Secret mount leaves one a moment) is skipped.
 
         Raises:
-            ConfigError: no key and ``create`` is false, or an unreadable key file or one
-                that is no key (the file named, never its content).
+            ConfigError: no key and ``create`` is false or none can be created (a
+                read-only mount), or an unreadable key file or one that is no key (the
+                file named, never its content).
         """
         check_int("keep_previous", keep_previous, low=0)  # used below, before __init__
         d = Path(directory)
@@ -328,14 +329,18 @@ class KeySet:
                 raise ConfigError(f"no jwt-*.key signing key in {d}")
             # Check-and-create under an exclusive lock: instances starting together must
             # sign with one key, else each one's JWKS lacks the others' kid.
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(d / ".create.lock", "a+b") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    if not cls._key_files(d):
-                        cls.rotate_directory(d, algorithm=algorithm)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with open(d / ".create.lock", "a+b") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    try:
+                        if not cls._key_files(d):
+                            cls.rotate_directory(d, algorithm=algorithm)
+                    finally:
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+            except OSError as exc:  # a read-only mount left empty, a path under a file
+                raise ConfigError(f"no jwt-*.key signing key in {d}, and none could be "
+                                  f"created: {type(exc).__name__}") from None
             files = cls._key_files(d)
         keys = []
         for f in files[: keep_previous + 1]:

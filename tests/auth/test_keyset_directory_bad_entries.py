@@ -45,3 +45,12 @@ def test_a_bad_keep_previous_is_named(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigError, match="keep_previous") as err:
         KeySet.from_directory(tmp_path, keep_previous=bad)  # type: ignore[arg-type]
     assert repr(bad) in str(err.value)
+
+
+def test_a_directory_where_no_key_can_be_created_is_a_config_error(tmp_path: Path) -> None:
+    """An empty read-only mount (a Secret not populated) or a path under a file: the
+    creation's bare OSError (``NotADirectoryError``, ``EROFS``) went through."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="no jwt-") as err:
+        KeySet.from_directory(tmp_path / "file" / "keys")
+    assert "NotADirectoryError" in str(err.value)
