@@ -1459,10 +1459,15 @@ class MeshChannel(grpc.aio.Channel):
 
     async def channel_ready(self) -> None:
         """Wait until at least one endpoint is READY (no timeout; wrap in ``wait_for``);
-        endpoints left IDLE are asked to connect, as grpc.aio's ``channel_ready``."""
+        endpoints left IDLE are asked to connect, as grpc.aio's ``channel_ready``.
+
+        Raises:
+            grpc.aio.UsageError: the channel is closed (at once, or when it closes while
+                this waits), as grpc.aio's.
+        """
         while self.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
             if self._closed:
-                raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
+                raise grpc.aio.UsageError("Channel is closed.")
             await self._pool.changed()
 
     async def wait_for_endpoints(self, count: int = 1, timeout_s: float = 5.0) -> None:
