@@ -64,6 +64,7 @@ from meshkit._config import (
     check_bool,
     check_grpc_options,
     check_instance,
+    check_int,
     check_metadata_key,
     check_number,
     check_tuple,
@@ -1473,10 +1474,18 @@ class MeshChannel(grpc.aio.Channel):
     async def wait_for_endpoints(self, count: int = 1, timeout_s: float = 5.0) -> None:
         """Wait until at least ``count`` endpoints are known and READY.
 
+        Args:
+            count: endpoints, an ``int`` >= 0 (0: returns at once).
+            timeout_s: seconds, >= 0 (``math.inf``: no bound).
+
         Raises:
             TimeoutError: not reached within ``timeout_s`` seconds.
             MeshRpcError: ``CANCELLED``, the channel is closed (or closed meanwhile).
+            ConfigError: ``count`` or ``timeout_s`` is not such a number (a ``bool``, a
+                string, NaN: a bound that would never fire), quoted.
         """
+        check_int("count", count, low=0)
+        check_number("timeout_s", timeout_s, finite=False)
         async def reached() -> None:
             self._pool.connect_idle()  # endpoints left IDLE: asked to connect
             while sum(ep.state is EndpointState.READY
