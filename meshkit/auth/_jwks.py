@@ -10,6 +10,7 @@ the copy is older than ``refresh_interval_s`` (stale keys keep serving meanwhile
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import json
@@ -399,6 +400,7 @@ class JWKSClient:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
+        self._inflight_done: concurrent.futures.Future[None] | None = None
         self._weak_logged: list[tuple[str, int]] = []
         self._leaked_logged: list[str] = []
         # outages of the background/unknown-kid refreshes: logged at their start, at most
@@ -445,9 +447,22 @@ class JWKSClient:
             self._start_refresh()
 
     async def _fetch_unknown(self) -> bool:
-        """Fetch for an unknown key, joining a fetch in flight; whether one was awaited
-        (``False``: rate-limited)."""
-        if self._inflight is not None or self._may_fetch(self.options.clock()):
+        """Fetch for an unknown key, joining a fetch in flight, this loop's or another
+        loop's (waited for at most ``fetch_timeout_s``: a loop that stopped never ends
+        it); whether one was awaited (``False``: rate-limited)."""
+        task, done = self._inflight, self._inflight_done
+        if task is not None:
+            if task.get_loop() is asyncio.get_running_loop():
+                await asyncio.shield(task)
+                return True
+            # another loop's fetch: starting one here, outside the rate limit, made the
+            # loops start fetches in turn for as long as unknown kids came (a storm)
+            if done is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.options.fetch_timeout_s):
+                        await asyncio.shield(asyncio.wrap_future(done))
+                    return True
+        if self._may_fetch(self.options.clock()):
             await asyncio.shield(self._start_refresh())
             return True
         return False
@@ -465,11 +480,15 @@ class JWKSClient:
         if task is None or task.get_loop() is not loop:
             self._attempted_at = self.options.clock()
             task = loop.create_task(self._refresh())
-            self._inflight = task
+            # what other loops wait on for this fetch (a Task is only its loop's)
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._inflight, self._inflight_done = task, done
 
             def _done(t: asyncio.Task[None]) -> None:
                 if self._inflight is t:
-                    self._inflight = None
+                    self._inflight = self._inflight_done = None
+                if not done.done():
+                    done.set_result(None)
                 if not t.cancelled():
                     t.exception()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -445,19 +446,16 @@ def test_client_fetches_in_a_second_asyncio_run(keys: KeySet) -> None:
 
 def test_client_fetches_from_two_running_loops_at_once(keys: KeySet) -> None:
     """One client used by two servers each running its loop in a thread of its own: a
-    fetch in one loop while the other's is in flight both get the keys (neither loop's
-    fetch uses, closes or joins the other loop's session or task)."""
+    lookup in one loop while the other's fetch is in flight waits for that fetch and gets
+    its keys (it neither awaits the other loop's task nor uses its session, nor starts a
+    fetch of its own outside the rate limit: tests/auth/test_jwks_fetch_storm_across_loops.py)."""
     arrived: list[int] = []
+    release = threading.Event()
 
     async def start() -> tuple[web.AppRunner, str]:
-        both = asyncio.Event()
-
         async def handle(_r: web.Request) -> web.Response:
             arrived.append(1)
-            if len(arrived) == 2:
-                both.set()
-            async with asyncio.timeout(8):  # the first answers once the second arrived
-                await both.wait()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 8)
             return web.json_response(keys.jwks())
 
         app = web.Application()
@@ -468,7 +466,7 @@ def test_client_fetches_from_two_running_loops_at_once(keys: KeySet) -> None:
     server, other = LoopThread(), LoopThread()
     try:
         runner, url = server.run(start())
-        client = JWKSClient(url, JWKSClientOptions(min_refresh_interval_s=0))
+        client = JWKSClient(url, JWKSClientOptions(min_refresh_interval_s=10))
         kid = keys.current.kid
         first = asyncio.run_coroutine_threadsafe(client.get_key(kid), other.loop)
         deadline = time.monotonic() + 8
@@ -478,15 +476,19 @@ def test_client_fetches_from_two_running_loops_at_once(keys: KeySet) -> None:
 
         async def get() -> VerificationKey | None:
             async with asyncio.timeout(8):
-                return await client.get_key(kid)
+                waiting = asyncio.ensure_future(client.get_key(kid))
+                await asyncio.sleep(0.05)  # waiting for the other loop's fetch
+                release.set()
+                return await waiting
 
         assert run_loop(get()) is not None
         assert first.result(10) is not None
-        assert client.fetches == 2
+        assert client.fetches == 1
         other.run(client.close())
         run_loop(client.close())
         server.run(runner.cleanup())
     finally:
+        release.set()
         server.close()
         other.close()
 
