@@ -1579,7 +1579,8 @@ class MeshChannel(grpc.aio.Channel):
         ``MeshServer.drain`` does): the timer that would write them belongs to this event
         loop, which may end next (``asyncio.run()``). The closing runs to its end even when
         this ``close()`` is cancelled (e.g. by ``wait_for``); a later ``close()`` waits for
-        it (its ``grace`` is the first one's).
+        it (its ``grace`` is the first one's), or, when the closing itself was cancelled
+        (a loop's end cancels every task left), makes it again with its own.
 
         Args:
             grace: seconds, ``None`` or >= 0 (``math.inf``: until the calls have ended,
@@ -1592,7 +1593,10 @@ class MeshChannel(grpc.aio.Channel):
         if grace is not None:
             check_number("grace", grace, finite=False)  # NaN would wait for ever
         task = self._closing
-        if task is None:
+        if task is None or task.cancelled():
+            # (cancelled: by a loop's end, which cancels every task left, or a helper
+            # that cancels them all; awaited, it raised CancelledError into this caller,
+            # whom no one cancelled: the closing is made again, each step idempotent)
             task = self._closing = asyncio.get_running_loop().create_task(
                 self._close(grace), name=f"meshkit-close-{self.service}")
         await asyncio.shield(task)
