@@ -1408,8 +1408,10 @@ class MeshChannel(grpc.aio.Channel):
         ejection), so TRANSIENT_FAILURE only when no endpoint can connect, or when there
         is no endpoint (discovery answered with none, the filters kept none, or the
         registry reports it cannot be read: calls fail ``UNAVAILABLE``, as gRPC's on an
-        empty or failed resolution); IDLE before the first discovery answer; SHUTDOWN
-        once closed."""
+        empty or failed resolution); IDLE before the first discovery answer and when
+        every endpoint not failing was left IDLE (its server closed the unused
+        connection: nothing connects until a call, or ``try_to_connect``, asks), else
+        CONNECTING; SHUTDOWN once closed."""
         if self._closed:
             return grpc.ChannelConnectivity.SHUTDOWN
         pool = self._pool
@@ -1430,6 +1432,14 @@ class MeshChannel(grpc.aio.Channel):
         if best is EndpointState.FAILING and out:  # panic routing takes the ejected ones
             best = min((ep.state for key, ep in endpoints.items() if key in out),
                        default=EndpointState.FAILING)
+        if best is EndpointState.IDLE:
+            # none READY: connecting, unless every endpoint not failing was left IDLE
+            # (its server closed the unused connection): nothing connects until a call
+            # asks, and grpc.aio's channel reads IDLE then
+            idle = pool.left_idle
+            if idle and all(key in idle for key, ep in endpoints.items()
+                            if ep.state is EndpointState.IDLE):
+                return grpc.ChannelConnectivity.IDLE
         return {
             EndpointState.READY: grpc.ChannelConnectivity.READY,
             EndpointState.IDLE: grpc.ChannelConnectivity.CONNECTING,
