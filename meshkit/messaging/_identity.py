@@ -52,7 +52,7 @@ from typing import TypeVar
 
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -382,16 +382,17 @@ class MessageVerifier:
             return hit
         try:
             cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64, validate=True))
-        except (ValueError, binascii.Error):
-            raise MessageIdentityError("unreadable publisher certificate") from None
-        try:
             # the times the verdict holds for: the leaf's and its CA's periods, so a send
             # time past the CA's notAfter is refused by a warm cache as by a fresh one
             identity, since, until = self._verifier._verify_span(cert, at)
-        except CertificateError as exc:
+            key = cert.public_key()
+        except CertificateError as exc:  # a ValueError too: first
             raise MessageIdentityError(
                 f"publisher certificate refused at the message's send time: {exc}") from None
-        key = cert.public_key()
+        except (ValueError, binascii.Error, x509.InvalidVersion, UnsupportedAlgorithm):
+            # the publisher wrote the header: DER that parses lazily into an error (a
+            # field read by the check, an X.509 version of 122, a key of no known type)
+            raise MessageIdentityError("unreadable publisher certificate") from None
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise MessageIdentityError("publisher certificate has no ECDSA key")
         known = _Known(identity, key, since, until)
