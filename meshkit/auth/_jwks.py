@@ -457,7 +457,7 @@ class JWKSClient:
                 return True
             # another loop's fetch: starting one here, outside the rate limit, made the
             # loops start fetches in turn for as long as unknown kids came (a storm)
-            if done is not None:
+            if done is not None and task.get_loop().is_running():  # a stopped one never ends it
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.fetch_timeout_s):
                         await asyncio.shield(asyncio.wrap_future(done))

@@ -76,3 +76,41 @@ def test_loops_of_several_threads_share_one_fetch(slow_jwks: tuple[str, list[int
         t.join(20)
     assert client.fetches <= 2, client.fetches  # before: one per overlap, dozens
     assert served[0] <= 2
+
+
+def test_a_fetch_of_a_stopped_loop_is_not_waited_for() -> None:
+    """A loop stopped with its fetch in flight never ends that fetch: another loop's
+    lookup then fetches at once (within the rate limit) instead of waiting
+    ``fetch_timeout_s`` for it, at every lookup."""
+    keys = KeySet.generate()
+    arrived = threading.Event()
+    release = threading.Event()
+
+    async def handle(_request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 8)
+        return web.json_response(keys.jwks())
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_get("/jwks", handle)
+        return await start_app(app, "127.0.0.1", 0)
+
+    server, stopped = LoopThread(), LoopThread()
+    try:
+        runner, port = server.run(start())
+        client = JWKSClient(f"http://127.0.0.1:{port}/jwks",
+                            JWKSClientOptions(min_refresh_interval_s=0, fetch_timeout_s=5))
+        asyncio.run_coroutine_threadsafe(client.get_key(keys.current.kid), stopped.loop)
+        assert arrived.wait(8)
+        stopped.loop.call_soon_threadsafe(stopped.loop.stop)  # its fetch never ends
+        time.sleep(0.05)
+        release.set()
+        began = time.monotonic()
+        assert run_loop(client.get_key(keys.current.kid)) is not None
+        assert time.monotonic() - began < 3  # before: fetch_timeout_s (5 s) waited
+        server.run(runner.cleanup())
+    finally:
+        release.set()
+        server.close()
+        stopped.close()
