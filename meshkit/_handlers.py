@@ -386,6 +386,15 @@ def _escaped_exit(exc: GeneratorExit) -> EscapedGeneratorExit | None:
     return escaped
 
 
+def _escaped(exc: asyncio.CancelledError | GeneratorExit) -> RuntimeError | None:
+    """What the wraps answer in place of ``exc`` (:func:`_stray_cancel` of a
+    ``CancelledError``, :func:`_escaped_exit` of a ``GeneratorExit``), or ``None`` when
+    ``exc`` goes on as it is. Asked on the failure path only."""
+    if isinstance(exc, asyncio.CancelledError):
+        return _stray_cancel(exc)
+    return _escaped_exit(exc)
+
+
 def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
     """``behaviour(request, context)`` for the executor: a ``StopIteration`` it lets
     escape is raised as :class:`EscapedStopIteration` (set on an asyncio future it
@@ -1520,21 +1529,13 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                 if type(result) is not str:
                     raise
                 return _serialize_encoded(ser, result)  # see there
-        except asyncio.CancelledError as c:  # the call's, or a stray one: see _stray_cancel
-            stray = _stray_cancel(c)
-            if stray is None:
-                raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(stray, context):
-                raise stray from c
-            stray = None
-        except GeneratorExit as g:  # the handler's own, or thrown in: see _escaped_exit
-            escaped = _escaped_exit(g)
+        except (asyncio.CancelledError, GeneratorExit) as c:  # the call's, or escaped: see _escaped
+            escaped = _escaped(c)
             if escaped is None:
                 raise
             _drop_unsendable_trailers(context)
             if unhandled is None or not await unhandled(escaped, context):
-                raise escaped from g
+                raise escaped from c
             escaped = None
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
@@ -1575,21 +1576,13 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                 bad = _unsendable_trailers(context)
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
-        except asyncio.CancelledError as c:  # (see _checked)
-            stray = _stray_cancel(c)
-            if stray is None:
-                raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(stray, context):
-                raise stray from c
-            stray = None
-        except GeneratorExit as g:  # the handler's own, or thrown in: see _escaped_exit
-            escaped = _escaped_exit(g)
+        except (asyncio.CancelledError, GeneratorExit) as c:  # (see _checked)
+            escaped = _escaped(c)
             if escaped is None:
                 raise
             _drop_unsendable_trailers(context)
             if unhandled is None or not await unhandled(escaped, context):
-                raise escaped from g
+                raise escaped from c
             escaped = None
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
@@ -1654,31 +1647,18 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                         result = _serialize_encoded(ser, result)
                     else:
                         raise
-        except asyncio.CancelledError as c:  # the call's, or a stray one: see _stray_cancel
-            stray = _stray_cancel(c)
-            if stray is None:
+        except (asyncio.CancelledError, GeneratorExit) as c:  # the call's, or escaped: see _escaped
+            escaped = _escaped(c)
+            if escaped is None:
                 finish(state, context, c)
                 raise
             try:  # answered (or left to grpc.aio) as any exception: see below
-                _drop_unsendable_trailers(context)
-                answered = unhandled is not None and await unhandled(stray, context)
-            finally:
-                finish(state, context, stray)
-            if not answered:
-                raise stray from c
-            stray = None
-        except GeneratorExit as g:  # the handler's own, or thrown in: see _escaped_exit
-            escaped = _escaped_exit(g)
-            if escaped is None:
-                finish(state, context, g)
-                raise
-            try:
                 _drop_unsendable_trailers(context)
                 answered = unhandled is not None and await unhandled(escaped, context)
             finally:
                 finish(state, context, escaped)
             if not answered:
-                raise escaped from g
+                raise escaped from c
             escaped = None
         except BaseException as e:
             if unhandled is None or not _answerable(e):
@@ -1791,23 +1771,10 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                 bad = _unsendable_trailers(context)
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
-        except asyncio.CancelledError as c:  # (see _reported)
-            stray = _stray_cancel(c)
-            if stray is None:
-                finish(state, context, c)
-                raise
-            try:
-                _drop_unsendable_trailers(context)
-                answered = unhandled is not None and await unhandled(stray, context)
-            finally:
-                finish(state, context, stray)
-            if not answered:
-                raise stray from c
-            stray = None
-        except GeneratorExit as g:  # (see _reported)
-            escaped = _escaped_exit(g)
+        except (asyncio.CancelledError, GeneratorExit) as c:  # (see _reported)
+            escaped = _escaped(c)
             if escaped is None:
-                finish(state, context, _reported_as(g, context))
+                finish(state, context, _reported_as(c, context))
                 raise
             try:
                 _drop_unsendable_trailers(context)
@@ -1815,7 +1782,7 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
             finally:
                 finish(state, context, escaped)
             if not answered:
-                raise escaped from g
+                raise escaped from c
             escaped = None
         except BaseException as e:
             if unhandled is None or not _answerable(e):
