@@ -16,10 +16,9 @@ import asyncio
 import contextlib
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import nats
@@ -38,7 +37,6 @@ from examples.ecom.storage import (
     _shown_url,
     now_ms,
 )
-from meshkit.auth import PeerIdentity, load_certificate, load_private_key
 from meshkit.messaging import (
     ConsumerOptions,
     Delivery,
@@ -243,135 +241,34 @@ async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_
         await asyncio.sleep(interval_s)
 
 
-_Stamp = tuple[tuple[int, int, int], ...]
-_L = TypeVar("_L")
-
-
-class _Watched:
-    """Files a long-running process reloads when they change (a renewed certificate, a
-    rotated CA bundle): at most every ``interval_s`` seconds, their inode, size and
-    mtime (followed through the symlinks a Kubernetes Secret mount swaps) are compared
-    with those last loaded. Create it before the first load."""
-
-    __slots__ = ("_files", "_interval_s", "_next", "_stamp", "_warned", "_what")
-
-    def __init__(self, files: tuple[Path, ...], interval_s: float, what: str) -> None:
-        self._files = files
-        self._interval_s = interval_s
-        self._what = what
-        self._stamp = self._now()
-        self._next = time.monotonic() + interval_s
-        self._warned: _Stamp | None = None
-
-    def _now(self) -> _Stamp | None:
-        try:
-            stats = [os.stat(f) for f in self._files]
-        except OSError:  # one missing a moment (being replaced)
-            return None
-        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
-
-    def reload(self, load: Callable[[], _L]) -> _L | None:
-        """``load()`` when a check is due and the files changed, else ``None``; a load
-        that fails (a file half written, a certificate and key not matching yet) is
-        logged once (``<what> reload failed``), ``None``, and tried again at the next
-        check."""
-        now = time.monotonic()
-        if now < self._next:
-            return None
-        self._next = now + self._interval_s
-        stamp = self._now()
-        if stamp is None or stamp == self._stamp:
-            return None
-        try:
-            fresh = load()
-        except Exception as exc:  # keep what was loaded before
-            if self._warned != stamp:
-                self._warned = stamp
-                _log.warning(f"{self._what} reload failed", file=str(self._files[0]),
-                             error=f"{type(exc).__name__}: {exc}")
-            return None
-        self._stamp = stamp
-        _log.info(f"{self._what} reloaded", file=str(self._files[0]))
-        return fresh
-
-
-class RenewingSigner(MessageSigner):
-    """The :class:`~meshkit.messaging.MessageSigner` of ``service`` from a meshkit certs
-    directory (``<service>.pem``, ``<service>.key``) that takes a renewed certificate.
-
-    ``MessageSigner.from_dir`` reads the pair once, so a long-running relay went on
-    signing with its first certificate after the Secret was renewed (the workload's TLS
-    reloads its files, the signer did not); once that certificate expired (meshkit's
-    default lifetime: 24 h), the projection's verifier refused every new event (``the
-    certificate has expired`` at its send time) and dead-lettered it, and the summaries
-    stopped counting orders. Here, at most every ``check_interval_s`` seconds (default 5,
-    as :class:`~meshkit.auth.TLSOptions`' ``reload_interval_s``), a signature first
-    compares the files' inode, size and mtime (followed through the symlinks a
-    Kubernetes Secret mount swaps) with those loaded, and loads the pair again when they
-    changed; a pair that does not load (a file missing, or a certificate and key written
-    one after the other that do not match yet) keeps the old one and is logged once
-    (``message signer reload failed``), tried again at the next check.
+def event_signer(cert_dir: str | os.PathLike[str], service: str, *,
+                 reload_interval_s: float = 5.0) -> MessageSigner:
+    """The signer of ``service``'s events from a meshkit certs directory
+    (``<service>.pem``, ``<service>.key``): ``MessageSigner.from_dir``, which takes a
+    renewed pair at most every ``reload_interval_s`` seconds (a long-running relay that
+    kept its first certificate had every event dead-lettered once it expired, 24 h by
+    default; a half-written pair keeps the old one).
 
     Raises:
-        meshkit.auth.CertificateError, ConfigError: as ``MessageSigner.from_files``, for
-            the first load.
+        meshkit.auth.CertificateError, ConfigError: as ``MessageSigner.from_dir``.
     """
-
-    __slots__ = ("_current", "_pair", "_watched")
-
-    def __init__(self, cert_dir: str | os.PathLike[str], service: str, *,
-                 check_interval_s: float = 5.0) -> None:
-        base = Path(cert_dir)
-        self._pair = (base / f"{service}.pem", base / f"{service}.key")
-        self._watched = _Watched(self._pair, check_interval_s, "message signer")
-        self._current = MessageSigner.from_files(*self._pair)
-        super().__init__(load_certificate(self._pair[0]), load_private_key(self._pair[1]))
-
-    def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
-             payload: bytes) -> None:
-        """Sign with the current pair (see the class docstring), as
-        :meth:`MessageSigner.sign <meshkit.messaging.MessageSigner.sign>`."""
-        fresh = self._watched.reload(lambda: MessageSigner.from_files(*self._pair))
-        if fresh is not None:
-            self._current, self.identity = fresh, fresh.identity
-        self._current.sign(headers, msg_id=msg_id, subject=subject, payload=payload)
+    return MessageSigner.from_dir(cert_dir, service, reload_interval_s=reload_interval_s)
 
 
-class RenewingVerifier(MessageVerifier):
-    """A :class:`~meshkit.messaging.MessageVerifier` over the CA bundle ``ca_file`` that
-    takes a changed bundle (a CA rotation adds the new CA to ``ca.pem``, then reissues the
-    workloads' certificates from it), checked as :class:`RenewingSigner` checks its pair,
-    at most every ``check_interval_s`` seconds (default 5) at a verification.
-    ``MessageVerifier.from_file`` reads the bundle once, so after a rotation the
-    projection refused (dead-lettered) every event signed by a certificate of the new CA
-    until it was restarted. A bundle that does not load keeps the old one (logged once:
-    ``message verifier reload failed``). The keywords are ``from_file``'s.
+def event_verifier(cert_dir: str | os.PathLike[str], *, allowed_publishers: Sequence[str],
+                   reload_interval_s: float = 5.0) -> MessageVerifier:
+    """The projection's verifier over the directory's CA bundle (``ca.pem``):
+    ``MessageVerifier.from_file``, which takes a changed bundle (a CA rotation adds the
+    new CA, then reissues the workloads' certificates from it) at most every
+    ``reload_interval_s`` seconds; before, every event signed by a certificate of the new
+    CA was dead-lettered until a restart.
+
+    Raises:
+        meshkit.auth.CertificateError, ConfigError: as ``MessageVerifier.from_file``.
     """
-
-    __slots__ = ("_current", "_load", "_watched")
-
-    def __init__(self, ca_file: str | os.PathLike[str], *,
-                 allowed_publishers: Sequence[str] = (), check_interval_s: float = 5.0,
-                 **options: Any) -> None:
-        path = Path(ca_file)
-
-        def load() -> MessageVerifier:
-            return MessageVerifier.from_file(path, allowed_publishers=allowed_publishers,
-                                             **options)
-
-        self._load = load
-        self._watched = _Watched((path,), check_interval_s, "message verifier")
-        self._current = load()
-        super().__init__(path.read_bytes(), allowed_publishers=allowed_publishers, **options)
-
-    def verify(self, headers: Mapping[str, str] | None, *, msg_id: str, subject: str,
-               payload: bytes) -> PeerIdentity:
-        """Verify against the current bundle (see the class docstring), as
-        :meth:`MessageVerifier.verify <meshkit.messaging.MessageVerifier.verify>`."""
-        fresh = self._watched.reload(self._load)
-        if fresh is not None:
-            self._current = fresh
-        return self._current.verify(headers, msg_id=msg_id, subject=subject, payload=payload)
+    return MessageVerifier.from_file(Path(cert_dir) / "ca.pem",
+                                     allowed_publishers=allowed_publishers,
+                                     reload_interval_s=reload_interval_s)
 
 
 #: Pause between two attempts to connect to NATS, or to create the stream (seconds).

@@ -28,7 +28,7 @@ from examples.ecom._process import (
     setup_logging,
     tls,
 )
-from examples.ecom.events import RenewingSigner, outbox_relay
+from examples.ecom.events import event_signer, outbox_relay
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
 from meshkit.auth import (
@@ -126,7 +126,7 @@ async def main(argv: list[str] | None = None) -> None:
         interceptors=(TokenForwarder(services=(USER_SERVICE,)),))
     users_channel = meshkit.dial(USER_SERVICE, options=users_opts)
     # renewed certificates reach the signer too (the TLS options reload theirs)
-    signer = RenewingSigner(args.cert_dir, SERVICE) if args.cert_dir else None
+    signer = event_signer(args.cert_dir, SERVICE) if args.cert_dir else None
     jwks: JWKSClient | None = None
     try:
         # A readiness gate: PlaceOrder needs the user service, so do not join the mesh

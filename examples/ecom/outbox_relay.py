@@ -19,7 +19,7 @@ import signal
 
 import meshkit
 from examples.ecom._process import count_arg, open_store_waiting, seconds_arg, setup_logging
-from examples.ecom.events import RenewingSigner, outbox_relay
+from examples.ecom.events import event_signer, outbox_relay
 from meshkit.messaging import RelayOptions
 
 
@@ -41,7 +41,7 @@ async def main(argv: list[str] | None = None) -> None:
                    help="how long to wait at the start for a database that cannot be"
                         " reached (env ECOM_DB_WAIT_S; default 60)")
     args = p.parse_args(argv)
-    signer = RenewingSigner(args.cert_dir, "orderd") if args.cert_dir else None
+    signer = event_signer(args.cert_dir, "orderd") if args.cert_dir else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from pathlib import Path
 
 import structlog
 
@@ -109,8 +108,8 @@ async def main(argv: list[str] | None = None) -> None:
     tls_options = tls(args, SERVICE)
     verifier = None
     if args.cert_dir:
-        verifier = events.RenewingVerifier(  # a rotated CA bundle is taken
-            Path(args.cert_dir) / "ca.pem",
+        verifier = events.event_verifier(  # a rotated CA bundle is taken
+            args.cert_dir,
             allowed_publishers=(workload_id(security.TRUST_DOMAIN, "orderd"),))
     store = await open_store_waiting(args.db, args.db_wait_s)
     # summaries are served from the store whether or not NATS answers: the consumer

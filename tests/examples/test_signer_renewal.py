@@ -1,5 +1,6 @@
 """The order service's event signer takes a renewed workload certificate
-(``events.RenewingSigner``).
+(``events.event_signer``: ``MessageSigner.from_dir``, which reloads it), and the
+projection's verifier a rotated CA bundle (``events.event_verifier``).
 
 orderd and ``python -m examples.ecom.outbox_relay`` signed with
 ``MessageSigner.from_dir``, which reads the certificate once: after a renewal (``meshkit
@@ -17,14 +18,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from examples.ecom.events import RenewingSigner, RenewingVerifier
+from examples.ecom.events import event_signer, event_verifier
 from meshkit.auth import init_ca_dir, issue_into_dir, load_certificate
-from meshkit.messaging import HDR_CERT, MessageVerifier
+from meshkit.messaging import HDR_CERT, MessageSigner, MessageVerifier
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def _sign(signer: RenewingSigner) -> dict[str, str]:
+def _sign(signer: MessageSigner) -> dict[str, str]:
     headers: dict[str, str] = {}
     signer.sign(headers, msg_id="e-1", subject="ecom.orders.placed", payload=b"{}")
     return headers
@@ -40,7 +41,7 @@ def test_a_renewed_certificate_is_signed_with_and_a_mismatched_pair_is_not(
     init_ca_dir(tmp_path, trust_domain="meshkit.local", now=now - dt.timedelta(hours=1))
     issue_into_dir(tmp_path, "orderd", ttl_h=2, now=now - dt.timedelta(minutes=30))
     first = _der(tmp_path / "orderd.pem")
-    signer = RenewingSigner(tmp_path, "orderd", check_interval_s=0)
+    signer = event_signer(tmp_path, "orderd", reload_interval_s=0)
     verifier = MessageVerifier.from_file(tmp_path / "ca.pem")
     assert _sign(signer)[HDR_CERT] == first
 
@@ -68,8 +69,8 @@ def test_the_projection_verifier_takes_a_rotated_ca_bundle(tmp_path: Path) -> No
     init_ca_dir(old_ca, trust_domain="meshkit.local")
     init_ca_dir(new_ca, trust_domain="meshkit.local")
     issue_into_dir(new_ca, "orderd")
-    verifier = RenewingVerifier(old_ca / "ca.pem", check_interval_s=0)
-    signer = RenewingSigner(new_ca, "orderd")
+    verifier = event_verifier(old_ca, allowed_publishers=(), reload_interval_s=0)
+    signer = event_signer(new_ca, "orderd")
     (old_ca / "ca.pem").write_bytes((old_ca / "ca.pem").read_bytes()
                                     + (new_ca / "ca.pem").read_bytes())
     identity = verifier.verify(_sign(signer), msg_id="e-1", subject="ecom.orders.placed",
