@@ -253,14 +253,7 @@ class EndpointPool:
         self.closed = True
         self.resolved.set()  # calls waiting for discovery: CANCELLED
         self.notify()
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-        self._unbuilt.clear()
-        self._stale.clear()
-        self._idle.clear()
-        for task in list(self._state_tasks.values()):
-            task.cancel()
-        self._state_tasks.clear()
+        self._stop_background()
         conns = self.conns
         for key, ep in self.endpoints.items():
             forget_endpoint(ep)
@@ -919,6 +912,18 @@ class EndpointPool:
             return None
         return summary if isinstance(summary, str) else None
 
+    def _stop_background(self) -> None:
+        """Cancel the retry timer and the state trackers and forget the builds pending
+        (:meth:`close`, and a watch ended with its event loop)."""
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        self._unbuilt.clear()
+        self._stale.clear()
+        self._idle.clear()
+        for task in list(self._state_tasks.values()):
+            task.cancel()
+        self._state_tasks.clear()
+
     async def close(self, grace: float | None = None) -> None:
         """Stop discovery and close every sub-channel, letting calls finish for ``grace``
         seconds (``None``: none), then cancelling them (``CANCELLED``); sub-channels still
@@ -939,14 +944,7 @@ class EndpointPool:
         # where it left them open and a later close() returned at once
         self._watch_task.cancel()  # now: the task below may be cancelled before it runs
         watch = asyncio.ensure_future(cancel_and_wait(self._watch_task))
-        if self._retry_task is not None:
-            self._retry_task.cancel()  # (one of the pool's tasks: awaited below)
-        self._unbuilt.clear()
-        self._stale.clear()
-        self._idle.clear()
-        for task in list(self._state_tasks.values()):
-            task.cancel()
-        self._state_tasks.clear()
+        self._stop_background()  # (the retry timer: one of the pool's tasks, awaited below)
         conns = self.conns  # every endpoint has one (_add); .get: close() never raises
         live = [(c, ep) for k, ep in self.endpoints.items() if (c := conns.get(k)) is not None]
         self.endpoints.clear()
