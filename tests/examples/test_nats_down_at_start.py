@@ -28,7 +28,7 @@ from meshkit.messaging import RelayOptions, messaging_metrics
 from meshkit.resilience import Backoff
 from tests.messaging.conftest import NATS_SERVER, NatsServer
 from tests.support.loops import run as run_on_loop
-from tests.support.skips import require_uvloop
+from tests.support.skips import require_uvloop, skip_or_fail
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,7 +48,7 @@ async def test_the_relay_lets_the_service_start_while_nats_is_down(tmp_path: Pat
     then waits in the outbox, the outage is one warning (nats-py's traceback per attempt
     is not logged), and once NATS starts the order is published."""
     if not Path(NATS_SERVER).exists():  # noqa: ASYNC240 - a stat
-        pytest.skip(f"nats-server not found at {NATS_SERVER}")
+        skip_or_fail(f"nats-server not found at {NATS_SERVER}")
     server = NatsServer(tmp_path / "nats")  # a free port, nothing listening yet
     store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
     assert isinstance(store, SqliteStore)
@@ -118,7 +118,7 @@ async def test_refused_credentials_are_logged_once_not_at_every_attempt(
     be reconfigured), the refusal logged once, not once per attempt (five a second:
     '_NatsOutages' of 651fe06 logged errors other than an outage each time)."""
     if not Path(NATS_SERVER).exists():  # noqa: ASYNC240 - a stat
-        pytest.skip(f"nats-server not found at {NATS_SERVER}")
+        skip_or_fail(f"nats-server not found at {NATS_SERVER}")
     server = NatsServer(tmp_path / "nats")
     _spawn_with_user(server)
     store = await open_store(f"sqlite:///{tmp_path / 'orders.db'}")
@@ -164,7 +164,7 @@ def test_a_client_reconnecting_with_data_pending_closes_cleanly(
     processes run on uvloop, meshkit.run), so the service's shutdown ended in a traceback
     and skipped what came after (the projection's store close)."""
     if not Path(NATS_SERVER).exists():
-        pytest.skip(f"nats-server not found at {NATS_SERVER}")
+        skip_or_fail(f"nats-server not found at {NATS_SERVER}")
     if loop_kind == "uvloop":
         require_uvloop()
     monkeypatch.setenv("MESHKIT_TEST_LOOP", loop_kind)  # the loops tests.support.loops makes
