@@ -428,12 +428,28 @@ async def _count_pending(store: Store, publisher: Publisher, relay: OutboxRelay)
         await asyncio.sleep(PENDING_COUNT_S)
 
 
+#: How long a stop waits for each of its tasks to end once cancelled (seconds).
+CANCEL_WAIT_S = 5.0
+
+
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them, :data:`CANCEL_WAIT_S` at most: one still
+    running then (nats-py's connect, retrying a server that refuses the credentials,
+    once outlived its cancel: a relay's stop hung until pytest's timeout) is logged
+    (``task did not end when cancelled``) and left; the exception a task ended with, other
+    than its cancel, is raised, as an await of it raises it."""
     for task in tasks:
         task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
+    for task in pending:
+        _log.warning("task did not end when cancelled", task=task.get_name(),
+                     timeout_s=CANCEL_WAIT_S)
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @contextlib.asynccontextmanager
