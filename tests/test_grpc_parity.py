@@ -196,7 +196,12 @@ async def test_a_writer_is_woken_when_the_call_fails(registry: LocalRegistry) ->
 
         async def write_forever() -> None:
             while True:
-                await call.write(b"x" * 65536)
+                try:
+                    await call.write(b"x" * 65536)
+                except asyncio.InvalidStateError:
+                    # the deadline passed between two writes, not during one (a loaded
+                    # box): "RPC already finished", as grpc.aio; the call's error is its own
+                    await call
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(write_forever(), 5)
