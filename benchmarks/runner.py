@@ -35,6 +35,7 @@ from benchmarks import report, stacks
 from benchmarks.procs import REPO, Supervisor, WorkerError
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios._common import PLANS, Ctx
+from benchmarks.scenarios.overhead import CONTENDERS
 
 __all__ = ["RESULTS_DIR", "main", "run"]
 
@@ -134,6 +135,10 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
     plan = PLANS[args.mode]
     if args.contenders:
         names = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+        unknown = [n for n in names if n not in CONTENDERS]
+        if unknown:
+            raise SystemExit(f"--contenders: unknown {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(CONTENDERS)}")
         plan = dataclasses.replace(plan, overhead_only=("raw", *(n for n in names
                                                                  if n != "raw")))
     if args.concurrency:
@@ -141,6 +146,8 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
             conc = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
         except ValueError:
             raise SystemExit(f"--concurrency takes integers, got {args.concurrency!r}") from None
+        if not conc or min(conc) < 1:
+            raise SystemExit(f"--concurrency takes integers >= 1, got {args.concurrency!r}")
         plan = dataclasses.replace(plan, concurrencies=conc)
     if args.rounds is not None:
         if args.rounds < 1:

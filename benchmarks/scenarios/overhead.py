@@ -20,9 +20,13 @@ from typing import Any
 from benchmarks import stacks
 from benchmarks.scenarios._common import Ctx, interleave, summarize
 
-__all__ = ["contender_specs", "run"]
+__all__ = ["CONTENDERS", "contender_specs", "run"]
 
 NAME = "overhead"
+
+CONTENDERS = ("raw", "mesh", "defaults", *(f"+{name}" for name in stacks.POLICY_LAYERS),
+              "full", "full-inline", "full-1pct", "full+mtls")
+"""Every contender name :func:`contender_specs` can return (``--contenders`` takes these)."""
 
 
 def contender_specs(ctx: Ctx, *, subset: bool = True

@@ -1,0 +1,47 @@
+"""The runner's arguments are checked before any worker starts: a mistyped contender or a
+concurrency that drives no call is a usage error, not a run measuring something else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import runner
+
+
+@pytest.fixture
+def no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the runner gets as far as starting a worker process."""
+
+    async def spawn(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr(runner.Supervisor, "_spawn", spawn)
+
+
+@pytest.mark.usefixtures("no_workers")
+@pytest.mark.parametrize("contenders", ["raw,+tracng", "ful", "raw,full,nope"])
+def test_an_unknown_contender_is_refused(contenders: str, tmp_path: Path) -> None:
+    """``--contenders raw,+tracng`` ran ``raw`` alone and reported it as a finished run
+    (exit 0): the unknown name was dropped without a word."""
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--smoke", "--scenarios", "overhead", "--contenders", contenders,
+                     "--out", str(tmp_path)])
+    bad = [c for c in contenders.split(",") if c not in ("raw", "full")]
+    assert all(repr(b) in str(exc.value.code) for b in bad), exc.value.code
+    assert "+tracing" in str(exc.value.code)  # the choices are listed
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_workers")
+@pytest.mark.parametrize("concurrency", ["0", "1,-4", ",", "32,0"])
+def test_a_concurrency_below_one_is_refused(concurrency: str, tmp_path: Path) -> None:
+    """``--concurrency 0`` ran rounds of no call (QPS 0, a ratio of 0.000x) and ``,`` a
+    scenario without a table; both exited 0."""
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--smoke", "--scenarios", "overhead", "--concurrency", concurrency,
+                     "--out", str(tmp_path)])
+    assert "--concurrency" in str(exc.value.code)
+    assert list(tmp_path.iterdir()) == []
