@@ -236,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     reported, not failures), or 130 when interrupted."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
-    workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
     if args.loop == "uvloop" and not meshkit.uvloop_installed():
         print("--loop uvloop: uvloop is not installed (pip install 'meshkit[fast]')",
               file=sys.stderr)
         return 2
+    workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
     sup = Supervisor(workdir, workdir / "secrets", loop=args.loop)
     previous = _interruptible()
     try:

@@ -45,3 +45,17 @@ def test_a_concurrency_below_one_is_refused(concurrency: str, tmp_path: Path) ->
                      "--out", str(tmp_path)])
     assert "--concurrency" in str(exc.value.code)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_loop_leaves_no_work_directory(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """``--loop uvloop`` without uvloop returned 2 after the work directory was made, and
+    left it behind (a ``meshkit-bench-*`` directory in the temporary directory per try)."""
+    import tempfile
+
+    import meshkit
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(meshkit, "uvloop_installed", lambda: False)
+    assert runner.main(["--smoke", "--loop", "uvloop", "--out", str(tmp_path / "out")]) == 2
+    assert list(tmp_path.iterdir()) == []
