@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from meshkit._config import check_string_map, check_strings
 from meshkit.discovery import Instance
 from meshkit.errors import ConfigError
 
@@ -39,17 +40,18 @@ class Subset:
         tags: required ``Instance.tags`` (default none).
 
     Raises:
-        ConfigError: neither ``meta`` nor ``tags`` given, or a tag given as a bare string.
+        ConfigError: neither ``meta`` nor ``tags`` given, ``meta`` not a mapping of
+            strings to strings, or ``tags`` not a collection of strings (a bare string
+            included): registry meta and tags are strings, so anything else would match
+            no instance (quoted).
     """
 
     meta: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.tags, str):
-            raise ConfigError(f"Subset tags must be a tuple of strings, got {self.tags!r}")
-        object.__setattr__(self, "tags", tuple(self.tags))
-        object.__setattr__(self, "meta", dict(self.meta))
+        object.__setattr__(self, "tags", check_strings("Subset tags", self.tags))
+        object.__setattr__(self, "meta", check_string_map("Subset meta", self.meta))
         if not self.meta and not self.tags:
             raise ConfigError("Subset needs meta or tags (an empty subset keeps everything)")
 
