@@ -94,12 +94,20 @@ def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults
     processes (>= 1), started base first in even sessions and new first in odd ones: a
     set of processes keeps a bias of its own (in A/A runs the tree started second read
     faster in five of six sets, by 3 to 37 us of p50), which alternating start orders
-    cancel. ``warmup_calls``: calls each driver makes before its first round (300)."""
+    cancel. ``warmup_calls``: calls each driver makes before its first round (300).
+
+    Raises:
+        ValueError: ``side`` is unknown, or not ``1 <= sessions <= rounds``, or not
+            ``1 <= callers <= calls`` (a round runs ``calls // callers`` calls per caller).
+    """
     if side not in ("server", "client", "both"):
         raise ValueError(f"side must be 'server', 'client' or 'both', got {side!r}")
     if sessions < 1 or rounds < sessions:
         raise ValueError(f"need 1 <= sessions <= rounds, got sessions={sessions!r}, "
                          f"rounds={rounds!r}")
+    if not 1 <= callers <= calls:  # a round of no call has no median: its worker died
+        raise ValueError(f"need 1 <= callers <= calls, got callers={callers!r}, "
+                         f"calls={calls!r}")
     got: dict[str, list[list[float]]] = {"base": [], "new": []}
     trees = (("base", base), ("new", new))
     for session in range(sessions):
@@ -174,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="sets of fresh processes the rounds are split over, in alternating "
                         "start order (default 4)")
     a = p.parse_args(argv)
+    if not 1 <= a.callers <= a.calls:
+        p.error(f"need 1 <= --callers <= --calls, got --callers {a.callers}, "
+                f"--calls {a.calls}")
+    if not 1 <= a.sessions <= a.rounds:
+        p.error(f"need 1 <= --sessions <= --rounds, got --sessions {a.sessions}, "
+                f"--rounds {a.rounds}")
     s = run(a.base, a.new, side=a.side, telemetry=a.telemetry, rounds=a.rounds,
             calls=a.calls, callers=a.callers, loop=a.loop, sessions=a.sessions)["summary"]
     sides = "both sides" if a.side == "both" else f"{a.side} side"
