@@ -579,7 +579,10 @@ class RetryInterceptor(ClientInterceptor):
         draining server (:func:`cut_before_it_ran`) is non-fatal as a nack; the first
         success wins (one that came in the same loop turn as another attempt's fatal
         status too), any other
-        status ends the call, and the attempts still in flight are cancelled."""
+        status ends the call, and the attempts still in flight are cancelled. No attempt
+        is started once the deadline has passed (a failure that came after it ends the
+        call with its own status when nothing else is in flight; counted in
+        ``gave_up_deadline``)."""
         assert policy.hedge_delay_s is not None
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
@@ -681,7 +684,13 @@ class RetryInterceptor(ClientInterceptor):
                 if sent >= policy.max_attempts or loop.time() < next_at or self._closed:
                     continue  # (closed: the loop's top sends no more)
                 # the hedge delay passed, or a failure's pushback: send another attempt
-                if self.budget.try_withdraw():
+                remaining = details.time_remaining_s()
+                if remaining is not None and remaining <= 0:
+                    # a failure that came after the deadline: an attempt started now
+                    # would only fail DEADLINE_EXCEEDED, hiding the status of this one
+                    self.stats.gave_up_deadline += 1
+                    sent = policy.max_attempts
+                elif self.budget.try_withdraw():
                     pending.add(asyncio.ensure_future(attempt(sent)))
                     sent += 1
                     next_at = loop.time() + policy.hedge_delay_s
