@@ -625,10 +625,32 @@ def _encode(instance: Instance) -> str:
 
 
 def _decode(value: bytes) -> Instance:
+    """The instance of a key's value, JSON as :func:`_encode` writes it (``tags`` and
+    ``meta`` may be missing or null; ``weight`` too: 1).
+
+    Raises:
+        ValueError: not JSON.
+        KeyError: a field is missing.
+        TypeError: a field of another shape (another writer's: tags that are no list,
+            meta no object, a port or weight no integer), which a conversion would take
+            apart or change (``tuple("v2")`` is the tags ``('v', '2')``, ``int(50051.9)``
+            the port 50051); the caller skips such a value, as the local registry skips
+            such a row.
+        ConfigError: a value :class:`Instance` refuses.
+    """
     data = json.loads(value)
+    if not isinstance(data, dict):
+        raise TypeError(f"an etcd value must be a JSON object, got {type(data).__name__}")
+    tags = data.get("tags") or []
+    meta = data.get("meta") or {}
+    port, weight = data["port"], data.get("weight", 1)
+    weight = 1 if weight is None else weight
+    if not (isinstance(tags, list) and isinstance(meta, dict)
+            and type(port) is int and type(weight) is int):
+        raise TypeError("an etcd value's tags must be a JSON list, meta an object, port "
+                        "and weight integers")
     return Instance(service=data["service"], instance_id=data["instance_id"], host=data["host"],
-                    port=int(data["port"]), tags=tuple(data.get("tags") or ()),
-                    meta=dict(data.get("meta") or {}), weight=int(data.get("weight") or 1))
+                    port=port, tags=tuple(tags), meta=meta, weight=weight)
 
 
 @dataclass(frozen=True, slots=True)
