@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import copy
 import functools
+import gzip
 import ipaddress
 import json
 import re
@@ -55,6 +56,10 @@ MeshServer) may wait unrun before ``/livez`` calls that loop wedged."""
 _RENDER_THREADS = 2
 """Threads an admin server renders ``/metrics`` in: two scrapes at once (a pair of
 Prometheus replicas) each get one; a third waits."""
+_GZIP_LEVEL = 1
+"""The gzip level of ``/metrics``: a 1 MB exposition (10,000 samples) ~16x smaller in
+~4 ms; level 6 or 9 (``gzip.compress``'s default) takes four times longer for 3-6 %
+less."""
 _RESERVED = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
@@ -116,7 +121,9 @@ class AdminServer:
                            not stall the calls the loop serves, nor waits behind work in
                            the loop's default executor (``asyncio.to_thread``); text not
                            encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
-                           warning, not as a 500
+                           warning, not as a 500; gzip compressed (in that thread) when
+                           the ``Accept-Encoding`` header takes ``gzip``, as Prometheus'
+                           does (``Vary: Accept, Accept-Encoding``)
     /livez                 liveness (a Kubernetes ``livenessProbe``): 200 ``ok`` (text,
                            ``Cache-Control: no-store``) while the process's event loops
                            run, so it fails only when one is wedged (a blocking call, a
@@ -405,12 +412,15 @@ class AdminServer:
         # this loop would wait; in the admin server's own threads, not behind whatever
         # holds the loop's default executor (asyncio.to_thread's)
         more = tuple(registry for registry, _ in self._more.values())
+        # gzip when the scraper takes it (Prometheus asks on every scrape), compressed in
+        # the render thread too
+        zipped = _accepts_gzip(", ".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
         loop = asyncio.get_running_loop()
         if self._render_threads is None:  # stopped meanwhile
             raise web.HTTPServiceUnavailable(text="admin server stopping\n")
         body, fixed = await loop.run_in_executor(
             self._render_threads, contextvars.copy_context().run, self._render, om, loop,
-            more)
+            more, zipped)
         new = sorted(fixed - self._unencodable)
         if new:
             self._unencodable.update(new)
@@ -419,14 +429,18 @@ class AdminServer:
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = (openmetrics.CONTENT_TYPE_LATEST if om
                                         else text_format.CONTENT_TYPE_PLAIN_0_0_4)
+        resp.headers[hdrs.VARY] = "Accept, Accept-Encoding"  # what the answer depends on
+        if zipped:
+            resp.headers[hdrs.CONTENT_ENCODING] = "gzip"
         return resp
 
     def _render(self, om: bool, loop: asyncio.AbstractEventLoop,
-                more: tuple[CollectorRegistry, ...] = ()) -> tuple[bytes, set[str]]:
+                more: tuple[CollectorRegistry, ...] = (),
+                zipped: bool = False) -> tuple[bytes, set[str]]:
         """The exposition of the registry and ``more`` registries (merged, see
-        :meth:`add_registry`), OpenMetrics if ``om`` else the text format 0.0.4, and the
-        names of the families whose text had to be fixed; run in a worker thread, the mesh
-        read on ``loop`` (:func:`reading_on`).
+        :meth:`add_registry`), OpenMetrics if ``om`` else the text format 0.0.4 (gzip
+        compressed if ``zipped``), and the names of the families whose text had to be
+        fixed; run in a worker thread, the mesh read on ``loop`` (:func:`reading_on`).
 
         Text not encodable as UTF-8 (a lone surrogate in a label value or help text:
         prometheus-client raises ``UnicodeEncodeError`` on it, which would make every
@@ -442,12 +456,12 @@ class AdminServer:
                     for registry in more:
                         metrics = _merged(metrics, registry.collect())
         try:
-            return generate(_Collected(metrics)), set()
+            body, names = generate(_Collected(metrics)), set()
         except UnicodeEncodeError:
-            pass
-        fixed = [_utf8_metric(m) for m in metrics]
-        return generate(_Collected(fixed)), {
-            m.name for m, f in zip(metrics, fixed, strict=True) if f is not m}
+            fixed = [_utf8_metric(m) for m in metrics]
+            body = generate(_Collected(fixed))
+            names = {m.name for m, f in zip(metrics, fixed, strict=True) if f is not m}
+        return (gzip.compress(body, compresslevel=_GZIP_LEVEL) if zipped else body), names
 
     async def _healthz(self, request: web.Request) -> web.Response:
         # liveness (/livez, /healthz): this loop runs (it answers) and the other loops of
@@ -765,6 +779,33 @@ def _utf8_metric(metric: Metric) -> Metric:
             labels=_utf8_labels(s.exemplar.labels)))
         for s in metric.samples]
     return fixed
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts ``gzip`` (RFC 9110 12.5.3): named as
+    ``gzip`` or ``x-gzip`` with a weight above 0, or, not named, ``*`` with one (codings
+    compare case-insensitively; a malformed weight counts as 0)."""
+    named: float | None = None
+    star: float | None = None
+    for part in accept_encoding.split(","):
+        coding, *params = part.split(";")
+        kind = coding.strip().lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # NaN too
+                    q = 0.0
+        if kind in ("gzip", "x-gzip"):
+            named = q if named is None else max(named, q)
+        elif kind == "*":
+            star = q if star is None else max(star, q)
+    best = named if named is not None else star
+    return best is not None and best > 0.0
 
 
 def _wants_openmetrics(accept: str) -> bool:
