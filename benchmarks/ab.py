@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ __all__ = ["main", "run"]
 
 _WORKER = str(Path(__file__).with_name("_ab_worker.py"))
 _HERE = str(Path(__file__).resolve().parents[1])
+ANSWER_TIMEOUT_S = 300.0
+"""The longest a worker may take to start (import, warm-up) or to answer a round, seconds;
+a worker silent for longer is killed and the run fails naming its tree."""
 
 
 class _Proc:
@@ -45,18 +50,43 @@ class _Proc:
                  warmup_calls: int = 300) -> None:
         env = dict(os.environ, PYTHONPATH=tree, MESHKIT_BENCH_LOOP=loop,
                    MESHKIT_AB_WARMUP_CALLS=str(warmup_calls))
+        self.what = f"worker {args!r} of {tree}"
         self.proc = subprocess.Popen([sys.executable, _WORKER, *args], cwd=tree, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
-        first = self.read().split()
+        # its lines through a thread, so that a read can stop waiting (a hung worker)
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, daemon=True,
+                                        name="ab-worker-stdout")
+        self._reader.start()
+        try:
+            first = self.read().split()
+        except RuntimeError:
+            self.close()
+            raise
         if not first or first[0] != "ready":
             self.close()
-            raise RuntimeError(f"worker {args!r} of {tree} did not start: {first!r}")
+            raise RuntimeError(f"{self.what} did not start: {first!r}")
         self.ready = first
 
-    def read(self) -> str:
+    def _pump(self) -> None:
         assert self.proc.stdout is not None
-        return self.proc.stdout.readline()
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of its output
+
+    def read(self) -> str:
+        """The worker's next line (``""`` once it exited).
+
+        Raises:
+            RuntimeError: it said nothing within :data:`ANSWER_TIMEOUT_S` (it is killed).
+        """
+        try:
+            return self._lines.get(timeout=ANSWER_TIMEOUT_S)
+        except queue.Empty:
+            self.proc.kill()
+            raise RuntimeError(f"{self.what}: no answer within {ANSWER_TIMEOUT_S:.0f} s "
+                               "(killed)") from None
 
     def ask(self, line: str) -> list[float]:
         assert self.proc.stdin is not None
@@ -64,7 +94,7 @@ class _Proc:
         self.proc.stdin.flush()
         got = self.read().split()
         if len(got) != 3:
-            raise RuntimeError(f"worker answered {got!r}")
+            raise RuntimeError(f"{self.what} answered {got!r}")
         return [float(x) for x in got]
 
     def end_input(self) -> None:
@@ -80,6 +110,7 @@ class _Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(5.0)  # it ends at the pipe's end, once the worker exited
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

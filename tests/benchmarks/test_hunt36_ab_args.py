@@ -38,3 +38,32 @@ def test_numbers_that_run_no_call_are_usage_errors(
         ab.main(["--base", HERE, *args])
     assert exc.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_a_worker_that_never_answers_ends_the_run_in_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker of a tree that hangs (here its ``meshkit`` import never returns) held the
+    A/B forever: the driver read its first line without a time limit. It now waits
+    ``ab.ANSWER_TIMEOUT_S`` at most, kills the worker and names the tree."""
+    import subprocess
+    import time
+
+    tree = tmp_path / "hung"
+    (tree / "meshkit").mkdir(parents=True)
+    (tree / "meshkit" / "__init__.py").write_text("import time\ntime.sleep(3600)\n")
+    monkeypatch.setattr(ab, "ANSWER_TIMEOUT_S", 1.5)
+    procs: list[subprocess.Popen[str]] = []
+    real = subprocess.Popen
+
+    def recording(*a: Any, **kw: Any) -> subprocess.Popen[str]:
+        p: subprocess.Popen[str] = real(*a, **kw)
+        procs.append(p)
+        return p
+
+    monkeypatch.setattr(ab.subprocess, "Popen", recording)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="no answer within") as exc:
+        ab.run(str(tree), HERE, rounds=1, calls=2, callers=1, sessions=1, warmup_calls=1)
+    assert str(tree) in str(exc.value)
+    assert time.monotonic() - t0 < 20
+    assert procs and all(p.poll() is not None for p in procs)
