@@ -593,9 +593,11 @@ class RetryInterceptor(ClientInterceptor):
         last_task: asyncio.Task[Any] | None = None
 
         async def attempt(previous: int) -> tuple[Any, Any]:
-            if previous:  # gRFC A6: a hedge says how many attempts went before it (taken
-                # by the channel's attempt in this step, before any wait for an endpoint)
-                details.metadata = with_previous_attempts(base_md, previous)
+            # gRFC A6: a hedge says how many attempts went before it (taken by the
+            # channel's attempt in this step, before any wait for an endpoint); none
+            # after attempts that all never left (an earlier hedge's count replaced)
+            details.metadata = (with_previous_attempts(base_md, previous) if previous
+                                else base_md)
             # the answer and the call that gave it, read in the same step: a hedge launched
             # after it would overwrite details.last_call before this loop looks
             response = await proceed(details, request)
@@ -605,6 +607,7 @@ class RetryInterceptor(ClientInterceptor):
         done: set[asyncio.Task[Any]] = set()
         sent = 1
         unpicked = 0  # attempts that found no endpoint: each next one waits a backoff
+        unsent = 0  # attempts known to have never left (not counted as previous ones)
         next_at = loop.time() + policy.hedge_delay_s  # when the next attempt is due
         last: BaseException | None = None
         try:
@@ -667,6 +670,8 @@ class RetryInterceptor(ClientInterceptor):
                             attempts.settle(task)
                             raise exc
                         last, last_task = exc, task
+                        if isinstance(exc, _NOT_SENT):
+                            unsent += 1
                         pushback = _pushback_s(exc)
                         if pushback is not None and (pushback < 0
                                                      or pushback > policy.max_pushback_s):
@@ -691,7 +696,7 @@ class RetryInterceptor(ClientInterceptor):
                     self.stats.gave_up_deadline += 1
                     sent = policy.max_attempts
                 elif self.budget.try_withdraw():
-                    pending.add(asyncio.ensure_future(attempt(sent)))
+                    pending.add(asyncio.ensure_future(attempt(sent - unsent)))
                     sent += 1
                     next_at = loop.time() + policy.hedge_delay_s
                     self.stats.hedges += 1
