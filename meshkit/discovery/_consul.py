@@ -189,6 +189,13 @@ _USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' aft
                      "CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE (and CONSUL_HTTP_AUTH for "
                      "basic authentication) instead")
 
+#: The least values of the fields that pace a loop, seconds (the local registry's floors):
+#: below them a heartbeat (``ttl_s / 3``), a gRPC-checked instance's lookup
+#: (``check_interval_s``), a watch's rate limit or a retry runs without pause (a typo, a
+#: unit slip: milliseconds), a core and the agent kept busy.
+_FLOORS = (("ttl_s", 0.1), ("check_interval_s", 0.01), ("watch_query_interval_s", 0.01),
+           ("backoff_max_s", 0.01))
+
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
 
@@ -259,13 +266,14 @@ class ConsulOptions:
         check_interval_s: how often the agent runs the gRPC check (Consul ``Interval``; its
             ``Timeout`` is ``min(check_interval_s, request_timeout_s)``), and,
             with ``check="grpc"``, how often we ask the agent whether it still knows the
-            instance (``GET /v1/agent/service/<id>``). Default 10.
+            instance (``GET /v1/agent/service/<id>``). Default 10; at least 0.01.
         ttl_s: TTL of the TTL check (Consul ``TTL``); the heartbeat passes it every
             ``ttl_s / 3`` (counted from the last pass that got through), each pass bounded
             by ``min(request_timeout_s, ttl_s / 3)`` and by the time left before the TTL
             runs out, a failed one retried after a short backoff (full jitter from
             ``backoff_base_s``, at most ``ttl_s / 3``), so one lost or unanswered request
-            does not let the check of a live instance go critical. Default 15.
+            does not let the check of a live instance go critical. Default 15; at least
+            0.1.
         deregister_critical_after_s: the agent removes an instance whose checks stay critical
             this long (Consul ``DeregisterCriticalServiceAfter``; Consul's minimum is 60 and
             its reaper runs every 30 s). Default 60. With ``check="grpc"`` it must exceed
@@ -275,7 +283,7 @@ class ConsulOptions:
             caps it at 600 and adds up to ``wait_s / 16`` of jitter). Default 30.
         backoff_base_s: first retry delay cap of a failing watch (default 0.5). The n-th retry
             sleeps ``uniform(0, min(backoff_max_s, backoff_base_s * 2**(n-1)))`` (full jitter).
-        backoff_max_s: cap of the retry delay (default 30).
+        backoff_max_s: cap of the retry delay (default 30; at least 0.01).
         request_timeout_s: time limit of each non-blocking request; blocking ones get
             ``wait_s * 17/16 + request_timeout_s``. Default 10.
         watch_query_interval_s: rate limit of each watch, as Consul's blocking-query guide
@@ -286,7 +294,7 @@ class ConsulOptions:
             and an index that keeps moving (idempotent writes, a flapping check) is polled
             once per ``watch_query_interval_s`` instead of in a busy loop: the watch then sees
             changes up to this late. Queries after an error are spaced by the backoff
-            instead. Default 1.0.
+            instead. Default 1.0; at least 0.01.
         fault_grace_s: how long a watch keeps the instances of its last set that the agent
             no longer lists after it answered with an ``X-Consul-Index`` below one already
             seen (an agent restarted without its state, a restored snapshot), until their
@@ -351,6 +359,10 @@ class ConsulOptions:
         check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
         for name in _DURATION_FIELDS:
             check_number(name, getattr(self, name), low_open=True, high=_MAX_GO_DURATION_S)
+        for name, floor in _FLOORS:
+            if getattr(self, name) < floor:  # would heartbeat, poll or retry without pause
+                raise ConfigError(f"{name} must be at least {floor} s, got "
+                                  f"{getattr(self, name)!r}")
         if self.wait_s > 600:
             raise ConfigError(f"wait_s must be <= 600 (Consul's limit), got {self.wait_s!r}")
         if self.check == "grpc" and self.check_interval_s >= self.deregister_critical_after_s:

@@ -257,6 +257,10 @@ _V3, _V3BETA = "/v3", "/v3beta"
 #: Calls whose path differs under ``/v3beta`` (etcd 3.3's rpc.proto binds LeaseRevoke to
 #: ``/v3beta/kv/lease/revoke``; 3.4 to ``/v3/lease/revoke`` and ``/v3/kv/lease/revoke``).
 _V3BETA_PATHS = {"/lease/revoke": "/kv/lease/revoke"}
+#: The least ``keepalive_interval_s`` and ``backoff_max_s``, seconds (the local
+#: registry's floor): below it the keep-alive or a retry runs without pause (a typo, a unit
+#: slip: milliseconds), a core and the members kept busy.
+_MIN_INTERVAL_S = 0.01
 #: How often a task waiting for the registry's lock checks whether its holder's event loop
 #: was closed while holding it (seconds); see :class:`_LeaseLock`.
 _DEAD_HOLDER_CHECK_S = 1.0
@@ -337,7 +341,7 @@ class EtcdOptions:
             TTLs below its minimum, 1.5 election timeouts, to that minimum) and at most
             9000000000 (etcd refuses a longer lease: "too large lease TTL"). Default 10.
         keepalive_interval_s: seconds between keep-alives; default ``ttl_s / 3``; must be
-            below ``ttl_s``.
+            below ``ttl_s`` and at least 0.01.
         request_timeout_s: time limit of one request to one member (default 2): after it
             the next member is tried, so keep it below ``keepalive_interval_s`` (a request
             that a member forwarded to a leader that just died is answered only after
@@ -349,7 +353,7 @@ class EtcdOptions:
         backoff_base_s: first retry delay cap of a failing watch or keep-alive (default
             0.1); the n-th retry sleeps ``uniform(0, min(backoff_max_s,
             backoff_base_s * 2**(n-1)))`` (full jitter).
-        backoff_max_s: cap of that delay (default 5).
+        backoff_max_s: cap of that delay (default 5; at least 0.01).
         fault_grace_s: how long a watch keeps the instances a replaced store does not list
             (see the module docstring); default ``ttl_s``; 0 turns it off.
         last_seen_ttl_s: how long :meth:`EtcdRegistry.failing` lists an instance whose
@@ -447,6 +451,10 @@ class EtcdOptions:
         if self.keepalive_interval_s >= self.ttl_s:
             raise ConfigError(f"keepalive_interval_s must be < ttl_s={self.ttl_s!r}, "
                               f"got {self.keepalive_interval_s!r}")
+        for name in ("keepalive_interval_s", "backoff_max_s"):
+            if getattr(self, name) < _MIN_INTERVAL_S:  # would renew or retry without pause
+                raise ConfigError(f"{name} must be at least {_MIN_INTERVAL_S} s, got "
+                                  f"{getattr(self, name)!r}")
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError(f"backoff_max_s must be >= backoff_base_s="
                               f"{self.backoff_base_s!r}, got {self.backoff_max_s!r}")
