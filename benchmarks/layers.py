@@ -443,7 +443,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args.child[0], args.child[1], int(args.child[2]))
         return 0
+    if args.rounds < 1 or args.calls < 1:
+        p.error(f"need --rounds >= 1 and --calls >= 1, got --rounds {args.rounds}, "
+                f"--calls {args.calls}")
     if args.instructions:
+        if args.instructions != "all":
+            known = {n for names in _variant_names().values() for n in names}
+            unknown = [v for v in args.instructions.split(",") if v and v not in known]
+            if unknown:
+                p.error(f"--instructions: unknown variants {', '.join(map(repr, unknown))}; "
+                        f"choose from {', '.join(sorted(known))}")
         return _print_instructions(args.instructions)
     from benchmarks.stacks import NULL_TRANSPORT_QUEUE, tracer_provider
     from meshkit.observability import configure_logging, flush_logs
@@ -469,16 +478,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_instructions(which: str) -> int:
-    """``--instructions``: a table per side of instructions per call and what each variant
-    adds to ``bare``."""
+def _variant_names() -> dict[str, list[str]]:
+    """The variants of each side (``client``, ``server``), in table order."""
     from benchmarks.stacks import Secrets
 
     with tempfile.TemporaryDirectory() as d:
         secrets = Secrets(Path(d))
         secrets.create()
         server_names = list(_server_variants(None, secrets))
-    sides = {"client": list(_client_variants(None)), "server": server_names}
+    return {"client": list(_client_variants(None)), "server": server_names}
+
+
+def _print_instructions(which: str) -> int:
+    """``--instructions``: a table per side of instructions per call and what each variant
+    adds to ``bare``."""
+    sides = _variant_names()
     wanted = None if which == "all" else set(which.split(","))
     print("Instructions per call over a null transport (callgrind, 1300 - 300 calls)\n")
     for side, names in sides.items():
