@@ -48,6 +48,7 @@ __all__ = ["AdminOptions", "AdminServer", "Handler"]
 
 _log = structlog.get_logger("meshkit.observability.admin")
 _PATH_RE = re.compile(r"/[A-Za-z0-9._~\-/]*")  # fullmatch: ``$`` passes "/x\n"
+_METHOD_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (RFC 9110 5.6.2)
 # a Host header: a bracketed IPv6 literal or a name/IPv4 address, then an optional port
 _HOST_HEADER_RE = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 _WEDGED_S = 10.0
@@ -239,10 +240,14 @@ class AdminServer:
         Args:
             path: absolute URL path (letters, digits, ``._~-/``), not a built-in route.
             handler: ``async (aiohttp.web.Request) -> aiohttp.web.StreamResponse``.
-            method: HTTP method (default ``"GET"``, which also answers HEAD).
+            method: HTTP method (default ``"GET"``, which also answers HEAD), any case;
+                ``"*"`` for every method.
 
         Raises:
-            ConfigError: a malformed or reserved path, or a non-callable handler (quoted).
+            ConfigError: a malformed or reserved path, a non-callable handler, a method
+                that is not an HTTP token (RFC 9110 5.6.2), or a path added already with
+                that method (``GET`` and ``HEAD`` clash, ``*`` with any), quoted; each
+                would make :meth:`start` fail.
             RuntimeError: the server is already started.
         """
         if self._runner is not None:
@@ -251,7 +256,14 @@ class AdminServer:
             raise ConfigError(f"path must be a free absolute URL path, got {path!r}")
         if not callable(handler):
             raise ConfigError(f"handler must be an async callable, got {handler!r}")
-        self._extra.append((method.upper(), path, handler))
+        if not isinstance(method, str) or not _METHOD_RE.fullmatch(method):
+            raise ConfigError(f"method must be an HTTP method, got {method!r}")
+        verb = method.upper()
+        taken = {m for m, p, _ in self._extra if p == path}
+        clash = {verb, "*", *(("GET", "HEAD") if verb in ("GET", "HEAD") else ())}
+        if taken & clash or (verb == "*" and taken):
+            raise ConfigError(f"{verb} {path} is added already (as {sorted(taken)!r})")
+        self._extra.append((verb, path, handler))
 
     def add_registry(self, registry: CollectorRegistry) -> None:
         """Serve ``registry`` at ``/metrics`` too, until :meth:`remove_registry` was
