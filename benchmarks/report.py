@@ -344,7 +344,9 @@ def print_targets(rows: list[dict[str, Any]], note: str | None = None) -> None:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """Every table of ``results`` as Markdown (for ``benchmarks/RESULTS.md``)."""
+    """Every table of ``results`` as Markdown (for ``benchmarks/RESULTS.md``): the targets,
+    the machine note, the scenarios that failed (``errors``) and the run's notes (what was
+    skipped and why), then each scenario's tables."""
 
     def md(headers: list[str], rows: list[list[Any]]) -> str:
         lines = ["| " + " | ".join(headers) + " |",
@@ -361,6 +363,14 @@ def markdown(results: dict[str, Any]) -> str:
     note = machine_note(results)
     if note:
         parts.append(note.replace("\n", "\n\n"))
+    errors = results.get("errors") or {}
+    if errors:  # a failed scenario has no tables: say why, as the printed run does
+        parts.append("### Scenarios that failed\n\n" + "\n".join(
+            f"* `{name}`: " + " / ".join(x.strip() for x in str(err).splitlines() if x.strip())
+            for name, err in errors.items()))
+    notes = results.get("notes") or []
+    if notes:
+        parts.append("### Notes\n\n" + "\n".join(f"* {n}" for n in notes))
     for name, res in results.get("scenarios", {}).items():
         for title, headers, trows in scenario_tables(name, res):
             parts.append(f"### {title}\n\n" + md(headers, trows))
