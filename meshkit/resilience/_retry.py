@@ -9,7 +9,9 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   ``grpc-retry-pushback-ms`` (gRFC A6; a negative, malformed or past-32-bit value means
   "do not retry");
 * a retry never sleeps past the deadline and is not started when the time left after the
-  delay is shorter than the method's typical latency (an EWMA of its successful calls);
+  delay is shorter than the method's typical latency (an EWMA of its successful calls),
+  nor once the deadline has passed (a loaded loop woke it late): the call ends with the
+  last attempt's error;
 * every retry and hedge withdraws from the shared :class:`~meshkit.resilience.RetryBudget`;
   when it is spent the last error is returned;
 * a call a server's deadline admission refused (``DeadlineOptions.min_remaining_s``) is
@@ -439,6 +441,12 @@ class RetryInterceptor(ClientInterceptor):
                 # gRFC A6: after a pushback "retry delay will reset to initial backoff"
                 step = 1 if _pushback_s(exc) is not None else step + 1
                 await self._pause(delay)
+                remaining = details.time_remaining_s()
+                if remaining is not None and remaining <= 0 and not self._closed:
+                    # a loaded loop woke it past the deadline: an attempt started now
+                    # would only fail DEADLINE_EXCEEDED, hiding this one's status
+                    self.stats.gave_up_deadline += 1
+                    raise
                 attempt += 1
                 continue
             self._observe(details.method, time.monotonic() - t0)
