@@ -431,20 +431,25 @@ class P2C:
         return 1.0 if age >= ss else max(self._opts.slow_start_min_weight, age / ss)
 
     def _draw(self, exclude: Collection[Endpoint], other: Endpoint | None,
-              idle_ok: bool = True, among: Sequence[Endpoint] | None = None
-              ) -> Endpoint | None:
+              idle_ok: bool = True, among: Sequence[Endpoint] | None = None,
+              also: Endpoint | None = None) -> Endpoint | None:
         """A random READY endpoint of ``among`` (default: all) that is not ``other`` nor
-        excluded; without one, an idle/connecting one when ``idle_ok``, else ``None``."""
+        ``also`` nor excluded (``exclude`` tested with ``in`` only: a hedged call's holds
+        endpoints its iteration does not give, see :class:`~meshkit.balancer.Balancer`);
+        without one, an idle/connecting one when ``idle_ok``, else ``None``."""
         eps = self._eps if among is None else among
         n = len(eps)
         rnd = self._rng.random
         for _ in range(4 if n > 2 else 2):
             ep = eps[int(rnd() * n)]
-            if ep is not other and ep.state is _READY and not (exclude and ep in exclude):
+            if (ep is not other and ep is not also and ep.state is _READY
+                    and not (exclude and ep in exclude)):
                 return ep
-        ready = [e for e in eps if e.state is _READY and e is not other and e not in exclude]
+        ready = [e for e in eps if e.state is _READY and e is not other and e is not also
+                 and e not in exclude]
         if not ready and idle_ok:
-            ready = [e for e in eps if e.state is _IDLE and e is not other and e not in exclude]
+            ready = [e for e in eps if e.state is _IDLE and e is not other and e is not also
+                     and e not in exclude]
         return ready[int(rnd() * len(ready))] if ready else None
 
     def pick(
@@ -547,11 +552,13 @@ class P2C:
                 exclude: Collection[Endpoint], now: float) -> Endpoint:
         """Who takes the pick the slow-starting winner ``a`` yielded: the least loaded
         of the loser ``b``, when its ramp is over, and two endpoints drawn among those
-        whose ramp is over (``settled``; not excluded; READY ones only when ``a`` is
-        READY), else ``a`` itself."""
-        skip = (*exclude, b)
-        c = self._draw(skip, None, a.state is not _READY, settled)
-        d = self._draw(skip, c, c.state is not _READY, settled) if c is not None else None
+        whose ramp is over (``settled``; not excluded, nor ``b``; READY ones only when
+        ``a`` is READY), else ``a`` itself."""
+        # (not a tuple of exclude's items: iterating a hedged call's exclude leaves out
+        # the endpoints its sibling attempts wait on, which `in` sees)
+        c = self._draw(exclude, b, a.state is not _READY, settled)
+        d = (self._draw(exclude, c, c.state is not _READY, settled, also=b)
+             if c is not None else None)
         best, least = a, math.inf
         if now - self._stats[b.key].added_at >= self._opts.slow_start_s:
             best, least = b, self.load(b, now)
