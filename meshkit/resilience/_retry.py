@@ -512,6 +512,10 @@ class RetryInterceptor(ClientInterceptor):
                 if delay is None:
                     raise
                 await self._pause(delay)
+                remaining = details.time_remaining_s()
+                if remaining is not None and remaining <= 0 and not self._closed:
+                    self.stats.gave_up_deadline += 1  # woken late: as intercept_unary
+                    raise
                 attempt += 1
         if details.kind is not CallKind.UNARY_STREAM or not (
                 policy.idempotent or _has_key(details, request, policy)):

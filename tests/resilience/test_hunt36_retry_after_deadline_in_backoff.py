@@ -20,6 +20,7 @@ import grpc
 import pytest
 from grpc.aio import AioRpcError, Metadata
 
+from meshkit.errors import NoEndpointsError
 from meshkit.interceptors import CallKind, ClientCallDetails
 from meshkit.resilience import Backoff, RetryInterceptor, RetryOptions, RetryPolicy
 
@@ -54,5 +55,32 @@ async def test_an_attempt_is_not_started_when_the_backoff_overran_the_deadline()
         await asyncio.wait_for(retry.intercept_unary(details, b"", proceed), 5)
     assert (caught.value.code(), caught.value.details()) == (
         grpc.StatusCode.UNAVAILABLE, "replica gone")
+    assert len(sent) == 1, f"attempts started with {sent[1:]} s left"
+    assert retry.stats.gave_up_deadline == 1
+
+
+@pytest.mark.parametrize("kind", [CallKind.UNARY_STREAM, CallKind.STREAM_STREAM])
+async def test_a_stream_is_not_opened_when_the_backoff_overran_the_deadline(
+        kind: CallKind) -> None:
+    """The same for a stream waiting out a moment without endpoints: it ends with its
+    ``UNAVAILABLE`` (no endpoint), not an attempt's ``DEADLINE_EXCEEDED``."""
+    retry = RetryInterceptor(RetryOptions(default=RetryPolicy(
+        idempotent=True, max_attempts=3,
+        backoff=Backoff(base_delay_s=0.05, max_delay_s=0.05, rng=_Longest()))))
+    sent: list[float | None] = []
+
+    async def proceed(details: ClientCallDetails, request: Any) -> Any:
+        remaining = details.time_remaining_s()
+        sent.append(remaining)
+        if remaining is not None and remaining <= 0:  # as the channel answers it
+            raise AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, Metadata(), Metadata(),
+                              details="deadline exceeded")
+        asyncio.get_running_loop().call_soon(time.sleep, 0.4)
+        raise NoEndpointsError("s")
+
+    details = ClientCallDetails(service="s", method="/p.S/Get", kind=kind,
+                                timeout_s=0.3, metadata=None)
+    with pytest.raises(NoEndpointsError):
+        await asyncio.wait_for(retry.intercept_stream(details, b"", proceed), 5)
     assert len(sent) == 1, f"attempts started with {sent[1:]} s left"
     assert retry.stats.gave_up_deadline == 1
