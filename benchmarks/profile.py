@@ -64,7 +64,11 @@ async def _run(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> None
         names = stacks.FULL_LAYERS if args.layers == "full" else tuple(
             x for x in args.layers.split(",") if x)
         kind = "mesh"
-        layers = tuple(n for n in names if stacks.layer_note(n, secrets) is None)
+        notes = {n: stacks.layer_note(n, secrets) for n in names}
+        for n, why in notes.items():
+            if why is not None:
+                print(f"note: layer {n!r} left out: {why}")
+        layers = tuple(n for n, why in notes.items() if why is None)
     registry = f"local://{workdir / 'registry'}"
     server = await sup.server("srv", kind=kind, layers=layers, service="prof",
                               registry=registry)
@@ -113,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(sys.executable).parent / "py-spy"))
     args = p.parse_args(argv)
     args.out = args.out.resolve()
+    if args.layers not in ("raw", "full"):
+        unknown = [x for x in args.layers.split(",") if x and x not in stacks.LAYERS]
+        if unknown:
+            p.error(f"--layers: unknown {', '.join(map(repr, unknown))}; choose raw, full "
+                    f"or from {', '.join(stacks.LAYERS)}")
     if not Path(args.py_spy).exists():
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
