@@ -1943,8 +1943,12 @@ class MeshServer:
         ``CancelledError`` of its own while the drain was not cancelled) is logged and
         the drain goes on. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
-        or its :meth:`start` failed and was undone). Called while :meth:`start` runs, it
-        makes that start stop and undo itself (see there) and returns once it has."""
+        or its :meth:`start` failed and was undone), which is then stopped for good: a
+        later :meth:`start` raises ``RuntimeError`` (as grpc-go's ``Serve()`` after
+        ``Stop()``: a drain that raced ahead of the start does not leave a server serving
+        and registered that nobody stops) and :meth:`wait_stopped` returns. Called while
+        :meth:`start` runs, it makes that start stop and undo itself (see there) and
+        returns once it has."""
         if self.draining:
             await self._stopped.wait()
             return
@@ -1953,7 +1957,10 @@ class MeshServer:
             await self._stopped.wait()
             return
         server = self._server
-        if server is None:
+        if server is None:  # never started (or its start failed before binding): it
+            # never will, as grpc-go's Serve() after Stop(), and wait_stopped() returns
+            self.draining = True
+            self._stopped.set()
             return
         self.draining = True
         self._drain_task = asyncio.get_running_loop().create_task(
