@@ -97,7 +97,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             if binary is None:
                 ctx.note("etcd contenders skipped: no etcd binary (scripts/install-etcd.sh)")
             else:
-                etcd = await EtcdCluster(binary, ctx.workdir / "etcd", size=1).start()
+                # held before it starts: one that never gets healthy is killed below too
+                etcd = EtcdCluster(binary, ctx.workdir / "etcd", size=1)
+                await etcd.start()
                 registries["etcd"] = (etcd.uri(), "conve")
         registries = {r: v for r, v in registries.items()
                       if any(c.startswith(f"{r}-") for c in wanted)}
