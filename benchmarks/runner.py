@@ -27,6 +27,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +194,11 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
                 res["duration_s"] = round(time.monotonic() - t0, 2)
                 results["scenarios"][name] = res
                 report.print_scenario(name, res)
-            except (WorkerError, TimeoutError, OSError, KeyError, ValueError) as exc:
+            except Exception as exc:  # any: the other scenarios still run and are written
                 results["errors"][name] = f"{type(exc).__name__}: {exc}"
                 print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+                if not isinstance(exc, (WorkerError, TimeoutError)):  # where, for a bug
+                    traceback.print_exc(file=sys.stderr)
             finally:
                 keep = {id(p.server) for p in ctx.pairs.values()} | \
                     {id(p.client) for p in ctx.pairs.values()}
