@@ -134,6 +134,11 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
               argv: list[str]) -> dict[str, Any]:
     """Run the selected scenarios and return the results document."""
     plan = PLANS[args.mode]
+    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in SCENARIOS]
+    if unknown or not selected:
+        raise SystemExit(f"--scenarios: {f'unknown {unknown}' if unknown else 'none given'}; "
+                         f"choose from {list(SCENARIOS)}")
     if args.contenders:
         names = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
         unknown = [n for n in names if n not in CONTENDERS]
@@ -177,10 +182,6 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         ctx.note(n)
     results["layers"] = {name: stacks.layer_note(name, secrets) or "available"
                          for name in stacks.LAYERS}
-    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in selected if s not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     m = machine(argv)
     print(f"meshkit benchmarks, {plan.mode} mode: {m['cores']} cores, Python {m['python']}, "
           f"grpcio {m['packages']['grpcio']}, {sup.loop} event loop", flush=True)

@@ -59,3 +59,14 @@ def test_a_refused_loop_leaves_no_work_directory(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(meshkit, "uvloop_installed", lambda: False)
     assert runner.main(["--smoke", "--loop", "uvloop", "--out", str(tmp_path / "out")]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_workers")
+@pytest.mark.parametrize("scenarios", ["", ",", " , "])
+def test_no_scenario_is_refused(scenarios: str, tmp_path: Path) -> None:
+    """``--scenarios ''`` (an unset shell variable) ran nothing, wrote a results file
+    with no scenario and every target 'not measured', and exited 0."""
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--scenarios", scenarios, "--out", str(tmp_path)])
+    assert "--scenarios" in str(exc.value.code)
+    assert list(tmp_path.iterdir()) == []
