@@ -1768,7 +1768,9 @@ class MeshServer:
         refusals, and connections open), the admin server released, an owned registry
         closed (:meth:`_after_stop_steps`); then stopped (:meth:`wait_stopped` and a
         :meth:`drain` waiting for the start return). A step that fails is logged; the
-        start's own error is what the caller sees."""
+        start's own error is what the caller sees. Cancelled while it runs (the undo of a
+        cancelled start cancelled again), the step under way is cancelled (a withdrawal
+        with its request) and the others still run, then ``CancelledError`` is raised."""
         self.instance = None
         self._server = None
         self._release_instance_id()
@@ -1780,8 +1782,10 @@ class MeshServer:
                           lambda: _bounded(self.registry.deregister(registering),
                                            _UNDO_DEREGISTER_S)))
         steps.append(("stopping the server", lambda: server.stop(0)))
-        try:
-            await _each_step([*steps, *self._after_stop_steps()], " after a failed start")
+        try:  # cancelled again meanwhile (a start() under a timeout, then Ctrl-C): each
+            # step still runs, or the server stayed bound and the admin server held
+            await _each_step([*steps, *self._after_stop_steps()], " after a failed start",
+                             through_cancel=True)
         finally:
             self._close_gate()
             self._stopped.set()
@@ -2379,14 +2383,29 @@ async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str, *,
     return await asyncio.get_running_loop().create_task(aw, name=name, context=context)
 
 
-async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "") -> None:
+async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "", *,
+                     through_cancel: bool = False) -> None:
     """Await each of ``steps`` (``(what, step)``) whatever the ones before did; one that
-    fails is logged (``"<what><when> failed"``), not raised."""
+    fails is logged (``"<what><when> failed"``), not raised. With ``through_cancel``, a
+    cancellation of the caller ends only the step under way: the others still run, then
+    the ``CancelledError`` is raised.
+
+    Raises:
+        asyncio.CancelledError: the caller was cancelled (after the other steps, with
+            ``through_cancel``).
+    """
+    cancelled: asyncio.CancelledError | None = None
     for what, step in steps:
         try:
             await step()
         except Exception as exc:
             _log.warning(f"{what}{when} failed", error=repr(exc))
+        except asyncio.CancelledError as exc:
+            if not through_cancel:
+                raise
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
 
 
 async def _bounded_close(aclose: Callable[[], Any]) -> None:
@@ -2396,10 +2415,14 @@ async def _bounded_close(aclose: Callable[[], Any]) -> None:
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
-    """Await ``aw`` for at most ``timeout_s``; past that, cancel it and raise
-    ``TimeoutError``."""
+    """Await ``aw`` for at most ``timeout_s``; past that, or cancelled meanwhile, cancel
+    it and raise ``TimeoutError`` (``CancelledError``)."""
     task = asyncio.ensure_future(aw)
-    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:  # not left running (a deregistration that hangs)
+        task.cancel()
+        raise
     if not done:
         task.cancel()
         raise TimeoutError(f"not done within {timeout_s} s")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from typing import Any
 
+import grpc
 import pytest
 
 import meshkit
 from meshkit.discovery import LocalRegistry
+from meshkit.observability import AdminOptions
+from meshkit.server import _SharedAdmin
+from tests.support.wait import until
 
 _OPTS = meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0, grace_s=1)
 
@@ -36,3 +42,70 @@ async def test_drain_racing_ahead_of_a_start_task(registry: LocalRegistry) -> No
         await starting
     assert await registry.instances("echo") == frozenset()
     assert not srv.live
+
+
+class _HangingRegistry:
+    """A registry whose register() and deregister() never return (its server unreachable
+    with no timeout of its own); counts the deregistrations still awaiting."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+    async def register(self, instance: object) -> None:
+        await asyncio.Event().wait()
+
+    async def deregister(self, instance: object) -> None:
+        self.pending += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.pending -= 1
+
+    async def close(self) -> None:
+        pass
+
+
+class _Closing(grpc.aio.ServerInterceptor):
+    """A user's interceptor with an aclose() (connections it holds)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_undo_of_a_cancelled_start_cancelled_again_still_undoes_it() -> None:
+    """start() cancelled while registering is undone; cancelled again while the undo waits
+    for the registration's withdrawal (up to 5 s, a registry that hangs), the undo still
+    stops the grpc server, closes the interceptors and releases the admin server, and the
+    withdrawal is not left running (the second cancel used to end the undo there: the
+    port stayed bound, the admin server served for good, aclose() never ran)."""
+    registry = _HangingRegistry()
+    closing = _Closing()
+    opts = meshkit.ServeOptions(insecure=True, admin=AdminOptions(port=0), drain_delay_s=0,
+                                grace_s=1, interceptors=[closing])
+    srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+    starting = asyncio.ensure_future(srv.start())
+    await until(lambda: srv._registering is not None, timeout_s=5)
+    grpc_server, port = srv._server, srv.port  # held: no garbage collection stops it
+    assert srv.admin is not None
+    admin_port = srv.admin.port
+    starting.cancel()
+    await until(lambda: registry.pending == 1, timeout_s=5)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert grpc_server is not None
+    assert _refused(port) and _refused(admin_port)
+    assert _SharedAdmin.users() == 0 and closing.closed
+    await until(lambda: registry.pending == 0, timeout_s=2)
+    await asyncio.wait_for(srv.wait_stopped(), 2)
