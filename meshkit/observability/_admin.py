@@ -10,6 +10,7 @@ import gzip
 import ipaddress
 import json
 import re
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -214,6 +215,10 @@ class AdminServer:
         self._registry = self.options.registry or default_registry()
         # served beside it (add_registry): id -> (registry, how many added it)
         self._more: dict[int, tuple[CollectorRegistry, int]] = {}
+        # what the registries that left counted (remove_registry), added to the series
+        # the served ones still list; pruned in the render threads, under the lock
+        self._left: list[_Left] = []
+        self._left_lock = threading.Lock()
         # the families (and the live mesh's collector, which the added registries' leave
         # to this one) exist in the own registry before the first scrape; the dashboard
         # shows the RPC records of one registry (``dashboard_registry``, default the own)
@@ -278,6 +283,13 @@ class AdminServer:
         histograms, summaries and the ``grpc_*_in_flight`` gauges (``_created`` the
         earliest), the first registry's for other gauges (a certificate's notAfter) and
         quantiles; a family whose type differs from the first's of its name is left out.
+        A registry that leaves (:meth:`remove_registry`) leaves what it counted (its
+        counters', histograms' and summaries' samples, quantiles aside) in the series
+        that a served registry still lists, so that a summed series never goes backwards
+        while it is listed (Prometheus would read a counter reset, and ``rate()`` count
+        the rest again as new); its series no served registry lists leave with it, and
+        so does what it left in a series once no served registry lists that series (a
+        series may disappear); added again, its own counts hold what it left.
         The ``meshkit_client_*``/``meshkit_registry_*``/``meshkit_server_*`` families
         read from the live channels and servers come once (those of the own registry's
         :class:`MeshCollector`: every registry's reads the same ones)."""
@@ -285,17 +297,33 @@ class AdminServer:
             return
         held = self._more.get(id(registry))
         self._more[id(registry)] = (registry, 1 if held is None else held[1] + 1)
+        if held is None:  # back: its own counts hold what it left
+            with self._left_lock:
+                self._left = [left for left in self._left
+                              if left.registry() is not registry]
 
     def remove_registry(self, registry: CollectorRegistry) -> None:
         """Undo one :meth:`add_registry` of ``registry``: once undone as often as added,
-        ``/metrics`` no longer serves it (nothing happens for one not added)."""
+        ``/metrics`` no longer serves it (nothing happens for one not added); what it
+        counted stays in the series another served registry lists (see
+        :meth:`add_registry`: it is collected now, once, on the calling loop). A
+        registry whose collection raises then leaves with all it counted (warned)."""
         held = self._more.get(id(registry))
         if held is None or held[0] is not registry:
             return
         if held[1] > 1:
             self._more[id(registry)] = (registry, held[1] - 1)
-        else:
-            del self._more[id(registry)]
+            return
+        del self._more[id(registry)]
+        try:  # what it counted, kept in the series others still list (add_registry)
+            with mesh_read_elsewhere():
+                counted = [m for m in map(_monotonic, registry.collect()) if m is not None]
+        except Exception:
+            _log.warning("a registry leaving /metrics could not be collected: its counts "
+                         "leave with it", exc_info=True)
+            return
+        with self._left_lock:
+            self._left = [*self._left, _Left(registry, counted)]
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port.
@@ -424,6 +452,8 @@ class AdminServer:
         # this loop would wait; in the admin server's own threads, not behind whatever
         # holds the loop's default executor (asyncio.to_thread's)
         more = tuple(registry for registry, _ in self._more.values())
+        with self._left_lock:  # taken with ``more``: a registry is in one of them
+            left = tuple(self._left)
         # gzip when the scraper takes it (Prometheus asks on every scrape), compressed in
         # the render thread too
         zipped = _accepts_gzip(", ".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
@@ -432,7 +462,7 @@ class AdminServer:
             raise web.HTTPServiceUnavailable(text="admin server stopping\n")
         body, fixed = await loop.run_in_executor(
             self._render_threads, contextvars.copy_context().run, self._render, om, loop,
-            more, zipped)
+            more, zipped, left)
         new = sorted(fixed - self._unencodable)
         if new:
             self._unencodable.update(new)
@@ -447,10 +477,11 @@ class AdminServer:
         return resp
 
     def _render(self, om: bool, loop: asyncio.AbstractEventLoop,
-                more: tuple[CollectorRegistry, ...] = (),
-                zipped: bool = False) -> tuple[bytes, set[str]]:
+                more: tuple[CollectorRegistry, ...] = (), zipped: bool = False,
+                left: tuple[_Left, ...] = ()) -> tuple[bytes, set[str]]:
         """The exposition of the registry and ``more`` registries (merged, see
-        :meth:`add_registry`), OpenMetrics if ``om`` else the text format 0.0.4 (gzip
+        :meth:`add_registry`), with what the registries that ``left`` counted in the
+        series listed, OpenMetrics if ``om`` else the text format 0.0.4 (gzip
         compressed if ``zipped``), and the names of the families whose text had to be
         fixed; run in a worker thread, the mesh read on ``loop`` (:func:`reading_on`).
 
@@ -467,6 +498,11 @@ class AdminServer:
                 with mesh_read_elsewhere():
                     for registry in more:
                         metrics = _merged(metrics, registry.collect())
+        if left:
+            with self._left_lock:
+                for gone in left:
+                    metrics, gone.families = _kept(metrics, gone.families)
+                self._left = _folded(self._left)
         try:
             body, names = generate(_Collected(metrics)), set()
         except UnicodeEncodeError:
@@ -719,6 +755,84 @@ class _Collected:
 # families whose series counted in two registries add up (see AdminServer.add_registry)
 _SUMMED_TYPES = frozenset({"counter", "histogram", "gaugehistogram", "summary"})
 _SUMMED_GAUGES = frozenset({"grpc_server_in_flight", "grpc_client_in_flight"})
+
+
+class _Left:
+    """A registry that left an admin server's ``/metrics`` (weakly: it may be added again)
+    and the families it had counted then (:func:`_monotonic`), pruned to the series the
+    served registries list (:func:`_kept`)."""
+
+    __slots__ = ("families", "registry")
+
+    def __init__(self, registry: CollectorRegistry | None, families: list[Metric]) -> None:
+        self.registry: Callable[[], CollectorRegistry | None] = (
+            _nothing if registry is None else weakref.ref(registry))
+        self.families = families
+
+
+def _nothing() -> None:
+    return None
+
+
+def _folded(left: list[_Left]) -> list[_Left]:
+    """``left`` without the entries nothing is left of, and those of registries freed
+    (never added again) summed into one: one entry per registry that may come back,
+    however many left for good (a server replaced with a registry of its own at every
+    reload)."""
+    out: list[_Left] = []
+    freed: list[Metric] | None = None
+    for gone in left:
+        if not gone.families:
+            continue
+        if gone.registry() is not None:
+            out.append(gone)
+        else:  # a new object: a render under way reads the entries it took as they are
+            freed = gone.families if freed is None else _merged(freed, gone.families)
+    return out if freed is None else [*out, _Left(None, freed)]
+
+
+def _monotonic(metric: Metric) -> Metric | None:
+    """``metric`` with only its samples that never go down (a counter's, a histogram's,
+    a summary's but its quantiles), or ``None`` for a family of another type (a gauge
+    may go down: none of it is kept)."""
+    if metric.type not in ("counter", "histogram", "summary"):
+        return None
+    kept = copy.copy(metric)
+    kept.samples = [s for s in metric.samples if "quantile" not in s.labels]
+    return kept
+
+
+def _kept(metrics: list[Metric], left: list[Metric]) -> tuple[list[Metric], list[Metric]]:
+    """``metrics`` with the samples of ``left`` (a registry's that left) added to the
+    series they list (``_created`` the earliest), and what of ``left`` is still listed
+    (the rest is dropped: a series that left does not come back with old counts); the
+    families of ``metrics`` are left as they are (a changed one is a copy)."""
+    out = list(metrics)
+    where = {m.name: i for i, m in enumerate(out)}
+    still: list[Metric] = []
+    for metric in left:
+        i = where.get(metric.name)
+        if i is None or out[i].type != metric.type:
+            continue
+        merged = copy.copy(out[i])
+        merged.samples = list(out[i].samples)
+        series = {(s.name, tuple(sorted(s.labels.items()))): j
+                  for j, s in enumerate(merged.samples)}
+        kept = copy.copy(metric)
+        kept.samples = []
+        for sample in metric.samples:
+            j = series.get((sample.name, tuple(sorted(sample.labels.items()))))
+            if j is None:
+                continue
+            had = merged.samples[j]
+            merged.samples[j] = had._replace(
+                value=min(had.value, sample.value) if sample.name.endswith("_created")
+                else had.value + sample.value)
+            kept.samples.append(sample)
+        if kept.samples:
+            out[i] = merged
+            still.append(kept)
+    return out, still
 
 
 def _merged(metrics: list[Metric], more: Iterable[Metric]) -> list[Metric]:
