@@ -1207,9 +1207,12 @@ class EtcdRegistry:
         the instance as JSON. Registering the same ``instance_id`` again replaces it. When
         the key changes (another service name), the new key is put first and the old one
         deleted after, so a failed put leaves the previous registration as it was (still
-        listed and kept alive). If only the delete of the old key fails, the registration
-        has succeeded: the old key is deleted by the keep-alive once etcd takes it (it
-        goes with the lease in any case), unless that key is registered again meanwhile.
+        listed and kept alive); a put left unanswered (a timeout, a cancel of the caller)
+        that etcd applied anyway is deleted by the keep-alive, unless the key is the one
+        this id is registered under already. If only the delete of the old key fails, the
+        registration has succeeded: the old key is deleted by the keep-alive once etcd
+        takes it (it goes with the lease in any case), unless that key is registered again
+        meanwhile.
 
         Raises:
             RegistryError: no member could be reached or one refused (chained from the
@@ -1228,12 +1231,24 @@ class EtcdRegistry:
                 if self._lease is None:
                     self._lease = await self._grant()
                 try:
-                    await self._put(instance, self._lease)
-                except _EtcdError as exc:
-                    if exc.code != _NOT_FOUND:
-                        raise
-                    await self._regrant_locked()  # the lease expired meanwhile
-                    await self._put(instance, self._lease)
+                    try:
+                        await self._put(instance, self._lease)
+                    except _EtcdError as exc:
+                        if exc.code != _NOT_FOUND:
+                            raise
+                        await self._regrant_locked()  # the lease expired meanwhile
+                        await self._put(instance, self._lease)
+                except BaseException as exc:
+                    # no answer (cancelled, timed out, the member gone, or one that may
+                    # come after the put was applied): etcd may have applied it, and its
+                    # key, under the lease the keep-alive renews for the instances
+                    # owned, would stay listed while this process lives; the keep-alive
+                    # deletes it as a stale key (not this id's owned key: that one stays
+                    # this registry's, its value checked). Not after a refusal.
+                    refused = isinstance(exc, _EtcdError) and not exc.retry_elsewhere
+                    if not refused and (old is None or self._key(old) != self._key(instance)):
+                        self._stale.add(self._key(instance))
+                    raise
             except _FOREIGN as exc:
                 error = RegistryError(f"cannot register {instance.instance_id!r} with etcd "
                                       f"{list(self.options.endpoints)}: {describe(exc)}")
