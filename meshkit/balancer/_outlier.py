@@ -16,7 +16,9 @@ success closes the breaker (back in rotation, its multiplier kept, going down fr
 failure ejects it again for longer. The
 probe is a real caller's call, so it waits for a usable connection: while the endpoint's
 state is ``FAILING`` (no balancer sends a call there) it stays out of rotation with its
-probe pending, and the first pick after the connection recovers probes it. At most
+probe pending, and a pick after the connection recovers probes it (the first one, or
+with ``k`` endpoints waiting so, one of the next ``k``: each pick looks at one of them,
+so that dead instances still registered cost no pick O(ejected)). At most
 ``max_ejection_percent`` of the endpoints are ejected at once (at least one may always be):
 the cap guards against a shared cause (a dependency of every endpoint down, or failing
 part of every endpoint's calls) ejecting the whole service, and holds as Envoy's does. It
@@ -244,7 +246,8 @@ class EjectingBalancer:
 
     __slots__ = ("_all", "_cap", "_clock", "_ejected", "_health", "_inner", "_max_times",
                  "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free", "_opts",
-                 "_rate_interval_s", "ejections", "panic_picks")
+                 "_rate_interval_s", "_recheck_at", "_turn", "_waiting", "ejections",
+                 "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -269,6 +272,12 @@ class EjectingBalancer:
         self._health: dict[str, _Health] = {}
         self._ejected: tuple[Endpoint, ...] = ()  # ejection not over (kept by _schedule)
         self._next_expiry = float("inf")
+        # due probes waiting for their connection (FAILING), looked at one a pick (in
+        # turn) until _recheck_at, the next time something else falls due (_take_probe);
+        # () when not known (_schedule)
+        self._waiting: tuple[Endpoint, ...] = ()
+        self._turn = 0
+        self._recheck_at = _NEVER
         self.ejections = 0
         self.panic_picks = 0
 
@@ -311,6 +320,7 @@ class EjectingBalancer:
         pending = [h.probe_until if h.probing else h.ejected_until
                    for h in self._health.values() if h.ejected_until is not None]
         self._next_expiry = min(pending, default=_NEVER)
+        self._waiting = ()  # _take_probe looks at every ejected endpoint again
         self._ejected = tuple(ep for ep in self._all
                               if self._health[ep.key].ejected_until is not None)
 
@@ -425,10 +435,22 @@ class EjectingBalancer:
         ``verdict_s``, ``inf`` for never), and its health, or ``None``. Looks at the
         ejected endpoints only, and changes nothing in the inner balancer (the endpoint
         stays out of its rotation while probed). A stream probe undecided past its
-        bound returns its endpoint to rotation first (:meth:`_return_undecided`)."""
+        bound returns its endpoint to rotation first (:meth:`_return_undecided`).
+
+        While due endpoints wait for their connection (``FAILING``: a dead instance
+        still registered), nothing tells the balancer when one recovers, so picks keep
+        asking; each then looks at one of them, in turn, until something else falls due
+        (an ejection's end, a stream probe's bound): O(1) a pick, not O(ejected), and a
+        recovered one is probed within as many picks as endpoints wait."""
         now = self._clock()
+        waiting = self._waiting
+        if waiting and now < self._recheck_at:
+            turn = self._turn = (self._turn + 1) % len(waiting)
+            if waiting[turn].state is _FAILING:
+                return None
         health = self._health
-        waiting = False
+        waits: list[Endpoint] = []
+        recheck_at = _NEVER
         for ep in self._ejected:
             h = health[ep.key]
             until = h.ejected_until
@@ -437,18 +459,25 @@ class EjectingBalancer:
             if h.probing:
                 if h.probe_until <= now:
                     self._return_undecided(ep, h)
+                elif h.probe_until < recheck_at:
+                    recheck_at = h.probe_until
                 continue
             if until <= now:
                 if ep.state is _FAILING:
-                    waiting = True  # probed once its connection recovers: look again
+                    waits.append(ep)  # probed once its connection recovers: look again
                     continue
                 h.probing = True
                 h.probe_until = now + verdict_s
                 h.stream_probe = None
                 self._schedule()
                 return ep, h
-        if not waiting:
+            if until < recheck_at:
+                recheck_at = until
+        if not waits:
             self._schedule()
+        else:
+            self._waiting = tuple(waits)
+            self._recheck_at = recheck_at
         return None
 
     def _return_undecided(self, ep: Endpoint, h: _Health) -> None:
