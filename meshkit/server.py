@@ -2038,11 +2038,12 @@ class MeshServer:
         :meth:`start` does), log "stopped", write the access log's last
         batch, mark the server stopped and record its final counters (:func:`ended`).
         Each step is attempted whatever the one before did: one that fails (or a warning
-        turned into an error, ``-W error``) is logged, and the server still ends stopped
-        (the drain's waiters released) with its final counters recorded."""
+        turned into an error, ``-W error``) is logged, one under way when the drain's task
+        is cancelled is cancelled, and the server still ends stopped (the drain's waiters
+        released) with its final counters recorded."""
         self._close_gate()
-        try:
-            await _each_step(self._after_stop_steps())
+        try:  # the drain's task cancelled meanwhile: the other steps still run
+            await _each_step(self._after_stop_steps(), through_cancel=True)
         finally:
             for what, last in (
                     ("logging the stop", lambda: _log.info(

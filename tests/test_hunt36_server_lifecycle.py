@@ -109,3 +109,40 @@ async def test_undo_of_a_cancelled_start_cancelled_again_still_undoes_it() -> No
     assert _SharedAdmin.users() == 0 and closing.closed
     await until(lambda: registry.pending == 0, timeout_s=2)
     await asyncio.wait_for(srv.wait_stopped(), 2)
+
+
+class _SlowClosing(_Closing):
+    """An interceptor whose aclose() takes a while (a pool closing its connections)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+
+    async def aclose(self) -> None:
+        self.closing.set()
+        await asyncio.sleep(3)
+        self.closed = True
+
+
+async def test_a_drain_cancelled_while_closing_an_interceptor_still_releases_the_rest(
+        registry: LocalRegistry) -> None:
+    """The drain's own task cancelled while an interceptor's aclose() runs (asyncio.run's
+    sweep at the end of a run, a serve() task left running): that close is cancelled, but
+    the steps after it still run: the admin server is released (it used to keep the
+    server as its user and serve for good) and the server ends stopped."""
+    slow = _SlowClosing()
+    opts = meshkit.ServeOptions(insecure=True, admin=AdminOptions(port=0), drain_delay_s=0,
+                                grace_s=1, interceptors=[slow])
+    srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+    await srv.start()
+    assert srv.admin is not None
+    admin_port = srv.admin.port
+    draining = asyncio.ensure_future(srv.drain())
+    await asyncio.wait_for(slow.closing.wait(), 5)
+    assert srv._drain_task is not None
+    srv._drain_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await draining
+    await asyncio.wait_for(srv.wait_stopped(), 2)
+    assert _SharedAdmin.users() == 0 and _refused(admin_port)
+    assert not slow.closed
