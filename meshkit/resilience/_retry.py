@@ -397,8 +397,10 @@ class RetryInterceptor(ClientInterceptor):
             self._waits.discard(waiter)
 
     def budget_left(self) -> float:
-        """Retries the budget still allows in its window."""
-        return self.budget.balance()
+        """Retries the budget still allows in its window, 0 or more: the budget's
+        balance falls below 0 when the requests that paid for retries leave the window
+        before those retries do (a debt that holds retries back, not retries allowed)."""
+        return max(0.0, self.budget.balance())
 
     async def intercept_unary(self, details: ClientCallDetails, request: Any,
                               proceed: UnaryProceed) -> Any:
