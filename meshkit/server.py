@@ -572,7 +572,8 @@ class ServeOptions:
         port: TCP port to bind; 0 (default) picks a free one, registered as bound.
         advertise_host: host put in the registry (brackets dropped); default ``host``, or
             the machine's host name when binding all interfaces (the unspecified address,
-            however spelled: ``"0.0.0.0"``, ``"::"``, ``"0:0:0:0:0:0:0:0"``).
+            however spelled: ``"0.0.0.0"``, ``"::"``, ``"0:0:0:0:0:0:0:0"``). Not itself
+            the unspecified address (:class:`MeshServer` refuses it: ``ConfigError``).
         instance_id: unique id in the registry; default ``<service>-<hostname>-<pid>``,
             with ``-<port>`` added when a live server of this process already holds that
             id (a second server of the service in the process: with one id, the second
@@ -1342,7 +1343,8 @@ class MeshServer:
 
     Raises:
         ConfigError: bad ``service`` name or options (``options`` not a
-            :class:`ServeOptions`: a ``DialOptions``, say), a bad registry URI or a
+            :class:`ServeOptions`: a ``DialOptions``, say; an ``advertise_host`` that is
+            the unspecified address, ``"0.0.0.0"`` or ``"::"``), a bad registry URI or a
             ``registry`` without ``register()``/``deregister()`` (a class instead of an
             instance, say), or no transport security configured and ``insecure`` not
             asked for; from :meth:`start`, before binding: a health servicer meshkit
@@ -1381,6 +1383,14 @@ class MeshServer:
         # Validate the name now (Instance checks it), with a placeholder address.
         Instance(service=service, instance_id="validate", host="localhost", port=1)
         opts = self.options
+        if opts.advertise_host is not None and is_unspecified(opts.advertise_host):
+            # registered, every caller would dial its own host (Consul refuses to
+            # advertise these too: "Advertise address cannot be 0.0.0.0, :: or [::]")
+            raise ConfigError(
+                f"serve({service!r}): advertise_host {opts.advertise_host!r} is the "
+                "unspecified address, which no caller can reach this server at: give "
+                "the address or name callers dial, or leave it unset to register the "
+                "host name when binding all interfaces")
         if opts.tls is None and opts.credentials is None and not opts.insecure:
             cert_dir = env_value(CERT_DIR)  # stripped; blank: unset
             if not cert_dir:

@@ -11,6 +11,7 @@ import pytest
 
 import meshkit
 from meshkit.discovery import LocalRegistry
+from meshkit.errors import ConfigError
 from meshkit.observability import AdminOptions
 from meshkit.server import _SharedAdmin
 from tests.support.wait import until
@@ -146,3 +147,25 @@ async def test_a_drain_cancelled_while_closing_an_interceptor_still_releases_the
     await asyncio.wait_for(srv.wait_stopped(), 2)
     assert _SharedAdmin.users() == 0 and _refused(admin_port)
     assert not slow.closed
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "0:0:0:0:0:0:0:0",
+                                  "::ffff:0.0.0.0"])
+def test_an_unspecified_advertise_host_is_refused_at_construction(
+        host: str, registry: LocalRegistry) -> None:
+    """``advertise_host="0.0.0.0"`` (a copy of ``host`` into it) was registered as it is:
+    every caller dialled its own machine, while the server reported itself ready. Refused
+    when the server is built (as Consul refuses to advertise it), the value quoted."""
+    opts = meshkit.ServeOptions(insecure=True, admin=None, host="0.0.0.0",
+                                advertise_host=host)
+    with pytest.raises(ConfigError, match="advertise_host") as info:
+        meshkit.MeshServer("echo", registry=registry, options=opts)
+    assert repr(host) in str(info.value)
+
+
+def test_a_reachable_advertise_host_is_still_taken(registry: LocalRegistry) -> None:
+    """An address or name callers can dial is taken as before (loopback too)."""
+    for host in ("10.1.2.3", "::1", "[fe80::1%eth0]", "svc.local", "127.0.0.1"):
+        opts = meshkit.ServeOptions(insecure=True, admin=None, host="0.0.0.0",
+                                    advertise_host=host)
+        assert meshkit.MeshServer("echo", registry=registry, options=opts).options is opts
