@@ -486,6 +486,11 @@ class RpcMetrics:
     label set (:meth:`bind_server`, :meth:`bind_client`) and rendered at scrape by a
     collector: a call costs a few integer adds, no lock and no label lookup.
 
+    Made directly (to choose ``buckets_s``) before :func:`rpc_metrics` was asked for
+    ``registry``, it is the one :func:`rpc_metrics` answers for it from then on: what
+    the telemetry of a ``serve()`` or ``dial()`` counting into ``registry``
+    (``TelemetryOptions(registry=...)``) and an admin server serving it use.
+
     Args:
         registry: where the families are registered (with a :class:`MeshCollector`).
         buckets_s: histogram bounds in seconds (default :data:`DURATION_BUCKETS_S`), in
@@ -522,6 +527,9 @@ class RpcMetrics:
         registry.register(self.certificates)
         self.mesh = MeshCollector()
         registry.register(self.mesh)
+        # made here to choose buckets_s: the one rpc_metrics() answers for the registry
+        # (the telemetry interceptors' and the admin server's), not a second set
+        _BY_REGISTRY.setdefault(registry, self)
 
     def _forget_parent(self) -> None:
         """In a child made by ``os.fork()``: a new lock for its registry
