@@ -1058,7 +1058,9 @@ class EtcdRegistry:
         :meth:`_post_one`) of one member after another until one answers.
 
         With ``persist`` (writes: register, deregister, keep-alive) the members are tried
-        again, after a backoff, until ``operation_timeout_s`` has passed: a leader election
+        again, after a backoff, until ``operation_timeout_s`` has passed (no attempt starts
+        after it, so a write fails within ``operation_timeout_s + request_timeout_s``
+        whatever the number of members): a leader election
         (about one to two election timeouts) makes every member answer ``UNAVAILABLE`` or
         time out for a while. Without it (a watch's read, which retries on its own) one
         pass over the members.
@@ -1082,6 +1084,8 @@ class EtcdRegistry:
             for i in range(start, start + len(endpoints)):
                 if self._race.closed:  # close() closes the session: aiohttp's RuntimeError
                     raise RegistryError(f"etcd registry for {endpoints!r} is closed") from error
+                if persist and error is not None and time.monotonic() >= deadline:
+                    break  # no attempt past operation_timeout_s, however many members
                 try:
                     return await self._post_one(session, endpoints[i % len(endpoints)],
                                                 path, body)
