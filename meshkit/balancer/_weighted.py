@@ -18,6 +18,7 @@ __all__ = ["RingHash", "WeightedRoundRobin"]
 _FAILING = EndpointState.FAILING
 _READY = EndpointState.READY
 _MAX_RING = 8 * 1024 * 1024  # gRPC's limit of ring_hash's max_ring_size (gRFC A42)
+_LCM_MAX = 1 << 46  # a weights' multiple this large makes a cycle of 2**62 turns: floats
 
 
 class WeightedRoundRobin:
@@ -85,8 +86,15 @@ class WeightedRoundRobin:
         left = {ep.key: (due - now) / self._steps[ep.key] for due, _, ep in self._heap}
         weights = [ep.instance.weight for ep in endpoints]
         # the weights' least common multiple, times 2**16 so that a first turn can fall
-        # at a random point of a step even when every weight is 1
-        cycle: float = math.lcm(*weights) << 16 if weights else 1 << 16
+        # at a random point of a step even when every weight is 1; given up on once past
+        # the bound (math.lcm(*weights) of large weights grows to thousands of bits, each
+        # step costing its size: quadratic in endpoints)
+        lcm = 1
+        for w in weights:
+            lcm = math.lcm(lcm, w)
+            if lcm >= _LCM_MAX:
+                break
+        cycle: float = lcm << 16
         if cycle >= 1 << 62:
             cycle = 1.0  # float turns: shares drift by rounding only
         self._steps = steps = {ep.key: cycle / w if isinstance(cycle, float) else cycle // w
