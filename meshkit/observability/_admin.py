@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.samples import Sample
 
 from meshkit._aio_http import start_app
 from meshkit._config import check_bool, check_instance, check_int
@@ -280,9 +281,11 @@ class AdminServer:
         added registry's, in the order added; a family of a name already there is merged
         into it: a series (name and labels) counted in two registries (one method served
         by two servers, each counting into its own) is their sum for counters,
-        histograms, summaries and the ``grpc_*_in_flight`` gauges (``_created`` the
-        earliest), the first registry's for other gauges (a certificate's notAfter) and
-        quantiles; a family whose type differs from the first's of its name is left out.
+        histograms (of the same buckets: a histogram series whose bounds differ from
+        the first registry's is left out), summaries and the ``grpc_*_in_flight``
+        gauges (``_created`` the earliest), the first registry's for other gauges (a
+        certificate's notAfter) and quantiles; a family whose type differs from the
+        first's of its name is left out.
         A registry that leaves (:meth:`remove_registry`) leaves what it counted (its
         counters', histograms' and summaries' samples, quantiles aside) in the series
         that a served registry still lists, so that a summed series never goes backwards
@@ -820,9 +823,10 @@ def _kept(metrics: list[Metric], left: list[Metric]) -> tuple[list[Metric], list
                   for j, s in enumerate(merged.samples)}
         kept = copy.copy(metric)
         kept.samples = []
+        other_bounds = _other_bounds(out[i], metric)
         for sample in metric.samples:
             j = series.get((sample.name, tuple(sorted(sample.labels.items()))))
-            if j is None:
+            if j is None or (other_bounds and _histogram_series(sample) in other_bounds):
                 continue
             had = merged.samples[j]
             merged.samples[j] = had._replace(
@@ -833,6 +837,36 @@ def _kept(metrics: list[Metric], left: list[Metric]) -> tuple[list[Metric], list
             out[i] = merged
             still.append(kept)
     return out, still
+
+
+_Labels = tuple[tuple[str, str], ...]
+
+
+def _histogram_series(sample: Sample) -> _Labels:
+    """The labels of the histogram series ``sample`` belongs to (``le`` aside)."""
+    return tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+
+
+def _bounds(metric: Metric) -> dict[_Labels, set[str]]:
+    """The ``le`` bounds of each series of a histogram family (none of another type)."""
+    out: dict[_Labels, set[str]] = {}
+    if metric.type in ("histogram", "gaugehistogram"):
+        for sample in metric.samples:
+            if sample.name == f"{metric.name}_bucket" and "le" in sample.labels:
+                out.setdefault(_histogram_series(sample), set()).add(sample.labels["le"])
+    return out
+
+
+def _other_bounds(first: Metric, metric: Metric) -> set[_Labels]:
+    """The histogram series that ``first`` and ``metric`` (two registries' families of
+    one name and type) both have with different bucket bounds (``RpcMetrics`` of custom
+    ``buckets_s`` in one): adding them bucket by bucket would make a series that is not
+    cumulative, its buckets out of order (the OpenMetrics parser refuses it)."""
+    if metric.type not in ("histogram", "gaugehistogram"):
+        return set()
+    mine = _bounds(first)
+    return {key for key, les in _bounds(metric).items()
+            if key in mine and mine[key] != les}
 
 
 def _merged(metrics: list[Metric], more: Iterable[Metric]) -> list[Metric]:
@@ -855,7 +889,10 @@ def _merged(metrics: list[Metric], more: Iterable[Metric]) -> list[Metric]:
         merged.samples = list(first.samples)
         series = {(s.name, tuple(sorted(s.labels.items()))): j
                   for j, s in enumerate(merged.samples)}
+        other_bounds = _other_bounds(first, metric)
         for sample in metric.samples:
+            if other_bounds and _histogram_series(sample) in other_bounds:
+                continue  # its buckets are not the first's: not added bucket by bucket
             key = (sample.name, tuple(sorted(sample.labels.items())))
             j = series.get(key)
             if j is None:
