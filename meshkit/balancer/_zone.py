@@ -72,7 +72,8 @@ class ZoneAwareBalancer:
             :class:`~meshkit.balancer.P2C`.
 
     Raises:
-        ConfigError: an empty zone, or one that is not a string (quoted).
+        ConfigError: an empty zone, or one that is not a string; an ``inner`` that is
+            not callable (a balancer given instead of its factory; quoted).
     """
 
     __slots__ = ("_local", "_local_eps", "_local_stream", "_other", "_other_stream", "zone")
@@ -81,6 +82,10 @@ class ZoneAwareBalancer:
         if not isinstance(zone, str) or not zone:
             raise ConfigError(
                 f"ZoneAwareBalancer zone must be a non-empty string, got {zone!r}")
+        if not callable(inner):
+            raise ConfigError("ZoneAwareBalancer inner must be a factory of Balancers, called"
+                              " once per zone group (e.g. RoundRobin, or"
+                              f" lambda: P2C(P2COptions(...))), got {inner!r}")
         self.zone = zone
         self._local = inner()
         self._other = inner()
