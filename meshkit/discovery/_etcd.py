@@ -261,6 +261,8 @@ _V3BETA_PATHS = {"/lease/revoke": "/kv/lease/revoke"}
 #: registry's floor): below it the keep-alive or a retry runs without pause (a typo, a unit
 #: slip: milliseconds), a core and the members kept busy.
 _MIN_INTERVAL_S = 0.01
+#: Seconds between two warnings about the same unusable value (every read meets it again).
+_UNUSABLE_LOG_EVERY_S = 60.0
 #: How often a task waiting for the registry's lock checks whether its holder's event loop
 #: was closed while holding it (seconds); see :class:`_LeaseLock`.
 _DEAD_HOLDER_CHECK_S = 1.0
@@ -878,6 +880,8 @@ class EtcdRegistry:
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
         self._kept: dict[int, int] = {}
+        # the key of each unusable value -> monotonic time it was last logged
+        self._unusable_logged: dict[bytes, float] = {}
         self._watch_ids = itertools.count()
         # The gateway's path prefix: /v3 (etcd >= 3.4) until a member answers a plain 404
         # and /v3beta (etcd 3.3) works instead; see _post_one.
@@ -1616,6 +1620,25 @@ class EtcdRegistry:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
 
+    def _log_unusable(self, key: bytes, exc: BaseException) -> None:
+        """Warn that the value at ``key`` is skipped (a watch, :meth:`snapshot`,
+        :meth:`failing`): once per key, then at most every ``_UNUSABLE_LOG_EVERY_S``
+        seconds while it stays unusable (every full read of every watch, and each pass of
+        ``meshkit prometheus-targets``, reads it again), as the Consul and local registries
+        do. The key and the error's type only: the error's message may quote the value
+        (meta may hold secrets)."""
+        now = time.monotonic()
+        logged = self._unusable_logged
+        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+            return
+        # list(): one step under the GIL, as loops of other threads may read entries too
+        for stale, at in list(logged.items()):
+            if now - at >= _UNUSABLE_LOG_EVERY_S:
+                logged.pop(stale, None)
+        logged[key] = now
+        _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"),
+                     error=type(exc).__name__)
+
     async def _range(self, prefix: bytes) -> tuple[dict[str, Any], dict[bytes, Instance],
                                                    dict[bytes, int]]:
         """The prefix read in full: the answer's header, the instances by key, and the
@@ -1628,10 +1651,10 @@ class EtcdRegistry:
         for kv in data.get("kvs") or ():
             key = _unb64(kv["key"])
             mods[key] = int(kv.get("mod_revision") or 0)
-            with contextlib.suppress(ConfigError, ValueError, KeyError, TypeError):
+            try:
                 state[key] = _decode(_unb64(kv.get("value", "")))
-                continue
-            _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"))
+            except (ConfigError, ValueError, KeyError, TypeError) as exc:
+                self._log_unusable(key, exc)
         return data.get("header") or {}, state, mods
 
     async def _follow(self, service: str, queue: asyncio.Queue[_Update]) -> None:
@@ -1809,10 +1832,9 @@ class EtcdRegistry:
                         mods[key] = int(kv.get("mod_revision") or 0)
                         try:
                             state[key] = _decode(_unb64(kv.get("value", "")))
-                        except (ConfigError, ValueError, KeyError, TypeError):
+                        except (ConfigError, ValueError, KeyError, TypeError) as exc:
                             state.pop(key, None)
-                            _log.warning("skipping unusable etcd entry",
-                                         key=key.decode(errors="replace"))
+                            self._log_unusable(key, exc)
                     cur.revision = max([cur.revision, *(
                         int(e["kv"].get("mod_revision") or 0) for e in events)])
                     cur.resyncs = 0
@@ -1929,9 +1951,8 @@ class EtcdRegistry:
         for kv in records:
             try:
                 instance = _decode(_unb64(kv.get("value", "")))
-            except (ConfigError, ValueError, KeyError, TypeError):
-                _log.warning("skipping unusable etcd entry",
-                             key=_unb64(kv["key"]).decode(errors="replace"))
+            except (ConfigError, ValueError, KeyError, TypeError) as exc:
+                self._log_unusable(_unb64(kv["key"]), exc)
                 continue
             if self._key(instance) not in listed:
                 out.add(instance)
@@ -1973,8 +1994,8 @@ class EtcdRegistry:
             listed.add(key)
             try:
                 live.add(_decode(_unb64(kv.get("value", ""))))
-            except (ConfigError, ValueError, KeyError, TypeError):
-                _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"))
+            except (ConfigError, ValueError, KeyError, TypeError) as exc:
+                self._log_unusable(key, exc)
         return ServiceSnapshot(frozenset(live),
                                self._unlisted(listed, [kv for r in records for kv in r]))
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from meshkit.discovery import EtcdOptions, EtcdRegistry
 from tests.discovery.conformance import Collector, make_instance, unique_service
@@ -91,3 +92,26 @@ async def test_a_foreign_value_that_is_no_json_object_is_skipped(
     await registry.register(other)
     await watcher.until_set({good, other})
     await watcher.stop()
+
+
+async def test_an_unusable_value_is_warned_of_once_by_error_type(
+        node: EtcdCluster, registry: EtcdRegistry) -> None:
+    """An unusable value is warned of once (then at most every 60 s while it stays so),
+    naming its key and the error's type, as the Consul and local registries do: it was
+    warned of at every read, so each pass of ``meshkit prometheus-targets --watch`` (every
+    5 s) and each full read of every watch logged it again, without saying what was
+    wrong with it."""
+    service = unique_service()
+    await registry.register(make_instance(service, 1))
+    key = f"/meshkit/services/{service}/odd"
+    await asyncio.to_thread(node.post, 0, "/kv/put", {
+        "key": _b64(key.encode()), "value": _b64(b'{"service": "x", "tags": "v2"}')})
+    with capture_logs() as logs:
+        for _ in range(3):
+            await registry.snapshot(service)
+        watcher = Collector(registry, service)
+        await watcher.next()
+        await watcher.stop()
+    skipped = [e for e in logs if e["event"] == "skipping unusable etcd entry"]
+    assert len(skipped) == 1, skipped
+    assert skipped[0]["key"] == key and skipped[0]["error"] == "KeyError"
