@@ -1344,7 +1344,9 @@ class MeshServer:
     Raises:
         ConfigError: bad ``service`` name or options (``options`` not a
             :class:`ServeOptions`: a ``DialOptions``, say; an ``advertise_host`` that is
-            the unspecified address, ``"0.0.0.0"`` or ``"::"``), a bad registry URI or a
+            the unspecified address, ``"0.0.0.0"`` or ``"::"``; an ``instance_id``,
+            ``tags`` or ``meta`` the registry's :class:`~meshkit.discovery.Instance`
+            refuses: a lone surrogate, a ``weight`` past ``2**63 - 1``), a bad registry URI or a
             ``registry`` without ``register()``/``deregister()`` (a class instead of an
             instance, say), or no transport security configured and ``insecure`` not
             asked for; from :meth:`start`, before binding: a health servicer meshkit
@@ -1380,9 +1382,13 @@ class MeshServer:
                                   if type(options).__name__ == "DialOptions" else ""))
         self.service = service
         self.options = options or ServeOptions()
-        # Validate the name now (Instance checks it), with a placeholder address.
-        Instance(service=service, instance_id="validate", host="localhost", port=1)
         opts = self.options
+        # Validate now what start() registers (Instance checks it: the name, an id, tags
+        # or meta that are no UTF-8, a weight past 2**63 - 1), with a placeholder
+        # address: found at start(), only after binding and serving
+        Instance(service=service, instance_id=opts.instance_id or "validate",
+                 host="localhost", port=1, tags=opts.tags, meta=opts.meta,
+                 weight=opts.weight)
         if opts.advertise_host is not None and is_unspecified(opts.advertise_host):
             # registered, every caller would dial its own host (Consul refuses to
             # advertise these too: "Advertise address cannot be 0.0.0.0, :: or [::]")

@@ -169,3 +169,21 @@ def test_a_reachable_advertise_host_is_still_taken(registry: LocalRegistry) -> N
         opts = meshkit.ServeOptions(insecure=True, admin=None, host="0.0.0.0",
                                     advertise_host=host)
         assert meshkit.MeshServer("echo", registry=registry, options=opts).options is opts
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("weight", 2**63), ("instance_id", "echo-\ud83d"), ("tags", ["v2\ud83d"]),
+    ("meta", {"zone": "a\ud83d"}), ("meta", {"k\ud83d": "v"})])
+async def test_what_the_registry_refuses_is_refused_at_construction(
+        field: str, value: Any, registry: LocalRegistry) -> None:
+    """A weight past 2**63 - 1, or an instance id, tag or meta that is not UTF-8 (a lone
+    surrogate), was taken by ServeOptions and MeshServer and refused only by start()
+    building the Instance to register, after binding and serving; now MeshServer
+    refuses it when built, the value quoted, and nothing is bound."""
+    opts = meshkit.ServeOptions(insecure=True, admin=None, **{field: value})
+    with pytest.raises(ConfigError) as info:
+        meshkit.MeshServer("echo", registry=registry, options=opts)
+    quoted = repr(value if not isinstance(value, (list, dict)) else
+                  next(iter(value)) if isinstance(value, list) else
+                  next(v if "\ud83d" in v else k for k, v in value.items()))
+    assert quoted in str(info.value)
