@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -40,6 +41,33 @@ from meshkit.messaging import (
     PublishOptions,
     ensure_stream,
 )
+
+STALL_S = 60.0
+"""How long a phase may take beyond its pace (``n / 50`` seconds for a backlog of ``n``,
+the paced orders' own duration) before the run gives up (:class:`TimeoutError`)."""
+
+
+async def _applied(done: asyncio.Event, tasks: list[asyncio.Task[None]], timeout_s: float,
+                   what: Callable[[], str]) -> None:
+    """Wait until ``done`` is set, at most ``timeout_s`` seconds.
+
+    Raises:
+        RuntimeError: the relay or the consumer (``tasks``) ended first.
+        TimeoutError: not within ``timeout_s`` (``what()`` says how far it got).
+    """
+    waiter = asyncio.ensure_future(done.wait())
+    try:
+        finished, _ = await asyncio.wait([waiter, *tasks], timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if waiter in finished:
+        return
+    for t in tasks:
+        if t in finished:
+            exc = None if t.cancelled() else t.exception()
+            raise RuntimeError(f"{t.get_name()} ended with {what()}: {exc!r}")
+    raise TimeoutError(f"not within {timeout_s:.0f} s: {what()}")
 
 
 class _Drop(SpanExporter):
@@ -109,27 +137,33 @@ async def run_once(n: int, mesh: bool, url: str, paced: int = 400,
 
         consumer._handler = handle_and_count
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(relay.run()), asyncio.create_task(consumer.run())]
-        await done.wait()  # phase 1: a backlog of n events, for throughput
-        elapsed = time.perf_counter() - t0
-        lags.clear()  # phase 2: orders placed at a steady rate, for the lag
-        done.clear()
-        target = n + paced
-        for i in range(paced):
-            await store.place_order(NewOrder(
-                user_id=f"u{i % 50}", items=(ItemRecord("s", 1, 100),), currency="EUR",
-                total_minor=100, idempotency_key=None, fingerprint="f"))
-            relay.notify()
-            await asyncio.sleep(1 / rate_per_s)
-        await done.wait()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await js.delete_stream(stream)
-        await nc.close()
-        await store.close()
-        if provider is not None:
-            provider.shutdown()
+        tasks = [asyncio.create_task(relay.run(), name="the outbox relay"),
+                 asyncio.create_task(consumer.run(), name="the consumer")]
+        try:
+            # phase 1: a backlog of n events, for throughput
+            await _applied(done, tasks, STALL_S + n / 50,
+                           lambda: f"{projection.applied} of {n} events applied")
+            elapsed = time.perf_counter() - t0
+            lags.clear()  # phase 2: orders placed at a steady rate, for the lag
+            done.clear()
+            target = n + paced
+            for i in range(paced):
+                await store.place_order(NewOrder(
+                    user_id=f"u{i % 50}", items=(ItemRecord("s", 1, 100),), currency="EUR",
+                    total_minor=100, idempotency_key=None, fingerprint="f"))
+                relay.notify()
+                await asyncio.sleep(1 / rate_per_s)
+            await _applied(done, tasks, STALL_S,
+                           lambda: f"{projection.applied - n} of {paced} paced events applied")
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await js.delete_stream(stream)
+            await nc.close()
+            await store.close()
+            if provider is not None:
+                provider.shutdown()
     q = statistics.quantiles(lags, n=100)
     return {"events_per_s": n / elapsed, "lag_p50_ms": q[49] * 1000, "lag_p99_ms": q[98] * 1000}
 
@@ -140,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--events", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
+    if args.events < 1 or args.rounds < 1:  # a backlog of no event is never applied
+        p.error(f"need --events >= 1 and --rounds >= 1, got --events {args.events}, "
+                f"--rounds {args.rounds}")
     url = os.environ.get("MESHKIT_NATS_URL", "nats://127.0.0.1:4222")
     print("variant           events/s   lag p50 ms   lag p99 ms")
     for r in range(args.rounds):
