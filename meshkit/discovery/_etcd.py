@@ -1548,7 +1548,9 @@ class EtcdRegistry:
                                          persist=False)
                 if not self._owned and self._lease is not None:
                     lease, self._lease = self._lease, None
-                    with contextlib.suppress(_EtcdError):  # NOT_FOUND: it had expired
+                    # the keys are deleted: the instance is deregistered whatever comes of
+                    # the revoke (NOT_FOUND: it had expired; a failure: it expires)
+                    with contextlib.suppress(*_FOREIGN):
                         await self._post("/lease/revoke", {"ID": str(lease)})
             except _FOREIGN as exc:
                 if instance.instance_id in self._owned and self._seen_ttl_s:
