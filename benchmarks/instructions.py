@@ -421,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     _loop = args.loop  # the variants' child processes run on it
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown!r}; choose from {', '.join(VARIANTS)}")
+    if unknown or not variants:
+        parser.error(f"--variants: unknown {unknown!r} or none; choose from "
+                     f"{', '.join(VARIANTS)}")
     if args.cpu is not None:
         if args.cpu < 1 or not 1 <= args.callers <= args.calls_high:
             parser.error(f"--cpu needs >= 1 round and 1 <= --callers <= --calls-high, got "
@@ -446,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{low_run} calls)\n")
     print("| variant | instructions per call | vs raw |\n|---|---:|---:|")
     raw: float | None = None
-    for v in variants:
+    # raw first when asked for: every other row then has its ratio to it
+    for v in sorted(variants, key=lambda v: v != "raw"):
         t0 = time.monotonic()
         n = measure(v, args.calls_low, args.calls_high, args.callers)
         raw = n if v == "raw" else raw
