@@ -264,9 +264,14 @@ class Supervisor:
             await p.stop(2.0)
 
     async def close(self) -> None:
-        """Stop every worker started (concurrently), however the run ended."""
-        procs, self.procs = self.procs, []
-        await asyncio.gather(*(p.stop(1.0) for p in procs), return_exceptions=True)
+        """Stop every worker started (concurrently), however the run ended. A worker is
+        forgotten once it stopped: when the close is interrupted, :meth:`kill_all` still
+        kills the others."""
+        procs = list(self.procs)
+        try:
+            await asyncio.gather(*(p.stop(1.0) for p in procs), return_exceptions=True)
+        finally:
+            self.procs = [p for p in self.procs if p.alive]
 
     def kill_all(self) -> None:
         """SIGKILL every worker still running, synchronously (interrupted runs)."""
