@@ -979,6 +979,10 @@ class MeshCollector:
         # the number of the latest final stats() retired (observability.ended_since):
         # those recorded before this collector was made are not its business
         self._ended_seq = last_ended()
+        # meshkit_registry_errors_total per series: each registry object's count (weak
+        # key; None: those of registries freed, summed), not each channel's or server's
+        self._registry_counts: dict[tuple[str, tuple[str, ...]],
+                                    dict[weakref.ref[Any] | None, float]] = {}
 
     def _forget_parent(self) -> None:
         """In a child made by ``os.fork()``: a new lock (a scrape in another thread of
@@ -1012,8 +1016,9 @@ class MeshCollector:
             finals, self._ended_seq = ended_since(self._ended_seq)
             for ref, final in finals:
                 entry = self._last.pop(ref, None)
-                now = (_channel_samples(final) if isinstance(final, ChannelStats)
-                       else _server_samples(final))
+                now = self._registry_counted(ref(), (
+                    _channel_samples(final) if isinstance(final, ChannelStats)
+                    else _server_samples(final)))
                 self._retire(self._final([] if entry is None else entry[1], now))
             for kind, samples_of in _SAMPLES_OF:
                 for obj in tracked(kind):
@@ -1023,7 +1028,33 @@ class MeshCollector:
             self._forget_endpoints(fams)
             for (key, labels), value in self._retired.items():
                 fams[key].add(labels, value)
+            for (key, labels), counts in self._registry_counts.items():
+                for gone in [r for r in counts if r is not None and r() is None]:
+                    counts[None] = counts.get(None, 0) + counts.pop(gone)  # freed: kept
+                fams[key].add(labels, sum(counts.values()))
         return fams
+
+    def _registry_counted(self, obj: Any, samples: list[_Sample]) -> list[_Sample]:
+        """``samples`` (of ``obj``, a channel or server; ``None`` once collected) without
+        its ``meshkit_registry_errors_total`` ones, recorded as its registry's counts: a
+        registry's ``read_errors``/``write_errors`` count each failure once, for all its
+        users, so channels sharing one registry object (or dialing again through it) must
+        not add them up; a registry that cannot be weakly referenced (or an ``obj``
+        gone) counts as its user's own."""
+        kept: list[_Sample] = []
+        for sample in samples:
+            if sample[0] != "registry_errors":
+                kept.append(sample)
+                continue
+            if obj is None:
+                continue  # its registry is unknown: what it read last stays counted
+            try:
+                key: weakref.ref[Any] = weakref.ref(getattr(obj, "registry", None))
+            except TypeError:  # None, or a registry without weak references
+                key = weakref.ref(obj)
+            counts = self._registry_counts.setdefault(sample[:2], {})
+            counts[key] = max(sample[2], counts.get(key, sample[2]))
+        return kept
 
     def _read(self, obj: Any, samples_of: Callable[[Any], list[_Sample]],
               fams: dict[str, _Family]) -> None:
@@ -1045,13 +1076,13 @@ class MeshCollector:
                 return
             else:  # ended without final counts recorded: its counters now
                 try:
-                    now = samples_of(obj.stats())
+                    now = self._registry_counted(obj, samples_of(obj.stats()))
                 except Exception:
                     now = []
                 self._retire(self._final(self._last.pop(ref)[1], now))
                 return
         try:
-            samples = samples_of(obj.stats())
+            samples = self._registry_counted(obj, samples_of(obj.stats()))
         except Exception:  # closing while we looked: as last read, read again next time
             entry = self._last.get(ref)
             for fam, labels, value in entry[1] if entry is not None else ():
