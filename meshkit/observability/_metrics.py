@@ -934,7 +934,11 @@ class MeshCollector:
     ``meshkit_client_endpoint_ejected``, ``meshkit_client_endpoints_ejected``,
     ``meshkit_client_endpoints``, ``meshkit_registry_kept_endpoints`` and
     ``meshkit_server_draining`` their maximum; ``meshkit_client_endpoint_rtt_seconds``
-    their mean.
+    their mean. ``meshkit_registry_errors_total`` counts each registry object once per
+    series (its ``RegistryStatus`` counts every failure once, for all its users): two
+    channels dialing one target through one registry, or one dialed again through it,
+    show its count, not a sum; registries of their own add up, and a freed one's count
+    stays.
 
     Counters never go backwards (Prometheus/OpenMetrics: a counter is monotonically
     non-decreasing; a drop reads as a restart, and ``rate()``/``increase()`` count the
