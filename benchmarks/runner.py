@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="directory for <timestamp>.json (default benchmarks/results)")
     p.add_argument("--markdown", type=Path, default=None,
-                   help="also write every table as Markdown to this file")
+                   help="also write every table as Markdown to this file (its directory "
+                        "is made if missing)")
     p.add_argument("--keep-workdir", action="store_true",
                    help="keep the temporary directory (worker logs, registries)")
     p.add_argument("--contenders", default=None,
@@ -240,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     reported, not failures), or 130 when interrupted."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
+    if args.markdown is not None:  # as --out: its directory made now, not after the run
+        try:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"--markdown {args.markdown}: {exc.strerror or exc}") from None
+        if not os.access(args.markdown.parent, os.W_OK):
+            raise SystemExit(f"--markdown {args.markdown}: its directory is not writable")
     if args.loop == "uvloop" and not meshkit.uvloop_installed():
         print("--loop uvloop: uvloop is not installed (pip install 'meshkit[fast]')",
               file=sys.stderr)

@@ -41,3 +41,33 @@ def test_a_scenario_raising_runtime_error_is_reported_and_the_run_goes_on(
     captured = capsys.readouterr()
     assert "FAILED: RuntimeError: etcd not healthy" in captured.out
     assert "scenario hunt36-broken failed" in captured.err
+
+
+def test_markdown_into_a_new_directory_is_written(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--markdown results/tables.md`` with no ``results/`` yet ran every scenario and
+    then failed with FileNotFoundError (a traceback, exit 1), the tables lost; ``--out``
+    makes its directory, and so does ``--markdown`` now."""
+    monkeypatch.setitem(SCENARIOS, "hunt36-fine", _fine)
+    md = tmp_path / "new" / "dir" / "tables.md"
+    assert runner.main(["--smoke", "--scenarios", "hunt36-fine", "--out", str(tmp_path),
+                        "--markdown", str(md)]) == 0
+    assert "### Targets" in md.read_text()
+
+
+def test_an_unwritable_markdown_path_is_refused_before_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``--markdown`` path that cannot be written (here its parent is a file) is a
+    usage error before any scenario runs, not a traceback after all of them."""
+    ran: list[str] = []
+
+    async def scenario(ctx: Ctx) -> dict[str, Any]:
+        ran.append("ran")
+        return {}
+
+    monkeypatch.setitem(SCENARIOS, "hunt36-fine", scenario)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--smoke", "--scenarios", "hunt36-fine", "--out", str(tmp_path),
+                     "--markdown", str(tmp_path / "file" / "tables.md")])
+    assert "--markdown" in str(exc.value.code) and ran == []
