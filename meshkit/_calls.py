@@ -1120,19 +1120,27 @@ class RetryingStreamCall(MeshCall):
         attempt: the number of the first attempt (1-based).
         pause: ``await pause(seconds)`` waits out a delay (default ``asyncio.sleep``; the
             retry interceptor's returns early when its channel closes).
+        late: ``late(details) -> bool``, asked after each pause: ``True`` ends the call
+            with the last attempt's error instead of opening another (the retry
+            interceptor's says so when a loaded loop woke the pause past the deadline,
+            where the next attempt could only fail ``DEADLINE_EXCEEDED`` and hide that
+            error); default ``None``, never.
     """
 
-    __slots__ = ("_delay_for", "_first", "_next", "_open", "_pause", "_request", "_style")
+    __slots__ = ("_delay_for", "_first", "_late", "_next", "_open", "_pause", "_request",
+                 "_style")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]], call: Any,
                  delay_for: Callable[[AioRpcError, int], float | None], attempt: int,
-                 pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 late: Callable[[ClientCallDetails], bool] | None = None) -> None:
         super().__init__(details)
         self._request = request
         self._open = open_
         self._delay_for = delay_for
         self._pause = pause
+        self._late = late
         self._first: Any = _NOTHING
         self._next: asyncio.Future[None] | None = None  # set at the next attempt's opening
         # the API its responses are taken with: None, _READER or _ITERATOR (as grpc.aio's
@@ -1165,7 +1173,11 @@ class RetryingStreamCall(MeshCall):
                 if delay is None:
                     self._settle(None, exc)
                     return
+                last = exc
             await self._pause(delay)
+            if self._late is not None and self._late(self._details):
+                self._settle(None, last)
+                return
             attempt += 1
             self._call = None
 

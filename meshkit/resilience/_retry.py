@@ -535,7 +535,18 @@ class RetryInterceptor(ClientInterceptor):
             return delay
 
         return RetryingStreamCall(details, request, proceed, call, delay_for, attempt,
-                                  pause=self._pause)
+                                  pause=self._pause, late=self._woken_late)
+
+    def _woken_late(self, details: ClientCallDetails) -> bool:
+        """After a retrying stream's pause: ``True`` (counted in ``gave_up_deadline``) when
+        the deadline has passed (a loaded loop woke the pause late), as in
+        :meth:`intercept_unary`; never after the channel's close, whose next attempt ends
+        ``CANCELLED``."""
+        remaining = details.time_remaining_s()
+        if remaining is not None and remaining <= 0 and not self._closed:
+            self.stats.gave_up_deadline += 1
+            return True
+        return False
 
     def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
                      attempt: int, safe: bool, step: int | None = None,
