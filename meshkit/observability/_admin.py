@@ -326,7 +326,8 @@ class AdminServer:
                          "leave with it", exc_info=True)
             return
         with self._left_lock:
-            self._left = [*self._left, _Left(registry, counted)]
+            # those of registries freed since folded (bounded without scrapes too)
+            self._left = _folded([*self._left, _Left(registry, counted)])
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port.

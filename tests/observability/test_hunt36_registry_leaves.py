@@ -98,3 +98,19 @@ async def test_registries_that_left_for_good_are_kept_as_one_entry() -> None:
         assert len(admin._left) == 1
     finally:
         await admin.stop()
+
+
+async def test_registries_that_left_are_folded_without_scrapes_too() -> None:
+    """Nothing scrapes the admin server (no Prometheus yet): what the registries freed
+    left is folded at each removal, not kept one entry per reload until a scrape."""
+    import gc
+
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    for _ in range(5):
+        reloaded = CollectorRegistry()
+        Counter("hunt36_calls", "Calls.", ["method"], registry=reloaded).labels("x").inc(2)
+        admin.add_registry(reloaded)
+        admin.remove_registry(reloaded)
+        del reloaded
+        gc.collect()
+    assert len(admin._left) <= 2  # the last one (freed after it left) and the fold
