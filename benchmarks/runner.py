@@ -238,7 +238,12 @@ def _restore(previous: dict[int, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; returns 0, or 1 when a scenario failed (missed targets are
-    reported, not failures), or 130 when interrupted."""
+    reported, not failures), 2 when ``--loop uvloop`` finds no uvloop, or 130 when
+    interrupted.
+
+    Raises:
+        SystemExit: a bad argument (its message says which), before any worker starts.
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
     if args.markdown is not None:  # as --out: its directory made now, not after the run
