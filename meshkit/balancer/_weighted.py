@@ -289,7 +289,16 @@ class RingHash:
         if not self._eps:
             return None
         if key is None:  # no affinity to keep: a READY endpoint before a connecting one
-            usable = [e for e in self._eps if e.state is not _FAILING]
+            # a few draws first (uniform among the READY untried ones, as the lists
+            # below): building them is O(n) a call
+            eps = self._eps
+            n = len(eps)
+            rnd = self._rng.random
+            for _ in range(4):
+                ep = eps[int(rnd() * n)]
+                if ep.state is _READY and not (exclude and ep in exclude):
+                    return ep, noop_done
+            usable = [e for e in eps if e.state is not _FAILING]
             if exclude:
                 preferred = [e for e in usable if e not in exclude]
                 usable = preferred or usable
