@@ -192,7 +192,10 @@ class AdminServer:
 
     Every answer carries ``X-Content-Type-Options: nosniff``; those of the routes above
     and every error (``400``, ``403``, ``404``, ``405``, ``503``) ``Cache-Control:
-    no-store`` too (a probe or the debug view is never answered from a cache).
+    no-store`` too (a probe or the debug view is never answered from a cache). Not the
+    ``400`` aiohttp itself answers a request it cannot parse (a malformed header line,
+    a bad ``Content-Length``): it is made before the application sees a request, and
+    has neither (its ``text/plain`` body quotes the offending line).
 
     ``/metrics`` serves further registries given with :meth:`add_registry` (the shared
     admin server of ``serve()``: the default registry and every server's telemetry
