@@ -975,6 +975,9 @@ class ConsulRegistry:
         # another service's id is refused while one is under way, before its lookup
         # could miss the id the other is about to PUT (see register)
         self._claims: dict[str, tuple[str, int]] = {}
+        # (instance id, service) -> a list per register() under way, given an item by a
+        # deregister() of that instance meanwhile (see register)
+        self._registering: dict[tuple[str, str], list[list[bool]]] = {}
         # monotonic time of the latest warning about ACLs hiding entries, per read
         self._acl_warned: dict[str, float] = {}
         # (service, instance id) of an unusable entry -> monotonic time it was last logged
@@ -1025,6 +1028,7 @@ class ConsulRegistry:
         self._clients = {}
         self._keepers = {}
         self._claims = {}
+        self._registering = {}
         race = CloseRace()  # no waits of the parent's loops to wake at a close
         race.closed = self._race.closed
         self._race = race
@@ -1312,8 +1316,11 @@ class ConsulRegistry:
                 underlying exception. Also when :meth:`close` ran while the agent
                 answered, or while the agent's name was looked up ("... is closed"): no
                 keep-alive is started then (the instance is left to its TTL, as
-                :meth:`close` leaves every one). A cancel of the calling task propagates
-                as ``CancelledError``.
+                :meth:`close` leaves every one). Also when :meth:`deregister` of the
+                instance ran meanwhile (a drain racing a start): the instance is
+                deregistered again and no keep-alive started ("... was deregistered while
+                register() ran"), as the local registry does. A cancel of the calling task
+                propagates as ``CancelledError``.
         """
         _check_path_id(instance.instance_id)
         # Claimed before the first await: two register() calls of one id for two
@@ -1324,15 +1331,23 @@ class ConsulRegistry:
         if claim is not None and claim[0] != instance.service:
             raise self._taken(instance, claim[0])
         self._claims[key] = (instance.service, 1 if claim is None else claim[1] + 1)
+        # an item once a deregister() of the instance runs meanwhile (kept only while this
+        # register() runs, as the local registry's)
+        pending, withdrawn = (key, instance.service), list[bool]()
+        self._registering.setdefault(pending, []).append(withdrawn)
         try:
-            await self._register_claimed(instance)
+            await self._register_claimed(instance, withdrawn)
         finally:
             claim = self._claims.pop(key, None)
             if claim is not None and claim[1] > 1:
                 self._claims[key] = (claim[0], claim[1] - 1)
+            tokens = [t for t in self._registering.pop(pending, []) if t is not withdrawn]
+            if tokens:
+                self._registering[pending] = tokens
 
-    async def _register_claimed(self, instance: Instance) -> None:
-        """:meth:`register`, with ``instance``'s id claimed for its service."""
+    async def _register_claimed(self, instance: Instance, withdrawn: list[bool]) -> None:
+        """:meth:`register`, with ``instance``'s id claimed for its service; ``withdrawn``
+        gets an item when a :meth:`deregister` of it runs meanwhile."""
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
         if prior is not None and prior.instance.service != instance.service:
@@ -1374,6 +1389,17 @@ class ConsulRegistry:
             raise RegistryError(f"cannot keep {instance.instance_id!r} alive: Consul registry "
                                 f"for {self.options.base_url} is closed")
         self._write_ok()
+        if withdrawn:
+            # deregister() of it ran meanwhile (a drain racing a start): its request may
+            # have reached the agent before this one, so the instance goes again, and no
+            # keeper may bring it back (one left is not: the TTL check lapses)
+            with contextlib.suppress(*_FOREIGN):
+                client = self._get_client()
+                await self._bounded(client.agent.service.deregister(instance.instance_id),
+                                    self.options.request_timeout_s)
+            raise RegistryError(f"Consul agent {self.options.base_url}: instance "
+                                f"{instance.instance_id!r} was deregistered while register() "
+                                "ran; it is not registered")
         current = self._keepers.get(instance.instance_id)
         if current is not None:
             # kept alive already (prior, or a concurrent register() of the same id)
@@ -1562,6 +1588,9 @@ class ConsulRegistry:
         kept = self._keepers.get(instance.instance_id)
         if kept is not None and kept.instance.service != instance.service:
             return  # this registry keeps the id for another service: not this one's
+        # a register() of it under way sees this and starts no keeper
+        for withdrawn in self._registering.get((instance.instance_id, instance.service), ()):
+            withdrawn.append(True)
         if kept is None and await self._holder(instance, "deregister") is not None:
             return  # the agent holds the id for another service: leave it
         await self._stop_keeper(instance.instance_id)
