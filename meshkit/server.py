@@ -90,6 +90,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from meshkit._aio_http import _NOT_HERE, _addresses, _is_ip
 from meshkit._config import (
     check_bool,
     check_grpc_options,
@@ -1504,6 +1505,10 @@ class MeshServer:
         """
         self._refuse_second_start()
         opts = self.options
+        if (opts.port and not _is_ip(bare_host(opts.host))
+                and not dict(opts.server_options).get("grpc.so_reuseport")):
+            await _refuse_a_port_in_use(opts.host, opts.port)
+            self._refuse_second_start()  # (drained or started meanwhile)
         # OTEL_* / MESHKIT_TRACE_FILE set up the global provider only for a telemetry
         # interceptor that traces to it (as dial() does): with the application's own
         # provider, or telemetry off, the global one is the application's to install
@@ -2398,6 +2403,33 @@ async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str, *,
     if handlers is not None:
         context.run(HANDLER_EXECUTOR.set, handlers)
     return await asyncio.get_running_loop().create_task(aw, name=name, context=context)
+
+
+async def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """Before a server binds the host *name* ``host`` on a fixed ``port``: raise when
+    another socket listens on ``port`` at one of the addresses ``host`` resolves to.
+    grpc binds a name on each of its addresses and starts when one of them binds
+    (``localhost``: ``127.0.0.1`` taken by another process, ``::1`` free), so the server
+    was registered at ``host:port`` while callers that resolve the name to the address
+    taken reached the other process. An address this machine does not have is skipped,
+    as grpc skips it.
+
+    Raises:
+        RuntimeError: an address of ``host`` has ``port`` in use (as grpc's "Failed to
+            bind"), or another error binding it.
+    """
+    try:
+        addresses = await _addresses(bare_host(host), port)
+    except OSError:
+        return  # grpc's own resolution fails the bind, with its message
+    for family, address in addresses:
+        try:
+            socket.create_server((address, port), family=family).close()
+        except OSError as exc:
+            if exc.errno in _NOT_HERE:
+                continue
+            raise RuntimeError(f"cannot bind {host!r} port {port}: {address} port {port} "
+                               f"is in use or refused ({exc.strerror or exc})") from None
 
 
 async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "", *,

@@ -187,3 +187,34 @@ async def test_what_the_registry_refuses_is_refused_at_construction(
                   next(iter(value)) if isinstance(value, list) else
                   next(v if "\ud83d" in v else k for k, v in value.items()))
     assert quoted in str(info.value)
+
+
+async def test_a_host_name_whose_port_is_taken_on_one_address_is_refused(
+        registry: LocalRegistry) -> None:
+    """``host="localhost"`` on a fixed port another process listens on at 127.0.0.1:
+    grpc bound the name's other address (``::1``) alone and the server started,
+    registered at ``localhost:<port>``, where callers resolving ``127.0.0.1`` reached the
+    other process. start() raises RuntimeError instead, nothing bound or registered."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        opts = meshkit.ServeOptions(insecure=True, admin=None, host="localhost", port=port)
+        srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+        with pytest.raises(RuntimeError, match="in use"):
+            await srv.start()
+        assert srv.instance is None and not srv.live
+        assert await registry.instances("echo") == frozenset()
+        await srv.drain()
+
+
+async def test_a_host_name_on_a_free_fixed_port_still_starts(registry: LocalRegistry) -> None:
+    """``host="localhost"`` on a free fixed port starts and is registered there."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    opts = meshkit.ServeOptions(insecure=True, admin=None, host="localhost", port=port,
+                                drain_delay_s=0)
+    srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+    inst = await srv.start()
+    try:
+        assert (inst.host, inst.port) == ("localhost", port)
+    finally:
+        await srv.drain()
