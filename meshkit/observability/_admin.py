@@ -298,7 +298,13 @@ class AdminServer:
         series may disappear); added again, its own counts hold what it left.
         The ``meshkit_client_*``/``meshkit_registry_*``/``meshkit_server_*`` families
         read from the live channels and servers come once (those of the own registry's
-        :class:`MeshCollector`: every registry's reads the same ones)."""
+        :class:`MeshCollector`: every registry's reads the same ones).
+
+        Raises:
+            ConfigError: ``registry`` is not a ``CollectorRegistry`` instance (``None``,
+                the class itself), quoted: every scrape would fail on it.
+        """
+        check_instance("registry", registry, CollectorRegistry, optional=False)
         if registry is self._registry:
             return
         held = self._more.get(id(registry))
