@@ -138,11 +138,15 @@ def _to_dict(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
+def load_spans(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+               ) -> list[ReadableSpan]:
     """Read spans written by :class:`JsonLinesSpanExporter` from every file in ``paths``
-    (missing files and malformed lines are skipped: a line that is not UTF-8, not JSON or
-    nested too deep to parse, lacks a field, or has one of the wrong type, such as a
-    ``start_ns`` that is not an integer or ``attributes`` that are not an object)."""
+    (or from the one file ``paths`` names: a string or path object; missing files and
+    malformed lines are skipped: a line that is not UTF-8, not JSON or nested too deep
+    to parse, lacks a field, or has one of the wrong type, such as a ``start_ns`` that
+    is not an integer or ``attributes`` that are not an object)."""
+    if isinstance(paths, str | os.PathLike):  # one file, not each character's name
+        paths = [paths]
     spans: list[ReadableSpan] = []
     for path in paths:
         try:
