@@ -2293,7 +2293,7 @@ class MeshServer:
                 await self.start()
             if on_started is not None:
                 result = on_started(self)
-                if asyncio.iscoroutine(result):
+                if inspect.isawaitable(result):  # a coroutine, or asyncio.gather(...)'s
                     await result
 
         task = asyncio.ensure_future(start_up())
@@ -2496,7 +2496,8 @@ async def serve(
         registry: a :class:`~meshkit.discovery.Registry` or a registry URI
             (:class:`MeshServer`); default :func:`meshkit.discovery.registry_from_env`.
         options: :class:`ServeOptions`.
-        on_started: called with the :class:`MeshServer` once it is registered (may be async).
+        on_started: called with the :class:`MeshServer` once it is registered (may be
+            async, or return an awaitable, e.g. ``asyncio.gather(...)``'s: awaited).
 
     The SIGTERM/SIGINT handlers are installed before the server starts: a signal while
     it starts or while ``on_started`` runs cancels them, then the server drains and

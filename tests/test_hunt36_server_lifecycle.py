@@ -218,3 +218,25 @@ async def test_a_host_name_on_a_free_fixed_port_still_starts(registry: LocalRegi
         assert (inst.host, inst.port) == ("localhost", port)
     finally:
         await srv.drain()
+
+
+async def test_an_awaitable_on_started_returns_is_awaited(registry: LocalRegistry) -> None:
+    """``on_started=lambda srv: asyncio.gather(warm(), prime())`` returns a future, not a
+    coroutine: it was dropped un-awaited, so its failure was lost (logged at garbage
+    collection at best) and serve() went on serving instead of draining and raising it,
+    as it does for an on_started that raises. Any awaitable is awaited now."""
+    async def prime() -> None:
+        raise ValueError("cache priming failed")
+
+    opts = meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0, grace_s=1)
+    started: list[meshkit.MeshServer] = []
+
+    def on_started(srv: meshkit.MeshServer) -> Any:
+        started.append(srv)
+        return asyncio.gather(prime())
+
+    with pytest.raises(ValueError, match="cache priming failed"):
+        await asyncio.wait_for(meshkit.serve("echo", [], registry=registry, options=opts,
+                                             on_started=on_started), 5)
+    assert started and not started[0].live
+    assert await registry.instances("echo") == frozenset()
