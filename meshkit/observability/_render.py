@@ -40,11 +40,14 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
     Args:
         spans: finished spans, e.g. ``InMemorySpanExporter().get_finished_spans()``.
         trace_id: only this trace (default: every trace in ``spans``, one tree each).
-        attributes: attribute keys shown in brackets, when present.
+        attributes: attribute keys shown in brackets, when present (one string: that
+            one key).
 
     Returns:
         The text, lines joined with ``\\n`` (empty string for no spans).
     """
+    if isinstance(attributes, str):  # one key, not a key per character
+        attributes = (attributes,)
     chosen = [s for s in spans if s.context is not None
               and (trace_id is None or s.context.trace_id == trace_id)]
     ids = {s.context.span_id for s in chosen if s.context is not None}
