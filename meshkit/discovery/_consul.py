@@ -126,6 +126,7 @@ from meshkit.discovery._resolver import (
     abandon_session,
     cancelled_by_close,
     close_per_loop,
+    close_per_loop_nowait,
     drop_inherited_sockets,
 )
 from meshkit.discovery._shared import (
@@ -2017,7 +2018,9 @@ class ConsulRegistry:
         two) are shut down without waiting for a lookup in flight.
 
         Does not deregister: instances with a TTL check turn critical after ``ttl_s`` and
-        are reaped by the agent after ``deregister_critical_after_s``. Idempotent.
+        are reaped by the agent after ``deregister_critical_after_s``. Idempotent; a
+        close() cancelled while it waits still has every client closed (by its owner
+        task, not waited for).
         """
         if self._race.closed:
             return
@@ -2025,14 +2028,22 @@ class ConsulRegistry:
                    if r.task is not None and not foreign_task(r.task)),
                  *self._race.close()]
         self._keepers.clear()
+        taken = False
         try:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with self._clients_lock:
                 clients, self._clients = self._clients, {}
+            taken = True
             await close_per_loop(clients, _abandon, self.options.request_timeout_s)
         finally:
+            if not taken:
+                # cancelled before it took the clients (a shutdown's timeout): a second
+                # close() returns at once, so each owner closes its client now
+                with self._clients_lock:
+                    clients, self._clients = self._clients, {}
+                close_per_loop_nowait(clients, _abandon)
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
             self._dns.shutdown()

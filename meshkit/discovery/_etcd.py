@@ -194,6 +194,7 @@ from meshkit.discovery._resolver import (
     abandon_session,
     cancelled_by_close,
     close_per_loop,
+    close_per_loop_nowait,
     drop_inherited_sockets,
 )
 from meshkit.discovery._shared import (
@@ -2015,7 +2016,9 @@ class EtcdRegistry:
                                    kept_endpoints=sum(self._kept.values()))
 
     async def close(self) -> None:
-        """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent.
+        """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent; a
+        close() cancelled while it waits still has every session closed (by its owner
+        task, not waited for).
 
         Those of another event loop still running (another thread's) are ended and closed
         in that loop; the session's close there is waited for, up to ``request_timeout_s``
@@ -2042,14 +2045,22 @@ class EtcdRegistry:
             tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
             keepers, self._keepers = self._keepers, {}
         tasks += [k for k in keepers.values() if not foreign_task(k)]
+        taken = False
         try:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with self._loops_mutex:
                 sessions, self._sessions = self._sessions, {}
+            taken = True
             await close_per_loop(sessions, self._abandon, self.options.request_timeout_s)
         finally:
+            if not taken:
+                # cancelled before it took the sessions (a shutdown's timeout): a second
+                # close() returns at once, so each owner closes its session now
+                with self._loops_mutex:
+                    sessions, self._sessions = self._sessions, {}
+                close_per_loop_nowait(sessions, self._abandon)
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
             self._dns.shutdown()

@@ -30,8 +30,8 @@ import aiohttp.abc
 from meshkit._fork import name_dev_null, reset_in_forked_child
 
 __all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "abandon_session",
-           "cancelled_by_close", "close_per_loop", "drop_inherited_sockets",
-           "session_sockets"]
+           "cancelled_by_close", "close_per_loop", "close_per_loop_nowait",
+           "drop_inherited_sockets", "session_sockets"]
 
 #: getaddrinfo's flags as aiohttp's ThreadedResolver passes them (AI_ADDRCONFIG, masked
 #: where the platform has AI_MASK)
@@ -251,6 +251,28 @@ async def close_per_loop(held: Mapping[asyncio.AbstractEventLoop,
                 abandon(thing)
     await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
                          return_exceptions=True)
+
+
+def close_per_loop_nowait(held: Mapping[asyncio.AbstractEventLoop,
+                                         tuple[_Held, asyncio.Task[None]]],
+                          abandon: Callable[[_Held], None]) -> None:
+    """:func:`close_per_loop` without waiting, for a registry's ``close()`` cancelled
+    before it got there: each owner task is cancelled in its own loop (it closes what it
+    holds, at once: the registry is closed), and what a loop closed with its owner pending
+    holds is ``abandon``-ed."""
+    running = asyncio.get_running_loop()
+    for loop, (thing, owner) in held.items():
+        if owner.done():
+            continue  # closed by its owner
+        if loop is running:
+            owner.cancel()
+        elif loop.is_closed():
+            abandon(thing)
+        else:
+            try:
+                loop.call_soon_threadsafe(owner.cancel)
+            except RuntimeError:  # that loop was closed meanwhile
+                abandon(thing)
 
 
 def _cancel_and_tell(owner: asyncio.Task[None], waiter_loop: asyncio.AbstractEventLoop,
