@@ -174,6 +174,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _ratio(value: Any) -> Any:
+    """A ratio cell with three decimals, as the targets read it (0.94x is not '1.0', nor
+    0.86x '0.9' against a 0.90x goal); ``None`` stays ``None``."""
+    return f"{value:.3f}" if isinstance(value, float | int) else value
+
+
 def _ratio_spread(row: dict[str, Any], key: str) -> Any:
     """``row[key]`` as ``"1.297 (1.21-1.42)"`` when its per-round range is known."""
     value, spread = row.get(key), row.get(f"{key}_range")
@@ -229,7 +235,8 @@ def _overhead_rows(res: dict[str, Any], conc: str) -> list[list[Any]]:
     rows = []
     for name, s in res["by_concurrency"][conc].items():
         c = rss.get(name, {})
-        rows.append([name, s["qps"], s.get("qps_ratio"), s["p50_us"], s.get("added_p50_us"),
+        rows.append([name, s["qps"], _ratio(s.get("qps_ratio")), s["p50_us"],
+                     s.get("added_p50_us"),
                      s["p99_us"], s["client_cpu_s_per_1k"] * 1000,
                      s["server_cpu_s_per_1k"] * 1000,
                      (c.get("server_peak_rss_kb") or 0) / 1024 if c else None,
@@ -264,9 +271,10 @@ def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str]
         for conc, rows in res["by_concurrency"].items():
             table = []
             for n, s in rows.items():
-                table.append([n, s["qps"], s.get("qps_ratio"),
+                table.append([n, s["qps"], _ratio(s.get("qps_ratio")),
                               _ratio_spread(s, "qps_ratio_vs_hand"),
-                              s.get("qps_ratio_vs_hand-notrace"), s["p50_us"], s["p99_us"],
+                              _ratio(s.get("qps_ratio_vs_hand-notrace")), s["p50_us"],
+                              s["p99_us"],
                               s["client_cpu_s_per_1k"] * 1000, s["server_cpu_s_per_1k"] * 1000,
                               _errors(s)])
             rounds = (f"{res['rounds']} interleaved rounds of {res['round_s']} s; "
