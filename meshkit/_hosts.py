@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from meshkit.errors import ConfigError
 
@@ -90,6 +91,18 @@ def is_loopback(host: str) -> bool:
     return address is not None and address.is_loopback
 
 
+def _inet_aton_reads(value: str) -> str | None:
+    """The IPv4 address ``inet_aton`` (and so ``getaddrinfo``, grpc's resolver and
+    ``ping``) reads ``value`` as, e.g. ``"0x7f.1"`` -> ``"127.0.0.1"``; ``None`` for a
+    name it does not read as one."""
+    for text in dict.fromkeys((value, value.rstrip("."))):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(text))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def check_host(name: str, value: object) -> None:
     """Check that option ``name`` is a host: an IPv4 address, an IPv6 address (bracketed or
     not, with an optional ``%zone`` of letters, digits, ``.``, ``_``, ``~`` and ``-``, RFC
@@ -98,8 +111,9 @@ def check_host(name: str, value: object) -> None:
 
     Raises:
         ConfigError: anything else (an empty string, unbalanced brackets, a bracketed
-            name, spaces, also in a zone: ``"fe80::1%eth0 "``...), naming the option and
-            quoting the value.
+            name, spaces, also in a zone: ``"fe80::1%eth0 "``..., an IPv4 address in
+            another form than four decimal numbers, ``"127.1"`` or ``"0x0"``, which
+            resolvers read as an address), naming the option and quoting the value.
     """
     if isinstance(value, str) and value:
         bare = bare_host(value)
@@ -113,7 +127,15 @@ def check_host(name: str, value: object) -> None:
                 pass
         elif len(value) <= 253 and _NAME_RE.fullmatch(value) is not None:
             if not _DOTTED_RE.fullmatch(value):
-                return  # a host name
+                if not _inet_aton_reads(value):
+                    return  # a host name
+                # "0x0", "0x7f.1": no name but an IPv4 address the resolver reads
+                # (inet_aton's hex/octal/short forms), which is_unspecified and
+                # is_loopback cannot see: "0x0" bound every interface and was registered
+                raise ConfigError(
+                    f"{name} must be an IP address (IPv4 as four decimal numbers) or a "
+                    f"host name, got {value!r}, which resolvers read as the IPv4 address "
+                    f"{_inet_aton_reads(value)}")
             try:  # all digits and dots: an IPv4 address, or nothing
                 ipaddress.IPv4Address(value)
                 return

@@ -240,3 +240,28 @@ async def test_an_awaitable_on_started_returns_is_awaited(registry: LocalRegistr
                                              on_started=on_started), 5)
     assert started and not started[0].live
     assert await registry.instances("echo") == frozenset()
+
+
+@pytest.mark.parametrize(("host", "reads"), [
+    ("0x0", "0.0.0.0"), ("0x7f.1", "127.0.0.1"), ("0x7f000001", "127.0.0.1"),
+    ("1.2.3.0x4", "1.2.3.4")])
+def test_an_ipv4_address_in_hex_form_is_refused_as_a_host(host: str, reads: str) -> None:
+    """``host="0x0"`` passed as a host *name* while every resolver (inet_aton: grpc's
+    bind, getaddrinfo) reads it as 0.0.0.0: the server bound every interface, yet was
+    not seen as binding all (is_unspecified) and registered ``0x0``, which each caller
+    resolves to its own machine; ``advertise_host="0x0"`` slipped past the unspecified
+    check the same way. Refused at construction, as ``"127.1"`` already is, quoting the
+    value and the address it reads as."""
+    for make in (lambda: meshkit.ServeOptions(insecure=True, admin=None, host=host),
+                 lambda: meshkit.ServeOptions(insecure=True, admin=None,
+                                              advertise_host=host),
+                 lambda: AdminOptions(host=host)):
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert repr(host) in str(info.value) and reads in str(info.value)
+
+
+def test_names_that_only_look_numeric_are_still_names() -> None:
+    """Names with hex-looking labels that no resolver reads as an address are taken."""
+    for host in ("0xdeadbeef.example", "deadbeef", "abc.123", "x0", "0xg"):
+        assert meshkit.ServeOptions(insecure=True, admin=None, host=host).host == host
