@@ -1234,6 +1234,10 @@ class RetryingStreamCall(MeshCall):
         first = self._first
         if first is not _NOTHING:
             self._first = _NOTHING
+            if self._cancelled or call.cancelled():
+                # as grpc.aio's read of a cancelled call (done() first): the message read
+                # ahead by the commit is not handed out (once per call: the first read)
+                raise asyncio.CancelledError()
             return first
         try:
             return await call.read()
