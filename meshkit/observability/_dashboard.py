@@ -68,7 +68,8 @@ def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[int
             (the last: above the highest bound).
 
     Returns:
-        The estimate in seconds, or ``None`` with no observations.
+        The estimate in seconds, or ``None`` with no observations or no finite bound
+        (a histogram of the ``+Inf`` bucket only: Prometheus answers NaN).
 
     Raises:
         ValueError: ``q`` outside 0..1 or ``counts`` of the wrong length.
@@ -78,7 +79,7 @@ def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[int
     if len(counts) != len(bounds_s) + 1:
         raise ValueError(f"expected {len(bounds_s) + 1} counts, got {len(counts)}")
     total = sum(counts)
-    if total <= 0:
+    if total <= 0 or not bounds_s:
         return None
     rank = q * total
     below = 0
