@@ -10,9 +10,10 @@ server (``--kind raw``), the hand-assembled stack (``hand``) or a :class:`meshki
 with the named layers (``mesh``), prints ``{"ready": ..., "port": ..., "t": <monotonic s at
 registration>}`` and serves until SIGTERM/SIGINT or stdin EOF (meshkit servers then drain:
 deregister, ``drain_delay_s``, stop). ``{"op": "flush"}`` writes the access-log lines it
-still buffers and answers ``{"ok": true}``: the runner sends it at the end of a measured
-round, before it reads the server's CPU time, so that the round's lines are written (and
-their CPU counted) in that round.
+still buffers and answers ``{"ok": true, "cpu_s": <process_time()>}`` (CPU seconds of
+every thread of the process, at the clock's resolution): the runner sends it before and
+at the end of a measured round, so that the round's lines are written (and their CPU
+counted) in that round and the round's server CPU is the difference of the two.
 
 ``client``: opens named channels (``open``) and drives closed-loop load on them (``load``):
 ``concurrency`` coroutines calling ``Unary`` back to back until ``duration_s`` or
@@ -135,9 +136,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async def commands() -> None:
         while (cmd := await wire.recv()) is not None:
-            if cmd.get("op") == "flush":  # end of a measured round: its lines, its CPU
+            if cmd.get("op") == "flush":  # around a measured round: its lines, its CPU
                 flush_logs()
-                wire.send({"ok": True})
+                wire.send({"ok": True, "cpu_s": time.process_time()})
         stop.set()
 
     eof_task = loop.create_task(commands())
