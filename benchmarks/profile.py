@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(sys.executable).parent / "py-spy"))
     args = p.parse_args(argv)
     args.out = args.out.resolve()
+    if args.concurrency < 1 or not args.seconds > 0 or args.top < 0:
+        p.error(f"need --concurrency >= 1, --seconds > 0 and --top >= 0, got "
+                f"--concurrency {args.concurrency}, --seconds {args.seconds}, --top {args.top}")
     if args.layers not in ("raw", "full"):
         unknown = [x for x in args.layers.split(",") if x and x not in stacks.LAYERS]
         if unknown:

@@ -48,3 +48,17 @@ def test_an_unavailable_layer_is_named(no_workers: list[tuple[str, ...]], tmp_pa
         profile.main(["--layers", "p2c,jwt", "--py-spy", __file__, "--out", str(tmp_path)])
     assert no_workers == [("p2c",)]
     assert "jwt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--concurrency", "0"], ["--seconds", "0"],
+                                  ["--seconds", "-2"], ["--top", "-1"]])
+def test_numbers_that_profile_nothing_are_refused(
+        args: list[str], no_workers: list[tuple[str, ...]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--concurrency 0`` profiled two idle processes for the whole run and printed
+    '0 QPS, p50 0 us' as the contender's figures; ``--seconds 0`` the same for a
+    one-second py-spy run."""
+    with pytest.raises(SystemExit) as exc:
+        profile.main([*args, "--py-spy", __file__, "--out", str(tmp_path)])
+    assert exc.value.code == 2 and args[0] in capsys.readouterr().err
+    assert no_workers == []
