@@ -762,7 +762,13 @@ def _listing(response: Any) -> _Listing:
     ``X-Consul-Index`` that is no integer, and the ACL headers, which py-consul's own calls
     drop. A missing ``X-Consul-Index`` (a proxy between meshkit and the agent that drops
     it) is ``index=None``, not an error: Consul's Go client (``api.parseQueryMeta``) reads
-    it as index 0 and goes on; py-consul's ``CB.json(index=True)`` failed every such read."""
+    it as index 0 and goes on; py-consul's ``CB.json(index=True)`` failed every such read.
+    A 404 is an error (``consul.NotFound``, quoting the status): py-consul's ``CB.json``
+    reads it as "nothing" (made for a missing KV key), which would make a path a proxy
+    does not route a listing of no instance, where the agent answers 200 with ``[]``
+    for a service it does not know."""
+    if response.code == 404:
+        raise consul.NotFound(f"HTTP 404: {str(response.body).strip()[:300]}")
     body = CB.json()(response)
     headers = response.headers
     raw_index = headers.get("X-Consul-Index")
