@@ -654,7 +654,9 @@ def configure_tracing(
       entry point, whose factory gets ``OTEL_TRACES_SAMPLER_ARG`` as written) and
       ``OTEL_TRACES_SAMPLER_ARG`` (ratio 0..1, default 1.0);
     * ``OTEL_TRACES_EXPORTER``: comma list of ``otlp``, ``console``, ``none`` (or any
-      installed ``opentelemetry_traces_exporter`` entry point). Unset (or empty, as
+      installed ``opentelemetry_traces_exporter`` entry point), each exporter set up
+      once however often it is named (``otlp`` beside the exporter it means included),
+      as the SDK's configurator does. Unset (or empty, as
       every variable here, per the OTel spec) means ``otlp`` when
       ``opentelemetry-exporter-otlp`` is installed or an ``OTEL_EXPORTER_OTLP_ENDPOINT``
       (or ``..._TRACES_ENDPOINT``) is set, else none. ``otlp`` is the exporter of the
@@ -713,9 +715,13 @@ def configure_tracing(
             names = ("otlp",) if any(os.environ.get(v, "").strip()
                                      for v in _OTLP_ENDPOINT_VARS) or _has_otlp() else ()
         chosen: list[SpanExporter] = []
+        loaded: set[str] = set()  # one exporter per entry point, as the SDK keys them
         for name in names:
-            if name == "none":
+            entry = _entry_name(name)  # "otlp" left as it is: the gRPC one, as the SDK's
+            key = _OTLP_BY_PROTOCOL["grpc"] if entry == "otlp" else entry
+            if name == "none" or key in loaded:
                 continue
+            loaded.add(key)
             exp = _exporter(name)
             if exp is not None:
                 chosen.append(exp)
