@@ -265,3 +265,31 @@ def test_names_that_only_look_numeric_are_still_names() -> None:
     """Names with hex-looking labels that no resolver reads as an address are taken."""
     for host in ("0xdeadbeef.example", "deadbeef", "abc.123", "x0", "0xg"):
         assert meshkit.ServeOptions(insecure=True, admin=None, host=host).host == host
+
+
+_KEY = b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(("field", "value", "secret"), [
+    ("credentials", _KEY, "MIIEvQ"),
+    ("credentials", (_KEY, b"-----BEGIN CERTIFICATE-----"), "MIIEvQ"),
+    ("tls", _KEY, "MIIEvQ"),
+    ("rate_limit", "redis://meshkit:hunter2@127.0.0.1:6379/0", "hunter2"),
+    ("auth", "Bearer eyJhbGciOiJSUzI1NiJ9.s3cr3t", "s3cr3t")])
+def test_a_mistaken_secret_option_is_refused_without_quoting_it(
+        field: str, value: Any, secret: str) -> None:
+    """``ServeOptions(credentials=key_pem)`` (the private key's bytes, or a ``(key,
+    cert)`` pair as grpc.ssl_server_credentials takes) was refused with the key quoted in
+    the ConfigError, which reaches tracebacks and logs; likewise a storage URI with its
+    password for ``rate_limit`` or a token for ``auth``. The value is named by its type
+    only now."""
+    with pytest.raises(ConfigError, match=field) as info:
+        meshkit.ServeOptions(insecure=True, admin=None, **{field: value})
+    assert secret not in str(info.value)
+    assert type(value).__qualname__ in str(info.value)
+
+
+def test_true_for_an_options_field_still_gets_its_hint() -> None:
+    """``tls=True`` is quoted with the hint to give ``TLSOptions()`` (no secret in it)."""
+    with pytest.raises(ConfigError, match=r"got True \(give TLSOptions\(\)"):
+        meshkit.ServeOptions(tls=True)  # type: ignore[arg-type]
