@@ -699,8 +699,7 @@ def configure_tracing(
             than ``grpc`` and ``http/protobuf`` when OTLP is asked for (the variable
             named, the value quoted).
     """
-    if service_name is not None and (not isinstance(service_name, str) or not service_name):
-        raise ConfigError(f"service_name must be a non-empty string, got {service_name!r}")
+    _check_service_name(service_name)
     require_sdk("configure_tracing")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -743,6 +742,13 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _check_service_name(service_name: object) -> None:
+    """Raise :class:`ConfigError` (the value quoted) unless ``service_name`` is ``None`` or
+    a non-empty string."""
+    if service_name is not None and (not isinstance(service_name, str) or not service_name):
+        raise ConfigError(f"service_name must be a non-empty string, got {service_name!r}")
 
 
 def _resource(service_name: str | None) -> Resource:
@@ -873,9 +879,12 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
         The new provider, or ``None`` when nothing was configured.
 
     Raises:
-        ConfigError: as :func:`configure_tracing`; the environment asks for tracing but
-            the OpenTelemetry SDK is not installed (names the ``meshkit[otel]`` extra).
+        ConfigError: as :func:`configure_tracing` (an empty or non-string
+            ``service_name`` too, also when a provider is installed already: it names
+            nothing); the environment asks for tracing but the OpenTelemetry SDK is not
+            installed (names the ``meshkit[otel]`` extra).
     """
+    _check_service_name(service_name)
     named = service_name is not None and service_name != UNKNOWN_SERVICE
     if _sdk is not None:
         installed = trace.get_tracer_provider()
