@@ -2225,7 +2225,8 @@ class MeshServer:
     async def run_until_signal(
         self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
     ) -> None:
-        """Start if needed, serve until one of ``signals`` arrives, then :meth:`drain`.
+        """Start if needed, serve until one of ``signals`` arrives (``signal.Signals``, or
+        their numbers), then :meth:`drain`.
 
         The signal handlers are installed first: a signal while the server starts stops
         the start (undone: nothing stays registered), then this returns. They stay
@@ -2263,6 +2264,8 @@ class MeshServer:
         """
         loop = asyncio.get_running_loop()
         got = asyncio.Event()
+        # a plain number (15) as the Signals it is: the listeners log the signal's name
+        signals = tuple(signal.Signals(sig) for sig in signals)
 
         def on_signal(sig: signal.Signals) -> None:
             if got.is_set() or self.draining:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -293,3 +296,30 @@ def test_true_for_an_options_field_still_gets_its_hint() -> None:
     """``tls=True`` is quoted with the hint to give ``TLSOptions()`` (no secret in it)."""
     with pytest.raises(ConfigError, match=r"got True \(give TLSOptions\(\)"):
         meshkit.ServeOptions(tls=True)  # type: ignore[arg-type]
+
+
+async def test_signals_given_as_numbers_are_named_in_the_second_signals_warning(
+        registry: LocalRegistry) -> None:
+    """``run_until_signal((10,))`` (a number, not ``signal.SIGUSR1``): the first signal
+    drained, but the second, during the drain, raised AttributeError ('int' object has no
+    attribute 'name') in the listener and again in the fan-out's own error log, an
+    exception in the loop's signal callback instead of the warning; the numbers are
+    taken as their Signals now."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    opts = meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0.3, grace_s=1)
+    srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            serving = asyncio.ensure_future(srv.run_until_signal((int(signal.SIGUSR1),)))
+            await until(lambda: srv.ready, timeout_s=5)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await until(lambda: srv.draining, timeout_s=5)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await asyncio.wait_for(serving, 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+    warned = [e for e in logs if e["event"].startswith("signal during the drain")]
+    assert [e["signal"] for e in warned] == ["SIGUSR1"]
