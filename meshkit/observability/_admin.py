@@ -227,6 +227,9 @@ class AdminServer:
         # to this one) exist in the own registry before the first scrape; the dashboard
         # shows the RPC records of one registry (``dashboard_registry``, default the own)
         own = rpc_metrics(self._registry)
+        # the registry the dashboard shows; once it leaves (remove_registry), the first
+        # one still served
+        self._shown = self._registry if dashboard_registry is None else dashboard_registry
         self._dashboard = DashboardFeed(own if dashboard_registry is None
                                         else rpc_metrics(dashboard_registry))
         self._extra: list[tuple[str, str, Handler]] = []
@@ -316,10 +319,12 @@ class AdminServer:
 
     def remove_registry(self, registry: CollectorRegistry) -> None:
         """Undo one :meth:`add_registry` of ``registry``: once undone as often as added,
-        ``/metrics`` no longer serves it (nothing happens for one not added); what it
-        counted stays in the series another served registry lists (see
-        :meth:`add_registry`: it is collected now, once, on the calling loop). A
-        registry whose collection raises then leaves with all it counted (warned)."""
+        ``/metrics`` no longer serves it (nothing happens for one not added), nor does the
+        dashboard show it (it shows the first registry still added, or the admin
+        server's own); what it counted stays in the series another served registry
+        lists (see :meth:`add_registry`: it is collected now, once, on the calling
+        loop). A registry whose collection raises then leaves with all it counted
+        (warned)."""
         held = self._more.get(id(registry))
         if held is None or held[0] is not registry:
             return
@@ -327,6 +332,9 @@ class AdminServer:
             self._more[id(registry)] = (registry, held[1] - 1)
             return
         del self._more[id(registry)]
+        if registry is self._shown:  # the dashboard shows a registry still served
+            self._shown = next((r for r, _ in self._more.values()), self._registry)
+            self._dashboard.follow(rpc_metrics(self._shown))
         try:  # what it counted, kept in the series others still list (add_registry)
             with mesh_read_elsewhere():
                 counted = [m for m in map(_monotonic, registry.collect()) if m is not None]

@@ -161,6 +161,14 @@ class DashboardFeed:
         self._page = _page()
         self._csp = _content_security_policy(self._page)
 
+    def follow(self, rpc: RpcMetrics) -> None:
+        """Read the records of ``rpc`` from now on (the registry shown left the admin
+        server); the windows start again (samples of another registry's records would
+        make its rates negative). Call on the event loop :meth:`build` runs on."""
+        if rpc is not self._rpc:
+            self._rpc = rpc
+            self._rings.clear()
+
     def routes(self, *, offload: Offload | None = None) -> list[web.RouteDef]:
         """The aiohttp routes: ``GET /`` (the page) and ``GET /debug/dashboard.json``.
 
