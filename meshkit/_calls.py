@@ -628,6 +628,23 @@ class UnaryResponseCall(MeshCall):
             self._call = call = None
         return call
 
+    async def wait_for_connection(self) -> None:
+        """Wait until the call has ended, starting it if nothing has: a unary call's
+        connection is its whole life, as grpc.aio's, whose ``wait_for_connection`` raises
+        the status of a call that failed. The call's own outcome, not its attempt's: a
+        call a per-call interceptor answered itself after its attempt failed returns
+        (``OK``, as :meth:`code`), a call whose answer the mesh refused raises.
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed, with the status its ``await`` raises
+                (``INTERNAL`` for a response its deserializer refused, a mesh status).
+            asyncio.CancelledError: the call was cancelled.
+            Exception: what a client interceptor raised, as the ``await``.
+        """
+        await self._outcome()
+        if self._error is not None:
+            raise self._reported(self._error)  # a status: a new copy (see _fresh)
+
     async def _result(self) -> Any:
         # as grpc.aio's __await__: cancelling the awaiting task (an asyncio.wait_for
         # timeout) cancels the call, as it does a call running inline in that task
