@@ -938,7 +938,8 @@ class MeshCollector:
     series (its ``RegistryStatus`` counts every failure once, for all its users): two
     channels dialing one target through one registry, or one dialed again through it,
     show its count, not a sum; registries of their own add up, and a freed one's count
-    stays.
+    stays. A live server whose ``stats()`` raises reads ``meshkit_server_ready`` 0 (not
+    ready, as ``/readyz`` says of it), its counters as last read.
 
     Counters never go backwards (Prometheus/OpenMetrics: a counter is monotonically
     non-decreasing; a drop reads as a restart, and ``rate()``/``increase()`` count the
@@ -1091,6 +1092,9 @@ class MeshCollector:
             entry = self._last.get(ref)
             for fam, labels, value in entry[1] if entry is not None else ():
                 fams[fam].add(labels, value)
+            service = getattr(obj, "service", None)
+            if samples_of is _server_samples and isinstance(service, str):
+                fams["ready"].add((service,), 0.0)  # not ready, as /readyz says of it
             return
         for fam, labels, value in samples:
             fams[fam].add(labels, value)
