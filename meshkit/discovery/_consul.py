@@ -985,6 +985,9 @@ class ConsulRegistry:
         # (instance id, service) -> a list per register() under way, given an item by a
         # deregister() of that instance meanwhile (see register)
         self._registering: dict[tuple[str, str], list[list[bool]]] = {}
+        # deregistrations of instances whose register() was cancelled with its PUT under
+        # way, each waiting for the agent's answer (see _withdraw_when_answered)
+        self._withdrawals: set[asyncio.Task[None]] = set()
         # monotonic time of the latest warning about ACLs hiding entries, per read
         self._acl_warned: dict[str, float] = {}
         # (service, instance id) of an unusable entry -> monotonic time it was last logged
@@ -1026,7 +1029,7 @@ class ConsulRegistry:
         self._clients_lock = threading.Lock()
         if self._own_rng:
             self._rng.seed()
-        _inherited.append((self._clients, self._keepers))
+        _inherited.append((self._clients, self._keepers, self._withdrawals))
         drop_inherited_sockets(client.http._session for client, _ in self._clients.values())
         for reg in self._keepers.values():
             if reg.task is not None:
@@ -1036,6 +1039,7 @@ class ConsulRegistry:
         self._keepers = {}
         self._claims = {}
         self._registering = {}
+        self._withdrawals = set()
         race = CloseRace()  # no waits of the parent's loops to wake at a close
         race.closed = self._race.closed
         self._race = race
@@ -1327,7 +1331,9 @@ class ConsulRegistry:
                 instance ran meanwhile (a drain racing a start): the instance is
                 deregistered again and no keep-alive started ("... was deregistered while
                 register() ran"), as the local registry does. A cancel of the calling task
-                propagates as ``CancelledError``.
+                propagates as ``CancelledError``; if it came while the first registration's
+                PUT was under way, the instance is deregistered once the agent has
+                answered it (in the background), unless it is registered again meanwhile.
         """
         _check_path_id(instance.instance_id)
         # Claimed before the first await: two register() calls of one id for two
@@ -1371,7 +1377,16 @@ class ConsulRegistry:
             prior = None
         try:
             if prior is None:
-                await self._put_register(payload)
+                put = asyncio.ensure_future(self._put_register(payload))
+                try:
+                    await asyncio.shield(put)
+                except asyncio.CancelledError:
+                    if not put.done():
+                        # cancelled with its PUT under way (a start cancelled): the agent
+                        # may take it all the same, and the caller takes the instance for
+                        # not registered: withdrawn once the agent has answered
+                        self._withdraw_when_answered(put, instance)
+                    raise
             else:
                 async with prior.lock:  # no re-registration of the old payload meanwhile
                     await self._put_register(payload)
@@ -1418,6 +1433,31 @@ class ConsulRegistry:
             self._keep(reg), name=f"meshkit-consul-keeper-{instance.instance_id}"
         )
         self._keepers[instance.instance_id] = reg
+
+    def _withdraw_when_answered(self, put: asyncio.Future[None], instance: Instance) -> None:
+        """Deregister ``instance`` once ``put`` (the PUT of a first registration whose
+        :meth:`register` was cancelled) has been answered, if the agent took it, unless a
+        register() of the id is under way or kept here by then, or the registry is
+        closed (its TTL check lapses then). In a task of its own (referenced until it
+        ends), bounded by ``request_timeout_s`` beyond the PUT's own bound; the agent's
+        errors are ignored (the TTL check lapses)."""
+        async def withdraw() -> None:
+            try:
+                await put
+            except (asyncio.CancelledError, Exception):  # not taken: nothing to withdraw
+                return
+            key = instance.instance_id
+            if self._race.closed or key in self._keepers or key in self._claims:
+                return
+            with contextlib.suppress(*_FOREIGN, RegistryError):
+                client = self._get_client()
+                await self._bounded(client.agent.service.deregister(key),
+                                    self.options.request_timeout_s)
+
+        task = asyncio.get_running_loop().create_task(
+            withdraw(), name=f"meshkit-consul-withdraw-{instance.instance_id}")
+        self._withdrawals.add(task)
+        task.add_done_callback(self._withdrawals.discard)
 
     def _taken(self, instance: Instance, holder: str) -> RegistryError:
         return RegistryError(
