@@ -1507,7 +1507,9 @@ class MeshServer:
         registration may have been written anyway; withdrawing it waits at most
         ``_UNDO_DEREGISTER_S``); the server is then neither :attr:`ready` nor :attr:`live`
         (``/readyz`` does not count it), :meth:`drain` returns at once and
-        :meth:`wait_stopped` returns. Build a new :class:`MeshServer` to try again.
+        :meth:`wait_stopped` returns. Build a new :class:`MeshServer` to try again. A start
+        that fails before binding (a health servicer refused, the address in use) leaves
+        nothing bound and the server stopped the same way.
 
         When :meth:`drain` is called while ``start()`` runs, ``start()`` stops at its next
         step and is undone as above (nothing stays registered), then raises
@@ -1528,8 +1530,41 @@ class MeshServer:
         opts = self.options
         if (opts.port and not _is_ip(bare_host(opts.host))
                 and not dict(opts.server_options).get("grpc.so_reuseport")):
-            await _refuse_a_port_in_use(opts.host, opts.port)
+            try:
+                await _refuse_a_port_in_use(opts.host, opts.port)
+            except BaseException:
+                self._end_before_binding()
+                raise
             self._refuse_second_start()  # (drained or started meanwhile)
+        try:
+            server, port = self._bind()
+        except BaseException:
+            self._end_before_binding()
+            raise
+        instance_id = self._reserve_instance_id(port)
+        self._starting = True
+        try:
+            await self._start_and_register(server, instance_id, port)
+        except BaseException:
+            await self._undo_start(server)
+            raise
+        finally:
+            self._starting = False
+        assert self.instance is not None
+        _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
+                  address=self.instance.address, services=self.service_names)
+        return self.instance
+
+    def _bind(self) -> tuple[grpc.aio.Server, int]:
+        """:meth:`start`'s steps up to binding: the request gate, the chain, the handler
+        threads, the grpc server with every servicer, health and reflection added, bound
+        to ``host:port``; returns the server (not started) and the port bound.
+
+        Raises:
+            ConfigError: a health servicer meshkit cannot drive, or two.
+            RuntimeError: the address cannot be bound.
+        """
+        opts = self.options
         # OTEL_* / MESHKIT_TRACE_FILE set up the global provider only for a telemetry
         # interceptor that traces to it (as dial() does): with the application's own
         # provider, or telemetry off, the global one is the application's to install
@@ -1653,19 +1688,22 @@ class MeshServer:
         if creds is None:
             _log.warning("serving plaintext (no TLS)", service=self.service,
                          address=f"{uri_host(opts.host)}:{port}")
-        instance_id = self._reserve_instance_id(port)
-        self._starting = True
-        try:
-            await self._start_and_register(server, instance_id, port)
-        except BaseException:
-            await self._undo_start(server)
-            raise
-        finally:
-            self._starting = False
-        assert self.instance is not None
-        _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
-                  address=self.instance.address, services=self.service_names)
-        return self.instance
+        return server, port
+
+    def _end_before_binding(self) -> None:
+        """A :meth:`start` that failed before its server was bound (a health servicer
+        refused, the address in use, cancelled while checking it): stopped for good, as
+        an undone start (:meth:`wait_stopped` returns, a later :meth:`start` raises
+        ``RuntimeError``), its handler threads' pool shut down; nothing was bound or
+        registered. Nothing when another :meth:`start` of the server has bound meanwhile
+        (two at once: that one goes on)."""
+        if self._starting or self._server is not None:
+            return
+        pool, self._handler_threads = self._handler_threads, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._close_gate()
+        self._stopped.set()
 
     def _refuse_second_start(self) -> None:
         """Raise ``RuntimeError`` when :meth:`start` ran before on this server: a second

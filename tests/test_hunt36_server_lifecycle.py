@@ -323,3 +323,24 @@ async def test_signals_given_as_numbers_are_named_in_the_second_signals_warning(
     assert errors == []
     warned = [e for e in logs if e["event"].startswith("signal during the drain")]
     assert [e["signal"] for e in warned] == ["SIGUSR1"]
+
+
+async def test_a_start_that_failed_to_bind_is_stopped_for_good(
+        registry: LocalRegistry) -> None:
+    """start() on a port in use raised, but left the server neither stopped nor refusing
+    a second start: wait_stopped() waited for ever (a failure after binding makes it
+    return), and a second start() bound anew, though start() promises "a second start()
+    ... after a failed start raises RuntimeError". Both as after binding now, and the
+    handler threads' pool is shut down."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        opts = meshkit.ServeOptions(insecure=True, admin=None, port=port, drain_delay_s=0)
+        srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+        with pytest.raises(RuntimeError, match=r"(?i)bind"):
+            await srv.start()
+    await asyncio.wait_for(srv.wait_stopped(), 2)
+    assert srv._handler_threads is None
+    with pytest.raises(RuntimeError, match="after a failed start"):
+        await srv.start()
+    assert srv.instance is None and not srv.live
+    assert await registry.instances("echo") == frozenset()
