@@ -70,3 +70,20 @@ def test_no_scenario_is_refused(scenarios: str, tmp_path: Path) -> None:
         runner.main(["--scenarios", scenarios, "--out", str(tmp_path)])
     assert "--scenarios" in str(exc.value.code)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_contender_names_are_those_the_overhead_scenario_builds(tmp_path: Path) -> None:
+    """``--contenders`` is checked against ``overhead.CONTENDERS``: every contender the
+    scenario can build is in it (else naming it would be refused), and nothing else."""
+    from benchmarks import stacks
+    from benchmarks.scenarios import overhead
+    from benchmarks.scenarios._common import PLANS, Ctx
+
+    secrets = stacks.Secrets(tmp_path / "secrets")
+    secrets.create()
+    ctx = Ctx(plan=PLANS["full"], sup=None, secrets=secrets,  # type: ignore[arg-type]
+              workdir=tmp_path)
+    built = [s[0] for s in overhead.contender_specs(ctx, subset=False)]
+    assert set(built) <= set(overhead.CONTENDERS)
+    if not ctx.notes:  # every layer available here: every name is built
+        assert sorted(built) == sorted(overhead.CONTENDERS)
