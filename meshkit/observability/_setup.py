@@ -59,7 +59,7 @@ def server_interceptors(
     tracing off (metrics and access log), for benchmarks; where the instrumentor's aio
     server instrumentor is active (``opentelemetry-instrument``), which adds that
     interceptor to every ``grpc.aio`` server itself, only the latter (else two SERVER
-    spans per call). Its spans go to
+    spans per call); ``options.quiet_methods`` get no span from it either. Its spans go to
     ``options.tracer_provider``, else the global provider, which is then set up from the
     environment here (:func:`~meshkit.observability.tracing_from_env` with
     ``service_name``), as ``serve()`` does for its own telemetry.
@@ -88,7 +88,8 @@ def server_interceptors(
         rest.metrics or rest.access_log) else ()
     if instrumentor_active("server"):  # it adds this interceptor to every grpc.aio server
         return tail
-    return (otel_server_interceptor(opts.tracer_provider), *tail)
+    return (otel_server_interceptor(opts.tracer_provider, quiet_methods=opts.quiet_methods),
+            *tail)
 
 
 def client_interceptors(
@@ -143,7 +144,8 @@ def attempt_interceptors(
     grpc.aio interceptor cost); nothing either where opentelemetry-instrumentation-grpc's
     aio client instrumentor is active (its spans stand for meshkit's). ``"otel"``:
     opentelemetry-instrumentation-grpc's four
-    client interceptors (a CLIENT span per attempt; none where its aio client
+    client interceptors (a CLIENT span per attempt, none for ``options.quiet_methods``;
+    none where its aio client
     instrumentor is active, which adds them to every ``grpc.aio`` channel itself), to
     ``options.tracer_provider``, else
     the global provider, which is then set up from the environment here
@@ -168,7 +170,8 @@ def attempt_interceptors(
             tracing_from_env(None)
         if instrumentor_active("client"):  # it adds these to every grpc.aio channel
             return ()
-        return otel_client_interceptors(opts.tracer_provider)
+        return otel_client_interceptors(opts.tracer_provider,
+                                        quiet_methods=opts.quiet_methods)
     # under the instrumentor the logical interceptor makes no span, so attempts have none
     # to hang theirs under: the interceptor would only cost a task per attempt
     return (AttemptSpanInterceptor(opts),) if opts.attempt_spans and not \

@@ -820,8 +820,33 @@ def _otel_grpc() -> Any:
     return otel_grpc
 
 
+def _unquiet_filter(quiet_methods: Iterable[str]) -> Callable[[Any], bool] | None:
+    """opentelemetry-instrumentation-grpc's ``filter_`` (``True``: trace the call) that
+    leaves out the methods ``quiet_methods`` patterns match (:mod:`meshkit._methods`), or
+    ``None`` (trace every call) when there are none.
+
+    Raises:
+        ConfigError: a bad pattern (quoted), as ``TelemetryOptions.quiet_methods``.
+    """
+    from meshkit._methods import MethodMatcher
+
+    quiet = MethodMatcher.of(tuple(quiet_methods), where="quiet_methods")
+    if not quiet.patterns:
+        return None
+
+    def traced(details: Any) -> bool:
+        method = getattr(details, "method", "")
+        if isinstance(method, bytes):  # grpc.aio's ClientCallDetails (grpc issue 31092)
+            method = method.decode("ascii", "replace")
+        return not quiet.lookup(method)
+
+    return traced
+
+
 def otel_server_interceptor(
     tracer_provider: trace.TracerProvider | None = None,
+    *,
+    quiet_methods: Iterable[str] = (),
 ) -> grpc.aio.ServerInterceptor:
     """The opentelemetry-instrumentation-grpc aio server interceptor (tracing only).
 
@@ -832,14 +857,23 @@ def otel_server_interceptor(
 
     Args:
         tracer_provider: default the global provider.
+        quiet_methods: method patterns that get no span (``TelemetryOptions
+            .quiet_methods``, which :func:`~meshkit.observability.server_interceptors`
+            passes); default none: every call.
+
+    Raises:
+        ConfigError: a bad ``quiet_methods`` pattern; the instrumentation not installed.
     """
+    traced = _unquiet_filter(quiet_methods)
     icpt: grpc.aio.ServerInterceptor = _otel_grpc().aio_server_interceptor(
-        tracer_provider=tracer_provider)
+        tracer_provider=tracer_provider, filter_=traced)
     return icpt
 
 
 def otel_client_interceptors(
     tracer_provider: trace.TracerProvider | None = None,
+    *,
+    quiet_methods: Iterable[str] = (),
 ) -> tuple[grpc.aio.ClientInterceptor, ...]:
     """The opentelemetry-instrumentation-grpc aio client interceptors (one per call kind),
     for ``DialOptions.attempt_interceptors``: one client span per *attempt*, since they
@@ -847,8 +881,16 @@ def otel_client_interceptors(
 
     Args:
         tracer_provider: default the global provider.
+        quiet_methods: method patterns that get no span (``TelemetryOptions
+            .quiet_methods``, which :func:`~meshkit.observability.attempt_interceptors`
+            passes); default none: every call.
+
+    Raises:
+        ConfigError: a bad ``quiet_methods`` pattern; the instrumentation not installed.
     """
-    return tuple(_otel_grpc().aio_client_interceptors(tracer_provider=tracer_provider))
+    traced = _unquiet_filter(quiet_methods)
+    return tuple(_otel_grpc().aio_client_interceptors(tracer_provider=tracer_provider,
+                                                      filter_=traced))
 
 
 def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
