@@ -18,7 +18,7 @@ _SHOWN = ("server.address", "network.peer.address", "network.peer.port",
           "meshkit.peer.identity", "meshkit.rate_limited")
 
 
-def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
+def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | str | None = None,
                  attributes: Sequence[str] = _SHOWN) -> str:
     """Draw finished spans as one tree per trace, children under parents by start time::
 
@@ -39,13 +39,22 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
 
     Args:
         spans: finished spans, e.g. ``InMemorySpanExporter().get_finished_spans()``.
-        trace_id: only this trace (default: every trace in ``spans``, one tree each).
+        trace_id: only this trace (default: every trace in ``spans``, one tree each): an
+            int, or the 32 hex digits access lines and span files write.
         attributes: attribute keys shown in brackets, when present (one string: that
             one key).
 
     Returns:
         The text, lines joined with ``\\n`` (empty string for no spans).
+
+    Raises:
+        ValueError: a ``trace_id`` string that is not hexadecimal (quoted).
     """
+    if isinstance(trace_id, str):  # as logged: compared with the spans' int ids
+        try:
+            trace_id = int(trace_id, 16)
+        except ValueError:
+            raise ValueError(f"trace_id must be hexadecimal, got {trace_id!r}") from None
     if isinstance(attributes, str):  # one key, not a key per character
         attributes = (attributes,)
     chosen = [s for s in spans if s.context is not None
