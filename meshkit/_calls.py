@@ -1016,6 +1016,32 @@ class StreamUnaryCall(UnaryResponseCall):
                 queue.get_nowait()
             queue.put_nowait(_END_OF_WRITES)
 
+    async def wait_for_connection(self) -> None:
+        """Wait until an attempt's request stream is open (its grpc.aio call's
+        ``wait_for_connection``: the call's metadata sent), starting the call if nothing
+        has, as grpc.aio's stream-unary call: not for the response, which waits for the
+        requests (``write()`` and ``done_writing()``, or the request iterator's end).
+        Cancelling the wait leaves the call alone.
+
+        Raises:
+            grpc.aio.AioRpcError, asyncio.CancelledError, Exception: the call ended before
+                an attempt was open, as :meth:`UnaryResponseCall.wait_for_connection`.
+        """
+        self._start()
+        pause = 0.001
+        while not self._is_settled:
+            call = self._details.last_call
+            if call is not None and not call.done():
+                if await asyncio.shield(_connected(call)):
+                    return
+                continue  # that attempt failed: the next one, or the call's end
+            # no attempt launched yet (the chain waits for an endpoint, a retry's backoff):
+            # the chain says nothing when it launches one, so look again soon (from 1 ms,
+            # doubling to 50 ms), or as the call ends
+            await asyncio.wait((self._waiter(),), timeout=pause)
+            pause = min(pause * 2, 0.05)
+        await super().wait_for_connection()
+
     async def _put(self, item: Any) -> None:
         """Hand ``item`` to the request stream, starting the call: at once when the one
         before it was taken, else when it is, or raise once the call has ended."""
