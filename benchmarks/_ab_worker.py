@@ -8,7 +8,8 @@ plaintext, registered in a local registry; prints ``ready PORT LOOP``, serves un
 closes. ``client TELEMETRY REGISTRY_DIR`` (a :func:`meshkit.dial` channel) and ``raw
 ADDRESS`` (a plain grpc.aio channel): print ``ready LOOP`` after a warm-up
 (``MESHKIT_AB_WARMUP_CALLS`` calls, 300 by default), then for each
-stdin line ``CALLS CALLERS`` run that many unary calls and print ``p50_us mean_us qps``.
+stdin line ``CALLS CALLERS`` run ``CALLS`` unary calls from ``CALLERS`` concurrent callers
+and print ``p50_us mean_us qps``.
 ``TELEMETRY`` is ``defaults`` (as shipped: metrics, the JSON access log, spans without an
 SDK) or ``traced`` (every call sampled into an SDK batch processor that drops spans).
 Access lines go to ``/dev/null``. Every process runs on asyncio's event loop, or on
@@ -77,7 +78,9 @@ async def _drive(call: Any) -> None:
         calls, callers = int(line[0]), int(line[1])
         lat: list[float] = []
         t0 = time.perf_counter()
-        await asyncio.gather(*(caller(calls // callers, lat) for _ in range(callers)))
+        # every call asked for: the ones left over go to the first callers
+        await asyncio.gather(*(caller(calls // callers + (i < calls % callers), lat)
+                               for i in range(callers)))
         wall = time.perf_counter() - t0
         print(f"{statistics.median(lat) * 1e6:.1f} {statistics.fmean(lat) * 1e6:.1f} "
               f"{len(lat) / wall:.1f}", flush=True, file=sys.__stdout__)
