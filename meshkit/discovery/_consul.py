@@ -1635,11 +1635,11 @@ class ConsulRegistry:
         kept = self._keepers.get(instance.instance_id)
         if kept is not None and kept.instance.service != instance.service:
             return  # this registry keeps the id for another service: not this one's
+        if kept is None and await self._holder(instance, "deregister") is not None:
+            return  # the agent holds the id for another service: leave it
         # a register() of it under way sees this and starts no keeper
         for withdrawn in self._registering.get((instance.instance_id, instance.service), ()):
             withdrawn.append(True)
-        if kept is None and await self._holder(instance, "deregister") is not None:
-            return  # the agent holds the id for another service: leave it
         await self._stop_keeper(instance.instance_id)
         try:
             client = self._get_client()
