@@ -135,7 +135,8 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
               argv: list[str]) -> dict[str, Any]:
     """Run the selected scenarios and return the results document."""
     plan = PLANS[args.mode]
-    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    # each once, in the order given
+    selected = list(dict.fromkeys(s.strip() for s in args.scenarios.split(",") if s.strip()))
     unknown = [s for s in selected if s not in SCENARIOS]
     if unknown or not selected:
         raise SystemExit(f"--scenarios: {f'unknown {unknown}' if unknown else 'none given'}; "

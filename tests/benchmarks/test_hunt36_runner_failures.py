@@ -71,3 +71,20 @@ def test_an_unwritable_markdown_path_is_refused_before_the_run(
         runner.main(["--smoke", "--scenarios", "hunt36-fine", "--out", str(tmp_path),
                      "--markdown", str(tmp_path / "file" / "tables.md")])
     assert "--markdown" in str(exc.value.code) and ran == []
+
+
+def test_a_scenario_named_twice_runs_once(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--scenarios overhead,compare,overhead`` ran the overhead scenario twice (minutes
+    on a full run), the second run's results replacing the first's in the JSON."""
+    ran: list[str] = []
+
+    async def scenario(ctx: Ctx) -> dict[str, Any]:
+        ran.append("x")
+        return {}
+
+    monkeypatch.setitem(SCENARIOS, "hunt36-fine", scenario)
+    monkeypatch.setitem(SCENARIOS, "hunt36-other", _fine)
+    assert runner.main(["--smoke", "--scenarios", "hunt36-fine,hunt36-other,hunt36-fine",
+                        "--out", str(tmp_path)]) == 0
+    assert ran == ["x"]
