@@ -2004,7 +2004,8 @@ class MeshServer:
         return telemetry.registry if telemetry is not None else None
 
     async def drain(self) -> None:
-        """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, refuse mesh
+        """Leave the mesh: NOT_SERVING, deregister (waiting 10 s at most:
+        ``_DRAIN_DEREGISTER_S``), wait ``drain_delay_s``, refuse mesh
         clients' new calls of unary-response methods until they
         stop arriving (every such method but the health service's: ``UNAVAILABLE``
         "server draining: call refused before it ran" with the nack trailer
@@ -2074,10 +2075,11 @@ class MeshServer:
                 _log.warning("health enter_graceful_shutdown failed", service=self.service,
                              error=repr(exc))
             if self.instance is not None:
-                try:
-                    await self.registry.deregister(self.instance)
+                try:  # bounded: a registry that hangs must not keep the server serving
+                    await _bounded(self.registry.deregister(self.instance),
+                                   _DRAIN_DEREGISTER_S)
                 except Exception as exc:  # keep draining; the TTL will expire the entry
-                    _log.warning("deregister failed", error=str(exc))
+                    _log.warning("deregister failed", error=str(exc) or repr(exc))
             self._release_instance_id()
             await self._stop_following_certificate()
             await asyncio.sleep(opts.drain_delay_s)
@@ -2414,6 +2416,12 @@ class _MethodSymbols:
 
 _UNDO_DEREGISTER_S = 5.0
 """How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""
+
+_DRAIN_DEREGISTER_S = 10.0
+"""How long a drain waits for the registry's ``deregister()`` (as go-kratos's
+``registrarTimeout``, 10 s; meshkit's own registries bound each request below it); past it
+the deregistration is cancelled and logged (``deregister failed``), and the drain goes on:
+the registry's TTL expires the entry."""
 
 _CLOSE_INTERCEPTOR_S = 5.0
 """How long a stopped server waits for each interceptor's ``aclose()``; past it the close

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 import meshkit
+import meshkit.server
 from meshkit.discovery import LocalRegistry
 from meshkit.errors import ConfigError
 from meshkit.observability import AdminOptions
@@ -344,3 +345,30 @@ async def test_a_start_that_failed_to_bind_is_stopped_for_good(
         await srv.start()
     assert srv.instance is None and not srv.live
     assert await registry.instances("echo") == frozenset()
+
+
+class _RegistryHangingAtDeregister(_HangingRegistry):
+    """Registers at once; its deregister() never returns."""
+
+    async def register(self, instance: object) -> None:
+        pass
+
+
+async def test_a_deregistration_that_hangs_does_not_hold_the_drain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry whose deregister() never returns (its server unreachable, no timeout
+    of its own) held the drain at its first step for ever: the server went on serving,
+    deregistered nowhere, until the orchestrator's SIGKILL cut every call. The drain
+    waits _DRAIN_DEREGISTER_S at most (10 s, as go-kratos's registrarTimeout; 0.2 here),
+    logs "deregister failed", cancels the request and goes on to stop."""
+    monkeypatch.setattr(meshkit.server, "_DRAIN_DEREGISTER_S", 0.2)
+    registry = _RegistryHangingAtDeregister()
+    opts = meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0, grace_s=1)
+    srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+    await srv.start()
+    port = srv.port
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(srv.drain(), 5)
+    assert _refused(port) and not srv.live
+    assert any(e["event"] == "deregister failed" for e in logs)
+    await until(lambda: registry.pending == 0, timeout_s=2)
