@@ -682,9 +682,10 @@ def configure_tracing(
             names no service: ``OTEL_SERVICE_NAME``, else ``OTEL_RESOURCE_ATTRIBUTES``'
             ``service.name``, else the SDK's ``unknown_service:<executable>`` (the
             OpenTelemetry resource SDK specification's order).
-        exporters: use these exporters (each behind a batch processor) instead of
-            ``OTEL_TRACES_EXPORTER``; tests pass an in-memory one behind their own
-            ``SimpleSpanProcessor`` by calling ``provider.add_span_processor`` instead.
+        exporters: use these exporters (each behind a batch processor; one given alone
+            is that one) instead of ``OTEL_TRACES_EXPORTER``; tests pass an in-memory one
+            behind their own ``SimpleSpanProcessor`` by calling
+            ``provider.add_span_processor`` instead.
         set_global: install it with ``trace.set_tracer_provider`` (default ``True``; the
             global provider can be set once per process).
 
@@ -692,7 +693,9 @@ def configure_tracing(
         The provider; call ``provider.shutdown()`` at exit to flush spans.
 
     Raises:
-        ConfigError: empty ``service_name``, unknown sampler (or an installed one that
+        ConfigError: empty ``service_name``, ``exporters`` holding something that is not
+            a span exporter instance (a name, ``None``, an exporter class: quoted),
+            unknown sampler (or an installed one that
             fails to build), a sampler argument that is not a ratio in [0, 1], an
             ``OTEL_BSP_*`` or span limit value that is not an integer in range (or a batch
             over the queue), an unknown exporter name, or an OTLP protocol other
@@ -700,6 +703,8 @@ def configure_tracing(
             named, the value quoted).
     """
     _check_service_name(service_name)
+    if exporters is not None:
+        exporters = _checked_exporters(exporters)
     require_sdk("configure_tracing")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -742,6 +747,34 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _is_exporter(value: object) -> bool:
+    """Whether ``value`` is a span exporter instance: what a batch processor calls
+    (``export``, ``shutdown``) is there, and it is not a class."""
+    return not isinstance(value, type) and all(
+        callable(getattr(value, m, None)) for m in ("export", "shutdown"))
+
+
+def _checked_exporters(exporters: object) -> list[SpanExporter]:
+    """``configure_tracing``'s ``exporters`` as a list: one exporter given alone is that
+    one.
+
+    Raises:
+        ConfigError: not a span exporter nor a collection of them (the first bad value
+            quoted).
+    """
+    if _is_exporter(exporters):
+        return [exporters]  # type: ignore[list-item]
+    if isinstance(exporters, (str, bytes)) or not isinstance(exporters, Iterable):
+        raise ConfigError(f"exporters must be span exporters (SpanExporter instances), "
+                          f"got {exporters!r}")
+    chosen = list(exporters)
+    for exp in chosen:
+        if not _is_exporter(exp):
+            raise ConfigError(f"exporters must be span exporters (SpanExporter instances), "
+                              f"got {exp!r} among them")
+    return chosen
 
 
 def _check_service_name(service_name: object) -> None:
