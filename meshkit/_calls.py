@@ -63,7 +63,7 @@ from grpc.aio import AioRpcError, Metadata
 from meshkit._codecs import Undecodable, codec_error, serialize_message, undecodable_error
 from meshkit._loop import LoopCache
 from meshkit._metadata import with_previous_attempts
-from meshkit.errors import MeshRpcError
+from meshkit.errors import MeshRpcError, RequestSerializationError
 from meshkit.interceptors import ClientCallDetails
 
 __all__ = [
@@ -923,10 +923,11 @@ class StreamResponseCall(MeshCall):
         plan = self._details.codec
         if plan is not None and plan.serializes_stream:
             try:
+                # not recorded as the call's codec_error here: _refused_write decides
                 out = serialize_message(self._details.method, plan.request_serializer,
-                                        request, self._details)
-            except BaseException:
-                call.cancel()
+                                        request)
+            except BaseException as exc:
+                self._refused_write(call, exc)
                 raise
             if plan.in_mesh:  # else grpc.aio serializes it (again) for attempt interceptors
                 request = out
@@ -939,6 +940,25 @@ class StreamResponseCall(MeshCall):
         messages = self._details.messages
         if messages is not None:
             messages.msg_sent += 1
+
+    def _refused_write(self, call: Any, exc: BaseException) -> None:
+        """A message of :meth:`write` its serializer refused (``exc``; the error path
+        only). grpc.aio's ``write`` checks the call's state before it serializes: a write
+        the call refuses anyway raises that refusal (``UsageError`` for a call made with a
+        request iterator, ``InvalidStateError`` once it has ended or after
+        :meth:`done_writing`) and leaves the call and its outcome alone; otherwise the
+        refusal is the call's ``codec_error`` and the call is cancelled (it ends
+        ``INTERNAL``), and ``exc`` goes on."""
+        if self._request is not None:
+            raise grpc.aio.UsageError(_STYLES_MIXED) from None
+        if call.done():
+            raise asyncio.InvalidStateError(_FINISHED) from None
+        # grpc.aio's own flag (its intercepted calls read it too); without it, as before
+        if getattr(call, "_done_writing_flag", False) is True:
+            raise asyncio.InvalidStateError(_HALF_CLOSED) from None
+        if isinstance(exc, RequestSerializationError):
+            self._details.codec_error = exc
+        call.cancel()
 
     async def done_writing(self) -> None:
         """Half-close the request stream; nothing when the call ended before it opened
