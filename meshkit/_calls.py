@@ -613,6 +613,16 @@ class UnaryResponseCall(MeshCall):
             self._invoke = _not_sent  # an await after this raises CancelledError
         return super().cancel()
 
+    def done(self) -> bool:
+        """:meth:`MeshCall.done`: true once the call has its response or its final error,
+        whether or not the attempt it settled on (``details.last_call``) has ended: a
+        per-call interceptor that answered itself while an attempt it started runs on
+        (a prefetch) finished the call, as grpc.aio's call of an interceptor's own
+        response is done; so :meth:`cancel` then returns ``False`` and cancels nothing
+        (the task that awaited the call among them). True too as soon as :meth:`cancel`
+        has cancelled the call."""
+        return self._is_settled or self._cancelled
+
     def _current(self) -> Any:
         return self._details.last_call
 
