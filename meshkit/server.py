@@ -1532,6 +1532,11 @@ class MeshServer:
                 and not dict(opts.server_options).get("grpc.so_reuseport")):
             try:
                 await _refuse_a_port_in_use(opts.host, opts.port)
+            except Exception:
+                # the port another start() of this server bound meanwhile: say so
+                self._refuse_second_start()
+                self._end_before_binding()
+                raise
             except BaseException:
                 self._end_before_binding()
                 raise

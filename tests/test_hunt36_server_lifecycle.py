@@ -372,3 +372,24 @@ async def test_a_deregistration_that_hangs_does_not_hold_the_drain(
     assert _refused(port) and not srv.live
     assert any(e["event"] == "deregister failed" for e in logs)
     await until(lambda: registry.pending == 0, timeout_s=2)
+
+
+async def test_two_starts_at_once_on_a_host_name_the_second_says_already_started(
+        registry: LocalRegistry) -> None:
+    """Two start() at once of a server on ``localhost`` and a fixed port: the second,
+    whose port check ran after the first had bound, said "cannot bind ... in use" (its
+    own server's port) instead of "already started"; the first serves on."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    opts = meshkit.ServeOptions(insecure=True, admin=None, host="localhost", port=port,
+                                drain_delay_s=0)
+    srv = meshkit.MeshServer("echo", registry=registry, options=opts)
+    results = await asyncio.gather(srv.start(), srv.start(), return_exceptions=True)
+    try:
+        started = [r for r in results if isinstance(r, meshkit.discovery.Instance)]
+        refused = [str(r) for r in results if isinstance(r, RuntimeError)]
+        assert len(started) == 1 and len(refused) == 1, results
+        assert "already started" in refused[0]
+        assert srv.live
+    finally:
+        await srv.drain()
