@@ -247,17 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
-    if args.markdown is not None:  # as --out: its directory made now, not after the run
-        try:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SystemExit(f"--markdown {args.markdown}: {exc.strerror or exc}") from None
-        if not os.access(args.markdown.parent, os.W_OK):
-            raise SystemExit(f"--markdown {args.markdown}: its directory is not writable")
     if args.loop == "uvloop" and not meshkit.uvloop_installed():
         print("--loop uvloop: uvloop is not installed (pip install 'meshkit[fast]')",
               file=sys.stderr)
         return 2
+    # where the results go is made now, not after the run (whose results would be lost)
+    for option, where in (("--out", args.out),
+                          ("--markdown", args.markdown.parent if args.markdown else None)):
+        if where is None:
+            continue
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"{option}: cannot make {where}: {exc.strerror or exc}") from None
+        if not os.access(where, os.W_OK):
+            raise SystemExit(f"{option}: {where} is not writable")
     workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
     sup = Supervisor(workdir, workdir / "secrets", loop=args.loop)
     previous = _interruptible()
@@ -274,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     report.print_targets(results["targets"], report.machine_note(results))
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -88,3 +88,21 @@ def test_a_scenario_named_twice_runs_once(tmp_path: Path,
     assert runner.main(["--smoke", "--scenarios", "hunt36-fine,hunt36-other,hunt36-fine",
                         "--out", str(tmp_path)]) == 0
     assert ran == ["x"]
+
+
+def test_an_unwritable_out_directory_is_refused_before_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``--out`` that cannot be made (here under a file) failed only once every
+    scenario had run, in a traceback, the results lost: it is now made first."""
+    ran: list[str] = []
+
+    async def scenario(ctx: Ctx) -> dict[str, Any]:
+        ran.append("ran")
+        return {}
+
+    monkeypatch.setitem(SCENARIOS, "hunt36-fine", scenario)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--smoke", "--scenarios", "hunt36-fine",
+                     "--out", str(tmp_path / "file" / "results")])
+    assert "--out" in str(exc.value.code) and ran == []
