@@ -1213,7 +1213,10 @@ class EtcdRegistry:
         """Put ``instance`` under this registry's lease and keep the lease alive.
 
         Grants the lease (``ttl_s``) on first use, then ``PUT <prefix><service>/<id>`` with
-        the instance as JSON. Registering the same ``instance_id`` again replaces it. When
+        the instance as JSON. Registering the same ``instance_id`` again replaces it, also
+        for another service: one registry holds an id for one service at a time (two
+        servers sharing a registry under one ``instance_id``, ``$POD_NAME`` say, keep only
+        the second; registries of their own keep both). When
         the key changes (another service name), the new key is put first and the old one
         deleted after, so a failed put leaves the previous registration as it was (still
         listed and kept alive); a put left unanswered (a timeout, a cancel of the caller)
