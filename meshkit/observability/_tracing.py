@@ -1744,10 +1744,18 @@ class SpanStarter:
 def _parent_context(parent: SpanContext | None, context: Any) -> Any:
     """The OpenTelemetry ``Context`` a sampler, the SDK's ``start_span`` and processors'
     ``on_start`` get for ``parent``: ``context`` when given, else one holding a remote
-    ``parent``, else the current one (``None`` for a root: the SDK's default)."""
-    if context is None and parent is not None:
-        return trace.set_span_in_context(NonRecordingSpan(parent)) \
-            if parent.is_remote else otel_context.get_current()
+    ``parent``, else the current one; for a root (``parent`` ``None``) without a
+    ``context``, ``None`` (the SDK's default: the current one) while no valid span is
+    current, else the current context with the invalid span over that one (a server's
+    handler task inherits the context its server was started in, whose span is no parent
+    of a call that brought no trace context: the SDK and a sampler would take it for one).
+    """
+    if context is None:
+        if parent is not None:
+            return trace.set_span_in_context(NonRecordingSpan(parent)) \
+                if parent.is_remote else otel_context.get_current()
+        if current_span_context().is_valid:
+            return trace.set_span_in_context(trace.INVALID_SPAN)
     return context
 
 
