@@ -1671,7 +1671,8 @@ class SpanStarter:
               attributes: dict[str, Any]) -> Span | None:
         """A span ``name`` under ``parent`` (a valid span context, or ``None`` for a root);
         ``context`` is the OpenTelemetry ``Context`` holding that parent for the SDK path
-        (``None``: built from a remote ``parent``, else the current one). ``None`` when
+        (``None``: built from a remote ``parent``, else the current one, without its span
+        for a root: :func:`_parent_context`). ``None`` when
         there is no trace context to carry (no SDK provider and no parent)."""
         sdk = self._sdk if self._explicit is not None and self._sdk is not None \
             else self._resolve()
