@@ -939,6 +939,9 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     the others; then no SDK is needed either). Otherwise the global no-op provider stays
     and meshkit's span code costs almost nothing.
 
+    Thread-safe: calls from several threads at once set one provider up (the others
+    return ``None``, as once one is installed).
+
     The order of a process's first call and its ``serve()`` does not change its service
     name: a provider set up here without a name (``service_name`` ``None`` or
     :data:`UNKNOWN_SERVICE`, ``OTEL_SERVICE_NAME`` unset) is named by the first later
@@ -961,23 +964,29 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     """
     _check_service_name(service_name)
     named = service_name is not None and service_name != UNKNOWN_SERVICE
-    if _sdk is not None:
-        installed = trace.get_tracer_provider()
-        if isinstance(installed, _sdk.TracerProvider):
-            if named and _unnamed and _unnamed[0] is installed:
-                _unnamed.clear()
-                _name_provider(installed, str(service_name))
+    with _from_env_lock[0]:  # one thread's check and set-up at a time: one provider
+        if _sdk is not None:
+            installed = trace.get_tracer_provider()
+            if isinstance(installed, _sdk.TracerProvider):
+                if named and _unnamed and _unnamed[0] is installed:
+                    _unnamed.clear()
+                    _name_provider(installed, str(service_name))
+                return None
+        if not tracing_wanted():
             return None
-    if not tracing_wanted():
-        return None
-    provider = configure_tracing(service_name)
-    if not named and not os.environ.get("OTEL_SERVICE_NAME"):
-        _unnamed[:] = [provider]
-    return provider
+        provider = configure_tracing(service_name)
+        if not named and not os.environ.get("OTEL_SERVICE_NAME"):
+            _unnamed[:] = [provider]
+        return provider
 
 
 # the provider tracing_from_env installed for a process that had named no service yet
 _unnamed: list[TracerProvider] = []
+# held while tracing_from_env checks for a provider and sets one up (two threads' first
+# calls built two, the second never installed); a new one in a forked child (one a
+# thread of the parent held at the fork would never be released there)
+_from_env_lock = [threading.Lock()]
+os.register_at_fork(after_in_child=lambda: _from_env_lock.__setitem__(0, threading.Lock()))
 
 
 def _name_provider(provider: TracerProvider, service_name: str) -> None:
