@@ -698,9 +698,10 @@ def configure_tracing(
             unknown sampler (or an installed one that
             fails to build), a sampler argument that is not a ratio in [0, 1], an
             ``OTEL_BSP_*`` or span limit value that is not an integer in range (or a batch
-            over the queue), an unknown exporter name, or an OTLP protocol other
-            than ``grpc`` and ``http/protobuf`` when OTLP is asked for (the variable
-            named, the value quoted).
+            over the queue), an unknown exporter name, an OTLP protocol other
+            than ``grpc`` and ``http/protobuf`` when OTLP is asked for, or a
+            ``MESHKIT_TRACE_FILE`` that cannot be opened (before any exporter is set up;
+            the variable named, the value quoted).
     """
     _check_service_name(service_name)
     if exporters is not None:
@@ -710,9 +711,11 @@ def configure_tracing(
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     settings = _tracing_env()
-    provider = TracerProvider(resource=_resource(service_name),
-                              sampler=_sampler(settings.sampler, settings.ratio,
-                                               settings.arg))
+    sampler = _sampler(settings.sampler, settings.ratio, settings.arg)
+    # before any exporter: a path that cannot be opened fails with no processor's thread
+    # left running
+    file_exporter = _trace_file_exporter()
+    provider = TracerProvider(resource=_resource(service_name), sampler=sampler)
     if exporters is None:
         names = settings.exporters
         if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
@@ -737,16 +740,34 @@ def configure_tracing(
             schedule_delay_millis=batch["schedule_delay_millis"],
             max_export_batch_size=batch["max_export_batch_size"],
             export_timeout_millis=batch["export_timeout_millis"]))
-    trace_file = os.environ.get("MESHKIT_TRACE_FILE", "").strip()
-    if trace_file:
+    if file_exporter is not None:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-        from meshkit.observability._files import JsonLinesSpanExporter
-
-        provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(trace_file)))
+        provider.add_span_processor(SimpleSpanProcessor(file_exporter))
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _trace_file_exporter() -> SpanExporter | None:
+    """The :class:`~meshkit.observability.JsonLinesSpanExporter` of ``MESHKIT_TRACE_FILE``
+    (surrounding blanks ignored), its file opened; ``None`` when the variable is unset or
+    empty.
+
+    Raises:
+        ConfigError: the file (or its directory) cannot be made or opened (the variable
+            named, the path quoted, the system's reason given).
+    """
+    trace_file = os.environ.get("MESHKIT_TRACE_FILE", "").strip()
+    if not trace_file:
+        return None
+    from meshkit.observability._files import JsonLinesSpanExporter
+
+    try:
+        return JsonLinesSpanExporter(trace_file)
+    except OSError as e:
+        raise ConfigError(f"MESHKIT_TRACE_FILE {trace_file!r} cannot be opened to append "
+                          f"spans to: {e}") from None
 
 
 def _is_exporter(value: object) -> bool:
