@@ -221,7 +221,11 @@ class JWTAuthInterceptor(_RefusalLogged):
     :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
     any other exception it raises, or a result that is no :class:`~meshkit.auth.Claims`
     (``None``) or whose ``subject`` is not a string, is ``UNAUTHENTICATED`` "token could
-    not be verified" (its text is never sent; the log's reason names its type). Refusals
+    not be verified" (its text is never sent; the log's reason names its type). A
+    returning token's claims come from the :class:`~meshkit.auth.JWTVerifier`'s cache
+    without a coroutine; a verifier whose ``verify`` is not ``JWTVerifier``'s (a subclass
+    overriding it to refuse revoked tokens, say, or one of your own) has it called for
+    every call instead, unless its class overrides ``cached`` as well. Refusals
     are logged ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module
     docstring), the reason a category (``"token expired"``, ``"no token"``...), never the token.
 
@@ -244,7 +248,13 @@ class JWTAuthInterceptor(_RefusalLogged):
         public = opts.is_public(method)
         scopes = opts.required_scopes(method)
         verifier = self.verifier
-        cached = getattr(verifier, "cached", None)  # a returning token: no coroutine
+        # a returning token's claims from JWTVerifier's cache, without a coroutine; not
+        # when its verify is another's (a subclass adding a revocation check, one's own
+        # verifier): that sees every token, unless the subclass overrides cached too
+        cached = (verifier.cached if isinstance(verifier, JWTVerifier) and (
+            getattr(verifier.verify, "__func__", None) is JWTVerifier.verify
+            or getattr(verifier.cached, "__func__", None) is not JWTVerifier.cached)
+            else None)
         refusals = self._refusals
 
         check_scopes = not public and bool(scopes)  # no scopes: every token has them
