@@ -915,12 +915,17 @@ def otel_server_interceptor(
             .quiet_methods``, which :func:`~meshkit.observability.server_interceptors`
             passes); default none: every call.
 
+    Like a :class:`~meshkit.observability.TelemetryServerInterceptor` it runs
+    :func:`bound_propagation_warnings` (a malformed incoming header: one warning per
+    message and minute).
+
     Raises:
         ConfigError: a bad ``quiet_methods`` pattern; the instrumentation not installed.
     """
     traced = _unquiet_filter(quiet_methods)
     icpt: grpc.aio.ServerInterceptor = _otel_grpc().aio_server_interceptor(
         tracer_provider=tracer_provider, filter_=traced)
+    bound_propagation_warnings()  # it extracts each call's headers as meshkit's server
     return icpt
 
 
