@@ -62,6 +62,7 @@ from meshkit.auth._identity import (
     PeerIdentity,
     PeerVerifier,
     default_peer_verifier,
+    validate_trust_domain,
 )
 from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, extract_bearer
 from meshkit.auth._jwt_types import Claims
@@ -156,14 +157,16 @@ class PeerIdentityInterceptor(_RefusalLogged):
 
     Raises:
         ConfigError: ``allowed_peers`` or ``exempt_methods`` given as one string (as
-            ``TLSOptions.allowed_peers``), or a bad pattern.
+            ``TLSOptions.allowed_peers``), or a bad pattern; a ``trust_domain`` that is
+            not a lowercase DNS name (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``,
+            quoted), which no peer could be of: every call would be refused.
     """
 
     def __init__(self, trust_domain: str, allowed_peers: tuple[str, ...] = (), *,
                  exempt_methods: tuple[str, ...] = (),
                  verifier: PeerVerifier | None = None) -> None:
         super().__init__()
-        self.trust_domain = trust_domain
+        self.trust_domain = validate_trust_domain(trust_domain)  # else every call refused
         self._allowed = (IdentityMatcher(allowed_peers, where="allowed_peers", peers=True)
                          if allowed_peers else None)
         self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
@@ -358,13 +361,20 @@ class AuthzInterceptor(_RefusalLogged):
     (:class:`~meshkit.MeshServer` does it for the interceptors it builds). One instance
     serves one event loop at a time (its refusal counts are not locked, its timer runs on
     that loop); servers on other loops or threads each need their own.
+
+    Raises:
+        ConfigError: a ``trust_domain`` that is not a lowercase DNS name
+            (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``, quoted), which no peer
+            could be of.
     """
 
     def __init__(self, policy: AuthzPolicy, *, verifier: PeerVerifier | None = None,
                  trust_domain: str | None = None) -> None:
         super().__init__()
         self.policy = policy
-        self.trust_domain = trust_domain
+        # a domain no peer can be of would refuse every peer read here
+        self.trust_domain = (None if trust_domain is None
+                             else validate_trust_domain(trust_domain))
         self.verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("authz", ("method", "code", "reason", "peer"))
 
