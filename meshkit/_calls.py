@@ -629,14 +629,25 @@ class UnaryResponseCall(MeshCall):
     async def _outcome(self) -> Any:
         """:meth:`MeshCall._settled` for the accessors, ``None`` in place of a failed
         attempt when the call answered all the same: a per-call interceptor gave its own
-        response (a fallback after ``proceed`` failed), so the call's status is ``OK``
-        with no details or metadata, as grpc.aio's call of an interceptor's own response
-        (not the failed attempt's). Asked by the accessors only, never on the way to the
-        response."""
+        response (a fallback after ``proceed`` failed, or an answer while an attempt it
+        started runs on: not waited for), so the call's status is ``OK`` with no details
+        or metadata, as grpc.aio's call of an interceptor's own response (not the
+        attempt's). Asked by the accessors only, never on the way to the response."""
         call = await self._settled()
-        if call is not None and self._error is None and await call.code() is not _OK:
+        if call is not None and self._error is None and (
+                not call.done() or await call.code() is not _OK):
+            # answered in place of the attempt, or while it runs on (an interceptor's
+            # prefetch: the call has finished, the attempt's status is not its own)
             self._call = call = None
         return call
+
+    def _when_done(self, callback: Callable[[Any], None]) -> None:
+        call = self._call
+        if call is not None and self._error is None and not call.done():
+            # answered while the attempt it settled on runs on (see _outcome): finished
+            asyncio.get_running_loop().call_soon(_call_back, callback, self)
+            return
+        MeshCall._when_done(self, callback)
 
     async def wait_for_connection(self) -> None:
         """Wait until the call has ended, starting it if nothing has: a unary call's
