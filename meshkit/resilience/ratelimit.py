@@ -1363,7 +1363,8 @@ class StorageLimiter:
         longer makes ``retry_after_s`` that part's window length (rounded up), and is no
         storage failure. A call cancelled meanwhile (its client's cancel or deadline)
         ends at once, while its round trips finish on their own (within those
-        timeouts): a Redis command cancelled before its reply made the driver drop the
+        timeouts; a failure among them counts towards the breaker and the outage log as
+        any other): a Redis command cancelled before its reply made the driver drop the
         connection every caller's commands share, failing all of theirs in flight.
 
         Returns:
@@ -1404,11 +1405,20 @@ class StorageLimiter:
         return rejection
 
     def _finished(self, hit: asyncio.Future[Any]) -> None:
-        """The hit of a cancelled call ended: its outcome is no one's (read, so asyncio
-        does not report it as never retrieved)."""
+        """The hit of a cancelled call ended: its admission is no one's, but what it says
+        of the storage counts as any other hit's (a failure or timeout towards the
+        breaker and the outage log, an answer as a success): under a hung storage whose
+        callers' deadlines all end before ``storage_timeout_s``, every call is cancelled,
+        and the breaker must still open."""
         self._finishing.discard(hit)
-        if not hit.cancelled():
-            hit.exception()
+        if hit.cancelled():
+            return
+        exc = hit.exception()
+        if exc is None:
+            self._succeeded()
+        elif isinstance(exc, Exception):  # (a call's probe slot was freed as it ended)
+            self.breaker.failure(False)
+            self._report_failure(exc)
 
     def check_now(self, method: str, key: str) -> Rejection | None:
         """:meth:`check` without a coroutine, for counts kept in this process
@@ -1794,6 +1804,11 @@ class StorageLimiter:
         return other if _wait_ms(other) > _wait_ms(rejection) else rejection
 
     def _storage_failed(self, method: str, exc: Exception) -> Rejection | None:
+        self._report_failure(exc)
+        return self._storage_skipped(method)
+
+    def _report_failure(self, exc: Exception) -> None:
+        """Count a storage failure towards the outage; log the one that starts it."""
         if self._outage.failed():
             _log.warning(
                 "rate limit storage unavailable",
@@ -1801,7 +1816,6 @@ class StorageLimiter:
                 on_storage_error="deny" if self._deny else "allow",
                 error=f"{type(exc).__name__}: {exc}",
             )
-        return self._storage_skipped(method)
 
     def _storage_skipped(self, method: str) -> Rejection | None:
         if self._deny:

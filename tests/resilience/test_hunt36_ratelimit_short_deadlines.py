@@ -1,0 +1,61 @@
+"""A hung Redis opens the breaker even when every caller's deadline is shorter than
+``storage_timeout_s``.
+
+A call whose deadline ends before its Redis hit answers is cancelled (grpc.aio cancels
+its handler), and since 47b752c its hit finishes on its own in a task (shielded), within
+``storage_timeout_s``. That hit's failure was read and dropped: not counted by the
+breaker, no outage logged. So under a Redis that hangs (a partition) with callers whose
+deadlines are under the timeout (100 ms deadlines, the default 0.25 s timeout), every
+call waited its whole deadline on the storage and failed ``DEADLINE_EXCEEDED``: the
+breaker never opened, ``on_storage_error="allow"`` never let a call through, and the
+outage was never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from structlog.testing import capture_logs
+
+from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
+from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, redis_ping
+from tests.support.skips import skip_or_fail
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(30)
+
+METHOD = "/p.S/M"
+
+
+async def test_hits_of_calls_whose_deadline_ended_open_the_breaker() -> None:
+    """Redis blackholed; three checks each cancelled 50 ms in (a deadline shorter than
+    the 0.3 s storage timeout): once their hits have timed out the breaker is open and
+    the outage logged, so the next call is let through at once (fail open)."""
+    if not redis_ping(SHARED_REDIS_PORT):
+        skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
+            key_prefix=f"sd-{uuid.uuid4().hex}", storage_timeout_s=0.3,
+            breaker_failures=3, breaker_open_s=5.0, breaker_max_open_s=5.0))
+        try:
+            assert await limiter.check(METHOD, "warm") is None  # connected, counting
+            proxy.blackhole()
+            with capture_logs() as logs:
+                for i in range(3):
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(limiter.check(METHOD, f"c{i}"), 0.05)
+                await until(lambda: not limiter._finishing, timeout_s=5,
+                            what="the cancelled calls' hits ended")
+            assert limiter.breaker.is_open and limiter.breaker.opened == 1
+            assert [e["event"] for e in logs] == ["rate limit storage unavailable"], logs
+            t0 = time.monotonic()
+            assert await limiter.check(METHOD, "next") is None  # fail open, at once
+            assert time.monotonic() - t0 < 0.15
+        finally:
+            proxy.blackhole()  # (nothing reaches Redis while the limiter closes)
+            await limiter.aclose()
