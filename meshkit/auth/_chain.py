@@ -8,28 +8,18 @@ peer identity (mTLS, ``tls.allowed_peers``) → JWT (token, scopes) → authoriz
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from meshkit._config import check_bool, check_instance, check_strings
 from meshkit._handlers import WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
-from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, TokenVerifier
-from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor
+from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier
+from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor, check_token_verifier
 from meshkit.auth._tls import TLSOptions
 from meshkit.errors import ConfigError
 
 __all__ = ["AuthOptions"]
-
-
-def _sync_function(func: object) -> bool:
-    """Whether ``func`` is a plain Python function (or method) that is not a coroutine
-    function, through its ``functools.wraps`` wrappers: what an ``async def verify``
-    decorated by a sync wrapper is not (its wrapper's ``__wrapped__`` is async)."""
-    inner = inspect.unwrap(func) if callable(func) else func
-    plain = inspect.isfunction(inner) or inspect.ismethod(inner)
-    return plain and not inspect.iscoroutinefunction(inner)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,15 +72,8 @@ class AuthOptions:
 
     def __post_init__(self) -> None:
         check_bool("check_peers", self.check_peers)
-        verify = getattr(self.verifier, "verify", None)
-        # a sync verify (TokenVerifier's, whose result the interceptor cannot await) or
-        # none at all is refused; any other callable is taken: a sync decorator around an
-        # async verify, or a compiled one, is not a coroutine function to inspect
-        if (self.verifier is not None and not isinstance(self.verifier, JWTVerifier)
-                and (isinstance(self.verifier, (type, TokenVerifier)) or not callable(verify)
-                     or _sync_function(verify))):
-            raise ConfigError("verifier must be a JWTVerifier (or an object with an async "
-                              f"verify(token) method) or None, got {self.verifier!r}")
+        if self.verifier is not None:
+            check_token_verifier(self.verifier)
         check_instance("jwt", self.jwt, JWTAuthOptions)
         check_instance("policy", self.policy, AuthzPolicy)
         if self.jwt is not None and self.verifier is None:

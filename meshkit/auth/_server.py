@@ -33,12 +33,14 @@ pays nothing for this; a refused one a clock read and a dict lookup.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 import structlog
 
+from meshkit._config import check_instance
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
@@ -64,8 +66,9 @@ from meshkit.auth._identity import (
     default_peer_verifier,
     validate_trust_domain,
 )
-from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, extract_bearer
+from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, TokenVerifier, extract_bearer
 from meshkit.auth._jwt_types import Claims
+from meshkit.errors import ConfigError
 
 __all__ = [
     "AuthzInterceptor",
@@ -91,6 +94,44 @@ REFUSAL_LOG_KINDS = 256
 """Kinds of refusal each interceptor tracks at once for its log (memory stays bounded
 whatever a flood varies); refusals of further kinds are logged and counted together,
 marked ``untracked=True``. Read when an interceptor is built."""
+
+
+def _sync_function(func: object) -> bool:
+    """Whether ``func`` is a plain Python function (or method) that is not a coroutine
+    function, through its ``functools.wraps`` wrappers: what an ``async def verify``
+    decorated by a sync wrapper is not (its wrapper's ``__wrapped__`` is async)."""
+    inner = inspect.unwrap(func) if callable(func) else func
+    plain = inspect.isfunction(inner) or inspect.ismethod(inner)
+    return plain and not inspect.iscoroutinefunction(inner)
+
+
+def check_token_verifier(verifier: object) -> None:
+    """Check that ``verifier`` can verify tokens for :class:`JWTAuthInterceptor`: a
+    :class:`~meshkit.auth.JWTVerifier`, or an object with an async ``verify(token)``.
+
+    Raises:
+        ConfigError: anything else (quoted): a ``VerifierOptions`` or a ``TokenVerifier``
+            given for it, ``None``, a class, an object whose ``verify`` is a plain sync
+            function (a sync wrapper of an async one, or a compiled one, is taken: there
+            is no coroutine function to inspect).
+    """
+    verify = getattr(verifier, "verify", None)
+    if not isinstance(verifier, JWTVerifier) and (
+            isinstance(verifier, (type, TokenVerifier)) or not callable(verify)
+            or _sync_function(verify)):
+        raise ConfigError("verifier must be a JWTVerifier (or an object with an async "
+                          f"verify(token) method), got {verifier!r}")
+
+
+def _check_peer_verifier(verifier: object) -> None:
+    """Check that ``verifier`` (given, not ``None``) has an ``identify(auth_context)``.
+
+    Raises:
+        ConfigError: it has none (a class, ``TLSOptions``, a path; quoted).
+    """
+    if isinstance(verifier, type) or not callable(getattr(verifier, "identify", None)):
+        raise ConfigError("verifier must be a PeerVerifier (an object with an "
+                          f"identify(auth_context) method) or None, got {verifier!r}")
 
 
 def _refusal_log(by: str, key_fields: tuple[str, ...] = ("method", "code", "reason"),
@@ -159,7 +200,8 @@ class PeerIdentityInterceptor(_RefusalLogged):
         ConfigError: ``allowed_peers`` or ``exempt_methods`` given as one string (as
             ``TLSOptions.allowed_peers``), or a bad pattern; a ``trust_domain`` that is
             not a lowercase DNS name (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``,
-            quoted), which no peer could be of: every call would be refused.
+            quoted), which no peer could be of: every call would be refused; a
+            ``verifier`` without an ``identify(auth_context)`` method (quoted).
     """
 
     def __init__(self, trust_domain: str, allowed_peers: tuple[str, ...] = (), *,
@@ -170,6 +212,8 @@ class PeerIdentityInterceptor(_RefusalLogged):
         self._allowed = (IdentityMatcher(allowed_peers, where="allowed_peers", peers=True)
                          if allowed_peers else None)
         self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
+        if verifier is not None:
+            _check_peer_verifier(verifier)
         self.verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("peer")
 
@@ -237,10 +281,18 @@ class JWTAuthInterceptor(_RefusalLogged):
     (:class:`~meshkit.MeshServer` does it for the interceptors it builds). One instance
     serves one event loop at a time (its refusal counts are not locked, its timer runs on
     that loop); servers on other loops or threads each need their own.
+
+    Raises:
+        ConfigError: a ``verifier`` that is neither a ``JWTVerifier`` nor has an async
+            ``verify(token)`` (:func:`check_token_verifier`: a ``VerifierOptions``, a
+            ``TokenVerifier``, ``None``), or ``options`` that are not
+            ``JWTAuthOptions`` (each quoted): every call would be refused or fail.
     """
 
     def __init__(self, verifier: JWTVerifier, options: JWTAuthOptions | None = None) -> None:
         super().__init__()
+        check_token_verifier(verifier)  # else every call refused, or crashed, at its check
+        check_instance("options", options, JWTAuthOptions)
         self.verifier = verifier
         self.options = options or JWTAuthOptions()
         self._refusals = _refusal_log("jwt")
@@ -363,14 +415,19 @@ class AuthzInterceptor(_RefusalLogged):
     that loop); servers on other loops or threads each need their own.
 
     Raises:
-        ConfigError: a ``trust_domain`` that is not a lowercase DNS name
-            (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``, quoted), which no peer
-            could be of.
+        ConfigError: a ``policy`` that is not an :class:`~meshkit.auth.AuthzPolicy` (its
+            rules mapping, say: every call would fail), a ``verifier`` without an
+            ``identify(auth_context)`` method, or a ``trust_domain`` that is not a
+            lowercase DNS name (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``), which
+            no peer could be of (each quoted).
     """
 
     def __init__(self, policy: AuthzPolicy, *, verifier: PeerVerifier | None = None,
                  trust_domain: str | None = None) -> None:
         super().__init__()
+        check_instance("policy", policy, AuthzPolicy, optional=False)  # else calls crash
+        if verifier is not None:
+            _check_peer_verifier(verifier)
         self.policy = policy
         # a domain no peer can be of would refuse every peer read here
         self.trust_domain = (None if trust_domain is None
