@@ -504,13 +504,63 @@ def _installed_sampler(raw: str) -> str | None:
     return None
 
 
+_ID_GENERATOR_GROUP = "opentelemetry_id_generator"
+"""The entry point group of id generators the SDK's configurator loads by name."""
+
+
+def _id_generator_name() -> str | None:
+    """The installed ``opentelemetry_id_generator`` entry point ``OTEL_PYTHON_ID_GENERATOR``
+    names (as written, blanks stripped, else lower-cased), or ``None`` when unset, empty
+    or ``random`` (the SDK's default generator).
+
+    Raises:
+        ConfigError: no installed entry point has that name (the variable named, the
+            value quoted).
+    """
+    raw = os.environ.get("OTEL_PYTHON_ID_GENERATOR", "")
+    if not raw.strip() or raw.strip().lower() == "random":
+        return None
+    for name in dict.fromkeys((raw.strip(), raw.strip().lower())):
+        if importlib_metadata.entry_points(group=_ID_GENERATOR_GROUP, name=name):
+            return name
+    raise ConfigError(f"OTEL_PYTHON_ID_GENERATOR must name an installed "
+                      f"{_ID_GENERATOR_GROUP} entry point (random by default), "
+                      f"got {raw!r}")
+
+
+def _id_generator() -> Any:
+    """The id generator ``OTEL_PYTHON_ID_GENERATOR`` names, built as the SDK's configurator
+    builds it (its entry point's class, called without arguments); ``None`` for the
+    SDK's default.
+
+    Raises:
+        ConfigError: as :func:`_id_generator_name`; an entry point that fails to load or
+            build, or is no ``IdGenerator`` (the name quoted, the error's type named).
+    """
+    name = _id_generator_name()
+    if name is None:
+        return None
+    try:
+        made = next(iter(importlib_metadata.entry_points(
+            group=_ID_GENERATOR_GROUP, name=name))).load()()
+    except Exception as e:  # its text is the generator's: not quoted
+        raise ConfigError(f"OTEL_PYTHON_ID_GENERATOR names the id generator {name!r}, which "
+                          f"failed to load or build ({type(e).__name__})") from None
+    if not isinstance(made, _sdk.id_generator.IdGenerator):
+        raise ConfigError(f"OTEL_PYTHON_ID_GENERATOR names {name!r}, which made no "
+                          f"IdGenerator ({type(made).__name__})")
+    return made
+
+
 def _tracing_env() -> _TracingEnv:
     """Read and check the ``OTEL_*`` tracing variables as :func:`configure_tracing` uses
-    them (no I/O but an entry point look-up for an exporter name meshkit does not know).
+    them (no I/O but an entry point look-up for an exporter name meshkit does not know,
+    or an ``OTEL_PYTHON_ID_GENERATOR`` other than ``random``).
 
     Raises:
         ConfigError: an unknown sampler, a sampler argument that is not a ratio in
-            [0, 1], an unknown exporter name, or (an OTLP exporter to run: ``otlp`` named,
+            [0, 1], an unknown exporter name, an ``OTEL_PYTHON_ID_GENERATOR`` no installed
+            entry point has, or (an OTLP exporter to run: ``otlp`` named,
             or the exporter unset with an OTLP endpoint set or the package installed) an
             OTLP protocol no Python exporter speaks; the variable named and its value
             quoted.
@@ -520,6 +570,7 @@ def _tracing_env() -> _TracingEnv:
     # the SDK, which reads the raw value and would take "traceidratio " for unknown and
     # fall back to parentbased_always_on: every trace sampled.
     env = os.environ
+    _id_generator_name()
     raw_sampler = env.get("OTEL_TRACES_SAMPLER", "")
     sampler = raw_sampler.strip().lower() or "parentbased_always_on"
     if sampler not in _SAMPLERS:
@@ -666,6 +717,9 @@ def configure_tracing(
       ``otlp_proto_http`` named outright win over the protocol. OTLP asked for without
       the package logs a warning naming it and exports nothing. The endpoint, headers
       and the rest come from ``OTEL_EXPORTER_OTLP_*`` as the exporter reads them.
+    * ``OTEL_PYTHON_ID_GENERATOR``: the installed ``opentelemetry_id_generator`` entry
+      point that makes trace and span ids (``random``, the SDK's, by default; e.g.
+      ``xray``), as the SDK's configurator takes it;
     * ``OTEL_BSP_*`` for the batch span processor (an ``OTEL_BSP_MAX_QUEUE_SIZE`` under
       the default batch of 512 takes the batch down to it) and the ``OTEL_*_LIMIT`` span
       limits, integers as the SDK reads them;
@@ -700,8 +754,9 @@ def configure_tracing(
             ``OTEL_BSP_*`` or span limit value that is not an integer in range (or a batch
             over the queue), an unknown exporter name, an OTLP protocol other
             than ``grpc`` and ``http/protobuf`` when OTLP is asked for, or a
-            ``MESHKIT_TRACE_FILE`` that cannot be opened (before any exporter is set up;
-            the variable named, the value quoted).
+            ``MESHKIT_TRACE_FILE`` that cannot be opened (before any exporter is set up),
+            or an ``OTEL_PYTHON_ID_GENERATOR`` not installed or that builds no id
+            generator (the variable named, the value quoted).
     """
     _check_service_name(service_name)
     if exporters is not None:
@@ -712,10 +767,12 @@ def configure_tracing(
 
     settings = _tracing_env()
     sampler = _sampler(settings.sampler, settings.ratio, settings.arg)
+    ids = _id_generator()
     # before any exporter: a path that cannot be opened fails with no processor's thread
     # left running
     file_exporter = _trace_file_exporter()
-    provider = TracerProvider(resource=_resource(service_name), sampler=sampler)
+    provider = TracerProvider(resource=_resource(service_name), sampler=sampler,
+                              id_generator=ids)
     if exporters is None:
         names = settings.exporters
         if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
