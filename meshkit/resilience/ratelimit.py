@@ -1043,8 +1043,9 @@ class StorageBreaker:
     then one caller is let through as the probe (:meth:`allow` says yes once) while the
     rest still skip. The probe's :meth:`success` closes the breaker; its :meth:`failure`
     opens it again for twice as long, at most ``max_open_s``; a probe that never finished
-    (its call cancelled, e.g. by the caller's deadline) is :meth:`abandoned`: the breaker
-    stays open and the next caller due probes instead. The pattern is Nygard's
+    (its round trip cancelled: :class:`StorageLimiter` lets the hit of a call cancelled by
+    its caller's deadline end on its own, and that decides) is :meth:`abandoned`: the
+    breaker stays open and the next caller due probes instead. The pattern is Nygard's
     circuit breaker (Release It!), as in Hystrix and Envoy's outlier detection.
 
     Args:
@@ -1293,8 +1294,9 @@ class StorageLimiter:
                 f"{_scrub_uri_secrets(reason, uri)}"
             ) from None
         self._storage = storage
-        # the hits of cancelled calls still in flight (a strong reference until they end)
-        self._finishing: set[asyncio.Future[Any]] = set()
+        # the hits of cancelled calls still in flight (a strong reference until they
+        # end) -> whether that call was the breaker's probe (its slot held till then)
+        self._finishing: dict[asyncio.Future[Any], bool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # of the last Redis check
         _limiters.add(self)  # reset in a forked child: _forget_parent
         if self.synchronous:  # callers whose counts the sweep dropped: forgotten too
@@ -1395,10 +1397,12 @@ class StorageLimiter:
         except Exception as exc:  # any storage failure: fail as configured, never crash
             breaker.failure(probe)
             return self._storage_failed(method, exc)
-        except BaseException:  # cancelled mid-call (a probe must not hold its slot forever)
-            breaker.abandoned(probe)
-            if not hit.done():  # it ends on its own, each round trip within the timeout
-                self._finishing.add(hit)
+        except BaseException:  # cancelled mid-call
+            if hit.done():
+                breaker.abandoned(probe)
+            else:  # it ends on its own, each round trip within the timeout: a probe's
+                # outcome still decides (its slot held until then, not forever)
+                self._finishing[hit] = probe
                 hit.add_done_callback(self._finished)
             raise
         self._succeeded()
@@ -1409,16 +1413,20 @@ class StorageLimiter:
         of the storage counts as any other hit's (a failure or timeout towards the
         breaker and the outage log, an answer as a success): under a hung storage whose
         callers' deadlines all end before ``storage_timeout_s``, every call is cancelled,
-        and the breaker must still open."""
-        self._finishing.discard(hit)
-        if hit.cancelled():
-            return
-        exc = hit.exception()
-        if exc is None:
+        and the breaker must still open. A probe's hit is still the probe: its failure
+        opens the breaker again (for longer), its answer closes it, and only when it
+        never ended (cancelled itself) is the probe :meth:`StorageBreaker.abandoned`;
+        until then the other calls skip the storage, as while any probe is out (else
+        each call probed in turn, waiting its deadline out on a hung storage)."""
+        probe = self._finishing.pop(hit, False)
+        exc = None if hit.cancelled() else hit.exception()
+        if exc is None and not hit.cancelled():
             self._succeeded()
-        elif isinstance(exc, Exception):  # (a call's probe slot was freed as it ended)
-            self.breaker.failure(False)
+        elif isinstance(exc, Exception):
+            self.breaker.failure(probe)
             self._report_failure(exc)
+        else:
+            self.breaker.abandoned(probe)
 
     def check_now(self, method: str, key: str) -> Rejection | None:
         """:meth:`check` without a coroutine, for counts kept in this process

@@ -14,6 +14,7 @@ outage was never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -58,4 +59,45 @@ async def test_hits_of_calls_whose_deadline_ended_open_the_breaker() -> None:
             assert time.monotonic() - t0 < 0.15
         finally:
             proxy.blackhole()  # (nothing reaches Redis while the limiter closes)
+            await limiter.aclose()
+
+
+async def test_a_probe_whose_deadline_ended_reopens_the_breaker_when_its_hit_fails() -> None:
+    """The breaker open and due for a probe; three calls come, each cancelled 50 ms in.
+    The first is the probe: its hit goes on after the call ended, and holds the probe's
+    slot until it ends, so the others skip the storage at once; when it times out the
+    breaker opens again (for twice as long). Before, the cancelled probe freed its slot
+    at once, each next call probed and waited its deadline out, and the failed hits
+    left the breaker due: every call after ``breaker_open_s`` waited on the hung Redis."""
+    if not redis_ping(SHARED_REDIS_PORT):
+        skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
+    now = [1000.0]
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
+            key_prefix=f"sd-{uuid.uuid4().hex}", storage_timeout_s=0.3,
+            breaker_failures=1, breaker_open_s=1.0, breaker_max_open_s=8.0),
+            clock=lambda: now[0])
+        try:
+            assert await limiter.check(METHOD, "warm") is None  # connected, counting
+            proxy.blackhole()
+            assert await limiter.check(METHOD, "a") is None  # timed out: opens
+            assert limiter.breaker.is_open
+            now[0] += 1.5  # due for a probe
+            waited = []
+            for i in range(3):
+                t0 = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(limiter.check(METHOD, f"c{i}"), 0.05)
+                waited.append(time.monotonic() - t0)
+            assert max(waited[1:]) < 0.04, waited  # skipped: the probe still out
+            await until(lambda: not limiter._finishing, timeout_s=5,
+                        what="the cancelled probe's hit ended")
+            assert not limiter.breaker.allow()  # open again, not due
+            now[0] += 1.5
+            assert not limiter.breaker.allow()  # for twice as long
+            now[0] += 1.0
+            assert limiter.breaker.allow()  # the next probe
+        finally:
+            proxy.blackhole()
             await limiter.aclose()
