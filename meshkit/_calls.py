@@ -613,6 +613,14 @@ class UnaryResponseCall(MeshCall):
             self._invoke = _not_sent  # an await after this raises CancelledError
         return super().cancel()
 
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled (:meth:`cancel`, its awaiting task's
+        cancellation) or ended ``CANCELLED``; never for a call that answered, whatever
+        becomes of the attempt it settled on (an attempt a per-call interceptor started
+        and answered without, cancelled later: as grpc.aio's call of an interceptor's own
+        response)."""
+        return self._cancelled
+
     def done(self) -> bool:
         """:meth:`MeshCall.done`: true once the call has its response or its final error,
         whether or not the attempt it settled on (``details.last_call``) has ended: a
