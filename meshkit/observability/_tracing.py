@@ -552,10 +552,12 @@ def _id_generator() -> Any:
     return made
 
 
-def _tracing_env() -> _TracingEnv:
+def _tracing_env(exporters_from_env: bool = True) -> _TracingEnv:
     """Read and check the ``OTEL_*`` tracing variables as :func:`configure_tracing` uses
     them (no I/O but an entry point look-up for an exporter name meshkit does not know,
-    or an ``OTEL_PYTHON_ID_GENERATOR`` other than ``random``).
+    or an ``OTEL_PYTHON_ID_GENERATOR`` other than ``random``); ``exporters_from_env``
+    ``False`` (exporters given in code): the exporter variables are neither read nor
+    checked (``exporters`` ``None``).
 
     Raises:
         ConfigError: an unknown sampler, a sampler argument that is not a ratio in
@@ -583,7 +585,8 @@ def _tracing_env() -> _TracingEnv:
                               f"got {raw_sampler!r}")
         arg_raw = env.get("OTEL_TRACES_SAMPLER_ARG", "")
         _batch_settings(env)  # as for a built-in sampler (below)
-        return _TracingEnv(installed, 1.0, _exporter_names(env), arg_raw or None)
+        return _TracingEnv(installed, 1.0, _exporter_names(env) if exporters_from_env
+                           else None, arg_raw or None)
     ratio = 1.0  # the SDK's default argument
     if sampler.endswith("traceidratio"):
         arg = env.get("OTEL_TRACES_SAMPLER_ARG", "")
@@ -596,7 +599,8 @@ def _tracing_env() -> _TracingEnv:
                 raise ConfigError(
                     f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
     _batch_settings(env)  # checked here too, so that dial() refuses them like serve()
-    return _TracingEnv(sampler, ratio, _exporter_names(env))
+    return _TracingEnv(sampler, ratio, _exporter_names(env) if exporters_from_env
+                       else None)
 
 
 # (variable, smallest value, the SDK's default) of the batch span processor's settings
@@ -737,8 +741,9 @@ def configure_tracing(
             ``service.name``, else the SDK's ``unknown_service:<executable>`` (the
             OpenTelemetry resource SDK specification's order).
         exporters: use these exporters (each behind a batch processor; one given alone
-            is that one) instead of ``OTEL_TRACES_EXPORTER``; tests pass an in-memory one
-            behind their own ``SimpleSpanProcessor`` by calling
+            is that one) instead of ``OTEL_TRACES_EXPORTER`` (which, with the OTLP
+            protocol and endpoint variables, is then neither read nor checked); tests
+            pass an in-memory one behind their own ``SimpleSpanProcessor`` by calling
             ``provider.add_span_processor`` instead.
         set_global: install it with ``trace.set_tracer_provider`` (default ``True``; the
             global provider can be set once per process).
@@ -765,7 +770,7 @@ def configure_tracing(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    settings = _tracing_env()
+    settings = _tracing_env(exporters is None)  # exporters given: no OTEL_*EXPORTER*
     sampler = _sampler(settings.sampler, settings.ratio, settings.arg)
     ids = _id_generator()
     # before any exporter: a path that cannot be opened fails with no processor's thread
