@@ -33,7 +33,9 @@ class AuthOptions:
             :class:`~meshkit.auth.UnauthenticatedError` or
             :class:`~meshkit.auth.PermissionDeniedError` (that status and details); any
             other exception, or a result that is no :class:`~meshkit.auth.Claims`
-            (``None``), is ``UNAUTHENTICATED`` "token could not be verified".
+            (``None``) or whose ``scopes`` are no collection of strings (a string), is
+            ``UNAUTHENTICATED`` "token could not be verified"; scopes as a list or a
+            tuple are taken as the frozenset they make.
         jwt: :class:`~meshkit.auth.JWTAuthOptions`: public methods and required scopes
             (``PERMISSION_DENIED`` when a scope is missing); needs ``verifier``.
         policy: an :class:`~meshkit.auth.AuthzPolicy` over peer identities and token claims

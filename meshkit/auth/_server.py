@@ -33,8 +33,9 @@ pays nothing for this; a refused one a clock read and a dict lookup.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from typing import Any
 
 import grpc
@@ -267,8 +268,11 @@ class JWTAuthInterceptor(_RefusalLogged):
     own may refuse with :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
     any other exception it raises, or a result that is no :class:`~meshkit.auth.Claims`
-    (``None``) or whose ``subject`` is not a string, is ``UNAUTHENTICATED`` "token could
-    not be verified" (its text is never sent; the log's reason names its type). A
+    (``None``) or whose ``subject`` is not a string, or whose ``scopes`` are no
+    collection of strings (a string, ``None``), is ``UNAUTHENTICATED`` "token could not
+    be verified" (its text is never sent; the log's reason names its type); scopes given
+    as another collection (a list) are taken as the frozenset they make, for the scope
+    check and the handler's :func:`~meshkit.auth.current_claims`. A
     returning token's claims come from the :class:`~meshkit.auth.JWTVerifier`'s cache
     without a coroutine; a verifier whose ``verify`` is not ``JWTVerifier``'s (a subclass
     overriding it to refuse revoked tokens, say, or one of your own) has it called for
@@ -347,6 +351,16 @@ class JWTAuthInterceptor(_RefusalLogged):
                 await _refuse(refusals, context, _UNAUTH, "token could not be verified",
                               method, f"verifier returned {what}")
                 return
+            granted = claims.scopes
+            if type(granted) is not frozenset:  # one's own verifier's: a list, say
+                if isinstance(granted, str) or not isinstance(granted, Collection) or not all(
+                        isinstance(s, str) for s in granted):
+                    # a string's characters, None, numbers: no scopes to check against
+                    await _refuse(refusals, context, _UNAUTH, "token could not be verified",
+                                  method, f"verifier returned scopes as a "
+                                  f"{type(granted).__name__}")
+                    return
+                claims = dataclasses.replace(claims, scopes=frozenset(granted))
             pending = admit(context, token, claims)
             if pending is not None:
                 await pending
