@@ -75,6 +75,7 @@ from collections.abc import (
     Callable,
     Collection,
     Coroutine,
+    Iterable,
     Mapping,
     Sequence,
 )
@@ -849,6 +850,34 @@ class ServeOptions:
                            check_grpc_options("server_options", self.server_options))
 
 
+def _servicer_pairs(service: str, servicers: object) -> list[tuple[AddServicer, Any]]:
+    """``servicers`` as a list of ``(add_XServicer_to_server, servicer)`` pairs.
+
+    Raises:
+        ConfigError: ``servicers`` is not a collection of such pairs (one pair given
+            bare, ``(add_Foo, Foo())`` for ``[(add_Foo, Foo())]``; an item that is not a
+            pair, or whose first element cannot be called), the bad item named by its
+            type (a servicer's repr is not quoted); found at :meth:`MeshServer.start`
+            as a ``TypeError`` ("cannot unpack non-iterable function object") before.
+    """
+    where = f"serve({service!r}): servicers"
+    if isinstance(servicers, str | bytes) or not isinstance(servicers, Iterable):
+        raise ConfigError(f"{where} must be a list of (add_XServicer_to_server, servicer) "
+                          f"pairs, got a {type(servicers).__qualname__}")
+    pairs: list[tuple[AddServicer, Any]] = []
+    for item in servicers:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and callable(item[0])):
+            hint = (" (one pair given bare: put it in a list, [(add_..., servicer)])"
+                    if callable(item) else "")
+            shape = (f"a {type(item).__qualname__} of {len(item)}"
+                     if isinstance(item, tuple | list) and len(item) != 2
+                     else f"a {type(item).__qualname__}")
+            raise ConfigError(f"{where} must be (add_XServicer_to_server, servicer) pairs, "
+                              f"got {shape}{hint}")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
 def _check_secret_holder(name: str, value: object, kind: type, *,
                          what: str | None = None) -> None:
     """:func:`~meshkit._config.check_instance` for an option that a mistaken value would
@@ -1430,7 +1459,7 @@ class MeshServer:
             self.options = dataclasses.replace(opts, tls=tls_from_dir(cert_dir, service))
         if self.options.tls is not None:  # a certificate every client would refuse: not up
             check_server_identity(self.options.tls, service)
-        self._servicers = list(servicers)
+        self._servicers = _servicer_pairs(service, servicers)
         self._chain = server_chain(self.service, self.options)
         self._deadline = next((i for i in self._chain if isinstance(i, DeadlineInterceptor)),
                               None)
@@ -1485,7 +1514,7 @@ class MeshServer:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
         if self._server is not None:
             raise RuntimeError("add servicers before start()")
-        self._servicers.append((add_fn, servicer))
+        self._servicers.extend(_servicer_pairs(self.service, [(add_fn, servicer)]))
 
     async def start(self) -> Instance:
         """Bind, start serving, set health SERVING and register; returns the instance.

@@ -393,3 +393,36 @@ async def test_two_starts_at_once_on_a_host_name_the_second_says_already_started
         assert srv.live
     finally:
         await srv.drain()
+
+
+def _add_nothing(servicer: Any, server: Any) -> None:
+    """An add function that adds nothing."""
+
+
+@pytest.mark.parametrize(("servicers", "says"), [
+    ((_add_nothing, object()), "one pair given bare"),
+    ([(_add_nothing,)], "a tuple of 1"),
+    ([(object(), object())], "a tuple"),
+    ([_add_nothing], "one pair given bare"),
+    (None, "a NoneType")])
+def test_servicers_that_are_not_pairs_are_refused_at_construction(
+        servicers: Any, says: str, registry: LocalRegistry) -> None:
+    """``serve("x", (add_Foo, Foo()))`` (one pair, not a list of pairs) was taken and
+    failed at start() with TypeError "cannot unpack non-iterable function object" (or
+    in the middle of adding servicers); refused when the server is built now, with a
+    ConfigError saying what was expected."""
+    opts = meshkit.ServeOptions(insecure=True, admin=None)
+    with pytest.raises(ConfigError, match="add_XServicer_to_server") as info:
+        meshkit.MeshServer("echo", servicers, registry=registry, options=opts)
+    assert says in str(info.value)
+
+
+def test_pairs_as_lists_or_tuples_are_taken(registry: LocalRegistry) -> None:
+    """Pairs as tuples or two-item lists, in any collection, and add() too."""
+    opts = meshkit.ServeOptions(insecure=True, admin=None)
+    srv = meshkit.MeshServer("echo", [[_add_nothing, None], (_add_nothing, 1)],
+                             registry=registry, options=opts)
+    srv.add(_add_nothing, 2)
+    assert [s for _, s in srv._servicers] == [None, 1, 2]
+    with pytest.raises(ConfigError):
+        srv.add(object(), 3)  # type: ignore[arg-type]
