@@ -1397,7 +1397,8 @@ class MeshServer:
             :class:`ServeOptions`: a ``DialOptions``, say; an ``advertise_host`` that is
             the unspecified address, ``"0.0.0.0"`` or ``"::"``; an ``instance_id``,
             ``tags`` or ``meta`` the registry's :class:`~meshkit.discovery.Instance`
-            refuses: a lone surrogate, a ``weight`` past ``2**63 - 1``), a bad registry URI or a
+            refuses: a lone surrogate, a ``weight`` past ``2**63 - 1``), ``servicers``
+            that are not ``(add_XServicer_to_server, servicer)`` pairs, a bad registry URI or a
             ``registry`` without ``register()``/``deregister()`` (a class instead of an
             instance, say), or no transport security configured and ``insecure`` not
             asked for; from :meth:`start`, before binding: a health servicer meshkit
