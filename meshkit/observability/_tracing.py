@@ -731,7 +731,8 @@ def configure_tracing(
       (:class:`~meshkit.observability.JsonLinesSpanExporter`).
 
     Under ``OTEL_SDK_DISABLED=true`` the SDK's provider built here is its disabled one
-    (no spans; meshkit propagates trace context as without an SDK), and
+    (no spans; meshkit propagates trace context as without an SDK) with no exporter,
+    processor or trace file set up (``exporters`` given are left alone), and
     :func:`tracing_from_env` does not call this at all.
 
     Args:
@@ -773,12 +774,17 @@ def configure_tracing(
     settings = _tracing_env(exporters is None)  # exporters given: no OTEL_*EXPORTER*
     sampler = _sampler(settings.sampler, settings.ratio, settings.arg)
     ids = _id_generator()
+    # the SDK's disabled provider (it reads the variable as sdk_disabled does) makes no
+    # spans: no exporter, processor thread or file for it
+    disabled = sdk_disabled()
     # before any exporter: a path that cannot be opened fails with no processor's thread
     # left running
-    file_exporter = _trace_file_exporter()
+    file_exporter = None if disabled else _trace_file_exporter()
     provider = TracerProvider(resource=_resource(service_name), sampler=sampler,
                               id_generator=ids)
-    if exporters is None:
+    if disabled:
+        exporters = ()
+    elif exporters is None:
         names = settings.exporters
         if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
             names = ("otlp",) if any(os.environ.get(v, "").strip()
