@@ -1881,14 +1881,15 @@ class MeshServer:
         ``_UNDO_DEREGISTER_S``), the grpc server stopped, its interceptors closed as at
         a drain (the calls it served before the failure may have left counts to log,
         refusals, and connections open), the admin server released, an owned registry
-        closed (:meth:`_after_stop_steps`); then stopped (:meth:`wait_stopped` and a
-        :meth:`drain` waiting for the start return). A step that fails is logged; the
+        closed (:meth:`_after_stop_steps`); then its default instance id given back
+        (held until the withdrawal is done, as a drain holds it) and the server stopped
+        (:meth:`wait_stopped` and a :meth:`drain` waiting for the start return). A step
+        that fails is logged; the
         start's own error is what the caller sees. Cancelled while it runs (the undo of a
         cancelled start cancelled again), the step under way is cancelled (a withdrawal
         with its request) and the others still run, then ``CancelledError`` is raised."""
         self.instance = None
         self._server = None
-        self._release_instance_id()
         registering, self._registering = self._registering, None
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("stopping the certificate follower", self._stop_following_certificate)]
@@ -1902,6 +1903,9 @@ class MeshServer:
             await _each_step([*steps, *self._after_stop_steps()], " after a failed start",
                              through_cancel=True)
         finally:
+            # only now: another server of the service started meanwhile would take the
+            # id, register it, and have it withdrawn by the step above
+            self._release_instance_id()
             self._close_gate()
             self._stopped.set()
 

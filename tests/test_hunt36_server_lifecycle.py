@@ -15,7 +15,7 @@ import structlog
 import meshkit
 import meshkit.server
 from meshkit.discovery import LocalRegistry
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, RegistryError
 from meshkit.observability import AdminOptions
 from meshkit.server import _SharedAdmin
 from tests.support.wait import until
@@ -426,3 +426,50 @@ def test_pairs_as_lists_or_tuples_are_taken(registry: LocalRegistry) -> None:
     assert [s for _, s in srv._servicers] == [None, 1, 2]
     with pytest.raises(ConfigError):
         srv.add(object(), 3)  # type: ignore[arg-type]
+
+
+class _FirstRegistrationFails:
+    """A registry shared by two servers: its first register() fails; each deregister()
+    waits for ``gate`` (a registry slow to answer), then removes the id."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, object] = {}
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.withdrawing = asyncio.Event()
+
+    async def register(self, instance: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RegistryError("refused (test)")
+        self.entries[instance.instance_id] = instance
+
+    async def deregister(self, instance: Any) -> None:
+        self.withdrawing.set()
+        await self.gate.wait()
+        self.entries.pop(instance.instance_id, None)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_undone_start_keeps_its_id_until_its_registration_is_withdrawn() -> None:
+    """A failed start's undo gave its default instance id back before withdrawing its
+    registration: a second server of the service started meanwhile took that very id,
+    registered it, and the first's late withdrawal deregistered the second, which went
+    on serving listed nowhere. The id is held until the withdrawal is done now, so the
+    second registers under an id of its own (``-<port>``) and stays registered."""
+    registry = _FirstRegistrationFails()
+    opts = meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0, grace_s=1)
+    first = meshkit.MeshServer("echo", registry=registry, options=opts)
+    failing = asyncio.ensure_future(first.start())
+    await asyncio.wait_for(registry.withdrawing.wait(), 5)
+    second = meshkit.MeshServer("echo", registry=registry, options=opts)
+    inst = await second.start()
+    try:
+        registry.gate.set()
+        with pytest.raises(RegistryError):
+            await failing
+        assert inst.instance_id in registry.entries
+    finally:
+        await second.drain()
