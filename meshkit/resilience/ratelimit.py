@@ -1660,21 +1660,27 @@ class StorageLimiter:
         """Empty the Redis driver's pool without closing its connections through asyncio
         (their loop may be closed, or shared with a parent process): their sockets are
         made to name ``/dev/null`` (:func:`~meshkit._fork.name_dev_null`) and the connections kept
-        referenced. Other storages are left as they are."""
-        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
-        pool = getattr(client, "connection_pool", None)
-        held = getattr(pool, "_available_connections", None)
-        in_use = getattr(pool, "_in_use_connections", None)
-        if pool is None or held is None or in_use is None or not callable(
-                getattr(pool, "reset", None)):
-            return
-        connections = [*held, *in_use]
-        if connections:
-            _inherited_connections.append(connections)
-            name_dev_null(sock for conn in connections
-                           if (transport := getattr(conn, "_transport", None)) is not None
-                           and (sock := transport.get_extra_info("socket")) is not None)
-        pool.reset()
+        referenced. Through Sentinel (``async+redis+sentinel://``) the pools of the
+        clients to the sentinels (which name the primary) and to the replicas are let go
+        of too: a hit on a new loop first asks a sentinel down its old-loop connection.
+        Other storages are left as they are."""
+        bridge = getattr(self._storage, "bridge", None)
+        sentinel = getattr(bridge, "sentinel", None)
+        clients = [getattr(bridge, "storage", None), getattr(bridge, "storage_replica", None),
+                   *(getattr(sentinel, "sentinels", None) or ())]
+        for pool in {id(pool): pool for client in clients if (
+                pool := getattr(client, "connection_pool", None)) is not None}.values():
+            held = getattr(pool, "_available_connections", None)
+            in_use = getattr(pool, "_in_use_connections", None)
+            if held is None or in_use is None or not callable(getattr(pool, "reset", None)):
+                continue
+            connections = [*held, *in_use]
+            if connections:
+                _inherited_connections.append(connections)
+                name_dev_null(sock for conn in connections
+                               if (transport := getattr(conn, "_transport", None)) is not None
+                               and (sock := transport.get_extra_info("socket")) is not None)
+            pool.reset()
 
     def _window_key(self, item: Any, method: str, key: str) -> tuple[Any, str, int, int]:
         """``(item, storage key, amount, window seconds)`` of a sliding-window hit: what
