@@ -297,16 +297,28 @@ class JWTAuthInterceptor(_RefusalLogged):
         super().__init__()
         check_token_verifier(verifier)  # else every call refused, or crashed, at its check
         check_instance("options", options, JWTAuthOptions)
-        self.verifier = verifier
-        self.options = options or JWTAuthOptions()
+        self._verifier = verifier
+        self._options = options or JWTAuthOptions()
         self._refusals = _refusal_log("jwt")
+
+    # read-only: each method's check holds them from its first call, so one assigned later
+    # would apply to the methods not called yet alone
+    @property
+    def verifier(self) -> JWTVerifier:
+        """The token verifier (read-only: build another interceptor to change it)."""
+        return self._verifier
+
+    @property
+    def options(self) -> JWTAuthOptions:
+        """The :class:`~meshkit.auth.JWTAuthOptions` (read-only)."""
+        return self._options
 
     def _before_for(self, method: str) -> Before | None:
         """The token check for ``method`` (see the class docstring)."""
-        opts = self.options
+        opts = self._options
         public = opts.is_public(method)
         scopes = opts.required_scopes(method)
-        verifier = self.verifier
+        verifier = self._verifier
         # a returning token's claims from JWTVerifier's cache, without a coroutine; not
         # when its verify is another's (a subclass adding a revocation check, one's own
         # verifier): that sees every token, unless the subclass overrides cached too
@@ -442,19 +454,37 @@ class AuthzInterceptor(_RefusalLogged):
         check_instance("policy", policy, AuthzPolicy, optional=False)  # else calls crash
         if verifier is not None:
             _check_peer_verifier(verifier)
-        self.policy = policy
+        self._policy = policy
         # a domain no peer can be of would refuse every peer read here
-        self.trust_domain = (None if trust_domain is None
-                             else validate_trust_domain(trust_domain))
-        self.verifier = verifier if verifier is not None else default_peer_verifier()
+        self._trust_domain = (None if trust_domain is None
+                              else validate_trust_domain(trust_domain))
+        self._verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("authz", ("method", "code", "reason", "peer"))
+
+    # read-only: each method's check holds them from its first call, so a policy assigned
+    # later would apply to the methods not called yet alone (the others keeping the old)
+    @property
+    def policy(self) -> AuthzPolicy:
+        """The :class:`~meshkit.auth.AuthzPolicy` (read-only: build another interceptor,
+        and server, to change it)."""
+        return self._policy
+
+    @property
+    def verifier(self) -> PeerVerifier:
+        """The verifier of peers this check reads itself (read-only)."""
+        return self._verifier
+
+    @property
+    def trust_domain(self) -> str | None:
+        """The trust domain of peers this check reads itself, or ``None`` (read-only)."""
+        return self._trust_domain
 
     def _before_for(self, method: str) -> Before | None:
         """The policy check for ``method`` (see the class docstring)."""
-        policy = self.policy
+        policy = self._policy
         refusals = self._refusals
-        verifier = self.verifier
-        trust_domain = self.trust_domain
+        verifier = self._verifier
+        trust_domain = self._trust_domain
 
         def before(context: Any) -> Awaitable[None] | None:
             marked = _call_get()  # fresh_identity, inline: the call's first check marks
