@@ -423,12 +423,22 @@ def _exporter(name: str) -> SpanExporter | None:
     """The exporter ``OTEL_TRACES_EXPORTER``'s ``name`` loads (entry point group
     ``opentelemetry_traces_exporter``; ``otlp`` resolved by :func:`_entry_name`), or
     ``None`` with a warning if not installed (an OTLP one naming its package and the
-    variable that asked for it)."""
+    variable that asked for it).
+
+    Raises:
+        ConfigError: the exporter fails to load or build (an OTLP exporter refusing an
+            ``OTEL_EXPORTER_OTLP_*`` value): the variable and exporter named, the error's
+            type given.
+    """
     entry = _entry_name(name)
     eps = importlib_metadata.entry_points(group="opentelemetry_traces_exporter", name=entry)
     for ep in eps:
-        cls = ep.load()
-        exporter: SpanExporter = cls()
+        try:
+            exporter: SpanExporter = ep.load()()
+        except Exception as e:  # its text is the exporter's: not quoted
+            raise ConfigError(f"OTEL_TRACES_EXPORTER names the exporter {entry!r}, which "
+                              f"failed to load or build ({type(e).__name__}; its "
+                              f"OTEL_EXPORTER_* settings?)") from None
         return exporter
     if name.startswith("otlp"):
         asked_by = "OTEL_TRACES_EXPORTER" if os.environ.get(
@@ -759,7 +769,8 @@ def configure_tracing(
             fails to build), a sampler argument that is not a ratio in [0, 1], an
             ``OTEL_BSP_*`` or span limit value that is not an integer in range (or a batch
             over the queue), an unknown exporter name, an OTLP protocol other
-            than ``grpc`` and ``http/protobuf`` when OTLP is asked for, or a
+            than ``grpc`` and ``http/protobuf`` when OTLP is asked for, an
+            ``OTEL_TRACES_EXPORTER`` exporter that fails to load or build, or a
             ``MESHKIT_TRACE_FILE`` that cannot be opened (before any exporter is set up),
             or an ``OTEL_PYTHON_ID_GENERATOR`` not installed or that builds no id
             generator (the variable named, the value quoted).
@@ -780,27 +791,17 @@ def configure_tracing(
     # before any exporter: a path that cannot be opened fails with no processor's thread
     # left running
     file_exporter = None if disabled else _trace_file_exporter()
-    provider = TracerProvider(resource=_resource(service_name), sampler=sampler,
-                              id_generator=ids)
-    if disabled:
-        exporters = ()
-    elif exporters is None:
-        names = settings.exporters
-        if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
-            names = ("otlp",) if any(os.environ.get(v, "").strip()
-                                     for v in _OTLP_ENDPOINT_VARS) or _has_otlp() else ()
-        chosen: list[SpanExporter] = []
-        loaded: set[str] = set()  # one exporter per entry point, as the SDK keys them
-        for name in names:
-            entry = _entry_name(name)  # "otlp" left as it is: the gRPC one, as the SDK's
-            key = _OTLP_BY_PROTOCOL["grpc"] if entry == "otlp" else entry
-            if name == "none" or key in loaded:
-                continue
-            loaded.add(key)
-            exp = _exporter(name)
-            if exp is not None:
-                chosen.append(exp)
-        exporters = chosen
+    try:
+        provider = TracerProvider(resource=_resource(service_name), sampler=sampler,
+                                  id_generator=ids)
+        if disabled:
+            exporters = ()
+        elif exporters is None:
+            exporters = _env_exporters(settings)
+    except BaseException:  # the file was opened for this provider only
+        if file_exporter is not None:
+            file_exporter.shutdown()
+        raise
     batch = _batch_settings(os.environ)
     for exp in exporters:
         provider.add_span_processor(BatchSpanProcessor(
@@ -815,6 +816,36 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _env_exporters(settings: _TracingEnv) -> list[SpanExporter]:
+    """The exporters ``OTEL_TRACES_EXPORTER`` names (see :func:`configure_tracing`), each
+    entry point once; the ones built before one that fails are shut down.
+
+    Raises:
+        ConfigError: as :func:`_exporter`.
+    """
+    names = settings.exporters
+    if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
+        names = ("otlp",) if any(os.environ.get(v, "").strip()
+                                 for v in _OTLP_ENDPOINT_VARS) or _has_otlp() else ()
+    chosen: list[SpanExporter] = []
+    loaded: set[str] = set()  # one exporter per entry point, as the SDK keys them
+    try:
+        for name in names:
+            entry = _entry_name(name)  # "otlp" left as it is: the gRPC one, as the SDK's
+            key = _OTLP_BY_PROTOCOL["grpc"] if entry == "otlp" else entry
+            if name == "none" or key in loaded:
+                continue
+            loaded.add(key)
+            exp = _exporter(name)
+            if exp is not None:
+                chosen.append(exp)
+    except BaseException:
+        for exp in chosen:
+            exp.shutdown()
+        raise
+    return chosen
 
 
 def _trace_file_exporter() -> SpanExporter | None:
