@@ -49,7 +49,9 @@ class AuthOptions:
             trust domain or not in ``tls.allowed_peers`` (``PERMISSION_DENIED``), as
             :class:`~meshkit.auth.PeerIdentityInterceptor` does (default ``True``).
         exempt_methods: methods the peer check skips, e.g. ``("/grpc.health.v1.Health/*",)``
-            for a prober (the connection must still be accepted).
+            for a prober (the connection must still be accepted); the peer check alone:
+            the token and the policy still apply to them (``JWTAuthOptions(
+            public_methods=...)``, ``Rule(allow_anonymous=True)`` open a method).
 
     Raises:
         ConfigError: a ``verifier`` that is neither a ``JWTVerifier`` nor has an async
@@ -62,8 +64,10 @@ class AuthOptions:
             have claims: a ``deny_subjects`` would refuse no one; the rule's key, or
             ``'default'``, quoted), nothing to check at all
             (no ``verifier``, no ``policy`` and ``check_peers=False``), ``exempt_methods``
-            given as one string or not a collection of strings (``None``), or a bad
-            ``exempt_methods`` pattern (quoted).
+            given as one string or not a collection of strings (``None``), a bad
+            ``exempt_methods`` pattern (quoted), or ``exempt_methods`` with
+            ``check_peers=False`` (exempt from no check: they would still need the token
+            and pass the policy).
     """
 
     verifier: JWTVerifier | None = None
@@ -93,6 +97,13 @@ class AuthOptions:
         object.__setattr__(self, "exempt_methods",
                            check_strings("exempt_methods", self.exempt_methods))
         MethodMatcher.of(self.exempt_methods, where="exempt_methods")  # validates now
+        if self.exempt_methods and not self.check_peers:
+            # exempt from nothing: the token and the policy still apply to them
+            raise ConfigError(
+                f"AuthOptions(exempt_methods={self.exempt_methods!r}) exempts methods from "
+                "the peer check alone, which check_peers=False turns off: they would be "
+                "exempt from nothing (the token and the policy still apply); open a method "
+                "with JWTAuthOptions(public_methods=...) and Rule(allow_anonymous=True)")
 
     def interceptors(self, tls: TLSOptions | None) -> tuple[WrappingInterceptor, ...]:
         """The checks in chain order for a server with ``tls`` (``None``: no peer check)."""
