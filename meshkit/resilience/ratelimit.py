@@ -1622,12 +1622,12 @@ class StorageLimiter:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # (connections of another loop: let go of, not closed)
             self._moved_to(loop)
-        client = getattr(getattr(storage, "bridge", None), "storage", None)
-        disconnect = getattr(getattr(client, "connection_pool", None), "disconnect", None)
-        if callable(disconnect):
-            result = disconnect()
-            if inspect.isawaitable(result):  # redis-py's asyncio pool
-                await result
+        for pool in self._pools():  # (through Sentinel: the sentinels' too)
+            disconnect = getattr(pool, "disconnect", None)
+            if callable(disconnect):
+                result = disconnect()
+                if inspect.isawaitable(result):  # redis-py's asyncio pool
+                    await result
 
     def _forget_parent(self) -> None:
         """In a child made by ``os.fork()`` (``os.register_at_fork(after_in_child=...)``):
@@ -1664,12 +1664,7 @@ class StorageLimiter:
         clients to the sentinels (which name the primary) and to the replicas are let go
         of too: a hit on a new loop first asks a sentinel down its old-loop connection.
         Other storages are left as they are."""
-        bridge = getattr(self._storage, "bridge", None)
-        sentinel = getattr(bridge, "sentinel", None)
-        clients = [getattr(bridge, "storage", None), getattr(bridge, "storage_replica", None),
-                   *(getattr(sentinel, "sentinels", None) or ())]
-        for pool in {id(pool): pool for client in clients if (
-                pool := getattr(client, "connection_pool", None)) is not None}.values():
+        for pool in self._pools():
             held = getattr(pool, "_available_connections", None)
             in_use = getattr(pool, "_in_use_connections", None)
             if held is None or in_use is None or not callable(getattr(pool, "reset", None)):
@@ -1681,6 +1676,16 @@ class StorageLimiter:
                                if (transport := getattr(conn, "_transport", None)) is not None
                                and (sock := transport.get_extra_info("socket")) is not None)
             pool.reset()
+
+    def _pools(self) -> list[Any]:
+        """The Redis driver's connection pools: the client's to the primary, and through
+        Sentinel its replicas' and each sentinel's (none for other storages)."""
+        bridge = getattr(self._storage, "bridge", None)
+        sentinel = getattr(bridge, "sentinel", None)
+        clients = [getattr(bridge, "storage", None), getattr(bridge, "storage_replica", None),
+                   *(getattr(sentinel, "sentinels", None) or ())]
+        return list({id(pool): pool for client in clients if (
+            pool := getattr(client, "connection_pool", None)) is not None}.values())
 
     def _window_key(self, item: Any, method: str, key: str) -> tuple[Any, str, int, int]:
         """``(item, storage key, amount, window seconds)`` of a sliding-window hit: what

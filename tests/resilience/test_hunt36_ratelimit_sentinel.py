@@ -24,6 +24,7 @@ import pytest
 from meshkit.resilience.ratelimit import RateLimitOptions, Rejection, StorageLimiter
 from tests.support.ports import free_port
 from tests.support.skips import skip_or_fail
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -97,3 +98,26 @@ def test_each_new_loop_counts_at_once_through_sentinel(sentinel: int) -> None:
             loop.run_until_complete(limiter.aclose())
         finally:
             loop.close()
+
+
+def _clients(port: int) -> int:
+    """The connections a Redis or Sentinel on ``port`` lists, the asking one included."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "client", "list"],
+                         capture_output=True, text=True, check=False).stdout
+    return len(out.splitlines())
+
+
+async def test_aclose_closes_the_connection_to_the_sentinel(sentinel: int) -> None:
+    """After a hit the Sentinel lists the limiter's connection; aclose() closes it (it
+    closed only the one to the primary before: the sentinel's stayed open, an fd and a
+    Sentinel client per limiter closed, for the process' life)."""
+    limiter = StorageLimiter(RateLimitOptions(
+        default_rule="100/minute", strategy="fixed-window",
+        storage_uri=f"async+redis+sentinel://127.0.0.1:{sentinel}/primary",
+        key_prefix=f"st-{uuid.uuid4().hex}", storage_timeout_s=2.0, on_storage_error="deny"))
+    alone = _clients(sentinel)  # redis-cli's own
+    assert await limiter.check(METHOD, "k") is None
+    assert _clients(sentinel) == alone + 1
+    await limiter.aclose()
+    await until(lambda: _clients(sentinel) == alone, timeout_s=5,
+                what="the limiter's sentinel connection closed")
