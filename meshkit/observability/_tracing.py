@@ -148,11 +148,16 @@ _TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 
 
 class _MetadataGetter(Getter[Sequence[Any]]):
-    """Reads propagation headers from gRPC invocation metadata (a sequence of pairs)."""
+    """Reads propagation headers from gRPC invocation metadata (a sequence of pairs).
+    Several ``baggage`` entries are one comma-joined value (W3C Baggage: multiple
+    headers are allowed and make one list; the API's propagator reads only the first
+    value it is given), empty ones left out."""
 
     def get(self, carrier: Sequence[Any], key: str) -> list[str] | None:
         found = [v if isinstance(v, str) else v.decode("ascii", "replace")
                  for k, v in carrier if k == key]
+        if len(found) > 1 and key == "baggage":
+            return [",".join(v for v in found if v.strip())]
         return found or None
 
     def keys(self, carrier: Sequence[Any]) -> list[str]:
