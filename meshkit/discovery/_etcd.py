@@ -88,13 +88,17 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   ``deregister`` deletes a record of the id at that place too (one more delete), so an
   id drained by a new process is never listed failing from an old record. Such a build's
   readers do not read the new place (they see a dead new instance leave with its lease).
-* **Ownership.** An instance is this registry's from a successful put until ``deregister``
-  deletes its key (see "Lost keys" for another's delete): a failed ``deregister`` raises
-  and leaves it registered (kept alive, put again after a lease loss, retriable);
-  ``register`` of an id under another key puts the new key before it deletes the old one
-  (an old key whose delete fails is deleted by the keep-alive), so a failure never leaves
-  the id unlisted or a key nothing deletes (tested against an in-memory gateway whose
-  calls fail on demand).
+* **Ownership.** An instance is this registry's, by its ``(service, instance_id)`` (its
+  key), from a successful put until ``deregister`` deletes its key (see "Lost keys" for
+  another's delete): a failed ``deregister`` raises and leaves it registered (kept alive,
+  put again after a lease loss, retriable). One id registered for two services (a pod
+  serving both under ``instance_id=$POD_NAME`` through one registry) is two instances,
+  two keys under the one lease, each deregistered on its own; ``register`` of the same
+  service and id again replaces it with one put over its key, so a failed put leaves the
+  previous registration as it was. A put left unanswered of an instance not registered
+  (etcd may have applied it) is deleted by the keep-alive, tried each round until etcd
+  takes the delete, so a failure never leaves the instance unlisted or a key nothing
+  deletes (tested against an in-memory gateway whose calls fail on demand).
 * **Lost keys.** A key deleted while its lease lives (``etcdctl del``, a restore, another
   tool) would leave a healthy instance unlisted for as long as its process lives, the
   lease being renewed all along. Every ``ttl_s`` the keep-alive checks the keys this
@@ -851,15 +855,18 @@ class EtcdRegistry:
         # taken by register, deregister and the keep-alive's lease-loss, key-check and
         # record steps, from whichever event loop each runs in
         self._lease_lock = _LeaseLock()
-        self._owned: dict[str, Instance] = {}
-        # Keys of earlier registrations of an id now under another key, not deleted yet
-        # (their last-seen records' keys too).
+        # the instances registered, by (service, instance_id): one id may be registered
+        # for several services (each its own key, <prefix><service>/<id>)
+        self._owned: dict[tuple[str, str], Instance] = {}
+        # Keys of puts left unanswered (etcd may have applied them) of instances not
+        # registered, not deleted yet (the keep-alive deletes them).
         self._stale: set[bytes] = set()
-        # The last-seen records' lease, when it is next renewed (monotonic), and the ids
-        # of owned instances whose record is not written yet (the keep-alive retries).
+        # The last-seen records' lease, when it is next renewed (monotonic), and the
+        # (service, instance_id) of owned instances whose record is not written yet (the
+        # keep-alive retries).
         self._seen_lease: int | None = None
         self._seen_renew_at = 0.0
-        self._unseen: set[str] = set()
+        self._unseen: set[tuple[str, str]] = set()
         # The revision of this registry's latest put of each key it owns (instances' keys
         # and last-seen records), and when the owned-key check is next due (monotonic).
         self._revs: dict[bytes, int] = {}
@@ -1187,8 +1194,15 @@ class EtcdRegistry:
         ``<prefix>@last-seen/<service>/<instance_id>``."""
         return f"{self._legacy_seen_root}{instance.service}/{instance.instance_id}".encode()
 
-    def _is_seen_key(self, key: bytes) -> bool:
-        return key.startswith(self._seen_root.encode())
+    @staticmethod
+    def _ident(instance: Instance) -> tuple[str, str]:
+        """What this registry owns an instance by: ``(service, instance_id)``, as its key
+        ``<prefix><service>/<instance_id>`` does."""
+        return instance.service, instance.instance_id
+
+    def _owned_names(self) -> list[str]:
+        """The owned instances as ``<service>/<instance_id>``, sorted (for logs)."""
+        return [f"{service}/{instance_id}" for service, instance_id in sorted(self._owned)]
 
     # -- registration --------------------------------------------------------------------
     async def _grant(self, ttl_s: float | None = None) -> int:
@@ -1213,18 +1227,18 @@ class EtcdRegistry:
         """Put ``instance`` under this registry's lease and keep the lease alive.
 
         Grants the lease (``ttl_s``) on first use, then ``PUT <prefix><service>/<id>`` with
-        the instance as JSON. Registering the same ``instance_id`` again replaces it, also
-        for another service: one registry holds an id for one service at a time (two
-        servers sharing a registry under one ``instance_id``, ``$POD_NAME`` say, keep only
-        the second; registries of their own keep both). When
-        the key changes (another service name), the new key is put first and the old one
-        deleted after, so a failed put leaves the previous registration as it was (still
-        listed and kept alive); a put left unanswered (a timeout, a cancel of the caller)
-        that etcd applied anyway is deleted by the keep-alive, unless the key is the one
-        this id is registered under already. If only the delete of the old key fails, the
-        registration has succeeded: the old key is deleted by the keep-alive once etcd
-        takes it (it goes with the lease in any case), unless that key is registered again
-        meanwhile.
+        the instance as JSON. What the registry owns is keyed by ``(service,
+        instance_id)``, as etcd's keys are: registering the same service and id again
+        replaces it (a restarted process, another address or metadata), in one put over
+        the same key, so a failed put leaves the previous registration as it was (still
+        listed and kept alive); the same ``instance_id`` registered for another service is
+        another instance, and both stay registered, each kept alive by the lease, put again
+        after a lease loss and deregistered on its own (two servers sharing a registry
+        under one ``instance_id``, ``$POD_NAME`` say, keep both). A put left unanswered (a
+        timeout, a cancel of the caller) that etcd applied anyway is deleted by the
+        keep-alive (tried again each round until etcd takes the delete; the key goes with
+        the lease in any case), unless that service and id are registered (already, or
+        again meanwhile).
 
         Raises:
             RegistryError: no member could be reached or one refused (chained from the
@@ -1236,10 +1250,10 @@ class EtcdRegistry:
         """
         async with self._lease_lock:
             try:
-                old = self._owned.get(instance.instance_id)
-                # Put again: it must not be deleted as a stale key of an earlier move.
+                ident = self._ident(instance)
+                registered = ident in self._owned
+                # Put again: it must not be deleted as the key of an unanswered put.
                 self._stale.discard(self._key(instance))
-                self._stale.discard(self._seen_key(instance))
                 if self._lease is None:
                     self._lease = await self._grant()
                 try:
@@ -1255,10 +1269,11 @@ class EtcdRegistry:
                     # come after the put was applied): etcd may have applied it, and its
                     # key, under the lease the keep-alive renews for the instances
                     # owned, would stay listed while this process lives; the keep-alive
-                    # deletes it as a stale key (not this id's owned key: that one stays
-                    # this registry's, its value checked). Not after a refusal.
+                    # deletes it as a stale key (not the key of an instance registered:
+                    # that one stays this registry's, its value checked). Not after a
+                    # refusal.
                     refused = isinstance(exc, _EtcdError) and not exc.retry_elsewhere
-                    if not refused and (old is None or self._key(old) != self._key(instance)):
+                    if not refused and not registered:
                         self._stale.add(self._key(instance))
                     raise
             except _FOREIGN as exc:
@@ -1266,14 +1281,9 @@ class EtcdRegistry:
                                       f"{list(self.options.endpoints)}: {describe(exc)}")
                 self._outcome(True, str(error))
                 raise error from exc
-            self._owned[instance.instance_id] = instance
+            self._owned[ident] = instance
             self._outcome(True, None)
             await self._record_seen_locked(instance)
-            if old is not None and self._key(old) != self._key(instance):
-                self._stale.add(self._key(old))
-                if self._seen_ttl_s:
-                    self._stale.add(self._seen_key(old))
-                await self._delete_stale_locked()
         self._ensure_keeper(instance)
 
     def _ensure_keeper(self, instance: Instance) -> None:
@@ -1301,16 +1311,14 @@ class EtcdRegistry:
             self._keepers = keepers
 
     async def _delete_stale_locked(self) -> None:
-        """Delete the keys left behind by re-registrations under another key
+        """Delete the keys of unanswered puts of instances not registered
         (``_lease_lock`` held); one that cannot be deleted now is tried again by the next
         keep-alive round. Never raises for etcd errors (logged)."""
-        # a last-seen record before its instance's key: no reader finds the instance
-        # failing (a record without a key) while it moves
-        for key in sorted(self._stale, key=lambda k: (not self._is_seen_key(k), k)):
+        for key in sorted(self._stale):
             try:
                 await self._post("/kv/deleterange", {"key": _b64(key)})
             except _FOREIGN as exc:
-                _log.warning("cannot delete the old key of a re-registered instance yet; "
+                _log.warning("cannot delete the key of an unanswered registration yet; "
                              "the keep-alive tries again", key=key.decode(),
                              error=describe(exc))
                 return
@@ -1320,8 +1328,8 @@ class EtcdRegistry:
     async def _regrant_locked(self) -> None:
         """Grant a new lease and put every owned instance under it (``_lease_lock`` held)."""
         self._lease = None
-        # the instances' old keys were under the lost lease: gone with it
-        self._stale = {k for k in self._stale if self._is_seen_key(k)}
+        # the unanswered puts' keys were under the lost lease: gone with it
+        self._stale = set()
         lease = await self._grant()
         for instance in list(self._owned.values()):
             await self._put(instance, lease)
@@ -1351,7 +1359,7 @@ class EtcdRegistry:
                 # else registered again meanwhile, or nothing left to keep
                 if self._lease == lease and self._owned:
                     _log.warning("etcd lease lost; registering the instances again",
-                                 lease=lease, instances=sorted(self._owned))
+                                 lease=lease, instances=self._owned_names())
                     await self._regrant_locked()
         elif time.monotonic() >= self._check_at:
             async with self._lease_lock:
@@ -1382,10 +1390,10 @@ class EtcdRegistry:
         if lease is None:
             return
         owned: list[tuple[bytes, Instance, bool]] = []  # key, instance, is a record
-        for instance_id, instance in sorted(self._owned.items()):
+        for ident, instance in sorted(self._owned.items()):
             owned.append((self._key(instance), instance, False))
             if (self._seen_ttl_s and self._seen_lease is not None
-                    and instance_id not in self._unseen):
+                    and ident not in self._unseen):
                 owned.append((self._seen_key(instance), instance, True))
         for start in range(0, len(owned), _CHECK_CHUNK):
             chunk = owned[start:start + _CHECK_CHUNK]
@@ -1407,13 +1415,14 @@ class EtcdRegistry:
                         kv.get("value", "")) == _encode(instance).encode():
                     self._revs[key] = int(kv.get("mod_revision") or -1)  # ours as it is
                     continue
-                fields = {"key": key.decode(), "instance_id": instance.instance_id,
+                fields = {"key": key.decode(), "service": instance.service,
+                          "instance_id": instance.instance_id,
                           "deleted": kv is None,
                           "other_lease": None if kv is None else int(kv.get("lease") or 0)}
                 if record:
                     _log.warning("etcd last-seen record of a registered instance was lost; "
                                  "writing it again", **fields)
-                    self._unseen.add(instance.instance_id)
+                    self._unseen.add(self._ident(instance))
                     continue
                 _log.warning("etcd key of a registered instance was lost; putting it back",
                              **fields)
@@ -1427,12 +1436,13 @@ class EtcdRegistry:
         has succeeded; the keep-alive writes the record once etcd takes it (logged)."""
         if not self._seen_ttl_s:
             return
-        self._unseen.add(instance.instance_id)
+        self._unseen.add(self._ident(instance))
         try:
             await self._put_unseen_locked()
         except _FOREIGN as exc:
             _log.warning("cannot write an instance's last-seen record yet; the keep-alive "
-                         "tries again", instance_id=instance.instance_id,
+                         "tries again", service=instance.service,
+                         instance_id=instance.instance_id,
                          error=describe(exc))
 
     async def _put_unseen_locked(self) -> None:
@@ -1447,19 +1457,17 @@ class EtcdRegistry:
         for regrant in (False, True):
             if regrant or self._seen_lease is None:
                 self._seen_lease = None
-                # records under a lost lease went with it: nothing left to delete
-                self._stale = {k for k in self._stale if not self._is_seen_key(k)}
                 self._seen_lease = await self._grant(self._seen_ttl_s)
                 self._seen_renew_at = time.monotonic() + self._seen_period_s
                 if regrant:
                     self._unseen = set(self._owned)
             try:
-                for instance_id in sorted(self._unseen):
-                    instance = self._owned.get(instance_id)
+                for ident in sorted(self._unseen):
+                    instance = self._owned.get(ident)
                     if instance is not None:
                         await self._put(instance, self._seen_lease,
                                         self._seen_key(instance))
-                    self._unseen.discard(instance_id)
+                    self._unseen.discard(ident)
                 return
             except _EtcdError as exc:
                 if exc.code != _NOT_FOUND or regrant:
@@ -1480,7 +1488,7 @@ class EtcdRegistry:
                 async with self._lease_lock:
                     if self._seen_lease == seen and self._owned:
                         _log.warning("etcd last-seen lease lost; writing the records again",
-                                     lease=seen, instances=sorted(self._owned))
+                                     lease=seen, instances=self._owned_names())
                         self._seen_lease = None
                         self._unseen = set(self._owned)
         if self._unseen or self._seen_lease is None:
@@ -1519,31 +1527,32 @@ class EtcdRegistry:
     async def deregister(self, instance: Instance) -> None:
         """Delete ``instance``'s key at once; unknown instances are ignored.
 
-        When it was the last instance of this registry the lease is revoked too. The
-        instance stops being this registry's only once its key is deleted: if the delete
-        fails, it stays registered (kept alive by the lease, put again after a lease loss)
-        and ``deregister`` can be called again; it is never left a live key that nothing
-        deletes while the lease lives on for other instances.
+        The registration deleted is that of ``instance.service`` and ``instance_id`` (its
+        key ``<prefix><service>/<id>`` and last-seen record); the same id registered for
+        another service stays registered and kept alive. When it was the last instance of
+        this registry the lease is revoked too. The instance stops being this registry's
+        only once its key is deleted: if the delete fails, it stays registered (kept alive
+        by the lease, put again after a lease loss) and ``deregister`` can be called again;
+        it is never left a live key that nothing deletes while the lease lives on for other
+        instances.
 
         Raises:
             RegistryError: no member could be reached or one refused, or the registry was
                 closed meanwhile; the instance is still registered.
         """
         async with self._lease_lock:
-            owned = self._owned.get(instance.instance_id)
-            known = (instance,) if owned is None else (instance, owned)
-            keys = {self._key(i) for i in known}
+            ident = self._ident(instance)
             # the last-seen records first: no reader finds the instance failing (a record
             # without a key) while it leaves; also a record of the id in the earlier
             # layout, left by a process of such a build that died (read by failing())
-            seen = {self._seen_key(i) for i in known} if self._seen_ttl_s else set()
-            seen |= {self._legacy_seen_key(i) for i in known}
+            seen = [self._seen_key(instance)] if self._seen_ttl_s else []
+            seen.append(self._legacy_seen_key(instance))
             try:
-                for key in [*sorted(seen), *sorted(keys)]:
+                for key in [*seen, self._key(instance)]:
                     await self._post("/kv/deleterange", {"key": _b64(key)})
                     self._revs.pop(key, None)
-                self._owned.pop(instance.instance_id, None)
-                self._unseen.discard(instance.instance_id)
+                self._owned.pop(ident, None)
+                self._unseen.discard(ident)
                 if not self._owned and self._seen_lease is not None:
                     # its records are deleted: revoking is tidiness, it would expire
                     seen_lease, self._seen_lease = self._seen_lease, None
@@ -1557,9 +1566,9 @@ class EtcdRegistry:
                     with contextlib.suppress(*_FOREIGN):
                         await self._post("/lease/revoke", {"ID": str(lease)})
             except _FOREIGN as exc:
-                if instance.instance_id in self._owned and self._seen_ttl_s:
+                if ident in self._owned and self._seen_ttl_s:
                     # still registered: its record may be deleted already, write it again
-                    self._unseen.add(instance.instance_id)
+                    self._unseen.add(ident)
                 error = RegistryError(f"cannot deregister {instance.instance_id!r} from etcd "
                                       f"{list(self.options.endpoints)}: {describe(exc)}")
                 self._outcome(True, str(error))

@@ -561,49 +561,91 @@ async def test_a_plain_404_is_reported_as_http_404(registries: list[EtcdRegistry
         assert gateway.not_found[:2] == ["/v3/lease/grant", "/v3beta/lease/grant"]
 
 
-async def test_register_with_a_changed_key_puts_before_deleting_the_old_key(
+async def test_register_again_replaces_and_a_failed_put_keeps_the_previous_one(
         gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
-    """Registering an id again under another service puts the new key first: if the put
-    fails, the old registration is still there and still owned; once it works, the old
-    key is deleted."""
+    """Registering the same service and id again (another address: a restarted process)
+    replaces it with one put over its key; if that put fails, the previous registration
+    is still there and still owned (its value, its record, kept by the key check). The
+    same id registered for another service is another instance: both keys stay, and a
+    failed put of it leaves the first as it was."""
     reg = _gateway_registry(gateway, registries)
     old = make_instance("svc", 1)
-    moved = make_instance("other", 1, instance_id="svc-1")
+    restarted = make_instance("svc", 1, port=42001)
+    other = make_instance("other", 1, instance_id="svc-1")
+    key = b"/meshkit/services/svc/svc-1"
     await reg.register(old)
     gateway.failing.add("/kv/put")
     with pytest.raises(RegistryError, match="cannot register 'svc-1'"):
-        await reg.register(moved)
+        await reg.register(restarted)
+    with pytest.raises(RegistryError, match="cannot register 'svc-1'"):
+        await reg.register(other)
     gateway.failing.clear()
-    assert gateway.keys() == {"/meshkit/services/svc/svc-1"}
+    assert gateway.keys() == {key.decode()}
+    assert json.loads(gateway.kv[key][0])["port"] == old.port
     assert gateway.records() == {"svc/svc-1"}
-    await reg.register(moved)
-    assert gateway.keys() == {"/meshkit/services/other/svc-1"}
-    assert gateway.records() == {"other/svc-1"}
+    assert reg._owned == {("svc", "svc-1"): old}
+    await reg.register(restarted)
+    assert gateway.keys() == {key.decode()}
+    assert json.loads(gateway.kv[key][0])["port"] == restarted.port
+    await reg.register(other)
+    assert gateway.keys() == {key.decode(), "/meshkit/services/other/svc-1"}
+    assert gateway.records() == {"svc/svc-1", "other/svc-1"}
+    assert reg._owned == {("svc", "svc-1"): restarted, ("other", "svc-1"): other}
 
 
-async def test_a_stale_key_whose_delete_failed_is_deleted_later(
-        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
-    """If the new key is put but deleting the old one fails, register() succeeds and the
-    keep-alive deletes the old key once etcd takes deletes again; a key registered again
+async def test_an_unanswered_put_whose_delete_failed_is_deleted_later(
+        gateway: _Gateway, registries: list[EtcdRegistry],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put that etcd applied but whose answer never came (register() raised) of an
+    instance not registered is deleted by the keep-alive, which tries again while etcd
+    refuses deletes; the same id registered for another service, and an unanswered put
+    of an instance registered already, keep their keys; a key registered after all
     meanwhile is not deleted."""
     reg = _gateway_registry(gateway, registries)
-    old = make_instance("svc", 1)
-    moved = make_instance("other", 1, instance_id="svc-1")
-    await reg.register(old)
+    kept = make_instance("svc", 1)
+    lost = make_instance("other", 1, instance_id="svc-1")
+    await reg.register(kept)
+    real_post = reg._post
+
+    async def unanswered(path: str, body: Any, **kw: Any) -> Any:
+        answer = await real_post(path, body, **kw)
+        if path == "/kv/put" and not base64.b64decode(body["key"]).startswith(
+                b"/meshkit/services@"):
+            raise TimeoutError  # applied, the answer lost
+        return answer
+
+    monkeypatch.setattr(reg, "_post", unanswered)
     gateway.failing.add("/kv/deleterange")
-    await reg.register(moved)
-    assert gateway.keys() == {"/meshkit/services/svc/svc-1", "/meshkit/services/other/svc-1"}
+    for inst in (lost, kept):  # kept: registered already, its key stays its own
+        with pytest.raises(RegistryError, match="cannot register 'svc-1'"):
+            await reg.register(inst)
+    monkeypatch.setattr(reg, "_post", real_post)
+    both = {"/meshkit/services/svc/svc-1", "/meshkit/services/other/svc-1"}
+    assert gateway.keys() == both
+    revision = gateway.kv[b"/meshkit/services/svc/svc-1"][2]
+    await until(lambda: gateway.calls.get("/kv/deleterange", 0) >= 2,
+                what="the keep-alive trying the delete")
+    assert gateway.keys() == both
     gateway.failing.clear()
-    await until(lambda: gateway.keys() == {"/meshkit/services/other/svc-1"},
-                what="the old key deleted by the keep-alive")
-    assert gateway.records() == {"other/svc-1"}
+    await until(lambda: gateway.keys() == {"/meshkit/services/svc/svc-1"},
+                what="the unanswered put's key deleted by the keep-alive")
+    assert gateway.records() == {"svc/svc-1"}
+    assert reg._owned == {("svc", "svc-1"): kept}
+    # never deleted (and put back by the key check): the same revision
+    assert gateway.kv[b"/meshkit/services/svc/svc-1"][2] == revision
+
+    monkeypatch.setattr(reg, "_post", unanswered)
     gateway.failing.add("/kv/deleterange")
-    await reg.register(old)  # back: svc/svc-1 put again, other/svc-1 now stale
-    await reg.register(moved)  # and forth: other/svc-1 put again, svc/svc-1 stale
+    with pytest.raises(RegistryError, match="cannot register 'svc-1'"):
+        await reg.register(lost)
+    monkeypatch.setattr(reg, "_post", real_post)
+    await reg.register(lost)  # registered after all: no longer a key to delete
     gateway.failing.clear()
-    await until(lambda: gateway.keys() == {"/meshkit/services/other/svc-1"},
-                what="only the current key left")
-    assert gateway.records() == {"other/svc-1"}
+    rounds = gateway.calls["/lease/keepalive"]
+    await until(lambda: gateway.calls["/lease/keepalive"] >= rounds + 3,
+                what="three more keep-alive rounds")
+    assert gateway.keys() == both
+    assert gateway.records() == {"svc/svc-1", "other/svc-1"}
 
 
 async def test_a_lost_last_seen_lease_is_granted_again_with_every_record(

@@ -46,8 +46,8 @@ async def test_a_register_whose_applied_put_went_unanswered_leaves_no_key(
     the key under the registry's lease, which the keep-alive renews for the instances it
     does own: the instance, never started (or told it was not registered), stayed listed
     to every watch for as long as the process lived (nothing owned it, so no deregister,
-    lease loss or key check touched it). The keep-alive now deletes it, as it deletes the
-    old key of a moved instance; the instances it owns stay."""
+    lease loss or key check touched it). The keep-alive now deletes it; the instances it
+    owns stay."""
     service = unique_service()
     kept, cancelled = make_instance(service, 1), make_instance(service, 2)
     await registry.register(kept)
