@@ -262,8 +262,12 @@ def extract_context(metadata: Sequence[Any] | None) -> Any:
     they read, quoting it: once :func:`bound_propagation_warnings` has run (a
     :class:`~meshkit.observability.TelemetryServerInterceptor` runs it when built) these
     are at most one line per message and minute, the caller's text cut to 200
-    characters."""
-    return propagate.extract(metadata or (), getter=_GETTER)
+    characters.
+
+    The extraction starts from an empty context whatever the propagators' order (the
+    API's baggage propagator, given none, starts from the current one: first in
+    ``OTEL_PROPAGATORS`` it handed the current span and baggage on as the caller's)."""
+    return propagate.extract(metadata or (), _Context(), getter=_GETTER)
 
 
 PROPAGATION_LOGGERS = ("opentelemetry.baggage.propagation",
