@@ -1265,7 +1265,9 @@ class RetryingStreamCall(MeshCall):
                 if delay is None:
                     self._settle(None, exc)
                     return
-                last = exc
+                # a copy without the traceback: exc's holds this frame, whose local it
+                # would be (a reference cycle per retried call, see _fresh)
+                last = _fresh(exc)
             await self._pause(delay)
             if self._late is not None and self._late(self._details):
                 self._settle(None, last)
