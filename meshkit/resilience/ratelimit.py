@@ -1612,7 +1612,9 @@ class StorageLimiter:
         cancel the memory storage's scheduled sweep, and log the count of failed window
         reads not told yet (``rate limit windows not read``).
 
-        Call it after the server has stopped; a later :meth:`check` would reconnect.
+        Call it after the server has stopped; a later :meth:`check` would reconnect. The
+        hits of cancelled calls still in flight (:meth:`check`) are cancelled first,
+        neither a failure nor a success.
         """
         self._unread.flush()
         storage: Any = self._storage
@@ -1622,6 +1624,14 @@ class StorageLimiter:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # (connections of another loop: let go of, not closed)
             self._moved_to(loop)
+        # the hits of cancelled calls still out: their connections close now, so they end
+        # here, abandoned (else each failed "connection lost" once closed: an outage
+        # logged as the server stops)
+        finishing = [hit for hit in self._finishing if hit.get_loop() is loop]
+        for hit in finishing:
+            hit.cancel()
+        if finishing:
+            await asyncio.wait(finishing)
         for pool in self._pools():  # (through Sentinel: the sentinels' too)
             disconnect = getattr(pool, "disconnect", None)
             if callable(disconnect):

@@ -22,7 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
-from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, redis_ping
+from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, LatencyProxy, redis_ping
 from tests.support.skips import skip_or_fail
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
@@ -101,3 +101,34 @@ async def test_a_probe_whose_deadline_ended_reopens_the_breaker_when_its_hit_fai
         finally:
             proxy.blackhole()
             await limiter.aclose()
+
+
+async def test_aclose_with_a_cancelled_calls_hit_out_logs_no_outage() -> None:
+    """A call cancelled while its hit waits on a Redis 1 s away, then aclose() (the
+    server stopped): the hit, whose connection aclose closes, is cancelled with it (at
+    once: no wait for a slow storage), not taken for a storage failure ('rate limit
+    storage unavailable' logged as the server stops, once such hits counted as any
+    other)."""
+    if not redis_ping(SHARED_REDIS_PORT):
+        skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
+    async with LatencyProxy(SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="100/second", storage_uri=f"async+redis://127.0.0.1:{proxy.port}",
+            key_prefix=f"sd-{uuid.uuid4().hex}", storage_timeout_s=3.0))
+        assert await limiter.check(METHOD, "warm") is None  # connected, counting
+        proxy.delay_s = 1.0
+        with capture_logs() as logs:
+            call = asyncio.ensure_future(limiter.check(METHOD, "k"))
+            await asyncio.sleep(0.05)  # its hit sent, not answered
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            assert limiter._finishing
+            t0 = time.monotonic()
+            await limiter.aclose()
+            assert time.monotonic() - t0 < 0.6
+            await until(lambda: not limiter._finishing, timeout_s=5,
+                        what="the hit ended")
+            await asyncio.sleep(0)  # (its done callbacks run)
+        assert logs == [], logs
+        assert not limiter.breaker.dirty
