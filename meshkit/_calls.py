@@ -926,7 +926,11 @@ class StreamResponseCall(MeshCall):
 
         Raises:
             RequestSerializationError: the method's serializer refused ``request``; the
-                call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent.
+                call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent. Not
+                for a write the call refuses whatever the message (a call made with a
+                request iterator, ended, or half-closed): that refusal is raised, as
+                grpc.aio's, and the call goes on (:meth:`_refused_write`).
+            grpc.aio.UsageError: the call was made with a request iterator (grpc.aio's).
             asyncio.InvalidStateError: the call had ended before it opened, cancelled or
                 failed with a status ("RPC already finished.", as grpc.aio's write to a
                 finished call; not a ``CancelledError`` in a writing task nobody
