@@ -464,7 +464,7 @@ class RateLimitOptions:
             of a call (a hit per part of the rule, and when refused the reads behind
             ``retry-after``) has it to itself (see :meth:`StorageLimiter.check`).
         breaker_failures: consecutive storage failures that open the breaker (default 3).
-        breaker_open_s: seconds the breaker stays open before a probe (default 1.0);
+        breaker_open_s: seconds the breaker stays open before a probe (finite; default 1.0);
             doubled after each failed probe up to ``breaker_max_open_s`` (default 5.0).
         max_keys: callers (a method and a caller key) whose counts a ``memory://``
             limiter keeps, at most (an int >= 1; default ``None``: 100,000,
@@ -499,7 +499,7 @@ class RateLimitOptions:
             non-callable or ``async def`` key, or one whose signature does not take
             ``(method, context)`` (``key=by_metadata``: the factory); an empty
             key_prefix, or one UTF-8 cannot encode; ``storage_timeout_s <= 0``;
-            ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
+            ``breaker_failures < 1``; ``breaker_open_s <= 0``, not finite, or above
             ``breaker_max_open_s``; a Redis URI option with which no hit can work
             (``?noreply=...``, ``?connect_timeout=0``, ``?db=-1``, a value the driver
             cannot parse: :func:`~meshkit.resilience._ratelimit_policy.check_redis_options`);
@@ -556,7 +556,8 @@ class RateLimitOptions:
                               f"got {self.key_prefix!r}") from None
         check_seconds(self, ("storage_timeout_s",))
         check_int("breaker_failures", self.breaker_failures)
-        check_number("breaker_open_s", self.breaker_open_s, low_open=True, finite=False)
+        # finite: open for ever, the breaker never probed again (the limiter off for good)
+        check_number("breaker_open_s", self.breaker_open_s, low_open=True)
         check_number("breaker_max_open_s", self.breaker_max_open_s, finite=False)
         if not self.breaker_max_open_s >= self.breaker_open_s:
             raise ConfigError("breaker_max_open_s must be >= breaker_open_s, got "
