@@ -33,6 +33,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from meshkit._config import check_bool
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import SPAN_CONTEXT_IS_TUPLE, get_logger
 
@@ -772,7 +773,8 @@ def configure_tracing(
         The provider; call ``provider.shutdown()`` at exit to flush spans.
 
     Raises:
-        ConfigError: empty ``service_name``, ``exporters`` holding something that is not
+        ConfigError: empty ``service_name``, a ``set_global`` that is not ``True`` or
+            ``False``, ``exporters`` holding something that is not
             a span exporter instance (a name, ``None``, an exporter class: quoted),
             unknown sampler (or an installed one that
             fails to build), a sampler argument that is not a ratio in [0, 1], an
@@ -785,6 +787,7 @@ def configure_tracing(
             generator (the variable named, the value quoted).
     """
     _check_service_name(service_name)
+    check_bool("set_global", set_global)
     if exporters is not None:
         exporters = _checked_exporters(exporters)
     require_sdk("configure_tracing")
