@@ -47,7 +47,9 @@ class AuthOptions:
         check_peers: with mTLS, refuse peers that are not mesh workloads
             (``UNAUTHENTICATED``: no verified workload identity) or that are of a foreign
             trust domain or not in ``tls.allowed_peers`` (``PERMISSION_DENIED``), as
-            :class:`~meshkit.auth.PeerIdentityInterceptor` does (default ``True``).
+            :class:`~meshkit.auth.PeerIdentityInterceptor` does (default ``True``);
+            ``False`` with ``tls.allowed_peers`` is a ``ConfigError`` when the server is
+            built (:meth:`interceptors`), as the list would be enforced by nothing.
         exempt_methods: methods the peer check skips, e.g. ``("/grpc.health.v1.Health/*",)``
             for a prober (the connection must still be accepted); the peer check alone:
             the token and the policy still apply to them (``JWTAuthOptions(
@@ -106,7 +108,19 @@ class AuthOptions:
                 "with JWTAuthOptions(public_methods=...) and Rule(allow_anonymous=True)")
 
     def interceptors(self, tls: TLSOptions | None) -> tuple[WrappingInterceptor, ...]:
-        """The checks in chain order for a server with ``tls`` (``None``: no peer check)."""
+        """The checks in chain order for a server with ``tls`` (``None``: no peer check).
+
+        Raises:
+            ConfigError: ``tls.allowed_peers`` with ``check_peers=False``: the peer check
+                enforces that list, and without it every workload of the trust domain
+                would get in (drop one or the other, or list the peers in the policy).
+        """
+        if tls is not None and tls.allowed_peers and not self.check_peers:
+            raise ConfigError(
+                f"TLSOptions(allowed_peers={tls.allowed_peers!r}) is enforced by the peer "
+                "check, which AuthOptions(check_peers=False) turns off: every workload of "
+                "the trust domain would get in; drop one of them (or put the peers in the "
+                "policy's allow_peers)")
         chain: list[WrappingInterceptor] = []
         if tls is not None and self.check_peers:
             chain.append(tls.peer_interceptor(exempt_methods=self.exempt_methods))
