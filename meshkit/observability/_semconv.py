@@ -2,9 +2,10 @@
 
 Span name ``{rpc.service}/{rpc.method}`` (e.g. ``ecom.v1.OrderService/PlaceOrder``);
 attributes ``rpc.system="grpc"``, ``rpc.service`` (full service name), ``rpc.method``
-(method name), ``rpc.grpc.status_code`` (int), ``server.address``/``server.port`` (client),
+(method name), ``rpc.grpc.status_code`` (int), ``server.address`` (client: the dialed
+mesh service, which has no one port, so no ``server.port``),
 ``network.peer.address``/``network.peer.port`` (both sides: the other end of the
-connection).
+connection; on the client the endpoint the call settled on).
 
 Span status (semconv gRPC): a client span is an error for any code but ``OK``; a server
 span only for ``UNKNOWN``, ``DEADLINE_EXCEEDED``, ``UNIMPLEMENTED``, ``INTERNAL``,
