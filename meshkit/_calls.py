@@ -1069,6 +1069,22 @@ class StreamUnaryCall(UnaryResponseCall):
                 queue.get_nowait()
             queue.put_nowait(_END_OF_WRITES)
 
+    async def _launched(self) -> Any:
+        """The attempt in flight (a grpc.aio call not done), starting the call if nothing
+        has; ``None`` once the call has ended first. The chain says nothing when it
+        launches an attempt (it waits for an endpoint, a retry's backoff), so this looks
+        at ``details.last_call`` from 1 ms, doubling to 50 ms, or wakes as the call ends.
+        Cancelling the wait leaves the call alone."""
+        self._start()
+        pause = 0.001
+        while not self._is_settled:
+            call = self._details.last_call
+            if call is not None and not call.done():
+                return call
+            await asyncio.wait((self._waiter(),), timeout=pause)
+            pause = min(pause * 2, 0.05)
+        return None
+
     async def wait_for_connection(self) -> None:
         """Wait until an attempt's request stream is open (its grpc.aio call's
         ``wait_for_connection``: the call's metadata sent), starting the call if nothing
@@ -1080,20 +1096,23 @@ class StreamUnaryCall(UnaryResponseCall):
             grpc.aio.AioRpcError, asyncio.CancelledError, Exception: the call ended before
                 an attempt was open, as :meth:`UnaryResponseCall.wait_for_connection`.
         """
-        self._start()
-        pause = 0.001
-        while not self._is_settled:
-            call = self._details.last_call
-            if call is not None and not call.done():
-                if await asyncio.shield(_connected(call)):
-                    return
-                continue  # that attempt failed: the next one, or the call's end
-            # no attempt launched yet (the chain waits for an endpoint, a retry's backoff):
-            # the chain says nothing when it launches one, so look again soon (from 1 ms,
-            # doubling to 50 ms), or as the call ends
-            await asyncio.wait((self._waiter(),), timeout=pause)
-            pause = min(pause * 2, 0.05)
+        while (call := await self._launched()) is not None:
+            if await asyncio.shield(_connected(call)):
+                return
+            # that attempt failed: the next one, or the call's end
         await super().wait_for_connection()
+
+    async def initial_metadata(self) -> Metadata:
+        """The server's initial metadata, as soon as an attempt in flight has it (as
+        grpc.aio's stream-unary call: not at the call's end, which may wait for the
+        requests); once the call has ended first, :meth:`MeshCall.initial_metadata`.
+        Cancelling the wait leaves the call alone."""
+        while (call := await self._launched()) is not None:
+            md: Metadata = await asyncio.shield(call.initial_metadata())
+            if not call.done():  # the headers, the attempt going on
+                return md
+            # that attempt ended (its headers with its status): the call's outcome
+        return await super().initial_metadata()
 
     async def _put(self, item: Any) -> None:
         """Hand ``item`` to the request stream, starting the call: at once when the one
