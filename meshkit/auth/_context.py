@@ -73,8 +73,11 @@ def current_peer() -> PeerIdentity | None:
     """The verified mTLS peer identity (SPIFFE ID) of the call being handled, or ``None``.
 
     Set by :class:`~meshkit.auth.PeerIdentityInterceptor` and
-    :class:`~meshkit.auth.AuthzInterceptor`; ``None`` on a plaintext server or outside a
-    handler.
+    :class:`~meshkit.auth.AuthzInterceptor`; ``None`` on a plaintext server, outside a
+    handler, and on an mTLS server where neither read the peer: a method exempt from the
+    peer check (``AuthOptions.exempt_methods``), or ``check_peers=False``, without a
+    ``policy`` (which reads the peer itself). ``None`` is no proof the caller has no
+    certificate: authorize on it as on an unknown caller.
     """
     return _peer.get()
 
