@@ -186,6 +186,26 @@ def check_instance(name: str, value: object, kind: type | tuple[type, ...], *,
     raise ConfigError(f"{name} must be {expected}, got {value!r}{hint}")
 
 
+def check_secret_holder(name: str, value: object, kind: type, *, optional: bool = True,
+                        what: str | None = None) -> None:
+    """:func:`check_instance` for an option that a mistaken value would fill with a secret
+    (``credentials=`` a private key's PEM bytes or a ``(key, cert)`` pair, ``rate_limit=``
+    a storage URI with its password, ``auth=`` a token, a signer given the key itself): the
+    wrong value is named by its type only, never quoted, so no key or password reaches the
+    message, a traceback or a log. ``True`` and ``False`` are quoted (with their hint).
+
+    Raises:
+        ConfigError: ``value`` is not a ``kind`` (nor ``None`` when ``optional``).
+    """
+    if (value is None and optional) or isinstance(value, kind | bool):
+        check_instance(name, value, kind, optional=optional, what=what)
+        return
+    expected = what or _class_names(kind)
+    raise ConfigError(f"{name} must be {expected}{' or None' if optional else ''}, got a "
+                      f"{type(value).__qualname__} (its value not shown: it may hold "
+                      "a secret)")
+
+
 def check_tuple(name: str, value: object) -> tuple[Any, ...]:
     """``value`` (the field ``name``, a sequence of objects such as interceptors) as a
     tuple.

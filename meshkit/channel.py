@@ -67,6 +67,7 @@ from meshkit._config import (
     check_int,
     check_metadata_key,
     check_number,
+    check_secret_holder,
     check_tuple,
     registry_argument,
 )
@@ -494,9 +495,10 @@ class DialOptions:
         check_instance("outlier", self.outlier, OutlierOptions)
         check_instance("retry", self.retry, RetryOptions)
         check_instance("telemetry", self.telemetry, TelemetryOptions)
-        check_instance("tls", self.tls, TLSOptions)
-        check_instance("credentials", self.credentials, grpc.ChannelCredentials,
-                       what="a grpc.ChannelCredentials (grpc.ssl_channel_credentials()...)")
+        check_secret_holder("tls", self.tls, TLSOptions)
+        check_secret_holder(
+            "credentials", self.credentials, grpc.ChannelCredentials,
+            what="a grpc.ChannelCredentials (grpc.ssl_channel_credentials()...)")
         check_bool("insecure", self.insecure)
         check_bool("propagate_deadline", self.propagate_deadline)
         check_number("resolve_timeout_s", self.resolve_timeout_s, low_open=True, finite=False)

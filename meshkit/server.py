@@ -93,12 +93,12 @@ from prometheus_client import CollectorRegistry
 
 from meshkit._aio_http import _NOT_HERE, _addresses, _is_ip
 from meshkit._config import (
-    _class_names,
     check_bool,
     check_grpc_options,
     check_instance,
     check_int,
     check_number,
+    check_secret_holder,
     check_string_map,
     check_strings,
     check_tuple,
@@ -792,10 +792,10 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         check_instance("deadline", self.deadline, DeadlineOptions)
-        _check_secret_holder("auth", self.auth, AuthOptions)
-        _check_secret_holder("rate_limit", self.rate_limit, RateLimitOptions)
-        _check_secret_holder("tls", self.tls, TLSOptions)
-        _check_secret_holder(
+        check_secret_holder("auth", self.auth, AuthOptions)
+        check_secret_holder("rate_limit", self.rate_limit, RateLimitOptions)
+        check_secret_holder("tls", self.tls, TLSOptions)
+        check_secret_holder(
             "credentials", self.credentials, grpc.ServerCredentials,
             what="a grpc.ServerCredentials (grpc.ssl_server_credentials()...)")
         check_instance("telemetry", self.telemetry, TelemetryOptions)
@@ -876,25 +876,6 @@ def _servicer_pairs(service: str, servicers: object) -> list[tuple[AddServicer, 
                               f"got {shape}{hint}")
         pairs.append((item[0], item[1]))
     return pairs
-
-
-def _check_secret_holder(name: str, value: object, kind: type, *,
-                         what: str | None = None) -> None:
-    """:func:`~meshkit._config.check_instance` for an option that a mistaken value would
-    fill with a secret (``credentials=`` a private key's PEM bytes or a ``(key, cert)``
-    pair, ``rate_limit=`` a storage URI with its password, ``auth=`` a token): the wrong
-    value is named by its type only, never quoted, so no key or password reaches the
-    message, a traceback or a log. ``True`` and ``False`` are quoted (with their hint).
-
-    Raises:
-        ConfigError: ``value`` is neither ``None`` nor a ``kind``.
-    """
-    if value is None or isinstance(value, kind | bool):
-        check_instance(name, value, kind, what=what)
-        return
-    raise ConfigError(f"{name} must be {what or _class_names(kind)} or None, got a "
-                      f"{type(value).__qualname__} (its value not shown: it may hold "
-                      "a secret)")
 
 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:

@@ -45,6 +45,7 @@ from meshkit._config import (
     check_int,
     check_metadata_key,
     check_number,
+    check_secret_holder,
     check_strings,
 )
 from meshkit._fields import FrozenMap
@@ -534,7 +535,7 @@ class TokenIssuer:
     """
 
     def __init__(self, keys: KeySet, options: IssuerOptions) -> None:
-        check_instance("keys", keys, KeySet, optional=False)
+        check_secret_holder("keys", keys, KeySet, optional=False)
         check_instance("options", options, IssuerOptions, optional=False)
         self.keys = keys  # each token's exp is noted in it (KeySet.note_signed)
         self.options = options

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_instance, check_int
+from meshkit._config import check_instance, check_int, check_secret_holder
 from meshkit.auth import PeerIdentity
 from meshkit.errors import ConfigError
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
@@ -516,7 +516,7 @@ class ConsumerOptions:
         if self.filter_subject is not None:
             check_nats_filter_subject("filter_subject", self.filter_subject)
         check_instance("backoff", self.backoff, Backoff, optional=False)
-        check_instance("verifier", self.verifier, MessageVerifier)
+        check_secret_holder("verifier", self.verifier, MessageVerifier)
         check_telemetry_fields(self)
 
     def dead_letter_for(self) -> str:

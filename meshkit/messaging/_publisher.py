@@ -22,7 +22,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_bool, check_instance, check_int, check_number
+from meshkit._config import (
+    check_bool,
+    check_instance,
+    check_int,
+    check_number,
+    check_secret_holder,
+)
 from meshkit.errors import ConfigError, MeshError
 from meshkit.messaging._identity import MessageSigner
 from meshkit.messaging._stream import check_jetstream, check_nats_name
@@ -259,7 +265,7 @@ class PublishOptions:
         check_int("max_attempts", self.max_attempts)
         check_instance("backoff", self.backoff, Backoff, optional=False)
         check_instance("budget", self.budget, BudgetOptions, optional=False)
-        check_instance("signer", self.signer, MessageSigner)
+        check_secret_holder("signer", self.signer, MessageSigner)
         check_telemetry_fields(self)
 
 
