@@ -425,7 +425,8 @@ class _SharedAdmin:
     counts into (``TelemetryOptions.registry``), each while a user counts there
     (:meth:`AdminServer.add_registry`: one exposition, nothing counted twice); which
     series a scrape sees does not depend on which server started first. Its dashboard
-    shows the RPC records of the first user's registry.
+    shows the RPC records of the first user's registry, and once that registry leaves (its
+    server stopped) those of the first registry still served, or the admin server's own.
     """
 
     _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AdminSlot] = \
