@@ -995,7 +995,7 @@ def _unquiet_filter(quiet_methods: Iterable[str]) -> Callable[[Any], bool] | Non
     """
     from meshkit._methods import MethodMatcher
 
-    quiet = MethodMatcher.of(tuple(quiet_methods), where="quiet_methods")
+    quiet = MethodMatcher.of(quiet_methods, where="quiet_methods")  # one string refused
     if not quiet.patterns:
         return None
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from meshkit.errors import ConfigError
 from meshkit.observability import (
     TelemetryOptions,
     attempt_interceptors,
+    otel_server_interceptor,
     server_interceptors,
 )
 
@@ -49,3 +52,8 @@ async def test_quiet_methods_get_no_otel_span_on_either_side() -> None:
     spans = sorted((s.name, s.kind.name) for s in exporter.get_finished_spans())
     assert spans == [("/p.S/Do", "CLIENT"), ("/p.S/Do", "SERVER")]
     provider.shutdown()
+
+
+def test_quiet_methods_as_one_string_are_refused_as_such() -> None:
+    with pytest.raises(ConfigError, match="got the string"):
+        otel_server_interceptor(quiet_methods="/grpc.health.v1.Health/*")
