@@ -345,6 +345,20 @@ _COREDIS_SCHEMES = ("async+redis://", "async+rediss://", "async+redis+unix://")
 """Storage URI schemes ``limits`` serves with a single coredis connection pool, whose
 query options :func:`check_redis_options` checks (``ConnectionPool.from_url``)."""
 
+_COREDIS_OPTIONS = frozenset({
+    "db", "username", "password", "client_name", "stream_timeout", "connect_timeout",
+    "max_connections", "max_idle_time", "protocol_version", "idle_check_interval",
+    "noreply", "noevict", "notouch", "encoding"})
+"""Query options coredis' ``ConnectionPool.from_url`` reads, or passes on to a connection
+that takes them as text, on every single-server scheme; it passes any other option on
+to the connection class as a keyword, which refuses an unknown one (``TypeError`` at
+every connection: every hit a storage failure)."""
+_COREDIS_TCP_OPTIONS = frozenset({"host", "port", "socket_keepalive"})
+"""Also taken over TCP (``async+redis://``, ``async+rediss://``)."""
+_COREDIS_TLS_OPTIONS = frozenset({"ssl_keyfile", "ssl_certfile", "ssl_check_hostname",
+                                  "ssl_cert_reqs", "ssl_ca_certs"})
+"""Also taken over TLS (``async+rediss://``): read into the connection's TLS context."""
+
 
 def check_redis_options(uri: str, *, shown: str) -> None:
     """Refuse a single-server Redis storage URI's query option with which no hit can
@@ -352,7 +366,11 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     ``ConnectionPool.from_url`` parses ``URL_QUERY_ARGUMENT_PARSERS`` and ignores a value
     it cannot parse). Other URIs are left alone.
 
-    Refused: ``noreply`` with any value (coredis reads every non-empty value as ``True``,
+    Refused: an option coredis does not take (:data:`_COREDIS_OPTIONS`; ``?socket_timeout=``,
+    ``?retry_on_timeout=``, redis-py's names; ``?implementation=``, ``limits``' constructor
+    argument; ``?decode_responses=``, with which every hit timed out; a typo): it passes
+    any option it does not parse on to its connection class, which refused it at every
+    connection; ``noreply`` with any value (coredis reads every non-empty value as ``True``,
     and a hit needs Redis' reply); ``connect_timeout`` not a number > 0;
     ``stream_timeout`` not a number >= 0 (``0``: none); ``max_connections`` not an
     integer >= 0 (``0``: no bound); ``max_idle_time``, ``idle_check_interval`` not an
@@ -402,6 +420,17 @@ def check_redis_options(uri: str, *, shown: str) -> None:
         if low is not None and got < low:
             raise refuse(name, value, f"must be a whole number >= {low}{why}") from None
 
+    taken = _COREDIS_OPTIONS
+    if not uri.startswith("async+redis+unix://"):
+        taken = taken | _COREDIS_TCP_OPTIONS
+    if uri.startswith("async+rediss://"):
+        taken = taken | _COREDIS_TLS_OPTIONS
+    for option in sorted(options):
+        if option not in taken:
+            raise ConfigError(
+                f"storage_uri {shown!r}: the Redis driver (coredis) takes no option "
+                f"{option!r} (every connection would fail: it passes the option on to the "
+                f"connection, which refuses it); it takes {', '.join(sorted(taken))}")
     if "noreply" in options:
         raise refuse("noreply", options["noreply"], "turns Redis' replies off (coredis reads "
                      "any value as on), and a rate-limit hit needs the reply: leave it "

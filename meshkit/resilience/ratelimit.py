@@ -501,7 +501,8 @@ class RateLimitOptions:
             key_prefix, or one UTF-8 cannot encode; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0``, not finite, or above
             ``breaker_max_open_s``; a Redis URI option with which no hit can work
-            (``?noreply=...``, ``?connect_timeout=0``, ``?db=-1``, a value the driver
+            (an option the driver does not take, ``?socket_timeout=1``;
+            ``?noreply=...``, ``?connect_timeout=0``, ``?db=-1``, a value the driver
             cannot parse: :func:`~meshkit.resilience._ratelimit_policy.check_redis_options`);
             ``max_keys`` not ``None`` nor an integer >= 1, or
             set with a storage other than ``memory://``. The bad value is quoted
