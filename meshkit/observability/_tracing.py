@@ -688,11 +688,11 @@ def _batch_settings(env: Mapping[str, str]) -> dict[str, int]:
 
 
 def _exporter_names(env: Mapping[str, str]) -> tuple[str, ...] | None:
-    """``OTEL_TRACES_EXPORTER``'s names, normalised (``None`` when unset), checked with
-    the OTLP protocol (see :func:`_tracing_env`)."""
+    """``OTEL_TRACES_EXPORTER``'s names, normalised (``None`` when unset or naming
+    nothing, as ``","``), checked with the OTLP protocol (see :func:`_tracing_env`)."""
     raw = env.get("OTEL_TRACES_EXPORTER", "")
-    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip()) \
-        if raw.strip() else None
+    # no name at all (",": a template's empty values) is unset, as tracing_wanted reads it
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip()) or None
     for name in names or ():
         if name not in _EXPORTERS and not importlib_metadata.entry_points(
                 group="opentelemetry_traces_exporter", name=name):
