@@ -113,7 +113,9 @@ class AuthOptions:
         Raises:
             ConfigError: ``tls.allowed_peers`` with ``check_peers=False``: the peer check
                 enforces that list, and without it every workload of the trust domain
-                would get in (drop one or the other, or list the peers in the policy).
+                would get in (drop one or the other, or list the peers in the policy);
+                a ``policy`` peer pattern of a trust domain other than ``tls``' (it would
+                match no peer: :class:`~meshkit.auth.AuthzInterceptor`).
         """
         if tls is not None and tls.allowed_peers and not self.check_peers:
             raise ConfigError(

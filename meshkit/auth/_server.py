@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Awaitable, Collection
 from typing import Any
 
@@ -133,6 +134,31 @@ def _check_peer_verifier(verifier: object) -> None:
     if isinstance(verifier, type) or not callable(getattr(verifier, "identify", None)):
         raise ConfigError("verifier must be a PeerVerifier (an object with an "
                           f"identify(auth_context) method) or None, got {verifier!r}")
+
+
+def _check_policy_domain(policy: AuthzPolicy, trust_domain: str) -> None:
+    """Check that every peer pattern of ``policy`` can match a peer of ``trust_domain``:
+    :class:`AuthzInterceptor` refuses a peer of any other before the rules, so a pattern
+    of another trust domain (a typo: ``meshkit.locl``) matches no one, which in
+    ``deny_peers`` lets the workload it names in.
+
+    Raises:
+        ConfigError: such a pattern (the rule's key, the field and the pattern quoted).
+    """
+    for key, rule in (*policy.rules.items(), ("default", policy.default)):
+        for name in ("allow_peers", "deny_peers"):
+            for pattern in getattr(rule, name):
+                if pattern == "*":
+                    continue
+                # spiffe://<td>/svc/<service>: the shape Rule checked
+                domain = pattern[len("spiffe://"):].split("/", 1)[0]
+                glob = "[^/]*".join(re.escape(part) for part in domain.split("*"))
+                if re.fullmatch(glob, trust_domain) is None:
+                    raise ConfigError(
+                        f"AuthzPolicy rule {key!r}: {name} pattern {pattern!r} is of trust "
+                        f"domain {domain!r}, but this server takes peers of "
+                        f"{trust_domain!r} only (any other is refused before the rules): "
+                        "it would match no peer")
 
 
 def _refusal_log(by: str, key_fields: tuple[str, ...] = ("method", "code", "reason"),
@@ -443,9 +469,12 @@ class AuthzInterceptor(_RefusalLogged):
     Raises:
         ConfigError: a ``policy`` that is not an :class:`~meshkit.auth.AuthzPolicy` (its
             rules mapping, say: every call would fail), a ``verifier`` without an
-            ``identify(auth_context)`` method, or a ``trust_domain`` that is not a
+            ``identify(auth_context)`` method, a ``trust_domain`` that is not a
             lowercase DNS name (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``), which
-            no peer could be of (each quoted).
+            no peer could be of, or, with a ``trust_domain``, an ``allow_peers`` or
+            ``deny_peers`` pattern of another trust domain (``spiffe://meshkit.locl/...``:
+            it would match no peer, and in a deny list let the peer it names in; each
+            quoted).
     """
 
     def __init__(self, policy: AuthzPolicy, *, verifier: PeerVerifier | None = None,
@@ -458,6 +487,8 @@ class AuthzInterceptor(_RefusalLogged):
         # a domain no peer can be of would refuse every peer read here
         self._trust_domain = (None if trust_domain is None
                               else validate_trust_domain(trust_domain))
+        if self._trust_domain is not None:
+            _check_policy_domain(policy, self._trust_domain)  # a dead deny_peers lets in
         self._verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("authz", ("method", "code", "reason", "peer"))
 
