@@ -920,13 +920,40 @@ def _resource(service_name: str | None) -> Resource:
     """The SDK resource of a provider for ``service_name`` (see :func:`configure_tracing`):
     the SDK's detectors (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` over it) with
     ``service.name`` set to ``service_name`` unless ``OTEL_SERVICE_NAME`` is set or the
-    process names no service (``None``, :data:`UNKNOWN_SERVICE`)."""
+    process names no service (``None``, blank, :data:`UNKNOWN_SERVICE`). A blank
+    ``OTEL_SERVICE_NAME`` is unset (as meshkit reads its other variables), not a name."""
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
-    named = service_name is not None and service_name != UNKNOWN_SERVICE
-    attrs = {SERVICE_NAME: service_name} if named and not os.environ.get(
-        "OTEL_SERVICE_NAME") else {}
+    named = _names_a_service(service_name)
+    env_name = os.environ.get("OTEL_SERVICE_NAME", "")
+    attrs = {SERVICE_NAME: service_name} if named and not env_name.strip() else {}
+    if env_name and not env_name.strip() and not named:
+        # blank: unset, but the SDK's detector would take it as the name; what the name
+        # is without it: OTEL_RESOURCE_ATTRIBUTES' service.name, else the SDK's default
+        attrs = {SERVICE_NAME: _resource_attributes_name() or (
+            f"{UNKNOWN_SERVICE}:{os.path.basename(sys.executable)}" if sys.executable
+            else UNKNOWN_SERVICE)}
     return Resource.create(attrs)
+
+
+def _names_a_service(service_name: str | None) -> bool:
+    """Whether ``service_name`` names a service: not ``None``, blank or
+    :data:`UNKNOWN_SERVICE`."""
+    return service_name is not None and bool(service_name.strip()) \
+        and service_name != UNKNOWN_SERVICE
+
+
+def _resource_attributes_name() -> str | None:
+    """``OTEL_RESOURCE_ATTRIBUTES``' ``service.name`` (``key=value`` pairs, comma-separated,
+    values percent-decoded, as the SDK's detector reads them), or ``None``."""
+    from urllib.parse import unquote
+
+    found = None
+    for item in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "service.name":
+            found = unquote(value.strip())
+    return found or None
 
 
 def _sampler(name: str, ratio: float, arg: str | None = None) -> Any:
@@ -1100,7 +1127,7 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
             installed (names the ``meshkit[otel]`` extra).
     """
     _check_service_name(service_name)
-    named = service_name is not None and service_name != UNKNOWN_SERVICE
+    named = _names_a_service(service_name)
     with _from_env_lock[0]:  # one thread's check and set-up at a time: one provider
         if _sdk is not None:
             installed = trace.get_tracer_provider()
@@ -1112,7 +1139,7 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
         if not tracing_wanted():
             return None
         provider = configure_tracing(service_name)
-        if not named and not os.environ.get("OTEL_SERVICE_NAME"):
+        if not named and not os.environ.get("OTEL_SERVICE_NAME", "").strip():
             _unnamed[:] = [provider]
         return provider
 
