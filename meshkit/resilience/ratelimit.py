@@ -1674,12 +1674,21 @@ class StorageLimiter:
         made to name ``/dev/null`` (:func:`~meshkit._fork.name_dev_null`) and the connections kept
         referenced. Through Sentinel (``async+redis+sentinel://``) the pools of the
         clients to the sentinels (which name the primary) and to the replicas are let go
-        of too: a hit on a new loop first asks a sentinel down its old-loop connection.
-        Other storages are left as they are."""
+        of too: a hit on a new loop first asks a sentinel down its old-loop connection;
+        and a cluster's (``async+redis+cluster://``) pool, which keeps its connections
+        per node. Other storages are left as they are."""
         for pool in self._pools():
             held = getattr(pool, "_available_connections", None)
             in_use = getattr(pool, "_in_use_connections", None)
-            if held is None or in_use is None or not callable(getattr(pool, "reset", None)):
+            if held is None or in_use is None:  # a cluster's: a queue and a set per node
+                queues = getattr(pool, "_cluster_available_connections", None)
+                sets = getattr(pool, "_cluster_in_use_connections", None)
+                if not isinstance(queues, dict) or not isinstance(sets, dict):
+                    continue
+                held = [conn for queue in queues.values()
+                        for conn in getattr(queue, "_queue", ()) if conn is not None]
+                in_use = [conn for conns in sets.values() for conn in conns]
+            if not callable(getattr(pool, "reset", None)):
                 continue
             connections = [*held, *in_use]
             if connections:
