@@ -136,6 +136,15 @@ def _check_peer_verifier(verifier: object) -> None:
                           f"identify(auth_context) method) or None, got {verifier!r}")
 
 
+def _offers_bearer(metadata: Any, key: str) -> bool:
+    """Whether ``metadata`` has a ``key`` value that is, or may be, a bearer credential:
+    binary, or of the ``Bearer`` scheme (compared as :func:`extract_bearer` does)."""
+    for k, v in metadata or ():
+        if k == key and (not isinstance(v, str) or v.partition(" ")[0].lower() == "bearer"):
+            return True
+    return False
+
+
 def _check_policy_domain(policy: AuthzPolicy, trust_domain: str) -> None:
     """Check that every peer pattern of ``policy`` can match a peer of ``trust_domain``:
     :class:`AuthzInterceptor` refuses a peer of any other before the rules, so a pattern
@@ -289,7 +298,10 @@ class JWTAuthInterceptor(_RefusalLogged):
         options: :class:`~meshkit.auth.JWTAuthOptions` (public methods, scopes).
 
     Status codes: ``UNAUTHENTICATED`` for a missing token on a non-public method, a
-    non-``Bearer`` scheme, a repeated header or any invalid token (message = category only);
+    non-``Bearer`` scheme on a non-public method (on a public one credentials of another
+    scheme alone, ``Basic`` for a token endpoint, are no token, RFC 6750 §3.1: the call
+    goes on without claims), a repeated header or any invalid token (message = category
+    only);
     ``PERMISSION_DENIED`` for a valid token lacking a required scope. A verifier of one's
     own may refuse with :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
@@ -412,6 +424,8 @@ class JWTAuthInterceptor(_RefusalLogged):
             try:
                 token = extract_bearer(call_metadata(context), opts.metadata_key)
             except UnauthenticatedError as exc:
+                if public and not _offers_bearer(call_metadata(context), opts.metadata_key):
+                    return None  # another scheme alone (Basic): no token, RFC 6750 §3.1
                 return _refuse(refusals, context, _UNAUTH,
                                exc.details() or "unauthenticated", method,
                                "bad authorization metadata")
