@@ -396,8 +396,11 @@ class MeshCall:
             return True
         if not self._is_settled:
             return False
+        err = self._error
+        if err is not None:  # (one set once a stream opened: the mesh cancelled it)
+            return _code_of(err) is _CANCELLED
         call = self._call
-        return (call is not None and self._error is None and bool(call.cancelled())
+        return (call is not None and bool(call.cancelled())
                 and getattr(self._details, "codec_error", None) is None)
 
     def done(self) -> bool:
@@ -918,8 +921,14 @@ class StreamResponseCall(MeshCall):
             # so a later read or write of it is the caller's cancel too, not the mesh's
             self._cancelled = True
             return
-        raise MeshRpcError(_CANCELLED, f"stream to {self._details.service!r} cancelled: the "
-                           "channel was closed or its endpoint left") from None
+        err = MeshRpcError(_CANCELLED, f"stream to {self._details.service!r} cancelled: the "
+                           "channel was closed or its endpoint left")
+        if self._error is None:
+            # what the call reports from now on (details(), code(), cancelled()), as a
+            # unary call the mesh cancelled: not the attempt's "Locally cancelled by
+            # application!" (a copy: the one raised gets frames that hold the call)
+            self._error = _fresh(err)
+        raise err from None
 
     async def write(self, request: Any) -> None:
         """Write one request (stream-stream calls made without a request iterator).
