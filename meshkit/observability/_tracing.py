@@ -1092,7 +1092,9 @@ def otel_client_interceptors(
 
 def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     """Configure tracing (:func:`configure_tracing`) only when the environment asks for it
-    and no SDK provider is installed yet; ``serve()`` calls this with its service's name,
+    and no provider is installed yet (an SDK one, or the application's own of another
+    implementation of the API, ``NoOpTracerProvider`` included: the API keeps the first
+    one for good); ``serve()`` calls this with its service's name,
     a client channel (a process may only dial) without one at its first call.
 
     Asking means: ``OTEL_TRACES_EXPORTER`` naming something other than ``none``,
@@ -1129,13 +1131,14 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     _check_service_name(service_name)
     named = _names_a_service(service_name)
     with _from_env_lock[0]:  # one thread's check and set-up at a time: one provider
-        if _sdk is not None:
-            installed = trace.get_tracer_provider()
-            if isinstance(installed, _sdk.TracerProvider):
-                if named and _unnamed and _unnamed[0] is installed:
-                    _unnamed.clear()
-                    _name_provider(installed, str(service_name))
-                return None
+        installed = trace.get_tracer_provider()
+        if _sdk is not None and isinstance(installed, _sdk.TracerProvider):
+            if named and _unnamed and _unnamed[0] is installed:
+                _unnamed.clear()
+                _name_provider(installed, str(service_name))
+            return None
+        if not isinstance(installed, trace.ProxyTracerProvider):
+            return None  # the application's own (set once, for good): nothing to set up
         if not tracing_wanted():
             return None
         provider = configure_tracing(service_name)
@@ -1193,15 +1196,16 @@ def tracing_wanted() -> bool:
     """Whether the environment asks for tracing (see :func:`tracing_from_env`); never
     under ``OTEL_SDK_DISABLED=true`` (:func:`sdk_disabled`).
 
-    When it does and no SDK provider is installed yet (so :func:`tracing_from_env` would
+    When it does and no provider is installed yet (so :func:`tracing_from_env` would
     set one up from it), the ``OTEL_*`` settings are checked as :func:`configure_tracing`
     checks them: a client channel calls this when it is built, so a bad value fails
     ``dial()`` as it fails ``serve()``, not (logged, tracing off) at the first call.
 
     Raises:
-        ConfigError: the environment asks for tracing and the SDK is missing (names the
-            ``meshkit[otel]`` extra), or an ``OTEL_*`` value :func:`configure_tracing`
-            refuses (the variable named, the value quoted).
+        ConfigError: while no provider is installed, the environment asks for tracing
+            and the SDK is missing (names the ``meshkit[otel]`` extra), or an ``OTEL_*``
+            value :func:`configure_tracing` refuses (the variable named, the value
+            quoted).
     """
     env = os.environ
     if sdk_disabled():
@@ -1213,11 +1217,12 @@ def tracing_wanted() -> bool:
     wanted = (bool(exporters - {"none"})
               or (not exporters and any(env.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS))
               or bool(env.get("MESHKIT_TRACE_FILE", "").strip()))
-    if wanted:
+    # checked only while no provider is installed (tracing_from_env sets nothing up
+    # beside one: an SDK one, or the application's own of another implementation)
+    if wanted and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         require_sdk("tracing asked for by OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_*"
                     " / MESHKIT_TRACE_FILE")
-        if not isinstance(trace.get_tracer_provider(), _sdk.TracerProvider):
-            _tracing_env()
+        _tracing_env()
     return wanted
 
 
