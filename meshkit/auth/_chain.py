@@ -26,6 +26,12 @@ __all__ = ["AuthOptions"]
 class AuthOptions:
     """Who may call a server, for ``ServeOptions(auth=...)``.
 
+    Every method the server serves is checked, ``grpc.health.v1.Health`` and reflection
+    included (nothing is exempt by default): with a ``verifier``, a Kubernetes gRPC probe
+    or a Consul ``check="grpc"`` on a plaintext server is refused ``UNAUTHENTICATED``
+    unless ``JWTAuthOptions(public_methods=("/grpc.health.v1.Health/*",))`` opens it
+    (and, with a ``policy``, a rule with ``allow_anonymous=True``).
+
     Args:
         verifier: a :class:`~meshkit.auth.JWTVerifier`; with it every method needs a valid
             bearer token (``UNAUTHENTICATED`` otherwise) unless ``jwt`` makes it public.
