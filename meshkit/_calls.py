@@ -950,6 +950,10 @@ class StreamResponseCall(MeshCall):
         """
         call = self._call if self._is_settled else None  # as read()
         if call is None:
+            if self._request is not None:
+                # made with a request iterator, not open (yet, or ever): grpc.aio's style
+                # check comes first, ended or not (an opened call's write raises it)
+                raise grpc.aio.UsageError(_STYLES_MIXED)
             if self._is_settled and isinstance(self._error,
                                                (asyncio.CancelledError, AioRpcError)):
                 raise asyncio.InvalidStateError(_FINISHED)
@@ -1004,10 +1008,17 @@ class StreamResponseCall(MeshCall):
 
     async def done_writing(self) -> None:
         """Half-close the request stream; nothing when the call ended before it opened
-        (cancelled, or failed to open), as grpc.aio's on a finished call."""
+        (cancelled, or failed to open), as grpc.aio's on a finished call.
+
+        Raises:
+            grpc.aio.UsageError: the call was made with a request iterator (grpc.aio's,
+                ended or not).
+        """
         call = self._call if self._is_settled else await self._settled_or_cancel()
         if call is not None:
             await call.done_writing()
+        elif self._request is not None:  # as write(): grpc.aio's style check first
+            raise grpc.aio.UsageError(_STYLES_MIXED)
 
 
 class _Written:
