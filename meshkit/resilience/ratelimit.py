@@ -101,7 +101,10 @@ Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` becaus
 caller is not over any quota: the server cannot decide, which is the transient "try again
 with backoff" condition ``UNAVAILABLE`` means, and it must not carry a ``retry-after``
 the limiter cannot compute. A storage outage is logged once as a warning on
-``meshkit.resilience.ratelimit`` when it starts and once as info when it ends; a storage
+``meshkit.resilience.ratelimit`` when it starts and once as info when it ends, at most
+one of each in full per :data:`STORAGE_OUTAGE_LOG_INTERVAL_S` (a storage failing every
+other hit starts and ends an outage per failure: the later ones are counted, ``rate limit
+storage outages`` and ``rate limit storage recoveries`` with ``count=``); a storage
 round trip slower than ``storage_timeout_s`` counts as a failure. Each round trip has the
 timeout to itself: the hit (one per part of a rule) and, once a hit refused, the reads of
 the window state ``retry-after`` comes from. A call a hit refused is refused whatever
@@ -213,6 +216,13 @@ __all__ = [
 
 _log = structlog.get_logger("meshkit.resilience.ratelimit")
 
+STORAGE_OUTAGE_LOG_INTERVAL_S = 60.0
+"""Seconds within which a limiter logs one storage outage's start (``rate limit storage
+unavailable``, warning) and one's end (``rate limit storage recovered``, info) in full:
+the later ones are counted and logged as one ``rate limit storage outages`` / ``rate
+limit storage recoveries`` line (``count=``) when the interval ends, or at
+:meth:`StorageLimiter.aclose` (a storage failing every other hit otherwise logged two
+lines per failure). Read when a limiter is built."""
 WINDOW_READ_LOG_INTERVAL_S = 60.0
 """Seconds each kind (limit, error type) of failed window read is logged in full at most
 once per (``rate limit window not read``, debug): the later ones are counted and logged as
@@ -1256,8 +1266,8 @@ class StorageLimiter:
 
     __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
                  "_finishing", "_fixed",
-                 "_key_caches", "_loop", "_lru", "_max_keys", "_outage", "_prefix", "_sliding",
-                 "_storage", "_storage_name",
+                 "_key_caches", "_loop", "_lru", "_max_keys", "_outage", "_outages", "_prefix",
+                 "_recoveries", "_sliding", "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
                  "keys_evicted", "synchronous")
 
@@ -1335,6 +1345,19 @@ class StorageLimiter:
         self._outage = OutageTracker(clock)
         self.breaker = StorageBreaker(failures=opts.breaker_failures, open_s=opts.breaker_open_s,
                                       max_open_s=opts.breaker_max_open_s, clock=clock)
+        # an outage's start and end: one line each per interval (a storage failing every
+        # other hit started and ended an outage per failure)
+        self._outages = RepeatLog(_log, "rate limit storage unavailable",
+                                  "rate limit storage outages", key_fields=(),
+                                  fields={"storage": self._storage_name,
+                                          "on_storage_error": opts.on_storage_error},
+                                  level="warning", interval_s=STORAGE_OUTAGE_LOG_INTERVAL_S,
+                                  max_kinds=1, clock=clock)
+        self._recoveries = RepeatLog(_log, "rate limit storage recovered",
+                                     "rate limit storage recoveries", key_fields=(),
+                                     fields={"storage": self._storage_name}, level="info",
+                                     interval_s=STORAGE_OUTAGE_LOG_INTERVAL_S, max_kinds=1,
+                                     clock=clock)
         # a refused call's failed window read: one line per kind and interval, not per call
         self._unread = RepeatLog(_log, "rate limit window not read",
                                  "rate limit windows not read",
@@ -1606,8 +1629,7 @@ class StorageLimiter:
         if self._outage.down_since is not None:
             lasted = self._outage.succeeded()
             if lasted is not None:
-                _log.info("rate limit storage recovered", storage=self._storage_name,
-                          outage_s=round(lasted, 3))
+                self._recoveries.report((), outage_s=round(lasted, 3))
 
     async def aclose(self) -> None:
         """Close the storage's connections (best effort; ``limits`` has no close API),
@@ -1619,6 +1641,8 @@ class StorageLimiter:
         neither a failure nor a success.
         """
         self._unread.flush()
+        self._outages.flush()
+        self._recoveries.flush()
         storage: Any = self._storage
         if isinstance(storage, SweepThrottledMemoryStorage):
             storage.close()
@@ -1848,14 +1872,10 @@ class StorageLimiter:
         return self._storage_skipped(method)
 
     def _report_failure(self, exc: Exception) -> None:
-        """Count a storage failure towards the outage; log the one that starts it."""
+        """Count a storage failure towards the outage; log the one that starts it (at
+        most one in full per :data:`STORAGE_OUTAGE_LOG_INTERVAL_S`, the others counted)."""
         if self._outage.failed():
-            _log.warning(
-                "rate limit storage unavailable",
-                storage=self._storage_name,
-                on_storage_error="deny" if self._deny else "allow",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self._outages.report((), error=f"{type(exc).__name__}: {exc}")
 
     def _storage_skipped(self, method: str) -> Rejection | None:
         if self._deny:
