@@ -364,7 +364,9 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     """Refuse a single-server Redis storage URI's query option with which no hit can
     succeed, or that the driver would drop with a ``UserWarning`` only (coredis 5:
     ``ConnectionPool.from_url`` parses ``URL_QUERY_ARGUMENT_PARSERS`` and ignores a value
-    it cannot parse). Other URIs are left alone.
+    it cannot parse). A Sentinel or cluster URI (``async+redis+sentinel://``,
+    ``async+redis+cluster://``) may have no query option at all: ``limits`` reads none of
+    it (``?db=2`` counted in db 0). Other URIs are left alone.
 
     Refused: an option coredis does not take (:data:`_COREDIS_OPTIONS`; ``?socket_timeout=``,
     ``?retry_on_timeout=``, redis-py's names; ``?implementation=``, ``limits``' constructor
@@ -387,6 +389,15 @@ def check_redis_options(uri: str, *, shown: str) -> None:
         ConfigError: naming the option and quoting ``shown`` (every option checked here
             is one :func:`redact_uri` shows as written).
     """
+    scheme = uri.partition("://")[0]
+    if scheme in (*RedisSentinelStorage.STORAGE_SCHEME, *RedisClusterStorage.STORAGE_SCHEME):
+        query = split_userinfo(uri)[2].partition("#")[0].partition("?")[2]
+        for option in sorted(urllib.parse.parse_qs(query)):
+            raise ConfigError(
+                f"storage_uri {shown!r}: limits reads no query option of a {scheme}:// URI "
+                f"(it builds the client from the hosts, the password and the path alone), "
+                f"so {option!r} would be ignored: leave it out")
+        return
     if not uri.startswith(_COREDIS_SCHEMES):
         return
     _, _, rest = split_userinfo(uri)
