@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._config import check_instance
+from meshkit._config import check_instance, check_strings
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
@@ -234,7 +234,8 @@ class PeerIdentityInterceptor(_RefusalLogged):
 
     Raises:
         ConfigError: ``allowed_peers`` or ``exempt_methods`` given as one string (as
-            ``TLSOptions.allowed_peers``), or a bad pattern; a ``trust_domain`` that is
+            ``TLSOptions.allowed_peers``), ``exempt_methods`` not a collection of strings
+            (``None``), or a bad pattern; a ``trust_domain`` that is
             not a lowercase DNS name (``"spiffe://meshkit.local"``, ``"Meshkit.Local"``,
             quoted), which no peer could be of: every call would be refused; a
             ``verifier`` without an ``identify(auth_context)`` method (quoted).
@@ -247,7 +248,8 @@ class PeerIdentityInterceptor(_RefusalLogged):
         self.trust_domain = validate_trust_domain(trust_domain)  # else every call refused
         self._allowed = (IdentityMatcher(allowed_peers, where="allowed_peers", peers=True)
                          if allowed_peers else None)
-        self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
+        self._exempt = MethodMatcher.of(check_strings("exempt_methods", exempt_methods),
+                                        where="exempt_methods")
         if verifier is not None:
             _check_peer_verifier(verifier)
         self.verifier = verifier if verifier is not None else default_peer_verifier()

@@ -62,3 +62,12 @@ def test_the_right_types_are_taken() -> None:
     assert AuthzInterceptor(AuthzPolicy(), verifier=peer_verifier).verifier is peer_verifier
     assert PeerIdentityInterceptor("meshkit.local", verifier=peer_verifier).verifier \
         is peer_verifier
+
+
+def test_exempt_methods_none_is_a_config_error() -> None:
+    """``PeerIdentityInterceptor(td, exempt_methods=None)`` raised ``TypeError`` ('NoneType'
+    object is not iterable) where ``AuthOptions(exempt_methods=None)`` raises
+    ``ConfigError``."""
+    with pytest.raises(ConfigError, match="exempt_methods"):
+        PeerIdentityInterceptor("meshkit.local", exempt_methods=None)  # type: ignore[arg-type]
+    assert PeerIdentityInterceptor("meshkit.local", exempt_methods=["/a.B/C"]) is not None
