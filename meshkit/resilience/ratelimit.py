@@ -1687,9 +1687,17 @@ class StorageLimiter:
         loop per test): let go of the driver's connections, which belong to the old loop
         (a hit sent down one never got its answer: it waited ``storage_timeout_s`` out, a
         storage failure), as :meth:`_forget_parent` does, so the next hit connects on
-        this one."""
+        this one. The hits of cancelled calls still out on another loop are forgotten (a
+        loop closed before they ended never ends them): a probe among them is
+        :meth:`StorageBreaker.abandoned`, else its slot stayed taken for good (every later
+        call skipping the storage)."""
         if self._loop is not None:
             self._let_go_of_connections()
+        for hit, probe in list(self._finishing.items()):
+            if hit.get_loop() is not loop:
+                del self._finishing[hit]
+                if probe:
+                    self.breaker.abandoned()
         self._loop = loop
 
     def _let_go_of_connections(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 
@@ -132,3 +133,51 @@ async def test_aclose_with_a_cancelled_calls_hit_out_logs_no_outage() -> None:
             await asyncio.sleep(0)  # (its done callbacks run)
         assert logs == [], logs
         assert not limiter.breaker.dirty
+
+
+def test_a_probe_left_on_a_closed_loop_does_not_hold_the_breaker_shut() -> None:
+    """The breaker open and due; its probe's call cancelled, its hit still out on a loop
+    then closed without running it to its end (a server's thread loop stopped and
+    closed): on the next loop the next due caller probes the storage. Before, the probe
+    slot stayed taken by a hit that could never end, and every later call skipped the
+    storage for the limiter's life (unlimited under allow, UNAVAILABLE under deny)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # connections complete in the backlog; nothing is ever read
+    now = [1000.0]
+    limiter = StorageLimiter(RateLimitOptions(
+        default_rule="100/second",
+        storage_uri=f"async+redis://127.0.0.1:{hole.getsockname()[1]}",
+        key_prefix=f"sd-{uuid.uuid4().hex}", storage_timeout_s=0.2,
+        breaker_failures=1, breaker_open_s=1.0, breaker_max_open_s=8.0),
+        clock=lambda: now[0])
+
+    async def probe_then_cancel() -> None:
+        assert await limiter.check(METHOD, "a") is None  # timed out: opens
+        assert limiter.breaker.is_open
+        now[0] += 1.5  # due for a probe
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(limiter.check(METHOD, "b"), 0.05)
+        assert limiter._finishing  # the probe's hit, out
+
+    async def next_caller() -> float:
+        now[0] += 1.5
+        t0 = time.monotonic()
+        assert await limiter.check(METHOD, "c") is None
+        return time.monotonic() - t0
+
+    try:
+        first = asyncio.new_event_loop()
+        try:
+            first.run_until_complete(probe_then_cancel())
+        finally:
+            first.close()  # (the hit left pending)
+        second = asyncio.new_event_loop()
+        try:
+            took = second.run_until_complete(next_caller())
+            assert took >= 0.15, took  # it probed (waited the storage timeout out)
+            second.run_until_complete(limiter.aclose())
+        finally:
+            second.close()
+    finally:
+        hole.close()
