@@ -112,17 +112,23 @@ def check_token_verifier(verifier: object) -> None:
     :class:`~meshkit.auth.JWTVerifier`, or an object with an async ``verify(token)``.
 
     Raises:
-        ConfigError: anything else (quoted): a ``VerifierOptions`` or a ``TokenVerifier``
-            given for it, ``None``, a class, an object whose ``verify`` is a plain sync
-            function (a sync wrapper of an async one, or a compiled one, is taken: there
-            is no coroutine function to inspect).
+        ConfigError: anything else: a ``VerifierOptions`` or a ``TokenVerifier`` given for
+            it, ``None``, a class, an object whose ``verify`` is a plain sync function (a
+            sync wrapper of an async one, or a compiled one, is taken: there is no
+            coroutine function to inspect). The value is named by its type, never quoted:
+            a mistaken one may be a token or a client secret (a class, ``None`` and
+            booleans are named).
     """
     verify = getattr(verifier, "verify", None)
     if not isinstance(verifier, JWTVerifier) and (
             isinstance(verifier, (type, TokenVerifier)) or not callable(verify)
             or _sync_function(verify)):
+        what = (f"the class {verifier.__qualname__}" if isinstance(verifier, type)
+                else repr(verifier) if verifier is None or isinstance(verifier, bool)
+                else f"a {type(verifier).__qualname__} (its value not shown: it may hold "
+                     "a secret)")
         raise ConfigError("verifier must be a JWTVerifier (or an object with an async "
-                          f"verify(token) method), got {verifier!r}")
+                          f"verify(token) method), got {what}")
 
 
 def _check_peer_verifier(verifier: object) -> None:
