@@ -309,8 +309,7 @@ class JWTAuthInterceptor(_RefusalLogged):
     non-``Bearer`` scheme on a non-public method (on a public one credentials of another
     scheme alone, ``Basic`` for a token endpoint, are no token, RFC 6750 §3.1: the call
     goes on without claims), a repeated header or any invalid token (message = category
-    only);
-    ``PERMISSION_DENIED`` for a valid token lacking a required scope. A verifier of one's
+    only); ``PERMISSION_DENIED`` for a valid token lacking a required scope. A verifier of one's
     own may refuse with :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
     any other exception it raises, or a result that is no :class:`~meshkit.auth.Claims`
@@ -335,8 +334,8 @@ class JWTAuthInterceptor(_RefusalLogged):
     Raises:
         ConfigError: a ``verifier`` that is neither a ``JWTVerifier`` nor has an async
             ``verify(token)`` (:func:`check_token_verifier`: a ``VerifierOptions``, a
-            ``TokenVerifier``, ``None``), or ``options`` that are not
-            ``JWTAuthOptions`` (each quoted): every call would be refused or fail.
+            ``TokenVerifier``, ``None``; named by its type, never quoted), or ``options``
+            that are not ``JWTAuthOptions`` (quoted): every call would be refused or fail.
     """
 
     def __init__(self, verifier: JWTVerifier, options: JWTAuthOptions | None = None) -> None:
