@@ -135,11 +135,16 @@ def _check_peer_verifier(verifier: object) -> None:
     """Check that ``verifier`` (given, not ``None``) has an ``identify(auth_context)``.
 
     Raises:
-        ConfigError: it has none (a class, ``TLSOptions``, a path; quoted).
+        ConfigError: it has none (a class, ``TLSOptions``, a path, key bytes; named by its
+            type, never quoted: it may be key material).
     """
     if isinstance(verifier, type) or not callable(getattr(verifier, "identify", None)):
+        what = (f"the class {verifier.__qualname__}" if isinstance(verifier, type)
+                else repr(verifier) if isinstance(verifier, bool)
+                else f"a {type(verifier).__qualname__} (its value not shown: it may hold "
+                     "a secret)")
         raise ConfigError("verifier must be a PeerVerifier (an object with an "
-                          f"identify(auth_context) method) or None, got {verifier!r}")
+                          f"identify(auth_context) method) or None, got {what}")
 
 
 def _offers_bearer(metadata: Any, key: str) -> bool:

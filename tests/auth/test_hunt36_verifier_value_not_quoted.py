@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from meshkit.auth import AuthOptions, JWTAuthInterceptor
+from meshkit.auth import (
+    AuthOptions,
+    AuthzInterceptor,
+    AuthzPolicy,
+    JWTAuthInterceptor,
+    PeerIdentityInterceptor,
+)
 from meshkit.errors import ConfigError
 
 SECRET = "s3cr3t-client-secret-7f1d"
@@ -45,3 +51,18 @@ def test_a_class_and_none_are_still_named() -> None:
         JWTAuthInterceptor(_Introspection)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="got None"):
         JWTAuthInterceptor(None)  # type: ignore[arg-type]
+
+
+KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
+
+
+@pytest.mark.parametrize("build", [
+    lambda v: AuthzInterceptor(AuthzPolicy(), verifier=v),
+    lambda v: PeerIdentityInterceptor("meshkit.local", verifier=v)],
+    ids=["AuthzInterceptor", "PeerIdentityInterceptor"])
+@pytest.mark.parametrize("value", [KEY, KEY.encode()], ids=["str", "bytes"])
+def test_a_peer_verifier_value_is_named_by_its_type(build: object, value: object) -> None:
+    """Key material given for the peer verifier was quoted in the message."""
+    with pytest.raises(ConfigError, match="verifier must be a PeerVerifier") as err:
+        build(value)  # type: ignore[operator]
+    assert "PRIVATE KEY" not in str(err.value) and "MIGHAgEA" not in str(err.value)
