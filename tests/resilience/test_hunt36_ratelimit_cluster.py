@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +30,21 @@ pytestmark = pytest.mark.timeout(30)
 METHOD = "/p.S/M"
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above, so at most 55,535) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port pair for a cluster node")
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[int]:
     """A one-node Redis Cluster of its own holding every slot; its port."""
@@ -36,7 +52,7 @@ def cluster(tmp_path: Path) -> Iterator[int]:
     if server is None:
         skip_or_fail("no redis-server binary")
         return
-    port = free_port()
+    port = _cluster_port()
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1",
                              "--cluster-enabled", "yes", "--cluster-node-timeout", "100",
                              "--dir", str(tmp_path),
