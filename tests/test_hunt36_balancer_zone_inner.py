@@ -16,7 +16,8 @@ from meshkit.balancer import RoundRobin, ZoneAwareBalancer
 from meshkit.errors import ConfigError
 
 
-@pytest.mark.parametrize("inner", [RoundRobin(), None, "P2C"], ids=repr)
+@pytest.mark.parametrize("inner", [RoundRobin(), None, "P2C"],
+                         ids=["a-balancer-instance", "none", "a-name"])
 def test_zone_aware_balancer_refuses_an_inner_that_is_no_factory(inner: object) -> None:
     with pytest.raises(ConfigError, match="factory") as err:
         ZoneAwareBalancer("eu-west-1a", inner)  # type: ignore[arg-type]
