@@ -56,7 +56,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshkit._config import check_number
+from meshkit._config import check_int, check_number
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
 from meshkit.auth._certs import load_certificate, load_private_key
 from meshkit.errors import ConfigError, MeshError
@@ -173,14 +173,17 @@ class MessageSigner:
 
     Raises:
         ConfigError: the key is not an ECDSA key (RSA, Ed25519: consumers verify
-            ECDSA-P256-SHA256), does not belong to the certificate, or the certificate
-            carries no workload SPIFFE ID.
+            ECDSA-P256-SHA256), does not belong to the certificate, the certificate
+            carries no workload SPIFFE ID, or ``clock`` is not callable (quoted).
     """
 
     __slots__ = ("_clock", "_state", "_watch", "identity")
 
     def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
+        if not callable(clock):  # clock=time.time(): its value; sign() would raise per message
+            raise ConfigError(f"clock must be a callable returning epoch seconds, such as "
+                              f"time.time, got {clock!r}")
         if not isinstance(key, ec.EllipticCurvePrivateKey):  # sign() would raise per message
             kind = type(key).__name__.removeprefix("_").removesuffix("PrivateKey") or "other"
             raise ConfigError("message signing needs an ECDSA workload key (what "
@@ -310,7 +313,8 @@ class MessageVerifier:
         clock: wall clock, Unix seconds (default ``time.time``).
 
     Raises:
-        ConfigError: bad ``max_entries``, ``max_message_age_s`` or pattern, or
+        ConfigError: bad ``max_entries`` (``True`` included), ``max_message_age_s``,
+            ``clock`` or pattern, or
             ``allowed_publishers`` given as one string (values quoted);
             CertificateError: ``ca_pem`` has no certificate.
     """
@@ -321,8 +325,7 @@ class MessageVerifier:
                  max_entries: int = 256,
                  max_message_age_s: float | None = _DEFAULT_MAX_MESSAGE_AGE_S,
                  clock: Callable[[], float] = time.time) -> None:
-        if not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        check_int("max_entries", max_entries, low=1)  # True too: no cache of one
         if max_message_age_s is not None:
             check_number("max_message_age_s", max_message_age_s, low_open=True)
         self._max_age_s = max_message_age_s
