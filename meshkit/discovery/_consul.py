@@ -133,6 +133,7 @@ from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
     describe,
+    due_to_log,
     foreign_task,
     full_jitter,
     hold_until_cancelled,
@@ -1775,16 +1776,9 @@ class ConsulRegistry:
         reads it again). Only the ids and the error's type are logged, as the local
         registry does: the error's message may quote the entry's values (meta may hold
         secrets)."""
-        now = time.monotonic()
-        key = (service, instance_id)
-        logged = self._unusable_logged
-        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+        if not due_to_log(self._unusable_logged, (service, instance_id),
+                          _UNUSABLE_LOG_EVERY_S):
             return
-        # list(): one step under the GIL, as loops of other threads may read entries too
-        for stale, at in list(logged.items()):
-            if now - at >= _UNUSABLE_LOG_EVERY_S:
-                logged.pop(stale, None)
-        logged[key] = now
         _log.warning("skipping unusable consul service entry", service=service,
                      instance_id=instance_id[:128], error=type(exc).__name__)
 

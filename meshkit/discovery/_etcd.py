@@ -205,6 +205,7 @@ from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
     describe,
+    due_to_log,
     foreign_task,
     full_jitter,
     hold_until_cancelled,
@@ -1642,15 +1643,8 @@ class EtcdRegistry:
         ``meshkit prometheus-targets``, reads it again), as the Consul and local registries
         do. The key and the error's type only: the error's message may quote the value
         (meta may hold secrets)."""
-        now = time.monotonic()
-        logged = self._unusable_logged
-        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+        if not due_to_log(self._unusable_logged, key, _UNUSABLE_LOG_EVERY_S):
             return
-        # list(): one step under the GIL, as loops of other threads may read entries too
-        for stale, at in list(logged.items()):
-            if now - at >= _UNUSABLE_LOG_EVERY_S:
-                logged.pop(stale, None)
-        logged[key] = now
         _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"),
                      error=type(exc).__name__)
 

@@ -146,6 +146,7 @@ import structlog
 from meshkit._config import check_number, check_path, check_seconds
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
+from meshkit.discovery._shared import due_to_log
 from meshkit.discovery._types import (
     Derived,
     Instance,
@@ -1043,14 +1044,9 @@ class LocalRegistry:
         """Warn that a live entry of ``inst``'s id and service holds another address
         (``found``) when its renewal comes: two live processes register one id, and the
         entry flips between them at each heartbeat. Once per id and address a minute."""
-        now = time.monotonic()
-        key = (inst.service, inst.instance_id, found)
-        logged = self._duplicate_logged
-        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+        if not due_to_log(self._duplicate_logged, (inst.service, inst.instance_id, found),
+                          _UNUSABLE_LOG_EVERY_S):
             return
-        for stale in [k for k, at in logged.items() if now - at >= _UNUSABLE_LOG_EVERY_S]:
-            del logged[stale]
-        logged[key] = now
         _log.warning("instance id registered by another process too: its entry flips "
                      "between their addresses at each heartbeat; give each its own id",
                      service=inst.service, instance_id=inst.instance_id,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import enum
 import random
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -188,6 +189,23 @@ def full_jitter(rng: random.Random, attempt: int, base_s: float, max_s: float) -
     2**(attempt-1)))`` for the ``attempt``-th retry (1-based)."""
     cap = min(max_s, base_s * 2.0 ** min(attempt - 1, 60))
     return rng.uniform(0.0, cap)
+
+
+def due_to_log(logged: dict[Any, float], key: object, every_s: float) -> bool:
+    """Whether a warning about ``key`` is due (once per key, then at most every
+    ``every_s`` seconds while it repeats), noting it in ``logged`` (``{key: monotonic
+    seconds of its last warning}``) when it is; entries older than ``every_s`` are
+    dropped, so ``logged`` holds only keys warned about within the last ``every_s``.
+    Safe with loops of other threads reading the same dict (each step one operation
+    under the GIL)."""
+    now = time.monotonic()
+    if now - logged.get(key, -float("inf")) < every_s:
+        return False
+    for stale, at in list(logged.items()):
+        if now - at >= every_s:
+            logged.pop(stale, None)
+    logged[key] = now
+    return True
 
 
 def describe(exc: BaseException) -> str:
