@@ -20,6 +20,7 @@ import structlog
 
 from meshkit._calls import DEADLINE_SLACK_S, own_deadline_of, propagated_deadline_of
 from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
+from meshkit.auth._errors import PermissionDeniedError, UnauthenticatedError
 from meshkit.resilience._deadline import (
     ADMISSION_REFUSAL_METADATA,
     DOWNSTREAM_REFUSAL_DETAILS,
@@ -56,6 +57,11 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
     _log.error(event, method=method)
     await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {details}")
 
+
+_REFUSALS = (UnauthenticatedError, PermissionDeniedError)
+"""The errors a handler may raise to refuse its call with their status (see
+:func:`unhandled_answer`); any other ``AioRpcError`` (a downstream call's, a meshkit
+client's ``MeshRpcError``) is ``UNKNOWN``."""
 
 _DOWNSTREAM_DEADLINE = "deadline exceeded (in a call the handler made under it)"
 _DOWNSTREAM_REFUSAL = DOWNSTREAM_REFUSAL_DETAILS
@@ -114,7 +120,12 @@ def unhandled_answer(exc: Exception, context: Any) -> tuple[grpc.StatusCode, str
     """The status (code, details) a meshkit server answers for ``exc``, an exception a
     handler let escape (no gRPC status), on the call of ``context`` (a grpc.aio
     ``ServicerContext``): the non-``OK`` code the handler set before it raised
-    (``set_code``, as grpc.aio answers); else ``DEADLINE_EXCEEDED`` for a downstream
+    (``set_code``, as grpc.aio answers); for :class:`~meshkit.auth.UnauthenticatedError`
+    and :class:`~meshkit.auth.PermissionDeniedError` (the server-side refusals a verifier or
+    authorizer raises, which no meshkit client call raises: a handler raising one, or
+    letting a shared auth helper's escape, refuses its caller) their own code and details,
+    as a verifier's are answered (grpc-go's handler returning ``status.Error``); else
+    ``DEADLINE_EXCEEDED`` for a downstream
     ``DEADLINE_EXCEEDED`` that this call's own deadline accounts for (see
     :func:`_downstream_deadline`: details :data:`_DOWNSTREAM_DEADLINE` or
     :data:`_DOWNSTREAM_REFUSAL`); else ``UNKNOWN``. Details are
@@ -122,6 +133,8 @@ def unhandled_answer(exc: Exception, context: Any) -> tuple[grpc.StatusCode, str
     an escaping exception gets: :class:`UnhandledErrorInterceptor` sets it on
     ``context`` before the handler wrap reports the call, so telemetry records the code
     sent. Never raises."""
+    if isinstance(exc, _REFUSALS):
+        return exc.code(), exc.details() or ""
     code = context.code()
     if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code, unhandled_details(exc)
@@ -148,7 +161,11 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     it)"`` and the trailer ``meshkit-deadline-refused``, so every hop of a chain answers
     so; the downstream's details and other trailers are not passed on; ``UNKNOWN`` when a
     mesh channel's call ran under a shorter timeout of its own): see
-    :func:`unhandled_answer`, logged all the same. The status is set before the handler
+    :func:`unhandled_answer`, logged all the same; with the code and details of an
+    :class:`~meshkit.auth.UnauthenticatedError` or
+    :class:`~meshkit.auth.PermissionDeniedError` the handler raised (a refusal, as
+    ``context.abort`` would answer it; not logged), while any other ``AioRpcError``
+    (a downstream call's) stays ``UNKNOWN``. The status is set before the handler
     wrap reports the call, so telemetry (``grpc_server_handled_total``, the server span,
     the access line) records the code sent, and the log line is written under the call's
     span. What the handler answers itself is left alone: ``context.abort``,
@@ -175,8 +192,9 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
             if type(exc) is NoResponse:
                 await _no_response(method, context, exc.streaming)
                 return False
-            _log.error("unhandled exception", method=method, error_type=type(exc).__name__,
-                       exc_info=exc)
+            if not isinstance(exc, _REFUSALS):  # a refusal is an answer, as an abort
+                _log.error("unhandled exception", method=method,
+                           error_type=type(exc).__name__, exc_info=exc)
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
             # users to raise other types of exception with specified status code")
             code, details = unhandled_answer(exc, context)
