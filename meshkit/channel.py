@@ -81,6 +81,7 @@ from meshkit._pool import UNREADABLE_POLL_S, EndpointPool, short_repr
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
+from meshkit.auth._propagation import TokenForwarder
 from meshkit.balancer import (
     P2C,
     Balancer,
@@ -387,7 +388,9 @@ class DialOptions:
             ``ConfigError`` (both write ``authorization``: sent twice).
         insecure: plaintext, asked for explicitly (default ``False``); without it, ``tls``
             or ``credentials``, :func:`dial` takes certificates from ``MESHKIT_CERT_DIR`` /
-            ``MESHKIT_WORKLOAD`` or refuses.
+            ``MESHKIT_WORKLOAD`` or refuses. With a :class:`~meshkit.auth.TokenForwarder`
+            in ``interceptors`` a ``ConfigError`` (tokens sent in the clear) unless it
+            was given ``allow_plaintext=True``.
         channel_options: extra grpc channel arguments, a sequence of ``(name, value)``
             as ``grpc.aio.insecure_channel(options=)`` takes, e.g.
             ``[("grpc.max_receive_message_length", 8 << 20)]``; names are non-empty
@@ -553,6 +556,15 @@ class DialOptions:
                 "a TokenForwarder on the authorization key: every forwarded call would send "
                 "authorization twice; give the forwarder metadata_key= of its own, or pass "
                 "the service's token per call (credentials=) instead")
+        if self.insecure:
+            for icpt in self.interceptors:
+                if isinstance(icpt, TokenForwarder) and not icpt.allow_plaintext:
+                    # grpc-go's token credentials refuse a channel without transport
+                    # security (RequireTransportSecurity): the token would go in the clear
+                    raise ConfigError(
+                        "a TokenForwarder on a plaintext channel (insecure=True) would send "
+                        "callers' bearer tokens in the clear; dial with tls/credentials, or "
+                        "give the forwarder allow_plaintext=True (loopback, tests)")
         for attempt_icpt in self.attempt_interceptors:
             # what grpc.aio's channel takes (it raises ValueError for anything else, when
             # the first endpoint's sub-channel is built: every call then UNAVAILABLE)

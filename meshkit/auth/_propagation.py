@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshkit._config import check_metadata_key, check_strings
+from meshkit._config import check_bool, check_metadata_key, check_strings
 from meshkit.auth._context import _token
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor, StreamProceed, UnaryProceed
 
@@ -31,20 +31,27 @@ class TokenForwarder(ClientInterceptor):
             service of the channels it is installed on). Tokens are credentials: only
             forward to services that verify them.
         metadata_key: the metadata key (default ``"authorization"``, RFC 6750 §2.1).
+        allow_plaintext: let it be installed on a plaintext channel
+            (``DialOptions(insecure=True)``), where the token goes out in the clear
+            (default ``False``: such ``DialOptions`` are a ``ConfigError``, as grpc-go's
+            token credentials require transport security); for loopback demos and tests.
 
     Raises:
         ConfigError: a bad metadata key (not a lowercase text key of the characters gRPC
             allows, ``0-9 a-z _ - .``: no ``-bin`` binary key, no ``:`` pseudo-header, as
             ``JWTAuthOptions.metadata_key``), or ``services`` given as one string, not
             a collection, or holding something other than a string (``b"userd"``, which
-            would match no service; quoted).
+            would match no service; quoted); ``allow_plaintext`` not ``True`` or
+            ``False``.
     """
 
-    __slots__ = ("_key", "_services", "_yields")
+    __slots__ = ("_key", "_plaintext", "_services", "_yields")
 
     def __init__(self, *, services: tuple[str, ...] | None = None,
-                 metadata_key: str = "authorization") -> None:
+                 metadata_key: str = "authorization", allow_plaintext: bool = False) -> None:
         check_metadata_key("metadata_key", metadata_key)
+        check_bool("allow_plaintext", allow_plaintext)
+        self._plaintext = allow_plaintext
         self._services = None if services is None else frozenset(
             check_strings("services", services))
         self._key = metadata_key
@@ -56,6 +63,11 @@ class TokenForwarder(ClientInterceptor):
         """Whether the token goes out as ``authorization`` (the default key), the header
         call credentials write too."""
         return self._yields
+
+    @property
+    def allow_plaintext(self) -> bool:
+        """Whether it may be installed on a plaintext (``insecure=True``) channel."""
+        return self._plaintext
 
     def _stamp(self, details: ClientCallDetails) -> None:
         token = _token.get()
