@@ -123,7 +123,9 @@ async def main(argv: list[str] | None = None) -> None:
     store = await open_store_waiting(args.db, args.db_wait_s)
     users_opts = dataclasses.replace(
         mesh.USERS, tls=tls_options, insecure=tls_options is None,
-        interceptors=(TokenForwarder(services=(USER_SERVICE,)),))
+        interceptors=(TokenForwarder(services=(USER_SERVICE,),
+                                     # --insecure: the demo's tokens go in the clear
+                                     allow_plaintext=tls_options is None),))
     users_channel = meshkit.dial(USER_SERVICE, options=users_opts)
     # renewed certificates reach the signer too (the TLS options reload theirs)
     signer = event_signer(args.cert_dir, SERVICE) if args.cert_dir else None
