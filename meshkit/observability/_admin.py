@@ -962,25 +962,34 @@ def _utf8_metric(metric: Metric) -> Metric:
     return fixed
 
 
+def _weighted(header: str) -> list[tuple[str, float]]:
+    """The items of an ``Accept`` or ``Accept-Encoding`` header with their weights (RFC
+    9110 12.4.2): ``[(lower-cased media type or coding, q)]``, ``q`` 1.0 when not given;
+    a value may be quoted; a malformed or out-of-range weight (NaN too) counts as 0."""
+    items = []
+    for part in header.split(","):
+        item, *params = part.split(";")
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip().strip('"'))
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # NaN too
+                    q = 0.0
+        items.append((item.strip().lower(), q))
+    return items
+
+
 def _accepts_gzip(accept_encoding: str) -> bool:
     """Whether an ``Accept-Encoding`` header accepts ``gzip`` (RFC 9110 12.5.3): named as
     ``gzip`` or ``x-gzip`` with a weight above 0, or, not named, ``*`` with one (codings
     compare case-insensitively; a malformed weight counts as 0)."""
     named: float | None = None
     star: float | None = None
-    for part in accept_encoding.split(","):
-        coding, *params = part.split(";")
-        kind = coding.strip().lower()
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0:  # NaN too
-                    q = 0.0
+    for kind, q in _weighted(accept_encoding):
         if kind in ("gzip", "x-gzip"):
             named = q if named is None else max(named, q)
         elif kind == "*":
@@ -998,19 +1007,7 @@ def _wants_openmetrics(accept: str) -> bool:
     own ``choose_encoder`` raises on (a quoted ``version``) or reads wrongly (``q=0``)
     is answered here, never with a 500."""
     best_om = best_text = -1.0
-    for part in accept.split(","):
-        media, *params = part.split(";")
-        kind = media.strip().lower()
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value.strip().strip('"'))
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0:  # NaN too
-                    q = 0.0
+    for kind, q in _weighted(accept):
         if kind == "application/openmetrics-text":
             best_om = max(best_om, q)
         elif kind in ("text/plain", "text/*", "*/*"):
