@@ -33,6 +33,7 @@ from meshkit.observability._logging import (
     json_str,
     line_head,
     line_tail,
+    printable,
     write_access,
 )
 from meshkit.observability._metrics import BoundClient, rpc_metrics
@@ -226,7 +227,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 except Exception as e:  # checked at construction; never fail a call
                     _internal_log.warning("tracing set-up from OTEL_* failed",
                                           error=str(e))
-            names = MethodNames(details.method, _TYPES[details.kind])
+            # a gateway's channel may call any name its own callers sent, control
+            # characters included: the access line and span write it escaped (a console
+            # log writes a value raw; see printable), once per method
+            names = MethodNames(printable(details.method), _TYPES[details.kind])
             bound = self._metrics.bind_client(names) if self._metrics is not None else None
             quiet = self._quiet.lookup(details.method)
             m = _Method(names, bound, self._tracing and not quiet, quiet)

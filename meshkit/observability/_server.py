@@ -29,6 +29,7 @@ from meshkit.observability._logging import (
     line_tail,
     write_access,
 )
+from meshkit.observability._logging import printable as _printable
 from meshkit.observability._metrics import BoundServer, rpc_metrics
 from meshkit.observability._options import TelemetryOptions, auth_peer_identity
 from meshkit.observability._semconv import (
@@ -97,19 +98,6 @@ def _address(peer: str | None) -> str | None:
         peer = unquote(peer)
     kind, _, rest = peer.partition(":")
     return rest if kind in ("ipv4", "ipv6") and rest else peer
-
-
-def _printable(s: str) -> str:
-    """``s`` with each character that is not printable (``str.isprintable``: C0 and C1
-    controls, DEL, line and paragraph breaks, Unicode format characters such as U+202E)
-    but the space escaped as ``repr`` writes it (``\\x1b``, ``\\n``, ``\\u202e``); ``s``
-    itself when it has none. For text of a caller's written to a log: raw, an ESC
-    sequence acts on the terminal of whoever reads the log (the console renderer writes a
-    value as it is) and a line break forges a line."""
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in s)
 
 
 def _json_once(s: str) -> str:
