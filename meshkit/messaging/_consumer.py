@@ -85,6 +85,9 @@ _TAKE_EXPIRES_S = 0.25
 #: limit of the durable's, e.g. ``Exceeded MaxRequestBatch of 4``). ``100`` is an idle
 #: heartbeat.
 _NO_MESSAGES, _REQUEST_TIMEOUT, _HEARTBEAT = "404", "408", "100"
+#: The description of the ``409`` that ends a pull whose next message would pass its
+#: ``max_bytes`` (nats-server; the message stays for the next pull).
+_MAX_BYTES_DESCRIPTION = "Message Size Exceeds MaxBytes"
 #: The ``409`` a pull for more than the durable's ``max_batch`` gets (nats-server).
 _MAX_BATCH_PREFIX = "Exceeded MaxRequestBatch of "
 #: The ``409`` a pull waiting longer than the durable's ``max_expires`` gets; the limit
@@ -181,7 +184,12 @@ class _Pulls:
     expires)``; checked on nats-server 2.9.10). So a pull ends as soon as it brought
     something, and no pull waits on the server after it. A status is matched to its
     pull by its subject: one that comes late for a pull no longer waited for is
-    ignored. A message is handled whichever pull it came for.
+    ignored. A message is handled whichever pull it came for. Each pull asks for at
+    most the bytes the inbox still holds (``max_bytes``: its nats-py pending limit, 128
+    MiB, less what waits in it), so a batch of large messages is not partly dropped by
+    nats-py as a slow consumer (a dropped message stays delivered and unacked, held for
+    its ack wait and counted as a delivery); a pull that reaches it ends with a ``409
+    Message Size Exceeds MaxBytes``, an end like a ``408``.
 
     Uses nats-py's ``PullSubscription._nc`` and ``_nms`` (the request subject), there
     since nats-py 2.0."""
@@ -240,13 +248,21 @@ class _Pulls:
     async def pull(self, batch: int, wait_s: float, msgs: list[Msg]) -> Msg | bool:
         """Pull up to ``batch`` messages into ``msgs``, the server waiting up to
         ``wait_s`` (the pull's ``expires``) for the first one, and wait for the pull's
-        end: ``batch`` messages, or its own ``404``/``408`` (True); nothing within
+        end: ``batch`` messages, or its own ``404``/``408`` or ``409 Message Size
+        Exceeds MaxBytes`` (True); nothing within
         ``wait_s + _PULL_GRACE_S`` (False if no message came either: a deleted durable,
         a lost connection); or the status message that refused it (a ``409`` or another
         code). A message counts whichever pull brought it."""
         self._n += 1
         reply = f"{self._prefix}.{self._n}"
         request = {"batch": batch, "no_wait": True, "expires": max(int(wait_s * 1e9), 1)}
+        inbox = self._inbox
+        if inbox._pending_bytes_limit > 0:
+            # what the inbox still holds: nats-py drops a message past its pending limit
+            # (a slow consumer), and a dropped one stays delivered, unacked, for its ack
+            # wait; the server counts more bytes per message than nats-py does
+            request["max_bytes"] = max(
+                inbox._pending_bytes_limit - inbox._pending_size - 1, 1)
         await self._nc.publish(self._nms, json.dumps(request).encode(), reply)
         end = time.monotonic() + wait_s + _PULL_GRACE_S
         want = len(msgs) + batch
@@ -260,11 +276,19 @@ class _Pulls:
                 msgs.append(msg)
             elif msg.subject != reply or status == _HEARTBEAT:
                 continue  # an earlier pull's (stopped waiting for), or an idle heartbeat
-            elif status in (_NO_MESSAGES, _REQUEST_TIMEOUT):
+            elif status in (_NO_MESSAGES, _REQUEST_TIMEOUT) or _full(msg):
                 return True
             else:
                 return msg
         return True
+
+
+def _full(status: Msg) -> bool:
+    """Whether ``status`` is the ``409 Message Size Exceeds MaxBytes`` that ends a pull
+    whose next message would pass its ``max_bytes``: an end like a ``408``, the message
+    left for the next pull."""
+    headers = status.headers or {}
+    return str(headers.get("Description") or "").startswith(_MAX_BYTES_DESCRIPTION)
 
 
 def _status(msg: Msg) -> str | None:
