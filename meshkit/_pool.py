@@ -8,8 +8,10 @@ what it picks from (httpx's client/transport cut).
 
 Endpoints that leave the registry are removed from the balancer at once and their
 sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish;
-what still runs when the grace is up is cancelled (``CANCELLED``), unary attempts that run
-in the caller's task (:mod:`meshkit._inline`) included. A sub-channel replaced by
+what still runs when the grace is up is cancelled, unary attempts that run in the
+caller's task (:mod:`meshkit._inline`) included (a unary or client-streaming call then
+fails ``UNAVAILABLE``, the connection taken away under it as in grpc-java; a response
+stream ``CANCELLED``; a call cut by closing the channel ``CANCELLED``). A sub-channel replaced by
 :meth:`EndpointPool.rebuild` (a renewed client certificate) of an endpoint that stays is
 kept until its own last call ends, however long (a watch, a subscription), as grpc-go's
 credential reloading leaves established connections alone; if its endpoint leaves

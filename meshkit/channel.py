@@ -411,7 +411,9 @@ class DialOptions:
             error, as gRPC); a ``wait_for_ready=True`` call waits until its deadline
             instead (however long without one) and then fails ``DEADLINE_EXCEEDED``.
         drain_timeout_s: grace given to in-flight calls on an endpoint that left the
-            registry before its sub-channel is closed (default 10.0 s).
+            registry before its sub-channel is closed (default 10.0 s); a unary or
+            client-streaming call still running then fails ``UNAVAILABLE`` (retried as
+            that status is, for calls safe to repeat), a response stream ``CANCELLED``.
         keepalive_time_s: client keepalive (gRFC A8): seconds between HTTP/2 pings on
             each endpoint's connection while it has calls, whether or not data moves
             (default ``None``: off, as in gRPC). A ping not acked within
@@ -1161,14 +1163,19 @@ class MeshChannel(grpc.aio.Channel):
 
     def _raise_if_call_cancelled(self) -> None:
         """In an attempt that ended with ``CancelledError``: when the current task itself
-        is not being cancelled, the call was (the channel closed, or the endpoint left and
-        its ``drain_timeout_s`` ran out): raise :class:`~meshkit.errors.MeshRpcError`
-        ``CANCELLED`` for the caller, not a ``CancelledError`` in a task nobody
-        cancelled."""
+        is not being cancelled, the call was, and the caller gets a
+        :class:`~meshkit.errors.MeshRpcError`, not a ``CancelledError`` in a task nobody
+        cancelled: ``CANCELLED`` when the channel was closed; ``UNAVAILABLE`` when its
+        endpoint left (or its sub-channel was replaced) and ``drain_timeout_s`` ran out,
+        the connection taken away under it, as grpc-java's "closed transport due to
+        address change" (retried as ``UNAVAILABLE`` is: for calls safe to repeat)."""
         task = asyncio.current_task()
         if task is not None and not task.cancelling():
-            raise MeshRpcError(_CANCELLED, f"call to {self.service!r} cancelled: the "
-                               "channel was closed or its endpoint left") from None
+            if self._pool.closed:
+                raise MeshRpcError(_CANCELLED, f"call to {self.service!r} cancelled: the "
+                                   "channel was closed") from None
+            raise MeshRpcError(_UNAVAILABLE, f"call to {self.service!r} cut: its endpoint "
+                               "left and drain_timeout_s ran out") from None
 
     async def _attempt_upload(self, details: ClientCallDetails, request: Any) -> Any:
         """One attempt of a stream-unary call (an upload), ``request`` its request

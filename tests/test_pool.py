@@ -355,7 +355,8 @@ async def test_a_unary_call_on_an_endpoint_that_left_finishes_within_the_drain(
 
 async def test_a_call_that_outlasts_the_drain_is_cancelled(registry: LocalRegistry) -> None:
     """What still runs on an endpoint that left when ``drain_timeout_s`` is up is
-    cancelled (``CANCELLED``), not left running on a sub-channel nobody closes."""
+    cut (``UNAVAILABLE``, the connection taken away: test_hunt36b_channel_drain_cut_status),
+    not left running on a sub-channel nobody closes."""
     async with one_endpoint(registry, drain_timeout_s=0.3) as (ch, i1):
         call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"5000", timeout=8))
         await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
@@ -363,7 +364,7 @@ async def test_a_call_that_outlasts_the_drain_is_cancelled(registry: LocalRegist
         t0 = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(call, 4)
-        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - t0 < 3
 
 
