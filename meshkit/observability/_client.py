@@ -188,8 +188,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
     (``TelemetryOptions.complete_after_response_max_in_flight``). The JSON access log's
     record is captured before the response, inline. An SDK span exists only for a
     sampled trace; otherwise a non-recording span carries the trace context. An
-    exception while doing either (a broken span processor or log sink) is logged on
-    ``meshkit.observability`` and never reaches the caller.
+    exception while doing either (a broken span processor or log sink), or while
+    starting the span (a span processor's ``on_start``: the call then has none), is
+    logged on ``meshkit.observability`` and never reaches the caller.
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
@@ -245,16 +246,23 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:
-            if not self._spans.nothing_to_carry():  # e.g. defaults without an SDK
-                parent = current_span_context()
-                span = self._spans.start(m.names.span_name, None
-                                         if parent is INVALID_SPAN_CONTEXT
-                                         or not parent.is_valid else parent, None, m.attrs)
-                if span is not None:
-                    inject_span(details.metadata, span)  # then made current
-                    token = attach_span(span)
-                elif not fast_propagation() or baggage_set():
-                    inject_context(details.metadata)  # no trace context; baggage may travel
+            # a broken span processor's on_start or sampler must not fail the call (see
+            # the class docstring): it goes on without its span (a try costs nothing
+            # when none raises)
+            try:
+                if not self._spans.nothing_to_carry():  # e.g. defaults without an SDK
+                    parent = current_span_context()
+                    span = self._spans.start(m.names.span_name, None
+                                             if parent is INVALID_SPAN_CONTEXT
+                                             or not parent.is_valid else parent, None, m.attrs)
+                    if span is not None:
+                        inject_span(details.metadata, span)  # then made current
+                        token = attach_span(span)
+                    elif not fast_propagation() or baggage_set():
+                        inject_context(details.metadata)  # no trace context; baggage may travel
+            except Exception as e:
+                _internal_log.warning("telemetry span start failed",
+                                      error=type(e).__name__)
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)
         return span, token, call_token, _perf()

@@ -238,8 +238,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     has nothing else ready (on asyncio's own loops), since the turn that adds is then idle
     time. An SDK span exists only for a sampled trace (the caller's flag under the default
     parent-based sampler); otherwise a non-recording span carries the trace context. An
-    exception while doing either is logged on ``meshkit.observability`` and never fails
-    the call.
+    exception while doing either, or while starting the span (a span processor's
+    ``on_start``: the call then has none), is logged on ``meshkit.observability`` and
+    never fails the call.
 
     Building it bounds the warnings the OpenTelemetry API's propagators log (standard
     library loggers, :data:`~meshkit.observability._tracing.PROPAGATION_LOGGERS`) for a
@@ -306,19 +307,25 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         peer = context.peer() if self.options.access_log or m.traced else ""
         span = token = None
         if m.traced:
-            md = call_metadata(context)
-            remote = parse_traceparent(md)  # False: another propagator reads it
-            if remote is False:  # tracestate, baggage or another propagator: the API's way
-                parent = extract_context(md)
-                sc = trace.get_current_span(parent).get_span_context()
-                span = self._spans.start(m.names.span_name, sc if sc.is_valid else None,
-                                         parent, m.attrs)
-                token = attach_context(parent) if span is None \
-                    else attach_span(span, parent)
-            elif remote is not None or self._spans.makes_root():  # else: no SDK, no parent
-                span = self._spans.start(m.names.span_name, remote, None, m.attrs)
-                if span is not None:
-                    token = attach_span(span)
+            # a broken span processor's on_start, sampler or propagator must not fail
+            # the call: it goes on without its span (a try costs nothing when none raises)
+            try:
+                md = call_metadata(context)
+                remote = parse_traceparent(md)  # False: another propagator reads it
+                if remote is False:  # tracestate, baggage or another propagator: the API's way
+                    parent = extract_context(md)
+                    sc = trace.get_current_span(parent).get_span_context()
+                    span = self._spans.start(m.names.span_name, sc if sc.is_valid else None,
+                                             parent, m.attrs)
+                    token = attach_context(parent) if span is None \
+                        else attach_span(span, parent)
+                elif remote is not None or self._spans.makes_root():  # else: no SDK, no parent
+                    span = self._spans.start(m.names.span_name, remote, None, m.attrs)
+                    if span is not None:
+                        token = attach_span(span)
+            except Exception as e:
+                _internal_log.warning("telemetry span start failed",
+                                      error=type(e).__name__)
         return span, token, _perf(), peer
 
     def _finish(self, m: _Method, state: tuple[Any, Any, float, str], context: Any,
