@@ -404,7 +404,10 @@ class ConsumerOptions:
             ``Meshkit-Deliveries``, ``Meshkit-Dead-Letter-Consumer``
             (``<stream>/<durable>``) and ``Nats-Msg-Id: dlq-<stream>.<durable>-<event
             id>`` (so the dead letters of one event by several consumers are not
-            dropped as duplicates of each other). A stream must capture the subject: if
+            dropped as duplicates of each other; for a message without
+            ``Nats-Msg-Id``, ``dlq-<stream>.<durable>/<stream sequence>`` and an empty
+            ``Meshkit-Original-Msg-Id``, so its dead letter is stored once too when a
+            lost ``term`` has it dead-lettered again). A stream must capture the subject: if
             none does (or JetStream refuses it, or the payload with these headers is
             larger than the server's ``max_payload``: not sent, since the server would
             close the connection), the message is nak'ed instead, never dropped. The
@@ -1229,6 +1232,9 @@ class Consumer:
         dl[DLQ_CONSUMER_HEADER] = self._tag
         if headers.get(MSG_ID_HEADER):
             dl[MSG_ID_HEADER] = f"dlq-{o.stream}.{o.durable}-{headers[MSG_ID_HEADER]}"
+        elif msg.reply:  # no event id: its stream sequence names it (a name has no '/')
+            dl[DLQ_MSG_ID_HEADER] = ""  # none, not the tail of the id below
+            dl[MSG_ID_HEADER] = f"dlq-{o.stream}.{o.durable}/{msg.metadata.sequence.stream}"
         try:
             size = message_size(msg.data, dl)
             if size > max_payload(self._js) or \
