@@ -588,7 +588,11 @@ class AttemptSpanInterceptor(
             attrs[NETWORK_PEER_ADDRESS] = inst.host
             attrs[NETWORK_PEER_PORT] = inst.port
             attrs[ATTR_INSTANCE_ID] = inst.instance_id
-        span = self._tracer.start_span(names.span_name, None, _CLIENT, attrs)
+        try:
+            span = self._tracer.start_span(names.span_name, None, _CLIENT, attrs)
+        except Exception as e:  # a broken span processor's on_start: the attempt goes on
+            _internal_log.warning("telemetry span start failed", error=type(e).__name__)
+            return None, client_call_details
         md: list[tuple[str, str | bytes]] = list(client_call_details.metadata or ())
         inject_context(md, trace.set_span_in_context(span))
         return span, client_call_details._replace(metadata=grpc.aio.Metadata(*md))

@@ -7,6 +7,7 @@ finished); a failure at the span's end was already kept from the call."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -28,8 +29,12 @@ def _add(_servicer: Any, server: Any) -> None:
     async def work(request: bytes, context: Any) -> bytes:
         return b"ok:" + request
 
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield request
+
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "hunt.S", {"W": grpc.unary_unary_rpc_method_handler(work)}),))
+        "hunt.S", {"W": grpc.unary_unary_rpc_method_handler(work),
+                   "S": grpc.unary_stream_rpc_method_handler(stream)}),))
 
 
 def _broken_provider() -> TracerProvider:
@@ -65,3 +70,29 @@ async def test_a_span_processor_that_raises_at_start_fails_no_call(
         assert prom.get_sample_value(f"grpc_{where}_in_flight", labels) == 0.0, where
         assert prom.get_sample_value(f"grpc_{where}_handled_total",
                                      {**labels, "grpc_code": "OK"}) == 1.0, where
+
+
+async def test_with_attempt_spans_a_span_processor_that_raises_at_start_fails_no_call(
+        registry: LocalRegistry) -> None:
+    """The same with ``attempt_spans=True``: the attempt span's start raised the
+    processor's error from the attempt, so the call failed."""
+    client_prom = CollectorRegistry()
+    srv = meshkit.MeshServer("spans", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, instance_id="s1", drain_delay_s=0.0,
+                                 grace_s=1.0, telemetry=None))
+    await srv.start()
+    ch = meshkit.dial("spans", registry=registry, options=meshkit.DialOptions(
+        insecure=True, telemetry=TelemetryOptions(
+            tracer_provider=_broken_provider(), registry=client_prom, access_log=False,
+            attempt_spans=True)))
+    try:
+        await ch.wait_for_endpoints(1)
+        assert await ch.unary_unary("/hunt.S/W")(b"x", timeout=5) == b"ok:x"
+        assert [m async for m in ch.unary_stream("/hunt.S/S")(b"y", timeout=5)] == [b"y"]
+    finally:
+        await ch.close()
+        await srv.drain()
+    labels = {"grpc_type": "unary", "grpc_service": "hunt.S", "grpc_method": "W"}
+    assert client_prom.get_sample_value("grpc_client_handled_total",
+                                        {**labels, "grpc_code": "OK"}) == 1.0
