@@ -238,9 +238,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     has nothing else ready (on asyncio's own loops), since the turn that adds is then idle
     time. An SDK span exists only for a sampled trace (the caller's flag under the default
     parent-based sampler); otherwise a non-recording span carries the trace context. An
-    exception while doing either, or while starting the span (a span processor's
-    ``on_start``: the call then has none), is logged on ``meshkit.observability`` and
-    never fails the call.
+    exception while doing either, while starting the span (a span processor's
+    ``on_start``: the call then has none) or in ``TelemetryOptions.peer_identity`` (the
+    call is then recorded without an identity) is logged on ``meshkit.observability``
+    and never fails the call.
 
     Building it bounds the warnings the OpenTelemetry API's propagators log (standard
     library loggers, :data:`~meshkit.observability._tracing.PROPAGATION_LOGGERS`) for a
@@ -342,7 +343,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             log = self.options.access_log and access_mode() != ACCESS_OFF
             if span is None and not log:
                 return
-            identity = self._identity() if self._identity is not None else None
+            try:
+                identity = self._identity() if self._identity is not None else None
+            except Exception as e:  # a peer_identity function of one's own: never the call's
+                _internal_log.warning("telemetry peer identity failed",
+                                      error=type(e).__name__)
+                identity = None
             md = self._md(m, context) if log and m.log_md else None
             # Deferred (a recorded span's end, an access line rendered when logged, a
             # captured JSON line) within the limit and only while the loop has nothing
