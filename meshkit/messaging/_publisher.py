@@ -106,6 +106,19 @@ _API_ERRORS: dict[int, type[nats.js.errors.APIError]] = {
     400: nats.js.errors.BadRequestError,
 }
 
+#: What nats-py's ``publish`` raises before it writes or yields (a header name it cannot
+#: send, a connection closed, draining or with a full pending buffer, a payload over
+#: ``max_payload``, a bad subject): a request that meets one has its reply future
+#: registered and never removed (see :meth:`Publisher._send`).
+_REFUSED_UNSENT: tuple[type[BaseException], ...] = (
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.BadHeaderError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.MaxPayloadError,
+    nats.errors.BadSubjectError,
+)
+
 #: How often a publish that met a full pending buffer looks whether the reconnect ended.
 _RECONNECT_POLL_S = 0.02
 
@@ -504,7 +517,10 @@ class Publisher:
         but: (1) while the connection is reconnecting and nats-py's pending buffer cannot
         take the message (OutboundBufferLimitError, raised before anything is written),
         the reply future nats-py registered in ``nc._resp_map`` for this request (which
-        it never removes) is dropped, and the reconnect is waited for (within the
+        it never removes; nor when ``publish`` refuses the request otherwise before
+        sending it, e.g. ``BadHeaderError`` for a header name such as ``X/Trace``, or
+        ``ConnectionClosedError``: dropped then too, the error raised) is dropped, and
+        the reconnect is waited for (within the
         attempt's ``timeout_s``, which cancels this) before the request is made again,
         instead of a new attempt, and a new leaked future, at the backoff's pace; (2) a
         reply that cannot be parsed raises :class:`_NotAnAck` (only the parsing: a fault
@@ -524,9 +540,13 @@ class Publisher:
                 break
             except nats.errors.NoRespondersError:
                 raise nats.js.errors.NoStreamResponseError from None
-            except nats.errors.OutboundBufferLimitError:
+            except _REFUSED_UNSENT as exc:
+                # raised by nats-py's publish before it yields (nothing was sent), after
+                # it registered this request's reply future, which it never removes
                 for token in set(nc._resp_map) - before:
                     nc._resp_map.pop(token).cancel()
+                if not isinstance(exc, nats.errors.OutboundBufferLimitError):
+                    raise
                 # a reconnect's handshake is CONNECTING, not RECONNECTING, in nats-py
                 # (_process_connect_init); the publisher runs after connect()
                 if not (nc.is_reconnecting or nc.is_connecting):
