@@ -1503,7 +1503,9 @@ class MeshChannel(grpc.aio.Channel):
             await self._pool.changed()
 
     async def wait_for_endpoints(self, count: int = 1, timeout_s: float = 5.0) -> None:
-        """Wait until at least ``count`` endpoints are known and READY.
+        """Wait until at least ``count`` endpoints are known and READY; endpoints left
+        IDLE (their connection closed while unused), before or during the wait, are asked
+        to connect, as :meth:`channel_ready` does.
 
         Args:
             count: endpoints, an ``int`` >= 0 (0: returns at once).
@@ -1518,12 +1520,16 @@ class MeshChannel(grpc.aio.Channel):
         check_int("count", count, low=0)
         check_number("timeout_s", timeout_s, finite=False)
         async def reached() -> None:
-            self._pool.connect_idle()  # endpoints left IDLE: asked to connect
+            pool = self._pool
+            # endpoints left IDLE are asked to connect, also those left IDLE meanwhile
+            # (nothing else connects them: no call is made during a readiness gate)
+            pool.connect_idle()
             while sum(ep.state is EndpointState.READY
-                      for ep in self._pool.endpoints.values()) < count:
+                      for ep in pool.endpoints.values()) < count:
                 if self._closed:
                     raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
-                await self._pool.changed()
+                await pool.changed()
+                pool.connect_idle()
 
         async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancel (3.11)
             await reached()
