@@ -30,7 +30,7 @@ import structlog
 from meshkit._fork import reset_in_forked_child
 
 __all__ = ["REDACTED", "RepeatLog", "context_without_meshkit", "get_logger",
-           "is_sensitive_key", "redact_secrets"]
+           "is_sensitive_key", "printable", "redact_secrets"]
 
 # Keys whose values are credentials, whatever the case or separator: ``authorization``,
 # ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...; ``auth``
@@ -256,6 +256,19 @@ def _install_quiet_default() -> None:
 
 
 _install_quiet_default()
+
+
+def printable(s: str) -> str:
+    """``s`` with each character that is not printable (``str.isprintable``: C0 and C1
+    controls, DEL, line and paragraph breaks, Unicode format characters such as U+202E)
+    but the space escaped as ``repr`` writes it (``\\x1b``, ``\\n``, ``\\u202e``); ``s``
+    itself when it has none. For text of a caller's written to a log: raw, an ESC
+    sequence acts on the terminal of whoever reads the log (the console renderer writes a
+    value as it is) and a line break forges a line."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
 
 
 def get_logger(name: str) -> Any:

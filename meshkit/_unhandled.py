@@ -20,6 +20,7 @@ import structlog
 
 from meshkit._calls import DEADLINE_SLACK_S, own_deadline_of, propagated_deadline_of
 from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
+from meshkit._log import printable
 from meshkit.auth._errors import PermissionDeniedError, UnauthenticatedError
 from meshkit.resilience._deadline import (
     ADMISSION_REFUSAL_METADATA,
@@ -38,7 +39,8 @@ def unhandled_details(exc: BaseException) -> str:
     return f"Unexpected {type(exc).__name__} in the handler (logged by the server)"
 
 
-async def _no_response(method: str, context: Any, streaming: bool) -> None:
+async def _no_response(method: str, context: Any, streaming: bool,
+                       shown: str | None = None) -> None:
     """A unary-response handler returned ``None``: ``INTERNAL`` "<method>: the handler
     returned no response" (grpc-go's answer to a nil message; grpc.aio sends an empty
     message for a method without a serializer, ``UNKNOWN`` with protobuf's ``TypeError``
@@ -46,7 +48,8 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
     "<method>: the handler yielded None for a message" after the messages before it
     (grpc.aio sends an empty message and goes on, or ``UNKNOWN`` with the serializer's
     text). Unless the handler set a status (``set_code``), which is then the answer and
-    the missing message is none."""
+    the missing message is none. Logged with the method's name as ``shown`` (its
+    non-printable characters escaped), else as it is."""
     code = context.code()
     if code is not None and code != grpc.StatusCode.OK and code != 0:
         return
@@ -54,7 +57,7 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
         event, details = "handler yielded no message", "the handler yielded None for a message"
     else:
         event, details = "handler returned no response", "the handler returned no response"
-    _log.error(event, method=method)
+    _log.error(event, method=method if shown is None else shown)
     await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {details}")
 
 
@@ -188,12 +191,17 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     """
 
     def _unhandled_for(self, method: str) -> Unhandled:
+        # the name as logged: a generic handler may serve any name a caller sends, and
+        # the console log writes a value raw (an ESC sequence acts on the reader's
+        # terminal, a line break forges a line); escaped once per method
+        shown = printable(method)
+
         async def unhandled(exc: Exception, context: Any) -> bool:
             if type(exc) is NoResponse:
-                await _no_response(method, context, exc.streaming)
+                await _no_response(method, context, exc.streaming, shown)
                 return False
             if not isinstance(exc, _REFUSALS):  # a refusal is an answer, as an abort
-                _log.error("unhandled exception", method=method,
+                _log.error("unhandled exception", method=shown,
                            error_type=type(exc).__name__, exc_info=exc)
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
             # users to raise other types of exception with specified status code")

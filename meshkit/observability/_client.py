@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
 from meshkit._calls import DEADLINE_SLACK_S
+from meshkit._log import printable
 from meshkit._metadata import LoggedMetadata, logged_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.interceptors import (
@@ -33,7 +34,6 @@ from meshkit.observability._logging import (
     json_str,
     line_head,
     line_tail,
-    printable,
     write_access,
 )
 from meshkit.observability._metrics import BoundClient, rpc_metrics

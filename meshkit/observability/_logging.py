@@ -1095,19 +1095,6 @@ def json_str(s: str) -> str:
     return quoted
 
 
-def printable(s: str) -> str:
-    """``s`` with each character that is not printable (``str.isprintable``: C0 and C1
-    controls, DEL, line and paragraph breaks, Unicode format characters such as U+202E)
-    but the space escaped as ``repr`` writes it (``\\x1b``, ``\\n``, ``\\u202e``); ``s``
-    itself when it has none. For text of a caller's written to a log: raw, an ESC
-    sequence acts on the terminal of whoever reads the log (the console renderer writes a
-    value as it is) and a line break forges a line."""
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in s)
-
-
 def duration_ms(duration_s: float) -> float:
     """An access line's ``duration_ms``: ``duration_s`` in milliseconds, rounded half up to
     the microsecond (the lines of :class:`AccessEvent` write the same expression inline)."""

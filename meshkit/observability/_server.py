@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._handlers import Handler, Reporter, WrappingInterceptor
+from meshkit._log import printable as _printable
 from meshkit._metadata import LoggedMetadata, call_metadata, logged_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
@@ -29,7 +30,6 @@ from meshkit.observability._logging import (
     line_tail,
     write_access,
 )
-from meshkit.observability._logging import printable as _printable
 from meshkit.observability._metrics import BoundServer, rpc_metrics
 from meshkit.observability._options import TelemetryOptions, auth_peer_identity
 from meshkit.observability._semconv import (
