@@ -390,7 +390,8 @@ class DialOptions:
             or ``credentials``, :func:`dial` takes certificates from ``MESHKIT_CERT_DIR`` /
             ``MESHKIT_WORKLOAD`` or refuses. With a :class:`~meshkit.auth.TokenForwarder`
             in ``interceptors`` a ``ConfigError`` (tokens sent in the clear) unless it
-            was given ``allow_plaintext=True``.
+            was given ``allow_plaintext=True``; so is
+            ``credentials=grpc.experimental.insecure_channel_credentials()``.
         channel_options: extra grpc channel arguments, a sequence of ``(name, value)``
             as ``grpc.aio.insecure_channel(options=)`` takes, e.g.
             ``[("grpc.max_receive_message_length", 8 << 20)]``; names are non-empty
@@ -558,13 +559,15 @@ class DialOptions:
                 "a TokenForwarder on the authorization key: every forwarded call would send "
                 "authorization twice; give the forwarder metadata_key= of its own, or pass "
                 "the service's token per call (credentials=) instead")
-        if self.insecure:
+        if self.insecure or type(getattr(self.credentials, "_credentials", None)).__name__ \
+                == "InsecureChannelCredentials":  # grpc.experimental's: plaintext too
             for icpt in self.interceptors:
                 if isinstance(icpt, TokenForwarder) and not icpt.allow_plaintext:
                     # grpc-go's token credentials refuse a channel without transport
                     # security (RequireTransportSecurity): the token would go in the clear
                     raise ConfigError(
-                        "a TokenForwarder on a plaintext channel (insecure=True) would send "
+                        "a TokenForwarder on a plaintext channel (insecure=True, or "
+                        "insecure_channel_credentials()) would send "
                         "callers' bearer tokens in the clear; dial with tls/credentials, or "
                         "give the forwarder allow_plaintext=True (loopback, tests)")
         for attempt_icpt in self.attempt_interceptors:

@@ -31,3 +31,16 @@ def test_an_explicit_opt_in_is_accepted() -> None:
                         interceptors=(TokenForwarder(allow_plaintext=True),))
     with pytest.raises(ConfigError, match="allow_plaintext"):
         TokenForwarder(allow_plaintext="false")  # type: ignore[arg-type]
+
+
+def test_plaintext_channel_credentials_are_refused_too() -> None:
+    """``credentials=grpc.experimental.insecure_channel_credentials()`` is plaintext as
+    well (a secure_channel over no security): refused the same way; local credentials
+    (loopback or a Unix socket, which grpc counts as secure enough) are accepted."""
+    import grpc.experimental
+
+    with pytest.raises(ConfigError, match="allow_plaintext"):
+        meshkit.DialOptions(credentials=grpc.experimental.insecure_channel_credentials(),
+                            interceptors=(TokenForwarder(),))
+    meshkit.DialOptions(credentials=grpc.local_channel_credentials(),
+                        interceptors=(TokenForwarder(),))
