@@ -329,6 +329,9 @@ class RepeatLog:
       next event is logged in full again. So every event is told, on a line of its own
       or in a count (lines of ``event`` plus the ``count`` of the ``summary`` lines is
       the number of events), and a kind gets at most about two lines per interval.
+    - A key's string values are written with their non-printable characters escaped as
+      ``repr`` writes them (a caller's method name: an ESC sequence would act on the
+      terminal showing the console log, a line break forge a line).
     - At most ``max_kinds`` kinds are tracked at once (memory stays bounded whatever a
       flood varies); an event of a further kind is logged and counted as one more kind,
       shared by all of them: its lines carry ``untracked=True`` (the full line the
@@ -439,7 +442,7 @@ class RepeatLog:
                 # a whole interval without an event after the count's: news, as below
         kinds[slot] = [now, 0]
         line = dict(self._fields)
-        line.update(zip(self._key_fields, key, strict=True))
+        line.update(zip(self._key_fields, _shown(key), strict=True))
         if slot is _UNTRACKED:
             line["untracked"] = True
         line.update(extra)
@@ -465,7 +468,8 @@ class RepeatLog:
         if slot is _UNTRACKED:
             line["untracked"] = True
         else:
-            line.update(zip(self._key_fields, cast(tuple[Any, ...], slot), strict=True))
+            line.update(zip(self._key_fields, _shown(cast(tuple[Any, ...], slot)),
+                            strict=True))
         line["count"] = int(kind[1])
         line["over_s"] = round(min(max(0.0, now - kind[0]), self._interval_s), 1)
         kind[0], kind[1] = now, 0
@@ -508,6 +512,14 @@ class RepeatLog:
             earliest = min(earliest, kind[0])
         if kinds:
             self._arm(max(earliest + interval - now, interval / 4))
+
+
+def _shown(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A kind's values as its lines write them: each string with its non-printable
+    characters escaped (:func:`printable`): a key value may be a caller's (the method name
+    a generic handler serves, refused before any check knows it), and the console log
+    writes a value raw. Made when a line is, never for an event only counted."""
+    return tuple(printable(v) if type(v) is str else v for v in key)
 
 
 _repeat_logs = reset_in_forked_child(RepeatLog)
