@@ -632,7 +632,10 @@ class Consumer:
         by an older version with a bounded ``max_deliver``, or with another
         ``filter_subject``: nats-py's ``pull_subscribe`` binds to an existing durable
         as it is). JetStream allows these changes on a durable (NATS docs, JetStream
-        consumers: "Filter Subject", "MaxDeliver", "AckWait" are editable); a changed
+        consumers: "Filter Subject", "MaxDeliver", "AckWait" are editable); the update
+        keeps the durable's other settings (``max_ack_pending``, ``max_waiting``, its
+        description...: an operator's), but not a ``backoff`` (JetStream refuses one
+        with ``max_deliver`` -1; the options' ``backoff`` applies); a changed
         filter keeps the durable's position, so messages of the new filter stored
         before it are not delivered (use a new durable name to read them). The update
         keeps the durable's deliver policy and start (JetStream refuses to change them).
@@ -687,11 +690,14 @@ class Consumer:
                 or bool(current.filter_subjects)
             if filter_changed or (current.max_deliver, current.ack_wait) != \
                     (config.max_deliver, config.ack_wait):
-                # pull_subscribe may have changed its copy; the deliver policy and start
-                # are the durable's own (JetStream refuses a change of them)
-                config = replace(self.consumer_config(), deliver_policy=current.deliver_policy,
-                                 opt_start_seq=current.opt_start_seq,
-                                 opt_start_time=current.opt_start_time)
+                # the durable's own config with the options' fields: JetStream resets
+                # what an update leaves out (an operator's max_ack_pending) and refuses
+                # a change of some (max_waiting, the deliver policy and start); its
+                # backoff dropped (refused with max_deliver -1; the options' applies)
+                own = self.consumer_config()
+                config = replace(current, filter_subject=own.filter_subject,
+                                 filter_subjects=None, max_deliver=own.max_deliver,
+                                 ack_wait=own.ack_wait, backoff=None)
                 try:
                     await self._js.add_consumer(o.stream, config)
                 except nats.js.errors.Error as exc:
