@@ -892,8 +892,10 @@ class MeshChannel(grpc.aio.Channel):
 
     Status codes produced by the channel itself (all as :class:`meshkit.errors.MeshRpcError`):
     ``UNAVAILABLE`` when no endpoint is registered or all are failing to connect (message
-    names the service), ``DEADLINE_EXCEEDED`` when the deadline passes before an attempt
-    can start, ``CANCELLED`` when the channel is closed, ``INTERNAL`` for a call that
+    names the service, or when a unary-response call still ran on an endpoint that left
+    once ``drain_timeout_s`` was up), ``DEADLINE_EXCEEDED`` when the deadline passes
+    before an attempt can start, ``CANCELLED`` when the channel is closed (and for a
+    response stream its endpoint's drain cut), ``INTERNAL`` for a call that
     cannot be sent as made (:class:`~meshkit.errors.InvalidCallError`: bad metadata, a
     unary request that does not serialize; raised before the pick), for a unary-unary
     response that does not deserialize
