@@ -626,6 +626,9 @@ class AttemptSpanInterceptor(
             logical = _current_call.get()
             self._end(span, _cancelled_code(None if logical is None else logical.deadline))
             raise
+        except Exception:  # no status (grpc's UsageError of a closed sub-channel): ended too
+            self._end(span, STATUS_UNKNOWN)
+            raise
         self._end(span, code)
         return call
 
