@@ -1473,11 +1473,13 @@ class MeshChannel(grpc.aio.Channel):
         }[best]
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        """Return once :meth:`get_state` differs from ``last_observed_state``.
+        """Return once :meth:`get_state` differs from ``last_observed_state``; one
+        waiting when the channel closes returns (the state went to ``SHUTDOWN``), as
+        grpc.aio's.
 
         Raises:
-            grpc.aio.UsageError: the channel is closed (at once, or when it closes while
-                this waits), as grpc.aio's: a state-watching loop ends instead of spinning
+            grpc.aio.UsageError: the channel was closed when this was called, as
+                grpc.aio's: a state-watching loop's next call ends it instead of spinning
                 on ``SHUTDOWN``.
         """
         pool = self._pool
