@@ -59,3 +59,12 @@ async def test_an_idempotent_call_cut_by_the_drain_is_retried(registry: LocalReg
     """An idempotent method's call goes again, to the endpoint that stayed."""
     retry = RetryOptions(default=RetryPolicy(idempotent=True))
     assert await _cut(registry, retry) == b"e2|x"
+
+
+@pytest.mark.timeout(30)
+async def test_a_call_not_safe_to_repeat_is_not_sent_again(registry: LocalRegistry) -> None:
+    """The request may have run on the endpoint that left: under the default policy (not
+    idempotent) the call fails ``UNAVAILABLE``, not sent to the other endpoint."""
+    err = await _cut(registry, RetryOptions())
+    assert isinstance(err, grpc.aio.AioRpcError), err
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
