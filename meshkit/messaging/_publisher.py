@@ -687,7 +687,8 @@ class OutboxRelay:
     batch are published concurrently on the one connection, so they reach the stream in
     outbox order except around a retried publish. With the publisher's metrics on and a
     store that has ``count_pending`` (:class:`PendingCounter`), each round ends by
-    setting ``meshkit_messaging_outbox_pending{outbox=<name>}`` (one count query).
+    setting ``meshkit_messaging_outbox_pending{outbox=<name>}`` (one count query; one
+    that fails leaves the gauge as it was, logged once, and fails no round).
 
     An event whose publish fails (``PublishError``, or any other exception its publish
     raised, such as a bad header a store returned: e.g. its subject is in no stream,
@@ -773,6 +774,7 @@ class OutboxRelay:
         self._handed = False
         self._pending_gauge = None
         self._count_pending = getattr(store, "count_pending", None)
+        self._count_failed = False  # the last count_pending raised (logged once)
         if publisher.options.metrics and self._count_pending is not None:
             self._pending_gauge = messaging_metrics(publisher.options.registry) \
                 .outbox_pending.labels(self.options.name)
@@ -798,7 +800,8 @@ class OutboxRelay:
                 ``timeout_s`` and ended since) and nothing was acked: NATS down,
                 JetStream unavailable; those that failed then back off as one that
                 failed alone. First tries still running beside the rounds fail no
-                round until they end. Store errors propagate as raised.
+                round until they end. Store errors propagate as raised (not a failing
+                ``count_pending``: only logged).
                 Events that failed while others were published, or failed again after
                 failing before, only back off and are logged, whatever the exception
                 (only a cancel propagates).
@@ -862,8 +865,11 @@ class OutboxRelay:
             if len(self._retrying) < size and self._closes == closes:
                 self._beside(e, asyncio.create_task(self._retry(e)))
         if not events:
-            if self._pending_gauge is not None and self._count_pending is not None:
-                self._pending_gauge.set(await self._count_pending() if pending else 0)
+            if self._pending_gauge is not None:
+                if pending:
+                    await self._count()
+                else:
+                    self._pending_gauge.set(0)
             if first_failed and not retried:
                 raise PublishError(f"{first_failed} events failed at their first try "
                                    "beside the rounds, none was acked")
@@ -887,8 +893,8 @@ class OutboxRelay:
             for i in done:
                 self._held.pop(i, None)
         self.published += len(done)
-        if self._pending_gauge is not None and self._count_pending is not None:
-            self._pending_gauge.set(await self._count_pending())
+        if self._pending_gauge is not None:
+            await self._count()
         if not done and own_failed == len(events):
             raise PublishError(f"all {len(events)} events of the batch failed to "
                                "publish") from first
@@ -898,6 +904,24 @@ class OutboxRelay:
                 f"round's or beside the rounds), {len(beside)} of the batch still "
                 "publishing beside the rounds") from first
         return len(done) + retried
+
+    async def _count(self) -> None:
+        """Set ``meshkit_messaging_outbox_pending`` to the store's ``count_pending``. A
+        count that fails (any exception but a cancel: a ``COUNT(*)`` over a large backlog
+        hitting a statement timeout) leaves the gauge as it was and fails no round (the
+        events were published and marked; a failed round would back off just when the
+        backlog is large); logged once until a count succeeds again."""
+        assert self._pending_gauge is not None and self._count_pending is not None
+        try:
+            n = await self._count_pending()
+        except Exception as exc:
+            if not self._count_failed:
+                self._count_failed = True
+                _log.warning("outbox pending count failed; gauge left as it was",
+                             outbox=self.options.name, error=type(exc).__name__)
+            return
+        self._count_failed = False
+        self._pending_gauge.set(n)
 
     def _first_try_bound_s(self) -> float | None:
         """How long a round waits for its first tries: the publisher's ``timeout_s``
