@@ -164,7 +164,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
        (W3C ``traceparent``/``tracestate``, ``baggage``) into the call's metadata, so
        every attempt carries it; at the end it records ``rpc.grpc.status_code``,
        ``meshkit.attempts``, the last endpoint as ``network.peer.address``/``port`` and
-       ``meshkit.instance_id``, and, when there was more than one attempt, an ``attempt``
+       ``meshkit.instance_id``, ``meshkit.rate_limited`` for a rate limiter's
+       ``RESOURCE_EXHAUSTED`` (one sent with ``retry-after`` or
+       ``grpc-retry-pushback-ms``), and, when there was more than one attempt, an ``attempt``
        event per endpoint tried (or, with ``attempt_spans``, leaves attempts to
        :class:`AttemptSpanInterceptor` and becomes an INTERNAL span);
     2. counts ``grpc_client_started_total``, ``grpc_client_in_flight``,
@@ -361,11 +363,15 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
     async def _finish_stream(self, m: _Method, details: ClientCallDetails, span: Any,
                              t0: float, call: Any) -> None:
+        exc: AioRpcError | None = None
         try:
             code = await call.code()
+            if code is STATUS_EXHAUSTED:  # its trailers tell a rate limiter's refusal
+                exc = AioRpcError(code, await call.initial_metadata(),
+                                  await call.trailing_metadata(), await call.details())
         except Exception:
             code = STATUS_UNKNOWN
-        self._finish(m, details, span, t0, code, None)
+        self._finish(m, details, span, t0, code, exc)
 
     def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
@@ -421,7 +427,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     attrs[NETWORK_PEER_ADDRESS] = inst.host
                     attrs[NETWORK_PEER_PORT] = inst.port
                     attrs[ATTR_INSTANCE_ID] = inst.instance_id
-                if code is STATUS_EXHAUSTED:
+                if code is STATUS_EXHAUSTED and _limiter_refusal(exc):
                     attrs[ATTR_RATE_LIMITED] = True
                 # a lean span sets the attributes and ends in one step when nothing else
                 # is added (no attempt events, no error status)
@@ -477,6 +483,25 @@ class TelemetryClientInterceptor(ClientInterceptor):
         write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, _CLIENT_ACCESS, (
             m, details.service, (attempts[0] if n == 1 else _answered(attempts)).address
             if n else None, n, code, duration_s, md), span_context)
+
+
+_PUSHBACK_KEYS = ("retry-after", "grpc-retry-pushback-ms")
+
+
+def _limiter_refusal(exc: BaseException | None) -> bool:
+    """Whether a ``RESOURCE_EXHAUSTED`` answer ``exc`` is a rate limiter's refusal: it
+    carries the ``retry-after`` or ``grpc-retry-pushback-ms`` trailer that meshkit's
+    limiter (:mod:`meshkit.resilience.ratelimit`) sends with it, not a message over a size
+    limit, a handler's own quota answer or a server's call-slot refusal, which the
+    ``meshkit.rate_limited`` span attribute does not count (as the server's side does
+    not). Read for such answers only."""
+    if not isinstance(exc, AioRpcError):
+        return False
+    try:
+        trailers = exc.trailing_metadata() or ()
+        return any(key in _PUSHBACK_KEYS for key, _ in trailers)
+    except Exception:  # telemetry never fails the call
+        return False
 
 
 def _answered(attempts: list[Any]) -> Any:
