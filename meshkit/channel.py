@@ -463,7 +463,8 @@ class DialOptions:
             ``grpc.ssl_target_name_override`` in ``channel_options`` with ``tls``; a
             telemetry interceptor of meshkit in ``interceptors`` or
             ``attempt_interceptors`` while ``telemetry`` is set (quoted; the message
-            says ``telemetry=None``).
+            says ``telemetry=None``); a :class:`~meshkit.auth.TokenForwarder` on a
+            plaintext channel without its ``allow_plaintext=True``.
     """
 
     balancer: Callable[[], Balancer] = P2C
