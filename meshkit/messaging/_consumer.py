@@ -424,7 +424,9 @@ class ConsumerOptions:
             forever. A subject no message can be published to (a space or other
             whitespace, an empty token, a wildcard ``*`` / ``>``), or longer than 3,840
             bytes (its protocol line would exceed the server's ``max_control_line``,
-            4096, which closes the connection), is a ``ConfigError``.
+            4096, which closes the connection), is a ``ConfigError``, and so is a
+            dead-letter subject (given, or the default) that is the
+            ``filter_subject`` itself: every message would be acked unhandled.
         max_deliveries: deliveries of one message to the handler before it is
             dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver``
             is unlimited (-1): the server never drops a message, the consumer counts
@@ -542,6 +544,13 @@ class ConsumerOptions:
                               f"or None, got {self.filter_subject!r}")
         if self.filter_subject is not None:
             check_nats_filter_subject("filter_subject", self.filter_subject)
+            if self.filter_subject == self.dead_letter_for():
+                # every message would be taken for its own dead letter: acked unhandled
+                raise ConfigError(
+                    f"the dead-letter subject {self.dead_letter_for()!r} is the "
+                    "filter_subject: every message would be taken for the consumer's own "
+                    "dead letter and acked without running the handler; use another "
+                    "dead_letter_subject (or durable)")
         check_instance("backoff", self.backoff, Backoff, optional=False)
         check_secret_holder("verifier", self.verifier, MessageVerifier)
         check_telemetry_fields(self)
