@@ -1520,7 +1520,8 @@ class MeshChannel(grpc.aio.Channel):
             timeout_s: seconds, >= 0 (``math.inf``: no bound).
 
         Raises:
-            TimeoutError: not reached within ``timeout_s`` seconds.
+            TimeoutError: not reached within ``timeout_s`` seconds (the message names
+                the service and how many endpoints were READY and known).
             MeshRpcError: ``CANCELLED``, the channel is closed (or closed meanwhile).
             ConfigError: ``count`` or ``timeout_s`` is not such a number (a ``bool``, a
                 string, NaN: a bound that would never fire), quoted.
@@ -1539,8 +1540,15 @@ class MeshChannel(grpc.aio.Channel):
                 await pool.changed()
                 pool.connect_idle()
 
-        async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancel (3.11)
-            await reached()
+        try:
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancel
+                await reached()
+        except TimeoutError:
+            ready = sum(ep.state is EndpointState.READY
+                        for ep in self._pool.endpoints.values())
+            raise TimeoutError(
+                f"{ready} of {count} endpoints of {self.service!r} READY after "
+                f"{timeout_s!r} s ({len(self._pool.endpoints)} known)") from None
 
     def endpoints(self) -> list[Endpoint]:
         """The current endpoints (a snapshot list, sorted by instance id)."""
