@@ -560,8 +560,7 @@ class DialOptions:
                 "a TokenForwarder on the authorization key: every forwarded call would send "
                 "authorization twice; give the forwarder metadata_key= of its own, or pass "
                 "the service's token per call (credentials=) instead")
-        if self.insecure or type(getattr(self.credentials, "_credentials", None)).__name__ \
-                == "InsecureChannelCredentials":  # grpc.experimental's: plaintext too
+        if self.insecure or _plaintext_credentials(self.credentials):
             for icpt in self.interceptors:
                 if isinstance(icpt, TokenForwarder) and not icpt.allow_plaintext:
                     # grpc-go's token credentials refuse a channel without transport
@@ -657,6 +656,13 @@ class DialOptions:
                 ("grpc.http2.ping_timeout_ms", timeout_ms),
                 ("grpc.keepalive_permit_without_calls", int(self.keepalive_without_calls)),
                 ("grpc.http2.max_pings_without_data", 0))
+
+
+def _plaintext_credentials(credentials: grpc.ChannelCredentials | None) -> bool:
+    """Whether ``credentials`` are grpc.experimental's ``insecure_channel_credentials()``
+    (a secure_channel over no security: plaintext, as ``insecure=True``)."""
+    inner = getattr(credentials, "_credentials", None)
+    return type(inner).__name__ == "InsecureChannelCredentials"
 
 
 def dial(
@@ -1618,7 +1624,8 @@ class MeshChannel(grpc.aio.Channel):
                 "timeout_s": opts.timeout_s,
                 "method_timeouts": dict(opts.method_timeouts),
                 "propagate_deadline": opts.propagate_deadline,
-                "tls": opts.tls is not None or opts.credentials is not None,
+                "tls": opts.tls is not None or (opts.credentials is not None and not
+                                                _plaintext_credentials(opts.credentials)),
                 # as a call's status names them: a repr that raises must not hide the
                 # channel from /metrics (its readers skip a stats() that raises)
                 "filters": [short_repr(f) for f in opts.filters],
