@@ -345,7 +345,9 @@ class Publisher:
                 always send a message to a fully specified subject"): non-empty
                 ``.``-separated tokens of printable characters, no whitespace, no
                 wildcard (``*``, ``>``).
-            payload: the message body.
+            payload: the message body, ``bytes``, ``bytearray`` or a ``memoryview``
+                (its bytes: one of wider items, ``memoryview(array('i', ...))``, or not
+                contiguous, is copied to ``bytes`` first).
             msg_id: the event id, sent as ``Nats-Msg-Id`` (the dedupe key, signed): a
                 non-empty string of printable characters that neither starts nor ends
                 with a space (nats-py trims header values and turns line breaks into
@@ -382,8 +384,13 @@ class Publisher:
             raise PublishError(
                 "msg_id must be a non-empty string of printable characters that neither "
                 f"starts nor ends with a space (NATS would send another id), got {msg_id!r}")
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        if not isinstance(payload, bytes | bytearray):
+            if not isinstance(payload, memoryview):
+                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+            if payload.nbytes != len(payload) or not payload.c_contiguous:
+                # nats-py sizes a message by len(): items (array('i'), 2-D), not bytes,
+                # and the server closes a connection whose size and bytes disagree
+                payload = payload.tobytes()
         try:  # ~0.5 us; JetStream would store a wildcard subject as it is
             check_nats_subject("subject", subject)
         except ConfigError as exc:
