@@ -949,6 +949,10 @@ class EndpointPool:
         self._stop_background()  # (the retry timer: one of the pool's tasks, awaited below)
         conns = self.conns  # every endpoint has one (_add); .get: close() never raises
         live = [(c, ep) for k, ep in self.endpoints.items() if (c := conns.get(k)) is not None]
+        for ep in self.endpoints.values():
+            # as an endpoint that left (_retire): its state tracker is cancelled below
+            # before it sees the sub-channel SHUTDOWN, and stats() would say READY on
+            ep.state = EndpointState.FAILING
         self.endpoints.clear()
         self.conns.clear()
         self.balancer.update([])
