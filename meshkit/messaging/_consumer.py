@@ -88,6 +88,9 @@ _NO_MESSAGES, _REQUEST_TIMEOUT, _HEARTBEAT = "404", "408", "100"
 #: The description of the ``409`` that ends a pull whose next message would pass its
 #: ``max_bytes`` (nats-server; the message stays for the next pull).
 _MAX_BYTES_DESCRIPTION = "Message Size Exceeds MaxBytes"
+#: The ``409`` a pull with a ``max_bytes`` above the durable's own ``max_bytes``
+#: (``MaxRequestMaxBytes``, set by whoever made it) gets.
+_MAX_REQUEST_BYTES_PREFIX = "Exceeded MaxRequestMaxBytes of "
 #: The ``409`` a pull for more than the durable's ``max_batch`` gets (nats-server).
 _MAX_BATCH_PREFIX = "Exceeded MaxRequestBatch of "
 #: The ``409`` a pull waiting longer than the durable's ``max_expires`` gets; the limit
@@ -189,7 +192,9 @@ class _Pulls:
     MiB, less what waits in it), so a batch of large messages is not partly dropped by
     nats-py as a slow consumer (a dropped message stays delivered and unacked, held for
     its ack wait and counted as a delivery); a pull that reaches it ends with a ``409
-    Message Size Exceeds MaxBytes``, an end like a ``408``.
+    Message Size Exceeds MaxBytes``, an end like a ``408``. A durable with a
+    ``max_bytes`` of its own below that refuses such pulls (``409 Exceeded
+    MaxRequestMaxBytes``): its pulls are then sent without ``max_bytes`` (logged once).
 
     Uses nats-py's ``PullSubscription._nc`` and ``_nms`` (the request subject), there
     since nats-py 2.0."""
@@ -245,19 +250,21 @@ class _Pulls:
             if not _status(msg):
                 msgs.append(msg)
 
-    async def pull(self, batch: int, wait_s: float, msgs: list[Msg]) -> Msg | bool:
+    async def pull(self, batch: int, wait_s: float, msgs: list[Msg],
+                   limit_bytes: bool = True) -> Msg | bool:
         """Pull up to ``batch`` messages into ``msgs``, the server waiting up to
         ``wait_s`` (the pull's ``expires``) for the first one, and wait for the pull's
         end: ``batch`` messages, or its own ``404``/``408`` or ``409 Message Size
         Exceeds MaxBytes`` (True); nothing within
         ``wait_s + _PULL_GRACE_S`` (False if no message came either: a deleted durable,
         a lost connection); or the status message that refused it (a ``409`` or another
-        code). A message counts whichever pull brought it."""
+        code). A message counts whichever pull brought it. ``limit_bytes`` False: no
+        ``max_bytes`` sent (a durable whose ``max_bytes`` refuses ours)."""
         self._n += 1
         reply = f"{self._prefix}.{self._n}"
         request = {"batch": batch, "no_wait": True, "expires": max(int(wait_s * 1e9), 1)}
         inbox = self._inbox
-        if inbox._pending_bytes_limit > 0:
+        if limit_bytes and inbox._pending_bytes_limit > 0:
             # what the inbox still holds: nats-py drops a message past its pending limit
             # (a slow consumer), and a dropped one stays delivered, unacked, for its ack
             # wait; the server counts more bytes per message than nats-py does
@@ -609,6 +616,8 @@ class Consumer:
         self._pull_batch = options.batch_size
         #: how long an idle pull waits: fetch_timeout_s, less if the durable allows less
         self._expires_s = options.fetch_timeout_s
+        #: pulls send max_bytes (see _Pulls), unless the durable's own refuses it
+        self._limit_bytes = True
         self._empty_fetches = 0
         #: what the last durable check (start, _rebind_if_gone) saw, for a re-creation:
         #: the durable's config, its ack floor (every stream sequence at or below it is
@@ -884,9 +893,9 @@ class Consumer:
         if not msgs:
             try:
                 ended = await pulls.pull(limit, min(_TAKE_EXPIRES_S, self._expires_s),
-                                         msgs)
+                                         msgs, self._limit_bytes)
                 if not msgs and ended is True:
-                    ended = await pulls.pull(1, self._expires_s, msgs)
+                    ended = await pulls.pull(1, self._expires_s, msgs, self._limit_bytes)
             except BaseException:
                 # cancelled (or the connection failed) mid-pull: what came is given back
                 # for redelivery now, not after its ack wait
@@ -930,6 +939,14 @@ class Consumer:
                          durable=self.options.durable, batch_size=self.options.batch_size,
                          max_batch=most)
             self._pull_batch = most
+            return True
+        if description.startswith(_MAX_REQUEST_BYTES_PREFIX) and self._limit_bytes:
+            # below it, a message larger than its limit could never be pulled; without
+            # max_bytes the durable takes the pull (nats-server checks only one sent)
+            _log.warning("durable consumer's max_bytes refuses the pull's; pulling "
+                         "without max_bytes", durable=self.options.durable,
+                         max_bytes=description[len(_MAX_REQUEST_BYTES_PREFIX):][:32])
+            self._limit_bytes = False
             return True
         if description.startswith(_MAX_EXPIRES_PREFIX):
             text = description[len(_MAX_EXPIRES_PREFIX):].strip()

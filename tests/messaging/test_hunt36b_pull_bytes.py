@@ -8,6 +8,7 @@ against the 128 MiB default."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -67,3 +68,35 @@ async def test_a_batch_larger_than_the_inbox_is_not_dropped(bus: Bus) -> None:
         await consumer.aclose()
     assert sorted(handled) == [f"m{i}" for i in range(10)]
     assert not [e for e in slow if type(e).__name__ == "SlowConsumerError"]
+
+
+async def test_a_durable_with_its_own_max_bytes_is_still_pulled(bus: Bus) -> None:
+    """A durable made with a ``max_bytes`` (``MaxRequestMaxBytes``, 100 kB here) refuses
+    a pull whose ``max_bytes`` is larger (``409 Exceeded MaxRequestMaxBytes``); the
+    consumer then pulls without one, as before the ``max_bytes`` above. Before that: every
+    pull refused, nothing ever handled."""
+    for i in range(3):
+        await bus.js.publish(bus.subject, b"x" * 100, headers={"Nats-Msg-Id": f"m{i}"})
+    config = {"durable_name": "capped", "ack_policy": "explicit", "max_deliver": -1,
+              "ack_wait": 30_000_000_000, "filter_subject": bus.subject,
+              "max_bytes": 100_000}  # nats-py's ConsumerConfig has no field for it
+    reply = await bus.nc.request(
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{bus.stream}.capped",
+        json.dumps({"stream_name": bus.stream, "config": config}).encode(), timeout=5)
+    assert "error" not in json.loads(reply.data)
+    handled: list[str] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.msg_id)
+
+    consumer = Consumer(bus.js, handler, ConsumerOptions(
+        stream=bus.stream, durable="capped", filter_subject=bus.subject,
+        registry=CollectorRegistry(), tracing=False, access_log=False))
+    try:
+        for _ in range(3):
+            await consumer.run_once()
+            if len(handled) == 3:
+                break
+    finally:
+        await consumer.aclose()
+    assert handled == ["m0", "m1", "m2"]
