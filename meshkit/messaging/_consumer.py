@@ -199,7 +199,7 @@ class _Pulls:
     Uses nats-py's ``PullSubscription._nc`` and ``_nms`` (the request subject), there
     since nats-py 2.0."""
 
-    __slots__ = ("_inbox", "_n", "_nc", "_nms", "_prefix")
+    __slots__ = ("_inbox", "_n", "_nc", "_nms", "_prefix", "limit_bytes")
 
     def __init__(self, sub: JetStreamContext.PullSubscription, inbox: Subscription,
                  prefix: str) -> None:
@@ -208,6 +208,8 @@ class _Pulls:
         self._inbox = inbox
         self._prefix = prefix
         self._n = 0
+        #: whether pulls send max_bytes (False once the durable refused it)
+        self.limit_bytes = True
 
     @classmethod
     async def open(cls, sub: JetStreamContext.PullSubscription) -> _Pulls:
@@ -250,21 +252,20 @@ class _Pulls:
             if not _status(msg):
                 msgs.append(msg)
 
-    async def pull(self, batch: int, wait_s: float, msgs: list[Msg],
-                   limit_bytes: bool = True) -> Msg | bool:
+    async def pull(self, batch: int, wait_s: float, msgs: list[Msg]) -> Msg | bool:
         """Pull up to ``batch`` messages into ``msgs``, the server waiting up to
         ``wait_s`` (the pull's ``expires``) for the first one, and wait for the pull's
         end: ``batch`` messages, or its own ``404``/``408`` or ``409 Message Size
         Exceeds MaxBytes`` (True); nothing within
         ``wait_s + _PULL_GRACE_S`` (False if no message came either: a deleted durable,
         a lost connection); or the status message that refused it (a ``409`` or another
-        code). A message counts whichever pull brought it. ``limit_bytes`` False: no
-        ``max_bytes`` sent (a durable whose ``max_bytes`` refuses ours)."""
+        code). A message counts whichever pull brought it. With ``limit_bytes`` False
+        no ``max_bytes`` is sent (a durable whose own ``max_bytes`` refuses ours)."""
         self._n += 1
         reply = f"{self._prefix}.{self._n}"
         request = {"batch": batch, "no_wait": True, "expires": max(int(wait_s * 1e9), 1)}
         inbox = self._inbox
-        if limit_bytes and inbox._pending_bytes_limit > 0:
+        if self.limit_bytes and inbox._pending_bytes_limit > 0:
             # what the inbox still holds: nats-py drops a message past its pending limit
             # (a slow consumer), and a dropped one stays delivered, unacked, for its ack
             # wait; the server counts more bytes per message than nats-py does
@@ -736,6 +737,7 @@ class Consumer:
             if self._pulls is not None:
                 await self._pulls.close()
             self._pulls = await _Pulls.open(sub)
+            self._pulls.limit_bytes = self._limit_bytes
         finally:
             # the pulls answer on their own inbox: the subscription's is never read; and
             # a start that failed past here keeps none (run() starts again each backoff)
@@ -893,9 +895,9 @@ class Consumer:
         if not msgs:
             try:
                 ended = await pulls.pull(limit, min(_TAKE_EXPIRES_S, self._expires_s),
-                                         msgs, self._limit_bytes)
+                                         msgs)
                 if not msgs and ended is True:
-                    ended = await pulls.pull(1, self._expires_s, msgs, self._limit_bytes)
+                    ended = await pulls.pull(1, self._expires_s, msgs)
             except BaseException:
                 # cancelled (or the connection failed) mid-pull: what came is given back
                 # for redelivery now, not after its ack wait
@@ -947,6 +949,8 @@ class Consumer:
                          "without max_bytes", durable=self.options.durable,
                          max_bytes=description[len(_MAX_REQUEST_BYTES_PREFIX):][:32])
             self._limit_bytes = False
+            if self._pulls is not None:
+                self._pulls.limit_bytes = False
             return True
         if description.startswith(_MAX_EXPIRES_PREFIX):
             text = description[len(_MAX_EXPIRES_PREFIX):].strip()
