@@ -598,11 +598,13 @@ class Consumer:
 
     Raises:
         ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``: pass
-            ``nc.jetstream()``), or ``handler`` is not callable (their type named).
+            ``nc.jetstream()``), or ``handler`` is not callable (their type named), or
+            ``options`` no :class:`ConsumerOptions` (e.g. a dict; quoted).
     """
 
     def __init__(self, js: JetStreamContext, handler: Handler, options: ConsumerOptions) -> None:
         check_jetstream(js)
+        check_instance("options", options, ConsumerOptions, optional=False)
         if not callable(handler):
             # its type only: an object's repr may carry a secret (as registry_argument)
             raise ConfigError("handler must be an async callable taking a Delivery, got "

@@ -311,13 +311,15 @@ class Publisher:
         options: :class:`PublishOptions` (default all defaults).
 
     Raises:
-        ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``).
+        ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``), or
+            ``options`` no ``PublishOptions`` (e.g. a dict; quoted).
     """
 
     __slots__ = ("_budget", "_js", "_metrics", "options")
 
     def __init__(self, js: JetStreamContext, options: PublishOptions | None = None) -> None:
         check_jetstream(js)
+        check_instance("options", options, PublishOptions)
         self._js = js
         self.options = options or PublishOptions()
         self._budget = RetryBudget(self.options.budget)
@@ -751,7 +753,8 @@ class OutboxRelay:
 
     Raises:
         ConfigError: ``store`` is a class, or lacks ``pending_events`` or ``mark_sent``
-            (its type and the method named).
+            (its type and the method named); ``publisher`` no :class:`Publisher` (e.g.
+            the JetStream context), ``options`` no :class:`RelayOptions` (quoted).
     """
 
     def __init__(self, store: OutboxStore, publisher: Publisher,
@@ -763,6 +766,11 @@ class OutboxRelay:
             if not callable(getattr(store, method, None)):
                 raise ConfigError(f"store must be an OutboxStore (async pending_events and "
                                   f"mark_sent); a {type(store).__name__} has no {method}")
+        if isinstance(publisher, JetStreamContext) or not hasattr(publisher, "options") \
+                or not callable(getattr(publisher, "publish", None)):
+            raise ConfigError("publisher must be a Publisher (Publisher(js, "
+                              f"PublishOptions(...))), got a {type(publisher).__name__}")
+        check_instance("options", options, RelayOptions)
         self._store = store
         self._publisher = publisher
         self.options = options or RelayOptions()
