@@ -9,9 +9,13 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import socket
+import threading
+import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from meshkit._hosts import bare_host, is_unspecified
 
@@ -27,6 +31,50 @@ _SAME_PORT_TRIES = 5
 #: container with IPv6 disabled): the name is served on its other addresses, as grpc core
 #: binds a name's addresses.
 _NOT_HERE = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+#: Seconds between two warnings of malformed requests (see _ClientErrorsOncePerMinute).
+_CLIENT_ERROR_LOG_EVERY_S = 60.0
+
+
+class _ClientErrorsOncePerMinute(logging.Filter):
+    """On the logger aiohttp's request handlers log to: a request aiohttp could not parse
+    (an ``HttpProcessingError`` under 500: a bad header line, a header past its limits, a
+    bad chunk; answered ``400`` and the connection closed) is the client's fault, which
+    aiohttp logs at ``ERROR`` with the whole traceback, one per request, so any peer that
+    reaches the port could fill the logs. Such records become one ``WARNING`` per
+    ``_CLIENT_ERROR_LOG_EVERY_S`` (the peer and the error's type, no traceback, and how
+    many were left out since the last one); every other record passes as aiohttp wrote
+    it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= (exc.code or 0) < 500:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < _CLIENT_ERROR_LOG_EVERY_S:
+                self._left_out += 1
+                return False
+            self._last, left_out, self._left_out = now, self._left_out, 0
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = ("malformed HTTP request from %s (%s, answered %d); the next within "
+                      f"{_CLIENT_ERROR_LOG_EVERY_S:.0f} s are not logged (%d left out "
+                      "before this one)")
+        record.args = (peer, type(exc).__name__, exc.code, left_out)
+        record.exc_info = record.exc_text = None
+        return True
+
+
+#: The logger of the servers' request handlers (aiohttp's ``aiohttp.server`` otherwise).
+_HTTP_LOG = logging.getLogger("meshkit.http")
+_CLIENT_ERRORS = _ClientErrorsOncePerMinute()
+_HTTP_LOG.addFilter(_CLIENT_ERRORS)
 
 
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -50,7 +98,11 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
     ``_SHUTDOWN_S`` seconds (aiohttp's default, 60 s, held a server's drain that long
     after a scraper that stopped reading). A connection idle between requests is closed
     after ``_KEEPALIVE_S`` seconds (``web.run_app``'s default; the runner's own, 3630 s,
-    let clients that send nothing hold file descriptors for an hour).
+    let clients that send nothing hold file descriptors for an hour). A request aiohttp
+    cannot parse (the client's fault, answered ``400``) is logged on ``meshkit.http`` as
+    one warning a minute without a traceback, not at ``ERROR`` with one each (any peer
+    reaching the port could fill the logs); the handlers' other records go there as
+    aiohttp writes them.
 
     Returns:
         The runner (``await runner.cleanup()`` stops serving) and the bound port.
@@ -59,7 +111,8 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
         OSError: the address cannot be bound; the runner is cleaned up first.
     """
     runner = web.AppRunner(app, access_log=None, lingering_time=_LINGERING_S,
-                           shutdown_timeout=_SHUTDOWN_S, keepalive_timeout=_KEEPALIVE_S)
+                           shutdown_timeout=_SHUTDOWN_S, keepalive_timeout=_KEEPALIVE_S,
+                           logger=_HTTP_LOG)
     await runner.setup()
     host = bare_host(host)
     try:
