@@ -13,7 +13,7 @@ from benchmarks import stacks
 from benchmarks.procs import Supervisor
 from benchmarks.scenarios import convergence
 from benchmarks.scenarios._common import PLANS, Ctx
-from tests.support.etcd import EtcdCluster, etcd_binary
+from tests.support.etcd import EtcdCluster, require_etcd_binary
 
 
 @pytest.mark.timeout(60)
@@ -22,8 +22,7 @@ async def test_an_etcd_that_never_got_healthy_is_killed(
     """When the scenario's etcd did not become healthy, EtcdCluster.start raised before
     the scenario held the cluster: its finally had no etcd to close, and the etcd
     process outlived the run (an orphan per failed try, on its loopback ports)."""
-    if etcd_binary() is None:
-        pytest.skip("no etcd binary (scripts/install-etcd.sh)")
+    require_etcd_binary()  # skipped without one, failed under CI=true
     started: list[subprocess.Popen[bytes]] = []
     real_start = EtcdCluster.start_member
 
