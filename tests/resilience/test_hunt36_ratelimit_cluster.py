@@ -10,7 +10,6 @@ new loop went down the old loop's connection and waited ``storage_timeout_s`` ou
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.resilience.ratelimit import RateLimitOptions, Rejection, StorageLimiter
+from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
+from tests.resilience.test_ratelimit_new_loop import check_each_new_loop_counts_at_once
 from tests.support.ports import free_port
 from tests.support.skips import skip_or_fail
 
@@ -88,24 +88,4 @@ def test_each_new_loop_counts_at_once_on_a_cluster(cluster: int) -> None:
         storage_uri=f"async+redis+cluster://127.0.0.1:{cluster}",
         key_prefix=f"cl-{uuid.uuid4().hex}", storage_timeout_s=2.0, on_storage_error="deny"))
 
-    async def use() -> list[Rejection | None]:
-        return [await limiter.check(METHOD, "k") for _ in range(2)]
-
-    taken = []
-    try:
-        for _ in range(3):
-            loop = asyncio.new_event_loop()
-            try:
-                started = time.monotonic()
-                assert loop.run_until_complete(use()) == [None, None]
-                taken.append(time.monotonic() - started)
-            finally:
-                loop.close()
-        assert max(taken) < 1.5, taken
-        assert not limiter.breaker.dirty and limiter.breaker.opened == 0
-    finally:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(limiter.aclose())
-        finally:
-            loop.close()
+    check_each_new_loop_counts_at_once(limiter, bound_s=1.5)
