@@ -28,6 +28,7 @@ from meshkit.observability._logging import (
     ACCESS_INLINE,
     ACCESS_OFF,
     AccessEvent,
+    TelemetryFailures,
     access_mode,
     duration_ms,
     get_logger,
@@ -192,7 +193,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
     sampled trace; otherwise a non-recording span carries the trace context. An
     exception while doing either (a broken span processor or log sink), or while
     starting the span (a span processor's ``on_start``: the call then has none), is
-    logged on ``meshkit.observability`` and never reaches the caller.
+    logged on ``meshkit.observability`` (the first of each exception type a minute, the
+    others counted: :class:`~meshkit.observability._logging.TelemetryFailures`) and never
+    reaches the caller.
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
@@ -218,6 +221,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
         # (client_interceptors(opts) reused in their DialOptions), and each call's span
         # names its own channel's service as server.address
         self._methods: dict[tuple[str, CallKind, str], _Method] = {}
+        # a broken span processor's failures: a line a minute, not one per call
+        self._failures = TelemetryFailures()
 
     def _method(self, details: ClientCallDetails) -> _Method:
         key = (details.method, details.kind, details.service)
@@ -263,8 +268,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     elif not fast_propagation() or baggage_set():
                         inject_context(details.metadata)  # no trace context; baggage may travel
             except Exception as e:
-                _internal_log.warning("telemetry span start failed",
-                                      error=type(e).__name__)
+                self._failures.report("telemetry span start failed", e)
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)
         return span, token, call_token, _perf()
@@ -442,7 +446,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
             if self.options.access_log and not m.quiet and access_mode() != ACCESS_OFF:
                 self._log(m, details, code, duration_s, span.get_span_context())
         except Exception as e:  # telemetry must never break the caller
-            _internal_log.warning("telemetry completion failed", error=type(e).__name__)
+            self._failures.report("telemetry completion failed", e)
 
     def _end_span(self, span: Any, details: ClientCallDetails, attrs: dict[str, Any],
                   code: grpc.StatusCode, exc: BaseException | None,
@@ -585,6 +589,7 @@ class AttemptSpanInterceptor(
         self._tracer = trace.get_tracer("meshkit.observability",
                                         tracer_provider=opts.tracer_provider)
         self._names: dict[str, MethodNames] = {}
+        self._failures = TelemetryFailures()  # a line a minute, not one per attempt
 
     def _begin(self, client_call_details: Any) -> tuple[Any, Any]:
         call = _current_call.get()
@@ -616,7 +621,7 @@ class AttemptSpanInterceptor(
         try:
             span = self._tracer.start_span(names.span_name, None, _CLIENT, attrs)
         except Exception as e:  # a broken span processor's on_start: the attempt goes on
-            _internal_log.warning("telemetry span start failed", error=type(e).__name__)
+            self._failures.report("telemetry span start failed", e)
             return None, client_call_details
         md: list[tuple[str, str | bytes]] = list(client_call_details.metadata or ())
         inject_context(md, trace.set_span_in_context(span))

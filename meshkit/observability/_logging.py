@@ -49,6 +49,7 @@ __all__ = [
     "SPAN_CONTEXT_IS_TUPLE",
     "AccessEvent",
     "BufferedLineWriter",
+    "TelemetryFailures",
     "access_active",
     "access_logger",
     "access_mode",
@@ -1047,6 +1048,40 @@ def _captured_span_ids(ctx: Context) -> tuple[str, str] | None:
     if not sc.is_valid:
         return None
     return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+
+
+class TelemetryFailures:
+    """The warnings of a telemetry interceptor's own failures, which come one per call (a
+    span processor whose ``on_start`` or ``on_end`` raises, an exporter that does, a
+    ``peer_identity`` function of one's own): one line per event and exception type and
+    minute on ``meshkit.observability``, the later ones counted
+    (:class:`~meshkit._log.RepeatLog`: the first in full, then one ``summary`` line with
+    ``count`` and ``over_s``). Before, each call logged its own line: a processor broken
+    in production flooded the logs at the call rate.
+
+    One per interceptor (whose calls run on one event loop, as a ``RepeatLog`` needs);
+    each event's log is made at its first failure, so a healthy interceptor pays nothing
+    for it."""
+
+    __slots__ = ("_logs",)
+
+    def __init__(self) -> None:
+        self._logs: dict[str, Any] = {}
+
+    def report(self, event: str, error: BaseException) -> None:
+        """One failure of ``event`` (e.g. ``"telemetry span start failed"``): logged or
+        counted, keyed by ``error``'s type name (never its text)."""
+        log = self._logs.get(event)
+        if log is None:
+            from meshkit._log import RepeatLog
+
+            log = self._logs[event] = RepeatLog(
+                _telemetry_log, event, event.replace(" failed", " failures"),
+                key_fields=("error",), level="warning")
+        log.report((type(error).__name__,))
+
+
+_telemetry_log = get_logger("meshkit.observability")
 
 
 class AccessEvent:

@@ -22,9 +22,9 @@ from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
     ACCESS_OFF,
     AccessEvent,
+    TelemetryFailures,
     access_mode,
     duration_ms,
-    get_logger,
     json_str,
     line_head,
     line_tail,
@@ -77,7 +77,6 @@ RPC_METHOD_ORIGINAL = "rpc.method_original"
 
 _perf = time.perf_counter
 _time_ns = time.time_ns
-_internal_log = get_logger("meshkit.observability")
 _SERVER = SpanKind.SERVER
 # what a cancelled call ends with: its task's CancelledError, or the GeneratorExit that
 # closes a response stream's generator after grpc.aio cancelled the task (see _outcome)
@@ -241,7 +240,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     exception while doing either, while starting the span (a span processor's
     ``on_start``: the call then has none) or in ``TelemetryOptions.peer_identity`` (the
     call is then recorded without an identity) is logged on ``meshkit.observability``
-    and never fails the call.
+    (the first of each exception type a minute, the others counted:
+    :class:`~meshkit.observability._logging.TelemetryFailures`) and never fails the call.
 
     Building it bounds the warnings the OpenTelemetry API's propagators log (standard
     library loggers, :data:`~meshkit.observability._tracing.PROPAGATION_LOGGERS`) for a
@@ -294,6 +294,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         method by its name, up to :data:`~meshkit.observability._metrics.MAX_SERVER_METHODS`
         per registry. Spans and access-log lines always carry the name the caller sent."""
         self._access = _ServerAccess(service_name)
+        # a broken span processor's failures: a line a minute, not one per call
+        self._failures = TelemetryFailures()
         # a malformed baggage/tracestate header: one warning per message and minute
         bound_propagation_warnings()
         super().__init__()
@@ -325,8 +327,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                     if span is not None:
                         token = attach_span(span)
             except Exception as e:
-                _internal_log.warning("telemetry span start failed",
-                                      error=type(e).__name__)
+                self._failures.report("telemetry span start failed", e)
         return span, token, _perf(), peer
 
     def _finish(self, m: _Method, state: tuple[Any, Any, float, str], context: Any,
@@ -346,8 +347,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             try:
                 identity = self._identity() if self._identity is not None else None
             except Exception as e:  # a peer_identity function of one's own: never the call's
-                _internal_log.warning("telemetry peer identity failed",
-                                      error=type(e).__name__)
+                self._failures.report("telemetry peer identity failed", e)
                 identity = None
             md = self._md(m, context) if log and m.log_md else None
             # Deferred (a recorded span's end, an access line rendered when logged, a
@@ -429,7 +429,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             elif log:
                 self._log(m, code, duration_s, peer, identity, current_span_context(), md)
         except Exception as e:  # telemetry must never break the server's loop
-            _internal_log.warning("telemetry completion failed", error=type(e).__name__)
+            self._failures.report("telemetry completion failed", e)
 
     def _record_exception(self, span: Any, exc: BaseException) -> None:
         """The ``exception`` event of a handler's unhandled ``exc`` on ``span``: its type
