@@ -35,10 +35,11 @@ call, or a stream's ``read``, ``write``, ``done_writing`` or iteration
 (``_StreamResponseMixin._read``), even before its attempt is open; cancelling a task
 awaiting an accessor (``code()``, ``initial_metadata()``...) leaves the call alone.
 ``cancel()`` of a stream sets its outcome (``CANCELLED``) at once: ``done()`` is true
-when it returns. A stream the *mesh* cancels (the channel closed, or its endpoint left
-and ``drain_timeout_s`` ran out) ends its reader or writer with
-:class:`~meshkit.errors.MeshRpcError` ``CANCELLED``, as a unary call in flight, not with
-grpc.aio's ``CancelledError`` in a task nobody cancelled.
+when it returns. A stream the *mesh* ends ends its reader or writer with
+:class:`~meshkit.errors.MeshRpcError`, as a unary call in flight, not with grpc.aio's
+``CancelledError`` in a task nobody cancelled: ``CANCELLED`` when the channel closed,
+``UNAVAILABLE`` when its endpoint left and ``drain_timeout_s`` ran out (retried as such
+before a retried stream's commit).
 
 A call's ``DEADLINE_EXCEEDED`` that ran out the propagated deadline of the call being
 handled (``DialOptions.deadline_margin_s`` before it) is marked as it is raised
@@ -216,6 +217,20 @@ def _fresh(error: BaseException) -> BaseException:
     new.__context__ = error.__context__
     new.__suppress_context__ = error.__suppress_context__
     return new
+
+
+def _mesh_cut(details: ClientCallDetails) -> MeshRpcError:
+    """The error of a stream whose attempt the mesh ended under its reader or writer
+    (grpc.aio's ``CancelledError`` in a task nobody cancelled): the channel's
+    (``details.codec.mesh_cut``: ``CANCELLED`` when it was closed, ``UNAVAILABLE`` when
+    the endpoint left and its ``drain_timeout_s`` ran out, as a unary call so cut, and
+    retried as ``UNAVAILABLE`` is before a retried stream's commit); ``CANCELLED``
+    without a channel's plan. The error path only."""
+    cut = getattr(details.codec, "mesh_cut", None)
+    if cut is not None:
+        return cut("stream")  # type: ignore[no-any-return]
+    return MeshRpcError(_CANCELLED, f"stream to {details.service!r} cancelled: the channel "
+                        "was closed or its endpoint left")
 
 
 def _code_of(error: BaseException) -> grpc.StatusCode:
@@ -907,10 +922,11 @@ class StreamResponseCall(MeshCall):
     def _raise_if_cancelled_by_mesh(self) -> None:
         """In a read or write grpc.aio ended with ``CancelledError``: when neither the
         caller (:meth:`cancel`) nor the reading task's own cancellation (``task.cancel()``,
-        an ``asyncio.wait_for`` timeout) ended the call, the mesh did (the channel closed,
-        or the endpoint left and its ``drain_timeout_s`` ran out): raise
-        :class:`~meshkit.errors.MeshRpcError` ``CANCELLED`` for the caller, as a unary
-        call in flight gets, not a ``CancelledError`` in a task nobody cancelled."""
+        an ``asyncio.wait_for`` timeout) ended the call, the mesh did: raise
+        :class:`~meshkit.errors.MeshRpcError` for the caller, as a unary call in flight
+        gets, not a ``CancelledError`` in a task nobody cancelled: ``CANCELLED`` when the
+        channel was closed, ``UNAVAILABLE`` when the endpoint left and its
+        ``drain_timeout_s`` ran out (:func:`_mesh_cut`)."""
         if self._cancelled:
             return
         task = _current_task()
@@ -921,8 +937,7 @@ class StreamResponseCall(MeshCall):
             # so a later read or write of it is the caller's cancel too, not the mesh's
             self._cancelled = True
             return
-        err = MeshRpcError(_CANCELLED, f"stream to {self._details.service!r} cancelled: the "
-                           "channel was closed or its endpoint left")
+        err = _mesh_cut(self._details)
         if self._error is None:
             # what the call reports from now on (details(), code(), cancelled()), as a
             # unary call the mesh cancelled: not the attempt's "Locally cancelled by
@@ -1302,7 +1317,16 @@ class RetryingStreamCall(MeshCall):
                 self._first = await self._call.read()
                 self._settle(self._call, None)
                 return
-            except AioRpcError as exc:
+            except (AioRpcError, asyncio.CancelledError) as caught:
+                if isinstance(caught, AioRpcError):
+                    exc: AioRpcError = caught
+                elif self._cancelled or self._task is None or self._task.cancelling():
+                    raise  # the caller's cancel()
+                else:
+                    # nobody cancelled this task: the mesh ended the attempt (its endpoint
+                    # left and drain_timeout_s ran out: UNAVAILABLE, retried as such; the
+                    # channel closed: CANCELLED), as a unary attempt so cut
+                    exc = _mesh_cut(self._details)
                 # A cancelled call withdraws nothing from the budget and counts no retry.
                 delay = None if self._cancelled else self._delay_for(exc, attempt)
                 if delay is None:

@@ -412,9 +412,9 @@ class DialOptions:
             error, as gRPC); a ``wait_for_ready=True`` call waits until its deadline
             instead (however long without one) and then fails ``DEADLINE_EXCEEDED``.
         drain_timeout_s: grace given to in-flight calls on an endpoint that left the
-            registry before its sub-channel is closed (default 10.0 s); a unary or
-            client-streaming call still running then fails ``UNAVAILABLE`` (retried as
-            that status is, for calls safe to repeat), a response stream ``CANCELLED``.
+            registry before its sub-channel is closed (default 10.0 s); a call or
+            stream still running then fails ``UNAVAILABLE`` (retried as that status is,
+            for calls safe to repeat; a server stream before its first message).
         keepalive_time_s: client keepalive (gRFC A8): seconds between HTTP/2 pings on
             each endpoint's connection while it has calls, whether or not data moves
             (default ``None``: off, as in gRPC). A ping not acked within
@@ -754,7 +754,7 @@ class _MethodPlan:
     (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
 
     __slots__ = ("answered", "decode", "decodes", "in_mesh", "key", "kind", "margin_s",
-                 "method", "none_is_no_message", "request_serializer",
+                 "mesh_cut", "method", "none_is_no_message", "request_serializer",
                  "response_deserializer", "sends_wire", "serializes_stream",
                  "strict_deserializer", "timeout_s", "unary_request")
 
@@ -788,6 +788,9 @@ class _MethodPlan:
         # a streaming-response method: what its call object calls at a stream's first
         # response message (MeshChannel._stream_answered), None when nothing listens
         self.answered: Callable[[ClientCallDetails, Any], None] | None = None
+        # the error of a call the mesh ended under its reader (MeshChannel._mesh_cut),
+        # read by the call objects on that path only (meshkit._calls)
+        self.mesh_cut: Callable[[str], MeshRpcError] | None = None
 
     def propagated_deadline(self, details: ClientCallDetails) -> float | None:
         """The deadline of the call being handled (:func:`current_deadline`,
@@ -1183,11 +1186,20 @@ class MeshChannel(grpc.aio.Channel):
         address change" (retried as ``UNAVAILABLE`` is: for calls safe to repeat)."""
         task = asyncio.current_task()
         if task is not None and not task.cancelling():
-            if self._pool.closed:
-                raise MeshRpcError(_CANCELLED, f"call to {self.service!r} cancelled: the "
-                                   "channel was closed") from None
-            raise MeshRpcError(_UNAVAILABLE, f"call to {self.service!r} cut: its endpoint "
-                               "left and drain_timeout_s ran out") from None
+            raise self._mesh_cut("call") from None
+
+    def _mesh_cut(self, what: str) -> MeshRpcError:
+        """The error of a ``what`` ("call", "stream") whose attempt the mesh ended under
+        it (grpc.aio's ``CancelledError`` in a task nobody cancelled): ``CANCELLED`` when
+        the channel was closed; else ``UNAVAILABLE``, its endpoint having left (or its
+        sub-channel having been replaced) and ``drain_timeout_s`` run out (see
+        :meth:`_raise_if_call_cancelled`). Response streams' call objects ask it through
+        their method's plan (``_MethodPlan.mesh_cut``)."""
+        if self._pool.closed:
+            return MeshRpcError(_CANCELLED, f"{what} to {self.service!r} cancelled: the "
+                                "channel was closed")
+        return MeshRpcError(_UNAVAILABLE, f"{what} to {self.service!r} cut: its endpoint "
+                            "left and drain_timeout_s ran out")
 
     async def _attempt_upload(self, details: ClientCallDetails, request: Any) -> Any:
         """One attempt of a stream-unary call (an upload), ``request`` its request
@@ -1355,6 +1367,7 @@ class MeshChannel(grpc.aio.Channel):
                            codecs_in_mesh=in_mesh, strict_deserializer=strict,
                            margin_s=opts.deadline_margin_s if opts.propagate_deadline
                            else None)
+        plan.mesh_cut = self._mesh_cut
         if self._answers and (kind is CallKind.UNARY_STREAM
                               or kind is CallKind.STREAM_STREAM):
             plan.answered = self._stream_answered

@@ -549,10 +549,12 @@ async def test_a_cancelled_close_still_closes_the_channel(
 
 
 async def ended_cancelled_by_the_mesh(task: asyncio.Future[Any], what: str,
-                                      timeout_s: float = 2.0) -> Any:
+                                      timeout_s: float = 2.0,
+                                      code: grpc.StatusCode = grpc.StatusCode.CANCELLED) -> Any:
     """Wait (``timeout_s`` at most) for ``task``, a reader or writer of a stream the mesh
-    cancelled, and check that it ended with ``MeshRpcError`` ``CANCELLED``, not
-    ``CancelledError``; the error."""
+    cancelled, and check that it ended with ``MeshRpcError`` ``code`` (``CANCELLED``: the
+    channel closed; ``UNAVAILABLE``: its endpoint left and ``drain_timeout_s`` ran out),
+    not ``CancelledError``; the error."""
     from meshkit.errors import MeshRpcError
 
     done, _ = await asyncio.wait({task}, timeout=timeout_s)
@@ -560,7 +562,7 @@ async def ended_cancelled_by_the_mesh(task: asyncio.Future[Any], what: str,
     assert not task.cancelled(), f"the {what} ended in CancelledError"
     err = task.exception()
     assert isinstance(err, MeshRpcError), repr(err)
-    assert err.code() is grpc.StatusCode.CANCELLED
+    assert err.code() is code, repr(err)
     return err
 
 
@@ -651,18 +653,20 @@ async def test_close_ends_a_stream_reader_with_cancelled_not_cancelled_error(
         await asyncio.wait({reader}, timeout=5)
 
 
-async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_cancelled(
+async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_unavailable(
     registry: LocalRegistry,
 ) -> None:
     """A stream still open on an endpoint that left when ``drain_timeout_s`` is up is
-    cancelled, and its reader gets ``MeshRpcError`` ``CANCELLED`` (not a
-    ``CancelledError`` in a task nobody cancelled)."""
+    cut, and its reader gets ``MeshRpcError`` ``UNAVAILABLE`` (as a unary call so cut:
+    test_hunt37_a1_stream_drain_cut; not a ``CancelledError`` in a task nobody
+    cancelled)."""
 
     async with one_endpoint(registry, drain_timeout_s=0.3) as (ch, i1):
         got: list[Any] = []
         _, reader = await _bidi_read(ch, got)
         await registry.deregister(i1)
-        await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=4.0)
+        await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=4.0,
+                                          code=grpc.StatusCode.UNAVAILABLE)
 
 
 async def test_close_ends_a_blocked_stream_writer_with_cancelled(
@@ -1038,8 +1042,8 @@ async def test_an_endpoint_that_leaves_cuts_its_rebuilt_sub_channels_after_the_d
 ) -> None:
     """A sub-channel kept after a rebuild for its open stream belongs to its endpoint:
     when the endpoint leaves the registry, the stream gets ``drain_timeout_s`` of grace,
-    as on its current sub-channel, and is then cancelled (its reader gets
-    ``MeshRpcError`` ``CANCELLED``)."""
+    as on its current sub-channel, and is then cut (its reader gets
+    ``MeshRpcError`` ``UNAVAILABLE``)."""
     async with one_endpoint(registry, drain_timeout_s=0.3) as (ch, i1):
         got: list[Any] = []
         _, reader = await _bidi_read(ch, got)
@@ -1047,7 +1051,8 @@ async def test_an_endpoint_that_leaves_cuts_its_rebuilt_sub_channels_after_the_d
         await asyncio.sleep(0.6)  # past drain_timeout_s: kept for its stream
         assert not reader.done(), reader
         await registry.deregister(i1)
-        await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=10.0)
+        await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=10.0,
+                                          code=grpc.StatusCode.UNAVAILABLE)
         await until(lambda: not ch._pool._draining, timeout_s=10,
                     what="every sub-channel of the endpoint closed")
 
