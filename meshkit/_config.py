@@ -367,17 +367,18 @@ def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:
     Raises:
         ConfigError: ``value`` is a string, not iterable, or holds something else than a
             ``grpc.StatusCode`` (a name such as ``"UNAVAILABLE"`` or a number such as
-            ``14`` never equals one); ``name`` and the bad element quoted.
+            ``14`` never equals one; an unhashable one too, such as a list of codes
+            nested in the list, ``[[UNAVAILABLE]]``); ``name`` and the bad element quoted.
     """
     refuse_str(name, value)
     if not isinstance(value, Iterable):
         raise ConfigError(f"{name} must be a collection of grpc.StatusCode, got {value!r}")
-    out = frozenset(value)
-    for code in out:
+    items = tuple(value)  # each checked before hashing: [[...]] is no bare TypeError
+    for code in items:
         if not isinstance(code, grpc.StatusCode):
             raise ConfigError(f"{name} must hold grpc.StatusCode members (e.g. "
                               f"grpc.StatusCode.UNAVAILABLE), got {code!r}")
-    return out
+    return frozenset(items)
 
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
