@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import os
 import time
@@ -177,7 +178,7 @@ class MessageSigner:
             carries no workload SPIFFE ID, or ``clock`` is not callable (quoted).
     """
 
-    __slots__ = ("_clock", "_state", "_watch", "identity")
+    __slots__ = ("_clock", "_state", "_valid", "_watch", "identity")
 
     def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -202,6 +203,9 @@ class MessageSigner:
         self._clock = clock
         # key and certificate replaced together (a reload), never one without the other
         self._state = (key, base64.b64encode(certificate.public_bytes(der)).decode())
+        # the certificate's validity period, epoch seconds (a reload's check)
+        self._valid = (certificate.not_valid_before_utc.timestamp(),
+                       certificate.not_valid_after_utc.timestamp())
         self._watch: tuple[_Watched, Callable[[], MessageSigner]] | None = None
 
     @classmethod
@@ -217,7 +221,11 @@ class MessageSigner:
         again when they changed. A pair that does not load (a file missing, a certificate
         and key written one after the other that do not match yet) keeps the old one,
         logged once (``message signer reload failed``) and tried again at the next check.
-        ``None``: the files are read once.
+        So does a pair no consumer would take, as the TLS reloaders judge a renewal: a
+        certificate expired or not valid yet on ``clock`` (a stale Secret restored, an
+        issuer's clock ahead: every event signed with it would be refused and
+        dead-lettered), or one of another SPIFFE ID than the signer's (a reload renews,
+        it never changes the publisher's identity). ``None``: the files are read once.
 
         Raises:
             meshkit.auth.CertificateError: an unreadable file.
@@ -231,8 +239,14 @@ class MessageSigner:
             return cls(load_certificate(pair[0]), load_private_key(pair[1]), clock=clock)
 
         signer = load()
+
+        def renew() -> MessageSigner:
+            fresh = load()
+            _check_renewal(signer, fresh, pair[0])
+            return fresh
+
         if watch is not None:
-            signer._watch = (watch, load)
+            signer._watch = (watch, renew)
         return signer
 
     @classmethod
@@ -248,7 +262,7 @@ class MessageSigner:
     def _reload(self, watch: tuple[_Watched, Callable[[], MessageSigner]]) -> None:
         fresh = watch[0].reload(watch[1])
         if fresh is not None:
-            self._state, self.identity = fresh._state, fresh.identity
+            self._state, self._valid = fresh._state, fresh._valid
 
     def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
              payload: bytes) -> None:
@@ -266,6 +280,37 @@ class MessageSigner:
         headers[HDR_CERT] = cert_b64
         headers[HDR_SENT_AT_MS] = sent
         headers[HDR_SIGNATURE] = base64.b64encode(sig).decode()
+
+
+def _check_renewal(current: MessageSigner, fresh: MessageSigner, cert_file: Path) -> None:
+    """Refuse ``fresh`` (the files as read now) as the pair ``current`` signs with from
+    now on: its certificate names another SPIFFE ID, or is outside its validity period
+    (RFC 5280 §4.1.2.5, both bounds inclusive) on ``current``'s clock.
+
+    Raises:
+        CertificateError: why (the file and the bound or identities quoted); the message
+            ends saying the current certificate is kept.
+    """
+    if fresh.identity != current.identity:
+        raise CertificateError(
+            f"{cert_file} is now the certificate of {fresh.identity.spiffe_id}, not of "
+            f"{current.identity.spiffe_id}: a reload renews the publisher's certificate, "
+            "it never changes its identity; the current certificate is kept")
+    now = current._clock()
+    not_before, not_after = fresh._valid
+    if now > not_after:
+        raise CertificateError(
+            f"{cert_file} expired at {_utc(not_after)}: consumers would refuse every "
+            "event signed with it; the current certificate is kept")
+    if now < not_before:
+        raise CertificateError(
+            f"{cert_file} is not valid until {_utc(not_before)} (is the issuer's clock "
+            "ahead?): consumers would refuse every event signed with it until then; the "
+            "current certificate is kept")
+
+
+def _utc(t: float) -> str:
+    return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
 
 @dataclass(frozen=True, slots=True)
