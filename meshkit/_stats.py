@@ -140,7 +140,8 @@ class ServerStats:
             service name is SERVING, as the application leaves it on its health servicer
             (``MeshServer.health``): what gRPC health checks, Consul's GRPC check and
             gRFC A17 clients read (default ``True``).
-        draining: draining now.
+        draining: draining now: its drain began and the server has not stopped yet
+            (``False`` before the drain and once it has ended).
         tls: serving with transport security.
         chain: the server checks in the order they run.
         telemetry: telemetry on.

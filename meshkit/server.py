@@ -2262,7 +2262,9 @@ class MeshServer:
             services=tuple(self.service_names),
             ready=self.ready,
             serving=self.serving,
-            draining=self.draining,
+            # draining now: drain() called and the server not stopped yet (the
+            # attribute stays set for good, refusing a later start())
+            draining=self.draining and not self._stopped.is_set(),
             tls=opts.tls is not None or opts.credentials is not None,
             chain=tuple(type(i).__name__ for i in self._chain),
             telemetry=opts.telemetry is not None,
