@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from meshkit._config import check_instance, check_number, check_seconds
 from meshkit.errors import ConfigError
@@ -63,7 +64,7 @@ class RetryBudget:
     """
 
     __slots__ = ("_bucket_s", "_clock", "_cur", "_floor", "_ratio", "_requests", "_retries",
-                 "_start", "denied", "options")
+                 "_start", "_unit", "denied", "options")
 
     _N = 10
 
@@ -75,8 +76,17 @@ class RetryBudget:
         self.options = options or BudgetOptions()
         self._clock = clock
         self._bucket_s = self.options.ttl_s / self._N
-        self._ratio = self.options.retry_ratio
-        self._floor = self.options.min_retries_per_s * self.options.ttl_s
+        # exact arithmetic in integer units of 1/_unit retry (as Finagle's and grpc-go's
+        # budgets count in scaled integers): in floats 0.29 * 100 is 28.999999999999996,
+        # and the budget granted 28 of the 29 retries it promises. Each value is taken as
+        # the fraction nearest to it with a denominator up to 10**9 (the decimal the user
+        # wrote: 0.29 is 29/100, 1 / 3 is 1/3)
+        opts = self.options
+        ratio = _fraction(opts.retry_ratio)
+        floor = _fraction(opts.min_retries_per_s) * _fraction(opts.ttl_s)
+        self._unit = unit = math.lcm(ratio.denominator, floor.denominator)
+        self._ratio = ratio.numerator * (unit // ratio.denominator)
+        self._floor = floor.numerator * (unit // floor.denominator)
         self._requests = [0] * self._N
         self._retries = [0] * self._N
         self._start = math.floor(clock() / self._bucket_s)
@@ -101,14 +111,20 @@ class RetryBudget:
         else:
             self._requests[self._advance()] += 1
 
-    def balance(self) -> float:
-        """Retries still allowed in the current window (may be fractional)."""
+    def _units(self) -> int:
+        """:meth:`balance` in units of ``1 / _unit`` retry (exact)."""
         self._advance()
-        return self._floor + self._ratio * sum(self._requests) - sum(self._retries)
+        return (self._floor + self._ratio * sum(self._requests)
+                - self._unit * sum(self._retries))
+
+    def balance(self) -> float:
+        """Retries still allowed in the current window (may be fractional, or negative
+        when requests that paid for retries have left the window before them)."""
+        return self._units() / self._unit
 
     def try_withdraw(self) -> bool:
         """Spend one retry if the budget allows it; ``False`` (and counted) otherwise."""
-        if self.balance() >= 1:
+        if self._units() >= self._unit:
             self._retries[self._cur % self._N] += 1
             return True
         self.denied += 1
@@ -118,3 +134,9 @@ class RetryBudget:
         """Retries spent in the current window."""
         self._advance()
         return sum(self._retries)
+
+
+def _fraction(value: float) -> Fraction:
+    """``value`` (finite, >= 0) as the fraction nearest to it with a denominator up to
+    10**9: the decimal a user writes (``0.29``: 29/100), not the binary float's."""
+    return Fraction(value).limit_denominator(10**9)
