@@ -551,10 +551,13 @@ def _admin_from_env() -> AdminOptions:
     text = raw.strip()
     port = 0
     if text:
-        if not (text.isascii() and text.isdigit() and int(text) < 65536):
+        # (at most 5 digits to int(): one of over 4,300 raises a bare ValueError)
+        digits = text.lstrip("0") or "0"
+        if not (text.isascii() and text.isdigit() and len(digits) <= 5
+                and int(digits) < 65536):
             raise ConfigError(
                 f"MESHKIT_ADMIN_PORT must be a port number 0..65535, got {raw!r}")
-        port = int(text)
+        port = int(digits)
     try:
         return AdminOptions(host=host, port=port)
     except ConfigError as exc:

@@ -623,7 +623,12 @@ def _tracing_env(exporters_from_env: bool = True) -> _TracingEnv:
                        else None)
 
 
-# (variable, smallest value, the SDK's default) of the batch span processor's settings
+# (variable, smallest value, the SDK's default) of the batch span processor's settings,
+# each at most _BSP_MOST (a Java int, as other SDKs read them; 24.8 days of ms): the SDK
+# takes any int, but a queue size past sys.maxsize fails to build (OverflowError) and a
+# delay past threading.TIMEOUT_MAX kills its export thread at its first wait (spans then
+# never exported, nothing said)
+_BSP_MOST = 2**31 - 1
 _BSP_VARS = (("OTEL_BSP_MAX_QUEUE_SIZE", 1, 2048), ("OTEL_BSP_SCHEDULE_DELAY", 1, 5000),
              ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1, 512),
              ("OTEL_BSP_EXPORT_TIMEOUT", 0, 30000))
@@ -637,9 +642,10 @@ _LIMIT_VARS = ("OTEL_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"
                "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT")
 
 
-def _int_var(env: Mapping[str, str], var: str, least: int) -> int | None:
-    """``var`` as an integer >= ``least`` (blanks around it ignored), ``None`` when unset
-    or empty.
+def _int_var(env: Mapping[str, str], var: str, least: int,
+             most: int | None = None) -> int | None:
+    """``var`` as an integer >= ``least`` (and <= ``most``; blanks around it ignored),
+    ``None`` when unset or empty.
 
     Raises:
         ConfigError: not such an integer (the variable named, the value quoted).
@@ -651,8 +657,9 @@ def _int_var(env: Mapping[str, str], var: str, least: int) -> int | None:
         value = int(raw.strip())
     except ValueError:
         value = least - 1
-    if value < least:
-        raise ConfigError(f"{var} must be an integer >= {least}, got {raw!r}")
+    if value < least or (most is not None and value > most):
+        where = f">= {least}" if most is None else f"in [{least}, {most}]"
+        raise ConfigError(f"{var} must be an integer {where}, got {raw!r}")
     return value
 
 
@@ -665,16 +672,16 @@ def _batch_settings(env: Mapping[str, str]) -> dict[str, int]:
     ``TracerProvider`` would raise for.
 
     Raises:
-        ConfigError: a value that is not an integer in range, or an
-            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` over ``OTEL_BSP_MAX_QUEUE_SIZE`` (the
-            variables named, the values quoted).
+        ConfigError: a value that is not an integer in range (an ``OTEL_BSP_*`` one at
+            most 2147483647), or an ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` over
+            ``OTEL_BSP_MAX_QUEUE_SIZE`` (the variables named, the values quoted).
     """
     for var in _LIMIT_VARS:
         _int_var(env, var, 0)
     settings: dict[str, int] = {}
     batch_given = False
     for (var, least, default), arg in zip(_BSP_VARS, _BSP_ARGS, strict=True):
-        value = _int_var(env, var, least)
+        value = _int_var(env, var, least, _BSP_MOST)
         settings[arg] = default if value is None else value
         batch_given = batch_given or (arg == "max_export_batch_size" and value is not None)
     if settings["max_export_batch_size"] > settings["max_queue_size"]:
