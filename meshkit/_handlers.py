@@ -90,7 +90,9 @@ code. When it returns ``False``, ``exc`` goes on to grpc.aio, which answers ``UN
 with its text. Also called, with a
 :class:`NoResponse`, when a unary-response handler returned ``None`` (nothing raised:
 aborts, or returns leaving the answer to grpc.aio) and when a streaming handler yielded
-``None`` (returning drops that ``None`` and the stream goes on)."""
+``None`` (returning drops that ``None`` and the stream goes on); unless it has an attribute
+``answers_none`` that is ``False``: then a missing response is grpc.aio's to answer, as
+without an ``Unhandled`` (the wrap also leaves the unary response's serializing to it)."""
 
 
 class NoResponse(Exception):
@@ -1132,7 +1134,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     # and a unary response is serialized inside the wrap, where a serializer's exception
     # is answered and reported as the call's (grpc.aio serializes after the handler
     # returned: the caller got the exception's text, telemetry had counted the call OK)
-    empty = None if resp_s else unhandled
+    # (an Unhandled may leave a missing response to grpc.aio: see Unhandled)
+    none_to = unhandled if getattr(unhandled, "answers_none", True) is not False else None
+    empty = None if resp_s else none_to
     base = handler.response_serializer
     ser = base if empty is not None else None
     sends = base if ser is None else None  # the serializer grpc.aio is given
@@ -1153,7 +1157,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     # the request guard's check, when a user's interceptor sits between it and this wrap
     guard = None if req_s else getattr(des, UNDECODABLE_MARK, None)
     if reporter is None:
-        behavior = (_checked_stream(inner, check, unhandled, guard, ser) if streams
+        behavior = (_checked_stream(inner, check, unhandled, guard, ser, none_to) if streams
                     else _checked(inner, check, unhandled, empty, ser, guard))
     else:
         messages = getattr(reporter, "messages", None)
@@ -1165,7 +1169,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
                 des = _counting_received(des, messages)
             if resp_s:
                 sends = _counting_sent(sends, messages, max_send_bytes)
-        behavior = (_reported_stream(inner, check, reporter, unhandled, guard, ser)
+        behavior = (_reported_stream(inner, check, reporter, unhandled, guard, ser, none_to)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
     if threaded:  # see runs_in_a_thread
@@ -1554,7 +1558,8 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
 
 def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                     guard: tuple[Any, str] | None = None,
-                    ser: Callable[[Any], bytes] | None = None) -> Any:
+                    ser: Callable[[Any], bytes] | None = None,
+                    empty: Unhandled | None = None) -> Any:
     inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
     if ser is not None:  # a send limit: see wrap_handler
         inner = _serializing(inner, ser)
@@ -1568,8 +1573,8 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
             async for item in responses(result):
-                if item is None and unhandled is not None:  # no message: answered
-                    await unhandled(NoResponse(streaming=True), context)
+                if item is None and empty is not None:  # no message: answered
+                    await empty(NoResponse(streaming=True), context)
                     continue  # a status was set: nothing to send
                 yield item
             if getattr(context, "trailing_metadata", _none_set)():  # see _checked
@@ -1746,7 +1751,8 @@ def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any,
 def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                      unhandled: Unhandled | None,
                      guard: tuple[Any, str] | None = None,
-                     ser: Callable[[Any], bytes] | None = None) -> Any:
+                     ser: Callable[[Any], bytes] | None = None,
+                     empty: Unhandled | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
     inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
     if ser is not None:  # a send limit: see wrap_handler
@@ -1763,8 +1769,8 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
             async for item in responses(result):
-                if item is None and unhandled is not None:  # see _checked_stream
-                    await unhandled(NoResponse(streaming=True), context)
+                if item is None and empty is not None:  # see _checked_stream
+                    await empty(NoResponse(streaming=True), context)
                     continue
                 yield item
             if getattr(context, "trailing_metadata", _none_set)():  # see _checked

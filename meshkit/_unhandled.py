@@ -183,14 +183,27 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     also serializes a unary response with one when this is not installed).
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
-    wrap (no cost on a call that does not raise), unless
-    ``ServeOptions(expose_exception_text=True)``. It covers the handler and the
+    wrap (no cost on a call that does not raise). It covers the handler and the
     ``interceptors`` given to ``serve()``, their ``intercept_service`` included (an
     exception there is answered by a handler that aborts at once, whatever the call's
     kind).
+
+    Args:
+        expose_exception_text: what ``ServeOptions(expose_exception_text=True)`` installs
+            (default ``False``): only the two refusals are answered (their code and
+            details, as above); every other exception, and a unary ``None`` or a ``None``
+            yielded, is left to grpc.aio (``UNKNOWN`` "Unexpected <class 'X'>: <text>"),
+            and nothing is logged. On a server with no other wrap (no telemetry, no
+            check) this adds one to each call.
     """
 
+    def __init__(self, *, expose_exception_text: bool = False) -> None:
+        super().__init__()
+        self.expose_exception_text = expose_exception_text
+
     def _unhandled_for(self, method: str) -> Unhandled:
+        if self.expose_exception_text:
+            return _refusals_only
         # the name as logged: a generic handler may serve any name a caller sends, and
         # the console log writes a value raw (an ESC sequence acts on the reader's
         # terminal, a line break forges a line); escaped once per method
@@ -218,3 +231,18 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
             return True
 
         return unhandled
+
+
+async def _refusals_only(exc: Exception, context: Any) -> bool:
+    """The answer of an exposing :class:`UnhandledErrorInterceptor`: a refusal's status
+    (:func:`unhandled_answer`), set; ``False`` for anything else (grpc.aio answers it)."""
+    if not isinstance(exc, _REFUSALS):
+        return False
+    code, details = unhandled_answer(exc, context)
+    context.set_code(code)
+    context.set_details(details)
+    return True
+
+
+# the wrap hands it no missing response: left to grpc.aio (see meshkit._handlers.Unhandled)
+_refusals_only.answers_none = False  # type: ignore[attr-defined]

@@ -36,9 +36,11 @@ yours)``): that one is served instead and driven the same way (see :class:`MeshS
    ``tls``), JWT, policy;
 4. rate limiting (``rate_limit``): after auth, so the limit keys on a verified identity
    and unauthenticated callers consume no one's budget;
-5. the answer to an unhandled exception (on unless ``expose_exception_text``):
-   ``UNKNOWN`` naming the exception's type, its text only in the server's log; a unary
-   handler's ``None`` gets ``INTERNAL`` (:mod:`meshkit._unhandled`);
+5. the answer to an unhandled exception: ``UNKNOWN`` naming the exception's type, its
+   text only in the server's log; a unary handler's ``None`` gets ``INTERNAL``; with
+   ``expose_exception_text`` both are grpc.aio's, but for a handler's
+   ``PermissionDeniedError``/``UnauthenticatedError``, which get their status in both
+   modes (:mod:`meshkit._unhandled`);
 6. your own ``grpc.aio.ServerInterceptor`` s (``interceptors``), first outermost;
 7. the handler.
 
@@ -717,7 +719,9 @@ class ServeOptions:
             returns ``None`` with no status set gets ``INTERNAL`` (see
             :mod:`meshkit._unhandled`). ``True`` leaves both to grpc.aio, and records the
             text and stack trace on the server span too (as
-            ``TelemetryOptions(expose_exception_text=True)``).
+            ``TelemetryOptions(expose_exception_text=True)``). In both modes a handler's
+            ``meshkit.auth.PermissionDeniedError`` or ``UnauthenticatedError`` is
+            answered with its own status and details.
         generic_methods: method patterns (:mod:`meshkit._methods` spellings, e.g.
             ``("/proxy.v1.Cache/Get", "proxy.v1.Cache/*")``) of methods your generic
             handlers serve that telemetry labels by name in the metrics (``grpc_service``,
@@ -885,7 +889,8 @@ def _servicer_pairs(service: str, servicers: object) -> list[tuple[AddServicer, 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:
     """The interceptors ``serve()`` installs for ``options``, in the one documented order
     (module docstring): telemetry, deadline, auth, rate limit, the answer to unhandled
-    exceptions (unless ``options.expose_exception_text``), then ``options.interceptors``.
+    exceptions (refusals alone with ``options.expose_exception_text``), then
+    ``options.interceptors``.
 
     Args:
         service: the mesh service name (labels telemetry).
@@ -923,8 +928,9 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
         chain.extend(checks)
     if options.rate_limit is not None:
         chain.append(RateLimitInterceptor(options.rate_limit))
-    if not options.expose_exception_text:
-        chain.append(UnhandledErrorInterceptor())
+    # exposing the text: a handler's refusal (PermissionDeniedError...) still gets its status
+    chain.append(UnhandledErrorInterceptor(
+        expose_exception_text=options.expose_exception_text))
     chain.extend(options.interceptors)
     return tuple(chain)
 

@@ -216,6 +216,7 @@ def test_serve_builds_the_one_chain_order() -> None:
     """serve() orders the mesh's checks itself: telemetry, deadline, auth, rate limit, the
     answer to unhandled exceptions, then the user's interceptors; the deadline check and
     that answer are on by default."""
+    from meshkit._unhandled import UnhandledErrorInterceptor
     from meshkit.auth import AuthOptions, AuthzPolicy
     from meshkit.resilience import RateLimitOptions
     from meshkit.server import server_chain
@@ -235,7 +236,9 @@ def test_serve_builds_the_one_chain_order() -> None:
         "UnhandledErrorInterceptor"]
     exposed = meshkit.ServeOptions(insecure=True, telemetry=None, deadline=None,
                                    expose_exception_text=True)
-    assert server_chain("svc", exposed) == ()
+    # exposing the text, a handler's refusal still gets its status: the answer, refusals only
+    (only,) = server_chain("svc", exposed)
+    assert isinstance(only, UnhandledErrorInterceptor) and only.expose_exception_text
 
 
 def test_mesh_checks_in_interceptors_are_refused() -> None:
