@@ -353,7 +353,9 @@ class EtcdOptions:
         request_timeout_s: time limit of one request to one member (default 2): after it
             the next member is tried, so keep it below ``keepalive_interval_s`` (a request
             that a member forwarded to a leader that just died is answered only after
-            etcd's own timeout, 5 s and two election timeouts).
+            etcd's own timeout, 5 s and two election timeouts). A keep-alive of the lease
+            is given ``min(request_timeout_s, ttl_s / 3)`` per member, so that one member
+            that hangs is left for the next before the lease runs out.
         operation_timeout_s: how long a write (register, deregister, keep-alive) goes on
             trying the members, with backoff between passes, before it fails (default 10):
             long enough to ride out a leader election.
@@ -882,6 +884,9 @@ class EtcdRegistry:
         assert self.options.keepalive_interval_s is not None
         self._seen_period_s = max(self.options.keepalive_interval_s,
                                   self._seen_ttl_s / _SEEN_RENEWALS)
+        # what one member is given to answer a keep-alive of the lease (see _keep_once)
+        self._keepalive_timeout_s = min(self.options.request_timeout_s,
+                                        self.options.ttl_s / 3)
         # the keep-alive task of each event loop that registered (under _loops_mutex),
         # and when one of them last did a round (monotonic): one round per interval
         self._keepers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
@@ -1066,9 +1071,11 @@ class EtcdRegistry:
             self._current = (index + 1) % n
 
     async def _post(self, path: str, body: Mapping[str, Any], *,
-                    persist: bool = True) -> dict[str, Any]:
+                    persist: bool = True,
+                    request_timeout_s: float | None = None) -> dict[str, Any]:
         """POST ``body`` to call ``path`` (e.g. ``/kv/put``, under the gateway prefix: see
-        :meth:`_post_one`) of one member after another until one answers.
+        :meth:`_post_one`) of one member after another until one answers, each member
+        given ``request_timeout_s`` seconds (default: the option's).
 
         With ``persist`` (writes: register, deregister, keep-alive) the members are tried
         again, after a backoff, until ``operation_timeout_s`` has passed (no attempt starts
@@ -1101,7 +1108,7 @@ class EtcdRegistry:
                     break  # no attempt past operation_timeout_s, however many members
                 try:
                     return await self._post_one(session, endpoints[i % len(endpoints)],
-                                                path, body)
+                                                path, body, request_timeout_s)
                 except _EtcdError as exc:
                     if not exc.retry_elsewhere:
                         raise
@@ -1135,8 +1142,10 @@ class EtcdRegistry:
             self._api = api
 
     async def _post_one(self, session: aiohttp.ClientSession, endpoint: str, path: str,
-                        body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to call ``path`` of one member and return its JSON answer.
+                        body: Mapping[str, Any],
+                        request_timeout_s: float | None = None) -> dict[str, Any]:
+        """POST ``body`` to call ``path`` of one member and return its JSON answer, within
+        ``request_timeout_s`` seconds (default: the option's).
 
         The status is checked before the body is parsed. A 404 that is not a gateway error
         (no gRPC code: the member does not serve the prefix, as etcd 3.3 does not serve
@@ -1149,8 +1158,10 @@ class EtcdRegistry:
             ValueError: a 200 answer that is not a JSON object.
         """
         api = self._api
+        bound = self.options.request_timeout_s if request_timeout_s is None \
+            else request_timeout_s
         for tried in (api, _V3BETA if api == _V3 else _V3):
-            async with asyncio.timeout(self.options.request_timeout_s), \
+            async with asyncio.timeout(bound), \
                     session.post(self._url(endpoint, tried, path), json=body) as resp:
                 if resp.status != 200:
                     error = _EtcdError.of(endpoint, resp.status, await resp.text())
@@ -1353,7 +1364,12 @@ class EtcdRegistry:
             return
         alive = False
         if lease is not None:
-            data = await self._post("/lease/keepalive", {"ID": str(lease)})
+            # each member given a third of the TTL at most: one that hangs (a black-holed
+            # path, a member stuck on a dead leader) is left for the next in time, before
+            # the lease runs out, whatever request_timeout_s (>= ttl_s, it expired while
+            # the keep-alive waited: the instances left every watch and came back)
+            data = await self._post("/lease/keepalive", {"ID": str(lease)},
+                                    request_timeout_s=self._keepalive_timeout_s)
             alive = int((data.get("result") or {}).get("TTL") or 0) > 0
         if not alive:
             async with self._lease_lock:
