@@ -15,7 +15,8 @@ headers are not signed).
 
 Headers written by :class:`MessageSigner` (all ASCII, no line breaks):
 
-* ``Meshkit-Identity``: the publisher's SPIFFE ID (informational; the certificate decides);
+* ``Meshkit-Identity``: the publisher's SPIFFE ID (informational; the certificate decides,
+  and :class:`MessageVerifier` refuses a message whose header names another);
 * ``Meshkit-Cert``: the publisher's workload certificate, base64 DER (~600 bytes);
 * ``Meshkit-Sent-At-Ms``: Unix milliseconds when the message was signed;
 * ``Meshkit-Signature``: base64 ECDSA-P256-SHA256 over
@@ -458,8 +459,10 @@ class MessageVerifier:
             MessageIdentityError: no or malformed identity headers, a send time more than
                 60 s in the future or older than ``max_message_age_s``, a certificate the
                 mesh CA does not vouch for at the send time, a signature that does not
-                match the message id, subject, send time and payload, or a publisher not
-                in ``allowed_publishers``.
+                match the message id, subject, send time and payload, a
+                ``Meshkit-Identity`` header naming another SPIFFE ID than the
+                certificate's (the header is not signed; without it the certificate
+                alone decides), or a publisher not in ``allowed_publishers``.
         """
         if self._watch is not None:
             self._reload(self._watch)
@@ -485,6 +488,11 @@ class MessageVerifier:
             known.public_key.verify(sig, _signed_bytes(msg_id, subject, sent, payload), _ECDSA)
         except (ValueError, binascii.Error, InvalidSignature):
             raise MessageIdentityError("message signature does not match") from None
+        claimed = h.get(HDR_IDENTITY)  # unsigned: never let it name another publisher
+        if claimed is not None and claimed != known.identity.spiffe_id:
+            raise MessageIdentityError(
+                f"{HDR_IDENTITY} header names {claimed[:200]!r}, but the message is signed "
+                f"by {known.identity.spiffe_id}")
         if self._allowed is not None and not self._allowed.matches(known.identity.spiffe_id):
             raise MessageIdentityError(
                 f"publisher {known.identity.spiffe_id} is not allowed on {subject}")
