@@ -93,6 +93,7 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 _TD_CHARS_RE = re.compile(r"[a-z0-9._-]+")
 _URI_SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
 _MAX_ID_BYTES = 2048
+_MAX_TD_BYTES = 255  # SPIFFE ID §2.3: the URI host's bound (RFC 3986)
 _PEM_BEGIN = b"-----BEGIN "
 _PEM_END_RE = re.compile(rb"-----END [^-\r\n]+-----")
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
@@ -213,14 +214,15 @@ class SpiffeId:
                 domain, empty / ``.`` / ``..`` path segments, query, fragment, port,
                 user info, any character outside ``[a-z0-9._-]`` in the trust domain or
                 ``[A-Za-z0-9._-]`` in a path segment (SPIFFE ID §2.1, §2.2; so also a
-                trailing newline), or longer than 2048 bytes.
+                trailing newline), longer than 2048 bytes, or with a trust domain longer
+                than 255 bytes (§2.3).
         """
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if len(text.encode()) > _MAX_ID_BYTES or not text.startswith("spiffe://"):
             raise ConfigError(f"not a SPIFFE ID: {text[:100]!r}")
         rest = text[len("spiffe://"):]
         td, slash, path = rest.partition("/")
-        if not td or not _TD_CHARS_RE.fullmatch(td):
+        if not td or len(td) > _MAX_TD_BYTES or not _TD_CHARS_RE.fullmatch(td):
             raise ConfigError(f"bad SPIFFE trust domain in {text[:100]!r}")
         if slash:
             for seg in path.split("/"):
