@@ -28,7 +28,9 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   malformed or too long pushback sends no more); one that found no endpoint (every
   endpoint failing) after the policy's backoff, as a retry would wait; one a server's
   deadline admission refused (``DeadlineOptions.min_remaining_s``: none of it ran) sends
-  no more, the attempts in flight still answering; any other status ends the call.
+  no more, the attempts in flight still answering; any other status ends the call. As a
+  retry, a hedge is not sent when the time left is shorter than the method's typical
+  latency (counted in ``gave_up_deadline``): it could not answer in time.
   C-core gRPC lacks hedging (grpc/grpc#26566).
 
 Unary-response calls (unary-unary, stream-unary with a re-iterable request: a list, a
@@ -268,7 +270,8 @@ class RetryStats:
     and ``hedges`` granted (each spent a retry-budget token: counted before the backoff,
     sent or not; one that finds no endpoint, or whose channel closes meanwhile, sends
     nothing); ``budget_exhausted``: retries or hedges the budget refused;
-    ``gave_up_deadline``: retries not sent because the deadline was too close."""
+    ``gave_up_deadline``: retries and hedges not sent because the deadline was too close
+    (past, or nearer than the method's typical latency)."""
 
     calls: int = 0
     retries: int = 0
@@ -605,19 +608,19 @@ class RetryInterceptor(ClientInterceptor):
         success wins (one that came in the same loop turn as another attempt's fatal
         status too), any other
         status ends the call, and the attempts still in flight are cancelled. No attempt
-        is started once the deadline has passed (a failure that came after it ends the
-        call with its own status when nothing else is in flight; counted in
-        ``gave_up_deadline``)."""
+        is started once the time left is no longer than the method's typical latency (an
+        EWMA of its successful attempts, as for a retry; the deadline passed among them:
+        a failure that came after it ends the call with its own status when nothing
+        else is in flight; counted in ``gave_up_deadline``)."""
         assert policy.hedge_delay_s is not None
         loop = asyncio.get_running_loop()
-        t0 = time.monotonic()
         base_md: list[tuple[str, Any]] = details.metadata
         # which attempt tried which endpoint: the span and access line name the one that
         # answered, not the last one sent (only hedged calls pay for this)
         attempts = details.attempts = HedgedAttempts(details.attempts)
         last_task: asyncio.Task[Any] | None = None
 
-        async def attempt(previous: int) -> tuple[Any, Any]:
+        async def attempt(previous: int) -> tuple[Any, Any, float]:
             # gRFC A6: a hedge says how many attempts went before it (taken by the
             # channel's attempt in this step, before any wait for an endpoint); none
             # after attempts that all never left (an earlier hedge's count replaced)
@@ -625,8 +628,9 @@ class RetryInterceptor(ClientInterceptor):
                                 else base_md)
             # the answer and the call that gave it, read in the same step: a hedge launched
             # after it would overwrite details.last_call before this loop looks
+            started = time.monotonic()
             response = await proceed(details, request)
-            return response, details.last_call
+            return response, details.last_call, started
 
         pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(attempt(0))}
         done: set[asyncio.Task[Any]] = set()
@@ -661,8 +665,10 @@ class RetryInterceptor(ClientInterceptor):
                     for task in (done if len(done) == 1 else sorted(done, key=_failed)):
                         exc = task.exception()
                         if exc is None:
-                            self._observe(details.method, time.monotonic() - t0)
-                            response, details.last_call = task.result()
+                            response, details.last_call, started = task.result()
+                            # the attempt's latency, as a retried call's: not the
+                            # call's, which holds the hedge delays before it
+                            self._observe(details.method, time.monotonic() - started)
                             attempts.settle(task)
                             return response
                         # a draining refusal is noted against its endpoint; an attempt
@@ -715,9 +721,11 @@ class RetryInterceptor(ClientInterceptor):
                     continue  # (closed: the loop's top sends no more)
                 # the hedge delay passed, or a failure's pushback: send another attempt
                 remaining = details.time_remaining_s()
-                if remaining is not None and remaining <= 0:
+                if remaining is not None and remaining <= self._typical_s.get(details.method,
+                                                                              0):
                     # a failure that came after the deadline: an attempt started now
-                    # would only fail DEADLINE_EXCEEDED, hiding the status of this one
+                    # would only fail DEADLINE_EXCEEDED, hiding the status of this one;
+                    # or too close to it for the method's typical latency (as a retry)
                     self.stats.gave_up_deadline += 1
                     sent = policy.max_attempts
                 elif self.budget.try_withdraw():
