@@ -34,10 +34,10 @@ from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import (
     UnreadServer,
-    live_channel_stats,
+    live_channel_stats_async,
     live_server_loops,
-    live_server_stats,
-    live_servers,
+    live_server_stats_async,
+    live_servers_async,
 )
 from meshkit.observability._metrics import (
     default_registry,
@@ -120,7 +120,9 @@ class AdminServer:
     /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
                            text format, or OpenMetrics when the Accept header asks for it;
                            collected and rendered in the admin server's own thread (the
-                           channels and servers are read on this loop), so a scrape does
+                           channels and servers are read on their own event loops: this
+                           one, or another thread's for those started there, within
+                           0.5 s, else from here), so a scrape does
                            not stall the calls the loop serves, nor waits behind work in
                            the loop's default executor (``asyncio.to_thread``); text not
                            encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
@@ -566,7 +568,7 @@ class AdminServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         query = request.query
-        read, unread = live_servers()
+        read, unread = await live_servers_async()
         servers: list[ServerStats | UnreadServer] = [*read, *unread]
         if "service" in query or "instance" in query:
             status, answer = _service_readiness(
@@ -584,8 +586,12 @@ class AdminServer:
     async def _debug_mesh(self, request: web.Request) -> web.Response:
         # the snapshots on the loop (stats() reads what only the loop may touch); turning
         # them into dicts and JSON (~45 ms for a channel to 2,000 endpoints) off it
-        text = await self._off_loop(functools.partial(
-            _debug_mesh_json, time.time(), live_server_stats(), live_channel_stats()))
+        # (each read on its own loop: a channel of another thread's is read there)
+        now = time.time()
+        servers = await live_server_stats_async()
+        channels = await live_channel_stats_async()
+        text = await self._off_loop(functools.partial(_debug_mesh_json, now, servers,
+                                                      channels))
         return web.Response(text=text, content_type="application/json")
 
     async def _off_loop(self, encode: Callable[[], str]) -> str:

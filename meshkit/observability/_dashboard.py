@@ -36,7 +36,12 @@ from aiohttp import web
 
 from meshkit._stats import ChannelStats, ServerStats, json_safe
 from meshkit.errors import ConfigError
-from meshkit.observability._live import live_channel_stats, live_server_stats
+from meshkit.observability._live import (
+    live_channel_stats,
+    live_channel_stats_async,
+    live_server_stats,
+    live_server_stats_async,
+)
 from meshkit.observability._metrics import GRPC_CODE_LABELS, RpcMetrics
 
 __all__ = ["DASHBOARD_JSON_PATH", "DASHBOARD_PATH", "DashboardFeed", "Offload",
@@ -194,7 +199,10 @@ class DashboardFeed:
                    offload: Offload | None = None) -> web.Response:
         """:meth:`build` as JSON (never cached): the snapshots and rows taken here, on the
         event loop; turned into dicts and encoded by ``offload`` (default: here too)."""
-        encode = functools.partial(_encode, self.window_s, *self._collect())
+        # the snapshots of another thread's loop read there, awaited
+        servers = await live_server_stats_async()
+        channels = await live_channel_stats_async()
+        encode = functools.partial(_encode, self.window_s, *self._collect(servers, channels))
         text = encode() if offload is None else await offload(encode)
         resp = web.Response(text=text, content_type="application/json")
         resp.headers["Cache-Control"] = "no-store"
@@ -204,12 +212,15 @@ class DashboardFeed:
         """The dashboard's data now (see the class docstring for its shape)."""
         return _document(self.window_s, *self._collect())
 
-    def _collect(self) -> tuple[float, list[dict[str, Any]], list[ServerStats],
-                                list[ChannelStats]]:
+    def _collect(self, servers: list[ServerStats] | None = None,
+                 channels: list[ChannelStats] | None = None
+                 ) -> tuple[float, list[dict[str, Any]], list[ServerStats],
+                            list[ChannelStats]]:
         """What :meth:`build` answers, read now on the event loop: ``time_unix_s``, the
         per-method rows (the windows move on) and the live servers' and channels' typed
-        snapshots (``stats()`` reads state only their loop may touch), not yet turned
-        into dicts (:func:`_document`), which costs as much again and needs no loop."""
+        snapshots (``stats()`` reads state only their loop may touch; ``servers`` and
+        ``channels`` when the caller read them already), not yet turned into dicts
+        (:func:`_document`), which costs as much again and needs no loop."""
         if self._clock is None:  # read when called (a test may patch them)
             now, t_s = time.time(), time.monotonic()
         else:
@@ -249,7 +260,8 @@ class DashboardFeed:
                 row[extra] = getattr(rec, extra, None)
                 methods.append(row)
         methods.sort(key=lambda m: (m["side"] != "server", m["path"]))
-        return now, methods, live_server_stats(), live_channel_stats()
+        return (now, methods, live_server_stats() if servers is None else servers,
+                live_channel_stats() if channels is None else channels)
 
     def _advance(self, key: tuple[str, str, str, str], created_s: float,
                  cur: _Sample) -> _Sample:

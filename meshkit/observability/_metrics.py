@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import math
 import threading
@@ -44,7 +45,7 @@ from prometheus_client.utils import floatToGoString
 from meshkit._fork import reset_in_forked_child
 from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
-from meshkit.observability._live import ended_since, final_stats, last_ended, tracked
+from meshkit.observability._live import ended_since, final_stats, last_ended, read_stats, tracked
 from meshkit.observability._semconv import MethodNames
 
 __all__ = [
@@ -918,6 +919,8 @@ def _on_owner_loop(read: Callable[[], _T]) -> _T:
                            f"{LOOP_READ_TIMEOUT_S} s") from None
 
 
+_UNREAD: Any = object()  # MeshCollector._read: not read on its own loop
+
 _SAMPLES_OF: tuple[tuple[str, Callable[[Any], list[_Sample]]], ...] = (
     ("channel", _channel_samples), ("server", _server_samples))
 
@@ -1006,14 +1009,20 @@ class MeshCollector:
         :func:`mesh_read_elsewhere`."""
         if _MESH_READ_ELSEWHERE.get():
             return
-        fams = _on_owner_loop(self._gather)
+        # the channels and servers of other event loops read on theirs, from this thread
+        # (a loop's thread reads them itself: it must not wait for another loop)
+        objs = [o for kind in ("channel", "server") for o in tracked(kind)
+                if getattr(o, "live", False) or getattr(o, "closing", False)]
+        read = read_stats(objs, here=_OWNER_LOOP.get(), rest=False)
+        fams = _on_owner_loop(functools.partial(self._gather, read))
         for fam in fams.values():
             if fam.values:
                 yield fam.metric()
 
-    def _gather(self) -> dict[str, _Family]:
+    def _gather(self, read: dict[int, Any]) -> dict[str, _Family]:
         """The samples of one scrape, by family: the live channels' and servers', and the
-        retired counters (the collector's bookkeeping moves on, under its lock)."""
+        retired counters (the collector's bookkeeping moves on, under its lock); ``read``:
+        the ``stats()`` (or exception) of those read on their own loops, by ``id()``."""
         fams = _families()
         with self._lock:
             # first the final counts recorded since the last scrape, each retired once;
@@ -1027,7 +1036,7 @@ class MeshCollector:
                 self._retire(self._final([] if entry is None else entry[1], now))
             for kind, samples_of in _SAMPLES_OF:
                 for obj in tracked(kind):
-                    self._read(obj, samples_of, fams)
+                    self._read(obj, samples_of, fams, read)
             for ref in [r for r in self._last if r() is None]:  # collected since
                 self._retire(self._last.pop(ref)[1])  # (with no final counts recorded)
             self._forget_endpoints(fams)
@@ -1062,10 +1071,11 @@ class MeshCollector:
         return kept
 
     def _read(self, obj: Any, samples_of: Callable[[Any], list[_Sample]],
-              fams: dict[str, _Family]) -> None:
+              fams: dict[str, _Family], read: dict[int, Any]) -> None:
         """Add a live (or closing) ``obj``'s samples to ``fams`` and remember its
         counters; retire the counters of one that ended since the last scrape without
-        recording its final ones."""
+        recording its final ones. ``read``: snapshots taken on their own loops (by
+        ``id()``: ``obj``'s, or the exception it raised, when it is there)."""
         ref = weakref.ref(obj)
         if not getattr(obj, "live", False):
             final = final_stats(ref)
@@ -1087,7 +1097,12 @@ class MeshCollector:
                 self._retire(self._final(self._last.pop(ref)[1], now))
                 return
         try:
-            samples = self._registry_counted(obj, samples_of(obj.stats()))
+            snapshot = read.get(id(obj), _UNREAD)
+            if snapshot is _UNREAD:
+                snapshot = obj.stats()
+            elif isinstance(snapshot, Exception):
+                raise snapshot
+            samples = self._registry_counted(obj, samples_of(snapshot))
         except Exception:  # closing while we looked: as last read, read again next time
             entry = self._last.get(ref)
             for fam, labels, value in entry[1] if entry is not None else ():
