@@ -278,9 +278,10 @@ class ConsulOptions:
             0.1.
         deregister_critical_after_s: the agent removes an instance whose checks stay critical
             this long (Consul ``DeregisterCriticalServiceAfter``; Consul's minimum is 60 and
-            its reaper runs every 30 s). Default 60. With ``check="grpc"`` it must exceed
-            ``check_interval_s``: an instance registered again after the agent lost it
-            starts critical, and would be reaped before its first check.
+            its reaper runs every 30 s). Default 60. With ``check="grpc"`` or ``"both"`` it
+            must exceed ``check_interval_s``: an instance registered again after the agent
+            lost it starts its gRPC check critical, and would be reaped before that check's
+            first run.
         wait_s: longest wait of a blocking query (Consul ``wait``, sent as ``"30s"``; Consul
             caps it at 600 and adds up to ``wait_s / 16`` of jitter). Default 30.
         backoff_base_s: first retry delay cap of a failing watch (default 0.5). The n-th retry
@@ -367,12 +368,14 @@ class ConsulOptions:
                                   f"{getattr(self, name)!r}")
         if self.wait_s > 600:
             raise ConfigError(f"wait_s must be <= 600 (Consul's limit), got {self.wait_s!r}")
-        if self.check == "grpc" and self.check_interval_s >= self.deregister_critical_after_s:
-            # an instance the keeper registers again starts critical: the agent could reap
-            # it before its first check ran, again and again
+        if (self.check in ("grpc", "both")
+                and self.check_interval_s >= self.deregister_critical_after_s):
+            # an instance the keeper registers again starts its gRPC check critical (with
+            # "both" too): the agent could reap it before that check's first run, again
+            # and again
             raise ConfigError(
                 f"check_interval_s must be < deregister_critical_after_s="
-                f"{self.deregister_critical_after_s!r} with check='grpc', got "
+                f"{self.deregister_critical_after_s!r} with check={self.check!r}, got "
                 f"{self.check_interval_s!r}")
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError(
