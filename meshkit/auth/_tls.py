@@ -66,6 +66,7 @@ import datetime as dt
 import hashlib
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -495,7 +496,8 @@ class TLSOptions:
             ``reload_interval_s`` that is no number, ``True`` or a string included; a
             ``clock`` that cannot be called, such as ``time.monotonic()``'s value), or
             an ``allowed_peers`` pattern that can match no workload's SPIFFE ID
-            (``spiffe://<trust domain>/svc/<service>``).
+            (``spiffe://<trust domain>/svc/<service>``) or none of ``trust_domain``
+            (the peer check refuses every other trust domain's peers first).
 
     Example::
 
@@ -561,6 +563,7 @@ class TLSOptions:
             object.__setattr__(self, "trust_domain",
                                _ReadFromCA(_bundle_trust_domain(
                                    cas, self.ca_file, self.cert_file)))
+        _check_peers_domain(self.allowed_peers, self.domain)
         object.__setattr__(self, "_initial", self.read())
         object.__setattr__(self, "_verifier", PeerVerifier.from_file(
             self.ca_file, reload_interval_s=self.reload_interval_s))
@@ -733,6 +736,29 @@ class TLSOptions:
             CertificateError: as :meth:`channel_credentials`.
         """
         return ChannelCredentialsReloader(self)
+
+
+def _check_peers_domain(patterns: Sequence[str], trust_domain: str) -> None:
+    """Refuse an ``allowed_peers`` pattern whose trust domain (``*`` wildcards) cannot be
+    ``trust_domain``: the peer check refuses a peer of any other trust domain before it
+    reads the list, so such a pattern (a typo: ``meshkit.locl``) would admit no one, and
+    the workload it names would be refused ``PERMISSION_DENIED``.
+
+    Raises:
+        ConfigError: such a pattern (quoted, with both trust domains).
+    """
+    for pattern in patterns:
+        if pattern == "*":
+            continue
+        # spiffe://<td>/svc/<service>: the shape IdentityMatcher(peers=True) checked
+        domain = pattern[len("spiffe://"):].split("/", 1)[0]
+        glob = "[^/]*".join(re.escape(part) for part in domain.split("*"))
+        if re.fullmatch(glob, trust_domain) is None:
+            raise ConfigError(
+                f"allowed_peers: {pattern!r} is of trust domain {domain!r}, but these "
+                f"TLSOptions are of {trust_domain!r} and the peer check refuses a peer of "
+                "any other trust domain before it reads allowed_peers: it would match "
+                "no peer")
 
 
 def _tls_options(cls: type[TLSOptions], given: dict[str, Any]) -> TLSOptions:
