@@ -1251,7 +1251,8 @@ _ITERATOR: Any = "iterate"
 
 
 class RetryingStreamCall(MeshCall):
-    """A unary-stream call retried until committed (its first response or its end).
+    """A unary-stream call retried until committed (its first response or its end, or
+    its headers once :meth:`initial_metadata` has returned them).
 
     A task started at once reads the first response of each attempt: a retryable failure
     before it opens another attempt (``delay_for`` decides how long to wait, or ``None`` to
@@ -1318,6 +1319,10 @@ class RetryingStreamCall(MeshCall):
                 self._settle(self._call, None)
                 return
             except (AioRpcError, asyncio.CancelledError) as caught:
+                if self._is_settled and not self._cancelled:
+                    # committed at its headers (initial_metadata()): the attempt's outcome
+                    # is the caller's, which its next read gets from the attempt itself
+                    return
                 if isinstance(caught, AioRpcError):
                     exc: AioRpcError = caught
                 elif self._cancelled or self._task is None or self._task.cancelling():
@@ -1393,6 +1398,17 @@ class RetryingStreamCall(MeshCall):
         if call is None:
             raise asyncio.CancelledError()
         first = self._first
+        task = self._task
+        if first is _NOTHING and task is not _NO_TASK and task is not None and not task.done():
+            # committed at its headers while the commit's read of the first message
+            # runs on: that read's message is the next one (grpc.aio reads one at a time;
+            # the commit's task, once ended, is _NO_TASK: one identity check per message)
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError:
+                self.cancel()  # as grpc.aio's read: a cancelled read cancels the call
+                raise
+            first = self._first
         if first is not _NOTHING:
             self._first = _NOTHING
             if self._cancelled or call.cancelled():
@@ -1406,6 +1422,37 @@ class RetryingStreamCall(MeshCall):
             if exc.code() is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
             raise
+
+    async def initial_metadata(self) -> Metadata:
+        """The server's initial metadata: before the commit, the headers of the attempt
+        in flight as soon as they arrive (an attempt that fails before sending any is
+        retried as the stream is, and this waits for the next one), which commits the
+        call to that attempt, as grpc-go's ``ClientStream.Header()`` (gRFC A6 commits a
+        call at its response headers): a later failure of it is the caller's, not
+        retried, and the caller never sees another attempt's headers or messages behind
+        the ones it read. A stream whose server sends its headers and then waits (a
+        subscription answering on events) answers at once, as grpc.aio's call. After
+        the commit, or once the call has ended, the committed attempt's (or the error's:
+        :meth:`MeshCall.initial_metadata`). Cancelling the wait leaves the call alone."""
+        while not self._is_settled:
+            call = self._call
+            if call is not None and not call.done():
+                md: Metadata = await asyncio.shield(call.initial_metadata())
+                if self._is_settled or call is not self._call:
+                    continue  # committed meanwhile (its first message), or retried
+                if not call.done():
+                    # the headers of the attempt going on: the call commits to it (the
+                    # commit's read of the first message runs on, see _read)
+                    self._settle(call, None)
+                    return md
+                # that attempt ended (its headers came with its status): retried, or the
+                # call's final outcome
+            nxt = self._next
+            if nxt is None:
+                self._next = nxt = asyncio.get_running_loop().create_future()
+            # the futures are the call's: a cancelled wait() leaves them
+            await asyncio.wait((nxt, self._waiter()), return_when=asyncio.FIRST_COMPLETED)
+        return await super().initial_metadata()
 
     async def wait_for_connection(self) -> None:
         """Wait until an attempt is connected (its grpc.aio ``wait_for_connection``: for a

@@ -47,8 +47,10 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   pushback and deadline rules; once a message has been delivered, a later error is the
   caller's. (gRFC A6 commits at the response headers; meshkit holds the decision until the
   first message, which is no later for the caller, since it has nothing to act on before
-  then, and also covers servers that send headers and then fail.) A caller awaiting
-  ``initial_metadata()`` therefore waits for the first message of a retried stream.
+  then, and also covers servers that send headers and then fail.) A caller that asks for
+  the headers (``initial_metadata()``) acts on them: it gets the headers of the attempt
+  in flight as soon as they arrive, and the call commits to that attempt then, as
+  grpc-go's ``ClientStream.Header()``.
   Hedging does not apply to streams: a hedged policy retries them instead;
 * **stream-stream** calls are not retried once opened (their request iterator is
   consumed as it is sent);
