@@ -74,11 +74,14 @@ async def _pair(registry: LocalRegistry, retry: RetryOptions | None,
             yield ch, replace
 
 
+@pytest.mark.parametrize("idempotent", [False, True], ids=["plain", "retried"])
 async def test_a_server_stream_cut_by_the_drain_fails_unavailable(
-        registry: LocalRegistry) -> None:
+        registry: LocalRegistry, idempotent: bool) -> None:
     """A server stream cut after its first message: the next read raises
-    ``UNAVAILABLE`` naming the drain, and ``code()`` says the same."""
-    async with _pair(registry, None, 1) as (ch, replace):
+    ``UNAVAILABLE`` naming the drain, and ``code()`` says the same; a stream its policy
+    retries is committed by then, and not opened again."""
+    retry = RetryOptions(default=RetryPolicy(idempotent=True)) if idempotent else None
+    async with _pair(registry, retry, 1) as (ch, replace):
         call = ch.unary_stream(method("ServerStream"))(b"x", timeout=20)
         assert await call.read() == b"e1|0"
         await replace()
