@@ -937,12 +937,15 @@ class StreamResponseCall(MeshCall):
             # so a later read or write of it is the caller's cancel too, not the mesh's
             self._cancelled = True
             return
+        if self._error is not None:
+            # an earlier read or write reported the cut: the same error again (not the
+            # channel's close, come since, in place of the drain's cut)
+            raise self._reported(self._error) from None
         err = _mesh_cut(self._details)
-        if self._error is None:
-            # what the call reports from now on (details(), code(), cancelled()), as a
-            # unary call the mesh cancelled: not the attempt's "Locally cancelled by
-            # application!" (a copy: the one raised gets frames that hold the call)
-            self._error = _fresh(err)
+        # what the call reports from now on (details(), code(), cancelled()), as a unary
+        # call the mesh cancelled: not the attempt's "Locally cancelled by application!"
+        # (a copy: the one raised gets frames that hold the call)
+        self._error = _fresh(err)
         raise err from None
 
     async def write(self, request: Any) -> None:

@@ -132,3 +132,20 @@ async def test_a_stream_of_a_closed_channel_still_ends_cancelled(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(reading, 10)
         assert info.value.code() is grpc.StatusCode.CANCELLED, info.value
+
+
+async def test_a_cut_stream_reports_the_same_error_after_the_channel_closes(
+        registry: LocalRegistry) -> None:
+    """A read after the cut, once the channel has closed too, raises the cut's error
+    again (as ``code()`` and ``details()`` report it), not the close's ``CANCELLED``."""
+    async with _pair(registry, None, 1) as (ch, replace):
+        call = ch.unary_stream(method("ServerStream"))(b"x", timeout=20)
+        assert await call.read() == b"e1|0"
+        await replace()
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await asyncio.wait_for(call.read(), 10)
+        await ch.close()
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await asyncio.wait_for(call.read(), 10)
+        assert again.value.code() is first.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert again.value.details() == first.value.details() == await call.details()
