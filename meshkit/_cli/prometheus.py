@@ -3,14 +3,18 @@
 Each instance that announces an admin port (registry meta ``admin_port``, set by
 ``serve()``) becomes one target ``host:admin_port`` (its ``/metrics``; the host is meta
 ``admin_host`` when announced, else the instance's) with the labels
-``mesh_service`` and ``mesh_instance``, and ``__meta_meshkit_health`` for relabelling (a
+``mesh_service`` and ``mesh_instance`` (instances at one address, the servers of one
+process sharing its admin server, are one target: their names joined with ``,``, see
+:func:`target_groups`), and ``__meta_meshkit_health`` for relabelling (a
 meta label, so a change of health does not start new series): ``passing`` for a live
 instance, ``failing`` for one whose heartbeat lapsed or whose checks fail without a
 deregistration (it died or hangs; a drained instance deregisters and leaves the targets at
 once). A
 failing instance stays a target while the registry still reports it and, with
 ``--watch``, for ``--keep-failing-s`` after (default 300 s), so Prometheus sees
-``up == 0`` for it and ``MeshkitInstanceDown`` fires (``deploy/prometheus/``). Each
+``up == 0`` for it and ``MeshkitInstanceDown`` fires (``deploy/prometheus/``), unless
+a live instance has its admin address (restarted on the same admin port: that address
+answers, and is the live one's target). Each
 pass reads each service once where the registry gives its live and failing instances
 together (local, Consul, etcd: ``snapshot()``); otherwise a watch's first answer and a
 ``failing()`` read.
@@ -59,18 +63,34 @@ _DESCRIPTION = (__doc__ or "").split("\n\n")[0] or None
 
 
 def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[str, Any]]:
-    """The ``file_sd`` document: one group per instance with an ``admin_port``, sorted by
-    service and instance id (instances without one are left out)."""
-    out = []
-    rows = [(i, "passing") for i in live] + [(i, "failing") for i in failing]
-    for inst, health in sorted(rows, key=lambda r: (r[0].service, r[0].instance_id)):
-        address = admin_address(inst)
-        if address is None:
-            continue
+    """The ``file_sd`` document: one group per admin address (instances without a valid
+    ``admin_port`` are left out), sorted by its labels.
+
+    One address is one scrape of one ``/metrics``: the servers of one process share one
+    admin server, and a group per instance had Prometheus scrape it once per instance,
+    each series stored once under each ``mesh_service`` (every call counted twice). So
+    the instances at one address make one group: the live ones, or the failing ones
+    when none there is live (a live one answers there: a crashed instance's
+    restart on the same admin port is that target), their services and instance ids
+    (sorted by service, then id) joined with ``,`` in ``mesh_service`` and
+    ``mesh_instance`` (one each for an address of one instance, as most are)."""
+    at: dict[str, tuple[list[Instance], list[Instance]]] = {}
+    for instances, side in ((live, 0), (failing, 1)):
+        for inst in instances:
+            address = admin_address(inst)
+            if address is not None:
+                at.setdefault(address, ([], []))[side].append(inst)
+    out: list[dict[str, Any]] = []
+    for address, (up, down) in at.items():
+        shown = sorted(up or down, key=lambda i: (i.service, i.instance_id))
         out.append({"targets": [address],
-                    "labels": {"mesh_service": inst.service,
-                               "mesh_instance": inst.instance_id,
-                               "__meta_meshkit_health": health}})
+                    "labels": {"mesh_service": ",".join(dict.fromkeys(
+                                   i.service for i in shown)),
+                               "mesh_instance": ",".join(dict.fromkeys(
+                                   i.instance_id for i in shown)),
+                               "__meta_meshkit_health": "passing" if up else "failing"}})
+    out.sort(key=lambda g: (g["labels"]["mesh_service"], g["labels"]["mesh_instance"],
+                            g["targets"][0]))
     return out
 
 

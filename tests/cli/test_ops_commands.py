@@ -276,7 +276,8 @@ async def test_prometheus_targets_one_shot_and_watch(greeter: meshkit.MeshServer
                                                              drain_delay_s=0, grace_s=1))
     try:
         await second.start()
-        await until(lambda: instances() == ["greeter-1", "greeter-2"], timeout_s=10,
+        # the second server shares this process's admin server: one target, both named
+        await until(lambda: instances() == ["greeter-1,greeter-2"], timeout_s=10,
                     what="the second instance in the targets")
         await second.drain()
         await until(lambda: instances() == ["greeter-1"], timeout_s=10,
