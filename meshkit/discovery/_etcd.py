@@ -1264,8 +1264,10 @@ class EtcdRegistry:
             try:
                 ident = self._ident(instance)
                 registered = ident in self._owned
-                # Put again: it must not be deleted as the key of an unanswered put.
-                self._stale.discard(self._key(instance))
+                # Put again: it must not be deleted as the key of an unanswered put, nor
+                # its records as those of a failed deregistration.
+                self._stale.difference_update((self._key(instance), self._seen_key(instance),
+                                               self._legacy_seen_key(instance)))
                 if self._lease is None:
                     self._lease = await self._grant()
                 try:
@@ -1322,26 +1324,35 @@ class EtcdRegistry:
                 keepers[loop] = loop.create_task(self._keep(), name="meshkit-etcd-keepalive")
             self._keepers = keepers
 
-    async def _delete_stale_locked(self) -> None:
-        """Delete the keys of unanswered puts of instances not registered
-        (``_lease_lock`` held); one that cannot be deleted now is tried again by the next
-        keep-alive round. Never raises for etcd errors (logged)."""
-        for key in sorted(self._stale):
+    def _is_record(self, key: bytes) -> bool:
+        """Whether ``key`` is a last-seen record's (either layout), not an instance's."""
+        return key.startswith((self._seen_root.encode(), self._legacy_seen_root.encode()))
+
+    async def _delete_stale_locked(self) -> BaseException | None:
+        """Delete the keys of unanswered puts of instances not registered, and the keys
+        and last-seen records of failed deregistrations, records first (no reader finds
+        the instance failing while it leaves) (``_lease_lock`` held); one that cannot be
+        deleted now is tried again by the next keep-alive round. Never raises for etcd
+        errors (logged): returns the error, or ``None`` when all are deleted."""
+        for key in sorted(self._stale, key=lambda k: (not self._is_record(k), k)):
             try:
                 await self._post("/kv/deleterange", {"key": _b64(key)})
             except _FOREIGN as exc:
-                _log.warning("cannot delete the key of an unanswered registration yet; "
+                _log.warning("cannot delete the key of an unanswered registration (or a failed "
+                             "deregistration) yet; "
                              "the keep-alive tries again", key=key.decode(),
                              error=describe(exc))
-                return
+                return exc
             self._stale.discard(key)
             self._revs.pop(key, None)
+        return None
 
     async def _regrant_locked(self) -> None:
         """Grant a new lease and put every owned instance under it (``_lease_lock`` held)."""
         self._lease = None
-        # the unanswered puts' keys were under the lost lease: gone with it
-        self._stale = set()
+        # the unanswered puts' keys were under the lost lease: gone with it (the records
+        # of failed deregistrations are under the last-seen lease: still to delete)
+        self._stale = {key for key in self._stale if self._is_record(key)}
         lease = await self._grant()
         for instance in list(self._owned.values()):
             await self._put(instance, lease)
@@ -1357,10 +1368,13 @@ class EtcdRegistry:
         (e.g. during a leader election) cannot hold it back past the lease's TTL.
         """
         lease = self._lease
+        stale_error = None
         if self._stale:
             async with self._lease_lock:
-                await self._delete_stale_locked()
+                stale_error = await self._delete_stale_locked()
         if not self._owned:
+            if stale_error is not None:  # the round's only write failed: status() says so
+                raise stale_error
             return
         alive = False
         if lease is not None:
@@ -1547,15 +1561,20 @@ class EtcdRegistry:
         The registration deleted is that of ``instance.service`` and ``instance_id`` (its
         key ``<prefix><service>/<id>`` and last-seen record); the same id registered for
         another service stays registered and kept alive. When it was the last instance of
-        this registry the lease is revoked too. The instance stops being this registry's
-        only once its key is deleted: if the delete fails, it stays registered (kept alive
-        by the lease, put again after a lease loss) and ``deregister`` can be called again;
-        it is never left a live key that nothing deletes while the lease lives on for other
-        instances.
+        this registry the lease is revoked too. If a delete fails (etcd unreachable while a
+        server drains) the instance is withdrawn all the same, as the Consul and local
+        registries stop keeping an instance alive whatever comes of the request: no longer
+        kept alive nor put back after a lease loss, its key and records are deleted by the
+        keep-alive once etcd answers (with no other instance registered, the lease is no
+        longer renewed either, and they go with it within ``ttl_s``); it is never left a
+        live key that nothing deletes while the lease lives on for other instances.
+        (Before, it stayed registered until ``deregister`` was called again, which a
+        drain never does: the stopped server stayed listed while the registry was open.)
 
         Raises:
             RegistryError: no member could be reached or one refused, or the registry was
-                closed meanwhile; the instance is still registered.
+                closed meanwhile; the instance is withdrawn as said above (a
+                :meth:`register` of it puts it back).
         """
         async with self._lease_lock:
             ident = self._ident(instance)
@@ -1582,10 +1601,16 @@ class EtcdRegistry:
                     # the revoke (NOT_FOUND: it had expired; a failure: it expires)
                     with contextlib.suppress(*_FOREIGN):
                         await self._post("/lease/revoke", {"ID": str(lease)})
-            except _FOREIGN as exc:
-                if ident in self._owned and self._seen_ttl_s:
-                    # still registered: its record may be deleted already, write it again
-                    self._unseen.add(ident)
+            except BaseException as exc:
+                if self._owned.pop(ident, None) is not None:
+                    # withdrawn all the same, also when cancelled (a drain's bound on the
+                    # deregistration) and not called again: not kept alive nor put back;
+                    # the keep-alive deletes what is left of it (the records first, see
+                    # _delete_stale_locked)
+                    self._unseen.discard(ident)
+                    self._stale.update((*seen, self._key(instance)))
+                if not isinstance(exc, _FOREIGN):
+                    raise
                 error = RegistryError(f"cannot deregister {instance.instance_id!r} from etcd "
                                       f"{list(self.options.endpoints)}: {describe(exc)}")
                 self._outcome(True, str(error))

@@ -494,11 +494,13 @@ def _gateway_registry(gateway: _Gateway, registries: list[EtcdRegistry]) -> Etcd
     return reg
 
 
-async def test_failed_deregister_raises_and_keeps_the_instance_registered(
+async def test_failed_deregister_raises_and_the_keep_alive_deletes_the_instance(
         gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
-    """A deregister whose delete fails raises RegistryError and leaves the instance
-    registered (kept alive by the lease, put again after a lease loss) until a retried
-    deregister deletes it; it is never left as a live key the registry no longer owns."""
+    """A deregister whose delete fails raises RegistryError and withdraws the instance all
+    the same: the keep-alive deletes its key and record once etcd answers, and a lease loss
+    does not put it back (it used to stay registered, renewed and put back, until a retried
+    deregister, which a drain never makes); the other instance stays registered, and it is
+    never left as a live key that nothing deletes."""
     reg = _gateway_registry(gateway, registries)
     a, b = make_instance("svc", 1), make_instance("svc", 2)
     await reg.register(a)
@@ -506,24 +508,41 @@ async def test_failed_deregister_raises_and_keeps_the_instance_registered(
     gateway.failing.add("/kv/deleterange")
     with pytest.raises(RegistryError, match="cannot deregister 'svc-1'"):
         await reg.deregister(a)
-    gateway.failing.clear()
     assert gateway.keys() == {"/meshkit/services/svc/svc-1", "/meshkit/services/svc/svc-2"}
-    assert gateway.records() == {"svc/svc-1", "svc/svc-2"}
+    gateway.failing.clear()
+    await until(lambda: gateway.keys() == {"/meshkit/services/svc/svc-2"}
+                and gateway.records() == {"svc/svc-2"},
+                what="the withdrawn instance's key and record deleted by the keep-alive")
     lease = reg._lease
     assert lease is not None
-    gateway.revoke(str(lease))  # a lease loss: the instances still registered come back
-    await until(lambda: len(gateway.keys()) == 2 and reg._lease != lease,
-                what="both instances put again under a new lease")
-    await reg.deregister(a)  # the retry deletes it
-    assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
-    assert gateway.records() == {"svc/svc-2"}
-    lease = reg._lease
-    assert lease is not None
-    gateway.revoke(str(lease))
+    gateway.revoke(str(lease))  # a lease loss: only the instance still registered comes back
     await until(lambda: reg._lease != lease and len(gateway.keys()) == 1,
                 what="the remaining instance put again")
     assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
     assert gateway.records() == {"svc/svc-2"}  # under their own lease: not lost
+    await reg.deregister(a)  # again: nothing left, no error
+    await reg.register(a)  # registered anew: kept, its record too
+    await asyncio.sleep(0.3)  # several keep-alive rounds
+    assert gateway.keys() == {"/meshkit/services/svc/svc-1", "/meshkit/services/svc/svc-2"}
+    assert gateway.records() == {"svc/svc-1", "svc/svc-2"}
+
+
+async def test_registered_again_after_a_failed_deregister_is_kept(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """An instance registered again while the keys of its failed deregistration still wait
+    for the keep-alive's delete is not deleted by it: neither its key nor its record."""
+    reg = _gateway_registry(gateway, registries)
+    a = make_instance("svc", 1)
+    await reg.register(a)
+    gateway.failing.add("/kv/deleterange")
+    with pytest.raises(RegistryError, match="cannot deregister 'svc-1'"):
+        await reg.deregister(a)
+    await reg.register(a)  # (the keep-alive cannot delete them yet)
+    gateway.failing.clear()
+    await asyncio.sleep(0.3)  # several keep-alive rounds
+    assert gateway.keys() == {"/meshkit/services/svc/svc-1"}
+    assert gateway.records() == {"svc/svc-1"}
+    assert not reg._stale
 
 
 async def test_etcd_3_3_gateway_paths_are_spoken(registries: list[EtcdRegistry]) -> None:
