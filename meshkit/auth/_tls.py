@@ -121,17 +121,22 @@ class TLSMaterial:
     """One consistent read of the files: PEM bytes plus what was checked in them.
 
     Attributes:
-        ca_pem, cert_pem, key_pem: the file contents (``key_pem`` never logged).
+        ca_pem, cert_pem, key_pem: the file contents (``key_pem`` never logged);
+            ``ca_pem`` in the order grpc's handshake needs (:func:`_handshake_order`).
         spiffe_id: the certificate's SPIFFE ID.
         not_after: the certificate's expiry, epoch seconds.
         fingerprint: hex SHA-256 over the certificate chain's DER (the leaf and the
-            intermediates after it) and the CA bundle.
+            intermediates after it) and the CA bundle (``ca_pem``, in its order).
         dns_names: the leaf's DNS SANs, as written (default none).
         not_before: the certificate's notBefore, epoch seconds (default ``-inf``:
             unknown).
         server_auth: whether grpc's TLS takes the certificate as a server's: it and the
             intermediate CAs it presents below the bundle have no extended key usage, or
             one listing serverAuth (default ``True``).
+        roots_until: epoch seconds from which ``ca_pem``'s order may be wrong for the
+            handshake (a CA certificate beside another of its name enters or leaves its
+            validity period: :func:`_handshake_order`); the reloaders read the files
+            again then (default ``inf``: never).
     """
 
     ca_pem: bytes
@@ -143,6 +148,7 @@ class TLSMaterial:
     dns_names: tuple[str, ...] = ()
     not_before: float = -math.inf
     server_auth: bool = True
+    roots_until: float = math.inf
 
 
 def _check_current(m: TLSMaterial, cert_file: Path, now: float) -> None:
@@ -294,7 +300,8 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
         raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
                                f"expected {td!r}")
     ekus = _presented_ekus(leaf, chain[1:], cas, cert_file)
-    ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
+    roots, roots_until = _handshake_order(cas, time.time())
+    ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots)
     try:  # what peers will check: issued by the bundle (directly or through the chain's
         # intermediates), within every CA's constraints
         PeerVerifier(ca_pem).verify(leaf, chain[1:])
@@ -318,7 +325,48 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
                        digest, dns, leaf.not_valid_before_utc.timestamp(),
                        all(eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku
-                           for _, eku in ekus))
+                           for _, eku in ekus), roots_until)
+
+
+def _handshake_order(cas: Sequence[x509.Certificate], now: float
+                     ) -> tuple[list[x509.Certificate], float]:
+    """The bundle ``cas`` in the order to hand grpc as roots at ``now`` (epoch seconds),
+    and the time from which that order may change.
+
+    grpc's BoringSSL takes as a certificate's issuer the first CA of the roots with its
+    issuer name (and key identifier), valid or not: a CA renewed with its key beside the
+    old certificate (same name and key, another validity period) fails every handshake
+    when the first of the two is expired or not valid yet, whatever the other. So the
+    certificates sharing a subject keep the place of the first of them in the bundle
+    (other CAs keep theirs) and are ordered: valid at ``now`` (notBefore through
+    notAfter) first, the latest to expire first; then those not valid yet, the earliest
+    first; then the expired ones. The order holds until one of them enters or leaves
+    its validity period: that time is returned (``inf`` when no two share a subject).
+    """
+    groups: dict[x509.Name, list[x509.Certificate]] = {}
+    for ca in cas:
+        groups.setdefault(ca.subject, []).append(ca)
+    if all(len(group) == 1 for group in groups.values()):
+        return list(cas), math.inf
+
+    def rank(ca: x509.Certificate) -> tuple[int, float]:
+        nb = ca.not_valid_before_utc.timestamp()
+        na = ca.not_valid_after_utc.timestamp()
+        if now < nb:
+            return 1, nb
+        return (0, -na) if now <= na else (2, -na)
+
+    out: list[x509.Certificate] = []
+    until = math.inf
+    for group in groups.values():  # in the order of each name's first certificate
+        out.extend(sorted(group, key=rank))
+        for ca in group if len(group) > 1 else ():
+            # entering its period at notBefore, leaving it just past notAfter
+            for t in (ca.not_valid_before_utc.timestamp(),
+                      math.nextafter(ca.not_valid_after_utc.timestamp(), math.inf)):
+                if now < t < until:
+                    until = t
+    return out, until
 
 
 def _bundle_trust_domain(cas: Sequence[x509.Certificate], ca_file: Path,
@@ -915,14 +963,14 @@ class _ServerReloader:
         """The renewal to serve from now on, if the files changed and may be taken, else
         ``None`` (the current pair kept; a skipped one logged). Called under the lock."""
         st = stat_files(self._paths)
-        if st == self._stat:
+        now = time.time()
+        if st == self._stat and now < self._current.roots_until:
             if self._fault.failing:  # the files in force are back
                 self._fault.ok()
             return None
         try:
             m = self._tls.read()
-            check_renewal(self._current, m, self._tls.cert_file, server=True,
-                          now=time.time())
+            check_renewal(self._current, m, self._tls.cert_file, server=True, now=now)
         except CertificateError as exc:
             # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
             # logged when it starts, changes, and as a reminder a minute later
@@ -932,6 +980,7 @@ class _ServerReloader:
         if self._fault.failing:
             self._fault.ok()
         if m.fingerprint == self._fingerprint:
+            self._current = m  # the same files, read again (the roots' order holds on)
             return None
         self._fingerprint = m.fingerprint
         self._current = m
@@ -1014,13 +1063,15 @@ class ChannelCredentialsReloader:
     def _reload(self) -> bool:
         """:meth:`check`'s read: take the files if they changed and may be taken."""
         st = stat_files(self._paths)
-        if st == self._stat:  # the files in force (back, after a skipped read)
+        now = time.time()
+        if st == self._stat and now < self._current.roots_until:
+            # the files in force (back, after a skipped read), their roots' order too
             if self._fault.failing:
                 self._fault.ok()
             return False
         try:
             m = self.tls.read()
-            check_renewal(self._current, m, self.tls.cert_file, server=False, now=time.time())
+            check_renewal(self._current, m, self.tls.cert_file, server=False, now=now)
         except CertificateError as exc:
             # read again at the next check, changed or not, until they may be taken
             self._fault.failed("client certificate reload skipped", str(exc))
@@ -1029,6 +1080,7 @@ class ChannelCredentialsReloader:
         if self._fault.failing:
             self._fault.ok()
         if m.fingerprint == self.fingerprint:
+            self._current = m  # the same files, read again (the roots' order holds on)
             return False
         self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
         self.fingerprint = m.fingerprint
