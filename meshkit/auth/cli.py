@@ -8,7 +8,8 @@ Usage::
                           [--force]
     meshkit certs inspect <file>
 
-``--dir`` defaults to ``$MESHKIT_CERT_DIR``, else ``./certs``. Keys are written 0600; no
+``--dir`` defaults to ``$MESHKIT_CERT_DIR``, else ``./certs`` (an empty or blank one is
+a usage error, not the working directory). Keys are written 0600; no
 key or certificate (``ca.pem`` included: a host holding only the trust bundle) is
 overwritten without ``--force`` (renewal: ``issue <service> --force``; running servers
 pick the new certificate up within their ``reload_interval_s``; the files replaced keep
@@ -44,12 +45,26 @@ def _default_dir() -> str:
     return env_value(CERT_DIR) or "certs"
 
 
+def _directory(text: str) -> str:
+    """An argparse ``type`` for ``--dir``: ``text`` unless empty or blank.
+
+    Raises:
+        argparse.ArgumentTypeError: ``""`` (``--dir "$CERT_DIR"`` with the variable unset:
+            ``Path("")`` is the working directory, where the CA's key would be written or
+            looked for) or only blanks (argparse prints it, quoted, and exits 2).
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a directory path, got {text!r} (leave "
+                                         f"--dir out for ${CERT_DIR}, else ./certs)")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshkit certs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     init = sub.add_parser("init", help="create the mesh CA (ca.pem, ca.key)")
-    init.add_argument("--dir", default=_default_dir())
+    init.add_argument("--dir", default=_default_dir(), type=_directory)
     init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     init.add_argument("--ttl-days", type=positive_number("days"), default=365.0,
                       help="validity of the CA, days (default 365)")
@@ -59,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     issue = sub.add_parser("issue", help="issue <service>.pem / <service>.key")
     issue.add_argument("service")
-    issue.add_argument("--dir", default=_default_dir())
+    issue.add_argument("--dir", default=_default_dir(), type=_directory)
     issue.add_argument("--ttl-h", type=positive_number("hours"), default=24.0,
                        help="validity of the certificate, hours (default 24)")
     issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
