@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshkit.auth import TLSOptions, create_ca, issue_workload
 from tests.auth.chains import key_pem, pem
@@ -104,3 +105,47 @@ async def test_the_order_follows_the_clock_without_a_file_change(
     got = await call(port, credentials=reloader.credentials,
                      options=server.channel_options("orderd"))
     assert got == f"spiffe://{TD}/svc/userd|-".encode()
+
+
+def _leaf_without_key_id(key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate,
+                         service: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A workload certificate with no authority key identifier (a hand-rolled issuer)."""
+    own = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+            .issuer_name(issuer.subject).public_key(own.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.UniformResourceIdentifier(f"spiffe://{TD}/svc/{service}"),
+                x509.DNSName(f"{service}.svc.{TD}")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return own, cert
+
+
+async def test_cas_of_one_name_with_other_keys_keep_the_files_order(
+        tmp_path: Path, start_server: StartServer) -> None:  # noqa: F811
+    """Two meshkit CAs of one trust domain (one name, different keys: a rotation to a new
+    key) stay in the file's order: a leaf without an authority key identifier is taken
+    by BoringSSL under the first of that name, so moving the longer-lived new CA first
+    would refuse the leaves the first one issued."""
+    key, ca = create_ca(trust_domain=TD, ttl_days=30)
+    _new_key, new = create_ca(trust_domain=TD, ttl_days=90)
+    assert new.subject == ca.subject
+    d = tmp_path / "pki"
+    d.mkdir()
+    (d / "ca.pem").write_bytes(pem(ca, new))
+    tls = {}
+    for service in ("orderd", "userd"):
+        k, c = _leaf_without_key_id(key, ca, service)
+        (d / f"{service}.pem").write_bytes(pem(c))
+        (d / f"{service}.key").write_bytes(key_pem(k))
+        tls[service] = TLSOptions(ca_file=d / "ca.pem", cert_file=d / f"{service}.pem",
+                                  key_file=d / f"{service}.key")
+    assert await _call(start_server, tls) == f"spiffe://{TD}/svc/userd|-".encode()

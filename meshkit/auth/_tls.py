@@ -77,6 +77,7 @@ from typing import Any
 import grpc
 import structlog
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -134,8 +135,8 @@ class TLSMaterial:
             intermediate CAs it presents below the bundle have no extended key usage, or
             one listing serverAuth (default ``True``).
         roots_until: epoch seconds from which ``ca_pem``'s order may be wrong for the
-            handshake (a CA certificate beside another of its name enters or leaves its
-            validity period: :func:`_handshake_order`); the reloaders read the files
+            handshake (a CA certificate beside another of its name and key enters or
+            leaves its validity period: :func:`_handshake_order`); the reloaders read the files
             again then (default ``inf``: never).
     """
 
@@ -337,15 +338,22 @@ def _handshake_order(cas: Sequence[x509.Certificate], now: float
     issuer name (and key identifier), valid or not: a CA renewed with its key beside the
     old certificate (same name and key, another validity period) fails every handshake
     when the first of the two is expired or not valid yet, whatever the other. So the
-    certificates sharing a subject keep the place of the first of them in the bundle
-    (other CAs keep theirs) and are ordered: valid at ``now`` (notBefore through
-    notAfter) first, the latest to expire first; then those not valid yet, the earliest
-    first; then the expired ones. The order holds until one of them enters or leaves
-    its validity period: that time is returned (``inf`` when no two share a subject).
+    certificates sharing a subject and key keep the place of the first of them in the
+    bundle (other CAs keep theirs: CAs of one name with different keys are told apart
+    by the leaf's authority key identifier, or else taken in the file's order, as
+    before) and are ordered: valid at ``now`` (notBefore through notAfter) first, the
+    latest to expire first; then those not valid yet, the earliest first; then the
+    expired ones. The order holds until one of them enters or leaves its validity
+    period: that time is returned (``inf`` when no two share a subject and key).
     """
-    groups: dict[x509.Name, list[x509.Certificate]] = {}
+    groups: dict[tuple[x509.Name, object], list[x509.Certificate]] = {}
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     for ca in cas:
-        groups.setdefault(ca.subject, []).append(ca)
+        try:
+            key: object = ca.public_key().public_bytes(*spki)
+        except (ValueError, TypeError, UnsupportedAlgorithm):  # a key of no known type
+            key = id(ca)  # a group of its own
+        groups.setdefault((ca.subject, key), []).append(ca)
     if all(len(group) == 1 for group in groups.values()):
         return list(cas), math.inf
 
@@ -358,7 +366,7 @@ def _handshake_order(cas: Sequence[x509.Certificate], now: float
 
     out: list[x509.Certificate] = []
     until = math.inf
-    for group in groups.values():  # in the order of each name's first certificate
+    for group in groups.values():  # in the order of each group's first certificate
         out.extend(sorted(group, key=rank))
         for ca in group if len(group) > 1 else ():
             # entering its period at notBefore, leaving it just past notAfter
