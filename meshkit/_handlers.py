@@ -1880,6 +1880,13 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         # unary response is serialized in the wrap; None: no limit
         self.max_send_bytes: int | None = None
 
+    def method_patterns(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The method patterns (:mod:`meshkit._methods`) this interceptor's settings use,
+        as ``(setting, patterns)`` pairs (default none): what
+        :class:`meshkit.MeshServer` checks against the methods it serves when it
+        starts (:func:`meshkit._methods.check_served`)."""
+        return ()
+
     def _before_for(self, method: str) -> Before | None:
         """The check of ``method`` (``None``: nothing to check)."""
         return None

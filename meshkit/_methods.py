@@ -37,6 +37,19 @@ Methods no pattern matches get the matcher's default. Two spellings of the same 
 (``"/a.B/C"`` and ``"a.B/C"``, ``"*"`` and ``"*/*"``) in one mapping are a
 :class:`~meshkit.errors.ConfigError`.
 
+**Checked against the methods served.** When a :class:`~meshkit.MeshServer` starts, the
+patterns of its server-side settings (``AuthzPolicy.rules``, ``JWTAuthOptions``'
+``public_methods`` and ``method_scopes``, ``AuthOptions.exempt_methods``,
+``RateLimitOptions.rules``, ``TelemetryOptions.quiet_methods``) are checked against the
+methods it serves (:func:`check_served`): an exact full name of a service it serves that
+names no method of that service (``"/ecom.v1.OrderService/PlaceOder"``) is a
+:class:`~meshkit.errors.ConfigError` (a typo: its calls would get the default, a
+default that may allow what the key was to refuse); any other pattern that matches no
+method served (a service this server does not serve, a short name, a glob) is named in
+one warning, not refused, since a policy may be shared by servers of several services.
+Neither when a generic handler of the server may serve any name (one that is no
+``grpc.method_handlers_generic_handler``).
+
 **Cost.** A method's answer is resolved on its first call and cached (at most
 :data:`MAX_CACHED_METHODS` names, the oldest forgotten first, since a generic handler
 may see any method name), so a call pays one dict lookup.
@@ -46,13 +59,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from fnmatch import translate
 from typing import Generic, TypeVar
 
 from meshkit.errors import ConfigError
 
-__all__ = ["MAX_CACHED_METHODS", "MethodMatcher", "short_name"]
+__all__ = ["MAX_CACHED_METHODS", "MethodMatcher", "check_served", "short_name"]
 
 _V = TypeVar("_V")
 
@@ -205,3 +218,52 @@ class MethodMatcher(Generic[_V]):
                 del cache[next(iter(cache))]
         cache[method] = found
         return found
+
+
+_SHOWN_METHODS = 12
+"""Methods of a service named at most in :func:`check_served`'s error."""
+
+
+def check_served(patterns: Iterable[tuple[str, Iterable[str]]], methods: Collection[str],
+                 ) -> list[tuple[str, str]]:
+    """Check method patterns against the methods a server serves (module docstring).
+
+    Args:
+        patterns: ``(where, patterns)`` pairs, ``where`` naming the setting for messages
+            (``"AuthzPolicy.rules"``); the patterns as written (valid ones: each setting
+            checked its own when it was built).
+        methods: the full names (``"/pkg.Svc/Method"``) of every method the server
+            serves; the server's services are theirs (each with every method it has).
+
+    Returns:
+        ``(where, pattern)`` of each pattern that matches none of ``methods`` and is no
+        error, in the order given (for a warning).
+
+    Raises:
+        ConfigError: an exact pattern whose service part is the full name of a service
+            served and whose method part names no method of it; the setting, the pattern
+            and the service's methods quoted.
+    """
+    by_service: dict[str, list[str]] = {}
+    split: list[tuple[str, str, str]] = []
+    for method in methods:
+        service, _, name = method.lstrip("/").rpartition("/")
+        by_service.setdefault(service, []).append(name)
+        split.append((service, service.rsplit(".", 1)[-1], name))
+    unmatched: list[tuple[str, str]] = []
+    for where, texts in patterns:
+        for text in texts:
+            p = _Pattern(text, where)
+            if any(p.matches(*m) for m in split):
+                continue
+            service = p.normal.partition("/")[0]
+            names = by_service.get(service)
+            if not p.glob and names is not None:
+                shown = ", ".join(sorted(names)[:_SHOWN_METHODS])
+                more = ", ..." if len(names) > _SHOWN_METHODS else ""
+                raise ConfigError(
+                    f"{where}: method pattern {text!r} names no method of {service!r}, "
+                    f"which this server serves (its methods: {shown}{more}): a typo? Calls "
+                    "it was meant for would get the default")
+            unmatched.append((where, text))
+    return unmatched

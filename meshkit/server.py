@@ -130,7 +130,7 @@ from meshkit._limits import (
 )
 from meshkit._log import context_without_meshkit
 from meshkit._metadata import MESH_USER_AGENT
-from meshkit._methods import MethodMatcher
+from meshkit._methods import MethodMatcher, check_served
 from meshkit._registration import grpc_observability_active
 from meshkit._signals import unblock_signals
 from meshkit._stats import ServerStats
@@ -1285,6 +1285,8 @@ class _Recorder:
         self.names: list[str] = []
         self._added: set[str] = set()  # the service names added since take_added()
         self.known: set[str] = set() if known is None else known
+        self.any_name = False
+        """Whether a generic handler added may serve any method name (no method table)."""
         """The full names (``/pkg.Service/Method``) of the methods registered so far:
         those of ``add_registered_method_handlers`` and those of a generic handler whose
         method table is known (:func:`_method_table`), each added before its handler is
@@ -1300,6 +1302,8 @@ class _Recorder:
                 if service not in self.names:
                     self.names.append(service)
             self.known.update(_method_table(h))
+            if not isinstance(getattr(h, "_method_handlers", None), dict):
+                self.any_name = True  # (see _method_table)
             if watches is not None and service == health.SERVICE_NAME:
                 h = _WatchEndingHandler(h, watches)
             self._generic.append(guard_generic_handler(h, self._resolve))
@@ -1542,7 +1546,12 @@ class MeshServer:
 
         Raises:
             ConfigError: (before binding) a health servicer in the servicers meshkit
-                cannot drive, or two (see :class:`MeshServer`).
+                cannot drive, or two (see :class:`MeshServer`); a method pattern of the
+                server's settings (``AuthzPolicy.rules``, ``JWTAuthOptions``,
+                ``RateLimitOptions.rules``, ``quiet_methods``...) that names a method a
+                service it serves does not have, a typo (quoted; patterns that match no
+                method served otherwise are named in one warning:
+                :func:`meshkit._methods.check_served`).
             RuntimeError: the server was started before (see above), the address cannot
                 be bound, or :meth:`drain` was called while starting.
             RegistryError: registration failed (the server is stopped again).
@@ -1690,6 +1699,8 @@ class MeshServer:
                     response_serializer=reflection_pb2.ServerReflectionResponse
                     .SerializeToString)})
         self._table = recorder.install()
+        if not recorder.any_name:  # else any name may be served: nothing to tell
+            self._check_patterns(known)
         # a method no handler serves: answered UNIMPLEMENTED as grpc.aio answers it, and
         # recorded (metrics as "other", an access line, a span: gRFC A66); added last, so
         # asked only when no other handler serves the call (with a per-call chain,
@@ -1715,6 +1726,25 @@ class MeshServer:
             _log.warning("serving plaintext (no TLS)", service=self.service,
                          address=f"{uri_host(opts.host)}:{port}")
         return server, port
+
+    def _check_patterns(self, served: set[str]) -> None:
+        """Check the method patterns of the server's settings against the methods
+        ``served`` (:func:`meshkit._methods.check_served`): a ``ConfigError`` for a typo'd
+        method of a service served; one warning naming the patterns that match no method
+        served (but ``quiet_methods``, which ``dial()`` shares)."""
+        opts = self.options
+        patterns = [p for icpt in self._chain if isinstance(icpt, WrappingInterceptor)
+                    for p in icpt.method_patterns()]
+        if opts.rate_limit is not None:
+            patterns.append(("RateLimitOptions.rules", tuple(opts.rate_limit.rules)))
+        unmatched = check_served(patterns, served)
+        if opts.telemetry is not None:  # (also the client's downstream methods)
+            check_served((("TelemetryOptions.quiet_methods", opts.telemetry.quiet_methods),),
+                         served)
+        if unmatched:
+            _log.warning("method patterns match no method this server serves",
+                         service=self.service,
+                         patterns=[f"{where}: {text}" for where, text in unmatched])
 
     def _end_before_binding(self) -> None:
         """A :meth:`start` that failed before its server was bound (a health servicer

@@ -112,7 +112,11 @@ class AuthzPolicy:
 
     Raises:
         ConfigError: a key that is not a method pattern (quoted), two spellings of one
-            pattern, or a value that is not a :class:`Rule`.
+            pattern, or a value that is not a :class:`Rule`. When a
+            :class:`~meshkit.MeshServer` starts with the policy, a full key naming a
+            method that a service it serves does not have (``"/pkg.Svc/PlaceOder"``)
+            is a ``ConfigError`` from ``start()``, and keys matching no method it serves
+            are named in a warning (:func:`meshkit._methods.check_served`).
 
     Example::
 

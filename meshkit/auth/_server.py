@@ -266,6 +266,11 @@ class PeerIdentityInterceptor(_RefusalLogged):
         self.verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("peer")
 
+    def method_patterns(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``exempt_methods``' patterns (checked by :class:`~meshkit.MeshServer` against
+        the methods it serves)."""
+        return (("exempt_methods", self._exempt.patterns),)
+
     def identify(self, context: Any) -> PeerIdentity | None:
         """The verified workload identity of ``context``'s call, or ``None``."""
         return self.verifier.identify(context.auth_context())
@@ -362,6 +367,13 @@ class JWTAuthInterceptor(_RefusalLogged):
     def options(self) -> JWTAuthOptions:
         """The :class:`~meshkit.auth.JWTAuthOptions` (read-only)."""
         return self._options
+
+    def method_patterns(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``JWTAuthOptions``' ``public_methods`` and ``method_scopes`` patterns (checked
+        by :class:`~meshkit.MeshServer` against the methods it serves)."""
+        opts = self._options
+        return (("JWTAuthOptions.public_methods", opts.public_methods),
+                ("JWTAuthOptions.method_scopes", tuple(opts.method_scopes)))
 
     def _before_for(self, method: str) -> Before | None:
         """The token check for ``method`` (see the class docstring)."""
@@ -535,6 +547,11 @@ class AuthzInterceptor(_RefusalLogged):
     def trust_domain(self) -> str | None:
         """The trust domain of peers this check reads itself, or ``None`` (read-only)."""
         return self._trust_domain
+
+    def method_patterns(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The policy's rule keys (checked by :class:`~meshkit.MeshServer` against the
+        methods it serves)."""
+        return (("AuthzPolicy.rules", tuple(self._policy.rules)),)
 
     def _before_for(self, method: str) -> Before | None:
         """The policy check for ``method`` (see the class docstring)."""
