@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshkit._config import check_int, check_number
+from meshkit._outage import OutageLog
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
 from meshkit.auth._certs import load_certificate, load_private_key
 from meshkit.errors import ConfigError, MeshError
@@ -179,7 +180,7 @@ class MessageSigner:
             carries no workload SPIFFE ID, or ``clock`` is not callable (quoted).
     """
 
-    __slots__ = ("_clock", "_state", "_valid", "_watch", "identity")
+    __slots__ = ("_clock", "_state", "_valid", "_validity", "_watch", "identity")
 
     def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -207,6 +208,8 @@ class MessageSigner:
         # the certificate's validity period, epoch seconds (a reload's check)
         self._valid = (certificate.not_valid_before_utc.timestamp(),
                        certificate.not_valid_after_utc.timestamp())
+        # signing with a certificate out of its period: logged as an outage
+        self._validity = OutageLog(_log, "message signer certificate valid again")
         self._watch: tuple[_Watched, Callable[[], MessageSigner]] | None = None
 
     @classmethod
@@ -265,17 +268,43 @@ class MessageSigner:
         if fresh is not None:
             self._state, self._valid = fresh._state, fresh._valid
 
+    def _out_of_validity(self, now: float, not_before: float, not_after: float) -> None:
+        """Log signing with a certificate expired or not valid yet at ``now``: consumers
+        refuse every event so signed (as an outage: once, then reminders)."""
+        if now > not_after:
+            what, why = "expired", f"the certificate expired at {_utc(not_after)}"
+        else:
+            what, why = "not valid yet", (f"the certificate is not valid until "
+                                          f"{_utc(not_before)} (is a clock off?)")
+        self._validity.failed(
+            f"message signer certificate {what}",
+            f"{why}: consumers refuse every event signed with it until a usable "
+            "certificate is taken", spiffe_id=self.identity.spiffe_id)
+
     def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
              payload: bytes) -> None:
         """Add the identity headers for a message to ``headers`` (changed in place).
         ``msg_id`` must be the ``Nats-Msg-Id`` as it travels: nats-py trims header values
         and turns line breaks into spaces (:meth:`Publisher.publish
-        <meshkit.messaging.Publisher.publish>` refuses an id it would change)."""
+        <meshkit.messaging.Publisher.publish>` refuses an id it would change).
+
+        It signs whatever the certificate's validity period (consumers judge it at the
+        signed send time), but while the certificate is expired or not valid yet on
+        ``clock`` it logs ``message signer certificate expired`` / ``... not valid yet``
+        (warning, with the SPIFFE ID: once, then at most every 60 s), and
+        ``message signer certificate valid again`` once it is not: consumers refuse
+        every event so signed."""
         if self._watch is not None:
             self._reload(self._watch)
         key, cert_b64 = self._state
         identity = self.identity
-        sent = str(int(self._clock() * 1000))
+        now = self._clock()
+        not_before, not_after = self._valid
+        if now < not_before or now > not_after:
+            self._out_of_validity(now, not_before, not_after)
+        elif self._validity.failing:
+            self._validity.ok(spiffe_id=identity.spiffe_id)
+        sent = str(int(now * 1000))
         sig = key.sign(_signed_bytes(msg_id, subject, sent, payload), _ECDSA)
         headers[HDR_IDENTITY] = identity.spiffe_id
         headers[HDR_CERT] = cert_b64
