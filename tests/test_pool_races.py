@@ -27,8 +27,9 @@ async def test_an_endpoint_leaving_in_the_turn_of_a_rebuild_still_cuts_its_old_s
     twice) and, in the same event-loop turn, a discovery answer without e1 arrives (the
     pool's watch task applies it: both are tasks woken in the same iteration, e.g. during
     a rolling deploy that also rotates certificates). The stream on the replaced
-    sub-channel gets e1's ``drain_timeout_s`` and is then cancelled (its reader gets
-    ``MeshRpcError`` ``CANCELLED``), as the pool's and ``rebuild``'s docstrings say: a
+    sub-channel gets e1's ``drain_timeout_s`` and is then cut (its reader gets
+    ``MeshRpcError`` ``UNAVAILABLE``, test_hunt37_a1_stream_drain_cut), as the pool's
+    and ``rebuild``'s docstrings say: a
     sub-channel kept after a rebuild, "if its endpoint leaves meanwhile, it gets that
     endpoint's ``drain_timeout_s``".
 
@@ -62,7 +63,7 @@ async def test_an_endpoint_leaving_in_the_turn_of_a_rebuild_still_cuts_its_old_s
                 assert not reader.cancelled(), "the reader ended in CancelledError"
                 err = reader.exception()
                 assert isinstance(err, MeshRpcError), repr(err)
-                assert err.code() is grpc.StatusCode.CANCELLED
+                assert err.code() is grpc.StatusCode.UNAVAILABLE
                 await until(lambda: not ch._pool._draining, timeout_s=15,
                             what="every sub-channel of the endpoint that left closed")
                 assert not ch._pool._replaced
