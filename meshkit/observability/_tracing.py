@@ -91,7 +91,9 @@ class _PropagatorsEnv:
     def __enter__(self) -> None:
         self.saved: str | None = None
         raw = os.environ.get("OTEL_PROPAGATORS")
-        if "opentelemetry.propagate" in sys.modules or not raw or not raw.strip():
+        # a blank value goes on (no names: unset below); left as it is, the API looked
+        # up the propagator "" and raised ValueError
+        if "opentelemetry.propagate" in sys.modules or not raw:
             return
         names = [n.strip() for n in raw.split(",") if n.strip()]
         kept: list[str] = []
