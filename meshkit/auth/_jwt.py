@@ -9,7 +9,8 @@ Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), 
   confusion) is refused before any key is used;
 * every token carries a ``kid``; the key found for it must be of the token's algorithm;
   an RSA key must have at least :data:`MIN_RSA_KEY_BITS` (2048) bits (RFC 7518 §3.3);
-* ``iss`` and ``aud`` must equal the configured values; ``exp``/``nbf``/``iat`` are
+* ``iss`` must equal the configured issuer (compared by meshkit itself as well, whatever
+  pyjwt is installed) and ``aud`` contain the configured audience; ``exp``/``nbf``/``iat`` are
   checked against an injectable clock with ``leeway_s`` and must be finite numbers (RFC
   7519 §2 NumericDate; NaN, Infinity, ``1e400`` or ``10**400`` make a malformed token);
   required claims must be present;
@@ -785,6 +786,10 @@ class TokenVerifier:
             raise InvalidTokenError("token lacks a required claim") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidTokenError(_MALFORMED) from None
+        if payload.get("iss") != opts.issuer:
+            # compared here too: pyjwt 2.10.0 (which pyjwt>=2.9 admits) took any part of
+            # the issuer string (CVE-2024-53861: ``iss in issuer``)
+            raise InvalidTokenError("token issuer not accepted")
         return self.claims_from(payload)
 
     def claims_from(self, payload: Mapping[str, Any]) -> Claims:
