@@ -167,3 +167,27 @@ async def test_nothing_is_said_when_any_name_may_be_served(registry: LocalRegist
         await srv.start()
     await srv.drain()
     assert not [e for e in logs if "method patterns" in e["event"]], logs
+
+
+def test_each_auth_check_lists_its_patterns() -> None:
+    """The peer check's ``exempt_methods``, the token check's ``public_methods`` and
+    ``method_scopes`` keys and the policy's rule keys are what the start checks; a
+    typo'd exempt method of a served service is refused as the others are."""
+    from meshkit._methods import check_served
+    from meshkit.auth import AuthzInterceptor, JWTAuthInterceptor, PeerIdentityInterceptor
+
+    peer = PeerIdentityInterceptor("meshkit.local", exempt_methods=("/grpc.health.v1.Health/Chek",))
+    jwt_check = JWTAuthInterceptor(_verifier(), JWTAuthOptions(
+        public_methods=("Orders/GetOrder",), method_scopes={"Orders/*": ("orders:read",)}))
+    authz = AuthzInterceptor(AuthzPolicy(rules={"/meshkit.test.Orders/PlaceOrder": OPEN}))
+    assert peer.method_patterns() == (("exempt_methods", ("/grpc.health.v1.Health/Chek",)),)
+    assert jwt_check.method_patterns() == (
+        ("JWTAuthOptions.public_methods", ("Orders/GetOrder",)),
+        ("JWTAuthOptions.method_scopes", ("Orders/*",)))
+    assert authz.method_patterns() == (("AuthzPolicy.rules", ("/meshkit.test.Orders/PlaceOrder",)),)
+    served = {f"/{APP}/PlaceOrder", f"/{APP}/GetOrder", "/grpc.health.v1.Health/Check",
+              "/grpc.health.v1.Health/Watch"}
+    assert check_served((*jwt_check.method_patterns(), *authz.method_patterns()), served) == []
+    with pytest.raises(ConfigError, match=r"exempt_methods: .*'/grpc.health.v1.Health/Chek'.*"
+                                          r"Check, Watch"):
+        check_served(peer.method_patterns(), served)
