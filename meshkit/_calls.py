@@ -1321,16 +1321,17 @@ class RetryingStreamCall(MeshCall):
                 self._first = await self._call.read()
                 self._settle(self._call, None)
                 return
-            except (AioRpcError, asyncio.CancelledError) as caught:
+            except (AioRpcError, asyncio.CancelledError) as exc:
+                # (only the except's own name holds exc, which Python unbinds as the block
+                # ends: in another local, exc's traceback, holding this frame, would hold
+                # the call in a reference cycle)
                 if self._is_settled and not self._cancelled:
                     # committed at its headers (initial_metadata()): the attempt's outcome
                     # is the caller's, which its next read gets from the attempt itself
                     return
-                if isinstance(caught, AioRpcError):
-                    exc: AioRpcError = caught
-                elif self._cancelled or self._task is None or self._task.cancelling():
-                    raise  # the caller's cancel()
-                else:
+                if not isinstance(exc, AioRpcError):
+                    if self._cancelled or self._task is None or self._task.cancelling():
+                        raise  # the caller's cancel()
                     # nobody cancelled this task: the mesh ended the attempt (its endpoint
                     # left and drain_timeout_s ran out: UNAVAILABLE, retried as such; the
                     # channel closed: CANCELLED), as a unary attempt so cut
