@@ -1140,7 +1140,7 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     _check_service_name(service_name)
     named = _names_a_service(service_name)
     with _from_env_lock[0]:  # one thread's check and set-up at a time: one provider
-        installed = trace.get_tracer_provider()
+        installed = _installed_provider()
         if _sdk is not None and isinstance(installed, _sdk.TracerProvider):
             if named and _unnamed and _unnamed[0] is installed:
                 _unnamed.clear()
@@ -1211,12 +1211,14 @@ def tracing_wanted() -> bool:
     ``dial()`` as it fails ``serve()``, not (logged, tracing off) at the first call.
 
     Raises:
-        ConfigError: while no provider is installed, the environment asks for tracing
-            and the SDK is missing (names the ``meshkit[otel]`` extra), or an ``OTEL_*``
-            value :func:`configure_tracing` refuses (the variable named, the value
-            quoted).
+        ConfigError: ``OTEL_PYTHON_TRACER_PROVIDER`` names no provider the API can load
+            (see :func:`_installed_provider`); while no provider is installed, the
+            environment asks for tracing and the SDK is missing (names the
+            ``meshkit[otel]`` extra), or an ``OTEL_*`` value :func:`configure_tracing`
+            refuses (the variable named, the value quoted).
     """
     env = os.environ
+    _installed_provider()  # OTEL_PYTHON_TRACER_PROVIDER: a bad one fails dial(), once
     if sdk_disabled():
         return False
     exporters = {n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",")
@@ -1228,7 +1230,7 @@ def tracing_wanted() -> bool:
               or bool(env.get("MESHKIT_TRACE_FILE", "").strip()))
     # checked only while no provider is installed (tracing_from_env sets nothing up
     # beside one: an SDK one, or the application's own of another implementation)
-    if wanted and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if wanted and isinstance(_installed_provider(), trace.ProxyTracerProvider):
         require_sdk("tracing asked for by OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_*"
                     " / MESHKIT_TRACE_FILE")
         _tracing_env()
@@ -1766,12 +1768,39 @@ def _global_provider() -> Any:
     p = getattr(trace, "_TRACER_PROVIDER", None)
     if p is not None:
         return p
-    if not _env_provider:
-        _env_provider.append("OTEL_PYTHON_TRACER_PROVIDER" in os.environ)
+    if not _env_provider:  # blank is unset (see _installed_provider)
+        _env_provider.append(bool(os.environ.get(_PROVIDER_VAR, "").strip()))
     return trace.get_tracer_provider() if _env_provider[0] else _PROXY_PROVIDER
 
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider()  # no global provider yet: no SDK spans
+_PROVIDER_VAR = "OTEL_PYTHON_TRACER_PROVIDER"
+
+
+def _installed_provider() -> Any:
+    """``trace.get_tracer_provider()`` with ``OTEL_PYTHON_TRACER_PROVIDER`` (a provider the
+    API loads by entry-point name and installs, while none is) read as meshkit reads its
+    other variables: blank is unset (the API's proxy; the API itself looked the name
+    ``" "`` up and raised ``StopIteration``, which ended ``MeshServer.start()`` as
+    ``RuntimeError: coroutine raised StopIteration``).
+
+    Raises:
+        ConfigError: the variable names a provider the API cannot load (no installed
+            ``opentelemetry_tracer_provider`` entry point of that name, or one that fails
+            to build); the variable named, its value quoted.
+    """
+    installed = getattr(trace, "_TRACER_PROVIDER", None)
+    if installed is not None:
+        return installed
+    raw = os.environ.get(_PROVIDER_VAR)
+    if raw is not None and not raw.strip():
+        return _PROXY_PROVIDER
+    try:
+        return trace.get_tracer_provider()
+    except Exception:  # StopIteration: no entry point of that name
+        raise ConfigError(f"{_PROVIDER_VAR} must name an installed tracer provider (an "
+                          f"opentelemetry_tracer_provider entry point), got {raw!r}"
+                          ) from None
 
 
 class SpanStarter:
