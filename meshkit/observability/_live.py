@@ -49,6 +49,10 @@ class _HasServerStats(Protocol):
 
 _CHANNELS: weakref.WeakSet[Any] = weakref.WeakSet()
 _SERVERS: weakref.WeakSet[Any] = weakref.WeakSet()
+# held to add to those sets and to list them: a channel built in another thread (its own
+# event loop) added one while a reader iterated, which raised "Set changed size during
+# iteration" (/metrics, /readyz and /debug/mesh answered 500); re-made in a forked child
+_tracked_lock = threading.RLock()
 
 
 # the event loop each channel and server was tracked on (a server's start()'s): where its
@@ -62,7 +66,8 @@ def track(obj: _HasChannelStats | _HasServerStats, *, kind: str) -> None:
     remembered with the running event loop: its ``stats()`` is read there
     (:func:`read_stats`), and a server's loop is pinged by ``/livez``
     (:func:`live_server_loops`)."""
-    (_CHANNELS if kind == "channel" else _SERVERS).add(obj)
+    with _tracked_lock:
+        (_CHANNELS if kind == "channel" else _SERVERS).add(obj)
     try:
         _LOOPS[obj] = asyncio.get_running_loop()
     except RuntimeError:  # not from a coroutine: no loop to read it on, or to watch
@@ -186,11 +191,13 @@ _final_seq = 0
 
 
 def _new_final_lock() -> None:
-    """In a child made by ``os.fork()``: a new :data:`_final_lock` (a scrape in another
-    thread of the parent may have held it at the fork, and would never release it: the
-    child's first scrape, run on its event loop, blocked that loop for ever)."""
-    global _final_lock
+    """In a child made by ``os.fork()``: a new :data:`_final_lock` and
+    :data:`_tracked_lock` (a scrape in another thread of the parent may have held one at
+    the fork, and would never release it: the child's first scrape, run on its event
+    loop, blocked that loop for ever)."""
+    global _final_lock, _tracked_lock
     _final_lock = threading.Lock()
+    _tracked_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -247,11 +254,14 @@ def tracked(kind: str) -> list[Any]:
     """Every registered channel (``kind="channel"``) or server (``kind="server"``) still
     in memory, live or not (closed, stopped): what :class:`~meshkit.observability.
     _metrics.MeshCollector` reads to keep the counters of those that ended."""
-    return list(_CHANNELS if kind == "channel" else _SERVERS)
+    with _tracked_lock:
+        return list(_CHANNELS if kind == "channel" else _SERVERS)
 
 
 def _live(objs: weakref.WeakSet[Any]) -> list[Any]:
-    return [o for o in list(objs) if getattr(o, "live", False)]
+    with _tracked_lock:  # (an object's ``live`` is read after: a property may do anything)
+        listed = list(objs)
+    return [o for o in listed if getattr(o, "live", False)]
 
 
 def live_channel_stats() -> list[ChannelStats]:

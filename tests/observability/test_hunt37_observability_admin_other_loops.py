@@ -97,12 +97,12 @@ async def test_the_admin_server_reads_another_loops_channel_and_server_on_that_l
 
     async def start() -> tuple[MeshChannel, MeshServer, int]:
         srv = meshkit.MeshServer("elsewhere", [add_echo("e1")],
-                                 registry=_Registry(churn=False),  # type: ignore[arg-type]
+                                 registry=_Registry(churn=False),
                                  options=meshkit.ServeOptions(
                                      insecure=True, instance_id="t1", drain_delay_s=0.0,
                                      grace_s=1.0, telemetry=None))
         await srv.start()
-        ch = meshkit.dial("elsewhere", registry=_Registry(churn=False),  # type: ignore[arg-type]
+        ch = meshkit.dial("elsewhere", registry=_Registry(churn=False),
                           options=meshkit.DialOptions(insecure=True, telemetry=None))
         try:
             # known (none listens: not READY)
@@ -145,7 +145,7 @@ async def test_a_channel_whose_endpoints_churn_on_another_loop_is_always_listed(
     in every ``live_channel_stats()`` read from a plain thread and every ``/debug/mesh``
     answer (the interpreter switching threads often, as a loaded box does)."""
     async def start() -> MeshChannel:
-        ch = meshkit.dial("churning", registry=_Registry(churn=True),  # type: ignore[arg-type]
+        ch = meshkit.dial("churning", registry=_Registry(churn=True),
                           options=meshkit.DialOptions(insecure=True, telemetry=None,
                                                       drain_timeout_s=0.0))
         await until(lambda: bool(ch.stats().endpoints), what="endpoints")
