@@ -17,7 +17,14 @@ import functools
 import inspect
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
@@ -1886,6 +1893,13 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         :class:`meshkit.MeshServer` checks against the methods it serves when it
         starts (:func:`meshkit._methods.check_served`)."""
         return ()
+
+    def check_methods(self, methods: Collection[str]) -> None:
+        """Check this interceptor's settings against ``methods``, the full names of the
+        methods a :class:`meshkit.MeshServer` serves, when it starts (default: nothing).
+
+        Raises:
+            ConfigError: a setting that is wrong for one of them (the subclass says)."""
 
     def _before_for(self, method: str) -> Before | None:
         """The check of ``method`` (``None``: nothing to check)."""

@@ -65,7 +65,8 @@ from typing import Generic, TypeVar
 
 from meshkit.errors import ConfigError
 
-__all__ = ["MAX_CACHED_METHODS", "MethodMatcher", "check_served", "short_name"]
+__all__ = ["MAX_CACHED_METHODS", "MethodMatcher", "check_served", "normalized", "outranks",
+           "short_name"]
 
 _V = TypeVar("_V")
 
@@ -80,6 +81,18 @@ def short_name(method: str) -> str:
     """``/pkg.Service/Method`` -> ``Service/Method`` (the package-less form)."""
     service, _, name = method.lstrip("/").rpartition("/")
     return f"{service.rsplit('.', 1)[-1]}/{name}"
+
+
+def normalized(pattern: str) -> str:
+    """A valid ``pattern``'s one spelling: ``"*"`` as ``"*/*"``, the leading ``/`` removed
+    (two patterns with the same are the same pattern)."""
+    return "*/*" if pattern == "*" else pattern[1:] if pattern.startswith("/") else pattern
+
+
+def outranks(a: str, b: str) -> bool:
+    """Whether valid pattern ``a`` takes precedence over valid pattern ``b`` for a method
+    both match (the module's precedence; ``False`` for the same pattern)."""
+    return _Pattern(a, "").key < _Pattern(b, "").key
 
 
 def _literal_count(part: str) -> int:
@@ -98,7 +111,7 @@ class _Pattern:
         if not text or text != text.strip() or any(c.isspace() for c in text):
             raise ConfigError(
                 f"{where}: method pattern {text!r} is empty or contains whitespace")
-        normal = "*/*" if text == "*" else text[1:] if text.startswith("/") else text
+        normal = normalized(text)
         service, sep, method = normal.partition("/")
         if not sep or not service or not method or "/" in method:
             raise ConfigError(

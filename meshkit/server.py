@@ -1699,8 +1699,7 @@ class MeshServer:
                     response_serializer=reflection_pb2.ServerReflectionResponse
                     .SerializeToString)})
         self._table = recorder.install()
-        if not recorder.any_name:  # else any name may be served: nothing to tell
-            self._check_patterns(known)
+        self._check_patterns(known, recorder.any_name)
         # a method no handler serves: answered UNIMPLEMENTED as grpc.aio answers it, and
         # recorded (metrics as "other", an access line, a span: gRFC A66); added last, so
         # asked only when no other handler serves the call (with a per-call chain,
@@ -1727,14 +1726,20 @@ class MeshServer:
                          address=f"{uri_host(opts.host)}:{port}")
         return server, port
 
-    def _check_patterns(self, served: set[str]) -> None:
-        """Check the method patterns of the server's settings against the methods
-        ``served`` (:func:`meshkit._methods.check_served`): a ``ConfigError`` for a typo'd
-        method of a service served; one warning naming the patterns that match no method
-        served (but ``quiet_methods``, which ``dial()`` shares)."""
+    def _check_patterns(self, served: set[str], any_name: bool) -> None:
+        """Check the server's settings against the methods ``served``: each interceptor's
+        own check (:meth:`WrappingInterceptor.check_methods`); then, unless a generic
+        handler may serve ``any_name``, their method patterns
+        (:func:`meshkit._methods.check_served`): a ``ConfigError`` for a typo'd method of
+        a service served, one warning naming the patterns that match no method served
+        (but ``quiet_methods``, which ``dial()`` shares)."""
         opts = self.options
-        patterns = [p for icpt in self._chain if isinstance(icpt, WrappingInterceptor)
-                    for p in icpt.method_patterns()]
+        checks = [icpt for icpt in self._chain if isinstance(icpt, WrappingInterceptor)]
+        for icpt in checks:
+            icpt.check_methods(served)
+        if any_name:  # any name may be served: no pattern can be told wrong
+            return
+        patterns = [p for icpt in checks for p in icpt.method_patterns()]
         if opts.rate_limit is not None:
             patterns.append(("RateLimitOptions.rules", tuple(opts.rate_limit.rules)))
         unmatched = check_served(patterns, served)

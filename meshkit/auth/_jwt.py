@@ -50,7 +50,7 @@ from meshkit._config import (
     check_strings,
 )
 from meshkit._fields import FrozenMap
-from meshkit._methods import MethodMatcher
+from meshkit._methods import MethodMatcher, normalized
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
 from meshkit.auth._jwt_types import Claims
 from meshkit.errors import ConfigError
@@ -1049,7 +1049,8 @@ class JWTAuthOptions:
     Args:
         public_methods: patterns of methods callable without a token (default none). A
             token that *is* sent to a public method is still verified (invalid →
-            ``UNAUTHENTICATED``) so handlers can see its claims.
+            ``UNAUTHENTICATED``) so handlers can see its claims, but no scope is required
+            of it (a caller could drop the token).
         method_scopes: ``{method pattern: scopes}``, the scopes a token must all carry,
             e.g. ``{"/ecom.v1.OrderService/PlaceOrder": ("orders:write",),
             "/ecom.v1.OrderService/*": ("orders:read",)}``; kept as a read-only copy
@@ -1062,6 +1063,10 @@ class JWTAuthOptions:
 
     Raises:
         ConfigError: a bad method pattern (see :class:`~meshkit._methods.MethodMatcher`),
+            a pattern both in ``public_methods`` and in ``method_scopes`` with scopes (a
+            public method's scopes are never checked; a scoped pattern as specific as a
+            public one matching a method a server serves fails its start, see
+            :meth:`~meshkit.auth.JWTAuthInterceptor.check_methods`),
             ``public_methods`` or scopes given as one string or not a collection of
             strings (``None``), ``method_scopes`` not a mapping, a scope that is no RFC 6749
             §3.3 scope token (a space, tab, control or non-ASCII character, ``"`` or
@@ -1094,6 +1099,13 @@ class JWTAuthOptions:
         # a copy: the caller's dict changed later must not change these frozen options
         # (nor part them from the matcher below, compiled now)
         object.__setattr__(self, "method_scopes", FrozenMap(method_scopes))
+        both = {normalized(p) for p in self.public_methods}.intersection(
+            normalized(m) for m, v in method_scopes.items() if v)
+        if both:  # public methods' scopes are never checked (see JWTAuthInterceptor)
+            raise ConfigError(
+                f"JWTAuthOptions: {sorted(both)} both public (public_methods) and scoped "
+                "(method_scopes): a public method's scopes are not checked (a caller could "
+                "drop the token); drop one of the two")
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_scopes", MethodMatcher(
             {m: frozenset(s) for m, s in method_scopes.items()},

@@ -46,7 +46,7 @@ from meshkit._config import check_instance, check_strings
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
-from meshkit._methods import MethodMatcher
+from meshkit._methods import MethodMatcher, outranks
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._context import (
     _call,
@@ -374,6 +374,30 @@ class JWTAuthInterceptor(_RefusalLogged):
         opts = self._options
         return (("JWTAuthOptions.public_methods", opts.public_methods),
                 ("JWTAuthOptions.method_scopes", tuple(opts.method_scopes)))
+
+    def check_methods(self, methods: Collection[str]) -> None:
+        """Refuse a method of ``methods`` that ``public_methods`` makes public while a
+        ``method_scopes`` pattern at least as specific as the public one
+        (:func:`~meshkit._methods.outranks`) requires scopes of it: a public method's
+        scopes are never checked (a caller could drop the token), so that pattern would
+        protect nothing. A less specific one (``"*"``) leaves the public method public,
+        as ``default_scopes`` do.
+
+        Raises:
+            ConfigError: such a method (it and both patterns quoted)."""
+        opts = self._options
+        for method in sorted(methods):
+            public, is_public = opts._public.match(method)
+            if not is_public or public is None:
+                continue
+            scoped, scopes = opts._scopes.match(method)
+            if scoped is None or not scopes or outranks(public, scoped):
+                continue
+            raise ConfigError(
+                f"JWTAuthOptions: {method} is public (public_methods pattern {public!r}), "
+                f"while method_scopes pattern {scoped!r}, as specific or more, requires "
+                f"{sorted(scopes)} of it: a public method's scopes are not checked (a "
+                "caller could drop the token); drop one of the two")
 
     def _before_for(self, method: str) -> Before | None:
         """The token check for ``method`` (see the class docstring)."""
