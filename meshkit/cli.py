@@ -6,7 +6,7 @@
 * ``meshkit bench [...]``: the benchmark suite (from a source checkout).
 * ``meshkit services``, ``meshkit call``, ``meshkit prometheus-targets``: operating a
   running mesh (:mod:`meshkit._cli`, one module each).
-* ``meshkit version``.
+* ``meshkit version`` (no arguments: one is a usage error, status 2).
 
 Every command ends quietly when the reader of its output goes away (``meshkit services |
 head -1``): exit status 141 (128 + SIGPIPE, what a shell reports for a filter killed by
@@ -195,8 +195,8 @@ class _NoStderr(io.TextIOBase):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``meshkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the
-    process exit code: 2 for a usage error (no command or an unknown one: the usage on
-    stderr), 141 when stdout's reader went away (nothing
+    process exit code: 2 for a usage error (no command or an unknown one, an argument to
+    ``version``: the usage on stderr), 141 when stdout's reader went away (nothing
     printed), 130 after Ctrl-C (one line on stderr), 1 when there is output and stdout
     is closed or cannot be written (a full disk: one line on stderr, never a
     traceback), else the command's own.
@@ -258,8 +258,7 @@ def _dispatch(args: list[str]) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "version":
-        print(__version__)
-        return 0
+        return _version(rest)
     if command == "certs":
         from meshkit.auth import cli as certs_cli
 
@@ -274,6 +273,23 @@ def _dispatch(args: list[str]) -> int:
         ran: int = _from_checkout(_CHECKOUT_ONLY[command][0], command).main(rest)
         return ran
     print(f"meshkit: unknown command {command!r}\n\n{_usage()}", end="", file=sys.stderr)
+    return 2
+
+
+_VERSION_USAGE = "usage: meshkit version  (prints the meshkit version; no arguments)\n"
+
+
+def _version(rest: list[str]) -> int:
+    """``meshkit version``: the version on stdout (0); ``-h``/``--help`` alone, the usage
+    on stdout (0); any other argument, the usage and it on stderr (2), never ignored."""
+    if not rest:
+        print(__version__)
+        return 0
+    if rest in (["-h"], ["--help"]):
+        print(_VERSION_USAGE, end="")
+        return 0
+    print(f"{_VERSION_USAGE}meshkit version: unexpected argument {rest[0]!r}",
+          file=sys.stderr)
     return 2
 
 
