@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import structlog
@@ -261,24 +262,66 @@ class PeerIdentity:
     service: str | None
 
 
-def peer_from_identities(identities: Iterable[bytes] | None) -> PeerIdentity | None:
+#: ``peer_identity_key()`` of a call whose names are the certificate's subject
+#: alternative names; grpc says ``x509_common_name`` when it fell back to the subject CN
+#: (a certificate with no SAN).
+_SAN_IDENTITY_KEY = "x509_subject_alternative_name"
+
+#: ``identity_key`` not given.
+_NOT_GIVEN = cast(str, object())
+
+
+class _PeerNames(Protocol):
+    """What :func:`peer_from_identities` reads of a ``grpc.aio`` server call's context."""
+
+    def peer_identities(self) -> Iterable[bytes] | None: ...
+    def peer_identity_key(self) -> str | None: ...
+
+
+def peer_from_identities(identities: Iterable[bytes] | _PeerNames | None, *,
+                         identity_key: str | bytes | None = _NOT_GIVEN
+                         ) -> PeerIdentity | None:
     """The workload identity among a certificate's subject alternative names, or ``None``.
 
     This reads names only; it does not look at the certificate chain. Server interceptors
     use :class:`PeerVerifier`, which also refuses chains the mesh CA forbids.
 
+    grpc's ``context.peer_identities()`` is the certificate's subject alternative names,
+    but for a certificate with none it falls back to the subject CN (and
+    ``context.peer_identity_key()`` says ``x509_common_name``): a certificate whose CN
+    reads ``spiffe://<td>/svc/admin`` would be taken for ``admin``, while a SPIFFE ID is
+    only ever a URI SAN (X.509-SVID §2). So pass the call's context itself
+    (``peer_from_identities(context)``), or the key along with the names
+    (``identity_key=context.peer_identity_key()``): names of any key but
+    ``x509_subject_alternative_name`` then yield ``None``. Given the names alone, a CN
+    cannot be told from a URI SAN.
+
     Args:
-        identities: ``context.peer_identities()`` of a ``grpc.aio`` server call (the
-            certificate's subject alternative names as bytes), or ``None`` for a plaintext
-            or certificate-less peer.
+        identities: a ``grpc.aio`` server call's context (anything with
+            ``peer_identities()`` and ``peer_identity_key()``), or its
+            ``context.peer_identities()`` (the certificate's subject alternative names
+            as bytes), or ``None`` for a plaintext or certificate-less peer.
+        identity_key: ``context.peer_identity_key()`` of the call the names are of
+            (``str`` or ``bytes``; ``None`` for a call without them: no identity); not
+            given, the names are taken as subject alternative names.
 
     Returns:
-        The identity when there is exactly one URI SAN (X.509-SVID §2 requires exactly
-        one, whatever its scheme) and it is a valid workload ID
-        ``spiffe://<td>/svc/<service>``, else ``None``. grpc gives the names without
-        their types, so a URI is told by its scheme (``[A-Za-z][A-Za-z0-9+.-]*:``,
-        RFC 3986 §3.1); IP addresses (``fe80::1`` too) and DNS names are not URIs.
+        The identity when the names are subject alternative names, there is exactly one
+        URI SAN (X.509-SVID §2 requires exactly one, whatever its scheme) and it is a
+        valid workload ID ``spiffe://<td>/svc/<service>``, else ``None``. grpc gives the
+        names without their types, so a URI is told by its scheme
+        (``[A-Za-z][A-Za-z0-9+.-]*:``, RFC 3986 §3.1); IP addresses (``fe80::1`` too)
+        and DNS names are not URIs.
     """
+    if hasattr(identities, "peer_identity_key") and hasattr(identities, "peer_identities"):
+        context = cast(_PeerNames, identities)
+        identity_key = context.peer_identity_key()
+        identities = context.peer_identities()
+    if identity_key is not _NOT_GIVEN:
+        if isinstance(identity_key, bytes):
+            identity_key = identity_key.decode("ascii", "replace")
+        if identity_key != _SAN_IDENTITY_KEY:  # the CN fallback, or no key at all
+            return None
     if not identities:
         return None
     found = [i for i in identities if _is_uri(i)]
