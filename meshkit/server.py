@@ -1285,12 +1285,12 @@ class _Recorder:
         self.names: list[str] = []
         self._added: set[str] = set()  # the service names added since take_added()
         self.known: set[str] = set() if known is None else known
-        self.any_name = False
-        """Whether a generic handler added may serve any method name (no method table)."""
         """The full names (``/pkg.Service/Method``) of the methods registered so far:
         those of ``add_registered_method_handlers`` and those of a generic handler whose
         method table is known (:func:`_method_table`), each added before its handler is
         resolved (telemetry labels these by name)."""
+        self.any_name = False
+        """Whether a generic handler added may serve any method name (no method table)."""
 
     def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
         watches = self._watches
