@@ -29,7 +29,8 @@ plaintext with ``--insecure``.
 
 Request metadata comes from ``-H 'KEY: VALUE'`` and goes on the reflection requests too;
 a ``KEY`` ending in ``-bin`` (gRPC's binary metadata) takes its value base64-encoded,
-standard or URL-safe alphabet, padding optional, and sends the decoded bytes (grpcurl's
+standard or URL-safe alphabet, padding optional, line breaks inside skipped (the
+wrapped output of ``base64``), and sends the decoded bytes (grpcurl's
 conventions). An error never prints a header's value (it is often a bearer token).
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not a valid
@@ -141,6 +142,7 @@ _PROTOCOL_HEADERS = {
 }
 _PSEUDO = re.compile(r"\s*:[0-9A-Za-z_.\-]+\s*:")
 _URLSAFE = str.maketrans("-_", "+/")
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
 
 
 def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
@@ -190,8 +192,9 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
 
 def _binary(key: str, value: str) -> bytes:
     """A ``-bin`` header's base64 ``value`` decoded: standard or URL-safe alphabet,
-    padding optional (as grpcurl accepts)."""
-    text = value.rstrip("=").translate(_URLSAFE)
+    padding optional, line breaks inside skipped (``$(base64 < file)`` wraps every 76
+    characters), as grpcurl accepts (Go's decoder skips ``\r`` and ``\n``)."""
+    text = value.translate(_LINE_BREAKS).rstrip("=").translate(_URLSAFE)
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except ValueError:  # binascii.Error, or not ASCII
