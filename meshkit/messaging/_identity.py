@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshkit._config import check_int, check_number
 from meshkit._outage import OutageLog
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
-from meshkit.auth._certs import load_certificate, load_private_key
+from meshkit.auth._certs import load_certificates, load_private_key
 from meshkit.errors import ConfigError, MeshError
 
 __all__ = [
@@ -231,16 +231,26 @@ class MessageSigner:
         dead-lettered), or one of another SPIFFE ID than the signer's (a reload renews,
         it never changes the publisher's identity). ``None``: the files are read once.
 
+        The certificate file may hold more than the leaf (a full chain up to the
+        bundle's root), but not the intermediate CA that issued the leaf: a signature
+        carries the leaf alone and consumers take a certificate issued directly by a CA
+        of their ``ca.pem``, so every event would be refused (a ``ConfigError`` when
+        made; a renewal that brings one is refused as above).
+
         Raises:
             meshkit.auth.CertificateError: an unreadable file.
-            ConfigError: as the constructor, or a bad ``reload_interval_s`` (quoted).
+            ConfigError: as the constructor, a bad ``reload_interval_s`` (quoted), or a
+                certificate file holding the intermediate CA that issued its leaf (the
+                file and the CA's subject named).
         """
         interval = _check_reload_interval(reload_interval_s)
         pair = (Path(cert_file), Path(key_file))
         watch = None if interval is None else _Watched(pair, interval, "message signer")
 
         def load() -> MessageSigner:
-            return cls(load_certificate(pair[0]), load_private_key(pair[1]), clock=clock)
+            certs = load_certificates(pair[0])
+            _refuse_intermediate(pair[0], certs)
+            return cls(certs[0], load_private_key(pair[1]), clock=clock)
 
         signer = load()
 
@@ -310,6 +320,35 @@ class MessageSigner:
         headers[HDR_CERT] = cert_b64
         headers[HDR_SENT_AT_MS] = sent
         headers[HDR_SIGNATURE] = base64.b64encode(sig).decode()
+
+
+def _refuse_intermediate(cert_file: Path, certs: Sequence[x509.Certificate]) -> None:
+    """Refuse a certificate file holding, after the leaf, the intermediate CA that
+    issued it (a CA that is not self-signed): a signature carries the leaf alone and
+    :class:`MessageVerifier` takes a certificate issued directly by a CA of its
+    ``ca.pem``, so every consumer would refuse every event signed with it.
+
+    Raises:
+        ConfigError: why, naming the file and the intermediate's subject.
+    """
+    leaf = certs[0]
+    for ca in certs[1:]:
+        if ca.subject != leaf.issuer or _issued_by(ca, ca) or not _issued_by(leaf, ca):
+            continue
+        raise ConfigError(
+            f"{cert_file} holds the workload certificate with the intermediate CA that "
+            f"issued it ({ca.subject.rfc4514_string()!r}): message signatures carry the "
+            "workload certificate alone, and consumers (MessageVerifier) accept only one "
+            "issued directly by a CA of their ca.pem, so they would refuse every event "
+            "signed with it; sign with a certificate the bundle CA issues directly")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _check_renewal(current: MessageSigner, fresh: MessageSigner, cert_file: Path) -> None:
