@@ -565,7 +565,7 @@ class TokenIssuer:
                 RFC 6749 §3.3 scope token (empty, or with a space, tab, other control or
                 non-ASCII character, ``"`` or ``\\``; see :func:`check_scopes`), a bad
                 ``ttl_s`` (not a number, ``True``, out of range) or an ``audience`` that
-                is not a string (quoted).
+                is not a non-empty string (``""``; quoted).
         """
         if not subject or not isinstance(subject, str):
             raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -573,13 +573,15 @@ class TokenIssuer:
         ttl = self.options.ttl_s if ttl_s is None else ttl_s
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 86400:
             raise ConfigError(f"ttl_s must be a number of seconds in (0, 86400], got {ttl!r}")
-        if audience is not None and not isinstance(audience, str):
-            raise ConfigError(f"audience must be a string, got {audience!r}")
+        if audience is not None and (not isinstance(audience, str) or not audience):
+            # "" is no "not given": the default audience would be another than named
+            raise ConfigError(f"audience must be a non-empty string, got {audience!r}")
         now = int(self.options.clock())
         exp = now + math.ceil(ttl)  # never exp == iat (a token born expired)
         payload: dict[str, Any] = dict(extra_claims or {})
         payload.update(
-            iss=self.options.issuer, sub=subject, aud=audience or self.options.audience,
+            iss=self.options.issuer, sub=subject,
+            aud=self.options.audience if audience is None else audience,
             iat=now, nbf=now, exp=exp, jti=secrets.token_urlsafe(16),
             scope=" ".join(scope_list),
         )
