@@ -58,10 +58,11 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshkit._config import check_int, check_number
+from meshkit._config import check_int, check_number, refuse_str
 from meshkit._outage import OutageLog
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
-from meshkit.auth._certs import load_certificates, load_private_key
+from meshkit.auth._certs import _named_trust_domain, load_certificates, load_private_key
+from meshkit.auth._identity import validate_trust_domain
 from meshkit.errors import ConfigError, MeshError
 
 __all__ = [
@@ -378,6 +379,40 @@ def _check_renewal(current: MessageSigner, fresh: MessageSigner, cert_file: Path
             "current certificate is kept")
 
 
+def _publisher_domains(ca_pem: bytes, given: Sequence[str] | None, *, patterns: bool
+                       ) -> frozenset[str] | None:
+    """The trust domains :class:`MessageVerifier` takes publishers of (``None``: any):
+    ``given``, checked, or the one the CAs of ``ca_pem`` name (see its ``trust_domains``).
+
+    Raises:
+        ConfigError: ``given`` one string, empty, or holding a bad trust domain (quoted);
+            ``ca_pem`` naming several and neither ``given`` nor ``patterns``.
+    """
+    if given is not None:
+        refuse_str("trust_domains", given)
+        domains = frozenset(validate_trust_domain(td) for td in given)
+        if not domains:
+            raise ConfigError("trust_domains is empty: every publisher would be refused; "
+                              "None takes the trust domain the ca_pem CAs name")
+        return domains
+    named: set[str] = set()
+    for ca in x509.load_pem_x509_certificates(ca_pem):
+        try:
+            td = _named_trust_domain(ca)
+        except CertificateError:  # malformed extensions: it vouches for nothing
+            continue
+        if td is not None:
+            named.add(td)
+    if len(named) > 1:
+        if patterns:  # allowed_publishers decide, as before
+            return None
+        raise ConfigError(
+            f"ca_pem holds the CAs of several trust domains ({', '.join(sorted(named))}): "
+            "a workload of any of them would pass as a verified publisher; give "
+            "trust_domains (those whose workloads may publish) or allowed_publishers")
+    return frozenset(named) or None
+
+
 def _utc(t: float) -> str:
     return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
@@ -419,7 +454,19 @@ class MessageVerifier:
         ca_pem: the trust bundle (the mesh ``ca.pem``).
         allowed_publishers: identity patterns (``spiffe://<td>/svc/orderd``, ``*``
             wildcards as :class:`meshkit.auth.IdentityMatcher`), a tuple or list; empty
-            (default) admits every verified workload.
+            (default) admits every verified workload of ``trust_domains``.
+        trust_domains: the trust domains whose workloads may publish, a tuple or list
+            of lowercase DNS names (``("meshkit.local",)``); a publisher of another one
+            is refused (``foreign trust domain``), as the gRPC peer check refuses a peer
+            of a domain other than its ``trust_domain``. Default ``None``: the trust
+            domain the CAs of ``ca_pem`` name (their ``spiffe://<td>`` URI SAN, as
+            ``meshkit certs init`` makes them), read once when the verifier is made (a
+            reloaded bundle does not widen it); when they name several (a federated
+            bundle holding a partner mesh's CA), a ``ConfigError`` unless
+            ``allowed_publishers`` is given (its patterns decide then): without it,
+            the partner's ``orderd`` would pass as a verified ``orderd``; when none
+            names one (a corporate or cert-manager root), publishers of any trust
+            domain the CAs vouch for are taken, as before.
         max_entries: certificate cache bound (default 256, >= 1).
         max_message_age_s: refuse a message signed longer ago than this, seconds
             (default 604800.0, 7 days; > 0, finite);
@@ -428,14 +475,18 @@ class MessageVerifier:
 
     Raises:
         ConfigError: bad ``max_entries`` (``True`` included), ``max_message_age_s``,
-            ``clock`` or pattern, or
-            ``allowed_publishers`` given as one string (values quoted);
+            ``clock``, pattern or trust domain, ``allowed_publishers`` or
+            ``trust_domains`` given as one string, ``trust_domains`` empty (values
+            quoted), or ``trust_domains`` not given while ``ca_pem`` names several and
+            no ``allowed_publishers`` are given (the trust domains named);
             CertificateError: ``ca_pem`` has no certificate.
     """
 
-    __slots__ = ("_allowed", "_cache", "_clock", "_max", "_max_age_s", "_verifier", "_watch")
+    __slots__ = ("_allowed", "_cache", "_clock", "_domains", "_max", "_max_age_s",
+                 "_verifier", "_watch")
 
     def __init__(self, ca_pem: bytes, *, allowed_publishers: Sequence[str] = (),
+                 trust_domains: Sequence[str] | None = None,
                  max_entries: int = 256,
                  max_message_age_s: float | None = _DEFAULT_MAX_MESSAGE_AGE_S,
                  clock: Callable[[], float] = time.time) -> None:
@@ -447,6 +498,8 @@ class MessageVerifier:
         self._allowed = (IdentityMatcher(allowed_publishers, where="allowed_publishers",
                                          peers=True)
                          if allowed_publishers else None)
+        self._domains = _publisher_domains(ca_pem, trust_domains,
+                                           patterns=self._allowed is not None)
         self._cache: dict[str, _Known] = {}
         self._max = max_entries
         self._clock = clock
@@ -454,7 +507,8 @@ class MessageVerifier:
 
     @classmethod
     def from_file(cls, ca_file: str | os.PathLike[str], *,
-                  allowed_publishers: Sequence[str] = (), max_entries: int = 256,
+                  allowed_publishers: Sequence[str] = (),
+                  trust_domains: Sequence[str] | None = None, max_entries: int = 256,
                   max_message_age_s: float | None = _DEFAULT_MAX_MESSAGE_AGE_S,
                   clock: Callable[[], float] = time.time,
                   reload_interval_s: float | None = _DEFAULT_RELOAD_INTERVAL_S,
@@ -475,8 +529,8 @@ class MessageVerifier:
         path = Path(ca_file)
         watch = None if interval is None else _Watched((path,), interval, "message verifier")
         verifier = cls(path.read_bytes(), allowed_publishers=allowed_publishers,
-                       max_entries=max_entries, max_message_age_s=max_message_age_s,
-                       clock=clock)
+                       trust_domains=trust_domains, max_entries=max_entries,
+                       max_message_age_s=max_message_age_s, clock=clock)
         if watch is not None:
             verifier._watch = (watch, path.read_bytes)
         return verifier
@@ -530,7 +584,8 @@ class MessageVerifier:
                 match the message id, subject, send time and payload, a
                 ``Meshkit-Identity`` header naming another SPIFFE ID than the
                 certificate's (the header is not signed; without it the certificate
-                alone decides), or a publisher not in ``allowed_publishers``.
+                alone decides), a publisher of a trust domain not in ``trust_domains``,
+                or a publisher not in ``allowed_publishers``.
         """
         if self._watch is not None:
             self._reload(self._watch)
@@ -561,6 +616,11 @@ class MessageVerifier:
             raise MessageIdentityError(
                 f"{HDR_IDENTITY} header names {claimed[:200]!r}, but the message is signed "
                 f"by {known.identity.spiffe_id}")
+        domains = self._domains
+        if domains is not None and known.identity.trust_domain not in domains:
+            raise MessageIdentityError(
+                f"publisher {known.identity.spiffe_id} is of a foreign trust domain "
+                f"(accepted: {', '.join(sorted(domains))})")
         if self._allowed is not None and not self._allowed.matches(known.identity.spiffe_id):
             raise MessageIdentityError(
                 f"publisher {known.identity.spiffe_id} is not allowed on {subject}")
