@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from meshkit._aio_http import start_app
-from meshkit._config import check_int, check_number, check_seconds
+from meshkit._config import check_instance, check_int, check_number, check_seconds
 from meshkit._hosts import bare_host, is_loopback, uri_host
 from meshkit._outage import OutageLog
 from meshkit.auth._errors import JWKSError
@@ -360,7 +360,7 @@ class JWKSClient:
             async provider is awaited within ``fetch_timeout_s`` (one that hangs fails that
             fetch, and a later one calls it again); a sync one runs on the event loop and
             must not block.
-        options: :class:`JWKSClientOptions`.
+        options: :class:`JWKSClientOptions` (default ``JWKSClientOptions()``).
         session: an ``aiohttp.ClientSession`` to use, only from the event loop it was made
             in (default: the client makes one per fetch and closes it after, so one client
             serves any event loop: a later ``asyncio.run()``, pytest-asyncio's loop per
@@ -381,6 +381,11 @@ class JWKSClient:
     when that list changes; so are keys ignored for being published with their private
     members (their ``kid``\\ s only).
 
+    Raises:
+        ConfigError: ``url`` is neither a string nor a callable (named by its type, never
+            quoted), a URL string that is not ``https`` (or ``http`` to loopback without
+            ``allow_http``), or ``options`` that are no :class:`JWKSClientOptions`.
+
     Keys are kept by ``(kid, algorithm)``, so keys sharing a ``kid`` (RFC 7517 §4.5, e.g.
     an EC and an OKP key) each verify the tokens of their algorithm
     (:meth:`get_key_for`, one dict lookup).
@@ -388,6 +393,10 @@ class JWKSClient:
 
     def __init__(self, url: UrlProvider | str, options: JWKSClientOptions | None = None, *,
                  session: aiohttp.ClientSession | None = None) -> None:
+        check_instance("options", options, JWKSClientOptions)  # else AttributeErrors
+        if not isinstance(url, str) and not callable(url):  # else every fetch fails
+            raise ConfigError("url must be a JWKS URL string or a callable returning one, "
+                              f"got a {type(url).__name__}")  # (not quoted: a password)
         self.options = options or JWKSClientOptions()
         if isinstance(url, str):
             problem = _url_problem(url, self.options.allow_http)
