@@ -219,13 +219,18 @@ def _fresh(error: BaseException) -> BaseException:
     return new
 
 
-def _mesh_cut(details: ClientCallDetails) -> MeshRpcError:
-    """The error of a stream whose attempt the mesh ended under its reader or writer
-    (grpc.aio's ``CancelledError`` in a task nobody cancelled): the channel's
-    (``details.codec.mesh_cut``: ``CANCELLED`` when it was closed, ``UNAVAILABLE`` when
-    the endpoint left and its ``drain_timeout_s`` ran out, as a unary call so cut, and
-    retried as ``UNAVAILABLE`` is before a retried stream's commit); ``CANCELLED``
-    without a channel's plan. The error path only."""
+def _mesh_cut(details: ClientCallDetails, call: Any = None) -> MeshRpcError:
+    """The error of a stream whose attempt (``call``, when known) the mesh ended under its
+    reader or writer (grpc.aio's ``CancelledError`` in a task nobody cancelled): the
+    channel's (``details.codec.cut_of``: ``UNAVAILABLE`` for an attempt a drain cut,
+    whatever happened since; else ``details.codec.mesh_cut``: ``CANCELLED`` when it was
+    closed, ``UNAVAILABLE`` when the endpoint left and its ``drain_timeout_s`` ran out, as
+    a unary call so cut, and retried as ``UNAVAILABLE`` is before a retried stream's
+    commit); ``CANCELLED`` without a channel's plan. The error path only."""
+    if call is not None:
+        cut_of = getattr(details.codec, "cut_of", None)
+        if cut_of is not None and (err := cut_of(call)) is not None:
+            return err  # type: ignore[no-any-return]
     cut = getattr(details.codec, "mesh_cut", None)
     if cut is not None:
         return cut("stream")  # type: ignore[no-any-return]
@@ -360,6 +365,21 @@ class MeshCall:
             self.cancel()
             raise
 
+    def _cut_by_mesh(self, call: Any) -> bool:
+        """Whether ``call``, the attempt this call settled on, found cancelled, was cut by
+        the drain of its departed endpoint (``details.codec.cut_of``) rather than by the
+        caller: then that ``UNAVAILABLE`` becomes the call's error (what a read raises,
+        and :meth:`code`, :meth:`details`, :meth:`cancelled` report from now on, whether
+        or not anyone was reading when it was cut). The error path only."""
+        if self._cancelled or self._error is not None:
+            return False
+        cut_of = getattr(self._details.codec, "cut_of", None)
+        err = cut_of(call) if cut_of is not None else None
+        if err is None:
+            return False
+        self._error = _fresh(err)  # a copy: kept without the frames it is raised through
+        return True
+
     def _when_done(self, callback: Callable[[Any], None]) -> None:
         call = self._call
         if call is not None and self._error is None:
@@ -416,7 +436,8 @@ class MeshCall:
             return _code_of(err) is _CANCELLED
         call = self._call
         return (call is not None and bool(call.cancelled())
-                and getattr(self._details, "codec_error", None) is None)
+                and getattr(self._details, "codec_error", None) is None
+                and not self._cut_by_mesh(call))
 
     def done(self) -> bool:
         """Whether the call has finished, with any outcome; true as soon as :meth:`cancel`
@@ -473,10 +494,12 @@ class MeshCall:
         if call is None:  # answered without an attempt (UnaryResponseCall._outcome)
             return _CANCELLED if self._cancelled else _OK
         code: grpc.StatusCode = await call.code()
-        if code is _CANCELLED:  # ended by a message its codec refused?
+        if code is _CANCELLED:  # ended by a message its codec refused? by a drain?
             err = getattr(self._details, "codec_error", None)
             if err is not None:
                 return _code_of(err)
+            if self._cut_by_mesh(call):
+                return _code_of(self._error)  # type: ignore[arg-type]
         return code
 
     async def details(self) -> str:
@@ -490,9 +513,12 @@ class MeshCall:
             return _LOCALLY_CANCELLED if isinstance(err, asyncio.CancelledError) else ""
         if call is None:
             return ""
-        err = getattr(self._details, "codec_error", None)
-        if err is not None and await call.code() is _CANCELLED:
-            return err.details() or ""
+        if await call.code() is _CANCELLED:
+            err = getattr(self._details, "codec_error", None)
+            if err is not None:
+                return err.details() or ""
+            if self._cut_by_mesh(call):
+                return self._error.details() or ""  # type: ignore[union-attr]
         return await call.details()  # type: ignore[no-any-return]
 
     async def debug_error_string(self) -> str:
@@ -941,7 +967,7 @@ class StreamResponseCall(MeshCall):
             # an earlier read or write reported the cut: the same error again (not the
             # channel's close, come since, in place of the drain's cut)
             raise self._reported(self._error) from None
-        err = _mesh_cut(self._details)
+        err = _mesh_cut(self._details, self._call)
         # what the call reports from now on (details(), code(), cancelled()), as a unary
         # call the mesh cancelled: not the attempt's "Locally cancelled by application!"
         # (a copy: the one raised gets frames that hold the call)
@@ -1335,7 +1361,7 @@ class RetryingStreamCall(MeshCall):
                     # nobody cancelled this task: the mesh ended the attempt (its endpoint
                     # left and drain_timeout_s ran out: UNAVAILABLE, retried as such; the
                     # channel closed: CANCELLED), as a unary attempt so cut
-                    exc = _mesh_cut(self._details)
+                    exc = _mesh_cut(self._details, self._call)
                 # A cancelled call withdraws nothing from the budget and counts no retry.
                 delay = None if self._cancelled else self._delay_for(exc, attempt)
                 if delay is None:

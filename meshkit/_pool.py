@@ -9,9 +9,10 @@ what it picks from (httpx's client/transport cut).
 Endpoints that leave the registry are removed from the balancer at once and their
 sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish;
 what still runs when the grace is up is cancelled, unary attempts that run in the
-caller's task (:mod:`meshkit._inline`) included (a unary or client-streaming call then
-fails ``UNAVAILABLE``, the connection taken away under it as in grpc-java; a response
-stream ``CANCELLED``; a call cut by closing the channel ``CANCELLED``). A sub-channel replaced by
+caller's task (:mod:`meshkit._inline`) included (the call then fails ``UNAVAILABLE``,
+the connection taken away under it as in grpc-java: a response stream too, whether or
+not it was being read, :attr:`EndpointPool.cut_calls`; a call cut by closing the channel
+``CANCELLED``). A sub-channel replaced by
 :meth:`EndpointPool.rebuild` (a renewed client certificate) of an endpoint that stays is
 kept until its own last call ends, however long (a watch, a subscription), as grpc-go's
 credential reloading leaves established connections alone; if its endpoint leaves
@@ -26,6 +27,7 @@ import functools
 import math
 import random
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -132,10 +134,14 @@ class _Conn:
                 n += len(inline)
         return n
 
-    async def close(self, ep: Endpoint, grace_s: float | None) -> None:
+    async def close(self, ep: Endpoint, grace_s: float | None,
+                    mark_cut: Callable[[list[Any]], None] | None = None) -> None:
         """Close the sub-channel: wait up to ``grace_s`` seconds from now (``None`` or 0:
         none; ``math.inf``: until its calls have ended, however long) for its calls in
-        flight to end, then cancel what still runs and destroy it. A :attr:`drain_until`
+        flight to end, then cancel what still runs and destroy it; ``mark_cut`` (a drain,
+        :meth:`EndpointPool._drain`) is first given grpc.aio's calls still running, which
+        the cut cancels (their call objects then report the cut, not a caller's cancel:
+        :attr:`EndpointPool.cut_calls`). A :attr:`drain_until`
         already lower (set when it was retired, or cut before this task started) is kept;
         the wait may be cut short meanwhile by lowering it (an endpoint that left).
 
@@ -157,6 +163,10 @@ class _Conn:
                 step = _DRAIN_POLL_S if now - start < 1.0 else _DRAIN_POLL_SLOW_S
                 await asyncio.sleep(min(step, left))
         finally:  # also when cancelled: nothing below suspends
+            if mark_cut is not None:
+                active = getattr(self.channel, "_active_calls", None)
+                if active:
+                    mark_cut([c for c in list(active) if not c.done()])
             for mc in self.callables.values():
                 cancel_all = getattr(mc, "cancel_all", None)
                 if cancel_all is not None:
@@ -212,6 +222,12 @@ class EndpointPool:
         self.resolved = asyncio.Event()
         self._changed = asyncio.Event()
         self.closed = False
+        # grpc.aio calls (streams) still running on a sub-channel when its drain ran out
+        # (an endpoint that left, a replaced sub-channel's endpoint that left): cancelled
+        # by the mesh, not by their callers, so their call objects report that cut
+        # (UNAVAILABLE) whether or not anyone was reading them (meshkit._calls); not
+        # those a close() of the pool cancels (CANCELLED). Weak: gone with the calls.
+        self.cut_calls: weakref.WeakSet[Any] = weakref.WeakSet()
         self.watch_errors = 0
         # sub-channels that could not be built (make_channel raised): counted once per
         # endpoint and address (as logged), and the instance and last error by instance id
@@ -457,10 +473,18 @@ class EndpointPool:
         from now: ``conn.drain_until`` is set here, before the task starts, so a cut made
         in the meantime (its endpoint leaving) is not undone when it does."""
         conn.cut(grace_s)
-        task = asyncio.get_running_loop().create_task(conn.close(ep, grace_s))
+        task = asyncio.get_running_loop().create_task(
+            conn.close(ep, grace_s, self._mark_cut))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
         return task
+
+    def _mark_cut(self, calls: list[Any]) -> None:
+        """``calls`` are about to be cancelled by a drain that ran out: remember them
+        (:attr:`cut_calls`), unless the pool is closing (its close cut the drain short:
+        the channel's close, ``CANCELLED``)."""
+        if not self.closed and calls:
+            self.cut_calls.update(calls)
 
     def rebuild(self) -> None:
         """Give every endpoint a new sub-channel (e.g. with a renewed client certificate).

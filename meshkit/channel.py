@@ -753,8 +753,8 @@ class _MethodPlan:
     ``margin_s`` is the channel's ``deadline_margin_s`` when it propagates deadlines
     (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
 
-    __slots__ = ("answered", "decode", "decodes", "in_mesh", "key", "kind", "margin_s",
-                 "mesh_cut", "method", "none_is_no_message", "request_serializer",
+    __slots__ = ("answered", "cut_of", "decode", "decodes", "in_mesh", "key", "kind",
+                 "margin_s", "mesh_cut", "method", "none_is_no_message", "request_serializer",
                  "response_deserializer", "sends_wire", "serializes_stream",
                  "strict_deserializer", "timeout_s", "unary_request")
 
@@ -791,6 +791,9 @@ class _MethodPlan:
         # the error of a call the mesh ended under its reader (MeshChannel._mesh_cut),
         # read by the call objects on that path only (meshkit._calls)
         self.mesh_cut: Callable[[str], MeshRpcError] | None = None
+        # the error of an attempt a drain cut (MeshChannel._cut_of), ``None`` for any other
+        # call: read by the call objects on a cancelled attempt's path only
+        self.cut_of: Callable[[Any], MeshRpcError | None] | None = None
 
     def propagated_deadline(self, details: ClientCallDetails) -> float | None:
         """The deadline of the call being handled (:func:`current_deadline`,
@@ -1188,6 +1191,20 @@ class MeshChannel(grpc.aio.Channel):
         if task is not None and not task.cancelling():
             raise self._mesh_cut("call") from None
 
+    def _cut_of(self, call: Any) -> MeshRpcError | None:
+        """The error of attempt ``call`` (a grpc.aio call) when a drain cut it (its
+        endpoint left and ``drain_timeout_s`` ran out: ``UNAVAILABLE``, marked by the pool
+        when it cut it, :attr:`EndpointPool.cut_calls`), else ``None`` (a call the caller
+        or the channel's close cancelled). The error path only."""
+        try:
+            cut = call in self._pool.cut_calls
+        except TypeError:  # an unhashable call object (an interceptor's own): not ours
+            return None
+        if not cut:
+            return None
+        return MeshRpcError(_UNAVAILABLE, f"stream to {self.service!r} cut: its endpoint "
+                            "left and drain_timeout_s ran out")
+
     def _mesh_cut(self, what: str) -> MeshRpcError:
         """The error of a ``what`` ("call", "stream") whose attempt the mesh ended under
         it (grpc.aio's ``CancelledError`` in a task nobody cancelled): ``CANCELLED`` when
@@ -1368,6 +1385,7 @@ class MeshChannel(grpc.aio.Channel):
                            margin_s=opts.deadline_margin_s if opts.propagate_deadline
                            else None)
         plan.mesh_cut = self._mesh_cut
+        plan.cut_of = self._cut_of
         if self._answers and (kind is CallKind.UNARY_STREAM
                               or kind is CallKind.STREAM_STREAM):
             plan.answered = self._stream_answered
