@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_instance, check_int, check_secret_holder
+from meshkit._config import check_bool, check_instance, check_int, check_secret_holder
 from meshkit.auth import PeerIdentity
 from meshkit.errors import ConfigError
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
@@ -484,12 +484,26 @@ class ConsumerOptions:
             ``expires``, the durable's ``AckWait``), so both are at most 9223372036 s,
             about 292 years (infinity is refused).
         verifier: checks the publisher identity; a message that fails is dead-lettered
-            as ``refused`` (default ``None``: no check). With a verifier, the consume
+            as ``refused`` (default ``None``: no check). A message is verified against
+            the subject it came on and its ``Nats-Msg-Id``, but a dead letter
+            (:func:`is_dead_letter`) on a consumer with ``dead_letters=True`` against its
+            original subject and event id. With a verifier, the consume
             metrics and the CONSUMER span name of a message whose publisher was not
             verified carry the consumer's ``filter_subject`` (``>`` without one), not
             the subject it came on: whoever sends unsigned messages cannot make a series
             per subject they make up (OpenTelemetry messaging conventions: a destination
             name not known to be low-cardinality is recorded as its template).
+        dead_letters: whether this consumer reads dead letters (a dead-letter
+            processor's durable; default ``False``). Only with a ``verifier``: the
+            dead-letter headers naming the original subject and event id are not signed,
+            so anyone who may publish to NATS can copy a signed event to another subject
+            with them; a consumer that does not read dead letters verifies every message
+            against the subject it came on, so such a copy is refused instead of handed
+            to its handler as the publisher's event on that subject
+            (``Delivery.subject``), and so is a genuine dead letter reaching it (refused,
+            term'ed, the reason saying to set ``dead_letters=True``). With ``True``, a
+            dead letter's publisher vouches for ``original_subject`` and
+            ``original_msg_id``, not for ``subject``.
         tracing, metrics, access_log: a CONSUMER span per delivery (child of the
             publisher's), the consume metrics (labelled with at most 1,000 subjects per
             registry, publishes included, then ``other``: see
@@ -519,6 +533,7 @@ class ConsumerOptions:
     batch_size: int = 64
     fetch_timeout_s: float = 1.0
     verifier: MessageVerifier | None = None
+    dead_letters: bool = False
     tracing: bool = True
     metrics: bool = True
     access_log: bool = True
@@ -561,6 +576,7 @@ class ConsumerOptions:
                     "dead_letter_subject (or durable)")
         check_instance("backoff", self.backoff, Backoff, optional=False)
         check_secret_holder("verifier", self.verifier, MessageVerifier)
+        check_bool("dead_letters", self.dead_letters)
         check_telemetry_fields(self)
 
     def dead_letter_for(self) -> str:
@@ -1184,12 +1200,20 @@ class Consumer:
             original_subject = headers.get(DLQ_SUBJECT_HEADER, "")
             original_msg_id = _original_msg_id(headers)
         if o.verifier is not None:
+            # the dead-letter headers are not signed: taken only by a consumer that reads
+            # dead letters, else a signed event copied to another subject with them
+            # would reach this handler as the publisher's event on that subject
+            dead = bool(original_subject) and o.dead_letters
             try:
                 publisher = o.verifier.verify(
-                    msg.headers, msg_id=original_msg_id if original_subject else msg_id,
-                    subject=original_subject or msg.subject, payload=msg.data)
+                    msg.headers, msg_id=original_msg_id if dead else msg_id,
+                    subject=original_subject if dead else msg.subject, payload=msg.data)
             except MessageIdentityError as exc:
                 reason = str(exc)
+                if original_subject and not dead:  # first: the logged reason is cut
+                    reason = ("a dead letter, verified against the subject it came on "
+                              "(a dead-letter processor sets ConsumerOptions("
+                              f"dead_letters=True)): {reason}")
                 return (await self._dead_letter(msg, headers, reason, delivery, "refused"),
                         None, reason)
             if span is not None:

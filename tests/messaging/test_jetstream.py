@@ -244,7 +244,9 @@ async def test_dead_letter_keeps_a_verifiable_publisher_identity(
     """A dead letter of a signed event carries the original subject and event id
     (Meshkit-Original-Subject / -Msg-Id), which the signature binds: a dead-letter
     processor with a verifier gets it with its original publisher. A dead letter whose
-    original subject was changed is refused, and term'ed rather than dead-lettered again."""
+    original subject was changed is refused, and term'ed rather than dead-lettered again.
+    (A processor reads dead letters with ``dead_letters=True``: see
+    tests/messaging/test_hunt37_a8_dead_letter_replay.py.)"""
     signed = Publisher(bus.js, PublishOptions(registry=prom,
                                               signer=MessageSigner(*workloads.orderd)))
     await signed.publish(bus.subject, b"x", msg_id="s-1")
@@ -269,7 +271,8 @@ async def test_dead_letter_keeps_a_verifiable_publisher_identity(
                     d.original_msg_id))
 
     second = _consumer(bus, dlq_handler, prom, durable="dlqproc", filter_subject=bus.dlq,
-                       dead_letter_subject=f"{bus.dlq}2", verifier=verifier)
+                       dead_letter_subject=f"{bus.dlq}2", verifier=verifier,
+                       dead_letters=True)
     await _drive(second, 0.5)
     assert got == [("spiffe://meshkit.test/svc/orderd", bus.subject, "s-1")]
     assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.dlq,
@@ -312,7 +315,7 @@ async def test_a_dead_letter_an_older_consumer_wrote_is_still_a_dead_letter(
 
     processor = _consumer(bus, dlq_handler, prom, durable="dlqproc", filter_subject=bus.dlq,
                           dead_letter_subject=f"{bus.dlq}2",
-                          verifier=MessageVerifier(workloads.ca_pem))
+                          verifier=MessageVerifier(workloads.ca_pem), dead_letters=True)
     await until(lambda: processor.run_once(), timeout_s=5,  # type: ignore[arg-type,return-value]
                 what="the old dead letter handled")
     assert got == [("spiffe://meshkit.test/svc/orderd", bus.subject, "s-1", True)]
