@@ -346,7 +346,8 @@ class Delivery:
         msg_id: its ``Nats-Msg-Id`` (the event id: handlers dedupe on it), or ``""``.
         headers: all its headers.
         publisher: the verified publisher (``None`` without a verifier). For a dead
-            letter it vouches for ``data`` published as ``original_msg_id`` on
+            letter (only a consumer with ``ConsumerOptions.dead_letters=True`` takes
+            one as verified) it vouches for ``data`` published as ``original_msg_id`` on
             ``original_subject``, not for ``subject`` nor for who dead-lettered it.
         delivery: 1 for the first delivery, 2+ for redeliveries.
         original_subject: for a dead letter (:func:`is_dead_letter`), the subject of
@@ -408,7 +409,8 @@ class ConsumerOptions:
             or reinterpret the dead letter), plus ``Meshkit-Dead-Letter-Reason``,
             ``Meshkit-Original-Subject``, ``Meshkit-Original-Msg-Id`` (the original
             ``Nats-Msg-Id``; with the subject, what a publisher's signature binds: a
-            consumer with a ``verifier`` checks a dead letter against these two),
+            consumer with a ``verifier`` and ``dead_letters=True`` checks a dead letter
+            against these two),
             ``Meshkit-Deliveries``, ``Meshkit-Dead-Letter-Consumer``
             (``<stream>/<durable>``) and ``Nats-Msg-Id: dlq-<stream>.<durable>-<event
             id>`` (so the dead letters of one event by several consumers are not

@@ -7,11 +7,13 @@ in a stream and is redelivered to another consumer, or republished by a relay, n
 it says who wrote it. A per-message signature travels with the message through the stream,
 the outbox and the dead-letter subject, and is checked against the same ``ca.pem`` that
 gRPC peers are checked against (:class:`meshkit.auth.PeerVerifier`), so the mesh has one
-root of trust. A dead letter is checked against the subject and event id it was first
+root of trust. A dead letter is checked, by a consumer that reads dead letters
+(``ConsumerOptions(dead_letters=True)``), against the subject and event id it was first
 published with (``Meshkit-Original-Subject``, ``Meshkit-Original-Msg-Id``, written by the
 consumer that dead-lettered it): the signature then vouches for the payload, the original
 subject and id, not for the dead-letter subject nor for who dead-lettered it (those
-headers are not signed).
+headers are not signed; any other consumer checks a message against the subject it came
+on, so an event copied to another subject with them is refused).
 
 Headers written by :class:`MessageSigner` (all ASCII, no line breaks):
 
