@@ -16,8 +16,9 @@ not it was being read, :attr:`EndpointPool.cut_calls`; a call cut by closing the
 :meth:`EndpointPool.rebuild` (a renewed client certificate) of an endpoint that stays is
 kept until its own last call ends, however long (a watch, a subscription), as grpc-go's
 credential reloading leaves established connections alone; if its endpoint leaves
-meanwhile, it gets that endpoint's ``drain_timeout_s``. Closing the pool cuts every such
-grace to its own.
+meanwhile, it gets that endpoint's ``drain_timeout_s``. An endpoint that leaves and comes
+back at the same address within its grace (a flap) has its draining sub-channel kept
+likewise, its calls not cut. Closing the pool cuts every such grace to its own.
 """
 
 from __future__ import annotations
@@ -98,14 +99,27 @@ class _Conn:
     ``math.inf``, from construction: once its calls have ended, however long). Set when
     the sub-channel is retired or replaced (:meth:`EndpointPool._drain`), before its
     drain task starts; from then on only ever lowered (an endpoint that left, the pool
-    closed), never raised, whatever the order in which those land."""
+    closed), never raised, whatever the order in which those land, except by
+    :meth:`keep` (its endpoint came back). ``closing``: the drain ran out or was cut, what
+    still runs is being cancelled (nothing keeps it any more)."""
 
-    __slots__ = ("callables", "channel", "drain_until")
+    __slots__ = ("callables", "channel", "closing", "drain_until")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.callables: dict[str, Any] = {}
         self.drain_until = math.inf
+        self.closing = False
+
+    def keep(self) -> bool:
+        """Undo the cut of a draining sub-channel whose endpoint came back at its address
+        (:meth:`EndpointPool._came_back`): it is closed once its own calls have ended,
+        however long (``drain_until`` back to ``math.inf``), as one a rebuild replaced;
+        ``False`` when too late (:attr:`closing`: its calls are being cancelled)."""
+        if self.closing:
+            return False
+        self.drain_until = math.inf
+        return True
 
     def cut(self, grace_s: float | None, now: float | None = None) -> None:
         """Lower :attr:`drain_until` to ``grace_s`` seconds from ``now`` (``None``: the
@@ -163,6 +177,7 @@ class _Conn:
                 step = _DRAIN_POLL_S if now - start < 1.0 else _DRAIN_POLL_SLOW_S
                 await asyncio.sleep(min(step, left))
         finally:  # also when cancelled: nothing below suspends
+            self.closing = True
             if mark_cut is not None:
                 active = getattr(self.channel, "_active_calls", None)
                 if active:
@@ -219,6 +234,9 @@ class EndpointPool:
         # sub-channels replaced by rebuild() and still draining, by endpoint key (cut to
         # drain_timeout_s if their endpoint leaves)
         self._replaced: dict[str, set[_Conn]] = {}
+        # the sub-channel of an endpoint that left, still draining, and its address, by
+        # endpoint key: kept on if the same instance comes back there (_came_back)
+        self._left: dict[str, tuple[str, _Conn]] = {}
         self.resolved = asyncio.Event()
         self._changed = asyncio.Event()
         self.closed = False
@@ -394,7 +412,27 @@ class EndpointPool:
         self.conns[key] = conn
         self.history[key] = ep
         self._state_tasks[key] = self.spawn(self._track_state(ep))
+        if self._left:
+            left = self._left.pop(key, None)
+            if left is not None and left[0] == inst.address:
+                self._came_back(key, left[1])
         return True
+
+    def _came_back(self, key: str, conn: _Conn) -> None:
+        """The instance of endpoint ``key`` left and came back at the same address while
+        ``conn``, its sub-channel then, drained (a flap: a lease or TTL that lapsed under
+        load and was renewed, a health check failed once): its server never went away,
+        so the calls still running there (a watch, a subscription) are not cut when the
+        grace of the departure runs out; ``conn``, and the sub-channels a rebuild had
+        replaced for it, are kept until their own calls end, as a rebuild keeps them
+        (cut again to ``drain_timeout_s`` if it leaves again). New calls go to the new
+        sub-channel :meth:`_add` made."""
+        replaced = self._replaced.get(key, set())
+        for old in replaced:
+            old.keep()
+        if conn.keep():
+            replaced.add(conn)
+            self._replaced[key] = replaced
 
     def _retry_builds_later(self) -> None:
         """Start :meth:`_retry_builds` unless it runs (or the pool is closed)."""
@@ -459,8 +497,10 @@ class EndpointPool:
             task.cancel()
         # the draining refusals seen from it are kept while its calls in flight may end
         # (meshkit.resilience._retry.cut_before_it_ran), then forgotten
-        self._drain(conn, ep, self._drain_s).add_done_callback(
-            lambda _task: forget_endpoint(ep))
+        task = self._drain(conn, ep, self._drain_s)
+        task.add_done_callback(lambda _task: forget_endpoint(ep))
+        task.add_done_callback(functools.partial(self._forget_left, ep.key, conn))
+        self._left[ep.key] = (ep.instance.address, conn)
         # its sub-channels kept after a rebuild: the same grace, from now (their drain
         # tasks may not have started yet: close() only lowers what is set here)
         now = time.monotonic()
@@ -534,6 +574,14 @@ class EndpointPool:
         self._drain(old, ep, math.inf).add_done_callback(
             functools.partial(self._forget_replaced, key, old))
         return True
+
+    def _forget_left(self, key: str, conn: _Conn, task: asyncio.Task[None]) -> None:
+        """The sub-channel of an endpoint that left is closed (its drain ``task`` done),
+        whether or not it was kept (:meth:`_came_back`)."""
+        left = self._left.get(key)
+        if left is not None and left[1] is conn:
+            del self._left[key]
+        self._forget_replaced(key, conn, task)
 
     def _forget_replaced(self, key: str, conn: _Conn, _task: asyncio.Task[None]) -> None:
         """A sub-channel replaced by :meth:`rebuild` is closed (its drain ``_task`` done)."""
