@@ -7,6 +7,7 @@
 * ``meshkit services``, ``meshkit call``, ``meshkit prometheus-targets``: operating a
   running mesh (:mod:`meshkit._cli`, one module each).
 * ``meshkit version`` (no arguments: one is a usage error, status 2).
+* ``meshkit help [COMMAND]``: the usage, or ``COMMAND --help``.
 
 Every command ends quietly when the reader of its output goes away (``meshkit services |
 head -1``): exit status 141 (128 + SIGPIPE, what a shell reports for a filter killed by
@@ -253,6 +254,8 @@ def _dispatch(args: list[str]) -> int:
     if not args:  # a usage error: the usage on stderr, as argparse's, stdout left empty
         print(_usage(), end="", file=sys.stderr)
         return 2
+    if args[0] == "help" and args[1:2] not in ([], ["-h"], ["--help"]):
+        args = [args[1], "--help"]  # help COMMAND: its own usage (an unknown one: 2)
     if args[0] in ("-h", "--help", "help"):  # asked for: the output
         print(_usage(), end="")
         return 0
