@@ -48,6 +48,7 @@ import binascii
 import datetime as dt
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -415,6 +416,28 @@ def _publisher_domains(ca_pem: bytes, given: Sequence[str] | None, *, patterns: 
     return frozenset(named) or None
 
 
+def _check_publisher_domains(patterns: Sequence[str], domains: frozenset[str]) -> None:
+    """Refuse an ``allowed_publishers`` pattern whose trust domain (``*`` wildcards) is
+    none of ``domains``: a publisher of any other is refused before the patterns are
+    read, so such a pattern (a typo: ``meshkit.locl``) would admit no one and every event
+    of the publisher it names would be refused and dead-lettered.
+
+    Raises:
+        ConfigError: such a pattern (quoted, with the trust domains taken).
+    """
+    for pattern in patterns:
+        if pattern == "*":
+            continue
+        # spiffe://<td>/svc/<service>: the shape IdentityMatcher(peers=True) checked
+        domain = pattern[len("spiffe://"):].split("/", 1)[0]
+        glob = re.compile("[^/]*".join(re.escape(part) for part in domain.split("*")))
+        if not any(glob.fullmatch(td) for td in domains):
+            raise ConfigError(
+                f"allowed_publishers: {pattern!r} is of trust domain {domain!r}, but this "
+                f"verifier takes publishers of {', '.join(map(repr, sorted(domains)))} "
+                "only (trust_domains): it would match no publisher")
+
+
 def _utc(t: float) -> str:
     return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
@@ -479,8 +502,10 @@ class MessageVerifier:
         ConfigError: bad ``max_entries`` (``True`` included), ``max_message_age_s``,
             ``clock``, pattern or trust domain, ``allowed_publishers`` or
             ``trust_domains`` given as one string, ``trust_domains`` empty (values
-            quoted), or ``trust_domains`` not given while ``ca_pem`` names several and
-            no ``allowed_publishers`` are given (the trust domains named);
+            quoted), ``trust_domains`` not given while ``ca_pem`` names several and
+            no ``allowed_publishers`` are given (the trust domains named), or an
+            ``allowed_publishers`` pattern of none of the trust domains taken (quoted:
+            it would match no publisher);
             CertificateError: ``ca_pem`` has no certificate.
     """
 
@@ -502,6 +527,8 @@ class MessageVerifier:
                          if allowed_publishers else None)
         self._domains = _publisher_domains(ca_pem, trust_domains,
                                            patterns=self._allowed is not None)
+        if self._allowed is not None and self._domains is not None:
+            _check_publisher_domains(self._allowed.patterns, self._domains)
         self._cache: dict[str, _Known] = {}
         self._max = max_entries
         self._clock = clock

@@ -124,3 +124,23 @@ async def test_a_consumer_refuses_the_partner_meshs_orderd(
     assert got == ["spiffe://meshkit.test/svc/orderd"]
     assert prom.get_sample_value("meshkit_messaging_consumed_total", {
         "subject": bus.subject, "consumer": "d1", "outcome": "refused"}) == 1
+
+
+@pytest.mark.parametrize("pattern", ["spiffe://meshkit.tset/svc/orderd",
+                                     "spiffe://partner.*/svc/*"], ids=["typo", "other"])
+def test_allowed_publishers_of_no_accepted_trust_domain_are_refused_when_made(
+        meshes: tuple[bytes, bytes, _Pair, _Pair], pattern: str) -> None:
+    """A pattern whose trust domain is none the verifier takes (a typo'd domain) admitted
+    no publisher: every event was refused and dead-lettered, and the verifier was made
+    without a word (the TLS side's allowed_peers refuses such a pattern when built)."""
+    own_pem, federated, own, _ = meshes
+    with pytest.raises(ConfigError) as err:
+        v = MessageVerifier(own_pem, allowed_publishers=(pattern,))
+        _verify(v, _signed(own))  # refused: "not allowed", before
+    assert repr(pattern) in str(err.value) and "meshkit.test" in str(err.value)
+    with pytest.raises(ConfigError, match=r"meshkit\.tset"):
+        MessageVerifier(federated, trust_domains=("meshkit.test", "partner.test"),
+                        allowed_publishers=("spiffe://meshkit.tset/svc/orderd",))
+    for ok in ("*", "spiffe://*/svc/orderd", "spiffe://meshkit.*/svc/orderd"):
+        assert _verify(MessageVerifier(own_pem, allowed_publishers=(ok,)),
+                       _signed(own)) == "spiffe://meshkit.test/svc/orderd"
