@@ -136,12 +136,28 @@ def readiness_url(instance: Instance) -> str | None:
     return f"{url}/readyz?{query}"
 
 
+def _probe_url(instance: Instance) -> str | None:
+    """:func:`readiness_url` as aiohttp dials it: an IPv6 zone as it is (``[fe80::1%eth0]``),
+    not ``%25``-escaped (RFC 6874's URI text, which aiohttp hands to the resolver as
+    written: "Name or service not known", a live instance probed ``unreachable``)."""
+    from meshkit._hosts import bare_host
+
+    endpoint = _admin_endpoint(instance)
+    if endpoint is None:
+        return None
+    host = bare_host(endpoint[0])
+    query = urlencode({"service": instance.service, "instance": instance.instance_id},
+                      quote_via=quote)
+    return (f"http://{f'[{host}]' if ':' in host else host}:{endpoint[1]}"
+            f"/readyz?{query}")
+
+
 _HEALTH_OF_STATUS = {200: "ready", 503: "not-ready", 404: "not-served"}
 
 
 async def _health(http: aiohttp.ClientSession, turn: asyncio.Semaphore, url: str | None,
                   timeout_s: float) -> str:
-    """The health answered at ``url`` (:func:`readiness_url`): ``ready``, ``not-ready``,
+    """The health answered at ``url`` (:func:`_probe_url`): ``ready``, ``not-ready``,
     ``not-served``, ``http-<status>`` for another status, ``unreachable``, or ``-`` for
     ``None``. The probe waits for its ``turn``, then has ``timeout_s`` seconds
     (connecting included)."""
@@ -193,7 +209,7 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     # for a connection after its turn came.
     # No instance to probe (none listed, none with an admin port): no session, and
     # aiohttp is not imported.
-    urls = [readiness_url(i) for i in instances]
+    urls = [_probe_url(i) for i in instances]  # readiness_url(), its zone as dialled
     if any(url is not None for url in urls):
         import aiohttp
 
