@@ -610,6 +610,12 @@ class JWKSClient:
         return self.options.refresh_interval_s
 
     @property
+    def algorithms(self) -> frozenset[str]:
+        """``options.algorithms``: the algorithms of the keys kept (a
+        :class:`~meshkit.auth.JWTVerifier` taking none of them is a ``ConfigError``)."""
+        return self.options.algorithms
+
+    @property
     def kids(self) -> frozenset[str]:
         """The ``kid``\\ s currently cached."""
         return frozenset(self._keys)

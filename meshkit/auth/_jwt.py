@@ -924,7 +924,9 @@ class JWTVerifier:
     Raises:
         ConfigError: ``options`` is no :class:`VerifierOptions`, or ``keys`` (also when
             assigned later) has no ``get_key`` method: a URL string (wrap it in a
-            :class:`~meshkit.auth.JWKSClient`), ``None``, a class (quoted).
+            :class:`~meshkit.auth.JWKSClient`), ``None``, a class (quoted); or is a
+            :class:`~meshkit.auth.JWKSClient` whose ``algorithms`` share none with
+            ``options.algorithms`` (every token would be refused).
 
     Verified tokens are cached until their ``exp``, but no longer than the key source's
     keys stay the same: when its ``version`` changes (a key added or removed: a rotation,
@@ -961,6 +963,13 @@ class JWTVerifier:
         if isinstance(keys, type) or not callable(getattr(keys, "get_key", None)):
             raise ConfigError("keys must be a key source (a KeySet, a JWKSClient or an "
                               f"object with an async get_key(kid)), got {keys!r}")
+        offered = getattr(keys, "algorithms", None)  # a JWKSClient's (its options')
+        if isinstance(offered, frozenset) and offered.isdisjoint(self._core.options.algorithms):
+            # no key it keeps could verify a token this verifier takes: all refused
+            raise ConfigError(
+                f"the key source keeps keys of {sorted(offered)} only, and this verifier "
+                f"takes tokens of {sorted(self._core.options.algorithms)} only: every token "
+                "would be refused; give them an algorithm in common")
         self._keys = keys
         # tokens the previous source's keys verified are not this one's to accept
         self._version: object = getattr(keys, "version", None)
