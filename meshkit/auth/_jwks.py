@@ -379,7 +379,9 @@ class JWKSClient:
     :func:`parse_jwks` ignores are ignored here too; RSA keys ignored for being under
     2048 bits are logged as a warning (their ``kid``\\ s and sizes) once, and again only
     when that list changes; so are keys ignored for being published with their private
-    members (their ``kid``\\ s only).
+    members (their ``kid``\\ s only), and a document listing keys none of which is
+    usable (every token would be refused ``"token key id unknown"``: the count of keys
+    and the algorithms taken; ``"jwks document usable again"`` at info once one is).
 
     Raises:
         ConfigError: ``url`` is neither a string nor a callable (named by its type, never
@@ -412,6 +414,7 @@ class JWKSClient:
         self._inflight_done: concurrent.futures.Future[None] | None = None
         self._weak_logged: list[tuple[str, int]] = []
         self._leaked_logged: list[str] = []
+        self._unusable_logged = 0  # keys of the last document when none was usable
         # outages of the background/unknown-kid refreshes: logged at their start, at most
         # every 60 s while they last and at their end (meshkit's outage convention)
         # its errors vary from attempt to attempt: reminders only, never per change
@@ -588,6 +591,16 @@ class JWKSClient:
         weak: list[tuple[str, int]] = []
         leaked: list[str] = []
         keys = _parse_keys(document, opts.algorithms, weak, leaked)
+        # keys listed, none usable: every token refused "token key id unknown", and the
+        # refresh at debug said nothing of why (logged once per change, as below)
+        unusable = len(document["keys"]) if not keys else 0
+        if unusable != self._unusable_logged:
+            was, self._unusable_logged = self._unusable_logged, unusable
+            if unusable:
+                _log.warning("jwks document holds no usable key", url=shown, keys=unusable,
+                             algorithms=sorted(opts.algorithms))
+            elif was and keys:
+                _log.info("jwks document usable again", url=shown, keys=len(keys))
         if leaked != self._leaked_logged:
             self._leaked_logged = leaked
             if leaked:  # the kids only: never a member of the key
