@@ -527,6 +527,7 @@ async def run(args: argparse.Namespace) -> int:
     journal = Journal()
     mode = "plaintext (--insecure)" if cert_dir is None else "mTLS + JWT"
     print(f"meshkit demo: 2 userd + 2 orderd processes, {mode}, local registry in {workdir}")
+    renewing = None if cert_dir is None else asyncio.create_task(renew_certificates(cert_dir))
     try:
         t0 = time.monotonic()
         await _create_durable()
@@ -597,6 +598,9 @@ async def run(args: argparse.Namespace) -> int:
         return code
     finally:
         args.cleaning_up = True  # a SIGTERM from here on lets the clean-up finish
+        if renewing is not None:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
         codes = await stack.stop_all()
         await demo_events.delete_durable()  # summaryd stopped: it cannot re-create it
         clean = {k: v for k, v in codes.items() if not stack.procs[k].killed}
@@ -677,11 +681,27 @@ async def cache_hits(http: Any, url: str) -> str:
     return f"   GetUser cache hits {n.get('hit', 0):.0f}/{sum(n.values()):.0f}" if n else ""
 
 
+#: Life of the workload certificates the demo issues (hours); :func:`renew_certificates`
+#: issues them anew at half of it, so a stack left running (``--keep-running``) goes on
+#: answering past it.
+CERT_TTL_H = 2.0
+
+#: The workloads the demo issues certificates for.
+_WORKLOADS = ("userd", "orderd", "summaryd", security.EDGE)
+
+
+def _issue_workloads(cert_dir: Path) -> None:
+    for name in _WORKLOADS:
+        issue_into_dir(cert_dir, name, ttl_h=CERT_TTL_H, dns=("localhost",),
+                       ips=("127.0.0.1",), overwrite=True)
+
+
 def make_certificates(cert_dir: Path) -> Path:
-    """A mesh CA in ``cert_dir`` and fresh (2 h) workload certificates for userd, orderd,
-    summaryd and the demo client. A CA already there (an earlier run's ``--workdir``) is
-    kept when it is a readable meshkit CA of the demo's trust domain, with its key, that
-    outlives those certificates; otherwise, with no CA there, a new one (1 day) is made.
+    """A mesh CA in ``cert_dir`` and fresh (:data:`CERT_TTL_H`, 2 h) workload certificates
+    for userd, orderd, summaryd and the demo client. A CA already there (an earlier run's
+    ``--workdir``) is kept when it is a readable meshkit CA of the demo's trust domain,
+    with its key, that outlives those certificates; otherwise, with no CA there, a new one
+    (1 day) is made.
 
     Raises:
         SystemExit: ``cert_dir`` holds a CA the demo cannot use (unreadable, no key,
@@ -695,14 +715,30 @@ def make_certificates(cert_dir: Path) -> Path:
             if f"spiffe://{security.TRUST_DOMAIN}" not in uris:
                 raise CertificateError(f"its CA is not of the trust domain "
                                        f"{security.TRUST_DOMAIN!r} (URIs {list(uris)})")
-        for name in ("userd", "orderd", "summaryd", security.EDGE):
-            issue_into_dir(cert_dir, name, ttl_h=2, dns=("localhost",), ips=("127.0.0.1",),
-                           overwrite=True)
+        _issue_workloads(cert_dir)
     except (AuthError, ConfigError, OSError) as exc:
         raise SystemExit(f"meshkit demo: cannot use the CA in {cert_dir} (from an earlier "
                          f"run?): {exc}\nDelete {cert_dir} (a new CA is then made) or pass "
                          f"another --workdir.") from None
     return cert_dir
+
+
+async def renew_certificates(cert_dir: Path) -> None:
+    """Issue the workload certificates in ``cert_dir`` anew every half
+    :data:`CERT_TTL_H`, until cancelled; the services (and ``meshkit call``) read the
+    renewed files within seconds. Without it a stack left running stopped answering once
+    they expired (every TLS handshake refused). When the CA cannot issue them any more
+    (it expires before a new certificate would: a day after it was made), one line says
+    when the stack stops answering, and renewal ends."""
+    while True:
+        await asyncio.sleep(CERT_TTL_H * 3600 / 2)
+        try:
+            await asyncio.to_thread(_issue_workloads, cert_dir)
+        except (AuthError, ConfigError, OSError) as exc:
+            until = describe_certificate(load_certificate(cert_dir / "userd.pem")).not_after
+            print(f"  (the workload certificates could not be renewed: {exc}; the stack "
+                  f"stops answering at {until:%H:%M} UTC: restart the demo)", flush=True)
+            return
 
 
 def edge_tls(cert_dir: Path) -> TLSOptions:
