@@ -754,8 +754,8 @@ class _MethodPlan:
     (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
 
     __slots__ = ("answered", "cut_of", "decode", "decodes", "in_mesh", "key", "kind",
-                 "margin_s", "mesh_cut", "method", "none_is_no_message", "request_serializer",
-                 "response_deserializer", "sends_wire", "serializes_stream",
+                 "margin_s", "mesh_cut", "mesh_waits", "method", "none_is_no_message",
+                 "request_serializer", "response_deserializer", "sends_wire", "serializes_stream",
                  "strict_deserializer", "timeout_s", "unary_request")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
@@ -771,6 +771,10 @@ class _MethodPlan:
         self.in_mesh = codecs_in_mesh
         unary_response = kind is CallKind.UNARY_UNARY or kind is CallKind.STREAM_UNARY
         self.unary_request = kind is CallKind.UNARY_UNARY or kind is CallKind.UNARY_STREAM
+        # a unary-unary call's wait_for_ready is the mesh's (the pool waits for a READY
+        # endpoint; an attempt that cannot connect is picked again, _attempt_unary), not
+        # its sub-channel's: there, grpc queued it for a connection that may never come
+        self.mesh_waits = kind is CallKind.UNARY_UNARY
         self.sends_wire = self.unary_request and codecs_in_mesh
         # the mesh runs a stream's request serializer: for the wire, or (attempt
         # interceptors) for the check, the message itself going on
@@ -901,7 +905,11 @@ class MeshChannel(grpc.aio.Channel):
 
     Calls accept the usual ``timeout`` (seconds), ``metadata``, ``wait_for_ready``,
     ``credentials`` and ``compression`` arguments. ``wait_for_ready=True`` also makes a
-    call wait for an endpoint to appear instead of failing with ``UNAVAILABLE``.
+    call wait for an endpoint to appear instead of failing with ``UNAVAILABLE``; the
+    channel waits for a READY endpoint (as gRPC's picker queues such a call), and a
+    unary-unary attempt whose sub-channel turns out unable to connect (its connection
+    died a moment before, its server gone) is picked again, not left queued on that
+    sub-channel until its deadline while another endpoint is READY.
 
     Status codes produced by the channel itself (all as :class:`meshkit.errors.MeshRpcError`):
     ``UNAVAILABLE`` when no endpoint is registered or all are failing to connect (message
@@ -1088,7 +1096,7 @@ class MeshChannel(grpc.aio.Channel):
                 metadata=(md if type(start) is InlineUnaryUnary else Metadata(*md))
                 if md else None,
                 credentials=details.credentials,
-                wait_for_ready=details.wait_for_ready,
+                wait_for_ready=None if plan.mesh_waits else details.wait_for_ready,
                 compression=details.compression,
             )
         except Exception:  # an argument grpc refuses (e.g. credentials): nobody's outcome
@@ -1131,33 +1139,41 @@ class MeshChannel(grpc.aio.Channel):
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
-        if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
-            picked = await self._pool.pick_slow(details, picked)
-        ep, done, call = self._launch(details, picked, request, md)
-        t0 = _perf()
-        try:
-            response = await call
-        except AioRpcError as exc:
-            code = exc.code()
-            if _no_endpoints_outcome(code, exc):
-                done(_CANCELLED, _perf() - t0)  # no endpoint's outcome
-                raise
-            ep.failures += 1
-            done(_attempt_outcome(exc), _perf() - t0)
-            if exc.code() is _UNAVAILABLE:
+        while True:  # once, but for a wait_for_ready call sent back unsent (below)
+            if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+                picked = await self._pool.pick_slow(details, picked)
+            ep, done, call = self._launch(details, picked, request, md)
+            t0 = _perf()
+            try:
+                response = await call
+                break
+            except AioRpcError as exc:
+                code = exc.code()
+                if _no_endpoints_outcome(code, exc):
+                    done(_CANCELLED, _perf() - t0)  # no endpoint's outcome
+                    raise
+                ep.failures += 1
+                done(_attempt_outcome(exc), _perf() - t0)
+                if exc.code() is not _UNAVAILABLE:
+                    raise
                 unsent = self._unavailable(ep, exc)
-                if unsent is not None:
+                if unsent is None:
+                    raise
+                if not details.wait_for_ready:
                     raise unsent from exc
-            raise
-        except asyncio.CancelledError:
-            done(_CANCELLED, _perf() - t0)
-            self._raise_if_call_cancelled()
-            raise
-        except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
-            done(_CANCELLED, _perf() - t0)
-            raise
-        finally:
-            ep.in_flight -= 1
+                # wait_for_ready: the request never left (the sub-channel could not
+                # connect, now read so by the pool): wait for a READY endpoint and send
+                # it there, as gRPC's picker queues a wait-for-ready call; no retry
+                picked = None
+            except asyncio.CancelledError:
+                done(_CANCELLED, _perf() - t0)
+                self._raise_if_call_cancelled()
+                raise
+            except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
+                done(_CANCELLED, _perf() - t0)
+                raise
+            finally:
+                ep.in_flight -= 1
         # OK without a message: before any deserializer sees None (the sub-channel's None;
         # under a strict deserializer, _NO_MESSAGE, which plan.decode raises for)
         if response is None and plan.none_is_no_message:
