@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -360,6 +361,60 @@ _COREDIS_TLS_OPTIONS = frozenset({"ssl_keyfile", "ssl_certfile", "ssl_check_host
 """Also taken over TLS (``async+rediss://``): read into the connection's TLS context."""
 
 
+_NETWORK_REDIS_SCHEMES = frozenset(
+    scheme for cls in (RedisStorage, RedisClusterStorage, RedisSentinelStorage)
+    for scheme in (cls.STORAGE_SCHEME or ()) if not scheme.endswith("+unix"))
+"""Redis (and Valkey) storage schemes whose URI names ``host:port`` locations: one for a
+single server, one or more (``,``-separated) for a cluster or Sentinel."""
+
+
+def _check_redis_locations(uri: str, *, shown: str) -> None:
+    """Refuse a Redis storage URI whose ``host:port`` part the driver would misread or that
+    ``limits`` cannot parse (which it reported only when the interceptor was built):
+    a port ``0`` (coredis reads it as 6379: the counts kept in another Redis), a port that
+    is missing, not a number or above 65535, unbalanced IPv6 brackets, no host, several
+    locations for a single server, or user info holding an unencoded ``/``, ``?`` or ``#``
+    (``limits`` and coredis end the host part there, and coredis does not decode a
+    percent-encoded one). Not a Redis URI over the network: left alone.
+
+    Raises:
+        ConfigError: quoting ``shown`` (the password redacted) and the location.
+    """
+    scheme = uri.partition("://")[0]
+    if scheme not in _NETWORK_REDIS_SCHEMES:
+        return
+    _, userinfo, rest = split_userinfo(uri)
+    if any(c in userinfo for c in "/?#"):
+        raise ConfigError(
+            f"storage_uri {shown!r}: its user info (user name or password) holds an "
+            f"unencoded '/', '?' or '#', where the URI's host part ends for limits and "
+            f"the Redis client, which then cannot read it (coredis sends a "
+            f"percent-encoded one as written): choose one without them")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    locations = authority.split(",")
+    single = scheme in RedisStorage.STORAGE_SCHEME
+    if single and len(locations) > 1:
+        raise ConfigError(
+            f"storage_uri {shown!r}: a single Redis server takes one host:port, got "
+            f"{authority!r} (several hosts: async+redis+cluster:// or "
+            f"async+redis+sentinel://)")
+    for location in locations:
+        where = f"storage_uri {shown!r}: location {location.strip()!r}"
+        try:
+            parsed = urllib.parse.urlsplit(f"redis://{location.strip()}")
+            host, port = parsed.hostname, parsed.port
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc} (write host:port, an IPv6 address in "
+                              f"brackets: [::1]:6379)") from None
+        if not host or port is None:
+            raise ConfigError(f"{where}: needs a host and a port, host:port (Redis' own "
+                              f"is 6379)")
+        if port == 0:
+            raise ConfigError(f"{where}: port 0 is no Redis port (the Redis client reads "
+                              f"it as 6379, the counts kept in another Redis): name the "
+                              f"server's port, 1 to 65535")
+
+
 def check_redis_options(uri: str, *, shown: str) -> None:
     """Refuse a single-server Redis storage URI's query option with which no hit can
     succeed, or that the driver would drop with a ``UserWarning`` only (coredis 5:
@@ -390,6 +445,7 @@ def check_redis_options(uri: str, *, shown: str) -> None:
             is one :func:`redact_uri` shows as written).
     """
     scheme = uri.partition("://")[0]
+    _check_redis_locations(uri, shown=shown)
     if scheme in (*RedisSentinelStorage.STORAGE_SCHEME, *RedisClusterStorage.STORAGE_SCHEME):
         query = split_userinfo(uri)[2].partition("#")[0].partition("?")[2]
         for option in sorted(urllib.parse.parse_qs(query)):

@@ -514,6 +514,10 @@ class RateLimitOptions:
             (an option the driver does not take, ``?socket_timeout=1``;
             ``?noreply=...``, ``?connect_timeout=0``, ``?db=-1``, a value the driver
             cannot parse: :func:`~meshkit.resilience._ratelimit_policy.check_redis_options`);
+            a Redis ``host:port`` the driver misreads or cannot parse (port ``0``, which
+            coredis reads as 6379; a port missing or out of range, unbalanced IPv6
+            brackets, several hosts for one server, a password with an unencoded ``/``,
+            ``?`` or ``#``);
             ``max_keys`` not ``None`` nor an integer >= 1, or
             set with a storage other than ``memory://``. The bad value is quoted
             (storage passwords redacted). (``ConfigError`` is a ``ValueError``.)
