@@ -351,6 +351,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 # reads it from code(); else the caller's own cancel (DEADLINE_EXCEEDED
                 # once a deadline cut it: see _cancel_code)
                 err = getattr(details, "codec_error", None)
+                if not isinstance(err, AioRpcError):
+                    # a stream the drain of its departed endpoint cut reads UNAVAILABLE
+                    # to its caller (MeshChannel._cut_of), not the caller's cancel
+                    cut_of = getattr(getattr(details, "codec", None), "cut_of", None)
+                    err = cut_of(c) if cut_of is not None else None
                 if isinstance(err, AioRpcError):
                     self._finish(m, details, span, t0, err.code(), err)
                 else:
