@@ -393,18 +393,32 @@ async def ensure_order_stream_when_connected(connecting: asyncio.Task[None],
                                              js: JetStreamContext) -> None:
     """Wait for ``connecting`` (see :func:`nats_connection`), then
     :func:`ensure_order_stream`, tried again every :data:`STREAM_RETRY_S` seconds while
-    JetStream refuses or does not answer (logged once: ``order stream not ready``)."""
-    await connecting
+    JetStream refuses or does not answer (logged once: ``order stream not ready``).
+
+    A cancel of the caller ends it, also one that nats-py lost: awaited directly, the
+    connecting task took the caller's cancel as its own, and a connect just completing
+    swallowed it (its ``wait_for``, Python 3.11), as a JetStream request just answered
+    can; the caller then went on to relay or consume, and a process stopping within
+    milliseconds of its start waited :data:`CANCEL_WAIT_S` and logged ``task did not end
+    when cancelled`` (the order service), or did not stop (the projection). Cancel
+    ``connecting`` itself as well."""
+    await asyncio.shield(connecting)
     logged = False
+    task = asyncio.current_task()
     while True:
+        made = False
         try:
             await ensure_order_stream(js)
-            return
+            made = True
         except Exception as exc:  # JetStream off, not answering, refusing the config
             if not logged:
                 logged = True
                 _log.warning("order stream not ready, retrying", stream=STREAM,
                              error=f"{type(exc).__name__}: {exc}")
+        if task is not None and task.cancelling():  # a cancel the request swallowed
+            raise asyncio.CancelledError
+        if made:
+            return
         await asyncio.sleep(STREAM_RETRY_S)
 
 
