@@ -13,7 +13,7 @@ Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), 
   pyjwt is installed) and ``aud`` contain the configured audience; ``exp``/``nbf``/``iat`` are
   checked against an injectable clock with ``leeway_s`` and must be finite numbers (RFC
   7519 §2 NumericDate; NaN, Infinity, ``1e400`` or ``10**400`` make a malformed token);
-  required claims must be present;
+  required claims must be present, and not an empty string (``"sub": ""``);
 * tokens longer than ``max_token_bytes`` are refused before parsing.
 """
 
@@ -619,7 +619,8 @@ class VerifierOptions:
         algorithms: accepted JWS algorithms, fixed here, never read from tokens (default
             ``("ES256", "EdDSA")``; only :data:`ASYMMETRIC_ALGORITHMS`).
         leeway_s: clock-skew allowance for ``exp``/``nbf``/``iat`` (default 30 s; 0..300).
-        required_claims: claims that must be present (default ``iss sub aud exp iat jti``).
+        required_claims: claims that must be present and, when a string, not empty
+            (default ``iss sub aud exp iat jti``).
         typ: required ``typ`` header (default ``"at+jwt"``, RFC 9068 / RFC 8725 §3.11);
             ``None`` accepts any (``""`` is refused: it is no media type). Compared as a
             media type (RFC 6838 §4.2 names, no parameters): case-insensitively, and with
@@ -762,7 +763,8 @@ class TokenVerifier:
                 :data:`MIN_RSA_KEY_BITS` (2048) bits (RFC 7518 §3.3; ``"token signature or
                 key not accepted"``, as for a bad signature), wrong ``iss`` or ``aud``,
                 missing required claim, expired (``exp``), not yet valid (``nbf``), issued
-                in the future (``iat``), or malformed claims.
+                in the future (``iat``), or malformed claims. A required claim whose
+                value is the empty string (``"sub": ""``) counts as missing.
         """
         opts = self._options
         if key.algorithm != alg or alg not in self._algs or (
@@ -792,6 +794,9 @@ class TokenVerifier:
             # compared here too: pyjwt 2.10.0 (which pyjwt>=2.9 admits) took any part of
             # the issuer string (CVE-2024-53861: ``iss in issuer``)
             raise InvalidTokenError("token issuer not accepted")
+        for name in opts.required_claims:  # pyjwt checks presence only: "sub": "" passed
+            if payload.get(name) == "":
+                raise InvalidTokenError("token lacks a required claim")
         return self.claims_from(payload)
 
     def claims_from(self, payload: Mapping[str, Any]) -> Claims:
