@@ -27,6 +27,7 @@ import gc
 import inspect
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -646,8 +647,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
     ``grpc_server_started_total``/``grpc_server_handled_total``), the rate limit does not
     charge them, and they are counted in :attr:`shed`, :attr:`timed_out`,
     :attr:`evicted` and :attr:`cardinality` (``meshkit_server_gate_refusals_total``,
-    reasons ``shed``, ``timed_out``, ``evicted``, ``cardinality``) and logged as a
-    warning at most once a minute.
+    reasons ``shed``, ``timed_out``, ``evicted``, ``cardinality``: each call under one,
+    a call evicted for a newer one under ``evicted`` only, whether it then ends
+    ``CANCELLED`` or, never read, ``RESOURCE_EXHAUSTED``) and logged as a warning at most
+    once a minute.
 
     Args:
         limits: the :class:`ServerLimits` (``max_concurrent_rpcs``,
@@ -684,6 +687,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.slots = 0
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
         self._evicting: set[asyncio.Task[Any]] = set()  # evicted or timed out
+        # the calls ended by an eviction, counted in `evicted` when evicted and so in no
+        # other reason as they end (_counted): one reason per refused call
+        self._evicted_calls: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         # health checks holding a reserved place (_enter_reserved): read without a permit,
         # never evicted
         self._reserved: set[asyncio.Task[Any]] = set()
@@ -762,9 +768,22 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     async def _busy(self, context: Any,
                     what: str = "shedding calls: too many request bytes in flight") -> None:
-        self.shed += 1
-        self._warn(what)
+        if not self._counted():
+            self.shed += 1
+            self._warn(what)
         await _shed(context)
+
+    def _counted(self) -> bool:
+        """Whether the call being ended (the current task's) was evicted, and so already
+        counted in :attr:`evicted`: each refused call is counted under one reason of
+        ``meshkit_server_gate_refusals_total``. Failure path only."""
+        if not self._evicted_calls:
+            return False
+        task = self._loops.current_task()
+        if task is not None and task in self._evicted_calls:
+            self._evicted_calls.discard(task)
+            return True
+        return False
 
     async def _first(self, context: Any) -> tuple[Any, int]:
         """Admit the call and read its one request message; returns it and its size in
@@ -836,10 +855,12 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return request, size
 
     async def _abort_late(self, context: Any) -> None:
-        """End a call whose request did not arrive within ``first_message_timeout_s``:
-        ``CANCELLED`` (counted in :attr:`timed_out`, warned about)."""
-        self.timed_out += 1
-        self._warn("ended calls whose request did not arrive in time")
+        """End a call whose request did not arrive within ``first_message_timeout_s``, or
+        that was evicted for a newer call while it waited for it: ``CANCELLED`` (counted
+        in :attr:`timed_out` and warned about, unless counted in :attr:`evicted`)."""
+        if not self._counted():
+            self.timed_out += 1
+            self._warn("ended calls whose request did not arrive in time")
         await context.abort(grpc.StatusCode.CANCELLED, "request did not arrive in time")
 
     async def _refuse_count(self, context: Any, details: str) -> None:
@@ -982,6 +1003,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 due = left if due is None else min(due, left)
                 continue
             self._evicting.add(task)
+            self._evicted_calls.add(task)
             self.evicted += 1
             self._warn("evicting calls whose request did not arrive: every read permit taken")
             task.cancel()
@@ -1142,6 +1164,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             if task not in self._evicting and task not in self._reserved \
                     and not task.done():
                 self._evicting.add(task)
+                self._evicted_calls.add(task)
                 self.evicted += 1
                 self._warn("evicting calls whose request did not arrive: every slot taken")
                 task.cancel()
@@ -1264,7 +1287,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         message either way: :meth:`_arrived`); when the gate ends that wait (evicted at
         the cap after ``evict_waiting_after_s``, or ``first_message_timeout_s`` passed)
         the call ends ``CANCELLED`` "request did not arrive in time" (counted in
-        :attr:`timed_out`, and :attr:`evicted` when evicted), its handler's read fails
+        :attr:`timed_out`, or in :attr:`evicted` when evicted), its handler's read fails
         and its thread is given back: headers-only uploads cannot lock callers out."""
         admit = self._admit_thread_stream
         waiting, evicting = self._waiting, self._evicting

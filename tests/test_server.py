@@ -503,7 +503,8 @@ async def test_header_only_calls_give_their_read_permits_to_new_calls(
             assert codes == [grpc.StatusCode.CANCELLED] * 2
             assert [await c.details() for c in idle] == ["request did not arrive in time"] * 2
         assert srv.gate is not None and srv.gate.shed == 0
-        assert 1 <= srv.gate.evicted <= 2 and srv.gate.timed_out == 2
+        # each ended call counted under one reason (an evicted one not also timed_out)
+        assert 1 <= srv.gate.evicted <= 2 and srv.gate.evicted + srv.gate.timed_out == 2
     finally:
         await srv.drain()
 
