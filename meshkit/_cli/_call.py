@@ -434,10 +434,20 @@ async def _serves(args: _Args, name: str, wanted: str | None, at_once: asyncio.S
     reflection says (each request bounded by ``--timeout-s``): True or False (False too
     for a reflection error response), None when it serves no reflection, or the gRPC
     failure of asking it (its details naming ``name``). At most ``at_once`` are asked
-    together."""
+    together.
+
+    The ``-H`` metadata (often a bearer token) goes only to a service whose reflection
+    refuses the request without it ``UNAUTHENTICATED`` (meshkit's JWT auth covers
+    reflection unless it is made public): the user named none of the listed services,
+    and the others must not see it."""
     async with at_once, meshkit.dial(name, registry=args.registry,
                                      options=args.options) as ch:
         try:
+            try:
+                return wanted in await Reflection(ch, args.timeout_s).services()
+            except grpc.aio.AioRpcError as exc:
+                if not args.metadata or exc.code() is not grpc.StatusCode.UNAUTHENTICATED:
+                    raise
             return wanted in await Reflection(ch, args.timeout_s, args.metadata).services()
         except _NoReflection:
             return None

@@ -27,7 +27,9 @@ retried and secured like any client: mTLS with the workload certificate from
 ``--cert-dir``/``--workload`` (default ``$MESHKIT_CERT_DIR``/``$MESHKIT_WORKLOAD``), or
 plaintext with ``--insecure``.
 
-Request metadata comes from ``-H 'KEY: VALUE'`` and goes on the reflection requests too;
+Request metadata comes from ``-H 'KEY: VALUE'`` and goes on the reflection requests too
+(for a ``/pkg.Svc/Method`` target, the probes that find its service go without it, and
+with it only to a service whose reflection refuses them ``UNAUTHENTICATED``);
 a ``KEY`` ending in ``-bin`` (gRPC's binary metadata) takes its value base64-encoded,
 standard or URL-safe alphabet, padding optional, line breaks inside skipped (the
 wrapped output of ``base64``), and sends the decoded bytes (grpcurl's
