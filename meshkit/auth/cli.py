@@ -21,6 +21,9 @@ on the terminal); one with malformed extensions (which
 cryptography cannot read) ends it with exit code 1 and one line naming the file, the
 certificate's place in it and the error.
 
+``--ttl-days`` and ``--ttl-h`` take a validity of at least an hour (a shorter one is a
+usage error: the certificate would have expired by the time it is used).
+
 Exit codes: 0 done, 1 refused or failed (message on stderr), 2 usage error.
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from meshkit._cli._common import positive_number
 from meshkit._env import CERT_DIR, env_value
@@ -39,6 +43,32 @@ __all__ = ["main"]
 # import neither cryptography nor grpc (tests/cli/test_cli_startup.py checks it is the
 # same); the certificate machinery is imported in main() once the arguments parse.
 DEFAULT_TRUST_DOMAIN = "meshkit.local"
+
+MIN_VALIDITY_H = 1.0
+"""The shortest validity ``--ttl-days`` and ``--ttl-h`` take, hours: a certificate of less
+(``--ttl-days 1e-6``: 0.09 s) has expired, or nearly, when a server first reads it."""
+
+
+def _validity(unit: str, hours_per_unit: float) -> Callable[[str], float]:
+    """An argparse ``type`` for a certificate's validity in ``unit``: a positive finite
+    number (:func:`~meshkit._cli._common.positive_number`) of at least
+    :data:`MIN_VALIDITY_H` hours.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (argparse prints it, quoted, exit 2).
+    """
+    positive = positive_number(unit)
+
+    def parse(text: str) -> float:
+        value = positive(text)
+        if value * hours_per_unit < MIN_VALIDITY_H:
+            minimum = f"{MIN_VALIDITY_H / hours_per_unit:.4g}"
+            raise argparse.ArgumentTypeError(
+                f"must be at least 1 hour ({minimum} {unit}), got {text!r}: a certificate "
+                "valid for less has expired by the time it is used")
+        return value
+
+    return parse
 
 
 def _default_dir() -> str:
@@ -66,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create the mesh CA (ca.pem, ca.key)")
     init.add_argument("--dir", default=_default_dir(), type=_directory)
     init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
-    init.add_argument("--ttl-days", type=positive_number("days"), default=365.0,
-                      help="validity of the CA, days (default 365)")
+    init.add_argument("--ttl-days", type=_validity("days", 24.0), default=365.0,
+                      help="validity of the CA, days (default 365; at least 1 hour)")
     init.add_argument("--permit-dns", action="append", default=None,
                       help="DNS subtree the CA may certify besides svc.<td> "
                            "(repeatable; default localhost)")
@@ -75,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     issue = sub.add_parser("issue", help="issue <service>.pem / <service>.key")
     issue.add_argument("service")
     issue.add_argument("--dir", default=_default_dir(), type=_directory)
-    issue.add_argument("--ttl-h", type=positive_number("hours"), default=24.0,
-                       help="validity of the certificate, hours (default 24)")
+    issue.add_argument("--ttl-h", type=_validity("hours", 1.0), default=24.0,
+                       help="validity of the certificate, hours (default 24; at least 1)")
     issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
     issue.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
     issue.add_argument("--force", action="store_true", help="replace (renew) existing files")
