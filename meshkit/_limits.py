@@ -115,9 +115,12 @@ class ServerLimits:
             thread: one past the slots is shed at once. The health service's ``Watch``
             takes no slot; its ``Check`` (Kubernetes' and Consul's gRPC probes) may take
             one of 8 slots past the cap, and up to 8 checks at once read their request
-            without waiting for a read permit (``max_concurrent_reads``) and are never
-            evicted, so an overloaded server still answers its probes at once; such a
-            check's request over 4 KiB is refused ``RESOURCE_EXHAUSTED``. grpc.aio's own
+            without waiting for a read permit (``max_concurrent_reads``) and are not
+            evicted by other calls, so an overloaded server still answers its probes at
+            once (with the 8 places held, a new check takes the place of the check that
+            has waited ``evict_waiting_after_s`` for its request: header-only checks
+            cannot hold them); such a check's request over 4 KiB is refused
+            ``RESOURCE_EXHAUSTED``. grpc.aio's own
             ``maximum_concurrent_rpcs`` is not set (it would cost every call a done
             callback). ``None``: no cap.
         max_concurrent_reads: unary-request calls that may be receiving their request
@@ -691,7 +694,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         # other reason as they end (_counted): one reason per refused call
         self._evicted_calls: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         # health checks holding a reserved place (_enter_reserved): read without a permit,
-        # never evicted
+        # evicted only for another check (_evict_reserved)
         self._reserved: set[asyncio.Task[Any]] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False  # close(): the server stopped, no timer is armed again
@@ -894,7 +897,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         reserved place reads its request at once, without a read permit (which, under a
         backlog of slow uploads, go to the newest waiter first: a probe waited until it
         was evicted "server busy") nor the byte budget's check before the read, and is
-        never evicted (``first_message_timeout_s`` still ends it). Its request is
+        evicted only for another check (:meth:`_evict_reserved`;
+        ``first_message_timeout_s`` still ends it). Its request is
         bounded instead: one over ``_HEALTH_REQUEST_BYTES`` (4096; a HealthCheckRequest
         names a service) is refused ``RESOURCE_EXHAUSTED`` once read (counted in
         :attr:`shed`), so at most 8 such reads hold ``max_receive_message_bytes`` each,
@@ -915,7 +919,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         except asyncio.CancelledError:
             if task not in self._evicting:
                 raise
-            task.uncancel()  # timed out (never evicted): request stays _LATE
+            task.uncancel()  # timed out, or evicted for a check: request stays _LATE
         finally:
             self._waiting.pop(task, None)
             self._evicting.discard(task)
@@ -1113,15 +1117,42 @@ class RequestGate(grpc.aio.ServerInterceptor):
         them "server busy": while fewer than ``_HEALTH_RESERVE`` (8) checks hold a
         reserved place, the check takes one, a slot that may lie past the cap
         (:attr:`slots` counts it), and :meth:`_first_reserved` reads its request without
-        waiting for a read permit and never evicts it. A ninth check at once is any call
-        (:meth:`_enter`, a read permit)."""
-        if len(self._reserved) >= _HEALTH_RESERVE:
+        waiting for a read permit, and no other call evicts it. With the 8 places held,
+        the check takes the place of the check that has waited longest for its request,
+        if that wait reached ``evict_waiting_after_s`` (:meth:`_evict_reserved`: a probe
+        sends its few bytes with its headers, so checks that send headers only cannot
+        hold the reserve for ``first_message_timeout_s`` while every slot is busy); else
+        it is any call (:meth:`_enter`, a read permit)."""
+        if len(self._reserved) >= _HEALTH_RESERVE and not self._evict_reserved():
             return self._enter(context)
         task = self._loops.current_task()
         assert task is not None
         self._reserved.add(task)
         self.slots += 1
         return None
+
+    def _evict_reserved(self) -> bool:
+        """End the reserved check (:meth:`_enter_reserved`) that has waited longest for its
+        request, if that wait reached ``evict_waiting_after_s``; whether one was ended (it
+        ends ``CANCELLED`` "request did not arrive in time", counted in :attr:`evicted`;
+        its place is given back when its task ends, moments later). Asked only when the 8
+        reserved places are held."""
+        if self._evict_after is None:
+            return False
+        now = time.monotonic()
+        for task, since in self._waiting.items():  # oldest first
+            if task not in self._reserved or task in self._evicting or task.done():
+                continue
+            if now - since < self._evict_after:
+                return False
+            self._evicting.add(task)
+            self._evicted_calls.add(task)
+            self.evicted += 1
+            self._warn("evicting health checks whose request did not arrive: every "
+                       "reserved place taken")
+            task.cancel()
+            return True
+        return False
 
     def _release_reserved(self, size: int) -> None:
         """:meth:`_release` of a call that entered by :meth:`_enter_reserved`."""
