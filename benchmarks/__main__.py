@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from benchmarks.runner import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m benchmarks"))

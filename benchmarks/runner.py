@@ -72,8 +72,9 @@ def _mem_total_gib() -> float | None:
     return None
 
 
-def machine(argv: list[str]) -> dict[str, Any]:
-    """The machine, interpreter and package versions, and the exact command."""
+def machine(argv: list[str], prog: str = "python -m benchmarks") -> dict[str, Any]:
+    """The machine, interpreter and package versions, and the exact command (``prog``,
+    the program name as run, then ``argv``)."""
     return {
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
@@ -85,13 +86,13 @@ def machine(argv: list[str]) -> dict[str, Any]:
             "meshkit", "grpcio", "protobuf", "opentelemetry-sdk",
             "opentelemetry-instrumentation-grpc", "grpc-interceptor", "tenacity", "limits",
             "PyJWT", "cryptography")},
-        "command": " ".join(["python -m benchmarks", *argv]),
+        "command": " ".join([prog, *argv]),
     }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
         description="meshkit benchmarks: overhead by layer, vs a hand-assembled stack, slow "
                     "replica, failover, discovery convergence, fan-out.")
     mode = p.add_mutually_exclusive_group()
@@ -173,7 +174,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         "schema": 1,
         "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": plan.mode,
-        "machine": machine(argv),
+        "machine": machine(argv, args.prog),
         "loop": sup.loop,
         "layers": {},
         "scenarios": {},
@@ -184,7 +185,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         ctx.note(n)
     results["layers"] = {name: stacks.layer_note(name, secrets) or "available"
                          for name in stacks.LAYERS}
-    m = machine(argv)
+    m = machine(argv, args.prog)
     print(f"meshkit benchmarks, {plan.mode} mode: {m['cores']} cores, Python {m['python']}, "
           f"grpcio {m['packages']['grpcio']}, {sup.loop} event loop", flush=True)
     try:
@@ -237,16 +238,23 @@ def _restore(previous: dict[int, Any]) -> None:
             signal.signal(signum, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "meshkit bench") -> int:
     """Run the benchmarks; returns 0, or 1 when a scenario failed (missed targets are
     reported, not failures), 2 when ``--loop uvloop`` finds no uvloop, or 130 when
     interrupted.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        prog: the command as the user ran it, for the usage, its errors and the results'
+            ``machine.command`` (default ``meshkit bench``; ``python -m benchmarks``
+            passes its own).
 
     Raises:
         SystemExit: a bad argument (its message says which), before any worker starts.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(args_list)
+    args = _parser(prog).parse_args(args_list)
+    args.prog = prog  # the command as run, for the results' machine.command
     if args.loop == "uvloop" and not meshkit.uvloop_installed():
         print("--loop uvloop: uvloop is not installed (pip install 'meshkit[fast]')",
               file=sys.stderr)
