@@ -639,6 +639,31 @@ class ServeOptions:
             calls, so that callers' discovery catches up (default 1.0). The refusal
             phase that follows (:meth:`MeshServer.drain`) adds 0.05 s to a drain no
             mesh client calls during, 0.5 s at most.
+        follow_health: the registration follows the health status the application sets
+            on :attr:`MeshServer.health` (default ``True``), as a Kubernetes readiness
+            probe takes a pod out of its Service's endpoints: while the status of ``""``
+            (the whole server) or of the mesh service name is not ``SERVING``
+            (:attr:`MeshServer.serving`: a dependency down, a cache warming), the
+            instance is withdrawn from the registry, so mesh clients stop picking it
+            within their watch interval (the server keeps serving the calls that still
+            come: other clients, those in flight); once both are ``SERVING`` again and
+            have stayed so ``readmit_after_s``, it is registered again. A server
+            ``NOT_SERVING`` when :meth:`~MeshServer.start` registers is not registered
+            until then (``start()`` returns the instance it will register). Each
+            withdrawal or registration is bounded (10 s) and, when the registry fails it
+            (logged), tried again a second later (the wait doubling while it fails, 16 s
+            at most). A drain always takes the
+            instance out for good (it stops following first). Registries that check the
+            instance's gRPC health themselves (``ConsulOptions(check="grpc")`` or
+            ``"both"``: ``checks_instance_health``) are left to do it, as before: their
+            check asks the name ``grpc_health_service`` names. ``False``: registered from
+            :meth:`~MeshServer.start` until the drain, whatever the health says (only
+            ``/readyz`` shows it). The status is followed through the servicer's own
+            ``Watch`` (no work per call), checked again every second besides.
+        readmit_after_s: how long the health must have stayed ``SERVING`` (with no
+            status set meanwhile) before a withdrawn instance is registered again
+            (default 1.0; 0 for at once): an application whose status flaps stays out
+            of the mesh until it settles. Only with ``follow_health``.
         reflection: serve gRPC server reflection (default ``True``): the
             ``grpc.reflection.v1alpha`` service and the same under ``grpc.reflection.v1``,
             listing the services given, health and reflection. A reflection servicer
@@ -786,6 +811,8 @@ class ServeOptions:
     insecure: bool = False
     grace_s: float = 10.0
     drain_delay_s: float = 1.0
+    follow_health: bool = True
+    readmit_after_s: float = 1.0
     reflection: bool = True
     telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
     admin: AdminOptions | None = field(default_factory=_admin_from_env)
@@ -810,6 +837,7 @@ class ServeOptions:
         check_instance("admin", self.admin, AdminOptions)
         check_bool("insecure", self.insecure)
         check_bool("reflection", self.reflection)
+        check_bool("follow_health", self.follow_health)
         check_bool("expose_exception_text", self.expose_exception_text)
         check_host("host", self.host)
         if self.advertise_host is not None:
@@ -827,6 +855,7 @@ class ServeOptions:
         object.__setattr__(self, "meta", check_string_map("meta", self.meta))
         check_number("grace_s", self.grace_s, finite=False)
         check_number("drain_delay_s", self.drain_delay_s)  # inf: a drain that never stops
+        check_number("readmit_after_s", self.readmit_after_s)
         if self.maximum_concurrent_rpcs is not None:
             check_int("maximum_concurrent_rpcs", self.maximum_concurrent_rpcs)
         if self.handler_threads is not None:
@@ -1033,6 +1062,17 @@ def _method_table(handler: Any) -> tuple[str, ...]:
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
 _HEALTH_WATCH = f"{_HEALTH_PREFIX}Watch"
+
+
+class _StatusSink:
+    """The context :meth:`MeshServer._watch_status` hands the health servicer's ``Watch``:
+    each response written sets ``changed``."""
+
+    def __init__(self, changed: asyncio.Event) -> None:
+        self._changed = changed
+
+    async def write(self, message: Any) -> None:
+        self._changed.set()
 
 
 class _WatchContext:
@@ -1374,7 +1414,8 @@ class MeshServer:
             already has a status for (set before :meth:`start`, on your own servicer or
             on meshkit's, this attribute: left as you set them, e.g. ``NOT_SERVING``
             while warming up; the reference servicer has ``""`` ``SERVING`` from the
-            start). :meth:`drain`
+            start). While ``""`` or the mesh service name is not ``SERVING`` the
+            instance is out of the registry (``ServeOptions.follow_health``). :meth:`drain`
             sets every status ``NOT_SERVING`` (``enter_graceful_shutdown()``: later
             ``set()`` calls are ignored), then ends the open ``Watch`` streams. Give a
             servicer to one server only: the first drain sets it ``NOT_SERVING`` for
@@ -1487,6 +1528,10 @@ class MeshServer:
         # server to it, see drain()
         self._starting = False
         self._registering: Instance | None = None  # what start() registers, until it returns
+        # ServeOptions.follow_health: the task following the health status, from start()
+        # until the drain; _withdrawn while the instance is out of the registry for it
+        self._health_follower: asyncio.Task[None] | None = None
+        self._withdrawn = False
         self.admin: AdminServer | None = None
         self._admin_registry: CollectorRegistry | None = None  # what it serves for us
         self.gate: RequestGate | None = None
@@ -1514,6 +1559,11 @@ class MeshServer:
 
     async def start(self) -> Instance:
         """Bind, start serving, set health SERVING and register; returns the instance.
+
+        With ``ServeOptions.follow_health`` (the default) the registration then follows
+        the health status: withdrawn while :attr:`serving` is false, registered again
+        once it is true (a server ``NOT_SERVING`` already here, warming up, is registered
+        only then; the instance returned is the one it will register).
 
         The calls served start without meshkit's per-call context variables, whatever
         the code that awaits ``start()`` set: started from a handler, the server does not
@@ -1586,6 +1636,9 @@ class MeshServer:
         finally:
             self._starting = False
         assert self.instance is not None
+        if self._follows_health():
+            self._health_follower = asyncio.get_running_loop().create_task(
+                self._follow_health(self.instance), name=f"meshkit-health-{self.service}")
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
@@ -1888,11 +1941,112 @@ class MeshServer:
             meta=meta,
             weight=opts.weight,
         )
-        self._registering = instance
-        await self.registry.register(instance)
-        self._raise_if_draining()
-        self._registering = None
+        if self._follows_health() and not self.serving:
+            # warming up (NOT_SERVING set before start()): registered once SERVING
+            self._withdrawn = True
+            _log.info("not serving: registered once SERVING", service=self.service,
+                      instance_id=instance_id)
+        else:
+            self._registering = instance
+            await self.registry.register(instance)
+            self._raise_if_draining()
+            self._registering = None
         self.instance = instance
+
+    def _follows_health(self) -> bool:
+        """Whether the registration follows the health status
+        (``ServeOptions.follow_health``, unless the registry checks the instance's gRPC
+        health itself: its ``checks_instance_health`` is ``True``)."""
+        return (self.options.follow_health
+                and getattr(self.registry, "checks_instance_health", False) is not True)
+
+    async def _follow_health(self, instance: Instance) -> None:
+        """Withdraw ``instance`` from the registry while :attr:`serving` is false, and
+        register it again once it has been true for ``readmit_after_s`` with no status
+        set meanwhile (``ServeOptions.follow_health``). Runs from :meth:`start` until the
+        drain cancels it; woken by the servicer's own ``Watch`` of ``""`` and the mesh
+        service name (:meth:`_watch_status`), and every :data:`_HEALTH_RECHECK_S`
+        besides (a servicer whose ``Watch`` cannot be followed). A registry write that
+        fails is logged and tried again :data:`_HEALTH_RETRY_S` later, the wait doubling
+        after each failure in a row up to :data:`_HEALTH_RETRY_MAX_S`."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        watchers = [loop.create_task(self._watch_status(name, changed),
+                                     name=f"meshkit-health-watch-{self.service}")
+                    for name in dict.fromkeys(("", self.service))]
+        readmit_s = self.options.readmit_after_s
+        serving_since: float | None = None
+        retry_s = _HEALTH_RETRY_S
+        try:
+            while not self.draining:
+                changed.clear()  # (a status set during a write below: looked at at once)
+                wait_s = _HEALTH_RECHECK_S
+                if not self.serving:
+                    serving_since = None
+                    if self._withdrawn:
+                        pass
+                    elif await self._health_write("withdrawing",
+                                                  self.registry.deregister(instance)):
+                        self._withdrawn, retry_s = True, _HEALTH_RETRY_S
+                        _log.warning("not serving: withdrawn from the registry until "
+                                     "SERVING", service=self.service,
+                                     instance_id=instance.instance_id)
+                    else:
+                        wait_s, retry_s = retry_s, min(2 * retry_s, _HEALTH_RETRY_MAX_S)
+                elif self._withdrawn:
+                    now = loop.time()
+                    serving_since = now if serving_since is None else serving_since
+                    if now - serving_since < readmit_s:
+                        wait_s = min(wait_s, serving_since + readmit_s - now)
+                    elif await self._health_write("registering",
+                                                  self.registry.register(instance)):
+                        self._withdrawn, retry_s = False, _HEALTH_RETRY_S
+                        _log.info("serving again: registered", service=self.service,
+                                  instance_id=instance.instance_id)
+                    else:
+                        wait_s, retry_s = retry_s, min(2 * retry_s, _HEALTH_RETRY_MAX_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), wait_s)
+                    serving_since = None  # a status set: SERVING holds from now
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+
+    async def _health_write(self, what: str, write: Awaitable[None]) -> bool:
+        """Await ``write`` (the registration or its withdrawal, bounded by
+        :data:`_DRAIN_DEREGISTER_S`); ``False``, logged, when it failed."""
+        try:
+            await _bounded(write, _DRAIN_DEREGISTER_S)
+        except Exception as exc:
+            _log.warning(f"{what} for the health status failed", service=self.service,
+                         error=str(exc) or repr(exc))
+            return False
+        return not self.draining  # (the drain goes on with its own deregistration)
+
+    async def _watch_status(self, name: str, changed: asyncio.Event) -> None:
+        """Set ``changed`` at each status of ``name`` the health servicer's ``Watch``
+        sends (the reference servicer's, or yours: a coroutine writing to its context
+        or an async generator); a ``Watch`` that fails or ends leaves the follower to
+        its periodic check."""
+        ctx = _StatusSink(changed)
+        try:
+            answer = self.health.Watch(health_pb2.HealthCheckRequest(service=name), ctx)
+            if inspect.isasyncgen(answer):
+                async for _ in answer:
+                    changed.set()
+            elif inspect.isawaitable(answer):
+                await answer
+        except Exception as exc:
+            _log.debug("health watch not followed", service=self.service, name=name,
+                       error=repr(exc))
+
+    async def _stop_following_health(self) -> None:
+        """End the health follower (the drain's first step: it withdraws the instance
+        for good); a write of it under way is cancelled (the registries undo a
+        cancelled registration; the drain deregisters after this anyway)."""
+        follower = self._health_follower
+        if follower is not None:
+            await cancel_and_wait(follower)
 
     def _raise_if_draining(self) -> None:
         """Raise ``RuntimeError`` when :meth:`drain` was called during :meth:`start`."""
@@ -2125,6 +2279,8 @@ class MeshServer:
                   grace_s=opts.grace_s)
         stopped = False
         try:
+            # first: the follower neither withdraws (NOT_SERVING below) nor registers again
+            await self._stop_following_health()
             try:  # (a servicer of yours may override it) keep draining: NOT_SERVING or
                 # not, the deregistration and the stop still take the server out of the mesh
                 await self.health.enter_graceful_shutdown()
@@ -2189,6 +2345,8 @@ class MeshServer:
         is cancelled is cancelled, and the server still ends stopped (the drain's waiters
         released) with its final counters recorded."""
         self._close_gate()
+        if self._health_follower is not None:  # (the drain cancelled before its step)
+            self._health_follower.cancel()
         try:  # the drain's task cancelled meanwhile: the other steps still run
             await _each_step(self._after_stop_steps(), through_cancel=True)
         finally:
@@ -2266,7 +2424,8 @@ class MeshServer:
     @property
     def ready(self) -> bool:
         """Registered and serving, not draining, and :attr:`serving` (what ``/readyz``
-        reports)."""
+        reports; it follows the health status at once, while the registration follows
+        it within ``ServeOptions.readmit_after_s``)."""
         return (self.instance is not None and self._server is not None
                 and not self.draining and self.serving)
 
@@ -2493,6 +2652,14 @@ the registry's TTL expires the entry."""
 _CLOSE_INTERCEPTOR_S = 5.0
 """How long a stopped server waits for each interceptor's ``aclose()``; past it the close
 is cancelled and logged (``closing an interceptor failed``) and the drain goes on."""
+
+_HEALTH_RECHECK_S = 1.0
+"""How often the health follower checks the status besides its ``Watch``
+(``ServeOptions.follow_health``)."""
+_HEALTH_RETRY_S = 1.0
+"""How long the health follower waits before it tries a failed registry write again..."""
+_HEALTH_RETRY_MAX_S = 16.0
+"""... doubled after each failure in a row, up to this."""
 
 _REFUSE_QUIET_S = 0.05
 """The drain's refusal phase ends once no call was refused for this many seconds..."""

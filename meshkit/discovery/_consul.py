@@ -1074,6 +1074,16 @@ class ConsulRegistry:
     def __repr__(self) -> str:
         return f"ConsulRegistry(addr={self.options.base_url!r}, check={self.options.check!r})"
 
+    @property
+    def checks_instance_health(self) -> bool:
+        """Whether the agent checks each instance's gRPC health itself (``check="grpc"``
+        or ``"both"``): an instance that answers ``NOT_SERVING`` for
+        ``grpc_health_service`` turns critical and leaves every watch within
+        ``check_interval_s``, so a server (``ServeOptions.follow_health``) leaves its
+        withdrawal to the agent and the instance stays listed as failing; with
+        ``check="ttl"`` the server withdraws it itself."""
+        return self.options.check in ("grpc", "both")
+
     async def __aenter__(self) -> ConsulRegistry:
         return self
 
