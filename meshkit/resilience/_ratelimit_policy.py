@@ -347,14 +347,17 @@ _COREDIS_SCHEMES = ("async+redis://", "async+rediss://", "async+redis+unix://")
 query options :func:`check_redis_options` checks (``ConnectionPool.from_url``)."""
 
 _COREDIS_OPTIONS = frozenset({
-    "db", "username", "password", "client_name", "stream_timeout", "connect_timeout",
+    "db", "client_name", "stream_timeout", "connect_timeout",
     "max_connections", "max_idle_time", "protocol_version", "idle_check_interval",
     "noreply", "noevict", "notouch", "encoding"})
 """Query options coredis' ``ConnectionPool.from_url`` reads, or passes on to a connection
 that takes them as text, on every single-server scheme; it passes any other option on
 to the connection class as a keyword, which refuses an unknown one (``TypeError`` at
 every connection: every hit a storage failure)."""
-_COREDIS_TCP_OPTIONS = frozenset({"host", "port", "socket_keepalive"})
+_COREDIS_OVERWRITTEN = frozenset({"username", "password", "host", "port"})
+"""Query options coredis' ``ConnectionPool.from_url`` reads and then overwrites with the
+URI's user info and ``host:port`` (``None`` where it has none): never used."""
+_COREDIS_TCP_OPTIONS = frozenset({"socket_keepalive"})
 """Also taken over TCP (``async+redis://``, ``async+rediss://``)."""
 _COREDIS_TLS_OPTIONS = frozenset({"ssl_keyfile", "ssl_certfile", "ssl_check_hostname",
                                   "ssl_cert_reqs", "ssl_ca_certs"})
@@ -422,6 +425,11 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     it cannot parse). A Sentinel or cluster URI (``async+redis+sentinel://``,
     ``async+redis+cluster://``) may have no query option at all: ``limits`` reads none of
     it (``?db=2`` counted in db 0). Other URIs are left alone.
+
+    Refused too: ``?username=``, ``?password=``, ``?host=``, ``?port=``
+    (:data:`_COREDIS_OVERWRITTEN`): coredis overwrites them with the URI's user info and
+    ``host:port`` (a password given so was never sent: every hit ``NOAUTH`` on a Redis
+    with ``requirepass``).
 
     Refused: an option coredis does not take (:data:`_COREDIS_OPTIONS`; ``?socket_timeout=``,
     ``?retry_on_timeout=``, redis-py's names; ``?implementation=``, ``limits``' constructor
@@ -493,6 +501,13 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     if uri.startswith("async+rediss://"):
         taken = taken | _COREDIS_TLS_OPTIONS
     for option in sorted(options):
+        if option in _COREDIS_OVERWRITTEN:
+            belongs = "user info" if option in ("username", "password") else "host:port"
+            raise ConfigError(
+                f"storage_uri {shown!r}: the Redis driver (coredis) ignores the option "
+                f"{option!r}: it overwrites it with the URI's {belongs} (a password given "
+                f"so is never sent, a host or port never used): write "
+                f"async+redis://[username:password@]host:port[/db] instead")
         if option not in taken:
             raise ConfigError(
                 f"storage_uri {shown!r}: the Redis driver (coredis) takes no option "

@@ -46,8 +46,9 @@ def test_the_options_of_other_schemes_are_taken(uri: str) -> None:
     RateLimitOptions(default_rule="1/second", storage_uri=uri)
 
 
-@pytest.mark.parametrize("tail", ["?encoding=utf-8&socket_keepalive=1", "?host=x&port=1",
-                                  "?username=default"])
+# (?host=, ?port=, ?username= counted only as coredis overwrites them with the URI's own:
+# refused now, tests/resilience/test_hunt37_a12_ratelimit_uri_auth_options.py)
+@pytest.mark.parametrize("tail", ["?encoding=utf-8&socket_keepalive=1"])
 def test_options_the_driver_takes_still_count(tail: str) -> None:
     if not redis_ping(SHARED_REDIS_PORT):
         skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
