@@ -54,6 +54,7 @@ from meshkit._handlers import (
 )
 from meshkit._loop import LoopCache
 from meshkit.errors import ConfigError
+from meshkit.resilience._deadline import gate_arrival
 from meshkit.resilience._retry import NACK_METADATA
 
 __all__ = [
@@ -809,6 +810,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     self._readers[task] = now if self._evict_after is None \
                         else now + self._evict_after
                 else:
+                    # waits for a permit: its arrival, for the deadline's admission
+                    gate_arrival.set(now)
                     await self._acquire_read(task)
                 reading = True
             if (reading and self._budget is not None

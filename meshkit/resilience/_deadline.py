@@ -138,6 +138,19 @@ server's answer to a handler that let such a refusal of its own call escape
 (:data:`DOWNSTREAM_REFUSAL_DETAILS`): with either details, a mesh client reports the
 attempt to its balancer as no endpoint's outcome (:func:`admission_refusal`)."""
 
+QUEUED_REFUSAL_DETAILS = "deadline exceeded while the call waited at the server"
+"""Details of a call :class:`DeadlineInterceptor` refused (``DEADLINE_EXCEEDED``, without
+:data:`ADMISSION_REFUSAL_METADATA`) because less than ``min_remaining_s`` was left after
+it waited in the server's request gate (``meshkit._limits.RequestGate``: a read permit,
+``ServerLimits.max_concurrent_reads``) though it had that much when it came: the
+server's own delay, which mesh clients count as the endpoint's outcome."""
+
+gate_arrival: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "meshkit_gate_arrival", default=None)
+"""``time.monotonic()`` of the arrival of the call being handled, set by the request gate
+only for a call that waited there for a read permit (so no call that did not wait pays
+for it); read by :class:`DeadlineInterceptor` when it refuses a call."""
+
 DOWNSTREAM_REFUSAL_DETAILS = "deadline exceeded (too short for a call the handler made under it)"
 """Details of a meshkit server's ``DEADLINE_EXCEEDED`` answer to a handler that let an
 admission refusal of its own call escape, that call having run under this call's
@@ -179,7 +192,11 @@ class DeadlineInterceptor(WrappingInterceptor):
             left is admitted (default 0.0: only expired ones, which grpc reads as 0 left).
             ``grpc.health.v1`` checks are refused only once their deadline has passed:
             they do no work this bound is for, and probes' deadlines are short
-            (Kubernetes' gRPC probe: 1 s by default).
+            (Kubernetes' gRPC probe: 1 s by default). A call that came with enough
+            time left but lost it waiting in the server's request gate for a read
+            permit is refused ``DEADLINE_EXCEEDED`` :data:`QUEUED_REFUSAL_DETAILS`
+            without the trailer: the server's delay, not the request's (mesh clients
+            count it as the endpoint's outcome).
 
     Raises:
         ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (as
@@ -209,7 +226,7 @@ class DeadlineInterceptor(WrappingInterceptor):
             _deadline.set(None)
             return None
         if remaining <= self._refuse_at:
-            return self._refuse(context)
+            return self._refuse(context, remaining, self._refuse_at)
         _deadline.set(time.monotonic() + remaining)
         return None
 
@@ -223,12 +240,23 @@ class DeadlineInterceptor(WrappingInterceptor):
             _deadline.set(None)
             return None
         if remaining <= 0.0:
-            return self._refuse(context)
+            return self._refuse(context, remaining, 0.0)
         _deadline.set(time.monotonic() + remaining)
         return None
 
-    def _refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> Awaitable[None]:
+    def _refuse(self, context: grpc.aio.ServicerContext[Any, Any], remaining: float,
+                refuse_at: float) -> Awaitable[None]:
+        """Refuse the call with ``remaining`` seconds left (at most ``refuse_at``, the
+        bound it was refused by)."""
         self.rejected += 1
+        arrived = gate_arrival.get()
+        if arrived is not None and \
+                remaining + (time.monotonic() - arrived) > refuse_at:
+            # enough time when it came, spent in the server's request gate: not the
+            # request's deadline but the server's delay (no admission trailer)
+            queued: Awaitable[None] = context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, QUEUED_REFUSAL_DETAILS)
+            return queued
         aborted: Awaitable[None] = context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED, ADMISSION_REFUSAL_DETAILS,
             (ADMISSION_REFUSAL_METADATA,))
