@@ -362,6 +362,12 @@ class Registry(Protocol):
     :class:`meshkit.discovery.ConsulRegistry` (Consul agent HTTP API) and
     :class:`meshkit.discovery.EtcdRegistry` (etcd v3). Pick one by URI with
     :func:`meshkit.discovery.registry_from_uri`.
+
+    A registry whose backend checks each instance's gRPC health itself (Consul with a
+    gRPC check) may have a ``checks_instance_health`` attribute that is ``True``: a
+    server then leaves taking a ``NOT_SERVING`` instance out to it instead of
+    deregistering it (``ServeOptions.follow_health``). Not part of the protocol: a
+    registry without it is followed by the server.
     """
 
     async def register(self, instance: Instance) -> None:
