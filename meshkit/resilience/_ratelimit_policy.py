@@ -418,6 +418,49 @@ def _check_redis_locations(uri: str, *, shown: str) -> None:
                               f"server's port, 1 to 65535")
 
 
+_BOOL_WORDS = {"0": False, "f": False, "false": False, "n": False, "no": False,
+               "1": True, "t": True, "true": True, "y": True, "yes": True}
+"""The values coredis' ``query_param_to_bool`` reads as off and on (any case)."""
+_CERT_REQS = ("none", "optional", "required")
+"""``ssl_cert_reqs`` values coredis maps (``RedisSSLContext``; any other: ``KeyError``)."""
+
+
+def _check_tls_options(options: Mapping[str, str],
+                       refuse: Callable[[str, str, str], ConfigError]) -> None:
+    """Refuse ``async+rediss://`` TLS options no connection can use: ``ssl_cert_reqs``
+    other than ``none``, ``optional``, ``required`` (coredis: ``KeyError`` when the storage
+    was built), ``ssl_check_hostname`` other than a yes/no word, and the name check on with
+    verification off (``ssl`` refuses that context at every connection)."""
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in _CERT_REQS:
+        raise refuse("ssl_cert_reqs", reqs, f"must be one of {', '.join(_CERT_REQS)}")
+    check = options.get("ssl_check_hostname")
+    if check is not None:
+        on = _BOOL_WORDS.get(check.lower())
+        if on is None:
+            raise refuse("ssl_check_hostname", check, "must be true or false")
+        if on and reqs == "none":
+            raise refuse("ssl_check_hostname", check, "cannot check the server's name with "
+                         "ssl_cert_reqs=none (no certificate verified): leave one out")
+
+
+def with_tls_defaults(uri: str) -> str:
+    """``uri`` as the Redis driver is given it: an ``async+rediss://`` URI without
+    ``ssl_check_hostname`` gets ``ssl_check_hostname=true`` (coredis' default is false:
+    any certificate its CA bundle signed, for any name, was taken) unless it turns
+    verification off (``ssl_cert_reqs=none``). Other URIs come back unchanged."""
+    if not uri.startswith("async+rediss://"):
+        return uri
+    prefix, userinfo, rest = split_userinfo(uri)
+    rest, hash_, fragment = rest.partition("#")
+    base, _, query = rest.partition("?")
+    options = urllib.parse.parse_qs(query)
+    if "ssl_check_hostname" in options or options.get("ssl_cert_reqs") == ["none"]:
+        return uri
+    query = f"{query}&ssl_check_hostname=true" if query else "ssl_check_hostname=true"
+    return f"{prefix}{userinfo}{base}?{query}{hash_}{fragment}"
+
+
 def check_redis_options(uri: str, *, shown: str) -> None:
     """Refuse a single-server Redis storage URI's query option with which no hit can
     succeed, or that the driver would drop with a ``UserWarning`` only (coredis 5:
@@ -513,6 +556,8 @@ def check_redis_options(uri: str, *, shown: str) -> None:
                 f"storage_uri {shown!r}: the Redis driver (coredis) takes no option "
                 f"{option!r} (every connection would fail: it passes the option on to the "
                 f"connection, which refuses it); it takes {', '.join(sorted(taken))}")
+    if uri.startswith("async+rediss://"):
+        _check_tls_options(options, refuse)
     if "noreply" in options:
         raise refuse("noreply", options["noreply"], "turns Redis' replies off (coredis reads "
                      "any value as on), and a rate-limit hit needs the reply: leave it "

@@ -194,6 +194,7 @@ from meshkit.resilience._ratelimit_policy import (
     retry_after_s,
     sliding_window_wait_s,
     storage_class,
+    with_tls_defaults,
 )
 
 __all__ = [
@@ -462,6 +463,9 @@ class RateLimitOptions:
         storage_uri: ``"memory://"`` (default, this process only),
             ``"async+redis://[:password@]host:port[/db]"`` (shared by replicas; needs
             ``limits[async-redis]``), or any other async ``limits`` storage URI.
+            ``async+rediss://`` (TLS) checks that the server's certificate names the
+            host dialled (``?ssl_check_hostname=true`` is added, coredis' default being
+            false) unless the URI sets ``ssl_check_hostname`` or ``ssl_cert_reqs=none``.
         on_storage_error: ``"allow"`` (default: fail open, the call proceeds) or
             ``"deny"`` (fail closed, ``UNAVAILABLE``) when the storage fails or is slower
             than ``storage_timeout_s``.
@@ -1292,7 +1296,7 @@ class StorageLimiter:
                 self._strategy: Any = _SYNC_STRATEGY_CLASSES[opts.strategy](storage)
             else:
                 _import_drivers(cls)
-                storage = storage_from_string(uri, wrap_exceptions=True,
+                storage = storage_from_string(with_tls_defaults(uri), wrap_exceptions=True,
                                               **_storage_options(uri, cls))
                 pttl = _count_fixed_windows_atomically(storage)
                 self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
