@@ -326,3 +326,29 @@ def test_options_checked() -> None:
         meshkit.ServeOptions(insecure=True, follow_health="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"readmit_after_s.*-1"):
         meshkit.ServeOptions(insecure=True, readmit_after_s=-1)
+
+
+class _PeerReadingHealth(health.aio.HealthServicer):
+    """A user's health servicer whose Watch reads the caller's peer first (the server's
+    own watch has no caller: it fails), so the server falls back to checking."""
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        context.peer()
+        await super().Watch(request, context)
+
+
+async def test_a_watch_that_cannot_be_followed_is_checked(local: LocalRegistry) -> None:
+    """A health servicer whose Watch the server cannot follow: the status is checked
+    every second instead, and the instance still leaves."""
+    a = meshkit.MeshServer(
+        "echo", [add_echo("a"), (health_pb2_grpc.add_HealthServicer_to_server,
+                                 _PeerReadingHealth())],
+        registry=local, options=meshkit.ServeOptions(
+            insecure=True, instance_id="a", admin=None, grace_s=1.0, drain_delay_s=0))
+    await a.start()
+    try:
+        assert await _listed(local, {"a"})
+        await a.health.set("", NOT_SERVING)
+        await until(lambda: _listed(local, set()), timeout_s=_BOUND_S, what="withdrawn")
+    finally:
+        await a.drain()
