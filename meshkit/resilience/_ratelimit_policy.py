@@ -469,6 +469,10 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     ``async+redis+cluster://``) may have no query option at all: ``limits`` reads none of
     it (``?db=2`` counted in db 0). Other URIs are left alone.
 
+    A Sentinel URI's path must name the primary's service name, one segment
+    (``/mymaster``). ``?noevict=`` and ``?notouch=`` must read as on (``true``, ``1``,
+    ``yes``): coredis reads any value as on, ``false`` included.
+
     Refused too: ``?username=``, ``?password=``, ``?host=``, ``?port=``
     (:data:`_COREDIS_OVERWRITTEN`): coredis overwrites them with the URI's user info and
     ``host:port`` (a password given so was never sent: every hit ``NOAUTH`` on a Redis
@@ -497,6 +501,14 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     """
     scheme = uri.partition("://")[0]
     _check_redis_locations(uri, shown=shown)
+    if scheme in RedisSentinelStorage.STORAGE_SCHEME:
+        path = re.split(r"[?#]", split_userinfo(uri)[2], maxsplit=1)[0].partition("/")[2]
+        if len([part for part in path.split("/") if part]) != 1:
+            raise ConfigError(
+                f"storage_uri {shown!r}: the path names the primary's service name as the "
+                f"Sentinels know it, one path segment (async+redis+sentinel://host:26379/"
+                f"mymaster), got {'/' + path!r} (with none the storage cannot be built or "
+                f"asks for a primary named '', with several limits joins them)")
     if scheme in (*RedisSentinelStorage.STORAGE_SCHEME, *RedisClusterStorage.STORAGE_SCHEME):
         query = split_userinfo(uri)[2].partition("#")[0].partition("?")[2]
         for option in sorted(urllib.parse.parse_qs(query)):
@@ -558,6 +570,10 @@ def check_redis_options(uri: str, *, shown: str) -> None:
                 f"connection, which refuses it); it takes {', '.join(sorted(taken))}")
     if uri.startswith("async+rediss://"):
         _check_tls_options(options, refuse)
+    for flag in ("noevict", "notouch"):
+        if flag in options and not _BOOL_WORDS.get(options[flag].lower(), False):
+            raise refuse(flag, options[flag], "would turn it on (coredis reads any value "
+                         "as on): write true, or leave it out") from None
     if "noreply" in options:
         raise refuse("noreply", options["noreply"], "turns Redis' replies off (coredis reads "
                      "any value as on), and a rate-limit hit needs the reply: leave it "
