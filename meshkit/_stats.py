@@ -153,7 +153,8 @@ class ServerStats:
         gate_timed_out: unary calls the gate ended because their request did not arrive
             within ``first_message_timeout_s`` (``CANCELLED``).
         gate_evicted: calls waiting for their request that gave up their slot or read
-            permit to a newer call (``CANCELLED``).
+            permit to a newer call (``CANCELLED``; ``RESOURCE_EXHAUSTED`` for one evicted
+            while queued for a read permit), each counted under this reason alone.
         gate_cardinality: unary-request calls the gate refused ``UNIMPLEMENTED`` because
             they sent no request message, or (``ServerLimits.check_request_count``) more
             than one.
