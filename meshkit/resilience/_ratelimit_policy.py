@@ -469,7 +469,8 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     ``async+redis+cluster://``) may have no query option at all: ``limits`` reads none of
     it (``?db=2`` counted in db 0). Other URIs are left alone.
 
-    A Sentinel URI's path must name the primary's service name, one segment
+    A cluster URI may have no path (a cluster has db 0 only; ``limits`` ignores it). A
+    Sentinel URI's path must name the primary's service name, one segment
     (``/mymaster``). ``?noevict=`` and ``?notouch=`` must read as on (``true``, ``1``,
     ``yes``): coredis reads any value as on, ``false`` included.
 
@@ -509,6 +510,13 @@ def check_redis_options(uri: str, *, shown: str) -> None:
                 f"Sentinels know it, one path segment (async+redis+sentinel://host:26379/"
                 f"mymaster), got {'/' + path!r} (with none the storage cannot be built or "
                 f"asks for a primary named '', with several limits joins them)")
+    if scheme in RedisClusterStorage.STORAGE_SCHEME:
+        path = re.split(r"[?#]", split_userinfo(uri)[2], maxsplit=1)[0].partition("/")[2]
+        if path:  # limits builds the cluster client from the hosts alone: db 0
+            raise ConfigError(
+                f"storage_uri {shown!r}: a Redis Cluster has database 0 only and limits "
+                f"reads no path of a {scheme}:// URI, so {'/' + path!r} would be ignored: "
+                f"leave it out (services sharing a cluster are kept apart by key_prefix)")
     if scheme in (*RedisSentinelStorage.STORAGE_SCHEME, *RedisClusterStorage.STORAGE_SCHEME):
         query = split_userinfo(uri)[2].partition("#")[0].partition("?")[2]
         for option in sorted(urllib.parse.parse_qs(query)):
