@@ -371,6 +371,23 @@ _NETWORK_REDIS_SCHEMES = frozenset(
 single server, one or more (``,``-separated) for a cluster or Sentinel."""
 
 
+def _check_unix_socket_path(uri: str, *, shown: str) -> None:
+    """Refuse an ``async+redis+unix://`` URI that names no socket path (coredis then
+    connects over TCP to ``localhost:6379``), names ``/``, or has a host part (``limits``
+    refuses it when the storage is built: ``//tmp/r.sock`` reads ``tmp`` as a host).
+
+    Raises:
+        ConfigError: quoting ``shown`` (the password redacted).
+    """
+    rest = split_userinfo(uri)[2]
+    path = re.split(r"[?#]", rest, maxsplit=1)[0]
+    if not path.startswith("/") or not path.strip("/"):
+        raise ConfigError(
+            f"storage_uri {shown!r}: a Unix socket URI names the socket's absolute path "
+            f"and no host, async+redis+unix:///run/redis/redis.sock (three slashes; with "
+            f"no path the Redis client connects to localhost:6379 over TCP instead)")
+
+
 def _check_redis_locations(uri: str, *, shown: str) -> None:
     """Refuse a Redis storage URI whose ``host:port`` part the driver would misread or that
     ``limits`` cannot parse (which it reported only when the interceptor was built):
@@ -384,6 +401,9 @@ def _check_redis_locations(uri: str, *, shown: str) -> None:
         ConfigError: quoting ``shown`` (the password redacted) and the location.
     """
     scheme = uri.partition("://")[0]
+    if scheme in RedisStorage.STORAGE_SCHEME and scheme.endswith("+unix"):
+        _check_unix_socket_path(uri, shown=shown)
+        return
     if scheme not in _NETWORK_REDIS_SCHEMES:
         return
     _, userinfo, rest = split_userinfo(uri)
