@@ -81,7 +81,9 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
         where: what the rule belongs to, for the error message (``"default_rule"``, ...).
 
     Raises:
-        ConfigError: not a string, not valid notation, an amount below 1 or above
+        ConfigError: not a string, not valid notation, the same limit twice
+            (``"4/minute;4 per minute"``: both would count every call under one key,
+            admitting 2), an amount below 1 or above
             :data:`MAX_RULE_AMOUNT`, a window of zero units (``"1/0 seconds"``, which
             ``limits`` alone reads as one unit) or one longer than
             :data:`MAX_RULE_WINDOW_S` (quoted).
@@ -97,7 +99,16 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
         ) from exc
     if not items:
         raise ConfigError(f"{where}: malformed rate limit {text!r}")
+    seen: set[tuple[int, int, str]] = set()
     for item in items:
+        # one storage key per (amount, window): the same limit twice counted each call
+        # twice under it ("4/minute;4/minute" admitted 2 a minute)
+        same = (item.amount, item.multiples, item.GRANULARITY.name)
+        if same in seen:
+            raise ConfigError(f"{where}: the limit {item.amount} per {item.multiples} "
+                              f"{item.GRANULARITY.name} is given twice in {text!r} (each "
+                              "would count every call, halving it): give it once")
+        seen.add(same)
         if item.amount < 1:
             raise ConfigError(f"{where}: rate limit amount must be >= 1, got {text!r}")
         if item.amount > MAX_RULE_AMOUNT:
