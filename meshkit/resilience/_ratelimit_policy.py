@@ -516,8 +516,9 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     any option it does not parse on to its connection class, which refused it at every
     connection; ``noreply`` with any value (coredis reads every non-empty value as ``True``,
     and a hit needs Redis' reply); ``connect_timeout`` not a number > 0;
-    ``stream_timeout`` not a number >= 0 (``0``: none); ``max_connections`` not an
-    integer >= 0 (``0``: no bound); ``max_idle_time``, ``idle_check_interval`` not an
+    ``stream_timeout`` not a number >= 0 (``0``: none); ``max_connections`` other than
+    ``0`` (no bound: coredis' pool fails a command once that many are busy, it does not
+    wait); ``max_idle_time``, ``idle_check_interval`` not an
     integer; ``protocol_version`` other than 2 or 3 (RESP2, RESP3); ``db`` (or a
     ``redis://`` path, ``/2``) not a whole number >= 0; ``client_name`` with a character
     Redis refuses in ``CLIENT SETNAME`` (a space, a control or non-ASCII character: only
@@ -620,6 +621,11 @@ def check_redis_options(uri: str, *, shown: str) -> None:
     number("connect_timeout", 0, above=True)
     number("stream_timeout", 0, above=False)
     integer("max_connections", 0, " (0: no bound)")
+    if int(options.get("max_connections", "0")) >= 1:  # int-parsable: checked above
+        raise refuse("max_connections", options["max_connections"],
+                     "would fail every hit beyond that many at once (coredis' pool raises "
+                     "'Too many connections' instead of waiting for one): leave it out "
+                     "(or 0)") from None
     integer("max_idle_time", None)
     integer("idle_check_interval", None)
     integer("db", 0)
