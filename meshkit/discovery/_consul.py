@@ -43,8 +43,9 @@ interval check (``GRPC``) for the first time only after a random stagger within 
 check must be passed within ``ttl_s`` and the gRPC check's first run corrects a wrong start
 within ``check_interval_s``. ``register()`` of an id already registered starts the checks
 passing in the same way (the caller registers it again because it serves). For that the
-CheckIDs are new to the agent at each ``register()``: ``service:<instance_id>:ttl:<tag>``
-and ``service:<instance_id>:grpc:<tag>``, ``<tag>`` 8 random hex digits drawn per call. The
+CheckIDs are new to the agent at each ``register()``: ``service:<instance_id>:ttl:<tag>``,
+``service:<instance_id>:grpc:<tag>`` and ``service:<instance_id>:grpc-server:<tag>`` (the
+gRPC check of ``""``), ``<tag>`` 8 random hex digits drawn per call. The
 agent ignores the ``Status`` of a check whose CheckID it already holds and keeps that check's
 current status (Consul ``agent/agent.go``, ``addServiceInternal``: "Restore the fields from
 the snapshot"), so with fixed ids an instance whose process crashed and came back with the
@@ -264,7 +265,10 @@ class ConsulOptions:
         grpc_use_tls: the agent's gRPC check uses TLS (Consul ``GRPCUseTLS``; default False).
         grpc_health_service: the service name the gRPC check asks about (Consul ``GRPC`` is
             ``host:port/<this>``); None (default) means the instance's service name, ``""``
-            the whole server.
+            the whole server. A second gRPC check asks about ``""`` besides (none with
+            ``""`` here), so an instance whose whole server says ``NOT_SERVING`` is
+            failing too, as a server's ``ServeOptions.follow_health`` withdraws it from
+            the local and etcd registries.
         check_interval_s: how often the agent runs the gRPC check (Consul ``Interval``; its
             ``Timeout`` is ``min(check_interval_s, request_timeout_s)``), and,
             with ``check="grpc"``, how often we ask the agent whether it still knows the
@@ -1078,8 +1082,9 @@ class ConsulRegistry:
     def checks_instance_health(self) -> bool:
         """Whether the agent checks each instance's gRPC health itself (``check="grpc"``
         or ``"both"``): an instance that answers ``NOT_SERVING`` for
-        ``grpc_health_service`` turns critical and leaves every watch within
-        ``check_interval_s``, so a server (``ServeOptions.follow_health``) leaves its
+        ``grpc_health_service`` or for ``""`` (the whole server) turns critical and
+        leaves every watch within ``check_interval_s``, so a server
+        (``ServeOptions.follow_health``, which follows the same two names) leaves its
         withdrawal to the agent and the instance stays listed as failing; with
         ``check="ttl"`` the server withdraws it itself."""
         return self.options.check in ("grpc", "both")
@@ -1252,19 +1257,12 @@ class ConsulRegistry:
         if opts.check in ("grpc", "both"):
             health = (instance.service if opts.grpc_health_service is None
                       else opts.grpc_health_service)
-            checks.append({
-                "CheckID": f"service:{instance.instance_id}:grpc:{tag}",
-                "Name": f"gRPC health of {instance.instance_id}",
-                "GRPC": f"{instance.address}/{health}" if health else instance.address,
-                "GRPCUseTLS": opts.grpc_use_tls,
-                "Interval": _go_duration(opts.check_interval_s),
-                "Timeout": _go_duration(min(opts.check_interval_s, opts.request_timeout_s)),
-                # Passing from the start too (see the module docstring, "Initial status"):
-                # without it the agent starts the check critical and the instance stays
-                # out of every watch until the check's first run, up to an Interval later.
-                "Status": "passing",
-                "DeregisterCriticalServiceAfter": deregister_after,
-            })
+            # the name asked about, and "" (the whole server) besides: a server whose
+            # application marks "" NOT_SERVING leaves the watches as it leaves the local
+            # and etcd registries (ServeOptions.follow_health follows both names)
+            checks.extend(self._grpc_check(instance, name, name == health, tag,
+                                           deregister_after)
+                          for name in dict.fromkeys((health, "")))
         payload: dict[str, Any] = {
             "ID": instance.instance_id,
             "Name": instance.service,
@@ -1276,6 +1274,28 @@ class ConsulRegistry:
             "Checks": checks,
         }
         return payload, ttl_check_id
+
+    def _grpc_check(self, instance: Instance, health: str, configured: bool, tag: str,
+                    deregister_after: str) -> dict[str, Any]:
+        """The agent's gRPC check of ``instance`` asking about the health service name
+        ``health``: the name ``ConsulOptions.grpc_health_service`` gives (``configured``)
+        under the CheckID ``service:<id>:grpc:<tag>``, the extra one of ``""`` (the whole
+        server) under ``service:<id>:grpc-server:<tag>``."""
+        opts = self.options
+        kind, what = ("grpc", "") if configured else ("grpc-server", " (whole server)")
+        return {
+            "CheckID": f"service:{instance.instance_id}:{kind}:{tag}",
+            "Name": f"gRPC health of {instance.instance_id}{what}",
+            "GRPC": f"{instance.address}/{health}" if health else instance.address,
+            "GRPCUseTLS": opts.grpc_use_tls,
+            "Interval": _go_duration(opts.check_interval_s),
+            "Timeout": _go_duration(min(opts.check_interval_s, opts.request_timeout_s)),
+            # Passing from the start too (see the module docstring, "Initial status"):
+            # without it the agent starts the check critical and the instance stays
+            # out of every watch until the check's first run, up to an Interval later.
+            "Status": "passing",
+            "DeregisterCriticalServiceAfter": deregister_after,
+        }
 
     async def _put_register(self, payload: dict[str, Any]) -> None:
         """PUT the registration; raises a foreign error or RegistryError on a refusal.
@@ -1308,7 +1328,8 @@ class ConsulRegistry:
         ``Name``, ``Address``, ``Port``, ``Tags``, ``Meta``, ``Weights`` ``{Passing: weight,
         Warning: 1}`` and the checks of ``options.check``, each with the initial ``Status``
         ``"passing"`` and a CheckID new to the agent (``service:<instance_id>:ttl:<tag>``,
-        ``service:<instance_id>:grpc:<tag>``, ``<tag>`` random for each call: see the module
+        ``service:<instance_id>:grpc:<tag>``, ``service:<instance_id>:grpc-server:<tag>``
+        for the gRPC check of ``""``, ``<tag>`` random for each call: see the module
         docstring, "Initial status"); then a background task passes the
         TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
         ``check_interval_s``; a failed round retried after a short backoff, see

@@ -618,7 +618,7 @@ async def test_each_registration_has_check_ids_new_to_the_agent(
     first = {c["CheckID"] for c in double.registrations[-1]["Checks"]}
     await reg.register(make_instance("orderd", 1, weight=5))
     second = {c["CheckID"] for c in double.registrations[-1]["Checks"]}
-    assert len(first) == len(second) == 2 and not first & second
+    assert len(first) == len(second) == 3 and not first & second
     assert set(double.services["orderd-1"].checks) == second
     old_ttl_id = next(cid for cid in first if ":ttl:" in cid)
     old_passes = double.passes[old_ttl_id]
@@ -675,12 +675,16 @@ async def test_a_heartbeat_crossing_a_register_is_no_lost_instance() -> None:
 @pytest.mark.parametrize("kind", ["grpc", "both"])
 async def test_register_payload_grpc(double: ConsulDouble, make_registry: Any, kind: str) -> None:
     """check=grpc (or both) adds a GRPC check on host:port/service with TLS flag, interval
-    and an initial passing status."""
+    and an initial passing status, and one on host:port (the whole server, "") after it."""
     reg = make_registry(check=kind, check_interval_s=5.0, grpc_use_tls=True,
                         deregister_critical_after_s=60.0)
     await reg.register(make_instance("orderd", 1))
     checks = double.registrations[-1]["Checks"]
+    whole = checks.pop()
+    assert whole["GRPC"] == "127.0.0.1:41001"
+    assert re.fullmatch(r"service:orderd-1:grpc-server:[0-9a-f]{8}", whole["CheckID"])
     check_id = checks[-1]["CheckID"]
+    assert whole["CheckID"].rsplit(":", 1)[1] == check_id.rsplit(":", 1)[1]
     assert re.fullmatch(r"service:orderd-1:grpc:[0-9a-f]{8}", check_id), check_id
     grpc_check = {
         "CheckID": check_id, "Name": "gRPC health of orderd-1",
@@ -706,7 +710,8 @@ async def test_register_payload_of_a_zoned_ipv6_host(double: ConsulDouble,
                                 host="fe80::1%eth0", port=41001))
     sent = double.registrations[-1]
     assert sent["Address"] == "fe80::1%eth0"
-    assert sent["Checks"][-1]["GRPC"] == "[fe80::1%25eth0]:41001/orderd"
+    assert [c["GRPC"] for c in sent["Checks"]] == ["[fe80::1%25eth0]:41001/orderd",
+                                                  "[fe80::1%25eth0]:41001"]
 
 
 async def test_grpc_check_follows_grpc_health(double: ConsulDouble, make_registry: Any) -> None:
@@ -805,7 +810,7 @@ async def test_register_again_of_a_critical_grpc_checked_id_is_passing_at_once(
         await crashed.register(a)
         await crashed.close()
         await until(lambda: [c.status for c in double.services["orderd-1"].checks.values()]
-                    == ["critical"], what="gRPC check to fail", timeout_s=5.0)
+                    == ["critical"] * 2, what="gRPC checks to fail", timeout_s=5.0)
         # restarted on a new port; the agent's first run of its check 30 s away
         b = make_instance("orderd", 1, port=port)
         restarted = ConsulRegistry(_opts(double, check="grpc", check_interval_s=30.0))
@@ -815,7 +820,7 @@ async def test_register_again_of_a_critical_grpc_checked_id_is_passing_at_once(
             assert await passing_ids(opts, "orderd") == {"orderd-1"}, (
                 await service_checks(opts, "orderd"))
             assert list((await service_checks(opts, "orderd"))["orderd-1"].values()) == [
-                "passing"]
+                "passing"] * 2
         finally:
             await restarted.close()
     finally:
