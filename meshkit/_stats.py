@@ -135,7 +135,9 @@ class ServerStats:
         service: the mesh service name.
         instance_id / address: as registered (``None`` before registration).
         services: the gRPC services it serves.
-        ready: registered, serving and not draining (what ``/readyz`` reports).
+        ready: registered, serving and not draining (what ``/readyz`` reports; with
+            ``ServeOptions.follow_health`` it follows :attr:`serving` at once, while the
+            registration follows it within ``readmit_after_s``: see ``registered``).
         serving: the gRPC health status of ``""`` (the whole server) and of the mesh
             service name is SERVING, as the application leaves it on its health servicer
             (``MeshServer.health``): what gRPC health checks, Consul's GRPC check and
@@ -170,6 +172,16 @@ class ServerStats:
             (``RegistryStatus`` fields and ``ok``, as :attr:`ChannelStats.registry`), or
             ``None`` for a registry that reports none: a failing heartbeat or keep-alive
             (``writable`` False) means the instance will drop out of discovery.
+        registered: the instance is in the registry, as far as the server knows (the
+            last write it made there succeeded): ``False`` before :meth:`start`'s
+            registration, while withdrawn for its health status
+            (``ServeOptions.follow_health``: ``serving`` false, or true again with its
+            readmission pending ``readmit_after_s``) and once the drain has
+            deregistered it. A server that is up but gets no mesh calls and reads
+            ``False`` here is out of discovery; ``True`` with ``serving`` false is a
+            server still listed while not serving (a withdrawal the registry failed,
+            tried again; ``follow_health=False``; a registry that checks the instance's
+            health itself lists it failing). Default ``False``.
     """
 
     service: str
@@ -191,6 +203,7 @@ class ServerStats:
     rate_limit_keys_evicted: int = 0
     registry: dict[str, Any] | None = None
     serving: bool = True
+    registered: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``/debug/mesh`` shows; a float that is not finite, such as

@@ -2299,6 +2299,7 @@ class MeshServer:
                 try:  # bounded: a registry that hangs must not keep the server serving
                     await _bounded(self.registry.deregister(self.instance),
                                    _DRAIN_DEREGISTER_S)
+                    self._withdrawn = True  # (stats().registered)
                 except Exception as exc:  # keep draining; the TTL will expire the entry
                     _log.warning("deregister failed", error=str(exc) or repr(exc))
             self._release_instance_id()
@@ -2465,6 +2466,8 @@ class MeshServer:
             services=tuple(self.service_names),
             ready=self.ready,
             serving=self.serving,
+            # out while withdrawn for its health status and once the drain deregistered
+            registered=inst is not None and not self._withdrawn,
             # draining now: drain() called and the server not stopped yet (the
             # attribute stays set for good, refusing a later start())
             draining=self.draining and not self._stopped.is_set(),

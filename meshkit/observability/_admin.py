@@ -144,9 +144,11 @@ class AdminServer:
     /readyz                the whole process: 200 when every live MeshServer of it
                            (whatever its loop) is registered and not draining; 503 with
                            the reasons (JSON: ``not_ready`` entries with ``service``,
-                           ``instance_id``, ``draining``, ``registered``,
-                           ``serving``) while one drains, is not registered yet or not
-                           serving, or (with ``require_server``) when there is none; a
+                           ``instance_id``, ``draining``, ``registered`` (in the
+                           registry now: false while withdrawn for its health status,
+                           ``ServeOptions.follow_health``), ``serving``) while one
+                           drains, is not registered yet or not serving, or (with
+                           ``require_server``) when there is none; a
                            server whose ``stats()`` raises (a custom registry's
                            ``status()`` throwing) is not ready too, its entry
                            ``service``, ``instance_id`` and ``error`` (the exception's
@@ -638,7 +640,7 @@ def _not_ready(server: ServerStats | UnreadServer) -> dict[str, Any]:
         return {"service": server.service, "instance_id": server.instance_id,
                 "error": server.error}
     return {"service": server.service, "instance_id": server.instance_id,
-            "draining": server.draining, "registered": server.instance_id is not None,
+            "draining": server.draining, "registered": server.registered,
             "serving": server.serving}
 
 
@@ -650,7 +652,7 @@ def _reason(not_ready: list[dict[str, Any]]) -> str:
     joined by ``" or "``, in that order."""
     reasons = {f"stats() raised {entry['error']}" if "error" in entry
                else "draining" if entry["draining"] else "not registered"
-               if not entry["registered"] else "not serving" for entry in not_ready}
+               if entry["instance_id"] is None else "not serving" for entry in not_ready}
     order = ["draining", "not registered", "not serving",
              *sorted(r for r in reasons if r.startswith("stats()"))]
     return " or ".join(r for r in order if r in reasons)
