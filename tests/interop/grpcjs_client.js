@@ -4,9 +4,13 @@
 // argv[2]: JSON {target, options {channel arg: value}, tls {ca, key, cert} (file paths;
 // key and cert optional), ops [...]}. Each op: {kind: unary|sstream|cstream|bidi, method,
 // req (unary, sstream) | reqs [...] (cstream, bidi), reqBytes (instead of req: that many
-// 'a's), timeoutMs, metadata {key: value}, cancelAfterMs}. The ops run one after the
-// other; one JSON line per op: {code, details, trailers {key: value}, responses [...]}
-// (messages as latin1 strings). Exits 0 when every op ended, 2 on a crash.
+// 'a's), timeoutMs, metadata {key: value} (a key ending -bin: the value's latin1 bytes),
+// cancelAfterMs, delayMs (wait that long before starting), holdOpen (cstream, bidi: write
+// reqs but do not half-close)}. The ops run one after the other, or all at once with
+// spec.concurrent; one JSON line per op, in op order: {code, details, trailers {key:
+// value}, headers {key: value} (the response headers, when sent), responses [...],
+// elapsedMs} (messages and binary values as latin1 strings). Exits 0 when every op ended,
+// 2 on a crash.
 'use strict';
 const grpc = require('@grpc/grpc-js');
 const fs = require('fs');
@@ -33,10 +37,12 @@ function run(op) {
     const opts = {};
     if (op.timeoutMs !== undefined) opts.deadline = Date.now() + op.timeoutMs;
     const md = new grpc.Metadata();
-    for (const [k, v] of Object.entries(op.metadata || {})) md.add(k, v);
+    for (const [k, v] of Object.entries(op.metadata || {}))
+      md.add(k, k.endsWith('-bin') ? bytes(v) : v);
     const req = op.reqBytes !== undefined ? Buffer.alloc(op.reqBytes, 'a') : bytes(op.req || '');
     const got = (err, resp) => { if (resp) out.responses.push(resp.toString('latin1')); };
     let call;
+    const started = Date.now();
     if (op.kind === 'unary') {
       call = client.makeUnaryRequest(op.method, id, id, req, md, opts, got);
     } else if (op.kind === 'sstream') {
@@ -52,12 +58,15 @@ function run(op) {
     }
     if (op.kind === 'cstream' || op.kind === 'bidi') {
       for (const r of op.reqs || []) call.write(bytes(r));
-      call.end();
+      if (!op.holdOpen) call.end();
     }
+    call.on('metadata', (m) => { out.headers = metadataOut(m); });
     call.on('status', (st) => {
       out.code = st.code;
       out.details = st.details;
       out.trailers = metadataOut(st.metadata);
+      out.elapsedMs = Date.now() - started;
+      out.startedAt = started;
       setImmediate(() => resolve(out));  // after the last 'data' and the callback
     });
     if (op.cancelAfterMs !== undefined) setTimeout(() => call.cancel(), op.cancelAfterMs);
@@ -65,8 +74,11 @@ function run(op) {
 }
 
 (async () => {
-  const lines = [];
-  for (const op of spec.ops) lines.push(JSON.stringify(await run(op)) + '\n');
+  const later = (op) => new Promise((r) => setTimeout(r, op.delayMs || 0)).then(() => run(op));
+  const results = [];
+  if (spec.concurrent) results.push(...await Promise.all(spec.ops.map(later)));
+  else for (const op of spec.ops) results.push(await later(op));
+  const lines = results.map((r) => JSON.stringify(r) + '\n');
   client.close();
   // exit once stdout (a pipe: written asynchronously) has taken every line
   process.stdout.write(lines.join(''), () => process.exit(0));

@@ -5,14 +5,21 @@
 //   ServerStream  "<n>"   -> n messages "js|0".."js|<n-1>"
 //   ClientStream  requests joined with ',' after "js|"
 //   Bidi          "js|<req>" for each request
-//   Fail          "<code>" -> that status code (a number), details "asked to fail"
+//   Fail          "<code>" -> that status code (a number), details "asked to fail", and the
+//                 same as a google.rpc.Status in the trailer grpc-status-details-bin
 //   Deadline      the milliseconds left of the call's deadline when it came, or "none"
+//   Flaky         "<key>:<n>:<code>[:<pushback>]" -> the first n calls of <key> end with that
+//                 status code (details "flaky", trailer grpc-retry-pushback-ms: <pushback>
+//                 when given), the next "js|<calls of key so far>"
+//   Sleep         "<ms>"  -> "js|slept" that many milliseconds later
+// A line "SHUTDOWN" on stdin starts a graceful shutdown (GOAWAY; calls in flight finish).
 'use strict';
 const grpc = require('@grpc/grpc-js');
 
 const id = (x) => x;
 const kinds = {Unary: [false, false], ServerStream: [false, true], ClientStream: [true, false],
-               Bidi: [true, true], Fail: [false, false], Deadline: [false, false]};
+               Bidi: [true, true], Fail: [false, false], Deadline: [false, false],
+               Flaky: [false, false], Sleep: [false, false]};
 const service = {};
 for (const [name, [requestStream, responseStream]] of Object.entries(kinds)) {
   service[name] = {path: `/interop.Js/${name}`, requestStream, responseStream,
@@ -22,6 +29,7 @@ for (const [name, [requestStream, responseStream]] of Object.entries(kinds)) {
 const text = (b) => b.toString('latin1');
 const bytes = (s) => Buffer.from(s, 'latin1');
 
+const flaky = new Map();
 const server = new grpc.Server();
 server.addService(service, {
   Unary: (call, done) => {
@@ -42,14 +50,38 @@ server.addService(service, {
     call.on('data', (d) => call.write(bytes('js|' + text(d))));
     call.on('end', () => call.end());
   },
-  Fail: (call, done) => done({code: parseInt(text(call.request), 10), details: 'asked to fail'}),
+  Fail: (call, done) => {
+    const code = parseInt(text(call.request), 10);
+    // a google.rpc.Status (code 1, message 2) as grpc-status-details-bin, as rich errors send it
+    const message = bytes('asked to fail');
+    const status = Buffer.concat([Buffer.from([0x08, code, 0x12, message.length]), message]);
+    const metadata = new grpc.Metadata();
+    metadata.add('grpc-status-details-bin', status);
+    done({code, details: 'asked to fail', metadata});
+  },
   Deadline: (call, done) => {
     const deadline = call.getDeadline();
     const left = deadline === Infinity ? 'none' : String(new Date(deadline).getTime() - Date.now());
     done(null, bytes(left));
   },
+  Sleep: (call, done) => {
+    setTimeout(() => done(null, bytes('js|slept')), parseInt(text(call.request), 10));
+  },
+  Flaky: (call, done) => {
+    const [key, n, code, pushback] = text(call.request).split(':');
+    const calls = (flaky.get(key) || 0) + 1;
+    flaky.set(key, calls);
+    if (calls > parseInt(n, 10)) return done(null, bytes('js|' + calls));
+    const metadata = new grpc.Metadata();
+    if (pushback !== undefined) metadata.add('grpc-retry-pushback-ms', pushback);
+    done({code: parseInt(code, 10), details: 'flaky', metadata});
+  },
 });
 server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, port) => {
   if (err) { console.log('ERR ' + err); process.exit(2); }
   console.log('PORT ' + port);
+});
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (d) => {
+  if (d.includes('SHUTDOWN')) server.tryShutdown(() => console.log('STOPPED'));
 });
