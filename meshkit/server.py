@@ -655,11 +655,13 @@ class ServeOptions:
             at most). A drain always takes the
             instance out for good (it stops following first). Registries that check the
             instance's gRPC health themselves (``ConsulOptions(check="grpc")`` or
-            ``"both"``: ``checks_instance_health``) are left to do it, as before: their
-            check asks the name ``grpc_health_service`` names. ``False``: registered from
-            :meth:`~MeshServer.start` until the drain, whatever the health says (only
-            ``/readyz`` shows it). The status is followed through the servicer's own
-            ``Watch`` (no work per call), checked again every second besides.
+            ``"both"``: ``checks_instance_health``) are left to do it once the instance
+            is registered (one ``NOT_SERVING`` at start is registered once ``SERVING``
+            there too): their checks ask ``grpc_health_service`` and ``""``.
+            ``False``: registered from :meth:`~MeshServer.start` until the drain,
+            whatever the health says (only ``/readyz`` shows it). The status is
+            followed through the servicer's own ``Watch`` (no work per call), checked
+            again every second besides.
         readmit_after_s: how long the health must have stayed ``SERVING`` (with no
             status set meanwhile) before a withdrawn instance is registered again
             (default 1.0; 0 for at once): an application whose status flaps stays out
@@ -1636,7 +1638,7 @@ class MeshServer:
         finally:
             self._starting = False
         assert self.instance is not None
-        if self._follows_health():
+        if self._follows_health() or self._withdrawn:  # (or to register it once SERVING)
             self._health_follower = asyncio.get_running_loop().create_task(
                 self._follow_health(self.instance), name=f"meshkit-health-{self.service}")
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
@@ -1941,8 +1943,9 @@ class MeshServer:
             meta=meta,
             weight=opts.weight,
         )
-        if self._follows_health() and not self.serving:
-            # warming up (NOT_SERVING set before start()): registered once SERVING
+        if self.options.follow_health and not self.serving:
+            # warming up (NOT_SERVING set before start()): registered once SERVING (with
+            # a registry that checks the health itself too: it would list it passing)
             self._withdrawn = True
             _log.info("not serving: registered once SERVING", service=self.service,
                       instance_id=instance_id)
@@ -2003,6 +2006,8 @@ class MeshServer:
                         self._withdrawn, retry_s = False, _HEALTH_RETRY_S
                         _log.info("serving again: registered", service=self.service,
                                   instance_id=instance.instance_id)
+                        if not self._follows_health():
+                            return  # the registry checks the health from now on
                     else:
                         wait_s, retry_s = retry_s, min(2 * retry_s, _HEALTH_RETRY_MAX_S)
                 with contextlib.suppress(TimeoutError):

@@ -5,6 +5,7 @@ besides the service name."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,9 +34,9 @@ async def consul() -> AsyncIterator[Any]:
 
 
 def _registry(double: Any, check: str, **opts: Any) -> ConsulRegistry:
-    return ConsulRegistry(ConsulOptions(
-        addr=double.addr, check=check, ttl_s=3, check_interval_s=0.2, wait_s=1,
-        watch_query_interval_s=0.05, request_timeout_s=2, **opts))
+    return ConsulRegistry(ConsulOptions(**{
+        "addr": double.addr, "check": check, "ttl_s": 3, "check_interval_s": 0.2,
+        "wait_s": 1, "watch_query_interval_s": 0.05, "request_timeout_s": 2, **opts}))
 
 
 async def _state(reg: ConsulRegistry) -> tuple[set[str], set[str]]:
@@ -95,3 +96,42 @@ async def test_grpc_checks_payload(consul: Any, health_service: str | None) -> N
         assert all(c["Status"] == "passing" for c in checks)
     finally:
         await reg.close()
+
+
+@pytest.mark.parametrize("check", ["grpc", "both"])
+async def test_a_server_warming_up_is_not_registered_passing(consul: Any, check: str) -> None:
+    """A server NOT_SERVING when start() registers (warming up) is not registered until
+    SERVING with a gRPC check either (it was registered passing, the agent's first run of
+    its check up to check_interval_s away, and got calls meanwhile); once SERVING it is
+    registered, and the agent's checks follow its health from then on (a later
+    NOT_SERVING lists it failing, not gone)."""
+    from tests.discovery.consul_double import ConsulDouble
+
+    # the agent's first run of a check a whole interval (20 s) after its registration
+    async with ConsulDouble() as slow:
+        server_reg = _registry(slow, check, check_interval_s=20.0)
+        client_reg = _registry(slow, check)
+        a = meshkit.MeshServer("echo", [add_echo("a")], registry=server_reg,
+                               options=meshkit.ServeOptions(
+                                   insecure=True, instance_id="a", admin=None,
+                                   drain_delay_s=0.0, grace_s=1.0, readmit_after_s=0.0))
+        await a.health.set("echo", NOT_SERVING)
+        await a.start()
+        try:
+            for _ in range(5):
+                assert await _state(client_reg) == (set(), set())
+                await asyncio.sleep(0.1)
+            assert not a.stats().registered
+            await a.health.set("echo", SERVING)
+            await until(lambda: _is(client_reg, ({"a"}, set())), timeout_s=_BOUND_S,
+                        interval_s=0.1, what="registered once SERVING")
+            assert a.stats().registered
+            # the agent's (here: the registration's) checks from now on
+            await a.health.set("echo", NOT_SERVING)
+            await asyncio.sleep(0.5)
+            assert await _state(client_reg) == ({"a"}, set())  # the agent's run not yet
+            assert len(slow.registrations) == 1 and a.stats().registered
+        finally:
+            await a.drain()
+            await server_reg.close()
+            await client_reg.close()
