@@ -2010,8 +2010,12 @@ class MeshServer:
                             return  # the registry checks the health from now on
                     else:
                         wait_s, retry_s = retry_s, min(2 * retry_s, _HEALTH_RETRY_MAX_S)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # comes as the wait ends (asyncio.run()'s sweep of a main that raised:
+                # the process hung on uvloop)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await changed.wait()
                     serving_since = None  # a status set: SERVING holds from now
         finally:
             for watcher in watchers:
