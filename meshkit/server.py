@@ -81,7 +81,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -135,6 +135,7 @@ from meshkit._registration import grpc_observability_active
 from meshkit._signals import unblock_signals
 from meshkit._stats import ServerStats
 from meshkit._tasks import cancel_and_wait
+from meshkit._threads import HandlerThreads
 from meshkit._unhandled import UnhandledErrorInterceptor
 from meshkit.auth import (
     AuthOptions,
@@ -1522,7 +1523,7 @@ class MeshServer:
         self._server: grpc.aio.Server | None = None
         # runs the plain-function handlers (ServeOptions.handler_threads), from start()
         # until the drain ends or a failed start is undone
-        self._handler_threads: ThreadPoolExecutor | None = None
+        self._handler_threads: HandlerThreads | None = None
         self._stopped = asyncio.Event()
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None  # drain()'s work, see there
@@ -1703,7 +1704,9 @@ class MeshServer:
         # the plain-function handlers' own threads (not the loop's default executor:
         # see ServeOptions.handler_threads); none started until a call needs one, so
         # one left behind by a bind that fails below holds nothing
-        self._handler_threads = ThreadPoolExecutor(
+        # (daemon threads: one still blocked past the drain does not hold the process's
+        # exit, see meshkit._threads)
+        self._handler_threads = HandlerThreads(
             max_workers=opts.handler_threads,
             thread_name_prefix=f"meshkit-handler-{self.service}")
         server = grpc.aio.server(

@@ -1,0 +1,106 @@
+"""The threads a server runs its plain-function (``def``) handlers on.
+
+:class:`HandlerThreads` is ``concurrent.futures.ThreadPoolExecutor``'s contract (threads
+started on demand up to ``max_workers``, an idle one reused first, ``shutdown(wait,
+cancel_futures)``) with one difference: its threads are daemon threads that interpreter
+exit does not join. A ``ThreadPoolExecutor``'s workers are joined at exit (its
+``threading._register_atexit`` hook and ``threading._shutdown``), so one handler still
+blocked when its server's drain ran out (``grace_s``) kept the process alive after
+``serve()`` and ``meshkit.run()`` had returned, until the supervisor's ``SIGKILL``
+(exit 137 instead of 0). The drain has already ended that handler's call; nothing waits
+for its result.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+__all__ = ["HandlerThreads"]
+
+_T = TypeVar("_T")
+
+_Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class HandlerThreads(Executor):
+    """A pool of up to ``max_workers`` daemon threads named ``<thread_name_prefix>_<n>``,
+    each started when a submitted call finds no idle one.
+
+    Args:
+        max_workers: the most threads, an int >= 1 (the caller validates it,
+            ``ServeOptions.handler_threads``); ``None``: ``ThreadPoolExecutor``'s default,
+            ``min(32, cpus + 4)``.
+        thread_name_prefix: the threads' name prefix, e.g. ``meshkit-handler-<service>``.
+    """
+
+    def __init__(self, max_workers: int | None, thread_name_prefix: str) -> None:
+        self._max = (min(32, (os.cpu_count() or 1) + 4) if max_workers is None
+                     else max_workers)
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` on a pool thread; its ``Future``.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`, as ``ThreadPoolExecutor``.
+        """
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future[_T] = Future()
+            self._work.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+                thread = threading.Thread(target=self._run, daemon=True,
+                                          name=f"{self._prefix}_{len(self._threads)}")
+                thread.start()
+                self._threads.append(thread)
+        return future
+
+    def _run(self) -> None:
+        while True:
+            work = self._work.get()
+            if work is None:
+                return
+            future, fn, args, kwargs = work
+            del work
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    del exc
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args, kwargs
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; with ``cancel_futures``, cancel the calls not yet started;
+        each thread ends once its current call returns; ``wait``: join them."""
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while True:
+                    try:
+                        work = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if work is not None:
+                        work[0].cancel()
+            threads = list(self._threads)
+            for _ in threads:
+                self._work.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
