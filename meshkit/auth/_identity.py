@@ -67,6 +67,7 @@ __all__ = [
     "SpiffeId",
     "default_peer_verifier",
     "foreign_identity_name",
+    "foreign_pattern_domain",
     "identity_dns_name",
     "load_pem_certificates",
     "peer_from_identities",
@@ -351,6 +352,21 @@ def _is_uri(name: bytes) -> bool:
 def _glob(pattern: str) -> re.Pattern[str]:
     """``pattern`` (``*``: any run of characters but ``/``) as a regex, for fullmatch."""
     return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def foreign_pattern_domain(pattern: str, trust_domains: Iterable[str]) -> str | None:
+    """The trust domain of the peer pattern ``pattern`` (``spiffe://<td>/svc/<service>``,
+    ``*`` wildcards, the shape :class:`IdentityMatcher` with ``peers=True`` checked) when
+    it can match none of ``trust_domains``, else ``None`` (``"*"`` matches every one).
+    Peer checks refuse a peer of another trust domain before they read their patterns,
+    so such a pattern (a typo: ``meshkit.locl``) matches no one: the callers of
+    :class:`TLSOptions`' ``allowed_peers``, :class:`AuthzPolicy`'s peer patterns and
+    ``MessageVerifier``'s ``allowed_publishers`` refuse it (``ConfigError``)."""
+    if pattern == "*":
+        return None
+    domain = pattern[len("spiffe://"):].split("/", 1)[0]
+    glob = _glob(domain)
+    return None if any(glob.fullmatch(td) for td in trust_domains) else domain
 
 
 _PEER_SHAPE = "spiffe://<trust domain>/svc/<service>, or '*'"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 from collections.abc import Awaitable, Collection
 from typing import Any
 
@@ -66,6 +65,7 @@ from meshkit.auth._identity import (
     PeerIdentity,
     PeerVerifier,
     default_peer_verifier,
+    foreign_pattern_domain,
     validate_trust_domain,
 )
 from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, TokenVerifier, extract_bearer
@@ -168,12 +168,7 @@ def _check_policy_domain(policy: AuthzPolicy, trust_domain: str) -> None:
     for key, rule in (*policy.rules.items(), ("default", policy.default)):
         for name in ("allow_peers", "deny_peers"):
             for pattern in getattr(rule, name):
-                if pattern == "*":
-                    continue
-                # spiffe://<td>/svc/<service>: the shape Rule checked
-                domain = pattern[len("spiffe://"):].split("/", 1)[0]
-                glob = "[^/]*".join(re.escape(part) for part in domain.split("*"))
-                if re.fullmatch(glob, trust_domain) is None:
+                if (domain := foreign_pattern_domain(pattern, (trust_domain,))) is not None:
                     raise ConfigError(
                         f"AuthzPolicy rule {key!r}: {name} pattern {pattern!r} is of trust "
                         f"domain {domain!r}, but this server takes peers of "

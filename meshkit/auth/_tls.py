@@ -66,7 +66,6 @@ import datetime as dt
 import hashlib
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -98,6 +97,7 @@ from meshkit.auth._identity import (
     PeerVerifier,
     SpiffeId,
     _signed_by,
+    foreign_pattern_domain,
     identity_dns_name,
     validate_trust_domain,
     workload_id,
@@ -804,12 +804,7 @@ def _check_peers_domain(patterns: Sequence[str], trust_domain: str) -> None:
         ConfigError: such a pattern (quoted, with both trust domains).
     """
     for pattern in patterns:
-        if pattern == "*":
-            continue
-        # spiffe://<td>/svc/<service>: the shape IdentityMatcher(peers=True) checked
-        domain = pattern[len("spiffe://"):].split("/", 1)[0]
-        glob = "[^/]*".join(re.escape(part) for part in domain.split("*"))
-        if re.fullmatch(glob, trust_domain) is None:
+        if (domain := foreign_pattern_domain(pattern, (trust_domain,))) is not None:
             raise ConfigError(
                 f"allowed_peers: {pattern!r} is of trust domain {domain!r}, but these "
                 f"TLSOptions are of {trust_domain!r} and the peer check refuses a peer of "

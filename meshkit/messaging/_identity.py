@@ -48,7 +48,6 @@ import binascii
 import datetime as dt
 import hashlib
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ from meshkit._config import check_int, check_number, refuse_str
 from meshkit._outage import OutageLog
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
 from meshkit.auth._certs import _named_trust_domain, load_certificates, load_private_key
-from meshkit.auth._identity import validate_trust_domain
+from meshkit.auth._identity import foreign_pattern_domain, validate_trust_domain
 from meshkit.errors import ConfigError, MeshError
 
 __all__ = [
@@ -426,12 +425,7 @@ def _check_publisher_domains(patterns: Sequence[str], domains: frozenset[str]) -
         ConfigError: such a pattern (quoted, with the trust domains taken).
     """
     for pattern in patterns:
-        if pattern == "*":
-            continue
-        # spiffe://<td>/svc/<service>: the shape IdentityMatcher(peers=True) checked
-        domain = pattern[len("spiffe://"):].split("/", 1)[0]
-        glob = re.compile("[^/]*".join(re.escape(part) for part in domain.split("*")))
-        if not any(glob.fullmatch(td) for td in domains):
+        if (domain := foreign_pattern_domain(pattern, domains)) is not None:
             raise ConfigError(
                 f"allowed_publishers: {pattern!r} is of trust domain {domain!r}, but this "
                 f"verifier takes publishers of {', '.join(map(repr, sorted(domains)))} "
