@@ -41,6 +41,7 @@ def test_concurrent_calls_are_all_counted_without_a_bound() -> None:
         skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
     limiter = StorageLimiter(RateLimitOptions(
         default_rule="60/minute", on_storage_error="deny", key_prefix=f"a12mc-{uuid.uuid4().hex}",
+        storage_timeout_s=5.0,  # first connect on a loaded box
         storage_uri=f"async+redis://127.0.0.1:{SHARED_REDIS_PORT}?max_connections=0"))
 
     async def run() -> list[str | None]:

@@ -76,6 +76,7 @@ async def test_the_password_in_the_user_info_counts(redis_with_password: int) ->
     taken and every hit failed."""
     limiter = StorageLimiter(RateLimitOptions(
         default_rule="1/minute", on_storage_error="deny", key_prefix="a12-auth",
+        storage_timeout_s=5.0,  # first connect on a loaded box
         storage_uri=f"async+redis://:{_PW}@127.0.0.1:{redis_with_password}"))
     try:
         assert await limiter.check("/a.B/C", "caller") is None

@@ -38,6 +38,7 @@ def test_the_service_name_given_counts(sentinel: int) -> None:  # noqa: F811
     """``/primary`` through a real Sentinel counts (the second hit of "1/minute" refused)."""
     limiter = StorageLimiter(RateLimitOptions(
         default_rule="1/minute", on_storage_error="deny", key_prefix=f"a12-{uuid.uuid4().hex}",
+        storage_timeout_s=5.0,  # first connect on a loaded box
         storage_uri=f"async+redis+sentinel://127.0.0.1:{sentinel}/primary"))
 
     async def twice() -> list[str | None]:
