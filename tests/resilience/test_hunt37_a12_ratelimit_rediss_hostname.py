@@ -111,6 +111,11 @@ async def _two_hits(uri: str) -> list[str | None]:
                                               on_storage_error="deny", key_prefix="a12-tls",
                                               storage_timeout_s=5.0))  # a slow first connect
     try:
+        # a first hit under another key, its outcome not read: once in three clean-clone
+        # CI runs both hits on a Redis just started failed "No matching script" (coredis
+        # loads a script after NOSCRIPT and retries once, swallowing the load's errors;
+        # not reproduced alone); what is checked is the TLS name check, on the hits after
+        await limiter.check("/a.B/C", "warm-up")
         return [None if r is None else r.code.name
                 for r in [await limiter.check("/a.B/C", "caller") for _ in range(2)]]
     finally:
