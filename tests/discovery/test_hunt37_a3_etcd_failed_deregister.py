@@ -35,6 +35,16 @@ async def _live(reader: EtcdRegistry, service: str) -> frozenset[Instance]:
     return (await reader.snapshot(service)).live
 
 
+async def _live_once_back(reg: EtcdRegistry, reader: EtcdRegistry,
+                          service: str) -> frozenset[Instance]:
+    """``service``'s live instances once ``reg``'s keep-alive got through to etcd again,
+    a few keep-alive rounds and one owned-key check (every ttl_s) later."""
+    await until(lambda: reg.status().writable is True, timeout_s=10,
+                what="the keep-alive through again")
+    await asyncio.sleep(2 * _FAST["ttl_s"])
+    return await _live(reader, service)
+
+
 async def test_a_server_drained_while_etcd_was_unreachable_leaves_once_it_is_back(
         node: EtcdCluster) -> None:
     """A server given a registry of the application's (shared with its channels) drains
@@ -60,11 +70,7 @@ async def test_a_server_drained_while_etcd_was_unreachable_leaves_once_it_is_bac
             await proxy.stop()  # etcd unreachable (connection refused)
             await asyncio.wait_for(srv.drain(), 20)
             await proxy.start()
-            await until(lambda: reg.status().writable is True, timeout_s=10,
-                        what="the keep-alive through again")
-            # a few keep-alive rounds and one owned-key check (every ttl_s) later
-            await asyncio.sleep(2 * _FAST["ttl_s"])
-            assert await _live(reader, service) == {other}
+            assert await _live_once_back(reg, reader, service) == {other}
         finally:
             await proxy.start()
             await reg.close()
@@ -127,10 +133,7 @@ async def test_a_deregister_cancelled_while_etcd_hangs_withdraws_the_instance(
             with pytest.raises(asyncio.CancelledError):
                 await leaving
             await proxy.start()
-            await until(lambda: reg.status().writable is True, timeout_s=10,
-                        what="the keep-alive through again")
-            await asyncio.sleep(2 * _FAST["ttl_s"])
-            assert await _live(reader, service) == {other}
+            assert await _live_once_back(reg, reader, service) == {other}
         finally:
             await proxy.start()
             await reg.close()
