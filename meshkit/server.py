@@ -1197,9 +1197,12 @@ class _HealthWatches:
                     yield health_pb2.HealthCheckResponse(status=_NOT_SERVING)
             finally:
                 told.cancel()
-                if step is not None and not step.done():
-                    step.cancel()  # the call was cancelled (the watcher left)
-                    await asyncio.wait((step,))
+                if step is not None:
+                    if not step.done():
+                        step.cancel()  # the call was cancelled (the watcher left)
+                        await asyncio.wait((step,))
+                    if not step.cancelled():  # ended in the turn of the cancel: read,
+                        step.exception()  # so no "exception was never retrieved"
                 await responses.aclose()
 
         return grpc.unary_stream_rpc_method_handler(
@@ -1250,9 +1253,12 @@ async def _until_ending(requests: Any, ending: asyncio.Event) -> AsyncGenerator[
     finally:
         if told is not None:
             told.cancel()
-        if read is not None and not read.done():
-            read.cancel()
-            await asyncio.wait((read,))
+        if read is not None:
+            if not read.done():
+                read.cancel()
+                await asyncio.wait((read,))
+            if not read.cancelled():  # ended (the client's end) in the turn of the
+                read.exception()  # call's cancel: read, so asyncio logs no "never retrieved"
 
 
 def _watch_request_size(request: Any) -> int:
