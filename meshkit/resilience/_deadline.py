@@ -88,10 +88,19 @@ _outer: contextvars.ContextVar[tuple[float | None, ...]] = contextvars.ContextVa
 
 class deadline_scope:
     """Run a block as if handling a call with absolute deadline ``deadline`` (monotonic
-    seconds; ``None`` or NaN for none). For tests and for code that starts work outside
-    gRPC. A deadline more than :data:`MAX_PROPAGATED_S` ahead when the block is entered
-    (``inf`` included) is clamped to that, as a propagated one: grpcio fails a call whose
-    timeout is past its range at once with ``DEADLINE_EXCEEDED``, unsent.
+    seconds; ``None`` or NaN for none). For tests, for code that starts work outside
+    gRPC, and inside a handler to give its outgoing calls a shorter deadline. A deadline
+    more than :data:`MAX_PROPAGATED_S` ahead when the block is entered (``inf`` included)
+    is clamped to that, as a propagated one: grpcio fails a call whose timeout is past its
+    range at once with ``DEADLINE_EXCEEDED``, unsent.
+
+    Entered where a deadline is already in force (a handler's, propagated; an outer
+    scope's), a later ``deadline`` does not extend it: the block runs under the earlier
+    of the two, as grpc-go's ``context.WithDeadline`` of a context whose deadline is
+    earlier (a handler's ``deadline_scope(time.monotonic() + 5.0)`` with 0.5 s left
+    sends its calls 0.5 s, not 5 s the caller will never wait for). ``None`` (or NaN)
+    lifts it: the block runs without a deadline, for work meant to outlive the call (a
+    scope nested in that one sets its own).
 
     One scope object may be entered by concurrent tasks and nested in itself: each
     ``with`` puts back the deadline its own task had before it (kept per context, not on
@@ -119,6 +128,9 @@ class deadline_scope:
                 deadline = None
             else:
                 deadline = min(deadline, time.monotonic() + MAX_PROPAGATED_S)
+                inherited = _deadline.get()
+                if inherited is not None and inherited < deadline:  # never extended
+                    deadline = inherited
         _deadline.set(deadline)
 
     def __exit__(self, *exc: object) -> None:
