@@ -1284,10 +1284,14 @@ class Consumer:
                          dead_lettered_by=headers.get(DLQ_CONSUMER_HEADER, ""),
                          reason=reason[:200], delivery=delivery)
             return "refused" if outcome == "refused" else "terminated"
+        # its Nats-Msg-Id first (a placeholder filled below): nats-server (2.9) reads it
+        # at the first occurrence of its name in the header block, and takes none when
+        # that is not a line's start (a copied X-Nats-Msg-Id, a reason quoting it); then
         # not JetStream's control headers, nor names nats-py refuses to send (another
         # client's X/Trace: BadHeaderError, and the message could never be dead-lettered)
-        dl = {k: v for k, v in headers.items()
-              if k[:5].lower() != _NATS_PREFIX and _SENDABLE_HEADER.fullmatch(k)}
+        dl = {MSG_ID_HEADER: ""}
+        dl.update((k, v) for k, v in headers.items()
+                  if k[:5].lower() != _NATS_PREFIX and _SENDABLE_HEADER.fullmatch(k))
         dl[DLQ_REASON_HEADER] = reason[:200]
         dl[DLQ_SUBJECT_HEADER] = msg.subject
         if headers.get(MSG_ID_HEADER):
@@ -1299,6 +1303,8 @@ class Consumer:
         elif msg.reply:  # no event id: its stream sequence names it (a name has no '/')
             dl[DLQ_MSG_ID_HEADER] = ""  # none, not the tail of the id below
             dl[MSG_ID_HEADER] = f"dlq-{o.stream}.{o.durable}/{msg.metadata.sequence.stream}"
+        else:  # nothing names it (not a stream's message): no id, not an empty one
+            del dl[MSG_ID_HEADER]
         try:
             size = message_size(msg.data, dl)
             if size > max_payload(self._js) or \

@@ -356,7 +356,10 @@ class Publisher:
                 spaces, so another id would travel than the one signed and deduped).
             headers: more headers (copied; the trace and identity headers are added:
                 with tracing on, ``traceparent``, ``tracestate`` and ``baggage`` given
-                here, in any case, are replaced by the PRODUCER span's).
+                here, in any case, are replaced by the PRODUCER span's). They are sent
+                after ``Nats-Msg-Id`` (and ``Nats-Expected-Stream``), so one whose name
+                ends with that name or whose value quotes it cannot hide it from
+                nats-server, which reads the first occurrence of the name.
             context: the OpenTelemetry context the PRODUCER span is a child of (default
                 the current one), e.g. the one stored with an outbox row.
 
@@ -398,12 +401,17 @@ class Publisher:
         except ConfigError as exc:
             raise PublishError(str(exc)) from None
         opts = self.options
-        hdrs = dict(headers or {})
+        # Nats-Msg-Id first: nats-server (2.9) reads a control header at the first
+        # occurrence of its name in the block, and takes none when that is not a line's
+        # start (a caller's X-Nats-Msg-Id, a value quoting it): the dedupe was then off
+        hdrs = {MSG_ID_HEADER: msg_id}
+        if headers:
+            hdrs.update(headers)
+            hdrs[MSG_ID_HEADER] = msg_id  # keeps its place, first
         for k, v in hdrs.items():  # else an AttributeError from deep in the size check
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"headers must map str to str, got the header {k!r}: "
                                 f"{type(v).__name__}")
-        hdrs[MSG_ID_HEADER] = msg_id
         started = time.perf_counter()
         span = None
         if opts.tracing:
@@ -536,7 +544,10 @@ class Publisher:
         of the call itself propagates as raised)."""
         nc = self._js._nc
         if self.options.stream is not None:
-            headers = {**headers, "Nats-Expected-Stream": self.options.stream}
+            # at the front too (see publish: the server reads the first occurrence)
+            stream = self.options.stream
+            headers = {"Nats-Expected-Stream": stream, **headers}
+            headers["Nats-Expected-Stream"] = stream  # ours, in the first place
         if not nc._resp_sub_prefix:
             # made now, not inside the request: then nothing yields between the snapshot
             # below and the publish raising, so the futures added are this request's only
