@@ -259,6 +259,10 @@ class EndpointPool:
         # endpoints whose sub-channel is left IDLE (its connection closed while unused)
         # until a call needs one: connect_idle
         self._idle: set[str] = set()
+        # the sub-channels rebuild() made for READY endpoints and still connecting, by
+        # endpoint key, with the task that puts each in use once it is READY
+        # (_connect_then_use); meanwhile calls go over the established connection
+        self._pending: dict[str, tuple[_Conn, asyncio.Task[None]]] = {}
         self._retry_task: asyncio.Task[None] | None = None
         # the sub-channels of a pool shut down by _abandon (its watch cancelled from
         # outside), closed by a close() made in the pool's own loop, if it still runs
@@ -291,6 +295,7 @@ class EndpointPool:
         self.notify()
         self._stop_background()
         conns = self.conns
+        self._abandoned += self._take_pending()
         for key, ep in self.endpoints.items():
             forget_endpoint(ep)
             if (conn := conns.get(key)) is not None:  # closed by a close() in this loop
@@ -487,6 +492,8 @@ class EndpointPool:
         del self.endpoints[ep.key]
         if self._stale:
             self._stale.discard(ep.key)  # its new endpoint (if any) is built afresh
+        if self._pending:
+            self._drop_pending(ep.key, ep)
         self._idle.discard(ep.key)
         # kept (its counters go on if it comes back), last in the order of forgetting
         self.history[ep.key] = self.history.pop(ep.key, ep)
@@ -527,14 +534,22 @@ class EndpointPool:
             self.cut_calls.update(calls)
 
     def rebuild(self) -> None:
-        """Give every endpoint a new sub-channel (e.g. with a renewed client certificate).
-        New calls go to the new one; the old one is kept until its own last call ends,
+        """Give every endpoint a new sub-channel (e.g. with a renewed client certificate),
+        make-before-break: a READY endpoint's new sub-channel connects first, and new
+        calls go to it once it is READY; until then they go over the established
+        connection, so a renewal neither holds calls for a handshake nor, when the new
+        connection cannot be made (a server refusing the renewed certificate, a
+        partition; one warning), fails calls the established connection still carries.
+        If that connection ends meanwhile, the endpoint goes over to its new sub-channel
+        at once. An endpoint not READY (connecting, failing, left IDLE) takes its new
+        sub-channel at once. The old sub-channel is kept until its own last call ends,
         however long (a watch, a subscription: renewing a certificate fails no call in
         flight, as grpc-go's credential reloading leaves established connections alone),
         unless its endpoint leaves the registry meanwhile (then ``drain_timeout_s``) or
-        the pool is closed (then :meth:`close`'s grace). An endpoint whose new
-        sub-channel cannot be built keeps its current one (logged and counted) and its
-        rebuild is retried with a backoff (:meth:`_retry_builds`) until it is built."""
+        the pool is closed (then :meth:`close`'s grace). A renewal while the last one's
+        sub-channel still connects replaces it. An endpoint whose new sub-channel cannot
+        be built keeps its current one (logged and counted) and its rebuild is retried
+        with a backoff (:meth:`_retry_builds`) until it is built."""
         failed = 0
         for key, ep in list(self.endpoints.items()):
             if not self._rebuild_one(key, ep, retried=False):
@@ -560,10 +575,70 @@ class EndpointPool:
             self._stale.add(key)
             return False
         self._stale.discard(key)
+        self._drop_pending(key, ep)
+        if ep.state is EndpointState.READY and key not in self._idle:
+            self._pending[key] = (conn, self.spawn(self._connect_then_use(key, conn)))
+        else:  # nothing established to keep calls on
+            self._use(key, ep, conn)
+        return True
+
+    async def _connect_then_use(self, key: str, conn: _Conn) -> None:
+        """Connect ``conn``, the new sub-channel :meth:`rebuild` made for endpoint
+        ``key``, and put it in use (:meth:`_promote`) once READY; its first failure to
+        connect is logged (a warning: calls stay on the established connection), not
+        each reconnection grpc makes with its backoff."""
+        ch = conn.channel
+        state = ch.get_state(try_to_connect=True)
+        warned = False
+        while state is not _READY_CONN:
+            if state is _SHUTDOWN:
+                return
+            if state is _FAILURE_CONN and not warned:
+                warned = True
+                ep = self.endpoints.get(key)
+                _log.warning("renewed sub-channel could not connect; calls stay on the "
+                             "established connection", service=self.service,
+                             instance_id=key,
+                             address=ep.instance.address if ep is not None else None)
+            await ch.wait_for_state_change(state)
+            state = ch.get_state()
+            if state is _IDLE_CONN or state is _FAILURE_CONN:
+                state = ch.get_state(try_to_connect=True)
+        if warned:
+            _log.info("renewed sub-channel connected", service=self.service,
+                      instance_id=key)
+        self._promote(key)
+
+    def _promote(self, key: str) -> None:
+        """Put endpoint ``key``'s pending sub-channel (:meth:`rebuild`) in use: it
+        connected, or the established connection ended. Nothing pending: a no-op."""
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return
+        conn, task = entry
+        if task is not asyncio.current_task():
+            task.cancel()
+        ep = self.endpoints.get(key)
+        if ep is not None:  # (_retire and close() drop what is pending: always here)
+            self._use(key, ep, conn)
+            self.notify()
+
+    def _drop_pending(self, key: str, ep: Endpoint) -> None:
+        """Close endpoint ``key``'s pending sub-channel, if any (a newer renewal, its
+        endpoint left): it carried no call."""
+        entry = self._pending.pop(key, None)
+        if entry is not None:
+            conn, task = entry
+            task.cancel()
+            self._drain(conn, ep, 0.0)
+
+    def _use(self, key: str, ep: Endpoint, conn: _Conn) -> None:
+        """Make ``conn`` endpoint ``key``'s sub-channel; the one it replaces drains
+        until its own calls end (:meth:`rebuild`)."""
         old = self.conns[key]
         self.conns[key] = conn
         task = self._state_tasks.pop(key, None)
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
         # an endpoint left IDLE (its server closed the unused connection) stays IDLE on
         # its new sub-channel until a call asks (connect_idle): a renewal is no activity
@@ -573,7 +648,6 @@ class EndpointPool:
         connection_ended(ep)  # new attempts go over a new connection
         self._drain(old, ep, math.inf).add_done_callback(
             functools.partial(self._forget_replaced, key, old))
-        return True
 
     def _forget_left(self, key: str, conn: _Conn, task: asyncio.Task[None]) -> None:
         """The sub-channel of an endpoint that left is closed (its drain ``task`` done),
@@ -629,6 +703,12 @@ class EndpointPool:
             last = state
             await ch.wait_for_state_change(state)
             state = ch.get_state()
+            if last is _READY_CONN and state is not _READY_CONN and key in self._pending:
+                # the established connection ended while a renewal's sub-channel
+                # connects: the endpoint follows the new one (this task ends here)
+                ep.state = _CONNECTIVITY.get(state, EndpointState.IDLE)
+                self._promote(key)
+                return
             if last is _READY_CONN:  # (READY again: a new connection made meanwhile)
                 connection_ended(ep)  # a draining refusal seen before proves no more
             if last is _READY_CONN and state is not _READY_CONN:  # the connection ended
@@ -986,6 +1066,18 @@ class EndpointPool:
             return None
         return summary if isinstance(summary, str) else None
 
+    def _take_pending(self) -> list[tuple[_Conn, Endpoint]]:
+        """The sub-channels a renewal made that still connect (:meth:`rebuild`), with
+        their endpoints, for the pool's close; their tasks cancelled, none pending."""
+        taken = []
+        for key, (conn, task) in self._pending.items():
+            task.cancel()
+            ep = self.endpoints.get(key)
+            if ep is not None:
+                taken.append((conn, ep))
+        self._pending.clear()
+        return taken
+
     def _stop_background(self) -> None:
         """Cancel the retry timer and the state trackers and forget the builds pending
         (:meth:`close`, and a watch ended with its event loop)."""
@@ -1021,6 +1113,7 @@ class EndpointPool:
         self._stop_background()  # (the retry timer: one of the pool's tasks, awaited below)
         conns = self.conns  # every endpoint has one (_add); .get: close() never raises
         live = [(c, ep) for k, ep in self.endpoints.items() if (c := conns.get(k)) is not None]
+        live += self._take_pending()
         for ep in self.endpoints.values():
             # as an endpoint that left (_retire): its state tracker is cancelled below
             # before it sees the sub-channel SHUTDOWN, and stats() would say READY on

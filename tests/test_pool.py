@@ -1144,7 +1144,9 @@ async def test_a_sub_channel_that_cannot_be_rebuilt_keeps_the_current_one(
         with structlog.testing.capture_logs() as logs:
             ch.rebuild_sub_channels()
         assert pool.conns["e1"] is before["e1"]
-        assert pool.conns["e2"] is not before["e2"]
+        # (make-before-break: e2's new sub-channel is taken into use once connected)
+        await until(lambda: pool.conns["e2"] is not before["e2"], timeout_s=10,
+                    what="e2 on its rebuilt sub-channel")
         assert [e.get("instance_id") for e in logs if "sub-channel" in e["event"]
                 and e["log_level"] in ("warning", "error")] == ["e1"], logs
         assert pool.sub_channel_errors == 1
