@@ -978,6 +978,7 @@ class MeshChannel(grpc.aio.Channel):
         # strict wrapper
         self._strict: dict[Any, Any] = {}
         self._named: set[str] = set()  # methods whose name is a key already
+        self._numbered = False  # every new key numbered (the keys started over once)
         self._plan_seq = 0
         self._unary = chain_unary(chain, self._attempt_unary)
         self._upload = chain_unary(chain, self._attempt_upload)  # stream-unary calls
@@ -1409,7 +1410,9 @@ class MeshChannel(grpc.aio.Channel):
         # with other codecs must not share the first's): the first pair ever keys by the
         # method's name, others by a key never given out before. Bounded: past
         # _MAX_PLAN_KEYS pairs (codecs made per stub), the keys and the endpoints'
-        # multicallables (a cache) start over.
+        # multicallables (a cache) start over, and so do the names given out as keys
+        # (a gateway's ever new names grew them for good): from then on every key is
+        # numbered, so none given out before (held by a stub's plan) is given again.
         keys = self._plan_keys
         ident = (method, kind, *plan.codecs())
         key = keys.get(ident)
@@ -1417,9 +1420,11 @@ class MeshChannel(grpc.aio.Channel):
             if len(keys) >= _MAX_PLAN_KEYS:
                 keys.clear()
                 self._strict.clear()
+                self._named.clear()
+                self._numbered = True
                 for conn in self._conns.values():
                     conn.callables.clear()
-            if method in self._named:
+            if self._numbered or method in self._named:
                 self._plan_seq += 1
                 key = f"{method}#{self._plan_seq}"
             else:
