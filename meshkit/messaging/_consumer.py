@@ -996,17 +996,24 @@ class Consumer:
         wait (re)started more than ``ack_wait_s / 10`` before its turn gets one as its
         turn comes. The task ends with the batch (also on a cancel or an error).
 
-        A batch ended early (the consumer cancelled, a shutdown; or an ack that failed
-        with the connection) naks the messages still waiting their turn, so they are
-        redelivered at once (to another process of the durable) rather than held for
-        their ack wait, which the in-progress acks had just restarted; the message whose
-        handler was interrupted is left unacked (see :data:`Handler`)."""
+        A batch ended early (the consumer cancelled, a shutdown, also when a handler
+        swallowed that cancel: the batch then ends at the next message's turn; or an
+        ack that failed with the connection) naks the messages still waiting their
+        turn, so they are redelivered at once (to another process of the durable)
+        rather than held for their ack wait, which the in-progress acks had just
+        restarted; the message whose handler was interrupted is left unacked (see
+        :data:`Handler`)."""
         ack_wait = self.options.ack_wait_s
         clock = time.monotonic
         batch = _Batch(msgs, touched=clock(), turn_started=clock())
+        task = asyncio.current_task()
         keeper = asyncio.create_task(self._keep_waiting(batch))
         try:
             for i, msg in enumerate(msgs):
+                if i and task is not None and task.cancelling():
+                    # a cancel the handler before swallowed (it returned: acked) is
+                    # still this task's: the rest goes back now, not after the batch
+                    raise asyncio.CancelledError
                 now = clock()
                 batch.turn, batch.turn_started = i, now
                 if now - batch.touched > ack_wait * _REFRESH_TURN_AFTER:
@@ -1088,7 +1095,8 @@ class Consumer:
         seen; with its stream deleted and re-created (server restarted without its
         store), once the stream exists, from the new stream's start
         (:meth:`recreation_config`). A cancel
-        that the nats client swallowed ends it at the next fetch (``Task.cancelling()``).
+        that the nats client swallowed ends it at the next fetch (``Task.cancelling()``),
+        one a handler swallowed at the next message's turn in its batch.
         Cancelled, it naks the messages of its batch still waiting their turn (another
         process of the durable gets them at once; the one whose handler was interrupted
         is left unacked, redelivered after ``ack_wait_s``) and stops pulling
