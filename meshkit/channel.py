@@ -126,7 +126,7 @@ from meshkit.resilience import (
     current_deadline,
     is_nack,
 )
-from meshkit.resilience._deadline import admission_refusal
+from meshkit.resilience._deadline import admission_refusal, handled_deadline
 from meshkit.resilience._retry import (
     ConnectFailedError,
     draining_refusal,
@@ -800,17 +800,19 @@ class _MethodPlan:
         self.cut_of: Callable[[Any], MeshRpcError | None] | None = None
 
     def propagated_deadline(self, details: ClientCallDetails) -> float | None:
-        """The deadline of the call being handled (:func:`current_deadline`,
-        ``time.monotonic()`` seconds) when ``details`` ran under it, propagated (less the
-        margin, as :meth:`_MultiCallable._details` sets it, not a shorter timeout of the
-        call's own) and that deadline has (all but: :data:`DEADLINE_SLACK_S`) run out;
-        else ``None``. Read on a call's ``DEADLINE_EXCEEDED`` only (meshkit._calls), so
-        the server answers it ``DEADLINE_EXCEEDED`` (meshkit._unhandled)."""
+        """The deadline of the call being handled (``time.monotonic()`` seconds, as its
+        server admitted it: :func:`~meshkit.resilience._deadline.handled_deadline`) when
+        ``details`` ran under it, propagated (less the margin, as
+        :meth:`_MultiCallable._details` sets it, not a shorter timeout or
+        ``deadline_scope`` of the handler's own) and that deadline has (all but:
+        :data:`DEADLINE_SLACK_S`) run out; else ``None``. Read on a call's
+        ``DEADLINE_EXCEEDED`` only (meshkit._calls), so the server answers it
+        ``DEADLINE_EXCEEDED`` (meshkit._unhandled)."""
         margin = self.margin_s
         deadline = details.deadline
         if margin is None or deadline is None:
             return None
-        inherited = current_deadline()
+        inherited = handled_deadline()  # not a shorter deadline_scope of the handler's
         if inherited is None or deadline != inherited - margin:  # the same sum: exact
             return None
         if deadline - time.monotonic() > DEADLINE_SLACK_S:  # a status the peer answered
@@ -819,15 +821,16 @@ class _MethodPlan:
 
     def own_deadline(self, details: ClientCallDetails) -> bool:
         """Whether ``details`` ran under a deadline of its own while a call is being
-        handled (:func:`current_deadline` set): a timeout shorter than that deadline less
-        the margin, or a channel that does not propagate it. Read on a call's
+        handled (:func:`~meshkit.resilience._deadline.handled_deadline` set): a timeout
+        or a ``deadline_scope`` of the handler's shorter than that deadline less the
+        margin, or a channel that does not propagate it. Read on a call's
         ``DEADLINE_EXCEEDED`` only (meshkit._calls), so a server whose handler lets a
         downstream admission refusal of such a call escape answers ``UNKNOWN``, not its
         caller's ``DEADLINE_EXCEEDED`` (meshkit._unhandled)."""
         deadline = details.deadline
         if deadline is None:
             return False
-        inherited = current_deadline()
+        inherited = handled_deadline()  # a shorter deadline_scope's is the call's own
         if inherited is None:
             return False
         margin = self.margin_s

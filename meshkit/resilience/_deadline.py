@@ -86,6 +86,17 @@ _outer: contextvars.ContextVar[tuple[float | None, ...]] = contextvars.ContextVa
     "meshkit_deadline_outer", default=())
 
 
+def handled_deadline() -> float | None:
+    """The deadline of the call being handled as its server admitted it
+    (``time.monotonic()`` seconds, or ``None``): :func:`current_deadline` before any
+    :class:`deadline_scope` the handler entered (a shorter one of the handler's own is
+    not its caller's). Read on a call's error path only (``meshkit._calls``), to tell a
+    downstream call under the caller's deadline, propagated, from one under a deadline
+    of the handler's own."""
+    outer = _outer.get()
+    return outer[0] if outer else _deadline.get()
+
+
 class deadline_scope:
     """Run a block as if handling a call with absolute deadline ``deadline`` (monotonic
     seconds; ``None`` or NaN for none). For tests, for code that starts work outside
