@@ -1063,7 +1063,9 @@ class OutboxRelay:
         events and handed none of its first tries beside the rounds (the outbox is
         drained) it waits ``poll_interval_s`` or :meth:`notify`; else the next round
         follows at once. When it ends it calls :meth:`aclose` (the publishes beside
-        the rounds are cancelled; their events stay pending).
+        the rounds are cancelled; their events stay pending). A cancel that the store
+        swallowed (a driver's clean-up catching ``CancelledError``) is still this
+        task's: it ends the relay before the next round (``Task.cancelling()``).
 
         Raises:
             nats.errors.ConnectionClosedError: the publisher's connection is closed for
@@ -1071,8 +1073,11 @@ class OutboxRelay:
                 attempts spent), checked before each round: no round could publish
                 again, and retrying for ever would hide it from a supervisor."""
         failed = 0
+        task = asyncio.current_task()
         try:
             while True:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError  # swallowed by the store, still ours
                 if self._publisher.closed:
                     raise nats.errors.ConnectionClosedError
                 self._wake.clear()
