@@ -143,12 +143,14 @@ _OWN_DEADLINE = "_meshkit_own_deadline"
 
 def _mark_propagated_deadline(details: ClientCallDetails, error: BaseException) -> None:
     """On a call's ``DEADLINE_EXCEEDED`` (the error path only): when the call ran under the
-    deadline of the call being handled (``current_deadline()`` less
+    deadline of the call being handled (as admitted, before any ``deadline_scope`` of the
+    handler's: ``meshkit.resilience._deadline.handled_deadline()``, less
     ``DialOptions.deadline_margin_s``, propagated) and that deadline has run out, ``error``
     carries the handled call's deadline (``time.monotonic()`` seconds), for
     :func:`propagated_deadline_of`; when it ran under a deadline of its own while a call
-    is being handled (its timeout shorter than the propagated deadline, or a channel
-    that does not propagate), ``error`` is marked so, for :func:`own_deadline_of`. The
+    is being handled (its timeout or a ``deadline_scope`` of the handler's shorter than
+    the propagated deadline, or a channel that does not propagate), ``error`` is marked
+    so, for :func:`own_deadline_of`. The
     channel's method record (``details.codec``) knows whether it propagates and its
     margin."""
     codec: Any = getattr(details, "codec", None)
