@@ -112,7 +112,8 @@ class AdminServer:
     =====================  ================================================================
     /                      the live dashboard (HTML, refreshing every second): services
                            served and dialed, endpoints with state, P2C load, EWMA latency,
-                           ejections, retry budget, and RED per method
+                           ejections, retry budget, registry health, the request
+                           gate's refusals, and RED per method
     /debug/dashboard.json  the dashboard's data (:class:`DashboardFeed`): the snapshots below
                            plus per method rate, errors by code and p50/p99 over 10 s;
                            like ``/debug/mesh``, read on the loop and encoded in the

@@ -6,8 +6,11 @@ CSS and JavaScript, no external resource, no build step) that polls
 page shows "stale" and polls again, so a server that holds requests open does not leave
 it showing its last picture as live) and draws tables with inline SVG sparklines and
 bars: the services this process serves and dials, each endpoint's state, P2C load, EWMA
-latency, calls and failures, ejections, the retry budget's balance, and RED per method over
-the window (rate, errors by status code and their share, p50/p99 latency). The page builds
+latency, calls and failures, ejections, the retry budget's balance, each server's and
+channel's registry health ("registry failing" while its latest read or write failed, the
+error in the badge's title), the calls each server's request gate refused (they start no
+method row), and RED per method over the window (rate, errors by status code and their
+share, p50/p99 latency). The page builds
 its DOM with ``textContent`` and attributes only, never HTML from data, and is served with
 a Content Security Policy that allows its own inline script (by hash) and requests to its
 own origin only.
