@@ -58,6 +58,7 @@ from typing import Any
 # opentelemetry.propagate alone raises ValueError (b3 without its package)
 import meshkit.observability._tracing  # noqa: F401  # isort: skip
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -211,10 +212,15 @@ def extract(headers: Mapping[str, str] | None) -> Any:
     propagators' warnings about malformed ``baggage``/``tracestate`` headers, which quote
     the publisher's text once per message, are bounded as on a server
     (:func:`meshkit.observability._tracing.bound_propagation_warnings`, from the first
-    extraction on), also in a process that only consumes."""
+    extraction on), also in a process that only consumes.
+
+    The extraction starts from an empty context whatever the propagators' order (the
+    API's baggage propagator, given none, starts from the current one: first in
+    ``OTEL_PROPAGATORS`` it made the span and baggage current where a consumer or relay
+    was started the parent and baggage of every message that carried none)."""
     if not _bounded:
         _bound_warnings()
-    return propagate.extract(headers or {}, getter=_GETTER)
+    return propagate.extract(headers or {}, Context(), getter=_GETTER)
 
 
 _bounded = False
