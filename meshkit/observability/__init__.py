@@ -94,7 +94,7 @@ meshkit_client_ejections_total                counter    target          outlier
 meshkit_client_panic_picks_total              counter    target          calls to ejected: none left
 meshkit_client_endpoint_calls_total           counter    target,         attempts sent to endpoint
                                                          instance_id
-meshkit_client_endpoint_failures_total        counter    target, inst.   failed attempts
+meshkit_client_endpoint_failures_total        counter    target, inst.   non-OK attempts
 meshkit_client_endpoint_in_flight             gauge      target, inst.   attempts in progress
 meshkit_client_endpoint_ejected               gauge      target, inst.   1 while ejected; max
 meshkit_client_endpoint_rtt_seconds           gauge      target, inst.   P2C EWMA latency; mean
