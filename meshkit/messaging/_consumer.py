@@ -432,7 +432,8 @@ class ConsumerOptions:
             stored where it is; otherwise two consumers whose filters cover each
             other's dead-letter subjects would dead-letter each other's dead letters
             forever. A subject no message can be published to (a space or other
-            whitespace, an empty token, a wildcard ``*`` / ``>``), or longer than 3,840
+            whitespace, an empty token, a wildcard ``*`` / ``>``; or in JetStream's
+            API, ``$JS.API.>``: each dead letter an API request), or longer than 3,840
             bytes (its protocol line would exceed the server's ``max_control_line``,
             4096, which closes the connection), is a ``ConfigError``, and so is a
             dead-letter subject (given, or the default) that is the

@@ -168,6 +168,10 @@ def max_payload(js: JetStreamContext) -> int:
     return int(js._nc.max_payload)
 
 
+#: What JetStream's API subjects (``$JS.API.>``) start with.
+_JS_API = "$JS.API."
+
+
 def check_nats_subject(name: str, value: object) -> None:
     """Check that ``value`` (the field ``name``) is a subject a message can be published
     to: a non-empty string of printable characters without spaces, whose ``.``-separated
@@ -176,7 +180,9 @@ def check_nats_subject(name: str, value: object) -> None:
     "Publishers will always send a message to a fully specified subject"). nats-py
     refuses a subject with whitespace (``BadSubjectError``) and no stream captures one
     with an empty token or a wildcard, so such a subject would fail only at the first
-    publish.
+    publish. Nor one in JetStream's API, ``$JS.API.>``: no stream can capture
+    it (nats-server: "subjects overlap with jetstream api"), and a message sent there
+    is an API request (``$JS.API.STREAM.PURGE.<stream>`` purges the stream).
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted.
@@ -186,6 +192,10 @@ def check_nats_subject(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be a NATS subject to publish to: non-empty "
                           "tokens separated by dots, of printable characters without "
                           f"spaces or wildcards (* >), got {value!r}")
+    if value.startswith(_JS_API):
+        raise ConfigError(f"{name} must not be in JetStream's API ($JS.API.>: no stream "
+                          "captures it, and a message there is an API request, e.g. "
+                          f"a purge), got {value!r}")
 
 
 def check_nats_filter_subject(name: str, value: object) -> None:
@@ -375,8 +385,10 @@ class Publisher:
                 subject); or ``msg_id`` is not one (quoted), or ``subject`` is not one
                 a publisher may use (a wildcard or an empty token: JetStream would store
                 ``orders.*`` as it is, out of reach of the real subject's consumers;
-                quoted), or so long that the protocol line sending it would exceed
-                the server's ``max_control_line`` (4096 bytes by default, not announced:
+                quoted) or one in JetStream's API, ``$JS.API.>`` (no stream captures
+                it; a message there is an API request, e.g. a stream purge), or so
+                long that the protocol line sending it would exceed the server's
+                ``max_control_line`` (4096 bytes by default, not announced:
                 the server would close the connection for good), refused before
                 anything is sent; or the payload with its
                 headers (the identity and trace headers included) is larger than the
