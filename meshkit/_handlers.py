@@ -228,7 +228,9 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
     its requests before returning. What it returns is consumed on the loop when it is an
     async iterator or an awaitable (a plain decorator around an ``async def`` handler),
     which then awaits the synchronous context's ``abort``, ``abort_with_status`` and
-    ``send_initial_metadata`` as an async handler awaits its context's. A response
+    ``send_initial_metadata`` as an async handler awaits its context's; ``None`` (no
+    stream returned) fails iterated, ``TypeError``, answered ``UNKNOWN`` as grpc.aio
+    answers it (not an empty stream, ``OK``). A response
     generator that ends early (the call cancelled) is closed on its own thread with the
     call's context variables, once its ``next`` under way has returned. Decided once per
     method (the behaviour returned is marked :data:`THREAD_MARK`): an async behaviour's
@@ -953,11 +955,10 @@ class _Pump:
                 assert make is not None
                 try:
                     result = make()
-                    if (result is None or hasattr(result, "__aiter__")
-                            or inspect.isawaitable(result)):
+                    if hasattr(result, "__aiter__") or inspect.isawaitable(result):
                         self._hand(_give, fut, _OnLoop(result))  # consumed on the loop
                         return
-                    it = iter(result)
+                    it = iter(result)  # None (no stream returned): TypeError, as grpc.aio
                 except BaseException as e:
                     self._hand(_fail, fut, e)
                     return
