@@ -106,7 +106,7 @@ async def test_the_page_shows_registry_failures_and_shed_calls(local: LocalRegis
 
                 async def one() -> str:
                     try:
-                        await raw.unary_unary(method("Sleep"))(b"300", timeout=10)
+                        await raw.unary_unary(method("Sleep"))(b"1000", timeout=20)
                         return "OK"
                     except grpc.aio.AioRpcError as exc:
                         return exc.code().name

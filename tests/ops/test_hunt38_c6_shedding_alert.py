@@ -40,7 +40,7 @@ def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 async def _shedding_server_counts(tmp: Path) -> dict[str, list[tuple[dict[str, str], float]]]:
     """What a real server with room for 2 calls exported for a burst of 20 concurrent
-    300 ms calls: per family, each series' increase over the burst (this server's
+    1 s calls: per family, each series' increase over the burst (this server's
     refusals only; the RPC families, shared by the process's servers, as differences)."""
     reg = LocalRegistry(LocalOptions(path=tmp / "reg", ttl_s=1.0, poll_interval_s=0.05))
     async with mesh_echo("shedd", "s1", reg, limits=ServerLimits(max_concurrent_rpcs=2)) as srv:
@@ -52,7 +52,7 @@ async def _shedding_server_counts(tmp: Path) -> dict[str, list[tuple[dict[str, s
 
             async def one() -> str:
                 try:
-                    await ch.unary_unary(method("Sleep"))(b"300", timeout=10)
+                    await ch.unary_unary(method("Sleep"))(b"1000", timeout=20)
                     return "OK"
                 except grpc.aio.AioRpcError as exc:
                     return exc.code().name
