@@ -1138,7 +1138,9 @@ class Consumer:
         """Handle one delivered message; returns its outcome (``ack``, ``retry``,
         ``dead_letter``, ``refused``, ``terminated``: a dead letter that failed for good,
         ``term``'ed rather than dead-lettered again, or ``skipped``: a message on this
-        consumer's own dead-letter subject, acked without running the handler).
+        consumer's own dead-letter subject, acked without running the handler). A
+        cancel of the consumer's task while it runs propagates; the delivery is reported
+        ``cancelled`` (left unacked).
 
         Raises:
             nats.errors.Error: the ack, nak or term that settles the delivery failed
@@ -1183,6 +1185,9 @@ class Consumer:
             except _NotAsyncHandler as exc:
                 failed = exc
                 result = ("error", None, "handler returned no awaitable")
+            except asyncio.CancelledError:  # the consumer's own (see Handler)
+                result = ("cancelled", None, "cancelled")
+                raise
         finally:
             outcome, publisher, reason = result
             try:
@@ -1383,4 +1388,5 @@ class Consumer:
                 fields["reason"] = reason[:200]
             with trace.use_span(span, end_on_exit=False) if span is not None \
                     else contextlib.nullcontext():
-                log_message(failed, fields)
+                # an interrupted handler (the consumer stopping) is no failure to warn of
+                log_message(failed and outcome != "cancelled", fields)

@@ -496,7 +496,9 @@ class Publisher:
                                        "service, not a stream, answers on the subject"
                                        ) from error
         except asyncio.CancelledError:
-            error = None  # reported as "cancelled", not as the failure before it
+            # the caller's cancel (a call given up, a relay's aclose): no failure of the
+            # publish, nor the failure of an attempt before it
+            error, outcome = None, "cancelled"
             raise
         finally:
             elapsed = time.perf_counter() - started
@@ -505,7 +507,7 @@ class Publisher:
                 metrics.publish_seconds.labels(label).observe(elapsed)
             if span is not None:
                 span.set_attribute("meshkit.attempts", attempts)
-                if outcome == "error":
+                if outcome in ("error", "cancelled"):
                     span.set_status(Status(StatusCode.ERROR, type(error).__name__
                                            if error is not None else "cancelled"))
                 span.end()

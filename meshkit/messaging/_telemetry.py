@@ -17,13 +17,16 @@ served at ``/metrics``; histograms in seconds with the RPC buckets, 100 µs..10 
   the relay last counted them (after each round; needs a store with ``count_pending``).
 
 ``outcome`` of a publish: ``ok``, ``duplicate`` (JetStream dropped it as a repeat of its
-``Nats-Msg-Id``), ``error``. Of a delivery: ``ack``, ``retry`` (nak with backoff; also
-a message whose dead letter could not be published, nak'ed), ``dead_letter``,
+``Nats-Msg-Id``), ``error``, ``cancelled`` (its caller cancelled it: a call given up, a
+relay's ``aclose()``; it may have been stored). Of a delivery: ``ack``, ``retry`` (nak
+with backoff; also a message whose dead letter could not be published, nak'ed), ``dead_letter``,
 ``refused`` (identity check failed: dead-lettered too; a dead letter refused is
 ``term``'ed), ``terminated`` (a dead letter that failed for good, ``term``'ed rather
 than dead-lettered again), ``skipped`` (a message on the consumer's own dead-letter
 subject, acked unhandled), ``error`` (its ack, nak or term failed, e.g. the connection
-closed; or the handler returned no awaitable).
+closed; or the handler returned no awaitable), ``cancelled`` (the consumer was stopped
+while handling it: left unacked, redelivered after its ack wait). A ``cancelled`` one's
+access-log line is an info one, not a warning; its span has an error status.
 
 ``subject`` of a publish is the subject published to. Of a delivery it is the subject it
 came on, except for a consumer with a verifier and a message whose publisher it did not
