@@ -85,8 +85,9 @@ async def _caller_counts(tmp: Path) -> tuple[list[tuple[dict[str, str], float]],
 
 
 def _series(rows: list[tuple[dict[str, str], float]]) -> list[dict[str, Any]]:
-    """Each series growing by its measured increase every minute, for 40 minutes."""
-    out = []
+    """Each series growing by its measured increase every minute, for 40 minutes, and the
+    caller's target up (it is scraped)."""
+    out: list[dict[str, Any]] = [{"series": f"up{{{_LABELS}}}", "values": "1x40"}]
     for labels, v in rows:
         sel = ",".join(f'{k}="{labels[k]}"' for k in sorted(labels))
         out.append({"series": f"{_FAMILY}{{{_LABELS},{sel}}}", "values": f"0+{v:g}x40"})
