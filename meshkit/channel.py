@@ -126,7 +126,12 @@ from meshkit.resilience import (
     current_deadline,
     is_nack,
 )
-from meshkit.resilience._deadline import admission_refusal, handled_deadline
+from meshkit.resilience._deadline import (
+    admission_refusal,
+    handled_deadline,
+    wire_cut_s,
+    wire_timeout_s,
+)
 from meshkit.resilience._retry import (
     ConnectFailedError,
     draining_refusal,
@@ -334,7 +339,11 @@ class DialOptions:
             ``{"OrderService/PlaceOrder": 2.0}``.
         propagate_deadline: inside a handler (see
             :class:`~meshkit.resilience.DeadlineInterceptor`) run outgoing calls under the
-            incoming call's remaining time, never longer (default ``True``).
+            incoming call's remaining time, never longer (default ``True``). Such a call's
+            timeout is handed to grpc lowered to the grid grpc core sends ``grpc-timeout``
+            on (rounding up: 10 ms from 1 s, 100 ms from 10 s, 1 s from 100 s; less 5 ms
+            for its clock), so the next hop's deadline is never later than this one's:
+            the call's own timer fires up to 1 % + 5 ms before the deadline.
         deadline_margin_s: subtracted from a propagated deadline, seconds (default 0.0):
             time the handler keeps to answer. A call that runs that deadline out fails
             ``DEADLINE_EXCEEDED``, and a meshkit server answers the handler that lets
@@ -815,8 +824,15 @@ class _MethodPlan:
         inherited = handled_deadline()  # not a shorter deadline_scope of the handler's
         if inherited is None or deadline != inherited - margin:  # the same sum: exact
             return None
-        if deadline - time.monotonic() > DEADLINE_SLACK_S:  # a status the peer answered
-            return None
+        remaining = deadline - time.monotonic()
+        if remaining > DEADLINE_SLACK_S:
+            # the attempt's own timer fires up to wire_cut_s early (_launch hands grpc a
+            # timeout on grpc core's grid), as much for the longest timeout it had: the
+            # call's first attempt's (a wall-clock stamp); later, a status the peer sent
+            started = details.attempt_started_ns
+            if not started or remaining > DEADLINE_SLACK_S + wire_cut_s(
+                    remaining + max(0.0, (time.time_ns() - started[0]) / 1e9)):
+                return None
         return inherited
 
     def own_deadline(self, details: ClientCallDetails) -> bool:
@@ -1079,14 +1095,20 @@ class MeshChannel(grpc.aio.Channel):
             self._pool.connect_idle()
         deadline = details.deadline
         timeout = None
+        plan = details.codec
         if deadline is not None:
             timeout = deadline - time.monotonic()
             if timeout <= 0:  # nothing sent: no endpoint's outcome (not its failure)
                 done(_CANCELLED, 0.0)
                 raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            inherited = current_deadline()
+            if inherited is not None and plan.margin_s is not None \
+                    and deadline == inherited - plan.margin_s:
+                # the handled call's deadline, propagated: grpc core rounds the timeout
+                # it sends up (up to 1 %), which the next hop would take for its own
+                timeout = wire_timeout_s(timeout)
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
-        plan = details.codec
         try:
             # an interceptor may have sent the call to another method (ClientCallDetails)
             start = (plan.on(self._conns[ep.key]) if details.method is plan.method

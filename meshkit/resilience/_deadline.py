@@ -7,7 +7,9 @@
   handler runs;
 * **propagation**: while the handler runs, :func:`current_deadline` returns the call's
   absolute deadline (``time.monotonic()`` seconds), and every :func:`meshkit.dial` channel
-  runs outgoing calls under ``min(own timeout, remaining - margin)``, never longer.
+  runs outgoing calls under ``min(own timeout, remaining - margin)``, never longer: a
+  propagated one's timeout is handed to grpc lowered to grpc core's ``grpc-timeout`` grid
+  (:func:`wire_timeout_s`), which core would otherwise round up by up to 1 % at each hop.
 
 The wire allows deadlines far beyond what a process can compute with:
 ``grpc-timeout: 99999999H`` (8 digits, unit hours; gRPC over HTTP/2 spec) is about 11400
@@ -50,6 +52,53 @@ MAX_PROPAGATED_S = 86_400.0
 """The longest remaining time propagated or passed on, seconds (one day): longer than any
 call a mesh should keep open, and far below where grpcio's deadline arithmetic overflows
 (about 9.2e9 s)."""
+
+
+WIRE_CLOCK_S = 0.005
+"""What :func:`wire_timeout_s` takes off beyond grpc core's grid, seconds: core reads a
+call's deadline and its clock in whole milliseconds (rounding the deadline up), and its
+clock reading may be a little old when it sends, so the timeout it encodes can exceed the
+one grpcio was handed by a millisecond or more (5 ms leaves room on a loaded machine)."""
+
+
+def wire_unit_s(timeout_s: float) -> float:
+    """The unit grpc core rounds a ``grpc-timeout`` of ``timeout_s`` seconds up to when it
+    sends it (``Timeout::FromMillis``: three digits of milliseconds, then of tens and
+    hundreds of milliseconds, seconds, tens and hundreds of seconds; minutes past 1e5 s):
+    1 ms below 1 s, then 1 % of the decade the value is in, at most."""
+    if timeout_s < 1.0:
+        return 0.001
+    if timeout_s < 10.0:
+        return 0.01
+    if timeout_s < 100.0:
+        return 0.1
+    if timeout_s < 1_000.0:
+        return 1.0
+    if timeout_s < 10_000.0:
+        return 10.0
+    if timeout_s < 100_000.0:
+        return 100.0
+    return 600.0
+
+
+def wire_timeout_s(timeout_s: float) -> float:
+    """``timeout_s`` (seconds, > 0) lowered so that the ``grpc-timeout`` grpc core sends
+    for it is not above it: down to grpc core's grid (:func:`wire_unit_s`) less
+    :data:`WIRE_CLOCK_S`, or ``timeout_s`` itself when that leaves nothing (under about
+    6 ms). grpc core rounds the timeout it sends up to its grid (a timeout of 30 s leaves
+    as ``301`` hundreds of milliseconds: its clock is read in whole milliseconds), so a
+    remaining time passed on as it is reaches the next hop up to 1 % longer, again at
+    each hop; a mesh channel hands grpc this for a call under a propagated deadline, the
+    call's own timer firing at most one unit and 5 ms early."""
+    unit = wire_unit_s(timeout_s)
+    lowered = math.floor(timeout_s / unit) * unit - WIRE_CLOCK_S
+    return lowered if lowered > 0.0 else timeout_s
+
+
+def wire_cut_s(timeout_s: float) -> float:
+    """The most :func:`wire_timeout_s` takes off a timeout of ``timeout_s`` seconds (or of
+    less), seconds: how early a call's own timer may fire before its deadline."""
+    return wire_unit_s(timeout_s) + WIRE_CLOCK_S
 
 
 def clamp_timeout_s(timeout_s: float | None) -> float | None:
