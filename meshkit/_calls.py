@@ -61,7 +61,13 @@ import grpc
 import structlog
 from grpc.aio import AioRpcError, Metadata
 
-from meshkit._codecs import Undecodable, codec_error, serialize_message, undecodable_error
+from meshkit._codecs import (
+    Undecodable,
+    bytes_message,
+    codec_error,
+    serialize_message,
+    undecodable_error,
+)
 from meshkit._loop import LoopCache
 from meshkit._metadata import with_previous_attempts
 from meshkit.errors import MeshRpcError, RequestSerializationError
@@ -980,8 +986,9 @@ class StreamResponseCall(MeshCall):
         """Write one request (stream-stream calls made without a request iterator).
 
         Raises:
-            RequestSerializationError: the method's serializer refused ``request``; the
-                call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent. Not
+            RequestSerializationError: the method's serializer refused ``request`` (a
+                method without one: ``request`` is not bytes); the call ends
+                ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent. Not
                 for a write the call refuses whatever the message (a call made with a
                 request iterator, ended, or half-closed): that refusal is raised, as
                 grpc.aio's, and the call goes on (:meth:`_refused_write`).
@@ -1023,6 +1030,12 @@ class StreamResponseCall(MeshCall):
                 raise
             if plan.in_mesh:  # else grpc.aio serializes it (again) for attempt interceptors
                 request = out
+        elif type(request) is not bytes and plan is not None:  # no serializer: bytes only
+            try:
+                bytes_message(self._details.method, request)
+            except RequestSerializationError as exc:
+                self._refused_write(call, exc)
+                raise
         try:
             await call.write(request)
         except asyncio.CancelledError:

@@ -11,7 +11,8 @@ serializes each request message once more, only to check it; either way:
 * a unary request is serialized before the pick and a unary response deserialized after
   the attempt (in :mod:`meshkit.channel`);
 * a stream's request messages are serialized as grpc.aio takes them (:func:`serialized`,
-  :func:`serialize_message`): on a refusal the call's ``codec_error`` is set (on its
+  :func:`serialize_message`; a method without a serializer has each checked to be bytes,
+  :func:`bytes_message`): on a refusal the call's ``codec_error`` is set (on its
   :class:`~meshkit.interceptors.ClientCallDetails`) and grpc.aio ends the attempt, which
   the call objects (:mod:`meshkit._calls`) report as that error;
 * a stream's response messages go through :func:`strict_deserializer`, which hands a
@@ -40,7 +41,7 @@ from meshkit.errors import (
 )
 from meshkit.interceptors import CallKind
 
-__all__ = ["Undecodable", "codec_error", "serialize_message",
+__all__ = ["Undecodable", "bytes_message", "codec_error", "serialize_message",
            "serialized", "strict_deserializer", "undecodable_error"]
 
 
@@ -116,13 +117,33 @@ def serialize_message(method: str, serializer: Callable[[Any], bytes], message: 
     return out
 
 
+def bytes_message(method: str, message: Any, details: Any = None) -> bytes:
+    """``message``, a request message of ``method`` (``/pkg.Service/Method``), a method
+    without a request serializer, whose messages go out as they are: ``bytes`` (or a
+    subclass), as a unary request of such a method must be.
+
+    Args:
+        details: the call's :class:`~meshkit.interceptors.ClientCallDetails` for a stream
+            message (a refusal is recorded as its ``codec_error``), else ``None``.
+
+    Raises:
+        RequestSerializationError: ``message`` is not bytes (``None`` included, which
+            grpc.aio would send as an empty message; ``INTERNAL``; nothing is sent).
+    """
+    if isinstance(message, bytes):
+        return message
+    raise _refused(method, f"a method without a request_serializer sends bytes, got "
+                           f"{type(message).__name__}", None, details)
+
+
 def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
                wire: bool = True) -> Any:
     """The request iterator ``requests`` (sync or async, as grpc.aio takes either) with
     each message serialized (``wire``), or serialized only to check it and handed on as it
     is (``wire=False``: grpc.aio serializes it again, for attempt interceptors that see
-    the messages), or handed on as it is (no ``serializer``). A message the serializer
-    refuses, or an exception of ``requests`` itself (one that cannot be iterated
+    the messages), or handed on as it is (no ``serializer``: checked to be bytes, see
+    :func:`bytes_message`). A message the serializer refuses (or, without one, a message
+    that is not bytes), or an exception of ``requests`` itself (one that cannot be iterated
     included: an ``int``, an ``__iter__`` that raises), is recorded as the call's
     ``codec_error`` (:class:`~meshkit.errors.RequestSerializationError`,
     :class:`~meshkit.errors.RequestIteratorError`; an ``asyncio.CancelledError`` of
@@ -233,6 +254,8 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
             out = serialize_message(method, serializer, message, details)
             if wire:
                 message = out
+        elif type(message) is not bytes:  # (one check per message of a bytes method)
+            bytes_message(method, message, details)
         if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
             messages.msg_sent += 1
         yield message
@@ -260,6 +283,8 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
             out = serialize_message(method, serializer, message, details)
             if wire:
                 message = out
+        elif type(message) is not bytes:  # (one check per message of a bytes method)
+            bytes_message(method, message, details)
         if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
             messages.msg_sent += 1
         yield message
@@ -291,6 +316,8 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
             out = serialize_message(method, serializer, message, details)
             if wire:
                 message = out
+        elif type(message) is not bytes:  # (one check per message of a bytes method)
+            bytes_message(method, message, details)
         sent += 1
         if sent > call.taken:  # telemetry's count, once per logical call
             call.taken = sent
@@ -323,6 +350,8 @@ async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
             out = serialize_message(method, serializer, message, details)
             if wire:
                 message = out
+        elif type(message) is not bytes:  # (one check per message of a bytes method)
+            bytes_message(method, message, details)
         sent += 1
         if sent > call.taken:  # telemetry's count, once per logical call
             call.taken = sent
