@@ -148,7 +148,7 @@ def handled_deadline() -> float | None:
 
 class deadline_scope:
     """Run a block as if handling a call with absolute deadline ``deadline`` (monotonic
-    seconds; ``None`` or NaN for none). For tests, for code that starts work outside
+    seconds; ``None`` for none; NaN, a deadline computed wrong, adds none of its own). For tests, for code that starts work outside
     gRPC, and inside a handler to give its outgoing calls a shorter deadline. A deadline
     more than :data:`MAX_PROPAGATED_S` ahead when the block is entered (``inf`` included)
     is clamped to that, as a propagated one: grpcio fails a call whose timeout is past its
@@ -158,9 +158,11 @@ class deadline_scope:
     scope's), a later ``deadline`` does not extend it: the block runs under the earlier
     of the two, as grpc-go's ``context.WithDeadline`` of a context whose deadline is
     earlier (a handler's ``deadline_scope(time.monotonic() + 5.0)`` with 0.5 s left
-    sends its calls 0.5 s, not 5 s the caller will never wait for). ``None`` (or NaN)
-    lifts it: the block runs without a deadline, for work meant to outlive the call (a
-    scope nested in that one sets its own).
+    sends its calls 0.5 s, not 5 s the caller will never wait for). ``None`` lifts it:
+    the block runs without a deadline, for work meant to outlive the call (a scope nested
+    in that one sets its own). NaN keeps it as it is (none outside a handler or scope):
+    a deadline computed wrong lifts no bound, as :func:`clamp_timeout_s` reads a NaN
+    timeout as passed rather than as none.
 
     One scope object may be entered by concurrent tasks and nested in itself: each
     ``with`` puts back the deadline its own task had before it (kept per context, not on
@@ -184,11 +186,11 @@ class deadline_scope:
         _outer.set((*_outer.get(), _deadline.get()))
         deadline = self._deadline
         if deadline is not None:
-            if deadline != deadline:  # NaN: no deadline
-                deadline = None
+            inherited = _deadline.get()
+            if deadline != deadline:  # NaN: none of its own, the one in force kept
+                deadline = inherited
             else:
                 deadline = min(deadline, time.monotonic() + MAX_PROPAGATED_S)
-                inherited = _deadline.get()
                 if inherited is not None and inherited < deadline:  # never extended
                     deadline = inherited
         _deadline.set(deadline)
