@@ -148,11 +148,12 @@ def handled_deadline() -> float | None:
 
 class deadline_scope:
     """Run a block as if handling a call with absolute deadline ``deadline`` (monotonic
-    seconds; ``None`` for none; NaN, a deadline computed wrong, adds none of its own). For tests, for code that starts work outside
-    gRPC, and inside a handler to give its outgoing calls a shorter deadline. A deadline
-    more than :data:`MAX_PROPAGATED_S` ahead when the block is entered (``inf`` included)
-    is clamped to that, as a propagated one: grpcio fails a call whose timeout is past its
-    range at once with ``DEADLINE_EXCEEDED``, unsent.
+    seconds; ``None`` for none; NaN, a deadline computed wrong, adds none of its own).
+    For tests, for code that starts work outside gRPC, and inside a handler to give its
+    outgoing calls a shorter deadline. A deadline more than :data:`MAX_PROPAGATED_S`
+    ahead when the block is entered (``inf`` included) is clamped to that, as a
+    propagated one: grpcio fails a call whose timeout is past its range at once with
+    ``DEADLINE_EXCEEDED``, unsent.
 
     Entered where a deadline is already in force (a handler's, propagated; an outer
     scope's), a later ``deadline`` does not extend it: the block runs under the earlier
