@@ -45,13 +45,15 @@ def _service(name: str, behaviour: Any) -> tuple[Any, None]:
     return add, None
 
 
-async def _chain(registry: LocalRegistry, seen: dict[str, list[float]],
-                 last: Any) -> tuple[list[meshkit.MeshServer], list[Any]]:
+async def _chain(registry: LocalRegistry, seen: dict[str, list[float]], last: Any,
+                 first_margin_s: float = 0.0) -> tuple[list[meshkit.MeshServer], list[Any]]:
     """Servers hop1 .. hop<HOPS>, each but the last relaying to the next over a mesh
-    channel (no timeout of its own: the propagated deadline); each notes the deadline
-    it runs under; the last runs ``last``."""
+    channel (no timeout of its own: the propagated deadline; hop1's channel with
+    ``deadline_margin_s=first_margin_s``); each notes the deadline it runs under; the
+    last runs ``last``."""
     channels = [meshkit.dial(f"hop{n + 1}", registry=registry, options=meshkit.DialOptions(
-        insecure=True, retry=None)) for n in range(1, HOPS)]
+        insecure=True, retry=None, deadline_margin_s=first_margin_s if n == 1 else 0.0))
+        for n in range(1, HOPS)]
     servers: list[meshkit.MeshServer] = []
 
     def relay(n: int) -> Any:
@@ -114,29 +116,31 @@ def test_the_timeout_handed_to_grpc_is_on_grpc_cores_grid() -> None:
 
 async def test_a_propagated_call_run_out_early_is_still_the_callers_deadline(
         registry: LocalRegistry) -> None:
-    """With about 10.09 s left, a hop's call below runs under a timeout lowered to 10.0 s
-    less 5 ms: its own timer fires about 0.09 s before this hop's deadline, more than the
-    0.05 s the server allows a deadline run out. The handler lets that escape: answered
-    ``DEADLINE_EXCEEDED`` "in a call the handler made under it", not ``UNKNOWN``."""
+    """With about 10.09 s left (hop1 keeps a 0.5 s margin, so the caller's own timer is
+    not the first to fire), a hop's call below runs under a timeout lowered to 10.0 s less
+    5 ms: its own timer fires about 0.09 s before the deadline it was given, more than the
+    0.05 s the server allows a deadline run out. Each handler lets that escape: answered
+    ``DEADLINE_EXCEEDED`` "in a call the handler made under it" up the chain, not
+    ``UNKNOWN``."""
     seen: dict[str, list[float]] = {}
 
     async def never(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         await asyncio.sleep(60)
         return b"late"
 
-    servers, channels = await _chain(registry, seen, never)
+    servers, channels = await _chain(registry, seen, never, first_margin_s=0.5)
     try:
         async with meshkit.dial("hop1", registry=registry, options=meshkit.DialOptions(
                 insecure=True, retry=None)) as ch:
             await ch.wait_for_endpoints(1, timeout_s=10)
             t0 = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await ch.unary_unary("/hop1/Call")(b"", timeout=10.09)
+                await ch.unary_unary("/hop1/Call")(b"", timeout=10.59)
             took = time.monotonic() - t0
         assert (info.value.code(), info.value.details()) == (
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "deadline exceeded (in a call the handler made under it)"), took
-        assert took < 10.09 + 1.0
+        assert took < 10.59 + 1.0
     finally:
         for channel in channels:
             await channel.close()
