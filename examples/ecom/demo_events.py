@@ -24,6 +24,7 @@ from nats.js.client import JetStreamContext
 import meshkit
 from examples.ecom import events
 from examples.ecom.proto import order_pb2, order_pb2_grpc, summary_pb2, summary_pb2_grpc
+from meshkit._uris import hide_userinfo
 from meshkit.messaging import Consumer
 
 NATS_URL = os.environ.get("MESHKIT_NATS_URL", "nats://127.0.0.1:4222")
@@ -126,6 +127,13 @@ async def check_projection(registry: Any, options: meshkit.DialOptions,
              f"did NOT converge within {wait_s:.0f} s: "
              f"{sum(1 for u in want if got.get(u) != want[u])} users differ"))
     return ok
+
+
+def print_skipped() -> None:
+    """Print that the events part was skipped: NATS could not be reached at the start."""
+    print(f"\nEvents: skipped: NATS JetStream not reachable at {hide_userinfo(NATS_URL)}"
+          " (start one with `nats-server -js`, or set MESHKIT_NATS_URL); the orders wait"
+          " in the outbox")
 
 
 async def delete_durable() -> None:
