@@ -134,13 +134,15 @@ def parser(service: str, default_db: str) -> argparse.ArgumentParser:
                    help="host put in the registry (env MESHKIT_ADVERTISE_HOST; default --host,"
                         " or the host name when binding all interfaces); in Kubernetes the"
                         " pod IP")
-    p.add_argument("--admin-host", default=os.environ.get("MESHKIT_ADMIN_HOST", "127.0.0.1"),
+    # blank is unset, as the library's ServeOptions.admin reads it
+    p.add_argument("--admin-host",
+                   default=os.environ.get("MESHKIT_ADMIN_HOST", "").strip() or "127.0.0.1",
                    help="admin server (/metrics, /livez, /readyz) bind address (env"
                         " MESHKIT_ADMIN_HOST; 0.0.0.0 for probes and a remote Prometheus)")
     p.add_argument("--admin-port", type=port_arg("MESHKIT_ADMIN_PORT"),
                    default=os.environ.get("MESHKIT_ADMIN_PORT") or "0",
                    help="admin server port (env MESHKIT_ADMIN_PORT; 0 picks a free one)")
-    p.add_argument("--db", default=os.environ.get("DATABASE_URL", default_db),
+    p.add_argument("--db", default=os.environ.get("DATABASE_URL", "").strip() or default_db,
                    help="sqlite:///file.db or postgresql://... (env DATABASE_URL)")
     p.add_argument("--db-wait-s", type=seconds_arg("ECOM_DB_WAIT_S"),
                    default=os.environ.get("ECOM_DB_WAIT_S") or "60",
