@@ -671,7 +671,9 @@ class ServeOptions:
             ``grpc.reflection.v1alpha`` service and the same under ``grpc.reflection.v1``,
             listing the services given, health and reflection. A reflection servicer
             among the servicers given (either version) is served instead, and meshkit
-            adds none of its own.
+            adds none of its own (its idle streams end at the drain's stop as meshkit's
+            do, when its ``ServerReflectionInfo`` is an async generator, as
+            grpcio-reflection's is).
         telemetry: traces, RED metrics and access logs for every call
             (:class:`meshkit.observability.TelemetryOptions`, on by default, installed
             outermost); ``None`` turns them off. Spans are exported when the environment
@@ -1209,6 +1211,20 @@ class _HealthWatches:
             watch, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
 
+    def ending_reflection(self, handler: Handler) -> Handler:
+        """``handler`` (a server reflection ``ServerReflectionInfo``, stream-stream, of
+        meshkit's reflection servicer or yours) whose idle stream ends at :meth:`end`
+        (:meth:`idle_ending`) when its behaviour is an async generator function, as
+        grpcio-reflection's is; any other shape is returned as it is."""
+        behavior: Any = handler.stream_stream
+        if (behavior is None or not handler.request_streaming
+                or not handler.response_streaming
+                or not inspect.isasyncgenfunction(behavior)):
+            return handler
+        return grpc.stream_stream_rpc_method_handler(
+            self.idle_ending(behavior), request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
     def idle_ending(self, behavior: Callable[[Any, Any], AsyncGenerator[Any, None]]
                     ) -> Callable[[Any, Any], AsyncGenerator[Any, None]]:
         """``behavior`` (a bidi servicer method, an async generator of the answers to its
@@ -1277,11 +1293,16 @@ def _watch_request_size(request: Any) -> int:
 class _WatchEndingHandler(grpc.GenericRpcHandler):
     """A generic handler of the health service (``grpc.method_handlers_generic_handler``,
     as generated ``add_HealthServicer_to_server`` adds beside the registered methods)
-    whose ``Watch`` is wrapped by :meth:`_HealthWatches.wrap` (once per handler)."""
+    whose ``Watch`` is wrapped by :meth:`_HealthWatches.wrap` (once per handler); or,
+    given ``method`` and ``wrap``, of another service whose method ``method`` is wrapped
+    by ``wrap`` (server reflection's stream: :meth:`_HealthWatches.ending_reflection`)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, watches: _HealthWatches) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, watches: _HealthWatches,
+                 method: str = _HEALTH_WATCH,
+                 wrap: Callable[[Handler], Handler] | None = None) -> None:
         self._inner = inner
-        self._watches = watches
+        self._method = method
+        self._wrap = watches.wrap if wrap is None else wrap
         self._wrapped: tuple[Handler, Handler] | None = None
 
     def service_name(self) -> str | None:
@@ -1292,11 +1313,11 @@ class _WatchEndingHandler(grpc.GenericRpcHandler):
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         """The wrapped handler's method handler, its ``Watch`` ending at the drain."""
         handler: Handler | None = self._inner.service(handler_call_details)
-        if handler is None or handler_call_details.method != _HEALTH_WATCH:
+        if handler is None or handler_call_details.method != self._method:
             return handler
         wrapped = self._wrapped
         if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped = (handler, self._watches.wrap(handler))
+            wrapped = self._wrapped = (handler, self._wrap(handler))
         return wrapped[1]
 
 
@@ -1355,6 +1376,9 @@ class _Recorder:
                 self.any_name = True  # (see _method_table)
             if watches is not None and service == health.SERVICE_NAME:
                 h = _WatchEndingHandler(h, watches)
+            elif watches is not None and service in _REFLECTION_NAMES:
+                h = _WatchEndingHandler(h, watches, f"/{service}/{_REFLECTION_METHOD}",
+                                        watches.ending_reflection)
             self._generic.append(guard_generic_handler(h, self._resolve))
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
@@ -1365,6 +1389,10 @@ class _Recorder:
         if (self._watches is not None and service_name == health.SERVICE_NAME
                 and "Watch" in handlers):
             handlers = {**handlers, "Watch": self._watches.wrap(handlers["Watch"])}
+        elif (self._watches is not None and service_name in _REFLECTION_NAMES
+                and _REFLECTION_METHOD in handlers):  # its idle streams end at the stop
+            handlers = {**handlers, _REFLECTION_METHOD: self._watches.ending_reflection(
+                handlers[_REFLECTION_METHOD])}
         resolve = self._resolve
         methods = {name: (guard_method_handler(h) if resolve is None
                           else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
@@ -1748,11 +1776,10 @@ class MeshServer:
             # describe it with, and a client describes every service listed (grpcurl)
             names = list(dict.fromkeys(
                 (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)))
+            # (an idle stream ends as the stop begins, not after grace_s: the recorder
+            # wraps the stream of every reflection servicer, see ending_reflection)
             servicer = reflection.aio.ReflectionServicer(
                 names, pool=_MethodSymbols(descriptor_pool.Default()))
-            # an idle stream ends as the stop begins, not after grace_s (see idle_ending)
-            servicer.ServerReflectionInfo = self._watches.idle_ending(
-                servicer.ServerReflectionInfo)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
             # the stable v1 service too (grpcurl and grpc-js ask it first; grpcio-reflection
             # serves only v1alpha): the same messages, field for field, under v1's name
@@ -2622,6 +2649,7 @@ class MeshServer:
 
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 _REFLECTION_NAMES = frozenset((_REFLECTION_V1, reflection.SERVICE_NAME))
+_REFLECTION_METHOD = "ServerReflectionInfo"
 
 
 class _MethodSymbols:
