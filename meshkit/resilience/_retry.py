@@ -102,6 +102,7 @@ hedge goes at once; a hedge launched before the refusal was seen may have run, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -125,7 +126,7 @@ from meshkit._config import (
 )
 from meshkit._fields import FrozenMap, Normalised
 from meshkit._metadata import with_previous_attempts
-from meshkit._methods import MethodMatcher
+from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher
 from meshkit.errors import ConfigError, InvalidCallError, MeshRpcError, NoEndpointsError
 from meshkit.interceptors import (
     CallKind,
@@ -591,8 +592,18 @@ class RetryInterceptor(ClientInterceptor):
         return delay
 
     def _observe(self, method: str, latency_s: float) -> None:
-        old = self._typical_s.get(method)
-        self._typical_s[method] = latency_s if old is None else 0.8 * old + 0.2 * latency_s
+        typical = self._typical_s
+        old = typical.get(method)
+        if old is None:
+            # bounded as the method matchers' caches: a gateway's channel answers ever
+            # new names its callers send, each kept for good; the oldest goes first (a
+            # method still called learns its estimate again from its next answer)
+            if len(typical) >= MAX_CACHED_METHODS:
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                    del typical[next(iter(typical))]
+            typical[method] = latency_s
+        else:
+            typical[method] = 0.8 * old + 0.2 * latency_s
 
     async def _hedged(self, details: ClientCallDetails, request: Any, proceed: UnaryProceed,
                       policy: RetryPolicy) -> Any:
