@@ -168,6 +168,11 @@ class ServerStats:
             most ``RateLimitOptions.max_keys``; each starts a fresh window at its next
             call. ``0`` without ``rate_limit`` or with another storage (which keeps its
             counts itself and evicts nothing).
+        rate_limit_storage_errors: failures of the rate limiter's storage (an error, or a
+            round trip slower than ``RateLimitOptions.storage_timeout_s``:
+            :attr:`~meshkit.resilience.ratelimit.StorageLimiter.storage_errors`): while
+            it grows, the limits are not enforced (``on_storage_error="allow"``) or calls
+            are refused ``UNAVAILABLE`` (``"deny"``). ``0`` without ``rate_limit``.
         registry: the health of the registry the server registers in, as JSON-able values
             (``RegistryStatus`` fields and ``ok``, as :attr:`ChannelStats.registry`), or
             ``None`` for a registry that reports none: a failing heartbeat or keep-alive
@@ -201,6 +206,7 @@ class ServerStats:
     gate_cardinality: int = 0
     tls_handshakes: int = 0
     rate_limit_keys_evicted: int = 0
+    rate_limit_storage_errors: int = 0
     registry: dict[str, Any] | None = None
     serving: bool = True
     registered: bool = False

@@ -2527,6 +2527,8 @@ class MeshServer:
             gate_evicted=gate.evicted if gate is not None else 0,
             gate_cardinality=gate.cardinality if gate is not None else 0,
             tls_handshakes=self._tls_handshakes,
+            rate_limit_storage_errors=(self._rate_limiter.storage_errors
+                                       if self._rate_limiter is not None else 0),
             rate_limit_keys_evicted=(self._rate_limiter.keys_evicted
                                      if self._rate_limiter is not None else 0),
             registry=registry,

@@ -108,6 +108,7 @@ meshkit_server_deadline_rejections_total      counter    service         refused
 meshkit_server_gate_refusals_total            counter    service,reason  gate refusals, by reason
 meshkit_server_tls_handshakes_total           counter    service         TLS handshakes started
 meshkit_ratelimit_keys_evicted_total          counter    service         memory:// callers evicted
+meshkit_ratelimit_storage_errors_total        counter    service         limiter storage failures
 meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
 ============================================  =========  ==============  ==========================
 

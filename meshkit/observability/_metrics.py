@@ -760,6 +760,11 @@ def _families() -> dict[str, _Family]:
                                      "Callers a memory:// rate limiter forgot to keep at "
                                      "most RateLimitOptions.max_keys (each starts a fresh "
                                      "window at its next call).", ("service",)),
+        "ratelimit_storage_errors": _Family(
+            "counter", "meshkit_ratelimit_storage_errors",
+            "Failures of the rate limiter's storage (an error or a round trip over "
+            "storage_timeout_s): limits not enforced, or calls refused UNAVAILABLE with "
+            "on_storage_error=deny.", ("service",)),
     }
 
 
@@ -826,6 +831,7 @@ def _server_samples(srv: ServerStats) -> list[_Sample]:
     add("gate", (srv.service, "cardinality"), srv.gate_cardinality)
     add("tls_handshakes", svc, srv.tls_handshakes)
     add("ratelimit_evicted", svc, srv.rate_limit_keys_evicted)
+    add("ratelimit_storage_errors", svc, srv.rate_limit_storage_errors)
     reg = srv.registry
     if reg is not None:  # its registration's health (a heartbeat, a keep-alive failing)
         add("registry_ok", ("", srv.service), float(bool(reg.get("ok", True))))

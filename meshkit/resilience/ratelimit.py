@@ -1277,7 +1277,7 @@ class StorageLimiter:
                  "_key_caches", "_loop", "_lru", "_max_keys", "_outage", "_outages", "_prefix",
                  "_recoveries", "_sliding", "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
-                 "keys_evicted", "synchronous")
+                 "keys_evicted", "storage_errors", "synchronous")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -1347,6 +1347,13 @@ class StorageLimiter:
         self.keys_evicted = 0
         """Callers a ``memory://`` limiter forgot to keep at most ``max_keys`` (each
         starts a fresh window at its next call)."""
+        self.storage_errors = 0
+        """Storage failures (an error or a round trip slower than ``storage_timeout_s``:
+        each failed hit, a breaker's failed probe included; calls that skip the storage
+        while the breaker is open are not counted): what
+        ``meshkit_ratelimit_storage_errors_total`` exports. While it grows, limits are
+        not enforced (``on_storage_error="allow"``) or calls are refused
+        ``UNAVAILABLE`` (``"deny"``)."""
         self._timeout_s = None if self.synchronous else opts.storage_timeout_s
         self._prefix = opts.key_prefix
         self._deny = opts.on_storage_error == "deny"
@@ -1889,7 +1896,9 @@ class StorageLimiter:
 
     def _report_failure(self, exc: Exception) -> None:
         """Count a storage failure towards the outage; log the one that starts it (at
-        most one in full per :data:`STORAGE_OUTAGE_LOG_INTERVAL_S`, the others counted)."""
+        most one in full per :data:`STORAGE_OUTAGE_LOG_INTERVAL_S`, the others counted);
+        count it in :attr:`storage_errors`."""
+        self.storage_errors += 1
         if self._outage.failed():
             self._outages.report((), error=f"{type(exc).__name__}: {exc}")
 
