@@ -143,7 +143,7 @@ class TargetWriter:
         Raises:
             MeshError: the registry cannot be read or gave no answer within
                 ``timeout_s`` (the file is left as it was).
-            OSError: the file cannot be written.
+            OSError: the file cannot be written (its message names ``out`` and the reason).
         """
         from meshkit.errors import MeshError, RegistryError
 
@@ -162,7 +162,10 @@ class TargetWriter:
         self._failing = {k: v for k, v in self._failing.items()
                          if k not in live_ids and now - v[1] <= self.keep_failing_s}
         groups = target_groups(live, [i for i, _ in self._failing.values()])
-        write_atomically(self.out, json.dumps(groups, indent=2) + "\n")
+        try:
+            write_atomically(self.out, json.dumps(groups, indent=2) + "\n")
+        except OSError as exc:  # named by --out, not by the temporary file beside it
+            raise OSError(f"--out {self.out}: {exc.strerror or exc}") from exc
         return len(groups)
 
 
