@@ -164,7 +164,10 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     it)"`` and the trailer ``meshkit-deadline-refused``, so every hop of a chain answers
     so; the downstream's details and other trailers are not passed on; ``UNKNOWN`` when a
     mesh channel's call ran under a shorter timeout of its own): see
-    :func:`unhandled_answer`, logged all the same; with the code and details of an
+    :func:`unhandled_answer`; those two are logged at ``debug`` only (event ``deadline
+    ran out in a call the handler made``, no traceback: the caller's deadline ran out
+    down the chain, an outcome that telemetry counts, not a fault of the handler; at
+    ``error`` they were a traceback per call under overload); with the code and details of an
     :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` the handler raised (a refusal, as
     ``context.abort`` would answer it; not logged), while any other ``AioRpcError``
@@ -213,12 +216,18 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
             if type(exc) is NoResponse:
                 await _no_response(method, context, exc.streaming, shown)
                 return False
-            if not isinstance(exc, _REFUSALS):  # a refusal is an answer, as an abort
-                _log.error("unhandled exception", method=shown,
-                           error_type=type(exc).__name__, exc_info=exc)
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
             # users to raise other types of exception with specified status code")
             code, details = unhandled_answer(exc, context)
+            if details is _DOWNSTREAM_DEADLINE or details is _DOWNSTREAM_REFUSAL:
+                # the caller's deadline ran out down the chain: an outcome, not a fault
+                # of the handler (grpc-go's handler returning ctx.Err() logs nothing);
+                # at error with a traceback it was a line per call under overload
+                _log.debug("deadline ran out in a call the handler made", method=shown,
+                           error_type=type(exc).__name__, details=details)
+            elif not isinstance(exc, _REFUSALS):  # a refusal is an answer, as an abort
+                _log.error("unhandled exception", method=shown,
+                           error_type=type(exc).__name__, exc_info=exc)
             # the status set, not aborted with here: the wrap sends it after its except
             # block, a unary response by aborting (the status alone, Trailers-Only), so
             # the AbortError grpc keeps does not chain exc with its frames and the
