@@ -182,8 +182,10 @@ class ServerLimits:
             send headers only cannot lock callers out until ``first_message_timeout_s``,
             while memory stays bounded by the slots (nginx's and Envoy's answer to
             slowloris). The same wait ends a read permit holder while other calls wait for
-            a permit (``max_concurrent_reads``). ``None``: never evict; new calls are shed
-            or wait.
+            a permit (``max_concurrent_reads``), and, at the cap of request streams (see
+            ``max_concurrent_rpcs``), the request stream of an async handler that has
+            exchanged no message either way for this long, for a new stream.
+            ``None``: never evict; new calls are shed or wait.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
             once (default 16 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
@@ -704,6 +706,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._cache: dict[str, tuple[Handler, Handler]] = {}
         self.streams = 0  # request streams of async handlers admitted and not ended
         self._places = None if self._cap is None else self._cap + _STREAM_HEADROOM
+        # request streams of async handlers with no message yet either way (admit_stream),
+        # oldest first: evictable for a new stream at the places' cap (_evict_stream)
+        self._stream_waiting: dict[asyncio.Task[Any], float] = {}
+        self._streams_evict = self._places is not None and self._evict_after is not None
 
     def convert(self, handler: Handler) -> Handler:
         """``handler`` reading its request through the gate when it is a unary-request
@@ -1026,12 +1032,46 @@ class RequestGate(grpc.aio.ServerInterceptor):
         :attr:`shed`). Run by the handler :meth:`convert` makes, before the method's
         handler chain. grpc.aio's own ``maximum_concurrent_rpcs``, which capped these calls
         before, costs every call of the server a done callback; it is not set while the
-        gate runs."""
-        if self._places is not None and self.slots + self.streams >= self._places:
+        gate runs.
+
+        A stream at the cap evicts the one that has waited longest, at least
+        ``evict_waiting_after_s``, for its first message (a request that arrived, or a
+        response its handler sent: :meth:`_arrived`), instead of being shed: that call
+        ends ``CANCELLED`` "request did not arrive in time" (counted in :attr:`evicted`),
+        so streams that send their headers and nothing else cannot hold every place for
+        as long as their client keeps its connection. A stream that has exchanged a
+        message keeps its place; nothing times out below the cap."""
+        if self._places is not None and self.slots + self.streams >= self._places \
+                and not self._evict_stream():
             return self._busy(context, "shedding request streams: every call place is taken")
         self.streams += 1
         context.add_done_callback(self._stream_ended)
+        if self._streams_evict:
+            task = self._loops.current_task()
+            assert task is not None
+            self._stream_waiting[task] = time.monotonic()
+            _thread_stream.set(task)
         return None
+
+    def _evict_stream(self) -> bool:
+        """End the request stream of an async handler that has waited longest for its
+        first message, if at least ``evict_waiting_after_s``; whether one was evicted
+        (its place is given back when its task ends, moments later)."""
+        if not self._streams_evict:
+            return False
+        assert self._evict_after is not None
+        now = time.monotonic()
+        for task, since in self._stream_waiting.items():
+            if now - since < self._evict_after:
+                return False  # oldest first: none of the rest has waited longer
+            if task not in self._evicting and not task.done():
+                self._evicting.add(task)
+                self._evicted_calls.add(task)
+                self.evicted += 1
+                self._warn("evicting request streams with no message: every place taken")
+                task.cancel()
+                return True
+        return False
 
     def _admit_thread_stream(self, context: Any) -> Awaitable[None] | None:
         """:meth:`admit_stream` for a method whose handler runs in a thread
@@ -1060,15 +1100,20 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self._arm_sweep(asyncio.get_running_loop())
         return None
 
-    def _arrived(self, codec: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    def _arrived(self, codec: Callable[[Any], Any] | None,
+                 waiting: dict[asyncio.Task[Any], float] | None = None
+                 ) -> Callable[[Any], Any]:
         """``codec`` (a request deserializer or response serializer; ``None``: the message
         as it is) of a method whose plain-function handler's request stream takes a call
         slot (:meth:`_admit_thread_stream`), ending the call's wait for its first
         message (so it is neither evicted nor timed out) at its first message either
         way: a request that arrived, or a response the handler sends (a call the server
         is answering is served, not one locking callers out). Per message: a context
-        variable and a dict lookup; only such methods pay it."""
-        waiting = self._waiting
+        variable and a dict lookup; only such methods pay it, and request-streaming
+        methods of async handlers (``waiting``: :attr:`_stream_waiting`, see
+        :meth:`admit_stream`) while the places of request streams are capped."""
+        if waiting is None:
+            waiting = self._waiting
         if codec is None:
             def arrived_as_is(message: Any) -> Any:
                 task = _thread_stream.get()
@@ -1293,6 +1338,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if runs_in_a_thread(handler):
             return self._admitting_in_thread(handler)
         admit = self.admit_stream
+        if self._streams_evict:  # streams with no message yet are evictable at the cap
+            return self._admitting_waiting(handler, admit, self._stream_waiting)
         if handler.response_streaming:
             inner_s = async_behaviour(handler.stream_stream, True, True)
             assert inner_s is not None
@@ -1323,15 +1370,26 @@ class RequestGate(grpc.aio.ServerInterceptor):
         the call ends ``CANCELLED`` "request did not arrive in time" (counted in
         :attr:`timed_out`, or in :attr:`evicted` when evicted), its handler's read fails
         and its thread is given back: headers-only uploads cannot lock callers out."""
-        admit = self._admit_thread_stream
-        waiting, evicting = self._waiting, self._evicting
+        return self._admitting_waiting(handler, self._admit_thread_stream, self._waiting)
+
+    def _admitting_waiting(self, handler: Handler,
+                           admit: Callable[[Any], Awaitable[None] | None],
+                           waiting: dict[asyncio.Task[Any], float]) -> Handler:
+        """The request-streaming ``handler`` admitted by ``admit``, which enters the
+        call's task in ``waiting`` (and :data:`_thread_stream`) until its first message
+        either way (:meth:`_arrived`); a call the gate evicts from that wait (or times
+        out) ends ``CANCELLED`` "request did not arrive in time" (:meth:`_abort_late`).
+        For :meth:`_admitting_in_thread` (``waiting``: the call slots' waits) and for the
+        request streams of async handlers (:meth:`admit_stream`, :attr:`_stream_waiting`).
+        """
+        evicting = self._evicting
         abort_late = self._abort_late
         behaviour: Any
         if handler.response_streaming:
             inner_s = async_behaviour(handler.stream_stream, True, True)
             assert inner_s is not None
             if _writes(inner_s):
-                behaviour = self._admitted_coroutine(inner_s, admit, waits=True)
+                behaviour = self._admitted_coroutine(inner_s, admit, waiting)
             else:
                 async def admitted_stream(requests: Any, context: Any
                                           ) -> AsyncIterator[Any]:
@@ -1356,22 +1414,23 @@ class RequestGate(grpc.aio.ServerInterceptor):
         else:
             inner_u = async_behaviour(handler.stream_unary, True, False)
             assert inner_u is not None
-            behaviour = self._admitted_coroutine(inner_u, admit, waits=True)
+            behaviour = self._admitted_coroutine(inner_u, admit, waiting)
         return _request_streaming(handler, behaviour,
-                                  self._arrived(handler.request_deserializer),
-                                  self._arrived(handler.response_serializer))
+                                  self._arrived(handler.request_deserializer, waiting),
+                                  self._arrived(handler.response_serializer, waiting))
 
     def _admitted_coroutine(self, inner: Any, admit: Callable[[Any], Awaitable[None] | None],
-                            waits: bool = False) -> Callable[[Any, Any], Awaitable[Any]]:
+                            waiting: dict[asyncio.Task[Any], float] | None = None
+                            ) -> Callable[[Any, Any], Awaitable[Any]]:
         """``inner`` (a coroutine function, or a function returning an awaitable, an
         async iterator or a response) run once ``admit`` (:meth:`admit_stream`, or its
         variant for a handler in a thread) has admitted the call; what it returns is
-        handed on as it is, or awaited when it is awaitable. ``waits``: the call waits
-        for its first message in the gate's bookkeeping (see
-        :meth:`_admitting_in_thread`)."""
+        handed on as it is, or awaited when it is awaitable. ``waiting``: the call waits
+        for its first message there, in the gate's bookkeeping (see
+        :meth:`_admitting_waiting`)."""
         awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
-        if waits:
-            waiting, evicting = self._waiting, self._evicting
+        if waiting is not None:
+            evicting = self._evicting
             abort_late = self._abort_late
 
             async def admitted_waiting(requests: Any, context: Any) -> Any:
