@@ -1113,7 +1113,10 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     :class:`NoResponse`; messages written with ``context.write`` are not seen), and a
     unary response is serialized in the wrap (a ``str`` the serializer refuses is
     UTF-8 encoded, as grpc.aio hands it: :func:`_serialize_encoded`): the handler
-    returned has no response serializer. With ``max_send_bytes``
+    returned has no response serializer. A unary response of a method without a
+    response serializer is checked in the wrap (also without ``unhandled``: one call per
+    response, :func:`_bytes_only`): grpc.aio sends only ``bytes`` (or a ``str``). With
+    ``max_send_bytes``
     (the server's ``grpc.max_send_message_length``), a unary response (also without
     ``unhandled``) and every message a streaming handler yields are serialized there
     too, and one over it is answered ``RESOURCE_EXHAUSTED`` "SERVER: Sent message larger
@@ -1161,6 +1164,10 @@ def wrap_handler(handler: Handler, before: Before | None = None,
             ser, sends = _limited(base, max_send_bytes, marked=True), _passing(base)
         else:
             ser = _limited(base, max_send_bytes)
+    elif base is None and not resp_s:
+        # no serializer: grpc.aio sends only bytes (a str encoded), and answered anything
+        # else UNKNOWN after the wrap had counted the call OK (one call per response)
+        ser, sends = _bytes_only, None
     des = handler.request_deserializer
     # the request guard's check, when a user's interceptor sits between it and this wrap
     guard = None if req_s else getattr(des, UNDECODABLE_MARK, None)
@@ -1254,6 +1261,21 @@ def _not_bytes(data: Any) -> None:
     check and the call was counted ``OK``; ``None`` passes (grpc.aio's own answer)."""
     if data is not None:
         raise TypeError(f"Expected bytes, got {type(data).__name__}")
+
+
+def _bytes_only(message: Any) -> Any:
+    """A unary response of a method without a response serializer, as grpc.aio sends it:
+    ``bytes`` as they are, a ``str`` UTF-8 encoded, ``None`` left to grpc.aio (its own
+    answer); anything else (a ``bytearray``, a ``memoryview``, a ``bytes`` subclass, a
+    ``dict``) raises grpc.aio's ``TypeError`` "Expected bytes, got <type>" in the wrap,
+    answered and counted as the handler's (grpc.aio answered it ``UNKNOWN`` with that
+    text after the call was counted ``OK``)."""
+    if type(message) is bytes:
+        return message
+    if isinstance(message, str):
+        return message.encode()
+    _not_bytes(message)
+    return message
 
 
 class _Serialized:
