@@ -133,11 +133,9 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
     _outcome: tuple[Any, ...] | None = None
     _waiters: list[asyncio.Future[None]] | None = None  # later awaits, while it runs
     _active: set[Any] | None = None  # its multicallable's calls in flight, while it runs
-
-    def __init__(self, cython_call: Any, request: Any, metadata: tuple[Any, ...],
-                 ser: Any, deser: Any, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(cython_call, metadata, ser, deser, loop)
-        self._request = request
+    # made with grpc.aio's Call.__init__ (cython_call, metadata, ser, deser, loop), no
+    # __init__ of its own (a frame per call); InlineUnaryUnary.__call__ sets the request
+    _request: Any
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self._outcome is None:
@@ -247,8 +245,10 @@ class InlineUnaryUnary:
         cython_call = self._channel.call(
             self._method, None if timeout is None else time.time() + timeout, credentials,
             wait_for_ready, self._handle)
-        call = InlineUnaryUnaryCall(cython_call, request, tuple(metadata) if metadata else (),
-                                    self._ser, self._deser, self._loop)
+        # (grpc.aio's Call.__init__ makes the metadata a tuple)
+        call = InlineUnaryUnaryCall(cython_call, metadata or (), self._ser, self._deser,
+                                    self._loop)
+        call._request = request
         active = call._active = self._active
         active.add(call)
         return call
