@@ -1548,6 +1548,18 @@ class MeshServer:
         else:
             self.registry, self._owns_registry = registry_argument(
                 f"serve({service!r})", registry, ("register", "deregister"))
+        if (self.options.tls is not None
+                and getattr(self.registry, "plaintext_health_checks", False) is True):
+            # the agent's plaintext handshake fails on this TLS port: the check goes
+            # critical at its first run, the instance out of every watch, then reaped
+            check = getattr(getattr(self.registry, "options", None), "check", "grpc")
+            raise ConfigError(
+                f"serve({service!r}): this server serves TLS, but its registry's gRPC "
+                f"health check (check={check!r}) is made in plaintext "
+                "(grpc_use_tls=False), which no TLS port answers: the instance would turn "
+                "critical at the first check; set ConsulOptions(grpc_use_tls=True) "
+                "(?grpc_use_tls=true in a consul:// URI) with an agent certificate "
+                "this server trusts, or use check='ttl'")
         self.health: health.aio.HealthServicer = health.aio.HealthServicer()
         self._kept_statuses: frozenset[str] = frozenset()  # set before start(): see start()
         self._watches = _HealthWatches()

@@ -262,7 +262,13 @@ class ConsulOptions:
             returns; the keeper's re-registration after the agent forgot or reaped the
             instance registers them without a status, critical until they pass (module
             docstring, "Initial status").
-        grpc_use_tls: the agent's gRPC check uses TLS (Consul ``GRPCUseTLS``; default False).
+        grpc_use_tls: the agent's gRPC check uses TLS (Consul ``GRPCUseTLS``; default
+            False). A server serving TLS needs it with ``check="grpc"`` or ``"both"``
+            (``serve()`` refuses the pair otherwise: the agent's plaintext handshake
+            fails on a TLS port, so the check could never pass); under mTLS the agent
+            must also present a certificate the server trusts (its TLS ``cert_file``
+            issued by the mesh CA) and pass the server's authorization, else keep
+            ``check="ttl"``.
         grpc_health_service: the service name the gRPC check asks about (Consul ``GRPC`` is
             ``host:port/<this>``); None (default) means the instance's service name, ``""``
             the whole server. A second gRPC check asks about ``""`` besides (none with
@@ -1088,6 +1094,14 @@ class ConsulRegistry:
         withdrawal to the agent and the instance stays listed as failing; with
         ``check="ttl"`` the server withdraws it itself."""
         return self.options.check in ("grpc", "both")
+
+    @property
+    def plaintext_health_checks(self) -> bool:
+        """Whether the agent's gRPC checks of each instance are made in plaintext
+        (``check="grpc"`` or ``"both"`` with ``grpc_use_tls=False``): no TLS server can
+        pass them, so ``serve()`` refuses such a registry for a server serving TLS
+        (``ConfigError``)."""
+        return self.checks_instance_health and not self.options.grpc_use_tls
 
     async def __aenter__(self) -> ConsulRegistry:
         return self
