@@ -1032,7 +1032,7 @@ class StreamResponseCall(MeshCall):
                 request = out
         elif type(request) is not bytes and plan is not None:  # no serializer: bytes only
             try:
-                bytes_message(self._details.method, request)
+                request = bytes_message(self._details.method, request)
             except RequestSerializationError as exc:
                 self._refused_write(call, exc)
                 raise

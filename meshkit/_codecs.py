@@ -41,7 +41,7 @@ from meshkit.errors import (
 )
 from meshkit.interceptors import CallKind
 
-__all__ = ["Undecodable", "bytes_message", "codec_error", "serialize_message",
+__all__ = ["Undecodable", "bytes_message", "codec_error", "exact_bytes", "serialize_message",
            "serialized", "strict_deserializer", "undecodable_error"]
 
 
@@ -104,23 +104,42 @@ def serialize_message(method: str, serializer: Callable[[Any], bytes], message: 
 
     Raises:
         RequestSerializationError: the serializer raised (the exception is the cause) or
-            returned something other than bytes (``INTERNAL``; nothing is sent).
+            returned something other than bytes (``INTERNAL``; nothing is sent). A
+            ``bytes`` subclass it returns is returned as its ``bytes`` (grpc sends exact
+            ``bytes`` only).
     """
     try:
         out = serializer(message)
     except Exception as exc:
         raise _refused(method, f"the request serializer raised {type(exc).__name__}",
                        exc, details) from exc
-    if type(out) is not bytes and not isinstance(out, bytes):
-        raise _refused(method, f"the request serializer returned {type(out).__name__}, "
-                               f"not bytes", None, details)
+    if type(out) is not bytes:
+        if not isinstance(out, bytes):
+            raise _refused(method, f"the request serializer returned {type(out).__name__}, "
+                                   f"not bytes", None, details)
+        out = bytes(out)  # a subclass: grpc sends exact bytes only
     return out
+
+
+def exact_bytes(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``serializer`` for grpc.aio where grpc.aio runs it itself (a channel with attempt
+    interceptors, which see the messages): a ``bytes`` subclass it returns (such as
+    ``numpy.bytes_``) handed on as its ``bytes``, since grpc sends exact ``bytes`` only
+    (grpc.aio's ``TypeError`` ended the attempt). The mesh has checked each message with
+    :func:`serialize_message` before, so anything else is bytes. One call more per
+    message, on that path only."""
+    def serialize(message: Any) -> bytes:
+        out = serializer(message)
+        return out if type(out) is bytes or not isinstance(out, bytes) else bytes(out)
+
+    return serialize
 
 
 def bytes_message(method: str, message: Any, details: Any = None) -> bytes:
     """``message``, a request message of ``method`` (``/pkg.Service/Method``), a method
-    without a request serializer, whose messages go out as they are: ``bytes`` (or a
-    subclass), as a unary request of such a method must be.
+    without a request serializer, whose messages go out as they are: ``bytes`` (a
+    subclass, such as ``numpy.bytes_``, as its ``bytes``: grpc sends exact ``bytes``
+    only), as a unary request of such a method must be.
 
     Args:
         details: the call's :class:`~meshkit.interceptors.ClientCallDetails` for a stream
@@ -131,7 +150,8 @@ def bytes_message(method: str, message: Any, details: Any = None) -> bytes:
             grpc.aio would send as an empty message; ``INTERNAL``; nothing is sent).
     """
     if isinstance(message, bytes):
-        return message
+        # a subclass (numpy.bytes_) as its bytes: grpc sends exact bytes only
+        return message if type(message) is bytes else bytes(message)
     raise _refused(method, f"a method without a request_serializer sends bytes, got "
                            f"{type(message).__name__}", None, details)
 
@@ -255,7 +275,7 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
             if wire:
                 message = out
         elif type(message) is not bytes:  # (one check per message of a bytes method)
-            bytes_message(method, message, details)
+            message = bytes_message(method, message, details)
         if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
             messages.msg_sent += 1
         yield message
@@ -284,7 +304,7 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
             if wire:
                 message = out
         elif type(message) is not bytes:  # (one check per message of a bytes method)
-            bytes_message(method, message, details)
+            message = bytes_message(method, message, details)
         if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
             messages.msg_sent += 1
         yield message
@@ -317,7 +337,7 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
             if wire:
                 message = out
         elif type(message) is not bytes:  # (one check per message of a bytes method)
-            bytes_message(method, message, details)
+            message = bytes_message(method, message, details)
         sent += 1
         if sent > call.taken:  # telemetry's count, once per logical call
             call.taken = sent
@@ -351,7 +371,7 @@ async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
             if wire:
                 message = out
         elif type(message) is not bytes:  # (one check per message of a bytes method)
-            bytes_message(method, message, details)
+            message = bytes_message(method, message, details)
         sent += 1
         if sent > call.taken:  # telemetry's count, once per logical call
             call.taken = sent

@@ -56,6 +56,7 @@ from meshkit._calls import (
 from meshkit._codecs import (
     Undecodable,
     codec_error,
+    exact_bytes,
     serialize_message,
     serialized,
     strict_deserializer,
@@ -869,8 +870,8 @@ class _MethodPlan:
         """
         ser = self.request_serializer
         if ser is None:
-            if isinstance(request, bytes):
-                return request
+            if isinstance(request, bytes):  # a subclass as its bytes (grpc sends bytes only)
+                return request if type(request) is bytes else bytes(request)
             raise RequestSerializationError(
                 self.method, f"a method without a request_serializer sends bytes, got "
                              f"{type(request).__name__}")
@@ -895,6 +896,8 @@ class _MethodPlan:
                             f"'/package.Service/Method', got {method!r}")
         factory = getattr(conn.channel, self.kind.value)
         ser, deser = self.codecs()
+        if ser is not None:  # grpc.aio serializes (attempt interceptors): exact bytes
+            ser = exact_bytes(ser)
         mc = factory(method, request_serializer=ser, response_deserializer=deser,
                      _registered_method=grpc_observability_active())
         if self.kind is CallKind.UNARY_UNARY:
@@ -911,6 +914,8 @@ class _MethodPlan:
         if mc is None:
             factory = getattr(conn.channel, self.kind.value)
             ser, deser = self.codecs()
+            if ser is not None:  # grpc.aio serializes (attempt interceptors): exact bytes
+                ser = exact_bytes(ser)
             mc = factory(self.method, request_serializer=ser, response_deserializer=deser,
                          _registered_method=grpc_observability_active())
             if self.kind is CallKind.UNARY_UNARY:  # run in the caller's task (meshkit._inline)
