@@ -495,7 +495,9 @@ class P2C:
             only = eps[0]
             if only.state is _READY:
                 st = self._stats[only.key]
-                st.take()
+                if st.pending == st.streams:
+                    st.floor = -1.0  # (_Stat.take, inline)
+                st.pending += 1
                 return only, st.done
         elif not n:
             return None
