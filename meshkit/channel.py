@@ -1115,9 +1115,13 @@ class MeshChannel(grpc.aio.Channel):
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
         try:
-            # an interceptor may have sent the call to another method (ClientCallDetails)
-            start = (plan.on(self._conns[ep.key]) if details.method is plan.method
-                     else plan.on_method(self._conns[ep.key], details.method))
+            conn = self._conns[ep.key]
+            if details.method is plan.method:
+                start = conn.callables.get(plan.key)  # plan.on(conn)'s cache, read inline
+                if start is None:
+                    start = plan.on(conn)
+            else:  # an interceptor sent the call to another method (ClientCallDetails)
+                start = plan.on_method(conn, details.method)
             call = start(
                 request,
                 timeout=timeout,
