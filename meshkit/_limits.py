@@ -174,7 +174,8 @@ class ServerLimits:
             call of a plain-function (``def``) handler, which holds a call slot, waits
             the same for its first message (a request, or a response its handler sends)
             and is evicted the same (``evict_waiting_after_s``): its handler's read then
-            fails. ``None``: wait as long as the client does.
+            fails. The health service's ``Watch``, which takes no slot, reads its
+            request under the same timeout. ``None``: wait as long as the client does.
         evict_waiting_after_s: when every call slot (``max_concurrent_rpcs``) is taken, a
             new unary-request call takes the slot of the call that has waited longest for
             its request message, if that wait is at least this long (default 1.0 s); the
@@ -730,10 +731,45 @@ class RequestGate(grpc.aio.ServerInterceptor):
         threads, meshkit's synchronous context), and its ``Check``, which may take a
         reserved slot past the cap (:meth:`_enter_reserved`)."""
         if method == _HEALTH_WATCH:
-            return off_loop_handler(handler)
+            return self._reading_watch(off_loop_handler(handler))
         if method == _HEALTH_CHECK and not handler.request_streaming:
             return self._convert(handler, reserved=True)
         return self.convert(handler)
+
+    def _reading_watch(self, handler: Handler) -> Handler:
+        """The health service's ``Watch`` (unary-stream) reading its request under
+        ``first_message_timeout_s``, without a call slot or read permit: one whose request
+        does not arrive in time ends ``CANCELLED`` "request did not arrive in time"
+        (counted in :attr:`timed_out`), one half-closed without a request
+        ``UNIMPLEMENTED`` (counted in :attr:`cardinality`), as the gate ends other
+        unary-request calls. grpc.aio read it with no bound: headers-only ``Watch``
+        streams (a hundred a connection) were held, with their tasks, for as long as
+        their client kept its connection. One timer per ``Watch`` (a client with
+        client-side health checking opens one per channel), nothing per message.
+        Another shape, or no timeout, is returned as it is."""
+        timeout_s = self._timeout_s
+        if timeout_s is None or handler.request_streaming or not handler.response_streaming:
+            return handler
+        inner = async_behaviour(handler.unary_stream, False, True)
+        if inner is None:
+            return handler
+        abort_late, refuse_count = self._abort_late, self._refuse_count
+
+        async def watch(requests: Any, context: Any) -> AsyncIterator[Any]:
+            request: Any = _LATE
+            try:
+                async with asyncio.timeout(timeout_s):
+                    request = await context.read()
+            except TimeoutError:
+                pass
+            if request is _LATE:
+                await abort_late(context)
+            if request is _EOF:
+                await refuse_count(context, _NO_REQUEST)
+            async for item in responses(inner(request, context)):
+                yield item
+
+        return _request_streaming(handler, watch)
 
     resolves_per_method = True
     """:meth:`intercept_service` is :meth:`resolve` of the method's handler, so a server may

@@ -1978,9 +1978,11 @@ async def test_a_plain_health_watch_a_users_interceptor_returns_under_the_gate_a
 
 
 def test_the_gate_gives_a_plain_watch_meshkits_off_loop_run_and_no_slot() -> None:
-    """:meth:`RequestGate.resolve` of the health ``Watch``: an async handler as it is, a
-    plain one run off the loop by meshkit (an async behaviour; once per method), neither
-    converted to read its request through the gate (the ``Watch`` holds no slot)."""
+    """:meth:`RequestGate.resolve` of the health ``Watch``: an async handler, and a plain
+    one run off the loop by meshkit (an async behaviour; once per method), read their
+    request under ``first_message_timeout_s`` (tests/test_hunt38_c7_gate_idle_health_watch.py)
+    without a call slot (the ``Watch`` holds no slot); without that timeout the async
+    one is left as it is."""
     gate = RequestGate(meshkit.ServerLimits())
 
     async def async_watch(request: Any, context: Any) -> AsyncIterator[bytes]:
@@ -1990,12 +1992,16 @@ def test_the_gate_gives_a_plain_watch_meshkits_off_loop_run_and_no_slot() -> Non
         yield b""
 
     async_handler = grpc.unary_stream_rpc_method_handler(async_watch)
-    assert gate.resolve(_HEALTH_WATCH, async_handler) is async_handler
+    resolved_async = gate.resolve(_HEALTH_WATCH, async_handler)
+    assert resolved_async is not None and resolved_async is not async_handler
+    assert resolved_async.request_streaming and resolved_async.response_streaming
+    no_timeout = RequestGate(meshkit.ServerLimits(first_message_timeout_s=None))
+    assert no_timeout.resolve(_HEALTH_WATCH, async_handler) is async_handler
     plain_handler = grpc.unary_stream_rpc_method_handler(plain_watch)
     resolved = gate.resolve(_HEALTH_WATCH, plain_handler)
     assert resolved is not None and resolved is not plain_handler
-    assert not resolved.request_streaming and resolved.response_streaming  # not the gate's
-    assert inspect.isasyncgenfunction(resolved.unary_stream)
+    assert resolved.request_streaming and resolved.response_streaming
+    assert inspect.isasyncgenfunction(resolved.stream_stream)
     assert gate.resolve(_HEALTH_WATCH, plain_handler) is resolved  # cached
     assert gate.resolve(_HEALTH_WATCH, None) is None
 
