@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -29,6 +29,7 @@ from meshkit._aio_http import start_app
 from meshkit._config import check_instance, check_int, check_number, check_seconds
 from meshkit._hosts import bare_host, is_loopback, uri_host
 from meshkit._outage import OutageLog
+from meshkit._uris import split_userinfo
 from meshkit.auth._errors import JWKSError
 from meshkit.auth._jwt import (
     ASYMMETRIC_ALGORITHMS,
@@ -249,13 +250,15 @@ def parse_jwks(
 
 def _shown_url(url: str) -> str:
     """``url`` as error messages and logs show it: without userinfo (a password), query
-    or fragment (tokens), which must never appear in messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<url>"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    or fragment (tokens), which must never appear in messages.
+
+    User info is everything after ``scheme://`` up to the *last* ``@``
+    (:func:`meshkit._uris.split_userinfo`), not the netloc ``urlsplit`` finds, which ends
+    at the first ``/``, ``?`` or ``#``: a password holding one unencoded
+    (``https://svc:s3cr/et@idp/jwks``) would be shown. An ``@`` in the query or fragment
+    makes more of the URL hidden, never less."""
+    prefix, _userinfo, rest = split_userinfo(url)
+    return prefix + rest.partition("#")[0].partition("?")[0]
 
 
 def _url_problem(url: object, allow_http: bool) -> str | None:
