@@ -301,16 +301,6 @@ class _Record:
         self.started += 1
         self.in_flight += 1
 
-    def _finish(self, code: grpc.StatusCode, duration_s: float) -> None:
-        if code is _OK:
-            self.ok += 1
-        else:
-            handled = self.handled
-            handled[code] = handled.get(code, 0) + 1
-        self.counts[_bisect(self.bounds, duration_s)] += 1
-        self.sum_s += duration_s
-        self.in_flight -= 1
-
 
 class BoundServer(_Record):
     """One server method's counts (``grpc_server_*`` and ``meshkit_server_rate_limited``),
@@ -327,7 +317,15 @@ class BoundServer(_Record):
                  rate_limited: bool = False) -> None:
         """Count one finished call with its status and duration (seconds); ``rate_limited``
         when the rate limiter refused it."""
-        self._finish(code, duration_s)
+        # the counts BoundClient.finished makes too, in this frame (one per call)
+        if code is _OK:
+            self.ok += 1
+        else:
+            handled = self.handled
+            handled[code] = handled.get(code, 0) + 1
+        self.counts[_bisect(self.bounds, duration_s)] += 1
+        self.sum_s += duration_s
+        self.in_flight -= 1
         if rate_limited:
             self.rate_limited += 1
 
@@ -343,7 +341,14 @@ class BoundClient(_Record):
 
     def finished(self, code: grpc.StatusCode, duration_s: float, attempts: int) -> None:
         """Count one finished logical call, its status, duration (seconds) and attempts."""
-        self._finish(code, duration_s)
+        if code is _OK:  # as BoundServer.finished
+            self.ok += 1
+        else:
+            handled = self.handled
+            handled[code] = handled.get(code, 0) + 1
+        self.counts[_bisect(self.bounds, duration_s)] += 1
+        self.sum_s += duration_s
+        self.in_flight -= 1
         self.attempts += attempts
 
 
