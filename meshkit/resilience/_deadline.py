@@ -296,7 +296,7 @@ class DeadlineInterceptor(WrappingInterceptor):
         # Each call runs in its own task, so the context variable set here is the
         # handler's and disappears with the call. Synchronous (no coroutine per call):
         # a refusal is the abort, which the handler wrap awaits.
-        remaining = time_remaining_s(context)
+        remaining = clamp_timeout_s(context.time_remaining())  # time_remaining_s, inline
         if remaining is None:
             _deadline.set(None)
             return None
