@@ -200,9 +200,9 @@ class _ServerAccess(AccessEvent):
             head = m.line_head = line_head("server", "service", self.service_name,
                                            m.names.full, m.names.grpc_type)
         who = "" if identity is None else f',"peer_identity":{json_str(identity)}'
-        # duration_ms(duration_s), inline
+        # duration_ms(duration_s), inline; the peer's JSON from its cache, or made there
         return (f'{head}{code._name_}","duration_ms":{int(duration_s * 1e6 + 0.5) / 1000!r},'
-                f'"peer":{_address_json(peer)}{who}'
+                f'"peer":{_peer_json.get(peer) or _address_json(peer)}{who}'
                 f'{line_tail(level, ts, span_context)}')
 
 
