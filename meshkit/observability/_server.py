@@ -423,11 +423,11 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                         span.end(end_ns)
                 else:
                     span.end(end_ns)
-                if log:
-                    self._log(m, code, duration_s, peer, identity, span.get_span_context(),
-                              md)
-            elif log:
-                self._log(m, code, duration_s, peer, identity, current_span_context(), md)
+            if log:  # the access-log event, under the call's span (ended above)
+                write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES,
+                             self._access, (m, code, duration_s, peer, identity, md),
+                             current_span_context() if span is None
+                             else span.get_span_context())
         except Exception as e:  # telemetry must never break the server's loop
             self._failures.report("telemetry completion failed", e)
 
@@ -445,11 +445,6 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             EXCEPTION_TYPE: name,
             EXCEPTION_MESSAGE: f"Unexpected {name} in the handler (logged by the server)",
             EXCEPTION_ESCAPED: True})
-
-    def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
-             identity: str | None, span_context: Any, md: LoggedMetadata | None) -> None:
-        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._access,
-                     (m, code, duration_s, peer, identity, md), span_context)
 
     # -- the reporter (meshkit._handlers wraps the handler once, with the checks) -------
     def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
