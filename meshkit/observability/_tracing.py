@@ -1874,7 +1874,7 @@ class SpanStarter:
         defaults without an SDK take this path on every call (with the server's
         :meth:`makes_root`, tracing without an SDK went from 274 to 143 bytecodes per
         call, client and server, ``benchmarks.opcodes``)."""
-        if _RUNTIME is None or _RUNTIME[0].get():
+        if _RUNTIME is None or _current_otel():
             return False
         if not (_fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()):
             return False
@@ -1994,6 +1994,11 @@ def _runtime_context() -> tuple[Any, str] | None:
 
 _RUNTIME = _runtime_context()
 _Context = otel_context.Context
+# its parts, for what reads the current span on every call: the current context (the
+# variable's bound get; the API's own under another runtime context) and the span key
+_current_otel: Callable[[], Any] = (otel_context.get_current if _RUNTIME is None
+                                    else _RUNTIME[0].get)
+_SPAN_KEY = "" if _RUNTIME is None else _RUNTIME[1]
 
 
 def span_in_context(span: Span, base: Any = None) -> Any:
@@ -2010,7 +2015,7 @@ def current_span_context() -> SpanContext:
     (invalid when there is none)."""
     if _RUNTIME is None:  # pragma: no cover - another runtime context
         return trace.get_current_span().get_span_context()
-    span = _RUNTIME[0].get().get(_RUNTIME[1])
+    span = _current_otel().get(_SPAN_KEY)
     return INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
 
 
