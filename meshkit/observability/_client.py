@@ -413,6 +413,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 loop.call_soon(loop.call_soon, self._complete, True, m, details, span,
                                _time_ns(), code, exc, duration_s)
                 return
+        if span is None:  # _complete(False, ...) without a span, inline (a frame less)
+            try:
+                self._log(m, details, code, duration_s, current_span_context())
+            except Exception as e:  # telemetry must never break the caller
+                self._failures.report("telemetry completion failed", e)
+            return
         self._complete(False, m, details, span, None, code, exc, duration_s)
 
     def _complete(self, deferred: bool, m: _Method, details: ClientCallDetails, span: Any,
