@@ -124,10 +124,10 @@ from meshkit.resilience import (
     RetryInterceptor,
     RetryOptions,
     clamp_timeout_s,
-    current_deadline,
     is_nack,
 )
 from meshkit.resilience._deadline import (
+    _deadline,
     admission_refusal,
     handled_deadline,
     wire_cut_s,
@@ -144,6 +144,8 @@ __all__ = ["DialOptions", "MeshChannel", "dial"]
 
 _log = structlog.get_logger("meshkit.channel")
 _perf = time.perf_counter
+# current_deadline() without its frame: the variable's own get (twice per call)
+_current_deadline = _deadline.get
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 # set by DialOptions' keepalive fields: refused in channel_options beside them
 _KEEPALIVE_OPTIONS = frozenset({"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms",
@@ -1106,7 +1108,7 @@ class MeshChannel(grpc.aio.Channel):
             if timeout <= 0:  # nothing sent: no endpoint's outcome (not its failure)
                 done(_CANCELLED, 0.0)
                 raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-            inherited = current_deadline()
+            inherited = _current_deadline()
             if inherited is not None and plan.margin_s is not None \
                     and deadline == inherited - plan.margin_s:
                 # the handled call's deadline, propagated: grpc core rounds the timeout
@@ -1957,7 +1959,7 @@ class _MultiCallable:
         )
         details.codec = self._codec
         if self._propagate:
-            inherited = current_deadline()
+            inherited = _current_deadline()
             if inherited is not None:
                 inherited -= self._margin
                 if details.deadline is None or inherited < details.deadline:
