@@ -158,7 +158,8 @@ CheckKind = Literal["grpc", "ttl", "both"]
 _CHECK_KINDS: tuple[str, ...] = ("grpc", "ttl", "both")
 
 #: Errors that come from talking to the agent. They never leave a public method as such:
-#: register/deregister raise ``RegistryError(...) from exc``; watches and heartbeats log them.
+#: register/deregister raise ``RegistryError(...) from exc`` (a copy of ``exc`` with the token
+#: and credentials redacted when it quotes them); watches and heartbeats log them.
 _FOREIGN: tuple[type[BaseException], ...] = (
     consul.ConsulException,
     aiohttp.ClientError,
@@ -962,7 +963,7 @@ class ConsulRegistry:
     lock-step), and lets go of its copies of the parent's connections (the parent's
     close ends them while workers live) (``os.register_at_fork``; see
     :meth:`_forget_parent`). Errors: ``register``/``deregister`` raise :class:`RegistryError`
-    (chained from the aiohttp/consul exception); watches and heartbeats never raise for
+    (chained from the aiohttp/consul exception, the token and credentials redacted); watches and heartbeats never raise for
     agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
 
     Follows https://developer.hashicorp.com/consul/api-docs/agent/service,
@@ -1125,6 +1126,27 @@ class ConsulRegistry:
 
     def _describe(self, exc: BaseException) -> str:
         return self._redact(describe(exc))
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        """What a :class:`RegistryError` made of ``exc`` is chained from: ``exc`` itself,
+        or, when its text holds the ACL token or the basic-auth credentials (the body of
+        an answer that echoes them, which py-consul's exceptions quote), a copy of the
+        same type with them redacted (its traceback kept, nothing chained to it; ``None``
+        when the type cannot be built from one message): a traceback prints the cause
+        whole. Failure path only."""
+        try:
+            text, shown = str(exc), repr(exc)
+        except Exception:  # an exception of someone's whose str() fails: not chained
+            return None
+        if self._redact(text) == text and self._redact(shown) == shown:
+            return exc
+        try:
+            clean = type(exc)(self._redact(text))
+        except Exception:
+            return None
+        clean.__traceback__ = exc.__traceback__
+        clean.__suppress_context__ = True
+        return clean
 
     def _write_error(self, what: str, exc: BaseException) -> RegistryError:
         """``RegistryError("<what> Consul agent <url>: <exc>")`` for a failed write (e.g.
@@ -1443,7 +1465,7 @@ class ConsulRegistry:
                     prior.ttl_check_id = ttl_check_id
         except _FOREIGN as exc:
             error = self._write_error(f"cannot register {instance.instance_id!r} with", exc)
-            raise error from exc
+            raise error from self._cause(exc)
         except RegistryError as exc:
             self._tracker.write_failed(str(exc))
             raise
@@ -1543,7 +1565,7 @@ class ConsulRegistry:
             preposition = "from" if what == "deregister" else "with"
             error = self._write_error(
                 f"cannot {what} {instance.instance_id!r} {preposition}", exc)
-            raise error from exc
+            raise error from self._cause(exc)
         except asyncio.CancelledError as exc:  # close() during the agent's name lookup
             if not cancelled_by_close(self._race.closed):
                 raise
@@ -1696,7 +1718,7 @@ class ConsulRegistry:
                                 self.options.request_timeout_s)
         except _FOREIGN as exc:
             error = self._write_error(f"cannot deregister {instance.instance_id!r} from", exc)
-            raise error from exc
+            raise error from self._cause(exc)
         except asyncio.CancelledError as exc:  # close() during the agent's name lookup
             if not cancelled_by_close(self._race.closed):
                 raise
@@ -1855,7 +1877,7 @@ class ConsulRegistry:
                              error=self._describe(exc),
                              failing_for_s=round(self._tracker.failing_for_s(False), 1))
             raise RegistryError(f"Consul agent {self.options.base_url}: "
-                                f"{self._describe(exc)}") from exc
+                                f"{self._describe(exc)}") from self._cause(exc)
         self._read_ok()
         self._check_acl_filtering(what, listing)
         return listing.body
