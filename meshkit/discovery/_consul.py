@@ -963,8 +963,9 @@ class ConsulRegistry:
     lock-step), and lets go of its copies of the parent's connections (the parent's
     close ends them while workers live) (``os.register_at_fork``; see
     :meth:`_forget_parent`). Errors: ``register``/``deregister`` raise :class:`RegistryError`
-    (chained from the aiohttp/consul exception, the token and credentials redacted); watches and heartbeats never raise for
-    agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
+    (chained from the aiohttp/consul exception, the token and credentials redacted);
+    watches and heartbeats never raise for agent errors, they log a warning on
+    ``meshkit.discovery.consul`` and retry.
 
     Follows https://developer.hashicorp.com/consul/api-docs/agent/service,
     https://developer.hashicorp.com/consul/api-docs/agent/check,
