@@ -276,7 +276,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
     async def intercept_unary(self, details: ClientCallDetails, request: Any,
                               proceed: UnaryProceed) -> Any:
         """Run a unary-response call inside a span, counted and logged."""
-        m = self._method(details)
+        # _method(details), its cache read inline
+        m = (self._methods.get((details.method, details.kind, details.service))
+             or self._method(details))
         span, token, call_token, t0 = self._start(m, details)
         if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
             details.messages = m.bound  # the channel's request iterator counts msg_sent
