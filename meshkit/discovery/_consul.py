@@ -109,6 +109,7 @@ from consul.callback import CB
 from meshkit._config import check_bool, check_number, check_path
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
+from meshkit._uris import hide_userinfo
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
     check_seconds,
@@ -554,7 +555,8 @@ class ConsulOptions:
                 f"{scheme.split('+')[1]}://{parts.netloc}"
             )
         if parts.path not in ("", "/"):
-            raise ConfigError(f"Consul URI takes no path, got {parts.path!r} (in "
+            # shown as the URI is: 'consul:ops:<pw>@agent' (no '//') is all path
+            raise ConfigError(f"Consul URI takes no path, got {hide_userinfo(parts.path)!r} (in "
                               f"{shown_uri(uri, _URI_FIELDS)!r})")
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         if "token" in query:

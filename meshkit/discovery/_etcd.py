@@ -180,6 +180,7 @@ import structlog
 
 from meshkit._config import check_bool, check_number, check_path, check_strings
 from meshkit._fork import reset_in_forked_child
+from meshkit._uris import hide_userinfo
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
     check_seconds,
@@ -568,7 +569,9 @@ class EtcdOptions:
         if at_sign_may_be_userinfo(uri, _AT_FIELDS):
             raise ConfigError(_userinfo_refused(uri))
         if parts.path not in ("", "/"):
-            raise ConfigError(f"etcd URI takes no path (use ?prefix=), got {parts.path!r} "
+            # shown as the URI is: 'etcd:root:<pw>@etcd:2379' (no '//') is all path
+            raise ConfigError(f"etcd URI takes no path (use ?prefix=), got "
+                              f"{hide_userinfo(parts.path)!r} "
                               f"(in {shown_uri(uri, _URI_FIELDS)!r})")
         kwargs: dict[str, Any] = {}
         default_scheme = "https" if scheme == "etcd+https" else "http"
