@@ -884,16 +884,17 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     self._release_read(task)
                 else:  # nobody to pass the permit to: _release_read's first step, inline
                     self._readers.pop(task, None)
-        if request is _FULL:
-            await self._busy(context)
-        if request is _BUSY:
-            await self._busy(context, "shedding calls: too many requests being read")
-        if request is _LATE:
-            await self._abort_late(context)
-        if request is _MISSING:
-            await self._refuse_count(context, _NO_REQUEST)
-        if request is _EXTRA:
-            await self._refuse_count(context, _EXTRA_REQUEST)
+        if type(request) is _NotAdmitted:  # one check per call for the five below
+            if request is _FULL:
+                await self._busy(context)
+            if request is _BUSY:
+                await self._busy(context, "shedding calls: too many requests being read")
+            if request is _LATE:
+                await self._abort_late(context)
+            if request is _MISSING:
+                await self._refuse_count(context, _NO_REQUEST)
+            if request is _EXTRA:
+                await self._refuse_count(context, _EXTRA_REQUEST)
         size = _request_size.get()
         if (self._budget is not None and self.inflight_bytes
                 and self.inflight_bytes + size > self._budget):
@@ -1692,12 +1693,22 @@ async def _shed(context: Any) -> None:
 _NO_REQUEST = "request message missing: the method takes exactly one"
 _EXTRA_REQUEST = "more than one request message: the method takes exactly one"
 _STREAM_HEADROOM = 8  # request streams may take this many places over the slots
-_MISSING = object()
-_EXTRA = object()
+
+
+class _NotAdmitted:
+    """What :meth:`RequestGate._first` holds instead of a request it does not hand on (no
+    message, several, none in time, evicted, the byte budget full): told from any message
+    by its type."""
+
+    __slots__ = ()
+
+
+_MISSING = _NotAdmitted()
+_EXTRA = _NotAdmitted()
 _EOF = grpc.aio.EOF
-_LATE = object()
-_BUSY = object()
-_FULL = object()
+_LATE = _NotAdmitted()
+_BUSY = _NotAdmitted()
+_FULL = _NotAdmitted()
 _LARGE_REQUEST_BYTES = 1 << 20
 # RequestGate._run_gc: the pause after a collection, in multiples of its duration
 # (the collector at most 1/20 of the loop's time)
