@@ -175,7 +175,11 @@ class ServerLimits:
             the same for its first message (a request, or a response its handler sends)
             and is evicted the same (``evict_waiting_after_s``): its handler's read then
             fails. The health service's ``Watch``, which takes no slot, reads its
-            request under the same timeout. ``None``: wait as long as the client does.
+            request under the same timeout. At the slots' cap, a server stream of a
+            unary-request method whose message has waited this long for its client to
+            take it (a client that does not read grants no flow-control window) is
+            evicted for a new call (see ``evict_waiting_after_s``). ``None``: wait as long
+            as the client does.
         evict_waiting_after_s: when every call slot (``max_concurrent_rpcs``) is taken, a
             new unary-request call takes the slot of the call that has waited longest for
             its request message, if that wait is at least this long (default 1.0 s); the
@@ -185,8 +189,11 @@ class ServerLimits:
             slowloris). The same wait ends a read permit holder while other calls wait for
             a permit (``max_concurrent_reads``), and, at the cap of request streams (see
             ``max_concurrent_rpcs``), the request stream of an async handler that has
-            exchanged no message either way for this long, for a new stream.
-            ``None``: never evict; new calls are shed or wait.
+            exchanged no message either way for this long, for a new stream; when no
+            call waits for its request, the server stream that has waited longest, at
+            least ``first_message_timeout_s``, for its client to take a message gives
+            its slot to the new call (its task cancelled: grpc cancels the stream),
+            counted in ``evicted``. ``None``: never evict; new calls are shed or wait.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
             once (default 16 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
@@ -711,6 +718,12 @@ class RequestGate(grpc.aio.ServerInterceptor):
         # oldest first: evictable for a new stream at the places' cap (_evict_stream)
         self._stream_waiting: dict[asyncio.Task[Any], float] = {}
         self._streams_evict = self._places is not None and self._evict_after is not None
+        # server streams of unary-request calls (holding a slot) whose last message waits
+        # for its client to take it (grpc.aio has not asked for the next one), since when:
+        # evictable at the slots' cap after first_message_timeout_s (_evict_stalled)
+        self._stalled: dict[asyncio.Task[Any], float] = {}
+        self._stall_s = None if self._evict_after is None or self._cap is None \
+            else self._timeout_s
 
     def convert(self, handler: Handler) -> Handler:
         """``handler`` reading its request through the gate when it is a unary-request
@@ -1269,8 +1282,38 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 self._collect(size)
 
     def _evict(self) -> bool:
-        """End the call that has waited longest for its request, if long enough; whether one
-        was evicted (its slot is given back when its task ends, moments later)."""
+        """End the call that has waited longest for its request, if long enough, else the
+        server stream that has waited longest for its client to take a message
+        (:meth:`_evict_stalled`); whether one was evicted (its slot is given back when its
+        task ends, moments later)."""
+        return self._evict_waiting() or (bool(self._stalled) and self._evict_stalled())
+
+    def _evict_stalled(self) -> bool:
+        """End the server stream (of a unary-request method, holding a slot) whose message
+        has waited longest for its client to take it, if at least
+        ``first_message_timeout_s``: a client that never reads (grants no flow-control
+        window) held its slots for as long as it kept its connection. Its task is
+        cancelled (grpc cancels the stream; the caller, which reads nothing, sees no
+        status), counted in :attr:`evicted`. A stream whose handler is producing (not
+        parked at a message it handed on) is never stalled."""
+        assert self._stall_s is not None
+        now = time.monotonic()
+        oldest: asyncio.Task[Any] | None = None
+        since = now
+        for task, at in self._stalled.items():
+            if at < since and task not in self._evicting and not task.done():
+                oldest, since = task, at
+        if oldest is None or now - since < self._stall_s:
+            return False
+        self._evicting.add(oldest)
+        self._evicted_calls.add(oldest)
+        self.evicted += 1
+        self._warn("evicting server streams whose client takes no message: every slot taken")
+        oldest.cancel()
+        return True
+
+    def _evict_waiting(self) -> bool:
+        """End the call that has waited longest for its request, if long enough."""
         if self._evict_after is None:
             return False
         now = time.monotonic()
@@ -1511,18 +1554,31 @@ class RequestGate(grpc.aio.ServerInterceptor):
             inner_s = async_behaviour(handler.unary_stream, False, True)
             assert inner_s is not None
 
+            stalled = self._stalled
+            watch_stalls = self._stall_s is not None and not reserved
+            current_task = self._loops.current_task
+
             async def stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
                 size = -1
                 refused = enter(context)
                 if refused is not None:
                     await refused
+                task = current_task() if watch_stalls else None
                 try:
                     request, size = await first(context)
                     result: Any = inner_s(request, context)
-                    async for item in responses(result):
-                        yield item
+                    if task is None:
+                        async for item in responses(result):
+                            yield item
+                    else:  # parked at each message until grpc.aio asks for the next
+                        async for item in responses(result):
+                            stalled[task] = time.monotonic()
+                            yield item
+                            del stalled[task]
                 except BaseException:  # see unary_out
                     request = result = None
+                    if task is not None:
+                        stalled.pop(task, None)
                     _drop_traceback(sys.exc_info()[1])
                     settle(context, size)
                     raise
