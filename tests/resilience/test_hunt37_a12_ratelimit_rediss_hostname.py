@@ -37,7 +37,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _write_pki(d: Path, names: list[x509.GeneralName]) -> None:
-    """ca.pem, and srv.pem/srv.key for ``names`` signed by it, in ``d``."""
+    """ca.pem, and srv.pem/srv.key for ``names`` signed by it, in ``d``. The CA's
+    key usage and identifier and the leaf's authority key identifier are there for Python
+    3.13's default contexts (``VERIFY_X509_STRICT``: 'Missing Authority Key Identifier',
+    'CA cert does not include key usage extension')."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a12 test CA")])
@@ -46,6 +49,12 @@ def _write_pki(d: Path, names: list[x509.GeneralName]) -> None:
           .not_valid_before(now - dt.timedelta(minutes=5))
           .not_valid_after(now + dt.timedelta(hours=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .add_extension(x509.KeyUsage(
+              digital_signature=False, content_commitment=False, key_encipherment=False,
+              data_encipherment=False, key_agreement=False, key_cert_sign=True,
+              crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (x509.CertificateBuilder()
@@ -54,6 +63,8 @@ def _write_pki(d: Path, names: list[x509.GeneralName]) -> None:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (d / "srv.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
