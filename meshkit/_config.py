@@ -37,6 +37,7 @@ __all__ = [
     "check_tuple",
     "refuse_str",
     "registry_argument",
+    "shown_path",
 ]
 
 
@@ -417,6 +418,32 @@ def check_metadata_key(name: str, key: object, *, binary_ok: bool = False) -> No
             f"application's metadata), got {key!r}")
 
 
+#: What a key's or certificate's PEM holds and no file's path does: its armour
+#: (``-----BEGIN``/``-----END``, also base64-encoded, as a Secret's data), ``PRIVATE KEY``
+_PEM_MARKS = ("-----BEGIN", "-----END", "LS0tLS1CRUdJTi", "PRIVATE KEY")
+
+
+def shown_path(value: object, *, secret_file: bool = False, quote: bool = True) -> str:
+    """``value``, the path of a file an error names, as the message shows it: ``repr``
+    (``str`` with ``quote=False``), unless it is no path but what the file should hold,
+    given in its place: ``key_file=os.environ["TLS_KEY"]`` where the variable holds the
+    key itself, ``CONSUL_HTTP_TOKEN_FILE`` set to the token. A ``str`` or ``bytes`` (or
+    ``os.PathLike``) holding PEM armour (``-----BEGIN``, also base64-encoded) or
+    ``PRIVATE KEY``, or a line break within it, or, with ``secret_file`` (the path of a
+    token's file), one without a ``/`` that names no file, is named by its type and
+    length only, so no key or token reaches the message, a traceback or a log. Errors
+    only: never on a path that works."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    if isinstance(text, str) and (
+            any(mark in text for mark in _PEM_MARKS) or any(c in text.strip() for c in "\r\n")
+            or (secret_file and "/" not in text and not os.path.exists(text))):
+        return (f"<a {type(value).__name__} of {len(text)} characters, not shown: the "
+                "file's content rather than its path?>")
+    return repr(value) if quote else str(value)
+
+
 def check_path(name: str, value: object) -> str:
     """``value`` (the field ``name``, a file or directory path) as a ``str``: a
     non-empty ``str`` or an ``os.PathLike`` whose path is one. ``None`` (an unset
@@ -424,10 +451,11 @@ def check_path(name: str, value: object) -> str:
     descriptor) and ``""`` (which ``Path`` reads as the current directory) are refused.
 
     Raises:
-        ConfigError: any other value; ``name`` and the value quoted.
+        ConfigError: any other value; ``name`` and the value quoted (as
+            :func:`shown_path` shows it: never a key given for its path).
     """
     text = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{name} must be a path (a non-empty str or os.PathLike), "
-                          f"got {value!r}")
+                          f"got {shown_path(value)}")
     return text

@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshkit._config import check_instance, check_number
+from meshkit._config import check_instance, check_number, shown_path
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
@@ -674,14 +674,15 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise CertificateError(f"cannot read certificates from {path}: "
+        raise CertificateError(f"cannot read certificates from {shown_path(path, quote=False)}: "
                                f"{_why_unreadable(exc)}") from None
     try:
         certs = load_pem_certificates(data)  # a last certificate cut short refused too
     except ValueError:
         why = _why_not_pem(data, "certificate", re.compile(rb"-----BEGIN CERTIFICATE-----"),
                            "openssl x509 -inform der -in FILE -out FILE.pem")
-        raise CertificateError(f"cannot read certificates from {path}: {why}") from None
+        raise CertificateError(f"cannot read certificates from "
+                               f"{shown_path(path, quote=False)}: {why}") from None
     return certs
 
 
@@ -706,7 +707,8 @@ def _read_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise CertificateError(f"cannot read private key {path}: {_why_unreadable(exc)}"
+        raise CertificateError(f"cannot read private key {shown_path(path, quote=False)}: "
+                               f"{_why_unreadable(exc)}"
                                ) from None
     try:
         return serialization.load_pem_private_key(data, password=None)
@@ -719,7 +721,7 @@ def _read_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
         why = _why_not_pem(data, "private key",
                            re.compile(rb"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----"),
                            "openssl pkey -inform der -in FILE -out FILE.pem")
-    raise CertificateError(f"cannot read private key {path}: {why}")
+    raise CertificateError(f"cannot read private key {shown_path(path, quote=False)}: {why}")
 
 
 def _key_kind(key: PrivateKeyTypes) -> str:

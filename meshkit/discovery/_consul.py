@@ -106,7 +106,7 @@ import consul.base
 import structlog
 from consul.callback import CB
 
-from meshkit._config import check_bool, check_number, check_path
+from meshkit._config import check_bool, check_number, check_path, shown_path
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
 from meshkit._uris import hide_userinfo
@@ -327,7 +327,8 @@ class ConsulOptions:
         ConfigError: a value is invalid or of the wrong type (``addr=None`` from an unset
             variable, a ``bytes`` token, a file that is no path, a number for
             ``grpc_health_service``); the message names the field and quotes the value
-            (never the token, of which only the type is named).
+            (never the token, of which only the type is named, nor a key's PEM given for
+            ``key_file``: :func:`meshkit._config.shown_path`).
 
     Follows https://developer.hashicorp.com/consul/commands#environment-variables for
     :meth:`from_env`.
@@ -423,11 +424,13 @@ class ConsulOptions:
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(check_path(name, path)):
-                raise ConfigError(f"{name} must be an existing file, got {path!r}")
+                raise ConfigError(f"{name} must be an existing file, got {shown_path(path)}")
         if self.ca_path is not None and not os.path.isdir(check_path("ca_path", self.ca_path)):
-            raise ConfigError(f"ca_path must be an existing directory, got {self.ca_path!r}")
+            raise ConfigError(f"ca_path must be an existing directory, got "
+                              f"{shown_path(self.ca_path)}")
         if self.key_file is not None and self.cert_file is None:
-            raise ConfigError(f"key_file needs cert_file, got key_file={self.key_file!r} alone")
+            raise ConfigError(f"key_file needs cert_file, got key_file="
+                              f"{shown_path(self.key_file)} alone")
 
     # -- derived values ----------------------------------------------------------------
     @property
@@ -486,7 +489,8 @@ class ConsulOptions:
                 token), or an override names no field; ``CONSUL_HTTP_TOKEN_FILE`` names a
                 file that cannot be read, is not UTF-8 text, holds more than one line, or
                 holds nothing while ``CONSUL_HTTP_TOKEN`` is unset (the path is quoted, never
-                what the file holds).
+                what the file holds, nor a value with no ``/`` that names no file: the
+                token itself set there).
         """
         env = os.environ if environ is None else environ
         kwargs = env_fields(env, {
@@ -651,7 +655,7 @@ def _read_token_file(path: str) -> str | None:
         ConfigError: the file cannot be read, is not UTF-8 text or holds more than one line;
             the message quotes the path, never what the file holds.
     """
-    where = f"CONSUL_HTTP_TOKEN_FILE={path!r}"
+    where = f"CONSUL_HTTP_TOKEN_FILE={shown_path(path, secret_file=True)}"
     try:
         with open(path, "rb") as file:
             raw = file.read()

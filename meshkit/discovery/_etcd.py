@@ -178,7 +178,13 @@ from typing import Any
 import aiohttp
 import structlog
 
-from meshkit._config import check_bool, check_number, check_path, check_strings
+from meshkit._config import (
+    check_bool,
+    check_number,
+    check_path,
+    check_strings,
+    shown_path,
+)
 from meshkit._fork import reset_in_forked_child
 from meshkit._uris import hide_userinfo
 from meshkit.discovery._options import (
@@ -472,10 +478,11 @@ class EtcdOptions:
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(check_path(name, path)):
-                raise ConfigError(f"{name} must be an existing file, got {path!r}")
+                raise ConfigError(f"{name} must be an existing file, got {shown_path(path)}")
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError(f"cert_file and key_file go together, got "
-                              f"cert_file={self.cert_file!r}, key_file={self.key_file!r}")
+                              f"cert_file={shown_path(self.cert_file)}, "
+                              f"key_file={shown_path(self.key_file)}")
         if self.scheme != "https" and (self.ca_file or self.cert_file):
             raise ConfigError(f"ca_file/cert_file need https endpoints, got {endpoints!r}")
 
