@@ -35,6 +35,7 @@ __all__ = [
     "check_status_codes",
     "check_strings",
     "check_tuple",
+    "holds_content",
     "refuse_str",
     "registry_argument",
     "shown_path",
@@ -437,11 +438,19 @@ def shown_path(value: object, *, secret_file: bool = False, quote: bool = True) 
     if isinstance(text, bytes):
         text = text.decode("latin-1")
     if isinstance(text, str) and (
-            any(mark in text for mark in _PEM_MARKS) or any(c in text.strip() for c in "\r\n")
+            holds_content(text)
             or (secret_file and "/" not in text and not os.path.exists(text))):
         return (f"<a {type(value).__name__} of {len(text)} characters, not shown: the "
                 "file's content rather than its path?>")
     return repr(value) if quote else str(value)
+
+
+def holds_content(path: str) -> bool:
+    """Whether ``path`` (given as a file's or directory's path) holds what a key's or
+    certificate's file holds and no path does: PEM armour (also base64-encoded),
+    ``PRIVATE KEY``, or a line break within it (see :func:`shown_path`)."""
+    return any(mark in path for mark in _PEM_MARKS) or any(
+        c in path.strip() for c in "\r\n")
 
 
 def check_path(name: str, value: object) -> str:

@@ -48,6 +48,8 @@ from meshkit._config import (
     check_number,
     check_secret_holder,
     check_strings,
+    holds_content,
+    shown_path,
 )
 from meshkit._fields import FrozenMap
 from meshkit._methods import MethodMatcher, normalized
@@ -321,10 +323,14 @@ class KeySet:
         Raises:
             ConfigError: no key and ``create`` is false or none can be created (a
                 read-only mount), or an unreadable key file or one that is no key (the
-                file named, never its content).
+                file named, never its content); ``directory`` holding a key's PEM (or a
+                line break) rather than a path (named by its type, nothing created).
         """
         check_int("keep_previous", keep_previous, low=0)  # used below, before __init__
         d = Path(directory)
+        if holds_content(str(d)):  # the key itself, read from a variable: never a path
+            raise ConfigError(f"directory must be the path of the key files' directory, "
+                              f"got {shown_path(directory)}")
         files = cls._key_files(d)
         if not files:
             if not create:
