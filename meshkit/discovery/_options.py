@@ -36,12 +36,17 @@ _FALSE = ("0", "f", "false", "n", "no", "off")
 
 def redact_address(text: str) -> str:
     """``text`` (an address, ``[scheme://][user[:password]@]host[:port]``) with any user
-    info replaced by ``***``, for error messages: ``http://***@host:2379``."""
-    if "@" not in text:
+    info replaced by ``***``, and the value of every query key and any fragment (an
+    address has none, but a URL pasted for one may: Consul takes ``?token=``), for error
+    messages: ``http://***@host:2379``, ``http://host:8500?token=***``."""
+    if "@" in text:
+        scheme, sep, _ = text.partition("://")
+        text = f"{scheme}{sep}***@{text.rpartition('@')[2]}" if sep else \
+            f"***@{text.rpartition('@')[2]}"
+    if "?" not in text and "#" not in text:
         return text
-    scheme, sep, _ = text.partition("://")
-    return f"{scheme}{sep}***@{text.rpartition('@')[2]}" if sep else \
-        f"***@{text.rpartition('@')[2]}"
+    prefix, userinfo, rest = split_userinfo(text)
+    return f"{prefix}{userinfo}{mask_query(rest)}"
 
 
 def shown_uri(uri: str, known: Collection[str] = ()) -> str:
