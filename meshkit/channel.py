@@ -146,6 +146,7 @@ _log = structlog.get_logger("meshkit.channel")
 _perf = time.perf_counter
 # current_deadline() without its frame: the variable's own get (twice per call)
 _current_deadline = _deadline.get
+_new_details = object.__new__  # a ClientCallDetails without its __init__ (_details)
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 # set by DialOptions' keepalive fields: refused in channel_options beside them
 _KEEPALIVE_OPTIONS = frozenset({"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms",
@@ -1947,17 +1948,24 @@ class _MultiCallable:
         wait_for_ready: bool | None,
         compression: grpc.Compression | None,
     ) -> ClientCallDetails:
-        details = ClientCallDetails(
-            service=self._channel.service,
-            method=self._codec.method,
-            kind=self._codec.kind,
-            timeout_s=clamp_timeout_s(self._timeout if timeout is None else timeout),
-            metadata=_as_pairs(metadata),
-            wait_for_ready=wait_for_ready,
-            credentials=credentials,
-            compression=compression,
-        )
-        details.codec = self._codec
+        # ClientCallDetails.__init__ written out (no frame on the per-call path, the codec
+        # set once): change both
+        details = _new_details(ClientCallDetails)
+        codec = details.codec = self._codec
+        details.service = self._channel.service
+        details.method = codec.method
+        details.kind = codec.kind
+        timeout_s = clamp_timeout_s(self._timeout if timeout is None else timeout)
+        details.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        details.metadata = list(metadata) if metadata else []
+        details.wait_for_ready = wait_for_ready
+        details.credentials = credentials
+        details.compression = compression
+        details.request_key = None
+        details.attempts = []
+        details.attempt_started_ns = []
+        details.last_call = None
+        details.messages = None
         if self._propagate:
             inherited = _current_deadline()
             if inherited is not None:
@@ -2009,17 +2017,6 @@ class _KeyFromMetadata(ClientInterceptor):
         if details.request_key is None and details.metadata:
             details.request_key = _request_key(details.metadata, self.hash_key)
         return await proceed(details, request)
-
-
-def _as_pairs(metadata: Any) -> Sequence[tuple[str, str | bytes]] | None:
-    if not metadata:
-        return None
-    t = type(metadata)
-    if t is tuple or t is list:  # the common shapes, without Metadata's ABC isinstance
-        return metadata  # type: ignore[no-any-return]
-    if isinstance(metadata, Metadata):
-        return list(metadata)
-    return metadata  # type: ignore[no-any-return]
 
 
 class _UnaryRequestMultiCallable(_MultiCallable):

@@ -111,6 +111,8 @@ class ClientCallDetails:
         credentials: grpc.CallCredentials | None = None,
         compression: grpc.Compression | None = None,
     ) -> None:
+        # the channel's calls are made without it (meshkit.channel, _MultiCallable._details
+        # writes it out): change both
         self.service = service
         self.method = method
         self.kind = kind
