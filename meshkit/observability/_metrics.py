@@ -297,7 +297,8 @@ class _Record:
         self.created = time.time()
 
     def start(self) -> None:
-        """Count one call started (and in flight)."""
+        """Count one call started (and in flight); the server telemetry's ``_start``
+        counts the same inline."""
         self.started += 1
         self.in_flight += 1
 

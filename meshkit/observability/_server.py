@@ -302,8 +302,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     # -- per call ------------------------------------------------------------------------
     def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float, str]:
-        if m.bound is not None:
-            m.bound.start()
+        bound = m.bound
+        if bound is not None:  # bound.start(), inline: one frame fewer per call
+            bound.started += 1
+            bound.in_flight += 1
         self._in_flight += 1
         # Read the peer now: after a cancellation grpc core may have freed the transport,
         # and context.peer() then crashes the process (grpc/grpc#29069).
