@@ -178,7 +178,7 @@ from meshkit._config import CONSUMED_HEADERS, check_int, check_number, check_sec
 from meshkit._fields import FrozenMap
 from meshkit._fork import name_dev_null, reset_in_forked_child
 from meshkit._handlers import Before, WrappingInterceptor
-from meshkit._log import RepeatLog
+from meshkit._log import RepeatLog, is_sensitive_key
 from meshkit._metadata import call_metadata
 from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
@@ -401,9 +401,13 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
     """Key calls by the value of request header ``name`` (e.g. ``"x-user"``).
 
     Keys are ``"<name>=<value>"``, so a header value can never collide with a peer address
-    from ``fallback``. The header is whatever the caller sent: use it for callers that are
-    trusted or authenticated earlier in the chain (e.g. a header an authn interceptor sets
-    from a JWT ``sub``).
+    from ``fallback``; for a header named like a credential (``x-api-key``,
+    ``authorization``, ``cookie``...: :func:`meshkit.observability.is_sensitive_key`)
+    ``"<name>=#<128-bit BLAKE2b digest of the value, hex>"``, so that no API key or token
+    reaches the storage (a Redis' keys hold the caller key) while each value keeps a
+    budget of its own (one digest per call with such a header). The header is whatever
+    the caller sent: use it for callers that are trusted or authenticated earlier in the
+    chain (e.g. a header an authn interceptor sets from a JWT ``sub``).
 
     Args:
         name: metadata key, case-insensitive, not a ``-bin`` key.
@@ -442,6 +446,17 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
                 return prefix + (v if isinstance(v, str) else v.decode("utf-8", "replace"))
         return missing if fallback is None else fallback(method, context)
 
+    def digest_key(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        # a credential (an API key, a bearer token, a cookie) as its digest: a Redis
+        # storage's keys hold the caller key, listed by whoever may SCAN that Redis
+        for k, v in call_metadata(context) or ():
+            if k == header:
+                raw = v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v
+                return f"{prefix}#{hashlib.blake2b(raw, digest_size=16).hexdigest()}"
+        return missing if fallback is None else fallback(method, context)
+
+    if is_sensitive_key(header):
+        key = digest_key
     key.__qualname__ = key.__name__ = f"by_metadata({header!r})"
     return key
 
