@@ -175,11 +175,7 @@ class ServerLimits:
             the same for its first message (a request, or a response its handler sends)
             and is evicted the same (``evict_waiting_after_s``): its handler's read then
             fails. The health service's ``Watch``, which takes no slot, reads its
-            request under the same timeout. At the slots' cap, a server stream of a
-            unary-request method whose message has waited this long for its client to
-            take it (a client that does not read grants no flow-control window) is
-            evicted for a new call (see ``evict_waiting_after_s``). ``None``: wait as long
-            as the client does.
+            request under the same timeout. ``None``: wait as long as the client does.
         evict_waiting_after_s: when every call slot (``max_concurrent_rpcs``) is taken, a
             new unary-request call takes the slot of the call that has waited longest for
             its request message, if that wait is at least this long (default 1.0 s); the
@@ -189,11 +185,20 @@ class ServerLimits:
             slowloris). The same wait ends a read permit holder while other calls wait for
             a permit (``max_concurrent_reads``), and, at the cap of request streams (see
             ``max_concurrent_rpcs``), the request stream of an async handler that has
-            exchanged no message either way for this long, for a new stream; when no
-            call waits for its request, the server stream that has waited longest, at
-            least ``first_message_timeout_s``, for its client to take a message gives
-            its slot to the new call (its task cancelled: grpc cancels the stream),
-            counted in ``evicted``. ``None``: never evict; new calls are shed or wait.
+            exchanged no message either way for this long, for a new stream (see
+            ``evict_stalled_after_s`` for server streams whose client takes nothing).
+            ``None``: never evict; new calls are shed or wait.
+        evict_stalled_after_s: when every call slot is taken and no call waits for its
+            request, a new call takes the slot of the server stream (of a unary-request
+            method) whose last message has waited longest for its client to take it, if
+            that wait is at least this long (default 60.0 s): its task is cancelled
+            (grpc cancels the stream; its caller, which reads nothing, gets no status)
+            and it is counted in ``evicted``. A client that reads nothing grants no
+            HTTP/2 flow-control window, and its streams held their slots for as long as
+            it kept its connection, shedding every other call. A client reading on
+            grants window back in batches (grpc's about every few hundred KB), so a slow
+            one can leave a message waiting for seconds: keep this well above that.
+            ``None``: never.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
             once (default 16 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
@@ -286,6 +291,7 @@ class ServerLimits:
     bdp_probe: bool = False
     first_message_timeout_s: float | None = 10.0
     evict_waiting_after_s: float | None = 1.0
+    evict_stalled_after_s: float | None = 60.0
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     max_connection_idle_s: float | None = 300.0
@@ -312,7 +318,8 @@ class ServerLimits:
             check_int("max_concurrent_streams", self.max_concurrent_streams, high=C_INT_MAX)
         check_int("max_receive_message_bytes", self.max_receive_message_bytes, high=C_INT_MAX)
         # finite: None already means "never"
-        for name in ("first_message_timeout_s", "evict_waiting_after_s"):
+        for name in ("first_message_timeout_s", "evict_waiting_after_s",
+                     "evict_stalled_after_s"):
             if getattr(self, name) is not None:
                 check_seconds(self, (name,))
         # channel_args() turns these into grpc's C int milliseconds
@@ -468,12 +475,17 @@ def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
         decode_stream._meshkit_guarded = True  # type: ignore[attr-defined]
         return decode_stream
 
-    def decode(data: bytes) -> Any:
-        _request_size.set(len(data))
-        try:
-            return deserializer(data)
-        except Exception:
-            return _UNDECODABLE
+    if deserializer is _raw:  # no deserializer: the bytes as they are (no call of _raw)
+        def decode(data: bytes) -> Any:
+            _request_size.set(len(data))
+            return data
+    else:
+        def decode(data: bytes) -> Any:
+            _request_size.set(len(data))
+            try:
+                return deserializer(data)
+            except Exception:
+                return _UNDECODABLE
 
     decode._meshkit_guarded = True  # type: ignore[attr-defined]
     # the check a wrap runs before a user's interceptors see the request (_handlers)
@@ -722,8 +734,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         # for its client to take it (grpc.aio has not asked for the next one), since when:
         # evictable at the slots' cap after first_message_timeout_s (_evict_stalled)
         self._stalled: dict[asyncio.Task[Any], float] = {}
-        self._stall_s = None if self._evict_after is None or self._cap is None \
-            else self._timeout_s
+        self._stall_s = None if self._cap is None else limits.evict_stalled_after_s
 
     def convert(self, handler: Handler) -> Handler:
         """``handler`` reading its request through the gate when it is a unary-request
@@ -1291,7 +1302,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
     def _evict_stalled(self) -> bool:
         """End the server stream (of a unary-request method, holding a slot) whose message
         has waited longest for its client to take it, if at least
-        ``first_message_timeout_s``: a client that never reads (grants no flow-control
+        ``evict_stalled_after_s``: a client that never reads (grants no flow-control
         window) held its slots for as long as it kept its connection. Its task is
         cancelled (grpc cancels the stream; the caller, which reads nothing, sees no
         status), counted in :attr:`evicted`. A stream whose handler is producing (not
@@ -1554,7 +1565,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             inner_s = async_behaviour(handler.unary_stream, False, True)
             assert inner_s is not None
 
-            stalled = self._stalled
+            stalled, evicting = self._stalled, self._evicting
             watch_stalls = self._stall_s is not None and not reserved
             current_task = self._loops.current_task
 
@@ -1579,6 +1590,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     request = result = None
                     if task is not None:
                         stalled.pop(task, None)
+                        evicting.discard(task)  # evicted (_evict_stalled), if it was
                     _drop_traceback(sys.exc_info()[1])
                     settle(context, size)
                     raise

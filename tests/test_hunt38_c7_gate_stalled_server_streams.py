@@ -7,11 +7,11 @@ the server waits) held every slot for as long as it kept its connection, answeri
 server's keepalive pings: every unary call of the server, from any client, was shed
 ``RESOURCE_EXHAUSTED`` "server busy", for good (grpc-go and a plain grpc.aio server cap
 nothing there, Envoy resets a stream idle for 5 minutes). Now a call at the cap evicts the
-server stream that has waited longest, at least ``first_message_timeout_s``, for its
-client to take a message (counted ``evicted``; its slot is given back). A stream whose
-handler is slow to produce, or whose client reads on, keeps its slot (a client grants
-flow-control window back in batches, half its window at a time with grpc, so one reading
-slower than half a window per ``first_message_timeout_s`` looks stalled too).
+server stream that has waited longest, at least ``ServerLimits.evict_stalled_after_s``
+(60 s by default), for its client to take a message (counted ``evicted``; its slot is
+given back). A stream whose handler is slow to produce, or whose client reads on, keeps
+its slot (a grpc client grants flow-control window back in batches: one reading 1 KB
+messages every 5 ms left a message waiting up to 1.8 s here).
 
 The client here is a bare HTTP/2 connection (tests/faults/_h2.py's framing) that answers
 SETTINGS and PING and never sends WINDOW_UPDATE.
@@ -46,7 +46,8 @@ from tests.support.wait import until
 pytestmark = pytest.mark.timeout(60)
 
 _SLOTS = 2
-_WAIT_S = 1.0  # first_message_timeout_s
+_STALL_S = 1.0  # evict_stalled_after_s of the never-reading test
+_GUARD_S = 3.0  # evict_stalled_after_s of the reading test: above a reader's batching
 
 
 async def _flood(request: bytes, context: Any) -> AsyncIterator[bytes]:
@@ -56,7 +57,7 @@ async def _flood(request: bytes, context: Any) -> AsyncIterator[bytes]:
 
 async def _slow(request: bytes, context: Any) -> AsyncIterator[bytes]:
     yield b"first"
-    await asyncio.sleep(4 * _WAIT_S)
+    await asyncio.sleep(3 * _GUARD_S)  # past the reading below
     yield b"second"
 
 
@@ -72,13 +73,13 @@ def _add(_servicer: Any, server: Any) -> None:
     }),))
 
 
-async def _server(registry: LocalRegistry) -> meshkit.MeshServer:
+async def _server(registry: LocalRegistry, stall_s: float) -> meshkit.MeshServer:
     srv = meshkit.MeshServer(
         "t", [(_add, None)], registry=registry,
         options=meshkit.ServeOptions(
             insecure=True, drain_delay_s=0, grace_s=1.0, admin=None,
             limits=meshkit.ServerLimits(max_concurrent_rpcs=_SLOTS,
-                                        first_message_timeout_s=_WAIT_S)))
+                                        evict_stalled_after_s=stall_s)))
     await srv.start()
     return srv
 
@@ -113,7 +114,7 @@ async def _never_reading(port: int, streams: int) -> tuple[asyncio.StreamWriter,
 
 async def test_a_server_stream_its_client_never_reads_gives_its_slot_to_a_new_call(
         registry: LocalRegistry) -> None:
-    srv = await _server(registry)
+    srv = await _server(registry, _STALL_S)
     gate = srv.gate
     assert gate is not None
     writer, answering = await _never_reading(srv.port, _SLOTS)
@@ -124,13 +125,14 @@ async def test_a_server_stream_its_client_never_reads_gives_its_slot_to_a_new_ca
             with pytest.raises(grpc.aio.AioRpcError) as info:  # no stream stalled long yet
                 await unary(b"", timeout=10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            await asyncio.sleep(_WAIT_S * 2)
+            await asyncio.sleep(_STALL_S * 2)
             assert await unary(b"", timeout=10) == b"ok"
             assert await unary(b"", timeout=10) == b"ok"  # the slot it took is free again
         await until(lambda: gate.evicted == 1, timeout_s=10, what="one stream evicted")
         await until(lambda: gate.slots == _SLOTS - 1, timeout_s=10,
                     what="the evicted stream's slot given back")
         assert srv.stats().gate_evicted == 1
+        assert not gate._evicting  # the evicted call's task is not kept
     finally:
         writer.transport.abort()
         answering.cancel()
@@ -139,7 +141,7 @@ async def test_a_server_stream_its_client_never_reads_gives_its_slot_to_a_new_ca
 
 async def test_a_slow_handler_or_a_reading_client_keeps_its_slot(
         registry: LocalRegistry) -> None:
-    srv = await _server(registry)
+    srv = await _server(registry, _GUARD_S)
     gate = srv.gate
     assert gate is not None
     try:
@@ -148,12 +150,13 @@ async def test_a_slow_handler_or_a_reading_client_keeps_its_slot(
             reading = ch.unary_stream("/t.S/Flood")(b"", timeout=30)
             assert await asyncio.wait_for(slow.read(), 10) == b"first"
             got = 0
-            # reads on, a message every 5 ms: 200 KB/s, so a window's worth (64 KiB, which
-            # the client grants back in halves) goes out in well under _WAIT_S
-            for _ in range(int(_WAIT_S * 2 / 0.005)):
+            # reads on, a message every 2 ms (about 500 KB/s): the window it grants back
+            # in batches comes well within _GUARD_S
+            deadline = asyncio.get_running_loop().time() + 2 * _GUARD_S
+            while asyncio.get_running_loop().time() < deadline:
                 assert await asyncio.wait_for(reading.read(), 10) == b"m" * 1024
                 got += 1
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.002)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await ch.unary_unary("/t.S/Unary")(b"", timeout=10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
