@@ -156,9 +156,10 @@ class ServerStats:
             within ``first_message_timeout_s`` (``CANCELLED``).
         gate_evicted: calls waiting for their request that gave up their slot or read
             permit to a newer call (``CANCELLED``; ``RESOURCE_EXHAUSTED`` for one evicted
-            while queued for a read permit), and request streams with no message yet that
-            gave up their place to a new stream (``CANCELLED``), each counted under this
-            reason alone.
+            while queued for a read permit), request streams with no message yet that
+            gave up their place to a new stream (``CANCELLED``), and server streams whose
+            client took no message for ``ServerLimits.evict_stalled_after_s`` that gave
+            up their slot (cancelled), each counted under this reason alone.
         gate_cardinality: unary-request calls the gate refused ``UNIMPLEMENTED`` because
             they sent no request message, or (``ServerLimits.check_request_count``) more
             than one.
