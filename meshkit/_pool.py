@@ -651,19 +651,27 @@ class EndpointPool:
 
     def _forget_left(self, key: str, conn: _Conn, task: asyncio.Task[None]) -> None:
         """The sub-channel of an endpoint that left is closed (its drain ``task`` done),
-        whether or not it was kept (:meth:`_came_back`)."""
-        left = self._left.get(key)
-        if left is not None and left[1] is conn:
-            del self._left[key]
+        whether or not it was kept (:meth:`_came_back`). The departure is forgotten only
+        once no sub-channel kept for the endpoint is left either: one made at its last
+        return carried no call and is closed at once, while the ones before it still
+        carry a stream, which the instance coming back must keep (a second flap)."""
         self._forget_replaced(key, conn, task)
+        left = self._left.get(key)
+        if left is not None and left[1] is conn and key not in self._replaced:
+            del self._left[key]
 
     def _forget_replaced(self, key: str, conn: _Conn, _task: asyncio.Task[None]) -> None:
-        """A sub-channel replaced by :meth:`rebuild` is closed (its drain ``_task`` done)."""
+        """A sub-channel replaced by :meth:`rebuild` (or kept by :meth:`_came_back`) is
+        closed (its drain ``_task`` done); the last one of an endpoint away takes the
+        record of its departure with it when that sub-channel is closed too."""
         replaced = self._replaced.get(key)
         if replaced is not None:
             replaced.discard(conn)
             if not replaced:
                 del self._replaced[key]
+                left = self._left.get(key)
+                if left is not None and left[1].closing:
+                    del self._left[key]
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the pool cancels on close."""
