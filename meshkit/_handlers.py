@@ -1169,13 +1169,19 @@ def wrap_handler(handler: Handler, before: Before | None = None,
         # else UNKNOWN after the wrap had counted the call OK (one call per response)
         ser, sends = _bytes_only, None
     des = handler.request_deserializer
+    # a stream's messages grpc.aio serializes (yielded ones too, without a send limit):
+    # its answer to a serializer's exception quotes the text, which a hiding server keeps
+    # to its log (in _counting_sent's frame under telemetry: nothing more per message)
+    hide = resp_s and none_to is not None and sends is not None
+    messages = None if reporter is None else getattr(reporter, "messages", None)
+    if hide and messages is None:
+        sends = _hiding(sends)  # type: ignore[arg-type]
     # the request guard's check, when a user's interceptor sits between it and this wrap
     guard = None if req_s else getattr(des, UNDECODABLE_MARK, None)
     if reporter is None:
         behavior = (_checked_stream(inner, check, unhandled, guard, ser, none_to) if streams
                     else _checked(inner, check, unhandled, empty, ser, guard))
     else:
-        messages = getattr(reporter, "messages", None)
         if messages is not None:
             # a streaming direction's messages are counted where grpc.aio (de)serializes
             # them: those of the request iterator and the yielded ones, and those the
@@ -1183,7 +1189,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
             if req_s:
                 des = _counting_received(des, messages)
             if resp_s:
-                sends = _counting_sent(sends, messages, max_send_bytes)
+                sends = _counting_sent(sends, messages, max_send_bytes, hide)
         behavior = (_reported_stream(inner, check, reporter, unhandled, guard, ser, none_to)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
@@ -1478,6 +1484,44 @@ _MESSAGE_NOT_SENT = ("grpc.aio could not send a message of the stream (its seria
                      "raised, or it was no bytes) and answered the call itself")
 
 
+class ResponseSerializerError(Exception):
+    """What a response stream's serializer raises to grpc.aio in place of its own
+    exception (the ``__cause__``), on a server that hides exception texts (the default
+    :class:`~meshkit._unhandled.UnhandledErrorInterceptor`): grpc.aio serializes a
+    yielded message as it sends it and answers the serializer's exception ``UNKNOWN``
+    "Unexpected <class 'X'>: <its text>", a text that may quote the field refused (a
+    password); this one names the type only ("ValueError in the response serializer
+    (logged by the server)"), the exception logged by meshkit. A message written
+    with ``context.write`` raises it into the handler, answered as the handler's
+    exception (as the serializer's own, :func:`meshkit._unhandled.unhandled_details`)."""
+
+
+def _serializer_error(exc: Exception) -> ResponseSerializerError:
+    """The :class:`ResponseSerializerError` of a serializer's exception ``exc``, which is
+    logged here at ``error`` (``response serializer failed``, its type and traceback,
+    under the call's span): grpc.aio logs its answer on ``grpc._cython.cygrpc``, to
+    which grpc adds a ``NullHandler``, so without a handler of the application's it went
+    nowhere."""
+    _log.error("response serializer failed", error_type=type(exc).__name__, exc_info=exc)
+    error = ResponseSerializerError(
+        f"{type(exc).__name__} in the response serializer (logged by the server)")
+    error.__cause__ = exc
+    return error
+
+
+def _hiding(ser: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``ser`` raising :class:`ResponseSerializerError` for its exception: for a response
+    stream's serializer when no :func:`_counting_sent` wraps it (that one catches in its
+    own frame). One call more per message (a server without telemetry only)."""
+    def serialize(message: Any) -> bytes:
+        try:
+            return ser(message)
+        except Exception as exc:
+            raise _serializer_error(exc) from exc
+
+    return serialize
+
+
 def _reported_as(exc: BaseException, context: Any) -> BaseException:
     """``exc`` as the wrap of a response stream reports it: a :class:`MessageNotSent`
     for a ``GeneratorExit`` closing the stream once grpc.aio has sent a status
@@ -1741,7 +1785,7 @@ def _counting_received(des: Callable[[bytes], Any] | None, messages: Any) -> Any
 
 
 def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any,
-                   limit: int | None = None) -> Any:
+                   limit: int | None = None, hide: bool = False) -> Any:
     """The response serializer grpc.aio gets for a response-streaming method: ``ser``
     (``None``: bytes as they are) counting in ``messages.msg_sent`` each message it
     serializes, yielded or written with ``context.write()`` (grpc.aio serializes a
@@ -1749,10 +1793,17 @@ def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any,
     with ``limit`` (the server's ``grpc.max_send_message_length`` in bytes), one over
     it: grpc core refuses it (the call ends ``RESOURCE_EXHAUSTED``), so it was not sent
     (a yielded one the wrap refuses before; one written with ``context.write`` gets
-    here: the length is checked only with a limit)."""
+    here: the length is checked only with a limit). With ``hide``, an exception of
+    ``ser`` is raised as :class:`ResponseSerializerError` (in this frame: nothing more
+    per message)."""
     if limit is not None:
         def encode_limited(message: Any) -> Any:
-            data = message if ser is None else ser(message)
+            try:
+                data = message if ser is None else ser(message)
+            except Exception as exc:
+                if not hide:
+                    raise
+                raise _serializer_error(exc) from exc
             try:
                 over = len(data) > limit
             except TypeError:  # not bytes (a None): left to grpc.aio, counted as before
@@ -1771,7 +1822,12 @@ def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any,
         return sent
 
     def encode(message: Any) -> bytes:
-        data = ser(message)
+        try:
+            data = ser(message)
+        except Exception as exc:
+            if not hide:
+                raise
+            raise _serializer_error(exc) from exc
         messages.msg_sent += 1
         return data
 

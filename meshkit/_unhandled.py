@@ -19,7 +19,7 @@ import grpc
 import structlog
 
 from meshkit._calls import DEADLINE_SLACK_S, own_deadline_of, propagated_deadline_of
-from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
+from meshkit._handlers import NoResponse, ResponseSerializerError, Unhandled, WrappingInterceptor
 from meshkit._log import printable
 from meshkit.auth._errors import PermissionDeniedError, UnauthenticatedError
 from meshkit.resilience._deadline import (
@@ -35,7 +35,11 @@ _log = structlog.get_logger("meshkit.server")
 
 def unhandled_details(exc: BaseException) -> str:
     """The status details a caller gets for ``exc``: its type's name, never its text (e.g.
-    ``"Unexpected KeyError in the handler (logged by the server)"``)."""
+    ``"Unexpected KeyError in the handler (logged by the server)"``); for a
+    :class:`~meshkit._handlers.ResponseSerializerError` (a message the handler wrote
+    with ``context.write`` that the serializer refused), its cause's."""
+    if type(exc) is ResponseSerializerError and exc.__cause__ is not None:
+        exc = exc.__cause__
     return f"Unexpected {type(exc).__name__} in the handler (logged by the server)"
 
 
@@ -183,7 +187,10 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     answered (and counted by telemetry) as the handler's; a streaming response's messages
     are still serialized by grpc.aio (in the wrap, when the server has a
     ``grpc.max_send_message_length``: see :func:`meshkit._handlers.wrap_handler`, which
-    also serializes a unary response with one when this is not installed).
+    also serializes a unary response with one when this is not installed), its
+    serializer's exception raised to grpc.aio as a
+    :class:`~meshkit._handlers.ResponseSerializerError` naming its type only (its text
+    logged here, ``response serializer failed``), as grpc.aio answers it with the text.
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
     wrap (no cost on a call that does not raise). It covers the handler and the
@@ -225,7 +232,8 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
                 # at error with a traceback it was a line per call under overload
                 _log.debug("deadline ran out in a call the handler made", method=shown,
                            error_type=type(exc).__name__, details=details)
-            elif not isinstance(exc, _REFUSALS):  # a refusal is an answer, as an abort
+            elif not isinstance(exc, _REFUSALS) and type(exc) is not ResponseSerializerError:
+                # (a refusal is an answer, as an abort; the serializer's error is logged)
                 _log.error("unhandled exception", method=shown,
                            error_type=type(exc).__name__, exc_info=exc)
             # the status set, not aborted with here: the wrap sends it after its except
