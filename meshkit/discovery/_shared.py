@@ -29,6 +29,12 @@ class Closed(enum.Enum):
 CLOSED = Closed.CLOSED
 
 
+def _read_outcome(task: asyncio.Future[Any]) -> None:
+    """Mark ``task``'s exception (if any) as read (:meth:`CloseRace.race`)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class CloseRace:
     """Lets a registry's waits (a blocking query, a backoff sleep) end when it is closed.
 
@@ -57,6 +63,10 @@ class CloseRace:
         task = loop.create_task(aw)
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
+        # its failure read whatever ends the wait: one in the very turn this waiter was
+        # cancelled (the watch ended as a request timed out) was left unread, and
+        # asyncio logged "Task exception was never retrieved" when it was collected
+        task.add_done_callback(_read_outcome)
         closed: asyncio.Future[None] = loop.create_future()
         self._waiters.add(closed)
         if self.closed:  # closed by another thread since the check above
