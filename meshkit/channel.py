@@ -172,6 +172,7 @@ _INTERNAL = grpc.StatusCode.INTERNAL
 _MAX_PLAN_KEYS = 1024
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 # the message types of a method, bound by its serializers as in types-grpcio's
 # grpc.aio.Channel, so a typed client keeps them through a MeshChannel
 _TRequest = TypeVar("_TRequest")
@@ -304,6 +305,26 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
         and not initial_metadata and not trailing_metadata)
 
 
+def _not_served(exc: AioRpcError) -> bool:
+    """Whether an attempt that ended ``UNIMPLEMENTED`` (``exc``) is a server library's
+    refusal of a method its server does not serve, none of the call run: trailers-only,
+    without metadata, with the details grpc's libraries answer an unknown method with
+    (C-core and Python "Method not found!", grpc-go "unknown service ..." / "unknown
+    method ...", grpc-java "Method not found: ...", grpc-js "The server does not
+    implement the method ...", grpc-dotnet "Service is unimplemented." / "Method is
+    unimplemented."). Not a handler's own ``UNIMPLEMENTED``, which has details of its
+    own. The failure path only."""
+    details = exc.details()
+    return (details is not None and details.startswith(_NOT_FOUND_DETAILS)
+            and not exc.initial_metadata() and not exc.trailing_metadata())
+
+
+_NOT_FOUND_DETAILS = ("Method not found!", "unknown service ", "unknown method ",
+                      "Method not found: ", "The server does not implement the method ",
+                      "Service is unimplemented.", "Method is unimplemented.")
+# endpoints (instance id, address) logged as not serving a method another endpoint
+# serves, each once; forgotten whole past this many
+_NOT_SERVING_LOGGED_MAX = 1024
 _SENT_TOO_LARGE = "CLIENT: Sent message larger than max"
 _REQUEST_TOO_LARGE = ("received metadata size exceeds ",
                       "SERVER: Received message larger than max")
@@ -1023,6 +1044,9 @@ class MeshChannel(grpc.aio.Channel):
                                   resolve_timeout_s=options.resolve_timeout_s)
         self._conns = self._pool.conns
         self._left_idle = self._pool.left_idle
+        # (instance id, address) of endpoints logged as not serving a method another
+        # endpoint served (_served_elsewhere)
+        self._not_serving_logged: set[tuple[str, str]] = set()
         self._resolved = self._pool.resolved
         if self._reloader is not None:
             self._pool.spawn(self._watch_certificates())
@@ -1191,18 +1215,29 @@ class MeshChannel(grpc.aio.Channel):
                     done(_CANCELLED, _perf() - t0)  # no endpoint's outcome
                     raise
                 ep.failures += 1
-                done(_attempt_outcome(exc), _perf() - t0)
-                if exc.code() is not _UNAVAILABLE:
-                    raise
-                unsent = self._unavailable(ep, exc)
-                if unsent is None:
-                    raise
-                if not details.wait_for_ready:
-                    raise unsent from exc
-                # wait_for_ready: the request never left (the sub-channel could not
-                # connect, now read so by the pool): wait for a READY endpoint and send
-                # it there, as gRPC's picker queues a wait-for-ready call; no retry
-                picked = None
+                if code is _UNIMPLEMENTED and _not_served(exc):
+                    # its server serves no such method: a stale entry whose address
+                    # another service's server took? Asked of another READY endpoint
+                    # (below), which decides this one's outcome
+                    picked = self._balancer.pick(details.request_key, details.attempts)
+                    if picked is None or picked[0].state is not _READY:
+                        done(code, _perf() - t0)
+                        raise
+                    refusal = (exc, _perf() - t0)
+                else:
+                    done(_attempt_outcome(exc), _perf() - t0)
+                    if code is not _UNAVAILABLE:
+                        raise
+                    unsent = self._unavailable(ep, exc)
+                    if unsent is None:
+                        raise
+                    if not details.wait_for_ready:
+                        raise unsent from exc
+                    # wait_for_ready: the request never left (the sub-channel could not
+                    # connect, now read so by the pool): wait for a READY endpoint and
+                    # send it there, as gRPC's picker queues a wait-for-ready call; no
+                    # retry
+                    picked = None
             except asyncio.CancelledError:
                 done(_CANCELLED, _perf() - t0)
                 self._raise_if_call_cancelled()
@@ -1212,6 +1247,10 @@ class MeshChannel(grpc.aio.Channel):
                 raise
             finally:
                 ep.in_flight -= 1
+            if picked is not None:  # refused as not served: another endpoint's turn
+                ep, done, call, t0, response = await self._served_elsewhere(
+                    details, request, md, (ep, done, *refusal), picked)
+                break
         # OK without a message: before any deserializer sees None (the sub-channel's None;
         # under a strict deserializer, _NO_MESSAGE, which plan.decode raises for)
         if response is None and plan.none_is_no_message:
@@ -1232,6 +1271,78 @@ class MeshChannel(grpc.aio.Channel):
         done(_OK, _perf() - t0)
         details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
+
+    async def _served_elsewhere(
+            self, details: ClientCallDetails, request: Any, md: list[tuple[str, Any]],
+            refused: tuple[Endpoint, Any, AioRpcError, float],
+            picked: tuple[Endpoint, Any]) -> tuple[Endpoint, Any, Any, float, Any]:
+        """A unary attempt's endpoint answered that its server serves no such method
+        (``refused``: the endpoint, its outcome callback not yet called, the error,
+        :func:`_not_served`, and its latency): the attempt is sent once more, to
+        ``picked``, another READY endpoint. None of it ran on the first (grpc's own
+        refusal of an unknown method), so this is safe whatever the method, and no retry.
+
+        When the second endpoint answers from its application (OK, or a status other than
+        such a refusal, ``UNAVAILABLE``, ``CANCELLED`` or a nack), the method is served by
+        the service and the first endpoint's server is another service's (a registry
+        entry that outlived its instance, its address reused: a plaintext mesh has no
+        identity check to refuse it at the handshake): the first's outcome is
+        ``UNAVAILABLE`` (an outlier-ejection failure, P2C's penalty) and a warning
+        ``endpoint does not serve the method`` names it (once per instance and
+        address). Otherwise its outcome is its own ``UNIMPLEMENTED`` (a method no
+        endpoint serves ejects none). Returns the second attempt's ``(ep, done, call,
+        t0, response)`` for the caller to decode; raises its error otherwise (an
+        ``UNAVAILABLE`` of a sub-channel that could not connect as a
+        :class:`~meshkit.resilience._retry.ConnectFailedError`). The failure path only.
+        """
+        first, first_done, refusal, latency_s = refused
+        served = False
+        try:
+            ep, done, call = self._launch(details, picked, request, md)
+            t0 = _perf()
+            try:
+                response = await call
+            except AioRpcError as exc:
+                code = exc.code()
+                if _no_endpoints_outcome(code, exc):
+                    done(_CANCELLED, _perf() - t0)
+                    raise
+                ep.failures += 1
+                done(_attempt_outcome(exc), _perf() - t0)
+                if code is _UNAVAILABLE:
+                    unsent = self._unavailable(ep, exc)
+                    if unsent is not None:
+                        raise unsent from exc
+                    raise
+                served = code is not _CANCELLED and not is_nack(exc) and not (
+                    code is _UNIMPLEMENTED and _not_served(exc))
+                raise
+            except asyncio.CancelledError:
+                done(_CANCELLED, _perf() - t0)
+                self._raise_if_call_cancelled()
+                raise
+            except Exception:  # refused locally: no endpoint's outcome
+                done(_CANCELLED, _perf() - t0)
+                raise
+            finally:
+                ep.in_flight -= 1
+            served = True
+            return ep, done, call, t0, response
+        finally:
+            if served:
+                first_done(_UNAVAILABLE, latency_s)
+                seen = (first.key, first.address)
+                if seen not in self._not_serving_logged:
+                    if len(self._not_serving_logged) >= _NOT_SERVING_LOGGED_MAX:
+                        self._not_serving_logged.clear()
+                    self._not_serving_logged.add(seen)
+                    _log.warning("endpoint does not serve the method; another endpoint of "
+                                 "the service does (a registry entry whose address another "
+                                 "server took?)", service=self.service,
+                                 instance_id=first.key, address=first.address,
+                                 method=details.method, details=refusal.details())
+            else:
+                first_done(_UNIMPLEMENTED, latency_s)
 
     def _raise_if_call_cancelled(self) -> None:
         """In an attempt that ended with ``CancelledError``: when the current task itself
