@@ -65,6 +65,7 @@ __all__ = [
     "other_responses",
     "responses",
     "runs_in_a_thread",
+    "status_code_of",
     "unknown_method_answer",
     "unknown_methods_handler",
     "wrap_handler",
@@ -1378,14 +1379,29 @@ def _answerable(exc: BaseException) -> TypeGuard[Exception]:
     return isinstance(exc, Exception) and not isinstance(exc, _GRPC_ERRORS)
 
 
+_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def status_code_of(code: object) -> grpc.StatusCode | None:
+    """``code`` (what a grpc.aio ``ServicerContext.code()`` returns) as a
+    :class:`grpc.StatusCode`: itself, or the code an integer names (grpc.aio takes and
+    sends ``set_code(5)`` and ``abort(5, ...)``, ``NOT_FOUND``, as grpc-go's codes are
+    integers); ``None`` when no code is set or it is no gRPC status code."""
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int) and not isinstance(code, bool):
+        return _CODES_BY_NUMBER.get(code)
+    return None
+
+
 def _set_not_ok(context: Any) -> bool:
     """Whether the handler set a code other than ``OK`` (``context.set_code``): then a
     unary response its serializer refuses, or one over the send limit, is no error,
     grpc.aio discards the response of such a call unserialized ("Discards the response
     message if the status code is non-OK") and the code set is the answer. Only asked
     when the serializer raised (or the response was too large)."""
-    code = context.code()
-    return isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK
+    code = status_code_of(context.code())
+    return code is not None and code is not grpc.StatusCode.OK
 
 
 def _unsendable_trailers(context: Any) -> str | None:

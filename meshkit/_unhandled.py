@@ -19,7 +19,13 @@ import grpc
 import structlog
 
 from meshkit._calls import DEADLINE_SLACK_S, own_deadline_of, propagated_deadline_of
-from meshkit._handlers import NoResponse, ResponseSerializerError, Unhandled, WrappingInterceptor
+from meshkit._handlers import (
+    NoResponse,
+    ResponseSerializerError,
+    Unhandled,
+    WrappingInterceptor,
+    status_code_of,
+)
 from meshkit._log import printable
 from meshkit.auth._errors import PermissionDeniedError, UnauthenticatedError
 from meshkit.resilience._deadline import (
@@ -142,8 +148,8 @@ def unhandled_answer(exc: Exception, context: Any) -> tuple[grpc.StatusCode, str
     sent. Never raises."""
     if isinstance(exc, _REFUSALS):
         return exc.code(), exc.details() or ""
-    code = context.code()
-    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+    code = status_code_of(context.code())  # (an integer too: grpc.aio sends it)
+    if code is not None and code is not grpc.StatusCode.OK:
         return code, unhandled_details(exc)
     downstream = _downstream_deadline(exc, context)
     if downstream is not None:

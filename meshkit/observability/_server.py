@@ -14,7 +14,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from meshkit._handlers import Handler, Reporter, WrappingInterceptor
+from meshkit._handlers import Handler, Reporter, WrappingInterceptor, status_code_of
 from meshkit._log import printable as _printable
 from meshkit._metadata import LoggedMetadata, call_metadata, logged_metadata
 from meshkit._methods import MethodMatcher
@@ -501,13 +501,17 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             code = context.code()
             if isinstance(code, grpc.StatusCode):
                 return code
+            if code is not None:  # an integer code grpc.aio sends as that code
+                code = status_code_of(code)
+                if code is not None:
+                    return code
             return STATUS_OK if exc is None else STATUS_UNKNOWN
         if isinstance(exc, _CANCELLATIONS):
             remaining = context.time_remaining()
             return STATUS_DEADLINE if remaining is not None and remaining <= 0 else STATUS_CANCELLED
         if isinstance(exc, Exception):
-            code = context.code()
-            if isinstance(code, grpc.StatusCode) and code is not STATUS_OK:
+            code = status_code_of(context.code())
+            if code is not None and code is not STATUS_OK:
                 return code
         return STATUS_UNKNOWN
 
