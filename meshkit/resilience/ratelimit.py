@@ -1422,7 +1422,10 @@ class StorageLimiter:
         ends at once, while its round trips finish on their own (within those
         timeouts; a failure among them counts towards the breaker and the outage log as
         any other): a Redis command cancelled before its reply made the driver drop the
-        connection every caller's commands share, failing all of theirs in flight.
+        connection every caller's commands share, failing all of theirs in flight. The
+        call waits for its hit at most three ``storage_timeout_s`` per part of the rule
+        (and 0.1 s): past that (a driver swallowed a round trip's timeout, as coredis'
+        ``NOSCRIPT`` retry does) it is a storage failure, the hit left to end on its own.
 
         Returns:
             ``None`` to admit; a ``RESOURCE_EXHAUSTED`` :class:`Rejection` with
@@ -1448,9 +1451,17 @@ class StorageLimiter:
         # lost": storage failures, UNAVAILABLE under deny, the breaker opened)
         hit = asyncio.ensure_future(self._hit(rule, method, key))
         try:
-            rejection = await asyncio.shield(hit)
+            # waited for at most as long as its round trips may take (each bounded by
+            # storage_timeout_s inside): a driver that swallows that timeout's cancel
+            # (coredis' NOSCRIPT retry hook, a bare except) must not hang the call
+            async with asyncio.timeout((self._timeout_s or 0.0) * 3 * len(rule.items)
+                                       + _HIT_GUARD_MARGIN_S):
+                rejection = await asyncio.shield(hit)
         except Exception as exc:  # any storage failure: fail as configured, never crash
             breaker.failure(probe)
+            if not hit.done():  # the guard's timeout: the hit ends on its own, no one's
+                _let_go.add(hit)
+                hit.add_done_callback(_forget_let_go)
             return self._storage_failed(method, exc)
         except BaseException:  # cancelled mid-call
             if hit.done():
@@ -1926,6 +1937,22 @@ class StorageLimiter:
 
 
 _limiters = reset_in_forked_child(StorageLimiter)
+
+_HIT_GUARD_MARGIN_S = 0.1
+"""What :meth:`StorageLimiter.check` waits for a hit beyond its round trips' timeouts
+(at most three round trips per part of the rule, each ``storage_timeout_s``) before it
+stops waiting: the hit's own timeouts fire first unless the driver swallowed one."""
+
+# hits check() stopped waiting for (a driver swallowed their timeout): referenced until
+# they end (asyncio keeps only weak references to tasks), their outcome no one's
+_let_go: set[asyncio.Future[Any]] = set()
+
+
+def _forget_let_go(hit: asyncio.Future[Any]) -> None:
+    """A hit :data:`_let_go` ended: dropped, its exception read (no "never retrieved")."""
+    _let_go.discard(hit)
+    if not hit.cancelled():
+        hit.exception()
 
 
 class RateLimitInterceptor(WrappingInterceptor):
