@@ -31,9 +31,16 @@ from cryptography.x509.oid import NameOID
 from meshkit.errors import ConfigError
 from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
 from tests.support.ports import free_port
-from tests.support.skips import skip_or_fail
+from tests.support.skips import asyncio_loop_only, skip_or_fail
 
 pytestmark = pytest.mark.timeout(60)
+
+# On uvloop (MESHKIT_TEST_LOOP=uvloop) a TLS connection to a fresh Redis on a second loop,
+# after one on an earlier loop was closed, never gets its SCRIPT LOAD answered (coredis'
+# and uvloop's, reproduced with limits and coredis alone; plain TCP is fine): each of these
+# passes on its own there, the second in a file times out (UNAVAILABLE)
+_TLS_CONNECTING = asyncio_loop_only(
+    "a second loop's rediss:// connection hangs after an earlier loop's was closed")
 
 
 def _write_pki(d: Path, names: list[x509.GeneralName]) -> None:
@@ -133,6 +140,7 @@ async def _two_hits(uri: str) -> list[str | None]:
         await limiter.aclose()
 
 
+@_TLS_CONNECTING
 async def test_a_certificate_for_another_name_is_refused(
         redis_for_another_name: tuple[int, Path]) -> None:
     """The Redis' certificate (signed by the CA given) names another host: no hit is
@@ -142,6 +150,7 @@ async def test_a_certificate_for_another_name_is_refused(
     assert got == [grpc.StatusCode.UNAVAILABLE.name] * 2, got
 
 
+@_TLS_CONNECTING
 async def test_a_certificate_for_its_address_counts(
         redis_for_its_address: tuple[int, Path]) -> None:
     """The Redis' certificate names the address dialled: the hits count."""
@@ -150,6 +159,7 @@ async def test_a_certificate_for_its_address_counts(
     assert got == [None, grpc.StatusCode.RESOURCE_EXHAUSTED.name], got
 
 
+@_TLS_CONNECTING
 async def test_the_name_check_turned_off_in_the_uri_is_off(
         redis_for_another_name: tuple[int, Path]) -> None:
     """``?ssl_check_hostname=false`` (written out) is honoured: the hits count."""
