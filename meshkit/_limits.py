@@ -1076,11 +1076,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 left = evictable_from - now
                 due = left if due is None else min(due, left)
                 continue
-            self._evicting.add(task)
-            self._evicted_calls.add(task)
-            self.evicted += 1
-            self._warn("evicting calls whose request did not arrive: every read permit taken")
-            task.cancel()
+            self._evict_task(
+                task, "evicting calls whose request did not arrive: every read permit taken")
         return self._evict_after if due is None else due
 
     def admit_stream(self, context: Any) -> Awaitable[None] | None:
@@ -1126,11 +1123,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
             if now - since < self._evict_after:
                 return False  # oldest first: none of the rest has waited longer
             if task not in self._evicting and not task.done():
-                self._evicting.add(task)
-                self._evicted_calls.add(task)
-                self.evicted += 1
-                self._warn("evicting request streams with no message: every place taken")
-                task.cancel()
+                self._evict_task(
+                    task, "evicting request streams with no message: every place taken")
                 return True
         return False
 
@@ -1254,12 +1248,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 continue
             if now - since < self._evict_after:
                 return False
-            self._evicting.add(task)
-            self._evicted_calls.add(task)
-            self.evicted += 1
-            self._warn("evicting health checks whose request did not arrive: every "
-                       "reserved place taken")
-            task.cancel()
+            self._evict_task(task, "evicting health checks whose request did not arrive: "
+                                   "every reserved place taken")
             return True
         return False
 
@@ -1316,11 +1306,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 oldest, since = task, at
         if oldest is None or now - since < self._stall_s:
             return False
-        self._evicting.add(oldest)
-        self._evicted_calls.add(oldest)
-        self.evicted += 1
-        self._warn("evicting server streams whose client takes no message: every slot taken")
-        oldest.cancel()
+        self._evict_task(
+            oldest, "evicting server streams whose client takes no message: every slot taken")
         return True
 
     def _evict_waiting(self) -> bool:
@@ -1333,13 +1320,20 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 return False  # oldest first: none of the rest has waited longer
             if task not in self._evicting and task not in self._reserved \
                     and not task.done():
-                self._evicting.add(task)
-                self._evicted_calls.add(task)
-                self.evicted += 1
-                self._warn("evicting calls whose request did not arrive: every slot taken")
-                task.cancel()
+                self._evict_task(
+                    task, "evicting calls whose request did not arrive: every slot taken")
                 return True
         return False
+
+    def _evict_task(self, task: asyncio.Task[Any], why: str) -> None:
+        """End ``task``'s call for a newer one (it is cancelled; the call ends
+        ``CANCELLED`` or is shed, as its read stands), counted once in :attr:`evicted`
+        (:meth:`_counted`) and warned about (``why``, rate-limited by :meth:`_warn`)."""
+        self._evicting.add(task)
+        self._evicted_calls.add(task)
+        self.evicted += 1
+        self._warn(why)
+        task.cancel()
 
     def close(self) -> None:
         """The server stopped: cancel the timer of :meth:`_arm_sweep` and arm none again.

@@ -278,7 +278,7 @@ class _Record:
     atomic for the int/float values used here in practice, and a scrape reads a snapshot
     that may be one call apart between families (as a scrape always may be)."""
 
-    __slots__ = ("bounds", "counts", "created", "handled", "in_flight", "labels",
+    __slots__ = ("bounds", "counts", "created", "extra", "handled", "in_flight", "labels",
                  "msg_received", "msg_sent", "ok", "started", "sum_s")
 
     def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
@@ -295,6 +295,8 @@ class _Record:
         self.counts = [0] * (len(bounds) + 1)  # last: above the highest bound (+Inf)
         self.sum_s = 0.0
         self.created = time.time()
+        # the side's own count: calls rate-limited (server), attempts (client)
+        self.extra = 0
 
     def start(self) -> None:
         """Count one call started (and in flight); the server telemetry's ``_start``
@@ -302,23 +304,12 @@ class _Record:
         self.started += 1
         self.in_flight += 1
 
-
-class BoundServer(_Record):
-    """One server method's counts (``grpc_server_*`` and ``meshkit_server_rate_limited``),
-    bound once per method and label set; :meth:`RpcMetrics.bind_server` returns the same
-    record for the same labels, so a shared registry counts each call once."""
-
-    __slots__ = ("rate_limited",)
-
-    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
-        super().__init__(labels, bounds)
-        self.rate_limited = 0
-
-    def finished(self, code: grpc.StatusCode, duration_s: float,
-                 rate_limited: bool = False) -> None:
-        """Count one finished call with its status and duration (seconds); ``rate_limited``
-        when the rate limiter refused it."""
-        # the counts BoundClient.finished makes too, in this frame (one per call)
+    def finished(self, code: grpc.StatusCode, duration_s: float, extra: int = 0) -> None:
+        """Count one finished call with its status and duration (seconds), and ``extra``
+        in the side's own count: on a server, 1 (or ``True``) when the rate limiter
+        refused it (:attr:`BoundServer.rate_limited`); on a client, the logical call's
+        attempts (:attr:`BoundClient.attempts`). One method for both sides, its frame the
+        only one per call."""
         if code is _OK:
             self.ok += 1
         else:
@@ -327,30 +318,33 @@ class BoundServer(_Record):
         self.counts[_bisect(self.bounds, duration_s)] += 1
         self.sum_s += duration_s
         self.in_flight -= 1
-        if rate_limited:
-            self.rate_limited += 1
+        self.extra += extra
+
+
+class BoundServer(_Record):
+    """One server method's counts (``grpc_server_*`` and ``meshkit_server_rate_limited``),
+    bound once per method and label set; :meth:`RpcMetrics.bind_server` returns the same
+    record for the same labels, so a shared registry counts each call once.
+    :meth:`~_Record.finished`'s ``extra``: whether the rate limiter refused the call."""
+
+    __slots__ = ()
+
+    @property
+    def rate_limited(self) -> int:
+        """Calls the rate limiter refused (``meshkit_server_rate_limited_total``)."""
+        return self.extra
 
 
 class BoundClient(_Record):
-    """One client method's counts (``grpc_client_*``, ``meshkit_client_attempts``)."""
+    """One client method's counts (``grpc_client_*``, ``meshkit_client_attempts``);
+    :meth:`~_Record.finished`'s ``extra``: the logical call's attempts."""
 
-    __slots__ = ("attempts",)
+    __slots__ = ()
 
-    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
-        super().__init__(labels, bounds)
-        self.attempts = 0
-
-    def finished(self, code: grpc.StatusCode, duration_s: float, attempts: int) -> None:
-        """Count one finished logical call, its status, duration (seconds) and attempts."""
-        if code is _OK:  # as BoundServer.finished
-            self.ok += 1
-        else:
-            handled = self.handled
-            handled[code] = handled.get(code, 0) + 1
-        self.counts[_bisect(self.bounds, duration_s)] += 1
-        self.sum_s += duration_s
-        self.in_flight -= 1
-        self.attempts += attempts
+    @property
+    def attempts(self) -> int:
+        """Attempts of the calls finished (``meshkit_client_attempts``)."""
+        return self.extra
 
 
 _RPC_DOCS = {

@@ -630,11 +630,11 @@ def test_rpc_families_print_no_created_series_when_prometheus_client_disables_th
     if side == "server":
         srv = rpc.bind_server(names)
         srv.start()
-        srv.finished(grpc.StatusCode.UNAVAILABLE, 0.001, rate_limited=True)
+        srv.finished(grpc.StatusCode.UNAVAILABLE, 0.001, True)
     else:
         cli = rpc.bind_client(names)
         cli.start()
-        cli.finished(grpc.StatusCode.OK, 0.001, attempts=2)
+        cli.finished(grpc.StatusCode.OK, 0.001, 2)
 
     def created(reg: CollectorRegistry) -> set[str]:
         return {s.name for fam in reg.collect() for s in fam.samples
