@@ -908,17 +908,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     self._release_read(task)
                 else:  # nobody to pass the permit to: _release_read's first step, inline
                     self._readers.pop(task, None)
-        if type(request) is _NotAdmitted:  # one check per call for the five below
-            if request is _FULL:
-                await self._busy(context)
-            if request is _BUSY:
-                await self._busy(context, "shedding calls: too many requests being read")
-            if request is _LATE:
-                await self._abort_late(context)
-            if request is _MISSING:
-                await self._refuse_count(context, _NO_REQUEST)
-            if request is _EXTRA:
-                await self._refuse_count(context, _EXTRA_REQUEST)
+        if type(request) is _NotAdmitted:  # one check per call for the five markers
+            await self._refuse_not_admitted(context, request)
         size = _request_size.get()
         if (self._budget is not None and self.inflight_bytes
                 and self.inflight_bytes + size > self._budget):
@@ -926,6 +917,24 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.inflight_bytes += size
         self.active += 1
         return request, size
+
+    async def _refuse_not_admitted(self, context: Any, request: _NotAdmitted) -> None:
+        """End the call whose read gave ``request``, a marker of a request the gate does
+        not hand on (raises grpc.aio's ``AbortError``): the in-flight budget full
+        (``_FULL``) or evicted while waiting to read (``_BUSY``): ``RESOURCE_EXHAUSTED``
+        "server busy" (:meth:`_busy`); not in within ``first_message_timeout_s`` or
+        evicted while waiting for it (``_LATE``): :meth:`_abort_late`; no request message
+        (``_MISSING``) or more than one (``_EXTRA``): :meth:`_refuse_count`."""
+        if request is _FULL:
+            await self._busy(context)
+        elif request is _BUSY:
+            await self._busy(context, "shedding calls: too many requests being read")
+        elif request is _LATE:
+            await self._abort_late(context)
+        elif request is _MISSING:
+            await self._refuse_count(context, _NO_REQUEST)
+        elif request is _EXTRA:
+            await self._refuse_count(context, _EXTRA_REQUEST)
 
     async def _abort_late(self, context: Any) -> None:
         """End a call whose request did not arrive within ``first_message_timeout_s``, or
@@ -993,12 +1002,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
         finally:
             self._waiting.pop(task, None)
             self._evicting.discard(task)
-        if request is _LATE:
-            await self._abort_late(context)
         if request is _EOF:
-            await self._refuse_count(context, _NO_REQUEST)
-        if request is _EXTRA:
-            await self._refuse_count(context, _EXTRA_REQUEST)
+            request = _MISSING
+        if type(request) is _NotAdmitted:
+            await self._refuse_not_admitted(context, request)
         size = _request_size.get()
         if size > _HEALTH_REQUEST_BYTES:
             request = None
