@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -40,20 +41,28 @@ async def test_request_read_ended_as_the_call_is_cancelled() -> None:
             async for _ in _until_ending(requests(), asyncio.Event()):
                 pass
 
-        task = asyncio.create_task(consume())
-        for _ in range(3):
-            await asyncio.sleep(0)  # the consumer waits on its read
-        gate.set()  # ... and, in the same turn, the call's cancel
-        task.cancel()
-        done, _ = await asyncio.wait((task,), timeout=5)
-        assert task in done and task.cancelled()
-        del task, done
-        for _ in range(3):
-            gc.collect()
-            await asyncio.sleep(0)
-        assert _unretrieved(seen) == []
+        await _end_and_cancel_in_one_turn(consume, gate, seen)
     finally:
         loop.set_exception_handler(None)
+
+
+async def _end_and_cancel_in_one_turn(consume: Callable[[], Awaitable[None]],
+                                      gate: asyncio.Event, seen: Any) -> None:
+    """Run ``consume`` until it waits on its read, then end the stream (``gate``) and
+    cancel the call in the same loop turn: the task ends cancelled and no task's
+    exception is left unretrieved."""
+    task = asyncio.create_task(consume())
+    for _ in range(3):
+        await asyncio.sleep(0)  # the consumer waits on its read
+    gate.set()  # ... and, in the same turn, the call's cancel
+    task.cancel()
+    done, _ = await asyncio.wait((task,), timeout=5)
+    assert task in done and task.cancelled()
+    del task, done
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0)
+    assert _unretrieved(seen) == []
 
 
 async def test_health_watch_ended_as_the_call_is_cancelled() -> None:
@@ -74,17 +83,6 @@ async def test_health_watch_ended_as_the_call_is_cancelled() -> None:
             async for _ in wrapped.unary_stream(None, object()):
                 pass
 
-        task = asyncio.create_task(consume())
-        for _ in range(3):
-            await asyncio.sleep(0)
-        gate.set()  # ... in the turn the watcher's cancel arrives
-        task.cancel()
-        done, _ = await asyncio.wait((task,), timeout=5)
-        assert task in done and task.cancelled()
-        del task, done
-        for _ in range(3):
-            gc.collect()
-            await asyncio.sleep(0)
-        assert _unretrieved(seen) == []
+        await _end_and_cancel_in_one_turn(consume, gate, seen)
     finally:
         loop.set_exception_handler(None)
