@@ -112,7 +112,12 @@ class LoopCache:
     while the caller is that thread: a thread runs one loop at a time, so a task running
     on it is the caller's. Anything else (another thread, a callback outside any task, a
     loop that stopped, a Python that keeps the table elsewhere) asks asyncio and
-    remembers the answer. A cache per user (the request gate keeps one). In a child
+    remembers the answer. The loop and its thread are kept as one pair, read and written
+    whole: threads running loops of their own share a cache (``meshkit._calls`` keeps one
+    per process), and kept as two attributes a thread switch between their writes let a
+    thread read another thread's loop with its own thread id, and get that thread's task
+    (a mesh call's ``cancel()`` then cancelled a task of another thread's loop instead).
+    A cache per user (the request gate keeps one). In a child
     made by ``os.fork()`` it forgets the loop found (``os.register_at_fork``): forked
     while that loop ran a task (a ``ProcessPoolExecutor`` worker, forked from inside
     the loop by ``run_in_executor``), the child inherits the table's entry for it, the
@@ -120,27 +125,26 @@ class LoopCache:
     that never runs there, in every task of the child's own loop.
     """
 
-    __slots__ = ("__weakref__", "_ident", "_loop")
+    __slots__ = ("__weakref__", "_found")
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ident = 0
+        # (the loop found last, the id of the thread it was found in): one pair
+        self._found: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
         _caches.add(self)
 
     def _forget_parent(self) -> None:
         """In a forked child: ask asyncio again (see the class)."""
-        self._loop = None
-        self._ident = 0
+        self._found = (None, 0)
 
     def current_task(self) -> asyncio.Task[Any] | None:
         """The task running now (``None`` outside a task or outside a loop)."""
-        loop = self._loop
-        if loop is not None and self._ident == _get_ident() and _CURRENT_TASKS is not None:
+        loop, ident = self._found
+        if ident == _get_ident() and _CURRENT_TASKS is not None:
             task = _CURRENT_TASKS.get(loop)
             if task is not None:
                 return task
-        loop = self._loop = asyncio._get_running_loop()
-        self._ident = _get_ident()
+        loop = asyncio._get_running_loop()
+        self._found = (loop, _get_ident())
         return None if loop is None else asyncio.current_task(loop)
 
 
