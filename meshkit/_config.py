@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_bool",
+    "check_clock",
     "check_instance",
     "check_int",
     "check_metadata_key",
@@ -152,6 +153,23 @@ def check_bool(name: str, value: object) -> None:
     """
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def check_clock(name: str, value: object, *, wall: bool) -> None:
+    """Check that ``value`` (the clock ``name``) is a function, not a reading of one:
+    ``clock=time.time()`` gives a float, which would raise ``TypeError: 'float' object is
+    not callable`` at the first use (a token verified, a pick, a registration).
+
+    Args:
+        wall: the clock is a wall clock in epoch seconds (``time.time``), else a
+            monotonic one (``time.monotonic``); only the message's example differs.
+
+    Raises:
+        ConfigError: ``value`` is not callable; ``name`` and the value quoted.
+    """
+    if not callable(value):
+        kind = "epoch seconds, such as time.time" if wall else "seconds, such as time.monotonic"
+        raise ConfigError(f"{name} must be a callable returning {kind}, got {quoted(value)}")
 
 
 def _class_names(kind: type | tuple[type, ...]) -> str:

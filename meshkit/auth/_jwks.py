@@ -26,7 +26,13 @@ import structlog
 from aiohttp import web
 
 from meshkit._aio_http import start_app
-from meshkit._config import check_instance, check_int, check_number, check_seconds
+from meshkit._config import (
+    check_clock,
+    check_instance,
+    check_int,
+    check_number,
+    check_seconds,
+)
 from meshkit._hosts import bare_host, is_loopback, uri_host
 from meshkit._outage import OutageLog
 from meshkit._uris import split_userinfo
@@ -307,8 +313,9 @@ class JWKSClientOptions:
         clock: monotonic clock for the intervals (default ``time.monotonic``).
 
     Raises:
-        ConfigError: a value out of range or of the wrong type, or ``algorithms`` empty,
-            given as one string or naming a symmetric or unknown algorithm (quoted).
+        ConfigError: a value out of range or of the wrong type (a ``clock`` that is not
+            callable: ``time.monotonic()``, its reading), or ``algorithms`` empty, given
+            as one string or naming a symmetric or unknown algorithm (quoted).
     """
 
     refresh_interval_s: float = 300.0
@@ -328,6 +335,7 @@ class JWKSClientOptions:
             raise ConfigError("min_refresh_interval_s must be in [0, refresh_interval_s], "
                               f"got {self.min_refresh_interval_s!r}")
         check_int("max_document_bytes", self.max_document_bytes, low=1024)
+        check_clock("clock", self.clock, wall=False)
         object.__setattr__(self, "algorithms",
                            frozenset(check_algorithms("algorithms", self.algorithms)))
 

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from meshkit._config import (
+    check_clock,
     check_instance,
     check_int,
     check_metadata_key,
@@ -264,8 +265,9 @@ class KeySet:
 
     Raises:
         ConfigError: no keys, ``keys`` not a sequence of :class:`SigningKey` (PEM bytes,
-            one string), a duplicate kid, ``keep_previous`` not an integer >= 0 or
-            ``grace_s`` not a number >= 0 (quoted).
+            one string), a duplicate kid, ``keep_previous`` not an integer >= 0,
+            ``grace_s`` not a number >= 0 or ``clock`` not callable (``time.time()``: its
+            reading; quoted).
     """
 
     def __init__(self, keys: Sequence[SigningKey], *, keep_previous: int = 1,
@@ -278,6 +280,7 @@ class KeySet:
             _check_signing_key(key)
         check_int("keep_previous", keep_previous, low=0)
         check_number("grace_s", grace_s, finite=False)
+        check_clock("clock", clock, wall=True)
         seen: set[str] = set()
         for key in keys:
             if key.kid in seen:
@@ -513,7 +516,8 @@ class IssuerOptions:
         clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
-        ConfigError: empty issuer/audience or ttl out of range (quoted).
+        ConfigError: empty issuer/audience, ttl out of range or ``clock`` not callable
+            (``time.time()``: its reading; quoted).
     """
 
     issuer: str
@@ -527,6 +531,7 @@ class IssuerOptions:
         if not self.audience or not isinstance(self.audience, str):
             raise ConfigError(f"audience must be a non-empty string, got {self.audience!r}")
         check_number("ttl_s", self.ttl_s, low_open=True, high=86400.0)
+        check_clock("clock", self.clock, wall=True)
 
 
 class TokenIssuer:
@@ -696,11 +701,15 @@ class TokenVerifier:
     Args:
         options: :class:`VerifierOptions`.
         clock: wall clock in epoch seconds (default ``time.time``).
+
+    Raises:
+        ConfigError: ``clock`` is not callable (``time.time()``: its reading; quoted).
     """
 
     __slots__ = ("_algs", "_decoder", "_options", "_typ", "clock")
 
     def __init__(self, options: VerifierOptions, *, clock: Clock = time.time) -> None:
+        check_clock("clock", clock, wall=True)
         self._options = options
         self._algs = frozenset(options.algorithms)
         self._typ = None if options.typ is None else _media_type(options.typ)
@@ -869,13 +878,17 @@ class VerifiedTokenCache:
     Args:
         max_entries: capacity (0 disables the cache).
         leeway_s: the verifier's leeway, so cache hits expire exactly as fresh checks would.
-        clock: wall clock in epoch seconds.
+        clock: wall clock in epoch seconds (default ``time.time``).
+
+    Raises:
+        ConfigError: ``clock`` is not callable (``time.time()``: its reading; quoted).
     """
 
     __slots__ = ("_data", "_leeway", "clock", "max_entries")
 
     def __init__(self, max_entries: int, *, leeway_s: float = 0.0,
                  clock: Clock = time.time) -> None:
+        check_clock("clock", clock, wall=True)
         self.max_entries = max_entries
         self._leeway = leeway_s
         self.clock = clock
@@ -937,7 +950,8 @@ class JWTVerifier:
             assigned later) has no ``get_key`` method: a URL string (wrap it in a
             :class:`~meshkit.auth.JWKSClient`), ``None``, a class (quoted); or is a
             :class:`~meshkit.auth.JWKSClient` whose ``algorithms`` share none with
-            ``options.algorithms`` (every token would be refused).
+            ``options.algorithms`` (every token would be refused); or ``clock`` is not
+            callable (``time.time()``: its reading).
 
     Verified tokens are cached until their ``exp``, but no longer than the key source's
     keys stay the same: when its ``version`` changes (a key added or removed: a rotation,

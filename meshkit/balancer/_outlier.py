@@ -112,7 +112,13 @@ from fractions import Fraction
 
 import grpc
 
-from meshkit._config import check_int, check_number, check_seconds, check_status_codes
+from meshkit._config import (
+    check_clock,
+    check_int,
+    check_number,
+    check_seconds,
+    check_status_codes,
+)
 from meshkit._fields import Normalised
 from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
 from meshkit.errors import ConfigError
@@ -238,6 +244,9 @@ class EjectingBalancer:
             (cancelled): the endpoint may be probed by the next pick again, which nothing
             else announces (a caller waiting for an endpoint wakes on it).
 
+    Raises:
+        ConfigError: ``clock`` is not callable (``time.monotonic()``: its reading; quoted).
+
     Attributes:
         ejections: ejections since the balancer was made.
         panic_picks: picks of an ejected endpoint because nothing usable was left in
@@ -253,6 +262,7 @@ class EjectingBalancer:
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[str, bool], None] | None = None,
                  on_probe_free: Callable[[str], None] | None = None) -> None:
+        check_clock("clock", clock, wall=False)
         self._inner = inner
         self._opts = options or OutlierOptions()
         self._ok_fails = _OK in self._opts.failure_codes

@@ -143,7 +143,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
-from meshkit._config import check_number, check_path, check_seconds
+from meshkit._config import check_clock, check_number, check_path, check_seconds
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._shared import due_to_log
@@ -522,8 +522,8 @@ class LocalOptions:
         ConfigError: a value is out of range or of the wrong type (quoted in the
             message): a ``path`` that is no ``str`` or ``os.PathLike`` (``None`` from an
             unset variable, ``bytes``), is ``""`` or holds NUL; a ``boot_clock`` that is
-            not callable (nor None); a ``boot_id`` that is no string, is ``""`` or holds
-            ``/``.
+            not callable (nor None), a ``clock`` that is not callable (``time.time()``:
+            its reading); a ``boot_id`` that is no string, is ``""`` or holds ``/``.
     """
 
     path: Path = field(default_factory=default_local_path)
@@ -541,6 +541,7 @@ class LocalOptions:
         if "\x00" in text:  # os.stat's bare ValueError otherwise (local:///tmp/mesh%00)
             raise ConfigError(f"path must not hold a NUL character, got {text!r}")
         object.__setattr__(self, "path", _database_path(text))
+        check_clock("clock", self.clock, wall=True)
         if self.boot_clock is not None and not callable(self.boot_clock):
             raise ConfigError(f"boot_clock must be a function returning seconds or None, "
                               f"got {self.boot_clock!r}")

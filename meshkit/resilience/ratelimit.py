@@ -174,7 +174,13 @@ from limits.errors import ConfigurationError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.util import WindowStats
 
-from meshkit._config import CONSUMED_HEADERS, check_int, check_number, check_seconds
+from meshkit._config import (
+    CONSUMED_HEADERS,
+    check_clock,
+    check_int,
+    check_number,
+    check_seconds,
+)
 from meshkit._fields import FrozenMap
 from meshkit._fork import name_dev_null, reset_in_forked_child
 from meshkit._handlers import Before, WrappingInterceptor
@@ -1284,7 +1290,8 @@ class StorageLimiter:
     Raises:
         ConfigError: the storage cannot be built, e.g. its driver is not installed
             (``async+redis`` needs ``limits[async-redis]``) or cannot read an option of
-            the URI (``?db=x``); the URI quoted, its password redacted.
+            the URI (``?db=x``); the URI quoted, its password redacted. ``clock`` not
+            callable (``time.monotonic()``: its reading; quoted).
     """
 
     __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
@@ -1296,6 +1303,7 @@ class StorageLimiter:
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        check_clock("clock", clock, wall=False)
         opts = options or RateLimitOptions()
         self._table = RuleTable(opts.rules, opts.default_rule)
         uri, cls = storage_class(opts.storage_uri, opts.strategy)
