@@ -1634,7 +1634,10 @@ class EtcdRegistry:
         Reads the prefix ``<prefix><service>/`` and follows a watch stream from the next
         revision (resumed after a disconnect, re-read after a compaction; see the module
         docstring). A failed read yields nothing: the last set stands, and before the first
-        successful read there is none. The iterator ends when the registry is closed.
+        successful read there is none. A reader that asks late (busy with the last set
+        during a burst of writes: a rolling deploy) gets the latest set, the changes
+        queued meanwhile folded into it, not each set in between in turn. The iterator
+        ends when the registry is closed.
 
         Args:
             service: the service name, e.g. ``"orderd"``.
@@ -1664,7 +1667,10 @@ class EtcdRegistry:
                     update = None
                 if update is CLOSED:
                     return
-                if update is not None:
+                # what the follower queued meanwhile (a burst of writes, each its own
+                # watch message, while the reader applied the last set) is folded into
+                # one set: the reader gets the latest, not every stale set in turn
+                while update is not None:
                     if update.replaced and last is not None and grace_s > 0:
                         kept = last
                         keep_until = time.monotonic() + grace_s
@@ -1672,7 +1678,10 @@ class EtcdRegistry:
                                   "until their owners register again", service=service,
                                   grace_s=grace_s)
                     listed = update.listed
-                    kept = frozenset(i for i in kept if i.instance_id not in update.deleted)
+                    if kept:
+                        kept = frozenset(i for i in kept
+                                         if i.instance_id not in update.deleted)
+                    update = queue.get_nowait() if not queue.empty() else None
                 if keep_until is not None and time.monotonic() >= keep_until:
                     kept, keep_until = frozenset(), None
                 ids = {i.instance_id for i in listed}
