@@ -17,6 +17,12 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
 * a call a server's deadline admission refused (``DeadlineOptions.min_remaining_s``) is
   not retried, even where ``DEADLINE_EXCEEDED`` is retryable: a later attempt would have
   less time left;
+* nor is a message over a size limit (:func:`size_refusal`: ``RESOURCE_EXHAUSTED``
+  "... message larger than max", a request over the client's send or the server's
+  receive limit, a response over the client's receive limit, a gzip message inflating
+  past one), even where ``RESOURCE_EXHAUSTED`` is retryable: every attempt sends the same
+  request and gets the same refusal (a response's handler run again each time); nor
+  hedged on (it ends a hedged call as any fatal status);
 * a call is retried only if it is safe to repeat: the policy says the method is
   ``idempotent``, or the request carries an idempotency key (the ``idempotency-key``
   metadata, or a non-empty ``idempotency_field`` attribute on the request message), or the
@@ -160,6 +166,9 @@ class RetryPolicy:
             client's own): the retry budget bounds what retries add to the load.
         retryable_codes: statuses worth another attempt, any collection of
             ``grpc.StatusCode`` (default ``{UNAVAILABLE}``); stored as a frozenset.
+            ``RESOURCE_EXHAUSTED`` here retries a server's quota or overload refusal,
+            never a message over a size limit (``size_refusal``: the same request gets
+            the same refusal).
         backoff: delay between attempts (default :class:`Backoff` 25 ms doubling to 1 s).
         idempotent: the method may run twice safely (reads); enables retries of any
             retryable status and hedging (default ``False``).
@@ -569,6 +578,8 @@ class RetryInterceptor(ClientInterceptor):
             return None
         if isinstance(exc, InvalidCallError):  # the caller's error: no attempt was made
             return None
+        if size_refusal(exc.code(), exc.details()):
+            return None  # the same request meets the same limit on every attempt
         if exc.code() is _DEADLINE_EXCEEDED and admission_refusal(exc.details(),
                                                                   exc.trailing_metadata()):
             return None  # refused for too short a deadline: a later attempt has less
@@ -700,7 +711,8 @@ class RetryInterceptor(ClientInterceptor):
                             sent = policy.max_attempts
                             continue
                         if not isinstance(exc, AioRpcError) or isinstance(
-                                exc, InvalidCallError) or (exc.code() not in
+                                exc, InvalidCallError) or size_refusal(
+                                exc.code(), exc.details()) or (exc.code() not in
                                                            policy.retryable_codes
                                                            and not unrun
                                                            and not isinstance(exc, _NOT_SENT)
@@ -842,6 +854,26 @@ def draining_refusal(code: grpc.StatusCode, details: str | None,
     failure: P2C's penalty, outlier ejection's count), not as overload."""
     return (code is _UNAVAILABLE and details == DRAINING_DETAILS
             and _nack_trailer(trailing_metadata))
+
+
+# the words of gRPC libraries' refusal of a message over a size limit: C-core (Python)
+# and grpc-js "... message larger than max (N vs. M)", "Decompressed message larger
+# than max"; grpc-go "grpc: received message larger than max ...", "trying to send
+# message larger than max ..."; grpc-java "gRPC message exceeds maximum size ...",
+# "Decompressed gRPC message exceeds maximum size ..."
+_TOO_LARGE = ("message larger than max", "message exceeds maximum size")
+
+
+def size_refusal(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether a call that ended with status ``code`` and ``details`` met a message size
+    limit: ``RESOURCE_EXHAUSTED`` whose details carry a gRPC library's words for it
+    (a request over the client's ``grpc.max_send_message_length`` or the server's
+    ``grpc.max_receive_message_length``, a response over the client's receive limit or
+    the server's send limit, a compressed message inflating past one). Not retried nor
+    hedged on, whatever the policy's codes: the same request meets the same limit on
+    every endpoint. Asked on the failure path only."""
+    return (code is _EXHAUSTED and details is not None
+            and any(words in details for words in _TOO_LARGE))
 
 
 def _nack_trailer(trailing_metadata: Any) -> bool:
