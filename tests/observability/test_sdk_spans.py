@@ -580,7 +580,7 @@ async def test_batch_processors_get_what_their_on_end_would_pass(
 
 
 def test_lean_span_fields_ids_and_end() -> None:
-    """What ``_Sdk.span`` builds without frames is what the long way builds: the span's
+    """What ``SpanStarter.start`` builds without frames is what the long way builds: the span's
     fields are those ``LeanSdkSpan.__init__`` sets, its context equals the API's
     ``SpanContext`` for the same ids, a parsed ``traceparent`` equals the API's; and
     ``_meshkit_end`` sets meshkit's attributes and ends once (a second end is logged
