@@ -163,6 +163,7 @@ _IDENTITY_OPTIONS = frozenset({"grpc.ssl_target_name_override",
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _READY = EndpointState.READY
+_READY_CONN = grpc.ChannelConnectivity.READY
 # what grpc.aio's call objects give as details for a cancel on this side (grpc/aio/_call.py,
 # _interceptor.py: cancel(), and a call garbage collected while running)
 _LOCAL_CANCEL_DETAILS = frozenset({"Locally cancelled by application!",
@@ -957,7 +958,10 @@ class MeshChannel(grpc.aio.Channel):
     channel waits for a READY endpoint (as gRPC's picker queues such a call), and a
     unary-unary attempt whose sub-channel turns out unable to connect (its connection
     died a moment before, its server gone) is picked again, not left queued on that
-    sub-channel until its deadline while another endpoint is READY.
+    sub-channel until its deadline while another endpoint is READY. A streaming call
+    (of responses, of requests or both, with or without ``wait_for_ready``) is sent only
+    to an endpoint whose sub-channel grpc itself reads ``READY`` at its launch; one the
+    pool still read ``READY`` a moment behind grpc is picked again, nothing sent there.
 
     Status codes produced by the channel itself (all as :class:`meshkit.errors.MeshRpcError`):
     ``UNAVAILABLE`` when no endpoint is registered or all are failing to connect (message
@@ -1405,11 +1409,7 @@ class MeshChannel(grpc.aio.Channel):
         # its messages and its own exceptions checked, its end timed
         upload = _upload(serialized(details, plan.request_serializer, request, plan.in_mesh))
         details.last_call = None  # (as _attempt_unary)
-        picked = None
-        if self._resolved.is_set() and not self._pool.closed:
-            picked = self._pick_stream(details.request_key, details.attempts)
-        if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
-            picked = await self._pool.pick_slow(details, picked)
+        picked = await self._stream_pick(details)
         ep, done, call = self._launch(details, picked, upload, md)
         try:
             response = await call
@@ -1459,6 +1459,49 @@ class MeshChannel(grpc.aio.Channel):
         details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
 
+    async def _stream_pick(self, details: ClientCallDetails) -> tuple[Endpoint, Any]:
+        """The pick of a streaming attempt (a response stream, an upload): a READY
+        endpoint (:meth:`~meshkit._pool.EndpointPool.pick_slow` when the balancer's pick
+        is not one), its sub-channel's own connectivity read before the attempt is sent
+        there. The pool hears of a sub-channel's change a moment after grpc (an endpoint
+        whose server just stopped or died still reads ``READY``): a stream sent there
+        failed ``UNAVAILABLE`` "failed to connect to all addresses" at its first read,
+        and one with ``wait_for_ready`` was queued by grpc on that sub-channel until its
+        deadline (for ever without one), while another endpoint stood READY; a unary
+        attempt is picked again after such a failure (:meth:`_attempt_unary`), but a
+        stream's failure comes after its call object was handed out, its request
+        iterator's first message taken. So a sub-channel grpc no longer reads ``READY``
+        is given that state in the pool now (:meth:`~meshkit._pool.EndpointPool.observed`)
+        and the call picked again, its first pick settled as no outcome: nothing was
+        sent. One ``get_state()`` per streaming attempt.
+
+        Raises:
+            MeshRpcError, NoEndpointsError: as :meth:`~meshkit._pool.EndpointPool.pick_slow`.
+        """
+        pool = self._pool
+        picked = None
+        if self._resolved.is_set() and not pool.closed:
+            picked = self._pick_stream(details.request_key, details.attempts)
+        while True:
+            if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+                picked = await pool.pick_slow(details, picked)
+            ep = picked[0]
+            conn = self._conns.get(ep.key)
+            if conn is None:
+                return picked
+            try:
+                state = conn.channel.get_state()
+            except Exception:  # a closed or foreign sub-channel: nothing known
+                return picked
+            if state is _READY_CONN:
+                return picked
+            pool.observed(ep, pool.state_of(state))
+            if ep.state is _READY:  # not the pool's (it left): sent as picked
+                return picked
+            picked[1](_CANCELLED, 0.0)  # not sent: no endpoint's outcome
+            picked = None if pool.closed else self._pick_stream(details.request_key,
+                                                                details.attempts)
+
     def _unavailable(self, ep: Endpoint, exc: AioRpcError) -> ConnectFailedError | None:
         """The failure path of a unary-response attempt on ``ep`` that ended
         ``UNAVAILABLE`` (``exc``), after its outcome was reported: when grpc failed it
@@ -1497,11 +1540,7 @@ class MeshChannel(grpc.aio.Channel):
             request = plan.wire(request)
         elif request is not None:  # a request iterator (None: the caller writes)
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
-        picked = None
-        if self._resolved.is_set() and not self._pool.closed:
-            picked = self._pick_stream(details.request_key, details.attempts)
-        if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
-            picked = await self._pool.pick_slow(details, picked)
+        picked = await self._stream_pick(details)
         ep, done, call = self._launch(details, picked, request, md)
         responded = getattr(done, "responded", None)
         if responded is None:
