@@ -282,7 +282,11 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     (``RESOURCE_EXHAUSTED`` "received metadata size exceeds hard limit ...", or "soft
     limit", with no metadata: grpc core refused the headers before the call ran) or a
     request message over its ``max_receive_message_bytes`` ("SERVER: Received message
-    larger than max (N vs. M)", likewise), or a
+    larger than max (N vs. M)", likewise; "Decompressed message larger than max" for a
+    compressed one, by its inflated size), a response message over this side's
+    ``grpc.max_receive_message_length`` ("Stream removed (CLIENT: Received message
+    larger than max (N vs. M))", or "Decompressed message larger than max", likewise:
+    every endpoint would send that answer), or a
     call whose per-call credentials
     (``credentials=grpc.metadata_call_credentials(plugin)``) failed: ``UNAVAILABLE``
     "Getting metadata from plugin failed with error: ...", with no metadata from a server
@@ -300,9 +304,10 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     # grpc core's on this side; or a server's core refusing, before any of the call ran
     # and with no metadata, the request's headers over its grpc.max_metadata_size (16
     # KiB; at random over 8 KiB) or a request message over its max_receive_message_bytes:
-    # the caller's oversized request, not the endpoint's overload
+    # the caller's oversized request, not the endpoint's overload; or this side's core
+    # refusing a response over its receive limit: the caller's limit
     return details.startswith(_SENT_TOO_LARGE) or (
-        details.startswith(_REQUEST_TOO_LARGE)
+        (details.startswith(_REQUEST_TOO_LARGE) or _RESPONSE_TOO_LARGE in details)
         and not initial_metadata and not trailing_metadata)
 
 
@@ -328,7 +333,11 @@ _NOT_FOUND_DETAILS = ("Method not found!", "unknown service ", "unknown method "
 _NOT_SERVING_LOGGED_MAX = 1024
 _SENT_TOO_LARGE = "CLIENT: Sent message larger than max"
 _REQUEST_TOO_LARGE = ("received metadata size exceeds ",
-                      "SERVER: Received message larger than max")
+                      "SERVER: Received message larger than max",
+                      "Decompressed message larger than max")
+# grpc core's refusal of a response over this side's receive limit (a unary call's in
+# "Stream removed (...)")
+_RESPONSE_TOO_LARGE = "CLIENT: Received message larger than max"
 
 
 def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
