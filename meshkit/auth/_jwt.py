@@ -703,12 +703,15 @@ class TokenVerifier:
         clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
-        ConfigError: ``clock`` is not callable (``time.time()``: its reading; quoted).
+        ConfigError: ``options`` is no :class:`VerifierOptions` (an
+            :class:`IssuerOptions`) or ``clock`` is not callable (``time.time()``: its
+            reading); quoted.
     """
 
     __slots__ = ("_algs", "_decoder", "_options", "_typ", "clock")
 
     def __init__(self, options: VerifierOptions, *, clock: Clock = time.time) -> None:
+        check_instance("options", options, VerifierOptions, optional=False)
         check_clock("clock", clock, wall=True)
         self._options = options
         self._algs = frozenset(options.algorithms)

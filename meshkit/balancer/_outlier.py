@@ -114,6 +114,7 @@ import grpc
 
 from meshkit._config import (
     check_clock,
+    check_instance,
     check_int,
     check_number,
     check_seconds,
@@ -245,7 +246,10 @@ class EjectingBalancer:
             else announces (a caller waiting for an endpoint wakes on it).
 
     Raises:
-        ConfigError: ``clock`` is not callable (``time.monotonic()``: its reading; quoted).
+        ConfigError: ``inner`` is no balancer (a class given instead of an instance, a
+            name: no ``update`` and ``pick`` methods), ``options`` no
+            :class:`OutlierOptions` (a ``P2COptions``, the inner balancer's) or ``clock``
+            not callable (``time.monotonic()``: its reading); quoted.
 
     Attributes:
         ejections: ejections since the balancer was made.
@@ -262,6 +266,11 @@ class EjectingBalancer:
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[str, bool], None] | None = None,
                  on_probe_free: Callable[[str], None] | None = None) -> None:
+        if isinstance(inner, type) or not all(
+                callable(getattr(inner, m, None)) for m in ("update", "pick")):
+            raise ConfigError("inner must be a Balancer (an object with update() and pick(),"
+                              f" e.g. P2C()), got {inner!r}")
+        check_instance("options", options, OutlierOptions)
         check_clock("clock", clock, wall=False)
         self._inner = inner
         self._opts = options or OutlierOptions()

@@ -82,7 +82,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from meshkit._config import check_clock, check_number, check_seconds
+from meshkit._config import check_clock, check_instance, check_number, check_seconds
 from meshkit._fork import ForkSafeRandom
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
 
@@ -365,7 +365,9 @@ class P2C:
         clock: monotonic seconds (default ``time.monotonic``).
 
     Raises:
-        ConfigError: ``clock`` is not callable (``time.monotonic()``: its reading; quoted).
+        ConfigError: ``options`` is no :class:`P2COptions` (an ``OutlierOptions``, whose
+            place is ``DialOptions.outlier``) or ``clock`` is not callable
+            (``time.monotonic()``: its reading); quoted.
     """
 
     __slots__ = ("_clock", "_eps", "_mean", "_mean_weight", "_opts", "_ramps_until", "_rng",
@@ -373,6 +375,7 @@ class P2C:
 
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        check_instance("options", options, P2COptions)
         check_clock("clock", clock, wall=False)
         self._opts = options or P2COptions()
         self._rng = rng if rng is not None else ForkSafeRandom()

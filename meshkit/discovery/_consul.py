@@ -106,7 +106,13 @@ import consul.base
 import structlog
 from consul.callback import CB
 
-from meshkit._config import check_bool, check_number, check_path, shown_path
+from meshkit._config import (
+    check_bool,
+    check_number,
+    check_path,
+    check_secret_holder,
+    shown_path,
+)
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
 from meshkit._uris import hide_userinfo
@@ -954,6 +960,11 @@ class ConsulRegistry:
         sleep: coroutine function sleeping a number of seconds, used for backoff between
             failed watch queries (default ``asyncio.sleep``); tests inject a fast one.
 
+    Raises:
+        ConfigError: ``options`` is no :class:`ConsulOptions` (the agent's address given
+            for ``ConsulOptions(addr=...)``: named by its type only, it may hold a
+            token).
+
     The HTTP client is created on first use, inside the running event loop, so the registry
     can be built anywhere; one per event loop (an aiohttp session belongs to one), so the
     registry carries over from one ``asyncio.run()`` to the next and serves loops of
@@ -986,6 +997,7 @@ class ConsulRegistry:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        check_secret_holder("options", options, ConsulOptions)
         self.options = options if options is not None else ConsulOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
         self._own_rng = rng is None  # reseeded in a forked child (see _forget_parent)

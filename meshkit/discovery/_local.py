@@ -143,7 +143,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
-from meshkit._config import check_clock, check_number, check_path, check_seconds
+from meshkit._config import (
+    check_clock,
+    check_instance,
+    check_number,
+    check_path,
+    check_seconds,
+)
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._shared import due_to_log
@@ -705,12 +711,15 @@ class LocalRegistry:
         options: :class:`LocalOptions`; defaults apply when omitted.
 
     Raises:
+        ConfigError: ``options`` is no :class:`LocalOptions` (a path given for
+            ``LocalOptions(path=...)``, another registry's options; quoted).
         RegistryError: (from the methods) the file cannot be opened or written; the
             per-user default directory is unsafe (another user's, writable by others, a
             symbolic link: see :class:`LocalOptions`).
     """
 
     def __init__(self, options: LocalOptions | None = None) -> None:
+        check_instance("options", options, LocalOptions)
         self.options = options or LocalOptions()
         # The per-user default directory if the file is in it (or below it), however it
         # was named: checked at each open (see LocalOptions).

@@ -216,10 +216,15 @@ class AdminServer:
 
     Args:
         options: :class:`AdminOptions` (default: loopback, a free port).
+
+    Raises:
+        ConfigError: ``options`` is no :class:`AdminOptions` (a port given for
+            ``AdminOptions(port=...)``; quoted).
     """
 
     def __init__(self, options: AdminOptions | None = None, *,
                  dashboard_registry: CollectorRegistry | None = None) -> None:
+        check_instance("options", options, AdminOptions)
         self.options = options or AdminOptions()
         self._registry = self.options.registry or default_registry()
         # served beside it (add_registry): id -> (registry, how many added it)

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
 from meshkit._calls import DEADLINE_SLACK_S
+from meshkit._config import check_instance
 from meshkit._log import printable
 from meshkit._metadata import LoggedMetadata, logged_metadata
 from meshkit._methods import MethodMatcher
@@ -199,9 +200,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
+
+    Raises:
+        ConfigError: ``options`` is no :class:`TelemetryOptions` (quoted).
     """
 
     def __init__(self, options: TelemetryOptions | None = None) -> None:
+        check_instance("options", options, TelemetryOptions)
         opts = options or TelemetryOptions()
         self.options = opts
         self._kind = _INTERNAL if opts.attempt_spans else _CLIENT

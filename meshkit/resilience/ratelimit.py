@@ -180,6 +180,7 @@ from meshkit._config import (
     check_int,
     check_number,
     check_seconds,
+    check_secret_holder,
 )
 from meshkit._fields import FrozenMap
 from meshkit._fork import name_dev_null, reset_in_forked_child
@@ -1290,8 +1291,10 @@ class StorageLimiter:
     Raises:
         ConfigError: the storage cannot be built, e.g. its driver is not installed
             (``async+redis`` needs ``limits[async-redis]``) or cannot read an option of
-            the URI (``?db=x``); the URI quoted, its password redacted. ``clock`` not
-            callable (``time.monotonic()``: its reading; quoted).
+            the URI (``?db=x``); the URI quoted, its password redacted. ``options`` no
+            :class:`RateLimitOptions` (a storage URI given for
+            ``RateLimitOptions(storage_uri=...)``: named by its type only, it may hold a
+            password); ``clock`` not callable (``time.monotonic()``: its reading; quoted).
     """
 
     __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
@@ -1304,6 +1307,7 @@ class StorageLimiter:
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         check_clock("clock", clock, wall=False)
+        check_secret_holder("options", options, RateLimitOptions)
         opts = options or RateLimitOptions()
         self._table = RuleTable(opts.rules, opts.default_rule)
         uri, cls = storage_class(opts.storage_uri, opts.strategy)
@@ -1988,6 +1992,7 @@ class RateLimitInterceptor(WrappingInterceptor):
     def __init__(self, options: RateLimitOptions | None = None, *,
                  limiter: Limiter | None = None) -> None:
         super().__init__()
+        check_secret_holder("options", options, RateLimitOptions)
         opts = options or RateLimitOptions()
         self.limiter: Limiter = StorageLimiter(opts) if limiter is None else limiter
         self._key = opts.key
