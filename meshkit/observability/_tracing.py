@@ -2003,6 +2003,12 @@ _Context = otel_context.Context
 _current_otel: Callable[[], Any] = (otel_context.get_current if _RUNTIME is None
                                     else _RUNTIME[0].get)
 _SPAN_KEY = "" if _RUNTIME is None else _RUNTIME[1]
+# and the variable's bound set and reset (attach_span, detach_context: no tuple read per
+# call), when it is the API's context variable
+_set_otel: Callable[[Any], Any] = otel_context.attach if _RUNTIME is None \
+    else _RUNTIME[0].set
+_reset_otel: Callable[[Any], Any] = otel_context.detach if _RUNTIME is None \
+    else _RUNTIME[0].reset
 
 
 def span_in_context(span: Span, base: Any = None) -> Any:
@@ -2041,8 +2047,8 @@ def attach_span(span: Span, base: Any = None) -> Any:
     :func:`detach_context`."""
     if _RUNTIME is None:  # pragma: no cover - another runtime context
         return otel_context.attach(trace.set_span_in_context(span, base))
-    var, key = _RUNTIME
-    return var.set(_Context({**(var.get() if base is None else base), key: span}))
+    return _set_otel(_Context({**(_current_otel() if base is None else base),
+                               _SPAN_KEY: span}))
 
 
 def attach_context(ctx: Any) -> Any:
@@ -2064,7 +2070,7 @@ def detach_context(token: Any, finalized: bool = False) -> None:
     with a traceback, for every stream a client cancelled)."""
     if _RUNTIME is not None:
         try:
-            _RUNTIME[0].reset(token)
+            _reset_otel(token)
             return
         except ValueError:  # created in another Context
             if finalized:
