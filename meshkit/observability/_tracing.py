@@ -2175,8 +2175,13 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
                                                  sc.trace_state, sc.is_valid)
             if not valid:
                 return
-            _SETTER.set(metadata, _TRACEPARENT,
-                        f"00-{tid:032x}-{sid:016x}-{flags & 0xff:02x}")
+            value = f"00-{tid:032x}-{sid:016x}-{flags & 0xff:02x}"
+            for i, (k, _) in enumerate(metadata):  # _SETTER.set, inline: a frame less
+                if k == _TRACEPARENT:
+                    metadata[i] = (_TRACEPARENT, value)
+                    break
+            else:
+                metadata.append((_TRACEPARENT, value))
             if state is not _EMPTY_STATE and state:
                 _SETTER.set(metadata, "tracestate", state.to_header())
             return
