@@ -1807,7 +1807,11 @@ class SpanStarter:
         self._sdk: _Sdk | None = None
 
     def _resolve(self) -> _Sdk | None:
-        p = self._explicit if self._explicit is not None else _global_provider()
+        p = self._explicit
+        if p is None:  # the global one: _global_provider(), its installed case inline
+            p = getattr(trace, "_TRACER_PROVIDER", None)
+            if p is None:
+                p = _global_provider()
         if p is not self._provider:
             self._provider = p
             if _sdk is not None and isinstance(p, _sdk.TracerProvider):
@@ -1842,9 +1846,12 @@ class SpanStarter:
             return False
         if not (_fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()):
             return False
-        if (self._explicit is None and _env_provider and not _env_provider[0]
-                and getattr(trace, "_TRACER_PROVIDER", None) is None):  # makes_root, inline
-            return True
+        if self._explicit is None:
+            if (_env_provider and not _env_provider[0]
+                    and getattr(trace, "_TRACER_PROVIDER", None) is None):  # makes_root, inline
+                return True
+        elif self._sdk is not None:  # the given SDK provider's, resolved (as in start)
+            return False
         return self._resolve() is None
 
     def start(self, name: str, parent: SpanContext | None, context: Any,
