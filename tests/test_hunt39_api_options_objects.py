@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from meshkit import DialOptions
 from meshkit.auth import IssuerOptions, TokenVerifier, VerifierOptions
 from meshkit.balancer import P2C, EjectingBalancer, OutlierOptions, P2COptions
 from meshkit.discovery import (
@@ -24,7 +25,13 @@ from meshkit.discovery import (
     LocalRegistry,
 )
 from meshkit.errors import ConfigError
-from meshkit.observability import AdminServer, TelemetryClientInterceptor, TelemetryOptions
+from meshkit.observability import (
+    AdminServer,
+    AttemptSpanInterceptor,
+    TelemetryClientInterceptor,
+    TelemetryOptions,
+    TelemetryServerInterceptor,
+)
 from meshkit.resilience import RateLimitInterceptor, RateLimitOptions, StorageLimiter
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,6 +64,12 @@ _WRONG: dict[str, tuple[Callable[[], object], str, str | None]] = {
     "TelemetryClientInterceptor-true": (
         lambda: TelemetryClientInterceptor(True),  # type: ignore[arg-type]
         "options", "True"),
+    "AttemptSpanInterceptor-true": (
+        lambda: AttemptSpanInterceptor(True),  # type: ignore[arg-type]
+        "options", "True"),
+    "TelemetryServerInterceptor-dial-options": (
+        lambda: TelemetryServerInterceptor("orderd", DialOptions()),  # type: ignore[arg-type]
+        "options", "DialOptions("),
     "P2C-outlier-options": (lambda: P2C(OutlierOptions()),  # type: ignore[arg-type]
                             "options", "OutlierOptions("),
     "EjectingBalancer-p2c-options": (
@@ -94,6 +107,9 @@ _RIGHT: dict[str, Callable[[], object]] = {
     "StorageLimiter-default": lambda: StorageLimiter(),
     "RateLimitInterceptor": lambda: RateLimitInterceptor(RateLimitOptions()),
     "TelemetryClientInterceptor": lambda: TelemetryClientInterceptor(TelemetryOptions()),
+    "AttemptSpanInterceptor": lambda: AttemptSpanInterceptor(TelemetryOptions()),
+    "TelemetryServerInterceptor": lambda: TelemetryServerInterceptor("orderd",
+                                                                     TelemetryOptions()),
     "P2C": lambda: P2C(P2COptions()),
     "EjectingBalancer": lambda: EjectingBalancer(P2C(), OutlierOptions()),
     "TokenVerifier": lambda: TokenVerifier(VerifierOptions(issuer="https://issuer.test",

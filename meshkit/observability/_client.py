@@ -600,9 +600,13 @@ class AttemptSpanInterceptor(
     Args:
         options: the same :class:`TelemetryOptions` as the logical interceptor (only
             ``tracer_provider`` is used).
+
+    Raises:
+        ConfigError: ``options`` is no :class:`TelemetryOptions` (quoted).
     """
 
     def __init__(self, options: TelemetryOptions | None = None) -> None:
+        check_instance("options", options, TelemetryOptions)
         opts = options or TelemetryOptions()
         self._tracer = trace.get_tracer("meshkit.observability",
                                         tracer_provider=opts.tracer_provider)

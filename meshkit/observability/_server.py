@@ -14,6 +14,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from meshkit._config import check_instance
 from meshkit._handlers import Handler, Reporter, WrappingInterceptor, status_code_of
 from meshkit._log import printable as _printable
 from meshkit._metadata import LoggedMetadata, call_metadata, logged_metadata
@@ -259,12 +260,14 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         options: :class:`TelemetryOptions` (default: everything on).
 
     Raises:
-        ConfigError: empty ``service_name``.
+        ConfigError: empty ``service_name``, or ``options`` no :class:`TelemetryOptions`
+            (quoted).
     """
 
     def __init__(self, service_name: str, options: TelemetryOptions | None = None) -> None:
         if not isinstance(service_name, str) or not service_name:
             raise ConfigError(f"service_name must be a non-empty string, got {service_name!r}")
+        check_instance("options", options, TelemetryOptions)
         opts = options or TelemetryOptions()
         self.service_name = service_name
         self.options = opts
