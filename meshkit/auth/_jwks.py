@@ -33,7 +33,7 @@ from meshkit._config import (
     check_number,
     check_seconds,
 )
-from meshkit._hosts import bare_host, is_loopback, uri_host
+from meshkit._hosts import bare_host, check_host, is_loopback, uri_host
 from meshkit._outage import OutageLog
 from meshkit._uris import split_userinfo
 from meshkit.auth._errors import JWKSError
@@ -106,10 +106,20 @@ class JWKSServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 = a free port); returns the bound port.
 
+        Args:
+            host: an IP address (IPv6 bracketed or not) or a host name (default
+                ``"127.0.0.1"``; ``"0.0.0.0"`` or ``"::"`` for every interface).
+            port: an integer in 0..65535 (default 0).
+
         Raises:
+            ConfigError: ``host`` is neither an IP address nor a host name (``""``,
+                ``"127.1"``, one with a port), or ``port`` is no integer in 0..65535 (a
+                string, ``True``); quoted, nothing bound.
             OSError: the address cannot be bound.
             RuntimeError: already started.
         """
+        check_host("host", host)
+        check_int("port", port, low=0, high=65535)  # not True: that is port 1
         if self._runner is not None:
             raise RuntimeError("JWKSServer already started")
         self._runner, self.port = await start_app(self.app, host, port)
