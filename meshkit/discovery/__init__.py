@@ -137,7 +137,8 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
           ``ETCDCTL_USER``/``ETCDCTL_PASSWORD`` are refused (:meth:`EtcdOptions.from_env`).
 
     Raises:
-        ConfigError: unknown scheme, bad option value or a URI that cannot be parsed (an
+        ConfigError: ``uri`` is no string (``None``, a ``pathlib.Path``, ``bytes``: named
+            by its type), unknown scheme, bad option value or a URI that cannot be parsed (an
             unbalanced ``[``: ``consul://[::1:8500``), a ``local:`` URI with a host other
             than ``localhost`` or a relative path (``local://tmp/mesh``, two slashes,
             names the host ``tmp``; ``local:tmp/mesh``), which would be a path under each

@@ -107,11 +107,15 @@ def parse_uri(uri: str, what: str, known: Collection[str] = ()) -> urllib.parse.
     """``urllib.parse.urlsplit(uri)``, its refusal a ConfigError.
 
     Raises:
-        ConfigError: a URI the parser refuses (an unbalanced ``[`` or ``]``, as in a typo'd
+        ConfigError: ``uri`` is no string (``None`` from an unset variable, a
+            ``pathlib.Path``, ``bytes``: named by its type only, it may hold a password),
+            or a URI the parser refuses (an unbalanced ``[`` or ``]``, as in a typo'd
             IPv6 literal ``consul://[::1:8500``; a bracketed host that is no IPv6
             address); ``what`` names it (e.g. ``"registry URI"``), and it is quoted as
             :func:`shown_uri` gives it (``known``: the option names of its query).
     """
+    if not isinstance(uri, str):  # urlsplit: a bare AttributeError, or bytes read as a URI
+        raise ConfigError(f"{what} must be a string, got a {type(uri).__name__}")
     try:
         return urllib.parse.urlsplit(uri)
     except ValueError:  # urllib's bare 'Invalid IPv6 URL', naming nothing
