@@ -1581,6 +1581,8 @@ class MeshServer:
         # until the drain; _withdrawn while the instance is out of the registry for it
         self._health_follower: asyncio.Task[None] | None = None
         self._withdrawn = False
+        # from start() until the server stops: stops it when its loop ends undrained
+        self._loop_end_watch: asyncio.Task[None] | None = None
         self.admin: AdminServer | None = None
         self._admin_registry: CollectorRegistry | None = None  # what it serves for us
         self.gate: RequestGate | None = None
@@ -1639,6 +1641,10 @@ class MeshServer:
         step and is undone as above (nothing stays registered), then raises
         ``RuntimeError``; that :meth:`drain` returns once the undoing is done.
 
+        A started server never drained before its event loop ends (``asyncio.run()``
+        returning or raising) is stopped and deregistered as the loop ends, with a
+        warning (:meth:`_stop_at_loop_end`): :meth:`drain` it before.
+
         A server starts once: a second ``start()`` (while the first runs, once it has
         returned, after :meth:`drain` or after a failed start) raises ``RuntimeError``
         and changes nothing; the server keeps its port, instance and registration.
@@ -1688,6 +1694,8 @@ class MeshServer:
         if self._follows_health() or self._withdrawn:  # (or to register it once SERVING)
             self._health_follower = asyncio.get_running_loop().create_task(
                 self._follow_health(self.instance), name=f"meshkit-health-{self.service}")
+        self._loop_end_watch = asyncio.get_running_loop().create_task(
+            self._stop_at_loop_end(server), name=f"meshkit-loop-end-{self.service}")
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
@@ -2104,6 +2112,56 @@ class MeshServer:
         follower = self._health_follower
         if follower is not None:
             await cancel_and_wait(follower)
+
+    async def _stop_at_loop_end(self, server: grpc.aio.Server) -> None:
+        """From :meth:`start` until the server stops: when this task is cancelled while
+        no drain has begun, the event loop is ending (``asyncio.run()`` cancels the
+        tasks left: a ``main`` that returned or raised after :meth:`start` without
+        :meth:`drain`), and the server is taken out of the mesh as that loop ends, as a
+        channel still open then is closed: warning ``server not drained before its event
+        loop ended``, health ``NOT_SERVING``, the instance deregistered (at most
+        :data:`_UNDO_DEREGISTER_S`), the grpc server stopped without grace (the loop's
+        end has cancelled its calls' handlers), then the drain's last steps
+        (:meth:`_close_after_stop`: interceptors closed, admin server released, an owned
+        registry closed, :meth:`wait_stopped` returns). Before, the instance stayed
+        listed until its TTL or lease ran out, and the grpc.aio server, never stopped,
+        hung the process for good when the garbage collector collected it after its
+        loop had closed (grpc's completion queue shut down around a server still
+        running). A drain begun in the same sweep (a cancelled :func:`serve` drains
+        itself) is left to run as it does. Nothing per call."""
+        try:
+            await self._stopped.wait()
+            return
+        except asyncio.CancelledError:
+            if self.draining:
+                raise
+            # one turn: the tasks the sweep cancelled with this one (a serve() drains
+            # itself) run their first step, so a drain they begin is theirs
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            if self.draining:
+                raise
+            self.draining = True
+            _log.warning("server not drained before its event loop ended; stopped now "
+                         "(drain() before the loop ends)", service=self.service,
+                         instance_id=self.instance.instance_id if self.instance else None)
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("stopping the health follower", self._stop_following_health),
+                ("setting health NOT_SERVING", self.health.enter_graceful_shutdown)]
+            instance = self.instance
+            if instance is not None:
+                steps.append(("deregistering", lambda: _bounded(
+                    self.registry.deregister(instance), _UNDO_DEREGISTER_S)))
+            steps += [("stopping the certificate follower",
+                       self._stop_following_certificate),
+                      ("stopping the server", lambda: server.stop(None))]
+            try:
+                await _each_step(steps, " as the event loop ended", through_cancel=True)
+                self._withdrawn = True  # (stats().registered)
+            finally:
+                self._release_instance_id()
+                await self._close_after_stop()
+            raise
 
     def _raise_if_draining(self) -> None:
         """Raise ``RuntimeError`` when :meth:`drain` was called during :meth:`start`."""
