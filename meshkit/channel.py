@@ -800,7 +800,7 @@ class _MethodPlan:
     __slots__ = ("answered", "cut_of", "decode", "decodes", "in_mesh", "key", "kind",
                  "margin_s", "mesh_cut", "mesh_waits", "method", "none_is_no_message",
                  "request_serializer", "response_deserializer", "sends_wire", "serializes_stream",
-                 "strict_deserializer", "timeout_s", "unary_request")
+                 "served_by", "strict_deserializer", "timeout_s", "unary_request", "unserved")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
                  timeout_s: float | None, *, codecs_in_mesh: bool = True,
@@ -842,6 +842,13 @@ class _MethodPlan:
         # the error of an attempt a drain cut (MeshChannel._cut_of), ``None`` for any other
         # call: read by the call objects on a cancelled attempt's path only
         self.cut_of: Callable[[Any], MeshRpcError | None] | None = None
+        # the channel's record, by method, of the endpoint that answered a streaming call
+        # of it last from its application (_answered), None without a channel; and the
+        # outcome of an endpoint's refusal of a method as not served
+        # (MeshChannel._unserved_outcome), read on that failure path only
+        self.served_by: dict[str, str] | None = None
+        self.unserved: Callable[[Endpoint, ClientCallDetails, str | None],
+                                grpc.StatusCode] | None = None
 
     def propagated_deadline(self, details: ClientCallDetails) -> float | None:
         """The deadline of the call being handled (``time.monotonic()`` seconds, as its
@@ -1060,6 +1067,9 @@ class MeshChannel(grpc.aio.Channel):
         # (instance id, address) of endpoints logged as not serving a method another
         # endpoint served (_served_elsewhere)
         self._not_serving_logged: set[tuple[str, str]] = set()
+        # method -> the key of the endpoint that answered a streaming call of it last
+        # from its application (_answered; read by _unserved_outcome)
+        self._served_by: dict[str, str] = {}
         self._resolved = self._pool.resolved
         if self._reloader is not None:
             self._pool.spawn(self._watch_certificates())
@@ -1344,18 +1354,51 @@ class MeshChannel(grpc.aio.Channel):
         finally:
             if served:
                 first_done(_UNAVAILABLE, latency_s)
-                seen = (first.key, first.address)
-                if seen not in self._not_serving_logged:
-                    if len(self._not_serving_logged) >= _NOT_SERVING_LOGGED_MAX:
-                        self._not_serving_logged.clear()
-                    self._not_serving_logged.add(seen)
-                    _log.warning("endpoint does not serve the method; another endpoint of "
-                                 "the service does (a registry entry whose address another "
-                                 "server took?)", service=self.service,
-                                 instance_id=first.key, address=first.address,
-                                 method=details.method, details=refusal.details())
+                self._warn_not_serving(first, details.method, refusal.details())
             else:
                 first_done(_UNIMPLEMENTED, latency_s)
+
+    def _warn_not_serving(self, ep: Endpoint, method: str, refusal: str | None) -> None:
+        """Log ``endpoint does not serve the method`` (a warning) for ``ep``, whose server
+        refused ``method`` as unknown (``refusal``: its details) while another endpoint
+        serves it: once per instance and address. The failure path only."""
+        seen = (ep.key, ep.address)
+        if seen not in self._not_serving_logged:
+            if len(self._not_serving_logged) >= _NOT_SERVING_LOGGED_MAX:
+                self._not_serving_logged.clear()
+            self._not_serving_logged.add(seen)
+            _log.warning("endpoint does not serve the method; another endpoint of the "
+                         "service does (a registry entry whose address another server "
+                         "took?)", service=self.service, instance_id=ep.key,
+                         address=ep.address, method=method, details=refusal)
+
+    def _unserved_outcome(self, ep: Endpoint, details: ClientCallDetails,
+                          refusal: str | None) -> grpc.StatusCode:
+        """The outcome to report for a streaming attempt (a response stream, an upload)
+        that endpoint ``ep`` refused as a method its server does not serve
+        (:func:`_not_served`; ``refusal``: its details). A stream cannot be sent on to
+        another endpoint to ask, as a unary attempt is (:meth:`_served_elsewhere`): its
+        call object was handed out, its request stream taken. So the method's own record
+        decides: when another endpoint still in the pool answered the method last from
+        its application (the channel's record, :func:`_answered`: a stream's first
+        response message or ``OK`` end, an upload's response), ``ep``'s server is
+        another service's (a registry entry whose address another server took):
+        ``UNAVAILABLE`` (an outlier-ejection failure, P2C's penalty) and the warning of
+        :meth:`_warn_not_serving`. Otherwise ``UNIMPLEMENTED`` (ejects nobody: a method
+        no endpoint serves, or not known to be served yet); when the endpoint that
+        answered it last refuses it now (its server no longer serves it), the record is
+        forgotten. The failure path only."""
+        method = details.method
+        served_by = self._served_by.get(method)
+        if served_by is None:
+            return _UNIMPLEMENTED
+        if served_by == ep.key:
+            del self._served_by[method]
+            return _UNIMPLEMENTED
+        if served_by not in self._pool.endpoints:
+            return _UNIMPLEMENTED
+        self._warn_not_serving(ep, details.method, refusal)
+        return _UNAVAILABLE
 
     def _raise_if_call_cancelled(self) -> None:
         """In an attempt that ended with ``CancelledError``: when the current task itself
@@ -1431,6 +1474,9 @@ class MeshChannel(grpc.aio.Channel):
                 done(_CANCELLED, -1.0)  # the caller was still sending: no endpoint's outcome
                 raise
             ep.failures += 1
+            if code is _UNIMPLEMENTED and _not_served(exc):
+                done(self._unserved_outcome(ep, details, exc.details()), upload.latency())
+                raise
             done(_attempt_outcome(exc), upload.latency())
             if code is _UNAVAILABLE:
                 unsent = self._unavailable(ep, exc)
@@ -1465,6 +1511,7 @@ class MeshChannel(grpc.aio.Channel):
                 done(_INTERNAL, upload.latency())
                 raise ResponseDeserializationError(plan.method, type(exc).__name__) from exc
         done(_OK, upload.latency())
+        _answered(self._served_by, details.method, ep.key)  # (see _unserved_outcome)
         details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
 
@@ -1573,13 +1620,17 @@ class MeshChannel(grpc.aio.Channel):
         call object settled on: the attempt, or a retrying call over it, then the
         attempt is ``details.last_call``): the balancer's ``responded()`` of that
         attempt, once (P2C stops counting it as pending, a half-open probe is decided;
-        Finagle's and Linkerd's PeakEwma count a request until its response starts)."""
+        Finagle's and Linkerd's PeakEwma count a request until its response starts).
+        The channel's record of the endpoint that answered the method is that attempt's
+        endpoint (:func:`_answered`, see :meth:`_unserved_outcome`)."""
         answering = self._answering
         responded = answering.pop(call, None)
         if responded is None:
             responded = answering.pop(details.last_call, None)
         if responded is not None:
             responded()
+        if details.attempts:
+            _answered(self._served_by, details.method, details.attempts[-1].key)
 
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
         in_mesh = not self._attempt_interceptors
@@ -1599,6 +1650,8 @@ class MeshChannel(grpc.aio.Channel):
                            else None)
         plan.mesh_cut = self._mesh_cut
         plan.cut_of = self._cut_of
+        plan.unserved = self._unserved_outcome
+        plan.served_by = self._served_by
         if self._answers and (kind is CallKind.UNARY_STREAM
                               or kind is CallKind.STREAM_STREAM):
             plan.answered = self._stream_answered
@@ -2007,7 +2060,43 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
         ep.failures += 1
         if (code is _UNAVAILABLE or code is _EXHAUSTED) and await _stream_shed(call, code):
             code = _EXHAUSTED  # refused before any of it ran: overload, as a unary attempt's
+        elif code is _UNIMPLEMENTED and (refusal := await _stream_not_served(call)):
+            # its server serves no such method: another service's, when another endpoint
+            # answered it (MeshChannel._unserved_outcome)
+            unserved = getattr(details.codec, "unserved", None)
+            if unserved is not None:
+                code = unserved(ep, details, refusal)
+    else:
+        served = getattr(details.codec, "served_by", None)
+        if served is not None:  # its application answered (MeshChannel._unserved_outcome)
+            _answered(served, details.method, ep.key)
     done(code, latency)
+
+
+def _answered(served: dict[str, str], method: str, key: str) -> None:
+    """Record in ``served`` (a channel's, by method) that endpoint ``key`` answered a
+    streaming call of ``method`` from its application (its first response message, an
+    ``OK`` end, an upload's response): :meth:`MeshChannel._unserved_outcome` reads it.
+    Bounded: past ``_MAX_PLAN_KEYS`` methods it starts over."""
+    if served.get(method) != key:
+        if len(served) >= _MAX_PLAN_KEYS and method not in served:
+            served.clear()
+        served[method] = key
+
+
+async def _stream_not_served(call: Any) -> str | None:
+    """For a stream that ended ``UNIMPLEMENTED``: its details when it is a server
+    library's refusal of a method its server does not serve (:func:`_not_served`), else
+    ``None``."""
+    try:
+        details: str | None = await call.details()
+        initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+    except Exception:  # a call object without them: no refusal seen
+        return None
+    if (details is not None and details.startswith(_NOT_FOUND_DETAILS)
+            and not initial and not trailing):
+        return details
+    return None
 
 
 async def _stream_shed(call: Any, code: grpc.StatusCode) -> bool:
