@@ -934,8 +934,10 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
         ConfigError: ``auth`` whose only check is the peer check (``AuthOptions()``) on a
             server without ``tls`` (``credentials=`` or ``insecure=True``): nothing would be
             checked. With a verifier or a policy as well, the peer check is left out and a
-            warning logged when the server has ``credentials=``.
+            warning logged when the server has ``credentials=``. ``options`` no
+            :class:`ServeOptions` (``None``, a ``DialOptions``; quoted).
     """
+    check_instance("options", options, ServeOptions, optional=False)
     chain: list[grpc.aio.ServerInterceptor] = []
     telemetry = options.telemetry
     if telemetry is not None:
