@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import itertools
 import math
+import queue
 import threading
 import time
 import weakref
@@ -849,8 +849,9 @@ _ENDPOINT_COUNTERS = ("ep_calls", "ep_failures")  # the per-endpoint counter fam
 
 LOOP_READ_TIMEOUT_S = 5.0
 """Longest wait, seconds, of a scrape rendering in a worker thread for the event loop to
-take its read of the live channels and servers (:func:`reading_on`): a loop blocked that
-long could not send the answer either (Prometheus' default scrape timeout is 10 s)."""
+take each of its reads of the live channels and servers (:func:`reading_on`): a loop
+blocked that long could not send the answer either (Prometheus' default scrape timeout
+is 10 s)."""
 
 _OWNER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
     "meshkit_metrics_owner_loop", default=None)
@@ -859,9 +860,10 @@ _OWNER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
 @contextlib.contextmanager
 def reading_on(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     """Within the block (in the calling thread's context), :class:`MeshCollector` reads the
-    live channels and servers on ``loop`` (their ``stats()`` and its own bookkeeping, one
-    callback per scrape, under :data:`LOOP_READ_TIMEOUT_S`) and builds the families in the
-    calling thread; the rest of the registry is collected and rendered there too. For a
+    live channels and servers on ``loop`` (their ``stats()``, one per turn of the loop,
+    each within :data:`LOOP_READ_TIMEOUT_S`) and builds their samples and the families,
+    and keeps its own bookkeeping, in the calling thread; the rest of the registry is
+    collected and rendered there too. For a
     scrape rendered off the event loop (the admin server's own thread) so that it does not stall
     the calls the loop serves: a channel's ``stats()`` reads its balancer, pool and retry
     budget, which only their loop may touch (the budget's window moves as it is read)."""
@@ -925,7 +927,71 @@ def _on_owner_loop(read: Callable[[], _T]) -> _T:
                            f"{LOOP_READ_TIMEOUT_S} s") from None
 
 
+def _stats_or_error(obj: Any) -> Any:
+    """``obj.stats()``, or the exception it raised."""
+    try:
+        return obj.stats()
+    except Exception as exc:
+        return exc
+
+
+def _read_in_turns(objs: list[Any]) -> dict[int, Any]:
+    """Each of ``objs``' ``stats()`` (or the exception it raised), by ``id()``, read on the
+    loop set by :func:`reading_on`, one object per turn of that loop (each read schedules
+    the next with ``call_soon``), so that the loop serves its calls between two snapshots:
+    a scrape holds it for one channel's ``stats()`` at a time (about 10 ms for a channel
+    to 2,000 endpoints), not for every channel's at once (20 channels of 1,000 endpoints
+    held it about a second, with the samples built there too). Read here, all at once,
+    without such a loop or on its own thread.
+
+    Raises:
+        TimeoutError: the loop made no read for :data:`LOOP_READ_TIMEOUT_S` (those not
+            read yet are not made).
+        RuntimeError: the loop is closed.
+    """
+    loop = _OWNER_LOOP.get()
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is None or running is loop or not objs:
+        return {id(obj): _stats_or_error(obj) for obj in objs}
+    results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    given_up = threading.Event()
+
+    def read(i: int) -> None:
+        if given_up.is_set():
+            return
+        results.put(_stats_or_error(objs[i]))
+        if i + 1 < len(objs):
+            loop.call_soon(read, i + 1)  # the next one in the next turn
+
+    loop.call_soon_threadsafe(read, 0)
+    out: dict[int, Any] = {}
+    try:
+        for obj in objs:
+            out[id(obj)] = results.get(timeout=LOOP_READ_TIMEOUT_S)
+    except queue.Empty:
+        given_up.set()
+        raise TimeoutError(f"the event loop did not read the channels and servers within "
+                           f"{LOOP_READ_TIMEOUT_S} s") from None
+    return out
+
+
 _UNREAD: Any = object()  # MeshCollector._read: not read on its own loop
+
+
+def _snapshot(obj: Any, read: dict[int, Any]) -> Any:
+    """``obj``'s snapshot in ``read`` (by ``id()``; the exception it raised is raised), or,
+    for one tracked since the reads were made, its ``stats()`` read now on the loop set by
+    :func:`reading_on` (:func:`_on_owner_loop`)."""
+    snapshot = read.get(id(obj), _UNREAD)
+    if snapshot is _UNREAD:
+        return _on_owner_loop(obj.stats)
+    if isinstance(snapshot, Exception):
+        raise snapshot
+    return snapshot
+
 
 _SAMPLES_OF: tuple[tuple[str, Callable[[Any], list[_Sample]]], ...] = (
     ("channel", _channel_samples), ("server", _server_samples))
@@ -1016,11 +1082,18 @@ class MeshCollector:
         if _MESH_READ_ELSEWHERE.get():
             return
         # the channels and servers of other event loops read on theirs, from this thread
-        # (a loop's thread reads them itself: it must not wait for another loop)
+        # (a loop's thread reads them itself: it must not wait for another loop), the
+        # owner loop's one per turn of it; the samples are built here (in the admin
+        # server's render thread: off the loop), from those snapshots. Read too: the
+        # ended ones with no final counts recorded (_read takes their counters now)
         objs = [o for kind in ("channel", "server") for o in tracked(kind)
                 if getattr(o, "live", False) or getattr(o, "closing", False)]
+        ended = [o for kind in ("channel", "server") for o in tracked(kind)
+                 if not (getattr(o, "live", False) or getattr(o, "closing", False))
+                 and weakref.ref(o) in self._last and final_stats(weakref.ref(o)) is None]
         read = read_stats(objs, here=_OWNER_LOOP.get(), rest=False)
-        fams = _on_owner_loop(functools.partial(self._gather, read))
+        read.update(_read_in_turns([o for o in objs + ended if id(o) not in read]))
+        fams = self._gather(read)
         for fam in fams.values():
             if fam.values:
                 yield fam.metric()
@@ -1097,18 +1170,13 @@ class MeshCollector:
                 return
             else:  # ended without final counts recorded: its counters now
                 try:
-                    now = self._registry_counted(obj, samples_of(obj.stats()))
+                    now = self._registry_counted(obj, samples_of(_snapshot(obj, read)))
                 except Exception:
                     now = []
                 self._retire(self._final(self._last.pop(ref)[1], now))
                 return
         try:
-            snapshot = read.get(id(obj), _UNREAD)
-            if snapshot is _UNREAD:
-                snapshot = obj.stats()
-            elif isinstance(snapshot, Exception):
-                raise snapshot
-            samples = self._registry_counted(obj, samples_of(snapshot))
+            samples = self._registry_counted(obj, samples_of(_snapshot(obj, read)))
         except Exception:  # closing while we looked: as last read, read again next time
             entry = self._last.get(ref)
             for fam, labels, value in entry[1] if entry is not None else ():
