@@ -480,7 +480,11 @@ class JWTAuthInterceptor(_RefusalLogged):
             claims = cached(token) if cached is not None else None
             if claims is None:  # a new token: verified in a coroutine (keys may be fetched)
                 return verify(context, token)
-            return admit(context, token, claims)
+            if check_scopes:
+                return admit(context, token, claims)
+            _claims.set(claims)  # admit's, inline while no scope is checked: a frame less
+            _token.set(token)
+            return None
 
         return before
 
