@@ -879,18 +879,23 @@ class VerifiedTokenCache:
     ``max_age_s`` given to :meth:`put` (whichever comes first).
 
     Args:
-        max_entries: capacity (0 disables the cache).
-        leeway_s: the verifier's leeway, so cache hits expire exactly as fresh checks would.
+        max_entries: capacity, an int >= 0 (0 disables the cache).
+        leeway_s: the verifier's leeway, so cache hits expire exactly as fresh checks
+            would: seconds, 0..300 as :class:`VerifierOptions` takes it (default 0).
         clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
-        ConfigError: ``clock`` is not callable (``time.time()``: its reading; quoted).
+        ConfigError: ``max_entries`` no int >= 0, ``leeway_s`` no number in 0..300 (NaN
+            would keep every token a hit past its expiry), or ``clock`` not callable
+            (``time.time()``: its reading); quoted.
     """
 
     __slots__ = ("_data", "_leeway", "clock", "max_entries")
 
     def __init__(self, max_entries: int, *, leeway_s: float = 0.0,
                  clock: Clock = time.time) -> None:
+        check_int("max_entries", max_entries, low=0)
+        check_number("leeway_s", leeway_s, high=300.0)
         check_clock("clock", clock, wall=True)
         self.max_entries = max_entries
         self._leeway = leeway_s
