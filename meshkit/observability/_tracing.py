@@ -1844,7 +1844,8 @@ class SpanStarter:
         call, client and server, ``benchmarks.opcodes``)."""
         if _RUNTIME is None or _current_otel():
             return False
-        if not (_fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()):
+        if not (_fast_cache[1] if _TEXTMAP._HTTP_TEXT_FORMAT is _fast_cache[0]
+                else fast_propagation()):
             return False
         if self._explicit is None:
             if (_env_provider and not _env_provider[0]
@@ -2121,7 +2122,31 @@ def fast_propagation() -> bool:
 
 
 _fast_cache: list[Any] = [None, False]  # [the global propagator, whether it is the pair]
-_textmap = propagate.get_global_textmap
+
+
+class _AskedTextMap:
+    """The global propagator asked of ``propagate.get_global_textmap()`` at each read, for
+    an API whose function is not the one-global read :data:`_TEXTMAP` expects."""
+
+    @property
+    def _HTTP_TEXT_FORMAT(self) -> Any:  # (the API's global's name)
+        return propagate.get_global_textmap()
+
+
+def _textmap_home() -> Any:
+    """Where the hot path reads the global propagator, as ``get_global_textmap()`` does
+    (its ``_HTTP_TEXT_FORMAT``, without the function's frame: three per traced call):
+    the API's module when the function reads that global and nothing else, else an
+    :class:`_AskedTextMap`."""
+    get = propagate.get_global_textmap
+    code = getattr(get, "__code__", None)
+    reads_it = code is not None and code.co_names == ("_HTTP_TEXT_FORMAT",) and \
+        getattr(get, "__globals__", None) is vars(propagate) and \
+        hasattr(propagate, "_HTTP_TEXT_FORMAT")
+    return propagate if reads_it else _AskedTextMap()
+
+
+_TEXTMAP: Any = _textmap_home()  # its ._HTTP_TEXT_FORMAT: propagate.get_global_textmap()
 
 
 def parse_traceparent(metadata: Sequence[Any] | None) -> SpanContext | Literal[False] | None:
@@ -2130,7 +2155,7 @@ def parse_traceparent(metadata: Sequence[Any] | None) -> SpanContext | Literal[F
     there is no trace context at all or it is invalid (W3C: ignore it), ``False`` when
     the general propagator must read it (also whenever the global propagator is not the
     default W3C pair, :func:`fast_propagation`)."""
-    if not (_fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()):
+    if not (_fast_cache[1] if _TEXTMAP._HTTP_TEXT_FORMAT is _fast_cache[0] else fast_propagation()):
         return False
     found = None
     for k, v in metadata or ():
@@ -2167,7 +2192,7 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
     one with ``span`` over it, built only when the global propagator needs it)."""
     # fast_propagation() and baggage_set(), without their frames when cached; the current
     # context carries the same baggage as one with the span over it
-    fast = _fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()
+    fast = _fast_cache[1] if _TEXTMAP._HTTP_TEXT_FORMAT is _fast_cache[0] else fast_propagation()
     if fast:
         ctx = context if context is not None or _RUNTIME is None else _RUNTIME[0].get()
         if not (ctx.get(_BAGGAGE_KEY) if type(ctx) is _Context and _BAGGAGE_KEY is not None

@@ -47,3 +47,24 @@ def test_other_keys_around_it_are_passed_over() -> None:
     assert (got.trace_id, got.span_id, int(got.trace_flags), got.is_remote,
             got.is_valid) == (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1,
                               True, True)
+
+
+def test_the_global_propagator_is_read_as_the_api_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path reads the API's global propagator without calling
+    ``get_global_textmap`` while that function only returns it; a function of another
+    shape is called at every read."""
+    from opentelemetry import propagate
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from meshkit.observability import _tracing
+
+    assert _tracing._TEXTMAP is propagate
+    assert _tracing._textmap_home() is propagate
+    other = TraceContextTextMapPropagator()
+    monkeypatch.setattr(propagate, "get_global_textmap", lambda: other)
+    home = _tracing._textmap_home()
+    assert isinstance(home, _tracing._AskedTextMap)
+    assert home._HTTP_TEXT_FORMAT is other
+    monkeypatch.setattr(_tracing, "_TEXTMAP", home)
+    assert parse_traceparent((("traceparent", TP),)) is False  # not the W3C pair: the API's
