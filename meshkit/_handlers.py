@@ -35,6 +35,7 @@ from meshkit._metadata import check_metadata
 from meshkit.errors import InvalidMetadataError
 
 __all__ = [
+    "GATE_MARK",
     "GUARD_MARK",
     "HANDLER_EXECUTOR",
     "NOT_FOUND_DETAILS",
@@ -47,6 +48,7 @@ __all__ = [
     "EscapedStopIteration",
     "EscapedSystemExit",
     "FusedInterceptor",
+    "Gate",
     "Handler",
     "NoResponse",
     "Reporter",
@@ -101,6 +103,16 @@ aborts, or returns leaving the answer to grpc.aio) and when a streaming handler 
 ``None`` (returning drops that ``None`` and the stream goes on); unless it has an attribute
 ``answers_none`` that is ``False``: then a missing response is grpc.aio's to answer, as
 without an ``Unhandled`` (the wrap also leaves the unary response's serializing to it)."""
+
+Gate = tuple[Callable[[Any], Awaitable[None] | None],
+             Callable[[Any], Awaitable[tuple[Any, int]]],
+             Callable[[int], None], Callable[[Any, int], None]]
+"""The request gate's steps for a unary-unary call, which a wrap with a reporter may run in
+its own frame (:data:`GATE_MARK`): ``enter(context)`` takes a call slot (``None``, else an
+awaitable that sheds the call); ``first(context)`` reads the request (the request and its
+size in bytes, or aborts the call); ``release(size)`` gives slot and bytes back once the
+call returned; ``abandon(context, size)``, called in the ``except`` block of a call that
+raised (``size``: -1 when it was never admitted), gives them back then."""
 
 
 class NoResponse(Exception):
@@ -1338,6 +1350,22 @@ def _serializing(inner: Any, ser: Callable[[Any], bytes]) -> Any:
 
 _UNMARKED: Any = object()  # no request is this: what an unguarded behaviour "refuses"
 
+GATE_MARK = "_meshkit_gate"
+"""The attribute by which a unary-response handler wrap with a reporter (telemetry) marks its
+behaviour with ``fused(gate=...)``: the same wrap made again as the stream-unary behaviour
+of the request gate (:class:`meshkit._limits.RequestGate`) given its :data:`Gate` steps,
+which takes the call's slot and reads its request in the wrap's frame, then runs the
+wrap, and gives slot and bytes back: one coroutine frame fewer per unary-unary call than
+the gate's wrap around this one. Asked once per method."""
+
+
+def _ungated(*args: Any) -> Any:
+    raise AssertionError("no request gate")  # never called: a wrap checks ``gated`` first
+
+
+_NO_GATE: Gate = (_ungated, _ungated, _ungated, _ungated)
+
+
 GUARD_MARK = "_meshkit_guard"
 """The attribute by which the request guard of a unary-request method
 (:func:`meshkit._limits.guard_method_handler`) marks its behaviour with ``(inner,
@@ -1697,10 +1725,13 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
 def _reported(inner: Any, before: Before, reporter: Reporter,
               unhandled: Unhandled | None, empty: Unhandled | None,
               ser: Callable[[Any], bytes] | None,
-              guard: tuple[Any, str] | None = None) -> Any:
+              guard: tuple[Any, str] | None = None, gate: Gate | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
+    the_inner = inner
     inner, undecodable, message = _unguarded(inner, guard)
     awaits = inspect.iscoroutinefunction(inner)
+    gated = gate is not None
+    enter, first, release, abandon = gate if gate is not None else _NO_GATE
 
     # finish() gets the exception in the except clause, whose name Python unbinds on leaving
     # it: a local holding it would make a cycle exception -> traceback -> this frame ->
@@ -1710,73 +1741,100 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
     # the code it decides (UNKNOWN, the code set, DEADLINE_EXCEEDED for the call's own
     # deadline...) is on the context when the reporter reads it, and its log line is
     # written under the call's span (the reporter's finish detaches it).
+    # With a ``gate`` (see GATE_MARK) this frame is the request gate's wrap too: grpc.aio
+    # calls it as a stream-unary behaviour (``request`` is its request iterator until
+    # the gate's read replaces it), one coroutine frame fewer per call; without one
+    # (``gated`` is fixed per method) a call pays three checks of it.
     async def behavior(request: Any, context: Any) -> Any:
-        state = start(context)
+        size = -1  # the gate's: the request's bytes in flight once it admitted it
+        if gated:
+            refused = enter(context)
+            if refused is not None:
+                await refused  # shed before anything ran: no slot taken, nothing reported
         try:
-            pending = before(context)
-            if pending is not None:
-                await pending
-            if request is undecodable:  # the request guard's check (see _checked)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-            result = inner(request, context)
-            if awaits or inspect.isawaitable(result):
-                result = await result
-            if getattr(context, "trailing_metadata", _none_set)():  # see _checked
-                bad = _unsendable_trailers(context)
-                if bad is not None:
-                    await context.abort(grpc.StatusCode.INTERNAL, bad)
-            if result is None and empty is not None:
-                await empty(NoResponse(), context)  # aborts, unless a status was set
-            elif ser is not None:
-                try:
-                    result = ser(result)
-                except ResponseTooLarge as too_large:  # grpc core's answer, counted so
-                    if not _set_not_ok(context):  # else discarded unserialized (_checked)
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                            str(too_large))
-                    result = b""
-                except Exception:
-                    if _set_not_ok(context):  # discarded unserialized (see _checked)
+            if gated:
+                request, size = await first(context)
+            state = start(context)
+            try:
+                pending = before(context)
+                if pending is not None:
+                    await pending
+                if request is undecodable:  # the request guard's check (see _checked)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+                result = inner(request, context)
+                if awaits or inspect.isawaitable(result):
+                    result = await result
+                if getattr(context, "trailing_metadata", _none_set)():  # see _checked
+                    bad = _unsendable_trailers(context)
+                    if bad is not None:
+                        await context.abort(grpc.StatusCode.INTERNAL, bad)
+                if result is None and empty is not None:
+                    await empty(NoResponse(), context)  # aborts, unless a status was set
+                elif ser is not None:
+                    try:
+                        result = ser(result)
+                    except ResponseTooLarge as too_large:  # grpc core's answer, counted so
+                        if not _set_not_ok(context):  # else discarded unserialized (_checked)
+                            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                str(too_large))
                         result = b""
-                    elif type(result) is str:
-                        result = _serialize_encoded(ser, result)
-                    else:
-                        raise
-        except (asyncio.CancelledError, GeneratorExit) as c:  # the call's, or escaped: see _escaped
-            escaped = _escaped(c)
-            if escaped is None:
-                finish(state, context, c)
-                raise
-            try:  # answered (or left to grpc.aio) as any exception: see below
-                _drop_unsendable_trailers(context)
-                answered = unhandled is not None and await unhandled(escaped, context)
-            finally:
-                finish(state, context, escaped)
-            if not answered:
-                raise escaped from c
-            escaped = None
-        except BaseException as e:
-            if unhandled is None or not _answerable(e):
-                finish(state, context, e)
-                if _answerable(e):  # grpc.aio's answer goes out with the trailers
+                    except Exception:
+                        if _set_not_ok(context):  # discarded unserialized (see _checked)
+                            result = b""
+                        elif type(result) is str:
+                            result = _serialize_encoded(ser, result)
+                        else:
+                            raise
+            except (asyncio.CancelledError, GeneratorExit) as c:  # the call's, or escaped: _escaped
+                escaped = _escaped(c)
+                if escaped is None:
+                    finish(state, context, c)
+                    raise
+                try:  # answered (or left to grpc.aio) as any exception: see below
                     _drop_unsendable_trailers(context)
+                    answered = unhandled is not None and await unhandled(escaped, context)
+                finally:
+                    finish(state, context, escaped)
+                if not answered:
+                    raise escaped from c
+                escaped = None
+            except BaseException as e:
+                if unhandled is None or not _answerable(e):
+                    finish(state, context, e)
+                    if _answerable(e):  # grpc.aio's answer goes out with the trailers
+                        _drop_unsendable_trailers(context)
+                    raise
+                try:  # answered before it is reported: the code sent is the code reported
+                    _drop_unsendable_trailers(context)
+                    answered = await unhandled(e, context)
+                finally:
+                    finish(state, context, e)
+                if not answered:
+                    raise
+            else:
+                finish(state, context, None)
+                if gated:
+                    request = None
+                    release(size)
+                return result
+            # answered, its status set: sent alone, out of the except block (see
+            # Unhandled); grpc keeps the AbortError, whose traceback holds this frame: not
+            # the request
+            request = result = state = None
+            await _abort_with_status_set(context)
+        except BaseException:
+            if not gated:
                 raise
-            try:  # answered before it is reported: the code sent is the code reported
-                _drop_unsendable_trailers(context)
-                answered = await unhandled(e, context)
-            finally:
-                finish(state, context, e)
-            if not answered:
-                raise
-        else:
-            finish(state, context, None)
-            return result
-        # answered, its status set: sent alone, out of the except block (see Unhandled);
-        # grpc keeps the AbortError, whose traceback holds this frame: not the request
-        request = result = state = None
-        await _abort_with_status_set(context)
+            request = result = None  # (see the gate's own wrap, RequestGate._convert)
+            abandon(context, size)
+            raise
+        if gated:
+            release(size)
         return None
 
+    if not gated:  # the request gate may fuse its wrap into this one's frame
+        setattr(behavior, GATE_MARK, functools.partial(
+            _reported, the_inner, before, reporter, unhandled, empty, ser, guard))
     return behavior
 
 
