@@ -680,6 +680,23 @@ class EndpointPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def spawn_in_own_loop(self, coro: Any) -> None:
+        """:meth:`spawn` ``coro`` when called in the pool's own event loop; anywhere else
+        close it unrun. A stream's done callback reports its outcome so; grpc.aio runs it
+        where the call ends, which is outside that loop for a stream still open when the
+        loop ended (the pool closed with it) and collected afterwards: grpc.aio's
+        ``Call.__del__`` cancels it there and then, with no running loop ("Exception
+        ignored in Call.__del__ ... no running event loop" and "coroutine was never
+        awaited" on stderr) or in a later loop (the report started as a task of that
+        loop, for a pool closed with the old one). Nobody is left to report to."""
+        loop = asyncio._get_running_loop()
+        if loop is not self._loop:
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _track_state(self, ep: Endpoint, *, connect: bool = True) -> None:
         """Mirror the endpoint's sub-channel connectivity in ``ep.state``, waking waiting
         calls on every change.

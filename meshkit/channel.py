@@ -1605,7 +1605,7 @@ class MeshChannel(grpc.aio.Channel):
         if responded is None:
             def finished(c: Any) -> None:
                 ep.in_flight -= 1
-                self._pool.spawn(_report_stream(c, ep, done, details))
+                self._pool.spawn_in_own_loop(_report_stream(c, ep, done, details))
         else:  # the balancer hears of the stream's first response (_stream_answered)
             answering = self._answering
             answering[call] = responded
@@ -1613,7 +1613,7 @@ class MeshChannel(grpc.aio.Channel):
             def finished(c: Any) -> None:
                 ep.in_flight -= 1
                 answering.pop(c, None)
-                self._pool.spawn(_report_stream(c, ep, done, details))
+                self._pool.spawn_in_own_loop(_report_stream(c, ep, done, details))
 
         call.add_done_callback(finished)
         return call
