@@ -202,12 +202,16 @@ def chain_unary(interceptors: Sequence[ClientInterceptor], inner: UnaryProceed) 
 
     An interceptor of the application's own that overrides ``intercept_unary`` may pass
     ``proceed`` other details than it was given (:func:`_bind_copying_unary`); meshkit's
-    own, and one that does not override it, run as they are."""
+    own, and one that does not override it, run as they are: one of meshkit's with a
+    ``unary_runner(proceed)`` (its ``intercept_unary`` with ``proceed`` bound) is that
+    runner, called by the step before it without a frame between them."""
     fn = inner
     for icpt in reversed(interceptors):
         cls = type(icpt)
-        if (cls.__module__.startswith("meshkit.")
-                or cls.intercept_unary is ClientInterceptor.intercept_unary):
+        if cls.__module__.startswith("meshkit."):
+            runner = getattr(icpt, "unary_runner", None)
+            fn = runner(fn) if runner is not None else _bind_unary(icpt, fn)
+        elif cls.intercept_unary is ClientInterceptor.intercept_unary:
             fn = _bind_unary(icpt, fn)
         else:
             fn = _bind_copying_unary(icpt, fn)

@@ -278,42 +278,52 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 call_token = _current_call.set(details)
         return span, token, call_token, _perf()
 
+    def unary_runner(self, proceed: UnaryProceed) -> UnaryProceed:
+        """:meth:`intercept_unary` with ``proceed`` bound: the step a channel's chain
+        calls for it (:func:`meshkit.interceptors.chain_unary`), with no frame between it
+        and the step before it."""
+
+        async def unary_call(details: ClientCallDetails, request: Any) -> Any:
+            # _method(details), its cache read inline
+            m = (self._methods.get((details.method, details.kind, details.service))
+                 or self._method(details))
+            span, token, call_token, t0 = self._start(m, details)
+            if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
+                details.messages = m.bound  # the channel's request iterator counts msg_sent
+            # the error is finished with in its except block, whose name is cleared when it
+            # ends: a local keeping it would be held by this frame in the error's own
+            # traceback, a reference cycle holding the failed call's state for the collector
+            try:
+                response = await proceed(details, request)
+            except AioRpcError as e:
+                self._finish_unary(m, details, span, t0, e.code(), e, call_token, token)
+                raise
+            except asyncio.CancelledError as e:
+                # a cancel by a deadline (its own passed, or the handler's: see _cancel_code)
+                self._finish_unary(m, details, span, t0, _cancelled_code(details.deadline), e,
+                                   call_token, token)
+                raise
+            except Exception as e:
+                self._finish_unary(m, details, span, t0, STATUS_UNKNOWN, e, call_token, token)
+                raise
+            except BaseException:  # GeneratorExit, KeyboardInterrupt: finished as before
+                self._finish_unary(m, details, span, t0, STATUS_OK, None, call_token, token)
+                raise
+            try:
+                self._finish(m, details, span, t0, STATUS_OK, None)
+            finally:
+                if call_token is not None:
+                    _current_call.reset(call_token)
+                if token is not None:
+                    detach_context(token)
+            return response
+
+        return unary_call
+
     async def intercept_unary(self, details: ClientCallDetails, request: Any,
                               proceed: UnaryProceed) -> Any:
         """Run a unary-response call inside a span, counted and logged."""
-        # _method(details), its cache read inline
-        m = (self._methods.get((details.method, details.kind, details.service))
-             or self._method(details))
-        span, token, call_token, t0 = self._start(m, details)
-        if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
-            details.messages = m.bound  # the channel's request iterator counts msg_sent
-        # the error is finished with in its except block, whose name is cleared when it
-        # ends: a local keeping it would be held by this frame in the error's own
-        # traceback, a reference cycle holding the failed call's state for the collector
-        try:
-            response = await proceed(details, request)
-        except AioRpcError as e:
-            self._finish_unary(m, details, span, t0, e.code(), e, call_token, token)
-            raise
-        except asyncio.CancelledError as e:
-            # a cancel by a deadline (its own passed, or the handler's: see _cancel_code)
-            self._finish_unary(m, details, span, t0, _cancelled_code(details.deadline), e,
-                               call_token, token)
-            raise
-        except Exception as e:
-            self._finish_unary(m, details, span, t0, STATUS_UNKNOWN, e, call_token, token)
-            raise
-        except BaseException:  # GeneratorExit, KeyboardInterrupt: finished as before
-            self._finish_unary(m, details, span, t0, STATUS_OK, None, call_token, token)
-            raise
-        try:
-            self._finish(m, details, span, t0, STATUS_OK, None)
-        finally:
-            if call_token is not None:
-                _current_call.reset(call_token)
-            if token is not None:
-                detach_context(token)
-        return response
+        return await self.unary_runner(proceed)(details, request)
 
     def _finish_unary(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
                       code: grpc.StatusCode, exc: BaseException | None, call_token: Any,

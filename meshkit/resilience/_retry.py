@@ -417,65 +417,75 @@ class RetryInterceptor(ClientInterceptor):
         before those retries do (a debt that holds retries back, not retries allowed)."""
         return max(0.0, self.budget.balance())
 
+    def unary_runner(self, proceed: UnaryProceed) -> UnaryProceed:
+        """:meth:`intercept_unary` with ``proceed`` bound: the step a channel's chain
+        calls for it (:func:`meshkit.interceptors.chain_unary`), with no frame between it
+        and the step before it."""
+
+        async def unary_call(details: ClientCallDetails, request: Any) -> Any:
+            self.stats.calls += 1
+            self.budget.record_request()
+            policy = self._table.lookup(details.method)
+            if policy is None or policy.max_attempts == 1:
+                try:  # (a try costs the call nothing until it raises)
+                    return await proceed(details, request)
+                except AioRpcError as exc:
+                    if not self._transparent(details, request, exc):
+                        raise
+                return await proceed(details, request)
+            # a stream-unary request that is an iterator (a generator) is spent by the attempt
+            # that sent it: such a call is retried only where nothing was sent (no endpoint)
+            replayable = details.kind is not CallKind.STREAM_UNARY or _replayable(request)
+            if policy.hedge_delay_s is not None and replayable:
+                return await self._hedged(details, request, proceed, policy)
+            attempt = step = 1  # step: of the backoff, back to 1 after a server's pushback
+            safe: bool | None = None  # worked out on the first failure only
+            sent = 0  # attempts made (an attempt that found no endpoint was not)
+            base_md: list[tuple[str, Any]] = details.metadata
+            while True:
+                t0 = time.monotonic()
+                if sent:  # gRFC A6: a retry says how many attempts went before it
+                    details.metadata = with_previous_attempts(base_md, sent)
+                try:
+                    response = await proceed(details, request)
+                except AioRpcError as exc:
+                    if safe is None:
+                        safe = policy.idempotent or _has_key(details, request, policy)
+                    unrun = _draining_outcome(details, exc)
+                    delay = (self._retry_delay(details, exc, policy, attempt, safe, step, unrun)
+                             if replayable or isinstance(exc, NoEndpointsError) else None)
+                    if delay is None:
+                        raise
+                    if not isinstance(exc, _NOT_SENT):
+                        sent += 1
+                    # gRFC A6: after a pushback "retry delay will reset to initial backoff"
+                    step = 1 if _pushback_s(exc) is not None else step + 1
+                    await self._pause(delay)
+                    remaining = details.time_remaining_s()
+                    if remaining is not None and remaining <= 0 and not self._closed:
+                        # a loaded loop woke it past the deadline: an attempt started now
+                        # would only fail DEADLINE_EXCEEDED, hiding this one's status
+                        self.stats.gave_up_deadline += 1
+                        raise
+                    attempt += 1
+                    continue
+                # _observe(details.method, latency), its update of a method seen before
+                # inline (a frame less per call)
+                typical = self._typical_s
+                method = details.method
+                old = typical.get(method)
+                if old is None:
+                    self._observe(method, time.monotonic() - t0)
+                else:
+                    typical[method] = 0.8 * old + 0.2 * (time.monotonic() - t0)
+                return response
+
+        return unary_call
+
     async def intercept_unary(self, details: ClientCallDetails, request: Any,
                               proceed: UnaryProceed) -> Any:
         """Run the call with retries or hedging as its method's policy says."""
-        self.stats.calls += 1
-        self.budget.record_request()
-        policy = self._table.lookup(details.method)
-        if policy is None or policy.max_attempts == 1:
-            try:  # (a try costs the call nothing until it raises)
-                return await proceed(details, request)
-            except AioRpcError as exc:
-                if not self._transparent(details, request, exc):
-                    raise
-            return await proceed(details, request)
-        # a stream-unary request that is an iterator (a generator) is spent by the attempt
-        # that sent it: such a call is retried only where nothing was sent (no endpoint)
-        replayable = details.kind is not CallKind.STREAM_UNARY or _replayable(request)
-        if policy.hedge_delay_s is not None and replayable:
-            return await self._hedged(details, request, proceed, policy)
-        attempt = step = 1  # step: of the backoff, back to 1 after a server's pushback
-        safe: bool | None = None  # worked out on the first failure only
-        sent = 0  # attempts made (an attempt that found no endpoint was not)
-        base_md: list[tuple[str, Any]] = details.metadata
-        while True:
-            t0 = time.monotonic()
-            if sent:  # gRFC A6: a retry says how many attempts went before it
-                details.metadata = with_previous_attempts(base_md, sent)
-            try:
-                response = await proceed(details, request)
-            except AioRpcError as exc:
-                if safe is None:
-                    safe = policy.idempotent or _has_key(details, request, policy)
-                unrun = _draining_outcome(details, exc)
-                delay = (self._retry_delay(details, exc, policy, attempt, safe, step, unrun)
-                         if replayable or isinstance(exc, NoEndpointsError) else None)
-                if delay is None:
-                    raise
-                if not isinstance(exc, _NOT_SENT):
-                    sent += 1
-                # gRFC A6: after a pushback "retry delay will reset to initial backoff"
-                step = 1 if _pushback_s(exc) is not None else step + 1
-                await self._pause(delay)
-                remaining = details.time_remaining_s()
-                if remaining is not None and remaining <= 0 and not self._closed:
-                    # a loaded loop woke it past the deadline: an attempt started now
-                    # would only fail DEADLINE_EXCEEDED, hiding this one's status
-                    self.stats.gave_up_deadline += 1
-                    raise
-                attempt += 1
-                continue
-            # _observe(details.method, latency), its update of a method seen before
-            # inline (a frame less per call)
-            typical = self._typical_s
-            method = details.method
-            old = typical.get(method)
-            if old is None:
-                self._observe(method, time.monotonic() - t0)
-            else:
-                typical[method] = 0.8 * old + 0.2 * (time.monotonic() - t0)
-            return response
+        return await self.unary_runner(proceed)(details, request)
 
     def _transparent(self, details: ClientCallDetails, request: Any,
                      exc: AioRpcError) -> bool:
