@@ -296,10 +296,12 @@ class DeadlineInterceptor(WrappingInterceptor):
         # Each call runs in its own task, so the context variable set here is the
         # handler's and disappears with the call. Synchronous (no coroutine per call):
         # a refusal is the abort, which the handler wrap awaits.
-        remaining = clamp_timeout_s(context.time_remaining())  # time_remaining_s, inline
+        remaining = context.time_remaining()  # time_remaining_s, inline
         if remaining is None:
             _deadline.set(None)
             return None
+        if not remaining <= MAX_PROPAGATED_S:  # NaN or past it, rare: clamped (no frame else)
+            remaining = clamp_timeout_s(remaining)
         if remaining <= self._refuse_at:
             return self._refuse(context, remaining, self._refuse_at)
         _deadline.set(time.monotonic() + remaining)
