@@ -2194,7 +2194,7 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
     # context carries the same baggage as one with the span over it
     fast = _fast_cache[1] if _TEXTMAP._HTTP_TEXT_FORMAT is _fast_cache[0] else fast_propagation()
     if fast:
-        ctx = context if context is not None or _RUNTIME is None else _RUNTIME[0].get()
+        ctx = context if context is not None else _current_otel()
         if not (ctx.get(_BAGGAGE_KEY) if type(ctx) is _Context and _BAGGAGE_KEY is not None
                 else baggage_set(ctx)):
             lean: Any = span
