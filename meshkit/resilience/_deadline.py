@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -301,7 +301,7 @@ class DeadlineInterceptor(WrappingInterceptor):
             _deadline.set(None)
             return None
         if not remaining <= MAX_PROPAGATED_S:  # NaN or past it, rare: clamped (no frame else)
-            remaining = clamp_timeout_s(remaining)
+            remaining = cast(float, clamp_timeout_s(remaining))
         if remaining <= self._refuse_at:
             return self._refuse(context, remaining, self._refuse_at)
         _deadline.set(time.monotonic() + remaining)
