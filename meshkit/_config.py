@@ -32,6 +32,7 @@ __all__ = [
     "check_metadata_key",
     "check_number",
     "check_path",
+    "check_rng",
     "check_seconds",
     "check_status_codes",
     "check_strings",
@@ -170,6 +171,23 @@ def check_clock(name: str, value: object, *, wall: bool) -> None:
     if not callable(value):
         kind = "epoch seconds, such as time.time" if wall else "seconds, such as time.monotonic"
         raise ConfigError(f"{name} must be a callable returning {kind}, got {quoted(value)}")
+
+
+def check_rng(name: str, value: object, methods: tuple[str, ...]) -> None:
+    """Check that ``value`` (the random source ``name``) is ``None`` (the default) or an
+    object with the ``methods`` it is used by (``random.Random``'s): a seed given where
+    ``random.Random(seed)`` was meant (``rng=42``), or the class itself, would raise a
+    bare ``AttributeError`` at its first use (a pick, a backoff).
+
+    Raises:
+        ConfigError: anything else; ``name`` and the value quoted.
+    """
+    if value is None:
+        return
+    if isinstance(value, type) or not all(callable(getattr(value, m, None)) for m in methods):
+        raise ConfigError(f"{name} must be a random source such as random.Random(seed), "
+                          f"with {', '.join(m + '()' for m in methods)} (None for the "
+                          f"default), got {quoted(value)}")
 
 
 def _class_names(kind: type | tuple[type, ...]) -> str:

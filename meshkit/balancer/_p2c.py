@@ -82,7 +82,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from meshkit._config import check_clock, check_instance, check_number, check_seconds
+from meshkit._config import (
+    check_clock,
+    check_instance,
+    check_number,
+    check_rng,
+    check_seconds,
+)
 from meshkit._fork import ForkSafeRandom
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
 
@@ -366,8 +372,9 @@ class P2C:
 
     Raises:
         ConfigError: ``options`` is no :class:`P2COptions` (an ``OutlierOptions``, whose
-            place is ``DialOptions.outlier``) or ``clock`` is not callable
-            (``time.monotonic()``: its reading); quoted.
+            place is ``DialOptions.outlier``), ``rng`` no random source (a seed given for
+            ``random.Random(seed)``) or ``clock`` not callable (``time.monotonic()``: its
+            reading); quoted.
     """
 
     __slots__ = ("_clock", "_eps", "_mean", "_mean_weight", "_opts", "_ramps_until", "_rng",
@@ -376,6 +383,7 @@ class P2C:
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         check_instance("options", options, P2COptions)
+        check_rng("rng", rng, ("random",))
         check_clock("clock", clock, wall=False)
         self._opts = options or P2COptions()
         self._rng = rng if rng is not None else ForkSafeRandom()

@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import Collection, Sequence
 
+from meshkit._config import check_rng
 from meshkit._fork import reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
 
@@ -32,11 +33,16 @@ class RoundRobin:
         rng: random source for the start position (default: a new ``random.Random()``,
             and a new position in a forked child; with one given the position is kept
             there).
+
+    Raises:
+        ConfigError: ``rng`` is no random source (a seed given for
+            ``random.Random(seed)``, the class itself; quoted).
     """
 
     __slots__ = ("__weakref__", "_endpoints", "_next")
 
     def __init__(self, rng: random.Random | None = None) -> None:
+        check_rng("rng", rng, ("randrange",))
         self._endpoints: tuple[Endpoint, ...] = ()
         self._next = (rng if rng is not None else random.Random()).randrange(1 << 30)
         if rng is None:

@@ -9,7 +9,7 @@ import math
 import random
 from collections.abc import Collection, Sequence
 
-from meshkit._config import check_int
+from meshkit._config import check_int, check_rng
 from meshkit._fork import ForkSafeRandom, reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
 
@@ -56,11 +56,16 @@ class WeightedRoundRobin:
         rng: random source for the first turns (default: a new ``random.Random()``,
             reseeded in a forked child; one given is never reseeded and its schedule is
             kept there).
+
+    Raises:
+        ConfigError: ``rng`` is no random source (a seed given for
+            ``random.Random(seed)``, the class itself; quoted).
     """
 
     __slots__ = ("__weakref__", "_heap", "_out", "_rng", "_seq", "_steps")
 
     def __init__(self, rng: random.Random | None = None) -> None:
+        check_rng("rng", rng, ("random",))
         self._rng = rng if rng is not None else ForkSafeRandom()
         # (turn due, queue order, endpoint): the heap's minimum is the next endpoint due
         self._heap: list[tuple[float, int, Endpoint]] = []
@@ -231,7 +236,8 @@ class RingHash:
 
     Raises:
         ConfigError: ``replicas_per_weight`` or ``max_ring_size`` is not an integer in
-            range (NaN, ``True``; quoted).
+            range (NaN, ``True``), or ``rng`` no random source (a seed given for
+            ``random.Random(seed)``, the class itself); quoted.
     """
 
     __slots__ = ("_eps", "_hashes", "_max_ring", "_owners", "_points", "_replicas", "_rng")
@@ -240,6 +246,7 @@ class RingHash:
                  max_ring_size: int = 4096) -> None:
         check_int("replicas_per_weight", replicas_per_weight)
         check_int("max_ring_size", max_ring_size, high=_MAX_RING)
+        check_rng("rng", rng, ("random", "choice"))
         self._replicas = replicas_per_weight
         self._max_ring = max_ring_size
         self._rng = rng if rng is not None else ForkSafeRandom()

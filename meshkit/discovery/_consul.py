@@ -110,6 +110,7 @@ from meshkit._config import (
     check_bool,
     check_number,
     check_path,
+    check_rng,
     check_secret_holder,
     shown_path,
 )
@@ -963,7 +964,8 @@ class ConsulRegistry:
     Raises:
         ConfigError: ``options`` is no :class:`ConsulOptions` (the agent's address given
             for ``ConsulOptions(addr=...)``: named by its type only, it may hold a
-            token).
+            token), ``rng`` no random source (a seed given for ``random.Random(seed)``)
+            or ``sleep`` not callable; quoted.
 
     The HTTP client is created on first use, inside the running event loop, so the registry
     can be built anywhere; one per event loop (an aiohttp session belongs to one), so the
@@ -998,6 +1000,10 @@ class ConsulRegistry:
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         check_secret_holder("options", options, ConsulOptions)
+        check_rng("rng", rng, ("uniform",))
+        if sleep is not None and not callable(sleep):
+            raise ConfigError(f"sleep must be a coroutine function taking seconds, such as "
+                              f"asyncio.sleep, or None, got {sleep!r}")
         self.options = options if options is not None else ConsulOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
         self._own_rng = rng is None  # reseeded in a forked child (see _forget_parent)

@@ -182,6 +182,7 @@ from meshkit._config import (
     check_bool,
     check_number,
     check_path,
+    check_rng,
     check_secret_holder,
     check_strings,
     shown_path,
@@ -816,7 +817,8 @@ class EtcdRegistry:
     Raises:
         ConfigError: ``options`` is no :class:`EtcdOptions` (an endpoint URL given for
             ``EtcdOptions(endpoints=...)``: named by its type only, it may hold a
-            password).
+            password), or ``rng`` no random source (a seed given for
+            ``random.Random(seed)``; quoted).
 
     Instances whose owner died without deregistering are listed by :meth:`failing` (and
     their service by :meth:`services`) for ``last_seen_ttl_s`` (default ``max(10 * ttl_s,
@@ -857,6 +859,7 @@ class EtcdRegistry:
     def __init__(self, options: EtcdOptions | None = None, *,
                  rng: random.Random | None = None) -> None:
         check_secret_holder("options", options, EtcdOptions)
+        check_rng("rng", rng, ("uniform",))
         self.options = options if options is not None else EtcdOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
         self._own_rng = rng is None  # reseeded in a forked child (see _forget_parent)
