@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         RegistryError,
         RequestIteratorError,
         RequestSerializationError,
+        RequestStreamCutError,
         ResponseDeserializationError,
     )
     from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
@@ -71,6 +72,7 @@ __all__ = [
     "RegistryError",
     "RequestIteratorError",
     "RequestSerializationError",
+    "RequestStreamCutError",
     "ResponseDeserializationError",
     "RetrySnapshot",
     "ServeOptions",
@@ -101,7 +103,8 @@ _LAZY = {
     **dict.fromkeys(("ConfigError", "InvalidCallError", "InvalidMetadataError", "MeshError",
                      "MeshRpcError", "NoEndpointsError", "RegistryError",
                      "RequestIteratorError", "RequestSerializationError",
-                     "ResponseDeserializationError"), "meshkit.errors"),
+                     "RequestStreamCutError", "ResponseDeserializationError"),
+                    "meshkit.errors"),
     **dict.fromkeys(("CallKind", "ClientCallDetails", "ClientInterceptor"),
                     "meshkit.interceptors"),
     **dict.fromkeys(("MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"),

@@ -32,7 +32,7 @@ import grpc
 import structlog
 
 from meshkit._metadata import check_metadata
-from meshkit.errors import InvalidMetadataError
+from meshkit.errors import InvalidMetadataError, RequestStreamCutError
 
 __all__ = [
     "GATE_MARK",
@@ -806,7 +806,7 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
         loop = asyncio.get_running_loop()
         sync = _SyncContext(context, loop)
         if request_streaming:
-            request = _blocking_requests(request, loop)
+            request = _blocking_requests(request, loop, sync)
         executor = HANDLER_EXECUTOR.get()
         run = contextvars.copy_context().run
         if executor is None:  # a grpc.aio server of your own: the default executor
@@ -1032,10 +1032,10 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
 
     async def off_loop(request: Any, context: Any) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
-        if request_streaming:
-            request = _blocking_requests(request, loop)
         run = contextvars.copy_context().run
         sync = _SyncContext(context, loop)
+        if request_streaming:
+            request = _blocking_requests(request, loop, sync)
         it: Iterator[Any] | None = None
         make: Callable[[], Any] | None = None
         if on_loop:
@@ -1069,11 +1069,20 @@ async def _anext(it: Any) -> Any:
     return await it.__anext__()
 
 
-def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop,
+                       sync: _SyncContext | None = None) -> Iterator[Any]:
     """The request stream ``requests`` (an async iterator) as a blocking iterator for a
     handler running in a thread: each message is read on the loop (grpc.aio's
     ``async_generator_to_generator``). Iterated on the loop's own thread it raises
-    ``RuntimeError`` (waiting there for the loop would deadlock it)."""
+    ``RuntimeError`` (waiting there for the loop would deadlock it).
+
+    grpc.aio ends the stream alike when its client half-closed it and when grpc core
+    failed a read (the call's deadline passed, its caller cancelled, a message over the
+    server's receive limit): at its end, the iterator raises
+    :class:`~meshkit.errors.RequestStreamCutError` when the call (``sync``, its context;
+    ``None``: not asked) has ended, or ends within :data:`_CUT_WAIT_S`
+    (:func:`_cut_with_call`), as a synchronous ``grpc.server``'s iterator raises
+    ``grpc.RpcError``."""
     it = requests.__aiter__()
     while True:
         if asyncio._get_running_loop() is loop:
@@ -1087,8 +1096,54 @@ def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop) -> Iterat
         try:
             item = future.result()
         except StopAsyncIteration:
+            if sync is None:
+                return
+            asked = _cut_with_call(sync)
+            try:
+                cut = asyncio.run_coroutine_threadsafe(asked, loop).result()
+            except RuntimeError:  # the loop closed (the server stopped): the call is over
+                asked.close()
+                cut = True
+            if cut:
+                raise RequestStreamCutError() from None
             return
         yield item
+
+
+_CUT_TURNS = 4
+_CUT_WAIT_S = 0.002
+_CUT_POLL_S = 0.0005
+"""How long a plain-function handler's request stream end waits for its call to end
+with it (see :func:`_cut_with_call`): :data:`_CUT_TURNS` loop turns, then polls every
+:data:`_CUT_POLL_S` until :data:`_CUT_WAIT_S` has passed. grpc core fails the read and
+closes the call together, but grpc.aio learns of each by a completion of its own,
+delivered by its poller thread: the call's task is cancelled (its end) a turn after
+the read's end arrives, or a few milliseconds later on a loaded host."""
+
+
+async def _cut_with_call(sync: _SyncContext) -> bool:
+    """On the loop, at the end of a plain-function handler's request stream: whether
+    its call (``sync``) ended, or ends within :data:`_CUT_WAIT_S` (grpc.aio reads a
+    read grpc core failed as the stream's end, then cancels the call's task), i.e. the
+    stream was cut, not half-closed by its client; or its deadline has passed (nothing
+    the handler answers reaches its caller). A stream's end only: a clean end waits
+    the whole :data:`_CUT_WAIT_S` (about 2 ms), a cut one as long as grpc.aio takes."""
+    with contextlib.suppress(Exception):  # (a stand-in context may have none)
+        remaining = sync.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return True
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _CUT_WAIT_S
+    turns = 0
+    while sync.is_active():
+        if turns < _CUT_TURNS:
+            await asyncio.sleep(0)
+        elif loop.time() < until:
+            await asyncio.sleep(_CUT_POLL_S)
+        else:
+            return False
+        turns += 1
+    return True
 
 
 def responses(result: Any) -> AsyncIterator[Any]:

@@ -13,6 +13,7 @@ error                                 gRPC status
 :class:`RequestSerializationError`    ``INTERNAL`` (as grpc-go), raised before any attempt
 :class:`RequestIteratorError`         ``UNKNOWN`` (as grpc's synchronous client), the stream ends
 :class:`ResponseDeserializationError` ``INTERNAL`` (as grpc-go), the attempt failed
+:class:`RequestStreamCutError`        (raised in a server's handler, never on the wire)
 :class:`ConfigError`                  (raised at construction, never on the wire)
 :class:`RegistryError`                (raised by registry calls, never on the wire)
 ====================================  ==============================
@@ -38,6 +39,7 @@ __all__ = [
     "RegistryError",
     "RequestIteratorError",
     "RequestSerializationError",
+    "RequestStreamCutError",
     "ResponseDeserializationError",
 ]
 
@@ -188,6 +190,23 @@ class RequestIteratorError(InvalidCallError):
         self.method = method
         super().__init__(grpc.StatusCode.UNKNOWN,
                          f"{method}: the request iterator raised {error}")
+
+
+class RequestStreamCutError(MeshError, grpc.RpcError):
+    """Raised by a plain-function (``def``) handler's request iterator, on a server, in
+    place of the end of a request stream that ended with its call before its client
+    half-closed it: its deadline passed, its caller cancelled, or grpc core refused a
+    message over the server's ``max_receive_message_bytes`` (or a compressed one
+    inflating past it). grpc.aio reads such a stream as ended, and the handler would act
+    on a truncated request stream as on the whole one; a synchronous ``grpc.server``'s
+    iterator raises ``grpc.RpcError`` there, as this one (a ``grpc.RpcError``) does. The
+    call has ended: its caller already has its status, and nothing the handler answers
+    is sent."""
+
+    def __init__(self) -> None:
+        super().__init__("the request stream ended with its call, before its client "
+                         "half-closed it (the call's deadline passed, its caller "
+                         "cancelled, or a message was over the server's receive limit)")
 
 
 class ResponseDeserializationError(MeshRpcError):
