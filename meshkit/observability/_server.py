@@ -502,13 +502,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         send a message and answered the call itself)."""
         if exc is None or isinstance(exc, grpc.aio.AbortError):
             code = context.code()
+            if code is None:  # none set (most calls: one check)
+                return STATUS_OK if exc is None else STATUS_UNKNOWN
             if isinstance(code, grpc.StatusCode):
                 return code
-            if code is not None:  # an integer code grpc.aio sends as that code
-                code = status_code_of(code)
-                if code is not None:
-                    return code
-            return STATUS_OK if exc is None else STATUS_UNKNOWN
+            # an integer code grpc.aio sends as that code
+            return status_code_of(code) or (STATUS_OK if exc is None else STATUS_UNKNOWN)
         if isinstance(exc, _CANCELLATIONS):
             remaining = context.time_remaining()
             return STATUS_DEADLINE if remaining is not None and remaining <= 0 else STATUS_CANCELLED
