@@ -594,8 +594,8 @@ class ServeOptions:
             the rest, shortens the host name and adds 8 hex digits of its SHA-256:
             ``<service>-<hostname prefix>-<hash>-<pid>[-<port>]``. A string of 1..128
             characters.
-        tags: registry tags, any collection of strings, e.g. ``("v2",)`` or ``["v2"]``;
-            meta: registry meta, a mapping of strings to strings, e.g. ``{"zone": "a"}``
+        tags: registry tags, any collection of strings, e.g. ``("v2",)`` or ``["v2"]``.
+        meta: registry meta, a mapping of strings to strings, e.g. ``{"zone": "a"}``
             (kept as a copy).
         weight: weight for weighted balancers (>= 1, default 1).
         deadline: deadline admission and propagation
