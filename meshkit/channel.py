@@ -2097,9 +2097,16 @@ def _end_request_stream(call: Any) -> None:
     with ``INTERNAL`` "Internal error from Core" (the caller lost the server's code,
     details and trailers, or an ``OK`` answer): in ~90 of 100 bidi streams a handler
     ended at once while 50 messages were sent. A cancelled writer never gets to that
-    failure. Without such a task (a grpc.aio interceptor's call object), nothing: a
-    caller's own ``write()`` in flight then is grpc.aio's as before."""
+    failure. Under ``attempt_interceptors`` (grpc.aio's intercepted call object, which
+    hands this callback itself at its inner call's status) the inner call's task. Without
+    such a task (a call object of an interceptor's own), nothing; nor for a caller's own
+    ``write()`` in flight then, which is grpc.aio's as before."""
     poller = getattr(call, "_async_request_poller", None)
+    if poller is None:  # grpc.aio's intercepted call: the call its interceptors made
+        inner = getattr(call, "_interceptors_task", None)
+        if inner is None or not inner.done() or inner.cancelled() or inner.exception():
+            return
+        poller = getattr(inner.result(), "_async_request_poller", None)
     if poller is not None and not poller.done():
         poller.cancel()
 

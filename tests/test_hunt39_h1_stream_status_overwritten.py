@@ -55,13 +55,29 @@ async def _many() -> AsyncIterator[bytes]:
         yield b"x" * 1024
 
 
-@pytest.mark.parametrize("telemetry", [False, True], ids=["plain", "telemetry"])
+class _PassOn(grpc.aio.StreamStreamClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    """An attempt interceptor that passes every call on (the sub-channels' calls are then
+    grpc.aio's intercepted call objects, as under an OpenTelemetry instrumentor)."""
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any,
+                                      request_iterator: Any) -> Any:
+        return await continuation(details, request_iterator)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(details, request_iterator)
+
+
+@pytest.mark.parametrize(("telemetry", "intercepted"), [
+    (False, False), (True, False), (False, True)],
+    ids=["plain", "telemetry", "attempt-interceptor"])
 async def test_the_servers_status_of_a_request_stream_it_ended_early_is_the_callers(
-        registry: LocalRegistry, telemetry: bool) -> None:
+        registry: LocalRegistry, telemetry: bool, intercepted: bool) -> None:
     async with raw_server(_handlers()) as (_, port):
         await registry.register(Instance(service="s", instance_id="a", host="127.0.0.1",
                                          port=port))
         opts = meshkit.DialOptions(insecure=True, retry=None,
+                                   attempt_interceptors=(_PassOn(),) if intercepted else (),
                                    **({} if telemetry else {"telemetry": None}))
         async with meshkit.dial("s", registry=registry, options=opts) as ch:
             await ch.wait_for_endpoints(1, timeout_s=10)
