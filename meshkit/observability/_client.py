@@ -154,6 +154,8 @@ class _Method:
         self.line_head: tuple[str, str] | None = None
 
 
+_NO_SPAN = (None, None, None)  # (span, token, call_token) of an untraced call
+
 class TelemetryClientInterceptor(ClientInterceptor):
     """Tracing, RED metrics and access logs for :func:`meshkit.dial` channels, as one
     per-call :class:`~meshkit.ClientInterceptor` (put it first in
@@ -252,31 +254,31 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 self._methods[key] = m
         return m
 
-    def _start(self, m: _Method, details: ClientCallDetails) -> tuple[Any, Any, Any, float]:
-        if m.bound is not None:
-            m.bound.start()
-        self._in_flight += 1
+    def _start_span(self, m: _Method, details: ClientCallDetails) -> tuple[Any, Any, Any]:
+        """``(span, token, call_token)`` of a call of a traced method (``m.traced``): its
+        span started, made current and its context injected, as the class docstring
+        says (each ``None`` when not made); the calls of other methods take
+        :data:`_NO_SPAN` without calling it."""
         span = token = call_token = None
-        if m.traced:
-            # a broken span processor's on_start or sampler must not fail the call (see
-            # the class docstring): it goes on without its span (a try costs nothing
-            # when none raises)
-            try:
-                if not self._spans.nothing_to_carry():  # e.g. defaults without an SDK
-                    parent = current_span_context()
-                    span = self._spans.start(m.names.span_name, None
-                                             if parent is INVALID_SPAN_CONTEXT
-                                             or not parent.is_valid else parent, None, m.attrs)
-                    if span is not None:
-                        inject_span(details.metadata, span)  # then made current
-                        token = attach_span(span)
-                    elif not fast_propagation() or baggage_set():
-                        inject_context(details.metadata)  # no trace context; baggage may travel
-            except Exception as e:
-                self._failures.report("telemetry span start failed", e)
-            if self.options.attempt_spans:
-                call_token = _current_call.set(details)
-        return span, token, call_token, _perf()
+        # a broken span processor's on_start or sampler must not fail the call (see the
+        # class docstring): it goes on without its span (a try costs nothing when none
+        # raises)
+        try:
+            if not self._spans.nothing_to_carry():  # e.g. defaults without an SDK
+                parent = current_span_context()
+                span = self._spans.start(m.names.span_name, None
+                                         if parent is INVALID_SPAN_CONTEXT
+                                         or not parent.is_valid else parent, None, m.attrs)
+                if span is not None:
+                    inject_span(details.metadata, span)  # then made current
+                    token = attach_span(span)
+                elif not fast_propagation() or baggage_set():
+                    inject_context(details.metadata)  # no trace context; baggage may travel
+        except Exception as e:
+            self._failures.report("telemetry span start failed", e)
+        if self.options.attempt_spans:
+            call_token = _current_call.set(details)
+        return span, token, call_token
 
     def unary_runner(self, proceed: UnaryProceed) -> UnaryProceed:
         """:meth:`intercept_unary` with ``proceed`` bound: the step a channel's chain
@@ -287,7 +289,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
             # _method(details), its cache read inline
             m = (self._methods.get((details.method, details.kind, details.service))
                  or self._method(details))
-            span, token, call_token, t0 = self._start(m, details)
+            if m.bound is not None:
+                m.bound.start()
+            self._in_flight += 1
+            # the span of a traced method (no frame for the others), t0 taken after it
+            span, token, call_token = self._start_span(m, details) if m.traced else _NO_SPAN
+            t0 = _perf()
             if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
                 details.messages = m.bound  # the channel's request iterator counts msg_sent
             # the error is finished with in its except block, whose name is cleared when it
@@ -342,7 +349,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
         """Open a streaming-response call inside a span; the span, metrics and log are
         finished when the stream ends (from the call's done callback)."""
         m = self._method(details)
-        span, token, call_token, t0 = self._start(m, details)
+        if m.bound is not None:
+            m.bound.start()
+        self._in_flight += 1
+        span, token, call_token = self._start_span(m, details) if m.traced else _NO_SPAN
+        t0 = _perf()  # (after the span, as a unary call's)
         if m.bound is not None:
             # the call object counts the responses (and writes), the channel's request
             # iterator the requests
