@@ -357,7 +357,12 @@ class EndpointPool:
         wanted = {i.instance_id: i for i in chosen}
         for key, ep in list(self.endpoints.items()):
             inst = wanted.get(key)
-            if inst is None or inst.address != ep.instance.address:
+            # the same address: host and port compared first (Instance.address formats
+            # host:port at each read, two per endpoint per answer: half an answer's cost
+            # over thousands of endpoints), the address only for a host written otherwise
+            old = ep.instance
+            if inst is None or inst.port != old.port or (
+                    inst.host != old.host and inst.address != ep.address):
                 self._retire(ep)
             else:
                 ep.instance = inst  # tags/meta/weight may change in place
