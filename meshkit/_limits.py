@@ -860,7 +860,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         """Admit the call and read its one request message; returns it and its size in
         bytes (counted in flight), or aborts the call. The caller has counted the call in
         :attr:`active` and uncounts it when the call ends."""
-        if self._budget is not None and self.inflight_bytes >= self._budget:
+        budget = self._budget  # (read three times per call: a local)
+        if budget is not None and self.inflight_bytes >= budget:
             await self._busy(context)
         task = self._loops.current_task()
         assert task is not None
@@ -881,8 +882,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     gate_arrival.set(now)
                     await self._acquire_read(task)
                 reading = True
-            if (reading and self._budget is not None
-                    and self.inflight_bytes >= self._budget):
+            if reading and budget is not None and self.inflight_bytes >= budget:
                 request = _FULL  # filled up while this call waited to read
             else:
                 # context.read(), not the request iterator: grpc.aio's iterator is an
@@ -903,7 +903,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 request = _BUSY  # evicted while waiting to read: never read, retry it
         finally:
             self._waiting.pop(task, None)
-            self._evicting.discard(task)
+            if self._evicting:  # empty but while the gate evicts: no call then
+                self._evicting.discard(task)
             if reading:
                 if self._read_waiters:
                     self._release_read(task)
@@ -912,8 +913,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if type(request) is _NotAdmitted:  # one check per call for the five markers
             await self._refuse_not_admitted(context, request)
         size = _request_size.get()
-        if (self._budget is not None and self.inflight_bytes
-                and self.inflight_bytes + size > self._budget):
+        if budget is not None and self.inflight_bytes and self.inflight_bytes + size > budget:
             await self._busy(context)
         self.inflight_bytes += size
         self.active += 1
