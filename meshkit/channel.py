@@ -134,11 +134,13 @@ from meshkit.resilience._deadline import (
     wire_timeout_s,
 )
 from meshkit.resilience._retry import (
+    NOT_SERVED_DETAILS,
     ConnectFailedError,
     draining_refusal,
     nacked_status,
     never_connected,
 )
+from meshkit.resilience._retry import not_served as _not_served
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
 
@@ -311,23 +313,6 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
         and not initial_metadata and not trailing_metadata)
 
 
-def _not_served(exc: AioRpcError) -> bool:
-    """Whether an attempt that ended ``UNIMPLEMENTED`` (``exc``) is a server library's
-    refusal of a method its server does not serve, none of the call run: trailers-only,
-    without metadata, with the details grpc's libraries answer an unknown method with
-    (C-core and Python "Method not found!", grpc-go "unknown service ..." / "unknown
-    method ...", grpc-java "Method not found: ...", grpc-js "The server does not
-    implement the method ...", grpc-dotnet "Service is unimplemented." / "Method is
-    unimplemented."). Not a handler's own ``UNIMPLEMENTED``, which has details of its
-    own. The failure path only."""
-    details = exc.details()
-    return (details is not None and details.startswith(_NOT_FOUND_DETAILS)
-            and not exc.initial_metadata() and not exc.trailing_metadata())
-
-
-_NOT_FOUND_DETAILS = ("Method not found!", "unknown service ", "unknown method ",
-                      "Method not found: ", "The server does not implement the method ",
-                      "Service is unimplemented.", "Method is unimplemented.")
 # endpoints (instance id, address) logged as not serving a method another endpoint
 # serves, each once; forgotten whole past this many
 _NOT_SERVING_LOGGED_MAX = 1024
@@ -2120,7 +2105,7 @@ async def _stream_not_served(call: Any) -> str | None:
         initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
     except Exception:  # a call object without them: no refusal seen
         return None
-    if (details is not None and details.startswith(_NOT_FOUND_DETAILS)
+    if (details is not None and details.startswith(NOT_SERVED_DETAILS)
             and not initial and not trailing):
         return details
     return None

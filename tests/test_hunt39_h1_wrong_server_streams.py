@@ -12,7 +12,8 @@ no endpoint serves still ejects nobody."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Collection, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,8 +22,16 @@ import pytest
 import structlog
 
 import meshkit
-from meshkit.balancer import OutlierOptions, RoundRobin
+from meshkit.balancer import (
+    Done,
+    Endpoint,
+    EndpointState,
+    OutlierOptions,
+    RoundRobin,
+    noop_done,
+)
 from meshkit.discovery import Instance, LocalRegistry
+from meshkit.resilience import RetryOptions, RetryPolicy
 from tests.support.echo import method, method_handlers
 
 pytestmark = pytest.mark.timeout(60)
@@ -159,3 +168,65 @@ async def test_an_endpoint_that_no_longer_serves_a_method_is_no_evidence(
     finally:
         await good.stop(None)
         await wrong.stop(None)
+
+
+class _PreferWrong:
+    """Picks endpoint ``wrong`` while it is READY and not tried by the call, else any READY
+    one (so every stream tries the wrong server first)."""
+
+    def __init__(self) -> None:
+        self._eps: tuple[Endpoint, ...] = ()
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self._eps = tuple(endpoints)
+
+    def pick(self, key: str | None = None,
+             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
+        ready = [ep for ep in self._eps
+                 if ep.state is EndpointState.READY and ep not in exclude]
+        ready.sort(key=lambda ep: ep.key != "wrong")
+        return (ready[0], noop_done) if ready else None
+
+
+async def test_a_retried_server_stream_a_wrong_server_refused_goes_to_one_that_serves_it(
+        registry: LocalRegistry) -> None:
+    """A server stream whose policy retries it (safe to repeat: gRFC A6's retry until the
+    first message), refused by a wrong server as a method it does not serve (none of it
+    ran), is opened once more on another endpoint, whatever its retryable codes, as a
+    unary call so refused is sent on; a method no endpoint serves still ends
+    ``UNIMPLEMENTED`` after two attempts."""
+    good, wrong = _server("meshkit.test.Echo"), _server("other.Service")
+    third = _server("third.Service")
+    try:
+        await _two(registry, good, wrong)
+        retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=4))
+        async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                insecure=True, balancer=_PreferWrong, retry=retry, telemetry=None,
+                outlier=None)) as ch:
+            await ch.wait_for_endpoints(2, timeout_s=10)
+            for _ in range(3):
+                assert await _stream(ch, "server-stream") is grpc.StatusCode.OK
+            assert ch.retry is not None and ch.retry.stats.retries == 3
+        # no endpoint serves it: two attempts, UNIMPLEMENTED
+        await good.stop(None)
+        port = third.add_insecure_port("127.0.0.1:0")
+        await third.start()
+        await registry.register(Instance(service="echo", instance_id="good",
+                                         host="127.0.0.1", port=port))
+        async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                insecure=True, balancer=_PreferWrong, retry=retry, telemetry=None,
+                outlier=None)) as ch:
+            await ch.wait_for_endpoints(2, timeout_s=10)
+            for _ in range(30):  # (the good entry's new address, seen)
+                if {ep.address for ep in ch.endpoints()} >= {f"127.0.0.1:{port}"}:
+                    break
+                await asyncio.sleep(0.1)
+            call = ch.unary_stream(method("ServerStream"))(b"2", timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                [m async for m in call]
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            assert ch.retry is not None and ch.retry.stats.retries == 1
+    finally:
+        await good.stop(None)
+        await wrong.stop(None)
+        await third.stop(None)

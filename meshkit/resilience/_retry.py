@@ -77,6 +77,12 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   :data:`DRAINING_DETAILS` while it drains, :meth:`meshkit.server.MeshServer.drain`), so
   the call goes to another endpoint, within the budget (Finagle's restartable failures,
   its ``RequeueFilter``).
+* a unary-stream call retried until its commit (safe to repeat) whose attempt a server
+  refused ``UNIMPLEMENTED`` as a method it does not serve (:func:`not_served`: grpc's
+  own unknown-method answer, none of it ran; a wrong server at a stale registry entry's
+  address) is opened once more, on another endpoint, whatever the policy's
+  ``retryable_codes``, as the channel sends a unary call so refused on; a second such
+  refusal ends the call ``UNIMPLEMENTED`` (a method no endpoint serves);
 * where the method's policy retries nothing (``None``, or ``max_attempts=1``), a
   unary-response call refused before any of it ran (a nack, an attempt a draining server
   cut, :func:`cut_before_it_ran`) or whose request never left
@@ -151,6 +157,7 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CANCELLED = grpc.StatusCode.CANCELLED
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -559,12 +566,19 @@ class RetryInterceptor(ClientInterceptor):
             return call
         safe = True
         step = 1  # of the backoff, back to 1 after a server's pushback (gRFC A6)
+        unserved = False  # an attempt a server refused as a method it does not serve
 
         def delay_for(exc: AioRpcError, n: int) -> float | None:
-            nonlocal step
-            delay = self._retry_delay(details, exc, policy, n, safe, step)
+            nonlocal step, unserved
+            # refused as a method its server does not serve (a wrong server at a stale
+            # registry entry's address): none of it ran, so once more on another
+            # endpoint whatever the codes, as a unary call so refused is sent on
+            # (MeshChannel._served_elsewhere); a second such refusal is the answer
+            refused = (not unserved and exc.code() is _UNIMPLEMENTED and not_served(exc))
+            delay = self._retry_delay(details, exc, policy, n, safe, step, refused)
             if delay is not None:
                 step = 1 if _pushback_s(exc) is not None else step + 1
+                unserved = unserved or refused
             return delay
 
         return RetryingStreamCall(details, request, proceed, call, delay_for, attempt,
@@ -863,6 +877,27 @@ def nacked_status(code: grpc.StatusCode, details: str | None, trailing_metadata:
             return _nack_trailer(trailing_metadata)
         return details == REFUSED_STREAM_DETAILS and not trailing_metadata
     return code is _EXHAUSTED and _nack_trailer(trailing_metadata)
+
+
+NOT_SERVED_DETAILS = ("Method not found!", "unknown service ", "unknown method ",
+                      "Method not found: ", "The server does not implement the method ",
+                      "Service is unimplemented.", "Method is unimplemented.")
+"""How grpc's libraries begin the details of their own ``UNIMPLEMENTED`` answer to a
+method their server does not serve (:func:`not_served`)."""
+
+
+def not_served(exc: AioRpcError) -> bool:
+    """Whether an attempt that ended ``UNIMPLEMENTED`` (``exc``) is a server library's
+    refusal of a method its server does not serve, none of the call run: trailers-only,
+    without metadata, with the details grpc's libraries answer an unknown method with
+    (C-core and Python "Method not found!", grpc-go "unknown service ..." / "unknown
+    method ...", grpc-java "Method not found: ...", grpc-js "The server does not
+    implement the method ...", grpc-dotnet "Service is unimplemented." / "Method is
+    unimplemented."; :data:`NOT_SERVED_DETAILS`). Not a handler's own
+    ``UNIMPLEMENTED``, which has details of its own. The failure path only."""
+    details = exc.details()
+    return (details is not None and details.startswith(NOT_SERVED_DETAILS)
+            and not exc.initial_metadata() and not exc.trailing_metadata())
 
 
 def draining_refusal(code: grpc.StatusCode, details: str | None,
