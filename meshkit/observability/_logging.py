@@ -473,7 +473,9 @@ class _FdWriter:
         if threading.current_thread() is self._thread:
             return not self._queue
         with self._cond:
-            return self._cond.wait_for(lambda: not self._queue, max(0.0, timeout_s))
+            # None for inf: threading's wait refuses a timeout past time_t (OverflowError)
+            return self._cond.wait_for(lambda: not self._queue,
+                                       None if timeout_s == math.inf else max(0.0, timeout_s))
 
     def wait_at_exit(self) -> bool:
         """:meth:`wait` within the exit's one deadline (:data:`EXIT_WAIT_S` from the first
@@ -632,12 +634,19 @@ _writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at 
 def flush_logs(timeout_s: float = EXIT_WAIT_S) -> None:
     """Write every line still buffered by :class:`BufferedLineWriter` s (the access log),
     and wait at most ``timeout_s`` seconds (default :data:`EXIT_WAIT_S`, 5; 0: do not
-    wait) until the log writer thread has written every line queued for standard error
-    or output (a reader that does not read holds it no longer than that).
+    wait; ``math.inf``: until they are written) until the log writer thread has written
+    every line queued for standard error or output (a reader that does not read holds
+    it no longer than that).
     ``MeshServer.drain`` and ``MeshChannel.close`` call it without waiting (on the event
     loop); interpreter exit, the exit of a ``multiprocessing`` worker (fork and fork
     server start methods: at threading's shutdown, before its ``os._exit()``) and
-    ``os.fork`` (before it, in the parent, without waiting) call it too."""
+    ``os.fork`` (before it, in the parent, without waiting) call it too.
+
+    Raises:
+        ConfigError: ``timeout_s`` is no number >= 0 (NaN, a string, a ``bool``), quoted;
+            nothing is flushed.
+    """
+    check_number("timeout_s", timeout_s, finite=False)
     for w in list(_writers):
         w.flush()
     if timeout_s > 0:
