@@ -127,6 +127,7 @@ from meshkit.resilience import (
     is_nack,
 )
 from meshkit.resilience._deadline import (
+    MAX_PROPAGATED_S,
     _deadline,
     admission_refusal,
     handled_deadline,
@@ -2215,8 +2216,13 @@ class _MultiCallable:
         details.service = self._channel.service
         details.method = codec.method
         details.kind = codec.kind
-        timeout_s = clamp_timeout_s(self._timeout if timeout is None else timeout)
-        details.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        timeout_s = self._timeout if timeout is None else timeout
+        if timeout_s is None:
+            details.deadline = None
+        else:
+            if not timeout_s <= MAX_PROPAGATED_S:  # NaN or past it, rare: clamped (no frame else)
+                timeout_s = clamp_timeout_s(timeout_s) or 0.0  # (a float for a float)
+            details.deadline = time.monotonic() + timeout_s
         details.metadata = list(metadata) if metadata else []
         details.wait_for_ready = wait_for_ready
         details.credentials = credentials
