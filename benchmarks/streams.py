@@ -17,7 +17,10 @@ the per-round ratios to the first variant. With ``--bytecodes`` the first round'
 also count the Python bytecodes per message of one more stream (``sys.settrace`` opcode
 events, as :mod:`benchmarks.opcodes`; C code not counted): independent of the machine's
 load and repeating within a few percent (bidi counts spread by about 20 per round trip),
-where the CPU figures move with the VM by more than the mesh's share.
+where the CPU figures move with the VM by more than the mesh's share. ``--top N`` (with
+``--bytecodes``) then lists, per kind and variant, the ``N`` functions whose bytecodes per
+message differ most from the first variant's (``file:line name``, as
+:mod:`benchmarks.opcodes`): where the mesh's per-message work is.
 
 Kinds (``--kinds``): ``server`` (``ServerStream``: one request, ``n`` responses),
 ``client`` (``ClientStream``: ``n`` requests from an async generator, one response),
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured streams per process (default 3)")
     parser.add_argument("--bytecodes", action="store_true",
                         help="also count Python bytecodes per message (one more stream)")
+    parser.add_argument("--top", type=int, default=0,
+                        help="with --bytecodes: list per kind and variant the N functions "
+                             "whose bytecodes per message differ most from the first "
+                             "variant's (default 0: none)")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -204,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.messages, args.rounds, args.streams) < 1:
         parser.error(f"need --messages, --rounds and --streams >= 1, got {args.messages}, "
                      f"{args.rounds}, {args.streams}")
+    if args.top < 0 or (args.top and not args.bytecodes):
+        parser.error(f"--top needs --bytecodes and a count >= 0, got --top {args.top}")
     print(f"Per message of one stream ({args.messages} messages a stream; CPU: medians over "
           f"{args.rounds} alternating rounds, a process per variant each round, of the "
           f"median of its {args.streams} streams; client and server in one process, asyncio "
@@ -215,13 +224,15 @@ def main(argv: list[str] | None = None) -> int:
               + " |\n|---|---:|---:" + ("|---:|---:" if args.bytecodes else "") + "|")
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         ops: dict[str, float] = {}
+        by_fn: dict[str, dict[str, float]] = {}
         for r in range(args.rounds):
             for v in (variants if r % 2 == 0 else list(reversed(variants))):
                 got = measure(v, kind, args.messages, args.streams,
                               args.bytecodes and r == 0)
                 cpu[v].append(statistics.median(got["cpu_us"]))
                 if "bytecodes" in got:
-                    ops[v] = sum(got["bytecodes"].values())
+                    by_fn[v] = got["bytecodes"]
+                    ops[v] = sum(by_fn[v].values())
         base = variants[0]
         for v in variants:
             ratio = statistics.median(x / b for x, b in zip(cpu[v], cpu[base], strict=True))
@@ -229,7 +240,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.bytecodes:
                 row += f" | {ops[v]:,.0f} | {ops[v] - ops[base]:+,.0f}"
             print(row + " |", flush=True)
+        for v in variants[1:] if args.top else ():
+            _print_top(kind, base, by_fn[base], v, by_fn[v], args.top)
     return 0
+
+
+def _print_top(kind: str, base_name: str, base: dict[str, float], name: str,
+               got: dict[str, float], top: int) -> None:
+    """The ``top`` functions whose bytecodes per message differ most between ``base`` and
+    ``got`` (``{function: bytecodes per message}``), largest first, as a markdown table."""
+    rows = sorted(((got.get(k, 0.0) - base.get(k, 0.0), k) for k in set(got) | set(base)),
+                  key=lambda r: (-abs(r[0]), r[1]))
+    print(f"\n{kind} streams, {name} against {base_name}: the {top} largest differences "
+          f"in bytecodes per message\n")
+    print(f"| function | {base_name} | {name} | difference |\n|---|---:|---:|---:|")
+    for diff, k in rows[:top]:
+        print(f"| `{k}` | {base.get(k, 0.0):.1f} | {got.get(k, 0.0):.1f} | {diff:+.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -398,8 +398,9 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
     """``benchmarks.streams`` runs a stream of each kind through raw grpc.aio and the mesh
     and prints CPU and bytecodes per message; the bytecodes are counted by function, and
     only the mesh's run the mesh's per-message layers (the client call object's ``read``
-    and ``write``). Totals are not compared: how many loop turns a message takes depends
-    on timing, and with a few messages a stream a loaded machine moves them either way."""
+    and ``write``), which ``--top`` lists among the largest differences. Totals are not
+    compared: how many loop turns a message takes depends on timing, and with a few
+    messages a stream a loaded machine moves them either way."""
     from benchmarks import streams as streams_module
     from benchmarks.streams import main as streams
 
@@ -415,7 +416,7 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(streams_module, "measure", recording)
         assert streams(["--variants", "raw,bare", "--messages", "40", "--rounds", "1",
-                        "--streams", "1", "--bytecodes"]) == 0
+                        "--streams", "1", "--bytecodes", "--top", "60"]) == 0
     out = capsys.readouterr().out
     for kind in ("server", "client", "bidi"):
         assert f"{kind} streams" in out
@@ -429,15 +430,21 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
         return [f for f in counts if f.startswith("meshkit/_calls.py") and f.endswith(" read")]
 
     assert not reads(raw) and reads(bare), bare
+    top = out.split("bidi streams, bare against raw: the 60 largest differences", 1)[1]
+    assert all(f"`{f}`" in top for f in reads(bare)), top
 
 
 def test_streams_refuses_unknown_kinds(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown kind or variant is a usage error that names it."""
+    """An unknown kind or variant is a usage error that names it; so is ``--top`` without
+    ``--bytecodes`` (nothing to list)."""
     from benchmarks.streams import main as streams
 
     with pytest.raises(SystemExit) as exc:
         streams(["--kinds", "server,duplex"])
     assert exc.value.code == 2 and "'duplex'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        streams(["--top", "5"])
+    assert exc.value.code == 2 and "--top needs --bytecodes" in capsys.readouterr().err
 
 
 def _work(n: int) -> int:
