@@ -35,6 +35,8 @@ import contextlib
 import dataclasses
 import re
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -992,6 +994,10 @@ class MeshChannel(grpc.aio.Channel):
         self, service: str, registry: Registry, options: DialOptions, *, owns_registry: bool
     ) -> None:
         inline_available()  # a bad MESHKIT_INLINE_CALLS: ConfigError here, at dial()
+        # what the pool, the balancer and the certificate watcher call back: weakly, so
+        # that a channel dropped without close() is collected (see __del__), not kept for
+        # the loop's life by its own background tasks
+        me = weakref.ref(self)
         self.service = service
         self.registry = registry
         self.options = options
@@ -1001,8 +1007,8 @@ class MeshChannel(grpc.aio.Channel):
         filters, make_balancer = split_zone_preference(options.filters, options.balancer)
         inner = make_balancer()
         self._balancer: Balancer = (
-            EjectingBalancer(inner, options.outlier, on_change=self._on_ejection,
-                             on_probe_free=self._on_probe_free)
+            EjectingBalancer(inner, options.outlier, on_change=_weakly(me, "_on_ejection"),
+                             on_probe_free=_weakly(me, "_on_probe_free"))
             if options.outlier is not None else inner
         )
         self.retry = RetryInterceptor(options.retry) if options.retry is not None else None
@@ -1045,7 +1051,7 @@ class MeshChannel(grpc.aio.Channel):
         self._answers = pick_stream is not None
         self._answering: dict[Any, Callable[[], None]] = {}
         self._pool = EndpointPool(service, registry, self._balancer, filters=filters,
-                                  make_channel=self._sub_channel,
+                                  make_channel=_weakly(me, "_sub_channel"),
                                   drain_timeout_s=options.drain_timeout_s,
                                   resolve_timeout_s=options.resolve_timeout_s)
         self._conns = self._pool.conns
@@ -1057,9 +1063,32 @@ class MeshChannel(grpc.aio.Channel):
         # from its application (_answered; read by _unserved_outcome)
         self._served_by: dict[str, str] = {}
         self._resolved = self._pool.resolved
-        if self._reloader is not None:
-            self._pool.spawn(self._watch_certificates())
+        if self._reloader is not None and options.tls is not None:
+            self._pool.spawn(_watch_certificates(me, options.tls.reload_interval_s))
         track(self, kind="channel")
+
+    def __del__(self) -> None:
+        """Collected without :meth:`close` while its loop still exists (a channel dialed
+        per request and dropped): warning ``channel garbage-collected without close()``
+        (and a ``ResourceWarning``), and it is closed in its loop as :meth:`close` does
+        (grace none; a registry it made itself closed too). Before, its discovery watch
+        and sub-channels (and, dialed without ``registry=``, a registry with its poll loop
+        and worker thread) were kept for the rest of the loop's life, one set per
+        channel dropped. One closed, or closed with its loop's end, is left alone."""
+        pool = getattr(self, "_pool", None)  # (a constructor that raised: nothing made)
+        if pool is None or pool.closed:
+            return
+        loop = pool._loop  # the loop it was dialed in
+        if loop.is_closed():
+            return
+        with contextlib.suppress(Exception):  # at a collection: never raise, never print
+            _log.warning("channel garbage-collected without close(); closing it now "
+                         "(close() it, or use 'async with')", service=self.service)
+            warnings.warn(f"unclosed MeshChannel of {self.service!r}", ResourceWarning,
+                          source=self, stacklevel=1)
+            ended(self)  # its final counters, as close() records them
+            registry = self.registry if self._owns_registry else None
+            loop.call_soon_threadsafe(_close_collected, pool, self.retry, registry)
 
     @property
     def _closed(self) -> bool:
@@ -1102,21 +1131,21 @@ class MeshChannel(grpc.aio.Channel):
         # the RPC under an interceptor still running (meshkit._attempts); none: as it is
         return cancel_through(channel)
 
-    async def _watch_certificates(self) -> None:
-        assert self._reloader is not None and self.options.tls is not None
-        while True:
-            await asyncio.sleep(self.options.tls.reload_interval_s)
-            try:
-                # force: this loop keeps the interval; check()'s own (by tls.clock) would
-                # skip a round whose sleep woke a hair early by that clock (uvloop's
-                # millisecond timers), taking a renewal one interval late
-                renewed = self._reloader.check(force=True)
-            except Exception as exc:  # a half-written file: keep the current credentials
-                _log.warning("client certificate reload failed", service=self.service,
-                             error=str(exc))
-                continue
-            if renewed:
-                self.rebuild_sub_channels()
+    def _check_certificates(self) -> None:
+        """One round of :func:`_watch_certificates`: the certificate files read again,
+        the sub-channels rebuilt when they were renewed."""
+        assert self._reloader is not None
+        try:
+            # force: the watcher keeps the interval; check()'s own (by tls.clock) would
+            # skip a round whose sleep woke a hair early by that clock (uvloop's
+            # millisecond timers), taking a renewal one interval late
+            renewed = self._reloader.check(force=True)
+        except Exception as exc:  # a half-written file: keep the current credentials
+            _log.warning("client certificate reload failed", service=self.service,
+                         error=str(exc))
+            return
+        if renewed:
+            self.rebuild_sub_channels()
 
     def rebuild_sub_channels(self) -> None:
         """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
@@ -2001,6 +2030,47 @@ def _for_every_kind(interceptors: tuple[Any, ...]) -> tuple[Any, ...]:
         out.append(icpt)
         out.extend(_kind_view(icpt, base, name) for base, name in kinds[1:])
     return tuple(out)
+
+
+def _weakly(me: weakref.ref[MeshChannel], name: str) -> Callable[..., Any]:
+    """The channel's method ``name`` (looked up at each call), called through the weak
+    reference ``me``; once the channel is gone, ``grpc.aio.UsageError`` (its pool is
+    being closed: see :meth:`MeshChannel.__del__`)."""
+    def call(*args: Any) -> Any:
+        channel = me()
+        if channel is None:
+            raise grpc.aio.UsageError("the channel was garbage-collected")
+        return getattr(channel, name)(*args)
+    return call
+
+
+async def _watch_certificates(me: weakref.ref[MeshChannel], interval_s: float) -> None:
+    """Every ``interval_s``: the channel's client certificate checked for a renewal
+    (:meth:`MeshChannel._check_certificates`), the channel held only for that moment;
+    ends once the channel is gone (a task of its pool: cancelled by its close)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        channel = me()
+        if channel is None:
+            return
+        channel._check_certificates()
+        del channel
+
+
+def _close_collected(pool: EndpointPool, retry: RetryInterceptor | None,
+                     registry: Registry | None) -> None:
+    """In the pool's loop: close what a channel collected without :meth:`close` left
+    (:meth:`MeshChannel.__del__`), as its ``close()`` does, in a task of its own."""
+    async def close() -> None:
+        if retry is not None:
+            retry.close()
+        await pool.close(None)
+        if registry is not None:
+            await registry.close()
+        flush_logs(0)
+
+    if not pool.closed:  # (not closed with its loop's end meanwhile)
+        asyncio.get_running_loop().create_task(close(), name=f"meshkit-close-{pool.service}")
 
 
 async def _report_stream(call: Any, ep: Endpoint, done: Any,
