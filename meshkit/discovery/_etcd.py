@@ -685,10 +685,14 @@ def _decode(value: bytes) -> Instance:
 
 @dataclass(frozen=True, slots=True)
 class _Update:
-    """What a watch's follower task read: the listed instances, ids deleted since the
-    previous update, and whether the store was found replaced."""
+    """What a watch's follower task read: its state (the instances by key; the follower
+    goes on changing it in place, so the reader takes it as it is when the update is
+    read: the latest, which later updates queued would give anyway), the ids deleted
+    since the previous update, and whether the store was found replaced. The set of
+    instances is made once per read of the queue, not once per watch message: a rolling
+    deploy of n instances, each its own message, made n sets of n instances."""
 
-    listed: frozenset[Instance]
+    state: Mapping[bytes, Instance]
     deleted: frozenset[str]
     replaced: bool
 
@@ -1680,6 +1684,7 @@ class EtcdRegistry:
                 # what the follower queued meanwhile (a burst of writes, each its own
                 # watch message, while the reader applied the last set) is folded into
                 # one set: the reader gets the latest, not every stale set in turn
+                state: Mapping[bytes, Instance] | None = None
                 while update is not None:
                     if update.replaced and last is not None and grace_s > 0:
                         kept = last
@@ -1687,11 +1692,13 @@ class EtcdRegistry:
                         _log.info("etcd store replaced: a watch keeps its last endpoints "
                                   "until their owners register again", service=service,
                                   grace_s=grace_s)
-                    listed = update.listed
+                    state = update.state
                     if kept:
                         kept = frozenset(i for i in kept
                                          if i.instance_id not in update.deleted)
                     update = queue.get_nowait() if not queue.empty() else None
+                if state is not None:  # the follower's latest state, as a set once
+                    listed = frozenset(state.values())
                 if keep_until is not None and time.monotonic() >= keep_until:
                     kept, keep_until = frozenset(), None
                 ids = {i.instance_id for i in listed}
@@ -1768,7 +1775,7 @@ class EtcdRegistry:
                     cur.state, cur.mods, cur.revision = state, mods, rev
                     cur.cluster, cur.reread = header.get("cluster_id"), False
                     self._outcome(False, None)
-                    queue.put_nowait(_Update(frozenset(state.values()), deleted, replaced))
+                    queue.put_nowait(_Update(state, deleted, replaced))
                     cur.resyncs += 1
                     if cur.resyncs > 2:  # re-read again and again: do not spin
                         await asyncio.sleep(self._backoff_delay(cur.resyncs - 2))
@@ -1918,7 +1925,7 @@ class EtcdRegistry:
                         int(e["kv"].get("mod_revision") or 0) for e in events)])
                     cur.resyncs = 0
                     self._outcome(False, None)
-                    queue.put_nowait(_Update(frozenset(state.values()), frozenset(deleted),
+                    queue.put_nowait(_Update(state, frozenset(deleted),
                                              False))
             except (aiohttp.ClientError, OSError):
                 if not liveness.done():  # not left for being quiet: broken

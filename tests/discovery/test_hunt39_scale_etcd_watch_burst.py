@@ -98,3 +98,48 @@ async def test_a_busy_reader_gets_the_latest_set_not_every_set_between(
             await watch.aclose()
     finally:
         await reg.close()
+
+
+async def test_the_follower_makes_no_set_of_every_instance_per_write(
+        node: EtcdCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the reader does not read, BURST writes cost the watch's follower the changed
+    instances only: it made a set of every instance at each watch message (n messages
+    of n instances during a rolling deploy: O(n**2), about 1.1 s of the loop over a
+    2,000-instance deploy, 0.57 ms a message), where the reader takes one set per read.
+    Counted: the hashes of instances made meanwhile."""
+    endpoint = node.endpoints[0]
+    service = unique_service()
+    reg = EtcdRegistry(EtcdOptions(endpoints=(endpoint,), ttl_s=5, request_timeout_s=2.0,
+                                   operation_timeout_s=2.0))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(BASE):
+                await _put(session, endpoint, _inst(service, i, 20000 + i))
+            watch = reg.watch(service)
+            assert len(await asyncio.wait_for(anext(watch), 10)) == BASE
+            hashes = [0]
+            real_hash = Instance.__hash__
+
+            def counted(self: Instance) -> int:
+                hashes[0] += 1
+                return real_hash(self)
+
+            monkeypatch.setattr(Instance, "__hash__", counted)
+            final = {i: 20000 + i for i in range(BASE)}
+            for n in range(BURST):
+                final[n % BASE] = 30000 + n
+                await _put(session, endpoint, _inst(service, n % BASE, 30000 + n))
+            await asyncio.sleep(1.5)  # the follower reads the burst meanwhile
+            during = hashes[0]
+            monkeypatch.setattr(Instance, "__hash__", real_hash)
+            want = frozenset(_inst(service, i, port) for i, port in final.items())
+            for _ in range(BURST + 2):
+                if await asyncio.wait_for(anext(watch), 10) == want:
+                    break
+            else:
+                raise AssertionError("the final set never came")
+            # before: BURST sets of BASE instances (20,000 hashes)
+            assert during < BURST * BASE // 10, f"{during} instance hashes during the burst"
+            await watch.aclose()
+    finally:
+        await reg.close()
