@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshkit._config import check_instance, check_number, shown_path
+from meshkit._config import check_bool, check_instance, check_number, shown_path
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
@@ -597,7 +597,10 @@ def write_private_key(
 
     Raises:
         KeyExistsError: ``path`` exists and ``overwrite`` is false.
+        ConfigError: ``overwrite`` is not ``True`` or ``False`` (a string read from the
+            environment, ``"false"``, is truthy; quoted); nothing is written.
     """
+    check_bool("overwrite", overwrite)
     _write(Path(path), _key_pem(key), mode=0o600, overwrite=overwrite)
 
 
@@ -616,7 +619,10 @@ def write_certificate(
 
     Raises:
         KeyExistsError: ``path`` exists and ``overwrite`` is false.
+        ConfigError: ``overwrite`` is not ``True`` or ``False`` (a string read from the
+            environment, ``"false"``, is truthy; quoted); nothing is written.
     """
+    check_bool("overwrite", overwrite)
     chain = [certs] if isinstance(certs, x509.Certificate) else list(certs)
     data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     _write(Path(path), data, mode=0o644, overwrite=overwrite)
@@ -821,8 +827,11 @@ def init_ca_dir(
     Raises:
         KeyExistsError: ``ca.key`` or ``ca.pem`` exists there and ``overwrite`` is false
             (a host holding only the trust bundle ``ca.pem`` is the normal deployment).
-        ConfigError: bad arguments.
+        ConfigError: bad arguments; ``overwrite`` not ``True`` or ``False`` (a string
+            read from the environment, ``"false"``, is truthy: it would replace the CA
+            key; quoted, nothing written).
     """
+    check_bool("overwrite", overwrite)
     d = Path(directory)
     key, cert = create_ca(trust_domain=trust_domain, ttl_days=ttl_days,
                           permitted_dns=permitted_dns, now=now)
@@ -875,9 +884,12 @@ def issue_into_dir(
         KeyExistsError: the workload's key or certificate exists and ``overwrite`` is
             false.
         CertificateError: no CA in ``directory`` (run ``meshkit certs init``).
-        ConfigError: bad arguments (see :func:`issue_workload`), or a ``service`` whose
-            files would be the CA's own (``ca``).
+        ConfigError: bad arguments (see :func:`issue_workload`), a ``service`` whose
+            files would be the CA's own (``ca``), or ``overwrite`` not ``True`` or
+            ``False`` (a string read from the environment, ``"false"``, is truthy;
+            quoted, nothing written).
     """
+    check_bool("overwrite", overwrite)
     d = Path(directory)
     if f"{service}.pem" == CA_CERT or f"{service}.key" == CA_KEY:
         # its files would be the CA's own: --force would replace the CA key with a leaf's

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from meshkit._config import (
+    check_bool,
     check_clock,
     check_instance,
     check_int,
@@ -327,9 +328,12 @@ class KeySet:
             ConfigError: no key and ``create`` is false or none can be created (a
                 read-only mount), or an unreadable key file or one that is no key (the
                 file named, never its content); ``directory`` holding a key's PEM (or a
-                line break) rather than a path (named by its type, nothing created).
+                line break) rather than a path (named by its type, nothing created);
+                ``create`` not ``True`` or ``False`` (a string read from the
+                environment, ``"false"``, is truthy; quoted, nothing created).
         """
         check_int("keep_previous", keep_previous, low=0)  # used below, before __init__
+        check_bool("create", create)
         d = Path(directory)
         if holds_content(str(d)):  # the key itself, read from a variable: never a path
             raise ConfigError(f"directory must be the path of the key files' directory, "

@@ -80,7 +80,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshkit._config import check_number, check_path
+from meshkit._config import check_bool, check_number, check_path
 from meshkit._env import CERT_DIR, env_value
 from meshkit._outage import OutageLog
 from meshkit.auth._certs import (
@@ -1113,10 +1113,12 @@ def tls_from_dir(
         allowed_peers, reload_interval_s: as :class:`TLSOptions`.
 
     Raises:
-        ConfigError: no directory given and ``$MESHKIT_CERT_DIR`` unset, or (as
-            :class:`CertificateError`) a file is missing — the message says to run
-            ``meshkit certs issue <service>``.
+        ConfigError: no directory given and ``$MESHKIT_CERT_DIR`` unset, ``insecure`` not
+            ``True`` or ``False`` (a string read from the environment, ``"false"``, is
+            truthy: it would give plaintext; quoted), or (as :class:`CertificateError`) a
+            file is missing — the message says to run ``meshkit certs issue <service>``.
     """
+    check_bool("insecure", insecure)
     if insecure:
         return None
     d = cert_dir if cert_dir is not None else env_value(CERT_DIR)
