@@ -148,7 +148,7 @@ class _Method:
         self.names = names
         self.bound = bound
         self.traced = traced
-        self.quiet = quiet  # a quiet method: no access line
+        self.quiet = quiet  # no access line (a quiet method, or access_log off)
         self.attrs = names.span_attributes()
         # (target, the start of its JSON access line), made at the first line
         self.line_head: tuple[str, str] | None = None
@@ -248,7 +248,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
             names = MethodNames(printable(details.method), _TYPES[details.kind])
             bound = self._metrics.bind_client(names) if self._metrics is not None else None
             quiet = self._quiet.lookup(details.method)
-            m = _Method(names, bound, self._tracing and not quiet, quiet)
+            m = _Method(names, bound, self._tracing and not quiet,
+                        quiet or not self.options.access_log)
             m.attrs[SERVER_ADDRESS] = details.service
             if len(self._methods) < 10_000:
                 self._methods[key] = m
@@ -413,11 +414,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
     def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
         duration_s = _perf() - t0
-        defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
-        mode = access_mode() if self.options.access_log and not m.quiet else ACCESS_OFF
+        mode = ACCESS_OFF if m.quiet else access_mode()
         if span is None and mode == ACCESS_OFF:
             return
         # Deferred: ending a recorded span and an access line rendered when logged,
@@ -431,7 +431,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
         # the same way it took 13 us off the p50 on the EPYC but added 52-54 us on the
         # Xeon, where the work then runs while the server's threads receive the request
         # (one hop, before the send, measured as inline there); benchmarks/RESULTS.md.
-        if defer and ((span is not None and span.is_recording()) or mode == ACCESS_INLINE):
+        # the limit read last, only for a completion that could be deferred (this call
+        # still counted in flight: + 1)
+        if ((span is not None and span.is_recording()) or mode == ACCESS_INLINE) and (
+                self._in_flight + 1 + self._deferred <= self._defer_max):
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop
@@ -482,7 +485,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     self._end_span(span, details, attrs, code, exc, end_ns)
             else:
                 span.end(end_ns)
-            if self.options.access_log and not m.quiet and access_mode() != ACCESS_OFF:
+            if not m.quiet and access_mode() != ACCESS_OFF:
                 self._log(m, details, code, duration_s, span.get_span_context())
         except Exception as e:  # telemetry must never break the caller
             self._failures.report("telemetry completion failed", e)
