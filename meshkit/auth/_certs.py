@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshkit._config import check_bool, check_instance, check_number, shown_path
+from meshkit._config import check_bool, check_instance, check_number, check_path, shown_path
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
@@ -676,7 +676,10 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
             PEM given), another PEM kind (its labels named), or a PEM certificate that
             cannot be parsed, the last one cut short included (a file read while it is
             rewritten in place: "damaged or truncated"; file named, content not).
+        ConfigError: ``path`` is no path (``None`` from an unset variable, ``bytes``, a
+            number: :func:`~meshkit._config.check_path`).
     """
+    check_path("path", path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -697,6 +700,8 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
 
     Raises:
         CertificateError: unreadable or no certificate.
+        ConfigError: ``path`` is no path (``None`` from an unset variable, ``bytes``, a
+            number).
     """
     return load_certificates(path)[0]
 
@@ -709,7 +714,10 @@ def _read_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
             does not support, or no PEM private key: empty, DER (the openssl command
             converting it given), another PEM kind (its labels named) or a PEM key that
             cannot be parsed. Never quotes the file's content.
+        ConfigError: ``path`` is no path (``None`` from an unset variable, ``bytes``, a
+            number).
     """
+    check_path("path", path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -753,6 +761,8 @@ def load_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey
     Raises:
         CertificateError: unreadable, encrypted, or not an EC key (its type named; never
             quotes the key).
+        ConfigError: ``path`` is no path (``None`` from an unset variable, ``bytes``, a
+            number).
     """
     key = _read_key(path)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -777,6 +787,8 @@ def load_workload_key(path: str | os.PathLike[str]) -> WorkloadKey:
     Raises:
         CertificateError: unreadable or encrypted, or another key type, curve or size
             (named, with the reason; never quotes the key).
+        ConfigError: ``path`` is no path (``None`` from an unset variable, ``bytes``, a
+            number).
     """
     key = _read_key(path)
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _TLS_CURVES:
@@ -966,7 +978,12 @@ def describe_certificate(cert: x509.Certificate) -> CertificateInfo:
         CertificateError: the certificate's extensions are malformed (e.g. a one-byte
             iPAddress SAN, RFC 5280 §4.2.1.6, or one extension twice, §4.2); the message
             names the error cryptography raised.
+        ConfigError: ``cert`` is no ``x509.Certificate`` (its PEM text or bytes, a path:
+            :func:`load_certificate` reads one; named by its type).
     """
+    if not isinstance(cert, x509.Certificate):
+        raise ConfigError("cert must be an x509.Certificate (load_certificate(path) reads "
+                          f"one), got a {type(cert).__name__}")
     san = _extension(cert, x509.SubjectAlternativeName)
     uris: tuple[str, ...] = ()
     dns: tuple[str, ...] = ()

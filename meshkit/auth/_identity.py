@@ -217,9 +217,15 @@ class SpiffeId:
                 user info, any character outside ``[a-z0-9._-]`` in the trust domain or
                 ``[A-Za-z0-9._-]`` in a path segment (SPIFFE ID §2.1, §2.2; so also a
                 trailing newline), longer than 2048 bytes, or with a trust domain longer
-                than 255 bytes (§2.3).
+                than 255 bytes (§2.3); ``value`` neither ``str`` nor ``bytes`` (named by
+                its type).
         """
-        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if isinstance(value, bytes):
+            text = value.decode("utf-8", "replace")
+        elif isinstance(value, str):
+            text = value
+        else:
+            raise ConfigError(f"a SPIFFE ID is a str or bytes, got a {type(value).__name__}")
         if len(text.encode()) > _MAX_ID_BYTES or not text.startswith("spiffe://"):
             raise ConfigError(f"not a SPIFFE ID: {text[:100]!r}")
         rest = text[len("spiffe://"):]

@@ -80,7 +80,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshkit._config import check_bool, check_number, check_path
+from meshkit._config import check_bool, check_number, check_path, check_secret_holder
 from meshkit._env import CERT_DIR, env_value
 from meshkit._outage import OutageLog
 from meshkit.auth._certs import (
@@ -843,8 +843,10 @@ def check_server_identity(tls: TLSOptions, service: str) -> None:
             with one (which every client's handshake refuses, RFC 5280 §4.2.1.12), or
             the files are unreadable or inconsistent right now.
         ConfigError: ``service`` is not a lowercase DNS label (no identity name, so no
-            meshkit client could verify it).
+            meshkit client could verify it), or ``tls`` is no :class:`TLSOptions` (named
+            by its type: a key's PEM may have been given).
     """
+    check_secret_holder("tls", tls, TLSOptions, optional=False)
     expected = tls.expected_server_id(service)
     ident = identity_dns_name(tls.domain, service)
     m = tls.read()
