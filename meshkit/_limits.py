@@ -1172,9 +1172,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
         message (so it is neither evicted nor timed out) at its first message either
         way: a request that arrived, or a response the handler sends (a call the server
         is answering is served, not one locking callers out). Per message: a context
-        variable and a dict lookup; only such methods pay it, and request-streaming
-        methods of async handlers (``waiting``: :attr:`_stream_waiting`, see
-        :meth:`admit_stream`) while the places of request streams are capped."""
+        variable read; only such methods pay it, and request-streaming methods of async
+        handlers (``waiting``: :attr:`_stream_waiting`, see :meth:`admit_stream`) while
+        the places of request streams are capped. The first message also takes the call
+        out of ``waiting`` and clears the variable in the context it runs in, so the
+        messages after it in that context (all of an async handler's, which grpc.aio
+        decodes and encodes in the call's task) skip the dict (a thread's read runs in a
+        copy of the call's context: its next read looks again, and finds nothing)."""
         if waiting is None:
             waiting = self._waiting
         if codec is None:
@@ -1182,6 +1186,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 task = _thread_stream.get()
                 if task is not None:
                     waiting.pop(task, None)
+                    _thread_stream.set(None)
                 return message
 
             return arrived_as_is
@@ -1191,6 +1196,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             task = _thread_stream.get()
             if task is not None:
                 waiting.pop(task, None)
+                _thread_stream.set(None)
             return run(message)
 
         return arrived
