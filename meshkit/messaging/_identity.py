@@ -60,7 +60,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshkit._config import check_int, check_number, refuse_str
+from meshkit._config import check_int, check_number, check_path, refuse_str
 from meshkit._outage import OutageLog
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
 from meshkit.auth._certs import _named_trust_domain, load_certificates, load_private_key
@@ -244,10 +244,11 @@ class MessageSigner:
             meshkit.auth.CertificateError: an unreadable file.
             ConfigError: as the constructor, a bad ``reload_interval_s`` (quoted), or a
                 certificate file holding the intermediate CA that issued its leaf (the
-                file and the CA's subject named).
+                file and the CA's subject named); a ``cert_file`` or ``key_file`` that is
+                no path (``None`` from an unset variable, ``bytes``, a number).
         """
         interval = _check_reload_interval(reload_interval_s)
-        pair = (Path(cert_file), Path(key_file))
+        pair = (Path(check_path("cert_file", cert_file)), Path(check_path("key_file", key_file)))
         watch = None if interval is None else _Watched(pair, interval, "message signer")
 
         def load() -> MessageSigner:
@@ -271,8 +272,14 @@ class MessageSigner:
                  reload_interval_s: float | None = _DEFAULT_RELOAD_INTERVAL_S,
                  clock: Callable[[], float] = time.time) -> MessageSigner:
         """A signer for ``service`` from a meshkit certs directory (``MESHKIT_CERT_DIR``),
-        reloaded as :meth:`from_files` says."""
-        d = Path(cert_dir)
+        reloaded as :meth:`from_files` says.
+
+        Raises:
+            ConfigError: ``cert_dir`` is no path (``None`` from an unset variable,
+                ``bytes``, a number); :meth:`from_files`' errors.
+            meshkit.auth.CertificateError: as :meth:`from_files`.
+        """
+        d = Path(check_path("cert_dir", cert_dir))
         return cls.from_files(d / f"{service}.pem", d / f"{service}.key",
                               reload_interval_s=reload_interval_s, clock=clock)
 
@@ -546,10 +553,11 @@ class MessageVerifier:
 
         Raises:
             OSError: ``ca_file`` cannot be read; ConfigError: a bad ``reload_interval_s``
-                (quoted); the constructor's errors.
+                (quoted), a ``ca_file`` that is no path (``None`` from an unset variable,
+                ``bytes``, a number); the constructor's errors.
         """
         interval = _check_reload_interval(reload_interval_s)
-        path = Path(ca_file)
+        path = Path(check_path("ca_file", ca_file))
         watch = None if interval is None else _Watched((path,), interval, "message verifier")
         verifier = cls(path.read_bytes(), allowed_publishers=allowed_publishers,
                        trust_domains=trust_domains, max_entries=max_entries,
