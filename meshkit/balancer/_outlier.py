@@ -528,7 +528,6 @@ class EjectingBalancer:
 
     def _record(self, ep: Endpoint, h: _Health, code: grpc.StatusCode,
                 probe: bool = False) -> None:
-        opts = self._opts
         # `is _OK` first: an Enum hashes in Python, and most calls succeed
         if code is _OK:
             failed = self._ok_fails
@@ -539,7 +538,7 @@ class EjectingBalancer:
                     self._on_probe_free(ep.key)
             return
         else:
-            failed = code in opts.failure_codes
+            failed = code in self._opts.failure_codes
         if self._rate_interval_s:  # the rate rule's window holds this interval's calls
             now = self._clock()
             if now - h.window_since >= self._rate_interval_s:
@@ -556,6 +555,7 @@ class EjectingBalancer:
                 if self._on_change:
                     self._on_change(ep.key, False)
             return
+        opts = self._opts  # (a failure's only: not read on a success's path)
         h.consecutive += 1
         h.window.append(True)
         trip = probe or h.consecutive >= opts.consecutive_failures or (
