@@ -63,8 +63,8 @@ class RetryBudget:
             callable (quoted).
     """
 
-    __slots__ = ("_bucket_s", "_clock", "_cur", "_floor", "_ratio", "_requests", "_retries",
-                 "_start", "_unit", "denied", "options")
+    __slots__ = ("_bucket_s", "_clock", "_cur", "_floor", "_i", "_ratio", "_requests",
+                 "_retries", "_start", "_unit", "denied", "options")
 
     _N = 10
 
@@ -91,6 +91,7 @@ class RetryBudget:
         self._retries = [0] * self._N
         self._start = math.floor(clock() / self._bucket_s)
         self._cur = self._start
+        self._i = self._cur % self._N  # the current bucket's index (of _cur, kept with it)
         self.denied = 0
 
     def _advance(self) -> int:
@@ -102,12 +103,13 @@ class RetryBudget:
                 self._requests[i] = 0
                 self._retries[i] = 0
             self._cur = now
-        return now % self._N
+            self._i = now % self._N
+        return self._i
 
     def record_request(self) -> None:
         """Count one logical call (a deposit of ``retry_ratio`` retries)."""
         if math.floor(self._clock() / self._bucket_s) == self._cur:  # the current bucket
-            self._requests[self._cur % self._N] += 1
+            self._requests[self._i] += 1
         else:
             self._requests[self._advance()] += 1
 
@@ -125,7 +127,7 @@ class RetryBudget:
     def try_withdraw(self) -> bool:
         """Spend one retry if the budget allows it; ``False`` (and counted) otherwise."""
         if self._units() >= self._unit:
-            self._retries[self._cur % self._N] += 1
+            self._retries[self._i] += 1
             return True
         self.denied += 1
         return False
