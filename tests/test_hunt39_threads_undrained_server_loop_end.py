@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+import meshkit
+from tests.discovery.consul_double import ConsulDouble
+from tests.support.echo import add_echo
+from tests.support.loops import LoopThread, run
 from tests.support.skips import require_uvloop
 
 pytestmark = pytest.mark.timeout(150)
@@ -95,3 +99,28 @@ def test_an_undrained_server_is_stopped_and_deregistered_as_its_loop_ends(
     for noise in ("Event loop is closed", "was never awaited", "Task was destroyed",
                   "Traceback"):
         assert noise not in err, err
+
+
+def test_an_undrained_server_leaves_consul_as_its_loop_ends() -> None:
+    """The same through Consul (the documented test double, its agent in a loop of its
+    own): before, the service stayed listed (its TTL check going critical, then
+    ``DeregisterCriticalServiceAfter``); now it is deregistered as the loop ends."""
+    agent_loop = LoopThread()
+    double = ConsulDouble()
+    agent_loop.run(double.start())
+    listed: list[list[str]] = []
+    try:
+        async def main() -> None:
+            server = meshkit.MeshServer(
+                "undrained", [add_echo("c1")], registry=f"consul://{double.addr}",
+                options=meshkit.ServeOptions(insecure=True, admin=None, instance_id="c1",
+                                             drain_delay_s=0.0))
+            await server.start()
+            listed.append(sorted(double.services))
+
+        run(main())
+        listed.append(sorted(double.services))
+    finally:
+        agent_loop.run(double.close())
+        agent_loop.close()
+    assert listed == [["c1"], []]
