@@ -157,7 +157,7 @@ def bytes_message(method: str, message: Any, details: Any = None) -> bytes:
 
 
 def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
-               wire: bool = True) -> Any:
+               wire: bool = True, ended: Callable[[], None] | None = None) -> Any:
     """The request iterator ``requests`` (sync or async, as grpc.aio takes either) with
     each message serialized (``wire``), or serialized only to check it and handed on as it
     is (``wire=False``: grpc.aio serializes it again, for attempt interceptors that see
@@ -177,18 +177,22 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
     attempt, and hedges run side by side) is counted through the call's
     :class:`_CallMessages`, which counts the ``k``-th message when the first attempt takes
     it (about 9 bytecodes more per message). An iterator or a generator (spent by the
-    attempt that sends it, never replayed) is counted directly."""
+    attempt that sends it, never replayed) is counted directly.
+
+    ``ended`` (no arguments), when given, is called as ``requests`` ends, once every
+    message before it was handed on (not when it raises): the channel times an upload's
+    half-close with it, with no layer around the iterator (nothing per message)."""
     messages = details.messages
     if messages is not None and details.kind is _STREAM_UNARY and _replayable(requests):
         call = messages
         if type(call) is not _CallMessages:  # the call's first attempt
             details.messages = call = _CallMessages(messages)
         if hasattr(requests, "__aiter__"):
-            return _areplayed(details, serializer, requests, wire, call)
-        return _replayed(details, serializer, requests, wire, call)
+            return _areplayed(details, serializer, requests, wire, call, ended)
+        return _replayed(details, serializer, requests, wire, call, ended)
     if hasattr(requests, "__aiter__"):
-        return _aserialized(details, serializer, requests, wire, messages)
-    return _serialized(details, serializer, requests, wire, messages)
+        return _aserialized(details, serializer, requests, wire, messages, ended)
+    return _serialized(details, serializer, requests, wire, messages, ended)
 
 
 _STREAM_UNARY = CallKind.STREAM_UNARY
@@ -253,7 +257,8 @@ def _cancelling() -> bool:
 
 
 def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
-                wire: bool, messages: Any) -> Iterator[Any]:
+                wire: bool, messages: Any,
+                ended: Callable[[], None] | None = None) -> Iterator[Any]:
     method = details.method
     try:  # (a request that is no iterable: the caller's error, as one that raises)
         it = iter(requests)
@@ -263,6 +268,8 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
         try:
             message = next(it)
         except StopIteration:
+            if ended is not None:
+                ended()
             return
         except asyncio.CancelledError as exc:  # the call's, or the iterator's own
             if _cancelling():
@@ -282,7 +289,8 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
 
 
 async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
-                       requests: Any, wire: bool, messages: Any) -> AsyncIterator[Any]:
+                       requests: Any, wire: bool, messages: Any,
+                       ended: Callable[[], None] | None = None) -> AsyncIterator[Any]:
     method = details.method
     try:  # (see _serialized)
         it = aiter(requests)
@@ -292,6 +300,8 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
         try:
             message = await anext(it)
         except StopAsyncIteration:
+            if ended is not None:
+                ended()
             return
         except asyncio.CancelledError as exc:  # the call's, or the iterator's own
             if _cancelling():
@@ -312,7 +322,8 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
 
 # _serialized's loop written out with the once-per-call count: a shared one costs a call a message
 def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
-              wire: bool, call: _CallMessages) -> Iterator[Any]:
+              wire: bool, call: _CallMessages,
+              ended: Callable[[], None] | None = None) -> Iterator[Any]:
     """:func:`_serialized` for one attempt of a replayed request, counting message ``k``
     only when no attempt of the call took it before."""
     method, record = details.method, call.record
@@ -325,6 +336,8 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
         try:
             message = next(it)
         except StopIteration:
+            if ended is not None:
+                ended()
             return
         except asyncio.CancelledError as exc:  # the call's, or the iterator's own
             if _cancelling():
@@ -347,7 +360,8 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
 
 # _replayed's loop again for async iterables (anext, awaited), as _aserialized is _serialized's
 async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
-                     requests: Any, wire: bool, call: _CallMessages) -> AsyncIterator[Any]:
+                     requests: Any, wire: bool, call: _CallMessages,
+                     ended: Callable[[], None] | None = None) -> AsyncIterator[Any]:
     """:func:`_replayed` for an async iterable."""
     method, record = details.method, call.record
     sent = 0
@@ -359,6 +373,8 @@ async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
         try:
             message = await anext(it)
         except StopAsyncIteration:
+            if ended is not None:
+                ended()
             return
         except asyncio.CancelledError as exc:  # the call's, or the iterator's own
             if _cancelling():
