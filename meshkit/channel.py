@@ -1474,10 +1474,12 @@ class MeshChannel(grpc.aio.Channel):
             check_metadata(md, request=True)
         plan = details.codec
         # its messages and its own exceptions checked, its end timed
-        upload = _upload(serialized(details, plan.request_serializer, request, plan.in_mesh))
+        upload = _Upload()
+        messages = serialized(details, plan.request_serializer, request, plan.in_mesh,
+                              upload.ended)
         details.last_call = None  # (as _attempt_unary)
         picked = await self._stream_pick(details)
-        ep, done, call = self._launch(details, picked, upload, md)
+        ep, done, call = self._launch(details, picked, messages, md)
         call.add_done_callback(_end_request_stream)  # (grpc/grpc#36066)
         try:
             response = await call
@@ -2197,55 +2199,26 @@ async def _stream_shed(call: Any, code: grpc.StatusCode) -> bool:
 
 
 class _Upload:
-    """The request stream of one stream-unary attempt (``messages``, a sync iterator),
-    passed on as it is and timed: :attr:`sent_at` is the ``perf_counter()`` reading when
-    it ended (grpc.aio half-closes the call as its iterator ends, once every message
-    before was written), ``None`` until then. The iterator itself, not a generator
-    around it: one object more per attempt, not two (a failed attempt's frame may be
-    kept, with what it holds, as long as the call's error is)."""
+    """When the request stream of one stream-unary attempt ended: :attr:`sent_at` is the
+    ``perf_counter()`` reading then (grpc.aio half-closes the call as its iterator ends,
+    once every message before was written), ``None`` until then. :meth:`ended` is the
+    request iterator's end hook (:func:`~meshkit._codecs.serialized`'s ``ended``), so
+    grpc.aio iterates the serializing generator itself: no layer per message (a
+    ``__next__``/``__anext__`` around it cost a frame, and a coroutine, per message)."""
 
-    __slots__ = ("_messages", "sent_at")
+    __slots__ = ("sent_at",)
 
-    def __init__(self, messages: Any) -> None:
-        self._messages = messages
+    def __init__(self) -> None:
         self.sent_at: float | None = None
 
-    def __iter__(self) -> _Upload:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._messages)
-        except StopIteration:
-            self.sent_at = _perf()
-            raise
+    def ended(self) -> None:
+        self.sent_at = _perf()
 
     def latency(self) -> float:
         """Seconds since the request stream ended: the endpoint's time; ``-1.0`` (no
         latency sample, see :data:`~meshkit.balancer.Done`) while it has not."""
         sent_at = self.sent_at
         return -1.0 if sent_at is None else _perf() - sent_at
-
-
-class _AsyncUpload(_Upload):
-    """:class:`_Upload` of an async iterator."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> _AsyncUpload:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await anext(self._messages)
-        except StopAsyncIteration:
-            self.sent_at = _perf()
-            raise
-
-
-def _upload(messages: Any) -> _Upload:
-    """``messages`` (a sync or an async iterator, as grpc.aio takes either), timed."""
-    return _AsyncUpload(messages) if hasattr(messages, "__aiter__") else _Upload(messages)
 
 
 # -- multicallables ----------------------------------------------------------------------
