@@ -752,7 +752,8 @@ class EndpointPool:
 
     async def _track_state(self, ep: Endpoint, *, connect: bool = True) -> None:
         """Mirror the endpoint's sub-channel connectivity in ``ep.state``, waking waiting
-        calls on every change.
+        calls on every change of it (not on one of the sub-channel's that leaves it as it
+        is: IDLE to CONNECTING).
 
         The sub-channel connects when it is built and again at once after a failed
         attempt or when a connection that carried calls drops (a server that died,
@@ -774,8 +775,13 @@ class EndpointPool:
         state = ch.get_state(try_to_connect=connect)
         calls = ep.calls  # the endpoint's calls before the connection being made
         while True:
-            ep.state = _CONNECTIVITY.get(state, EndpointState.IDLE)
-            self.notify()
+            # waiting calls (and the channel's state) are woken by a change of the
+            # endpoint's state only: idle to connecting is none (both IDLE), and woke
+            # every waiting call to pick again, once per endpoint, at a channel's start
+            mapped = _CONNECTIVITY.get(state, EndpointState.IDLE)
+            if ep.state is not mapped:
+                ep.state = mapped
+                self.notify()
             if state is _SHUTDOWN:
                 return
             last = state
@@ -822,6 +828,9 @@ class EndpointPool:
             conn = conns.get(key)  # (an endpoint that left or was rebuilt meanwhile: skipped
             if conn is not None:  # or asked again, harmlessly)
                 conn.channel.get_state(try_to_connect=True)
+        # the channel's state moves from IDLE to CONNECTING (MeshChannel.get_state), which
+        # no endpoint's state change announces (both IDLE): its watchers are woken here
+        self.notify()
 
     def observed(self, ep: Endpoint, state: EndpointState) -> None:
         """Set ``ep``'s state to ``state`` now, ahead of :meth:`_track_state`: the
