@@ -939,7 +939,9 @@ class StreamResponseCall(MeshCall):
                 deserializer refused, :class:`~meshkit.errors.RequestSerializationError`
                 once a request message was refused).
         """
-        call = self._call if self._is_settled else None  # open: no coroutine per message
+        # open: no coroutine per message (_call is set only as the call settles, to the
+        # opened call or None: one slot read, not _is_settled's too)
+        call = self._call
         if call is None:
             call = await self._opened()
         try:
@@ -1029,7 +1031,7 @@ class StreamResponseCall(MeshCall):
                 while this write waited for it to open (as grpc.aio's intercepted call).
             asyncio.CancelledError: the writing task was cancelled (the call is too).
         """
-        call = self._call if self._is_settled else None  # as read()
+        call = self._call  # as read()
         if call is None:
             if self._request is not None:
                 # made with a request iterator, not open (yet, or ever): grpc.aio's style
