@@ -92,6 +92,7 @@ __all__ = [
 _CANCELLED = grpc.StatusCode.CANCELLED
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
+_INTERNAL = grpc.StatusCode.INTERNAL
 _OK = grpc.StatusCode.OK
 _EOF = grpc.aio.EOF
 
@@ -247,6 +248,26 @@ def _mesh_cut(details: ClientCallDetails, call: Any = None) -> MeshRpcError:
         return cut("stream")  # type: ignore[no-any-return]
     return MeshRpcError(_CANCELLED, f"stream to {details.service!r} cancelled: the channel "
                         "was closed or its endpoint left")
+
+
+def _kept_status(details: ClientCallDetails, call: Any) -> tuple[Any, ...] | None:
+    """For ``call``, a bidi attempt grpc.aio reports ``INTERNAL``: the status its server
+    sent, ``(code, details, initial metadata, trailing metadata, debug string)``, kept by
+    the channel as it arrived (``details.codec.kept_status``): grpc.aio (1.85,
+    grpc/grpc#36066) replaces a call's status with ``INTERNAL`` "Internal error from
+    Core" when a write in flight as the server ended it fails after that status. ``None``
+    when nothing was kept (the ``INTERNAL`` is the call's own). The error path only."""
+    kept = getattr(details.codec, "kept_status", None)
+    return kept(call) if kept is not None else None
+
+
+def _kept_error(details: ClientCallDetails, status: tuple[Any, ...]) -> AioRpcError:
+    """The ``AioRpcError`` of a kept status (:func:`_kept_status`; not ``OK``)."""
+    code, text, initial, trailing, debug = status
+    error = AioRpcError(code, initial, trailing, text, debug)
+    if code is _DEADLINE_EXCEEDED:
+        _mark_propagated_deadline(details, error)
+    return error
 
 
 def _code_of(error: BaseException) -> grpc.StatusCode:
@@ -495,7 +516,11 @@ class MeshCall:
         if call is None:
             err = self._error
             return err.trailing_metadata() if isinstance(err, AioRpcError) else Metadata()
-        return await call.trailing_metadata()  # type: ignore[no-any-return]
+        md: Metadata = await call.trailing_metadata()
+        if not md and await call.code() is _INTERNAL and (
+                kept := _kept_status(self._details, call)) is not None:
+            return kept[3]  # type: ignore[no-any-return]  # what its server sent
+        return md
 
     async def code(self) -> grpc.StatusCode:
         """The final status code (waits for the call to finish)."""
@@ -511,6 +536,8 @@ class MeshCall:
                 return _code_of(err)
             if self._cut_by_mesh(call):
                 return _code_of(self._error)  # type: ignore[arg-type]
+        elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+            return kept[0]  # type: ignore[no-any-return]  # what its server sent
         return code
 
     async def details(self) -> str:
@@ -524,12 +551,15 @@ class MeshCall:
             return _LOCALLY_CANCELLED if isinstance(err, asyncio.CancelledError) else ""
         if call is None:
             return ""
-        if await call.code() is _CANCELLED:
+        code = await call.code()
+        if code is _CANCELLED:
             err = getattr(self._details, "codec_error", None)
             if err is not None:
                 return err.details() or ""
             if self._cut_by_mesh(call):
                 return self._error.details() or ""  # type: ignore[union-attr]
+        elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+            return kept[1] or ""  # what its server sent
         return await call.details()  # type: ignore[no-any-return]
 
     async def debug_error_string(self) -> str:
@@ -542,6 +572,9 @@ class MeshCall:
             return err.debug_error_string() or ""
         if call is None or err is not None:
             return ""
+        if await call.code() is _INTERNAL and (
+                kept := _kept_status(self._details, call)) is not None:
+            return kept[4] or ""  # what its server sent
         return await call.debug_error_string()  # type: ignore[no-any-return]
 
     async def wait_for_connection(self) -> None:
@@ -926,8 +959,13 @@ class StreamResponseCall(MeshCall):
             self._raise_if_cancelled_by_mesh()
             raise
         except AioRpcError as exc:
-            if exc.code() is _DEADLINE_EXCEEDED:
+            code = exc.code()
+            if code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
+            elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+                if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
+                    return
+                raise _kept_error(self._details, kept) from None
             raise
 
     async def read(self) -> Any:
@@ -951,8 +989,13 @@ class StreamResponseCall(MeshCall):
             self._raise_if_cancelled_by_mesh()
             raise
         except AioRpcError as exc:
-            if exc.code() is _DEADLINE_EXCEEDED:
+            code = exc.code()
+            if code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
+            elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+                if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
+                    return _EOF
+                raise _kept_error(self._details, kept) from None
             raise
         if type(response) is Undecodable:
             self._undecodable(call, response)
@@ -1072,6 +1115,16 @@ class StreamResponseCall(MeshCall):
             self._raise_codec_error()
             self._raise_if_cancelled_by_mesh()
             raise
+        except AioRpcError as exc:
+            # the write was in flight as the server ended the call: its status, not the
+            # INTERNAL grpc.aio replaced it with (grpc/grpc#36066); an OK end leaves the
+            # write as grpc.aio's before a failure (its message goes nowhere)
+            if exc.code() is not _INTERNAL or (
+                    kept := _kept_status(self._details, call)) is None:
+                raise
+            if kept[0] is not _OK:
+                raise _kept_error(self._details, kept) from None
+            return
         messages = self._details.messages
         if messages is not None:
             messages.msg_sent += 1

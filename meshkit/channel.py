@@ -785,8 +785,8 @@ class _MethodPlan:
     ``margin_s`` is the channel's ``deadline_margin_s`` when it propagates deadlines
     (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
 
-    __slots__ = ("answered", "cut_of", "decode", "decodes", "in_mesh", "key", "kind",
-                 "margin_s", "mesh_cut", "mesh_waits", "method", "none_is_no_message",
+    __slots__ = ("answered", "cut_of", "decode", "decodes", "in_mesh", "kept_status", "key",
+                 "kind", "margin_s", "mesh_cut", "mesh_waits", "method", "none_is_no_message",
                  "request_serializer", "response_deserializer", "sends_wire", "serializes_stream",
                  "served_by", "strict_deserializer", "timeout_s", "unary_request", "unserved")
 
@@ -835,6 +835,10 @@ class _MethodPlan:
         # outcome of an endpoint's refusal of a method as not served
         # (MeshChannel._unserved_outcome), read on that failure path only
         self.served_by: dict[str, str] | None = None
+        # a bidi stream's: the status its server sent, kept as it arrived, of an attempt
+        # grpc.aio reports INTERNAL "Internal error from Core" (MeshChannel._kept_status),
+        # read by the call objects on that failure path only (meshkit._calls)
+        self.kept_status: Callable[[Any], tuple[Any, ...] | None] | None = None
         self.unserved: Callable[[Endpoint, ClientCallDetails, str | None],
                                 grpc.StatusCode] | None = None
 
@@ -1062,6 +1066,10 @@ class MeshChannel(grpc.aio.Channel):
         # method -> the key of the endpoint that answered a streaming call of it last
         # from its application (_answered; read by _unserved_outcome)
         self._served_by: dict[str, str] = {}
+        # bidi attempts (grpc.aio calls) -> the status their server sent, as it arrived
+        # (_request_stream_ended; read by _kept_status)
+        self._kept: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = (
+            weakref.WeakKeyDictionary())
         self._resolved = self._pool.resolved
         if self._reloader is not None and options.tls is not None:
             self._pool.spawn(_watch_certificates(me, options.tls.reload_interval_s))
@@ -1373,6 +1381,36 @@ class MeshChannel(grpc.aio.Channel):
             else:
                 first_done(_UNIMPLEMENTED, latency_s)
 
+    def _request_stream_ended(self, call: Any) -> None:
+        """The done callback of a bidi attempt (``call``), run as its status arrives (the
+        server's: grpc.aio runs done callbacks at the first status it sets): the request
+        writer stopped (:func:`_end_request_stream`), and the status kept
+        (:func:`_status_now`: code, details, initial and trailing metadata, debug string)
+        for :meth:`_kept_status`, unless it is grpc.aio's own ``INTERNAL`` "Internal error
+        from Core". A write of the caller's own (``write()``) in flight as the server
+        ended the call fails after that status, and grpc.aio (1.85, grpc/grpc#36066) then
+        replaces the call's status with that ``INTERNAL`` (49 of 50 bidi streams whose
+        handler aborted at once while their caller wrote 50 messages): the call objects
+        give the kept status back (:mod:`meshkit._calls`). One done callback per bidi
+        attempt, its status read once (four coroutines run to their end at once)."""
+        _end_request_stream(call)
+        status = _status_now(call)
+        if status is None or (status[0] is _INTERNAL and status[1] == _CORE_INTERNAL):
+            return
+        with contextlib.suppress(TypeError):  # an unhashable call object: not kept
+            self._kept[call] = status
+
+    def _kept_status(self, call: Any) -> tuple[Any, ...] | None:
+        """The status ``call``'s server sent, kept as it arrived
+        (:meth:`_request_stream_ended`): ``(code, details, initial metadata, trailing
+        metadata, debug string)``, or ``None`` (not a bidi attempt, or its first status
+        was grpc.aio's ``INTERNAL``). Asked on the path of a call grpc.aio reports
+        ``INTERNAL`` only."""
+        try:
+            return self._kept.get(call)
+        except TypeError:  # an unhashable call object (an interceptor's own): not kept
+            return None
+
     def _warn_not_serving(self, ep: Endpoint, method: str, refusal: str | None) -> None:
         """Log ``endpoint does not serve the method`` (a warning) for ``ep``, whose server
         refused ``method`` as unknown (``refusal``: its details) while another endpoint
@@ -1616,8 +1654,8 @@ class MeshChannel(grpc.aio.Channel):
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = await self._stream_pick(details)
         ep, done, call = self._launch(details, picked, request, md)
-        if request is not None and not plan.unary_request:
-            call.add_done_callback(_end_request_stream)  # (grpc/grpc#36066)
+        if not plan.unary_request:  # a bidi stream (grpc/grpc#36066)
+            call.add_done_callback(self._request_stream_ended)
         responded = getattr(done, "responded", None)
         if responded is None:
             def finished(c: Any) -> None:
@@ -1671,6 +1709,7 @@ class MeshChannel(grpc.aio.Channel):
         plan.mesh_cut = self._mesh_cut
         plan.cut_of = self._cut_of
         plan.unserved = self._unserved_outcome
+        plan.kept_status = self._kept_status
         plan.served_by = self._served_by
         if self._answers and (kind is CallKind.UNARY_STREAM
                               or kind is CallKind.STREAM_STREAM):
@@ -2143,6 +2182,30 @@ def _answered(served: dict[str, str], method: str, key: str) -> None:
         if len(served) >= _MAX_PLAN_KEYS and method not in served:
             served.clear()
         served[method] = key
+
+
+_CORE_INTERNAL = "Internal error from Core"  # grpc.aio's details of its own INTERNAL
+
+
+def _status_now(call: Any) -> tuple[Any, ...] | None:
+    """The status of ``call`` (a grpc.aio call, in a done callback: its status set), read
+    at once: ``(code, details, initial metadata, trailing metadata, debug string)``, each
+    accessor's coroutine run to its end without the loop (grpc.aio's accessors of an ended
+    call return without suspending); ``None`` when one would suspend or fails."""
+    out: list[Any] = []
+    for get in (call.code, call.details, call.initial_metadata, call.trailing_metadata,
+                call.debug_error_string):
+        coro = get()
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            out.append(stop.value)
+            continue
+        except Exception:
+            return None
+        coro.close()  # it suspended: not ended after all
+        return None
+    return tuple(out)
 
 
 def _end_request_stream(call: Any) -> None:
