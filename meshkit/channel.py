@@ -1077,26 +1077,33 @@ class MeshChannel(grpc.aio.Channel):
 
     def __del__(self) -> None:
         """Collected without :meth:`close` while its loop still exists (a channel dialed
-        per request and dropped): warning ``channel garbage-collected without close()``
-        (and a ``ResourceWarning``), and it is closed in its loop as :meth:`close` does
-        (grace none; a registry it made itself closed too). Before, its discovery watch
-        and sub-channels (and, dialed without ``registry=``, a registry with its poll loop
-        and worker thread) were kept for the rest of the loop's life, one set per
-        channel dropped. One closed, or closed with its loop's end, is left alone."""
+        per request and dropped): it is closed in its loop (:meth:`_close_collected`).
+        Before, its discovery watch and sub-channels (and, dialed without ``registry=``
+        or with a URI, a registry with its poll loop and worker thread) were kept for the
+        rest of the loop's life, one set per channel dropped. One closed, or closed with
+        its loop's end, is left alone. Nothing here takes a lock (a collection may run
+        inside any locked section): the rest runs in the loop, which holds the channel
+        again until it is closed."""
         pool = getattr(self, "_pool", None)  # (a constructor that raised: nothing made)
         if pool is None or pool.closed:
             return
         loop = pool._loop  # the loop it was dialed in
-        if loop.is_closed():
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # (closed meanwhile, by its thread)
+                loop.call_soon_threadsafe(self._close_collected)
+
+    def _close_collected(self) -> None:
+        """In its loop, for :meth:`__del__`: warning ``channel garbage-collected without
+        close()`` (and a ``ResourceWarning``), then closed as :meth:`close` does (grace
+        none, a registry it made itself too, its final counters recorded)."""
+        if self._pool.closed or self._closing is not None:  # (closed meanwhile)
             return
-        with contextlib.suppress(Exception):  # at a collection: never raise, never print
-            _log.warning("channel garbage-collected without close(); closing it now "
-                         "(close() it, or use 'async with')", service=self.service)
-            warnings.warn(f"unclosed MeshChannel of {self.service!r}", ResourceWarning,
-                          source=self, stacklevel=1)
-            ended(self)  # its final counters, as close() records them
-            registry = self.registry if self._owns_registry else None
-            loop.call_soon_threadsafe(_close_collected, pool, self.retry, registry)
+        _log.warning("channel garbage-collected without close(); closing it now "
+                     "(close() it, or use 'async with')", service=self.service)
+        warnings.warn(f"unclosed MeshChannel of {self.service!r}", ResourceWarning,
+                      source=self, stacklevel=1)
+        self._closing = asyncio.get_running_loop().create_task(
+            self._close(None), name=f"meshkit-close-{self.service}")
 
     @property
     def _closed(self) -> bool:
@@ -2096,22 +2103,6 @@ async def _watch_certificates(me: weakref.ref[MeshChannel], interval_s: float) -
             return
         channel._check_certificates()
         del channel
-
-
-def _close_collected(pool: EndpointPool, retry: RetryInterceptor | None,
-                     registry: Registry | None) -> None:
-    """In the pool's loop: close what a channel collected without :meth:`close` left
-    (:meth:`MeshChannel.__del__`), as its ``close()`` does, in a task of its own."""
-    async def close() -> None:
-        if retry is not None:
-            retry.close()
-        await pool.close(None)
-        if registry is not None:
-            await registry.close()
-        flush_logs(0)
-
-    if not pool.closed:  # (not closed with its loop's end meanwhile)
-        asyncio.get_running_loop().create_task(close(), name=f"meshkit-close-{pool.service}")
 
 
 async def _report_stream(call: Any, ep: Endpoint, done: Any,
