@@ -1496,7 +1496,23 @@ class RetryingStreamCall(MeshCall):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        while (response := await self._read()) is not grpc.aio.EOF:
+        eof = grpc.aio.EOF
+        while True:
+            call = self._call
+            if self._first is _NOTHING and self._task is _NO_TASK and self._is_settled \
+                    and self._error is None and call is not None:
+                # _read's path of a message after the first (committed, the commit's
+                # task ended), in this frame: no coroutine per message
+                try:
+                    response = await call.read()
+                except AioRpcError as exc:
+                    if exc.code() is _DEADLINE_EXCEEDED:
+                        _mark_propagated_deadline(self._details, exc)
+                    raise
+            else:
+                response = await self._read()
+            if response is eof:
+                return
             yield response
 
     async def read(self) -> Any:
