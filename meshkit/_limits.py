@@ -465,13 +465,17 @@ def _undecodable(exc: Exception, type_name: str) -> UndecodableRequest:
 def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
                           type_name: str) -> Callable[[bytes], Any]:
     if streaming:
-        def decode_stream(data: bytes) -> Any:
-            try:
-                return deserializer(data)
-            except UndecodableRequest:  # a guarded deserializer's, inside
-                raise
-            except Exception as exc:
-                raise _undecodable(exc, type_name) from exc
+        if deserializer is _raw:  # no deserializer: the bytes as they are (no call of _raw)
+            def decode_stream(data: bytes) -> Any:
+                return data
+        else:
+            def decode_stream(data: bytes) -> Any:
+                try:
+                    return deserializer(data)
+                except UndecodableRequest:  # a guarded deserializer's, inside
+                    raise
+                except Exception as exc:
+                    raise _undecodable(exc, type_name) from exc
 
         decode_stream._meshkit_guarded = True  # type: ignore[attr-defined]
         return decode_stream
