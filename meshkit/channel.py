@@ -1592,7 +1592,11 @@ class MeshChannel(grpc.aio.Channel):
         iterator's first message taken. So a sub-channel grpc no longer reads ``READY``
         is given that state in the pool now (:meth:`~meshkit._pool.EndpointPool.observed`)
         and the call picked again, its first pick settled as no outcome: nothing was
-        sent. One ``get_state()`` per streaming attempt.
+        sent. So is a pick the balancer chose while it connects once its wait is capped
+        (``pick_slow``: a ring hash's key owner): the stream waits on here, within its
+        deadline, until that connection is made (then sent) or fails (then picked
+        elsewhere), not queued on a sub-channel whose connection may fail under it. One
+        ``get_state()`` per streaming attempt.
 
         Raises:
             MeshRpcError, NoEndpointsError: as :meth:`~meshkit._pool.EndpointPool.pick_slow`.

@@ -11,6 +11,9 @@ picked again, nothing counted against the stale endpoint."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from concurrent import futures
@@ -20,7 +23,8 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import Done, Endpoint, EndpointState
+import meshkit._pool
+from meshkit.balancer import Done, Endpoint, EndpointState, noop_done
 from meshkit.discovery import Instance, LocalRegistry
 from meshkit.resilience import RetryOptions
 from tests.support.echo import SERVICE, handler, method, raw_server
@@ -140,3 +144,79 @@ async def test_a_stream_picked_onto_an_endpoint_whose_connection_just_died_goes_
                 assert outcomes["a"] == [grpc.StatusCode.CANCELLED]
     finally:
         server_a.stop(None)
+
+
+class _PreferSlow:
+    """Picks ``slow`` while it is not FAILING (connecting: as a ring hash keeps a key's
+    owner while it connects), else ``b``."""
+
+    def __init__(self) -> None:
+        self._eps: tuple[Endpoint, ...] = ()
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self._eps = tuple(endpoints)
+
+    def pick(self, key: str | None = None,
+             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
+        for want in ("slow", "b"):
+            for ep in self._eps:
+                if (ep.key == want and ep.state is not EndpointState.FAILING
+                        and ep not in exclude):
+                    return ep, noop_done
+        return None
+
+
+@pytest.mark.parametrize("wait_for_ready", [False, True], ids=["plain", "wait_for_ready"])
+async def test_a_stream_waiting_on_a_chosen_connecting_endpoint_goes_on_when_it_fails(
+        registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch,
+        wait_for_ready: bool) -> None:
+    """The balancer keeps choosing ``slow``, whose connection hangs (a listener that never
+    answers), over READY ``b``: once the pick's wait for it is capped
+    (``_CONNECTING_PICK_MAX_S``, 0.3 s here) the stream was sent on to that sub-channel,
+    where it failed ``UNAVAILABLE`` when the connection failed, or with
+    ``wait_for_ready`` waited out its whole deadline; it now waits in the mesh and goes
+    to ``b`` when ``slow``'s connection fails."""
+    monkeypatch.setattr(meshkit._pool, "_CONNECTING_PICK_MAX_S", 0.3)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        async with raw_server(handler("b")) as (_, port_b):
+            await registry.register(Instance(service="echo", instance_id="slow",
+                                             host="127.0.0.1",
+                                             port=listener.getsockname()[1]))
+            await registry.register(Instance(service="echo", instance_id="b",
+                                             host="127.0.0.1", port=port_b))
+            opts = meshkit.DialOptions(insecure=True, balancer=_PreferSlow, outlier=None)
+            async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+                await ch.wait_for_endpoints(1)
+                for _ in range(100):  # both known (b READY, slow connecting)
+                    if len(ch.endpoints()) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+
+                async def fail_slow() -> None:
+                    await asyncio.sleep(1.5)  # past the cap: the stream was sent on
+                    listener.close()
+                    for s in accepted:
+                        s.close()
+
+                failing = asyncio.create_task(fail_slow())
+                call = ch.unary_stream(method("ServerStream"))(
+                    b"2", timeout=10, wait_for_ready=wait_for_ready)
+                assert [m async for m in call] == [b"b|0", b"b|1"]
+                await failing
+    finally:
+        listener.close()
+        for s in accepted:
+            s.close()
