@@ -598,10 +598,12 @@ def write_private_key(
     Raises:
         KeyExistsError: ``path`` exists and ``overwrite`` is false.
         ConfigError: ``overwrite`` is not ``True`` or ``False`` (a string read from the
-            environment, ``"false"``, is truthy; quoted); nothing is written.
+            environment, ``"false"``, is truthy; quoted), or ``path`` is no path
+            (``None`` from an unset variable, ``bytes``, a number, or ``""``, which
+            would be the current directory); nothing is written.
     """
     check_bool("overwrite", overwrite)
-    _write(Path(path), _key_pem(key), mode=0o600, overwrite=overwrite)
+    _write(Path(check_path("path", path)), _key_pem(key), mode=0o600, overwrite=overwrite)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -620,9 +622,12 @@ def write_certificate(
     Raises:
         KeyExistsError: ``path`` exists and ``overwrite`` is false.
         ConfigError: ``overwrite`` is not ``True`` or ``False`` (a string read from the
-            environment, ``"false"``, is truthy; quoted); nothing is written.
+            environment, ``"false"``, is truthy; quoted), or ``path`` is no path
+            (``None`` from an unset variable, ``bytes``, a number, or ``""``, which
+            would be the current directory); nothing is written.
     """
     check_bool("overwrite", overwrite)
+    path = check_path("path", path)
     chain = [certs] if isinstance(certs, x509.Certificate) else list(certs)
     data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     _write(Path(path), data, mode=0o644, overwrite=overwrite)
@@ -841,10 +846,12 @@ def init_ca_dir(
             (a host holding only the trust bundle ``ca.pem`` is the normal deployment).
         ConfigError: bad arguments; ``overwrite`` not ``True`` or ``False`` (a string
             read from the environment, ``"false"``, is truthy: it would replace the CA
-            key; quoted, nothing written).
+            key; quoted, nothing written); ``directory`` no path (``None`` from an
+            unset variable, ``bytes``, a number, or ``""``, which would be the current
+            directory).
     """
     check_bool("overwrite", overwrite)
-    d = Path(directory)
+    d = Path(check_path("directory", directory))
     key, cert = create_ca(trust_domain=trust_domain, ttl_days=ttl_days,
                           permitted_dns=permitted_dns, now=now)
     if not overwrite:
@@ -899,10 +906,12 @@ def issue_into_dir(
         ConfigError: bad arguments (see :func:`issue_workload`), a ``service`` whose
             files would be the CA's own (``ca``), or ``overwrite`` not ``True`` or
             ``False`` (a string read from the environment, ``"false"``, is truthy;
-            quoted, nothing written).
+            quoted, nothing written); ``directory`` no path (``None`` from an unset
+            variable, ``bytes``, a number, or ``""``, which would be the current
+            directory).
     """
     check_bool("overwrite", overwrite)
-    d = Path(directory)
+    d = Path(check_path("directory", directory))
     if f"{service}.pem" == CA_CERT or f"{service}.key" == CA_KEY:
         # its files would be the CA's own: --force would replace the CA key with a leaf's
         raise ConfigError(f"service {service!r} would write over the CA's files "

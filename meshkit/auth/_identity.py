@@ -54,7 +54,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from meshkit._config import check_int, check_number, refuse_str
+from meshkit._config import check_int, check_number, check_path, refuse_str
 from meshkit._outage import OutageLog
 from meshkit.auth._errors import CertificateError
 from meshkit.errors import ConfigError
@@ -842,7 +842,9 @@ class PeerVerifier:
         Raises:
             CertificateError: the file is unreadable or holds no certificate.
             ConfigError: ``reload_interval_s`` no number > 0 (``math.inf``: never
-                re-read), or ``max_entries`` or ``clock`` as for the class (quoted).
+                re-read), or ``max_entries`` or ``clock`` as for the class (quoted);
+                ``ca_file`` no path (``None`` from an unset variable, ``bytes``, a
+                number, ``""``).
         """
         # before the file is read: a wrong clock or number is the caller's error
         check_number("reload_interval_s", reload_interval_s, low=0.0, low_open=True,
@@ -851,7 +853,7 @@ class PeerVerifier:
         if not callable(clock):
             raise ConfigError(f"clock must be a callable returning epoch seconds, such as "
                               f"time.time, got {clock!r}")
-        path = Path(ca_file)
+        path = Path(check_path("ca_file", ca_file))
         stat = _file_stat(path)
         try:
             data = path.read_bytes()

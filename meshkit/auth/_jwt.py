@@ -48,6 +48,7 @@ from meshkit._config import (
     check_int,
     check_metadata_key,
     check_number,
+    check_path,
     check_secret_holder,
     check_strings,
     holds_content,
@@ -245,6 +246,21 @@ class KeySource(Protocol):
         ...
 
 
+def _key_directory(directory: object) -> Path:
+    """``directory`` (of ``jwt-*.key`` files) as a ``Path``.
+
+    Raises:
+        ConfigError: it is no path (:func:`~meshkit._config.check_path`: ``None``,
+            ``bytes``, a number, ``""``), or holds a key's PEM (or a line break): the key
+            itself read from a variable, named by its type, never quoted.
+    """
+    text = check_path("directory", directory)
+    if holds_content(text):  # the key itself, read from a variable: never a path
+        raise ConfigError(f"directory must be the path of the key files' directory, "
+                          f"got {shown_path(directory)}")
+    return Path(text)
+
+
 class KeySet:
     """Signing keys with rotation: the current key signs, previous keys still verify.
 
@@ -330,14 +346,13 @@ class KeySet:
                 file named, never its content); ``directory`` holding a key's PEM (or a
                 line break) rather than a path (named by its type, nothing created);
                 ``create`` not ``True`` or ``False`` (a string read from the
-                environment, ``"false"``, is truthy; quoted, nothing created).
+                environment, ``"false"``, is truthy; quoted, nothing created);
+                ``directory`` no path (``None`` from an unset variable, ``bytes``, a
+                number, or ``""``, which would be the current directory).
         """
         check_int("keep_previous", keep_previous, low=0)  # used below, before __init__
         check_bool("create", create)
-        d = Path(directory)
-        if holds_content(str(d)):  # the key itself, read from a variable: never a path
-            raise ConfigError(f"directory must be the path of the key files' directory, "
-                              f"got {shown_path(directory)}")
+        d = _key_directory(directory)
         files = cls._key_files(d)
         if not files:
             if not create:
@@ -403,8 +418,14 @@ class KeySet:
 
         The file appears atomically (written under a temporary name, then renamed), so a
         loader never reads a half-written key.
+
+        Raises:
+            ConfigError: ``directory`` is no path (``None`` from an unset variable,
+                ``bytes``, a number, or ``""``, which would be the current directory), or
+                holds a key's PEM (or a line break) rather than a path (named by its
+                type); nothing written.
         """
-        d = Path(directory)
+        d = _key_directory(directory)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = SigningKey.generate(algorithm)
         # the creation time in the name orders the keys (see _key_files), not the mtime

@@ -1115,7 +1115,8 @@ def tls_from_dir(
         allowed_peers, reload_interval_s: as :class:`TLSOptions`.
 
     Raises:
-        ConfigError: no directory given and ``$MESHKIT_CERT_DIR`` unset, ``insecure`` not
+        ConfigError: no directory given and ``$MESHKIT_CERT_DIR`` unset, ``cert_dir`` no
+            path (``bytes``, a number), ``insecure`` not
             ``True`` or ``False`` (a string read from the environment, ``"false"``, is
             truthy: it would give plaintext; quoted), or (as :class:`CertificateError`) a
             file is missing — the message says to run ``meshkit certs issue <service>``.
@@ -1127,7 +1128,7 @@ def tls_from_dir(
     if not d:
         raise ConfigError("no certificate directory: pass cert_dir or set MESHKIT_CERT_DIR "
                           "(or ask for plaintext explicitly with insecure=True)")
-    base = Path(d)
+    base = Path(check_path("cert_dir", d))
     files = (base / CA_CERT, base / f"{service}.pem", base / f"{service}.key")
     for f in files:
         if not f.exists():
