@@ -55,7 +55,6 @@ import collections
 import contextlib
 import contextvars
 import functools
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, ClassVar
 
@@ -100,7 +99,7 @@ _LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc.aio's details o
 _log = structlog.get_logger("meshkit.channel")
 # the task a unary call runs in (for cancel()), without a getpid per call
 _current_task = LoopCache().current_task
-_get_ident = threading.get_ident
+_get_running_loop = asyncio._get_running_loop
 _copy_context = contextvars.copy_context
 _BASE_CALL_SOON = asyncio.BaseEventLoop.call_soon  # (_Made: a loop that did not replace it)
 
@@ -644,7 +643,9 @@ class UnaryResponseCall(MeshCall):
         # (_start_turn) unless something starts it first (an await in this turn runs it
         # inline); calls made in one turn of a loop share one scheduled callback
         made = _made
-        if made is not None and made.ident == _get_ident() and made.loop.is_running():
+        # reused only by its loop's own thread while it runs it (a loop stopped in one
+        # thread may run on in another: the thread's running loop is the test)
+        if made is not None and made.loop is _get_running_loop():
             calls = made.calls
             if not calls:
                 made.schedule(made.soon)  # loop.call_soon(_start_turn, calls): _Made
@@ -779,9 +780,10 @@ class _Made:
     others.
 
     The calls' constructor keeps the record of the loop that made a call last
-    (``_made``) and reuses it while the same thread makes calls and that loop runs (a
-    thread runs one loop at a time), so a turn's calls cost one ``call_soon`` together;
-    a call made on another thread or loop makes a new record (:func:`_start_soon`).
+    (``_made``) and reuses it while its loop is the calling thread's running loop (one
+    C call: a loop stopped in one thread may run on in another), so a turn's calls cost
+    one ``call_soon`` together; a call made on another thread or loop makes a new record
+    (:func:`_start_soon`).
 
     ``schedule(soon)`` is ``loop.call_soon(_start_turn, calls)``. On asyncio's own loop
     (its ``call_soon`` not replaced, not in debug mode when the record is made) it
@@ -793,11 +795,10 @@ class _Made:
     the record (no reference cycle).
     """
 
-    __slots__ = ("calls", "ident", "loop", "schedule", "soon")
+    __slots__ = ("calls", "loop", "schedule", "soon")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.ident = _get_ident()
         # not empty: _start_turn is scheduled (it empties the list in place)
         calls: list[UnaryResponseCall] = []
         self.calls = calls
