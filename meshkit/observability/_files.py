@@ -21,7 +21,9 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from meshkit._config import check_path
 from meshkit._fork import reset_in_forked_child
+from meshkit.errors import ConfigError
 
 __all__ = ["JsonLinesSpanExporter", "load_spans"]
 
@@ -44,10 +46,15 @@ class JsonLinesSpanExporter(SpanExporter):
 
     Args:
         path: the file; parent directories are created; opened in append mode.
+
+    Raises:
+        ConfigError: ``path`` is no path (``None`` from an unset variable, ``bytes``, a
+            number, or ``""``, which would be the current directory).
+        OSError: the file cannot be created or opened.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = Path(check_path("path", path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._closed = False
@@ -144,11 +151,21 @@ def load_spans(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     (or from the one file ``paths`` names: a string or path object; missing files and
     malformed lines are skipped: a line that is not UTF-8, not JSON or nested too deep
     to parse, lacks a field, or has one of the wrong type, such as a ``start_ns`` that
-    is not an integer or ``attributes`` that are not an object)."""
+    is not an integer or ``attributes`` that are not an object).
+
+    Raises:
+        ConfigError: ``paths`` (or one of them) is no path: ``None`` from an unset
+            variable, ``bytes`` (not read as a sequence of numbers), a number.
+    """
     if isinstance(paths, str | os.PathLike):  # one file, not each character's name
         paths = [paths]
+    elif isinstance(paths, bytes | bytearray) or not isinstance(paths, Iterable):
+        raise ConfigError(f"paths must be a path or a collection of paths, got "
+                          f"{type(paths).__name__}")
     spans: list[ReadableSpan] = []
     for path in paths:
+        if path != "":  # "" names no file: skipped, as a missing one
+            check_path("paths", path)
         try:
             data = Path(path).read_bytes()
         except OSError:
