@@ -61,6 +61,10 @@ class ClientCallDetails:
         deadline: absolute deadline on ``time.monotonic()`` seconds, or ``None``.
         metadata: outgoing metadata as a mutable list of ``(key, value)`` pairs.
         wait_for_ready: gRPC wait-for-ready; also makes the pick wait for an endpoint.
+        credentials: the call's ``grpc.CallCredentials`` (its ``credentials=``), or
+            ``None``; each attempt is sent with them.
+        compression: the call's ``grpc.Compression`` (its ``compression=``), or
+            ``None``; each attempt is sent with it.
         request_key: optional key for affinity balancers (e.g. a user id).
         attempts: endpoints tried so far by this call, in order (retries exclude them).
         attempt_started_ns: wall-clock start (``time.time_ns()``) of each attempt, in order.
@@ -76,6 +80,11 @@ class ClientCallDetails:
     ``copy.copy(details)`` (an interceptor proceeding with details of its own, as
     grpc.aio's are ``_replace``d) makes a copy whose ``codec_error`` is recorded on the
     details it was copied from too, where the call object reads it.
+
+    Made by the balanced channel for each call from the call's arguments (keyword-only):
+    ``service``, ``method``, ``kind``, ``timeout_s`` (the call's timeout, seconds, or
+    ``None``: ``deadline`` is ``time.monotonic()`` plus it), ``metadata`` (copied into a
+    list), ``wait_for_ready``, ``credentials`` and ``compression``.
     """
 
     __slots__ = (

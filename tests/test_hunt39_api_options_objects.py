@@ -120,3 +120,17 @@ _RIGHT: dict[str, Callable[[], object]] = {
 @pytest.mark.parametrize("case", sorted(_RIGHT))
 def test_the_right_options_object_is_still_taken(case: str) -> None:
     _RIGHT[case]()
+
+
+@pytest.mark.parametrize("value", ["a-string", "the-class"])
+def test_admin_server_dashboard_registry_that_is_no_registry_fails_where_given(
+        value: str) -> None:
+    """It raised a bare TypeError (cannot create weak reference to 'str' object), or
+    took the class and failed at the first dashboard read."""
+    from prometheus_client import CollectorRegistry
+
+    bad = {"a-string": "meshkit", "the-class": CollectorRegistry}[value]
+    with pytest.raises(ConfigError) as caught:
+        AdminServer(dashboard_registry=bad)  # type: ignore[arg-type]
+    assert "dashboard_registry" in str(caught.value)
+    AdminServer(dashboard_registry=CollectorRegistry())

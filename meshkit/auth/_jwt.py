@@ -130,6 +130,11 @@ class SigningKey:
 
     Build with :meth:`generate` or :meth:`from_pem`; the private key never appears in
     ``repr``, logs or JWKS documents.
+
+    Attributes:
+        kid: the key id, its public key's RFC 7638 thumbprint.
+        algorithm: ``"ES256"`` or ``"EdDSA"``.
+        private_key: the ``cryptography`` private key (ECDSA P-256 or Ed25519).
     """
 
     kid: str

@@ -216,15 +216,20 @@ class AdminServer:
 
     Args:
         options: :class:`AdminOptions` (default: loopback, a free port).
+        dashboard_registry: the ``CollectorRegistry`` whose RPC metrics the dashboard
+            shows (default ``None``: the one ``/metrics`` serves, ``options.registry``
+            or the meshkit registry); ``serve()`` passes its telemetry's.
 
     Raises:
         ConfigError: ``options`` is no :class:`AdminOptions` (a port given for
-            ``AdminOptions(port=...)``; quoted).
+            ``AdminOptions(port=...)``), or ``dashboard_registry`` no
+            ``CollectorRegistry`` instance (the class itself); quoted.
     """
 
     def __init__(self, options: AdminOptions | None = None, *,
                  dashboard_registry: CollectorRegistry | None = None) -> None:
         check_instance("options", options, AdminOptions)
+        check_instance("dashboard_registry", dashboard_registry, CollectorRegistry)
         self.options = options or AdminOptions()
         self._registry = self.options.registry or default_registry()
         # served beside it (add_registry): id -> (registry, how many added it)
