@@ -39,6 +39,7 @@ __all__ = [
     "GUARD_MARK",
     "HANDLER_EXECUTOR",
     "NOT_FOUND_DETAILS",
+    "STREAM_GUARD_MARK",
     "THREAD_MARK",
     "UNDECODABLE_MARK",
     "Before",
@@ -1438,6 +1439,29 @@ the guard itself (a user's server interceptor wraps it) runs the guard's check f
 mark, before the user's code: an interceptor is never handed the undecodable value."""
 
 
+STREAM_GUARD_MARK = "_meshkit_stream_guard"
+"""The attribute by which the request guard of a stream-stream method
+(:func:`meshkit._limits.guard_method_handler`) marks its behaviour with ``(inner, refused,
+message)``: the behaviour it guards, the exception a request message that does not decode
+raises in it (:class:`meshkit._limits.UndecodableRequest`), and the ``INVALID_ARGUMENT``
+message to abort a call that exception escapes with. A streaming wrap here then catches it
+itself and calls ``inner`` directly: one async-generator layer fewer per response
+message."""
+
+
+class _NeverRaised(Exception):
+    """Raised by nothing: what a streaming wrap with no request guard to run catches."""
+
+
+def _stream_unguarded(inner: Any) -> tuple[Any, type[BaseException], str]:
+    """``(behaviour, refused, message)`` of a marked stream-stream guard (see
+    :data:`STREAM_GUARD_MARK`), else ``(inner, _NeverRaised, "")``."""
+    mark = getattr(inner, STREAM_GUARD_MARK, None)
+    if mark is not None:
+        return mark  # type: ignore[no-any-return]
+    return inner, _NeverRaised, ""
+
+
 def _unguarded(inner: Any, guard: tuple[Any, str] | None) -> tuple[Any, Any, str]:
     """``(behaviour, undecodable, message)`` of a marked guard (see :data:`GUARD_MARK`);
     else ``inner`` with the check of ``guard`` (the deserializer's
@@ -1734,6 +1758,7 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                     ser: Callable[[Any], bytes] | None = None,
                     empty: Unhandled | None = None) -> Any:
     inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
+    inner, refused, refused_message = _stream_unguarded(inner)  # a stream-stream one
     if ser is not None:  # a send limit: see wrap_handler
         inner = _serializing(inner, ser)
 
@@ -1744,12 +1769,15 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                 await pending
             if request is undecodable:  # the request guard's check (see _checked)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-            result = inner(request, context)
-            async for item in responses(result):
-                if item is None and empty is not None:  # no message: answered
-                    await empty(NoResponse(streaming=True), context)
-                    continue  # a status was set: nothing to send
-                yield item
+            try:
+                result = inner(request, context)
+                async for item in responses(result):
+                    if item is None and empty is not None:  # no message: answered
+                        await empty(NoResponse(streaming=True), context)
+                        continue  # a status was set: nothing to send
+                    yield item
+            except refused:  # the stream-stream request guard's answer, run here
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused_message)
             if getattr(context, "trailing_metadata", _none_set)():  # see _checked
                 bad = _unsendable_trailers(context)
                 if bad is not None:
@@ -1970,6 +1998,7 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                      empty: Unhandled | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
     inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
+    inner, refused, refused_message = _stream_unguarded(inner)  # a stream-stream one
     if ser is not None:  # a send limit: see wrap_handler
         inner = _serializing(inner, ser)
 
@@ -1982,12 +2011,15 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                 await pending
             if request is undecodable:  # the request guard's check (see _checked)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-            result = inner(request, context)
-            async for item in responses(result):
-                if item is None and empty is not None:  # see _checked_stream
-                    await empty(NoResponse(streaming=True), context)
-                    continue
-                yield item
+            try:
+                result = inner(request, context)
+                async for item in responses(result):
+                    if item is None and empty is not None:  # see _checked_stream
+                        await empty(NoResponse(streaming=True), context)
+                        continue
+                    yield item
+            except refused:  # see _checked_stream
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused_message)
             if getattr(context, "trailing_metadata", _none_set)():  # see _checked
                 bad = _unsendable_trailers(context)
                 if bad is not None:

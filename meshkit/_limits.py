@@ -39,6 +39,7 @@ from meshkit._config import C_INT_MAX, check_bool, check_int, check_number, chec
 from meshkit._handlers import (
     GATE_MARK,
     GUARD_MARK,
+    STREAM_GUARD_MARK,
     THREAD_MARK,
     UNDECODABLE_MARK,
     Before,
@@ -538,9 +539,13 @@ def guard_method_handler(handler: Handler) -> Handler:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
         behavior = stream_behavior
-        if not req_s:  # unary-stream: a handler wrap may run this guard itself (a layer
-            # fewer per response message), as for unary-unary below
+        # a handler wrap may run this guard itself (a layer fewer per response message),
+        # as for unary-unary below: a unary request's check, a request stream's except
+        if not req_s:
             setattr(stream_behavior, GUARD_MARK, (the_inner, _UNDECODABLE, message))
+        else:
+            setattr(stream_behavior, STREAM_GUARD_MARK,
+                    (the_inner, UndecodableRequest, message))
     else:
         awaits = inspect.iscoroutinefunction(the_inner)  # known per method: no check per call
 
