@@ -1999,13 +1999,23 @@ class RateLimitInterceptor(WrappingInterceptor):
             from ``options`` (only ``options.key`` is then used).
 
     Raises:
-        ConfigError: as :class:`StorageLimiter` documents.
+        ConfigError: as :class:`StorageLimiter` documents; ``limiter`` no
+            :class:`Limiter` (a storage URI, whose place is
+            ``RateLimitOptions.storage_uri``; a class given for an instance): named by its
+            type only, a URI may hold a password.
     """
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  limiter: Limiter | None = None) -> None:
         super().__init__()
         check_secret_holder("options", options, RateLimitOptions)
+        if limiter is not None and (isinstance(limiter, type) or not all(
+                callable(getattr(limiter, m, None)) for m in ("applies_to", "check"))):
+            # else every call it guards failed UNKNOWN ("... no attribute 'applies_to'")
+            raise ConfigError("limiter must be a Limiter (an object with applies_to(method) "
+                              "and async check(method, key), such as StorageLimiter(...)) "
+                              f"or None, got a {type(limiter).__name__}"
+                              + (f" {limiter.__name__}" if isinstance(limiter, type) else ""))
         opts = options or RateLimitOptions()
         self.limiter: Limiter = StorageLimiter(opts) if limiter is None else limiter
         self._key = opts.key
