@@ -407,7 +407,8 @@ class JWKSClient:
     Raises:
         ConfigError: ``url`` is neither a string nor a callable (named by its type, never
             quoted), a URL string that is not ``https`` (or ``http`` to loopback without
-            ``allow_http``), or ``options`` that are no :class:`JWKSClientOptions`.
+            ``allow_http``), ``options`` that are no :class:`JWKSClientOptions`, or a
+            ``session`` that is no ``aiohttp.ClientSession`` (quoted).
 
     Keys are kept by ``(kid, algorithm)``, so keys sharing a ``kid`` (RFC 7517 §4.5, e.g.
     an EC and an OKP key) each verify the tokens of their algorithm
@@ -417,6 +418,8 @@ class JWKSClient:
     def __init__(self, url: UrlProvider | str, options: JWKSClientOptions | None = None, *,
                  session: aiohttp.ClientSession | None = None) -> None:
         check_instance("options", options, JWKSClientOptions)  # else AttributeErrors
+        # else every fetch failed, and every token UNAUTHENTICATED
+        check_instance("session", session, aiohttp.ClientSession)
         if not isinstance(url, str) and not callable(url):  # else every fetch fails
             raise ConfigError("url must be a JWKS URL string or a callable returning one, "
                               f"got a {type(url).__name__}")  # (not quoted: a password)

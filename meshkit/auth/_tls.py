@@ -1010,9 +1010,12 @@ class ChannelCredentialsReloader:
     Raises:
         CertificateError: the files are unreadable or inconsistent now, or hold the
             certificate of another SPIFFE ID than ``tls.spiffe_id`` (both quoted).
+        ConfigError: ``tls`` is no :class:`TLSOptions` (named by its type: a key's PEM
+            may have been given).
     """
 
     def __init__(self, tls: TLSOptions) -> None:
+        check_secret_holder("tls", tls, TLSOptions, optional=False)
         self.tls = tls
         self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         # the files' state before they are read (a renewal written meanwhile reads as a

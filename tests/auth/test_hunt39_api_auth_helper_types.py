@@ -78,3 +78,24 @@ def test_the_right_types_still_load(tmp_path: Path) -> None:
     assert load_workload_key(files.key_file) is not None
     assert str(SpiffeId.parse(b"spiffe://mesh.test/svc/orderd")) == \
         "spiffe://mesh.test/svc/orderd"
+
+
+def test_a_jwks_client_session_that_is_no_session_is_a_config_error() -> None:
+    """JWKSClient(url, session="...") was taken, every fetch then failed (and every token
+    with it, UNAUTHENTICATED)."""
+    import aiohttp
+
+    from meshkit.auth import JWKSClient
+
+    for bad in ("session", aiohttp.ClientSession, True):
+        with pytest.raises(ConfigError) as caught:
+            JWKSClient("https://issuer.test/jwks", session=bad)  # type: ignore[arg-type]
+        assert "session" in str(caught.value)
+
+
+def test_a_credentials_reloader_without_tls_options_is_a_config_error() -> None:
+    from meshkit.auth import ChannelCredentialsReloader
+
+    with pytest.raises(ConfigError) as caught:
+        ChannelCredentialsReloader(None)  # type: ignore[arg-type]
+    assert "tls" in str(caught.value) and "TLSOptions" in str(caught.value)
