@@ -65,6 +65,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from meshkit._config import check_instance
 from meshkit.observability import default_registry
 from meshkit.observability._logging import access_active, access_logger
 from meshkit.observability._metrics import DURATION_BUCKETS_S
@@ -92,7 +93,16 @@ OTHER_SUBJECT = "other"
 
 
 class MessagingMetrics:
-    """The messaging metric families of one registry (built once, see the module table)."""
+    """The messaging metric families of one registry (built once, see the module table).
+
+    Args:
+        registry: the ``CollectorRegistry`` they are registered on.
+
+    Raises:
+        ConfigError: ``registry`` is no ``CollectorRegistry`` instance: ``None`` (which
+            prometheus-client reads as "register nowhere": metrics no one would ever
+            scrape) or the class (quoted); use :func:`messaging_metrics` for the default.
+    """
 
     __slots__ = (
         "__weakref__",
@@ -109,6 +119,7 @@ class MessagingMetrics:
     )
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        check_instance("registry", registry, CollectorRegistry, optional=False)
         r = registry
         self._subjects: set[str] = set()
         self.published = Counter("meshkit_messaging_published_total",
@@ -158,7 +169,13 @@ _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, MessagingMetrics] = (
 
 def messaging_metrics(registry: CollectorRegistry | None = None) -> MessagingMetrics:
     """The :class:`MessagingMetrics` of ``registry`` (default the meshkit registry),
-    registered on first use."""
+    registered on first use.
+
+    Raises:
+        ConfigError: ``registry`` is no ``CollectorRegistry`` instance nor ``None``
+            (quoted).
+    """
+    check_instance("registry", registry, CollectorRegistry)
     reg = default_registry() if registry is None else registry
     found = _BY_REGISTRY.get(reg)
     if found is None:

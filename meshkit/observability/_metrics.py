@@ -42,6 +42,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from meshkit._config import check_instance
 from meshkit._fork import reset_in_forked_child
 from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
@@ -116,7 +117,13 @@ def default_registry() -> CollectorRegistry:
 
 def rpc_metrics(registry: CollectorRegistry | None = None) -> RpcMetrics:
     """The :class:`RpcMetrics` of ``registry`` (default :func:`default_registry`), created
-    and registered (with a :class:`MeshCollector`) on first use."""
+    and registered (with a :class:`MeshCollector`) on first use.
+
+    Raises:
+        ConfigError: ``registry`` is no ``CollectorRegistry`` instance nor ``None``
+            (quoted).
+    """
+    check_instance("registry", registry, CollectorRegistry)
     reg = _DEFAULT if registry is None else registry
     found = _BY_REGISTRY.get(reg)
     if found is None:
@@ -507,10 +514,14 @@ class RpcMetrics:
             registered then.
         ValueError: (prometheus-client) the families already exist on ``registry``; use
             :func:`rpc_metrics`, which creates them once per registry.
+
+    ``registry`` no ``CollectorRegistry`` instance (``None``, the class) is a
+    ``ConfigError`` too, quoted.
     """
 
     def __init__(self, registry: CollectorRegistry,
                  buckets_s: Iterable[float] = DURATION_BUCKETS_S) -> None:
+        check_instance("registry", registry, CollectorRegistry, optional=False)
         self.buckets_s = _checked_buckets(buckets_s)
         # the ``le`` label values, as prometheus-client writes them (``0.0001``, ``1.0``)
         self.le: tuple[str, ...] = (*(floatToGoString(b)  # type: ignore[no-untyped-call]
