@@ -1168,21 +1168,43 @@ class _Written:
     """The request stream of a stream-unary call made without a request iterator: the
     messages :meth:`StreamUnaryCall.write` hands over, one at a time (a writer waits
     while the one before it has not been taken), ended by ``done_writing()``. Consumed
-    once: the retry policy sees an iterator, which is not replayed."""
+    once: the retry policy sees an iterator, which is not replayed.
 
-    __slots__ = ("queue",)
+    ``queue`` holds the message handed over and not taken yet; ``waiting`` the writers
+    that found it full, in order, each as ``(future, message)``: a take puts the first
+    one's message in and sets its future ``True`` (:meth:`_next_writer`); the call's end
+    sets them all ``False`` (:meth:`StreamUnaryCall._settle`). A future per waiting
+    write, not a task putting into the queue and an ``asyncio.wait`` on it and the
+    call's end (a writer faster than the stream waits at every other message)."""
+
+    __slots__ = ("queue", "waiting")
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self.waiting: collections.deque[tuple[asyncio.Future[bool], Any]] = \
+            collections.deque()
 
     def __aiter__(self) -> _Written:
         return self
 
     async def __anext__(self) -> Any:
         item = await self.queue.get()
+        if self.waiting:
+            self._next_writer()
         if item is _END_OF_WRITES:
             raise StopAsyncIteration
         return item
+
+    def _next_writer(self) -> None:
+        """The message taken made room: the first writer waiting (not cancelled) puts
+        its message in, and is told so."""
+        waiting = self.waiting
+        while waiting:
+            room, item = waiting.popleft()
+            if not room.done():
+                self.queue.put_nowait(item)
+                room.set_result(True)
+                return
 
 
 _END_OF_WRITES: Any = object()
@@ -1231,6 +1253,11 @@ class StreamUnaryCall(UnaryResponseCall):
             while not queue.empty():
                 queue.get_nowait()
             queue.put_nowait(_END_OF_WRITES)
+            waiting = writes.waiting
+            while waiting:  # the writers waiting for room: their messages not taken
+                room, _item = waiting.popleft()
+                if not room.done():
+                    room.set_result(False)
 
     async def _launched(self) -> Any:
         """The attempt in flight (a grpc.aio call not done), starting the call if nothing
@@ -1290,20 +1317,18 @@ class StreamUnaryCall(UnaryResponseCall):
         if not queue.full():
             queue.put_nowait(item)
             return
-        put = asyncio.ensure_future(queue.put(item))
+        # put in at the next take, or woken by the call's end (see _Written)
+        room: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        writes.waiting.append((room, item))
         try:
-            # the call's end wakes a writer whose message nobody will take
-            await asyncio.wait((put, self._waiter()), return_when=asyncio.FIRST_COMPLETED)
+            put = await room
         except asyncio.CancelledError:
             # as grpc.aio's write(): cancelling the task awaiting it cancels the call
+            # (a take skips its cancelled future)
             self.cancel()
             raise
-        finally:
-            if not put.done():
-                put.cancel()
-        if put.done() and not put.cancelled():
-            return
-        self._raise_finished()
+        if not put:
+            self._raise_finished()
 
     def _raise_finished(self) -> None:
         """A write that waited while the call ended (its message not taken): its error
