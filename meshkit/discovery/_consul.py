@@ -1925,8 +1925,11 @@ class ConsulRegistry:
         so it is never here. One non-blocking ``GET /v1/health/service/<service>``.
 
         Raises:
+            ConfigError: ``service`` is empty.
             RegistryError: the agent cannot be reached or refused (chained).
         """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
         entries = await self._read_once(f"/v1/health/service/{service}",
                                         f"health of {service!r}")
         return self._to_instances(service, [e for e in entries or [] if _failing(e)])

@@ -691,6 +691,16 @@ _LOG_STILL = {False: "local registry still cannot be read",
 _LOG_BACK = {False: "local registry readable again", True: "local registry writable again"}
 
 
+def _check_service(service: object) -> None:
+    """Refuse a ``service`` that names none (``""``, ``None``), as the other registries do.
+
+    Raises:
+        ConfigError: ``service`` is no non-empty string (quoted).
+    """
+    if not isinstance(service, str) or not service:
+        raise ConfigError(f"service must not be empty, got {service!r}")
+
+
 class LocalRegistry:
     """A :class:`~meshkit.discovery.Registry` in one SQLite file, for processes on one machine.
 
@@ -1407,8 +1417,10 @@ class LocalRegistry:
         """The live instances of ``service`` now (one query, no watch).
 
         Raises:
+            ConfigError: ``service`` is no non-empty string.
             RegistryError: the registry file cannot be read.
         """
+        _check_service(service)
         return (await self._run(lambda c: self._read(c, service), write=False)).live
 
     async def services(self) -> frozenset[str]:
@@ -1431,8 +1443,10 @@ class LocalRegistry:
         One query.
 
         Raises:
+            ConfigError: ``service`` is no non-empty string.
             RegistryError: the registry file cannot be read.
         """
+        _check_service(service)
         snap = await self._run(lambda c: self._read(c, service), write=False)
         return _failing(snap)
 
@@ -1453,8 +1467,10 @@ class LocalRegistry:
         heartbeat intervals).
 
         Raises:
+            ConfigError: ``service`` is no non-empty string.
             RegistryError: the registry file cannot be read.
         """
+        _check_service(service)
         snap = await self._run(lambda c: self._read(c, service), write=False)
         live = snap.live
         kept = _live_at_last_write(snap)
@@ -1472,7 +1488,11 @@ class LocalRegistry:
         they were deregistered, until ``fault_grace_s`` after the fault ended; a watch that
         starts during a fault keeps the entries that were live at the registry's last
         successful write.
+
+        Raises:
+            ConfigError: ``service`` is no non-empty string (at the first iteration).
         """
+        _check_service(service)
         last: frozenset[Instance] | None = None
         poll_s = self.options.poll_interval_s
         me = next(self._watch_ids)
