@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
 import random
 import time
@@ -68,11 +69,12 @@ _REPR_MAX = 200  # characters of a filter's repr in a status message
 # another one is READY (a ring hash's key owner) before it is sent on anyway, seconds
 # (gRFC A56's priority failover timer, 10 s, bounds a wait for a connection alike)
 _CONNECTING_PICK_MAX_S = 10.0
-REBUILD_BATCH = 64
-"""Sub-channels a renewal (:meth:`EndpointPool.rebuild`) builds in one turn of the event
-loop: the first batch in the call, the rest a batch per turn (13-50 ms a turn on a
-loaded 2-core box; a channel to 2,000 endpoints held the loop 160-400 ms building them
-all at once)."""
+BUILD_BATCH = 64
+"""Sub-channels the pool builds in one turn of the event loop, for a discovery answer's
+new endpoints (:meth:`EndpointPool.apply`) or a renewal (:meth:`EndpointPool.rebuild`):
+the first batch at once, the rest a batch per turn (13-50 ms a turn on a loaded 2-core
+box; 2,000 endpoints held the loop 240-340 ms for a first answer, 160-400 ms for a
+renewal, built all at once)."""
 # how often a call waiting for the first discovery answer looks whether the registry
 # reports that it cannot be read (then it fails at once: a resolver error), seconds
 UNREADABLE_POLL_S = 0.05
@@ -271,6 +273,10 @@ class EndpointPool:
         self._retry_task: asyncio.Task[None] | None = None
         # the rest of a renewal's rebuild, a batch per loop turn (rebuild)
         self._rebuilding: asyncio.Task[None] | None = None
+        # the instances of the last discovery answer still to be added, by instance id,
+        # and the task adding them a batch per loop turn (apply, _add_rest)
+        self._to_add: dict[str, Instance] = {}
+        self._adding: asyncio.Task[None] | None = None
         # the sub-channels of a pool shut down by _abandon (its watch cancelled from
         # outside), closed by a close() made in the pool's own loop, if it still runs
         self._abandoned: list[tuple[_Conn, Endpoint]] = []
@@ -331,7 +337,13 @@ class EndpointPool:
                 delay = min(delay * 2, 5.0)
 
     def apply(self, instances: frozenset[Instance]) -> None:
-        """Make the pool match a discovery answer (after the filters)."""
+        """Make the pool match a discovery answer (after the filters): endpoints that left
+        are retired at once, and new ones are given their sub-channels
+        :data:`BUILD_BATCH` at a time, the first batch at once (calls may be sent to
+        them at once) and the rest a batch per turn of the event loop
+        (:meth:`_add_rest`; a first answer of thousands of instances, or a scale-out by
+        hundreds, held the loop for all of them), the balancer updated with each; what
+        is still to be added when the next answer comes is what that answer lists."""
         # apply_filters, one filter at a time: one that raises (a bug of its own) is
         # named, and neither ends the watch (restarted, logged as discovery's failure,
         # again and again) nor leaves calls waiting for a discovery answer that came
@@ -345,12 +357,14 @@ class EndpointPool:
                 # the last choice is kept, less what the registry no longer lists at its
                 # address: a filter only narrows the answer, and a deregistered instance
                 # (a server draining before it stops) must get no new call
-                endpoints, unbuilt = self.endpoints, self._unbuilt
+                endpoints, unbuilt, to_add = self.endpoints, self._unbuilt, self._to_add
                 chosen = [i for i in instances
                           if ((ep := endpoints.get(i.instance_id)) is not None
                               and ep.instance.address == i.address)
                           or ((u := unbuilt.get(i.instance_id)) is not None
-                              and u[0].address == i.address)]
+                              and u[0].address == i.address)
+                          or ((a := to_add.get(i.instance_id)) is not None
+                              and a.address == i.address)]
                 break
         else:
             self._filter_failure = None
@@ -366,9 +380,18 @@ class EndpointPool:
                 self._retire(ep)
             else:
                 ep.instance = inst  # tags/meta/weight may change in place
+        to_add = self._to_add  # (what an earlier answer left to add: this one decides)
+        to_add.clear()
+        built = 0
         for key, inst in wanted.items():
             if key not in self.endpoints:
-                self._add(inst)
+                if built < BUILD_BATCH:
+                    self._add(inst)
+                    built += 1
+                else:
+                    to_add[key] = inst
+        if to_add and (self._adding is None or self._adding.done()):
+            self._adding = self.spawn(self._add_rest())
         if self._unbuilt:
             for key in [k for k in self._unbuilt if k not in wanted]:
                 del self._unbuilt[key]
@@ -379,6 +402,24 @@ class EndpointPool:
             self.resolved.set()
         _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
         self.notify()
+
+    async def _add_rest(self) -> None:
+        """Add the endpoints :meth:`apply` left to add, :data:`BUILD_BATCH` per turn of
+        the event loop, the balancer updated and waiting calls woken after each batch;
+        ends when none is left (a later answer may refill them), or with :meth:`close`."""
+        to_add = self._to_add
+        while to_add and not self.closed:
+            await asyncio.sleep(0)  # the loop's other work runs between two batches
+            if self.closed:
+                return
+            for key in list(itertools.islice(to_add, BUILD_BATCH)):
+                inst = to_add.pop(key)
+                if key not in self.endpoints:
+                    self._add(inst)
+            if self._unbuilt:
+                self._retry_builds_later()
+            self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
+            self.notify()
 
     def _filter_failed(self, f: Filter, exc: Exception) -> None:
         """Filter ``f`` raised ``exc`` on a discovery answer: the pool keeps its last
@@ -563,7 +604,7 @@ class EndpointPool:
         be built keeps its current one (logged and counted) and its rebuild is retried
         with a backoff (:meth:`_retry_builds`) until it is built.
 
-        The new sub-channels are built :data:`REBUILD_BATCH` at a time: the first batch
+        The new sub-channels are built :data:`BUILD_BATCH` at a time: the first batch
         in this call (a pool that small is rebuilt here, at once), the rest a batch per
         turn of the event loop, so a channel to thousands of endpoints does not hold the
         loop for all of them at once; the established connections carry the calls
@@ -575,10 +616,10 @@ class EndpointPool:
             self._rebuilding.cancel()  # a renewal again: start over
             self._rebuilding = None
         todo = list(self.endpoints.items())
-        rebuilt, failed = self._rebuild_some(todo[:REBUILD_BATCH])
-        if len(todo) > REBUILD_BATCH:
+        rebuilt, failed = self._rebuild_some(todo[:BUILD_BATCH])
+        if len(todo) > BUILD_BATCH:
             self._rebuilding = self.spawn(
-                self._rebuild_rest(todo[REBUILD_BATCH:], rebuilt, failed))
+                self._rebuild_rest(todo[BUILD_BATCH:], rebuilt, failed))
         else:
             _log.info("sub-channels rebuilt", service=self.service, endpoints=rebuilt,
                       failed=failed)
@@ -600,12 +641,12 @@ class EndpointPool:
 
     async def _rebuild_rest(self, todo: list[tuple[str, Endpoint]], rebuilt: int,
                             failed: int) -> None:
-        """The rest of :meth:`rebuild`, :data:`REBUILD_BATCH` endpoints per loop turn."""
-        for start in range(0, len(todo), REBUILD_BATCH):
+        """The rest of :meth:`rebuild`, :data:`BUILD_BATCH` endpoints per loop turn."""
+        for start in range(0, len(todo), BUILD_BATCH):
             await asyncio.sleep(0)  # the loop's other work runs between two batches
             if self.closed:
                 return
-            done, failing = self._rebuild_some(todo[start:start + REBUILD_BATCH])
+            done, failing = self._rebuild_some(todo[start:start + BUILD_BATCH])
             rebuilt += done
             failed += failing
         self._rebuilding = None
@@ -1124,7 +1165,8 @@ class EndpointPool:
         """Why the pool is empty although the registry lists instances: the filters
         (``DialOptions.filters``, each named by its ``repr``, at most 200 characters)
         left none of them; ``None`` otherwise."""
-        if not self._discovered or not self._filters or self.endpoints or self._unbuilt:
+        if (not self._discovered or not self._filters or self.endpoints or self._unbuilt
+                or self._to_add):
             return None
         names = ", ".join(short_repr(f) for f in self._filters)
         return (f"{self._discovered} registered instance(s), none kept by the filters"
@@ -1170,6 +1212,7 @@ class EndpointPool:
         (:meth:`close`, and a watch ended with its event loop)."""
         if self._retry_task is not None:
             self._retry_task.cancel()
+        self._to_add.clear()
         self._unbuilt.clear()
         self._stale.clear()
         self._idle.clear()

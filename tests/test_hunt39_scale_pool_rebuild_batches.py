@@ -27,7 +27,7 @@ from tests.support.wait import until
 pytestmark = pytest.mark.timeout(60)
 
 _ENDPOINTS = 600
-_BATCH = getattr(meshkit._pool, "REBUILD_BATCH", 64)  # (main before: no batches)
+_BATCH = getattr(meshkit._pool, "BUILD_BATCH", 64)  # (main before: no batches)
 
 
 class _Registry:

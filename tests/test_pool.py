@@ -920,18 +920,24 @@ async def test_the_history_of_instances_that_left_is_bounded_beside_the_present_
             return [Instance(service="big", instance_id=f"g{g}-{i:04d}", host="127.0.0.1",
                              port=1) for i in range(n)]
 
-        pool.apply(frozenset(gen(0)))
+        async def applied(answer: list[Instance]) -> None:
+            # a large answer's endpoints are built a batch per loop turn (BUILD_BATCH)
+            pool.apply(frozenset(answer))
+            await until(lambda: len(pool.endpoints) == len(answer), timeout_s=30,
+                        what="every endpoint of the answer in the pool")
+
+        await applied(gen(0))
         for e in pool.endpoints.values():
             e.calls = 7
         for g in range(1, 5):  # four deploys, every instance a new id
-            pool.apply(frozenset(gen(g)))
+            await applied(gen(g))
             assert len(pool.history) <= 300 + 256 + 16, len(pool.history)
         for e in pool.endpoints.values():  # generation 4
             e.calls = 5
-        pool.apply(frozenset(gen(5)))
+        await applied(gen(5))
         assert len(pool.history) == 300 + 256
         back = gen(4)[-10:]  # among the last 256 to leave: counters kept
-        pool.apply(frozenset([*gen(5), *back]))
+        await applied([*gen(5), *back])
         assert {pool.endpoints[i.instance_id].calls for i in back} == {5}
     finally:
         await ch.close()
