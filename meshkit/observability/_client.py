@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._calls import DEADLINE_SLACK_S
 from meshkit._config import check_instance
@@ -265,11 +265,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
         # class docstring): it goes on without its span (a try costs nothing when none
         # raises)
         try:
-            if not self._spans.nothing_to_carry():  # e.g. defaults without an SDK
-                parent = current_span_context()
-                span = self._spans.start(m.names.span_name, None
-                                         if parent is INVALID_SPAN_CONTEXT
-                                         or not parent.is_valid else parent, None, m.attrs)
+            parent = self._spans.current_parent()  # False: e.g. defaults without an SDK
+            if parent is not False:
+                span = self._spans.start(m.names.span_name, parent, None, m.attrs)
                 if span is not None:
                     inject_span(details.metadata, span)  # then made current
                     token = attach_span(span)
