@@ -89,6 +89,11 @@ _CONNECTIVITY = {
 }
 
 
+_TRACKERS_END_S = 1.0
+"""How long :meth:`EndpointPool.close` waits, once its sub-channels are closed, for their
+state trackers to see them shut down (each ends at once then; past it, cancelled)."""
+
+
 def short_repr(obj: object) -> str:
     """``repr(obj)`` cut to ``_REPR_MAX`` characters (a filter's, in a status message);
     ``<TypeName>`` when that ``repr`` raises (a bug of the filter's own must not fail
@@ -1207,24 +1212,32 @@ class EndpointPool:
         self._pending.clear()
         return taken
 
-    def _stop_background(self) -> None:
+    def _stop_background(self, *, trackers: bool = True) -> list[asyncio.Task[None]]:
         """Cancel the retry timer and the state trackers and forget the builds pending
-        (:meth:`close`, and a watch ended with its event loop)."""
+        (:meth:`close`, and a watch ended with its event loop); with ``trackers`` false
+        the state trackers are left running and returned (:meth:`close` lets them see
+        their sub-channel's ``SHUTDOWN``)."""
         if self._retry_task is not None:
             self._retry_task.cancel()
         self._to_add.clear()
         self._unbuilt.clear()
         self._stale.clear()
         self._idle.clear()
-        for task in list(self._state_tasks.values()):
-            task.cancel()
+        running = list(self._state_tasks.values())
         self._state_tasks.clear()
+        if trackers:
+            for task in running:
+                task.cancel()
+        return running
 
     async def close(self, grace: float | None = None) -> None:
         """Stop discovery and close every sub-channel, letting calls finish for ``grace``
         seconds (``None``: none), then cancelling them (``CANCELLED``); sub-channels still
         draining (endpoints that left) get the same grace at most. Calls waiting for an
-        endpoint or for discovery fail ``CANCELLED`` at once."""
+        endpoint or for discovery fail ``CANCELLED`` at once. Each endpoint's state
+        tracker ends at its sub-channel's ``SHUTDOWN`` (waited for at most
+        :data:`_TRACKERS_END_S`), so no connectivity watch of grpc's is left to complete
+        after the loop has closed."""
         if self.closed:
             abandoned, self._abandoned = self._abandoned, []
             if abandoned and asyncio.get_running_loop() is self._loop:
@@ -1240,13 +1253,20 @@ class EndpointPool:
         # where it left them open and a later close() returned at once
         self._watch_task.cancel()  # now: the task below may be cancelled before it runs
         watch = asyncio.ensure_future(cancel_and_wait(self._watch_task))
-        self._stop_background()  # (the retry timer: one of the pool's tasks, awaited below)
+        # (the retry timer: one of the pool's tasks, awaited below.) The state trackers
+        # run on until their sub-channel is closed: a tracker cancelled while it awaits
+        # wait_for_state_change leaves grpc's watch armed, which completes as the
+        # sub-channel shuts down, after this close, often once this loop has closed,
+        # and grpc then hands it to that closed loop from another loop of the process
+        # ("Exception in callback PollerCompletionQueue._handle_events ... Event loop
+        # is closed", logged there at ERROR, channels closed in worker threads' loops)
+        trackers = self._stop_background(trackers=False)
         conns = self.conns  # every endpoint has one (_add); .get: close() never raises
         live = [(c, ep) for k, ep in self.endpoints.items() if (c := conns.get(k)) is not None]
         live += self._take_pending()
         for ep in self.endpoints.values():
-            # as an endpoint that left (_retire): its state tracker is cancelled below
-            # before it sees the sub-channel SHUTDOWN, and stats() would say READY on
+            # as an endpoint that left (_retire): stats() would say READY until its
+            # state tracker sees the sub-channel SHUTDOWN (FAILING too), if it does
             ep.state = EndpointState.FAILING
         self.endpoints.clear()
         self.conns.clear()
@@ -1266,10 +1286,12 @@ class EndpointPool:
             await asyncio.gather(watch, *(c.close(ep, grace) for c, ep in live),
                                  cut_drains(), return_exceptions=True)
             closed = True
+            if trackers:  # each ends at its sub-channel's SHUTDOWN: at once, normally
+                await asyncio.wait(trackers, timeout=_TRACKERS_END_S)
         finally:
             for _conn, ep in live:
                 forget_endpoint(ep)
-            pending = list(self._tasks)
+            pending = list(self._tasks)  # (trackers still running included: cancelled)
             for task in pending:
                 task.cancel()
             if not closed:  # cancelled: a sub-channel close may never have started
