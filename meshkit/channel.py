@@ -1055,7 +1055,7 @@ class MeshChannel(grpc.aio.Channel):
         self._answers = pick_stream is not None
         self._answering: dict[Any, Callable[[], None]] = {}
         self._pool = EndpointPool(service, registry, self._balancer, filters=filters,
-                                  make_channel=_weakly(me, "_sub_channel"),
+                                  make_channel=_weakly(me, "_sub_channel", needed=True),
                                   drain_timeout_s=options.drain_timeout_s,
                                   resolve_timeout_s=options.resolve_timeout_s)
         self._conns = self._pool.conns
@@ -2084,14 +2084,19 @@ def _for_every_kind(interceptors: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _weakly(me: weakref.ref[MeshChannel], name: str) -> Callable[..., Any]:
+def _weakly(me: weakref.ref[MeshChannel], name: str, *,
+            needed: bool = False) -> Callable[..., Any]:
     """The channel's method ``name`` (looked up at each call), called through the weak
-    reference ``me``; once the channel is gone, ``grpc.aio.UsageError`` (its pool is
-    being closed: see :meth:`MeshChannel.__del__`)."""
+    reference ``me``. Once the channel is collected (the reference cleared, its pool
+    being closed: see :meth:`MeshChannel.__del__`) nothing is done and ``None``
+    returned (a balancer's notice: the pool's tasks may still run until then), or with
+    ``needed`` (a sub-channel to build) ``grpc.aio.UsageError`` is raised."""
     def call(*args: Any) -> Any:
         channel = me()
         if channel is None:
-            raise grpc.aio.UsageError("the channel was garbage-collected")
+            if needed:
+                raise grpc.aio.UsageError("the channel was garbage-collected")
+            return None
         return getattr(channel, name)(*args)
     return call
 

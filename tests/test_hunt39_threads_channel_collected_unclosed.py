@@ -114,3 +114,26 @@ async def test_a_channel_a_stub_holds_is_not_collected(tmp_path: Path) -> None:
     finally:
         await server.drain()
         await reg.close()
+
+
+async def test_a_balancer_notice_after_the_channel_was_collected_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """The pool's tasks run on for a loop turn after the channel is collected (its close
+    is scheduled): an outlier ejection's notice then reaching the collected channel's
+    callbacks is dropped, not raised into the balancer (a ``UsageError`` before)."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
+    try:
+        channel = meshkit.dial("gone", registry=reg,
+                               options=meshkit.DialOptions(insecure=True))
+        balancer = channel._balancer
+        on_change, on_probe_free = balancer._on_change, balancer._on_probe_free  # type: ignore[attr-defined]
+        ref = weakref.ref(channel)
+        del channel
+        gc.collect()
+        assert ref() is None
+        assert on_change("e1", True) is None
+        assert on_probe_free("e1") is None
+        await asyncio.sleep(0.05)  # (its close runs)
+    finally:
+        await reg.close()
