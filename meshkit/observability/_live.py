@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import structlog
 
 from meshkit._stats import ChannelStats, ServerStats
+from meshkit.errors import ConfigError
 
 __all__ = ["OWN_LOOP_READ_S", "UnreadServer", "ended", "ended_since", "final_stats",
            "last_ended", "live_channel_stats", "live_channel_stats_async",
@@ -65,7 +66,18 @@ def track(obj: _HasChannelStats | _HasServerStats, *, kind: str) -> None:
     listed while it is alive and ``obj.live`` is true. One tracked from a coroutine is
     remembered with the running event loop: its ``stats()`` is read there
     (:func:`read_stats`), and a server's loop is pinged by ``/livez``
-    (:func:`live_server_loops`)."""
+    (:func:`live_server_loops`).
+
+    Raises:
+        ConfigError: ``kind`` is neither ``"channel"`` nor ``"server"`` (another would be
+            taken for a server, which ``/readyz`` then counts), or ``obj`` has no
+            ``stats()`` method (quoted).
+    """
+    if kind not in ("channel", "server"):
+        raise ConfigError(f'kind must be "channel" or "server", got {kind!r}')
+    if isinstance(obj, type) or not callable(getattr(obj, "stats", None)):
+        raise ConfigError(f"track() needs a channel or server with a stats() method, "
+                          f"got {obj!r}")
     with _tracked_lock:
         (_CHANNELS if kind == "channel" else _SERVERS).add(obj)
     try:
