@@ -1943,8 +1943,15 @@ class SpanStarter:
             # one a sampler that was asked returned (the SDK's start_span does the same)
             random_ids = flags & _RANDOM if parent is not None \
                 else (_RANDOM if sdk.random_ids else 0)
-            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
-                                                _FLAGS[random_ids], state))
+            sid = _getrandbits(64) or _new_span_id()  # (never 0 nor too wide: valid)
+            if _SC_TUPLE:  # SpanContext(...) without its __new__ frame: 2 frames, 30
+                # bytecodes fewer per unsampled span; valid as the trace id is
+                return NonRecordingSpan(_tuple_new(SpanContext, (
+                    tid, sid, False, _FLAGS[random_ids],
+                    _EMPTY_STATE if state is None else state,
+                    valid or 0 < tid <= _TRACE_ID_MAX)))
+            return NonRecordingSpan(SpanContext(  # pragma: no cover - another layout
+                tid, sid, False, _FLAGS[random_ids], state))
         if sdk.lean is None:
             if parent is None and sdk.ids is not None:
                 sdk.ids.preset(tid)
