@@ -151,13 +151,19 @@ class BufferedLineWriter:
 
     Raises:
         ConfigError: a value out of range or of the wrong type (a string, a bool), named
-            and quoted.
+            and quoted; a ``file`` that is no stream with ``write()`` (a path: open it,
+            ``open(path, "a")``).
     """
 
     def __init__(self, file: TextIO | None = None, *, flush_interval_s: float = 0.2,
                  max_buffer_bytes: int = 65536) -> None:
         check_number("flush_interval_s", flush_interval_s, high=60)
         check_int("max_buffer_bytes", max_buffer_bytes, low=0)
+        if file is not None and (isinstance(file, type)
+                                 or not callable(getattr(file, "write", None))):
+            # else every line raised AttributeError where it was written
+            raise ConfigError("file must be a text stream with write() (a path: open it, "
+                              f"open(path, 'a')) or None, got {file!r}")
         self._file = file
         self.flush_interval_s = flush_interval_s
         self._max = max_buffer_bytes
