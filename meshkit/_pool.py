@@ -31,7 +31,7 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -49,6 +49,9 @@ from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshRpcError, NoEndpointsError
 from meshkit.interceptors import CallKind, ClientCallDetails
 from meshkit.resilience._retry import HedgedAttempts, connection_ended, forget_endpoint
+
+if TYPE_CHECKING:
+    from meshkit.auth._probe import HandshakeDiagnosis
 
 __all__ = ["EndpointPool"]
 
@@ -213,14 +216,20 @@ class EndpointPool:
         drain_timeout_s: grace for calls in flight on an endpoint that left, seconds.
         resolve_timeout_s: how long a pick waits for the first discovery answer, seconds
             (a ``wait_for_ready`` call waits until its deadline instead).
+        diagnosis: told of every connectivity change of an endpoint's sub-channel (its
+            probe, when it returns one, runs as a pool task), and asked why an endpoint
+            fails for the status of a call no endpoint can take
+            (:class:`meshkit.auth._probe.HandshakeDiagnosis`, mTLS channels); default none.
 
     Must be built with an event loop running.
     """
 
     def __init__(self, service: str, registry: Registry, balancer: Balancer, *,
                  filters: Sequence[Filter], make_channel: Callable[[str], grpc.aio.Channel],
-                 drain_timeout_s: float, resolve_timeout_s: float) -> None:
+                 drain_timeout_s: float, resolve_timeout_s: float,
+                 diagnosis: HandshakeDiagnosis | None = None) -> None:
         self.service = service
+        self.diagnosis = diagnosis
         self.registry = registry
         self.balancer = balancer
         # a streaming call is picked by pick_stream where the balancer has one (its
@@ -833,6 +842,10 @@ class EndpointPool:
             last = state
             await ch.wait_for_state_change(state)
             state = ch.get_state()
+            if self.diagnosis is not None:  # (a change of connectivity: not per call)
+                probe = self.diagnosis.observe(key, ep.instance.address, state)
+                if probe is not None:
+                    self.spawn(probe)
             if last is _READY_CONN and state is not _READY_CONN and key in self._pending:
                 # the established connection ended while a renewal's sub-channel
                 # connects: the endpoint follows the new one (this task ends here)
@@ -1153,9 +1166,18 @@ class EndpointPool:
         return pick(details.request_key, details.attempts)
 
     def _all_failing(self) -> NoEndpointsError:
-        """The error of a call no endpoint of the pool can take (``UNAVAILABLE``)."""
+        """The error of a call no endpoint of the pool can take (``UNAVAILABLE``), with
+        why the first endpoint (by instance id) whose :attr:`diagnosis` knows a reason
+        cannot be connected: ``... are failing (w1 at host:port: <reason>)``."""
         why = "failing or ejected" if isinstance(self.balancer, EjectingBalancer) else "failing"
-        return NoEndpointsError(self.service, f"all {len(self.endpoints)} endpoints are {why}")
+        text = f"all {len(self.endpoints)} endpoints are {why}"
+        if self.diagnosis is not None:
+            for key in sorted(self.endpoints):
+                if (reason := self.diagnosis.reason(key)) is not None:
+                    ep = self.endpoints[key]
+                    text += f" ({key} at {ep.instance.address}: {reason})"
+                    break
+        return NoEndpointsError(self.service, text)
 
     def _unbuilt_problem(self) -> str | None:
         """Why registered endpoints are not in the pool (their sub-channels could not be

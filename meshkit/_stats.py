@@ -51,6 +51,14 @@ class EndpointStats:
         rtt_ms: the balancer's EWMA latency estimate, ms (``None`` if it keeps none).
         load_ms: the balancer's load score, ms (P2C: ``rtt * (pending + 1)``), or ``None``.
         pending: calls the balancer counts as pending, or ``None``.
+        connect_error: why it cannot be connected, as a TLS probe of it found when its
+            sub-channel last went ``TRANSIENT_FAILURE`` (channels dialed with
+            ``DialOptions(tls=...)``: :mod:`meshkit.auth._probe`), e.g. ``"certificate
+            verify failed: certificate has expired; the server's certificate
+            spiffe://td/svc/x expired at 2026-01-01T00:00:00Z"``, ``"peer identity ...
+            is not the expected ..."``, ``"the server answered without TLS (a plaintext
+            server?)"``, ``"connection refused"``; ``None`` (default) when unknown, the
+            probe found nothing wrong, or it has connected since.
     """
 
     instance_id: str
@@ -64,6 +72,7 @@ class EndpointStats:
     rtt_ms: float | None = None
     load_ms: float | None = None
     pending: int | None = None
+    connect_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -84,6 +84,7 @@ from meshkit._pool import UNREADABLE_POLL_S, EndpointPool, short_repr
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
+from meshkit.auth._probe import HandshakeDiagnosis, handshake_problem
 from meshkit.auth._propagation import TokenForwarder
 from meshkit.balancer import (
     P2C,
@@ -1057,7 +1058,8 @@ class MeshChannel(grpc.aio.Channel):
         self._pool = EndpointPool(service, registry, self._balancer, filters=filters,
                                   make_channel=_weakly(me, "_sub_channel", needed=True),
                                   drain_timeout_s=options.drain_timeout_s,
-                                  resolve_timeout_s=options.resolve_timeout_s)
+                                  resolve_timeout_s=options.resolve_timeout_s,
+                                  diagnosis=_diagnosis(service, options.tls))
         self._conns = self._pool.conns
         self._left_idle = self._pool.left_idle
         # (instance id, address) of endpoints logged as not serving a method another
@@ -1947,10 +1949,11 @@ class MeshChannel(grpc.aio.Channel):
 
     def stats(self) -> ChannelStats:
         """A typed snapshot for ``/metrics`` and ``/debug/mesh``: connectivity, every
-        endpoint (also recently removed ones) with state, counters, ejection and the
-        balancer's load/EWMA, retry counters, the active policies and the registry's
-        health (``None`` when its ``status()`` is missing, raises or returns no
-        ``RegistryStatus``)."""
+        endpoint (also recently removed ones) with state, counters, ejection, the
+        balancer's load/EWMA and, with ``tls``, why it cannot be connected
+        (``connect_error``: :mod:`meshkit.auth._probe`), retry counters, the active
+        policies and the registry's health (``None`` when its ``status()`` is missing,
+        raises or returns no ``RegistryStatus``)."""
         balancer = self._balancer
         ejecting = isinstance(balancer, EjectingBalancer)
         ejected = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else set()
@@ -1960,6 +1963,7 @@ class MeshChannel(grpc.aio.Channel):
         if callable(snapshot):
             loads = {str(row["instance_id"]): row for row in snapshot()}
         present = self._pool.endpoints
+        diagnosis = self._pool.diagnosis
         endpoints = []
         for key, ep in sorted(self._pool.history.items()):
             load = loads.get(key, {})
@@ -1967,7 +1971,8 @@ class MeshChannel(grpc.aio.Channel):
                 instance_id=key, address=ep.instance.address, state=ep.state.name,
                 present=key in present, ejected=key in ejected, calls=ep.calls,
                 failures=ep.failures, in_flight=ep.in_flight, rtt_ms=load.get("rtt_ms"),
-                load_ms=load.get("load_ms"), pending=load.get("pending")))
+                load_ms=load.get("load_ms"), pending=load.get("pending"),
+                connect_error=diagnosis.reason(key) if diagnosis is not None else None))
         retry = None
         if self.retry is not None:
             st = self.retry.stats
@@ -2082,6 +2087,24 @@ def _for_every_kind(interceptors: tuple[Any, ...]) -> tuple[Any, ...]:
         out.append(icpt)
         out.extend(_kind_view(icpt, base, name) for base, name in kinds[1:])
     return tuple(out)
+
+
+def _diagnosis(service: str, tls: TLSOptions | None) -> HandshakeDiagnosis | None:
+    """Why the endpoints of a channel dialed with ``tls`` cannot be connected (a TLS probe
+    of each when its sub-channel goes ``TRANSIENT_FAILURE``: :mod:`meshkit.auth._probe`),
+    or ``None`` without ``tls`` (other credentials, plaintext: no probe)."""
+    if tls is None:
+        return None
+    ca_file, cert_file, key_file = str(tls.ca_file), str(tls.cert_file), str(tls.key_file)
+    server_name = str(tls.channel_options(service)[0][1])
+    expected_id, client_id = tls.expected_server_id(service), tls.spiffe_id
+
+    async def probe(host: str, port: int) -> str | None:
+        return await handshake_problem(
+            host, port, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+            server_name=server_name, expected_id=expected_id, client_id=client_id)
+
+    return HandshakeDiagnosis(service, probe)
 
 
 def _weakly(me: weakref.ref[MeshChannel], name: str, *,
