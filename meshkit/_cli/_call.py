@@ -74,6 +74,9 @@ _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 _SEND_ATTEMPTS = 3
+PROBE_SETTLE_S = 6.0
+"""How long a call that failed ``UNAVAILABLE`` on an mTLS channel waits for the TLS
+probes of its endpoints under way (each bounded to 5 s) before it reports, seconds."""
 
 
 def _send_refused(exc: grpc.aio.AioRpcError) -> bool:
@@ -496,48 +499,78 @@ async def _call(args: _Args) -> tuple[str, str | None]:
         service = args.target.service
         await _check_discovery(args, service)
     async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
-        refl = Reflection(ch, args.timeout_s, args.metadata)
         try:
-            method = await _resolve(refl, args.target)
-        except _NoReflection:
-            raise CallError(
-                f"{service!r} does not serve gRPC server reflection, which meshkit call "
-                "reads the method's request and response types from: serve() serves it "
-                "unless told not to (ServeOptions(reflection=True), the default)") from None
-        if method is None:
-            raise CallError(f"{service!r} serves no method {args.target.method!r}"
-                            + (f" in {args.target.grpc_service!r}"
-                               if args.target.grpc_service else ""))
-        kind = descriptor_pb2.MethodDescriptorProto()
-        method.CopyToProto(kind)  # MethodDescriptor.*_streaming needs protobuf >= 5
-        if kind.client_streaming or kind.server_streaming:
-            raise CallError(f"/{method.containing_service.full_name}/{method.name} is a "
-                            "streaming method: meshkit call makes unary calls only")
-        request_cls = _message_class(method.input_type)
-        response_cls = _message_class(method.output_type)
-        pool = refl.pool  # where an Any's type is found
-        _add_well_known_types(pool)
-        request = request_cls()
-        if args.request_json:
-            value = _load_json(args.request_json, request_cls.DESCRIPTOR)
-            try:
-                _parse_request(value, request, pool)
-            except CallError:  # an Any of a type the method's files do not bring?
-                if not await _add_types(refl, lambda: _json_types(value, pool)):
-                    raise
-                request = _parse_request(value, request_cls(), pool)
-        rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
-                             request_serializer=request_cls.SerializeToString,
-                             response_deserializer=response_cls.FromString)
-        response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
-        # the call ran: from here on no error loses its answer (see _to_json)
+            return await _call_on(ch, service, args)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                await _note_connect_errors(ch, exc)
+            raise
+
+
+async def _note_connect_errors(ch: meshkit.MeshChannel, exc: grpc.aio.AioRpcError) -> None:
+    """Add to ``exc`` (a call failed ``UNAVAILABLE``) a note per endpoint of an mTLS
+    channel that cannot be connected, with its TLS probe's reason
+    (``EndpointStats.connect_error``), once the probes under way have answered (at most
+    :data:`PROBE_SETTLE_S`): the call fails as soon as every endpoint is failing, before
+    a probe a few round trips long has answered, and ``meshkit call`` quiets the log
+    that would say it. A reason the status message quotes already is not repeated."""
+    diagnosis = ch._pool.diagnosis
+    if diagnosis is None:  # plaintext, or other credentials: no probe
+        return
+    await diagnosis.settle(PROBE_SETTLE_S)
+    details = exc.details() or ""
+    for ep in ch.stats().endpoints:
+        if ep.present and ep.connect_error is not None and (
+                f"{ep.instance_id} at {ep.address}: {ep.connect_error}" not in details):
+            exc.add_note(f"endpoint {ep.instance_id} at {ep.address} cannot be connected: "
+                         f"{ep.connect_error}")
+
+
+async def _call_on(ch: meshkit.MeshChannel, service: str, args: _Args
+                   ) -> tuple[str, str | None]:
+    """:func:`_call` on the channel ``ch`` to ``service``."""
+    refl = Reflection(ch, args.timeout_s, args.metadata)
+    try:
+        method = await _resolve(refl, args.target)
+    except _NoReflection:
+        raise CallError(
+            f"{service!r} does not serve gRPC server reflection, which meshkit call "
+            "reads the method's request and response types from: serve() serves it "
+            "unless told not to (ServeOptions(reflection=True), the default)") from None
+    if method is None:
+        raise CallError(f"{service!r} serves no method {args.target.method!r}"
+                        + (f" in {args.target.grpc_service!r}"
+                           if args.target.grpc_service else ""))
+    kind = descriptor_pb2.MethodDescriptorProto()
+    method.CopyToProto(kind)  # MethodDescriptor.*_streaming needs protobuf >= 5
+    if kind.client_streaming or kind.server_streaming:
+        raise CallError(f"/{method.containing_service.full_name}/{method.name} is a "
+                        "streaming method: meshkit call makes unary calls only")
+    request_cls = _message_class(method.input_type)
+    response_cls = _message_class(method.output_type)
+    pool = refl.pool  # where an Any's type is found
+    _add_well_known_types(pool)
+    request = request_cls()
+    if args.request_json:
+        value = _load_json(args.request_json, request_cls.DESCRIPTOR)
         try:
-            return _json_text(response, pool), None
-        except Exception:  # an Any of a type the method's files do not bring? too deep?
-            pass
-        with contextlib.suppress(Exception):  # a reflection request failed: opaque Anys
-            await _add_types(refl, lambda: _any_types(response, pool))
-        return _to_json(response, pool)
+            _parse_request(value, request, pool)
+        except CallError:  # an Any of a type the method's files do not bring?
+            if not await _add_types(refl, lambda: _json_types(value, pool)):
+                raise
+            request = _parse_request(value, request_cls(), pool)
+    rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
+                         request_serializer=request_cls.SerializeToString,
+                         response_deserializer=response_cls.FromString)
+    response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
+    # the call ran: from here on no error loses its answer (see _to_json)
+    try:
+        return _json_text(response, pool), None
+    except Exception:  # an Any of a type the method's files do not bring? too deep?
+        pass
+    with contextlib.suppress(Exception):  # a reflection request failed: opaque Anys
+        await _add_types(refl, lambda: _any_types(response, pool))
+    return _to_json(response, pool)
 
 
 def _add_well_known_types(pool: descriptor_pool.DescriptorPool) -> None:

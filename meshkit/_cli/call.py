@@ -45,7 +45,11 @@ transport security; a call meshkit refuses to send, e.g. a header gRPC cannot ca
 64 + the gRPC status code number when the call fails (as grpcurl does), with the status
 and its message on stderr (on one line, its control characters escaped as ``repr`` writes
 them: a server's message never acts on the terminal): a registry that cannot be read
-within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every target form.
+within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every target form. A call over mTLS
+that fails ``UNAVAILABLE`` also prints, a line each, why endpoints cannot be connected
+(``meshkit call: endpoint w1 at HOST:PORT cannot be connected: certificate verify
+failed: ...``), once the TLS probes of them under way have answered (up to 6 s more;
+:mod:`meshkit.auth._probe`).
 """
 
 from __future__ import annotations
@@ -327,6 +331,8 @@ def main(argv: list[str]) -> int:
     except grpc.aio.AioRpcError as exc:
         code: Any = exc.code()
         print(f"ERROR: {code.name}: {printable(exc.details() or '')}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):  # why an mTLS endpoint fails (_call)
+            print(f"meshkit call: {printable(str(note))}", file=sys.stderr)
         return 64 + int(code.value[0])
     if warning is not None:
         print(f"meshkit call: warning: {printable(warning)}", file=sys.stderr)

@@ -13,8 +13,8 @@ reason (:func:`handshake_problem`): ``EndpointStats.connect_error`` (``stats()``
 ``endpoint cannot be connected`` per endpoint per change of reason. The probe is a
 diagnosis, not a verification (it checks no connection gRPC uses, and its OpenSSL may
 judge a chain otherwise than grpc's BoringSSL); a probe that finds nothing wrong records
-no reason (and forgets one found before). No key material is ever in a reason: names, validity dates and OpenSSL's
-verify message.
+no reason (and forgets one found before). No key material is ever in a reason: names,
+validity dates and OpenSSL's verify message.
 
 Cost: nothing per call. A probe runs only on a sub-channel's change to
 ``TRANSIENT_FAILURE``, at most once per endpoint every ``interval_s`` (30 s), at most
@@ -260,6 +260,18 @@ class HandshakeDiagnosis:
         # that has connected meanwhile is dropped
         self._failing: dict[str, None] = {}
         self._slots = asyncio.Semaphore(PROBES_AT_ONCE)
+        self._idle = asyncio.Event()  # set while no probe runs or waits (settle)
+        self._idle.set()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait until no probe runs or waits for its turn, ``timeout_s`` seconds at most
+        (a caller about to report a failure, such as ``meshkit call``, whose probes may
+        still be under way); never raises on the timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
 
     def reason(self, key: str) -> str | None:
         """The last reason found for endpoint ``key`` (``None``: none, or READY since)."""
@@ -291,6 +303,7 @@ class HandshakeDiagnosis:
             return None
         self._remember(self._probed, key, now)
         self._running.add(key)
+        self._idle.clear()
         return self._run(key, address, host.strip("[]"), int(port))
 
     async def _run(self, key: str, address: str, host: str, port: int) -> None:
@@ -299,6 +312,8 @@ class HandshakeDiagnosis:
                 reason = await self._probe(host, port)
         finally:  # (also cancelled: the pool closed)
             self._running.discard(key)
+            if not self._running:
+                self._idle.set()
         if key not in self._failing:  # connected meanwhile: nothing to say
             return
         if reason is None:  # nothing found wrong: a reason found before is stale
