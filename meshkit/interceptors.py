@@ -213,13 +213,18 @@ def chain_unary(interceptors: Sequence[ClientInterceptor], inner: UnaryProceed) 
     ``proceed`` other details than it was given (:func:`_bind_copying_unary`); meshkit's
     own, and one that does not override it, run as they are: one of meshkit's with a
     ``unary_runner(proceed)`` (its ``intercept_unary`` with ``proceed`` bound) is that
-    runner, called by the step before it without a frame between them."""
+    runner, called by the step before it without a frame between them, unless its
+    instance overrides ``intercept_unary`` (a wrapper set on it before the dial:
+    ``mock.patch.object``, an application's instrumentation), which then runs."""
     fn = inner
     for icpt in reversed(interceptors):
         cls = type(icpt)
         if cls.__module__.startswith("meshkit."):
             runner = getattr(icpt, "unary_runner", None)
-            fn = runner(fn) if runner is not None else _bind_unary(icpt, fn)
+            if runner is not None and "intercept_unary" not in getattr(icpt, "__dict__", ()):
+                fn = runner(fn)
+            else:
+                fn = _bind_unary(icpt, fn)
         elif cls.intercept_unary is ClientInterceptor.intercept_unary:
             fn = _bind_unary(icpt, fn)
         else:
