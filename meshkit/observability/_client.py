@@ -58,6 +58,7 @@ from meshkit.observability._semconv import (
     grpc_type,
 )
 from meshkit.observability._tracing import (
+    PLAIN_NON_RECORDING,
     SpanStarter,
     attach_span,
     baggage_set,
@@ -461,8 +462,22 @@ class TelemetryClientInterceptor(ClientInterceptor):
             if span is None:
                 self._log(m, details, code, duration_s, current_span_context())
                 return
-            attempts = details.attempts
-            if span.is_recording():
+            # the spans SpanStarter makes are read without their methods' frames (two
+            # or three per call): a lean SDK span (a sampled trace's) records until it
+            # ends, an unsampled trace's records nothing and its end() does nothing; both
+            # hold their context in _context
+            end_with = getattr(span, "_meshkit_end", None)
+            if end_with is not None:
+                recording: bool | None = span._end_time is None
+                span_context = span._context
+            elif type(span) is PLAIN_NON_RECORDING:
+                recording = None  # nothing to end
+                span_context = span._context
+            else:
+                recording = span.is_recording() or False  # (None: nothing to end)
+                span_context = span.get_span_context()
+            if recording:
+                attempts = details.attempts
                 n = len(attempts)
                 attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code._value_[0],
                                          ATTR_ATTEMPTS: n}
@@ -475,16 +490,15 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     attrs[ATTR_RATE_LIMITED] = True
                 # a lean span sets the attributes and ends in one step when nothing else
                 # is added (no attempt events, no error status)
-                end_with = getattr(span, "_meshkit_end", None) if code is STATUS_OK and (
-                    len(attempts) <= 1 or self.options.attempt_spans) else None
-                if end_with is not None:
+                if end_with is not None and code is STATUS_OK and (
+                        n <= 1 or self.options.attempt_spans):
                     end_with(attrs, end_ns)
                 else:
                     self._end_span(span, details, attrs, code, exc, end_ns)
-            else:
+            elif recording is not None:
                 span.end(end_ns)
             if not m.quiet and access_mode() != ACCESS_OFF:
-                self._log(m, details, code, duration_s, span.get_span_context())
+                self._log(m, details, code, duration_s, span_context)
         except Exception as e:  # telemetry must never break the caller
             self._failures.report("telemetry completion failed", e)
 

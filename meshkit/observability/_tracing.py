@@ -1367,6 +1367,23 @@ def _is_noop(method: Any) -> bool:
                    [("RETURN_CONST", None)])
 
 
+def _plain_non_recording() -> type[NonRecordingSpan] | None:
+    """:data:`PLAIN_NON_RECORDING`: the API's ``NonRecordingSpan`` when its
+    ``get_span_context()`` returns its ``_context`` and its ``end()`` does nothing."""
+    code = getattr(NonRecordingSpan.get_span_context, "__code__", None)
+    plain = code is not None and code.co_names == ("_context",) and \
+        _is_noop(NonRecordingSpan.end)
+    return NonRecordingSpan if plain else None
+
+
+PLAIN_NON_RECORDING = _plain_non_recording()
+"""The type of the spans :class:`SpanStarter` makes for a trace it does not record (an
+unsampled one, or without an SDK), ``opentelemetry.trace.NonRecordingSpan``, when reading
+it directly is what its methods do (its context in ``_context``, ``end()`` a no-op);
+else ``None``. The interceptors' completions test ``type(span) is PLAIN_NON_RECORDING``
+to skip such a span's ``is_recording()``, ``end()`` and ``get_span_context()`` frames."""
+
+
 def _readable_fields() -> frozenset[str] | None:
     """The fields of the installed SDK's ``ReadableSpan`` when they are the 13 a lean
     span copies into one (else ``None``: the SDK's own ``_readable_span`` builds it)."""
