@@ -5,7 +5,8 @@ CSS and JavaScript, no external resource, no build step) that polls
 ``/debug/dashboard.json`` every second (a poll not answered within 5 s is given up: the
 page shows "stale" and polls again, so a server that holds requests open does not leave
 it showing its last picture as live) and draws tables with inline SVG sparklines and
-bars: the services this process serves and dials, each endpoint's state, P2C load, EWMA
+bars: the services this process serves and dials, each endpoint's state (and under it
+why an mTLS endpoint cannot be connected, ``EndpointStats.connect_error``), P2C load, EWMA
 latency, calls and failures, ejections, the retry budget's balance, each server's and
 channel's registry health ("registry failing" while its latest read or write failed, the
 error in the badge's title), the calls each server's request gate refused (they start no
