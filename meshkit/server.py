@@ -2639,6 +2639,11 @@ class MeshServer:
         before ``CancelledError`` propagates, so the server does not stay registered and
         serving with no one left to stop it; the drain is shielded: cancelled again, it
         runs to its end in the background.
+
+        Raises:
+            ConfigError: ``signals`` is one string or not a collection, or holds what is
+                no signal or one no process can catch (``SIGKILL``, ``SIGSTOP``); quoted,
+                before anything starts.
         """
         await self._serve_until_signal(signals, None)
 
@@ -2653,7 +2658,7 @@ class MeshServer:
         loop = asyncio.get_running_loop()
         got = asyncio.Event()
         # a plain number (15) as the Signals it is: the listeners log the signal's name
-        signals = tuple(signal.Signals(sig) for sig in signals)
+        signals = _checked_signals(signals)
 
         def on_signal(sig: signal.Signals) -> None:
             if got.is_set() or self.draining:
@@ -2905,6 +2910,35 @@ async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
     task.result()
 
 
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def _checked_signals(signals: object) -> tuple[signal.Signals, ...]:
+    """``signals`` as ``signal.Signals`` (a plain number, ``15``, as the one it is).
+
+    Raises:
+        ConfigError: one string (``"SIGTERM"``, which would be read as its characters)
+            or no collection, a member that is no signal, or one no process can catch
+            (``SIGKILL``, ``SIGSTOP``); quoted.
+    """
+    if isinstance(signals, str | bytes) or not isinstance(signals, Iterable):
+        raise ConfigError(f"signals must be a collection of signals, e.g. "
+                          f"(signal.SIGTERM,), got {signals!r}")
+    checked = []
+    for sig in signals:
+        try:
+            if isinstance(sig, bool):
+                raise ValueError(sig)
+            one = signal.Signals(sig)
+        except (ValueError, TypeError):
+            raise ConfigError(f"signals must hold signals (signal.SIGTERM, 15), got "
+                              f"{sig!r}") from None
+        if one in _UNCATCHABLE:
+            raise ConfigError(f"signals: {one.name} cannot be caught, got {sig!r}")
+        checked.append(one)
+    return tuple(checked)
+
+
 async def serve(
     service: str,
     servicers: Sequence[tuple[AddServicer, Any]],
@@ -2947,8 +2981,13 @@ async def serve(
 
     Raises:
         ConfigError, CertificateError, RegistryError, RuntimeError: as
-            :class:`MeshServer` documents.
+            :class:`MeshServer` documents; ``ConfigError`` too for an ``on_started`` that
+            is not callable (quoted, before anything starts).
         Exception: what ``on_started`` raised, after the drain.
     """
+    if on_started is not None and not callable(on_started):
+        # else called only once bound, registered and serving: a TypeError, then a drain
+        raise ConfigError(f"serve({service!r}): on_started must be a function taking the "
+                          f"MeshServer, or None, got {on_started!r}")
     server = MeshServer(service, servicers, registry=registry, options=options)
     await server._serve_until_signal((signal.SIGTERM, signal.SIGINT), on_started)
