@@ -693,7 +693,8 @@ class EndpointPool:
     async def _connect_then_use(self, key: str, conn: _Conn) -> None:
         """Connect ``conn``, the new sub-channel :meth:`rebuild` made for endpoint
         ``key``, and put it in use (:meth:`_promote`) once READY; its first failure to
-        connect is logged (a warning: calls stay on the established connection), not
+        connect is logged (a warning: calls stay on the established connection; with
+        ``reason``, what the :attr:`diagnosis` probe found, on an mTLS channel), not
         each reconnection grpc makes with its backoff."""
         ch = conn.channel
         state = ch.get_state(try_to_connect=True)
@@ -704,10 +705,15 @@ class EndpointPool:
             if state is _FAILURE_CONN and not warned:
                 warned = True
                 ep = self.endpoints.get(key)
+                address = ep.instance.address if ep is not None else None
+                # why (mTLS: its TLS probe, with the renewed files; a server refusing
+                # the renewed certificate), before the warning: its task only waits
+                reason = (await self.diagnosis.explain(address)
+                          if self.diagnosis is not None and address is not None else None)
                 _log.warning("renewed sub-channel could not connect; calls stay on the "
                              "established connection", service=self.service,
-                             instance_id=key,
-                             address=ep.instance.address if ep is not None else None)
+                             instance_id=key, address=address,
+                             **({"reason": reason} if reason is not None else {}))
             await ch.wait_for_state_change(state)
             state = ch.get_state()
             if state is _IDLE_CONN or state is _FAILURE_CONN:

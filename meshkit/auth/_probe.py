@@ -273,6 +273,18 @@ class HandshakeDiagnosis:
         except TimeoutError:
             pass
 
+    async def explain(self, address: str) -> str | None:
+        """Probe ``address`` (``host:port``) now, in its turn among the channel's probes,
+        and return the reason found (``None``: nothing found wrong, or no port in the
+        address), recording nothing: for a sub-channel of an endpoint that is READY
+        otherwise (a renewal's, ``EndpointPool._connect_then_use``), whose warning says
+        why it cannot connect."""
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            return None
+        async with self._slots:
+            return await self._probe(host.strip("[]"), int(port))
+
     def reason(self, key: str) -> str | None:
         """The last reason found for endpoint ``key`` (``None``: none, or READY since)."""
         return self._reasons.get(key)
