@@ -166,9 +166,9 @@ async def handshake_problem(host: str, port: int, *, ca_file: str, cert_file: st
         ``"peer identity spiffe://td/svc/y is not the expected spiffe://td/svc/x
         (...)"``, ``"the server answered without TLS (a
         plaintext server?)"``, ``"the server closed the connection after the handshake:
-        it refused this client's certificate spiffe://td/svc/c"``, ``"no TLS handshake
-        within 5s"``... Never raises (a client file that cannot be loaded is a reason
-        too).
+        it refused this client's certificate spiffe://td/svc/c"`` (``", which expired at
+        ..."`` when it has), ``"no TLS handshake within 5s"``... Never raises (a client
+        file that cannot be loaded is a reason too).
     """
     try:
         async with asyncio.timeout(timeout_s):
@@ -213,14 +213,31 @@ async def _probe(host: str, port: int, ca_file: str, cert_file: str, key_file: s
             first = await reader.read(9)
         except Exception as exc:
             return (f"the server refused this client's certificate {client_id} after the "
-                    f"handshake ({_refusal(exc)})")
+                    f"handshake ({_refusal(exc)}){_own_validity(cert_file)}")
         if not first:
             return (f"the server closed the connection after the handshake: it refused "
-                    f"this client's certificate {client_id} (is it of a CA the server "
-                    "trusts?)")
+                    f"this client's certificate {client_id}"
+                    + (_own_validity(cert_file) or " (is it of a CA the server trusts?)"))
         return None
     finally:
         writer.transport.abort()  # (no close_notify: an SSL shutdown may wait 30 s)
+
+
+def _own_validity(cert_file: str) -> str:
+    """``", which expired at <date>"`` (``", which is not valid until <date>"``) when the
+    client's own certificate (the first of ``cert_file``) is outside its validity period
+    now, which is why a server refuses it; else (or unreadable) ``""``."""
+    try:
+        with open(cert_file, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except Exception:  # mid-renewal, unreadable: nothing to add
+        return ""
+    now = dt.datetime.now(dt.UTC)
+    if now > cert.not_valid_after_utc:
+        return f", which expired at {_utc(cert.not_valid_after_utc)}"
+    if now < cert.not_valid_before_utc:
+        return f", which is not valid until {_utc(cert.not_valid_before_utc)}"
+    return ""
 
 
 def _describe(cert: x509.Certificate, verify_code: int, ca_file: str) -> str:
