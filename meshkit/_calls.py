@@ -1170,25 +1170,44 @@ class _Written:
     while the one before it has not been taken), ended by ``done_writing()``. Consumed
     once: the retry policy sees an iterator, which is not replayed.
 
-    ``queue`` holds the message handed over and not taken yet; ``waiting`` the writers
-    that found it full, in order, each as ``(future, message)``: a take puts the first
-    one's message in and sets its future ``True`` (:meth:`_next_writer`); the call's end
-    sets them all ``False`` (:meth:`StreamUnaryCall._settle`). A future per waiting
-    write, not a task putting into the queue and an ``asyncio.wait`` on it and the
-    call's end (a writer faster than the stream waits at every other message)."""
+    ``item`` is the message handed over and not taken yet (``_NO_ITEM``: none); ``taker``
+    the future the stream's take waits on while there is none (set by :meth:`put`);
+    ``waiting`` the writers that found ``item`` taken, in order, each as ``(future,
+    message)``: a take puts the first one's message in and sets its future ``True``
+    (:meth:`_next_writer`); the call's end sets them all ``False``
+    (:meth:`StreamUnaryCall._settle`). A slot and a future per wait, not an
+    ``asyncio.Queue`` (its Python methods, about 100 bytecodes a message), nor a task
+    putting into it and an ``asyncio.wait`` on that and the call's end (a writer faster
+    than the stream waits at every other message)."""
 
-    __slots__ = ("queue", "waiting")
+    __slots__ = ("item", "taker", "waiting")
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self.item: Any = _NO_ITEM
+        self.taker: asyncio.Future[None] | None = None
         self.waiting: collections.deque[tuple[asyncio.Future[bool], Any]] = \
             collections.deque()
+
+    def put(self, item: Any) -> None:
+        """Hand ``item`` over (the slot is free, or is being emptied by the call's end),
+        waking the take waiting for it."""
+        self.item = item
+        taker = self.taker
+        if taker is not None:
+            self.taker = None
+            if not taker.done():
+                taker.set_result(None)
 
     def __aiter__(self) -> _Written:
         return self
 
     async def __anext__(self) -> Any:
-        item = await self.queue.get()
+        item = self.item
+        while item is _NO_ITEM:
+            self.taker = taker = asyncio.get_running_loop().create_future()
+            await taker
+            item = self.item
+        self.item = _NO_ITEM
         if self.waiting:
             self._next_writer()
         if item is _END_OF_WRITES:
@@ -1202,11 +1221,12 @@ class _Written:
         while waiting:
             room, item = waiting.popleft()
             if not room.done():
-                self.queue.put_nowait(item)
+                self.item = item  # (the take runs now: nobody waits in taker)
                 room.set_result(True)
                 return
 
 
+_NO_ITEM: Any = object()
 _END_OF_WRITES: Any = object()
 _HALF_CLOSED = 'RPC is half closed after calling "done_writing".'  # grpc.aio's texts
 _FINISHED = "RPC already finished."
@@ -1249,10 +1269,7 @@ class StreamUnaryCall(UnaryResponseCall):
             # the call ended (answered before done_writing(), failed, cancelled): end the
             # request stream, so the task grpc.aio runs to consume it ends too instead of
             # waiting for ever on a message nobody will write
-            queue = writes.queue
-            while not queue.empty():
-                queue.get_nowait()
-            queue.put_nowait(_END_OF_WRITES)
+            writes.put(_END_OF_WRITES)  # in place of a message not taken
             waiting = writes.waiting
             while waiting:  # the writers waiting for room: their messages not taken
                 room, _item = waiting.popleft()
@@ -1313,9 +1330,8 @@ class StreamUnaryCall(UnaryResponseCall):
         self._start()
         if self._is_settled:
             self._raise_finished()
-        queue = writes.queue
-        if not queue.full():
-            queue.put_nowait(item)
+        if writes.item is _NO_ITEM:
+            writes.put(item)
             return
         # put in at the next take, or woken by the call's end (see _Written)
         room: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
