@@ -1177,13 +1177,20 @@ class EndpointPool:
         cannot be connected: ``... are failing (w1 at host:port: <reason>)``."""
         why = "failing or ejected" if isinstance(self.balancer, EjectingBalancer) else "failing"
         text = f"all {len(self.endpoints)} endpoints are {why}"
-        if self.diagnosis is not None:
-            for key in sorted(self.endpoints):
-                if (reason := self.diagnosis.reason(key)) is not None:
-                    ep = self.endpoints[key]
-                    text += f" ({key} at {ep.instance.address}: {reason})"
-                    break
+        if (problem := self.connect_problem()) is not None:
+            text += f" ({problem})"
         return NoEndpointsError(self.service, text)
+
+    def connect_problem(self) -> str | None:
+        """``"<instance id> at <host:port>: <reason>"`` for the first endpoint (by
+        instance id) whose :attr:`diagnosis` knows why it cannot be connected, or
+        ``None`` (no such endpoint, or no diagnosis: a channel without mTLS)."""
+        if self.diagnosis is None:
+            return None
+        for key in sorted(self.endpoints):
+            if (reason := self.diagnosis.reason(key)) is not None:
+                return f"{key} at {self.endpoints[key].instance.address}: {reason}"
+        return None
 
     def _unbuilt_problem(self) -> str | None:
         """Why registered endpoints are not in the pool (their sub-channels could not be

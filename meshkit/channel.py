@@ -1900,7 +1900,9 @@ class MeshChannel(grpc.aio.Channel):
 
         Raises:
             TimeoutError: not reached within ``timeout_s`` seconds (the message names
-                the service and how many endpoints were READY and known).
+                the service and how many endpoints were READY and known, and on an mTLS
+                channel why the first endpoint whose TLS probe found a reason cannot be
+                connected: ``(1 known; w1 at host:port: <reason>)``).
             MeshRpcError: ``CANCELLED``, the channel is closed (or closed meanwhile).
             ConfigError: ``count`` or ``timeout_s`` is not such a number (a ``bool``, a
                 string, NaN: a bound that would never fire), quoted.
@@ -1925,9 +1927,11 @@ class MeshChannel(grpc.aio.Channel):
         except TimeoutError:
             ready = sum(ep.state is EndpointState.READY
                         for ep in self._pool.endpoints.values())
+            problem = self._pool.connect_problem()  # mTLS: why one cannot be connected
             raise TimeoutError(
                 f"{ready} of {count} endpoints of {self.service!r} READY after "
-                f"{timeout_s!r} s ({len(self._pool.endpoints)} known)") from None
+                f"{timeout_s!r} s ({len(self._pool.endpoints)} known"
+                + (f"; {problem})" if problem is not None else ")")) from None
 
     def endpoints(self) -> list[Endpoint]:
         """The current endpoints (a snapshot list, sorted by instance id)."""
