@@ -25,7 +25,9 @@ message differ most from the first variant's (``file:line name``, as
 Kinds (``--kinds``): ``server`` (``ServerStream``: one request, ``n`` responses),
 ``client`` (``ClientStream``: ``n`` requests from an async generator, one response),
 ``bidi`` (``Bidi``: ``write()`` then ``read()``, ``n`` times: each message makes a round
-trip, so each costs both sides a wake-up).
+trip, so each costs both sides a wake-up); and, asked for by name, ``writes``
+(``ClientStream`` made without a request iterator: ``n`` ``write()`` calls, then
+``done_writing()``: the call object's own request stream hands each message to grpc.aio).
 
 Variants (``--variants``): ``raw`` (grpc.aio server and channel), ``bare``
 (``serve()``/``dial()`` with every policy off, as :mod:`benchmarks.instructions`),
@@ -53,7 +55,8 @@ from typing import Any
 
 __all__ = ["KINDS", "VARIANTS", "main", "measure"]
 
-KINDS = ("server", "client", "bidi")
+KINDS = ("server", "client", "bidi", "writes")
+_DEFAULT_KINDS = "server,client,bidi"
 VARIANTS = ("raw", "bare", "defaults", "traced")
 
 
@@ -76,6 +79,13 @@ async def _stream(channel: Any, kind: str, n: int) -> None:
         answer = await channel.stream_unary(method("ClientStream"))(requests(), timeout=60)
         if answer.count(b",") != n - 1:
             raise RuntimeError("client stream: messages lost")
+    elif kind == "writes":
+        upload = channel.stream_unary(method("ClientStream"))(timeout=60)
+        for _ in range(n):
+            await upload.write(b"x")
+        await upload.done_writing()
+        if (await upload).count(b",") != n - 1:
+            raise RuntimeError("writes: messages lost")
     else:
         call = channel.stream_stream(method("Bidi"))(timeout=60)
         for _ in range(n):
@@ -180,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     """Measure and print a markdown table per kind; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.streams",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kinds", default=",".join(KINDS),
-                        help=f"comma-separated, from {', '.join(KINDS)}")
+    parser.add_argument("--kinds", default=_DEFAULT_KINDS,
+                        help=f"comma-separated, from {', '.join(KINDS)} (default "
+                             f"{_DEFAULT_KINDS})")
     parser.add_argument("--variants", default="raw,bare,defaults",
                         help=f"comma-separated, from {', '.join(VARIANTS)}; the first is "
                              "the base of the ratios (default raw,bare,defaults)")

@@ -434,6 +434,19 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
     assert all(f"`{f}`" in top for f in reads(bare)), top
 
 
+def test_streams_measures_write_style_uploads(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--kinds writes`` (not run by default) measures a stream-unary call written with
+    ``write()`` and ``done_writing()``: the echo's answer counts every message, or the
+    child fails."""
+    from benchmarks.streams import main as streams
+
+    assert streams(["--kinds", "writes", "--variants", "raw,bare", "--messages", "40",
+                    "--rounds", "1", "--streams", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith(("| raw", "| bare"))]
+    assert "writes streams" in out and [r[1].strip() for r in rows] == ["raw", "bare"], out
+
+
 def test_streams_refuses_unknown_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown kind or variant is a usage error that names it; so is ``--top`` without
     ``--bytecodes`` (nothing to list)."""
