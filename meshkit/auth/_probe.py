@@ -44,6 +44,11 @@ PROBES_AT_ONCE = 2
 PROBES_WAITING = 32
 """Probes of one channel's endpoints that may wait for their turn; beyond it an endpoint
 is probed at its next change to ``TRANSIENT_FAILURE``."""
+# OpenSSL's verify codes of a chain whose issuer is not in the bundle (or whose
+# signature it does not verify): X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+# CERT_SIGNATURE_FAILURE, DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_CERT_IN_CHAIN,
+# UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE
+_ISSUER_NOT_FOUND = frozenset({2, 7, 18, 19, 20, 21})
 _REASONS_MAX = 1024  # endpoints whose reason (and last probe) a channel keeps
 # the HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4): a
 # server that took the client's certificate answers with its SETTINGS
@@ -241,16 +246,24 @@ def _own_validity(cert_file: str) -> str:
 
 
 def _describe(cert: x509.Certificate, verify_code: int, ca_file: str) -> str:
-    """The server's certificate a verification refused, named by what it refused."""
+    """The server's certificate a verification refused (OpenSSL's ``verify_code``),
+    named by what it refused: its expiry, its start, its purpose (no serverAuth), an
+    issuer no CA of ``ca_file`` verifies; else its issuer and expiry alone."""
     ident = _identity(cert)
     if verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
         return f"the server's certificate {ident} expired at {_utc(cert.not_valid_after_utc)}"
     if verify_code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
         return (f"the server's certificate {ident} is not valid until "
                 f"{_utc(cert.not_valid_before_utc)}")
-    return (f"the server's certificate {ident} (valid until "
-            f"{_utc(cert.not_valid_after_utc)}) is issued by "
-            f"{cert.issuer.rfc4514_string()!r}, which no CA of {ca_file} verifies")
+    if verify_code == 26:  # X509_V_ERR_INVALID_PURPOSE
+        return (f"the server's certificate {ident} has an extended key usage without "
+                "serverAuth")
+    issuer = cert.issuer.rfc4514_string()
+    valid = f"valid until {_utc(cert.not_valid_after_utc)}"
+    if verify_code in _ISSUER_NOT_FOUND:
+        return (f"the server's certificate {ident} ({valid}) is issued by {issuer!r}, "
+                f"which no CA of {ca_file} verifies")
+    return f"the server's certificate {ident} (issuer {issuer!r}, {valid})"
 
 
 class HandshakeDiagnosis:

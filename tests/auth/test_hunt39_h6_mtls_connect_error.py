@@ -58,7 +58,7 @@ CASES: dict[str, tuple[_Creds, tuple[str, ...]]] = {
     "unknown_ca": (
         lambda pki, other: _server_credentials(other, "whod", client_ca=pki),
         ("certificate verify failed: unable to get local issuer certificate",
-         "spiffe://meshkit.test/svc/whod")),
+         "spiffe://meshkit.test/svc/whod", "which no CA of ")),
     "expired": (
         lambda pki, other: _server_credentials(
             pki, "whod", now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)),
