@@ -1327,7 +1327,8 @@ class StreamUnaryCall(UnaryResponseCall):
         writes = self._writes
         if writes is None:
             raise grpc.aio.UsageError(_STYLES_MIXED)
-        self._start()
+        if self._task is None:  # _start()'s own check: no frame per message once started
+            self._start()
         if self._is_settled:
             self._raise_finished()
         if writes.item is _NO_ITEM:
@@ -1372,7 +1373,9 @@ class StreamUnaryCall(UnaryResponseCall):
         """
         if self._writes is None:  # as grpc.aio's: the style first, ended or not
             raise grpc.aio.UsageError(_STYLES_MIXED)
-        if self.done():  # a cancel() in flight too: not a message accepted and dropped
+        # done(), in line (no frame per message): a cancel() in flight too, not a message
+        # accepted and dropped
+        if self._is_settled or self._cancelled:
             raise asyncio.InvalidStateError(_FINISHED)
         if self._half_closed:
             raise asyncio.InvalidStateError(_HALF_CLOSED)
