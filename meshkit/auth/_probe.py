@@ -95,7 +95,10 @@ def _context(ca_file: str, cert_file: str, key_file: str, *, verify: bool) -> ss
         ctx.load_verify_locations(cafile=ca_file)
     else:
         ctx.verify_mode = ssl.CERT_NONE
-    ctx.load_cert_chain(cert_file, key_file)
+    # an empty password: a key file replaced by an encrypted one (TLSOptions refuses
+    # them; the probe reads the files as they are now) fails to load, where OpenSSL's
+    # default asked for a pass phrase on the process's terminal, holding the loop
+    ctx.load_cert_chain(cert_file, key_file, password=b"")
     ctx.set_alpn_protocols(["h2"])
     return ctx
 
@@ -190,7 +193,9 @@ async def _probe(host: str, port: int, ca_file: str, cert_file: str, key_file: s
     try:
         ctx = _context(ca_file, cert_file, key_file, verify=True)
     except (OSError, ssl.SSLError) as exc:  # mid-renewal, or unreadable: not the server
-        return f"the client's certificate files could not be loaded ({_refusal(exc)})"
+        why = (exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror) or \
+            type(exc).__name__
+        return f"the client's certificate files could not be loaded ({why})"
     try:
         reader, writer = await _open(host, port, ctx, server_name)
     except Exception as exc:
