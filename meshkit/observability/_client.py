@@ -463,19 +463,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 self._log(m, details, code, duration_s, current_span_context())
                 return
             # the spans SpanStarter makes are read without their methods' frames (two
-            # or three per call): a lean SDK span (a sampled trace's) records until it
-            # ends, an unsampled trace's records nothing and its end() does nothing; both
-            # hold their context in _context
+            # or three per call): a lean SDK span (a sampled trace's: _meshkit_end)
+            # records until it ends; an unsampled trace's (PLAIN_NON_RECORDING) records
+            # nothing and its end() does nothing (recording None); both hold their
+            # context in _context
             end_with = getattr(span, "_meshkit_end", None)
-            if end_with is not None:
-                recording: bool | None = span._end_time is None
-                span_context = span._context
-            elif type(span) is PLAIN_NON_RECORDING:
-                recording = None  # nothing to end
-                span_context = span._context
-            else:
-                recording = span.is_recording() or False  # (None: nothing to end)
-                span_context = span.get_span_context()
+            recording = span._end_time is None if end_with is not None else (
+                None if type(span) is PLAIN_NON_RECORDING else span.is_recording() or False)
             if recording:
                 attempts = details.attempts
                 n = len(attempts)
@@ -498,7 +492,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
             elif recording is not None:
                 span.end(end_ns)
             if not m.quiet and access_mode() != ACCESS_OFF:
-                self._log(m, details, code, duration_s, span_context)
+                self._log(m, details, code, duration_s, span._context
+                          if end_with is not None or recording is None
+                          else span.get_span_context())
         except Exception as e:  # telemetry must never break the caller
             self._failures.report("telemetry completion failed", e)
 

@@ -55,6 +55,7 @@ from meshkit.observability._semconv import (
     parse_peer,
 )
 from meshkit.observability._tracing import (
+    PLAIN_NON_RECORDING,
     SpanStarter,
     attach_context,
     attach_span,
@@ -406,7 +407,13 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             self._deferred -= 1
         try:
             if span is not None:
-                if span.is_recording():
+                # a lean SDK span (a sampled trace's), or an unsampled trace's, read as
+                # the client's _complete reads them: no is_recording(), end() (of an
+                # unsampled one: it does nothing) or get_span_context() frame
+                end_with = getattr(span, "_meshkit_end", None)
+                recording = span._end_time is None if end_with is not None else (
+                    None if type(span) is PLAIN_NON_RECORDING else span.is_recording() or False)
+                if recording:
                     host, port = _peers.get(peer) or _peer_parts(peer)
                     attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code._value_[0]}
                     if host is not None:
@@ -419,8 +426,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                         attrs[ATTR_RATE_LIMITED] = True
                     failed = code is not STATUS_OK and code in SERVER_ERROR_CODES
                     # a lean span sets the attributes and ends in one step
-                    end_with = None if failed else getattr(span, "_meshkit_end", None)
-                    if end_with is not None:
+                    if end_with is not None and not failed:
                         end_with(attrs, end_ns)
                     else:
                         set_mesh_attributes(span, attrs)
@@ -429,12 +435,13 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                                 self._record_exception(span, exc)
                             span.set_status(Status(StatusCode.ERROR, code._name_))
                         span.end(end_ns)
-                else:
+                elif recording is not None:
                     span.end(end_ns)
             if log:  # the access-log event, under the call's span (ended above)
                 write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES,
                              self._access, (m, code, duration_s, peer, identity, md),
                              current_span_context() if span is None
+                             else span._context if end_with is not None or recording is None
                              else span.get_span_context())
         except Exception as e:  # telemetry must never break the server's loop
             self._failures.report("telemetry completion failed", e)
