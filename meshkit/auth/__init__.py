@@ -34,7 +34,11 @@ bundle's verifier, as the peer check uses; only a hand-built
 exposes neither the server's certificate nor a verify hook to Python clients, so a
 server certificate issued through a sub-CA signed with the mesh CA key is accepted by
 clients (within the CA's name constraints, which BoringSSL enforces). Only the CA key
-can make one and ``meshkit certs`` never does: keep the CA key offline.
+can make one and ``meshkit certs`` never does: keep the CA key offline. (Why a client's
+handshake fails is diagnosed, not checked, out of band: a channel dialed with ``tls``
+probes an endpoint whose sub-channel goes ``TRANSIENT_FAILURE`` with Python's ``ssl`` and
+reports the reason in ``EndpointStats.connect_error``, the status of a call no endpoint
+can take and one warning: :mod:`meshkit.auth._probe`.)
 
 Patterns (``allowed_peers``, :class:`Rule`): ``*`` matches any run of characters except
 ``/``; ``"*"`` alone matches every verified identity. Methods (``JWTAuthOptions.
