@@ -1240,6 +1240,8 @@ def tracing_wanted() -> bool:
 # -- lean spans -------------------------------------------------------------------------
 
 _getrandbits = random.getrandbits
+_time_ns = time.time_ns  # (a lean span's start and end times)
+_new_lock = threading.Lock
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))  # W3C Trace Context level 2
@@ -1420,7 +1422,6 @@ def _lean_span_type() -> Any:
     from opentelemetry.sdk.util import BoundedList
 
     base = _sdk.Span
-    _time_ns = time.time_ns
     readable = _sdk.ReadableSpan
     fast_readable = _readable_fields() is not None
     new = object.__new__
@@ -1904,8 +1905,9 @@ class SpanStarter:
         (``None``: built from a remote ``parent``, else the current one, without its span
         for a root: :func:`_parent_context`). ``None`` when
         there is no trace context to carry (no SDK provider and no parent)."""
-        sdk = self._sdk if self._explicit is not None and self._sdk is not None \
-            else self._resolve()
+        sdk = self._sdk
+        if sdk is None or self._explicit is None:  # none resolved yet, or the global one's
+            sdk = self._resolve()
         if sdk is None and parent is None:
             return None
         if parent is not None:
@@ -2001,8 +2003,8 @@ class SpanStarter:
         lean = _object_new(sdk.lean)  # the class's __new__ only refuses the SDK's base
         # what LeanSdkSpan.__init__ sets, without its frame
         lean.__dict__ = {"_name": name, "_context": ctx, "_kind": self._kind,
-                         "_parent": parent, "_start_time": time.time_ns(),
-                         "_attributes": dict(attributes), "_lock": threading.Lock()}
+                         "_parent": parent, "_start_time": _time_ns(),
+                         "_attributes": dict(attributes), "_lock": _new_lock()}
         if sdk.metrics is not None:
             lean._record_end_metrics = sdk.metrics(
                 parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
