@@ -92,9 +92,13 @@ _CONNECTIVITY = {
 }
 
 
-_TRACKERS_END_S = 1.0
+_TRACKERS_END_S = 0.25
 """How long :meth:`EndpointPool.close` waits, once its sub-channels are closed, for their
-state trackers to see them shut down (each ends at once then; past it, cancelled)."""
+state trackers to see them shut down (each ends at once then; past it, cancelled). Not
+longer: grpc reports a sub-channel's ``SHUTDOWN`` to its watch only once no call object
+holds it (one the application keeps, a hedged call in a server's pushback), which may be
+never, and ``close()`` must end promptly (at 1 s it took the whole second whenever a call
+was in flight); such a tracker is cancelled as before, its watch left armed."""
 
 
 def short_repr(obj: object) -> str:
