@@ -1535,8 +1535,7 @@ def _lean_span_type() -> Any:
                 self._record_end_metrics()
             sdk = self._sdk
             hooks = sdk.hooks
-            multi = sdk.multi
-            if multi is not None and multi._span_processors is not hooks[0]:
+            if sdk.multi._span_processors is not hooks[0]:  # a processor added
                 hooks = sdk.rehook()
             for ending in hooks[2]:
                 ending(self)
@@ -1623,6 +1622,18 @@ def _batch_emit(processor: Any) -> Any:
     return emit
 
 
+class _NoMulti:
+    """:attr:`_Sdk.multi` of a provider whose span processor is not the SDK's synchronous
+    multi-processor: its processors, as a span's per-call check reads them, are never
+    replaced (``None``, as the hooks' first entry is then)."""
+
+    __slots__ = ()
+    _span_processors = None
+
+
+_NO_MULTI: Any = _NoMulti()
+
+
 class _Sdk:
     """What one SDK provider needs per span: its sampler and a tracer of meshkit's
     (``generic``: a provider of another API implementation, whose tracer makes every
@@ -1685,9 +1696,10 @@ class _Sdk:
                 "_limits": limits, "_sdk": self, "__module__": __name__})
             # the synchronous multi-processor's processors are called one by one (its
             # tuple is re-read when a processor is added); any other processor as a whole
+            # (_NO_MULTI: the processors a span compares with its hooks' are None, as theirs)
             multi = self.processor
             self.multi = multi if type(multi) is _sdk.SynchronousMultiSpanProcessor and \
-                type(getattr(multi, "_span_processors", None)) is tuple else None
+                type(getattr(multi, "_span_processors", None)) is tuple else _NO_MULTI
             self.hooks: tuple[Any, ...] = ()
             self.rehook()
             # the tracer's _is_enabled (its configurator's switch): read inline when it
@@ -1721,7 +1733,7 @@ class _Sdk:
         ``emit``) is represented by that ``emit`` with ``sampled_only``: the span passes
         its sampled flag, known when it ends, instead of three property reads."""
         multi = self.multi
-        procs = (self.processor,) if multi is None else multi._span_processors
+        procs = (self.processor,) if multi is _NO_MULTI else multi._span_processors
 
         def hooks(name: str) -> tuple[Any, ...]:
             found = (getattr(p, name, None) for p in procs)
@@ -1734,7 +1746,7 @@ class _Sdk:
                 continue
             emit = _batch_emit(p)
             ends.append((on_end, False) if emit is None else (emit, True))
-        self.hooks = (None if multi is None else procs, hooks("on_start"),
+        self.hooks = (None if multi is _NO_MULTI else procs, hooks("on_start"),
                       hooks("_on_ending"), tuple(ends))
         return self.hooks
 
@@ -2010,8 +2022,7 @@ class SpanStarter:
                 parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
                 else _sdk.sampling.Decision.RECORD_ONLY)
         hooks = sdk.hooks
-        multi = sdk.multi
-        if multi is not None and multi._span_processors is not hooks[0]:
+        if sdk.multi._span_processors is not hooks[0]:  # a processor added
             hooks = sdk.rehook()
         if hooks[1]:
             context = _parent_context(parent, context)
