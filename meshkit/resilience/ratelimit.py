@@ -62,7 +62,11 @@ counter left without a TTL) run once. A Redis call is not retried by the client 
 timeout): a hit is not idempotent, and one whose answer was lost (connection reset after
 Redis ran it) would be counted again. Such a call is a storage failure, handled as the
 table below says; the call after it counts normally. (``async+redis+cluster`` keeps
-coredis' cluster retries, which also follow a failed node to its replacement.)
+coredis' cluster retries, which also follow a failed node to its replacement.) coredis
+drops a connection on an error reply (``NOSCRIPT``, at the first hit on a Redis just
+started or restarted) and reopens it: the transport it dropped no longer cuts the one
+that replaced it (over TLS its end came after the new one was up on a loaded host,
+failing the hits in flight: :class:`_CurrentTransportOnly`).
 
 ==========================================  =============================================
 outcome                                     gRPC status
@@ -1196,6 +1200,81 @@ def _storage_options(uri: str, cls: type[Any]) -> dict[str, Any]:
     return {"retry_policy": NoRetryPolicy()}
 
 
+class _TransportCallbacks(asyncio.Protocol):
+    """The protocol of one transport of a coredis connection: passes the transport's
+    callbacks to the connection while it is the connection's transport
+    (``connection._transport``), and drops them after (:class:`_CurrentTransportOnly`)."""
+
+    __slots__ = ("_connection", "_transport")
+
+    def __init__(self, connection: Any, transport: asyncio.BaseTransport) -> None:
+        self._connection = connection
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._connection._transport is self._transport:
+            self._connection.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._connection._transport is self._transport:
+            return cast("bool | None", self._connection.eof_received())
+        return None  # an old transport's: it closes
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._connection._transport is self._transport:
+            self._connection.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._connection._transport is self._transport:
+            self._connection.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._connection._transport is self._transport:
+            self._connection.resume_writing()
+
+
+class _CurrentTransportOnly:
+    """Mixed into the connection class of a limiter's coredis pools
+    (:func:`_current_transports_only`): a connection takes the callbacks of the
+    transport it holds now, not those of one it dropped.
+
+    coredis drops a connection on any error reply (``NOSCRIPT``: the first hit on a
+    Redis just started, restarted or ``SCRIPT FLUSH``-ed) and reconnects it at its next
+    command, the same connection object being the protocol of every transport it
+    opens. A TLS transport ends only once the server answered its ``close_notify``:
+    when that came after the next transport was up (a loaded host), the old one's
+    ``eof_received``/``connection_lost`` disconnected the new one, failing the hits in
+    flight on it ("connection lost", an ``AssertionError`` in coredis, the next one's
+    SSL "application data after close notify"): storage failures, the breaker opened.
+    Each transport now gets a protocol of its own (``transport.set_protocol``) passing
+    on its callbacks only while it is the connection's."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_protocol(_TransportCallbacks(self, transport))
+        super().connection_made(transport)  # type: ignore[misc]
+
+
+_current_only_classes: dict[type, type] = {}
+
+
+def _current_transports_only(pools: list[Any]) -> None:
+    """Give each coredis pool in ``pools`` a connection class taking only the callbacks
+    of its current transport (:class:`_CurrentTransportOnly` mixed into the pool's
+    ``connection_class``: made once per class). A pool without a connection class
+    (another driver's) is left as it is."""
+    for pool in pools:
+        cls = getattr(pool, "connection_class", None)
+        if not isinstance(cls, type) or issubclass(cls, _CurrentTransportOnly) \
+                or not callable(getattr(cls, "connection_made", None)):
+            continue
+        mixed = _current_only_classes.get(cls)
+        if mixed is None:
+            mixed = _current_only_classes.setdefault(cls, type(
+                cls.__name__, (_CurrentTransportOnly, cls),
+                {"__module__": __name__, "__doc__": cls.__doc__}))
+        pool.connection_class = mixed
+
+
 _INCR_EXPIRE_LUA = """
 local amount = tonumber(ARGV[2])
 local current = redis.call("incrby", KEYS[1], amount)
@@ -1354,6 +1433,7 @@ class StorageLimiter:
                 f"{_scrub_uri_secrets(reason, uri)}"
             ) from None
         self._storage = storage
+        _current_transports_only(self._pools())  # (none for memory://)
         # the hits of cancelled calls still in flight (a strong reference until they
         # end) -> whether that call was the breaker's probe (its slot held till then)
         self._finishing: dict[asyncio.Future[Any], bool] = {}

@@ -1,0 +1,142 @@
+"""A Redis connection's closed transport no longer cuts the one that replaced it.
+
+coredis drops a connection on any error reply (``NOSCRIPT``: the first hit on a Redis
+just started, restarted or ``SCRIPT FLUSH``\\ ed) and reconnects it at the next command,
+the same ``Connection`` object being the protocol of the old transport and the new one.
+Over TLS the old transport ends only once the server has answered its ``close_notify``:
+when that end came after the new transport was up (a loaded host: a clean-clone CI run
+of ``test_hunt37_a12_ratelimit_rediss_hostname``), the old transport's
+``eof_received``/``connection_lost`` disconnected the new one, failing the hit in flight
+on it ("connection lost", an ``AssertionError`` mid-connect, or the next transport's
+"application data after close notify"): storage failures, ``UNAVAILABLE`` under
+``on_storage_error="deny"``, the breaker opened. meshkit's Redis connections now take
+the callbacks of their current transport only.
+
+Here a proxy holds back the server's end of the first TLS connection (its answer to the
+client's ``close_notify``) until a hit is in flight on the second, as the loaded host's
+scheduling did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
+from tests.resilience.test_hunt37_a12_ratelimit_rediss_hostname import _tls_redis, _write_pki
+from tests.support.skips import asyncio_loop_only
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A TLS Redis whose certificate names 127.0.0.1; its port and CA."""
+    _write_pki(tmp_path, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    for port in _tls_redis(tmp_path):
+        yield port, tmp_path / "ca.pem"
+
+
+class _SlowFirstClose:
+    """A TCP proxy to ``upstream``: once a second connection opened, what the server
+    sends on the first (its end of that TLS session) is held back; after :meth:`arm`,
+    the next client bytes on the second connection release it, and the server's answer
+    to them is forwarded only once the first's end has been delivered and the loop has
+    run on (0.2 s)."""
+
+    def __init__(self, upstream: int) -> None:
+        self._upstream = upstream
+        self.accepted = 0
+        self._second_open = asyncio.Event()
+        self._armed = False
+        self._release = asyncio.Event()
+        self._first_ended = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _SlowFirstClose:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def arm(self) -> None:
+        self._armed = True
+
+    async def _handle(self, creader: asyncio.StreamReader,
+                      cwriter: asyncio.StreamWriter) -> None:
+        index = self.accepted
+        self.accepted += 1
+        if index == 1:
+            self._second_open.set()
+        sreader, swriter = await asyncio.open_connection("127.0.0.1", self._upstream)
+        self._writers += [cwriter, swriter]
+        for pump in (self._to_server(index, creader, swriter),
+                     self._to_client(index, sreader, cwriter)):
+            task = asyncio.ensure_future(pump)
+            self._tasks.add(task)
+
+    async def _to_server(self, index: int, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if index == 1 and self._armed:
+                self._release.set()
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def _to_client(self, index: int, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await reader.read(65536)
+            if index == 0 and self._second_open.is_set():
+                await self._release.wait()  # the first connection's end, held back
+            if index == 1 and self._release.is_set():
+                await self._first_ended.wait()  # the hit's answer after that end
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        if index == 0 and self._second_open.is_set():
+            await asyncio.sleep(0.2)  # the client's loop reads that end meanwhile
+            self._first_ended.set()
+
+
+@asyncio_loop_only("a second loop's rediss:// connection hangs after an earlier loop's "
+                   "was closed (test_hunt37_a12_ratelimit_rediss_hostname)")
+async def test_a_reconnected_tls_connection_survives_the_old_ones_late_end(
+        tls_redis: tuple[int, Path]) -> None:
+    port, ca = tls_redis
+    async with _SlowFirstClose(port) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="1/minute", on_storage_error="deny", storage_timeout_s=5.0,
+            storage_uri=f"async+rediss://127.0.0.1:{proxy.port}?ssl_ca_certs={ca}"))
+        try:
+            # a fresh Redis: NOSCRIPT, the connection dropped, SCRIPT LOAD and the hit
+            # again on a second TLS connection (the first's end held back)
+            assert await limiter.check("/a.B/C", "first") is None
+            assert proxy.accepted == 2, proxy.accepted
+            proxy.arm()  # the next hit in flight on the second connection: end the first
+            got = await limiter.check("/a.B/C", "second")
+            assert got is None, (got, limiter.storage_errors)
+            refused = await limiter.check("/a.B/C", "second")
+            assert refused is not None and refused.code.name == "RESOURCE_EXHAUSTED", refused
+            assert limiter.storage_errors == 0
+        finally:
+            await limiter.aclose()
