@@ -45,6 +45,7 @@ from meshkit.balancer import (
     EndpointState,
     Filter,
 )
+from meshkit.balancer._endpoint import StateIndex
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshRpcError, NoEndpointsError
 from meshkit.interceptors import CallKind, ClientCallDetails
@@ -251,6 +252,8 @@ class EndpointPool:
         self._drain_s = drain_timeout_s
         self._resolve_s = resolve_timeout_s
         self.endpoints: dict[str, Endpoint] = {}
+        # self.endpoints by state, kept by their state's setter (ready_count: O(1))
+        self._by_state = StateIndex()
         self.conns: dict[str, _Conn] = {}
         self.history: dict[str, Endpoint] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -332,6 +335,7 @@ class EndpointPool:
             if (conn := conns.get(key)) is not None:  # closed by a close() in this loop
                 self._abandoned.append((conn, ep))
         self.endpoints.clear()
+        self._by_state.track(())
         self.conns.clear()
         self.balancer.update([])
         for task in list(self._tasks):
@@ -485,6 +489,7 @@ class EndpointPool:
             # sub-channel's attempts still in flight count from now on is not added)
             ep.calls, ep.failures = before.calls, before.failures
         self.endpoints[key] = ep
+        self._by_state.add(ep)
         self.conns[key] = conn
         self.history[key] = ep
         self._state_tasks[key] = self.spawn(self._track_state(ep))
@@ -561,6 +566,7 @@ class EndpointPool:
 
     def _retire(self, ep: Endpoint) -> None:
         del self.endpoints[ep.key]
+        self._by_state.discard(ep)
         if self._stale:
             self._stale.discard(ep.key)  # its new endpoint (if any) is built afresh
         if self._pending:
@@ -915,6 +921,12 @@ class EndpointPool:
             ep.state = state
             self.notify()
 
+    @property
+    def ready_count(self) -> int:
+        """How many of the pool's endpoints are READY, O(1) (a count kept by their
+        state's setter, :class:`~meshkit.balancer._endpoint.StateIndex`)."""
+        return self._by_state.count(EndpointState.READY)
+
     @staticmethod
     def state_of(connectivity: grpc.ChannelConnectivity) -> EndpointState:
         """The :class:`EndpointState` of a sub-channel in ``connectivity``."""
@@ -1084,7 +1096,7 @@ class EndpointPool:
                     self.connect_idle()
                 remaining = details.time_remaining_s()
                 wait_s = remaining
-                if any(e.state is ready for e in self.endpoints.values()):
+                if self._by_state.count(ready):  # (O(1): a wake of each waiting call)
                     # the balancer chose a connecting endpoint over READY ones (a ring
                     # hash's key owner, a custom policy): its choice waits for that
                     # connection, and a pick again when it fails goes on to another
@@ -1308,6 +1320,7 @@ class EndpointPool:
             # state tracker sees the sub-channel SHUTDOWN (FAILING too), if it does
             ep.state = EndpointState.FAILING
         self.endpoints.clear()
+        self._by_state.track(())
         self.conns.clear()
         self.balancer.update([])
         draining = list(self._draining)

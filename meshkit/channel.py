@@ -1257,7 +1257,8 @@ class MeshChannel(grpc.aio.Channel):
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
         while True:  # once, but for a wait_for_ready call sent back unsent (below)
-            if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+            # (not READY: connecting; the slot, read without Endpoint.state's property)
+            if picked is None or picked[0]._state is not _READY:
                 picked = await self._pool.pick_slow(details, picked)
             ep, done, call = self._launch(details, picked, request, md)
             t0 = _perf()
@@ -1608,7 +1609,8 @@ class MeshChannel(grpc.aio.Channel):
         if self._resolved.is_set() and not pool.closed:
             picked = self._pick_stream(details.request_key, details.attempts)
         while True:
-            if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+            # (not READY: connecting; the slot, read without Endpoint.state's property)
+            if picked is None or picked[0]._state is not _READY:
                 picked = await pool.pick_slow(details, picked)
             ep = picked[0]
             conn = self._conns.get(ep.key)
@@ -1914,8 +1916,7 @@ class MeshChannel(grpc.aio.Channel):
             # endpoints left IDLE are asked to connect, also those left IDLE meanwhile
             # (nothing else connects them: no call is made during a readiness gate)
             pool.connect_idle()
-            while sum(ep.state is EndpointState.READY
-                      for ep in pool.endpoints.values()) < count:
+            while pool.ready_count < count:  # (O(1), not a scan per change)
                 if self._closed:
                     raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
                 await pool.changed()
@@ -1925,8 +1926,7 @@ class MeshChannel(grpc.aio.Channel):
             async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancel
                 await reached()
         except TimeoutError:
-            ready = sum(ep.state is EndpointState.READY
-                        for ep in self._pool.endpoints.values())
+            ready = self._pool.ready_count
             problem = self._pool.connect_problem()  # mTLS: why one cannot be connected
             raise TimeoutError(
                 f"{ready} of {count} endpoints of {self.service!r} READY after "

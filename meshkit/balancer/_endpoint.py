@@ -10,15 +10,16 @@ pool keeps each endpoint's sub-channel by ``Endpoint.key``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from enum import IntEnum
-from typing import Protocol
+from operator import attrgetter
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
 from meshkit.discovery._types import Instance
 
-__all__ = ["Balancer", "Done", "Endpoint", "EndpointState", "noop_done"]
+__all__ = ["Balancer", "Done", "Endpoint", "EndpointState", "StateIndex", "noop_done"]
 
 Done = Callable[[grpc.StatusCode, float], None]
 """Outcome callback of one pick: ``done(status_code, latency_s)``. A negative
@@ -47,7 +48,9 @@ class Endpoint:
 
     Attributes:
         instance: the registry :class:`~meshkit.discovery.Instance`.
-        state: :class:`EndpointState`, kept current by the channel.
+        state: :class:`EndpointState`, kept current by the channel (IDLE at first).
+            Setting it moves the endpoint in every :class:`StateIndex` that holds it
+            (the one place a state changes: the indexes cannot fall out of step).
         in_flight: calls started on this endpoint and not finished.
         calls: calls ever picked for this endpoint; failures: of those, non-OK outcomes
             (a call cancelled on this side, by its caller or for its caller's message,
@@ -59,20 +62,109 @@ class Endpoint:
         instance: the instance this endpoint stands for.
     """
 
-    __slots__ = ("address", "calls", "failures", "in_flight", "instance", "key", "state")
+    __slots__ = ("_indexes", "_state", "address", "calls", "failures", "in_flight",
+                 "instance", "key")
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
         self.key = instance.instance_id
         self.address = instance.address
-        self.state = EndpointState.IDLE
+        self._state = EndpointState.IDLE
+        # the StateIndex objects holding this endpoint (StateIndex.add/discard)
+        self._indexes: tuple[StateIndex, ...] = ()
         self.in_flight = 0
         self.calls = 0
         self.failures = 0
 
+    def _set_state(self, state: EndpointState) -> None:
+        old = self._state
+        if state is not old:
+            self._state = state
+            for index in self._indexes:
+                index._moved(self, old)
+
+    if TYPE_CHECKING:
+        @property
+        def state(self) -> EndpointState: ...
+        @state.setter
+        def state(self, state: EndpointState) -> None: ...
+    else:
+        # read as a slot is, without a Python frame (a per-call read); set: _set_state
+        state = property(attrgetter("_state"), _set_state)
+
     def __repr__(self) -> str:
-        return (f"Endpoint({self.key!r}, {self.address}, {self.state.name},"
+        return (f"Endpoint({self.key!r}, {self.address}, {self._state.name},"
                 f" in_flight={self.in_flight})")
+
+
+class StateIndex:
+    """A set of endpoints by state, kept in step by :attr:`Endpoint.state`'s setter:
+    how many are in a state, and those endpoints as a list to draw from, in O(1)
+    (a scan of every endpoint made a pick among thousands, few of them READY, O(n)).
+
+    An endpoint may be in any number of indexes (a balancer's, the pool's). The lists
+    :meth:`of` gives are the index's own, in no particular order: read, never changed.
+    """
+
+    __slots__ = ("__weakref__", "_at", "_lists")
+
+    def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
+        # one list per EndpointState (its value), and each member's position in its list
+        self._lists: tuple[list[Endpoint], ...] = tuple([] for _ in EndpointState)
+        self._at: dict[Endpoint, int] = {}
+        self.track(endpoints)
+
+    def of(self, state: EndpointState) -> list[Endpoint]:
+        """The members in ``state`` (the index's own list: do not change it)."""
+        return self._lists[state]
+
+    def count(self, state: EndpointState) -> int:
+        """How many members are in ``state``, O(1)."""
+        return len(self._lists[state])
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, ep: object) -> bool:
+        return ep in self._at
+
+    def add(self, ep: Endpoint) -> None:
+        """Make ``ep`` a member (no change if it is one)."""
+        if ep not in self._at:
+            self._put(ep, ep._state)
+            ep._indexes += (self,)
+
+    def discard(self, ep: Endpoint) -> None:
+        """Make ``ep`` no member (no change if it is none)."""
+        if ep in self._at:
+            self._take(ep, ep._state)
+            ep._indexes = tuple(i for i in ep._indexes if i is not self)
+
+    def track(self, endpoints: Iterable[Endpoint]) -> None:
+        """Make ``endpoints`` the members (O(members + len(endpoints)))."""
+        new = dict.fromkeys(endpoints)
+        for ep in [e for e in self._at if e not in new]:
+            self.discard(ep)
+        for ep in new:
+            self.add(ep)
+
+    def _moved(self, ep: Endpoint, old: EndpointState) -> None:
+        if ep in self._at:  # (a copy of a member endpoint names the index too)
+            self._take(ep, old)
+            self._put(ep, ep._state)
+
+    def _put(self, ep: Endpoint, state: EndpointState) -> None:
+        members = self._lists[state]
+        self._at[ep] = len(members)
+        members.append(ep)
+
+    def _take(self, ep: Endpoint, state: EndpointState) -> None:
+        members = self._lists[state]
+        i = self._at.pop(ep)
+        last = members.pop()
+        if last is not ep:  # the last one takes its place
+            members[i] = last
+            self._at[last] = i
 
 
 class Balancer(Protocol):

@@ -67,9 +67,16 @@ stream's end without one, and an upload's latency from the half-close of its req
 stream, none when it ended before: its caller's sending time is no round trip.)
 
 ``pick`` draws two distinct usable endpoints at random and returns the less loaded one
-(Mitzenmacher's "power of two choices"). Statistics belong to an endpoint at its address:
-an update keeps them for the same instance id *and* address only, so an instance that
-re-registered elsewhere (a restarted process) starts as a newcomer.
+(Mitzenmacher's "power of two choices"): READY ones while one is, else idle/connecting
+ones, uniformly. When the first two drawn are not both READY, it draws from the READY
+(then IDLE) endpoints alone, which the balancer keeps by state as their states change
+(:class:`~meshkit.balancer._endpoint.StateIndex`): O(1), not a scan of every endpoint
+(with 2,000 endpoints, 57 us a pick at 10 % READY and 212-366 us with none, which calls
+picking again while a dial's sub-channels connected turned into event-loop stalls).
+
+Statistics belong to an endpoint at its address: an update keeps them for the same
+instance id *and* address only, so an instance that re-registered elsewhere (a restarted
+process) starts as a newcomer.
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ from meshkit._config import (
     check_seconds,
 )
 from meshkit._fork import ForkSafeRandom
-from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
+from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex
 
 __all__ = ["P2C", "P2COptions", "StreamPending"]
 
@@ -377,8 +384,8 @@ class P2C:
             reading); quoted.
     """
 
-    __slots__ = ("_clock", "_eps", "_mean", "_mean_weight", "_opts", "_ramps_until", "_rng",
-                 "_seeded", "_settled", "_stats")
+    __slots__ = ("_by_state", "_clock", "_eps", "_mean", "_mean_weight", "_opts",
+                 "_ramps_until", "_rng", "_seeded", "_settled", "_stats")
 
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -389,6 +396,9 @@ class P2C:
         self._rng = rng if rng is not None else ForkSafeRandom()
         self._clock = clock
         self._eps: tuple[Endpoint, ...] = ()
+        # the endpoints by state (kept by their state's setter): a draw when the first
+        # two drawn are not both READY is O(1), not a scan of every endpoint
+        self._by_state = StateIndex()
         self._stats: dict[str, _Stat] = {}
         self._mean = _SampledMean(self._opts)
         self._seeded = False
@@ -416,6 +426,7 @@ class P2C:
         self._stats = stats
         self._mean.reset(stats, now)
         self._eps = tuple(endpoints)
+        self._by_state.track(self._eps)
         self._ramps_until = -math.inf  # _ramps: made afresh
         if endpoints:
             self._seeded = True
@@ -451,10 +462,29 @@ class P2C:
         """A random READY endpoint of ``among`` (default: all) that is not ``other`` nor
         ``also`` nor excluded (``exclude`` tested with ``in`` only: a hedged call's holds
         endpoints its iteration does not give, see :class:`~meshkit.balancer.Balancer`);
-        without one, an idle/connecting one when ``idle_ok``, else ``None``."""
-        eps = self._eps if among is None else among
-        n = len(eps)
+        without one, an idle/connecting one when ``idle_ok``, else ``None``. Uniform over
+        those. Among all endpoints, drawn from the READY (then IDLE) ones only
+        (:class:`~meshkit.balancer._endpoint.StateIndex`): O(1) while few are excluded,
+        O(READY) at most, however few of many endpoints are READY."""
         rnd = self._rng.random
+        if among is None:
+            by_state = self._by_state
+            for of_state in (by_state.of(_READY), by_state.of(_IDLE)) if idle_ok else (
+                    by_state.of(_READY),):
+                n = len(of_state)
+                if not n:
+                    continue
+                for _ in range(4 if n > 2 else 2):
+                    ep = of_state[int(rnd() * n)]
+                    if ep is not other and ep is not also and not (exclude and ep in exclude):
+                        return ep
+                usable = [e for e in of_state if e is not other and e is not also
+                          and e not in exclude]
+                if usable:
+                    return usable[int(rnd() * len(usable))]
+            return None
+        eps = among
+        n = len(eps)
         for _ in range(4 if n > 2 else 2):
             ep = eps[int(rnd() * n)]
             if (ep is not other and ep is not also and ep.state is _READY
@@ -481,7 +511,7 @@ class P2C:
             rnd = self._rng.random
             i, j = int(rnd() * n), int(rnd() * (n - 1))
             a, b = eps[i], eps[j + 1 if j >= i else j]
-            if a.state is _READY and b.state is _READY:
+            if a._state is _READY and b._state is _READY:  # (the slot: no frame)
                 now = self._clock()
                 stats = self._stats
                 sa, sb = stats[a.key], stats[b.key]
