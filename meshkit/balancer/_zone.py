@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import grpc
 
-from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
+from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState, StateIndex
 from meshkit.balancer._filters import Filter, PreferZone
 from meshkit.balancer._p2c import P2C
 from meshkit.errors import ConfigError
@@ -45,7 +45,9 @@ class ZoneAwareBalancer:
     ring hash's key owner, is kept). Otherwise the other zones' balancer picks too and
     the better of the two takes the call: untried before tried, then READY before
     connecting, the local zone on a tie; the other pick is settled as no outcome
-    (``done(CANCELLED, 0.0)``, as the channel settles an abandoned pick). So:
+    (``done(CANCELLED, 0.0)``, as the channel settles an abandoned pick). Whether
+    another local endpoint is READY is read from the local endpoints kept by state
+    (O(1), O(READY) for a retry), not a scan of the zone per pick. So:
 
     * every local endpoint ``FAILING`` (connection refused or lost), ejected, or not
       registered: the call goes to another zone;
@@ -76,7 +78,8 @@ class ZoneAwareBalancer:
             not callable (a balancer given instead of its factory; quoted).
     """
 
-    __slots__ = ("_local", "_local_eps", "_local_stream", "_other", "_other_stream", "zone")
+    __slots__ = ("_by_state", "_local", "_local_eps", "_local_stream", "_other",
+                 "_other_stream", "zone")
 
     def __init__(self, zone: str, inner: Callable[[], Balancer] = P2C) -> None:
         if not isinstance(zone, str) or not zone:
@@ -90,6 +93,9 @@ class ZoneAwareBalancer:
         self._local = inner()
         self._other = inner()
         self._local_eps: tuple[Endpoint, ...] = ()
+        # the local endpoints by state (kept by their state's setter): whether another
+        # local one is READY is O(READY), not a scan of the zone at each pick
+        self._by_state = StateIndex()
         # a streaming-response call is picked by the inner pick_stream where there is one
         self._local_stream: Pick = getattr(self._local, "pick_stream", None) or self._local.pick
         self._other_stream: Pick = getattr(self._other, "pick_stream", None) or self._other.pick
@@ -115,6 +121,7 @@ class ZoneAwareBalancer:
         self._local.update(local)
         self._other.update(other)
         self._local_eps = tuple(local)
+        self._by_state.track(local)
 
     def pick(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
@@ -150,8 +157,8 @@ class ZoneAwareBalancer:
             ep = got[0]
             if ep.state is _READY and not (exclude and ep in exclude):
                 return got
-            if any(e.state is _READY and not (exclude and e in exclude)
-                   for e in self._local_eps):
+            ready = self._by_state.of(_READY)
+            if ready and (not exclude or any(e not in exclude for e in ready)):
                 return got  # the local balancer's choice among usable local endpoints
         alt = other(key, exclude)
         if alt is None:
