@@ -87,24 +87,37 @@ async def test_a_reader_that_cannot_write_drops_a_dead_instance_while_others_wri
 
 async def test_a_process_that_cannot_write_keeps_its_own_instances(tmp_path: Path) -> None:
     """The same, for a process that registered before its writes began to fail: its own
-    instance (alive: it is this process) stays in its watch while the dead one leaves."""
+    instance (alive: it is this process) stays in its watch while the dead one leaves.
+
+    The watch is read throughout by a task of its own: it polls only while iterated, and
+    ``kept_endpoints`` is what its latest poll found. Under load c could expire (its
+    owner's last heartbeat late) while m was still live in the file and this process's
+    latest write had not failed yet: the watch then listed m and w keeping nothing, and a
+    watch no one read any more never saw m expire (``kept_endpoints`` stayed 0: "m kept
+    by its own process's watch not reached within 8s", a clean-clone CI run)."""
     opts = LocalOptions(path=tmp_path, ttl_s=0.3, poll_interval_s=0.02)
     writer, owner = LocalRegistry(opts), LocalRegistry(opts)
     me = ReadOnly(opts)
     me.read_only = False
     watch = me.watch("svc")
+    seen: list[list[str]] = []
+
+    async def follow() -> None:
+        async for instances in watch:
+            seen.append(ids(instances))
+
+    following = asyncio.create_task(follow())
     try:
         await writer.register(inst("w"))
         await owner.register(inst("c"))
         await me.register(inst("m"))
-        while ids(await anext(watch)) != ["c", "m", "w"]:
-            pass
+        await until(lambda: bool(seen) and seen[-1] == ["c", "m", "w"], timeout_s=8,
+                    what="c, m and w listed")
         await make_read_only(me)  # its heartbeats fail from now on: m expires in the file
         await owner.close()
-        async with asyncio.timeout(8):
-            while ids(await anext(watch)) != ["m", "w"]:
-                pass
-        assert me.status().writable is False
+        await until(lambda: seen[-1] == ["m", "w"], timeout_s=8, what=f"c dropped ({seen})")
+        await until(lambda: me.status().writable is False, timeout_s=8,
+                    what="its writes seen failing")
 
         async def m_expired() -> bool:
             return ids(await writer.instances("svc")) == ["w"]
@@ -112,7 +125,13 @@ async def test_a_process_that_cannot_write_keeps_its_own_instances(tmp_path: Pat
         await until(m_expired, timeout_s=8, what="m to expire in the file")
         await until(lambda: me.status().kept_endpoints == 1, timeout_s=8,
                     what="m kept by its own process's watch")
+        assert seen[-1] == ["m", "w"], seen  # m never left it
+        after = seen[seen.index(["c", "m", "w"]):]
+        assert all("m" in s for s in after), seen
     finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
         await watch.aclose()
         await writer.close()
         await me.close()
