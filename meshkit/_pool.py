@@ -268,6 +268,11 @@ class EndpointPool:
         self.resolved = asyncio.Event()
         self._changed = asyncio.Event()
         self.closed = False
+        # set (a plain assignment, from any thread) by a channel collected without
+        # close() (MeshChannel.__del__), whose close is then on its way to the pool's
+        # loop: nothing more is built meanwhile (_add, _rebuild_one: its sub-channel
+        # factory, called through a weak reference, can build none), and not logged
+        self.dropped = False
         # grpc.aio calls (streams) still running on a sub-channel when its drain ran out
         # (an endpoint that left, a replaced sub-channel's endpoint that left): cancelled
         # by the mesh, not by their callers, so their call objects report that cut
@@ -428,11 +433,12 @@ class EndpointPool:
     async def _add_rest(self) -> None:
         """Add the endpoints :meth:`apply` left to add, :data:`BUILD_BATCH` per turn of
         the event loop, the balancer updated and waiting calls woken after each batch;
-        ends when none is left (a later answer may refill them), or with :meth:`close`."""
+        ends when none is left (a later answer may refill them), or with :meth:`close`
+        (or once the channel was dropped: :attr:`dropped`)."""
         to_add = self._to_add
         while to_add and not self.closed:
             await asyncio.sleep(0)  # the loop's other work runs between two batches
-            if self.closed:
+            if self.closed or self.dropped:
                 return
             for key in list(itertools.islice(to_add, BUILD_BATCH)):
                 inst = to_add.pop(key)
@@ -470,6 +476,8 @@ class EndpointPool:
         try:
             conn = _Conn(self._make_channel(inst.address))
         except Exception as exc:
+            if self.dropped:  # the channel is gone (no factory): its close is coming
+                return False
             error = f"{type(exc).__name__}: {exc}"
             failed = self._unbuilt.get(key)
             if failed is None or failed[0].address != inst.address:
@@ -668,7 +676,7 @@ class EndpointPool:
         """The rest of :meth:`rebuild`, :data:`BUILD_BATCH` endpoints per loop turn."""
         for start in range(0, len(todo), BUILD_BATCH):
             await asyncio.sleep(0)  # the loop's other work runs between two batches
-            if self.closed:
+            if self.closed or self.dropped:
                 return
             done, failing = self._rebuild_some(todo[start:start + BUILD_BATCH])
             rebuilt += done
@@ -685,6 +693,8 @@ class EndpointPool:
         try:
             conn = _Conn(self._make_channel(ep.instance.address))
         except Exception as exc:  # the current sub-channel still serves: kept
+            if self.dropped:  # the channel is gone (no factory): its close is coming
+                return False
             if not retried:
                 self.sub_channel_errors += 1
                 _log.error("sub-channel could not be rebuilt; keeping the current one",

@@ -1082,13 +1082,18 @@ class MeshChannel(grpc.aio.Channel):
         per request and dropped): it is closed in its loop (:meth:`_close_collected`).
         Before, its discovery watch and sub-channels (and, dialed without ``registry=``
         or with a URI, a registry with its poll loop and worker thread) were kept for the
-        rest of the loop's life, one set per channel dropped. One closed, or closed with
-        its loop's end, is left alone. Nothing here takes a lock (a collection may run
+        rest of the loop's life, one set per channel dropped. The pool builds no more
+        sub-channels meanwhile (``EndpointPool.dropped``: a first answer's or a renewal's
+        batches still to come). One closed, or closed with its loop's end, is left
+        alone. Nothing here takes a lock (a collection may run
         inside any locked section): the rest runs in the loop, which holds the channel
         again until it is closed."""
         pool = getattr(self, "_pool", None)  # (a constructor that raised: nothing made)
         if pool is None or pool.closed:
             return
+        # nothing more built meanwhile (its batches of new or renewed sub-channels would
+        # each fail, logged at ERROR, on a channel gone): a plain assignment, no lock
+        pool.dropped = True
         loop = pool._loop  # the loop it was dialed in
         if not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # (closed meanwhile, by its thread)
