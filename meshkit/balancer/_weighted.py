@@ -7,16 +7,17 @@ import hashlib
 import heapq
 import math
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from meshkit._config import check_int, check_rng
 from meshkit._fork import ForkSafeRandom, reset_in_forked_child
-from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
+from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex, noop_done
 
 __all__ = ["RingHash", "WeightedRoundRobin"]
 
 _FAILING = EndpointState.FAILING
 _READY = EndpointState.READY
+_IDLE = EndpointState.IDLE
 _MAX_RING = 8 * 1024 * 1024  # gRPC's limit of ring_hash's max_ring_size (gRFC A42)
 _LCM_MAX = 1 << 46  # a weights' multiple this large makes a cycle of 2**62 turns: floats
 
@@ -45,7 +46,9 @@ class WeightedRoundRobin:
     random picks; :class:`RoundRobin` starts at a random position). An endpoint still
     connecting is taken only when no READY one is usable (as :class:`RoundRobin`), also
     among excluded ones (every usable endpoint excluded: an excluded READY one first);
-    its turn passes meanwhile.
+    its turn passes meanwhile. With none READY (a dial's sub-channels connecting), a pick
+    takes the first connecting one due and leaves the rest of the schedule unread (the
+    endpoints are kept by state as their states change): O(log n), not O(n log n).
 
     In a child made by ``os.fork()`` a balancer with its default random source draws
     every endpoint's next turn afresh (at a random point of its interval, as a newcomer):
@@ -62,7 +65,7 @@ class WeightedRoundRobin:
             ``random.Random(seed)``, the class itself; quoted).
     """
 
-    __slots__ = ("__weakref__", "_heap", "_out", "_rng", "_seq", "_steps")
+    __slots__ = ("__weakref__", "_by_state", "_heap", "_out", "_rng", "_seq", "_steps")
 
     def __init__(self, rng: random.Random | None = None) -> None:
         check_rng("rng", rng, ("random",))
@@ -72,6 +75,9 @@ class WeightedRoundRobin:
         self._steps: dict[str, float] = {}  # key -> turns between two of its picks
         self._out: list[Endpoint] = []  # found FAILING at their turn: out of the heap
         self._seq = 0
+        # the endpoints by state (kept by their state's setter): with none READY, a pick
+        # stops at the first one due, not after popping the whole heap
+        self._by_state = StateIndex()
         if rng is None:
             _wrr_forked.add(self)
 
@@ -116,6 +122,7 @@ class WeightedRoundRobin:
         self._heap = heap
         self._out = []  # every endpoint is back in the heap; FAILING ones leave at their turn
         self._seq = len(heap)
+        self._by_state.track(endpoints)
 
     def _rejoin(self) -> None:
         """Put the endpoints out of the schedule that are usable again back into it, due
@@ -139,6 +146,9 @@ class WeightedRoundRobin:
             self._rejoin()
         heap = self._heap
         chosen = fallback = None
+        # none READY (and nothing to avoid): the first connecting one due is the pick, so
+        # the rest of the heap keeps its turns unread (popping it all was O(n log n))
+        first_idle = not exclude and not self._by_state.count(_READY)
         passed: list[tuple[float, int, Endpoint]] = []
         idle: list[tuple[float, int, Endpoint]] = []  # still connecting
         while heap:
@@ -161,6 +171,8 @@ class WeightedRoundRobin:
                     passed.append(entry)
             else:
                 idle.append(entry)
+                if first_idle:
+                    break
         steps, seq = self._steps, self._seq
         if chosen is not None:
             # connecting while a READY one was there: due one turn of their own from now
@@ -189,6 +201,21 @@ class WeightedRoundRobin:
         return ep, noop_done
 
 
+def _untried(eps: Sequence[Endpoint], exclude: Collection[Endpoint],
+             rnd: Callable[[], float]) -> Endpoint | None:
+    """A random endpoint of ``eps`` not in ``exclude`` (uniform), or ``None``: a few
+    draws, then a scan of ``eps`` (O(1) while few are excluded)."""
+    n = len(eps)
+    if not n:
+        return None
+    for _ in range(4 if n > 2 else 2):
+        ep = eps[int(rnd() * n)]
+        if not (exclude and ep in exclude):
+            return ep
+    usable = [e for e in eps if e not in exclude]
+    return usable[int(rnd() * len(usable))] if usable else None
+
+
 def _hash64(data: str) -> int:
     return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
 
@@ -202,7 +229,8 @@ class RingHash:
     key keeps landing on the same endpoint (cache affinity) and only ~1/N of keys move
     when an endpoint joins or leaves. A call without a key goes to a random usable
     endpoint, a READY one while there is one (a keyed call waits for its owner to
-    connect, as gRPC's ``ring_hash`` queues it, gRFC A42).
+    connect, as gRPC's ``ring_hash`` queues it, gRFC A42), drawn from the endpoints kept
+    by state as their states change: O(1), however few of many endpoints are READY.
     ``FAILING`` endpoints are skipped; ``exclude`` is a preference, with or without a key:
     an excluded endpoint is taken only when no other is usable.
 
@@ -240,7 +268,8 @@ class RingHash:
             ``random.Random(seed)``, the class itself); quoted.
     """
 
-    __slots__ = ("_eps", "_hashes", "_max_ring", "_owners", "_points", "_replicas", "_rng")
+    __slots__ = ("_by_state", "_eps", "_hashes", "_max_ring", "_owners", "_points",
+                 "_replicas", "_rng")
 
     def __init__(self, replicas_per_weight: int = 100, rng: random.Random | None = None, *,
                  max_ring_size: int = 4096) -> None:
@@ -254,6 +283,9 @@ class RingHash:
         self._points: list[int] = []
         self._owners: list[Endpoint] = []
         self._hashes: dict[str, list[int]] = {}  # key -> its points hashed so far
+        # the endpoints by state (kept by their state's setter): a keyless pick draws from
+        # the READY (then connecting) ones, O(1), not lists of every endpoint
+        self._by_state = StateIndex()
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Rebuild the ring for ``endpoints``: O(ring size x log), points hashed once."""
@@ -274,6 +306,7 @@ class RingHash:
         self._points = [p for p, _ in ring]
         self._owners = [by_key[key] for _, key in ring]
         self._eps = tuple(endpoints)
+        self._by_state.track(self._eps)
         if len(hashes) > 2 * len(by_key):  # forget those gone a while (bounded memory)
             self._hashes = {key: hashes[key] for key in by_key}
 
@@ -296,22 +329,17 @@ class RingHash:
         if not self._eps:
             return None
         if key is None:  # no affinity to keep: a READY endpoint before a connecting one
-            # a few draws first (uniform among the READY untried ones, as the lists
-            # below): building them is O(n) a call
-            eps = self._eps
-            n = len(eps)
+            # uniform among the untried READY ones, else the untried connecting ones,
+            # else the tried READY ones, else the tried connecting ones
             rnd = self._rng.random
-            for _ in range(4):
-                ep = eps[int(rnd() * n)]
-                if ep.state is _READY and not (exclude and ep in exclude):
-                    return ep, noop_done
-            usable = [e for e in eps if e.state is not _FAILING]
-            if exclude:
-                preferred = [e for e in usable if e not in exclude]
-                usable = preferred or usable
-            ready = [e for e in usable if e.state is _READY]
-            usable = ready or usable
-            return (self._rng.choice(usable), noop_done) if usable else None
+            ready, idle = self._by_state.of(_READY), self._by_state.of(_IDLE)
+            ep = _untried(ready, exclude, rnd) or _untried(idle, exclude, rnd)
+            if ep is None:  # (every usable endpoint tried)
+                usable = ready or idle
+                if not usable:
+                    return None
+                ep = usable[int(rnd() * len(usable))]
+            return ep, noop_done
         n = len(self._points)
         start = bisect.bisect(self._points, _hash64(key))
         fallback: Endpoint | None = None
