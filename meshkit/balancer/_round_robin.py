@@ -8,7 +8,12 @@ from collections.abc import Collection, Sequence
 
 from meshkit._config import check_rng
 from meshkit._fork import reset_in_forked_child
-from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
+from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex, noop_done
+
+_READY = EndpointState.READY
+_IDLE = EndpointState.IDLE
+# endpoints a pick looks at in turn before it looks for the next READY one by state
+_WALK = 8
 
 __all__ = ["RoundRobin"]
 
@@ -39,11 +44,15 @@ class RoundRobin:
             ``random.Random(seed)``, the class itself; quoted).
     """
 
-    __slots__ = ("__weakref__", "_endpoints", "_next")
+    __slots__ = ("__weakref__", "_by_state", "_endpoints", "_next", "_positions")
 
     def __init__(self, rng: random.Random | None = None) -> None:
         check_rng("rng", rng, ("randrange",))
         self._endpoints: tuple[Endpoint, ...] = ()
+        # each endpoint's places in the turn, and the endpoints by state (kept by their
+        # state's setter): the next READY one in turn is found among the READY ones
+        self._positions: dict[Endpoint, list[int]] = {}
+        self._by_state = StateIndex()
         self._next = (rng if rng is not None else random.Random()).randrange(1 << 30)
         if rng is None:
             _rr_forked.add(self)
@@ -55,37 +64,72 @@ class RoundRobin:
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list (order is kept as given)."""
         self._endpoints = tuple(endpoints)
+        positions: dict[Endpoint, list[int]] = {}
+        for i, ep in enumerate(self._endpoints):
+            positions.setdefault(ep, []).append(i)
+        self._positions = positions
+        self._by_state.track(self._endpoints)
 
     def pick(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
     ) -> tuple[Endpoint, Done] | None:
-        """Next usable endpoint in turn, or ``None`` if none is usable. ``key`` is ignored."""
+        """Next usable endpoint in turn, or ``None`` if none is usable. ``key`` is ignored.
+
+        Looks at a few endpoints in turn, then finds the next READY one (or, with none,
+        the next connecting one) among the endpoints kept by state: O(1) while most are
+        READY (or, with none READY, connecting), O(READY) at most, not a walk of every
+        endpoint when few of many are READY."""
         eps = self._endpoints
         n = len(eps)
         if n == 0:
             return None
         start = self._next
-        fallback: Endpoint | None = None  # idle, not excluded
-        excluded: Endpoint | None = None  # ready, excluded
-        excluded_idle: Endpoint | None = None
-        for i in range(n):
+        for i in range(min(n, _WALK)):
             ep = eps[(start + i) % n]
-            if ep.state is EndpointState.READY:
-                if exclude and ep in exclude:
-                    excluded = excluded or ep
-                    continue
+            if ep._state is _READY and not (exclude and ep in exclude):
                 # the turn goes on from the endpoint taken, not from the start: skipping
                 # an unusable endpoint must not give the next one its turn as well
                 self._next = (start + i + 1) % n
                 return ep, noop_done
-            if ep.state is EndpointState.IDLE:
-                if exclude and ep in exclude:
-                    excluded_idle = excluded_idle or ep
-                else:
-                    fallback = fallback or ep
+        at = self._first(_READY, start, exclude, untried=True) if n > _WALK else None
+        if at is not None:
+            self._next = (at + 1) % n
+            return eps[at], noop_done
         self._next = start + 1
-        chosen = fallback or excluded or excluded_idle
-        return (chosen, noop_done) if chosen is not None else None
+        # none READY untried: a connecting one, else an excluded READY one, else an
+        # excluded connecting one, the first in turn each
+        at = self._first(_IDLE, start, exclude, untried=True)
+        if at is None and exclude:
+            at = self._first(_READY, start, exclude, untried=False)
+            if at is None:
+                at = self._first(_IDLE, start, exclude, untried=False)
+        return (eps[at], noop_done) if at is not None else None
+
+    def _first(self, state: EndpointState, start: int, exclude: Collection[Endpoint], *,
+               untried: bool) -> int | None:
+        """The position of the first endpoint in turn from ``start`` in ``state`` and not
+        in ``exclude`` (``untried``) or in it, or ``None``: a walk in turn while such
+        endpoints are many (found within a few steps), else the nearest of them."""
+        eps = self._endpoints
+        n = len(eps)
+        members = self._by_state.of(state)
+        if not members:
+            return None
+        if len(members) * _WALK >= n:
+            for i in range(n):
+                ep = eps[(start + i) % n]
+                if ep.state is state and (not (exclude and ep in exclude)) is untried:
+                    return (start + i) % n
+            return None
+        best: int | None = None
+        nearest = n
+        positions = self._positions
+        for ep in members:
+            if (not (exclude and ep in exclude)) is untried:
+                for at in positions[ep]:
+                    if (at - start) % n < nearest:
+                        best, nearest = at, (at - start) % n
+        return best
 
 
 # round robins with their default random source take a new position in a forked child
