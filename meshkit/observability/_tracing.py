@@ -1431,7 +1431,11 @@ def _lean_span_type() -> Any:
         13 fields in slots instead of an instance dict. A span waiting in a batch
         processor's queue (up to 2,048 by default, for seconds) is then two objects for
         the garbage collector instead of three, and about half the memory; everything
-        reads it through the SDK's properties, and ``copy`` handles slots."""
+        reads it through the SDK's properties, and ``copy`` handles slots. Each provider
+        gets its own subclass (:meth:`_Sdk.__init__`, a lean span's ``_readable_type``)
+        holding the three fields every span of that provider shares (resource,
+        instrumentation info and scope) as class attributes, as the lean span's class
+        does: a span copies ten."""
 
         __slots__ = tuple(sorted(_READABLE))
 
@@ -1453,6 +1457,7 @@ def _lean_span_type() -> Any:
         _set_status_on_exception = True
         _record_end_metrics: Any = None
         _sdk: _Sdk
+        _readable_type = LeanReadableSpan  # its provider's subclass (_Sdk.__init__)
         _meshkit_lean = True  # what set_mesh_attributes checks (isinstance runs abc's hook)
 
         def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
@@ -1541,19 +1546,16 @@ def _lean_span_type() -> Any:
                 ending(self)
             if hooks[3]:
                 if fast_readable:  # the SDK's _readable_span, slotted and inline
-                    rs = new(LeanReadableSpan)
+                    rs = new(self._readable_type)  # (its provider's resource and scope)
                     rs._name = self._name
                     rs._context = self._context
                     rs._kind = self._kind
-                    rs._instrumentation_info = self._instrumentation_info
-                    rs._instrumentation_scope = self._instrumentation_scope
                     rs._parent = self._parent
                     rs._start_time = self._start_time
                     rs._end_time = self._end_time
                     rs._attributes = attrs
                     rs._events = self._events
                     rs._links = self._links
-                    rs._resource = self._resource
                     rs._status = self._status
                 else:
                     rs = super()._readable_span()
@@ -1689,11 +1691,14 @@ class _Sdk:
                      or limits.max_span_attributes >= _LEAN_MIN_ATTRIBUTES)
                 and limits.max_span_attribute_length is None):
             self.processor = t.span_processor
-            self.lean = type("LeanSdkSpan", (_lean_span_type(),), {
-                "_resource": t.resource, "_instrumentation_info": t.instrumentation_info,
-                "_instrumentation_scope": t._instrumentation_scope,
-                "_sampler": self.sampler, "_span_processor": self.processor,
-                "_limits": limits, "_sdk": self, "__module__": __name__})
+            shared = {"_resource": t.resource, "_instrumentation_info": t.instrumentation_info,
+                      "_instrumentation_scope": t._instrumentation_scope}
+            lean = _lean_span_type()
+            self.lean = type("LeanSdkSpan", (lean,), {
+                **shared, "_sampler": self.sampler, "_span_processor": self.processor,
+                "_limits": limits, "_sdk": self, "__module__": __name__,
+                "_readable_type": type("LeanReadableSpan", (lean._readable_type,), {
+                    **shared, "__slots__": (), "__module__": __name__})})
             # the synchronous multi-processor's processors are called one by one (its
             # tuple is re-read when a processor is added); any other processor as a whole
             # (_NO_MULTI: the processors a span compares with its hooks' are None, as theirs)

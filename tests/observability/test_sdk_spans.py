@@ -63,8 +63,10 @@ def provider_for(**kwargs: Any) -> tuple[TracerProvider, InMemorySpanExporter, R
 
 
 def held(span: ReadableSpan) -> list[str]:
-    """The fields ``span`` holds: its instance dict's and its slots' (a lean span's)."""
-    slots = [n for n in getattr(type(span), "__slots__", ()) if hasattr(span, n)]
+    """The fields ``span`` holds: its instance dict's and its slots' (a lean span's, its
+    provider's resource and scope class attributes of its class over them)."""
+    slots = [n for cls in type(span).__mro__ for n in getattr(cls, "__slots__", ())
+             if hasattr(span, n)]
     return sorted({*vars(span), *slots})
 
 
