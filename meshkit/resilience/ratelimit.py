@@ -62,11 +62,13 @@ counter left without a TTL) run once. A Redis call is not retried by the client 
 timeout): a hit is not idempotent, and one whose answer was lost (connection reset after
 Redis ran it) would be counted again. Such a call is a storage failure, handled as the
 table below says; the call after it counts normally. (``async+redis+cluster`` keeps
-coredis' cluster retries, which also follow a failed node to its replacement.) coredis
-drops a connection on an error reply (``NOSCRIPT``, at the first hit on a Redis just
-started or restarted) and reopens it: the transport it dropped no longer cuts the one
-that replaced it (over TLS its end came after the new one was up on a loaded host,
-failing the hits in flight: :class:`_CurrentTransportOnly`).
+coredis' cluster retries, which also follow a failed node to its replacement.) All
+callers' hits share a connection: a ``NOSCRIPT`` reply (every hit's while the script
+cache is empty: a Redis just started or restarted) keeps it, where coredis dropped it,
+failing the other hits in flight on it (:class:`_KeptOnNoScript`); a connection coredis
+drops (another error reply, a timed-out read) and reopens is not cut by its old
+transport's end (over TLS that came after the new one was up on a loaded host, failing
+the hits in flight: :class:`_CurrentTransportOnly`).
 
 ==========================================  =============================================
 outcome                                     gRPC status
@@ -1254,12 +1256,35 @@ class _CurrentTransportOnly:
         super().connection_made(transport)  # type: ignore[misc]
 
 
+class _KeptOnNoScript:
+    """Mixed into the connection class of a limiter's coredis pools
+    (:func:`_current_transports_only`): a ``NOSCRIPT`` reply does not drop the
+    connection.
+
+    coredis' client drops the connection on any error reply (``except RedisError:
+    connection.disconnect()``), and every caller's commands are multiplexed on it: the
+    first hit answered ``NOSCRIPT`` (each hit's, once the script cache is empty: a Redis
+    just started or restarted, ``SCRIPT FLUSH``, a failover) failed the other callers'
+    hits still waiting on it ("connection lost": storage failures). A ``NOSCRIPT`` reply
+    was read whole, so the connection is in step: this ``disconnect()`` called while
+    one is being handled does nothing (the script is loaded and the hit sent again on
+    it); any other disconnect is coredis' own."""
+
+    _no_script: type[BaseException]  # coredis.exceptions.NoScriptError, set with the class
+
+    def disconnect(self) -> None:
+        if isinstance(sys.exception(), self._no_script):  # (the client's except block)
+            return
+        super().disconnect()  # type: ignore[misc]
+
+
 _current_only_classes: dict[type, type] = {}
 
 
 def _current_transports_only(pools: list[Any]) -> None:
     """Give each coredis pool in ``pools`` a connection class taking only the callbacks
-    of its current transport (:class:`_CurrentTransportOnly` mixed into the pool's
+    of its current transport and kept on a ``NOSCRIPT`` reply
+    (:class:`_CurrentTransportOnly` and :class:`_KeptOnNoScript` mixed into the pool's
     ``connection_class``: made once per class). A pool without a connection class
     (another driver's) is left as it is."""
     for pool in pools:
@@ -1269,9 +1294,12 @@ def _current_transports_only(pools: list[Any]) -> None:
             continue
         mixed = _current_only_classes.get(cls)
         if mixed is None:
+            from coredis.exceptions import NoScriptError  # (a coredis pool: installed)
+
             mixed = _current_only_classes.setdefault(cls, type(
-                cls.__name__, (_CurrentTransportOnly, cls),
-                {"__module__": __name__, "__doc__": cls.__doc__}))
+                cls.__name__, (_KeptOnNoScript, _CurrentTransportOnly, cls),
+                {"__module__": __name__, "__doc__": cls.__doc__,
+                 "_no_script": NoScriptError}))
         pool.connection_class = mixed
 
 

@@ -127,11 +127,12 @@ def redis_for_its_address(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 async def _two_hits(uri: str) -> list[str | None]:
     """Two hits of one caller on a fresh limiter (``on_storage_error="deny"``): their
     outcomes' status names (``None``: admitted). On a Redis just started the first hit
-    gets ``NOSCRIPT``, coredis drops its connection and reopens it: the old TLS
-    transport's late end cut the new one on a loaded CI box (both hits failed, "No
+    gets ``NOSCRIPT``, on which coredis dropped its connection and reopened it: the old
+    TLS transport's late end cut the new one on a loaded CI box (both hits failed, "No
     matching script", "application data after close notify" or an ``AssertionError``)
     until meshkit's connections took their current transport's callbacks only
-    (test_hunt39_f1_ratelimit_stale_transport)."""
+    (test_hunt39_f1_ratelimit_stale_transport) and were kept on ``NOSCRIPT``
+    (test_hunt39_f1_ratelimit_noscript_in_flight)."""
     limiter = StorageLimiter(RateLimitOptions(default_rule="1/minute", storage_uri=uri,
                                               on_storage_error="deny", key_prefix="a12-tls",
                                               storage_timeout_s=5.0))  # a slow first connect
