@@ -932,6 +932,12 @@ class EndpointPool:
             self.notify()
 
     @property
+    def by_state(self) -> StateIndex:
+        """The pool's endpoints by state (kept by their state's setter): read, never
+        changed."""
+        return self._by_state
+
+    @property
     def ready_count(self) -> int:
         """How many of the pool's endpoints are READY, O(1) (a count kept by their
         state's setter, :class:`~meshkit.balancer._endpoint.StateIndex`)."""

@@ -1840,8 +1840,12 @@ class MeshChannel(grpc.aio.Channel):
             self._pool.connect_idle()
         balancer = self._balancer
         out = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else ()
-        best = min((EndpointState.FAILING if key in out else ep.state
-                    for key, ep in endpoints.items()), default=EndpointState.FAILING)
+        # the best state of an endpoint in rotation, from the endpoints kept by state
+        # (not a scan of every endpoint at each change a watcher wakes on)
+        by_state = pool.by_state
+        best = next((state for state in (EndpointState.READY, EndpointState.IDLE)
+                     if any(ep.key not in out for ep in by_state.of(state))),
+                    EndpointState.FAILING)
         if best is EndpointState.FAILING and out:  # panic routing takes the ejected ones
             best = min((ep.state for key, ep in endpoints.items() if key in out),
                        default=EndpointState.FAILING)
@@ -1850,8 +1854,7 @@ class MeshChannel(grpc.aio.Channel):
             # (its server closed the unused connection): nothing connects until a call
             # asks, and grpc.aio's channel reads IDLE then
             idle = pool.left_idle
-            if idle and all(key in idle for key, ep in endpoints.items()
-                            if ep.state is EndpointState.IDLE):
+            if idle and all(ep.key in idle for ep in by_state.of(EndpointState.IDLE)):
                 return grpc.ChannelConnectivity.IDLE
         return {
             EndpointState.READY: grpc.ChannelConnectivity.READY,
