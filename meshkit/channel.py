@@ -1618,14 +1618,8 @@ class MeshChannel(grpc.aio.Channel):
             if picked is None or picked[0]._state is not _READY:
                 picked = await pool.pick_slow(details, picked)
             ep = picked[0]
-            conn = self._conns.get(ep.key)
-            if conn is None:
-                return picked
-            try:
-                state = conn.channel.get_state()
-            except Exception:  # a closed or foreign sub-channel: nothing known
-                return picked
-            if state is _READY_CONN:
+            state = self._sub_channel_state(ep)
+            if state is None or state is _READY_CONN:  # (None: nothing known)
                 return picked
             pool.observed(ep, pool.state_of(state))
             if ep.state is _READY:  # not the pool's (it left): sent as picked
@@ -1633,6 +1627,19 @@ class MeshChannel(grpc.aio.Channel):
             picked[1](_CANCELLED, 0.0)  # not sent: no endpoint's outcome
             picked = None if pool.closed else self._pick_stream(details.request_key,
                                                                 details.attempts)
+
+    def _sub_channel_state(self, ep: Endpoint) -> grpc.ChannelConnectivity | None:
+        """grpc's own connectivity of ``ep``'s sub-channel now, or ``None`` when nothing
+        is known (no sub-channel kept for it, or one closed or foreign that cannot be
+        read)."""
+        conn = self._conns.get(ep.key)
+        if conn is None:
+            return None
+        try:
+            state: grpc.ChannelConnectivity = conn.channel.get_state()
+        except Exception:  # a closed or foreign sub-channel: nothing known
+            return None
+        return state
 
     def _unavailable(self, ep: Endpoint, exc: AioRpcError) -> ConnectFailedError | None:
         """The failure path of a unary-response attempt on ``ep`` that ended
@@ -1651,12 +1658,8 @@ class MeshChannel(grpc.aio.Channel):
         pool = self._pool
         if trailers or details is None or pool.endpoints.get(ep.key) is not ep:
             return None
-        conn = self._conns.get(ep.key)
-        if conn is None:
-            return None
-        try:
-            state = conn.channel.get_state()
-        except Exception:  # a closed or foreign sub-channel: nothing known
+        state = self._sub_channel_state(ep)
+        if state is None:
             return None
         if not never_connected(_UNAVAILABLE, details, exc.initial_metadata(), trailers, state):
             return None
