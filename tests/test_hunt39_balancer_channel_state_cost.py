@@ -14,30 +14,15 @@ import pytest
 
 import meshkit
 import meshkit._pool
-from meshkit.balancer import Endpoint, EndpointState
+from meshkit.balancer import EndpointState
 from meshkit.discovery import Instance, LocalRegistry
+from tests.support.counting import CountedEndpoint as _Counted
 from tests.support.echo import handler
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
 _N = 120
-
-
-class _Counted(Endpoint):
-    """An endpoint that counts the reads of its state (an endpoint examined)."""
-
-    __slots__ = ()
-    reads = 0
-
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        _Counted.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
 
 
 async def test_get_state_reads_few_endpoint_states(registry: LocalRegistry,

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 import meshkit
 from meshkit.balancer import P2C, Endpoint, EndpointState
 from meshkit.discovery import Instance, LocalRegistry
+from tests.support.counting import CountedEndpoint as _Counted
+from tests.support.counting import counted_endpoints as _endpoints
 from tests.support.echo import handler
 from tests.support.ports import free_port
 from tests.support.wait import until
@@ -30,31 +32,6 @@ from tests.support.wait import until
 pytestmark = pytest.mark.timeout(120)
 
 _N = 2000
-
-
-class _Counted(Endpoint):
-    """An endpoint that counts the reads of its state (an endpoint examined)."""
-
-    __slots__ = ()
-    reads = 0
-
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        _Counted.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
-
-
-def _endpoints(n: int, ready: int) -> list[Endpoint]:
-    eps: list[Endpoint] = [_Counted(Instance(service="s", instance_id=f"e{i:04d}",
-                                             host="127.0.0.1", port=1000 + i))
-                           for i in range(n)]
-    for ep in eps[:ready]:
-        ep.state = EndpointState.READY
-    return eps
 
 
 @pytest.mark.parametrize("ready", [0, 1, _N // 10], ids=["none", "one", "tenth"])

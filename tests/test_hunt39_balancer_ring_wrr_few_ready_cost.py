@@ -18,37 +18,13 @@ from collections import Counter
 
 import pytest
 
-from meshkit.balancer import Endpoint, EndpointState, RingHash, WeightedRoundRobin
-from meshkit.discovery import Instance
+from meshkit.balancer import EndpointState, RingHash, WeightedRoundRobin
+from tests.support.counting import CountedEndpoint as _Counted
+from tests.support.counting import counted_endpoints as _endpoints
 
 pytestmark = pytest.mark.timeout(60)
 
 _N = 2000
-
-
-class _Counted(Endpoint):
-    """An endpoint that counts the reads of its state (an endpoint examined)."""
-
-    __slots__ = ()
-    reads = 0
-
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        _Counted.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
-
-
-def _endpoints(n: int, ready: int) -> list[Endpoint]:
-    eps: list[Endpoint] = [_Counted(Instance(service="s", instance_id=f"e{i:04d}",
-                                             host="127.0.0.1", port=1000 + i))
-                           for i in range(n)]
-    for ep in eps[:ready]:
-        ep.state = EndpointState.READY
-    return eps
 
 
 @pytest.mark.parametrize("ready", [0, 1, 20], ids=["none", "one", "twenty"])

@@ -17,24 +17,9 @@ import pytest
 
 from meshkit.balancer import P2C, Endpoint, EndpointState, ZoneAwareBalancer
 from meshkit.discovery import Instance
+from tests.support.counting import CountedEndpoint as _Counted
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class _Counted(Endpoint):
-    """An endpoint that counts the reads of its state (an endpoint examined)."""
-
-    __slots__ = ()
-    reads = 0
-
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        _Counted.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
 
 
 def _zone(zone: str, n: int, state: EndpointState) -> list[Endpoint]:
