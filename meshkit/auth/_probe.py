@@ -19,7 +19,8 @@ validity dates and OpenSSL's verify message.
 Cost: nothing per call. A probe runs only on a sub-channel's change to
 ``TRANSIENT_FAILURE``, at most once per endpoint every ``interval_s`` (30 s), at most
 :data:`PROBES_AT_ONCE` at a time per channel (more wanting one wait, at most
-:data:`PROBES_WAITING`; the rest are probed at a later failure), each bounded by
+:data:`PROBES_WAITING`, renewals' and failures' together; the rest are probed at a later
+failure, a renewal's not at all), each bounded by
 ``timeout_s`` (5 s), as a task of the channel's pool (cancelled by its ``close()``).
 """
 
@@ -291,6 +292,7 @@ class HandshakeDiagnosis:
         self._reasons: dict[str, str] = {}  # instance id -> its reason
         self._probed: dict[str, float] = {}  # instance id -> when last probed
         self._running: set[str] = set()  # probes running or waiting for their turn
+        self._explaining = 0  # explain()'s probes running or waiting for their turn
         # endpoints whose last change was to TRANSIENT_FAILURE: a probe's answer for one
         # that has connected meanwhile is dropped
         self._failing: dict[str, None] = {}
@@ -310,15 +312,29 @@ class HandshakeDiagnosis:
 
     async def explain(self, address: str) -> str | None:
         """Probe ``address`` (``host:port``) now, in its turn among the channel's probes,
-        and return the reason found (``None``: nothing found wrong, or no port in the
-        address), recording nothing: for a sub-channel of an endpoint that is READY
-        otherwise (a renewal's, ``EndpointPool._connect_then_use``), whose warning says
-        why it cannot connect."""
+        and return the reason found, recording nothing: for a sub-channel of an endpoint
+        that is READY otherwise (a renewal's, ``EndpointPool._connect_then_use``), whose warning
+        says why it cannot connect. ``None``: nothing found wrong, no port in the
+        address, or the channel's probes already at their bound (:data:`PROBES_AT_ONCE`
+        running and :data:`PROBES_WAITING` waiting, these and :meth:`observe`'s counted
+        together: a renewal of 1,000 endpoints that cannot connect queues no 1,000
+        probes, nor a failure probe behind them all)."""
         host, _, port = address.rpartition(":")
-        if not port.isdigit():
+        if not port.isdigit() or self._queued() >= PROBES_AT_ONCE + PROBES_WAITING:
             return None
-        async with self._slots:
-            return await self._probe(host.strip("[]"), int(port))
+        self._explaining += 1
+        self._idle.clear()
+        try:
+            async with self._slots:
+                return await self._probe(host.strip("[]"), int(port))
+        finally:
+            self._explaining -= 1
+            if not self._queued():
+                self._idle.set()
+
+    def _queued(self) -> int:
+        """Probes running or waiting for their turn (failure probes and explain's)."""
+        return len(self._running) + self._explaining
 
     def reason(self, key: str) -> str | None:
         """The last reason found for endpoint ``key`` (``None``: none, or READY since)."""
@@ -343,7 +359,7 @@ class HandshakeDiagnosis:
         now = self._clock()
         last = self._probed.get(key)
         if (key in self._running or (last is not None and now - last < self._interval_s)
-                or len(self._running) >= PROBES_AT_ONCE + PROBES_WAITING):
+                or self._queued() >= PROBES_AT_ONCE + PROBES_WAITING):
             return None
         host, _, port = address.rpartition(":")
         if not port.isdigit():
@@ -359,7 +375,7 @@ class HandshakeDiagnosis:
                 reason = await self._probe(host, port)
         finally:  # (also cancelled: the pool closed)
             self._running.discard(key)
-            if not self._running:
+            if not self._queued():
                 self._idle.set()
         if key not in self._failing:  # connected meanwhile: nothing to say
             return
