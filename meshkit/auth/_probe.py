@@ -37,6 +37,8 @@ import grpc
 import structlog
 from cryptography import x509
 
+from meshkit._hosts import bare_host
+
 __all__ = ["PROBES_AT_ONCE", "PROBES_WAITING", "HandshakeDiagnosis", "handshake_problem"]
 
 _log = structlog.get_logger("meshkit.channel")
@@ -311,9 +313,10 @@ class HandshakeDiagnosis:
             pass
 
     async def explain(self, address: str) -> str | None:
-        """Probe ``address`` (``host:port``) now, in its turn among the channel's probes,
-        and return the reason found, recording nothing: for a sub-channel of an endpoint
-        that is READY otherwise (a renewal's, ``EndpointPool._connect_then_use``), whose warning
+        """Probe ``address`` (``host:port``, gRPC target text: ``[fe80::1%25eth0]:443``
+        probes ``fe80::1%eth0``) now, in its turn among the channel's probes, and return
+        the reason found, recording nothing: for a sub-channel of an endpoint that is
+        READY otherwise (a renewal's, ``EndpointPool._connect_then_use``), whose warning
         says why it cannot connect. ``None``: nothing found wrong, no port in the
         address, or the channel's probes already at their bound (:data:`PROBES_AT_ONCE`
         running and :data:`PROBES_WAITING` waiting, these and :meth:`observe`'s counted
@@ -326,7 +329,7 @@ class HandshakeDiagnosis:
         self._idle.clear()
         try:
             async with self._slots:
-                return await self._probe(host.strip("[]"), int(port))
+                return await self._probe(bare_host(host), int(port))
         finally:
             self._explaining -= 1
             if not self._queued():
@@ -342,7 +345,8 @@ class HandshakeDiagnosis:
 
     def observe(self, key: str, address: str,
                 connectivity: grpc.ChannelConnectivity) -> Awaitable[None] | None:
-        """Endpoint ``key`` at ``address`` (``host:port``) went to ``connectivity``: READY
+        """Endpoint ``key`` at ``address`` (``host:port``, gRPC target text, as
+        :meth:`explain`'s) went to ``connectivity``: READY
         forgets its reason (and the answer of a probe still running); ``TRANSIENT_FAILURE``
         returns the probe to run as a task when one is due (``None`` otherwise). A probe
         that finds nothing wrong forgets the endpoint's reason too; one that finds one
@@ -367,7 +371,7 @@ class HandshakeDiagnosis:
         self._remember(self._probed, key, now)
         self._running.add(key)
         self._idle.clear()
-        return self._run(key, address, host.strip("[]"), int(port))
+        return self._run(key, address, bare_host(host), int(port))
 
     async def _run(self, key: str, address: str, host: str, port: int) -> None:
         try:
