@@ -90,6 +90,7 @@ meshkit_client_retry_deadline_giveups_total   counter    target          retries
 meshkit_client_retry_budget_available         gauge      target          budget allows now; min
 meshkit_client_endpoints                      gauge      target, state   READY / IDLE / FAILING; max
 meshkit_client_endpoints_ejected              gauge      target          endpoints ejected now; max
+meshkit_client_endpoints_unconnectable        gauge      target          with a connect_error; max
 meshkit_client_ejections_total                counter    target          outlier ejections
 meshkit_client_panic_picks_total              counter    target          calls to ejected: none left
 meshkit_client_endpoint_calls_total           counter    target,         attempts sent to endpoint

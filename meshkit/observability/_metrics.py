@@ -702,6 +702,11 @@ def _families() -> dict[str, _Family]:
         "ejected": _Family("gauge", "meshkit_client_endpoints_ejected",
                            "Endpoints out of rotation by outlier ejection now.", t,
                            "max"),
+        "unconnectable": _Family("gauge", "meshkit_client_endpoints_unconnectable",
+                                 "Endpoints of the dialed service that cannot be connected "
+                                 "and whose TLS probe found why (EndpointStats."
+                                 "connect_error, mTLS channels: a handshake refused, a "
+                                 "connection refused or not answered).", t, "max"),
         "ejections": _Family("counter", "meshkit_client_ejections",
                              "Outlier ejections since the channel opened.", t),
         "panic_picks": _Family("counter", "meshkit_client_panic_picks",
@@ -788,7 +793,7 @@ def _channel_samples(ch: ChannelStats) -> list[_Sample]:
 
     target = (ch.service,)
     states: dict[str, int] = {"READY": 0, "IDLE": 0, "FAILING": 0}
-    ejected = 0
+    ejected = unconnectable = 0
     for ep in ch.endpoints:
         key = (ch.service, ep.instance_id)
         add("ep_calls", key, ep.calls)
@@ -799,6 +804,7 @@ def _channel_samples(ch: ChannelStats) -> list[_Sample]:
             continue
         states[ep.state] = states.get(ep.state, 0) + 1
         ejected += ep.ejected
+        unconnectable += ep.connect_error is not None
         add("ep_in_flight", key, ep.in_flight)
         add("ep_ejected", key, float(ep.ejected))
         if ep.rtt_ms is not None:
@@ -806,6 +812,7 @@ def _channel_samples(ch: ChannelStats) -> list[_Sample]:
     for state, n in states.items():
         add("endpoints", (ch.service, state), n)
     add("ejected", target, ejected)
+    add("unconnectable", target, unconnectable)
     add("ejections", target, ch.ejections)
     add("panic_picks", target, ch.panic_picks)
     retry = ch.retry
@@ -1018,14 +1025,15 @@ class MeshCollector:
     gauges summed; ``meshkit_registry_healthy``, ``meshkit_server_ready`` and
     ``meshkit_client_retry_budget_available`` their minimum;
     ``meshkit_client_endpoint_ejected``, ``meshkit_client_endpoints_ejected``,
-    ``meshkit_client_endpoints``, ``meshkit_registry_kept_endpoints`` and
-    ``meshkit_server_draining`` their maximum; ``meshkit_client_endpoint_rtt_seconds``
-    their mean. ``meshkit_registry_errors_total`` counts each registry object once per
-    series (its ``RegistryStatus`` counts every failure once, for all its users): two
-    channels dialing one target through one registry, or one dialed again through it,
-    show its count, not a sum; registries of their own add up, and a freed one's count
-    stays. A live server whose ``stats()`` raises reads ``meshkit_server_ready`` 0 (not
-    ready, as ``/readyz`` says of it), its counters as last read.
+    ``meshkit_client_endpoints_unconnectable``, ``meshkit_client_endpoints``,
+    ``meshkit_registry_kept_endpoints`` and ``meshkit_server_draining`` their maximum;
+    ``meshkit_client_endpoint_rtt_seconds`` their mean. ``meshkit_registry_errors_total``
+    counts each registry object once per series (its ``RegistryStatus`` counts every
+    failure once, for all its users): two channels dialing one target through one
+    registry, or one dialed again through it, show its count, not a sum; registries of
+    their own add up, and a freed one's count stays. A live server whose ``stats()``
+    raises reads ``meshkit_server_ready`` 0 (not ready, as ``/readyz`` says of it), its
+    counters as last read.
 
     Counters never go backwards (Prometheus/OpenMetrics: a counter is monotonically
     non-decreasing; a drop reads as a restart, and ``rate()``/``increase()`` count the
