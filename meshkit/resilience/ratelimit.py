@@ -63,12 +63,15 @@ timeout): a hit is not idempotent, and one whose answer was lost (connection res
 Redis ran it) would be counted again. Such a call is a storage failure, handled as the
 table below says; the call after it counts normally. (``async+redis+cluster`` keeps
 coredis' cluster retries, which also follow a failed node to its replacement.) All
-callers' hits share a connection: a ``NOSCRIPT`` reply (every hit's while the script
-cache is empty: a Redis just started or restarted) keeps it, where coredis dropped it,
-failing the other hits in flight on it (:class:`_KeptOnNoScript`); a connection coredis
-drops (another error reply, a timed-out read) and reopens is not cut by its old
-transport's end (over TLS that came after the new one was up on a loaded host, failing
-the hits in flight: :class:`_CurrentTransportOnly`).
+callers' hits share a connection: an error reply to one hit (``NOSCRIPT``, every hit's
+while the script cache is empty: a Redis just started or restarted; ``WRONGTYPE``,
+``OOM``, ``BUSY``...) keeps it, where coredis dropped it, failing the other hits in
+flight on it; the reply is that hit's storage failure alone. ``READONLY`` and
+``MASTERDOWN`` (a server a failover demoted) still drop it, so that the next hit
+reconnects: through Sentinel to the new primary (:class:`_KeptOnErrorReply`). A
+connection coredis drops (those replies, a timed-out read) and reopens is not cut by
+its old transport's end (over TLS that came after the new one was up on a loaded host,
+failing the hits in flight: :class:`_CurrentTransportOnly`).
 
 ==========================================  =============================================
 outcome                                     gRPC status
@@ -1240,8 +1243,8 @@ class _CurrentTransportOnly:
     (:func:`_current_transports_only`): a connection takes the callbacks of the
     transport it holds now, not those of one it dropped.
 
-    coredis drops a connection on any error reply (``NOSCRIPT``: the first hit on a
-    Redis just started, restarted or ``SCRIPT FLUSH``-ed) and reconnects it at its next
+    coredis drops a connection on an error reply (any, until :class:`_KeptOnErrorReply`;
+    now ``READONLY`` after a failover) or a timed-out read and reconnects it at its next
     command, the same connection object being the protocol of every transport it
     opens. A TLS transport ends only once the server answered its ``close_notify``:
     when that came after the next transport was up (a loaded host), the old one's
@@ -1256,24 +1259,39 @@ class _CurrentTransportOnly:
         super().connection_made(transport)  # type: ignore[misc]
 
 
-class _KeptOnNoScript:
+class _KeptOnErrorReply:
     """Mixed into the connection class of a limiter's coredis pools
-    (:func:`_current_transports_only`): a ``NOSCRIPT`` reply does not drop the
-    connection.
+    (:func:`_current_transports_only`): an error reply to one command does not drop the
+    connection, unless it says this server cannot count.
 
     coredis' client drops the connection on any error reply (``except RedisError:
-    connection.disconnect()``), and every caller's commands are multiplexed on it: the
-    first hit answered ``NOSCRIPT`` (each hit's, once the script cache is empty: a Redis
-    just started or restarted, ``SCRIPT FLUSH``, a failover) failed the other callers'
-    hits still waiting on it ("connection lost": storage failures). A ``NOSCRIPT`` reply
-    was read whole, so the connection is in step: this ``disconnect()`` called while
-    one is being handled does nothing (the script is loaded and the hit sent again on
-    it); any other disconnect is coredis' own."""
+    connection.disconnect()``), and every caller's commands are multiplexed on it: one
+    hit's error reply failed the other callers' hits and window reads still waiting on
+    it ("connection lost": storage failures, ``UNAVAILABLE`` under ``deny``, a step to an
+    open breaker, with Redis up). Met as ``NOSCRIPT`` (each hit's once the script cache
+    is empty: a Redis just started or restarted, ``SCRIPT FLUSH``, a failover; the
+    script is loaded and the hit sent again on the connection), ``WRONGTYPE`` or ``ERR
+    value is not an integer`` (one caller's key holding something else: a rolling
+    deploy changing ``strategy`` between a list and a counter on the same keys),
+    ``OOM`` (Redis at ``maxmemory``: hits refused, window reads still answered),
+    ``BUSY`` (another client's long script). An error reply was read whole, so the
+    connection is in step: the ``disconnect()`` coredis' client calls while handling
+    one (a ``coredis.exceptions.ResponseError``) does nothing, and the reply is that
+    hit's storage failure alone. Kept dropping, so that the next command reconnects
+    (through Sentinel to the primary it names now, through a host name to what it
+    resolves to now): ``READONLY`` (a failover demoted this server), ``MASTERDOWN`` (a
+    replica cut off from its primary), ``NOAUTH``/``WRONGPASS`` (the reconnect
+    authenticates again). ``LOADING`` (a ``ConnectionError`` to coredis), a timed-out or
+    lost read and any other disconnect are coredis' own."""
 
-    _no_script: type[BaseException]  # coredis.exceptions.NoScriptError, set with the class
+    _error_reply: type[BaseException]  # coredis.exceptions.ResponseError, set with the class
+    _still_dropped: tuple[type[BaseException], ...]  # ReadOnlyError, AuthenticationError
 
     def disconnect(self) -> None:
-        if isinstance(sys.exception(), self._no_script):  # (the client's except block)
+        exc = sys.exception()  # (the client's except block)
+        if isinstance(exc, self._error_reply) and not isinstance(exc, self._still_dropped) \
+                and not str(exc).startswith("MASTERDOWN") \
+                and sys._getframe(1).f_code.co_name == "_execute_command":
             return
         super().disconnect()  # type: ignore[misc]
 
@@ -1283,8 +1301,8 @@ _current_only_classes: dict[type, type] = {}
 
 def _current_transports_only(pools: list[Any]) -> None:
     """Give each coredis pool in ``pools`` a connection class taking only the callbacks
-    of its current transport and kept on a ``NOSCRIPT`` reply
-    (:class:`_CurrentTransportOnly` and :class:`_KeptOnNoScript` mixed into the pool's
+    of its current transport and kept on an error reply
+    (:class:`_CurrentTransportOnly` and :class:`_KeptOnErrorReply` mixed into the pool's
     ``connection_class``: made once per class). A pool without a connection class
     (another driver's) is left as it is."""
     for pool in pools:
@@ -1294,12 +1312,17 @@ def _current_transports_only(pools: list[Any]) -> None:
             continue
         mixed = _current_only_classes.get(cls)
         if mixed is None:
-            from coredis.exceptions import NoScriptError  # (a coredis pool: installed)
+            from coredis.exceptions import (  # (a coredis pool: installed)
+                AuthenticationError,
+                ReadOnlyError,
+                ResponseError,
+            )
 
             mixed = _current_only_classes.setdefault(cls, type(
-                cls.__name__, (_KeptOnNoScript, _CurrentTransportOnly, cls),
+                cls.__name__, (_KeptOnErrorReply, _CurrentTransportOnly, cls),
                 {"__module__": __name__, "__doc__": cls.__doc__,
-                 "_no_script": NoScriptError}))
+                 "_error_reply": ResponseError,
+                 "_still_dropped": (ReadOnlyError, AuthenticationError)}))
         pool.connection_class = mixed
 
 

@@ -1,8 +1,9 @@
 """A Redis connection's closed transport no longer cuts the one that replaced it.
 
 coredis drops a connection on an error reply (until meshkit kept it on ``NOSCRIPT``,
-the first hit on a Redis just started or restarted: what the CI run hit; still on any
-other, such as Redis at ``maxmemory``), or when a read of its times out, and reconnects
+the first hit on a Redis just started or restarted: what the CI run hit, and then on
+any other but those saying the server cannot count, such as ``READONLY``: q4), or when
+a read of its times out, and reconnects
 it at the next command, the same ``Connection`` object being the protocol of the old
 transport and the new one. Over TLS the old transport ends only once the server has
 answered its ``close_notify``: when that end came after the new transport was up (a
@@ -13,7 +14,7 @@ or the next transport's "application data after close notify"): storage failures
 ``UNAVAILABLE`` under ``on_storage_error="deny"``, the breaker opened. meshkit's Redis
 connections now take the callbacks of their current transport only.
 
-Here Redis at ``maxmemory`` answers a hit ``OOM`` (the connection dropped), and a proxy
+Here Redis made a replica answers a hit ``READONLY`` (the connection dropped), and a proxy
 holds back the server's end of that first TLS connection (its answer to the client's
 ``close_notify``) until a hit is in flight on the second, as the loaded host's
 scheduling did.
@@ -144,13 +145,14 @@ async def test_a_reconnected_tls_connection_survives_the_old_ones_late_end(
             storage_uri=f"async+rediss://127.0.0.1:{proxy.port}?ssl_ca_certs={ca}"))
         try:
             assert await limiter.check("/a.B/C", "first") is None
-            # an error reply (Redis at maxmemory: OOM) drops the connection; the next
-            # hit reconnects, on a second TLS connection (the first's end held back)
-            _redis_cli(port, ca, "config", "set", "maxmemory", "1")
+            # an error reply (Redis demoted to a replica: READONLY) drops the connection;
+            # the next hit reconnects, on a second TLS connection (the first's end held
+            # back)
+            _redis_cli(port, ca, "replicaof", "127.0.0.1", "1")  # no master there
             proxy.hold_first()  # its answer passes, its end (after the drop) is held
-            oom = await limiter.check("/a.B/C", "oom")
-            assert oom is not None and oom.code.name == "UNAVAILABLE", oom
-            _redis_cli(port, ca, "config", "set", "maxmemory", "0")
+            readonly = await limiter.check("/a.B/C", "readonly")
+            assert readonly is not None and readonly.code.name == "UNAVAILABLE", readonly
+            _redis_cli(port, ca, "replicaof", "no", "one")
             assert await limiter.check("/a.B/C", "third") is None
             assert proxy.accepted == 2, proxy.accepted
             proxy.arm()  # the next hit in flight on the second connection: end the first
@@ -158,6 +160,6 @@ async def test_a_reconnected_tls_connection_survives_the_old_ones_late_end(
             assert got is None, (got, limiter.storage_errors)
             refused = await limiter.check("/a.B/C", "second")
             assert refused is not None and refused.code.name == "RESOURCE_EXHAUSTED", refused
-            assert limiter.storage_errors == 1  # the OOM
+            assert limiter.storage_errors == 1  # the READONLY
         finally:
             await limiter.aclose()
