@@ -503,7 +503,12 @@ class RateLimitOptions:
         default_rule: rule for every method no key matches, e.g. ``"100/second"``;
             ``None`` (default) leaves them unlimited.
         strategy: ``"fixed-window"``, ``"moving-window"`` or ``"sliding-window-counter"``
-            (default).
+            (default). On Redis the fixed and the moving window keep a caller's count
+            under the same key, a counter and a list: while replicas sharing a Redis run
+            both (a rollout changing one for the other) and for one window after, a
+            caller whose key the other kind wrote has its hits answered ``WRONGTYPE``
+            (storage failures: ``on_storage_error`` applies, the breaker counts them);
+            change ``key_prefix`` with the strategy to start the new one apart.
         storage_uri: ``"memory://"`` (default, this process only),
             ``"async+redis://[:password@]host:port[/db]"`` (shared by replicas; needs
             ``limits[async-redis]``), or any other async ``limits`` storage URI.
