@@ -850,7 +850,9 @@ class EndpointPool:
         connections"): reconnecting at once made an idle client reopen every connection
         a server closed as idle, for ever. With ``connect`` false (the sub-channel
         :meth:`rebuild` made for an endpoint left IDLE) it is not asked to connect at
-        first either: it stays IDLE until a call asks."""
+        first either: it stays IDLE until a call asks. Each change is told to the
+        :attr:`diagnosis`, and a ``TRANSIENT_FAILURE`` that lasts again every probe
+        interval (:meth:`_state_changed`)."""
         key = ep.key
         ch = self.conns[key].channel
         state = ch.get_state(try_to_connect=connect)
@@ -866,12 +868,13 @@ class EndpointPool:
             if state is _SHUTDOWN:
                 return
             last = state
-            await ch.wait_for_state_change(state)
+            if not await self._state_changed(ch, state):
+                # still failing: grpc reconnects with its backoff without a change of
+                # connectivity (sticky TRANSIENT_FAILURE), so its probe is asked again
+                self._observe(ep, state)
+                continue
             state = ch.get_state()
-            if self.diagnosis is not None:  # (a change of connectivity: not per call)
-                probe = self.diagnosis.observe(key, ep.instance.address, state)
-                if probe is not None:
-                    self.spawn(probe)
+            self._observe(ep, state)  # (a change of connectivity: not per call)
             if last is _READY_CONN and state is not _READY_CONN and key in self._pending:
                 # the established connection ended while a renewal's sub-channel
                 # connects: the endpoint follows the new one (this task ends here)
@@ -887,6 +890,30 @@ class EndpointPool:
                     continue
             if state is _IDLE_CONN or state is _FAILURE_CONN:
                 state = ch.get_state(try_to_connect=True)
+
+    async def _state_changed(self, ch: grpc.aio.Channel,
+                             state: grpc.ChannelConnectivity) -> bool:
+        """Wait until sub-channel ``ch`` leaves ``state``: ``True``. A ``TRANSIENT_FAILURE``
+        of an mTLS channel's sub-channel (a :attr:`diagnosis`) is waited on for its probe
+        interval at most: ``False`` when it has not changed by then (grpc keeps a
+        sub-channel that cannot connect in it while it reconnects, reporting no change)."""
+        if state is not _FAILURE_CONN or self.diagnosis is None:
+            await ch.wait_for_state_change(state)
+            return True
+        try:
+            async with asyncio.timeout(self.diagnosis.interval_s):
+                await ch.wait_for_state_change(state)
+        except TimeoutError:
+            return ch.get_state() is not state
+        return True
+
+    def _observe(self, ep: Endpoint, state: grpc.ChannelConnectivity) -> None:
+        """Tell the :attr:`diagnosis` (if any) of endpoint ``ep``'s sub-channel ``state``,
+        running the probe it returns as a pool task."""
+        if self.diagnosis is not None:
+            probe = self.diagnosis.observe(ep.key, ep.instance.address, state)
+            if probe is not None:
+                self.spawn(probe)
 
     @property
     def left_idle(self) -> set[str]:

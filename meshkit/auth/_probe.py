@@ -17,10 +17,12 @@ no reason (and forgets one found before). No key material is ever in a reason: n
 validity dates and OpenSSL's verify message.
 
 Cost: nothing per call. A probe runs only on a sub-channel's change to
-``TRANSIENT_FAILURE``, at most once per endpoint every ``interval_s`` (30 s), at most
-:data:`PROBES_AT_ONCE` at a time per channel (more wanting one wait, at most
-:data:`PROBES_WAITING`, renewals' and failures' together; the rest are probed at a later
-failure, a renewal's not at all), each bounded by
+``TRANSIENT_FAILURE`` and again every ``interval_s`` (30 s) while it stays there (grpc
+reports no change while such a sub-channel retries: a reason found while a server was
+down is replaced by the certificate fault it came back with), at most once per endpoint
+every ``interval_s``, at most :data:`PROBES_AT_ONCE` at a time per channel (more wanting
+one wait, at most :data:`PROBES_WAITING`, renewals' and failures' together; the rest are
+probed at a later observation, a renewal's not at all), each bounded by
 ``timeout_s`` (5 s), as a task of the channel's pool (cancelled by its ``close()``).
 """
 
@@ -302,6 +304,13 @@ class HandshakeDiagnosis:
         self._idle = asyncio.Event()  # set while no probe runs or waits (settle)
         self._idle.set()
 
+    @property
+    def interval_s(self) -> float:
+        """Least time between two probes of one endpoint, seconds: an endpoint still
+        failing is observed again after it (``EndpointPool``: grpc reports no change
+        while a sub-channel that cannot connect retries)."""
+        return self._interval_s
+
     async def settle(self, timeout_s: float) -> None:
         """Wait until no probe runs or waits for its turn, ``timeout_s`` seconds at most
         (a caller about to report a failure, such as ``meshkit call``, whose probes may
@@ -348,7 +357,8 @@ class HandshakeDiagnosis:
         """Endpoint ``key`` at ``address`` (``host:port``, gRPC target text, as
         :meth:`explain`'s) went to ``connectivity``: READY
         forgets its reason (and the answer of a probe still running); ``TRANSIENT_FAILURE``
-        returns the probe to run as a task when one is due (``None`` otherwise). A probe
+        (a change to it, or still in it :attr:`interval_s` later) returns the probe to run
+        as a task when one is due (``None`` otherwise). A probe
         that finds nothing wrong forgets the endpoint's reason too; one that finds one
         logs it when it differs from the last."""
         if connectivity is grpc.ChannelConnectivity.READY:

@@ -1,0 +1,60 @@
+"""An endpoint that stays failing is probed again: its reason follows its fault.
+
+What a user saw: a grpc sub-channel that cannot connect stays ``TRANSIENT_FAILURE``
+while it reconnects with its backoff (grpc's sticky failure: no further change of
+connectivity), and the TLS probe ran only on a change to ``TRANSIENT_FAILURE``. So an
+endpoint restarted with a wrong certificate (another workload's) kept the reason found
+while it was down, ``connection refused``, for as long as it failed, and an endpoint
+whose failure found the channel's probes at their bound (or came within ``interval_s``
+of its last probe) was never probed: no ``connect_error``. Now the pool asks again every
+``interval_s`` while the endpoint stays failing (the same bounds apply). A real grpc.aio
+mTLS server on loopback, the probe interval shortened to 0.5 s.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grpc
+import pytest
+
+import meshkit
+import meshkit.channel
+from meshkit.auth._probe import HandshakeDiagnosis
+from meshkit.discovery import Instance, LocalRegistry
+from tests.auth.conftest import Pki, auth_handler
+from tests.auth.test_hunt39_h6_mtls_connect_error import _server_credentials
+from tests.support.ports import free_port
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_a_failing_endpoints_reason_follows_its_fault(
+        pki: Pki, registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(meshkit.channel, "HandshakeDiagnosis",
+                        functools.partial(HandshakeDiagnosis, interval_s=0.5))
+    port = free_port()
+    await registry.register(Instance(service="whod", instance_id="w1", host="127.0.0.1",
+                                     port=port))
+    opts = meshkit.DialOptions(tls=pki.issue("clientd"), retry=None, outlier=None)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((auth_handler(),))
+    async with meshkit.dial("whod", registry=registry, options=opts) as ch:
+
+        def reason() -> str | None:
+            eps = ch.stats().endpoints
+            return eps[0].connect_error if eps else None
+
+        await until(lambda: reason() == "connection refused", timeout_s=30,
+                    what="connection refused while nothing listens")
+        # the instance is back, with another workload's certificate
+        assert server.add_secure_port(f"127.0.0.1:{port}",
+                                      _server_credentials(pki, "otherd")) == port
+        await server.start()
+        try:
+            await until(lambda: "peer identity" in (reason() or ""), timeout_s=30,
+                        what=f"the new reason (still {reason()!r})")
+            assert ch.stats().endpoints[0].state == "FAILING"
+        finally:
+            await server.stop(0)
