@@ -857,6 +857,7 @@ class EndpointPool:
         ch = self.conns[key].channel
         state = ch.get_state(try_to_connect=connect)
         calls = ep.calls  # the endpoint's calls before the connection being made
+        lasting = 0  # probe intervals the current TRANSIENT_FAILURE has lasted
         while True:
             # waiting calls (and the channel's state) are woken by a change of the
             # endpoint's state only: idle to connecting is none (both IDLE), and woke
@@ -868,11 +869,13 @@ class EndpointPool:
             if state is _SHUTDOWN:
                 return
             last = state
-            if not await self._state_changed(ch, state):
+            if not await self._state_changed(ch, state, lasting):
                 # still failing: grpc reconnects with its backoff without a change of
                 # connectivity (sticky TRANSIENT_FAILURE), so its probe is asked again
+                lasting += 1
                 self._observe(ep, state)
                 continue
+            lasting = 0
             state = ch.get_state()
             self._observe(ep, state)  # (a change of connectivity: not per call)
             if last is _READY_CONN and state is not _READY_CONN and key in self._pending:
@@ -891,17 +894,19 @@ class EndpointPool:
             if state is _IDLE_CONN or state is _FAILURE_CONN:
                 state = ch.get_state(try_to_connect=True)
 
-    async def _state_changed(self, ch: grpc.aio.Channel,
-                             state: grpc.ChannelConnectivity) -> bool:
+    async def _state_changed(self, ch: grpc.aio.Channel, state: grpc.ChannelConnectivity,
+                             lasting: int) -> bool:
         """Wait until sub-channel ``ch`` leaves ``state``: ``True``. A ``TRANSIENT_FAILURE``
-        of an mTLS channel's sub-channel (a :attr:`diagnosis`) is waited on for its probe
-        interval at most: ``False`` when it has not changed by then (grpc keeps a
-        sub-channel that cannot connect in it while it reconnects, reporting no change)."""
+        of an mTLS channel's sub-channel (a :attr:`diagnosis`) that has lasted ``lasting``
+        waits already is waited on for its probe interval (30 s) times 2**``lasting``,
+        at most 8 times it (4 min): ``False`` when it has not changed by then (grpc keeps
+        a sub-channel that cannot connect in it while it reconnects, reporting no
+        change), so a fleet of dead endpoints is probed a few times, then every 4 min."""
         if state is not _FAILURE_CONN or self.diagnosis is None:
             await ch.wait_for_state_change(state)
             return True
         try:
-            async with asyncio.timeout(self.diagnosis.interval_s):
+            async with asyncio.timeout(self.diagnosis.interval_s * 2 ** min(lasting, 3)):
                 await ch.wait_for_state_change(state)
         except TimeoutError:
             return ch.get_state() is not state

@@ -17,7 +17,8 @@ no reason (and forgets one found before). No key material is ever in a reason: n
 validity dates and OpenSSL's verify message.
 
 Cost: nothing per call. A probe runs only on a sub-channel's change to
-``TRANSIENT_FAILURE`` and again every ``interval_s`` (30 s) while it stays there (grpc
+``TRANSIENT_FAILURE`` and again while it stays there (after ``interval_s``, 30 s, then
+twice as long each time, up to 4 min: ``EndpointPool._state_changed``; grpc
 reports no change while such a sub-channel retries: a reason found while a server was
 down is replaced by the certificate fault it came back with), at most once per endpoint
 every ``interval_s``, at most :data:`PROBES_AT_ONCE` at a time per channel (more wanting
@@ -307,8 +308,9 @@ class HandshakeDiagnosis:
     @property
     def interval_s(self) -> float:
         """Least time between two probes of one endpoint, seconds: an endpoint still
-        failing is observed again after it (``EndpointPool``: grpc reports no change
-        while a sub-channel that cannot connect retries)."""
+        failing is observed again after it, then after twice as long each time, up to 8
+        times it (``EndpointPool``: grpc reports no change while a sub-channel that cannot
+        connect retries)."""
         return self._interval_s
 
     async def settle(self, timeout_s: float) -> None:

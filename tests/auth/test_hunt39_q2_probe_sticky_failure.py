@@ -13,6 +13,7 @@ mTLS server on loopback, the probe interval shortened to 0.5 s.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import grpc
@@ -58,3 +59,26 @@ async def test_a_failing_endpoints_reason_follows_its_fault(
             assert ch.stats().endpoints[0].state == "FAILING"
         finally:
             await server.stop(0)
+
+
+async def test_a_lasting_failure_is_probed_again_less_and_less_often(
+        pki: Pki, registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe interval 0.1 s, an endpoint refusing connections for 3 s: probed again at
+    0.1, 0.3, 0.7, 1.5, 2.3 s... (the wait doubling up to 8 intervals), not 30 times."""
+    probed: list[str] = []
+
+    def diagnosis(service: str, probe: object) -> HandshakeDiagnosis:
+        async def counted(host: str, port: int) -> str | None:
+            probed.append(host)
+            return "connection refused"
+
+        return HandshakeDiagnosis(service, counted, interval_s=0.1)
+
+    monkeypatch.setattr(meshkit.channel, "HandshakeDiagnosis", diagnosis)
+    await registry.register(Instance(service="whod", instance_id="w1", host="127.0.0.1",
+                                     port=free_port()))
+    opts = meshkit.DialOptions(tls=pki.issue("clientd"), retry=None, outlier=None)
+    async with meshkit.dial("whod", registry=registry, options=opts):
+        await until(lambda: bool(probed), timeout_s=30, what="the first probe")
+        await asyncio.sleep(3.0)
+    assert 2 <= len(probed) <= 8, len(probed)
