@@ -3,7 +3,7 @@
 coredis drops a connection on an error reply (until meshkit kept it on ``NOSCRIPT``,
 the first hit on a Redis just started or restarted: what the CI run hit, and then on
 any other but those saying the server cannot count, such as ``READONLY``: q4), or when
-a read of its times out, and reconnects
+it stays silent after a timed-out hit (q4), and reconnects
 it at the next command, the same ``Connection`` object being the protocol of the old
 transport and the new one. Over TLS the old transport ends only once the server has
 answered its ``close_notify``: when that end came after the new transport was up (a
