@@ -164,6 +164,46 @@ def test_pick_with_few_ready_examines_few_endpoints(ready: int) -> None:
     assert _reads_per_pick(wrr, 200) <= 20
 
 
+def test_retry_with_one_ready_examines_few_endpoints() -> None:
+    """A retry (the READY one tried) among 2,000 endpoints, one READY: it takes a
+    connecting one, reading a few states; the next pick takes the READY
+    one again (those set aside were put back into the schedule for each retry and
+    met again: 7,918 states read a pick and its retry)."""
+    eps = _endpoints(2000, 1)
+    wrr = WeightedRoundRobin(rng=random.Random(6))
+    wrr.update(eps)
+    for _ in range(3):
+        wrr.pick()
+    _Counted.reads = 0
+    retried = []
+    for _ in range(50):
+        got = wrr.pick()
+        assert got is not None and got[0] is eps[0]
+        again = wrr.pick(exclude=(eps[0],))
+        assert again is not None and again[0].state is _IDLE
+        retried.append(again[0])
+    assert _Counted.reads / 50 <= 40, f"{_Counted.reads / 50:.0f} states read a pair"
+    # spread over the connecting ones as before (each taken by two retries in a row)
+    assert len(set(retried)) >= 20, len(set(retried))
+    eps[0].state = _FAILING
+    eps[1999].state = _FAILING
+    eps[1999].state = _IDLE  # (also one found FAILING at its turn, connecting again)
+    assert wrr.pick(exclude=(eps[0],))[0].state is _IDLE  # type: ignore[index]
+
+
+def test_retry_takes_one_connecting_again_after_failing() -> None:
+    """The READY one tried: a retry takes an endpoint found FAILING at its turn that is
+    connecting again (as before), not the tried READY one."""
+    eps = _endpoints(3, 1)
+    eps[1].state = eps[2].state = _FAILING
+    wrr = WeightedRoundRobin(rng=random.Random(1))
+    wrr.update(eps)
+    assert {wrr.pick()[0] for _ in range(6)} == {eps[0]}  # type: ignore[index]
+    eps[1].state = _IDLE
+    assert wrr.pick(exclude=(eps[0],))[0] is eps[1]  # type: ignore[index]
+    assert wrr.pick()[0] is eps[0]  # type: ignore[index]
+
+
 def test_pick_with_many_failing_examines_few_endpoints() -> None:
     """1,999 endpoints FAILING (out of the schedule): a pick does not look at each."""
     eps = _endpoints(2000, 1)
