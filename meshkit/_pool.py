@@ -852,12 +852,11 @@ class EndpointPool:
         :meth:`rebuild` made for an endpoint left IDLE) it is not asked to connect at
         first either: it stays IDLE until a call asks. Each change is told to the
         :attr:`diagnosis`, and a ``TRANSIENT_FAILURE`` that lasts again every probe
-        interval (:meth:`_state_changed`)."""
+        interval (:meth:`_state_change`)."""
         key = ep.key
         ch = self.conns[key].channel
         state = ch.get_state(try_to_connect=connect)
         calls = ep.calls  # the endpoint's calls before the connection being made
-        lasting = 0  # probe intervals the current TRANSIENT_FAILURE has lasted
         while True:
             # waiting calls (and the channel's state) are woken by a change of the
             # endpoint's state only: idle to connecting is none (both IDLE), and woke
@@ -869,13 +868,7 @@ class EndpointPool:
             if state is _SHUTDOWN:
                 return
             last = state
-            if not await self._state_changed(ch, state, lasting):
-                # still failing: grpc reconnects with its backoff without a change of
-                # connectivity (sticky TRANSIENT_FAILURE), so its probe is asked again
-                lasting += 1
-                self._observe(ep, state)
-                continue
-            lasting = 0
+            await self._state_change(ch, ep, state)
             state = ch.get_state()
             self._observe(ep, state)  # (a change of connectivity: not per call)
             if last is _READY_CONN and state is not _READY_CONN and key in self._pending:
@@ -894,23 +887,30 @@ class EndpointPool:
             if state is _IDLE_CONN or state is _FAILURE_CONN:
                 state = ch.get_state(try_to_connect=True)
 
-    async def _state_changed(self, ch: grpc.aio.Channel, state: grpc.ChannelConnectivity,
-                             lasting: int) -> bool:
-        """Wait until sub-channel ``ch`` leaves ``state``: ``True``. A ``TRANSIENT_FAILURE``
-        of an mTLS channel's sub-channel (a :attr:`diagnosis`) that has lasted ``lasting``
-        waits already is waited on for its probe interval (30 s) times 2**``lasting``,
-        at most 8 times it (4 min): ``False`` when it has not changed by then (grpc keeps
-        a sub-channel that cannot connect in it while it reconnects, reporting no
-        change), so a fleet of dead endpoints is probed a few times, then every 4 min."""
+    async def _state_change(self, ch: grpc.aio.Channel, ep: Endpoint,
+                            state: grpc.ChannelConnectivity) -> None:
+        """Wait until sub-channel ``ch`` of endpoint ``ep`` leaves ``state``. A
+        ``TRANSIENT_FAILURE`` of an mTLS channel's sub-channel (a :attr:`diagnosis`) that
+        lasts is told to the diagnosis again after its probe interval (30 s), then after
+        twice as long each time, up to 8 intervals (4 min): grpc keeps a sub-channel that
+        cannot connect in it while it reconnects, reporting no change, and a fleet of dead
+        endpoints is so probed a few times, then every 4 min. The one watch of the state
+        is kept meanwhile (a cancelled grpc watch stays registered in grpc core until the
+        next change of state, about 0.8 KB each)."""
         if state is not _FAILURE_CONN or self.diagnosis is None:
             await ch.wait_for_state_change(state)
-            return True
+            return
+        watch = asyncio.ensure_future(ch.wait_for_state_change(state))
         try:
-            async with asyncio.timeout(self.diagnosis.interval_s * 2 ** min(lasting, 3)):
-                await ch.wait_for_state_change(state)
-        except TimeoutError:
-            return ch.get_state() is not state
-        return True
+            for lasting in itertools.count():
+                wait_s = self.diagnosis.interval_s * 2 ** min(lasting, 3)
+                done, _ = await asyncio.wait((watch,), timeout=wait_s)
+                if done:
+                    watch.result()  # (its error, if any, raised)
+                    return
+                self._observe(ep, state)  # still failing: its probe asked again
+        finally:
+            watch.cancel()  # (done: nothing; the pool closed: its one watch)
 
     def _observe(self, ep: Endpoint, state: grpc.ChannelConnectivity) -> None:
         """Tell the :attr:`diagnosis` (if any) of endpoint ``ep``'s sub-channel ``state``,

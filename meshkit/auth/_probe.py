@@ -18,7 +18,7 @@ validity dates and OpenSSL's verify message.
 
 Cost: nothing per call. A probe runs only on a sub-channel's change to
 ``TRANSIENT_FAILURE`` and again while it stays there (after ``interval_s``, 30 s, then
-twice as long each time, up to 4 min: ``EndpointPool._state_changed``; grpc
+twice as long each time, up to 4 min: ``EndpointPool._state_change``; grpc
 reports no change while such a sub-channel retries: a reason found while a server was
 down is replaced by the certificate fault it came back with), at most once per endpoint
 every ``interval_s``, at most :data:`PROBES_AT_ONCE` at a time per channel (more wanting
