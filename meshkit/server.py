@@ -1584,7 +1584,7 @@ class MeshServer:
         self._health_follower: asyncio.Task[None] | None = None
         self._withdrawn = False
         # from start() until the server stops: stops it when its loop ends undrained
-        self._loop_end_watch: _LoopEndWatch | None = None
+        self._loop_end_watch: asyncio.Task[None] | None = None
         self.admin: AdminServer | None = None
         self._admin_registry: CollectorRegistry | None = None  # what it serves for us
         self.gate: RequestGate | None = None
@@ -1645,9 +1645,7 @@ class MeshServer:
 
         A started server never drained before its event loop ends (``asyncio.run()``
         returning or raising) is stopped and deregistered as the loop ends, with a
-        warning (:meth:`_stop_at_loop_end`): :meth:`drain` it before. A task of yours
-        that cancels every other task (a shutdown recipe) does not end the loop: drain
-        the server after it as usual.
+        warning (:meth:`_stop_at_loop_end`): :meth:`drain` it before.
 
         A server starts once: a second ``start()`` (while the first runs, once it has
         returned, after :meth:`drain` or after a failed start) raises ``RuntimeError``
@@ -1698,7 +1696,8 @@ class MeshServer:
         if self._follows_health() or self._withdrawn:  # (or to register it once SERVING)
             self._health_follower = asyncio.get_running_loop().create_task(
                 self._follow_health(self.instance), name=f"meshkit-health-{self.service}")
-        self._watch_loop_end(server)
+        self._loop_end_watch = asyncio.get_running_loop().create_task(
+            self._stop_at_loop_end(server), name=f"meshkit-loop-end-{self.service}")
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
@@ -2116,22 +2115,11 @@ class MeshServer:
         if follower is not None:
             await cancel_and_wait(follower)
 
-    def _watch_loop_end(self, server: grpc.aio.Server) -> None:
-        """Start the task that stops ``server`` if its event loop ends undrained
-        (:meth:`_stop_at_loop_end`, a :class:`_LoopEndWatch`); also its replacement when
-        a task of the loop cancelled it, unless the server is draining or stopped."""
-        if self.draining or self._stopped.is_set():
-            return
-        self._loop_end_watch = _LoopEndWatch(
-            self._stop_at_loop_end(server), loop=asyncio.get_running_loop(),
-            name=f"meshkit-loop-end-{self.service}",
-            replace=functools.partial(self._watch_loop_end, server))
-
     async def _stop_at_loop_end(self, server: grpc.aio.Server) -> None:
-        """From :meth:`start` until the server stops: when this task is cancelled by its
-        event loop's end while no drain has begun (``asyncio.run()`` cancels the tasks
-        left: a ``main`` that returned or raised after :meth:`start` without
-        :meth:`drain`), the server is taken out of the mesh as that loop ends, as a
+        """From :meth:`start` until the server stops: when this task is cancelled while
+        no drain has begun, the event loop is ending (``asyncio.run()`` cancels the
+        tasks left: a ``main`` that returned or raised after :meth:`start` without
+        :meth:`drain`), and the server is taken out of the mesh as that loop ends, as a
         channel still open then is closed: warning ``server not drained before its event
         loop ended``, health ``NOT_SERVING``, the instance deregistered (at most
         :data:`_UNDO_DEREGISTER_S`), the grpc server stopped without grace (the loop's
@@ -2142,19 +2130,12 @@ class MeshServer:
         hung the process for good when the garbage collector collected it after its
         loop had closed (grpc's completion queue shut down around a server still
         running). A drain begun in the same sweep (a cancelled :func:`serve` drains
-        itself) is left to run as it does. Nothing per call.
-
-        Cancelled by a task of the loop (the "cancel every task, then :meth:`drain`"
-        shutdown recipe), it ends without stopping anything, and another takes its
-        place (:class:`_LoopEndWatch`): that cancel is not the loop's end, and the
-        drain that follows drains with its ``drain_delay_s`` and ``grace_s``."""
+        itself) is left to run as it does. Nothing per call."""
         try:
             await self._stopped.wait()
             return
         except asyncio.CancelledError:
-            watch = asyncio.current_task()
-            if self.draining or not (isinstance(watch, _LoopEndWatch)
-                                     and watch.loop_ending):
+            if self.draining:
                 raise
             # one turn: the tasks the sweep cancelled with this one (a serve() drains
             # itself) run their first step, so a drain they begin is theirs
@@ -2175,7 +2156,7 @@ class MeshServer:
                     self.registry.deregister(instance), _UNDO_DEREGISTER_S)))
             steps += [("stopping the certificate follower",
                        self._stop_following_certificate),
-                      ("stopping the server", lambda: _stop_server(server, None))]
+                      ("stopping the server", lambda: server.stop(None))]
             try:
                 await _each_step(steps, " as the event loop ended", through_cancel=True)
                 self._withdrawn = True  # (stats().registered)
@@ -2213,7 +2194,7 @@ class MeshServer:
             steps.append(("withdrawing the registration",
                           lambda: _bounded(self.registry.deregister(registering),
                                            _UNDO_DEREGISTER_S)))
-        steps.append(("stopping the server", lambda: _stop_server(server, 0)))
+        steps.append(("stopping the server", lambda: server.stop(0)))
         try:  # cancelled again meanwhile (a start() under a timeout, then Ctrl-C): each
             # step still runs, or the server stayed bound and the admin server held
             await _each_step([*steps, *self._after_stop_steps()], " after a failed start",
@@ -2378,9 +2359,7 @@ class MeshServer:
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
         server never stays deregistered but serving; its own task cancelled (the sweep of
         ``asyncio.run()`` at the end of a run), at any step, it still stops the server
-        (``grace_s`` skipped) and closes it. Called after a task of yours cancelled every
-        other task (a shutdown recipe: grpc.aio's own serving task among them), it drains
-        as usual, ``grace_s`` included (:func:`_stop_server`). A health servicer's
+        (``grace_s`` skipped) and closes it. A health servicer's
         ``enter_graceful_shutdown()`` that fails (an ``Exception``, or a
         ``CancelledError`` of its own while the drain was not cancelled) is logged and
         the drain goes on. Safe to call twice: a second call waits for the
@@ -2444,7 +2423,7 @@ class MeshServer:
             await self._stop_following_certificate()
             await asyncio.sleep(opts.drain_delay_s)
             await self._refuse_new_calls()
-            stop = asyncio.ensure_future(_stop_server(server, opts.grace_s))
+            stop = asyncio.ensure_future(server.stop(opts.grace_s))
             # the health watchers have been told NOT_SERVING: their calls end once the
             # stop has begun (its first step, run by this sleep, sends the GOAWAY and
             # closes the listener), so that grace_s is the in-flight calls' only (a
@@ -2464,7 +2443,7 @@ class MeshServer:
             if not stopped:
                 self._release_instance_id()  # (cancelled before its step)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await _stop_server(server, None)
+                    await server.stop(None)
             await self._close_after_stop()
 
     def _close_gate(self) -> None:
@@ -2908,68 +2887,6 @@ async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "",
             cancelled = exc
     if cancelled is not None:
         raise cancelled
-
-
-async def _stop_server(server: grpc.aio.Server, grace_s: float | None) -> None:
-    """``server.stop(grace_s)``, also when grpc.aio's own serving task was cancelled by
-    someone else: a task that cancelled every other one (the "cancel every task, then
-    drain()" shutdown recipe) or ``asyncio.run()``'s sweep. grpc.aio's ``stop()`` then
-    begins the shutdown (GOAWAY, listeners closed) and raises that task's
-    ``CancelledError``, leaving the server half stopped (never destroyed); a drain
-    raised it to a caller nobody had cancelled. Here a ``CancelledError`` that is not
-    the calling task's (its ``cancelling()`` unchanged) is followed by a second
-    ``stop()``, which waits ``grace_s`` for the calls in flight and ends the shutdown.
-
-    Raises:
-        asyncio.CancelledError: the calling task was cancelled meanwhile.
-    """
-    task = asyncio.current_task()
-    before = task.cancelling() if task is not None else 0
-    try:
-        # each stop in a task of its own: awaited in this frame, grpc's CancelledError
-        # handled here, then the second stop awaited here too, the interpreter crashed
-        # (a segmentation fault, on asyncio's loop and uvloop's)
-        await asyncio.ensure_future(server.stop(grace_s))
-    except asyncio.CancelledError:
-        if task is None or task.cancelling() > before:
-            raise
-        # the shutdown begun: its grace, then the server destroyed
-        await asyncio.ensure_future(server.stop(grace_s))
-
-
-class _LoopEndWatch(asyncio.Task[None]):
-    """The task of :meth:`MeshServer._stop_at_loop_end`, which tells whether it was
-    cancelled by its event loop's end.
-
-    ``asyncio.run()`` (``asyncio.Runner``, :func:`meshkit.run`, uvloop's ``run``)
-    cancels the tasks left once ``main`` has ended from outside the loop, no loop
-    running in the thread (``loop_ending``); a task that cancels every other one (the
-    "cancel every task, then drain()" shutdown recipe, in ``main`` or in a task a signal
-    handler started) does it from inside the loop, which goes on. Cancelled so, the
-    watch calls ``replace`` (at once, in the canceller's step: a ``main`` that returns
-    right after still has a watch when the loop ends) and ends, so the canceller's
-    ``gather`` of the tasks it cancelled returns; ``replace`` is called once per watch.
-    Holding on instead would keep that ``gather`` from returning, and telling the
-    loop's end by the task that called :meth:`MeshServer.start` (or the loop's main
-    task, which asyncio does not expose) fails for a server started by another task."""
-
-    def __init__(self, coro: Coroutine[Any, Any, None], *,
-                 loop: asyncio.AbstractEventLoop, name: str,
-                 replace: Callable[[], None]) -> None:
-        super().__init__(coro, loop=loop, name=name)
-        self.loop_ending = False
-        self._replace: Callable[[], None] | None = replace
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # no loop running: cancelled by the loop's end
-            self.loop_ending = True
-        cancelled = super().cancel(msg)
-        replace, self._replace = self._replace, None
-        if cancelled and not self.loop_ending and replace is not None:
-            replace()
-        return cancelled
 
 
 async def _bounded_close(aclose: Callable[[], Any]) -> None:
