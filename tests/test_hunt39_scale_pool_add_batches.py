@@ -14,7 +14,6 @@ Counted, not timed: the pool's ``make_channel`` records the loop turn of each bu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -23,32 +22,13 @@ import meshkit
 import meshkit._pool
 from meshkit.balancer import EjectingBalancer
 from meshkit.discovery import Instance
+from tests.support.registries import QueueRegistry as _Registry
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
 
 _ENDPOINTS = 600
 _BATCH = getattr(meshkit._pool, "BUILD_BATCH", 64)  # (main before: no batches)
-
-
-class _Registry:
-    """A registry whose watch answers what the test puts on its queue."""
-
-    def __init__(self) -> None:
-        self.answers: asyncio.Queue[frozenset[Instance]] = asyncio.Queue()
-
-    async def register(self, instance: Instance) -> None:
-        pass
-
-    async def deregister(self, instance: Instance) -> None:
-        pass
-
-    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
-        while True:
-            yield await self.answers.get()
-
-    async def close(self) -> None:
-        pass
 
 
 def _inst(i: int, port: int = 9) -> Instance:

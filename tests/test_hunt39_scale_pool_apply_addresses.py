@@ -14,39 +14,17 @@ answer."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 
 import meshkit
 import meshkit.discovery._types as types
 from meshkit.discovery import Instance
+from tests.support.registries import QueueRegistry as _Registry
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
 
 _ENDPOINTS = 2000
-
-
-class _Registry:
-    """A registry whose watch answers what the test puts on its queue."""
-
-    def __init__(self) -> None:
-        self.answers: asyncio.Queue[frozenset[Instance]] = asyncio.Queue()
-
-    async def register(self, instance: Instance) -> None:
-        pass
-
-    async def deregister(self, instance: Instance) -> None:
-        pass
-
-    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
-        while True:
-            yield await self.answers.get()
-
-    async def close(self) -> None:
-        pass
 
 
 def _inst(i: int, port: int = 9, host: str = "127.0.0.1") -> Instance:
