@@ -27,6 +27,7 @@ import pytest
 
 from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
 from tests.support.ports import free_port
+from tests.support.scripted_proxy import ScriptedProxy
 from tests.support.skips import skip_or_fail
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,31 +58,13 @@ def private_redis() -> Iterator[int]:
         proc.wait(timeout=10)
 
 
-class _LineByLine:
+class _LineByLine(ScriptedProxy):
     """A TCP proxy to ``upstream``; after :meth:`arm`, what the server sends is passed
     on one line (``\\r\\n``) at a time, 0.1 s apart."""
 
     def __init__(self, upstream: int) -> None:
-        self._upstream = upstream
+        super().__init__(upstream)
         self._armed = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> _LineByLine:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def arm(self) -> None:
         self._armed = True

@@ -33,6 +33,7 @@ from cryptography import x509
 
 from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
 from tests.resilience.test_hunt37_a12_ratelimit_rediss_hostname import _tls_redis, _write_pki
+from tests.support.scripted_proxy import ScriptedProxy
 from tests.support.skips import asyncio_loop_only
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,7 +52,7 @@ def _redis_cli(port: int, ca: Path, *args: str) -> None:
                     "--sni", "localhost", *args], capture_output=True, check=True)
 
 
-class _SlowFirstClose:
+class _SlowFirstClose(ScriptedProxy):
     """A TCP proxy to ``upstream``. After :meth:`hold_first`, the server's next bytes on
     the first connection (the answer the client was waiting for) pass, and what it
     sends after them (its end of that TLS session) is held back; after :meth:`arm`, the
@@ -60,31 +61,13 @@ class _SlowFirstClose:
     on (0.2 s)."""
 
     def __init__(self, upstream: int) -> None:
-        self._upstream = upstream
+        super().__init__(upstream)
         self.accepted = 0
         self._holding = False
         self._passed = False
         self._armed = False
         self._release = asyncio.Event()
         self._first_ended = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> _SlowFirstClose:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def hold_first(self) -> None:
         self._holding = True

@@ -24,6 +24,7 @@ import pytest
 
 from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
 from tests.resilience.test_hunt39_f1_ratelimit_noscript_in_flight import private_redis
+from tests.support.scripted_proxy import ScriptedProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,33 +34,15 @@ METHOD = "/a.B/C"
 TIMEOUT_S = 2.0
 
 
-class _Holding:
+class _Holding(ScriptedProxy):
     """A TCP proxy to ``upstream`` whose server-to-client bytes are held back while
     :attr:`held` holds the connection's index (0 for the first accepted)."""
 
     def __init__(self, upstream: int) -> None:
-        self._upstream = upstream
+        super().__init__(upstream)
         self.accepted = 0
         self.held: set[int] = set()
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> _Holding:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def release(self, index: int) -> None:
         self.held.discard(index)
