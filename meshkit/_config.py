@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_bool",
     "check_clock",
+    "check_compression",
     "check_instance",
     "check_int",
     "check_metadata_key",
@@ -417,6 +418,33 @@ def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:
             raise ConfigError(f"{name} must hold grpc.StatusCode members (e.g. "
                               f"grpc.StatusCode.UNAVAILABLE), got {code!r}")
     return frozenset(items)
+
+
+#: the spellings a ``compression`` option takes (any case), beside ``grpc.Compression``
+_COMPRESSION_NAMES = {"none": grpc.Compression.NoCompression,
+                      "identity": grpc.Compression.NoCompression,
+                      "gzip": grpc.Compression.Gzip,
+                      "deflate": grpc.Compression.Deflate}
+
+
+def check_compression(name: str, value: object) -> grpc.Compression | None:
+    """``value`` (the field ``name``, a compression algorithm) as a ``grpc.Compression``
+    member, or ``None`` for ``None``: a member as it is, or its name as a string, any case
+    and surrounding blanks ignored: ``"gzip"``, ``"deflate"``, ``"none"`` (or
+    ``"identity"``, its name on the wire) for ``grpc.Compression.NoCompression``.
+
+    Raises:
+        ConfigError: any other value (a bool, an int such as ``2``, ``"br"``, ``""``):
+            ``name`` and the value quoted, the accepted spellings listed.
+    """
+    if value is None or type(value) is grpc.Compression:
+        return value
+    if isinstance(value, str):
+        found = _COMPRESSION_NAMES.get(value.strip().lower())
+        if found is not None:
+            return found
+    raise ConfigError(f"{name} must be a grpc.Compression member or one of 'gzip', "
+                      f"'deflate', 'none' (any case), got {quoted(value)}")
 
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")

@@ -33,10 +33,13 @@ import grpc
 
 from meshkit.errors import ConfigError
 
-__all__ = ["InlineUnaryUnary", "InlineUnaryUnaryCall", "available", "inline_calls_enabled",
-           "inline_unary_unary"]
+__all__ = ["IDENTITY_REQUEST", "InlineUnaryUnary", "InlineUnaryUnaryCall",
+           "UncompressedOnRequest", "available", "inline_calls_enabled", "inline_unary_unary"]
 
 ENV_VAR = "MESHKIT_INLINE_CALLS"
+#: the request header by which grpc core takes a call's compression over its channel's
+#: default (``grpc.aio`` sends it for ``compression=Gzip``/``Deflate``): no compression
+IDENTITY_REQUEST = ("grpc-internal-encoding-request", "identity")
 # the words of Go's strconv.ParseBool plus yes/no, as meshkit.discovery's parse_bool
 _ON = frozenset({"1", "t", "true", "y", "yes", "on"})
 _OFF = frozenset({"0", "f", "false", "n", "no", "off"})
@@ -239,10 +242,14 @@ class InlineUnaryUnary:
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
-        if compression:  # grpc.aio adds the compression metadata: its own path
-            return self._public(request, timeout=timeout, metadata=metadata,
-                                credentials=credentials, wait_for_ready=wait_for_ready,
-                                compression=compression)
+        if compression is not None:
+            if compression:  # grpc.aio adds the compression metadata: its own path
+                return self._public(request, timeout=timeout, metadata=metadata,
+                                    credentials=credentials, wait_for_ready=wait_for_ready,
+                                    compression=compression)
+            # NoCompression, which grpc.aio drops (a falsy IntEnum): said in the header
+            # grpc core reads, over the channel's default (DialOptions.compression)
+            metadata = (*(metadata or ()), IDENTITY_REQUEST)
         cython_call = self._channel.call(
             self._method, None if timeout is None else time.time() + timeout, credentials,
             wait_for_ready, self._handle)
@@ -260,6 +267,29 @@ class InlineUnaryUnary:
         for call in list(self._active):
             call.cancel()
         self._active.clear()
+
+
+class UncompressedOnRequest:
+    """A sub-channel multicallable of grpc.aio's public path (a stream's; a unary call's
+    where :class:`InlineUnaryUnary` cannot run it) on a channel with a default
+    compression (``DialOptions.compression``) whose calls' own
+    ``compression=grpc.Compression.NoCompression`` sends them uncompressed: grpc.aio drops
+    that value (a falsy ``IntEnum``), so the call would take the channel's default; this
+    says it in the header grpc core reads (:data:`IDENTITY_REQUEST`). Calls with other
+    arguments go through as they are. Called with keywords, as
+    :meth:`meshkit.channel.MeshChannel._launch` calls it."""
+
+    __slots__ = ("_public",)
+
+    def __init__(self, public: Any) -> None:
+        self._public = public
+
+    def __call__(self, request: Any = None, *, compression: grpc.Compression | None = None,
+                 metadata: Any = None, **kwargs: Any) -> Any:
+        if compression is not None and not compression:
+            metadata = (*(metadata or ()), IDENTITY_REQUEST)
+            compression = None
+        return self._public(request, compression=compression, metadata=metadata, **kwargs)
 
 
 def inline_unary_unary(public: Any) -> Any:

@@ -65,6 +65,7 @@ from meshkit._codecs import (
 )
 from meshkit._config import (
     check_bool,
+    check_compression,
     check_grpc_options,
     check_instance,
     check_int,
@@ -76,7 +77,7 @@ from meshkit._config import (
 )
 from meshkit._env import CERT_DIR, WORKLOAD, env_value
 from meshkit._fields import FrozenMap, Normalised
-from meshkit._inline import InlineUnaryUnary, inline_unary_unary
+from meshkit._inline import InlineUnaryUnary, UncompressedOnRequest, inline_unary_unary
 from meshkit._inline import available as inline_available
 from meshkit._metadata import MESH_USER_AGENT, check_metadata
 from meshkit._methods import MethodMatcher
@@ -154,6 +155,9 @@ _perf = time.perf_counter
 _current_deadline = _deadline.get
 _new_details = object.__new__  # a ClientCallDetails without its __init__ (_details)
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+# set by DialOptions.compression (grpc.aio's compression=): refused in channel_options
+# beside it (grpc core keeps the first of a repeated argument: one would be ignored)
+_COMPRESSION_ARG = "grpc.default_compression_algorithm"
 # set by DialOptions' keepalive fields: refused in channel_options beside them
 _KEEPALIVE_OPTIONS = frozenset({"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms",
                                 "grpc.http2.ping_timeout_ms",
@@ -439,6 +443,20 @@ class DialOptions:
             keepalive ping out by the ping timeout only, default 60 s: grpc/grpc#39239),
             and a ``grpc.keepalive_time_ms`` below 10000 is logged as
             ``keepalive_time_s`` below 10 s is.
+        compression: the default compression of requests (default ``None``: none, as
+            grpc's): a ``grpc.Compression`` member, or its name as a string, any case
+            (``"gzip"``, ``"deflate"``, ``"none"``); set on every endpoint's sub-channel
+            as grpc.aio's ``compression=`` (the channel argument
+            ``grpc.default_compression_algorithm``), so grpc core compresses each request
+            message (``grpc-encoding`` on the wire) of every kind of call, retries and
+            hedges included, without taking calls off the inline path
+            (:mod:`meshkit._inline`). A call's own ``compression=Gzip``/``Deflate`` wins;
+            a call's ``compression=grpc.Compression.NoCompression`` sends that call
+            uncompressed. Responses are compressed as the server chooses
+            (``ServeOptions.compression``); this channel accepts gzip and deflate.
+            Compression costs CPU on both sides and pays for large, repetitive messages
+            (JSON, text), not for small or already compressed ones. Refused beside
+            ``grpc.default_compression_algorithm`` in ``channel_options``.
         resolve_timeout_s: how long a call waits for the first discovery answer before
             failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline;
             at once while the registry reports that it cannot be read, a resolver
@@ -494,6 +512,9 @@ class DialOptions:
             ``attempt_interceptors`` item that grpc.aio would refuse, a
             ``hash_key_metadata`` that is no gRPC metadata key (``" "``, ``"a:b"``);
             ``grpc.ssl_target_name_override`` in ``channel_options`` with ``tls``; a
+            ``compression`` that is neither a ``grpc.Compression`` member nor one of its
+            names (``"br"``, ``2``), or given beside
+            ``grpc.default_compression_algorithm`` in ``channel_options``; a
             telemetry interceptor of meshkit in ``interceptors`` or
             ``attempt_interceptors`` while ``telemetry`` is set (quoted; the message
             says ``telemetry=None``); a :class:`~meshkit.auth.TokenForwarder` on a
@@ -521,6 +542,8 @@ class DialOptions:
     insecure: bool = False
     channel_options: Normalised[Sequence[tuple[str, Any]], tuple[tuple[str, Any], ...]] = (
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
+    compression: Normalised[grpc.Compression | str | None, grpc.Compression | None] = (
+        Normalised(None))  # noqa: RUF009 - immutable: _fields.py
     resolve_timeout_s: float = 5.0
     drain_timeout_s: float = 10.0
     keepalive_time_s: float | None = None
@@ -617,6 +640,15 @@ class DialOptions:
                     "attempt_interceptors() yourself")
         object.__setattr__(self, "channel_options",
                            check_grpc_options("channel_options", self.channel_options))
+        object.__setattr__(self, "compression",
+                           check_compression("compression", self.compression))
+        if self.compression is not None:
+            for item in self.channel_options:
+                if item[0] == _COMPRESSION_ARG:
+                    raise ConfigError(
+                        f"channel_options: {item!r} beside compression="
+                        f"{self.compression!r}: give the default compression once, "
+                        "with compression (or with channel_options, not both)")
         if self.keepalive_time_s is not None:
             check_number("keepalive_time_s", self.keepalive_time_s, low_open=True,
                          high=_MAX_MS_ARG_S)
@@ -786,10 +818,11 @@ class _MethodPlan:
     ``margin_s`` is the channel's ``deadline_margin_s`` when it propagates deadlines
     (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
 
-    __slots__ = ("answered", "cut_of", "decode", "decodes", "in_mesh", "kept_status", "key",
-                 "kind", "margin_s", "mesh_cut", "mesh_waits", "method", "none_is_no_message",
-                 "request_serializer", "response_deserializer", "sends_wire", "serializes_stream",
-                 "served_by", "strict_deserializer", "timeout_s", "unary_request", "unserved")
+    __slots__ = ("answered", "compresses", "cut_of", "decode", "decodes", "in_mesh",
+                 "kept_status", "key", "kind", "margin_s", "mesh_cut", "mesh_waits", "method",
+                 "none_is_no_message", "request_serializer", "response_deserializer",
+                 "sends_wire", "serializes_stream", "served_by", "strict_deserializer",
+                 "timeout_s", "unary_request", "unserved")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
                  timeout_s: float | None, *, codecs_in_mesh: bool = True,
@@ -798,6 +831,9 @@ class _MethodPlan:
         self.margin_s = margin_s
         self.method = method
         self.kind = kind
+        # the channel compresses by default (DialOptions.compression): a call's own
+        # NoCompression is said in a header on grpc.aio's path (UncompressedOnRequest)
+        self.compresses = False
         self.request_serializer = ser
         self.response_deserializer = deser
         self.timeout_s = timeout_s
@@ -936,6 +972,8 @@ class _MethodPlan:
                      _registered_method=grpc_observability_active())
         if self.kind is CallKind.UNARY_UNARY:
             mc = inline_unary_unary(mc)
+        if self.compresses and type(mc) is not InlineUnaryUnary:
+            mc = UncompressedOnRequest(mc)
         return mc
 
     def on(self, conn: Any) -> Any:
@@ -954,6 +992,8 @@ class _MethodPlan:
                          _registered_method=grpc_observability_active())
             if self.kind is CallKind.UNARY_UNARY:  # run in the caller's task (meshkit._inline)
                 mc = inline_unary_unary(mc)
+            if self.compresses and type(mc) is not InlineUnaryUnary:
+                mc = UncompressedOnRequest(mc)
             callables[self.key] = mc
         return mc
 
@@ -1140,14 +1180,14 @@ class MeshChannel(grpc.aio.Channel):
         if creds is None:
             channel = grpc.aio.insecure_channel(
                 address, options=(*self._keepalive, *opts.channel_options, _USER_AGENT),
-                interceptors=interceptors)
+                interceptors=interceptors, compression=opts.compression)
         else:
             # meshkit's first: grpc core keeps the first value of a repeated argument
             channel = grpc.aio.secure_channel(
                 address, creds,
                 options=(*self._tls_options, *self._keepalive, *opts.channel_options,
                          _USER_AGENT),
-                interceptors=interceptors)
+                interceptors=interceptors, compression=opts.compression)
         # its interceptors (these, and any a patch of grpc.aio's functions added, as the
         # OpenTelemetry grpc instrumentor's) wrapped so that an attempt's cancel reaches
         # the RPC under an interceptor still running (meshkit._attempts); none: as it is
@@ -1729,6 +1769,7 @@ class MeshChannel(grpc.aio.Channel):
                            codecs_in_mesh=in_mesh, strict_deserializer=strict,
                            margin_s=opts.deadline_margin_s if opts.propagate_deadline
                            else None)
+        plan.compresses = bool(opts.compression)
         plan.mesh_cut = self._mesh_cut
         plan.cut_of = self._cut_of
         plan.unserved = self._unserved_outcome

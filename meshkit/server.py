@@ -96,6 +96,7 @@ from prometheus_client import CollectorRegistry
 from meshkit._aio_http import _NOT_HERE, _addresses, _is_ip
 from meshkit._config import (
     check_bool,
+    check_compression,
     check_grpc_options,
     check_instance,
     check_int,
@@ -717,6 +718,17 @@ class ServeOptions:
             a port on purpose (pre-fork workers). A ``grpc.keepalive_timeout_ms`` here
             without ``grpc.http2.ping_timeout_ms`` sets the ping timeout to the same
             value (grpc core 1.85 arms only the ping timeout, grpc/grpc#39239).
+        compression: the default compression of response messages (default ``None``:
+            none, as grpc's): a ``grpc.Compression`` member, or its name as a string, any
+            case (``"gzip"``, ``"deflate"``, ``"none"``); grpc.aio's
+            ``server(compression=)`` (the server argument
+            ``grpc.default_compression_algorithm``). grpc core compresses a response with
+            it only for a client that accepts it (its ``grpc-accept-encoding``: grpc
+            clients accept gzip and deflate), else sends it uncompressed; a handler's
+            ``context.set_compression()`` wins for its call. Compressed requests are
+            accepted whatever this is. Compression costs CPU on both sides and pays for
+            large, repetitive messages. Refused beside
+            ``grpc.default_compression_algorithm`` in ``server_options``.
         maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
             ``RESOURCE_EXHAUSTED``; when set it overrides ``limits.max_concurrent_rpcs``
             (default ``None``: the limits' value).
@@ -787,6 +799,9 @@ class ServeOptions:
             ``grpc.aio.ServerInterceptor``, one string, ``None`` or a non-string item
             for ``tags`` or ``generic_methods``, a bad
             ``generic_methods`` pattern, a mapping or a bad item in ``server_options``,
+            a ``compression`` that is neither a ``grpc.Compression`` member nor one of
+            its names (``"br"``, ``2``), or given beside
+            ``grpc.default_compression_algorithm`` in ``server_options``,
             a ``host`` or ``advertise_host`` that is neither an IP address nor a host
             name, a ``meta`` that is no mapping of strings to strings, an
             ``instance_id`` that is no string of 1..128 characters; quoted in the
@@ -824,6 +839,8 @@ class ServeOptions:
     limits: ServerLimits = field(default_factory=ServerLimits)
     server_options: Normalised[Sequence[tuple[str, Any]], tuple[tuple[str, Any], ...]] = (
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
+    compression: Normalised[grpc.Compression | str | None, grpc.Compression | None] = (
+        Normalised(None))  # noqa: RUF009 - immutable: _fields.py
     maximum_concurrent_rpcs: int | None = None
     handler_threads: int | None = None
     expose_exception_text: bool = False
@@ -890,6 +907,15 @@ class ServeOptions:
                     "telemetry=TelemetryOptions(...)")
         object.__setattr__(self, "server_options",
                            check_grpc_options("server_options", self.server_options))
+        object.__setattr__(self, "compression",
+                           check_compression("compression", self.compression))
+        if self.compression is not None:
+            for item in self.server_options:
+                if item[0] == "grpc.default_compression_algorithm":
+                    raise ConfigError(
+                        f"server_options: {item!r} beside compression="
+                        f"{self.compression!r}: give the default compression once, "
+                        "with compression (or with server_options, not both)")
 
 
 def _servicer_pairs(service: str, servicers: object) -> list[tuple[AddServicer, Any]]:
@@ -1772,6 +1798,7 @@ class MeshServer:
             # crashes the process when asked peer() once the call ended
             interceptors=(off_loop_outermost(chain) or None) if resolve is None else None,
             options=tuple(server_args.items()),
+            compression=opts.compression,
         )
         recorder = _Recorder(server, resolve, register_methods=grpc_observability_active(),
                              known=known, watches=self._watches)
