@@ -18,8 +18,13 @@ Also here: :func:`server_chain` (the interceptors ``serve()`` installs, in the o
 documented order) and the typed snapshots ``stats()`` returns (:class:`ChannelStats`,
 :class:`ServerStats`, :class:`EndpointStats`, :class:`RetrySnapshot`).
 
-Packages: :mod:`meshkit.discovery` (registries, balancers), :mod:`meshkit.interceptors`
-(per-call client interceptors), :mod:`meshkit.errors` (the error tree).
+Packages: :mod:`meshkit.discovery` (registries: local, Consul, etcd),
+:mod:`meshkit.balancer` (balancers, filters, outlier ejection), :mod:`meshkit.resilience`
+(retries, hedging, budgets, deadlines, rate limits), :mod:`meshkit.auth` (mTLS, JWT,
+authorization), :mod:`meshkit.observability` (tracing, metrics, logs, admin server),
+:mod:`meshkit.messaging` (NATS JetStream events, the ``meshkit[nats]`` extra),
+:mod:`meshkit.interceptors` (per-call client interceptors), :mod:`meshkit.errors` (the
+error tree).
 """
 
 from __future__ import annotations
