@@ -144,6 +144,7 @@ from meshkit.resilience._retry import (
     draining_refusal,
     nacked_status,
     never_connected,
+    size_refusal,
 )
 from meshkit.resilience._retry import not_served as _not_served
 
@@ -293,7 +294,11 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     limit", with no metadata: grpc core refused the headers before the call ran) or a
     request message over its ``max_receive_message_bytes`` ("SERVER: Received message
     larger than max (N vs. M)", likewise; "Decompressed message larger than max" for a
-    compressed one, by its inflated size), a response message over this side's
+    compressed one, by its inflated size; another gRPC library's server's words for
+    them, :func:`~meshkit.resilience._retry.size_refusal`: grpc-js "Received message
+    larger than max (N vs M)", "Received message that decompresses to a size larger
+    than M", grpc-go's and grpc-java's, with no metadata but a ``date`` header, which
+    Node's HTTP/2 adds to grpc-js' answers), a response message over this side's
     ``grpc.max_receive_message_length`` ("Stream removed (CLIENT: Received message
     larger than max (N vs. M))", or "Decompressed message larger than max", likewise:
     every endpoint would send that answer), or a
@@ -315,10 +320,20 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     # and with no metadata, the request's headers over its grpc.max_metadata_size (16
     # KiB; at random over 8 KiB) or a request message over its max_receive_message_bytes:
     # the caller's oversized request, not the endpoint's overload; or this side's core
-    # refusing a response over its receive limit: the caller's limit
+    # refusing a response over its receive limit: the caller's limit; or another gRPC
+    # library's server refusing a request message over its limit in its own words
+    # (grpc-js, grpc-go, grpc-java: size_refusal), as trailers-only (Node adds `date`)
     return details.startswith(_SENT_TOO_LARGE) or (
-        (details.startswith(_REQUEST_TOO_LARGE) or _RESPONSE_TOO_LARGE in details)
-        and not initial_metadata and not trailing_metadata)
+        (details.startswith(_REQUEST_TOO_LARGE) or _RESPONSE_TOO_LARGE in details
+         or size_refusal(code, details))
+        and not initial_metadata and _transport_only(trailing_metadata))
+
+
+def _transport_only(trailing_metadata: Any) -> bool:
+    """Whether ``trailing_metadata`` (key/value pairs, or ``None``) holds nothing a
+    server application set: none, or only the ``date`` header an HTTP/2 stack adds to
+    every answer (Node's, under grpc-js)."""
+    return not trailing_metadata or all(key == "date" for key, _ in trailing_metadata)
 
 
 # endpoints (instance id, address) logged as not serving a method another endpoint

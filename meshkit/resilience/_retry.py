@@ -914,10 +914,13 @@ def draining_refusal(code: grpc.StatusCode, details: str | None,
 
 # the words of gRPC libraries' refusal of a message over a size limit: C-core (Python)
 # and grpc-js "... message larger than max (N vs. M)", "Decompressed message larger
-# than max"; grpc-go "grpc: received message larger than max ...", "trying to send
-# message larger than max ..."; grpc-java "gRPC message exceeds maximum size ...",
-# "Decompressed gRPC message exceeds maximum size ..."
-_TOO_LARGE = ("message larger than max", "message exceeds maximum size")
+# than max"; grpc-js "Received message that decompresses to a size larger than M";
+# grpc-go "grpc: received message larger than max ...", "trying to send message larger
+# than max ...", "grpc: [received ]message after decompression larger than max ...";
+# grpc-java "gRPC message exceeds maximum size ...", "Decompressed gRPC message exceeds
+# maximum size ..."
+_TOO_LARGE = ("message larger than max", "message exceeds maximum size",
+              "decompresses to a size larger than", "after decompression larger than max")
 
 
 def size_refusal(code: grpc.StatusCode, details: str | None) -> bool:
