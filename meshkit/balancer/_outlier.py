@@ -257,9 +257,9 @@ class EjectingBalancer:
             rotation (panic routing, module docstring).
     """
 
-    __slots__ = ("_all", "_cap", "_clock", "_ejected", "_health", "_inner", "_max_times",
-                 "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free", "_opts",
-                 "_rate_interval_s", "_recheck_at", "_turn", "_waiting", "ejections",
+    __slots__ = ("_all", "_cap", "_clock", "_ejected", "_health", "_inner", "_lean_ok",
+                 "_max_times", "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free",
+                 "_opts", "_rate_interval_s", "_recheck_at", "_turn", "_waiting", "ejections",
                  "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
@@ -279,6 +279,9 @@ class EjectingBalancer:
         # the rule is off (no clock read per outcome then)
         self._rate_interval_s = (0.0 if self._opts.failure_rate is None
                                  else self._opts.base_ejection_s)
+        # an OK outcome is no failure and no rate window is kept: pick's done records it
+        # inline (_record's success path), without _record's frame
+        self._lean_ok = not self._ok_fails and not self._rate_interval_s
         # the multiplier goes no higher than max_ejection_s needs (Envoy: "When ejected
         # host reaches max_ejection_time, it does not increase any more")
         steps = self._opts.max_ejection_s / self._opts.base_ejection_s
@@ -389,7 +392,11 @@ class EjectingBalancer:
 
         def done(code: grpc.StatusCode, latency_s: float) -> None:
             inner_done(code, latency_s)
-            self._record(ep, h, code)
+            if code is _OK and self._lean_ok:  # _record(ep, h, code)'s path, inline
+                h.consecutive = 0
+                h.window.append(False)
+            else:
+                self._record(ep, h, code)
 
         return ep, done
 
