@@ -35,7 +35,7 @@ import meshkit
 from benchmarks import report, stacks
 from benchmarks.procs import REPO, Supervisor, WorkerError
 from benchmarks.scenarios import SCENARIOS
-from benchmarks.scenarios._common import PLANS, Ctx
+from benchmarks.scenarios._common import PLANS, Ctx, Plan
 from benchmarks.scenarios.overhead import CONTENDERS
 
 __all__ = ["RESULTS_DIR", "main", "run"]
@@ -132,21 +132,28 @@ def _parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     return p
 
 
-async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
-              argv: list[str]) -> dict[str, Any]:
-    """Run the selected scenarios and return the results document."""
+def _plan(args: argparse.Namespace) -> Plan:
+    """The run's plan: ``--mode``'s, narrowed by ``--scenarios``, ``--contenders``,
+    ``--concurrency``, ``--rounds`` and ``--sessions`` (the scenarios chosen go to
+    ``args.selected``).
+
+    Raises:
+        ValueError: a bad value of one of them, the message naming the option (a usage
+            error: :func:`main` exits 2 with it, as argparse does for its own).
+    """
     plan = PLANS[args.mode]
     # each once, in the order given
     selected = list(dict.fromkeys(s.strip() for s in args.scenarios.split(",") if s.strip()))
     unknown = [s for s in selected if s not in SCENARIOS]
     if unknown or not selected:
-        raise SystemExit(f"--scenarios: {f'unknown {unknown}' if unknown else 'none given'}; "
+        raise ValueError(f"--scenarios: {f'unknown {unknown}' if unknown else 'none given'}; "
                          f"choose from {list(SCENARIOS)}")
+    args.selected = selected
     if args.contenders:
         names = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
         unknown = [n for n in names if n not in CONTENDERS]
         if unknown:
-            raise SystemExit(f"--contenders: unknown {', '.join(map(repr, unknown))}; "
+            raise ValueError(f"--contenders: unknown {', '.join(map(repr, unknown))}; "
                              f"choose from {', '.join(CONTENDERS)}")
         plan = dataclasses.replace(plan, overhead_only=("raw", *(n for n in names
                                                                  if n != "raw")))
@@ -154,18 +161,26 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         try:
             conc = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
         except ValueError:
-            raise SystemExit(f"--concurrency takes integers, got {args.concurrency!r}") from None
+            raise ValueError(f"--concurrency takes integers, got {args.concurrency!r}") from None
         if not conc or min(conc) < 1:
-            raise SystemExit(f"--concurrency takes integers >= 1, got {args.concurrency!r}")
+            raise ValueError(f"--concurrency takes integers >= 1, got {args.concurrency!r}")
         plan = dataclasses.replace(plan, concurrencies=conc)
     if args.rounds is not None:
         if args.rounds < 1:
-            raise SystemExit(f"--rounds must be >= 1, got {args.rounds!r}")
+            raise ValueError(f"--rounds must be >= 1, got {args.rounds!r}")
         plan = dataclasses.replace(plan, rounds=args.rounds, compare_rounds=None)
     if args.sessions is not None:
         if args.sessions < 1:
-            raise SystemExit(f"--sessions must be >= 1, got {args.sessions!r}")
+            raise ValueError(f"--sessions must be >= 1, got {args.sessions!r}")
         plan = dataclasses.replace(plan, overhead_sessions=args.sessions)
+    return plan
+
+
+async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
+              argv: list[str]) -> dict[str, Any]:
+    """Run the selected scenarios and return the results document."""
+    plan = args.plan if hasattr(args, "plan") else _plan(args)
+    selected = args.selected
     sup.drain_delay_s = plan.drain_delay_s
     secrets = stacks.Secrets(workdir / "secrets")
     ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)
@@ -241,7 +256,8 @@ def _restore(previous: dict[int, Any]) -> None:
 def main(argv: list[str] | None = None, *, prog: str = "meshkit bench") -> int:
     """Run the benchmarks; returns 0, or 1 when a scenario failed (missed targets are
     reported, not failures), 2 when ``--loop uvloop`` finds no uvloop, or 130 when
-    interrupted.
+    interrupted. A bad argument is a usage error, as argparse's own: the usage and a
+    line naming the option on stderr, status 2 (``SystemExit(2)``).
 
     Args:
         argv: the arguments (default ``sys.argv[1:]``).
@@ -250,11 +266,19 @@ def main(argv: list[str] | None = None, *, prog: str = "meshkit bench") -> int:
             passes its own).
 
     Raises:
-        SystemExit: a bad argument (its message says which), before any worker starts.
+        SystemExit: status 2 for a bad argument (an unknown scenario or contender, a
+            concurrency, ``--rounds`` or ``--sessions`` below 1, an ``--out`` or
+            ``--markdown`` path that cannot be written), before any worker starts or
+            the work directory is made; 0 after ``--help``.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(prog).parse_args(args_list)
+    parser = _parser(prog)
+    args = parser.parse_args(args_list)
     args.prog = prog  # the command as run, for the results' machine.command
+    try:
+        args.plan = _plan(args)
+    except ValueError as exc:  # a usage error, as argparse's own: the usage, status 2
+        parser.error(str(exc))
     if args.loop == "uvloop" and not meshkit.uvloop_installed():
         print("--loop uvloop: uvloop is not installed (pip install 'meshkit[fast]')",
               file=sys.stderr)
@@ -267,9 +291,9 @@ def main(argv: list[str] | None = None, *, prog: str = "meshkit bench") -> int:
         try:
             where.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SystemExit(f"{option}: cannot make {where}: {exc.strerror or exc}") from None
+            parser.error(f"{option}: cannot make {where}: {exc.strerror or exc}")
         if not os.access(where, os.W_OK):
-            raise SystemExit(f"{option}: {where} is not writable")
+            parser.error(f"{option}: {where} is not writable")
     workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
     sup = Supervisor(workdir, workdir / "secrets", loop=args.loop)
     previous = _interruptible()

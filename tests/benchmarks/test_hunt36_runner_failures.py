@@ -56,7 +56,8 @@ def test_markdown_into_a_new_directory_is_written(tmp_path: Path,
 
 
 def test_an_unwritable_markdown_path_is_refused_before_the_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A ``--markdown`` path that cannot be written (here its parent is a file) is a
     usage error before any scenario runs, not a traceback after all of them."""
     ran: list[str] = []
@@ -70,7 +71,7 @@ def test_an_unwritable_markdown_path_is_refused_before_the_run(
     with pytest.raises(SystemExit) as exc:
         runner.main(["--smoke", "--scenarios", "hunt36-fine", "--out", str(tmp_path),
                      "--markdown", str(tmp_path / "file" / "tables.md")])
-    assert "--markdown" in str(exc.value.code) and ran == []
+    assert exc.value.code == 2 and "--markdown" in capsys.readouterr().err and ran == []
 
 
 def test_a_scenario_named_twice_runs_once(tmp_path: Path,
@@ -91,7 +92,8 @@ def test_a_scenario_named_twice_runs_once(tmp_path: Path,
 
 
 def test_an_unwritable_out_directory_is_refused_before_the_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """An ``--out`` that cannot be made (here under a file) failed only once every
     scenario had run, in a traceback, the results lost: it is now made first."""
     ran: list[str] = []
@@ -105,4 +107,4 @@ def test_an_unwritable_out_directory_is_refused_before_the_run(
     with pytest.raises(SystemExit) as exc:
         runner.main(["--smoke", "--scenarios", "hunt36-fine",
                      "--out", str(tmp_path / "file" / "results")])
-    assert "--out" in str(exc.value.code) and ran == []
+    assert exc.value.code == 2 and "--out" in capsys.readouterr().err and ran == []
