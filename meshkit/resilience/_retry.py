@@ -67,7 +67,10 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   (``resolve_timeout_s``; ``NoEndpointsError.unresolved``): a retry would only wait again;
   so is a unary-response attempt that grpc failed because its endpoint's sub-channel
   could not connect (:class:`ConnectFailedError`, see :func:`never_connected`: the
-  request never left), unless its request was an iterator the attempt spent;
+  request never left), a stream-unary call whose request is an iterator (a generator,
+  its ``write()`` messages) too: the few messages such an attempt took (one) are kept
+  and given first to the next attempt (:class:`_UnsentKept`); not one whose attempt
+  took more than :data:`_KEPT_MAX` (it sent some);
 * a **nack** is retried like ``UNAVAILABLE`` and whether or not the call is safe to repeat
   (for unary-stream calls: only those safe to repeat, which are wrapped for their retries
   anyway; the wrapper costs every other stream a task and about 74 bytecodes per message):
@@ -443,6 +446,8 @@ class RetryInterceptor(ClientInterceptor):
             except KeyError:
                 policy = table.lookup(details.method)
             if policy is None or policy.max_attempts == 1:
+                if details.kind is _STREAM_UNARY and not _replayable(request):
+                    request = _unsent_kept(request)  # (see _UnsentKept)
                 try:  # (a try costs the call nothing until it raises)
                     return await proceed(details, request)
                 except AioRpcError as exc:
@@ -450,8 +455,12 @@ class RetryInterceptor(ClientInterceptor):
                         raise
                 return await proceed(details, request)
             # a stream-unary request that is an iterator (a generator) is spent by the attempt
-            # that sent it: such a call is retried only where nothing was sent (no endpoint)
-            replayable = details.kind is not CallKind.STREAM_UNARY or _replayable(request)
+            # that sent it: such a call is retried only where nothing was sent (no endpoint,
+            # or an attempt that never connected: the messages it took are kept for the
+            # next, _UnsentKept)
+            replayable = details.kind is not _STREAM_UNARY or _replayable(request)
+            if not replayable:
+                request = _unsent_kept(request)
             if policy.hedge_delay_s is not None and replayable:
                 return await self._hedged(details, request, proceed, policy)
             attempt = step = 1  # step: of the backoff, back to 1 after a server's pushback
@@ -469,7 +478,8 @@ class RetryInterceptor(ClientInterceptor):
                         safe = policy.idempotent or _has_key(details, request, policy)
                     unrun = _draining_outcome(details, exc)
                     delay = (self._retry_delay(details, exc, policy, attempt, safe, step, unrun)
-                             if replayable or isinstance(exc, NoEndpointsError) else None)
+                             if replayable or isinstance(exc, NoEndpointsError)
+                             or _unsent_again(request, exc) else None)
                     if delay is None:
                         raise
                     if not isinstance(exc, _NOT_SENT):
@@ -512,15 +522,17 @@ class RetryInterceptor(ClientInterceptor):
         server's shed or drain refusal, a refused stream), an attempt a draining server
         cut before any of it ran (:func:`cut_before_it_ran`), or one whose request never
         left (:class:`ConnectFailedError`); not a stream-unary call whose request was an
-        iterator (the attempt spent it). Within the retry budget (a nack is a server's
-        overload: a spent budget ends the call with it) and counted as a retry; the
-        second attempt carries :data:`~meshkit._metadata.PREVIOUS_ATTEMPTS` unless the
-        first never left. Failure path only."""
+        iterator (the attempt spent it), but for one whose attempt never connected, whose
+        messages taken are kept (:class:`_UnsentKept`). Within the retry budget (a nack
+        is a server's overload: a spent budget ends the call with it) and counted as a
+        retry; the second attempt carries :data:`~meshkit._metadata.PREVIOUS_ATTEMPTS`
+        unless the first never left. Failure path only."""
         never_sent = isinstance(exc, ConnectFailedError)
         if self._closed or not (never_sent or _draining_outcome(details, exc)
                                 or is_nack(exc)):
             return False
-        if details.kind is CallKind.STREAM_UNARY and not _replayable(request):
+        if (details.kind is _STREAM_UNARY and not _replayable(request)
+                and not _unsent_again(request, exc)):
             return False
         remaining = details.time_remaining_s()
         if remaining is not None and remaining <= 0:
@@ -1132,12 +1144,168 @@ def _replayable(request: Any) -> bool:
     """Whether a stream-unary ``request`` can be sent again: an iterable that gives a new
     iterator each time (a list, a tuple, a class with ``__iter__``/``__aiter__`` making
     one), not an iterator or a generator, which the first attempt consumed."""
+    if isinstance(request, _UnsentKept):
+        return False  # (its iterations go on from one source: see _UnsentKept)
     try:
         if hasattr(request, "__aiter__"):
             return request.__aiter__() is not request
         return iter(request) is not request
     except TypeError:
         return False
+
+
+_STREAM_UNARY = CallKind.STREAM_UNARY
+_KEPT_MAX = 4
+"""The most messages a one-shot request stream keeps for an attempt that never connected
+(:class:`_UnsentKept`): such an attempt takes one (grpc.aio takes the first message, then
+waits for the call to start before it writes it, and a call whose sub-channel cannot
+connect never starts: 1 taken, measured with grpc 1.85 against a dead port and a listener
+that never answers, with and without ``wait_for_ready``); one that took more was sent."""
+
+
+class _UnsentKept:
+    """A stream-unary call's one-shot request stream (a generator, an iterator, the call
+    object's ``write()`` queue), taken through so that the messages taken by an attempt
+    that never connected (:class:`ConnectFailedError`: none of them left the client) go
+    first to the next attempt (gRFC A6 transparent retry: nothing was sent). Each
+    iteration (one per attempt: grpc.aio iterates the request once) gives the messages
+    taken so far, then goes on taking from the source; up to :data:`_KEPT_MAX` are kept,
+    and once more were taken ``kept`` is dropped (``None``: an attempt sent some; nothing
+    is kept, nor given again, from then on, and each message is the source's own, without
+    a coroutine). A take from an asynchronous source cut in the middle (the attempt's
+    writer cancelled as it ended) or in flight drops it too: whether that message was
+    taken is not known. The source is never closed here (as without this layer).
+
+    ``source``: the request iterator; ``kept``: the messages taken, or ``None``;
+    ``taking``: an asynchronous take in flight."""
+
+    __slots__ = ("kept", "source", "taking")
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.kept: list[Any] | None = []
+        self.taking = False
+
+    def again(self) -> bool:
+        """Whether every message taken so far is kept, none being taken: the stream can
+        be given from its start to another attempt."""
+        return self.kept is not None and not self.taking
+
+
+class _SyncKept(_UnsentKept):
+    """:class:`_UnsentKept` of a synchronous iterator."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> _SyncTaking:
+        return _SyncTaking(self)
+
+
+class _AsyncKept(_UnsentKept):
+    """:class:`_UnsentKept` of an asynchronous iterator."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> _AsyncTaking:
+        return _AsyncTaking(self)
+
+
+class _SyncTaking:
+    """One attempt's iteration of a :class:`_SyncKept`: the kept messages, then the
+    source's (kept while there is room)."""
+
+    __slots__ = ("pos", "stream")
+
+    def __init__(self, stream: _UnsentKept) -> None:
+        self.stream = stream
+        self.pos = 0
+
+    def __iter__(self) -> _SyncTaking:
+        return self
+
+    def __next__(self) -> Any:
+        stream = self.stream
+        kept = stream.kept
+        if kept is None:
+            return next(stream.source)
+        pos = self.pos
+        self.pos = pos + 1
+        if pos < len(kept):
+            return kept[pos]
+        item = next(stream.source)
+        if pos < _KEPT_MAX:
+            kept.append(item)
+        else:
+            stream.kept = None  # sent: nothing to give again
+        return item
+
+
+class _AsyncTaking:
+    """One attempt's iteration of an :class:`_AsyncKept` (see :class:`_SyncTaking`)."""
+
+    __slots__ = ("pos", "stream")
+
+    def __init__(self, stream: _UnsentKept) -> None:
+        self.stream = stream
+        self.pos = 0
+
+    def __aiter__(self) -> _AsyncTaking:
+        return self
+
+    def __anext__(self) -> Any:
+        stream = self.stream
+        if stream.kept is None:  # the source's own awaitable: no coroutine per message
+            return stream.source.__anext__()
+        return self._take()
+
+    async def _take(self) -> Any:
+        stream = self.stream
+        kept = stream.kept
+        if kept is None:  # dropped since __anext__ (another attempt took on)
+            return await stream.source.__anext__()
+        pos = self.pos
+        if pos < len(kept):
+            self.pos = pos + 1
+            return kept[pos]
+        stream.taking = True
+        try:
+            item = await stream.source.__anext__()
+        except StopAsyncIteration:
+            stream.taking = False
+            raise
+        except BaseException:
+            stream.kept = None  # cut or failed mid-take: not known to be whole
+            stream.taking = False
+            raise
+        stream.taking = False
+        if stream.kept is None:
+            return item
+        self.pos = pos + 1
+        if pos < _KEPT_MAX:
+            kept.append(item)
+        else:
+            stream.kept = None
+        return item
+
+
+def _unsent_kept(request: Any) -> Any:
+    """``request`` (a stream-unary call's request that cannot be iterated again) as a
+    :class:`_UnsentKept` when it is an iterator (sync or async), else as it is (what is
+    not one fails as it did)."""
+    if hasattr(request, "__anext__"):
+        return _AsyncKept(request)
+    if hasattr(request, "__next__"):
+        return _SyncKept(request)
+    return request
+
+
+def _unsent_again(request: Any, exc: AioRpcError) -> bool:
+    """Whether a stream-unary call whose one-shot request stream is ``request`` and whose
+    attempt failed with ``exc`` can be sent again: the attempt never connected
+    (:class:`ConnectFailedError`) and every message it took is kept
+    (:meth:`_UnsentKept.again`). Failure path only."""
+    return (isinstance(exc, ConnectFailedError) and isinstance(request, _UnsentKept)
+            and request.again())
 
 
 def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:
