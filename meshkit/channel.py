@@ -145,6 +145,7 @@ from meshkit.resilience._retry import (
     nacked_status,
     never_connected,
     size_refusal,
+    transport_only,
 )
 from meshkit.resilience._retry import not_served as _not_served
 
@@ -326,14 +327,7 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     return details.startswith(_SENT_TOO_LARGE) or (
         (details.startswith(_REQUEST_TOO_LARGE) or _RESPONSE_TOO_LARGE in details
          or size_refusal(code, details))
-        and not initial_metadata and _transport_only(trailing_metadata))
-
-
-def _transport_only(trailing_metadata: Any) -> bool:
-    """Whether ``trailing_metadata`` (key/value pairs, or ``None``) holds nothing a
-    server application set: none, or only the ``date`` header an HTTP/2 stack adds to
-    every answer (Node's, under grpc-js)."""
-    return not trailing_metadata or all(key == "date" for key, _ in trailing_metadata)
+        and not initial_metadata and transport_only(trailing_metadata))
 
 
 # endpoints (instance id, address) logged as not serving a method another endpoint
@@ -2336,7 +2330,7 @@ async def _stream_not_served(call: Any) -> str | None:
     except Exception:  # a call object without them: no refusal seen
         return None
     if (details is not None and details.startswith(NOT_SERVED_DETAILS)
-            and not initial and not trailing):
+            and not initial and transport_only(trailing)):
         return details
     return None
 

@@ -913,11 +913,20 @@ def not_served(exc: AioRpcError) -> bool:
     (C-core and Python "Method not found!", grpc-go "unknown service ..." / "unknown
     method ...", grpc-java "Method not found: ...", grpc-js "The server does not
     implement the method ...", grpc-dotnet "Service is unimplemented." / "Method is
-    unimplemented."; :data:`NOT_SERVED_DETAILS`). Not a handler's own
-    ``UNIMPLEMENTED``, which has details of its own. The failure path only."""
+    unimplemented."; :data:`NOT_SERVED_DETAILS`; trailing metadata of the transport's
+    alone taken as none, :func:`transport_only`: grpc-js' answers carry Node's ``date``).
+    Not a handler's own ``UNIMPLEMENTED``, which has details of its own. The failure
+    path only."""
     details = exc.details()
     return (details is not None and details.startswith(NOT_SERVED_DETAILS)
-            and not exc.initial_metadata() and not exc.trailing_metadata())
+            and not exc.initial_metadata() and transport_only(exc.trailing_metadata()))
+
+
+def transport_only(trailing_metadata: Any) -> bool:
+    """Whether ``trailing_metadata`` (key/value pairs, or ``None``) holds nothing a
+    server application set: none, or only the ``date`` header an HTTP/2 stack adds to
+    every answer (Node's, under grpc-js: its trailers-only refusals carry it)."""
+    return not trailing_metadata or all(key == "date" for key, _ in trailing_metadata)
 
 
 def draining_refusal(code: grpc.StatusCode, details: str | None,
