@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import functools
 import json
 import time
@@ -87,6 +89,21 @@ _CANCELLATIONS = (asyncio.CancelledError, GeneratorExit)
 
 _running_loop = asyncio._get_running_loop  # None outside a running loop (a stream
 # handler finalized there)
+_Handle = asyncio.Handle
+_copy_context = contextvars.copy_context
+_BASE_CALL_SOON = asyncio.BaseEventLoop.call_soon  # (_plain_ready: not replaced)
+
+
+def _plain_ready(loop: asyncio.AbstractEventLoop | None) -> Any:
+    """The ready queue of ``loop`` when ``loop.call_soon(...)`` from its own thread would
+    only append a new :class:`asyncio.Handle` to it (asyncio's own loop, its
+    ``call_soon`` not replaced, not in debug mode), else ``None`` (no loop, uvloop, a loop
+    of one's own, debug mode: ``call_soon`` is called)."""
+    ready = getattr(loop, "_ready", None)
+    if (type(ready) is collections.deque and loop is not None and not loop.get_debug()
+            and getattr(loop.call_soon, "__func__", None) is _BASE_CALL_SOON):
+        return ready
+    return None
 
 
 def _address(peer: str | None) -> str | None:
@@ -281,6 +298,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
+        # the loop of the last deferral and its ready queue when appended to directly
+        # (_ready_of); a loop, once seen, is kept until another one finishes a call
+        self._ready_loop: asyncio.AbstractEventLoop | None = None
+        self._ready: Any = None
         self.server_calls: Callable[[], int] | None = None
         """The server's unary-request calls between arrival and end, when something counts
         them (``serve()`` sets its request gate's :meth:`~meshkit._limits.RequestGate.calls`):
@@ -363,11 +384,21 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             # sampled -22 us of p50 at concurrency 1); on a busy loop, a server under
             # load, it only adds a callback (every call sampled, concurrency 32: +0.9 and
             # +1.9 % QPS once spans too end inline there); benchmarks/RESULTS.md
-            loop = _running_loop() if defer else None
+            loop: Any = _running_loop() if defer else None
             # _idle(loop), its answer for asyncio's own loops inline (one frame fewer per
-            # call); another loop (uvloop: no ready queue to read) asks _idle
-            ready = getattr(loop, "_ready", None)
-            if loop is not None and (not ready if ready is not None else self._idle(loop)):
+            # call); another loop (uvloop: no ready queue to read) asks _idle. On
+            # asyncio's own loop (checked once per loop: _plain_ready) the completion's
+            # handle is appended to the ready queue here, as call_soon() would append it
+            # (the same Handle, in a copy of the current context), without its three
+            # frames
+            ready = self._ready if loop is self._ready_loop else self._ready_of(loop)
+            if ready is not None and not ready:
+                # the context copied here still has the span current, as inline
+                self._deferred += 1
+                ready.append(_Handle(self._complete, (
+                    True, m, span, _time_ns(), code, exc, duration_s, peer, identity, md,
+                    limited, log), loop, _copy_context()))
+            elif ready is None and loop is not None and self._idle(loop):
                 # the context copied here still has the span current, as inline
                 self._deferred += 1
                 loop.call_soon(self._complete, True, m, span, _time_ns(), code, exc,
@@ -378,6 +409,15 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         finally:
             if token is not None:
                 detach_context(token, type(exc) is GeneratorExit)
+
+    def _ready_of(self, loop: asyncio.AbstractEventLoop | None) -> Any:
+        """:func:`_plain_ready` of ``loop``, remembered for the next call from the same
+        loop (``None``: no loop, not remembered, or ``call_soon`` is called)."""
+        if loop is None:
+            return None
+        ready = _plain_ready(loop)
+        self._ready_loop, self._ready = loop, ready
+        return ready
 
     def _idle(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether deferring a capture to ``loop``'s next turn costs only idle time: no
