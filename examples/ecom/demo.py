@@ -588,7 +588,7 @@ async def run(args: argparse.Namespace) -> int:
                 print("Result: FAILED — a call that must be refused was not.")
             tracer.force_flush()
             print_trace(workdir / "traces")
-            await print_admin({"userd": uch, "orderd": och}, stack)
+            await print_admin(registry, stack)
 
             if args.keep_running:
                 print_how_to_call(stack, registry_uri)
@@ -647,27 +647,48 @@ def print_trace(trace_dir: Path) -> None:
         print("  " + line)
 
 
-async def print_admin(channels: dict[str, meshkit.MeshChannel], stack: Stack) -> None:
-    """Print each live process's admin URLs and what its /readyz answers."""
+async def print_admin(registry: meshkit.Registry, stack: Stack,
+                      timeout_s: float = 2.0) -> None:
+    """Print each live process's admin URL and what its /readyz answers: every instance
+    the stack started (``summaryd`` too, which the demo client never dials) that is not
+    killed, as the registry lists it (its ``admin_port``); each registry read and each
+    probe bounded by ``timeout_s`` seconds."""
     import aiohttp
 
     print("")
     print("Admin servers (Prometheus /metrics, /livez, /readyz, /debug/mesh):")
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        for ch in channels.values():
-            for ep in ch.endpoints():
-                port = ep.instance.meta.get("admin_port")
-                proc = stack.procs.get(ep.key)
-                if not port or (proc is not None and proc.killed):
-                    continue
-                url = f"http://127.0.0.1:{port}"
-                try:
-                    async with http.get(url + "/readyz") as resp:
-                        ready = resp.status
-                except aiohttp.ClientError:
-                    ready = 0
-                hits = await cache_hits(http, url) if ep.key.startswith("userd") else ""
-                print(f"  {ep.key:<10} {url}/metrics   /readyz -> {ready}{hits}")
+    listed: dict[str, meshkit.Instance] = {}
+    for service in sorted({p.service for p in stack.procs.values()}):
+        listed.update({i.instance_id: i for i in await _listed(registry, service, timeout_s)})
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+        for iid, proc in sorted(stack.procs.items()):
+            inst = listed.get(iid)
+            port = inst.meta.get("admin_port") if inst is not None else None
+            if proc.killed or not port:
+                continue
+            url = f"http://127.0.0.1:{port}"
+            try:
+                async with http.get(url + "/readyz") as resp:
+                    ready = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                ready = 0
+            hits = await cache_hits(http, url) if proc.service == "userd" else ""
+            print(f"  {iid:<10} {url}/metrics   /readyz -> {ready}{hits}")
+
+
+async def _listed(registry: meshkit.Registry, service: str,
+                  timeout_s: float) -> frozenset[meshkit.Instance]:
+    """The instances ``registry`` lists for ``service`` now (its watch's first set;
+    none when it does not answer within ``timeout_s`` seconds)."""
+    watch = registry.watch(service)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await anext(aiter(watch))
+    except (TimeoutError, StopAsyncIteration):
+        return frozenset()
+    finally:
+        with contextlib.suppress(Exception):
+            await watch.aclose()  # type: ignore[attr-defined]
 
 
 async def cache_hits(http: Any, url: str) -> str:
