@@ -108,6 +108,7 @@ _PENALISED = frozenset({
     grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS,
 })
 _READY = EndpointState.READY
+_exp = math.exp
 _IDLE = EndpointState.IDLE
 # time constants (decay_s) after which the prior's running sum takes now as its origin:
 # its factors reach exp(50), about 5e21, far inside a float's range (exp(709))
@@ -254,7 +255,8 @@ class _Stat:
         self.share = 0.0
 
     def estimate(self, now: float, default_rtt_s: float) -> float:
-        """The decayed RTT estimate at ``now``, seconds."""
+        """The decayed RTT estimate at ``now``, seconds (:meth:`P2C.pick` decays its two
+        draws' inline: change both)."""
         if self.rtt_s < 0:
             return default_rtt_s
         dt = now - self.stamp
@@ -515,8 +517,20 @@ class P2C:
                 now = self._clock()
                 stats = self._stats
                 sa, sb = stats[a.key], stats[b.key]
-                la = sa.estimate(now, 0.0) if sa.rtt_s >= 0 else self._prior(now)
-                lb = sb.estimate(now, 0.0) if sb.rtt_s >= 0 else self._prior(now)
+                # sa.estimate(now, 0.0) if sa.rtt_s >= 0 else self._prior(now), the
+                # estimate's decay inline (two frames less a pick): change both
+                la = sa.rtt_s
+                if not la >= 0:  # no sample (as the test it replaces: NaN too)
+                    la = self._prior(now)
+                elif (dt := now - sa.stamp) > 0:
+                    sa.rtt_s = la = la * _exp(-dt / sa.decay_s)
+                    sa.stamp = now
+                lb = sb.rtt_s
+                if not lb >= 0:
+                    lb = self._prior(now)
+                elif (dt := now - sb.stamp) > 0:
+                    sb.rtt_s = lb = lb * _exp(-dt / sb.decay_s)
+                    sb.stamp = now
                 # as load() (_Stat.held): pending unary calls stop the decay
                 pa, pb = sa.pending, sb.pending
                 if pa > sa.streams:
