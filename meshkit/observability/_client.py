@@ -62,7 +62,7 @@ from meshkit.observability._tracing import (
     SpanStarter,
     attach_span,
     baggage_set,
-    current_span_context,
+    current_span_context_or_none,
     detach_context,
     fast_propagation,
     inject_context,
@@ -445,7 +445,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 return
         if span is None:  # _complete(False, ...) without a span, inline (a frame less)
             try:
-                self._log(m, details, code, duration_s, current_span_context())
+                self._log(m, details, code, duration_s, current_span_context_or_none())
             except Exception as e:  # telemetry must never break the caller
                 self._failures.report("telemetry completion failed", e)
             return
@@ -460,7 +460,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
             self._deferred -= 1
         try:
             if span is None:
-                self._log(m, details, code, duration_s, current_span_context())
+                self._log(m, details, code, duration_s, current_span_context_or_none())
                 return
             # the spans SpanStarter makes are read without their methods' frames (two
             # or three per call): a lean SDK span (a sampled trace's: _meshkit_end)

@@ -62,7 +62,7 @@ from meshkit.observability._tracing import (
     attach_context,
     attach_span,
     bound_propagation_warnings,
-    current_span_context,
+    current_span_context_or_none,
     detach_context,
     extract_context,
     instrumentor_active,
@@ -480,7 +480,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             if log:  # the access-log event, under the call's span (ended above)
                 write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES,
                              self._access, (m, code, duration_s, peer, identity, md),
-                             current_span_context() if span is None
+                             current_span_context_or_none() if span is None
                              else span._context if end_with is not None or recording is None
                              else span.get_span_context())
         except Exception as e:  # telemetry must never break the server's loop

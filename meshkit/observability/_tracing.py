@@ -2104,6 +2104,16 @@ def current_span_context() -> SpanContext:
     return INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
 
 
+def current_span_context_or_none() -> SpanContext | None:
+    """:func:`current_span_context`, but ``None`` when no span is current: what an access
+    line takes (:func:`~meshkit.observability._logging.write_access`), which then has no
+    context to unpack (a current span's context may still be invalid)."""
+    if _RUNTIME is None:  # pragma: no cover - another runtime context
+        return trace.get_current_span().get_span_context()
+    span = _current_otel().get(_SPAN_KEY)
+    return None if span is None else span.get_span_context()
+
+
 def baggage_set(context: Any = None) -> bool:
     """Whether ``context`` (default: the current one) carries baggage:
     ``bool(baggage.get_all(context))`` read straight from the context."""
