@@ -74,3 +74,21 @@ def test_drawn_estimates_decay_as_estimate_does() -> None:
                 assert (st.rtt_s, st.stamp) == (rtt, stamp), key
         got[1](OK, 0.02)
     assert decayed > 50  # the inline decay ran (steps of 0 leave it alone)
+
+
+def test_an_outcome_sets_the_floor_to_the_new_estimate() -> None:
+    """Each outcome (a peak that jumps the estimate up, or one averaged in) leaves the
+    floor that ``held()`` reads while calls are pending at the new estimate, and the
+    stamp at the outcome's time."""
+    clock = Clock()
+    p = P2C(rng=random.Random(1), clock=clock)
+    p.update([_ep(0)])
+    st = p._stats["e0"]
+    for latency_s, step in ((0.05, 0.0), (0.01, 0.2), (0.002, 1.0), (0.2, 0.5), (0.03, 0.1)):
+        clock.t += step
+        got = p.pick(None, ())
+        assert got is not None
+        got[1](OK, latency_s)
+        assert st.floor == st.rtt_s > 0
+        assert st.stamp == clock.t
+    assert st.rtt_s < 0.2  # the last one averaged in, not a peak

@@ -306,13 +306,13 @@ class _Stat:
             return
         now = self.clock()
         rtt = self.rtt_s
+        # the floor is the new estimate (held() reads it while calls are pending)
         if latency_s > rtt:  # peak: jump up at once (the first sample too: rtt_s is -1)
-            self.rtt_s = latency_s
+            self.rtt_s = self.floor = latency_s
         else:
-            w = math.exp(-max(0.0, now - self.stamp) / self.decay_s)
-            self.rtt_s = rtt * w + latency_s * (1.0 - w)
+            w = _exp(-max(0.0, now - self.stamp) / self.decay_s)
+            self.rtt_s = self.floor = rtt * w + latency_s * (1.0 - w)
         self.stamp = now
-        self.floor = self.rtt_s
         if self.mean is not None:  # some endpoint has no sample: keep the prior's sum
             self.mean.sampled(self, now, rtt < 0)
 
