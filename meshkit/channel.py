@@ -302,7 +302,10 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     Node's HTTP/2 adds to grpc-js' answers), a response message over this side's
     ``grpc.max_receive_message_length`` ("Stream removed (CLIENT: Received message
     larger than max (N vs. M))", or "Decompressed message larger than max", likewise:
-    every endpoint would send that answer), or a
+    every endpoint would send that answer), a response's headers or trailers over this
+    side's ``grpc.max_metadata_size`` ("Stream removed (received metadata size exceeds
+    soft limit (N vs. 8192); ...)" or "... hard limit ...", with the metadata grpc core
+    read: the handler's, which every endpoint running it sends alike), or a
     call whose per-call credentials
     (``credentials=grpc.metadata_call_credentials(plugin)``) failed: ``UNAVAILABLE``
     "Getting metadata from plugin failed with error: ...", with no metadata from a server
@@ -324,7 +327,8 @@ def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: 
     # refusing a response over its receive limit: the caller's limit; or another gRPC
     # library's server refusing a request message over its limit in its own words
     # (grpc-js, grpc-go, grpc-java: size_refusal), as trailers-only (Node adds `date`)
-    return details.startswith(_SENT_TOO_LARGE) or (
+    # (or this side's core refusing a response's metadata over its limit: the handler's)
+    return details.startswith(_SENT_TOO_LARGE) or details.startswith(_METADATA_READ_TOO_LARGE) or (
         (details.startswith(_REQUEST_TOO_LARGE) or _RESPONSE_TOO_LARGE in details
          or size_refusal(code, details))
         and not initial_metadata and transport_only(trailing_metadata))
@@ -340,6 +344,9 @@ _REQUEST_TOO_LARGE = ("received metadata size exceeds ",
 # grpc core's refusal of a response over this side's receive limit (a unary call's in
 # "Stream removed (...)")
 _RESPONSE_TOO_LARGE = "CLIENT: Received message larger than max"
+# grpc core's refusal of a response's headers or trailers over this side's
+# grpc.max_metadata_size (soft or hard limit), whatever metadata it read
+_METADATA_READ_TOO_LARGE = "Stream removed (received metadata size exceeds "
 
 
 def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
