@@ -198,7 +198,8 @@ class BufferedLineWriter:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
     def add(self, record: tuple[Any, ...]) -> None:
-        """Queue one captured access-log record, rendered when the batch is written."""
+        """Queue one captured access-log record, rendered when the batch is written
+        (:func:`write_access` runs this inline: a change here is one there too)."""
         # The common case: a timer is armed on a loop that still runs (its turn writes
         # this record, whichever thread or loop adds it), room left. Not compared with the
         # running loop: on CPython 3.11 every asyncio.(_)get_running_loop() is a getpid
@@ -1005,10 +1006,21 @@ def write_access(warning: bool, build: Callable[..., dict[str, Any]],
     the garbage collector's young passes and promoted to the old generations."""
     lg = _AccessLog.logger
     if type(lg) is _AccessWriter:  # the per-call path: one tuple, no other work
-        if lg._level <= (logging.WARNING if warning else logging.INFO):
-            lg._writer.add((time.time(), "warning" if warning else "info", "rpc", build,
-                            args, copy_context() if _BOUND_NAMES is None or _BOUND_NAMES
-                            else None, span_context))
+        if lg._level <= (_WARNING if warning else _INFO):
+            record = (_time(), "warning" if warning else "info", "rpc", build, args,
+                      copy_context() if _BOUND_NAMES is None or _BOUND_NAMES else None,
+                      span_context)
+            # BufferedLineWriter.add(record), its common case inline (one frame fewer
+            # per call; configure_logging's writer is always a BufferedLineWriter)
+            w = lg._writer
+            with w._lock:
+                held = w._timer_loop
+                if (w._timer and w._size < w._max and held is not None
+                        and held.is_running()):
+                    w._buf.append(record)
+                    w._size += _RECORD_SIZE
+                    return
+            w.msg(record)  # type: ignore[arg-type]
         return
     lg = access_logger()
     fields = build(*args)
@@ -1020,6 +1032,9 @@ def write_access(warning: bool, build: Callable[..., dict[str, Any]],
     else:
         lg.info("rpc", **fields)
 
+
+_time = time.time
+_INFO, _WARNING = logging.INFO, logging.WARNING
 
 # structlog.contextvars' registry of bound names (a dict it fills in place); None when a
 # structlog version keeps it elsewhere, and then every record reads the bound values
