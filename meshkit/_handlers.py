@@ -1066,7 +1066,14 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
     return _marked(off_loop)
 
 
-async def _anext(it: Any) -> Any:
+async def _anext(it: Any, sync: _SyncContext | None) -> Any:
+    """On the loop: the next message of the request stream ``it``; ``StopAsyncIteration``
+    without reading once the call (``sync``, its context; ``None``: not asked) has ended.
+    grpc core refuses a read batch on an ended call, and grpc.aio reads that refusal as
+    the stream's end but keeps the batch's future and callback wrapper for good: a
+    handler still iterating when its caller left leaked them at every cut call."""
+    if sync is not None and not sync.is_active():
+        raise StopAsyncIteration
     return await it.__anext__()
 
 
@@ -1088,7 +1095,7 @@ def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop,
     while True:
         if asyncio._get_running_loop() is loop:
             raise RuntimeError(_ON_LOOP_THREAD.format("a synchronous handler's request iterator"))
-        read = _anext(it)
+        read = _anext(it, sync)
         try:
             future = asyncio.run_coroutine_threadsafe(read, loop)
         except RuntimeError:  # the loop closed (the server stopped): never to be awaited
