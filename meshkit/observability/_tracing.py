@@ -37,12 +37,36 @@ from meshkit._config import check_bool
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import SPAN_CONTEXT_IS_TUPLE, get_logger
 
+
+def _sdk_refuses_at_import(var: str = "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT") -> str | None:
+    """``var``'s value when the SDK's import would raise for it, else None: importing
+    ``opentelemetry.sdk.trace`` reads ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` (a module-level
+    constant) and raises a bare ``ValueError`` unless it is ``unset`` or an integer >= 0,
+    which failed ``import meshkit.server`` and ``meshkit.channel`` even with
+    ``OTEL_SDK_DISABLED=true`` or no tracing set up. The variable is then held out of the
+    environment for that import only; configuring tracing still checks it
+    (``ConfigError`` naming it, :func:`_batch_settings`)."""
+    raw = os.environ.get(var)
+    if raw is None or raw.strip().lower() == "unset":
+        return None
+    try:
+        return None if int(raw.strip()) >= 0 else raw
+    except ValueError:
+        return raw
+
+
+_HELD_OUT = _sdk_refuses_at_import()
 try:  # optional: ``meshkit[otel]`` (configure_tracing, span export)
+    if _HELD_OUT is not None:
+        del os.environ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"]
     import opentelemetry.sdk.trace as _sdk
     import opentelemetry.sdk.trace.id_generator  # binds _sdk.id_generator
     import opentelemetry.sdk.trace.sampling  # noqa: F401  (binds _sdk.sampling)
 except ImportError:  # tested with the SDK hidden (tests/observability/test_no_sdk.py)
     _sdk = None  # type: ignore[assignment]
+finally:
+    if _HELD_OUT is not None:
+        os.environ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"] = _HELD_OUT
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
