@@ -881,8 +881,9 @@ def is_nack(exc: AioRpcError) -> bool:
     quoting a downstream call's status, or a caller's text) are no nack. A server
     application that forwards a downstream refused stream's status verbatim
     (``context.abort(e.code(), e.details())``), or a downstream meshkit server's nack with
-    its trailing metadata (``context.abort(e.code(), e.details(), e.trailing_metadata())``)
-    cannot be told from a refusal.
+    its trailing metadata (``context.abort(e.code(), e.details(),
+    tuple(e.trailing_metadata()))``: grpc.aio's ``abort`` takes a tuple, and raises
+    ``TypeError`` for the ``grpc.aio.Metadata`` itself) cannot be told from a refusal.
     """
     code = exc.code()
     if code is not _UNAVAILABLE and code is not _EXHAUSTED:
