@@ -26,6 +26,8 @@ from meshkit.observability._logging import (
     ACCESS_OFF,
     AccessEvent,
     TelemetryFailures,
+    _AccessLog,
+    _AccessWriter,
     access_mode,
     duration_ms,
     json_str,
@@ -368,7 +370,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         try:
             if m.bound is not None:
                 m.bound.finished(code, duration_s, limited)
-            log = self.options.access_log and access_mode() != ACCESS_OFF
+            # access_mode() != ACCESS_OFF, the JSON access log's answer inline (a frame)
+            log = self.options.access_log and (type(_AccessLog.logger) is _AccessWriter
+                                               or access_mode() != ACCESS_OFF)
             if span is None and not log:
                 return
             try:
