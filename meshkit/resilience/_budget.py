@@ -19,6 +19,8 @@ from meshkit.errors import ConfigError
 
 __all__ = ["BudgetOptions", "RetryBudget"]
 
+_floor = math.floor
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetOptions:
@@ -63,8 +65,8 @@ class RetryBudget:
             callable (quoted).
     """
 
-    __slots__ = ("_bucket_s", "_clock", "_cur", "_floor", "_i", "_ratio", "_requests",
-                 "_retries", "_start", "_unit", "denied", "options")
+    __slots__ = ("_bucket_s", "_clock", "_cur", "_floor", "_fresh", "_i", "_ratio",
+                 "_requests", "_retries", "_start", "_unit", "denied", "options")
 
     _N = 10
 
@@ -92,11 +94,16 @@ class RetryBudget:
         self._start = math.floor(clock() / self._bucket_s)
         self._cur = self._start
         self._i = self._cur % self._N  # the current bucket's index (of _cur, kept with it)
+        # the current bucket's requests not yet in _requests (a plain counter: one
+        # attribute increment per call), added to it when the bucket changes (_advance)
+        self._fresh = 0
         self.denied = 0
 
     def _advance(self) -> int:
-        now = math.floor(self._clock() / self._bucket_s)
+        now = _floor(self._clock() / self._bucket_s)
         if now != self._cur:
+            self._requests[self._i] += self._fresh  # (the bucket they were counted in)
+            self._fresh = 0
             steps = min(now - self._cur, self._N)
             for k in range(1, steps + 1):
                 i = (self._cur + k) % self._N
@@ -108,15 +115,14 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one logical call (a deposit of ``retry_ratio`` retries)."""
-        if math.floor(self._clock() / self._bucket_s) == self._cur:  # the current bucket
-            self._requests[self._i] += 1
-        else:
-            self._requests[self._advance()] += 1
+        if _floor(self._clock() / self._bucket_s) != self._cur:  # another bucket now
+            self._advance()
+        self._fresh += 1  # the current bucket's (see _advance)
 
     def _units(self) -> int:
         """:meth:`balance` in units of ``1 / _unit`` retry (exact)."""
         self._advance()
-        return (self._floor + self._ratio * sum(self._requests)
+        return (self._floor + self._ratio * (sum(self._requests) + self._fresh)
                 - self._unit * sum(self._retries))
 
     def balance(self) -> float:
