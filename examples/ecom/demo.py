@@ -120,6 +120,11 @@ class Proc:
     killed: bool = False
 
 
+class StartError(RuntimeError):
+    """A service process of the stack exited or did not report READY in time; the
+    message names it and quotes the end of its log."""
+
+
 class Stack:
     """Starts, kills and stops the service processes; every one is stopped on exit."""
 
@@ -160,8 +165,8 @@ class Stack:
             p.address = await asyncio.wait_for(asyncio.shield(ready), timeout_s)
         except (TimeoutError, RuntimeError) as exc:
             tail = p.log.read_text(errors="replace").splitlines()[-8:] if p.log.exists() else []
-            raise RuntimeError(f"{instance_id} did not start; {p.log} ends with:\n"
-                               + "\n".join(tail)) from exc
+            raise StartError(f"{instance_id} did not start; {p.log} ends with:\n"
+                             + "\n".join(tail)) from exc
         return p
 
     async def _pump(self, p: Proc, ready: asyncio.Future[str]) -> None:
@@ -873,9 +878,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true", help="do not delete the temp workdir")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext instead of mTLS (JWTs are still used)")
-    p.add_argument("--database-url", default=None,
+    p.add_argument("--database-url", default=None, type=_postgres_url,
                    help="postgresql://... to use PostgreSQL instead of SQLite files")
     return p
+
+
+def _postgres_url(value: str) -> str:
+    """``--database-url``: a ``postgresql://`` (or ``postgres://``) URL; anything else is
+    a usage error (it started every process, each of which then died before READY, and
+    ended in a traceback). What is after the scheme is never quoted (a password)."""
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise argparse.ArgumentTypeError(
+            "must be a postgresql://user@host:port/db URL (the demo uses SQLite files "
+            f"without it), got one with scheme {scheme or '(none)'!r}")
+    return value
 
 
 def _unblock(signals: tuple[signal.Signals, ...]) -> None:
@@ -928,7 +945,9 @@ async def run_until_terminated(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``meshkit demo``; returns the exit code: the run's (0 passed, 1
-    failed), 130 after Ctrl-C, 143 after SIGTERM, every process stopped either way.
+    failed; 1 too, with one message on stderr naming it and the end of its log, when a
+    process of the stack does not start), 130 after Ctrl-C, 143 after SIGTERM, every
+    process stopped either way.
 
     Raises:
         SystemExit: a usage error (status 2, nothing created), or a CA in ``--workdir``
@@ -942,6 +961,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(run_until_terminated(args))
+    except StartError as exc:  # every process was stopped: what went wrong, no traceback
+        print(f"meshkit demo: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("Interrupted; every process was stopped.")
         return _EXIT_INTERRUPTED
