@@ -2351,6 +2351,33 @@ def _in_order(parts: list[Before | None]) -> Before | None:
     if len(befores) == 1:
         return befores[0]
     checks = tuple(befores)
+    # two or three checks (the common stacks) without a loop per call
+    if len(checks) == 2:  # e.g. authentication and rate limiting
+        first, second = checks
+        after_first = (second,)
+
+        def before_two(context: Any) -> Awaitable[None] | None:
+            pending = first(context)
+            if pending is not None:
+                return _then(pending, after_first, context)
+            return second(context)
+
+        return before_two
+    if len(checks) == 3:  # e.g. the deadline's admission, authentication, rate limiting
+        first, second, third = checks
+        after_1st: tuple[Before, ...] = (second, third)
+        after_2nd: tuple[Before, ...] = (third,)
+
+        def before_three(context: Any) -> Awaitable[None] | None:
+            pending = first(context)
+            if pending is not None:
+                return _then(pending, after_1st, context)
+            pending = second(context)
+            if pending is not None:
+                return _then(pending, after_2nd, context)
+            return third(context)
+
+        return before_three
     # the checks after each one, for when it needs awaiting (the rest then run in order)
     rests = tuple(checks[i + 1:] for i in range(len(checks)))
 
