@@ -330,3 +330,39 @@ def test_the_package_docstring_names_each_subpackage() -> None:
 
     assert "balancer" not in named["discovery"], named["discovery"]
     assert hasattr(discovery, "registry_from_uri") and hasattr(balancer, "P2C")
+
+
+# spans that name only the fields they discuss (the others are required)
+PARTIAL = {"ConsumerOptions(dead_letters=True)"}
+
+
+def test_every_options_expression_in_the_readme_builds() -> None:
+    """``DialOptions(keepalive_time_s=30)``, ``ServerLimits(read_requests=False)``,
+    ``RetryPolicy(idempotent=True, hedge_delay_s=0.05)``...: each inline expression
+    that builds a public class from keyword arguments is evaluated as written."""
+    import functools
+    import importlib
+
+    names: dict[str, object] = {"functools": functools}
+    for module in (
+        "meshkit",
+        "meshkit.balancer",
+        "meshkit.resilience",
+        "meshkit.resilience.ratelimit",
+        "meshkit.auth",
+        "meshkit.observability",
+        "meshkit.discovery",
+    ):
+        mod = importlib.import_module(module)
+        for name in getattr(mod, "__all__", ()):
+            names.setdefault(name, getattr(mod, name))
+    built = []
+    for span in sorted(set(_spans("README.md")) - PARTIAL):
+        match = re.fullmatch(r"([A-Z]\w*)\((.*)\)", span)
+        if match is None or "..." in span or not inspect.isclass(names.get(match[1])):
+            continue
+        if match[2] and not re.match(r"\w+=", match[2]):  # MeshRpcError(CANCELLED): a name
+            continue
+        eval(span, dict(names))  # the README's own text
+        built.append(span)
+    assert len(built) >= 15, built
