@@ -541,13 +541,37 @@ class _SyncContext:
         the call ended, see :meth:`end`."""
         return self._read_call("auth_context")
 
-    def _on_loop(self, coro: Any) -> Any:
+    def _on_loop(self, coro: Any, ended: type[Exception] | None = None,
+                 details: str = "") -> Any:
+        """``coro`` (a coroutine of the call's context) run on the loop, waited for; on the
+        loop's thread (an async result of the handler) returned for it to await. With
+        ``ended``: a send, refused with ``ended(details)`` once the call has ended
+        (:meth:`_live_only`)."""
         if asyncio._get_running_loop() is self._loop:
             if self._awaited:  # an async result of the handler: it awaits this
-                return coro
+                return coro if ended is None else self._live_only(coro, ended, details)
             coro.close()
             raise RuntimeError(_ON_LOOP_THREAD.format("a synchronous servicer context"))
+        if ended is not None:
+            coro = self._live_only(coro, ended, details)
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _live_only(self, coro: Any, ended: type[Exception], details: str) -> Any:
+        """On the loop: await ``coro`` (a send of the call's context) while the call
+        lives; once it has ended, close ``coro`` unstarted and raise ``ended(details)``.
+        grpc core refuses a batch on an ended call (its caller left), and grpc.aio then
+        raised its internal ``ExecuteBatchError`` and kept the batch's future and callback
+        wrapper for good: a handler that aborted or sent its metadata after its caller
+        left leaked them at every such call."""
+        if not self.is_active():
+            coro.close()
+            raise ended(details)
+        return await coro
+
+    def _abort(self, coro: Any) -> Any:
+        """:meth:`_on_loop` of ``coro``, an abort of the call's context: ``AbortError``
+        without sending anything once the call has ended (see :meth:`_live_only`)."""
+        return self._on_loop(coro, grpc.aio.AbortError, "Locally aborted.")
 
     def abort(self, code: grpc.StatusCode, details: str = "",
               trailing_metadata: Any = ()) -> Any:
@@ -564,24 +588,27 @@ class _SyncContext:
         ``code`` ``OK`` (or ``0``) ends the call ``UNKNOWN`` with ``details``, as gRPC's
         synchronous server answers it (logged, ``sync handler aborted with OK``):
         grpc.aio's ``abort`` marked the call answered and sent nothing, the call left
-        open until its deadline."""
+        open until its deadline.
+
+        Once the call has ended (its caller left while the handler ran) nothing is sent:
+        ``AbortError`` all the same (see :meth:`_live_only`)."""
         bad = _unsendable_abort(self._context, trailing_metadata)
         if bad is not None:
             code, details, trailing_metadata = grpc.StatusCode.INTERNAL, bad, ()
         elif _is_ok(code):
             code = _aborted_ok()
-        return self._on_loop(self._context.abort(code, details, trailing_metadata))
+        return self._abort(self._context.abort(code, details, trailing_metadata))
 
     def abort_with_status(self, status: Any) -> Any:
         """End the call with ``status`` (a ``grpc.Status``); as :meth:`abort`."""
         bad = _unsendable_abort(self._context, getattr(status, "trailing_metadata", ()))
         if bad is not None:
-            return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
+            return self._abort(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
         if _is_ok(getattr(status, "code", None)):
-            return self._on_loop(self._context.abort(
+            return self._abort(self._context.abort(
                 _aborted_ok(), getattr(status, "details", ""),
                 getattr(status, "trailing_metadata", None) or ()))
-        return self._on_loop(self._context.abort_with_status(status))
+        return self._abort(self._context.abort_with_status(status))
 
     def send_initial_metadata(self, metadata: Any) -> Any:
         """Send the call's initial metadata now (on the loop's thread, in an async result
@@ -589,14 +616,17 @@ class _SyncContext:
         the call ``INTERNAL`` naming the key instead (raises ``AbortError``, as
         :meth:`abort`): grpc core aborts the process sending ``grpc-timeout``, and ends
         the call ``INTERNAL`` "Invalid metadata" for a value that is not printable ASCII
-        (see :func:`_unsendable_pairs`)."""
+        (see :func:`_unsendable_pairs`). Once the call has ended (its caller left while
+        the handler ran): grpc.aio's ``UsageError`` "RPC already finished.", nothing sent
+        (see :meth:`_live_only`)."""
         if metadata and type(metadata) is not tuple:  # (grpc.aio takes tuple(metadata))
             with contextlib.suppress(TypeError):  # none: grpc.aio's own TypeError
                 metadata = tuple(metadata)  # a grpc.aio.Metadata, a generator: read once
         bad = _unsendable_pairs(metadata, "initial") if metadata else None
         if bad is not None:
-            return self._on_loop(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
-        return self._on_loop(self._context.send_initial_metadata(metadata))
+            return self._abort(self._context.abort(grpc.StatusCode.INTERNAL, bad, ()))
+        return self._on_loop(self._context.send_initial_metadata(metadata),
+                             grpc.aio.UsageError, "RPC already finished.")
 
     def is_active(self) -> bool:
         """Whether the call is still running (gRPC's synchronous API, which grpc.aio's
@@ -625,6 +655,8 @@ class _SyncContext:
         asyncio.run_coroutine_threadsafe(cancelling, self._loop).result()
 
     async def _cancel_quietly(self) -> None:
+        if not self.is_active():  # ended meanwhile: a send would be refused (_live_only)
+            return
         # a cancel sends no trailers (a synchronous grpc.server's resets the stream), and
         # grpc.aio's abort sends those set before: one gRPC cannot send left the call
         # open (see _unsendable_abort), grpc-timeout aborted the process
