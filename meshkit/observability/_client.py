@@ -292,14 +292,16 @@ class TelemetryClientInterceptor(ClientInterceptor):
             # _method(details), its cache read inline
             m = (self._methods.get((details.method, details.kind, details.service))
                  or self._method(details))
-            if m.bound is not None:
-                m.bound.start()
+            bound = m.bound
+            if bound is not None:  # bound.start(), inline: one frame fewer per call
+                bound.started += 1
+                bound.in_flight += 1
             self._in_flight += 1
             # the span of a traced method (no frame for the others), t0 taken after it
             span, token, call_token = self._start_span(m, details) if m.traced else _NO_SPAN
             t0 = _perf()
-            if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
-                details.messages = m.bound  # the channel's request iterator counts msg_sent
+            if bound is not None and details.kind is CallKind.STREAM_UNARY:
+                details.messages = bound  # the channel's request iterator counts msg_sent
             # the error is finished with in its except block, whose name is cleared when it
             # ends: a local keeping it would be held by this frame in the error's own
             # traceback, a reference cycle holding the failed call's state for the collector

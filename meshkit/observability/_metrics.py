@@ -306,8 +306,8 @@ class _Record:
         self.extra = 0
 
     def start(self) -> None:
-        """Count one call started (and in flight); the server telemetry's ``_start``
-        counts the same inline."""
+        """Count one call started (and in flight); the server telemetry's ``_start`` and
+        the client's unary call count the same inline."""
         self.started += 1
         self.in_flight += 1
 
