@@ -94,8 +94,12 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     init = sub.add_parser("init", help="create the mesh CA (ca.pem, ca.key)")
-    init.add_argument("--dir", default=_default_dir(), type=_directory)
-    init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    init.add_argument("--dir", default=_default_dir(), type=_directory,
+                      help=f"where ca.pem and ca.key are written (default ${CERT_DIR}, "
+                           "else ./certs)")
+    init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN,
+                      help="the SPIFFE trust domain: workloads are "
+                           f"spiffe://<td>/svc/<service> (default {DEFAULT_TRUST_DOMAIN})")
     init.add_argument("--ttl-days", type=_validity("days", 24.0), default=365.0,
                       help="validity of the CA, days (default 365; at least 1 hour)")
     init.add_argument("--permit-dns", action="append", default=None,
@@ -103,15 +107,18 @@ def _parser() -> argparse.ArgumentParser:
                            "(repeatable; default localhost)")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     issue = sub.add_parser("issue", help="issue <service>.pem / <service>.key")
-    issue.add_argument("service")
-    issue.add_argument("--dir", default=_default_dir(), type=_directory)
+    issue.add_argument("service", help="the workload's service name (its SPIFFE ID's last "
+                                       "part)")
+    issue.add_argument("--dir", default=_default_dir(), type=_directory,
+                       help="the CA's directory, where <service>.pem and <service>.key are "
+                            f"written (default ${CERT_DIR}, else ./certs)")
     issue.add_argument("--ttl-h", type=_validity("hours", 1.0), default=24.0,
                        help="validity of the certificate, hours (default 24; at least 1)")
     issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
     issue.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
     issue.add_argument("--force", action="store_true", help="replace (renew) existing files")
     insp = sub.add_parser("inspect", help="print a PEM certificate file's identity and validity")
-    insp.add_argument("file")
+    insp.add_argument("file", help="a PEM file of one or more certificates")
     return p
 
 
