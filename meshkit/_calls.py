@@ -96,6 +96,7 @@ _OK = grpc.StatusCode.OK
 _EOF = grpc.aio.EOF
 
 _LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc.aio's details of a cancel
+_CORE_INTERNAL = "Internal error from Core"  # grpc.aio's details of its own INTERNAL
 _log = structlog.get_logger("meshkit.channel")
 # the task a unary call runs in (for cancel()), without a getpid per call
 _current_task = LoopCache().current_task
@@ -1072,7 +1073,15 @@ class StreamResponseCall(MeshCall):
                 finished call; not a ``CancelledError`` in a writing task nobody
                 cancelled, nor the status again: a write that waited while the call
                 failed raises the status, as grpc.aio's); or :meth:`cancel` ended it
-                while this write waited for it to open (as grpc.aio's intercepted call).
+                while this write waited for it to open (as grpc.aio's intercepted call);
+                or the server ended the call while this write was in flight, ``OK`` or
+                with a status that has not come yet (grpc.aio raises its own ``INTERNAL``
+                "Internal error from Core" there, and reports it as the call's status
+                until the responses are read, plain grpc.aio too): the message was not
+                sent, as the next write's, and the call's status is the reads' and, once
+                they are done, ``code()``'s (grpc-go's ``SendMsg`` returns ``io.EOF``
+                there, grpc-js's write fails quietly). A write the server's error status
+                came before raises that status (``AioRpcError``).
             asyncio.CancelledError: the writing task was cancelled (the call is too).
         """
         call = self._call  # as read()
@@ -1118,14 +1127,20 @@ class StreamResponseCall(MeshCall):
             raise
         except AioRpcError as exc:
             # the write was in flight as the server ended the call: its status, not the
-            # INTERNAL grpc.aio replaced it with (grpc/grpc#36066); an OK end leaves the
-            # write as grpc.aio's before a failure (its message goes nowhere)
-            if exc.code() is not _INTERNAL or (
-                    kept := _kept_status(self._details, call)) is None:
+            # INTERNAL grpc.aio replaced it with (grpc/grpc#36066), when it is an error;
+            # an OK end, or one whose status has not come yet (grpc.aio's own INTERNAL
+            # stands in for it until the responses are read), is the end of a call
+            # already finished: its message was not sent, the status is the reads'
+            if exc.code() is not _INTERNAL:
                 raise
+            kept = _kept_status(self._details, call)
+            if kept is None:
+                if exc.details() != _CORE_INTERNAL:
+                    raise  # an INTERNAL of its own
+                raise asyncio.InvalidStateError(_FINISHED) from None
             if kept[0] is not _OK:
                 raise _kept_error(self._details, kept) from None
-            return
+            raise asyncio.InvalidStateError(_FINISHED) from None
         messages = self._details.messages
         if messages is not None:
             messages.msg_sent += 1
