@@ -1610,7 +1610,10 @@ class MeshServer:
         self._health_follower: asyncio.Task[None] | None = None
         self._withdrawn = False
         # from start() until the server stops: stops it when its loop ends undrained
-        self._loop_end_watch: asyncio.Task[None] | None = None
+        self._loop_end_watch: _LoopEndWatch | None = None
+        # grpc.aio's pending request states, kept from a cancel of every task until the
+        # server is gone (_pin_request_states)
+        self._pinned_request_states: list[object] = []
         self.admin: AdminServer | None = None
         self._admin_registry: CollectorRegistry | None = None  # what it serves for us
         self.gate: RequestGate | None = None
@@ -1671,7 +1674,9 @@ class MeshServer:
 
         A started server never drained before its event loop ends (``asyncio.run()``
         returning or raising) is stopped and deregistered as the loop ends, with a
-        warning (:meth:`_stop_at_loop_end`): :meth:`drain` it before.
+        warning (:meth:`_stop_at_loop_end`): :meth:`drain` it before. A task of yours
+        that cancels every other task (a shutdown recipe) does not end the loop: drain
+        the server after it as usual.
 
         A server starts once: a second ``start()`` (while the first runs, once it has
         returned, after :meth:`drain` or after a failed start) raises ``RuntimeError``
@@ -1722,8 +1727,7 @@ class MeshServer:
         if self._follows_health() or self._withdrawn:  # (or to register it once SERVING)
             self._health_follower = asyncio.get_running_loop().create_task(
                 self._follow_health(self.instance), name=f"meshkit-health-{self.service}")
-        self._loop_end_watch = asyncio.get_running_loop().create_task(
-            self._stop_at_loop_end(server), name=f"meshkit-loop-end-{self.service}")
+        self._watch_loop_end(server)
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
@@ -2142,11 +2146,31 @@ class MeshServer:
         if follower is not None:
             await cancel_and_wait(follower)
 
+    def _watch_loop_end(self, server: grpc.aio.Server) -> None:
+        """Start the task that stops ``server`` if its event loop ends undrained
+        (:meth:`_stop_at_loop_end`, a :class:`_LoopEndWatch`); also its replacement when
+        a task of the loop cancelled it, unless the server is draining or stopped."""
+        if self.draining or self._stopped.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._loop_end_watch = _LoopEndWatch(
+            self._stop_at_loop_end(server), loop=loop,
+            name=f"meshkit-loop-end-{self.service}",
+            on_cancel=functools.partial(self._pin_request_states, server, loop),
+            replace=functools.partial(self._watch_loop_end, server))
+
+    def _pin_request_states(self, server: grpc.aio.Server,
+                            loop: asyncio.AbstractEventLoop) -> None:
+        """Keep grpc.aio's pending request states of ``server`` alive until the server
+        is gone: called when the loop-end watch is cancelled, in the canceller's step,
+        before the tasks cancelled with it run (:func:`_request_states`)."""
+        self._pinned_request_states += _request_states(server, loop)
+
     async def _stop_at_loop_end(self, server: grpc.aio.Server) -> None:
-        """From :meth:`start` until the server stops: when this task is cancelled while
-        no drain has begun, the event loop is ending (``asyncio.run()`` cancels the
-        tasks left: a ``main`` that returned or raised after :meth:`start` without
-        :meth:`drain`), and the server is taken out of the mesh as that loop ends, as a
+        """From :meth:`start` until the server stops: when this task is cancelled by its
+        event loop's end while no drain has begun (``asyncio.run()`` cancels the tasks
+        left: a ``main`` that returned or raised after :meth:`start` without
+        :meth:`drain`), the server is taken out of the mesh as that loop ends, as a
         channel still open then is closed: warning ``server not drained before its event
         loop ended``, health ``NOT_SERVING``, the instance deregistered (at most
         :data:`_UNDO_DEREGISTER_S`), the grpc server stopped without grace (the loop's
@@ -2157,12 +2181,19 @@ class MeshServer:
         hung the process for good when the garbage collector collected it after its
         loop had closed (grpc's completion queue shut down around a server still
         running). A drain begun in the same sweep (a cancelled :func:`serve` drains
-        itself) is left to run as it does. Nothing per call."""
+        itself) is left to run as it does. Nothing per call.
+
+        Cancelled by a task of the loop (the "cancel every other task, then
+        :meth:`drain`" shutdown recipe), it ends without stopping anything and another
+        takes its place (:class:`_LoopEndWatch`): that cancel is not the loop's end, and
+        the drain that follows drains with its ``drain_delay_s`` and ``grace_s``."""
         try:
             await self._stopped.wait()
             return
         except asyncio.CancelledError:
-            if self.draining:
+            watch = asyncio.current_task()
+            if self.draining or not (isinstance(watch, _LoopEndWatch)
+                                     and watch.loop_ending):
                 raise
             # one turn: the tasks the sweep cancelled with this one (a serve() drains
             # itself) run their first step, so a drain they begin is theirs
@@ -2183,7 +2214,7 @@ class MeshServer:
                     self.registry.deregister(instance), _UNDO_DEREGISTER_S)))
             steps += [("stopping the certificate follower",
                        self._stop_following_certificate),
-                      ("stopping the server", lambda: server.stop(None))]
+                      ("stopping the server", lambda: _stop_server(server, None))]
             try:
                 await _each_step(steps, " as the event loop ended", through_cancel=True)
                 self._withdrawn = True  # (stats().registered)
@@ -2450,7 +2481,7 @@ class MeshServer:
             await self._stop_following_certificate()
             await asyncio.sleep(opts.drain_delay_s)
             await self._refuse_new_calls()
-            stop = asyncio.ensure_future(server.stop(opts.grace_s))
+            stop = asyncio.ensure_future(_stop_server(server, opts.grace_s))
             # the health watchers have been told NOT_SERVING: their calls end once the
             # stop has begun (its first step, run by this sleep, sends the GOAWAY and
             # closes the listener), so that grace_s is the in-flight calls' only (a
@@ -2470,7 +2501,7 @@ class MeshServer:
             if not stopped:
                 self._release_instance_id()  # (cancelled before its step)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await server.stop(None)
+                    await _stop_server(server, None)
             await self._close_after_stop()
 
     def _close_gate(self) -> None:
@@ -2914,6 +2945,110 @@ async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "",
             cancelled = exc
     if cancelled is not None:
         raise cancelled
+
+
+async def _stop_server(server: grpc.aio.Server, grace_s: float | None) -> None:
+    """``server.stop(grace_s)``, also when grpc.aio's own serving task was cancelled by
+    someone else: a task that cancelled every other one (the "cancel every other task,
+    then drain()" shutdown recipe) or ``asyncio.run()``'s sweep. grpc.aio's ``stop()``
+    then begins the shutdown (GOAWAY, listeners closed) and raises that task's
+    ``CancelledError``, leaving the server half stopped (never destroyed; collected so,
+    it hung the process); a drain raised it to a caller nobody had cancelled. Here a
+    ``CancelledError`` that is not the calling task's (its ``cancelling()`` unchanged)
+    is followed by a second ``stop()`` (grpc.aio's ``stop()`` may be repeated), which
+    waits ``grace_s`` for the calls in flight and ends the shutdown. The request states
+    grpc core still pointed to are kept alive by then (:func:`_request_states`).
+
+    Raises:
+        asyncio.CancelledError: the calling task was cancelled meanwhile.
+    """
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    try:
+        await asyncio.ensure_future(server.stop(grace_s))
+    except asyncio.CancelledError:
+        if task is None or task.cancelling() > before:
+            raise
+        # the shutdown begun: its grace, then the server destroyed
+        await asyncio.ensure_future(server.stop(grace_s))
+
+
+# grpc.aio's tasks that each wait for grpc core to hand them the next call (cygrpc's
+# AioServer; names checked by tests/test_hunt40_server_cancel_all_recipe.py)
+_REQUEST_CALL_TASKS = ("AioServer._request_call", "AioServer._request_registered_call")
+
+
+def _request_states(server: grpc.aio.Server,
+                    loop: asyncio.AbstractEventLoop) -> list[object]:
+    """The ``RPCState`` objects grpc.aio's pending request tasks of ``server`` (on
+    ``loop``, running or not: ``asyncio.run()``'s sweep runs outside it) handed to
+    grpc core (one per registered method, one for the others), to be kept alive until
+    the server has shut down.
+
+    Each such task passes grpc core pointers into its ``RPCState`` (where to write the
+    next call and its metadata) and holds the only reference to it. A task that cancels
+    every other one (a shutdown recipe) or ``asyncio.run()``'s sweep cancels these too:
+    the states are freed while core still points at them, and the server's shutdown then
+    has core fail those requests, writing into the freed memory (valgrind memcheck: two
+    "Invalid write of size 8" in cygrpc per pending request; now and then a
+    segmentation fault). Found from the tasks' coroutines (their Cython closures hold the
+    state and the server's ``AioServer``); an empty list when grpc.aio keeps them
+    otherwise."""
+    import gc  # (only when every task is being cancelled)
+
+    core = getattr(server, "_server", None)
+    states: list[object] = []
+    for task in asyncio.all_tasks(loop):
+        coro = task.get_coro()
+        if getattr(coro, "__qualname__", None) not in _REQUEST_CALL_TASKS:
+            continue
+        for scope in gc.get_referents(coro):
+            held = gc.get_referents(scope)
+            if any(obj is core for obj in held):
+                states += [obj for obj in held if type(obj).__name__ == "RPCState"]
+    return states
+
+
+class _LoopEndWatch(asyncio.Task[None]):
+    """The task of :meth:`MeshServer._stop_at_loop_end`, which tells whether it was
+    cancelled by its event loop's end.
+
+    ``asyncio.run()`` (``asyncio.Runner``, :func:`meshkit.run`, uvloop's ``run``)
+    cancels the tasks left once ``main`` has ended from outside the loop, no loop
+    running in the thread (``loop_ending``); a task that cancels every other one (the
+    "cancel every other task, then drain()" shutdown recipe, in ``main`` or in a task a
+    signal handler started) does it from inside the loop, which goes on. Cancelled so,
+    the watch calls ``replace`` (at once, in the canceller's step: a ``main`` that
+    returns right after still has a watch when the loop ends) and ends, so the
+    canceller's ``gather`` of the tasks it cancelled returns; ``replace`` is called once
+    per watch. Either way ``on_cancel`` is called first, in the canceller's step, while
+    the tasks cancelled with the watch (grpc.aio's own among them) have not yet run
+    (:meth:`MeshServer._pin_request_states`); one that raises is logged."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], *,
+                 loop: asyncio.AbstractEventLoop, name: str,
+                 on_cancel: Callable[[], None], replace: Callable[[], None]) -> None:
+        super().__init__(coro, loop=loop, name=name)
+        self.loop_ending = False
+        self._on_cancel: Callable[[], None] | None = on_cancel
+        self._replace: Callable[[], None] | None = replace
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if self.done():
+            return False
+        if asyncio._get_running_loop() is None:  # cancelled by the loop's end
+            self.loop_ending = True
+        on_cancel, self._on_cancel = self._on_cancel, None
+        if on_cancel is not None:
+            try:
+                on_cancel()
+            except Exception as exc:  # the cancel itself must happen
+                _log.warning("keeping grpc's request states failed", error=repr(exc))
+        cancelled = super().cancel(msg)
+        replace, self._replace = self._replace, None
+        if cancelled and not self.loop_ending and replace is not None:
+            replace()
+        return cancelled
 
 
 async def _bounded_close(aclose: Callable[[], Any]) -> None:
