@@ -91,7 +91,13 @@ def logged_metadata(metadata: Iterable[tuple[Any, Any]],
     there is none): a key the metadata carries once maps to its value, one it carries
     more than once (metadata is a multimap) to the list of its values, in order. A key or
     value given as ``bytes`` (text keys and values may be, printable ASCII) is shown as
-    text, a byte outside ASCII escaped (``\\xff``); any other value is left out."""
+    text, a byte outside ASCII escaped (``\\xff``); any other value is left out. A value's
+    characters that are not printable are escaped as ``repr`` writes them (``\\x1b``,
+    ``\\u202e``: :func:`meshkit._log.printable`), as the access line writes a method
+    name: a gRPC library sends printable ASCII only, but a raw HTTP/2 peer sends any
+    octets and grpc core hands them on, and the JSON line escapes only what RFC 8259
+    requires, so a right-to-left override, a C1 control (U+009B CSI) or U+2028 reached
+    the log raw."""
     out: LoggedMetadata = {}
     for key, value in metadata:
         if type(key) is not str:
@@ -104,6 +110,10 @@ def logged_metadata(metadata: Iterable[tuple[Any, Any]],
             if not isinstance(value, bytes):
                 continue
             value = value.decode("ascii", "backslashreplace")
+        if not value.isprintable():  # a raw peer's (the usual value: this one check)
+            from meshkit._log import printable  # (structlog: not for every importer)
+
+            value = printable(value)
         had = out.get(key)
         if had is None:
             out[key] = value
