@@ -629,7 +629,19 @@ def _render_lines(buf: list[Any]) -> list[str]:
             add(m)
             continue
         try:
-            add(render_access(m))
+            # render_access(m), its first step inline (one frame fewer per line): a record
+            # captured without structlog context variables, its event's own line
+            ts, level, _, event, args, ctx, sc = m
+            if (ctx is None and args is not None and _orjson is not None
+                    and isinstance(event, AccessEvent)):
+                try:
+                    line = event.line(args, level, ts, sc)
+                except Exception:  # the generic way, as render_access
+                    line = None
+                if line is not None:
+                    add(line)
+                    continue
+            add(_render_generic(m))
         except Exception:  # a field the encoder refuses: keep the line, readable
             add(json_dumps({"event": "rpc", "unrenderable": repr(m)}, default=repr))
     return lines
@@ -1202,15 +1214,23 @@ def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any])
     that raises: a string orjson refuses, a lone surrogate). The bound context
     variables lead the line, credential-named ones redacted (:func:`redact_secrets`); the
     fields, fixed by meshkit, are written as they are."""
+    ts, level, _, fields, args, ctx, sc = record
+    if args is not None and ctx is None and _orjson is not None \
+            and isinstance(fields, AccessEvent):  # (_render_lines runs this step inline)
+        try:
+            line = fields.line(args, level, ts, sc)
+        except Exception:  # e.g. orjson refuses a string (a lone surrogate): below,
+            line = None  # json.dumps escapes it, and the line keeps its fields
+        if line is not None:
+            return line
+    return _render_generic(record)
+
+
+def _render_generic(record: tuple[float, str, str, Any, Any, Context | None, Any]) -> str:
+    """:func:`render_access` of ``record`` without an event's own line: its fields built
+    and encoded with the bound context variables and trace ids."""
     ts, level, event, fields, args, ctx, sc = record
     if args is not None:
-        if ctx is None and _orjson is not None and isinstance(fields, AccessEvent):
-            try:
-                line = fields.line(args, level, ts, sc)
-            except Exception:  # e.g. orjson refuses a string (a lone surrogate): below,
-                line = None  # json.dumps escapes it, and the line keeps its fields
-            if line is not None:
-                return line
         fields = fields(*args)
     # a context is captured once anything was bound with structlog.contextvars; what was
     # bound is the caller's, so credential-named values are redacted as on other lines
