@@ -132,7 +132,12 @@ A storage that hangs would make every limited call wait ``storage_timeout_s``. A
 while open, calls skip the storage and fail open or closed at once, as
 ``on_storage_error`` says; after ``breaker_open_s`` one call probes the storage (the
 others keep skipping it), closing the breaker when it answers and opening it again, for
-twice as long up to ``breaker_max_open_s``, when it does not.
+twice as long up to ``breaker_max_open_s``, when it does not. An error reply about one
+caller's key (``WRONGTYPE``, ``ERR value is not an integer``: the key holds something
+else) is that caller's failure alone: ``on_storage_error`` applies to its call and
+``storage_errors`` counts it, but Redis answered, so the breaker and the outage log take
+it as an answer (one bad key opened the breaker for every caller); it is logged as a
+warning, ``rate limit key unusable``, once per error type and interval.
 
 Chain order (server): tracing -> metrics -> authn -> authz -> **rate limit** -> handler.
 
@@ -510,7 +515,9 @@ class RateLimitOptions:
             under the same key, a counter and a list: while replicas sharing a Redis run
             both (a rollout changing one for the other) and for one window after, a
             caller whose key the other kind wrote has its hits answered ``WRONGTYPE``
-            (storage failures: ``on_storage_error`` applies, the breaker counts them);
+            (that caller's storage failures: ``on_storage_error`` applies to its calls,
+            :attr:`StorageLimiter.storage_errors` counts them; Redis answered, so the
+            breaker does not: other callers are counted as ever);
             change ``key_prefix`` with the strategy to start the new one apart.
         storage_uri: ``"memory://"`` (default, this process only),
             ``"async+redis://[:password@]host:port[/db]"`` (shared by replicas; needs
@@ -1473,8 +1480,8 @@ class StorageLimiter:
             password); ``clock`` not callable (``time.monotonic()``: its reading; quoted).
     """
 
-    __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
-                 "_finishing", "_fixed",
+    __slots__ = ("__weakref__", "_acquire_window", "_bad_keys", "_checkers", "_deny",
+                 "_exact_wait", "_finishing", "_fixed",
                  "_key_caches", "_loop", "_lru", "_max_keys", "_outage", "_outages", "_prefix",
                  "_recoveries", "_sliding", "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
@@ -1577,6 +1584,16 @@ class StorageLimiter:
                                      fields={"storage": self._storage_name}, level="info",
                                      interval_s=STORAGE_OUTAGE_LOG_INTERVAL_S, max_kinds=1,
                                      clock=clock)
+        # a hit answered with an error about its caller's key (WRONGTYPE...): one line
+        # per error type and interval, not per call
+        self._bad_keys = RepeatLog(_log, "rate limit key unusable",
+                                   "rate limit keys unusable", key_fields=("error_type",),
+                                   fields={"storage": self._storage_name,
+                                           "on_storage_error": opts.on_storage_error,
+                                           "consequence": "that caller's calls are not "
+                                                          "counted; other callers are"},
+                                   level="warning", interval_s=STORAGE_OUTAGE_LOG_INTERVAL_S,
+                                   max_kinds=8, clock=clock)
         # a refused call's failed window read: one line per kind and interval, not per call
         self._unread = RepeatLog(_log, "rate limit window not read",
                                  "rate limit windows not read",
@@ -1647,6 +1664,8 @@ class StorageLimiter:
                                        + _HIT_GUARD_MARGIN_S):
                 rejection = await asyncio.shield(hit)
         except Exception as exc:  # any storage failure: fail as configured, never crash
+            if _is_key_error_reply(exc):  # the storage answered: this caller's key alone
+                return self._key_failed(method, exc)
             breaker.failure(probe)
             if not hit.done():  # the guard's timeout: the hit ends on its own, no one's
                 _let_go.add(hit)
@@ -1677,6 +1696,8 @@ class StorageLimiter:
         exc = None if hit.cancelled() else hit.exception()
         if exc is None and not hit.cancelled():
             self._succeeded()
+        elif isinstance(exc, Exception) and _is_key_error_reply(exc):
+            self._key_failed(None, exc)
         elif isinstance(exc, Exception):
             self.breaker.failure(probe)
             self._report_failure(exc)
@@ -1873,6 +1894,7 @@ class StorageLimiter:
         self._unread.flush()
         self._outages.flush()
         self._recoveries.flush()
+        self._bad_keys.flush()
         storage: Any = self._storage
         if isinstance(storage, SweepThrottledMemoryStorage):
             storage.close()
@@ -2117,6 +2139,20 @@ class StorageLimiter:
         if self._outage.failed():
             self._outages.report((), error=f"{type(exc).__name__}: {exc}")
 
+    def _key_failed(self, method: str | None, exc: Exception) -> Rejection | None:
+        """A hit Redis answered with an error about the caller's key
+        (:func:`_is_key_error_reply`): the storage is up, so to the breaker and the outage
+        log it answered (one bad key hit ``breaker_failures`` times in a row opened the
+        breaker for every caller, with Redis up); the call fails as ``on_storage_error``
+        says and is counted in :attr:`storage_errors`; logged as a warning once per
+        error type and :data:`STORAGE_OUTAGE_LOG_INTERVAL_S` (``rate limit key
+        unusable``, never the caller key). ``method`` ``None``: a cancelled call's hit
+        (no one's answer)."""
+        self._succeeded()
+        self.storage_errors += 1
+        self._bad_keys.report((type(exc).__name__,), error=f"{type(exc).__name__}: {exc}")
+        return None if method is None else self._storage_skipped(method)
+
     def _storage_skipped(self, method: str) -> Rejection | None:
         if self._deny:
             return Rejection(grpc.StatusCode.UNAVAILABLE,
@@ -2142,6 +2178,31 @@ def _forget_let_go(hit: asyncio.Future[Any]) -> None:
     _let_go.discard(hit)
     if not hit.cancelled():
         hit.exception()
+
+
+_KEY_VALUE_REPLIES = ("value is not an integer", "value is not a valid float",
+                      "increment or decrement would overflow",
+                      "increment would produce NaN")
+"""How Redis' error replies about a key's value begin (coredis strips the ``ERR``): one
+caller's counter key holding something other than a number."""
+
+
+def _is_key_error_reply(exc: BaseException) -> bool:
+    """Whether ``exc`` (limits' ``StorageError``, or the driver's own error) is Redis'
+    answer about one caller's key: ``WRONGTYPE`` (the key holds another type: replicas
+    running another ``strategy`` on the same keys) or ``ERR value is not an integer``
+    and its kin (the key written by something else). Redis answered: the storage is up,
+    the failure that caller's alone (not the storage breaker's, not an outage)."""
+    err = getattr(exc, "storage_error", None)
+    if not isinstance(err, BaseException):
+        err = exc
+    if not type(err).__module__.startswith("coredis"):
+        return False
+    from coredis.exceptions import ResponseError, WrongTypeError  # (coredis: installed)
+
+    if isinstance(err, WrongTypeError):
+        return True
+    return type(err) is ResponseError and str(err).startswith(_KEY_VALUE_REPLIES)
 
 
 class RateLimitInterceptor(WrappingInterceptor):
