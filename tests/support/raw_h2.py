@@ -115,9 +115,18 @@ async def unary_call(port: int, headers: Headers, body: bytes, *, timeout_s: flo
     return reply
 
 
-Respond = Callable[[h2.connection.H2Connection, int, dict[str, str], bytes], None]
+Respond = Callable[[h2.connection.H2Connection, int, dict[str, str], bytes], bool | None]
 """``(connection, stream id, request headers, request body)``: answers the stream with the
-connection's ``send_*`` methods (the server sends what they queued)."""
+connection's ``send_*`` methods (the server sends what they queued); a true result closes
+the connection once that is sent (after a GOAWAY, say: :func:`goaway`)."""
+
+
+def goaway(conn: h2.connection.H2Connection, last_stream_id: int, error_code: int = 0) -> None:
+    """Queue a GOAWAY frame on ``conn`` without moving h2's state machine to CLOSED (h2's
+    ``close_connection`` does, after which it sends nothing more on the streams at or
+    below ``last_stream_id`` that the frame lets finish)."""
+    payload = struct.pack(">II", last_stream_id & 0x7FFFFFFF, error_code)
+    conn._data_to_send += struct.pack(">I", len(payload))[1:] + bytes([7, 0]) + b"\0" * 4 + payload
 
 
 class RawServer:
@@ -157,6 +166,7 @@ class RawServer:
         conn.initiate_connection()
         writer.write(conn.data_to_send())
         streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        close = False
         try:
             while data := await reader.read(65536):
                 for ev in conn.receive_data(data):
@@ -171,9 +181,12 @@ class RawServer:
                     elif isinstance(ev, h2.events.StreamEnded):
                         headers, body = streams.pop(ev.stream_id)
                         self.requests.append((headers, bytes(body)))
-                        self.respond(conn, ev.stream_id, headers, bytes(body))
+                        if self.respond(conn, ev.stream_id, headers, bytes(body)):
+                            close = True
                 writer.write(conn.data_to_send())
                 await writer.drain()
+                if close:
+                    return
         except (OSError, h2.exceptions.ProtocolError):
             pass  # the client left, or broke the protocol after this server's GOAWAY
         finally:
