@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint coverage proto bench chaos clean
+.PHONY: demo test lint coverage proto bench chaos memcheck clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: $(STAMP)
 # `make test` runs the quick subset (tests/faults/test_quick.py). CHAOS_ARGS="--scenarios a,b".
 chaos: $(STAMP)
 	$(PY) -m tests.faults --long $(CHAOS_ARGS)
+
+# The server shutdown's use-after-free check under valgrind memcheck (grpc.aio's freed
+# request states, tests/test_hunt40_server_cancel_all_recipe.py; about 4 minutes of one
+# core, so not in `make test`). Needs valgrind (apt-get install valgrind).
+memcheck: $(STAMP)
+	MESHKIT_MEMCHECK=1 $(PY) -m pytest -n 0 -p no:randomly -k memcheck tests/test_hunt40_server_cancel_all_recipe.py $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m examples.ecom.proto.generate
