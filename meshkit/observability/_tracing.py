@@ -41,13 +41,14 @@ from meshkit.observability._logging import SPAN_CONTEXT_IS_TUPLE, get_logger
 def _sdk_refuses_at_import(var: str = "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT") -> str | None:
     """``var``'s value when the SDK's import would raise for it, else None: importing
     ``opentelemetry.sdk.trace`` reads ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` (a module-level
-    constant) and raises a bare ``ValueError`` unless it is ``unset`` or an integer >= 0,
-    which failed ``import meshkit.server`` and ``meshkit.channel`` even with
+    constant) and raises a bare ``ValueError`` unless it is empty (blanks stripped: the
+    SDK's "no limit"; the word ``unset`` is refused too) or an integer >= 0, which
+    failed ``import meshkit.server`` and ``meshkit.channel`` even with
     ``OTEL_SDK_DISABLED=true`` or no tracing set up. The variable is then held out of the
     environment for that import only; configuring tracing still checks it
     (``ConfigError`` naming it, :func:`_batch_settings`)."""
     raw = os.environ.get(var)
-    if raw is None or raw.strip().lower() == "unset":
+    if raw is None or not raw.strip():  # (the SDK's _ENV_VALUE_UNSET is "")
         return None
     try:
         return None if int(raw.strip()) >= 0 else raw
