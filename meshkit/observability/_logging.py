@@ -128,7 +128,10 @@ class BufferedLineWriter:
     loop; re-armed on the next writing loop if that one has stopped), as soon as
     ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at interpreter exit (a
     ``multiprocessing`` worker's too).
-    Outside an event loop every line is written at once.
+    Outside an event loop every line is written at once. A line logged on the thread
+    that is writing a batch (a finalizer the garbage collector runs there, e.g. a dropped
+    call's coroutine logging its access line, or a signal handler) is written right
+    after that batch.
 
     This is how the access log is written (Envoy's access logs flush on a 1 s interval by
     default, ``file_flush_interval_msec``): a few ``write()`` s per batch instead of one
@@ -171,7 +174,12 @@ class BufferedLineWriter:
         self._size = 0
         self._timer = False
         self._timer_loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
+        # re-entrant: a line may be added on the thread that holds it, by a finalizer the
+        # garbage collector runs inside the locked section (a dropped call's coroutine
+        # closed there logs its access line) or a signal handler; a plain Lock made that
+        # thread wait for itself for ever (_write_locked holds the re-entered batch)
+        self._lock = threading.RLock()
+        self._writing = False  # _write_locked is writing a batch (on the lock's thread)
         # the structlog configuration (_structlog_config()) configure_logging() built this
         # access-log writer under; None: a writer of someone else's, never handed over
         self._config: tuple[Any, ...] | None = None
@@ -230,24 +238,35 @@ class BufferedLineWriter:
             self._write_locked()
 
     def _write_locked(self) -> None:
-        if not self._buf:
+        """Write every pending line (the lock held). Re-entered on this thread while it
+        writes (a line logged by a finalizer the collector runs while a batch renders or
+        is written, by a signal handler, a ``flush_logs()`` from either): the lines added
+        stay queued and this call writes them after its batch, in order, each once."""
+        if self._writing:
             return
+        self._writing = True
+        try:
+            while self._buf:
+                self._write_batch()
+        finally:
+            self._writing = False
+
+    def _write_batch(self) -> None:
+        buf = self._buf
+        self._buf = []  # what is added while this batch is written waits for the next
+        self._size = 0
         if self._config is not None and not _same_config(self._config):
             # structlog was configured again since configure_logging() built this writer
             # (checked here, once per batch, not per call): its captured records go
             # through that configuration, as every later access line does
             self._config = None
             _hand_over(self)
-            records = [m for m in self._buf if type(m) is not str]
-            self._buf[:] = [m for m in self._buf if type(m) is str]
-            for record in records:
+            for record in [m for m in buf if type(m) is not str]:
                 _log_generic(record)
-            if not self._buf:
-                self._size = 0
+            buf = [m for m in buf if type(m) is str]
+            if not buf:
                 return
-        lines = _render_lines(self._buf)
-        self._buf.clear()
-        self._size = 0
+        lines = _render_lines(buf)
         out = self._file if self._file is not None else sys.stderr
         if out is None:  # no stderr (the process started with fd 2 closed): dropped
             return
@@ -683,7 +702,8 @@ def _forked() -> None:
     log writer thread's queue too (the parent's thread writes it) and no thread (the
     child starts its own at its first line)."""
     for w in list(_writers):
-        w._lock = threading.Lock()
+        w._lock = threading.RLock()
+        w._writing = False
         w._buf.clear()
         w._size = 0
         w._timer = False
