@@ -901,11 +901,19 @@ def nacked_status(code: grpc.StatusCode, details: str | None, trailing_metadata:
     return code is _EXHAUSTED and _nack_trailer(trailing_metadata)
 
 
+HTTP_NOT_FOUND_DETAILS = "Received http2 header with status: 404"
+"""grpc C-core's details of an answer with HTTP status 404 and no ``grpc-status`` (gRPC's
+HTTP to gRPC status mapping makes it ``UNIMPLEMENTED``): an HTTP/2 server that speaks no
+gRPC (an h2c web server, a proxy with no route for the path), since a gRPC server refuses
+an unknown method with HTTP 200 and ``grpc-status: 12``."""
+
 NOT_SERVED_DETAILS = ("Method not found!", "unknown service ", "unknown method ",
                       "Method not found: ", "The server does not implement the method ",
-                      "Service is unimplemented.", "Method is unimplemented.")
+                      "Service is unimplemented.", "Method is unimplemented.",
+                      HTTP_NOT_FOUND_DETAILS)
 """How grpc's libraries begin the details of their own ``UNIMPLEMENTED`` answer to a
-method their server does not serve (:func:`not_served`)."""
+method their server does not serve, and grpc C-core's of an HTTP 404 from a server that
+speaks no gRPC (:func:`not_served`)."""
 
 
 def not_served(exc: AioRpcError) -> bool:
@@ -916,9 +924,12 @@ def not_served(exc: AioRpcError) -> bool:
     method ...", grpc-java "Method not found: ...", grpc-js "The server does not
     implement the method ...", grpc-dotnet "Service is unimplemented." / "Method is
     unimplemented."; :data:`NOT_SERVED_DETAILS`; trailing metadata of the transport's
-    alone taken as none, :func:`transport_only`: grpc-js' answers carry Node's ``date``).
-    Not a handler's own ``UNIMPLEMENTED``, which has details of its own. The failure
-    path only."""
+    alone taken as none, :func:`transport_only`: grpc-js' answers carry Node's ``date``),
+    or an HTTP 404 without ``grpc-status`` (:data:`HTTP_NOT_FOUND_DETAILS`: a server that
+    speaks no gRPC, at an address a registry entry outlived; it ran none of the call,
+    and, answering fastest and never counted failing, it drew P2C's picks). Not a
+    handler's own ``UNIMPLEMENTED``, which has details of its own. The failure path
+    only."""
     details = exc.details()
     return (details is not None and details.startswith(NOT_SERVED_DETAILS)
             and not exc.initial_metadata() and transport_only(exc.trailing_metadata()))
