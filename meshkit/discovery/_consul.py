@@ -140,12 +140,15 @@ from meshkit.discovery._resolver import (
 )
 from meshkit.discovery._shared import (
     CLOSED,
+    SLICE_S,
     CloseRace,
+    decoded_in_slices,
     describe,
     due_to_log,
     foreign_task,
     full_jitter,
     hold_until_cancelled,
+    same_in_slices,
 )
 from meshkit.discovery._types import (
     Derived,
@@ -808,7 +811,8 @@ def _listing(response: Any) -> _Listing:
 
 def _undecoded_listing(response: Any) -> _Listing:
     """:func:`_listing` with the body left as the text the agent sent (a watch's answer:
-    decoded by :func:`_decoded_in_slices`, not in one go in this callback)."""
+    decoded by :func:`~meshkit.discovery._shared.decoded_in_slices`, not in one go in
+    this callback)."""
     if response.code == 404:
         raise consul.NotFound(f"HTTP 404: {str(response.body).strip()[:300]}")
     CB._status(response)
@@ -818,69 +822,6 @@ def _undecoded_listing(response: Any) -> _Listing:
         index=None if raw_index is None else int(raw_index), body=response.body,
         filtered=str(headers.get(_FILTERED_HEADER, "")).lower() == "true",
         default_deny=str(headers.get(_DEFAULT_POLICY_HEADER, "")).lower() == "deny")
-
-
-_SLICE_S = 0.002
-"""Seconds of event-loop time a watch's update runs at most before it lets the loop run
-other callbacks (:func:`_decoded_in_slices`, :meth:`ConsulRegistry._keyed_in_slices`,
-:func:`_same_in_slices`): an answer of 2,000 instances (about 2.8 MB) took about 80 ms
-on a quiet box in one callback (``json.loads``, then building the instances), every
-call and heartbeat of the process waiting behind it."""
-
-_DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
-
-
-async def _decoded_in_slices(text: str) -> Any:
-    """``json.loads(text)``, a top-level array decoded one element at a time with the
-    event loop let run every :data:`_SLICE_S` (anything else in one go: small).
-
-    Raises:
-        ValueError: ``text`` is not JSON (``json.JSONDecodeError``, as ``json.loads``).
-    """
-    pos = _SPACE.match(text).end()  # type: ignore[union-attr]  # (matches "" too)
-    if not text.startswith("[", pos):
-        return json.loads(text)
-    items: list[Any] = []
-    pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        decode, space, clock = _DECODER.raw_decode, _SPACE.match, time.perf_counter
-        until = clock() + _SLICE_S
-        while True:
-            item, pos = decode(text, pos)
-            items.append(item)
-            pos = space(text, pos).end()  # type: ignore[union-attr]
-            if text.startswith(",", pos):
-                pos = space(text, pos + 1).end()  # type: ignore[union-attr]
-            elif text.startswith("]", pos):
-                pos += 1
-                break
-            else:
-                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
-            if clock() >= until:
-                await asyncio.sleep(0)
-                until = clock() + _SLICE_S
-    if _SPACE.match(text, pos).end() != len(text):  # type: ignore[union-attr]
-        raise json.JSONDecodeError("Extra data", text, pos)
-    return items
-
-
-async def _same_in_slices(new: frozenset[Instance], last: frozenset[Instance] | None
-                          ) -> bool:
-    """``new == last``, compared a slice (:data:`_SLICE_S`) at a time."""
-    if last is None or len(new) != len(last):
-        return False
-    clock = time.perf_counter
-    until = clock() + _SLICE_S
-    for n, instance in enumerate(new):
-        if instance not in last:
-            return False
-        if not n & 63 and clock() >= until:
-            await asyncio.sleep(0)
-            until = clock() + _SLICE_S
-    return True
 
 
 class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is untyped
@@ -1930,18 +1871,18 @@ class ConsulRegistry:
 
     async def _keyed_in_slices(self, service: str, entries: list[Any]
                                ) -> dict[Instance, tuple[str, str]]:
-        """:meth:`_keyed`, the event loop let run every :data:`_SLICE_S`; each entry of
+        """:meth:`_keyed`, the event loop let run every :data:`SLICE_S`; each entry of
         ``entries`` is set to ``None`` once read, so that the decoded answer is freed as
         it is read (2,000 entries freed at once took about 10 ms of the loop)."""
         out: dict[Instance, tuple[str, str]] = {}
         clock = time.perf_counter
-        until = clock() + _SLICE_S
+        until = clock() + SLICE_S
         for n in self._keyed_steps(service, entries, out):
             if n >= 0:
                 entries[n] = None
             if clock() >= until:
                 await asyncio.sleep(0)
-                until = clock() + _SLICE_S
+                until = clock() + SLICE_S
         return out
 
     def _keyed_steps(self, service: str, entries: list[Any],
@@ -2145,7 +2086,7 @@ class ConsulRegistry:
                         if isinstance(result, _Listing):  # its body decoded in slices
                             # (2,000 instances: about 80 ms of the loop in one go)
                             result = replace(result,
-                                             body=await _decoded_in_slices(result.body))
+                                             body=await decoded_in_slices(result.body))
                 except _RETRYABLE as exc:
                     if not grace.expired():
                         failures += 1
@@ -2229,7 +2170,7 @@ class ConsulRegistry:
                         keep_until = None
                         self._kept.pop(me, None)
                 current = listed.union(kept) if kept else listed
-                if not await _same_in_slices(current, last):
+                if not await same_in_slices(current, last):
                     last = current
                     yield current
         finally:

@@ -32,7 +32,8 @@ from typing import Any
 
 import pytest
 
-from meshkit.discovery._consul import ConsulOptions, ConsulRegistry, _decoded_in_slices
+from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+from meshkit.discovery._shared import decoded_in_slices
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -247,6 +248,13 @@ async def test_a_2000_instance_update_does_not_hold_the_loop(agent: _Agent) -> N
 
 
 TEXTS = [
+    '{"a": [1, {"b": 2}], "c": {"d": [3]}, "e": "x"}',
+    ' { "k" : [ ] }\n',
+    '{"a": [1], "a": 2}',
+    '{"a" 1}',
+    '{"a": 1,}',
+    "{1: 2}",
+    '{"a": [1}',
     "[]",
     " [ ]\n",
     "null",
@@ -269,9 +277,9 @@ async def test_decoded_in_slices_is_json_loads(text: str) -> None:
         expected: Any = json.loads(text)
     except ValueError:
         with pytest.raises(ValueError):
-            await _decoded_in_slices(text)
+            await decoded_in_slices(text)
     else:
-        assert await _decoded_in_slices(text) == expected
+        assert await decoded_in_slices(text) == expected
 
 
 async def test_an_undecodable_answer_is_retried(agent: _Agent) -> None:
