@@ -69,6 +69,9 @@ _DRAIN_POLL_SLOW_S = 1.0
 _BUILD_RETRY_FIRST_S = 0.1
 _BUILD_RETRY_MAX_S = 5.0
 _REPR_MAX = 200  # characters of a filter's repr in a status message
+_REASON_WAIT_S = 1.0
+"""Seconds at most a call no endpoint can take waits for the channel's handshake probes
+under way, so that its error says why (``EndpointPool._all_failing_explained``)."""
 # how long a call waits for the connection of an endpoint its balancer chose while
 # another one is READY (a ring hash's key owner) before it is sent on anyway, seconds
 # (gRFC A56's priority failover timer, 10 s, bounds a wait for a connection alike)
@@ -1079,7 +1082,7 @@ class EndpointPool:
                 continue  # every endpoint failing (with wait_for_ready): wait below
             if not details.wait_for_ready:
                 if self.endpoints:
-                    raise self._all_failing()
+                    raise await self._all_failing_explained(details)
                 raise NoEndpointsError(self.service, self._registry_problem()
                                        or self._unbuilt_problem() or self._filter_failure
                                        or self._filtered_problem()
@@ -1188,7 +1191,7 @@ class EndpointPool:
                 if held is None:
                     if details.wait_for_ready:
                         return None
-                    raise self._all_failing()
+                    raise await self._all_failing_explained(details)
                 ep, done = held
                 if hedged is not None:
                     hedged.wait_on(ep)
@@ -1234,6 +1237,23 @@ class EndpointPool:
         pick = (self.balancer.pick if details.kind is CallKind.UNARY_UNARY
                 else self._pick_stream)
         return pick(details.request_key, details.attempts)
+
+    async def _all_failing_explained(self, details: ClientCallDetails) -> NoEndpointsError:
+        """:meth:`_all_failing`, once the channel's handshake probes under way have
+        answered when none has said why yet: the probe of an endpoint runs when it goes
+        ``TRANSIENT_FAILURE``, which is what fails the first call (its error had no
+        reason, the next call's had). Waits :data:`_REASON_WAIT_S` at most, and at most
+        half the time left before the call's deadline (so that the call still ends
+        ``UNAVAILABLE`` in time); a channel without mTLS, or with no probe running, or
+        with a reason known, does not wait. Successful calls never come here."""
+        diagnosis = self.diagnosis
+        if diagnosis is not None and diagnosis.busy and self.connect_problem() is None:
+            remaining = details.time_remaining_s()
+            wait_s = _REASON_WAIT_S if remaining is None else min(_REASON_WAIT_S,
+                                                                   remaining / 2)
+            if wait_s > 0:
+                await diagnosis.settle(wait_s)
+        return self._all_failing()
 
     def _all_failing(self) -> NoEndpointsError:
         """The error of a call no endpoint of the pool can take (``UNAVAILABLE``), with

@@ -24,7 +24,12 @@ down is replaced by the certificate fault it came back with), at most once per e
 every ``interval_s``, at most :data:`PROBES_AT_ONCE` at a time per channel (more wanting
 one wait, at most :data:`PROBES_WAITING`, renewals' and failures' together; the rest are
 probed at a later observation, a renewal's not at all), each bounded by
-``timeout_s`` (5 s), as a task of the channel's pool (cancelled by its ``close()``).
+``timeout_s`` (5 s), as a task of the channel's pool (cancelled by its ``close()``). A
+call no endpoint can take while a probe is under way and no reason is known (the first
+to fail: the change to ``TRANSIENT_FAILURE`` that fails it starts the probe) waits for
+the probes (:attr:`HandshakeDiagnosis.busy`, :meth:`~HandshakeDiagnosis.settle`) at most
+1 s and half the time left before its deadline, so that its error says why
+(``EndpointPool._all_failing_explained``); a call that succeeds never waits.
 """
 
 from __future__ import annotations
@@ -312,6 +317,11 @@ class HandshakeDiagnosis:
         times it (``EndpointPool``: grpc reports no change while a sub-channel that cannot
         connect retries)."""
         return self._interval_s
+
+    @property
+    def busy(self) -> bool:
+        """Whether a probe runs or waits for its turn (:meth:`settle` would wait)."""
+        return not self._idle.is_set()
 
     async def settle(self, timeout_s: float) -> None:
         """Wait until no probe runs or waits for its turn, ``timeout_s`` seconds at most
