@@ -1727,7 +1727,6 @@ class MeshServer:
         if self._follows_health() or self._withdrawn:  # (or to register it once SERVING)
             self._health_follower = asyncio.get_running_loop().create_task(
                 self._follow_health(self.instance), name=f"meshkit-health-{self.service}")
-        self._watch_loop_end(server)
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
@@ -1984,6 +1983,10 @@ class MeshServer:
         # server's threads (HANDLER_EXECUTOR)
         await _in_a_context_of_its_own(server.start(), f"meshkit-start-{self.service}",
                                        handlers=self._handler_threads)
+        # from now on grpc.aio's request tasks hold the states grpc core points to: a
+        # cancel of every task (the loop's end, a shutdown recipe) during the steps below
+        # pins them as after start() (_LoopEndWatch), and the undo stops the server
+        self._watch_loop_end(server)
         self._raise_if_draining()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
@@ -2167,10 +2170,12 @@ class MeshServer:
         self._pinned_request_states += _request_states(server, loop)
 
     async def _stop_at_loop_end(self, server: grpc.aio.Server) -> None:
-        """From :meth:`start` until the server stops: when this task is cancelled by its
-        event loop's end while no drain has begun (``asyncio.run()`` cancels the tasks
-        left: a ``main`` that returned or raised after :meth:`start` without
-        :meth:`drain`), the server is taken out of the mesh as that loop ends, as a
+        """From :meth:`start`'s grpc server start until the server stops (cancelled while
+        the start is still under way, its ``cancel()`` pins grpc.aio's request states and
+        the rest is left to the start's undo, cancelled alike): when this task is
+        cancelled by its event loop's end while no drain has begun (``asyncio.run()``
+        cancels the tasks left: a ``main`` that returned or raised after :meth:`start`
+        without :meth:`drain`), the server is taken out of the mesh as that loop ends, as a
         channel still open then is closed: warning ``server not drained before its event
         loop ended``, health ``NOT_SERVING``, the instance deregistered (at most
         :data:`_UNDO_DEREGISTER_S`), the grpc server stopped without grace (the loop's
@@ -2192,9 +2197,9 @@ class MeshServer:
             return
         except asyncio.CancelledError:
             watch = asyncio.current_task()
-            if self.draining or not (isinstance(watch, _LoopEndWatch)
-                                     and watch.loop_ending):
-                raise
+            if self.draining or self._starting or not (isinstance(watch, _LoopEndWatch)
+                                                       and watch.loop_ending):
+                raise  # (a start under way: its undo, cancelled alike, stops the server)
             # one turn: the tasks the sweep cancelled with this one (a serve() drains
             # itself) run their first step, so a drain they begin is theirs
             with contextlib.suppress(asyncio.CancelledError):
@@ -2252,7 +2257,8 @@ class MeshServer:
             steps.append(("withdrawing the registration",
                           lambda: _bounded(self.registry.deregister(registering),
                                            _UNDO_DEREGISTER_S)))
-        steps.append(("stopping the server", lambda: server.stop(0)))
+        # (_stop_server: grpc.aio's serving task may have been cancelled with the start)
+        steps.append(("stopping the server", lambda: _stop_server(server, 0)))
         try:  # cancelled again meanwhile (a start() under a timeout, then Ctrl-C): each
             # step still runs, or the server stayed bound and the admin server held
             await _each_step([*steps, *self._after_stop_steps()], " after a failed start",
