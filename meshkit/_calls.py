@@ -270,6 +270,151 @@ def _kept_error(details: ClientCallDetails, status: tuple[Any, ...]) -> AioRpcEr
     return error
 
 
+# the attribute of a bidi attempt (a grpc.aio call) whose end is held (_HeldEnd)
+_HELD = "_meshkit_held_end"
+_GC_CANCELLED = "Cancelled upon garbage collection!"  # grpc.aio's details of such a cancel
+
+
+def _now(coro: Coroutine[Any, Any, Any]) -> Any:
+    """What ``coro`` (an accessor of an ended grpc.aio call) returns, run to its end at
+    once; ``RuntimeError`` when it would suspend."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("the accessor suspended")
+
+
+def _stand_in(call: Any) -> bool:
+    """Whether ``call`` (a grpc.aio call) reports grpc.aio's own ``INTERNAL`` "Internal
+    error from Core" as its status now (not an ended call: ``False``)."""
+    try:
+        return bool(call.done()) and _now(call.code()) is _INTERNAL \
+            and _now(call.details()) == _CORE_INTERNAL
+    except Exception:
+        return False
+
+
+class _HeldEnd:
+    """The end of a bidi attempt (``call``, a grpc.aio call) whose first status was
+    grpc.aio's stand-in: a write of the caller's failed as the server ended the call, and
+    grpc.aio (1.85, grpc/grpc#36066) set its own ``INTERNAL`` "Internal error from Core"
+    and ran the call's done callbacks then, although the server's status (an ``OK``
+    answer, mostly) comes only once the responses are read, as any stream's (grpc core
+    gives it after the messages); it sets that status then, running no callback. So the
+    channel holds the attempt's end here (:func:`hold_end`, kept on the attempt as
+    :data:`_HELD`): its done callbacks (the balancer's outcome, telemetry's, the call
+    object's) wait in :attr:`callbacks`, and run when the responses have been read to
+    their end (:meth:`release`, by the call object's ``read()`` and iteration at
+    ``EOF`` or the status, and by ``code()``/``details()`` once the status is the
+    server's), each reading the server's status; or, for a call dropped before, when it
+    is collected (:meth:`__del__`): as grpc.aio's collection of a call not done, its core
+    call is cancelled ("Cancelled upon garbage collection!", ``CANCELLED``), which also
+    ends grpc.aio's task waiting for the status (one per such call until its channel
+    closed), and the callbacks run in the loop. No task, future or timer per held end:
+    the attempt, this record and the callbacks form a cycle the collector frees.
+    :attr:`responded` keeps the balancer's first-response callback the channel took out
+    of its own table (which would hold the attempt)."""
+
+    __slots__ = ("call", "callbacks", "loop", "responded")
+
+    def __init__(self, call: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.call = call
+        self.callbacks: list[Callable[[], None]] | None = []
+        self.loop = loop
+        self.responded: Callable[[], None] | None = None
+
+    def hold(self, callback: Callable[[], None]) -> bool:
+        """Hold ``callback`` until the end; ``False`` (not held) once released."""
+        callbacks = self.callbacks
+        if callbacks is None:
+            return False
+        callbacks.append(callback)
+        return True
+
+    def release(self) -> None:
+        """Run the held callbacks (once), each isolated: one that raises is logged
+        (``held end callback raised``) and stops none after it."""
+        callbacks = self.callbacks
+        if callbacks is None:
+            return
+        self.callbacks = None
+        self.call = None  # (the cycle through the attempt undone)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                _log.error("held end callback raised", callback=repr(callback),
+                           error_type=type(exc).__name__, exc_info=exc)
+
+    def dropped(self) -> None:
+        """The call was collected before its end was released: its core call cancelled
+        while grpc.aio still reports its stand-in, then the callbacks run."""
+        call = self.call
+        if call is not None and _stand_in(call):
+            core = getattr(call, "_cython_call", None)
+            if core is not None:
+                with contextlib.suppress(Exception):
+                    core.cancel(_GC_CANCELLED)
+        self.release()
+
+    def __del__(self) -> None:
+        if self.callbacks and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # (closed meanwhile, by its thread)
+                self.loop.call_soon_threadsafe(self.dropped)
+
+
+def hold_end(call: Any) -> _HeldEnd | None:
+    """For the channel, in a bidi attempt's first done callback, its status grpc.aio's
+    stand-in: hold the attempt's end (:class:`_HeldEnd`, returned); ``None`` for a call
+    object that takes no attribute."""
+    try:
+        held = _HeldEnd(call, asyncio.get_running_loop())
+        setattr(call, _HELD, held)
+    except (AttributeError, RuntimeError):
+        return None
+    return held
+
+
+def held_end(call: Any) -> _HeldEnd | None:
+    """The held end of attempt ``call`` not released yet (:func:`hold_end`), or ``None``."""
+    held = getattr(call, _HELD, None)
+    return held if held is not None and held.callbacks is not None else None
+
+
+def _release_end(call: Any) -> None:
+    """The responses of attempt ``call`` were read to their end: its held end, if any,
+    released (the status now the server's)."""
+    held = getattr(call, _HELD, None)
+    if held is not None:
+        held.release()
+
+
+def add_end_callback(call: Any, callback: Callable[[Any], None]) -> None:
+    """``call.add_done_callback(callback)`` for a streaming attempt's (``call``'s) own
+    watchers (the channel's outcome, telemetry): ``callback(call)`` is held with the
+    attempt's end when that is held (:class:`_HeldEnd`), else run at once. (A callback
+    that held itself would be a reference cycle per stream.)"""
+    call.add_done_callback(functools.partial(_held_or_run, callback))
+
+
+def _held_or_run(callback: Callable[[Any], None], call: Any) -> None:
+    held = getattr(call, _HELD, None)
+    if held is not None and held.hold(functools.partial(callback, call)):
+        return
+    callback(call)
+
+
+def _attempt_done(attempt: Any, callback: Callable[[Any], None], call: MeshCall) -> None:
+    """A call object's done callback, run at its attempt's end: held with the attempt's
+    end when that is held (:class:`_HeldEnd`), else run."""
+    held = getattr(attempt, _HELD, None)
+    if held is not None and held.hold(functools.partial(_call_back, callback, call)):
+        return
+    _call_back(callback, call)
+
+
 def _code_of(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, AioRpcError):
         return error.code()
@@ -415,7 +560,7 @@ class MeshCall:
     def _when_done(self, callback: Callable[[Any], None]) -> None:
         call = self._call
         if call is not None and self._error is None:
-            call.add_done_callback(lambda _c: _call_back(callback, self))
+            call.add_done_callback(lambda c: _attempt_done(c, callback, self))
         else:
             asyncio.get_running_loop().call_soon(_call_back, callback, self)
 
@@ -489,7 +634,14 @@ class MeshCall:
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call ``callback(call)`` once the logical call has finished (soon, if it has);
         starts the call if nothing has. An exception ``callback`` raises is logged
-        (``done callback raised``, logger ``meshkit.channel``), not raised."""
+        (``done callback raised``, logger ``meshkit.channel``), not raised.
+
+        A bidi stream whose write failed as its server ended it, before the server's
+        status came (grpc.aio then reports its own ``INTERNAL`` "Internal error from
+        Core" and runs done callbacks at once, grpc/grpc#36066), runs ``callback`` once
+        its responses have been read to their end, the server's status then its
+        :meth:`code`, or, dropped unread, when it is garbage-collected (``CANCELLED``):
+        see :class:`_HeldEnd`."""
         if self._is_settled:
             self._when_done(callback)
             return
@@ -530,6 +682,8 @@ class MeshCall:
         if call is None:  # answered without an attempt (UnaryResponseCall._outcome)
             return _CANCELLED if self._cancelled else _OK
         code: grpc.StatusCode = await call.code()
+        if (held := held_end(call)) is not None and not _stand_in(call):
+            held.release()  # the server's status came (_HeldEnd)
         if code is _CANCELLED:  # ended by a message its codec refused? by a drain?
             err = getattr(self._details, "codec_error", None)
             if err is not None:
@@ -552,6 +706,8 @@ class MeshCall:
         if call is None:
             return ""
         code = await call.code()
+        if (held := held_end(call)) is not None and not _stand_in(call):
+            held.release()  # the server's status came (_HeldEnd)
         if code is _CANCELLED:
             err = getattr(self._details, "codec_error", None)
             if err is not None:
@@ -961,6 +1117,7 @@ class StreamResponseCall(MeshCall):
             self._raise_if_cancelled_by_mesh()
             raise
         except AioRpcError as exc:
+            _release_end(call)  # the status: the end of the responses (_HeldEnd)
             code = exc.code()
             if code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
@@ -969,9 +1126,12 @@ class StreamResponseCall(MeshCall):
                     return
                 raise _kept_error(self._details, kept) from None
             raise
+        _release_end(call)  # the end of the responses (_HeldEnd)
 
     async def read(self) -> Any:
-        """Read one response; ``grpc.aio.EOF`` at the end.
+        """Read one response; ``grpc.aio.EOF`` at the end. Also after a write that
+        failed as the server ended the call (grpc.aio's ``read()`` raises its own
+        ``INTERNAL`` at once there): the responses the server sent, then its status.
 
         Raises:
             grpc.aio.AioRpcError: the call failed (``INTERNAL`` as
@@ -994,11 +1154,20 @@ class StreamResponseCall(MeshCall):
             code = exc.code()
             if code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
-            elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
-                if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
-                    return _EOF
-                raise _kept_error(self._details, kept) from None
+            elif code is _INTERNAL:
+                if (kept := _kept_status(self._details, call)) is not None:
+                    _release_end(call)
+                    if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
+                        return _EOF
+                    raise _kept_error(self._details, kept) from None
+                if held_end(call) is not None:
+                    # grpc.aio's read() of a call it reports done raises its stand-in
+                    # at once: the responses and the server's status are still to come
+                    return await self._read_held(call)
+            _release_end(call)
             raise
+        if response is _EOF:
+            _release_end(call)
         if type(response) is Undecodable:
             self._undecodable(call, response)
         if self._unanswered and response is not _EOF:
@@ -1007,6 +1176,37 @@ class StreamResponseCall(MeshCall):
         if messages is not None and response is not _EOF:
             messages.msg_received += 1
         return response
+
+    async def _read_held(self, call: Any) -> Any:
+        """:meth:`read` of an attempt whose end is held (:class:`_HeldEnd`): grpc.aio
+        reports its stand-in ``INTERNAL`` as the call's status while the responses the
+        server sent before its status are still to be read, and its ``read()`` raises
+        that at once (the caller never got the answer, nor the server's status); they are
+        read as its iteration reads them (its ``_read``), and at their end the server's
+        status, come after them, is the outcome: ``EOF`` for ``OK``, else raised (still
+        grpc.aio's stand-in when grpc core gave none: raised as before)."""
+        try:
+            response = await call._read()
+        except asyncio.CancelledError:
+            self._raise_codec_error()
+            self._raise_if_cancelled_by_mesh()
+            raise
+        if response is not _EOF:
+            if type(response) is Undecodable:
+                self._undecodable(call, response)
+            if self._unanswered:
+                self._first_response()
+            messages = self._details.messages
+            if messages is not None:
+                messages.msg_received += 1
+            return response
+        _release_end(call)
+        code = await call.code()
+        if code is _OK:
+            return _EOF
+        raise _kept_error(self._details, (
+            code, await call.details(), await call.initial_metadata(),
+            await call.trailing_metadata(), await call.debug_error_string()))
 
     def _first_response(self) -> None:
         """The stream's first response message was read: the channel tells the balancer

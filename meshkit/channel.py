@@ -54,6 +54,9 @@ from meshkit._calls import (
     UnaryResponseCall,
     UnaryStreamCall,
     UnaryUnaryCall,
+    add_end_callback,
+    held_end,
+    hold_end,
 )
 from meshkit._codecs import (
     Undecodable,
@@ -1466,7 +1469,16 @@ class MeshChannel(grpc.aio.Channel):
         attempt, its status read once (four coroutines run to their end at once)."""
         _end_request_stream(call)
         status = _status_now(call)
-        if status is None or (status[0] is _INTERNAL and status[1] == _CORE_INTERNAL):
+        if status is None:
+            return
+        if status[0] is _INTERNAL and status[1] == _CORE_INTERNAL:
+            # grpc.aio's stand-in, the server's status still to come (after the
+            # responses): the attempt's end is held until they are read, or the call is
+            # collected (meshkit._calls._HeldEnd), the balancer's first-response
+            # callback with it (this table would keep a call dropped unread)
+            held = hold_end(call)
+            if held is not None:
+                held.responded = self._answering.pop(call, None)
             return
         with contextlib.suppress(TypeError):  # an unhashable call object: not kept
             self._kept[call] = status
@@ -1749,7 +1761,8 @@ class MeshChannel(grpc.aio.Channel):
                 answering.pop(c, None)
                 self._pool.spawn_in_own_loop(_report_stream(c, ep, done, details))
 
-        call.add_done_callback(finished)
+        # held while a bidi attempt's end is (_request_stream_ended)
+        add_end_callback(call, finished)
         return call
 
     def _stream_answered(self, details: ClientCallDetails, call: Any) -> None:
@@ -1764,6 +1777,10 @@ class MeshChannel(grpc.aio.Channel):
         responded = answering.pop(call, None)
         if responded is None:
             responded = answering.pop(details.last_call, None)
+            if responded is None and (held := held_end(call) or held_end(
+                    details.last_call)) is not None:
+                # its end held, the callback with it (_request_stream_ended)
+                responded, held.responded = held.responded, None
         if responded is not None:
             responded()
         if details.attempts:

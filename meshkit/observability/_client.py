@@ -13,7 +13,7 @@ from grpc.aio import AioRpcError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from meshkit._calls import DEADLINE_SLACK_S
+from meshkit._calls import DEADLINE_SLACK_S, add_end_callback
 from meshkit._config import check_instance
 from meshkit._log import printable
 from meshkit._metadata import LoggedMetadata, logged_metadata
@@ -400,7 +400,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
             _tasks.add(task)
             task.add_done_callback(_tasks.discard)
 
-        call.add_done_callback(done)
+        # held while a bidi attempt's end is: grpc.aio's stand-in INTERNAL, the server's
+        # status still to come once the responses are read (meshkit._calls._HeldEnd)
+        add_end_callback(call, done)
         return call
 
     async def _finish_stream(self, m: _Method, details: ClientCallDetails, span: Any,
