@@ -391,7 +391,10 @@ class _FdWriter:
     def _reset(self) -> None:
         """Start empty, with a lock of its own and no thread (also in a forked child: the
         parent's queued lines are the parent's to write, and its thread is not here)."""
-        self._cond = threading.Condition(threading.Lock())
+        # re-entrant: a finalizer the garbage collector runs while this thread holds it
+        # (poll()'s answer, a queued entry: allocations) may log a line, which comes
+        # here again; with a plain lock the thread waited for itself for ever
+        self._cond = threading.Condition(threading.RLock())
         # (stream, chunks, characters, lines) in order; the head is being written
         self._queue: deque[tuple[TextIO, list[str], int, int]] = deque()
         self._pending = 0
@@ -549,13 +552,20 @@ class _LineLogger:
     only, never an exception to whoever logged, and with no stream at all (``None``: the
     process started with standard error closed, ``prog 2>&-``) lines are dropped, as
     ``print`` drops them (``PrintLogger`` would fall back to stdout, into the program's
-    output)."""
+    output).
 
-    __slots__ = ("__weakref__", "_file", "_lock")
+    A line logged on the thread that is writing one (by a finalizer the garbage collector
+    runs there: asyncio's "Task was destroyed but it is pending!" of a task dropped with
+    its loop, which the last-resort bridge brings here; by a signal handler) is written
+    right after it; with a plain lock that thread waited for itself for ever."""
+
+    __slots__ = ("__weakref__", "_file", "_held", "_lock")
 
     def __init__(self, file: TextIO | None) -> None:
         self._file = file
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: see the class docstring
+        # the lines logged on the writing thread while it writes one (None: not writing)
+        self._held: list[str] | None = None
         _line_loggers.add(self)  # its lock made again in a forked child (_forked)
 
     def msg(self, message: str) -> None:
@@ -563,9 +573,23 @@ class _LineLogger:
         out = self._file
         if out is None:
             return
-        # a failing log sink never changes what the program does
-        with self._lock, contextlib.suppress(*_SINK_ERRORS):
-            _emit(out, [f"{message}\n"], 1)  # str() of it, as print() does
+        line = f"{message}\n"  # str() of it, as print() does
+        with self._lock:
+            held = self._held
+            if held is not None:  # re-entered while this thread writes: written after it
+                held.append(line)
+                return
+            self._held = held = []
+            try:
+                while True:
+                    # a failing log sink never changes what the program does
+                    with contextlib.suppress(*_SINK_ERRORS):
+                        _emit(out, [line], 1)
+                    if not held:
+                        break
+                    line = held.pop(0)
+            finally:
+                self._held = None
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -709,7 +733,8 @@ def _forked() -> None:
         w._timer = False
         w._timer_loop = None
     for logger in list(_line_loggers):  # another thread may have been logging at the fork
-        logger._lock = threading.Lock()
+        logger._lock = threading.RLock()
+        logger._held = None
     _fd_writer._reset()
 
 
