@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import os
 import time
@@ -81,6 +82,10 @@ __all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
 
 _perf = time.perf_counter
 _time_ns = time.time_ns
+_running_loop = asyncio._get_running_loop  # None outside a running loop
+_Handle = asyncio.Handle
+_copy_context = contextvars.copy_context
+_BASE_CALL_SOON = asyncio.BaseEventLoop.call_soon  # (_ready_of: not replaced)
 _internal_log = get_logger("meshkit.observability")
 _CLIENT = SpanKind.CLIENT
 _INTERNAL = SpanKind.INTERNAL
@@ -228,6 +233,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for two turns later, not yet run
+        # the loop of the last deferral and its ready queue when appended to directly
+        # (_ready_of); a loop, once seen, is kept until another one finishes a call
+        self._ready_loop: asyncio.AbstractEventLoop | None = None
+        self._ready: Any = None
         # per (method, kind, dialed service): one interceptor may serve several channels
         # (client_interceptors(opts) reused in their DialOptions), and each call's span
         # names its own channel's service as server.address
@@ -443,14 +452,22 @@ class TelemetryClientInterceptor(ClientInterceptor):
         # still counted in flight: + 1)
         if ((span is not None and span.is_recording()) or mode == ACCESS_INLINE) and (
                 self._in_flight + 1 + self._deferred <= self._defer_max):
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:  # a done callback run outside the loop
-                loop = None
+            loop = _running_loop()  # None: a done callback run outside the loop
             if loop is not None:
                 self._deferred += 1
-                loop.call_soon(loop.call_soon, self._complete, True, m, details, span,
-                               _time_ns(), code, exc, duration_s)
+                args = (True, m, details, span, _time_ns(), code, exc, duration_s)
+                # on asyncio's own loop (checked once per loop: _ready_of) the two hops'
+                # handles are made here and the first appended to the ready queue: it
+                # appends the second when it runs, as call_soon() from the loop's thread
+                # would (the same Handles, in one copy of the current context, which the
+                # second hop's call_soon would copy unchanged), without six frames
+                ready = self._ready if loop is self._ready_loop else self._ready_of(loop)
+                if ready is not None:
+                    ctx = _copy_context()
+                    ready.append(_Handle(ready.append, (
+                        _Handle(self._complete, args, loop, ctx),), loop, ctx))
+                else:  # uvloop, a loop of one's own, debug mode
+                    loop.call_soon(loop.call_soon, self._complete, *args)
                 return
         if span is None:  # _complete(False, ...) without a span, inline (a frame less)
             try:
@@ -459,6 +476,19 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 self._failures.report("telemetry completion failed", e)
             return
         self._complete(False, m, details, span, None, code, exc, duration_s)
+
+    def _ready_of(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The ready queue of ``loop`` when ``loop.call_soon(...)`` from its own thread
+        would only append a new :class:`asyncio.Handle` to it (asyncio's own loop, its
+        ``call_soon`` not replaced, not in debug mode when first seen), else ``None``
+        (uvloop, a loop of one's own, debug mode: ``call_soon`` is called); remembered
+        for the next call finished on the same loop."""
+        ready = getattr(loop, "_ready", None)
+        if not (type(ready) is collections.deque and not loop.get_debug()
+                and getattr(loop.call_soon, "__func__", None) is _BASE_CALL_SOON):
+            ready = None
+        self._ready_loop, self._ready = loop, ready
+        return ready
 
     def _complete(self, deferred: bool, m: _Method, details: ClientCallDetails, span: Any,
                   end_ns: int | None, code: grpc.StatusCode, exc: BaseException | None,
