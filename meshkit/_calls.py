@@ -350,10 +350,17 @@ class _HeldEnd:
 
     def dropped(self) -> None:
         """The call was collected before its end was released: its core call cancelled
-        while grpc.aio still reports its stand-in, then the callbacks run."""
+        while grpc.aio still reports its stand-in (under ``attempt_interceptors``, the
+        core call of the call grpc.aio's intercepted call wraps), then the callbacks
+        run."""
         call = self.call
         if call is not None and _stand_in(call):
             core = getattr(call, "_cython_call", None)
+            if core is None:  # grpc.aio's intercepted call: the call its interceptors made
+                inner = getattr(call, "_interceptors_task", None)
+                if inner is not None and inner.done() and not inner.cancelled() \
+                        and inner.exception() is None:
+                    core = getattr(inner.result(), "_cython_call", None)
             if core is not None:
                 with contextlib.suppress(Exception):
                     core.cancel(_GC_CANCELLED)
@@ -1160,7 +1167,7 @@ class StreamResponseCall(MeshCall):
                     if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
                         return _EOF
                     raise _kept_error(self._details, kept) from None
-                if held_end(call) is not None:
+                if held_end(call) is not None and hasattr(call, "_read"):
                     # grpc.aio's read() of a call it reports done raises its stand-in
                     # at once: the responses and the server's status are still to come
                     return await self._read_held(call)

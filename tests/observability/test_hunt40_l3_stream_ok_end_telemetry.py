@@ -134,8 +134,19 @@ async def _write_all(call: Any) -> bool:
     return False
 
 
+class _PassOn(grpc.aio.StreamStreamClientInterceptor):
+    """An attempt interceptor that passes every call on (grpc.aio's intercepted calls)."""
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(details, request_iterator)
+
+
 class _Stack:
-    def __init__(self, registry: LocalRegistry, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self, registry: LocalRegistry, tracing: Tracing | None = None, intercepted: bool = False
+    ) -> None:
         self.client = CollectorRegistry()
         self.server = CollectorRegistry()
         self.srv = meshkit.MeshServer(
@@ -158,7 +169,11 @@ class _Stack:
             ),
         )
         self.opts = meshkit.DialOptions(
-            insecure=True, retry=None, balancer=_Recording, telemetry=telemetry
+            insecure=True,
+            retry=None,
+            balancer=_Recording,
+            telemetry=telemetry,
+            attempt_interceptors=(_PassOn(),) if intercepted else (),
         )
         self.registry = registry
 
@@ -174,11 +189,12 @@ class _Stack:
         await self.srv.drain()
 
 
+@pytest.mark.parametrize("intercepted", [False, True], ids=["plain", "attempt-interceptor"])
 @pytest.mark.parametrize("style", ["iterate", "read"])
 async def test_a_bidi_stream_read_to_its_ok_end_is_counted_ok(
-    registry: LocalRegistry, tracing: Tracing, style: str
+    registry: LocalRegistry, tracing: Tracing, style: str, intercepted: bool
 ) -> None:
-    stack = _Stack(registry, tracing)
+    stack = _Stack(registry, tracing, intercepted)
     async with stack as ch:
         met_the_end = 0
         outcomes = []
@@ -289,10 +305,11 @@ def _mesh_calls() -> int:
     return sum(1 for o in gc.get_objects() if type(o) is StreamStreamCall)
 
 
+@pytest.mark.parametrize("intercepted", [False, True], ids=["plain", "attempt-interceptor"])
 async def test_a_bidi_stream_dropped_unread_is_counted_at_its_collection(
-    registry: LocalRegistry,
+    registry: LocalRegistry, intercepted: bool
 ) -> None:
-    stack = _Stack(registry)
+    stack = _Stack(registry, intercepted=intercepted)
     async with stack as ch:
         # one stream read to its end first (the channel's and telemetry's own tasks)
         call = ch.stream_stream(f"/{APP}/Once")(timeout=30)
