@@ -2149,10 +2149,12 @@ class MeshServer:
         if follower is not None:
             await cancel_and_wait(follower)
 
-    def _watch_loop_end(self, server: grpc.aio.Server) -> None:
+    def _watch_loop_end(self, server: grpc.aio.Server, replaceable: bool = True) -> None:
         """Start the task that stops ``server`` if its event loop ends undrained
         (:meth:`_stop_at_loop_end`, a :class:`_LoopEndWatch`); also its replacement when
-        a task of the loop cancelled it, unless the server is draining or stopped."""
+        a task of the loop cancelled it (``replaceable`` ``False``: that one is not
+        replaced in turn, so a shutdown that cancels every other task until none is left
+        ends), unless the server is draining or stopped."""
         if self.draining or self._stopped.is_set():
             return
         loop = asyncio.get_running_loop()
@@ -2160,7 +2162,8 @@ class MeshServer:
             self._stop_at_loop_end(server), loop=loop,
             name=f"meshkit-loop-end-{self.service}",
             on_cancel=functools.partial(self._pin_request_states, server, loop),
-            replace=functools.partial(self._watch_loop_end, server))
+            replace=functools.partial(self._watch_loop_end, server, False)
+            if replaceable else None)
 
     def _pin_request_states(self, server: grpc.aio.Server,
                             loop: asyncio.AbstractEventLoop) -> None:
@@ -3027,13 +3030,17 @@ class _LoopEndWatch(asyncio.Task[None]):
     the watch calls ``replace`` (at once, in the canceller's step: a ``main`` that
     returns right after still has a watch when the loop ends) and ends, so the
     canceller's ``gather`` of the tasks it cancelled returns; ``replace`` is called once
-    per watch. Either way ``on_cancel`` is called first, in the canceller's step, while
-    the tasks cancelled with the watch (grpc.aio's own among them) have not yet run
-    (:meth:`MeshServer._pin_request_states`); one that raises is logged."""
+    per watch, and a replacement has none (``None``): a shutdown that cancels every
+    other task until none is left found a new watch every round and never ended, while
+    one recipe, then the loop's end without a drain, still has a watch (after a second
+    recipe none: drain then). Either way ``on_cancel`` is called first, in the
+    canceller's step, while the tasks cancelled with the watch (grpc.aio's own among
+    them) have not yet run (:meth:`MeshServer._pin_request_states`); one that raises is
+    logged."""
 
     def __init__(self, coro: Coroutine[Any, Any, None], *,
                  loop: asyncio.AbstractEventLoop, name: str,
-                 on_cancel: Callable[[], None], replace: Callable[[], None]) -> None:
+                 on_cancel: Callable[[], None], replace: Callable[[], None] | None) -> None:
         super().__init__(coro, loop=loop, name=name)
         self.loop_ending = False
         self._on_cancel: Callable[[], None] | None = on_cancel
