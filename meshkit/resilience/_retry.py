@@ -20,10 +20,12 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
 * nor is a message over a size limit (:func:`size_refusal`: ``RESOURCE_EXHAUSTED``
   "... message larger than max", a request over the client's send or the server's
   receive limit, a response over the client's receive limit, a gzip message inflating
-  past one), nor metadata over ``grpc.max_metadata_size`` ("received metadata size
-  exceeds ..."), even where ``RESOURCE_EXHAUSTED`` is retryable: every attempt sends the
-  same request and gets the same refusal (a response's handler run again each time);
-  nor hedged on (it ends a hedged call as any fatal status);
+  past one), nor metadata over ``grpc.max_metadata_size``'s hard limit ("received
+  metadata size exceeds hard limit ..."), even where ``RESOURCE_EXHAUSTED`` is
+  retryable: every attempt sends the same request and gets the same refusal (a
+  response's handler run again each time); nor hedged on (it ends a hedged call as any
+  fatal status). Over its soft limit ("... soft limit ...") grpc core refuses at random,
+  a fresh draw per call: retried as the policy says;
 * a call is retried only if it is safe to repeat: the policy says the method is
   ``idempotent``, or the request carries an idempotency key (the ``idempotency-key``
   metadata, or a non-empty ``idempotency_field`` attribute on the request message), or the
@@ -180,7 +182,8 @@ class RetryPolicy:
             ``grpc.StatusCode`` (default ``{UNAVAILABLE}``); stored as a frozenset.
             ``RESOURCE_EXHAUSTED`` here retries a server's quota or overload refusal,
             never a message or metadata over a size limit (``size_refusal``: the same
-            request gets the same refusal).
+            request gets the same refusal; metadata over the soft limit, refused at
+            random, is retried).
         backoff: delay between attempts (default :class:`Backoff` 25 ms doubling to 1 s).
         idempotent: the method may run twice safely (reads); enables retries of any
             retryable status and hedging (default ``False``).
@@ -963,11 +966,12 @@ def draining_refusal(code: grpc.StatusCode, details: str | None,
 # maximum size ..."
 _TOO_LARGE = ("message larger than max", "message exceeds maximum size",
               "decompresses to a size larger than", "after decompression larger than max",
-              # C-core's refusal of headers or trailers over grpc.max_metadata_size, the
-              # server's of a request's, the client's of a response's ("Stream removed
-              # (...)"): "received metadata size exceeds soft limit (N vs. 8192)", "...
-              # hard limit (value length N vs. 16384)"
-              "received metadata size exceeds ")
+              # C-core's refusal of headers or trailers over grpc.max_metadata_size's
+              # hard limit, the server's of a request's, the client's of a response's
+              # ("Stream removed (...)"): "... hard limit (value length N vs. 16384)";
+              # not its soft limit's ("... soft limit (N vs. 8192)"), refused at random
+              # (a fresh draw per call: a retry may pass)
+              "received metadata size exceeds hard limit")
 
 
 def size_refusal(code: grpc.StatusCode, details: str | None) -> bool:
@@ -977,8 +981,10 @@ def size_refusal(code: grpc.StatusCode, details: str | None) -> bool:
     ``grpc.max_receive_message_length``, a response over the client's receive limit or
     the server's send limit, a compressed message inflating past one), or grpc core's
     metadata limit (``grpc.max_metadata_size``: a request's headers over the server's,
-    a response's headers or trailers over the client's; refused at random over 8 KiB,
-    always over 16 KiB, the same headers again and again). Not retried nor
+    a response's headers or trailers over the client's) past its hard limit (16 KiB by
+    default: the same headers refused again and again); not past its soft limit alone
+    (8 KiB), which grpc core refuses at random, a fresh draw per call, so a retry may
+    pass (retried as the policy says). Not retried nor
     hedged on, whatever the policy's codes: the same request meets the same limit on
     every endpoint. Asked on the failure path only."""
     return (code is _EXHAUSTED and details is not None
