@@ -321,13 +321,47 @@ async def test_a_drain_with_grpcjs_calls_in_flight(tmp_path: Path) -> None:
     assert late["code"] == UNAVAILABLE, late
 
 
+class _Reached(grpc.aio.ServerInterceptor):
+    """Counts the calls of unary methods that reached the server's chain (grpc core
+    handed them to Python and the request gate let them in) in :attr:`calls`."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def intercept_service(self, continuation: Any,
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def counted(request: Any, context: Any) -> Any:
+            self.calls += 1
+            return await inner(request, context)
+
+        return handler._replace(unary_unary=counted)
+
+
 async def test_a_round_robin_grpcjs_channel_loses_no_call_to_a_drain(tmp_path: Path) -> None:
     """A grpc-js channel balancing round robin over two meshkit servers keeps calling
-    (200 calls, one every 8 ms) while one drains: every call is answered, by both before
-    the drain and by the other after."""
+    (200 calls, one every 8 ms) while one drains: every call that reached the draining
+    server is answered, by both before the drain and by the other after; a call that
+    reached neither server's code is ``CANCELLED`` (grpc core's end of a call still
+    waiting in it as the server stops: see below), and no other status is seen."""
     config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-    async with _serving(tmp_path, "a", drain_delay_s=0.3) as a, \
-            _serving(tmp_path, "b", drain_delay_s=0.3) as b:
+    # The 200 calls are sent on a timer, whatever came back: on a loaded box grpc-js
+    # sends every call to the first server it has connected to until the other one's
+    # handshake ends, and bursts the calls its stalled timers owed, while each 50 ms
+    # call takes hundreds of ms; 30 and more in flight at one server were measured, and
+    # the request gate's default cap (32) shed the rest "server busy" with no drain at
+    # all (3 of 8 runs). That is the gate's overload refusal, not this test's drain: a
+    # cap over the 200 calls cannot shed one.
+    limits = meshkit.ServerLimits(max_concurrent_rpcs=256)
+    reached_a, reached_b = _Reached(), _Reached()
+    async with _serving(tmp_path, "a", drain_delay_s=0.3, limits=limits,
+                        interceptors=(reached_a,)) as a, \
+            _serving(tmp_path, "b", drain_delay_s=0.3, limits=limits,
+                     interceptors=(reached_b,)) as b:
         calls = asyncio.ensure_future(run_js({
             "target": f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}",
             "options": {"grpc.service_config": config}, "concurrent": True,
@@ -337,13 +371,22 @@ async def test_a_round_robin_grpcjs_channel_loses_no_call_to_a_drain(tmp_path: P
                     what="grpc-js calls reaching a")
         await a.drain()
         got = await calls
-    # A call grpc-js sent in the instant grpc's stop began can still be waiting in grpc
-    # core, which ends it CANCELLED (documented in meshkit.server, step 3: the nack
-    # refusals that close this window are for mesh clients); seen once in about ten runs
-    # of this test, so at most a couple of the 200, and never another status.
-    failed = [g for g in got if g["code"] != OK]
-    assert all(g["code"] == CANCELLED for g in failed) and len(failed) <= 2, failed
-    assert {g["responses"][0] for g in got if g["code"] == OK} == {"a", "b"}
+    answered = {server: sum(1 for g in got if g["code"] == OK and g["responses"] == [server])
+                for server in ("a", "b")}
+    failed = [(g["code"], g["details"]) for g in got if g["code"] != OK]
+    # The drain loses no call it let in: each call that reached a's (or b's) code was
+    # answered OK (the stop gives them grace_s).
+    assert answered == {"a": reached_a.calls, "b": reached_b.calls}, (answered, failed)
+    assert answered["a"] > 0 and answered["b"] > 0, answered
+    # A call grpc-js sent to a in the moment of its stop (before grpc-js read the
+    # GOAWAY), or one still waiting in grpc core for a's starved poller thread to hand
+    # it to Python (grpc.aio takes one call at a time), is ended CANCELLED by grpc core
+    # (grpc/grpc#41785; documented in meshkit.server, step 3: the nack refusals that
+    # close this window are for mesh clients), as with any grpc.aio server: none of
+    # a's code ran (the count above: no call that reached a is among them). Seen in
+    # about one idle run of ten; 1 to 22 of the 200 on a loaded box, as many as grpc-js
+    # had sent a in that moment, so their number is not bounded here.
+    assert all(f == (CANCELLED, "CANCELLED") for f in failed), failed
 
 
 async def test_a_killed_grpcjs_client_gives_every_slot_back(tmp_path: Path) -> None:
