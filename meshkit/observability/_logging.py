@@ -241,13 +241,16 @@ class BufferedLineWriter:
         """Write every pending line (the lock held). Re-entered on this thread while it
         writes (a line logged by a finalizer the collector runs while a batch renders or
         is written, by a signal handler, a ``flush_logs()`` from either): the lines added
-        stay queued and this call writes them after its batch, in order, each once."""
-        if self._writing:
+        stay queued and this call writes them after its batch, in order, each once; the
+        lines logged while those are written wait for the next batch (a stream that logs
+        what it is given would otherwise feed itself for ever)."""
+        if self._writing or not self._buf:
             return
         self._writing = True
         try:
-            while self._buf:
-                self._write_batch()
+            self._write_batch()
+            if self._buf:  # logged while it was written: after it (what is logged while
+                self._write_batch()  # these are written waits, so no stream feeds itself)
         finally:
             self._writing = False
 
@@ -557,7 +560,9 @@ class _LineLogger:
     A line logged on the thread that is writing one (by a finalizer the garbage collector
     runs there: asyncio's "Task was destroyed but it is pending!" of a task dropped with
     its loop, which the last-resort bridge brings here; by a signal handler) is written
-    right after it; with a plain lock that thread waited for itself for ever."""
+    right after it; with a plain lock that thread waited for itself for ever. A line
+    logged while such a line is written is dropped: a stream that logs what it is given
+    (standard error forwarded to ``logging``) would otherwise feed itself for ever."""
 
     __slots__ = ("__weakref__", "_file", "_held", "_lock")
 
@@ -581,13 +586,17 @@ class _LineLogger:
                 return
             self._held = held = []
             try:
-                while True:
-                    # a failing log sink never changes what the program does
-                    with contextlib.suppress(*_SINK_ERRORS):
-                        _emit(out, [line], 1)
-                    if not held:
-                        break
-                    line = held.pop(0)
+                # a failing log sink never changes what the program does
+                with contextlib.suppress(*_SINK_ERRORS):
+                    _emit(out, [line], 1)
+                if held:
+                    # the lines logged while these are written are dropped: a stream that
+                    # logs what it is given (sys.stderr forwarded to logging) would
+                    # otherwise feed itself for ever
+                    self._held = []
+                    for line in held:
+                        with contextlib.suppress(*_SINK_ERRORS):
+                            _emit(out, [line], 1)
             finally:
                 self._held = None
 

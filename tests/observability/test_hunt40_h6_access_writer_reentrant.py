@@ -30,7 +30,17 @@ from meshkit.observability._logging import (
     BufferedLineWriter, _AccessLog, _AccessWriter, write_access)
 
 case = sys.argv[1]
-out = io.StringIO()
+
+
+class Feeds(io.StringIO):  # a stream that logs an access line for each batch written
+    def write(self, s):
+        n = len(self.getvalue().splitlines())
+        if n < 50:  # (the guard of the test: a stream fed for ever stops here)
+            write_access(False, build, (10 + n,))
+        return super().write(s)
+
+
+out = Feeds() if case == "feeds-itself" else io.StringIO()
 writer = BufferedLineWriter(out, flush_interval_s=0 if case == "at-once" else 30)
 _AccessLog.logger = _AccessWriter(writer, 20)
 icpt = TelemetryClientInterceptor(TelemetryOptions(registry=CollectorRegistry(),
@@ -68,6 +78,11 @@ gc.disable()  # the collection comes where the script says
 drop_a_suspended_call()
 if case == "at-once":
     write_access(False, build, (1,))
+elif case == "feeds-itself":
+    writer.flush_interval_s = 0
+    write_access(False, build, (0,))
+    print(json.dumps([json.loads(line)["n"] for line in out.getvalue().splitlines()]))
+    sys.exit()
 else:
     async def main():
         for n in range(3):
@@ -87,8 +102,11 @@ print(json.dumps([line.get("n", line.get("service", line.get("target"))) for lin
         ("at-once", [1, "dropped"]),
         ("batch", [0, 1, 2, "dropped"]),
         ("flush-inside", [0, 1, 2]),
+        # the line the stream logs as it takes a batch follows it; the one it logs as it
+        # takes that line waits for the next batch
+        ("feeds-itself", [0, 10]),
     ],
-    ids=["at-once", "batch", "flush-inside"],
+    ids=["at-once", "batch", "flush-inside", "feeds-itself"],
 )
 def test_a_line_logged_while_the_writer_writes_is_written_after_it(
     case: str, expected: list[object]

@@ -19,7 +19,7 @@ import sys
 import pytest
 
 _SCRIPT = r"""
-import asyncio, gc, io, sys
+import asyncio, gc, io, logging, sys
 
 case = sys.argv[1]
 
@@ -34,15 +34,31 @@ class Stream(io.StringIO):  # an application's own stream
         return super().write(s)
 
 
+class ToLogger:  # standard error forwarded to logging (a common recipe)
+    def __init__(self):
+        self.got = []
+
+    def write(self, s):
+        self.got.append(s)
+        if len(self.got) < 6:  # (the guard of the test: fed for ever, it stops here)
+            logging.getLogger("stderr").error(s.strip())
+        return len(s)
+
+    def flush(self):
+        pass
+
+
 if case == "stream":
     sys.stderr = Stream()
+elif case == "stream-logs-itself":
+    sys.stderr = ToLogger()
 
 from meshkit.observability import configure_logging
 from meshkit.observability import _logging
 
 configure_logging("info", json=True)
 
-if case != "stream":
+if case in ("stderr-fd", "access-stderr-fd"):
     import select
 
     class Poll:  # standard error's poll, as _FdWriter._takes_now asks it
@@ -70,7 +86,8 @@ def drop_a_pending_task():
 
 
 gc.disable()  # the collection comes where the script says
-drop_a_pending_task()
+if case != "stream-logs-itself":
+    drop_a_pending_task()
 if case == "access-stderr-fd":  # an access line written at once (outside a loop)
     _logging.write_access(False, lambda: {"outer": True}, ())
 else:
@@ -78,10 +95,12 @@ else:
 _logging.flush_logs()
 if case == "stream":
     sys.__stderr__.write(sys.stderr.getvalue())
+elif case == "stream-logs-itself":
+    sys.__stderr__.write("".join(sys.stderr.got))
 """
 
 
-@pytest.mark.parametrize("case", ["stream", "stderr-fd", "access-stderr-fd"])
+@pytest.mark.parametrize("case", ["stream", "stderr-fd", "access-stderr-fd", "stream-logs-itself"])
 def test_a_line_logged_while_a_line_is_written_follows_it(case: str) -> None:
     try:
         done = subprocess.run(
@@ -97,7 +116,11 @@ def test_a_line_logged_while_a_line_is_written_follows_it(case: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     got = [line.get("outer") or line["event"].split("\n")[0] for line in lines]
-    if case == "access-stderr-fd":  # each once (the log writer's order: either)
+    if case == "stream-logs-itself":  # the line it logs as it takes the first follows it;
+        # the one it logs as it takes that line is dropped (no stream feeds itself for ever)
+        assert [line["event"] for line in lines][:1] == ["outer"]
+        assert [line.get("logger") for line in lines] == [None, "stderr"], got
+    elif case == "access-stderr-fd":  # each once (the log writer's order: either)
         got.sort(key=str)
         assert got == ["Task was destroyed but it is pending!", True], done.stderr[-2000:]
     else:  # in order, each once: the line logged inside after the one it interrupted
