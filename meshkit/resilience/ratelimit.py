@@ -393,10 +393,18 @@ def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
     peer = context.peer()
     host = _PEER_HOSTS.get(peer)
     if host is None:
-        host = peer_host(peer)
-        if len(_PEER_HOSTS) >= _MAX_PEER_HOSTS:
-            _PEER_HOSTS.clear()
-        _PEER_HOSTS[peer] = host
+        host = _peer_key(peer)
+    return host
+
+
+def _peer_key(peer: str) -> str:
+    """``peer_host(peer)``, kept in :data:`_PEER_HOSTS` (cleared when full) for the
+    next call from that peer (:func:`by_peer`'s look-up, and the interceptor's own
+    when ``by_peer`` is its key)."""
+    host = peer_host(peer)
+    if len(_PEER_HOSTS) >= _MAX_PEER_HOSTS:
+        _PEER_HOSTS.clear()
+    _PEER_HOSTS[peer] = host
     return host
 
 
@@ -2293,6 +2301,18 @@ class RateLimitInterceptor(WrappingInterceptor):
             check_now = cast(Any, limiter).checker(counted)
             if check_now is None:
                 return None
+
+            if key_of is by_peer:  # the default key, inline: a frame fewer per call
+
+                def before_peer(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                    peer = context.peer()
+                    key = _PEER_HOSTS.get(peer)
+                    if key is None:
+                        key = _peer_key(peer)  # (a str: no check of the key's type)
+                    rejection = check_now(key)
+                    return None if rejection is None else refuse(rejection, context)
+
+                return before_peer
 
             def before_now(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 key = key_of(method, context)
