@@ -86,7 +86,10 @@ async def test_demo_passes_with_a_killed_instance(tmp_path: Path) -> None:
     tree = text.split("One PlaceOrder traced across processes", 1)[1]
     assert "OrderService/PlaceOrder  server" in tree and "UserService/GetUser  server" in tree
     assert "identity=spiffe://meshkit.local/svc/orderd" in tree
-    assert tree.count("/readyz -> 200") == 3
+    # every live process's admin server: userd-1, userd-2, orderd-1, summaryd-1 (orderd-2
+    # was killed)
+    assert tree.count("/readyz -> 200") == 4, tree
+    assert "summaryd-1" in tree.split("Admin servers", 1)[-1], tree
     assert re.search(r"Orders: (\d+) acknowledged, \1 stored, 0 acknowledged but missing, "
                      r"0 idempotency keys stored twice", text), text
     pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
