@@ -234,9 +234,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for two turns later, not yet run
         # the loop of the last deferral and its ready queue when appended to directly
-        # (_ready_of); a loop, once seen, is kept until another one finishes a call
-        self._ready_loop: asyncio.AbstractEventLoop | None = None
-        self._ready: Any = None
+        # (_ready_of), as one tuple read and written whole: channels on two threads'
+        # loops may share this interceptor, and two attributes written one after the
+        # other could pair one loop with the other's queue; a loop, once seen, is kept
+        # until another one finishes a call
+        self._ready_at: tuple[asyncio.AbstractEventLoop | None, Any] = (None, None)
         # per (method, kind, dialed service): one interceptor may serve several channels
         # (client_interceptors(opts) reused in their DialOptions), and each call's span
         # names its own channel's service as server.address
@@ -461,7 +463,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 # appends the second when it runs, as call_soon() from the loop's thread
                 # would (the same Handles, in one copy of the current context, which the
                 # second hop's call_soon would copy unchanged), without six frames
-                ready = self._ready if loop is self._ready_loop else self._ready_of(loop)
+                at = self._ready_at
+                ready = at[1] if at[0] is loop else self._ready_of(loop)
                 if ready is not None:
                     ctx = _copy_context()
                     ready.append(_Handle(ready.append, (
@@ -487,7 +490,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if not (type(ready) is collections.deque and not loop.get_debug()
                 and getattr(loop.call_soon, "__func__", None) is _BASE_CALL_SOON):
             ready = None
-        self._ready_loop, self._ready = loop, ready
+        self._ready_at = (loop, ready)
         return ready
 
     def _complete(self, deferred: bool, m: _Method, details: ClientCallDetails, span: Any,

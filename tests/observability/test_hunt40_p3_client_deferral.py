@@ -45,14 +45,16 @@ class _CountingLoop(asyncio.SelectorEventLoop):
         return super().call_soon(callback, *args, context=context)
 
 
-def _interceptor(tracing: Tracing) -> TelemetryClientInterceptor:
+def _interceptor(tracing: Tracing, **options: Any) -> TelemetryClientInterceptor:
     return TelemetryClientInterceptor(
-        TelemetryOptions(tracer_provider=tracing.provider, metrics=False, access_log=False)
+        TelemetryOptions(
+            tracer_provider=tracing.provider, metrics=False, access_log=False, **options
+        )
     )
 
 
 async def _one_call(
-    icpt: TelemetryClientInterceptor, tracing: Tracing, order: str
+    icpt: TelemetryClientInterceptor, tracing: Tracing, order: str, alone: bool = True
 ) -> list[tuple[str, int]]:
     """One call answered without a loop turn, on a settled loop; what the span count and
     the completion's context read at each step: at the answer, in the next turn (a
@@ -93,7 +95,8 @@ async def _one_call(
     loop.call_soon(first)
     await asyncio.wait_for(done.wait(), 5)
     seen.append(("after", len(tracing.spans()) - before))
-    assert icpt._deferred == 0 and icpt._in_flight == 0
+    if alone:  # (no other thread's call under way)
+        assert icpt._deferred == 0 and icpt._in_flight == 0
     return seen
 
 
@@ -187,3 +190,62 @@ def test_other_loops_go_through_call_soon(
     assert contexts == ["x"]
     if loop_kind != "uvloop":
         assert hops == [1, 1]  # both hops
+
+
+def test_two_threads_loops_never_pair_a_loop_with_the_others_queue(tracing: Tracing) -> None:
+    """One interceptor shared by channels on two threads' loops: a thread paused in the
+    middle of remembering its loop (after its first attribute store: the trace hook
+    stops it there) while the other thread's loop finishes a call must not leave the
+    other loop paired with the first one's ready queue. (The loop and queue were two
+    attributes, written one after the other: the second loop's next completion was
+    appended to the first loop's queue, and never ran on its own loop.)"""
+    import dis
+    import sys
+    import threading
+    from types import FrameType
+
+    icpt = _interceptor(tracing, complete_after_response_max_in_flight=8)
+    code = TelemetryClientInterceptor._ready_of.__code__
+    names = {i.offset: i.opname for i in dis.get_instructions(code)}
+    paused, resume = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode" and not paused.is_set():
+            done = [o for o, n in names.items() if n == "STORE_ATTR" and o < frame.f_lasti]
+            if done:  # right after the first store
+                paused.set()
+                resume.wait(10)
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code is code:
+            frame.f_trace = local
+            frame.f_trace_opcodes = True
+            return local
+        return None
+
+    def first_thread() -> None:
+        sys.settrace(tracer)
+        try:
+            with asyncio.Runner() as runner:
+                runner.run(_one_call(icpt, tracing, "a"))
+        except BaseException as e:  # reported by the test's thread
+            errors.append(e)
+        finally:
+            sys.settrace(None)
+            paused.set()
+
+    thread = threading.Thread(target=first_thread, daemon=True)
+    thread.start()
+    try:
+        assert paused.wait(10)
+        with asyncio.Runner() as runner:
+            assert runner.run(_one_call(icpt, tracing, "b1", alone=False)) == _TURNS
+            resume.set()
+            thread.join(10)
+            assert not thread.is_alive() and errors == []
+            assert runner.run(_one_call(icpt, tracing, "b2")) == _TURNS
+    finally:
+        resume.set()
+        thread.join(10)
