@@ -1060,7 +1060,7 @@ class StreamResponseCall(MeshCall):
         open_: ``await open_(details, request) -> call``: the per-call chain.
     """
 
-    __slots__ = ("_ctx", "_open", "_request", "_unanswered")
+    __slots__ = ("_ctx", "_loop", "_open", "_request", "_unanswered")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
@@ -1069,13 +1069,35 @@ class StreamResponseCall(MeshCall):
         self._open = open_
         self._unanswered = True  # no response message read yet (see _first_response)
         self._ctx = _copy_context()  # where it opens, on first use
+        self._loop: asyncio.AbstractEventLoop | None = None  # set as it opens
 
     async def _opening(self) -> None:
         call = await self._open(self._details, self._request)
         if self._is_settled:  # cancel() settled it while it opened: nobody will read
             call.cancel()
             return
+        self._loop = _get_running_loop()
         self._settle(call, None)
+
+    def __del__(self) -> None:
+        """Collected while its attempt is still open (dropped before its responses were
+        read to their end): the attempt is cancelled in its loop, as grpc.aio cancels a
+        call of its own collected before its end. Nothing else would end it: its status
+        comes only once its responses are read, and grpc.aio's task waiting for it holds
+        the attempt (through the done callbacks of its core call), so each such stream
+        kept a task, its call objects and its endpoint's count until the channel closed,
+        and telemetry counted it in flight for ever. Counted ``CANCELLED``, no
+        endpoint's outcome."""
+        call = self._call
+        loop = self._loop
+        if call is None or loop is None or self._error is not None:
+            return
+        try:
+            if call.done() or loop.is_closed():
+                return
+            loop.call_soon_threadsafe(call.cancel)
+        except Exception:  # a call object of an interceptor's own without done(), a
+            pass  # loop closed meanwhile by its thread: nothing to end here
 
     def _start(self) -> None:
         if self._task is None:
