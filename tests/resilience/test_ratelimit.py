@@ -67,10 +67,12 @@ SHARED_REDIS_PORT = 6379
 
 
 @contextlib.asynccontextmanager
-async def echo_server(options: RateLimitOptions,
-                      instance_id: str = "e1") -> AsyncIterator[grpc.aio.Channel]:
-    """An echo server on 127.0.0.1:0 behind a RateLimitInterceptor; yields a channel to it."""
-    interceptor = RateLimitInterceptor(options)
+async def echo_server(options: RateLimitOptions, instance_id: str = "e1", *,
+                      limiter: StorageLimiter | None = None,
+                      ) -> AsyncIterator[grpc.aio.Channel]:
+    """An echo server on 127.0.0.1:0 behind a RateLimitInterceptor (with ``limiter``, when
+    given: a test reads its counters); yields a channel to it."""
+    interceptor = RateLimitInterceptor(options, limiter=limiter)
     server = grpc.aio.server(interceptors=[interceptor])
     server.add_generic_rpc_handlers((handler(instance_id),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -1660,29 +1662,47 @@ async def test_a_cancelled_breaker_probe_does_not_stop_rate_limiting_for_good() 
     """Redis hangs and the breaker opens; the probe's call is cancelled (its caller's
     deadline) while it waits on Redis. Once Redis answers again, the next caller probes
     and limits resume, instead of every call skipping the storage for good (UNAVAILABLE
-    with on_storage_error="deny")."""
+    with on_storage_error="deny").
+
+    Waits on conditions, not on sleeps racing the 0.3 s storage timeout: the probe is
+    cancelled as soon as it is out, and Redis comes back only once the cancelled probe's
+    hit has ended on its own. (Probing 0.3 s after the first timeout, the probe went
+    down the connection that timeout left, dropped as silent about 0.3 s after it:
+    "connection lost" at once, before the cancel 0.1 s later, in 8 of 20 runs.)"""
     if not redis_ping(6379):
         skip_or_fail("no Redis on 127.0.0.1:6379")
     async with TcpProxy("127.0.0.1", 6379) as proxy:
-        limiter = _breaker_limiter(proxy, breaker_failures=1, breaker_open_s=0.2,
-                                   breaker_max_open_s=0.2)
+        limiter = _breaker_limiter(proxy, breaker_failures=1, breaker_open_s=0.8,
+                                   breaker_max_open_s=0.8)
         m = "/svc.v1.Svc/Call"
+
+        async def admitted() -> bool:
+            return await limiter.check(m, "caller") is None
+
         try:
-            assert await limiter.check(m, "caller") is None  # connected, counting
+            # connected, counting (a first connect slower than the storage timeout on a
+            # loaded host opens the breaker: the next probe due connects)
+            await until(admitted, timeout_s=10, what="the first hit admitted")
             proxy.blackhole()
             rejection = await limiter.check(m, "caller")  # storage timeout: opens
             assert rejection is not None and rejection.code is grpc.StatusCode.UNAVAILABLE
-            await asyncio.sleep(0.3)  # due for a probe
+            assert limiter.breaker.is_open
+            # due for a probe (open 0.8 s); by then the connection the timeout left is
+            # dropped as silent (0.3 s after it, a timer due before this sleep's end): the
+            # probe connects anew and waits on the hung Redis
+            await asyncio.sleep(0.9)
             probe = asyncio.ensure_future(limiter.check(m, "caller"))
-            await asyncio.sleep(0.1)
+            await until(lambda: limiter.breaker._probing or probe.done(), timeout_s=5,
+                        what="the probe out")
+            assert not probe.done(), probe.result()
             probe.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await probe
-            await asyncio.sleep(0.3)
+            # its hit ends on its own (a timeout, or the silent connection dropped)
+            await until(lambda: not limiter._finishing, timeout_s=5,
+                        what="the cancelled probe's hit ended")
+            assert limiter.breaker.is_open  # no success: still open
             await proxy.start()  # Redis answers again
-
-            async def admitted() -> bool:
-                return await limiter.check(m, "caller") is None
 
             await until(admitted, timeout_s=5, what="a new probe closes the breaker")
             assert not limiter.breaker.is_open
@@ -1695,28 +1715,44 @@ async def test_hung_redis_opens_the_breaker_then_limits_resume(
         shared_redis: str, on_error: OnStorageError) -> None:
     """Redis behind a proxy that accepts and never answers: after a few storage timeouts
     calls stop waiting for it (fail open, or UNAVAILABLE when failing closed, at once);
-    once it answers again a probe closes the breaker and the limit is enforced."""
+    once it answers again a probe closes the breaker and the limit is enforced.
+
+    The first call waits the storage timeout; the next two go to the storage too (each a
+    storage failure) but need not wait it all: the connection the first timeout left is
+    dropped as silent about one timeout later, failing what waits on it at once
+    ("connection lost"; a third call 0.004-0.07 s in 3 of 40 runs under load, 8 of 15
+    alone, which a "the first three each wait >= 0.2 s" check failed)."""
     port = int(shared_redis.rsplit(":", 1)[1])
     async with TcpProxy("127.0.0.1", port) as proxy:
         options = RateLimitOptions(default_rule="5/second",
                                    storage_uri=f"async+redis://{proxy.address}",
                                    key_prefix=unique_prefix(), storage_timeout_s=0.25,
                                    on_storage_error=on_error, breaker_open_s=0.5)
-        async with echo_server(options) as channel:
-            assert await attempt(channel) is None  # connected, counting
+        limiter = StorageLimiter(options)
+        async with echo_server(options, limiter=limiter) as channel:
+            async def connected() -> bool:  # counting, no failure in the breaker's streak
+                return await attempt(channel) is None and not limiter.breaker.dirty
+
+            await until(connected, timeout_s=10, what="connected, counting")
+            base = limiter.storage_errors
             proxy.blackhole()
-            took = []
+            took, errors = [], []
             for _ in range(8):
                 t0 = time.monotonic()
                 err = await attempt(channel)
                 took.append(time.monotonic() - t0)
+                errors.append(limiter.storage_errors - base)
                 if on_error == "allow":
                     assert err is None
                 else:
                     assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE
-            # the first three wait the storage timeout; then the breaker answers at once
-            # (a probe every 0.5 s+ may wait again); margins for a loaded machine
-            assert min(took[:3]) >= 0.2, took
+            # the first waits the storage timeout; it and the next two each fail on the
+            # storage (none skipped: breaker_failures=3), which opens the breaker; then it
+            # answers at once (a probe every 0.5 s+ may wait again); margins for a loaded
+            # machine
+            assert took[0] >= 0.2, took
+            assert errors[:3] == [1, 2, 3], (errors, took)
+            assert limiter.breaker.opened == 1, (errors, took)
             fast = [t for t in took[3:] if t < 0.15]
             assert len(fast) >= 3, took
             await proxy.start()  # answers again
