@@ -301,9 +301,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
         # the loop of the last deferral and its ready queue when appended to directly
-        # (_ready_of); a loop, once seen, is kept until another one finishes a call
-        self._ready_loop: asyncio.AbstractEventLoop | None = None
-        self._ready: Any = None
+        # (_ready_of); a loop, once seen, is kept until another one finishes a call. One
+        # tuple, read and written whole: an interceptor shared by servers whose loops run
+        # in two threads never pairs one loop with the other's queue
+        self._ready_at: tuple[asyncio.AbstractEventLoop | None, Any] = (None, None)
         self.server_calls: Callable[[], int] | None = None
         """The server's unary-request calls between arrival and end, when something counts
         them (``serve()`` sets its request gate's :meth:`~meshkit._limits.RequestGate.calls`):
@@ -395,7 +396,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             # handle is appended to the ready queue here, as call_soon() would append it
             # (the same Handle, in a copy of the current context), without its three
             # frames
-            ready = self._ready if loop is self._ready_loop else self._ready_of(loop)
+            at = self._ready_at
+            ready = at[1] if at[0] is loop else self._ready_of(loop)
             if ready is not None and not ready:
                 # the context copied here still has the span current, as inline
                 self._deferred += 1
@@ -420,7 +422,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         if loop is None:
             return None
         ready = _plain_ready(loop)
-        self._ready_loop, self._ready = loop, ready
+        self._ready_at = (loop, ready)
         return ready
 
     def _idle(self, loop: asyncio.AbstractEventLoop) -> bool:
