@@ -46,10 +46,11 @@ transport security; a call meshkit refuses to send, e.g. a header gRPC cannot ca
 and its message on stderr (on one line, its control characters escaped as ``repr`` writes
 them: a server's message never acts on the terminal): a registry that cannot be read
 within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every target form. A call over mTLS
-that fails ``UNAVAILABLE`` also prints, a line each, why endpoints cannot be connected
-(``meshkit call: endpoint w1 at HOST:PORT cannot be connected: certificate verify
-failed: ...``), once the TLS probes of them under way have answered (up to 6 s more;
-:mod:`meshkit.auth._probe`).
+that fails ``UNAVAILABLE`` says why endpoints cannot be connected: in its status message
+(``... are failing or ejected (w1 at HOST:PORT: certificate verify failed: ...)``) or,
+for a reason the message does not give, on a line each (``meshkit call: endpoint w1 at
+HOST:PORT cannot be connected: certificate verify failed: ...``), once the TLS probes of
+them under way have answered (up to 6 s more; :mod:`meshkit.auth._probe`).
 """
 
 from __future__ import annotations
