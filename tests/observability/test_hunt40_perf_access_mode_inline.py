@@ -23,20 +23,7 @@ from meshkit.observability import (
     _server,
 )
 from meshkit.observability._logging import _AccessLog
-
-
-class _ServedContext:
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:40000"
-
-    def code(self) -> None:
-        return None
-
-    def time_remaining(self) -> float:
-        return 5.0
+from tests.support.contexts import ServedContext as _ServedContext
 
 
 async def _serve_one() -> None:

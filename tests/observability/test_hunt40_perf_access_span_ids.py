@@ -31,6 +31,7 @@ from meshkit.observability._logging import (
     _AccessWriter,
     _render_lines,
 )
+from tests.support.contexts import ServedContext as _ServedContext
 
 _APP_SPAN = NonRecordingSpan(
     SpanContext(
@@ -40,20 +41,6 @@ _APP_SPAN = NonRecordingSpan(
         trace_flags=TraceFlags(TraceFlags.SAMPLED),
     )
 )
-
-
-class _ServedContext:
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:40000"
-
-    def code(self) -> None:
-        return None
-
-    def time_remaining(self) -> float:
-        return 5.0
 
 
 @pytest.fixture

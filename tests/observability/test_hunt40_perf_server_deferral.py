@@ -22,22 +22,7 @@ from meshkit.observability._logging import (
     _AccessWriter,
     _render_lines,
 )
-
-
-class _ServedContext:
-    """What the server's telemetry reads from a servicer context, without a call."""
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:40000"
-
-    def code(self) -> None:
-        return None
-
-    def time_remaining(self) -> float:
-        return 5.0
+from tests.support.contexts import ServedContext as _ServedContext
 
 
 def _completion(callback: Any) -> bool:

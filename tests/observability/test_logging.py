@@ -30,6 +30,7 @@ from meshkit.observability import (
 )
 from meshkit.observability._logging import _AccessLog
 from tests.observability.conftest import FRONT, ChainFactory, Tracing
+from tests.support.contexts import ServedContext as _ServedContext
 from tests.support.wait import until
 
 SECRET = "Bearer s3cr3t-t0ken-value"
@@ -735,22 +736,6 @@ def test_access_event_lines_with_metadata_or_bound_contextvars_take_the_generic_
     line = json.loads(render_access((1.0, "info", "rpc", server, plain, ctx, None)))
     assert list(line)[:2] == ["request_id", "event"] and line["request_id"] == "r-9"
     assert line["peer"] == "10.0.0.1:1" and line["timestamp"] == "1970-01-01T00:00:01.000000Z"
-
-
-class _ServedContext:
-    """What the server's telemetry reads from a servicer context, without a call."""
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:40000"
-
-    def code(self) -> None:
-        return None
-
-    def time_remaining(self) -> float:
-        return 5.0
 
 
 def _client_call_details() -> Any:
