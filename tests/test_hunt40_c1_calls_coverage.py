@@ -237,3 +237,42 @@ async def test_a_refused_answer_after_the_end_raises_deserialization_error(
                 await call.read()
             assert err.value.code() is grpc.StatusCode.INTERNAL
         assert met >= _STREAMS // 3, met
+
+
+async def test_a_stream_ended_ok_unanswered_while_written_is_counted_ok(
+    registry: LocalRegistry,
+) -> None:
+    """The same stream (handler returned ``OK`` at once while its caller wrote) is
+    counted ``OK`` in ``grpc_client_handled_total``: telemetry's stream end, run after
+    the server's status came, read the attempt's code() later, by when grpc.aio had
+    replaced it with its ``INTERNAL`` for the write that failed after it (measured: 13
+    and 15 of 20 streams counted ``Internal``, while the caller read ``EOF`` and
+    ``code()`` ``OK``)."""
+    stack = _Stack(registry)
+    async with stack as ch:
+        for _ in range(_STREAMS):
+            call = ch.stream_stream(f"/{APP}/Quiet")(timeout=10)
+            await _write_all(call)
+            assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+            assert await call.code() is grpc.StatusCode.OK
+
+        def counted(code: str) -> float:
+            return (
+                stack.client.get_sample_value(
+                    "grpc_client_handled_total",
+                    {
+                        "grpc_service": APP,
+                        "grpc_method": "Quiet",
+                        "grpc_type": "bidi_stream",
+                        "grpc_code": code,
+                    },
+                )
+                or 0.0
+            )
+
+        await until(
+            lambda: counted("OK") + counted("Internal") >= _STREAMS,
+            timeout_s=20,
+            what="the streams counted",
+        )
+        assert (counted("OK"), counted("Internal")) == (_STREAMS, 0)

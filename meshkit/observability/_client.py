@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._calls import DEADLINE_SLACK_S, add_end_callback
+from meshkit._calls import _kept_status as kept_status
 from meshkit._config import check_instance
 from meshkit._log import printable
 from meshkit._metadata import LoggedMetadata, logged_metadata
@@ -89,6 +90,7 @@ _BASE_CALL_SOON = asyncio.BaseEventLoop.call_soon  # (_ready_of: not replaced)
 _internal_log = get_logger("meshkit.observability")
 _CLIENT = SpanKind.CLIENT
 _INTERNAL = SpanKind.INTERNAL
+_STATUS_INTERNAL = grpc.StatusCode.INTERNAL
 # method names whose split names an AttemptSpanInterceptor keeps (as many as a channel keeps
 # per-method plans); further ones, names a generic proxy's callers chose, are split per call
 _MAX_ATTEMPT_NAMES = 1024
@@ -421,9 +423,15 @@ class TelemetryClientInterceptor(ClientInterceptor):
         exc: AioRpcError | None = None
         try:
             code = await call.code()
+            # the server's status, kept by the channel as it came, when grpc.aio replaced
+            # it with its own INTERNAL for a write that failed after it (grpc/grpc#36066)
+            kept = kept_status(details, call) if code is _STATUS_INTERNAL else None
+            if kept is not None:
+                code = kept[0]
             if code is STATUS_EXHAUSTED:  # its trailers tell a rate limiter's refusal
-                exc = AioRpcError(code, await call.initial_metadata(),
-                                  await call.trailing_metadata(), await call.details())
+                exc = AioRpcError(code, kept[2], kept[3], kept[1]) if kept is not None \
+                    else AioRpcError(code, await call.initial_metadata(),
+                                     await call.trailing_metadata(), await call.details())
         except Exception:
             code = STATUS_UNKNOWN
         self._finish(m, details, span, t0, code, exc)
