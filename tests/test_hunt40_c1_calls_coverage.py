@@ -35,6 +35,11 @@ async def _answer_once(requests: AsyncIterator[bytes], context: Any) -> AsyncIte
         return
 
 
+async def _deny_at_once(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no grant")
+    yield b""  # (a generator: never reached)
+
+
 async def _return_at_once(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
     return
     yield b""  # (a generator: never reached)
@@ -48,6 +53,7 @@ def _add(_servicer: Any, server: Any) -> None:
                 {
                     "Once": grpc.stream_stream_rpc_method_handler(_answer_once),
                     "Quiet": grpc.stream_stream_rpc_method_handler(_return_at_once),
+                    "DenyNow": grpc.stream_stream_rpc_method_handler(_deny_at_once),
                 },
             ),
         )
@@ -132,6 +138,7 @@ async def test_a_done_callback_waits_for_the_read_end_and_sees_ok(registry: Loca
                 await asyncio.sleep(0.05)
                 assert early == []
             assert await _read_all(call) == [b"one"]
+            assert await call.read() is grpc.aio.EOF  # again, as grpc.aio's
             await until(lambda seen=early: len(seen) >= 1, timeout_s=10, what="the callback")
             assert early == [True]
             assert await call.code() is grpc.StatusCode.OK
@@ -276,3 +283,25 @@ async def test_a_stream_ended_ok_unanswered_while_written_is_counted_ok(
             what="the streams counted",
         )
         assert (counted("OK"), counted("Internal")) == (_STREAMS, 0)
+
+
+async def test_a_stream_denied_at_once_while_written_raises_the_denial(
+    registry: LocalRegistry,
+) -> None:
+    """A bidi stream whose handler aborted ``PERMISSION_DENIED`` at once while its
+    caller wrote: a write after that status raises it (or ``InvalidStateError``, the
+    call ended), and ``read()`` and ``code()`` give the server's denial, not grpc.aio's
+    ``INTERNAL`` "Internal error from Core"."""
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    async with _Stack(registry) as ch:
+        for _ in range(_STREAMS):
+            call = ch.stream_stream(f"/{APP}/DenyNow")(timeout=10)
+            try:
+                await _write_all(call)
+            except grpc.aio.AioRpcError as exc:
+                assert (exc.code(), exc.details()) == (denied, "no grant")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call.read(), 10)
+            assert (err.value.code(), err.value.details()) == (denied, "no grant")
+            assert await call.code() is denied
+            assert await call.details() == "no grant"
