@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import compileall
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
@@ -74,6 +75,29 @@ if os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "uvloop":
         import uvloop
 
         return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """structlog's configuration as it was before each test, put back after it when the
+    test changed it. A test that configured logging in-process (``configure_logging``, a
+    command's or the demo's ``main()``, which set a level filter: ``ERROR`` for a
+    ``meshkit`` command, ``WARNING`` for the demo) left its ``wrapper_class`` in place,
+    and every later test of that worker that configures structlog without one (its
+    processors alone, ``structlog.testing.capture_logs``) lost its ``INFO`` lines: order-
+    dependent failures of CI runs (a signer's "valid again" line, console access lines
+    not reached within 10 s)."""
+    holder = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+    before = structlog.get_config()
+    before["processors"] = list(before["processors"])
+    configured = getattr(holder, "is_configured", None)
+    yield
+    after = structlog.get_config()
+    if any(after[k] is not v for k, v in before.items() if k != "processors") or list(
+            after["processors"]) != before["processors"]:
+        structlog.configure(**before)
+        if holder is not None and configured is not None:
+            holder.is_configured = configured
 
 
 @pytest.fixture
