@@ -22,7 +22,7 @@ from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.observability import TelemetryClientInterceptor, TelemetryOptions
 from meshkit.observability._logging import _AccessLog
 from tests.support.echo import add_echo, method
-from tests.support.skips import require_uvloop
+from tests.support.loops import LOOP_KINDS, loop_kind_factory
 from tests.support.wait import until
 
 
@@ -49,18 +49,7 @@ class _Lines:
     info = warning = error = debug = _log
 
 
-def _factory(kind: str) -> Any:
-    if kind == "uvloop":
-        require_uvloop()
-        import uvloop
-
-        return uvloop.new_event_loop
-    if kind == "own-call_soon":
-        return _OwnCallSoonLoop
-    return asyncio.new_event_loop
-
-
-@pytest.mark.parametrize("kind", ["asyncio", "asyncio-debug", "own-call_soon", "uvloop"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_each_client_call_gets_one_line_in_its_callers_context(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,7 +120,9 @@ def test_each_client_call_gets_one_line_in_its_callers_context(
             await srv.drain()
             await reg.close()
 
-    with asyncio.Runner(loop_factory=_factory(kind), debug=kind == "asyncio-debug") as runner:
+    with asyncio.Runner(
+        loop_factory=loop_kind_factory(kind, _OwnCallSoonLoop), debug=kind == "asyncio-debug"
+    ) as runner:
         runner.run(main())
     client = [ln for ln in log.lines if ln.get("side") == "client"]
     assert sorted(str(ln.get("order_id")) for ln in client) == sorted(sequential + concurrent)

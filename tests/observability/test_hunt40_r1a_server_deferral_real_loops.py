@@ -24,7 +24,7 @@ import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.observability import TelemetryOptions, TelemetryServerInterceptor
 from meshkit.observability._logging import BufferedLineWriter, _AccessLog, _AccessWriter
-from tests.support.skips import require_uvloop
+from tests.support.loops import LOOP_KINDS, loop_kind_factory
 from tests.support.wait import until
 
 SERVICE = "meshkit.test.Bound"
@@ -61,18 +61,7 @@ def _add(_servicer: Any, server: Any) -> None:
     )
 
 
-def _factory(kind: str) -> Any:
-    if kind == "uvloop":
-        require_uvloop()
-        import uvloop
-
-        return uvloop.new_event_loop
-    if kind == "own-call_soon":
-        return _OwnCallSoonLoop
-    return asyncio.new_event_loop
-
-
-@pytest.mark.parametrize("kind", ["asyncio", "asyncio-debug", "own-call_soon", "uvloop"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_each_server_call_gets_one_access_line_in_its_own_context(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,7 +123,9 @@ def test_each_server_call_gets_one_access_line_in_its_own_context(
             await srv.drain()
             await reg.close()
 
-    with asyncio.Runner(loop_factory=_factory(kind), debug=kind == "asyncio-debug") as runner:
+    with asyncio.Runner(
+        loop_factory=loop_kind_factory(kind, _OwnCallSoonLoop), debug=kind == "asyncio-debug"
+    ) as runner:
         runner.run(main())
     writer.flush()
     lines = [json.loads(x) for x in out.getvalue().splitlines()]

@@ -48,3 +48,28 @@ class LoopThread:
         self._thread.join(10)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+#: The loop kinds a test of a per-loop fast path runs on: asyncio's loop, the same in
+#: debug mode (``asyncio.Runner(debug=True)``), asyncio's loop with a ``call_soon`` of its
+#: own (a subclass the test passes), and uvloop's.
+LOOP_KINDS = ("asyncio", "asyncio-debug", "own-call_soon", "uvloop")
+
+
+def loop_kind_factory(kind: str, own_call_soon: Callable[[], asyncio.AbstractEventLoop]
+                      ) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The ``asyncio.Runner(loop_factory=...)`` of one of :data:`LOOP_KINDS`:
+    ``own_call_soon`` for ``"own-call_soon"``, uvloop's (the test skipped with the reason
+    when uvloop is not installed) for ``"uvloop"``, else asyncio's (debug mode is the
+    Runner's ``debug=``)."""
+    if kind == "uvloop":
+        from tests.support.skips import require_uvloop
+
+        require_uvloop()
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    if kind == "own-call_soon":
+        return own_call_soon
+    return asyncio.new_event_loop
