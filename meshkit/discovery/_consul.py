@@ -1969,6 +1969,21 @@ class ConsulRegistry:
         names = await self._read_once("/v1/catalog/services", "catalog")
         return frozenset(str(n) for n in (names or {}) if n != "consul")
 
+    async def _health_entries(self, service: str) -> list[Any]:
+        """The entries of one non-blocking ``GET /v1/health/service/<service>`` (each
+        instance with its checks; none for an answer of ``null``): what :meth:`failing`
+        and :meth:`snapshot` read.
+
+        Raises:
+            ConfigError: ``service`` is empty.
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
+        entries = await self._read_once(f"/v1/health/service/{service}",
+                                        f"health of {service!r}")
+        return list(entries or [])
+
     async def failing(self, service: str) -> frozenset[Instance]:
         """Instances of ``service`` registered with a check that is not passing (their
         owner died, hangs or missed its TTL): :meth:`watch` does not list them; the agent
@@ -1979,11 +1994,8 @@ class ConsulRegistry:
             ConfigError: ``service`` is empty.
             RegistryError: the agent cannot be reached or refused (chained).
         """
-        if not service:
-            raise ConfigError(f"service must not be empty, got {service!r}")
-        entries = await self._read_once(f"/v1/health/service/{service}",
-                                        f"health of {service!r}")
-        return self._to_instances(service, [e for e in entries or [] if _failing(e)])
+        entries = await self._health_entries(service)
+        return self._to_instances(service, [e for e in entries if _failing(e)])
 
     async def snapshot(self, service: str) -> ServiceSnapshot:
         """The passing and the failing instances of ``service`` from one read: what a new
@@ -1996,13 +2008,10 @@ class ConsulRegistry:
             ConfigError: ``service`` is empty.
             RegistryError: the agent cannot be reached or refused (chained).
         """
-        if not service:
-            raise ConfigError(f"service must not be empty, got {service!r}")
-        entries = await self._read_once(f"/v1/health/service/{service}",
-                                        f"health of {service!r}")
+        entries = await self._health_entries(service)
         good: list[Any] = []
         bad: list[Any] = []
-        for entry in entries or []:
+        for entry in entries:
             (bad if _failing(entry) else good).append(entry)
         # each set as its own read would give it (an ID repeated in it is node-qualified)
         return ServiceSnapshot(self._to_instances(service, good),

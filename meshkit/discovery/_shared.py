@@ -280,6 +280,19 @@ async def decoded_in_slices(text: str) -> Any:
     return value
 
 
+def _after_value(text: str, pos: int, close: str) -> tuple[int, bool]:
+    """After an array's element or an object's member that ends at ``pos``: the next
+    one's position and ``False`` (a ``,`` came), or the position after ``close`` (``"]"``,
+    ``"}"``) and ``True``; else ``JSONDecodeError`` "Expecting ',' delimiter", as
+    :func:`json.loads` raises it."""
+    pos = _skip(text, pos)
+    if text.startswith(",", pos):
+        return _skip(text, pos + 1), False
+    if text.startswith(close, pos):
+        return pos + 1, True
+    raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+
+
 async def _array_in_slices(text: str, pos: int) -> tuple[list[Any], int]:
     """The array at ``pos`` (its ``[``) and the position after it, in slices."""
     items: list[Any] = []
@@ -291,13 +304,9 @@ async def _array_in_slices(text: str, pos: int) -> tuple[list[Any], int]:
     while True:
         item, pos = decode(text, pos)
         items.append(item)
-        pos = _skip(text, pos)
-        if text.startswith(",", pos):
-            pos = _skip(text, pos + 1)
-        elif text.startswith("]", pos):
-            return items, pos + 1
-        else:
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        pos, closed = _after_value(text, pos, "]")
+        if closed:
+            return items, pos
         if clock() >= until:
             await asyncio.sleep(0)
             until = clock() + SLICE_S
@@ -324,10 +333,6 @@ async def _object_in_slices(text: str, pos: int) -> tuple[dict[str, Any], int]:
             members[key], pos = await _array_in_slices(text, pos)
         else:
             members[key], pos = decode(text, pos)
-        pos = _skip(text, pos)
-        if text.startswith(",", pos):
-            pos = _skip(text, pos + 1)
-        elif text.startswith("}", pos):
-            return members, pos + 1
-        else:
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        pos, closed = _after_value(text, pos, "}")
+        if closed:
+            return members, pos
