@@ -147,8 +147,13 @@ class _ForeignDuplicate(Exception):
 
 class _NotAsyncHandler(TypeError):
     """The handler's call returned no awaitable (a plain ``def``, a class given for an
-    instance): a fault of the code, not of the message, so it ends :meth:`Consumer.run`
-    rather than count as the message's failure."""
+    instance), or its awaitable returned a coroutine (an ``await`` forgotten): a fault
+    of the code, not of the message, so it ends :meth:`Consumer.run` rather than count
+    as the message's failure; ``reason``: its short form, for the delivery's report."""
+
+    def __init__(self, message: str, reason: str = "handler returned no awaitable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _SettleFailed(Exception):
@@ -372,13 +377,15 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 """A consumer's handler, an async callable (``async def``, or an object with an async
 ``__call__``; one that is not callable is a ``ConfigError`` when the :class:`Consumer` is
-made, and one whose call returns no awaitable, a plain ``def``, ends
+made, and one whose call returns no awaitable, a plain ``def``, or whose awaitable
+returns a coroutine, ``return work(d)`` where ``return await work(d)`` was meant, ends
 :meth:`Consumer.run` with ``TypeError`` at the first message, which is nak'ed, not
-counted as the message's failure): returns to ack; raises :class:`PoisonMessage` to dead-letter at
-once; raises anything else to have the message redelivered after a backoff. That includes
-``asyncio.CancelledError`` while nobody cancelled the consumer's task (e.g. the handler
-awaited a future cancelled elsewhere); when the task itself is being cancelled
-(``Task.cancelling()`` > 0) the error propagates and the message is left unacked."""
+counted as the message's failure, the returned coroutine closed unrun): returns to
+ack; raises :class:`PoisonMessage` to dead-letter at once; raises anything else to have
+the message redelivered after a backoff. That includes ``asyncio.CancelledError`` while
+nobody cancelled the consumer's task (e.g. the handler awaited a future cancelled
+elsewhere); when the task itself is being cancelled (``Task.cancelling()`` > 0) the error
+propagates and the message is left unacked."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1148,8 +1155,10 @@ class Consumer:
                 handler ran); the delivery is reported (span status, access log
                 ``reason``, ``outcome="error"``) as ``ack failed: <error>`` (``nak`` /
                 ``term``), and JetStream redelivers it after ``ack_wait_s``.
-            TypeError: the handler's call returned no awaitable (a plain ``def``): the
-                message is nak'ed (redelivered at once) and reported ``error``.
+            TypeError: the handler's call returned no awaitable (a plain ``def``), or
+                its awaitable returned a coroutine (an ``await`` forgotten; closed
+                unrun): the message is nak'ed (redelivered at once) and reported
+                ``error``.
         """
         o = self.options
         headers: dict[str, str] = dict(msg.headers or {})
@@ -1184,7 +1193,7 @@ class Consumer:
                           f"{exc.what} failed: {type(failed).__name__}")
             except _NotAsyncHandler as exc:
                 failed = exc
-                result = ("error", None, "handler returned no awaitable")
+                result = ("error", None, exc.reason)
             except asyncio.CancelledError:  # the consumer's own (see Handler)
                 result = ("cancelled", None, "cancelled")
                 raise
@@ -1235,9 +1244,9 @@ class Consumer:
             if span is not None:
                 span.set_attribute("meshkit.peer.identity", publisher.spiffe_id)
         try:
-            pending = self._handler(Delivery(msg.subject, msg.data, msg_id, headers,
-                                             publisher, delivery, original_subject,
-                                             original_msg_id))
+            pending: object = self._handler(Delivery(
+                msg.subject, msg.data, msg_id, headers, publisher, delivery,
+                original_subject, original_msg_id))
             if not inspect.isawaitable(pending):  # ~0.15 us
                 # run once more (no ack): the message is given back, the consumer stops
                 await _settle("nak", msg.nak(), publisher)
@@ -1245,7 +1254,14 @@ class Consumer:
                     f"the handler returned {type(pending).__name__}, not an awaitable: a "
                     "Consumer's handler is an async callable (async def, or an object "
                     "with an async __call__)")
-            await pending
+            returned = await pending
+            if inspect.iscoroutine(returned):  # ``return work(d)``: an await forgotten
+                returned.close()  # never runs: no 'never awaited' warning either
+                await _settle("nak", msg.nak(), publisher)
+                raise _NotAsyncHandler(
+                    "the handler's coroutine returned a coroutine it did not await "
+                    "(return work(d) for return await work(d)): that work never ran",
+                    "handler returned a coroutine unawaited")
         except _NotAsyncHandler:
             raise
         except PoisonMessage as exc:
