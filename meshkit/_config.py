@@ -521,14 +521,27 @@ def check_path(name: str, value: object) -> str:
     """``value`` (the field ``name``, a file or directory path) as a ``str``: a
     non-empty ``str`` or an ``os.PathLike`` whose path is one. ``None`` (an unset
     environment variable), ``bytes``, a number (``os`` would take it for a file
-    descriptor) and ``""`` (which ``Path`` reads as the current directory) are refused.
+    descriptor) and ``""`` (which ``Path`` reads as the current directory) are refused,
+    and so is a path starting with a ``~`` that a shell would have expanded (``~``,
+    ``~/certs``, ``~user/x`` of a user there is): no shell did (an environment file, a
+    systemd unit, a quoted value, ``--opt=~/x``), and taken as written it is a relative
+    path under a directory named ``~`` in the working directory (what ``meshkit certs
+    init`` made of ``MESHKIT_CERT_DIR="~/certs"``), not the home directory it reads as.
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted (as
-            :func:`shown_path` shows it: never a key given for its path).
+            :func:`shown_path` shows it: never a key given for its path); for a ``~``,
+            the path it stands for too.
     """
     text = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{name} must be a path (a non-empty str or os.PathLike), "
                           f"got {shown_path(value)}")
+    if text.startswith("~") and (text == "~" or text.startswith("~/")
+                                 or os.path.expanduser(text) != text):
+        raise ConfigError(f"{name} must be a path, got {shown_path(value)}, whose '~' no "
+                          "shell expanded (an environment file, a quoted value, "
+                          "--opt=~/...): taken as written it is a directory named '~' "
+                          "in the working directory; give the path itself, e.g. "
+                          f"{os.path.expanduser(text)!r}")
     return text
