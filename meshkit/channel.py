@@ -158,7 +158,7 @@ _log = structlog.get_logger("meshkit.channel")
 _perf = time.perf_counter
 # current_deadline() without its frame: the variable's own get (twice per call)
 _current_deadline = _deadline.get
-_new_details = object.__new__  # a ClientCallDetails without its __init__ (_details)
+_new_details = object.__new__  # a ClientCallDetails without its __init__ (_open)
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 # set by DialOptions.compression (grpc.aio's compression=): refused in channel_options
 # beside it (grpc core keeps the first of a repeated argument: one would be ignored)
@@ -602,7 +602,7 @@ class DialOptions:
         object.__setattr__(self, "method_timeouts", timeouts)
         check_number("deadline_margin_s", self.deadline_margin_s)  # inf: every call spent
         if self.hash_key_metadata is not None:
-            # a -bin key's value (bytes) is a request key too (see _details)
+            # a -bin key's value (bytes) is a request key too (see _MultiCallable._open)
             check_metadata_key("hash_key_metadata", self.hash_key_metadata, binary_ok=True)
         object.__setattr__(self, "filters", check_tuple("filters", self.filters))
         for f in self.filters:
@@ -902,7 +902,7 @@ class _MethodPlan:
         """The deadline of the call being handled (``time.monotonic()`` seconds, as its
         server admitted it: :func:`~meshkit.resilience._deadline.handled_deadline`) when
         ``details`` ran under it, propagated (less the margin, as
-        :meth:`_MultiCallable._details` sets it, not a shorter timeout or
+        :meth:`_MultiCallable._open` sets it, not a shorter timeout or
         ``deadline_scope`` of the handler's own) and that deadline has (all but:
         :data:`DEADLINE_SLACK_S`) run out; else ``None``. Read on a call's
         ``DEADLINE_EXCEEDED`` only (meshkit._calls), so the server answers it
@@ -2419,14 +2419,14 @@ class _MultiCallable:
         # with per-call interceptors, the key is read after them (_KeyFromMetadata)
         self._hash_key = opts.hash_key_metadata if not opts.interceptors else None
 
-    def _details(
-        self,
-        timeout: float | None,
-        metadata: Any,
-        credentials: grpc.CallCredentials | None,
-        wait_for_ready: bool | None,
-        compression: grpc.Compression | None,
-    ) -> ClientCallDetails:
+    def _open(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+              credentials: grpc.CallCredentials | None = None,
+              wait_for_ready: bool | None = None,
+              compression: grpc.Compression | None = None) -> Any:
+        """Make one call: its :class:`ClientCallDetails`, then its call object. A unary
+        request kind's ``__call__`` itself (grpc.aio's signature: ``request``, then
+        keyword-only options; no frame between the stub's call and this); a stream
+        request kind's ``__call__`` calls it."""
         # ClientCallDetails.__init__ written out (no frame on the per-call path, the codec
         # set once): change both
         details = _new_details(ClientCallDetails)
@@ -2458,7 +2458,8 @@ class _MultiCallable:
                     details.deadline = inherited
         if self._hash_key is not None:
             details.request_key = _request_key(details.metadata, self._hash_key)
-        return details
+        make_call = self._make_call  # a local: self._make_call(...) would not specialise
+        return make_call(details, request, self._invoke)
 
 
 def _request_key(metadata: Sequence[tuple[str, Any]], hash_key: str) -> str | None:
@@ -2509,13 +2510,7 @@ class _UnaryRequestMultiCallable(_MultiCallable):
 
     __slots__ = ()
 
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        make_call = self._make_call  # a local: self._make_call(...) would not specialise
-        return make_call(d, request, self._invoke)
+    __call__ = _MultiCallable._open
 
 
 class _StreamRequestMultiCallable(_MultiCallable):
@@ -2529,9 +2524,9 @@ class _StreamRequestMultiCallable(_MultiCallable):
                  metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
-        d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        make_call = self._make_call  # a local: self._make_call(...) would not specialise
-        return make_call(d, request_iterator, self._invoke)
+        return self._open(request_iterator, timeout=timeout, metadata=metadata,
+                          credentials=credentials, wait_for_ready=wait_for_ready,
+                          compression=compression)
 
 
 class _UnaryUnaryMultiCallable(_UnaryRequestMultiCallable,
