@@ -160,15 +160,18 @@ def quiet_logging() -> None:
     Raises:
         SystemExit: a bad logging setting in the environment (an unknown level...) or a
             bad ``MESHKIT_INLINE_CALLS``: exit
-            status 2 (a usage error), after one line on stderr that quotes it.
+            status 2 (a usage error), after one line on stderr that names the variable
+            and quotes its value.
     """
     from meshkit._inline import inline_calls_enabled
     from meshkit.errors import ConfigError
     from meshkit.observability import configure_logging
 
+    # set: read by configure_logging itself, whose error names the variable (given as
+    # the level argument, its message said only 'log level must be ...')
+    level = None if os.environ.get("MESHKIT_LOG_LEVEL", "").strip() else "ERROR"
     try:
-        configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "").strip() or "ERROR",
-                          json=False)
+        configure_logging(level, json=False)
         inline_calls_enabled()  # MESHKIT_INLINE_CALLS, which dial() would refuse later
     except ConfigError as exc:
         print(f"meshkit: {exc}", file=sys.stderr)
