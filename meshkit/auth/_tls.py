@@ -71,7 +71,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import structlog
@@ -883,6 +883,79 @@ def stat_files(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+class _InForce:
+    """What both certificate reloaders (:class:`_ServerReloader`,
+    :class:`ChannelCredentialsReloader`) keep of the files in force and judge a renewal
+    by: their ``stat`` (taken before they are read: a renewal written meanwhile then
+    reads as a change at the next check; stat'ed after, it passed for the files in force),
+    the material read from them, and the two outages logged (files unreadable or a
+    renewal refused; the certificate in force out of its validity period). ``side`` is
+    ``"server"`` or ``"client"``; ``skipped`` the warning's event for a refused
+    renewal. Not thread-safe: the server's reloader holds its lock around it.
+
+    Raises:
+        CertificateError: the files are unreadable or inconsistent now (quoted).
+    """
+
+    __slots__ = ("current", "fault", "paths", "side", "skipped", "stat", "tls", "validity")
+
+    def __init__(self, tls: TLSOptions, side: Literal["server", "client"], skipped: str) -> None:
+        self.tls = tls
+        self.side = side
+        self.skipped = skipped
+        self.paths = (tls.ca_file, tls.cert_file, tls.key_file)
+        self.stat = stat_files(self.paths)
+        self.current = tls._read_own()  # the material in force
+        self.fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
+        self.validity = OutageLog(_log, f"{side} certificate valid again", clock=tls.clock)
+
+    def check_validity(self, now: float) -> None:
+        """Warn while the certificate in force is expired or not valid yet at ``now``
+        (wall clock, epoch seconds) with no usable renewal taken: every peer refuses the
+        handshake (calls fail ``UNAVAILABLE``, "all endpoints are failing", naming
+        neither side's certificate). Logged as an outage (``<side> certificate expired``
+        / ``... not valid yet``, warning, reminders at most every 60 s; ``<side>
+        certificate valid again``, info)."""
+        m = self.current
+        peers = "clients" if self.side == "server" else "servers"
+        problem = _out_of_validity(m, self.tls.cert_file, now, peers)
+        if problem is not None:
+            self.validity.failed(f"{self.side} certificate {problem[0]}", problem[1],
+                                 cert_file=str(self.tls.cert_file))
+        elif self.validity.failing:
+            self.validity.ok(spiffe_id=m.spiffe_id)
+
+    def renewal(self) -> TLSMaterial | None:
+        """The renewal to take from now on, if the files changed and may be taken
+        (:func:`check_renewal`), else ``None``: unchanged (``stat``, and the roots' order
+        still holding), the same material read again, or refused (the material in force
+        kept; logged as :attr:`skipped`, warning: when it starts, when the error changes,
+        and as a reminder a minute later; read again at the next check, changed or not,
+        until it may be taken; the next good read logs ``certificate files readable
+        again``)."""
+        st = stat_files(self.paths)
+        now = time.time()
+        if st == self.stat and now < self.current.roots_until:
+            # the files in force (back, after a skipped read), their roots' order too
+            if self.fault.failing:
+                self.fault.ok()
+            return None
+        try:
+            m = self.tls.read()
+            check_renewal(self.current, m, self.tls.cert_file, server=self.side == "server",
+                          now=now)
+        except CertificateError as exc:
+            # mid-renewal (key replaced, certificate not yet) or broken: keep the pair
+            self.fault.failed(self.skipped, str(exc))
+            return None
+        self.stat = st
+        if self.fault.failing:
+            self.fault.ok()
+        renewed = m.fingerprint != self.current.fingerprint
+        self.current = m  # (the same files read again: the roots' order holds on)
+        return m if renewed else None
+
+
 class _ServerReloader:
     """The certificate-configuration fetcher: grpc calls it before every handshake, on a
     core thread; it returns a new configuration or ``None`` (keep the current one)."""
@@ -893,45 +966,22 @@ class _ServerReloader:
         self._tls = tls
         self._on_reload = on_reload
         self._on_handshake = on_handshake
-        self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         self._lock = threading.Lock()
-        # the files' state before they are read: a renewal written meanwhile then reads
-        # as a change at the next check (stat'ed after, it passed for the files in force)
-        self._stat = stat_files(self._paths)
-        m = tls._read_own()
+        self._files = _InForce(tls, "server", "certificate reload skipped")
+        m = self._files.current
         if not m.server_auth:  # every client's handshake would refuse it
             raise CertificateError(f"{_no_server_auth(tls.cert_file)}; issue it with "
                                    "serverAuth too (or no extended key usage)")
-        self._fingerprint = m.fingerprint
-        self._current = m  # the material in force
         self._checked = tls.clock()
-        self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
-        self._validity = OutageLog(_log, "server certificate valid again", clock=tls.clock)
-        self._check_validity(time.time())
+        self._files.check_validity(time.time())
         self.initial = self._config(m)
         self.reloads = 0
-
-    def _check_validity(self, now: float) -> None:
-        """Warn while the certificate in force is expired or not valid yet at ``now``
-        (wall clock) with no usable renewal taken: every client refuses the handshake
-        (its calls fail ``UNAVAILABLE``, "all endpoints are failing"), which the server
-        otherwise hears of only in grpc core's INFO lines. Logged as an outage
-        (``server certificate expired`` / ``... not valid yet``, warning, reminders at
-        most every 60 s; ``server certificate valid again``); checked at most every
-        ``reload_interval_s``, before a handshake."""
-        m = self._current
-        problem = _out_of_validity(m, self._tls.cert_file, now, "clients")
-        if problem is not None:
-            self._validity.failed(f"server certificate {problem[0]}", problem[1],
-                                  cert_file=str(self._tls.cert_file))
-        elif self._validity.failing:
-            self._validity.ok(spiffe_id=m.spiffe_id)
 
     @property
     def current(self) -> TLSMaterial:
         """The material in force (the last one handed to grpc)."""
         with self._lock:
-            return self._current
+            return self._files.current
 
     @staticmethod
     def _config(m: TLSMaterial) -> grpc.ServerCertificateConfiguration:
@@ -947,8 +997,10 @@ class _ServerReloader:
                 if now - self._checked < self._tls.reload_interval_s:
                     return None
                 self._checked = now
-                taken = self._reload()
-                self._check_validity(time.time())
+                taken = self._files.renewal()  # logged when skipped
+                if taken is not None:
+                    self.reloads += 1
+                self._files.check_validity(time.time())
             if taken is None:
                 return None
             m = taken
@@ -963,34 +1015,6 @@ class _ServerReloader:
         except Exception as exc:  # never let an exception escape into grpc's core thread
             _log.warning("certificate reload failed", error=type(exc).__name__)
             return None
-
-    def _reload(self) -> TLSMaterial | None:
-        """The renewal to serve from now on, if the files changed and may be taken, else
-        ``None`` (the current pair kept; a skipped one logged). Called under the lock."""
-        st = stat_files(self._paths)
-        now = time.time()
-        if st == self._stat and now < self._current.roots_until:
-            if self._fault.failing:  # the files in force are back
-                self._fault.ok()
-            return None
-        try:
-            m = self._tls.read()
-            check_renewal(self._current, m, self._tls.cert_file, server=True, now=now)
-        except CertificateError as exc:
-            # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
-            # logged when it starts, changes, and as a reminder a minute later
-            self._fault.failed("certificate reload skipped", str(exc))
-            return None
-        self._stat = st
-        if self._fault.failing:
-            self._fault.ok()
-        if m.fingerprint == self._fingerprint:
-            self._current = m  # the same files, read again (the roots' order holds on)
-            return None
-        self._fingerprint = m.fingerprint
-        self._current = m
-        self.reloads += 1
-        return m
 
 
 class ChannelCredentialsReloader:
@@ -1017,34 +1041,14 @@ class ChannelCredentialsReloader:
     def __init__(self, tls: TLSOptions) -> None:
         check_secret_holder("tls", tls, TLSOptions, optional=False)
         self.tls = tls
-        self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
-        # the files' state before they are read (a renewal written meanwhile reads as a
-        # change at the next check), as _ServerReloader has it
-        self._stat = stat_files(self._paths)
-        m = tls._read_own()
+        self._files = _InForce(tls, "client", "client certificate reload skipped")
+        m = self._files.current
         self.fingerprint = m.fingerprint
-        self._current = m  # the material in force
         self.credentials: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
             m.ca_pem, m.key_pem, m.cert_pem)
         self.generation = 1
         self._checked = tls.clock()
-        self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
-        self._validity = OutageLog(_log, "client certificate valid again", clock=tls.clock)
-        self._check_validity(time.time())
-
-    def _check_validity(self, now: float) -> None:
-        """Warn while the certificate in force is expired or not valid yet at ``now``
-        (wall clock, epoch seconds) with no usable renewal taken: every server refuses
-        the handshake, and calls fail ``UNAVAILABLE`` ("all endpoints are failing")
-        without naming the client's own certificate. Logged as an outage (when it
-        starts, a reminder at most every 60 s; ``client certificate valid again``)."""
-        m = self._current
-        problem = _out_of_validity(m, self.tls.cert_file, now, "servers")
-        if problem is not None:
-            self._validity.failed(f"client certificate {problem[0]}", problem[1],
-                                  cert_file=str(self.tls.cert_file))
-        elif self._validity.failing:
-            self._validity.ok(spiffe_id=m.spiffe_id)
+        self._files.check_validity(time.time())
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
@@ -1064,39 +1068,15 @@ class ChannelCredentialsReloader:
         if not force and now - self._checked < self.tls.reload_interval_s:
             return False
         self._checked = now
-        renewed = self._reload()
-        self._check_validity(time.time())
-        return renewed
-
-    def _reload(self) -> bool:
-        """:meth:`check`'s read: take the files if they changed and may be taken."""
-        st = stat_files(self._paths)
-        now = time.time()
-        if st == self._stat and now < self._current.roots_until:
-            # the files in force (back, after a skipped read), their roots' order too
-            if self._fault.failing:
-                self._fault.ok()
-            return False
-        try:
-            m = self.tls.read()
-            check_renewal(self._current, m, self.tls.cert_file, server=False, now=now)
-        except CertificateError as exc:
-            # read again at the next check, changed or not, until they may be taken
-            self._fault.failed("client certificate reload skipped", str(exc))
-            return False
-        self._stat = st
-        if self._fault.failing:
-            self._fault.ok()
-        if m.fingerprint == self.fingerprint:
-            self._current = m  # the same files, read again (the roots' order holds on)
-            return False
-        self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
-        self.fingerprint = m.fingerprint
-        self._current = m
-        self.generation += 1
-        _log.info("client certificate reloaded", spiffe_id=m.spiffe_id,
-                  generation=self.generation)
-        return True
+        m = self._files.renewal()
+        if m is not None:
+            self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+            self.fingerprint = m.fingerprint
+            self.generation += 1
+            _log.info("client certificate reloaded", spiffe_id=m.spiffe_id,
+                      generation=self.generation)
+        self._files.check_validity(time.time())
+        return m is not None
 
 
 def tls_from_dir(
