@@ -241,6 +241,17 @@ class _Pulls:
             with contextlib.suppress(Exception):
                 await msg.nak()
 
+    def hold(self) -> asyncio.Queue[Msg]:
+        """Keep a drain of the connection (``nc.drain()``) waiting until the returned
+        queue's ``task_done()`` is called: nats-py drains the inbox by waiting until its
+        queue has no unfinished item, and closes the connection then, while messages
+        taken out of it may still be handled (their acks would fail). Uses
+        ``asyncio.Queue``'s ``_unfinished_tasks`` and ``_finished``, as ``put`` does."""
+        queue: asyncio.Queue[Msg] = self._inbox._pending_queue
+        queue._unfinished_tasks += 1  # type: ignore[attr-defined]
+        queue._finished.clear()  # type: ignore[attr-defined]
+        return queue
+
     def queued(self, limit: int, msgs: list[Msg]) -> None:
         """Move up to ``limit`` messages already in the inbox (an earlier pull's, which
         came after it was no longer waited for) to ``msgs``, statuses dropped, without
@@ -265,7 +276,12 @@ class _Pulls:
         ``wait_s + _PULL_GRACE_S`` (False if no message came either: a deleted durable,
         a lost connection); or the status message that refused it (a ``409`` or another
         code). A message counts whichever pull brought it. With ``limit_bytes`` False
-        no ``max_bytes`` is sent (a durable whose own ``max_bytes`` refuses ours)."""
+        no ``max_bytes`` is sent (a durable whose own ``max_bytes`` refuses ours).
+        Raises ``nats.errors.ConnectionDrainingError``, sending nothing, while the
+        connection drains (its inbox is unsubscribed: what the pull brought would be
+        held for its ack wait)."""
+        if self._nc.is_draining:  # its inbox is unsubscribed: what it brought, lost
+            raise nats.errors.ConnectionDrainingError
         self._n += 1
         reply = f"{self._prefix}.{self._n}"
         request = {"batch": batch, "no_wait": True, "expires": max(int(wait_s * 1e9), 1)}
@@ -916,6 +932,27 @@ class Consumer:
             await self.start()
         pulls = self._pulls
         assert pulls is not None
+        # a drain of the connection waits for this run's pulls and handlers (their acks)
+        held = pulls.hold()
+        try:
+            msgs, ended = await self._pull_and_handle(pulls)
+        finally:
+            held.task_done()
+        if isinstance(ended, Msg):
+            if self._within_limits(ended):
+                return len(msgs)
+            await self._rebind_if_gone()
+            raise nats.js.errors.APIError.from_msg(ended)
+        if not msgs:
+            self._empty_fetches += 1
+            if self._empty_fetches >= _CHECK_AFTER_EMPTY_FETCHES:
+                self._empty_fetches = 0
+                await self._rebind_if_gone()
+        return len(msgs)
+
+    async def _pull_and_handle(self, pulls: _Pulls) -> tuple[list[Msg], Msg | bool]:
+        """:meth:`run_once`'s pulls and handling: the messages, and how the pull ended
+        (see :meth:`_Pulls.pull`)."""
         limit = self._pull_batch
         msgs: list[Msg] = []
         pulls.queued(limit, msgs)
@@ -939,17 +976,7 @@ class Consumer:
                 await self.handle(msgs[0])
             else:
                 await self._handle_batch(msgs)
-        if isinstance(ended, Msg):
-            if self._within_limits(ended):
-                return len(msgs)
-            await self._rebind_if_gone()
-            raise nats.js.errors.APIError.from_msg(ended)
-        if not msgs:
-            self._empty_fetches += 1
-            if self._empty_fetches >= _CHECK_AFTER_EMPTY_FETCHES:
-                self._empty_fetches = 0
-                await self._rebind_if_gone()
-        return len(msgs)
+        return msgs, ended
 
     def _within_limits(self, refusal: Msg) -> bool:
         """Whether ``refusal`` is ``409 Exceeded MaxRequestBatch of N`` or ``...
@@ -1005,8 +1032,10 @@ class Consumer:
         turn comes. The task ends with the batch (also on a cancel or an error).
 
         A batch ended early (the consumer cancelled, a shutdown, also when a handler
-        swallowed that cancel: the batch then ends at the next message's turn; or an
-        ack that failed with the connection) naks the messages still waiting their
+        swallowed that cancel: the batch then ends at the next message's turn; the
+        connection draining, ``nc.drain()``, at the next message's turn too, raising
+        ``nats.errors.ConnectionDrainingError``; or an ack that failed with the
+        connection) naks the messages still waiting their
         turn, so they are redelivered at once (to another process of the durable)
         rather than held for their ack wait, which the in-progress acks had just
         restarted; the message whose handler was interrupted is left unacked (see
@@ -1015,6 +1044,7 @@ class Consumer:
         clock = time.monotonic
         batch = _Batch(msgs, touched=clock(), turn_started=clock())
         task = asyncio.current_task()
+        nc = self._js._nc
         keeper = asyncio.create_task(self._keep_waiting(batch))
         try:
             for i, msg in enumerate(msgs):
@@ -1022,6 +1052,8 @@ class Consumer:
                     # a cancel the handler before swallowed (it returned: acked) is
                     # still this task's: the rest goes back now, not after the batch
                     raise asyncio.CancelledError
+                if i and nc.is_draining:  # nc.drain(): the rest goes back while it can
+                    raise nats.errors.ConnectionDrainingError
                 now = clock()
                 batch.turn, batch.turn_started = i, now
                 if now - batch.touched > ack_wait * _REFRESH_TURN_AFTER:
@@ -1095,7 +1127,12 @@ class Consumer:
         retried after ``backoff`` (the nats client reconnects by itself), but a
         connection closed for good (``nc.close()``, or nats-py's reconnect attempts
         spent: ``max_reconnect_attempts``, 60 by default) ends it with
-        ``nats.errors.ConnectionClosedError``: it never comes back; a handler whose call
+        ``nats.errors.ConnectionClosedError``: it never comes back; so does a drain of
+        the connection (``nc.drain()``), which waits for the message being handled (its
+        ack sent; bounded by nats-py's ``drain_timeout``, 30 s by default) and for a
+        pull under way (``fetch_timeout_s`` and 0.5 s at most), while the batch's
+        messages waiting their turn are nak'ed (another process of the durable gets
+        them at once) and no pull is sent after it began; a handler whose call
         returns no awaitable ends it with ``TypeError`` (see :data:`Handler`), a durable
         that is a push consumer with ``ConfigError`` (see :meth:`start`). A durable lost
         while running is noticed after 5 empty fetches (or a refused pull) and
@@ -1129,7 +1166,9 @@ class Consumer:
             except (asyncio.CancelledError, _NotAsyncHandler, ConfigError):
                 raise
             except Exception as exc:
-                if self._js._nc.is_closed:  # closed for good: no reconnect will come
+                nc = self._js._nc
+                # closed for good, or closing (nc.drain()): no reconnect will come
+                if nc.is_closed or nc.is_draining:
                     raise nats.errors.ConnectionClosedError from exc
                 failed += 1
                 if failed == 1:
