@@ -620,11 +620,9 @@ def write_certificate(
     """Write a certificate (or a chain, leaf first) as PEM with mode 0644, atomically.
 
     Raises:
-        KeyExistsError: ``path`` exists and ``overwrite`` is false.
-        ConfigError: ``overwrite`` is not ``True`` or ``False`` (a string read from the
-            environment, ``"false"``, is truthy; quoted), or ``path`` is no path
-            (``None`` from an unset variable, ``bytes``, a number, or ``""``, which
-            would be the current directory); nothing is written.
+        KeyExistsError, ConfigError: as :func:`write_private_key` (``path`` exists and
+            ``overwrite`` is false; ``overwrite`` no bool, or ``path`` no path: nothing is
+            written).
     """
     check_bool("overwrite", overwrite)
     path = check_path("path", path)
