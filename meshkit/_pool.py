@@ -271,6 +271,10 @@ class EndpointPool:
         self.resolved = asyncio.Event()
         self._changed = asyncio.Event()
         self.closed = False
+        # ``resolved`` set and not ``closed``, as one attribute: a call picks at once
+        # (MeshChannel's attempts read it; else it waits in pick_slow). Set by
+        # _mark_resolved, cleared for good by close and the loop-end close
+        self.picking = False
         # set (a plain assignment, from any thread) by a channel collected without
         # close() (MeshChannel.__del__), whose close is then on its way to the pool's
         # loop: nothing more is built meanwhile (_add, _rebuild_one: its sub-channel
@@ -333,6 +337,7 @@ class EndpointPool:
         _log.warning("channel not closed before its event loop ended; it is closed now "
                      "(dial() again in the next loop)", service=self.service)
         self.closed = True
+        self.picking = False
         self.resolved.set()  # calls waiting for discovery: CANCELLED
         self.notify()
         self._stop_background()
@@ -428,8 +433,7 @@ class EndpointPool:
             self._retry_builds_later()
         self._forget()
         self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
-        if not self.resolved.is_set():
-            self.resolved.set()
+        self._mark_resolved()
         _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
         self.notify()
 
@@ -465,9 +469,16 @@ class EndpointPool:
             _log.warning("endpoint filter failed; keeping last endpoints",
                          service=self.service, filter=short_repr(f), error=repr(exc))
         self._filter_failure = failure
+        self._mark_resolved()
+        self.notify()
+
+    def _mark_resolved(self) -> None:
+        """Discovery has answered (endpoints, or none, or a filter's failure): set
+        ``resolved`` once, and ``picking`` with it unless the pool is closed (a closed
+        pool's ``resolved`` is set already)."""
         if not self.resolved.is_set():
             self.resolved.set()
-        self.notify()
+            self.picking = not self.closed
 
     def _add(self, inst: Instance) -> bool:
         """Give a new endpoint its sub-channel and put it in the pool (``True``); one
@@ -1364,6 +1375,7 @@ class EndpointPool:
                                      return_exceptions=True)
             return
         self.closed = True
+        self.picking = False
         self.resolved.set()  # wake the calls waiting for discovery: they fail CANCELLED
         self.notify()
         # everything up to the first await is synchronous, and the awaits below end in

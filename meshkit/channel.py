@@ -1131,7 +1131,6 @@ class MeshChannel(grpc.aio.Channel):
         # (_request_stream_ended; read by _kept_status)
         self._kept: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = (
             weakref.WeakKeyDictionary())
-        self._resolved = self._pool.resolved
         if self._reloader is not None and options.tls is not None:
             self._pool.spawn(_watch_certificates(me, options.tls.reload_interval_s))
         track(self, kind="channel")
@@ -1318,7 +1317,7 @@ class MeshChannel(grpc.aio.Channel):
         # spent deadline) settles on its error alone, not on an earlier attempt's call
         details.last_call = None
         picked = None
-        if self._resolved.is_set() and not self._pool.closed:
+        if self._pool.picking:  # discovery answered, not closed (else pick_slow waits)
             picked = self._balancer.pick(details.request_key, details.attempts)
         while True:  # once, but for a wait_for_ready call sent back unsent (below)
             # (not READY: connecting; the slot, read without Endpoint.state's property)
@@ -1679,7 +1678,7 @@ class MeshChannel(grpc.aio.Channel):
         """
         pool = self._pool
         picked = None
-        if self._resolved.is_set() and not pool.closed:
+        if pool.picking:  # discovery answered, not closed (else pick_slow waits)
             picked = self._pick_stream(details.request_key, details.attempts)
         while True:
             # (not READY: connecting; the slot, read without Endpoint.state's property)
