@@ -474,11 +474,11 @@ class EndpointPool:
 
     def _mark_resolved(self) -> None:
         """Discovery has answered (endpoints, or none, or a filter's failure): set
-        ``resolved`` once, and ``picking`` with it unless the pool is closed (a closed
-        pool's ``resolved`` is set already)."""
+        ``resolved`` once, and ``picking`` with it (a closed pool's ``resolved`` is set
+        already, by its close: an answer after the close changes neither)."""
         if not self.resolved.is_set():
             self.resolved.set()
-            self.picking = not self.closed
+            self.picking = True
 
     def _add(self, inst: Instance) -> bool:
         """Give a new endpoint its sub-channel and put it in the pool (``True``); one
