@@ -89,6 +89,34 @@ async def purge_processed_events(store: Store, *,
                              warning="processed events purge failed", errors=(Exception,))
 
 
+async def _serve_while_consuming(serving: asyncio.Task[None],
+                                  consuming: asyncio.Task[None]) -> None:
+    """Await ``serving`` (``meshkit.serve``: until SIGTERM/SIGINT, then its drain) while
+    ``consuming`` runs. The consumer's ``run()`` ends only with an error no retry cures
+    (``ConfigError``: the durable is a push consumer, or not explicit-ack, made under its
+    name by another tool; ``ConnectionClosedError``; a NATS configuration nats-py does
+    not retry), so then the error is logged (``projection consumer ended``), the server
+    drained, and the process exits with status 1: serving on, it answered ever staler
+    summaries, ready and healthy, while no event was applied and nothing said why."""
+    try:
+        await asyncio.wait((serving, consuming), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled: the server drains as for a signal
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        raise
+    if serving.done():
+        await serving  # its error, if any, as before
+        return
+    exc = None if consuming.cancelled() else consuming.exception()
+    _log.error("projection consumer ended; stopping",
+               error=f"{type(exc).__name__}: {exc}" if exc is not None else "returned")
+    serving.cancel()  # drains: deregisters, then stops (see meshkit.serve)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    raise SystemExit(1)
+
+
 async def main(argv: list[str] | None = None) -> None:
     """Parse ``argv``, open the store, consume events (purging old event ids beside
     them) and serve until a signal."""
@@ -124,22 +152,27 @@ async def main(argv: list[str] | None = None) -> None:
             await events.ensure_order_stream_when_connected(connecting, js)
             await consumer.run()
 
-        tasks = [connecting, asyncio.create_task(consume(), name="projection-consumer"),
+        consuming = asyncio.create_task(consume(), name="projection-consumer")
+        tasks = [connecting, consuming,
                  asyncio.create_task(purge_processed_events(store),
                                      name="processed-events-purge")]
         try:
             auth = AuthOptions(policy=summaryd_policy(insecure=tls_options is None))
-            await meshkit.serve(
+            serving = asyncio.create_task(meshkit.serve(
                 SERVICE,
                 [(summary_pb2_grpc.add_OrderSummaryServiceServicer_to_server,
                   events.OrderSummaryServicer(store))],
                 options=serve_options(args, tls_options, auth),
                 on_started=announce,
-            )
+            ), name="serve")
+            await _serve_while_consuming(serving, consuming)
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
+                if task is consuming and task.done() and not task.cancelled() \
+                        and task.exception() is not None:
+                    continue  # logged by _serve_while_consuming, the exit status 1
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
