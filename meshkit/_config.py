@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from meshkit._env import unexpanded_home
 from meshkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -537,11 +538,9 @@ def check_path(name: str, value: object) -> str:
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{name} must be a path (a non-empty str or os.PathLike), "
                           f"got {shown_path(value)}")
-    if text.startswith("~") and (text == "~" or text.startswith("~/")
-                                 or os.path.expanduser(text) != text):
+    if (home := unexpanded_home(text)) is not None:
         raise ConfigError(f"{name} must be a path, got {shown_path(value)}, whose '~' no "
                           "shell expanded (an environment file, a quoted value, "
                           "--opt=~/...): taken as written it is a directory named '~' "
-                          "in the working directory; give the path itself, e.g. "
-                          f"{os.path.expanduser(text)!r}")
+                          f"in the working directory; give the path itself, e.g. {home!r}")
     return text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CERT_DIR", "WORKLOAD", "env_value"]
+__all__ = ["CERT_DIR", "WORKLOAD", "env_value", "unexpanded_home"]
 
 CERT_DIR = "MESHKIT_CERT_DIR"  # a meshkit certs directory
 WORKLOAD = "MESHKIT_WORKLOAD"  # this client's workload name in it
@@ -22,3 +22,18 @@ def env_value(name: str) -> str | None:
     is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def unexpanded_home(path: str) -> str | None:
+    """The path ``path`` stands for when it starts with a ``~`` a shell would have expanded
+    (``~``, ``~/certs``, ``~user/x`` of a user there is: ``os.path.expanduser``'s result),
+    else ``None``. Such a value reached meshkit unexpanded (an environment file, a systemd
+    unit, a quoted value, ``--opt=~/x``, where bash leaves it as written): taken as
+    written it is a relative path under a directory named ``~`` in the working
+    directory, not the home directory it reads as."""
+    if not path.startswith("~"):
+        return None
+    home = os.path.expanduser(path)
+    if home != path or path == "~" or path.startswith("~/"):
+        return home
+    return None

@@ -180,6 +180,26 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+def _out_file(text: str) -> Path:
+    """An argparse ``type`` for ``--out``: the file's path.
+
+    Raises:
+        argparse.ArgumentTypeError: ``""`` or blanks (``--out "$TARGETS"`` with the
+            variable unset: ``Path("")`` is the working directory), or a leading ``~`` no
+            shell expanded (``--out=~/t.json``: a directory named ``~`` in the working
+            directory); quoted (argparse prints it and exits 2).
+    """
+    from meshkit._env import unexpanded_home  # os only; --help loads no more
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a file path, got {text!r}")
+    if (home := unexpanded_home(text)) is not None:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, whose '~' no shell expanded (as with --out=~/...); give the "
+            f"path itself, e.g. {home!r}")
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit prometheus-targets``."""
     p = argparse.ArgumentParser(prog="meshkit prometheus-targets",
@@ -187,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Exit status: 0 ok, 1 a one-shot pass failed, "
                                        "2 usage error, 130 Ctrl-C.")
     add_registry_argument(p)
-    p.add_argument("--out", required=True, type=Path,
+    p.add_argument("--out", required=True, type=_out_file, metavar="FILE",
                    help="the file_sd JSON file to write (e.g. /etc/prometheus/meshkit.json)")
     p.add_argument("--watch", action="store_true",
                    help="keep rewriting it every --interval-s until SIGTERM (status 0) or "
