@@ -118,15 +118,13 @@ def _call_back(callback: Callable[[Any], None], call: MeshCall) -> None:
 
 class _NoTask:
     """Stands for the task of a unary call whose coroutine runs outside any asyncio task
-    (driven by hand): there is no task to cancel, and the call still counts as started."""
+    (driven by hand): there is no task to cancel (done: :meth:`MeshCall.cancel` cancels
+    only a task not done), and the call still counts as started."""
 
     __slots__ = ()
 
     def done(self) -> bool:
         return True
-
-    def cancel(self, msg: Any = None) -> bool:
-        return False
 
     def uncancel(self) -> int:
         return 0
@@ -434,8 +432,9 @@ class MeshCall:
     """Base of meshkit's call objects: the grpc.aio call API over a settled outcome.
 
     Subclasses call :meth:`_settle` exactly once and implement :meth:`_start` (start the
-    work if it has not started, setting ``_task``: ``None`` means not started) and
-    :meth:`_current` (the attempt in flight, for ``cancel``).
+    work if it has not started, setting ``_task``: ``None`` means not started);
+    :meth:`_current` is the attempt in flight, for ``cancel`` (a unary-response call's
+    own: the attempt its chain launched last).
     """
 
     # _error_tb: set (in _settle) only when _error is kept as itself (see _fresh)
@@ -462,7 +461,10 @@ class MeshCall:
         raise NotImplementedError
 
     def _current(self) -> Any:
-        return self._call
+        # a stream's: the opened call; while it opens or a retry opens, the attempt the
+        # chain launched (details.last_call), so a cancel() in the turn before the task
+        # takes the opened attempt cancels it too
+        return self._call if self._call is not None else self._details.last_call
 
     # -- settling ----------------------------------------------------------------------
     def _settle(self, call: Any, error: BaseException | None) -> None:
@@ -515,11 +517,11 @@ class MeshCall:
             self._settle(None, exc)
 
     def _waiter(self) -> asyncio.Future[None]:
+        """The future :meth:`_settle` sets. Asked only while the call has not settled
+        (each caller has just read ``_is_settled`` false, with no ``await`` since)."""
         fut = self._settled_fut
         if fut is None:
             self._settled_fut = fut = asyncio.get_running_loop().create_future()
-            if self._is_settled:
-                fut.set_result(None)
         return fut
 
     async def _settled(self) -> Any:
@@ -1105,9 +1107,6 @@ class StreamResponseCall(MeshCall):
                 self._opening(), context=self._ctx)
             task.add_done_callback(self._settle_from_task)
 
-    def _current(self) -> Any:
-        return self._call if self._call is not None else self._details.last_call
-
     async def _opened(self) -> Any:
         """The opened call, for read/write/iteration (a cancelled wait cancels the call)."""
         call = await self._settled_or_cancel()
@@ -1565,12 +1564,11 @@ class StreamUnaryCall(UnaryResponseCall):
             # that attempt ended (its headers with its status): the call's outcome
         return await super().initial_metadata()
 
-    async def _put(self, item: Any) -> None:
-        """Hand ``item`` to the request stream, starting the call: at once when the one
-        before it was taken, else when it is, or raise once the call has ended."""
-        writes = self._writes
-        if writes is None:
-            raise grpc.aio.UsageError(_STYLES_MIXED)
+    async def _put(self, writes: _Written, item: Any) -> None:
+        """Hand ``item`` to the request stream ``writes`` (the call's, made without a
+        request iterator: :meth:`write` and :meth:`done_writing` refuse any other first),
+        starting the call: at once when the one before it was taken, else when it is, or
+        raise once the call has ended."""
         if self._task is None:  # _start()'s own check: no frame per message once started
             self._start()
         if self._is_settled:
@@ -1615,7 +1613,8 @@ class StreamUnaryCall(UnaryResponseCall):
             grpc.aio.AioRpcError, asyncio.CancelledError: the call failed or was
                 cancelled while this write waited for its message to be taken.
         """
-        if self._writes is None:  # as grpc.aio's: the style first, ended or not
+        writes = self._writes
+        if writes is None:  # as grpc.aio's: the style first, ended or not
             raise grpc.aio.UsageError(_STYLES_MIXED)
         # done(), in line (no frame per message): a cancel() in flight too, not a message
         # accepted and dropped
@@ -1623,7 +1622,7 @@ class StreamUnaryCall(UnaryResponseCall):
             raise asyncio.InvalidStateError(_FINISHED)
         if self._half_closed:
             raise asyncio.InvalidStateError(_HALF_CLOSED)
-        await self._put(request)
+        await self._put(writes, request)
 
     async def done_writing(self) -> None:
         """End the request stream (half-close); nothing once the call has ended or after
@@ -1632,13 +1631,14 @@ class StreamUnaryCall(UnaryResponseCall):
         Raises:
             grpc.aio.UsageError: the call was made with a request iterator.
         """
-        if self._writes is None:
+        writes = self._writes
+        if writes is None:
             raise grpc.aio.UsageError(_STYLES_MIXED)
         if self._half_closed or self.done():
             return
         self._half_closed = True
         with contextlib.suppress(AioRpcError, asyncio.InvalidStateError):
-            await self._put(_END_OF_WRITES)
+            await self._put(writes, _END_OF_WRITES)
 
 
 class UnaryStreamCall(StreamResponseCall):
@@ -1766,11 +1766,6 @@ class RetryingStreamCall(MeshCall):
 
     def _start(self) -> None:
         pass  # started when made
-
-    def _current(self) -> Any:
-        # while opening a retry: the attempt the chain launched (details.last_call), so a
-        # cancel() in the turn before the task takes the opened attempt cancels it too
-        return self._call if self._call is not None else self._details.last_call
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """Iterate over the responses (see :meth:`read`).
