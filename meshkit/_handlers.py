@@ -1458,6 +1458,30 @@ def _ungated(*args: Any) -> Any:
     raise AssertionError("no request gate")  # never called: a wrap checks ``gated`` first
 
 
+class _GrpcAsync(functools.partial[Any]):
+    """A coroutine function (the partial of one, without arguments) that grpc.aio's
+    server tells from a plain function in one step; the request gate's fused wrap
+    (:data:`GATE_MARK`) is handed to grpc.aio as one.
+
+    grpc.aio asks of a unary-response behaviour, per call, ``inspect.isawaitable(b) or
+    inspect.iscoroutinefunction(b) or inspect.isasyncgenfunction(b)`` (its
+    ``_is_async_handler`` in ``_cython/_cygrpc/aio/server.pyx.pxi``): twice on the
+    request-streaming path the gate hands it unary calls on (``_handle_stream_unary_rpc``
+    and ``_finish_handler_with_unary_response``). For a function ``isawaitable`` says no
+    and ``iscoroutinefunction`` walks four more Python frames: 53 bytecodes a check on
+    Python 3.11, 47 on 3.12, 98 on 3.13. This class has ``__await__``, so
+    ``isawaitable`` (``collections.abc.Awaitable``) says yes at once; the call itself is
+    ``functools.partial``'s, in C (no frame). ``inspect.iscoroutinefunction`` still says
+    yes (it unwraps a partial), as grpc.aio's other checks and meshkit's
+    (:func:`_grpc_awaits`, :func:`_is_async`) ask. Never awaited: awaited, it raises
+    the ``TypeError`` awaiting a function raises."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[Any]:
+        raise TypeError("a handler's behaviour is called, not awaited")
+
+
 _NO_GATE: Gate = (_ungated, _ungated, _ungated, _ungated)
 
 
@@ -1954,9 +1978,11 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             release(size)
         return None
 
-    if not gated:  # the request gate may fuse its wrap into this one's frame
-        setattr(behavior, GATE_MARK, functools.partial(
-            _reported, the_inner, before, reporter, unhandled, empty, ser, guard))
+    if gated:  # grpc.aio's "is it async?" per call, cheaper (see _GrpcAsync)
+        return _GrpcAsync(behavior)
+    # the request gate may fuse its wrap into this one's frame
+    setattr(behavior, GATE_MARK, functools.partial(
+        _reported, the_inner, before, reporter, unhandled, empty, ser, guard))
     return behavior
 
 
