@@ -1755,6 +1755,29 @@ def _serialize_encoded(ser: Callable[[Any], bytes], message: str) -> bytes:
         raise exc from None
 
 
+async def _answered(exc: BaseException, context: Any, unhandled: Unhandled | None) -> bool:
+    """Whether ``unhandled`` answered ``exc``, which the handler or a check raised in a
+    wrap without a reporter (:func:`_checked`, :func:`_checked_stream`), its status set
+    on ``context`` (the trailers grpc.aio could not send dropped first); the wrap then
+    sends that status. ``False`` (the wrap raises ``exc`` on as it is) without an
+    ``unhandled``, for grpc.aio's own errors, a cancellation or ``GeneratorExit`` that
+    is not the handler's own (:func:`_escaped`) and any other ``BaseException`` that is
+    no ``Exception``; a cancellation or ``GeneratorExit`` of the handler's own that is
+    not answered raises its :func:`_escaped` stand-in from it. The failure path only."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # the call's, or escaped
+        escaped = _escaped(exc)
+        if escaped is None:
+            return False
+        _drop_unsendable_trailers(context)
+        if unhandled is None or not await unhandled(escaped, context):
+            raise escaped from exc
+        return True
+    if not isinstance(exc, Exception) or isinstance(exc, _GRPC_ERRORS):
+        return False
+    _drop_unsendable_trailers(context)
+    return unhandled is not None and await unhandled(exc, context)
+
+
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
              empty: Unhandled | None, ser: Callable[[Any], bytes] | None,
              guard: tuple[Any, str] | None = None) -> Any:
@@ -1793,19 +1816,8 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                 if type(result) is not str:
                     raise
                 return _serialize_encoded(ser, result)  # see there
-        except (asyncio.CancelledError, GeneratorExit) as c:  # the call's, or escaped: see _escaped
-            escaped = _escaped(c)
-            if escaped is None:
-                raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(escaped, context):
-                raise escaped from c
-            escaped = None
-        except Exception as e:
-            if isinstance(e, _GRPC_ERRORS):
-                raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(e, context):
+        except BaseException as e:  # answered, else raised on: see _answered
+            if not await _answered(e, context, unhandled):
                 raise
         # answered, its status set: sent alone, out of the except block (see Unhandled);
         # grpc keeps the AbortError, whose traceback holds this frame: not the request
@@ -1845,19 +1857,8 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                 bad = _unsendable_trailers(context)
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
-        except (asyncio.CancelledError, GeneratorExit) as c:  # (see _checked)
-            escaped = _escaped(c)
-            if escaped is None:
-                raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(escaped, context):
-                raise escaped from c
-            escaped = None
-        except Exception as e:
-            if isinstance(e, _GRPC_ERRORS):
-                raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(e, context):
+        except BaseException as e:  # (see _checked)
+            if not await _answered(e, context, unhandled):
                 raise
         else:
             return
