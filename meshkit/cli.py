@@ -148,27 +148,40 @@ class _GuardedStdout:
     (the real stdout), an ``OSError`` other than a broken pipe raised as
     :class:`~meshkit._cli._common.StdoutWriteError` (``ENOSPC`` of ``meshkit ... >
     file`` on a full disk), which :func:`main` ends the command with; anything else
-    (``fileno``, ``isatty``, ``encoding``, ``buffer``) is ``stream``'s."""
+    (``fileno``, ``isatty``, ``encoding``, ``buffer``) is ``stream``'s.
+
+    The first error raised is kept in :attr:`failed`, for :func:`main` to end a
+    command that claims success with even when the code that wrote swallowed it
+    (:func:`_output_lost`): argparse's usage and
+    ``--help`` (``_print_message`` ignores an ``OSError``), which otherwise ended with
+    status 0 and nothing said into a closed pipe or a closed stdout."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self.failed: OSError | None = None
 
     def write(self, s: str) -> int:
         try:
             written: int = self._stream.write(s)
-        except (BrokenPipeError, _StdoutClosedError):
-            raise
         except OSError as exc:
-            raise _write_error(exc) from None
+            raise self._failure(exc) from None
         return written
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except (BrokenPipeError, _StdoutClosedError):
-            raise
         except OSError as exc:
-            raise _write_error(exc) from None
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> OSError:
+        """``exc`` as :func:`main` ends the command with (a broken pipe and a closed
+        stdout as they are, another error as ``StdoutWriteError``), kept in
+        :attr:`failed` if it is the first."""
+        if not isinstance(exc, (BrokenPipeError, _StdoutClosedError)):
+            exc = _write_error(exc)
+        if self.failed is None:
+            self.failed = exc
+        return exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -208,15 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     from meshkit._cli._common import StdoutWriteError
 
     stdout = sys.stdout  # None: started with file descriptor 1 closed
-    sys.stdout = _GuardedStdout(_ClosedStdout() if stdout is None else stdout)
+    guarded = _GuardedStdout(_ClosedStdout() if stdout is None else stdout)
+    sys.stdout = guarded
     no_stderr = sys.stderr is None
     if no_stderr:
         sys.stderr = _NoStderr()
     try:
         try:
-            return _dispatch(list(sys.argv[1:] if argv is None else argv))
+            code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        except SystemExit as exc:  # --help, a usage error
+            _output_lost(guarded, exc.code)
+            raise
         finally:  # also after SystemExit (--help): a broken pipe shows here, not at exit
             sys.stdout.flush()
+        _output_lost(guarded, code)
+        return code
     except BrokenPipeError:
         _stdout_to_devnull()
         return _EXIT_BROKEN_PIPE
@@ -234,6 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = stdout  # as the interpreter had it (None too)
         if no_stderr:
             sys.stderr = None
+
+
+def _output_lost(guarded: _GuardedStdout, code: object) -> None:
+    """Return unless the command ends with success (``code`` 0 or ``None``) while a write
+    to stdout failed and its writer swallowed the error (argparse's ``--help`` into a
+    closed pipe).
+
+    Raises:
+        OSError: that error, for :func:`main` to end the command with (141, or 1 and one
+            line). A command that failed has said so itself (``certs`` prints the error).
+    """
+    if guarded.failed is not None and code in (0, None):
+        raise guarded.failed
 
 
 def _stdout_to_devnull() -> None:
