@@ -14,6 +14,7 @@ import structlog
 import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import add_echo
+from tests.support.rewrite_cache import rewrite_ahead
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for name in ("meshkit", "examples", "tests", "benchmarks"):
         if (_REPO / name).is_dir():
             compileall.compile_dir(_REPO / name, quiet=2)
+    if not hasattr(session.config, "workerinput"):
+        # Not in an xdist worker: the controller (whose hook runs before xdist starts its
+        # workers), or a plain run. See tests/support/rewrite_cache.py: each worker
+        # rewrote every test module's asserts again (30 s of CPU each, 9 s cached).
+        rewrite_ahead(session.config)
 
 
 #: The suite's longest files, longest first (their tests' seconds summed, a loaded 2-core
