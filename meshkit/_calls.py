@@ -1822,9 +1822,9 @@ class RetryingStreamCall(MeshCall):
             await self._settled_or_cancel()
         if self._error is not None:
             raise self._reported(self._error)  # a status: a new copy (see _fresh)
+        # settled without an error: on an attempt (the commit's or the headers'), never
+        # None (every settling without an attempt carries an error)
         call = self._call
-        if call is None:
-            raise asyncio.CancelledError()
         first = self._first
         task = self._task
         if first is _NOTHING and task is not _NO_TASK and task is not None and not task.done():
