@@ -120,7 +120,7 @@ class ClientCallDetails:
         credentials: grpc.CallCredentials | None = None,
         compression: grpc.Compression | None = None,
     ) -> None:
-        # the channel's calls are made without it (meshkit.channel, _MultiCallable._details
+        # the channel's calls are made without it (meshkit.channel, _MultiCallable._open
         # writes it out): change both
         self.service = service
         self.method = method
