@@ -74,6 +74,11 @@ _CHECK_AFTER_EMPTY_FETCHES = 5
 #: How much longer than its ``expires`` the consumer waits for a pull's ending status
 #: before it stops waiting for it anyway (a slow or lost connection).
 _PULL_GRACE_S = 0.5
+#: How often a pull waiting for messages looks whether its connection began to drain
+#: (``nc.drain()``), and how long each of the two round trips it then waits for may
+#: take (seconds).
+_DRAIN_CHECK_S = 0.25
+_DRAIN_FLUSH_S = 2
 #: The ``expires`` of a pull that takes what is waiting (see :meth:`Consumer.run_once`):
 #: the server ends it at once with a ``408`` when it delivered less than its batch, but
 #: only at its expiry when the durable's ``max_ack_pending`` held the rest back, and the
@@ -279,7 +284,12 @@ class _Pulls:
         no ``max_bytes`` is sent (a durable whose own ``max_bytes`` refuses ours).
         Raises ``nats.errors.ConnectionDrainingError``, sending nothing, while the
         connection drains (its inbox is unsubscribed: what the pull brought would be
-        held for its ack wait)."""
+        held for its ack wait). A pull under way when the drain begins stops waiting
+        within ``_DRAIN_CHECK_S``: after two round trips (the server has then sent all
+        it sent before the inbox's unsubscribe) it takes what came and ends (True);
+        waited for until its end, nothing could end it early, and the drain, held by
+        :meth:`Consumer.run_once`, took ``wait_s`` and its grace (or nats-py's
+        ``drain_timeout``)."""
         if self._nc.is_draining:  # its inbox is unsubscribed: what it brought, lost
             raise nats.errors.ConnectionDrainingError
         self._n += 1
@@ -296,10 +306,16 @@ class _Pulls:
         end = time.monotonic() + wait_s + _PULL_GRACE_S
         want = len(msgs) + batch
         while len(msgs) < want:
+            left = end - time.monotonic()
             try:
-                msg = await self._inbox.next_msg(timeout=max(end - time.monotonic(), 0))
+                msg = await self._inbox.next_msg(timeout=max(min(left, _DRAIN_CHECK_S), 0))
             except nats.errors.TimeoutError:
-                return bool(msgs)
+                if left <= _DRAIN_CHECK_S:
+                    return bool(msgs)
+                if self._nc.is_draining:
+                    await self._drained(want, msgs)
+                    return True
+                continue
             status = _status(msg)
             if not status:
                 msgs.append(msg)
@@ -310,6 +326,15 @@ class _Pulls:
             else:
                 return msg
         return True
+
+    async def _drained(self, want: int, msgs: list[Msg]) -> None:
+        """Once the connection drains: wait two round trips (nats-py writes a ping at
+        once but the inbox's unsubscribe through its flusher, so the first ping can go
+        before it), then move what came to ``msgs`` (up to ``want`` in all)."""
+        for _ in range(2):
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.flush(timeout=_DRAIN_FLUSH_S)
+        self.queued(want, msgs)
 
 
 def _full(status: Msg) -> bool:
@@ -1130,7 +1155,8 @@ class Consumer:
         ``nats.errors.ConnectionClosedError``: it never comes back; so does a drain of
         the connection (``nc.drain()``), which waits for the message being handled (its
         ack sent; bounded by nats-py's ``drain_timeout``, 30 s by default) and for a
-        pull under way (``fetch_timeout_s`` and 0.5 s at most), while the batch's
+        pull under way (0.25 s and two round trips at most, whatever
+        ``fetch_timeout_s``: see :meth:`_Pulls.pull`), while the batch's
         messages waiting their turn are nak'ed (another process of the durable gets
         them at once) and no pull is sent after it began; a handler whose call
         returns no awaitable ends it with ``TypeError`` (see :data:`Handler`), a durable
