@@ -67,13 +67,29 @@ def _is_handler_wrap(obj: Any) -> bool:
     )
 
 
+# how grpc.aio gets meshkit's unary wrap: the request gate's fused one (stream-unary,
+# checked twice per call), or, without the gate, the telemetry wrap or the checks' wrap
+# (unary-unary, checked once per call)
+_SETUPS = {
+    "gated": ({}, 2),
+    "nogate": ({"limits": meshkit.ServerLimits(read_requests=False)}, 1),
+    "nogate-no-telemetry": (
+        {"limits": meshkit.ServerLimits(read_requests=False), "telemetry": None},
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("setup", sorted(_SETUPS))
 @pytest.mark.parametrize("name", ["Unary", "Plain"])
-async def test_grpc_does_not_ask_iscoroutinefunction_of_the_gated_wrap_per_call(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_grpc_does_not_ask_iscoroutinefunction_of_the_wrap_per_call(
+    name: str, setup: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a method's first call, grpc.aio's per-call checks never reach
-    ``inspect.iscoroutinefunction`` for meshkit's wrap (async and ``def`` handlers alike),
-    and every call is answered by its handler."""
+    ``inspect.iscoroutinefunction`` for meshkit's wrap (async and ``def`` handlers alike,
+    with and without the request gate and telemetry), and every call is answered by its
+    handler."""
+    extra, per_call = _SETUPS[setup]
     registry = LocalRegistry(LocalOptions(path=tmp_path / "r", ttl_s=3600.0, poll_interval_s=600.0))
     telemetry = TelemetryOptions(
         registry=CollectorRegistry(), tracing=False, metrics=True, access_log=True
@@ -83,7 +99,14 @@ async def test_grpc_does_not_ask_iscoroutinefunction_of_the_gated_wrap_per_call(
         [(_add, None)],
         registry=registry,
         options=meshkit.ServeOptions(
-            insecure=True, instance_id="s1", drain_delay_s=0, grace_s=1.0, telemetry=telemetry
+            **{
+                "insecure": True,
+                "instance_id": "s1",
+                "drain_delay_s": 0,
+                "grace_s": 1.0,
+                "telemetry": telemetry,
+                **extra,
+            }
         ),
     )
     await server.start()
@@ -116,9 +139,9 @@ async def test_grpc_does_not_ask_iscoroutinefunction_of_the_gated_wrap_per_call(
         await server.drain()
         await registry.close()
     assert answers == [prefix + b"%d" % i for i in range(_CALLS)]
-    # the check ran (grpc.aio's isawaitable, twice per call) and stopped there
-    assert len(checked) == 2 * _CALLS, checked
-    assert asked == []  # 2 per call before (10)
+    # the check ran (grpc.aio's isawaitable, once or twice per call) and stopped there
+    assert len(checked) == per_call * _CALLS, checked
+    assert asked == []  # per_call per call before (10 or 5)
     wrap = checked[0]
     assert isinstance(wrap, functools.partial)
     # still a coroutine function to every check that asks (grpc.aio's, asyncio's, meshkit's)
