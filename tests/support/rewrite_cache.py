@@ -113,6 +113,10 @@ def rewrite_ahead(config: pytest.Config) -> int:
     global _CONFIG
     if _REWRITE_TEST is None or _WRITE_PYC is None or not _PYC_TAIL:
         return 0
+    if config.getoption("assertmode", "rewrite") != "rewrite" or assertstate_key not in (
+        config.stash
+    ):  # --assert=plain: nothing is rewritten
+        return 0
     stale = [str(p) for p in _candidates(config) if not _is_fresh(p)]
     if not stale:
         return 0
