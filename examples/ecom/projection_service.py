@@ -90,14 +90,22 @@ async def purge_processed_events(store: Store, *,
 
 
 async def _serve_while_consuming(serving: asyncio.Task[None],
-                                  consuming: asyncio.Task[None]) -> None:
+                                  consuming: asyncio.Task[None],
+                                  started: list[meshkit.MeshServer]) -> None:
     """Await ``serving`` (``meshkit.serve``: until SIGTERM/SIGINT, then its drain) while
     ``consuming`` runs. The consumer's ``run()`` ends only with an error no retry cures
     (``ConfigError``: the durable is a push consumer, or not explicit-ack, made under its
     name by another tool; ``ConnectionClosedError``; a NATS configuration nats-py does
     not retry), so then the error is logged (``projection consumer ended``), the server
     drained, and the process exits with status 1: serving on, it answered ever staler
-    summaries, ready and healthy, while no event was applied and nothing said why."""
+    summaries, ready and healthy, while no event was applied and nothing said why.
+
+    ``started`` holds the server once ``serve`` started it (its ``on_started``): its
+    drain is awaited to its end, the one a signal began or one begun now (a cancel of
+    ``serve`` would end ``serve`` at once while a signal's drain, shielded, ran on: the
+    store and NATS were closed under it and ``asyncio.run``'s final cancel cut its
+    ``drain_delay_s`` and ``grace_s``); before that, ``serve`` is cancelled (its start
+    undone)."""
     try:
         await asyncio.wait((serving, consuming), return_when=asyncio.FIRST_COMPLETED)
     except BaseException:  # cancelled: the server drains as for a signal
@@ -111,9 +119,13 @@ async def _serve_while_consuming(serving: asyncio.Task[None],
     exc = None if consuming.cancelled() else consuming.exception()
     _log.error("projection consumer ended; stopping",
                error=f"{type(exc).__name__}: {exc}" if exc is not None else "returned")
-    serving.cancel()  # drains: deregisters, then stops (see meshkit.serve)
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
+    if started:  # serving: drain (deregister, then stop), or wait for the drain begun
+        await started[0].drain()
+        await serving  # returns: the drain has ended
+    else:
+        serving.cancel()  # starting: the start undoes itself (see meshkit.serve)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
     raise SystemExit(1)
 
 
@@ -156,6 +168,12 @@ async def main(argv: list[str] | None = None) -> None:
         tasks = [connecting, consuming,
                  asyncio.create_task(purge_processed_events(store),
                                      name="processed-events-purge")]
+        started: list[meshkit.MeshServer] = []
+
+        def on_started(server: meshkit.MeshServer) -> None:
+            started.append(server)
+            announce(server)
+
         try:
             auth = AuthOptions(policy=summaryd_policy(insecure=tls_options is None))
             serving = asyncio.create_task(meshkit.serve(
@@ -163,9 +181,9 @@ async def main(argv: list[str] | None = None) -> None:
                 [(summary_pb2_grpc.add_OrderSummaryServiceServicer_to_server,
                   events.OrderSummaryServicer(store))],
                 options=serve_options(args, tls_options, auth),
-                on_started=announce,
+                on_started=on_started,
             ), name="serve")
-            await _serve_while_consuming(serving, consuming)
+            await _serve_while_consuming(serving, consuming, started)
         finally:
             for task in tasks:
                 task.cancel()
