@@ -163,6 +163,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import linecache
 import math
 import re
 import sys
@@ -1192,6 +1193,19 @@ _SLIDING_WINDOW_CODE: dict[str, tuple[tuple[Any, ...], ...]] = {
 }
 
 
+# ... and their text (the first 16 hex digits of its SHA-256, from the ``def`` line, or
+# its decorator's, to the end of the last statement; the same in limits 5.0-5.8): a
+# shape alone passes a release whose method compares or computes otherwise (``>=`` for
+# ``>``) with the same names
+_SLIDING_WINDOW_TEXT = {
+    "acquire_sliding_window_entry": "e8ffe9a296cf2bb9",
+    "_get_sliding_window_info": "5ffebaf12e5ad2e8",
+    "get": "3999fd0bbe14b208",
+    "incr": "57d96502e6706c16",
+    "sliding_window_keys": "595126619bfe8b91",
+}
+
+
 def _code_shape(func: Any) -> tuple[tuple[Any, ...], ...]:
     """``func``'s names, constants other than strings (its docstring) and local names."""
     code = _unwrapped(getattr(func, "__func__", func)).__code__
@@ -1199,15 +1213,29 @@ def _code_shape(func: Any) -> tuple[tuple[Any, ...], ...]:
             code.co_varnames)
 
 
+def _code_text_digest(func: Any) -> str:
+    """The digest of ``func``'s source text as its module's file holds it (see
+    :data:`_SLIDING_WINDOW_TEXT`); ``""`` when the file cannot be read."""
+    code = _unwrapped(getattr(func, "__func__", func)).__code__
+    last = max((end for _, end, _, _ in code.co_positions() if end is not None), default=0)
+    text = "".join(linecache.getlines(code.co_filename)[code.co_firstlineno - 1:last])
+    return hashlib.sha256(text.encode()).hexdigest()[:16] if text else ""
+
+
 def _sliding_window_code_known() -> bool:
     """Whether the installed ``limits``' memory storage runs the sliding-window hit as
-    :func:`_acquire_sliding_window_entry` does (its methods' shapes, :data:`_SLIDING_WINDOW_CODE`)
-    on meshkit's clock; else the storage keeps ``limits``' own method."""
+    :func:`_acquire_sliding_window_entry` does (its methods' shapes and text,
+    :data:`_SLIDING_WINDOW_CODE` and :data:`_SLIDING_WINDOW_TEXT`, and its module's
+    ``floor`` :func:`math.floor`) on meshkit's clock; else the storage keeps ``limits``'
+    own method."""
     try:
-        return _MEMORY_CLOCK_ERROR is None and all(
-            _code_shape(getattr(MemoryStorage, name)) == shape
-            for name, shape in _SLIDING_WINDOW_CODE.items())
-    except AttributeError:  # a method gone, or not Python code
+        return (_MEMORY_CLOCK_ERROR is None
+                and getattr(sys.modules[MemoryStorage.__module__], "floor", None) is math.floor
+                and all(_code_shape(getattr(MemoryStorage, name)) == shape
+                        and _code_text_digest(getattr(MemoryStorage, name))
+                        == _SLIDING_WINDOW_TEXT[name]
+                        for name, shape in _SLIDING_WINDOW_CODE.items()))
+    except (AttributeError, KeyError):  # a method gone, or not Python code
         return False
 
 
