@@ -305,15 +305,18 @@ class _HeldEnd:
     :data:`_HELD`): its done callbacks (the balancer's outcome, telemetry's, the call
     object's) wait in :attr:`callbacks`, and run when the responses have been read to
     their end (:meth:`release`, by the call object's ``read()`` and iteration at
-    ``EOF`` or the status, and by ``code()``/``details()`` once the status is the
-    server's), each reading the server's status; or, for a call dropped before, when it
-    is collected (:meth:`__del__`): as grpc.aio's collection of a call not done, its core
-    call is cancelled ("Cancelled upon garbage collection!", ``CANCELLED``), which also
-    ends grpc.aio's task waiting for the status (one per such call until its channel
-    closed), and the callbacks run in the loop. No task, future or timer per held end:
-    the attempt, this record and the callbacks form a cycle the collector frees.
-    :attr:`responded` keeps the balancer's first-response callback the channel took out
-    of its own table (which would hold the attempt)."""
+    ``EOF`` or the status, and by its accessors once the status is the server's, which
+    they await: :func:`_server_status`), each reading the server's status; or, for a
+    call dropped before (:meth:`dropped`), as grpc.aio's collection of a call not done,
+    its core call is cancelled ("Cancelled upon garbage collection!", ``CANCELLED``),
+    which also ends grpc.aio's task waiting for the status (one per such call until its
+    channel closed), and the callbacks run in the loop. The attempt and this record hold
+    each other (:data:`_HELD`; :attr:`call` and the callbacks, bound to it) until the
+    release, so a drop is seen as the call object that read the attempt is freed
+    (``StreamResponseCall.__del__``), or else when the collector frees this record
+    (:meth:`__del__`). No task, future or timer per held end. :attr:`responded` keeps
+    the balancer's first-response callback the channel took out of its own table
+    (which would hold the attempt)."""
 
     __slots__ = ("call", "callbacks", "loop", "responded")
 
@@ -347,22 +350,30 @@ class _HeldEnd:
                            error_type=type(exc).__name__, exc_info=exc)
 
     def dropped(self) -> None:
-        """The call was collected before its end was released: its core call cancelled
-        while grpc.aio still reports its stand-in (under ``attempt_interceptors``, the
-        core call of the call grpc.aio's intercepted call wraps), then the callbacks
-        run."""
+        """The call was dropped (its call object freed, or collected) before its end was
+        released: its core call cancelled while grpc.aio still reports its stand-in,
+        then the callbacks run."""
         call = self.call
         if call is not None and _stand_in(call):
-            core = getattr(call, "_cython_call", None)
-            if core is None:  # grpc.aio's intercepted call: the call its interceptors made
-                inner = getattr(call, "_interceptors_task", None)
-                if inner is not None and inner.done() and not inner.cancelled() \
-                        and inner.exception() is None:
-                    core = getattr(inner.result(), "_cython_call", None)
-            if core is not None:
-                with contextlib.suppress(Exception):
-                    core.cancel(_GC_CANCELLED)
+            self.cancel_core(_GC_CANCELLED)
         self.release()
+
+    def cancel_core(self, details: str) -> None:
+        """Cancel the attempt's core call (``CANCELLED``, ``details``), as grpc.aio's
+        ``cancel()`` does for a call not done: grpc.aio's own is a no-op here, the call
+        reporting its stand-in as its status (under ``attempt_interceptors``, the core
+        call of the call grpc.aio's intercepted call wraps). This sets the status at
+        once and ends grpc.aio's task waiting for the server's."""
+        call = self.call
+        core = getattr(call, "_cython_call", None)
+        if core is None:  # grpc.aio's intercepted call: the call its interceptors made
+            inner = getattr(call, "_interceptors_task", None)
+            if inner is not None and inner.done() and not inner.cancelled() \
+                    and inner.exception() is None:
+                core = getattr(inner.result(), "_cython_call", None)
+        if core is not None:
+            with contextlib.suppress(Exception):
+                core.cancel(details)
 
     def __del__(self) -> None:
         if self.callbacks and not self.loop.is_closed():
@@ -394,6 +405,35 @@ def _release_end(call: Any) -> None:
     held = getattr(call, _HELD, None)
     if held is not None:
         held.release()
+
+
+# seconds between two looks at a held end's status while an accessor waits for the
+# server's (_server_status): the first, doubled up to the last
+_STATUS_LOOK_FIRST_S = 0.001
+_STATUS_LOOK_MAX_S = 0.05
+
+
+async def _server_status(call: Any) -> None:
+    """For an accessor of attempt ``call`` (``code()``, ``details()``, the trailers, the
+    debug string): when its end is held (:class:`_HeldEnd`), wait until grpc.aio's
+    stand-in has given way to the server's status, then release the held end. As
+    grpc.aio's own accessors await a call's end: grpc core gives the status once the
+    responses are read, so it comes right after the last message is read (within a
+    millisecond or so), or once a reader reads them, or, with responses left unread, at
+    the call's deadline (nothing comes without one, as for grpc.aio's ``code()`` of a
+    stream nobody reads). grpc.aio sets that status with no callback nor waiter to
+    wake, so this looks at it from 1 ms, the interval doubled up to 50 ms; it also
+    stops once a reader released the end (``EOF`` read: the status is the server's,
+    or grpc.aio's stand-in still when grpc core gave none). Nothing is done for a call
+    whose end is not held. A cancelled wait leaves the call alone."""
+    held = held_end(call)
+    if held is None:
+        return
+    delay = _STATUS_LOOK_FIRST_S
+    while held.callbacks is not None and _stand_in(call):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _STATUS_LOOK_MAX_S)
+    held.release()
 
 
 def add_end_callback(call: Any, callback: Callable[[Any], None]) -> None:
@@ -649,7 +689,7 @@ class MeshCall:
         status came (grpc.aio then reports its own ``INTERNAL`` "Internal error from
         Core" and runs done callbacks at once, grpc/grpc#36066), runs ``callback`` once
         its responses have been read to their end, the server's status then its
-        :meth:`code`, or, dropped unread, when it is garbage-collected (``CANCELLED``):
+        :meth:`code`, or, dropped unread, when its call object is freed (``CANCELLED``):
         see :class:`_HeldEnd`."""
         if self._is_settled:
             self._when_done(callback)
@@ -677,6 +717,7 @@ class MeshCall:
         if call is None:
             err = self._error
             return err.trailing_metadata() if isinstance(err, AioRpcError) else Metadata()
+        await _server_status(call)
         md: Metadata = await call.trailing_metadata()
         if not md and await call.code() is _INTERNAL and (
                 kept := _kept_status(self._details, call)) is not None:
@@ -684,15 +725,17 @@ class MeshCall:
         return md
 
     async def code(self) -> grpc.StatusCode:
-        """The final status code (waits for the call to finish)."""
+        """The final status code (waits for the call to finish). For a bidi stream whose
+        write met the server's end, the server's status, awaited as a stream's status
+        is, once its responses are read (grpc.aio reports its own ``INTERNAL`` "Internal
+        error from Core" until then: :func:`_server_status`)."""
         call = await self._outcome()
         if self._error is not None:
             return _code_of(self._error)
         if call is None:  # answered without an attempt (UnaryResponseCall._outcome)
             return _CANCELLED if self._cancelled else _OK
+        await _server_status(call)  # a held end's: the server's status, not the stand-in
         code: grpc.StatusCode = await call.code()
-        if (held := held_end(call)) is not None and not _stand_in(call):
-            held.release()  # the server's status came (_HeldEnd)
         if code is _CANCELLED:  # ended by a message its codec refused? by a drain?
             err = getattr(self._details, "codec_error", None)
             if err is not None:
@@ -714,9 +757,8 @@ class MeshCall:
             return _LOCALLY_CANCELLED if isinstance(err, asyncio.CancelledError) else ""
         if call is None:
             return ""
+        await _server_status(call)  # a held end's: the server's status, not the stand-in
         code = await call.code()
-        if (held := held_end(call)) is not None and not _stand_in(call):
-            held.release()  # the server's status came (_HeldEnd)
         if code is _CANCELLED:
             err = getattr(self._details, "codec_error", None)
             if err is not None:
@@ -737,6 +779,7 @@ class MeshCall:
             return err.debug_error_string() or ""
         if call is None or err is not None:
             return ""
+        await _server_status(call)
         if await call.code() is _INTERNAL and (
                 kept := _kept_status(self._details, call)) is not None:
             return kept[4] or ""  # what its server sent
@@ -1089,13 +1132,22 @@ class StreamResponseCall(MeshCall):
         the attempt (through the done callbacks of its core call), so each such stream
         kept a task, its call objects and its endpoint's count until the channel closed,
         and telemetry counted it in flight for ever. Counted ``CANCELLED``, no
-        endpoint's outcome."""
+        endpoint's outcome. A bidi attempt whose end is held (:class:`_HeldEnd`: done
+        for grpc.aio, its stand-in as its status) is dropped so, in its loop, at once:
+        its record and the attempt hold each other, and waiting for the cyclic
+        collector to find them kept the end, grpc.aio's task waiting for the status and
+        the stream's count in flight until the next collection."""
         call = self._call
         loop = self._loop
         if call is None or loop is None or self._error is not None:
             return
         try:
-            if call.done() or loop.is_closed():
+            if loop.is_closed():
+                return
+            if call.done():
+                held = held_end(call)
+                if held is not None:
+                    loop.call_soon_threadsafe(held.dropped)
                 return
             loop.call_soon_threadsafe(call.cancel)
         except Exception:  # a call object of an interceptor's own without done(), a
@@ -1246,9 +1298,15 @@ class StreamResponseCall(MeshCall):
             answered(self._details, self._call)
 
     def _undecodable(self, call: Any, message: Undecodable) -> None:
-        """End the call for a response message its deserializer refused, and raise."""
+        """End the call for a response message its deserializer refused, and raise. An
+        attempt whose end is held (:class:`_HeldEnd`) grpc.aio reports done, and its
+        ``cancel()`` does nothing: its core call is cancelled here and its end released,
+        so its watchers (telemetry, the balancer) and :meth:`code` read the refusal
+        (``INTERNAL``), not the server's status that came after the refused message."""
         err = undecodable_error(self._details, message)
-        call.cancel()
+        if not call.cancel() and (held := held_end(call)) is not None:
+            held.cancel_core(_LOCALLY_CANCELLED)
+            held.release()
         raise err from message.error
 
     def _raise_codec_error(self) -> None:
