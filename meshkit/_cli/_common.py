@@ -174,7 +174,8 @@ def quiet_logging() -> None:
         configure_logging(level, json=False)
         inline_calls_enabled()  # MESHKIT_INLINE_CALLS, which dial() would refuse later
     except ConfigError as exc:
-        print(f"meshkit: {exc}", file=sys.stderr)
+        what = "log level: " if level is None and "MESHKIT_LOG_LEVEL" in str(exc) else ""
+        print(f"meshkit: {what}{exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
