@@ -176,7 +176,7 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
     gives a new iterator each time (a list, a tuple; the retry policy replays it on every
     attempt, and hedges run side by side) is counted through the call's
     :class:`_CallMessages`, which counts the ``k``-th message when the first attempt takes
-    it (about 9 bytecodes more per message). An iterator or a generator (spent by the
+    it (about 16 bytecodes more per message). An iterator or a generator (spent by the
     attempt that sends it, never replayed) is counted directly.
 
     ``ended`` (no arguments), when given, is called as ``requests`` ends, once every
@@ -188,11 +188,11 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
         if type(call) is not _CallMessages:  # the call's first attempt
             details.messages = call = _CallMessages(messages)
         if hasattr(requests, "__aiter__"):
-            return _areplayed(details, serializer, requests, wire, call, ended)
-        return _replayed(details, serializer, requests, wire, call, ended)
+            return _aserialized(details, serializer, requests, wire, None, call, ended)
+        return _serialized(details, serializer, requests, wire, None, call, ended)
     if hasattr(requests, "__aiter__"):
-        return _aserialized(details, serializer, requests, wire, messages, ended)
-    return _serialized(details, serializer, requests, wire, messages, ended)
+        return _aserialized(details, serializer, requests, wire, messages, None, ended)
+    return _serialized(details, serializer, requests, wire, messages, None, ended)
 
 
 _STREAM_UNARY = CallKind.STREAM_UNARY
@@ -246,20 +246,30 @@ def _iterator_failed(details: Any, exc: BaseException) -> RequestIteratorError:
     return _recorded(RequestIteratorError(details.method, type(exc).__name__), exc, details)
 
 
-def _cancelling() -> bool:
-    """Whether the task taking the request messages is being cancelled (the call was: its
-    ``CancelledError`` goes on as it is); else one the request iterator raised is its own
-    failure (it awaited something another task cancelled), reported as the call's
-    :class:`~meshkit.errors.RequestIteratorError`, not as a call the channel cancelled.
-    Asked on the failure path only."""
+def _call_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by the request iterator as it was asked for its next
+    message, is the call's cancellation (an ``asyncio.CancelledError`` while the task
+    taking the messages is being cancelled: it goes on as it is, re-raised where it was
+    caught: raised from a helper, its traceback held the helper's frame and the frame it,
+    a reference cycle per cancelled stream); else (an exception, or a
+    ``CancelledError`` of the iterator's own: it awaited something another task
+    cancelled) it is the call's :class:`~meshkit.errors.RequestIteratorError`, not a call
+    the channel cancelled. Asked on the failure path only."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
     task = asyncio.current_task()
     return task is None or task.cancelling() > 0
 
 
 def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
-                wire: bool, messages: Any,
+                wire: bool, messages: Any, call: _CallMessages | None = None,
                 ended: Callable[[], None] | None = None) -> Iterator[Any]:
+    """The messages of ``requests`` (a sync iterable), each serialized or checked (see
+    :func:`serialized`), counted in ``messages`` (telemetry's record) when it is not
+    ``None``, else, for one attempt of a replayed request, in ``call``'s record only when
+    no attempt of the call took that message before (``call.taken``)."""
     method = details.method
+    sent = 0
     try:  # (a request that is no iterable: the caller's error, as one that raises)
         it = iter(requests)
     except Exception as exc:
@@ -271,11 +281,9 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
             if ended is not None:
                 ended()
             return
-        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
-            if _cancelling():
+        except (asyncio.CancelledError, Exception) as exc:  # the call's, or the iterator's
+            if _call_cancelled(exc):
                 raise
-            raise _iterator_failed(details, exc) from exc
-        except Exception as exc:
             raise _iterator_failed(details, exc) from exc
         if serializer is not None:
             out = serialize_message(method, serializer, message, details)
@@ -283,15 +291,26 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
                 message = out
         elif type(message) is not bytes:  # (one check per message of a bytes method)
             message = bytes_message(method, message, details)
-        if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
+        if messages is None:
+            if call is not None:  # a replayed request's count: once per logical call
+                sent += 1
+                if sent > call.taken:
+                    call.taken = sent
+                    call.record.msg_sent += 1
+        else:  # telemetry's count (grpc_client_msg_sent_total), straight on to the yield
             messages.msg_sent += 1
         yield message
 
 
+# _serialized's loop again for async iterables (anext, awaited): a loop body shared by the
+# two would cost each message a function call
 async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
                        requests: Any, wire: bool, messages: Any,
+                       call: _CallMessages | None = None,
                        ended: Callable[[], None] | None = None) -> AsyncIterator[Any]:
+    """:func:`_serialized` for an async iterable."""
     method = details.method
+    sent = 0
     try:  # (see _serialized)
         it = aiter(requests)
     except Exception as exc:
@@ -303,11 +322,9 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
             if ended is not None:
                 ended()
             return
-        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
-            if _cancelling():
+        except (asyncio.CancelledError, Exception) as exc:  # the call's, or the iterator's
+            if _call_cancelled(exc):
                 raise
-            raise _iterator_failed(details, exc) from exc
-        except Exception as exc:
             raise _iterator_failed(details, exc) from exc
         if serializer is not None:
             out = serialize_message(method, serializer, message, details)
@@ -315,83 +332,14 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
                 message = out
         elif type(message) is not bytes:  # (one check per message of a bytes method)
             message = bytes_message(method, message, details)
-        if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
+        if messages is None:
+            if call is not None:  # a replayed request's count: once per logical call
+                sent += 1
+                if sent > call.taken:
+                    call.taken = sent
+                    call.record.msg_sent += 1
+        else:  # telemetry's count (grpc_client_msg_sent_total), straight on to the yield
             messages.msg_sent += 1
-        yield message
-
-
-# _serialized's loop written out with the once-per-call count: a shared one costs a call a message
-def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
-              wire: bool, call: _CallMessages,
-              ended: Callable[[], None] | None = None) -> Iterator[Any]:
-    """:func:`_serialized` for one attempt of a replayed request, counting message ``k``
-    only when no attempt of the call took it before."""
-    method, record = details.method, call.record
-    sent = 0
-    try:  # (a request that is no iterable: the caller's error, as one that raises)
-        it = iter(requests)
-    except Exception as exc:
-        raise _iterator_failed(details, exc) from exc
-    while True:
-        try:
-            message = next(it)
-        except StopIteration:
-            if ended is not None:
-                ended()
-            return
-        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
-            if _cancelling():
-                raise
-            raise _iterator_failed(details, exc) from exc
-        except Exception as exc:
-            raise _iterator_failed(details, exc) from exc
-        if serializer is not None:
-            out = serialize_message(method, serializer, message, details)
-            if wire:
-                message = out
-        elif type(message) is not bytes:  # (one check per message of a bytes method)
-            message = bytes_message(method, message, details)
-        sent += 1
-        if sent > call.taken:  # telemetry's count, once per logical call
-            call.taken = sent
-            record.msg_sent += 1
-        yield message
-
-
-# _replayed's loop again for async iterables (anext, awaited), as _aserialized is _serialized's
-async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
-                     requests: Any, wire: bool, call: _CallMessages,
-                     ended: Callable[[], None] | None = None) -> AsyncIterator[Any]:
-    """:func:`_replayed` for an async iterable."""
-    method, record = details.method, call.record
-    sent = 0
-    try:  # (see _serialized)
-        it = aiter(requests)
-    except Exception as exc:
-        raise _iterator_failed(details, exc) from exc
-    while True:
-        try:
-            message = await anext(it)
-        except StopAsyncIteration:
-            if ended is not None:
-                ended()
-            return
-        except asyncio.CancelledError as exc:  # the call's, or the iterator's own
-            if _cancelling():
-                raise
-            raise _iterator_failed(details, exc) from exc
-        except Exception as exc:
-            raise _iterator_failed(details, exc) from exc
-        if serializer is not None:
-            out = serialize_message(method, serializer, message, details)
-            if wire:
-                message = out
-        elif type(message) is not bytes:  # (one check per message of a bytes method)
-            message = bytes_message(method, message, details)
-        sent += 1
-        if sent > call.taken:  # telemetry's count, once per logical call
-            call.taken = sent
-            record.msg_sent += 1
         yield message
 
 
