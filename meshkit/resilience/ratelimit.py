@@ -847,6 +847,18 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         :class:`StorageLimiter` forgets the callers whose counts the sweep dropped by),
         again in the sweep's next step while it returns ``True`` (more to do)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass overriding a step of ``limits``' sliding-window hit (``get``,
+        ``incr``, ``sliding_window_keys``, ``_get_sliding_window_info``) hits with
+        ``limits``' own method, which calls those steps, not with
+        :func:`_acquire_sliding_window_entry`, which writes them out."""
+        method = _unwrapped(getattr(cls, "acquire_sliding_window_entry", None))
+        if method is _acquire_sliding_window_entry and any(
+                _step(cls, name) is not _step(SweepThrottledMemoryStorage, name)
+                for name in _SLIDING_WINDOW_CODE if name != "acquire_sliding_window_entry"):
+            cls.acquire_sliding_window_entry = _LIMITS_SLIDING_WINDOW_ENTRY  # type: ignore[method-assign]
+        super().__init_subclass__(**kwargs)
+
     def _MemoryStorage__schedule_expiry(self) -> None:  # overrides limits
         now = time.monotonic()
         if now < self._next_sweep_s:
@@ -1239,6 +1251,15 @@ def _sliding_window_code_known() -> bool:
         return False
 
 
+def _step(cls: type, name: str) -> Any:
+    """``cls``'s method ``name`` as written (unwrapped, a classmethod's function)."""
+    member = getattr(cls, name)
+    return _unwrapped(getattr(member, "__func__", member))
+
+
+_LIMITS_SLIDING_WINDOW_ENTRY: Any = SweepThrottledMemoryStorage.acquire_sliding_window_entry
+"""``limits``' own hit (on meshkit's clock): what a subclass overriding one of its steps
+keeps (see :meth:`SweepThrottledMemoryStorage.__init_subclass__`)."""
 ONE_FRAME_SLIDING_WINDOW = _sliding_window_code_known()
 """Whether :class:`SweepThrottledMemoryStorage` hits a sliding window in one frame
 (:func:`_acquire_sliding_window_entry`), or with ``limits``' own method."""
