@@ -832,8 +832,11 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         if (isinstance(sweep_interval_s, bool) or not isinstance(sweep_interval_s, (int, float))
                 or not sweep_interval_s >= 0):
             raise ConfigError(f"sweep_interval_s must be a number >= 0, got {sweep_interval_s!r}")
-        if _MEMORY_CLOCK_ERROR is not None and not _MEMORY_CLOCK_WARNED:
-            _warn_wall_clock_windows()
+        if _MEMORY_CLOCK_ERROR is not None:
+            if not _MEMORY_CLOCK_WARNED:
+                _warn_wall_clock_windows()
+        elif not ONE_FRAME_SLIDING_WINDOW and not _ONE_FRAME_LOGGED:
+            _log_limits_own_hit()
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.sweep_interval_s = float(sweep_interval_s)
         self._next_sweep_s = 0.0
@@ -1003,6 +1006,18 @@ def _warn_wall_clock_windows() -> None:
     _MEMORY_CLOCK_WARNED = True
     _log.warning("memory:// rate-limit windows stay on the wall clock (a step of it moves "
                  "them)", reason=_MEMORY_CLOCK_ERROR)
+
+
+_ONE_FRAME_LOGGED = False
+
+
+def _log_limits_own_hit() -> None:
+    """Log, once per process (debug), that sliding-window hits run ``limits``' own method
+    (:data:`ONE_FRAME_SLIDING_WINDOW` false: the same answers, a few frames more)."""
+    global _ONE_FRAME_LOGGED
+    _ONE_FRAME_LOGGED = True
+    _log.debug("memory:// sliding-window hits use limits' own method (its code is not the "
+               "code meshkit's one-frame hit follows)", limits_version=_limits_version())
 
 
 _MEMORY_CLOCK = SimpleNamespace(time=_monotonic_s)
