@@ -1518,10 +1518,22 @@ class _NeverRaised(Exception):
     """Raised by nothing: what a streaming wrap with no request guard to run catches."""
 
 
+def _own_mark(behaviour: Any, name: str) -> Any:
+    """The request guard's mark ``name`` (:data:`GUARD_MARK`, :data:`STREAM_GUARD_MARK`)
+    of ``behaviour`` when ``behaviour`` is the guard itself, else ``None``. A wrapper of
+    the guard (a user's server interceptor decorating it with ``functools.wraps``, which
+    copies the guard's ``__dict__``, marks and all; a ``wrapt`` proxy, which reads them
+    through) carries the mark too but must run: both set ``__wrapped__``, which the
+    guard has not. Asked once per method."""
+    if getattr(behaviour, "__wrapped__", None) is not None:
+        return None
+    return getattr(behaviour, name, None)
+
+
 def _stream_unguarded(inner: Any) -> tuple[Any, type[BaseException], str]:
     """``(behaviour, refused, message)`` of a marked stream-stream guard (see
     :data:`STREAM_GUARD_MARK`), else ``(inner, _NeverRaised, "")``."""
-    mark = getattr(inner, STREAM_GUARD_MARK, None)
+    mark = _own_mark(inner, STREAM_GUARD_MARK)
     if mark is not None:
         return mark  # type: ignore[no-any-return]
     return inner, _NeverRaised, ""
@@ -1531,7 +1543,7 @@ def _unguarded(inner: Any, guard: tuple[Any, str] | None) -> tuple[Any, Any, str
     """``(behaviour, undecodable, message)`` of a marked guard (see :data:`GUARD_MARK`);
     else ``inner`` with the check of ``guard`` (the deserializer's
     :data:`UNDECODABLE_MARK`), or with none: ``(inner, _UNMARKED, "")``."""
-    mark = getattr(inner, GUARD_MARK, None)
+    mark = _own_mark(inner, GUARD_MARK)
     if mark is not None:
         return mark  # type: ignore[no-any-return]
     if guard is not None:
