@@ -163,7 +163,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
-import linecache
 import math
 import re
 import sys
@@ -832,11 +831,8 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         if (isinstance(sweep_interval_s, bool) or not isinstance(sweep_interval_s, (int, float))
                 or not sweep_interval_s >= 0):
             raise ConfigError(f"sweep_interval_s must be a number >= 0, got {sweep_interval_s!r}")
-        if _MEMORY_CLOCK_ERROR is not None:
-            if not _MEMORY_CLOCK_WARNED:
-                _warn_wall_clock_windows()
-        elif not ONE_FRAME_SLIDING_WINDOW and not _ONE_FRAME_LOGGED:
-            _log_limits_own_hit()
+        if _MEMORY_CLOCK_ERROR is not None and not _MEMORY_CLOCK_WARNED:
+            _warn_wall_clock_windows()
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.sweep_interval_s = float(sweep_interval_s)
         self._next_sweep_s = 0.0
@@ -849,18 +845,6 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         """Called on the thread that counts after each sweep's deletions (what
         :class:`StorageLimiter` forgets the callers whose counts the sweep dropped by),
         again in the sweep's next step while it returns ``True`` (more to do)."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass overriding a step of ``limits``' sliding-window hit (``get``,
-        ``incr``, ``sliding_window_keys``, ``_get_sliding_window_info``) hits with
-        ``limits``' own method, which calls those steps, not with
-        :func:`_acquire_sliding_window_entry`, which writes them out."""
-        method = _unwrapped(getattr(cls, "acquire_sliding_window_entry", None))
-        if method is _acquire_sliding_window_entry and any(
-                _step(cls, name) is not _step(SweepThrottledMemoryStorage, name)
-                for name in _SLIDING_WINDOW_CODE if name != "acquire_sliding_window_entry"):
-            cls.acquire_sliding_window_entry = _LIMITS_SLIDING_WINDOW_ENTRY  # type: ignore[method-assign]
-        super().__init_subclass__(**kwargs)
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # overrides limits
         now = time.monotonic()
@@ -1008,18 +992,6 @@ def _warn_wall_clock_windows() -> None:
                  "them)", reason=_MEMORY_CLOCK_ERROR)
 
 
-_ONE_FRAME_LOGGED = False
-
-
-def _log_limits_own_hit() -> None:
-    """Log, once per process (debug), that sliding-window hits run ``limits``' own method
-    (:data:`ONE_FRAME_SLIDING_WINDOW` false: the same answers, a few frames more)."""
-    global _ONE_FRAME_LOGGED
-    _ONE_FRAME_LOGGED = True
-    _log.debug("memory:// sliding-window hits use limits' own method (its code is not the "
-               "code meshkit's one-frame hit follows)", limits_version=_limits_version())
-
-
 _MEMORY_CLOCK = SimpleNamespace(time=_monotonic_s)
 """The ``time`` module as ``limits``' memory storage code sees it in
 :class:`SweepThrottledMemoryStorage`: its ``time()`` is the monotonic clock (a test may set
@@ -1148,139 +1120,6 @@ def _put_memory_storage_on_its_clock() -> str | None:
 _MEMORY_CLOCK_ERROR = _put_memory_storage_on_its_clock()
 """Why :class:`SweepThrottledMemoryStorage`'s windows stay on the wall clock (``None``:
 they are on the monotonic clock)."""
-
-
-def _acquire_sliding_window_entry(self: SweepThrottledMemoryStorage, key: str, limit: int,
-                                  expiry: int, amount: int = 1) -> bool:
-    """``limits``' ``MemoryStorage.acquire_sliding_window_entry`` (5.8: the sliding-window
-    counter's hit, the storage interface ``SlidingWindowCounterRateLimiter.hit`` calls)
-    in one frame: its ``sliding_window_keys``, ``_get_sliding_window_info``, the two
-    counters' ``get`` and ``incr`` written out, their steps in their order, and the clock
-    read once where ``limits`` reads it four times, microseconds apart (a counter is
-    judged expired, and the new one's expiry set, at the hit's moment). Every ``memory://``
-    call of the default strategy pays it: a one-limit rule's check took 360 bytecodes in
-    12 frames, now 252 in 3 (a caller's first window, measured with sys.settrace). The
-    same answers, counters, expiries and locks as ``limits``' own method
-    (tests/resilience/test_hunt41_ratelimit_sliding_window_one_frame.py); installed only
-    while ``limits``' code is the code this follows (:func:`_sliding_window_code_known`)."""
-    if amount > limit:
-        return False
-    now = _MEMORY_CLOCK.time()
-    counters, expirations, locks = self.storage, self.expirations, self.locks
-    # sliding_window_keys(key, expiry, now)
-    previous_key = f"{key}/{int((now - expiry) / expiry)}"
-    current_key = f"{key}/{int(now / expiry)}"
-    # _get_sliding_window_info: get() of each counter drops it, and its lock, once expired
-    if expirations.get(previous_key, 0) <= now:
-        counters.pop(previous_key, None)
-        expirations.pop(previous_key, None)
-        locks.pop(previous_key, None)
-    previous_count = counters.get(previous_key, 0)
-    if expirations.get(current_key, 0) <= now:
-        counters.pop(current_key, None)
-        expirations.pop(current_key, None)
-        locks.pop(current_key, None)
-    current_count = counters.get(current_key, 0)
-    previous_ttl = float(0) if previous_count == 0 \
-        else (1 - (((now - expiry) / expiry) % 1)) * expiry
-    weighted_count = previous_count * previous_ttl / expiry + current_count
-    if math.floor(weighted_count) + amount > limit:
-        return False
-    # incr(current_key, 2 * expiry, amount), its get() the one above (the same moment)
-    self._MemoryStorage__schedule_expiry()
-    with locks[current_key]:
-        counters[current_key] += amount
-        if counters[current_key] == amount:
-            expirations[current_key] = now + 2 * expiry
-    current_count = counters.get(current_key, 0)
-    weighted_count = previous_count * previous_ttl / expiry + current_count
-    if math.floor(weighted_count) > limit:  # limits' race check (another thread's hit)
-        self.decr(current_key, amount)
-        return False
-    return True
-
-
-# the shape of limits 5.8's code that _acquire_sliding_window_entry follows: each method's
-# global and attribute names, numbers and local names (the same on Python 3.11-3.13)
-_SLIDING_WINDOW_CODE: dict[str, tuple[tuple[Any, ...], ...]] = {
-    "acquire_sliding_window_entry": (
-        ("time", "sliding_window_keys", "_get_sliding_window_info", "floor", "incr", "decr"),
-        (None, False, 2, ("amount",), True),
-        ("self", "key", "limit", "expiry", "amount", "now", "previous_key", "current_key",
-         "previous_count", "previous_ttl", "current_count", "_", "weighted_count")),
-    "_get_sliding_window_info": (
-        ("get", "float"), (None, 0, 1),
-        ("self", "previous_key", "current_key", "expiry", "now", "previous_count",
-         "current_count", "previous_ttl", "current_ttl")),
-    "get": (("expirations", "get", "time", "storage", "pop", "locks"), (0, None),
-            ("self", "key")),
-    "incr": (("get", "_MemoryStorage__schedule_expiry", "locks", "storage", "time",
-              "expirations"), (None, 0), ("self", "key", "expiry", "amount")),
-    "sliding_window_keys": (("int",), (), ("cls", "key", "expiry", "at")),
-}
-
-
-# ... and their text (the first 16 hex digits of its SHA-256, from the ``def`` line, or
-# its decorator's, to the end of the last statement; the same in limits 5.0-5.8): a
-# shape alone passes a release whose method compares or computes otherwise (``>=`` for
-# ``>``) with the same names
-_SLIDING_WINDOW_TEXT = {
-    "acquire_sliding_window_entry": "e8ffe9a296cf2bb9",
-    "_get_sliding_window_info": "5ffebaf12e5ad2e8",
-    "get": "3999fd0bbe14b208",
-    "incr": "57d96502e6706c16",
-    "sliding_window_keys": "595126619bfe8b91",
-}
-
-
-def _code_shape(func: Any) -> tuple[tuple[Any, ...], ...]:
-    """``func``'s names, constants other than strings (its docstring) and local names."""
-    code = _unwrapped(getattr(func, "__func__", func)).__code__
-    return (code.co_names, tuple(c for c in code.co_consts if not isinstance(c, str)),
-            code.co_varnames)
-
-
-def _code_text_digest(func: Any) -> str:
-    """The digest of ``func``'s source text as its module's file holds it (see
-    :data:`_SLIDING_WINDOW_TEXT`); ``""`` when the file cannot be read."""
-    code = _unwrapped(getattr(func, "__func__", func)).__code__
-    last = max((end for _, end, _, _ in code.co_positions() if end is not None), default=0)
-    text = "".join(linecache.getlines(code.co_filename)[code.co_firstlineno - 1:last])
-    return hashlib.sha256(text.encode()).hexdigest()[:16] if text else ""
-
-
-def _sliding_window_code_known() -> bool:
-    """Whether the installed ``limits``' memory storage runs the sliding-window hit as
-    :func:`_acquire_sliding_window_entry` does (its methods' shapes and text,
-    :data:`_SLIDING_WINDOW_CODE` and :data:`_SLIDING_WINDOW_TEXT`, and its module's
-    ``floor`` :func:`math.floor`) on meshkit's clock; else the storage keeps ``limits``'
-    own method."""
-    try:
-        return (_MEMORY_CLOCK_ERROR is None
-                and getattr(sys.modules[MemoryStorage.__module__], "floor", None) is math.floor
-                and all(_code_shape(getattr(MemoryStorage, name)) == shape
-                        and _code_text_digest(getattr(MemoryStorage, name))
-                        == _SLIDING_WINDOW_TEXT[name]
-                        for name, shape in _SLIDING_WINDOW_CODE.items()))
-    except (AttributeError, KeyError):  # a method gone, or not Python code
-        return False
-
-
-def _step(cls: type, name: str) -> Any:
-    """``cls``'s method ``name`` as written (unwrapped, a classmethod's function)."""
-    member = getattr(cls, name)
-    return _unwrapped(getattr(member, "__func__", member))
-
-
-_LIMITS_SLIDING_WINDOW_ENTRY: Any = SweepThrottledMemoryStorage.acquire_sliding_window_entry
-"""``limits``' own hit (on meshkit's clock): what a subclass overriding one of its steps
-keeps (see :meth:`SweepThrottledMemoryStorage.__init_subclass__`)."""
-ONE_FRAME_SLIDING_WINDOW = _sliding_window_code_known()
-"""Whether :class:`SweepThrottledMemoryStorage` hits a sliding window in one frame
-(:func:`_acquire_sliding_window_entry`), or with ``limits``' own method."""
-if ONE_FRAME_SLIDING_WINDOW:
-    SweepThrottledMemoryStorage.acquire_sliding_window_entry = (  # type: ignore[method-assign]
-        _acquire_sliding_window_entry)  # type: ignore[assignment]
 
 
 class StorageBreaker:
