@@ -19,10 +19,25 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from meshkit.discovery import Instance, Registry
 
-__all__ = ["REGISTRY_READS_AT_ONCE", "SERVICE_NAME", "StdoutWriteError",
-           "add_registry_argument", "discover", "failing_instances", "open_registry",
-           "positive_number", "positive_seconds", "printable", "quiet_grpc_core",
-           "quiet_logging", "read_services", "service_name", "service_names"]
+__all__ = [
+    "REGISTRY_READS_AT_ONCE",
+    "SERVICE_NAME",
+    "StdoutWriteError",
+    "add_registry_argument",
+    "discover",
+    "failing_instances",
+    "missing_local",
+    "missing_local_registry",
+    "open_registry",
+    "positive_number",
+    "positive_seconds",
+    "printable",
+    "quiet_grpc_core",
+    "quiet_logging",
+    "read_services",
+    "service_name",
+    "service_names",
+]
 
 _T = TypeVar("_T")
 
@@ -196,6 +211,42 @@ def open_registry(uri: str) -> Registry:
         raise SystemExit(2) from None
 
 
+def missing_local_registry(registry: Registry) -> str | None:
+    """Why ``registry`` lists nothing, when it is a local registry whose database file
+    does not exist (a mistyped ``local:`` path, or no server ever started with it); else
+    ``None``. :func:`service_names` and :func:`read_services` then read nothing from it
+    (none listed), since opening a local registry creates its directories and file: a
+    command that only reads it made a new empty registry at a typo's path (``/var/lib/
+    mesh`` for ``/var/lib/meshkit``), anywhere the user may write. Another error of the
+    look-up (a directory that cannot be searched) is left to the registry's own read.
+    Raises nothing."""
+    local = sys.modules.get("meshkit.discovery._local")  # loaded when it is one
+    if local is None or not isinstance(registry, local.LocalRegistry):
+        return None
+    path = registry.options.path
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return (f"no local registry at {str(path)!r}: no server has registered there (is "
+                "--registry, or $MESHKIT_REGISTRY, the URI the servers use?); nothing "
+                "created")
+    except OSError:
+        return None
+    return None
+
+
+def missing_local(uri: str) -> str | None:
+    """:func:`missing_local_registry` of the registry ``uri`` names (a bad URI: ``None``).
+    Raises nothing."""
+    from meshkit.discovery import registry_from_uri
+    from meshkit.errors import ConfigError
+
+    try:
+        return missing_local_registry(registry_from_uri(uri))
+    except ConfigError:
+        return None
+
+
 async def service_names(registry: Registry, timeout_s: float) -> list[str]:
     """The services the registry lists now, sorted; the read is bounded by ``timeout_s``
     seconds.
@@ -211,6 +262,8 @@ async def service_names(registry: Registry, timeout_s: float) -> list[str]:
 
     from meshkit.errors import RegistryError
 
+    if missing_local_registry(registry) is not None:  # opening it would create it
+        return []
     lister = getattr(registry, "services", None)
     if lister is None:
         raise SystemExit(f"meshkit: {registry!r} cannot list its services; "
@@ -326,6 +379,8 @@ async def read_services(registry: Registry, names: list[str], timeout_s: float
             :class:`~meshkit.errors.RegistryError`), or, without ``snapshot()``,
             :class:`RegistryError` when a failing read had no answer in time.
     """
+    if missing_local_registry(registry) is not None:  # opening it would create it
+        return dict.fromkeys(names, frozenset()), []
     snapshot = getattr(registry, "snapshot", None)
     if snapshot is None:
         found = await discover(registry, names, timeout_s)

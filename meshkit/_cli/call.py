@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshkit._cli._common import (
     add_registry_argument,
+    missing_local_registry,
     open_registry,
     positive_seconds,
     printable,
@@ -330,8 +331,12 @@ def main(argv: list[str]) -> int:
         target, metadata = parse_target(ns.target, ns.service), _metadata(ns.header)
         options = _dial_options(ns)
         body = _request_text(ns.request)
-        args = _Args(target, body, open_registry(ns.registry), options, metadata,
-                     ns.timeout_s)
+        registry = open_registry(ns.registry)
+        if (missing := missing_local_registry(registry)) is not None:  # dial() makes it
+            print(f"ERROR: UNAVAILABLE: the service registry cannot be read: {missing}",
+                  file=sys.stderr)
+            return 64 + int(grpc.StatusCode.UNAVAILABLE.value[0])
+        args = _Args(target, body, registry, options, metadata, ns.timeout_s)
         text, warning = asyncio.run(_run(args))
     # what is printed on stderr may quote a server (a status message, a reflection
     # error) or a registry: its control characters are escaped (printable())

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshkit._cli._common import (
     add_registry_argument,
+    missing_local_registry,
     open_registry,
     positive_seconds,
     printable,
@@ -242,7 +243,9 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
     try:
         if not args.watch:
             n = await writer.once()
-            print(f"wrote {n} target(s) to {args.out}", file=sys.stderr)
+            missing = missing_local_registry(registry)  # not created: named
+            print(f"wrote {n} target(s) to {args.out}{f' ({missing})' if missing else ''}",
+                  file=sys.stderr)
             return None
         stop = asyncio.Event()
         stopped_by: list[signal.Signals] = []

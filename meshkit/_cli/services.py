@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode
 
 from meshkit._cli._common import (
     add_registry_argument,
+    missing_local,
     open_registry,
     positive_seconds,
     printable,
@@ -269,6 +270,8 @@ def main(argv: list[str]) -> int:
         sys.stdout.write("\n")
     elif rows:
         sys.stdout.write(render(rows))
-    if not rows:
-        print(f"meshkit services: no instance listed in {args.registry}", file=sys.stderr)
+    if not rows:  # a local registry's missing file named (it is not created)
+        missing = missing_local(args.registry)
+        print(f"meshkit services: no instance listed in {args.registry}"
+              f"{f' ({missing})' if missing else ''}", file=sys.stderr)
     return 0 if rows else 1

@@ -17,6 +17,7 @@ through ``meshkit.auth``'s and ``meshkit/auth/cli.py``'s module-level imports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -101,6 +102,17 @@ def test_usage_error_imports_nothing_heavy(tmp_path: Path, command: str) -> None
     assert _heavy(loaded) == []
 
 
+async def _empty_registry(directory: Path) -> None:
+    """A local registry's file in ``directory``, no instance in it."""
+    from meshkit.discovery import LocalOptions, LocalRegistry
+
+    registry = LocalRegistry(LocalOptions(path=directory))
+    try:
+        await registry.services()
+    finally:
+        await registry.close()
+
+
 def test_services_run_loads_only_what_it_uses(tmp_path: Path) -> None:
     """A real ``meshkit services --json`` against an empty local registry (status 1,
     ``[]``) loads the registry and ``configure_logging``, but not aiohttp (no instance has
@@ -109,6 +121,7 @@ def test_services_run_loads_only_what_it_uses(tmp_path: Path) -> None:
     protobuf's JSON), nor the mesh client, server or certificates."""
     registry = tmp_path / "registry"
     registry.mkdir()
+    asyncio.run(_empty_registry(registry))  # a missing one is not opened (nor created)
     code, out, err, loaded = _run(tmp_path, "services", "--registry", f"local://{registry}",
                                   "--json")
     assert (code, out) == (1, "[]\n")
