@@ -1476,12 +1476,33 @@ class _GrpcAsync(functools.partial[Any]):
     ``functools.partial``'s, in C (no frame). ``inspect.iscoroutinefunction`` still says
     yes (it unwraps a partial), as grpc.aio's other checks and meshkit's
     (:func:`_grpc_awaits`, :func:`_is_async`) ask. Never awaited: awaited, it raises
-    the ``TypeError`` awaiting a function raises."""
+    the ``TypeError`` awaiting a function raises.
+
+    What an interceptor before meshkit's (a ``grpc.aio`` server's, see
+    :func:`meshkit.observability.server_interceptors`) may ask of the behaviour it is
+    handed answers as for the function: its ``__name__`` and ``__qualname__``, and
+    ``copy.copy`` / ``copy.deepcopy`` return it as it is (a partial would be copied
+    through its ``__dict__``: :data:`GATE_MARK`'s partial and the reporter in it, whose
+    locks do not copy)."""
 
     __slots__ = ()
+    __name__: str
+    __qualname__: str
+
+    def __new__(cls, behavior: Callable[..., Any]) -> _GrpcAsync:
+        self = super().__new__(cls, behavior)
+        self.__name__ = behavior.__name__  # (in its __dict__: a partial has none)
+        self.__qualname__ = behavior.__qualname__
+        return self
 
     def __await__(self) -> Iterator[Any]:
         raise TypeError("a handler's behaviour is called, not awaited")
+
+    def __copy__(self) -> _GrpcAsync:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _GrpcAsync:
+        return self
 
 
 _NO_GATE: Gate = (_ungated, _ungated, _ungated, _ungated)
