@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ def _rewrite_one(source: str) -> bool:
         return False
 
 
+def _leave_sigint_to_the_parent() -> None:
+    """A pool process's initializer: ignore SIGINT. A Ctrl-C reaches the terminal's whole
+    process group; the pool's processes died of it each printing ``Process
+    ForkPoolWorker-N:`` and a traceback into the run's output, while the parent's
+    ``KeyboardInterrupt`` ends the pool (``terminate``) and the session anyway."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _candidates(config: pytest.Config) -> Iterable[Path]:
     """The files the run's collection will rewrite: test modules (``python_files``) and
     ``conftest.py`` files at or under its arguments (or ``testpaths``)."""
@@ -129,7 +138,9 @@ def rewrite_ahead(config: pytest.Config) -> int:
         )
         if len(stale) < _POOL_FROM or cpus < 2 or not hasattr(os, "fork"):
             return sum(map(_rewrite_one, stale))
-        with multiprocessing.get_context("fork").Pool(min(cpus, len(stale) // 8)) as pool:
+        with multiprocessing.get_context("fork").Pool(
+            min(cpus, len(stale) // 8), initializer=_leave_sigint_to_the_parent
+        ) as pool:
             return sum(pool.imap_unordered(_rewrite_one, stale, chunksize=8))
     finally:
         _CONFIG = None
