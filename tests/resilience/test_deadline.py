@@ -21,6 +21,7 @@ from meshkit.resilience import (
     current_deadline,
     deadline_scope,
 )
+from meshkit.resilience._deadline import wire_cut_s
 from tests.conftest import EchoFactory
 from tests.support.echo import handler, method, raw_server
 
@@ -100,11 +101,23 @@ async def test_two_hop_deadline_never_runs_second_hop_past_it(registry: LocalReg
 
 
 async def test_margin_is_subtracted(registry: LocalRegistry) -> None:
-    """With deadline_margin_s, outgoing calls get the inherited deadline minus the margin."""
-    remaining: list[float] = []
+    """With deadline_margin_s, outgoing calls get the inherited deadline minus the margin.
+
+    Judged as a point in time, not as time left: the handler records the deadline it was
+    given (``time.monotonic() + time_remaining()``, one process, one clock) against the
+    scope's deadline minus the margin. Time left at the handler also lost whatever the
+    call took to get there (the first call's connection: 334 ms on a loaded 2-core box,
+    read as 0.449 s left of 1.0 - 0.3, below the 0.5 bound). Bounds: not before the
+    scope's deadline minus the 2 s margin by more than the grid a propagated timeout is
+    lowered to (``wire_cut_s``: 15 ms for 9 s), and at least 1 s (half the margin) before
+    the scope's own deadline, which leaves the call's transit a second (gRPC sends a
+    timeout, not a time: the server's deadline is the client's plus the transit). A call
+    sent without the margin, or with it subtracted twice, is 2 s off."""
+    deadlines: list[float] = []
 
     async def report(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        remaining.append(context.time_remaining() or 0.0)
+        left = context.time_remaining()
+        deadlines.append(time.monotonic() + (left if left is not None else math.inf))
         return b"ok"
 
     srv = meshkit.MeshServer(
@@ -115,13 +128,16 @@ async def test_margin_is_subtracted(registry: LocalRegistry) -> None:
     )
     await srv.start()
     try:
-        opts = meshkit.DialOptions(insecure=True, deadline_margin_s=0.3)
+        opts = meshkit.DialOptions(insecure=True, deadline_margin_s=2.0)
         async with meshkit.dial("m", registry=registry, options=opts) as ch:
-            with deadline_scope(time.monotonic() + 1.0):
+            scope = time.monotonic() + 9.0  # under 10 s: a 10 ms grid (wire_unit_s)
+            with deadline_scope(scope):
                 await ch.unary_unary("/m/Call")(b"")
-                await ch.unary_unary("/m/Call")(b"", timeout=0.2)  # own, shorter timeout wins
-        assert 0.5 < remaining[0] <= 0.7
-        assert remaining[1] <= 0.21  # grpc rounds deadlines to the millisecond
+                sent = time.monotonic()
+                await ch.unary_unary("/m/Call")(b"", timeout=3.0)  # own, shorter timeout wins
+        early = wire_cut_s(9.0) + 0.001  # the grid, and grpc's millisecond clock
+        assert scope - 2.0 - early <= deadlines[0] <= scope - 1.0, deadlines[0] - scope
+        assert sent + 3.0 - 0.002 <= deadlines[1] <= sent + 3.0 + 1.0, deadlines[1] - sent
     finally:
         await srv.drain()
 
