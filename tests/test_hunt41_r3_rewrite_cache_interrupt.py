@@ -98,3 +98,53 @@ def test_ctrl_c_during_the_pool_prints_no_pool_process_traceback(tmp_path: Path)
         ["pgrep", "-s", str(proc.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
     assert left == [], left
+
+
+def test_a_pool_process_killed_leaves_the_rest_to_the_collection(tmp_path: Path) -> None:
+    """One pool process SIGKILLed while the pool rewrites (the OOM killer of a loaded CI
+    box): multiprocessing.Pool lost its task and waited for it for ever (the session
+    hung: nothing in 40 s); now the session goes on, the collection rewriting what the
+    pool did not, and every test runs."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "conftest.py").write_text(_CONFTEST)
+    for i in range(60):
+        (tmp_path / f"test_m{i:02d}.py").write_text(f"def test_{i}():\n    assert {i} == {i}\n")
+    env = {**os.environ, "PYTHONPATH": str(_REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = _children(proc.pid)
+        assert len(kids) >= 2, "the pool never started"
+        time.sleep(0.5)  # the pool's processes at work
+        os.kill(int(kids[0]), signal.SIGKILL)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the session hung after a pool process was killed")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "60 passed" in text, text

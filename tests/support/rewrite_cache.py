@@ -27,6 +27,8 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,31 @@ def _leave_sigint_to_the_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _rewrite_in_pool(stale: list[str], processes: int) -> int:
+    """Rewrite ``stale`` in ``processes`` forked processes; return how many were written.
+
+    A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a pool process that dies
+    (the OOM killer of a loaded box) breaks it, and what it did not write is left to the
+    collection; the ``Pool`` lost that process's task and waited for it for ever, the
+    session hung. Interrupted (Ctrl-C), the rewrites not started are dropped and those
+    under way (a chunk each) awaited, so that no pool process is left behind."""
+    written = 0
+    with ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_leave_sigint_to_the_parent,
+    ) as pool:
+        try:
+            for done in pool.map(_rewrite_one, stale, chunksize=8):
+                written += done
+        except BrokenProcessPool:  # a pool process died: the collection rewrites the rest
+            pass
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return written
+
+
 def _candidates(config: pytest.Config) -> Iterable[Path]:
     """The files the run's collection will rewrite: test modules (``python_files``) and
     ``conftest.py`` files at or under its arguments (or ``testpaths``)."""
@@ -138,9 +165,6 @@ def rewrite_ahead(config: pytest.Config) -> int:
         )
         if len(stale) < _POOL_FROM or cpus < 2 or not hasattr(os, "fork"):
             return sum(map(_rewrite_one, stale))
-        with multiprocessing.get_context("fork").Pool(
-            min(cpus, len(stale) // 8), initializer=_leave_sigint_to_the_parent
-        ) as pool:
-            return sum(pool.imap_unordered(_rewrite_one, stale, chunksize=8))
+        return _rewrite_in_pool(stale, min(cpus, len(stale) // 8))
     finally:
         _CONFIG = None
