@@ -9,8 +9,7 @@ metadata) and raises :class:`~meshkit.errors.InvalidMetadataError` naming the ke
 
 Keys already seen legal are remembered (a bounded dict: keys repeat from call to call), so
 a call pays one dict lookup per key and, for a text value, an ASCII flag check and one
-``bytes.translate``; a pair meshkit built legal itself (:class:`BuiltPair`: telemetry's
-own ``traceparent``, a retry's attempt count) is passed unread.
+``bytes.translate``.
 
 On the server side, :func:`call_metadata` reads an incoming call's metadata once for every
 check of the call that needs it.
@@ -26,8 +25,8 @@ from typing import Any
 from meshkit import __version__
 from meshkit.errors import InvalidMetadataError
 
-__all__ = ["MESH_USER_AGENT", "PREVIOUS_ATTEMPTS", "BuiltPair", "LoggedMetadata",
-           "call_metadata", "check_metadata", "logged_metadata", "with_previous_attempts"]
+__all__ = ["MESH_USER_AGENT", "PREVIOUS_ATTEMPTS", "LoggedMetadata", "call_metadata",
+           "check_metadata", "logged_metadata", "with_previous_attempts"]
 
 MESH_USER_AGENT = f"meshkit/{__version__}"
 """The product token every sub-channel of a ``MeshChannel`` adds to its ``user-agent``
@@ -54,27 +53,12 @@ on a new connection, then fails ``UNAVAILABLE``, and meshkit cannot tell such a 
 one the server ran, so a call not safe to repeat would not be retried."""
 
 
-class BuiltPair(tuple[str, str]):
-    """A request metadata pair meshkit built legal itself: a text key of
-    ``[0-9a-z-_.]`` (neither ``-bin`` nor ``grpc-status``) and a printable ASCII ``str``
-    value it formatted from numbers, e.g. telemetry's own ``traceparent`` and
-    :data:`PREVIOUS_ATTEMPTS`. :func:`check_metadata` passes it without reading its key
-    and value, which it would find legal (a ``traceparent`` costs about 45 bytecodes to
-    check): a tuple is immutable, so wherever an interceptor moves it, it holds the key
-    and value it was built with, and a pair an interceptor or a propagator made (any
-    other type) is read as before. Never build one from a value meshkit did not
-    format itself (a caller's string, a propagator's, a baggage member's). Otherwise a
-    plain ``(key, value)`` tuple: equal to one, unpacked as one, sent as one."""
-
-    __slots__ = ()
-
-
 def with_previous_attempts(metadata: list[tuple[str, Any]],
                            previous: int) -> list[tuple[str, Any]]:
     """A new list: ``metadata`` with :data:`PREVIOUS_ATTEMPTS` set to ``previous`` (the
     attempts of the call before this one; an earlier value of the header replaced)."""
     out = [kv for kv in metadata if kv[0] != PREVIOUS_ATTEMPTS]
-    out.append(BuiltPair((PREVIOUS_ATTEMPTS, str(previous))))  # an int's digits
+    out.append((PREVIOUS_ATTEMPTS, str(previous)))
     return out
 
 # (context, its invocation metadata) of the call whose task this is: grpc.aio runs each
@@ -216,18 +200,13 @@ def check_metadata(metadata: Iterable[tuple[Any, Any]], request: bool = False) -
     only: grpc core aborts the server's process sending it (as request metadata grpc
     core leaves it out, the call's own deadline sent).
 
-    A :class:`BuiltPair` (a pair meshkit built legal) is passed without reading it.
-
     Raises:
         InvalidMetadataError: the first pair that breaks a rule (status ``INTERNAL``; the
             message quotes the key, never the value).
         ValueError, TypeError: ``metadata`` is not a sequence of pairs.
     """
     keys = _KEYS
-    for pair in metadata:
-        if type(pair) is BuiltPair:
-            continue
-        key, value = pair
+    for key, value in metadata:
         binary = keys.get(key) if type(key) is str else None
         if binary is None:
             binary = _learn(key, request)

@@ -34,7 +34,6 @@ from opentelemetry.trace import (
 )
 
 from meshkit._config import check_bool
-from meshkit._metadata import BuiltPair
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import SPAN_CONTEXT_IS_TUPLE, get_logger
 
@@ -2312,15 +2311,13 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
                 return
             # %-formatting: half the bytecodes of the f-string's three format specs, and
             # about a third less time (timeit, Python 3.11)
-            # built legal (hex digits of ints): the channel's check passes it unread
-            pair = BuiltPair((_TRACEPARENT, "00-%032x-%016x-%02x"  # noqa: UP031
-                              % (tid, sid, flags & 0xff)))
+            value = "00-%032x-%016x-%02x" % (tid, sid, flags & 0xff)  # noqa: UP031
             for i, (k, _) in enumerate(metadata):  # _SETTER.set, inline: a frame less
                 if k == _TRACEPARENT:
-                    metadata[i] = pair
+                    metadata[i] = (_TRACEPARENT, value)
                     break
             else:
-                metadata.append(pair)
+                metadata.append((_TRACEPARENT, value))
             if state is not _EMPTY_STATE and state:
                 _SETTER.set(metadata, "tracestate", state.to_header())
             return
