@@ -46,6 +46,7 @@ from meshkit._handlers import (
     Handler,
     Resolver,
     WrappingInterceptor,
+    _GrpcAsync,
     after_handler_thread,
     answers_unknown,
     async_behaviour,
@@ -1535,7 +1536,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         variant for a handler in a thread) has admitted the call; what it returns is
         handed on as it is, or awaited when it is awaitable. ``waiting``: the call waits
         for its first message there, in the gate's bookkeeping (see
-        :meth:`_admitting_waiting`)."""
+        :meth:`_admitting_waiting`). Made a :class:`~meshkit._handlers._GrpcAsync`, as
+        :meth:`_convert`'s ``unary_out``: grpc.aio's per-call "is it async?" answered at
+        its first test."""
         awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
         if waiting is not None:
             evicting = self._evicting
@@ -1560,7 +1563,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     evicting.discard(task)
                 await abort_late(context)
 
-            return admitted_waiting
+            return _GrpcAsync(admitted_waiting)  # grpc.aio's "is it async?" per call, cheaper
 
         async def admitted(requests: Any, context: Any) -> Any:
             refused = admit(context)
@@ -1571,7 +1574,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 return await result
             return result
 
-        return admitted
+        return _GrpcAsync(admitted)  # (see meshkit._handlers._GrpcAsync)
 
     def _convert(self, handler: Handler, reserved: bool = False) -> Handler:
         first = self._first_reserved if reserved else self._first
@@ -1659,7 +1662,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
             release(size)
             return result
 
-        return _request_streaming(handler, unary_out)
+        # grpc.aio's "is it async?" per call, cheaper (see meshkit._handlers._GrpcAsync)
+        return _request_streaming(handler, _GrpcAsync(unary_out))
 
 
 class CallSlots(WrappingInterceptor):
