@@ -1546,12 +1546,13 @@ class _NeverRaised(Exception):
 
 
 def _own_mark(behaviour: Any, name: str) -> Any:
-    """The request guard's mark ``name`` (:data:`GUARD_MARK`, :data:`STREAM_GUARD_MARK`)
-    of ``behaviour`` when ``behaviour`` is the guard itself, else ``None``. A wrapper of
-    the guard (a user's server interceptor decorating it with ``functools.wraps``, which
-    copies the guard's ``__dict__``, marks and all; a ``wrapt`` proxy, which reads them
-    through) carries the mark too but must run: both set ``__wrapped__``, which the
-    guard has not. Asked once per method."""
+    """The mark ``name`` of ``behaviour`` (the request guard's :data:`GUARD_MARK` or
+    :data:`STREAM_GUARD_MARK`, a wrap's :data:`GATE_MARK`) when ``behaviour`` is the
+    marked guard or wrap itself, else ``None``. A wrapper of it (a user's server
+    interceptor decorating it with ``functools.wraps``, which copies its ``__dict__``,
+    marks and all; a ``wrapt`` proxy, which reads them through) carries the mark too but
+    must run: both set ``__wrapped__``, which the guard and the wraps have not. Asked
+    once per method."""
     if getattr(behaviour, "__wrapped__", None) is not None:
         return None
     return getattr(behaviour, name, None)

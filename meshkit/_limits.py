@@ -47,6 +47,7 @@ from meshkit._handlers import (
     Resolver,
     WrappingInterceptor,
     _GrpcAsync,
+    _own_mark,
     after_handler_thread,
     answers_unknown,
     async_behaviour,
@@ -1620,7 +1621,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             return _request_streaming(handler, stream_out)
         inner_u = async_behaviour(handler.unary_unary, False, False)
         assert inner_u is not None
-        fused = getattr(inner_u, GATE_MARK, None)
+        fused = _own_mark(inner_u, GATE_MARK)  # (not one copied onto a wrapper of it)
         if fused is not None:
             # the server's wrap (telemetry) runs these steps in its own frame, as
             # unary_out below: one coroutine frame fewer per call (see GATE_MARK)

@@ -1,5 +1,6 @@
 """grpc.aio's per-call "is this handler async?" check of the request gate's own wraps
-takes its one-step answer.
+takes its one-step answer, and a user's ``functools.wraps`` copy of :data:`GATE_MARK`
+is not taken for the wrap itself.
 
 grpc.aio asks of a unary-response behaviour, per call, ``inspect.isawaitable(b) or
 inspect.iscoroutinefunction(b) or ...`` (``_is_async_handler`` in cygrpc's aio
@@ -27,8 +28,9 @@ from grpc._cython import cygrpc
 from prometheus_client import CollectorRegistry
 
 import meshkit
+from meshkit._limits import RequestGate
 from meshkit.discovery import LocalOptions, LocalRegistry
-from meshkit.observability import TelemetryOptions
+from meshkit.observability import TelemetryOptions, server_interceptors
 from tests.test_hunt41_server_percall_grpc_async_check import _CALLS, _plain, _unary
 
 _SVC = "hunt41.v1.GateShape"
@@ -172,3 +174,61 @@ async def test_grpc_does_not_ask_iscoroutinefunction_of_the_gates_wrap_per_call(
     assert inspect.iscoroutinefunction(wrap)
     assert asyncio.iscoroutinefunction(wrap)
     assert not inspect.isasyncgenfunction(wrap)
+
+
+class _Decorating(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A user's interceptor decorating each unary-unary behaviour with
+    ``functools.wraps`` (the usual decorator), counting the calls through it."""
+
+    def __init__(self) -> None:
+        self.through = 0
+        self._made: dict[Any, Any] = {}  # once per behaviour, as a careful decorator
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        made = self._made.get(inner)
+        if made is None:
+
+            @functools.wraps(inner)
+            async def decorated(request: Any, context: Any) -> Any:
+                self.through += 1
+                return await inner(request, context)
+
+            made = self._made[inner] = handler._replace(unary_unary=decorated)
+        return made
+
+
+async def test_a_wrapper_with_a_copied_gate_mark_runs() -> None:
+    """A behaviour decorated with ``functools.wraps`` carries the wrap's
+    :data:`~meshkit._handlers.GATE_MARK` too (copied with its ``__dict__``); the request
+    gate must not take the mark for the wrap itself (fusing the wrap and calling past the
+    decorator), as for the request guard's marks (58eaaf09). Not reachable through
+    ``ServeOptions`` (the unhandled-error check stands between gate and a user's
+    interceptors): here on a plain grpc.aio server, the gate outermost, the user's
+    interceptor before meshkit's telemetry."""
+    from meshkit._handlers import GATE_MARK
+
+    decorating = _Decorating()
+    telemetry = TelemetryOptions(
+        registry=CollectorRegistry(), tracing=False, metrics=True, access_log=False
+    )
+    gate = RequestGate(meshkit.ServerLimits())
+    server = grpc.aio.server(
+        interceptors=[gate, decorating, *server_interceptors("gateshape", telemetry)]
+    )
+    _add(None, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answers = [await _call(channel, "Unary", b"%d" % i) for i in range(3)]
+    finally:
+        await server.stop(None)
+        gate.close()
+    assert answers == [b"async|%d" % i for i in range(3)]
+    (made,) = decorating._made.values()
+    assert getattr(made.unary_unary, GATE_MARK, None) is not None  # the copied mark
+    assert decorating.through == 3  # 0 when the copied mark was taken
