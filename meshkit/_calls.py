@@ -248,10 +248,11 @@ def _mesh_cut(details: ClientCallDetails, call: Any = None) -> MeshRpcError:
                         "was closed or its endpoint left")
 
 
-def _kept_status(details: ClientCallDetails, call: Any) -> tuple[Any, ...] | None:
+def kept_status(details: ClientCallDetails, call: Any) -> tuple[Any, ...] | None:
     """For ``call``, a bidi attempt grpc.aio reports ``INTERNAL``: the status its server
     sent, ``(code, details, initial metadata, trailing metadata, debug string)``, kept by
-    the channel as it arrived (``details.codec.kept_status``): grpc.aio (1.85,
+    the channel as it arrived (``details.codec.kept_status``); the call objects' and
+    telemetry's (``meshkit.observability._client``) one way to it: grpc.aio (1.85,
     grpc/grpc#36066) replaces a call's status with ``INTERNAL`` "Internal error from
     Core" when a write in flight as the server ended it fails after that status. ``None``
     when nothing was kept (the ``INTERNAL`` is the call's own). The error path only."""
@@ -260,7 +261,7 @@ def _kept_status(details: ClientCallDetails, call: Any) -> tuple[Any, ...] | Non
 
 
 def _kept_error(details: ClientCallDetails, status: tuple[Any, ...]) -> AioRpcError:
-    """The ``AioRpcError`` of a kept status (:func:`_kept_status`; not ``OK``)."""
+    """The ``AioRpcError`` of a kept status (:func:`kept_status`; not ``OK``)."""
     code, text, initial, trailing, debug = status
     error = AioRpcError(code, initial, trailing, text, debug)
     if code is _DEADLINE_EXCEEDED:
@@ -720,7 +721,7 @@ class MeshCall:
         await _server_status(call)
         md: Metadata = await call.trailing_metadata()
         if not md and await call.code() is _INTERNAL and (
-                kept := _kept_status(self._details, call)) is not None:
+                kept := kept_status(self._details, call)) is not None:
             return kept[3]  # type: ignore[no-any-return]  # what its server sent
         return md
 
@@ -742,7 +743,7 @@ class MeshCall:
                 return _code_of(err)
             if self._cut_by_mesh(call):
                 return _code_of(self._error)  # type: ignore[arg-type]
-        elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+        elif code is _INTERNAL and (kept := kept_status(self._details, call)) is not None:
             return kept[0]  # type: ignore[no-any-return]  # what its server sent
         return code
 
@@ -765,7 +766,7 @@ class MeshCall:
                 return err.details() or ""
             if self._cut_by_mesh(call):
                 return self._error.details() or ""  # type: ignore[union-attr]
-        elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+        elif code is _INTERNAL and (kept := kept_status(self._details, call)) is not None:
             return kept[1] or ""  # what its server sent
         return await call.details()  # type: ignore[no-any-return]
 
@@ -781,7 +782,7 @@ class MeshCall:
             return ""
         await _server_status(call)
         if await call.code() is _INTERNAL and (
-                kept := _kept_status(self._details, call)) is not None:
+                kept := kept_status(self._details, call)) is not None:
             return kept[4] or ""  # what its server sent
         return await call.debug_error_string()  # type: ignore[no-any-return]
 
@@ -1201,7 +1202,7 @@ class StreamResponseCall(MeshCall):
             code = exc.code()
             if code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
-            elif code is _INTERNAL and (kept := _kept_status(self._details, call)) is not None:
+            elif code is _INTERNAL and (kept := kept_status(self._details, call)) is not None:
                 if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
                     return
                 raise _kept_error(self._details, kept) from None
@@ -1235,7 +1236,7 @@ class StreamResponseCall(MeshCall):
             if code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, exc)
             elif code is _INTERNAL:
-                if (kept := _kept_status(self._details, call)) is not None:
+                if (kept := kept_status(self._details, call)) is not None:
                     _release_end(call)
                     if kept[0] is _OK:  # grpc.aio replaced an OK end (grpc/grpc#36066)
                         return _EOF
@@ -1419,7 +1420,7 @@ class StreamResponseCall(MeshCall):
             # already finished: its message was not sent, the status is the reads'
             if exc.code() is not _INTERNAL:
                 raise
-            kept = _kept_status(self._details, call)
+            kept = kept_status(self._details, call)
             if kept is None:
                 if exc.details() != _CORE_INTERNAL:
                     raise  # an INTERNAL of its own

@@ -14,8 +14,7 @@ from grpc.aio import AioRpcError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from meshkit._calls import DEADLINE_SLACK_S, add_end_callback
-from meshkit._calls import _kept_status as kept_status
+from meshkit._calls import DEADLINE_SLACK_S, add_end_callback, kept_status
 from meshkit._config import check_instance
 from meshkit._log import printable
 from meshkit._metadata import LoggedMetadata, logged_metadata
