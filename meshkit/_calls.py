@@ -1816,12 +1816,16 @@ class RetryingStreamCall(MeshCall):
                 # a copy without the traceback: exc's holds this frame, whose local it
                 # would be (a reference cycle per retried call, see _fresh)
                 last = _fresh(exc)
+            # the failed attempt is let go before the pause, not after: an
+            # initial_metadata() asked in the backoff then waits for the next attempt
+            # instead of committing the call to this one (whose grpc.aio call an attempt
+            # interceptor's failing response iterator can leave not done)
+            self._call = None
             await self._pause(delay)
             if self._late is not None and self._late(self._details):
                 self._settle(None, last)
                 return
             attempt += 1
-            self._call = None
 
     def _start(self) -> None:
         pass  # started when made

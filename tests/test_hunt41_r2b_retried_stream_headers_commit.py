@@ -17,8 +17,8 @@ and the commit task opens the next attempt anyway, after the pause.
    attempt's messages, which ``initial_metadata()``'s docstring rules out (before these
    commits too).
 
-Both are faults of meshkit/_calls.py (owned by another helper): strict xfails, to be
-lifted with the fix.
+Both were faults of meshkit/_calls.py: RetryingStreamCall._commit let the failed
+attempt go only after its backoff; it now lets it go before.
 """
 
 from __future__ import annotations
@@ -96,13 +96,6 @@ def _options(interceptor: _RefuseFirst, pause_s: float) -> meshkit.DialOptions:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshkit/_calls.py: RetryingStreamCall commits to "
-    "a failed attempt's headers in its backoff; read() then raises "
-    "AttributeError (since db9fc692) or gives EOF, code() OK (reported to "
-    "the owner of _calls.py)",
-)
 @pytest.mark.parametrize(
     "read_after_the_backoff", [True, False], ids=["read-after-the-backoff", "read-in-the-backoff"]
 )
@@ -150,12 +143,6 @@ async def test_a_stream_committed_in_backoff_whose_next_attempt_cannot_open_fail
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshkit/_calls.py: RetryingStreamCall commits to "
-    "a failed attempt's headers in its backoff and reads the next "
-    "attempt's messages (reported to the owner of _calls.py)",
-)
 async def test_a_retried_streams_headers_and_first_message_are_one_attempts(
     registry: LocalRegistry,
 ) -> None:
