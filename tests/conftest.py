@@ -149,12 +149,18 @@ def registry_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def registry(registry_dir: Path) -> AsyncIterator[LocalRegistry]:
-    """A local registry with a 3 s TTL (the library's default; heartbeats every 1 s)
-    and a 50 ms watch poll. No test judges expiry on it (those build their own registry
-    with the TTL they judge); with 1 s, a worker's event loop starved for 0.7 s (a
-    cycle test's collections beside another busy process) let its servers' rows lapse
-    between heartbeats, and their calls failed "no endpoint is registered"."""
-    reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=3.0, poll_interval_s=0.05))
+    """A local registry with a 15 s TTL, heartbeats every 1 s (the library's default
+    interval, for its default 3 s TTL) and a 50 ms watch poll. No test judges expiry on
+    it (those build their own registry with the TTL they judge). A row lapses only when
+    a worker's event loop is starved for longer than the TTL less one heartbeat: with a
+    1 s TTL, 0.7 s of a cycle test's collections did it; with 3 s, the CI run of
+    2026-12-07 at load ~24 (8 helpers on 2 cores) still lost rows between heartbeats
+    (stream tests failed "service 'd': no endpoint is registered", the watch saying []
+    then ['d1'] again); now it takes 14 s (tests/test_hunt41_f1_registry_fixture_ttl.py).
+    Dead rows are swept after ``10 * ttl_s``; the copies tests make of ``options`` keep
+    the interval."""
+    reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=15.0, heartbeat_interval_s=1.0,
+                                     poll_interval_s=0.05))
     yield reg
     await reg.close()
 
