@@ -15,24 +15,16 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
-import meshkit
 from meshkit.discovery import LocalRegistry
 from meshkit.errors import ResponseDeserializationError
-from meshkit.observability import TelemetryOptions
+from tests.support.held_end import ServedStack, answer_once, write_all
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
 
 APP = "meshkit.test.C1Calls"
 _STREAMS = 12
-
-
-async def _answer_once(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-    async for _ in requests:
-        yield b"one"
-        return
 
 
 async def _deny_at_once(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
@@ -51,7 +43,7 @@ def _add(_servicer: Any, server: Any) -> None:
             grpc.method_handlers_generic_handler(
                 APP,
                 {
-                    "Once": grpc.stream_stream_rpc_method_handler(_answer_once),
+                    "Once": grpc.stream_stream_rpc_method_handler(answer_once),
                     "Quiet": grpc.stream_stream_rpc_method_handler(_return_at_once),
                     "DenyNow": grpc.stream_stream_rpc_method_handler(_deny_at_once),
                 },
@@ -60,58 +52,12 @@ def _add(_servicer: Any, server: Any) -> None:
     )
 
 
-class _Stack:
+class _Stack(ServedStack):
     def __init__(self, registry: LocalRegistry) -> None:
-        self.client = CollectorRegistry()
-        self.srv = meshkit.MeshServer(
-            "c1calls",
-            [(_add, None)],
-            registry=registry,
-            options=meshkit.ServeOptions(
-                insecure=True, instance_id="c1", drain_delay_s=0.0, grace_s=1.0
-            ),
-        )
-        self.opts = meshkit.DialOptions(
-            insecure=True,
-            retry=None,
-            telemetry=TelemetryOptions(registry=self.client, tracing=False, access_log=False),
-        )
-        self.registry = registry
-
-    async def __aenter__(self) -> meshkit.MeshChannel:
-        await self.srv.start()
-        self.ch = meshkit.dial("c1calls", registry=self.registry, options=self.opts)
-        await self.ch.wait_for_endpoints(1, timeout_s=10)
-        return self.ch
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.ch.close()
-        await self.srv.drain()
+        super().__init__(registry, "c1calls", _add, "c1")
 
     def handled(self, code: str) -> float:
-        return (
-            self.client.get_sample_value(
-                "grpc_client_handled_total",
-                {
-                    "grpc_service": APP,
-                    "grpc_method": "Once",
-                    "grpc_type": "bidi_stream",
-                    "grpc_code": code,
-                },
-            )
-            or 0.0
-        )
-
-
-async def _write_all(call: Any) -> bool:
-    """Write 50 messages of 1 KiB and half-close; whether a write met the call's end."""
-    try:
-        for _ in range(50):
-            await call.write(b"x" * 1024)
-        await call.done_writing()
-    except asyncio.InvalidStateError:
-        return True
-    return False
+        return self.handled_count(APP, "Once", code)
 
 
 async def _read_all(call: Any) -> list[Any]:
@@ -131,7 +77,7 @@ async def test_a_done_callback_waits_for_the_read_end_and_sees_ok(registry: Loca
             call = ch.stream_stream(f"/{APP}/Once")(timeout=10)
             early: list[bool] = []
             call.add_done_callback(lambda c, seen=early: seen.append(c.done()))
-            met_end = await _write_all(call)
+            met_end = await write_all(call)
             met += met_end
             if met_end:
                 # held with the attempt's end: not run at grpc.aio's stand-in
@@ -162,7 +108,7 @@ async def test_status_asked_after_the_answer_before_eof_is_ok(
         met = 0
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once")(timeout=10)
-            met += await _write_all(call)
+            met += await write_all(call)
             assert await call.read() == b"one"
             # grpc.aio's stand-in until the server's status comes (documented: asked
             # before the reads' end, code() may still read it); then the server's
@@ -191,7 +137,7 @@ async def test_a_cancelled_read_after_the_end_raises_cancelled(registry: LocalRe
         cancelled = 0
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once")(timeout=10)
-            if not await _write_all(call):
+            if not await write_all(call):
                 assert await _read_all(call) == [b"one"]
                 continue
             reader = asyncio.ensure_future(call.read())
@@ -218,7 +164,7 @@ async def test_a_stream_ended_ok_unanswered_while_written_reads_eof(
         met = 0
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Quiet")(timeout=10)
-            met += await _write_all(call)
+            met += await write_all(call)
             assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
             assert await call.code() is grpc.StatusCode.OK
             assert await call.details() == ""
@@ -239,7 +185,7 @@ async def test_a_refused_answer_after_the_end_raises_deserialization_error(
         met = 0
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once", response_deserializer=_refuse)(timeout=10)
-            met += await _write_all(call)
+            met += await write_all(call)
             with pytest.raises(ResponseDeserializationError) as err:
                 await call.read()
             assert err.value.code() is grpc.StatusCode.INTERNAL
@@ -259,7 +205,7 @@ async def test_a_stream_ended_ok_unanswered_while_written_is_counted_ok(
     async with stack as ch:
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Quiet")(timeout=10)
-            await _write_all(call)
+            await write_all(call)
             assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
             assert await call.code() is grpc.StatusCode.OK
 
@@ -297,7 +243,7 @@ async def test_a_stream_denied_at_once_while_written_raises_the_denial(
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/DenyNow")(timeout=10)
             try:
-                await _write_all(call)
+                await write_all(call)
             except grpc.aio.AioRpcError as exc:
                 assert (exc.code(), exc.details()) == (denied, "no grant")
             with pytest.raises(grpc.aio.AioRpcError) as err:

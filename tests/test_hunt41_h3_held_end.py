@@ -26,12 +26,10 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
-import meshkit
 from meshkit.discovery import LocalRegistry
 from meshkit.errors import ResponseDeserializationError
-from meshkit.observability import TelemetryOptions
+from tests.support.held_end import ServedStack, answer_once, write_all
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,12 +38,6 @@ APP = "meshkit.test.H3Held"
 _STREAMS = 20
 _OK = grpc.StatusCode.OK
 _DENIED = grpc.StatusCode.PERMISSION_DENIED
-
-
-async def _answer_once(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-    async for _ in requests:
-        yield b"one"
-        return
 
 
 async def _answer_then_deny(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
@@ -61,7 +53,7 @@ def _add(_servicer: Any, server: Any) -> None:
             grpc.method_handlers_generic_handler(
                 APP,
                 {
-                    "Once": grpc.stream_stream_rpc_method_handler(_answer_once),
+                    "Once": grpc.stream_stream_rpc_method_handler(answer_once),
                     "Deny": grpc.stream_stream_rpc_method_handler(_answer_then_deny),
                 },
             ),
@@ -69,61 +61,18 @@ def _add(_servicer: Any, server: Any) -> None:
     )
 
 
-class _Stack:
+class _Stack(ServedStack):
     def __init__(self, registry: LocalRegistry) -> None:
-        self.client = CollectorRegistry()
-        self.srv = meshkit.MeshServer(
-            "h3held",
-            [(_add, None)],
-            registry=registry,
-            options=meshkit.ServeOptions(
-                insecure=True, instance_id="h1", drain_delay_s=0.0, grace_s=1.0
-            ),
-        )
-        self.opts = meshkit.DialOptions(
-            insecure=True,
-            retry=None,
-            telemetry=TelemetryOptions(registry=self.client, tracing=False, access_log=False),
-        )
-        self.registry = registry
-
-    async def __aenter__(self) -> meshkit.MeshChannel:
-        await self.srv.start()
-        self.ch = meshkit.dial("h3held", registry=self.registry, options=self.opts)
-        await self.ch.wait_for_endpoints(1, timeout_s=10)
-        return self.ch
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.ch.close()
-        await self.srv.drain()
+        super().__init__(registry, "h3held", _add, "h1")
 
     def handled(self, method: str) -> dict[str, float]:
         """Every non-zero ``grpc_client_handled_total`` count of ``method``, by code."""
         out = {}
         for code in ("OK", "PermissionDenied", "Internal", "Canceled", "Unknown"):
-            n = self.client.get_sample_value(
-                "grpc_client_handled_total",
-                {
-                    "grpc_service": APP,
-                    "grpc_method": method,
-                    "grpc_type": "bidi_stream",
-                    "grpc_code": code,
-                },
-            )
+            n = self.handled_count(APP, method, code)
             if n:
                 out[code] = n
         return out
-
-
-async def _write_all(call: Any) -> bool:
-    """Write 50 messages of 1 KiB and half-close; whether a write met the call's end."""
-    try:
-        for _ in range(50):
-            await call.write(b"x" * 1024)
-        await call.done_writing()
-    except asyncio.InvalidStateError:
-        return True
-    return False
 
 
 async def _last_message(call: Any, style: str) -> Any:
@@ -150,7 +99,7 @@ async def test_the_status_asked_after_the_last_message_is_the_servers(
         seen = []
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/{method}")(timeout=10)
-            met += await _write_all(call)
+            met += await write_all(call)
             assert await _last_message(call, style) == b"one"
             # asked at once (asyncio.wait_for's task would give the status a turn)
             code = await call.code()
@@ -178,7 +127,7 @@ async def test_code_awaited_before_the_reads_is_the_servers_once_they_are_done(
         codes = []
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once")(timeout=10)
-            met += await _write_all(call)
+            met += await write_all(call)
             asked = asyncio.ensure_future(call.code())
             await asyncio.sleep(0.01)
             assert [m async for m in call] == [b"one"]
@@ -195,7 +144,7 @@ async def test_a_stream_dropped_with_its_end_held_is_counted_without_a_collectio
     stack = _Stack(registry)
     async with stack as ch:
         call = ch.stream_stream(f"/{APP}/Once")(timeout=30)
-        await _write_all(call)
+        await write_all(call)
         assert [m async for m in call] == [b"one"]
         del call
         await until(lambda: sum(stack.handled("Once").values()) >= 1, timeout_s=20, what="one")
@@ -207,7 +156,7 @@ async def test_a_stream_dropped_with_its_end_held_is_counted_without_a_collectio
         try:
             for _ in range(_STREAMS):
                 call = ch.stream_stream(f"/{APP}/Once")(timeout=30)
-                if await _write_all(call):
+                if await write_all(call):
                     dropped += 1  # dropped unread, its end held
                 else:
                     assert [m async for m in call] == [b"one"]
@@ -252,7 +201,7 @@ async def test_a_refused_answer_after_the_end_is_internal_everywhere(
         seen = []
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once", response_deserializer=_refuse)(timeout=10)
-            met += await _write_all(call)
+            met += await write_all(call)
             with pytest.raises(ResponseDeserializationError):
                 await _last_message(call, style)
             seen.append(await call.code())
