@@ -993,7 +993,7 @@ async def test_services_health_is_each_instances_own_while_another_server_drains
     another process holds now) ``not-served``."""
     a = meshkit.MeshServer(
         "a", [(services.add_GreeterServicer_to_server, Greeter())], registry=registry,
-        options=meshkit.ServeOptions(insecure=True, instance_id="a-1", drain_delay_s=12.0,
+        options=meshkit.ServeOptions(insecure=True, instance_id="a-1", drain_delay_s=60.0,
                                      grace_s=1.0))
     await a.start()
     assert a.admin is greeter.admin and greeter.admin is not None  # one per process
@@ -1019,8 +1019,11 @@ async def test_services_health_is_each_instances_own_while_another_server_drains
         assert not draining.done()  # all of it seen while a drained
     finally:
         await stale.close()
-        # drain_delay_s is only the window the listing is made in (12 s: room for the
-        # command on a loaded box); once it is made, the rest of the delay proves nothing:
+        # drain_delay_s is only the window the listing is made in: 60 s, longer than the
+        # waits it holds (10 s for the deregistration, meshkit_cli's 30 s), so it cannot
+        # close first (12 s did in a CI run at load ~24: the command's interpreter took
+        # about 10 s to start, and a-1 read "not-served", its server stopped); once the
+        # listing is made, the rest of the delay proves nothing:
         # end it as asyncio.run()'s sweep would, the drain stops the server and closes
         # it (its finally), not a wait of the delay's remaining seconds.
         task = a._drain_task
