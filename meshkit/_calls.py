@@ -627,14 +627,28 @@ class MeshCall:
         hedges end with it. The call's code is then ``CANCELLED``. A stream settles
         cancelled at once, as grpc.aio's ``cancel()`` sets the status (still opening, in
         a retry's backoff, or before its first message), so ``done()`` is true when this
-        returns.
+        returns. A bidi stream whose write met the server's end before its responses
+        were read (done for grpc.aio, its end held: :class:`_HeldEnd`) is cancelled too:
+        its core call, so a :meth:`code` awaiting the server's status ends ``CANCELLED``.
 
         Returns:
             ``True`` if this cancelled the call; ``False`` if it had already finished or
             been cancelled.
         """
-        if self._cancelled or self.done():
+        if self._cancelled:
             return False
+        if self.done():
+            # a bidi attempt whose end is held (_HeldEnd): done for grpc.aio (its
+            # stand-in), whose cancel() is then a no-op, while code() awaits the
+            # server's status: its core call is cancelled so that wait ends
+            current = self._current()
+            held = held_end(current)
+            if held is None or not _stand_in(current):
+                return False
+            self._cancelled = True
+            held.cancel_core(_LOCALLY_CANCELLED)
+            held.release()
+            return True
         self._cancelled = True
         task = self._task
         if task is None:  # not started: nothing to stop, nothing will be sent
