@@ -365,6 +365,15 @@ class _HeldEnd:
         reporting its stand-in as its status (under ``attempt_interceptors``, the core
         call of the call grpc.aio's intercepted call wraps). This sets the status at
         once and ends grpc.aio's task waiting for the server's."""
+        core = self.core()
+        if core is not None:
+            with contextlib.suppress(Exception):
+                core.cancel(details)
+
+    def core(self) -> Any:
+        """The attempt's core call (grpc.aio's ``_cython_call``; under
+        ``attempt_interceptors``, that of the call grpc.aio's intercepted call wraps), or
+        ``None``."""
         call = self.call
         core = getattr(call, "_cython_call", None)
         if core is None:  # grpc.aio's intercepted call: the call its interceptors made
@@ -372,9 +381,16 @@ class _HeldEnd:
             if inner is not None and inner.done() and not inner.cancelled() \
                     and inner.exception() is None:
                 core = getattr(inner.result(), "_cython_call", None)
-        if core is not None:
-            with contextlib.suppress(Exception):
-                core.cancel(details)
+        return core
+
+    def channel_closed(self) -> bool:
+        """Whether the grpc.aio channel of the attempt's core call is closing or closed
+        (its ``close()``, which cancels only the calls it sees not done: not this one,
+        done for grpc.aio with its stand-in; the server's status then never comes)."""
+        try:
+            return bool(self.core()._channel.closed())  # (true from its closing)
+        except Exception:  # no core call, or one of another shape
+            return False
 
     def __del__(self) -> None:
         if self.callbacks and not self.loop.is_closed():
@@ -432,6 +448,9 @@ async def _server_status(call: Any) -> None:
         return
     delay = _STATUS_LOOK_FIRST_S
     while held.callbacks is not None and _stand_in(call):
+        if held.channel_closed():  # as grpc.aio's close() cancels a call not done
+            held.cancel_core(_LOCALLY_CANCELLED)
+            break
         await asyncio.sleep(delay)
         delay = min(delay * 2, _STATUS_LOOK_MAX_S)
     held.release()
