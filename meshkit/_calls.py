@@ -1853,7 +1853,13 @@ class RetryingStreamCall(MeshCall):
             # initial_metadata() asked in the backoff then waits for the next attempt
             # instead of committing the call to this one (whose grpc.aio call an attempt
             # interceptor's failing response iterator can leave not done)
-            self._call = None
+            failed, self._call = self._call, None
+            if failed is not None and not failed.done():
+                # that attempt's grpc.aio call goes on (its server still streaming to
+                # nobody until its deadline): cancelled, as grpc's own retry ends one
+                with contextlib.suppress(Exception):
+                    failed.cancel()
+            del failed
             await self._pause(delay)
             if self._late is not None and self._late(self._details):
                 self._settle(None, last)
