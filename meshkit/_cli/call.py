@@ -245,26 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dial_options(args: argparse.Namespace) -> meshkit.DialOptions:
     import meshkit
-    from meshkit.auth import CertificateError, tls_from_dir
+    from meshkit.auth import tls_from_dir
 
     if args.insecure:
         return meshkit.DialOptions(insecure=True, telemetry=None)
     if not (args.cert_dir and args.workload):
         raise CallError("no transport security: set MESHKIT_CERT_DIR and MESHKIT_WORKLOAD "
                         "(or --cert-dir and --workload), or pass --insecure")
-    try:
-        tls = tls_from_dir(args.cert_dir, args.workload)
-    except CertificateError:  # a file is missing: its advice names `certs issue WORKLOAD`
-        from meshkit.auth._identity import validate_service_label
-        from meshkit.errors import ConfigError
-
-        try:  # a name certs cannot issue: that advice would fail
-            validate_service_label(args.workload)
-        except ConfigError as exc:
-            raise CallError(f"--workload ($MESHKIT_WORKLOAD) is no workload name `meshkit "
-                            f"certs issue` takes: {exc}") from None
-        raise
-    return meshkit.DialOptions(tls=tls, telemetry=None)
+    # a missing file's error names a workload `meshkit certs issue` refuses (tls_from_dir)
+    return meshkit.DialOptions(tls=tls_from_dir(args.cert_dir, args.workload), telemetry=None)
 
 
 def _read_stdin() -> str:

@@ -99,6 +99,7 @@ from meshkit.auth._identity import (
     _signed_by,
     foreign_pattern_domain,
     identity_dns_name,
+    validate_service_label,
     validate_trust_domain,
     workload_id,
 )
@@ -1102,7 +1103,8 @@ def tls_from_dir(
             path (``bytes``, a number), ``insecure`` not
             ``True`` or ``False`` (a string read from the environment, ``"false"``, is
             truthy: it would give plaintext; quoted), or (as :class:`CertificateError`) a
-            file is missing — the message says to run ``meshkit certs issue <service>``.
+            file is missing — the message says to run ``meshkit certs issue <service>``,
+            or, for a ``service`` that command refuses (no lowercase DNS label), why.
     """
     check_bool("insecure", insecure)
     if insecure:
@@ -1115,6 +1117,11 @@ def tls_from_dir(
     files = (base / CA_CERT, base / f"{service}.pem", base / f"{service}.key")
     for f in files:
         if not f.exists():
+            try:  # `meshkit certs issue` refuses a name that is no label: its advice fails
+                validate_service_label(service)
+            except ConfigError as exc:
+                raise CertificateError(f"{f} is missing, and no workload of that name can be "
+                                       f"issued: {exc}") from None
             raise CertificateError(f"{f} is missing; run `meshkit certs init` and "
                                    f"`meshkit certs issue {service}` (--dir {base})")
     return TLSOptions(ca_file=files[0], cert_file=files[1], key_file=files[2],
