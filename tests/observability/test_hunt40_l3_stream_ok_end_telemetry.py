@@ -31,6 +31,7 @@ from meshkit.balancer import Done, Endpoint, EndpointState
 from meshkit.discovery import LocalRegistry
 from meshkit.observability import TelemetryOptions
 from tests.observability.conftest import Tracing
+from tests.support.held_end import write_all
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -123,17 +124,6 @@ def _codes(prom: CollectorRegistry, side: str, name: str, kind: str) -> dict[str
     return out
 
 
-async def _write_all(call: Any) -> bool:
-    """Write 50 messages of 1 KiB and half-close; whether a write met the call's end."""
-    try:
-        for _ in range(50):
-            await call.write(b"x" * 1024)
-        await call.done_writing()
-    except asyncio.InvalidStateError:
-        return True
-    return False
-
-
 class _PassOn(grpc.aio.StreamStreamClientInterceptor):
     """An attempt interceptor that passes every call on (grpc.aio's intercepted calls)."""
 
@@ -200,7 +190,7 @@ async def test_a_bidi_stream_read_to_its_ok_end_is_counted_ok(
         outcomes = []
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once")(timeout=10)
-            met_the_end += await _write_all(call)
+            met_the_end += await write_all(call)
             if style == "iterate":
                 got = [m async for m in call]
             else:
@@ -248,7 +238,7 @@ async def test_a_bidi_stream_denied_after_its_answer_is_counted_denied(
         outcomes = []
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Deny")(timeout=10)
-            met_the_end += await _write_all(call)
+            met_the_end += await write_all(call)
             got: list[Any] = []
             try:
                 if style == "iterate":
@@ -283,7 +273,7 @@ async def test_an_upload_answered_early_is_counted_ok(registry: LocalRegistry) -
     async with stack as ch:
         for _ in range(_STREAMS):
             up = ch.stream_unary(f"/{APP}/UpOnce")(timeout=10)
-            await _write_all(up)
+            await write_all(up)
             assert await up == b"one"
             assert await up.code() is grpc.StatusCode.OK
         await until(
@@ -313,7 +303,7 @@ async def test_a_bidi_stream_dropped_unread_is_counted_at_its_collection(
     async with stack as ch:
         # one stream read to its end first (the channel's and telemetry's own tasks)
         call = ch.stream_stream(f"/{APP}/Once")(timeout=30)
-        await _write_all(call)
+        await write_all(call)
         assert [m async for m in call] == [b"one"]
         del call
         await until(lambda: len(_Recording.codes) >= 1, timeout_s=20, what="one outcome")
@@ -324,7 +314,7 @@ async def test_a_bidi_stream_dropped_unread_is_counted_at_its_collection(
         dropped = read = 0
         for _ in range(_STREAMS):
             call = ch.stream_stream(f"/{APP}/Once")(timeout=30)
-            if await _write_all(call):
+            if await write_all(call):
                 dropped += 1  # dropped unread (its end held)
             else:  # every write taken before the end: read, as a stream must be to end
                 assert [m async for m in call] == [b"one"]
