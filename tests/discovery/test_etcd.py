@@ -869,7 +869,10 @@ async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(aiohttp.TCPConnector, "__init__", no_dns_cache)
-    ttl_s = 1  # the keep-alive renews every ttl_s / 3; the lease ends 1-1.5 s unrenewed
+    # the keep-alive renews every ttl_s / 3; the lease ends 3 s unrenewed. The reconnect
+    # takes well under 1 s, but its consul twin with a 1 s TTL once lapsed on a loaded
+    # 2-core CI box; blocked lookups (the fault) wait 30 s, far past 3 s either way.
+    ttl_s = 3
 
     async def run(loaded: bool) -> list[int | None]:
         release = threading.Event()
@@ -898,7 +901,7 @@ async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
                 # Until three keep-alives renewed the lease through the new connection (the
                 # reconnect and its name lookup are behind them) or the key went away or
                 # changed lease (a lookup stuck behind the jobs: no keep-alive gets
-                # through, and the lease ends 1-1.5 s after the last one before the stop).
+                # through, and the lease ends ttl_s after the last one before the stop).
                 end = time.monotonic() + 2 * ttl_s + 1.0
                 while time.monotonic() < end and len(renewed) - before < 3 and (
                         not seen or seen[-1] == lease):
