@@ -152,9 +152,10 @@ class _ForeignDuplicate(Exception):
 
 class _NotAsyncHandler(TypeError):
     """The handler's call returned no awaitable (a plain ``def``, a class given for an
-    instance), or its awaitable returned a coroutine (an ``await`` forgotten): a fault
-    of the code, not of the message, so it ends :meth:`Consumer.run` rather than count
-    as the message's failure; ``reason``: its short form, for the delivery's report."""
+    instance), or its awaitable returned a coroutine (an ``await`` forgotten) or an async
+    generator (an ``async for`` forgotten): a fault of the code, not of the message, so
+    it ends :meth:`Consumer.run` rather than count as the message's failure;
+    ``reason``: its short form, for the delivery's report."""
 
     def __init__(self, message: str, reason: str = "handler returned no awaitable") -> None:
         super().__init__(message)
@@ -419,7 +420,8 @@ Handler = Callable[[Delivery], Awaitable[None]]
 """A consumer's handler, an async callable (``async def``, or an object with an async
 ``__call__``; one that is not callable is a ``ConfigError`` when the :class:`Consumer` is
 made, and one whose call returns no awaitable, a plain ``def``, or whose awaitable
-returns a coroutine, ``return work(d)`` where ``return await work(d)`` was meant, ends
+returns a coroutine, ``return work(d)`` where ``return await work(d)`` was meant, or an
+async generator, ``return rows(d)`` where ``async for`` over it was meant, ends
 :meth:`Consumer.run` with ``TypeError`` at the first message, which is nak'ed, not
 counted as the message's failure, the returned coroutine closed unrun): returns to
 ack; raises :class:`PoisonMessage` to dead-letter at once; raises anything else to have
@@ -1222,7 +1224,8 @@ class Consumer:
                 ``term``), and JetStream redelivers it after ``ack_wait_s``.
             TypeError: the handler's call returned no awaitable (a plain ``def``), or
                 its awaitable returned a coroutine (an ``await`` forgotten; closed
-                unrun): the message is nak'ed (redelivered at once) and reported
+                unrun) or an async generator (an ``async for`` forgotten; never
+                started): the message is nak'ed (redelivered at once) and reported
                 ``error``.
         """
         o = self.options
@@ -1327,6 +1330,12 @@ class Consumer:
                     "the handler's coroutine returned a coroutine it did not await "
                     "(return work(d) for return await work(d)): that work never ran",
                     "handler returned a coroutine unawaited")
+            if inspect.isasyncgen(returned):  # ``return rows(d)``: an async for forgotten
+                await _settle("nak", msg.nak(), publisher)
+                raise _NotAsyncHandler(
+                    "the handler's coroutine returned an async generator it did not "
+                    "iterate (return rows(d) for async for ... in rows(d)): that work "
+                    "never ran", "handler returned an async generator unrun")
         except _NotAsyncHandler:
             raise
         except PoisonMessage as exc:
