@@ -23,7 +23,11 @@ The file is written atomically (a temporary file in the same directory, then
 ``os.replace``), and only when its content changes, so Prometheus never reads half a file.
 ``--watch`` rewrites it every ``--interval-s`` until SIGTERM (exit status 0) or Ctrl-C
 (SIGINT: one line on stderr and status 130, as for every ``meshkit`` command); either
-lets the pass under way finish and closes the registry. Without it, one pass.
+lets the pass under way finish and closes the registry. Without it, one pass. A
+``local:`` registry whose file does not exist (a mistyped path, or no server started
+yet) is not created, ``[]`` is written, and one line on stderr says so: after the one
+pass, or with ``--watch`` when a pass first finds it missing (again after it appeared
+and went).
 """
 
 from __future__ import annotations
@@ -259,11 +263,17 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
         for sig in handled:  # SIGINT even when inherited ignored
             loop.add_signal_handler(sig, on_signal, sig)
         unblock_signals(handled)  # and even when inherited blocked
+        said: str | None = None  # the missing registry's line, once while it stays so
         while not stop.is_set():
             try:
                 await writer.once()
             except (MeshError, OSError) as exc:  # keep the last file; try again
                 print(f"meshkit prometheus-targets: {printable(str(exc))}", file=sys.stderr)
+            else:
+                missing = missing_local_registry(registry)  # not created: named
+                if missing is not None and missing != said:
+                    print(f"meshkit prometheus-targets: {missing}", file=sys.stderr)
+                said = missing
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(args.interval_s):  # not wait_for (3.11)
                     await stop.wait()

@@ -223,6 +223,9 @@ async def test_prometheus_targets_watch_ctrl_c_is_one_line_and_130(tmp_path: Pat
     closed) and then reports the interrupt as every command does: one line on stderr and
     status 130. SIGTERM, a supervisor's stop, still ends it with 0."""
     out = tmp_path / "targets.json"
+    existing = LocalRegistry(LocalOptions(path=tmp_path / "reg"))  # a missing one: a line
+    await existing.services()
+    await existing.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meshkit.cli", "prometheus-targets", "--registry",
