@@ -179,13 +179,19 @@ class _MetadataGetter(Getter[Sequence[Any]]):
     """Reads propagation headers from gRPC invocation metadata (a sequence of pairs).
     Several ``baggage`` entries are one comma-joined value (W3C Baggage: multiple
     headers are allowed and make one list; the API's propagator reads only the first
-    value it is given), empty ones left out."""
+    value it is given), empty ones left out. Several ``traceparent`` entries are none:
+    W3C Trace Context's test suite (``test_traceparent_duplicated``) wants a new trace
+    then (HTTP joins repeated fields into one value, which does not parse), where the
+    API's propagator took the first entry's."""
 
     def get(self, carrier: Sequence[Any], key: str) -> list[str] | None:
         found = [v if isinstance(v, str) else v.decode("ascii", "replace")
                  for k, v in carrier if k == key]
-        if len(found) > 1 and key == "baggage":
-            return [",".join(v for v in found if v.strip())]
+        if len(found) > 1:
+            if key == "baggage":
+                return [",".join(v for v in found if v.strip())]
+            if key == "traceparent":  # invalid: ignored, its tracestate with it
+                return None
         return found or None
 
     def keys(self, carrier: Sequence[Any]) -> list[str]:
