@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import nats.errors
 import nats.js.errors
@@ -182,6 +182,21 @@ async def _settle(what: str, call: Awaitable[None],
         await call
     except Exception as exc:
         raise _SettleFailed(what, publisher) from exc
+
+
+async def _give_back(msg: Msg, publisher: PeerIdentity | None,
+                     fault: _NotAsyncHandler) -> NoReturn:
+    """Nak ``msg`` (run once more, no ack: the message is given back) and raise ``fault``,
+    the handler's, which ends :meth:`Consumer.run`. A nak that fails (the connection
+    closed meanwhile) is ``fault``'s cause and the tail of its reason, not the error
+    run() ends with: the handler's fault is what its author must see (JetStream
+    redelivers the message after ``ack_wait_s``)."""
+    try:
+        await _settle("nak", msg.nak(), publisher)
+    except _SettleFailed as exc:
+        fault.reason = f"{fault.reason}; nak failed: {type(exc.__cause__).__name__}"
+        raise fault from exc.__cause__
+    raise fault
 
 
 class _Pulls:
@@ -1226,7 +1241,8 @@ class Consumer:
                 its awaitable returned a coroutine (an ``await`` forgotten; closed
                 unrun) or an async generator (an ``async for`` forgotten; never
                 started): the message is nak'ed (redelivered at once) and reported
-                ``error``.
+                ``error``; a nak that fails is this error's ``__cause__`` (the message
+                then redelivered after ``ack_wait_s``).
         """
         o = self.options
         headers: dict[str, str] = dict(msg.headers or {})
@@ -1316,26 +1332,22 @@ class Consumer:
                 msg.subject, msg.data, msg_id, headers, publisher, delivery,
                 original_subject, original_msg_id))
             if not inspect.isawaitable(pending):  # ~0.15 us
-                # run once more (no ack): the message is given back, the consumer stops
-                await _settle("nak", msg.nak(), publisher)
-                raise _NotAsyncHandler(
+                await _give_back(msg, publisher, _NotAsyncHandler(
                     f"the handler returned {type(pending).__name__}, not an awaitable: a "
                     "Consumer's handler is an async callable (async def, or an object "
-                    "with an async __call__)")
+                    "with an async __call__)"))
             returned = await pending
             if inspect.iscoroutine(returned):  # ``return work(d)``: an await forgotten
                 returned.close()  # never runs: no 'never awaited' warning either
-                await _settle("nak", msg.nak(), publisher)
-                raise _NotAsyncHandler(
+                await _give_back(msg, publisher, _NotAsyncHandler(
                     "the handler's coroutine returned a coroutine it did not await "
                     "(return work(d) for return await work(d)): that work never ran",
-                    "handler returned a coroutine unawaited")
+                    "handler returned a coroutine unawaited"))
             if inspect.isasyncgen(returned):  # ``return rows(d)``: an async for forgotten
-                await _settle("nak", msg.nak(), publisher)
-                raise _NotAsyncHandler(
+                await _give_back(msg, publisher, _NotAsyncHandler(
                     "the handler's coroutine returned an async generator it did not "
                     "iterate (return rows(d) for async for ... in rows(d)): that work "
-                    "never ran", "handler returned an async generator unrun")
+                    "never ran", "handler returned an async generator unrun"))
         except _NotAsyncHandler:
             raise
         except PoisonMessage as exc:
