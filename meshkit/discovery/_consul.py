@@ -115,6 +115,7 @@ from meshkit._config import (
     shown_path,
 )
 from meshkit._fork import reset_in_forked_child
+from meshkit._hosts import bare_host
 from meshkit._tasks import cancel_and_wait
 from meshkit._uris import hide_userinfo
 from meshkit.discovery._options import (
@@ -1345,7 +1346,10 @@ class ConsulRegistry:
         payload: dict[str, Any] = {
             "ID": instance.instance_id,
             "Name": instance.service,
-            "Address": instance.host,
+            # An address, not host:port text: "[::1]" (which Instance takes) reached
+            # Consul's DNS (a CNAME to "[::1]."), its Go api users and Envoy (which join
+            # it with the port: "[[::1]]:50051") as no address; serve() drops them too.
+            "Address": bare_host(instance.host),
             "Port": instance.port,
             "Tags": list(instance.tags),
             "Meta": dict(instance.meta),
@@ -1402,6 +1406,10 @@ class ConsulRegistry:
 
     async def register(self, instance: Instance) -> None:
         """Register ``instance`` with the agent and start keeping it alive.
+
+        ``Address`` is ``instance.host``, an IPv6 one without brackets (an address, as
+        Consul's DNS and other clients read it): ``"[::1]"`` is sent, and discovered, as
+        ``"::1"``.
 
         Sends ``PUT /v1/agent/service/register?replace-existing-checks=true`` with ``ID``,
         ``Name``, ``Address``, ``Port``, ``Tags``, ``Meta``, ``Weights`` ``{Passing: weight,
