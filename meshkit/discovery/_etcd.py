@@ -686,6 +686,10 @@ def _decode(value: bytes) -> Instance:
                     port=port, tags=tuple(tags), meta=meta, weight=weight)
 
 
+class _KeyMismatchError(ValueError):
+    """A value that names another service or instance id than the key it is under."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Update:
     """What a watch's follower task read: its state (the instances by key; the follower
@@ -1242,6 +1246,26 @@ class EtcdRegistry:
         ``<prefix>@last-seen/<service>/<instance_id>``."""
         return f"{self._legacy_seen_root}{instance.service}/{instance.instance_id}".encode()
 
+    def _instance_at(self, key: bytes, value: bytes, *, record: bool = False) -> Instance:
+        """The instance of the value at ``key`` (an instance's key, or with ``record`` a
+        last-seen record's, either layout): :func:`_decode`, and the instance must be the
+        one its key names. Another writer's copy of a value under another key (``etcdctl
+        put`` of paymentd-1's value under ``orderd/orderd-9``, or of orderd-1's under
+        ``orderd/orderd-9``) would list another service's instance in a watch of this
+        one, or keep an instance listed after its owner deregistered it (its copy's key
+        outlives the delete of its own): it is skipped, as a value of the wrong shape.
+
+        Raises:
+            ValueError, KeyError, TypeError, ConfigError: as :func:`_decode`.
+            _KeyMismatchError: the value names another service or instance id.
+        """
+        instance = _decode(value)
+        own = ((self._seen_key(instance), self._legacy_seen_key(instance)) if record
+               else (self._key(instance),))
+        if key not in own:
+            raise _KeyMismatchError("the value names another service or instance id")
+        return instance
+
     @staticmethod
     def _ident(instance: Instance) -> tuple[str, str]:
         """What this registry owns an instance by: ``(service, instance_id)``, as its key
@@ -1753,7 +1777,7 @@ class EtcdRegistry:
             key = _unb64(kv["key"])
             mods[key] = int(kv.get("mod_revision") or 0)
             try:
-                state[key] = _decode(_unb64(kv.get("value", "")))
+                state[key] = self._instance_at(key, _unb64(kv.get("value", "")))
             except (ConfigError, ValueError, KeyError, TypeError) as exc:
                 self._log_unusable(key, exc)
             if clock() >= until:
@@ -1935,7 +1959,8 @@ class EtcdRegistry:
                             continue
                         mods[key] = int(kv.get("mod_revision") or 0)
                         try:
-                            state[key] = _decode(_unb64(kv.get("value", "")))
+                            state[key] = self._instance_at(key,
+                                                           _unb64(kv.get("value", "")))
                         except (ConfigError, ValueError, KeyError, TypeError) as exc:
                             state.pop(key, None)
                             self._log_unusable(key, exc)
@@ -2054,7 +2079,8 @@ class EtcdRegistry:
         out = set()
         for kv in records:
             try:
-                instance = _decode(_unb64(kv.get("value", "")))
+                instance = self._instance_at(_unb64(kv["key"]),
+                                             _unb64(kv.get("value", "")), record=True)
             except (ConfigError, ValueError, KeyError, TypeError) as exc:
                 self._log_unusable(_unb64(kv["key"]), exc)
                 continue
@@ -2097,7 +2123,7 @@ class EtcdRegistry:
             key = _unb64(kv["key"])
             listed.add(key)
             try:
-                live.add(_decode(_unb64(kv.get("value", ""))))
+                live.add(self._instance_at(key, _unb64(kv.get("value", ""))))
             except (ConfigError, ValueError, KeyError, TypeError) as exc:
                 self._log_unusable(key, exc)
         return ServiceSnapshot(frozenset(live),
