@@ -3,7 +3,8 @@
 :class:`JWKSServer` serves ``GET /.well-known/jwks.json`` for a :class:`KeySet` (public
 keys only). :class:`JWKSClient` is a :class:`~meshkit.auth.KeySource` that keeps the
 fetched keys in memory: it never fetches per call — only on first use, when a token names
-an unknown ``kid`` (at most once per ``min_refresh_interval_s``), and in the background when
+an unknown ``kid`` or one whose key does not verify its signature (a key replaced under its
+``kid``; at most once per ``min_refresh_interval_s`` for both), and in the background when
 the copy is older than ``refresh_interval_s`` (stale keys keep serving meanwhile).
 """
 
@@ -308,7 +309,8 @@ class JWKSClientOptions:
         refresh_interval_s: refresh in the background when the copy is older than this
             (default 300).
         min_refresh_interval_s: at most one fetch per this many seconds, however many
-            unknown ``kid``\\ s arrive (default 10).
+            unknown ``kid``\\ s or signatures a known ``kid``'s key fails arrive
+            (default 10).
         fetch_timeout_s: timeout of one fetch, in seconds (default 5): the URL provider's
             await, the HTTP GET and reading the body, together.
         max_document_bytes: larger documents are refused (default 65536): a larger
@@ -473,6 +475,27 @@ class JWKSClient:
         if await self._fetch_unknown():
             return self._by_alg.get((kid, algorithm))
         return None
+
+    async def get_key_refreshed(self, kid: str, algorithm: str,
+                                stale: VerificationKey) -> VerificationKey | None:
+        """The key for ``kid`` bound to ``algorithm`` once more, when the one held,
+        ``stale``, failed a token's signature: the issuer may have replaced its key under
+        the same ``kid`` (an IdP naming its key ``"main"``), which no unknown-``kid``
+        refresh would learn of before ``refresh_interval_s``. Refreshes as for an unknown
+        ``kid`` (at most once per ``min_refresh_interval_s``, joining a fetch in flight;
+        not at all when a refresh meanwhile already brought another key).
+
+        Returns:
+            The key the document now holds for ``(kid, algorithm)`` when it is another
+            than ``stale``; ``None`` when it is the same, gone, or the refresh was
+            rate-limited or failed (the token stays refused).
+        """
+        key = self._by_alg.get((kid, algorithm))
+        if key is None or key == stale:
+            if not await self._fetch_unknown():
+                return None
+            key = self._by_alg.get((kid, algorithm))
+        return None if key is None or key == stale else key
 
     def _maybe_refresh(self) -> None:
         """Start a background refresh when the copy is stale (and the rate limit allows)."""

@@ -243,7 +243,12 @@ class KeySource(Protocol):
     of changes only when asked for a key (a remote copy refreshed on use) also has a
     ``refresh_interval_s`` (seconds): :class:`JWTVerifier` serves a token from its cache
     for at most that long before asking the source again, as
-    :class:`~meshkit.auth.JWKSClient` does.
+    :class:`~meshkit.auth.JWKSClient` does. And, for a remote copy, an
+    ``async def get_key_refreshed(self, kid: str, algorithm: str, stale: VerificationKey)``:
+    :class:`JWTVerifier` calls it when the key it got, ``stale``, fails a token's signature
+    (the issuer may have replaced its key under the same ``kid``) and verifies the token
+    again with the key it returns, if any (``None``: refused as before); the source
+    refreshes rate-limited, as for an unknown ``kid``.
     """
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -981,7 +986,10 @@ class JWTVerifier:
         clock: wall clock in epoch seconds (default ``time.time``).
 
     :meth:`verify` raises :class:`InvalidTokenError` (``UNAUTHENTICATED``) on any failure,
-    including an unknown ``kid`` after the key source's (rate-limited) refresh.
+    including an unknown ``kid`` after the key source's (rate-limited) refresh, and a
+    signature the ``kid``'s key does not verify after the source, asked again
+    (``get_key_refreshed``: a :class:`~meshkit.auth.JWKSClient` refreshes, rate-limited),
+    gave no other key for it.
 
     Raises:
         ConfigError: ``options`` is no :class:`VerifierOptions`, or ``keys`` (also when
@@ -1005,7 +1013,7 @@ class JWTVerifier:
     old one, read before the change).
     """
 
-    __slots__ = ("_cache", "_core", "_find", "_keys", "_version")
+    __slots__ = ("_cache", "_core", "_find", "_keys", "_refetch", "_version")
 
     def __init__(self, options: VerifierOptions, keys: KeySource, *,
                  clock: Clock = time.time) -> None:
@@ -1040,6 +1048,10 @@ class JWTVerifier:
         # resolved once, not per call: the (kid, alg) lookup when the source has one
         self._find: Callable[[str, str], Awaitable[VerificationKey | None]] | None = (
             getattr(keys, "get_key_for", None))
+        # asked again when a token's signature fails: a key replaced under its kid
+        self._refetch: Callable[[str, str, VerificationKey],
+                                Awaitable[VerificationKey | None]] | None = (
+            getattr(keys, "get_key_refreshed", None))
 
     @property
     def options(self) -> VerifierOptions:
@@ -1087,7 +1099,19 @@ class JWTVerifier:
         key = await (keys.get_key(kid) if find is None else find(kid, alg))
         if key is None:
             raise InvalidTokenError("token key id unknown")
-        claims = self._core.verify(token, alg, key)
+        try:
+            claims = self._core.verify(token, alg, key)
+        except InvalidTokenError as exc:
+            # a key replaced under its kid: the source's (rate-limited) refresh may bring
+            # the new one, which no unknown kid would ask for (a JWKSClient's)
+            refetch = self._refetch
+            if refetch is None or exc.details() != _BAD_SIG:
+                raise
+            fresh = await refetch(kid, alg, key)
+            if fresh is None:
+                raise
+            key = fresh
+            claims = self._core.verify(token, alg, key)
         # Cached only against the keys ``key`` is one of: after a change meanwhile (a
         # rotation, a fetch of this or another thread) ``key`` may be an old key read
         # before an await, and caching its token would keep a removed key's token
