@@ -1235,18 +1235,20 @@ class MeshChannel(grpc.aio.Channel):
         self._pool.rebuild()
 
     # -- attempts ----------------------------------------------------------------------
-    def _launch(self, details: ClientCallDetails, picked: tuple[Endpoint, Any],
-                request: Any, md: list[tuple[str, Any]]) -> tuple[Endpoint, Any, Any]:
-        """Start one attempt on the picked endpoint's sub-channel: ``(ep, done, call)``.
+    def _launch(self, details: ClientCallDetails, ep: Endpoint, done: Any,
+                request: Any, md: list[tuple[str, Any]]) -> Any:
+        """Start one attempt on the picked endpoint ``ep`` (``done``: its outcome callback,
+        the pick's) on its sub-channel, and return the attempt's grpc call (the endpoint
+        and callback are the caller's already: no tuple built and taken apart per call).
         ``md`` is the attempt's metadata as it was when the attempt began: hedges share
         ``details``, and one waiting for an endpoint must not send a later hedge's."""
-        ep, done = picked
         if self._left_idle:  # others left IDLE beside this one: a call is activity
             self._pool.connect_idle()
         deadline = details.deadline
-        timeout = None
         plan = details.codec
-        if deadline is not None:
+        if deadline is None:  # (set here, not before the test: 2 bytecodes a timed call)
+            timeout = None
+        else:
             timeout = deadline - time.monotonic()
             if timeout <= 0:  # nothing sent: no endpoint's outcome (not its failure)
                 done(_CANCELLED, 0.0)
@@ -1285,19 +1287,19 @@ class MeshChannel(grpc.aio.Channel):
         details.last_call = call
         ep.in_flight += 1
         ep.calls += 1
-        return ep, done, call
+        return call
 
-    def _launch_numbered(self, details: ClientCallDetails, picked: tuple[Endpoint, Any],
-                         request: Any, md: list[tuple[str, Any]]) -> tuple[Endpoint, Any, Any]:
+    def _launch_numbered(self, details: ClientCallDetails, ep: Endpoint, done: Any,
+                         request: Any, md: list[tuple[str, Any]]) -> Any:
         """:meth:`_launch` with the attempt's number (1-based) and endpoint set in
         :data:`~meshkit.observability._client.current_attempt` while it starts: grpc.aio
         runs an :class:`~meshkit.observability.AttemptSpanInterceptor` in a task that
         copies the context now and runs a loop turn later, when ``details.attempts`` may
         hold hedges started since. Bound in place of :meth:`_launch` when such an
         interceptor is on the sub-channels."""
-        token = current_attempt.set((len(details.attempts) + 1, picked[0]))
+        token = current_attempt.set((len(details.attempts) + 1, ep))
         try:
-            return MeshChannel._launch(self, details, picked, request, md)
+            return MeshChannel._launch(self, details, ep, done, request, md)
         finally:
             current_attempt.reset(token)
 
@@ -1316,14 +1318,16 @@ class MeshChannel(grpc.aio.Channel):
         # no attempt of this round yet: a call that fails before one (no endpoint, a
         # spent deadline) settles on its error alone, not on an earlier attempt's call
         details.last_call = None
-        picked = None
         if self._pool.picking:  # discovery answered, not closed (else pick_slow waits)
             picked = self._balancer.pick(details.request_key, details.attempts)
+        else:
+            picked = None
         while True:  # once, but for a wait_for_ready call sent back unsent (below)
             # (not READY: connecting; the slot, read without Endpoint.state's property)
             if picked is None or picked[0]._state is not _READY:
                 picked = await self._pool.pick_slow(details, picked)
-            ep, done, call = self._launch(details, picked, request, md)
+            ep, done = picked
+            call = self._launch(details, ep, done, request, md)
             t0 = _perf()
             try:
                 response = await call
@@ -1417,7 +1421,8 @@ class MeshChannel(grpc.aio.Channel):
         first, first_done, refusal, latency_s = refused
         served = False
         try:
-            ep, done, call = self._launch(details, picked, request, md)
+            ep, done = picked
+            call = self._launch(details, ep, done, request, md)
             t0 = _perf()
             try:
                 response = await call
@@ -1599,7 +1604,8 @@ class MeshChannel(grpc.aio.Channel):
                               upload.ended)
         details.last_call = None  # (as _attempt_unary)
         picked = await self._stream_pick(details)
-        ep, done, call = self._launch(details, picked, messages, md)
+        ep, done = picked
+        call = self._launch(details, ep, done, messages, md)
         call.add_done_callback(_end_request_stream)  # (grpc/grpc#36066)
         try:
             response = await call
@@ -1743,7 +1749,8 @@ class MeshChannel(grpc.aio.Channel):
         elif request is not None:  # a request iterator (None: the caller writes)
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = await self._stream_pick(details)
-        ep, done, call = self._launch(details, picked, request, md)
+        ep, done = picked
+        call = self._launch(details, ep, done, request, md)
         if not plan.unary_request:  # a bidi stream (grpc/grpc#36066)
             call.add_done_callback(self._request_stream_ended)
         responded = getattr(done, "responded", None)
