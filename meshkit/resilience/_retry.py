@@ -9,7 +9,8 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   ``grpc-retry-pushback-ms`` (gRFC A6; a negative, malformed or past-32-bit value means
   "do not retry");
 * a retry never sleeps past the deadline and is not started when the time left after the
-  delay is shorter than the method's typical latency (an EWMA of its successful calls),
+  delay is shorter than the method's typical latency (an EWMA of its successful
+  attempts, each timed from its launch on an endpoint: a wait for one is not counted),
   nor once the deadline has passed (a loaded loop woke it late): the call ends with the
   last attempt's error;
 * every retry and hedge withdraws from the shared :class:`~meshkit.resilience.RetryBudget`;
@@ -161,6 +162,7 @@ __all__ = ["RetryInterceptor", "RetryOptions", "RetryPolicy", "RetryStats"]
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _monotonic = time.monotonic
+_time_ns = time.time_ns
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CANCELLED = grpc.StatusCode.CANCELLED
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -500,13 +502,22 @@ class RetryInterceptor(ClientInterceptor):
                     attempt += 1
                     continue
                 # _observe(details.method, latency), its update of a method seen before
-                # inline (a frame less per call)
+                # inline (a frame less per call). The latency is the attempt's from its
+                # launch (attempt_started_ns, the channel's), not from t0: the wait for
+                # an endpoint before it (discovery, a connection, wait_for_ready) is no
+                # part of the method's latency (see _launched_latency_s)
+                latency = _monotonic() - t0
+                starts = details.attempt_started_ns
+                if starts:
+                    launched = (_time_ns() - starts[-1]) / 1e9
+                    if 0.0 <= launched < latency:
+                        latency = launched
                 method = details.method
                 old = typical.get(method)
                 if old is None:
-                    self._observe(method, _monotonic() - t0)
+                    self._observe(method, latency)
                 else:
-                    typical[method] = 0.8 * old + 0.2 * (_monotonic() - t0)
+                    typical[method] = 0.8 * old + 0.2 * latency
                 return response
 
         return unary_call
@@ -750,8 +761,11 @@ class RetryInterceptor(ClientInterceptor):
                         if exc is None:
                             response, details.last_call, started = task.result()
                             # the attempt's latency, as a retried call's: not the
-                            # call's, which holds the hedge delays before it
-                            self._observe(details.method, time.monotonic() - started)
+                            # call's, which holds the hedge delays before it, nor its
+                            # wait for an endpoint before its launch
+                            self._observe(details.method, _launched_latency_s(
+                                details, attempts.launched(task),
+                                time.monotonic() - started))
                             attempts.settle(task)
                             return response
                         # a draining refusal is noted against its endpoint; an attempt
@@ -834,6 +848,24 @@ class RetryInterceptor(ClientInterceptor):
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _launched_latency_s(details: ClientCallDetails, launched: tuple[Any, int] | None,
+                        elapsed_s: float) -> float:
+    """A hedged attempt's latency, seconds: from its launch on an endpoint
+    (``details.attempt_started_ns`` at the attempt's index, ``launched`` as
+    :meth:`HedgedAttempts.launched` gives it), not from its start ``elapsed_s`` seconds
+    ago, which holds its wait for an endpoint (discovery, a connection,
+    ``wait_for_ready``): no part of the method's latency, and a retry or hedge is not
+    sent when the time left is shorter than that. ``elapsed_s`` when the launch is not
+    known, or the wall clock the channel stamps launches with stepped (the launch reads
+    as later than now, or earlier than the attempt's start). ``unary_call`` does the
+    same for a retried call's attempt, inline: change both."""
+    starts = details.attempt_started_ns
+    if launched is None or launched[1] >= len(starts):
+        return elapsed_s
+    since_s = (_time_ns() - starts[launched[1]]) / 1e9
+    return since_s if 0.0 <= since_s < elapsed_s else elapsed_s
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:
