@@ -1092,10 +1092,14 @@ class MeshChannel(grpc.aio.Channel):
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
         self._attempt_interceptors = _for_every_kind(self._attempt_interceptors)
+        # False: _launch is _launch_numbered, which _attempt_unary calls in place of its
+        # own copy of the plain _launch
+        self._launch_inline = True
         if any(isinstance(i, AttemptSpanInterceptor) for i in self._attempt_interceptors):
             # attempt spans: each attempt's interceptor told its own number and endpoint
             # (no cost on the default path, which keeps the plain _launch)
             self._launch = self._launch_numbered  # type: ignore[method-assign]
+            self._launch_inline = False
         self._closing: asyncio.Task[None] | None = None  # close(): runs once, to its end
         self._plan_keys: dict[tuple[Any, ...], str] = {}
         # deserializer (a stream's; (deserializer, kind): a unary response's) -> its
@@ -1241,7 +1245,8 @@ class MeshChannel(grpc.aio.Channel):
         the pick's) on its sub-channel, and return the attempt's grpc call (the endpoint
         and callback are the caller's already: no tuple built and taken apart per call).
         ``md`` is the attempt's metadata as it was when the attempt began: hedges share
-        ``details``, and one waiting for an endpoint must not send a later hedge's."""
+        ``details``, and one waiting for an endpoint must not send a later hedge's.
+        :meth:`_attempt_unary` has a copy of it written out: change both."""
         if self._left_idle:  # others left IDLE beside this one: a call is activity
             self._pool.connect_idle()
         deadline = details.deadline
@@ -1327,7 +1332,52 @@ class MeshChannel(grpc.aio.Channel):
             if picked is None or picked[0]._state is not _READY:
                 picked = await self._pool.pick_slow(details, picked)
             ep, done = picked
-            call = self._launch(details, ep, done, request, md)
+            if self._launch_inline:
+                # self._launch(details, ep, done, request, md) written out (a frame and
+                # its call less per unary attempt; plan and md are this frame's): change
+                # both
+                if self._left_idle:  # others left IDLE beside this one: a call is activity
+                    self._pool.connect_idle()
+                deadline = details.deadline
+                if deadline is None:
+                    timeout = None
+                else:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:  # nothing sent: no endpoint's outcome
+                        done(_CANCELLED, 0.0)
+                        raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                           "deadline exceeded")
+                    inherited = _current_deadline()
+                    if inherited is not None and plan.margin_s is not None \
+                            and deadline == inherited - plan.margin_s:
+                        timeout = wire_timeout_s(timeout)  # (see _launch)
+                details.attempts.append(ep)
+                details.attempt_started_ns.append(time.time_ns())
+                try:
+                    conn = self._conns[ep.key]
+                    if details.method is plan.method:
+                        start = conn.callables.get(plan.key)
+                        if start is None:
+                            start = plan.on(conn)
+                    else:  # an interceptor sent the call to another method
+                        start = plan.on_method(conn, details.method)
+                    call = start(
+                        request,
+                        timeout=timeout,
+                        metadata=(md if type(start) is InlineUnaryUnary else Metadata(*md))
+                        if md else None,
+                        credentials=details.credentials,
+                        wait_for_ready=None if plan.mesh_waits else details.wait_for_ready,
+                        compression=details.compression,
+                    )
+                except Exception:  # an argument grpc refuses: nobody's outcome
+                    done(_CANCELLED, 0.0)
+                    raise
+                details.last_call = call
+                ep.in_flight += 1
+                ep.calls += 1
+            else:  # _launch_numbered
+                call = self._launch(details, ep, done, request, md)
             t0 = _perf()
             try:
                 response = await call
