@@ -218,10 +218,13 @@ def _verification_key(
 def _parse_keys(
     document: Any, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None,
     leaked: list[str] | None = None,
+    more: dict[tuple[str, str], tuple[VerificationKey, ...]] | None = None,
 ) -> dict[tuple[str, str], VerificationKey]:
     """The usable keys of a JWKS document by ``(kid, algorithm)``, in document order (the
-    first key of a pair wins); RSA keys ignored for their size are appended to ``weak``
-    as ``(kid, bits)``, keys ignored for carrying private members to ``leaked`` (kid).
+    first key of a pair wins; every key of a pair that has several goes to ``more``, in
+    document order, the first included); RSA keys ignored for their size are appended
+    to ``weak`` as ``(kid, bits)``, keys ignored for carrying private members to
+    ``leaked`` (kid).
 
     Raises:
         JWKSError: not an object with a ``keys`` list.
@@ -231,8 +234,12 @@ def _parse_keys(
     out: dict[tuple[str, str], VerificationKey] = {}
     for jwk in document["keys"]:
         key = _verification_key(jwk, algorithms, weak, leaked)
-        if key is not None:
-            out.setdefault((key.kid, key.algorithm), key)
+        if key is None:
+            continue
+        pair = (key.kid, key.algorithm)
+        first = out.setdefault(pair, key)
+        if more is not None and first is not key and key not in more.get(pair, (first,)):
+            more[pair] = (*more.get(pair, (first,)), key)
     return out
 
 
@@ -254,7 +261,8 @@ def parse_jwks(
     RS256 when several are and RS256 is one of them, else the key is ignored: narrow
     ``algorithms`` to the one in use). When several usable keys share a ``kid`` (RFC 7517
     §4.5, e.g. of different ``kty``), the first is returned here;
-    :class:`JWKSClient` keeps each of them for tokens of its algorithm.
+    :class:`JWKSClient` keeps each of them for tokens of its algorithm (and, when several
+    share one algorithm too, tries each in document order: :meth:`JWKSClient.get_key_refreshed`).
 
     Raises:
         JWKSError: not an object with a ``keys`` list.
@@ -434,6 +442,9 @@ class JWKSClient:
         self._session = session
         self._keys: dict[str, VerificationKey] = {}
         self._by_alg: dict[tuple[str, str], VerificationKey] = {}
+        # every key of a (kid, algorithm) the document lists several of (RFC 7517 §4.5
+        # asks for distinct kids: SHOULD), in its order: get_key_refreshed tries them
+        self._more: dict[tuple[str, str], tuple[VerificationKey, ...]] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
@@ -478,24 +489,43 @@ class JWKSClient:
 
     async def get_key_refreshed(self, kid: str, algorithm: str,
                                 stale: VerificationKey) -> VerificationKey | None:
-        """The key for ``kid`` bound to ``algorithm`` once more, when the one held,
-        ``stale``, failed a token's signature: the issuer may have replaced its key under
-        the same ``kid`` (an IdP naming its key ``"main"``), which no unknown-``kid``
-        refresh would learn of before ``refresh_interval_s``. Refreshes as for an unknown
-        ``kid`` (at most once per ``min_refresh_interval_s``, joining a fetch in flight;
-        not at all when a refresh meanwhile already brought another key).
+        """Another key for ``kid`` bound to ``algorithm``, when the one given, ``stale``,
+        failed a token's signature: the next key the document lists for the pair when it
+        lists several (RFC 7517 §4.5 asks for distinct kids, SHOULD: an issuer
+        overlapping a rotation under one ``kid``), without a fetch; else, the issuer
+        may have replaced its key under the same ``kid`` (an IdP naming its key
+        ``"main"``), which no unknown-``kid`` refresh would learn of before
+        ``refresh_interval_s``: refreshes as for an unknown ``kid`` (at most once per
+        ``min_refresh_interval_s``, joining a fetch in flight; not at all when a refresh
+        meanwhile already brought another key) and gives the pair's first key when it is
+        another than ``stale``.
 
         Returns:
-            The key the document now holds for ``(kid, algorithm)`` when it is another
-            than ``stale``; ``None`` when it is the same, gone, or the refresh was
-            rate-limited or failed (the token stays refused).
+            That key, or ``None``: no other (the token stays refused), or the refresh was
+            rate-limited or failed. :class:`~meshkit.auth.JWTVerifier` tries each key
+            it gets once, at most 8 per token.
         """
-        key = self._by_alg.get((kid, algorithm))
-        if key is None or key == stale:
+        key = self._next_key(kid, algorithm, stale)
+        if key is None:
             if not await self._fetch_unknown():
                 return None
-            key = self._by_alg.get((kid, algorithm))
-        return None if key is None or key == stale else key
+            key = self._next_key(kid, algorithm, stale)
+        return key
+
+    def _next_key(self, kid: str, algorithm: str, stale: VerificationKey
+                  ) -> VerificationKey | None:
+        """The key to try after ``stale`` for ``(kid, algorithm)`` in the copy held: the
+        next one the document lists for the pair when it lists several, the pair's
+        (first) key when ``stale`` is none of them, else ``None``."""
+        pair = (kid, algorithm)
+        keys = self._more.get(pair)
+        if keys is None:
+            key = self._by_alg.get(pair)
+            return None if key is None or key == stale else key
+        if stale not in keys:
+            return keys[0]
+        i = keys.index(stale) + 1
+        return keys[i] if i < len(keys) else None
 
     def _maybe_refresh(self) -> None:
         """Start a background refresh when the copy is stale (and the rate limit allows)."""
@@ -562,11 +592,11 @@ class JWKSClient:
                 named, not its text), or the document is malformed.
         """
         self._attempted_at = self.options.clock()
-        self._apply(await self._fetch())
+        self._apply(*await self._fetch())
 
     async def _refresh(self) -> None:
         try:
-            self._apply(await self._fetch())
+            self._apply(*await self._fetch())
         except JWKSError as exc:
             self._failed(str(exc))
         except Exception as exc:  # e.g. the URL provider failed to resolve the issuer
@@ -578,21 +608,26 @@ class JWKSClient:
         self._outage.failed("jwks refresh failed; keeping cached keys", error,
                             keys=len(self._keys))
 
-    def _apply(self, keys: dict[tuple[str, str], VerificationKey]) -> None:
+    def _apply(self, keys: dict[tuple[str, str], VerificationKey],
+               more: dict[tuple[str, str], tuple[VerificationKey, ...]]) -> None:
         by_kid: dict[str, VerificationKey] = {}
         for (kid, _alg), key in keys.items():
             by_kid.setdefault(kid, key)
-        if keys != self._by_alg:  # VerificationKey ==: kid, algorithm and key material
+        # VerificationKey ==: kid, algorithm and key material
+        if keys != self._by_alg or more != self._more:
             self.version += 1
         self._by_alg = keys
+        self._more = more
         self._keys = by_kid
         self._fetched_at = self.options.clock()
         self._outage.ok(keys=len(keys))
         _log.debug("jwks refreshed", keys=len(keys))
 
-    async def _fetch(self) -> dict[tuple[str, str], VerificationKey]:
+    async def _fetch(self) -> tuple[dict[tuple[str, str], VerificationKey],
+                                    dict[tuple[str, str], tuple[VerificationKey, ...]]]:
         """Fetch and parse the document: URL provider, GET and body within
-        ``fetch_timeout_s`` together.
+        ``fetch_timeout_s`` together; its keys by ``(kid, algorithm)``, and every key of
+        the pairs it lists several keys of (:func:`_parse_keys`).
 
         Raises:
             JWKSError: the fetch failed or timed out, or the document is malformed.
@@ -637,7 +672,8 @@ class JWKSClient:
                             f"{type(exc).__name__}") from None
         weak: list[tuple[str, int]] = []
         leaked: list[str] = []
-        keys = _parse_keys(document, opts.algorithms, weak, leaked)
+        more: dict[tuple[str, str], tuple[VerificationKey, ...]] = {}
+        keys = _parse_keys(document, opts.algorithms, weak, leaked, more)
         # keys listed, none usable: every token refused "token key id unknown", and the
         # refresh at debug said nothing of why (logged once per change, as below)
         unusable = len(document["keys"]) if not keys else 0
@@ -659,7 +695,7 @@ class JWKSClient:
                 _log.warning("jwks keys ignored: RSA under 2048 bits (RFC 7518 §3.3)",
                              url=shown, kids=[k for k, _ in weak],
                              bits=[b for _, b in weak])
-        return keys
+        return keys, more
 
     @property
     def refresh_interval_s(self) -> float:

@@ -246,9 +246,10 @@ class KeySource(Protocol):
     :class:`~meshkit.auth.JWKSClient` does. And, for a remote copy, an
     ``async def get_key_refreshed(self, kid: str, algorithm: str, stale: VerificationKey)``:
     :class:`JWTVerifier` calls it when the key it got, ``stale``, fails a token's signature
-    (the issuer may have replaced its key under the same ``kid``) and verifies the token
-    again with the key it returns, if any (``None``: refused as before); the source
-    refreshes rate-limited, as for an unknown ``kid``.
+    (another key published under the ``kid``, or the issuer replaced its key under it)
+    and verifies the token again with the key it returns, if any (``None``: refused as
+    before), asking again while the keys it returns fail (each key once, at most 8); the
+    source refreshes rate-limited, as for an unknown ``kid``.
     """
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -724,6 +725,9 @@ def _media_type(typ: str) -> str:
 
 
 _MALFORMED = "malformed token"
+_MAX_KEYS_TRIED = 8
+"""Keys of one ``kid`` a token's signature is tried with at most (a key source's
+``get_key_refreshed``)."""
 _BAD_SIG = "token signature or key not accepted"
 
 
@@ -1099,19 +1103,23 @@ class JWTVerifier:
         key = await (keys.get_key(kid) if find is None else find(kid, alg))
         if key is None:
             raise InvalidTokenError("token key id unknown")
-        try:
-            claims = self._core.verify(token, alg, key)
-        except InvalidTokenError as exc:
-            # a key replaced under its kid: the source's (rate-limited) refresh may bring
-            # the new one, which no unknown kid would ask for (a JWKSClient's)
-            refetch = self._refetch
-            if refetch is None or exc.details() != _BAD_SIG:
-                raise
-            fresh = await refetch(kid, alg, key)
-            if fresh is None:
-                raise
-            key = fresh
-            claims = self._core.verify(token, alg, key)
+        tried = [key]
+        while True:
+            try:
+                claims = self._core.verify(token, alg, key)
+                break
+            except InvalidTokenError as exc:
+                # a key replaced under its kid, or another key published under it: the
+                # source (a JWKSClient) gives the next one, or its (rate-limited) refresh
+                # brings the new one, which no unknown kid would ask for
+                refetch = self._refetch
+                if refetch is None or exc.details() != _BAD_SIG:
+                    raise
+                fresh = await refetch(kid, alg, key)
+                if fresh is None or fresh in tried or len(tried) >= _MAX_KEYS_TRIED:
+                    raise
+                tried.append(fresh)
+                key = fresh
         # Cached only against the keys ``key`` is one of: after a change meanwhile (a
         # rotation, a fetch of this or another thread) ``key`` may be an old key read
         # before an await, and caching its token would keep a removed key's token

@@ -122,3 +122,53 @@ async def test_forged_signatures_fetch_no_more_than_the_rate_limit(idp: Idp) -> 
     assert client.fetches == 2
     assert (await verifier.verify(idp.token(sub="genuine"))).subject == "genuine"
     assert client.fetches == 2
+
+
+@dataclass
+class TwoKeyIdp(Idp):
+    """An IdP overlapping a rotation under one ``kid``: the old and the new key published
+    together, both ``"main"``, ES256 (RFC 7517 §4.5 asks for distinct kids: SHOULD)."""
+
+    new: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+
+    def document(self) -> bytes:
+        keys = []
+        for k in (self.key, self.new):
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(k.public_key()))
+            jwk.update(kid=KID, alg="ES256", use="sig")
+            keys.append(jwk)
+        return json.dumps({"keys": keys}).encode()
+
+
+@pytest.fixture
+async def two_key_idp() -> AsyncIterator[TwoKeyIdp]:
+    server = TwoKeyIdp()
+    app = web.Application()
+    app.router.add_get("/jwks.json", server.handle)
+    runner, port = await start_app(app, "127.0.0.1", 0)
+    server.url = f"http://127.0.0.1:{port}/jwks.json"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+async def test_every_key_published_under_one_kid_verifies(two_key_idp: TwoKeyIdp) -> None:
+    idp = two_key_idp
+    tick = Tick()
+    verifier, client = verifier_of(idp, tick)
+    assert (await verifier.verify(idp.token(idp.key, sub="old"))).subject == "old"
+    # the second key of the kid: tried after the first fails, with no fetch
+    assert (await verifier.verify(idp.token(idp.new, sub="new"))).subject == "new"
+    assert (await verifier.verify(idp.token(idp.new, sub="new"))).subject == "new"  # cached
+    assert client.fetches == 1
+    forger = ec.generate_private_key(ec.SECP256R1())
+    tick.now += 20.0
+    for i in range(3):  # both keys tried, one rate-limited refresh for all
+        with pytest.raises(InvalidTokenError) as info:
+            await verifier.verify(idp.token(forger, sub=f"forged{i}"))
+        assert info.value.details() == "token signature or key not accepted"
+    assert client.fetches == 2
+    assert (await verifier.verify(idp.token(idp.new, sub="new2"))).subject == "new2"
+    assert client.fetches == 2
