@@ -325,11 +325,17 @@ class ConsulOptions:
             no longer lists after it answered with an ``X-Consul-Index`` below one already
             seen (an agent restarted without its state, a restored snapshot), until their
             owners have registered again; default ``ttl_s`` (owners notice within
-            ``ttl_s / 3``); 0 turns it off. See :meth:`ConsulRegistry.watch`. The default
-            reads as the number in effect (a float) and is held as
-            :class:`~meshkit.discovery._types.Derived`, so ``dataclasses.replace(options,
-            ttl_s=60)`` works it out again from the new ``ttl_s`` (it kept the old one's);
-            a value given is kept.
+            ``ttl_s / 3`` and pass their TTL check at once), and with ``check="grpc"`` or
+            ``"both"`` at least ``3 * check_interval_s`` (30 with the defaults): such an
+            owner notices at its next lookup (up to ``check_interval_s``; with ``"both"``
+            its next heartbeat), registers the instance again with its checks critical, and
+            the agent runs the gRPC check first up to ``check_interval_s`` later (its
+            stagger), the run taking up to its ``Timeout``; 0 turns it off. See
+            :meth:`ConsulRegistry.watch`. The default reads as the number in effect (a
+            float) and is held as :class:`~meshkit.discovery._types.Derived`, so
+            ``dataclasses.replace(options, ttl_s=60)`` works it out again from the new
+            ``ttl_s`` (it kept the old one's), and so do ``check`` and
+            ``check_interval_s``; a value given is kept.
 
     ``check_interval_s``, ``ttl_s`` and ``deregister_critical_after_s`` are at most
     9223372036 s, about 292 years (Consul reads them as Go durations, int64 nanoseconds).
@@ -382,7 +388,13 @@ class ConsulOptions:
             raise ConfigError(f"check must be one of {_CHECK_KINDS}, got {self.check!r}")
         if is_default(self.fault_grace_s):  # again after a replace(): see the docstring
             check_number("ttl_s", self.ttl_s, low_open=True)  # first: worked out from it
-            object.__setattr__(self, "fault_grace_s", Derived(self.ttl_s))
+            grace = self.ttl_s
+            if self.check in ("grpc", "both"):
+                # an owner back after a restart is passing once its gRPC check first runs:
+                # its lookup (or heartbeat), then Consul's stagger, then the run itself
+                check_number("check_interval_s", self.check_interval_s, low_open=True)
+                grace = max(grace, 3 * self.check_interval_s)
+            object.__setattr__(self, "fault_grace_s", Derived(grace))
         check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
         for name in _DURATION_FIELDS:
             check_number(name, getattr(self, name), low_open=True, high=_MAX_GO_DURATION_S)
@@ -2054,9 +2066,10 @@ class ConsulRegistry:
         the highest one the watch has seen (remembered across errors), listing only the
         instances registered since. A registry fault is not "every instance left": the
         instances of the last set that the answer does not list are then kept for
-        ``fault_grace_s`` (default ``ttl_s``), merged with what the agent lists, as their
-        owners' keepers find them forgotten at their next heartbeat (``ttl_s / 3``) and
-        register them again; :attr:`RegistryStatus.kept_endpoints` counts them. One that
+        ``fault_grace_s`` (default ``ttl_s``; at least ``3 * check_interval_s`` with a gRPC
+        check), merged with what the agent lists, as their owners' keepers find them
+        forgotten at their next heartbeat (``ttl_s / 3``) or lookup (``check_interval_s``)
+        and register them again; :attr:`RegistryStatus.kept_endpoints` counts them. One that
         the agent lists again (the same node and ``Service.ID``, whatever ``instance_id``
         the new answer gives it, or the same host and port) is no longer kept, so its later
         deregistration (the index moving forward) removes it at once; one whose owner never
