@@ -469,19 +469,20 @@ class RetryInterceptor(ClientInterceptor):
                 request = _unsent_kept(request)
             if policy.hedge_delay_s is not None and replayable:
                 return await self._hedged(details, request, proceed, policy)
-            attempt = step = 1  # step: of the backoff, back to 1 after a server's pushback
-            safe: bool | None = None  # worked out on the first failure only
-            sent = 0  # attempts made (an attempt that found no endpoint was not)
+            # worked out on the first failure only, with the counts a retry needs (none
+            # of them set on a call whose first attempt answers: 8 bytecodes a call)
+            safe: bool | None = None
             base_md: list[tuple[str, Any]] = details.metadata
             while True:
                 t0 = _monotonic()
-                if sent:  # gRFC A6: a retry says how many attempts went before it
-                    details.metadata = with_previous_attempts(base_md, sent)
                 try:
                     response = await proceed(details, request)
                 except AioRpcError as exc:
-                    if safe is None:
+                    if safe is None:  # the first failure (safe is a bool from here on)
                         safe = policy.idempotent or _has_key(details, request, policy)
+                        # step: of the backoff, back to 1 after a server's pushback
+                        attempt = step = 1
+                        sent = 0  # attempts made (an attempt that found no endpoint was not)
                     unrun = _draining_outcome(details, exc)
                     delay = (self._retry_delay(details, exc, policy, attempt, safe, step, unrun)
                              if replayable or isinstance(exc, NoEndpointsError)
@@ -500,6 +501,8 @@ class RetryInterceptor(ClientInterceptor):
                         self.stats.gave_up_deadline += 1
                         raise
                     attempt += 1
+                    if sent:  # gRFC A6: a retry says how many attempts went before it
+                        details.metadata = with_previous_attempts(base_md, sent)
                     continue
                 # _observe(details.method, latency), its update of a method seen before
                 # inline (a frame less per call). The latency is the attempt's from its
