@@ -30,7 +30,7 @@ from limits.aio.storage import (
 from limits.aio.storage import Storage as AsyncStorage
 from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
-from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher
+from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher, normalized
 from meshkit._uris import hide_userinfo, mask_query, shown_value, split_userinfo
 from meshkit.errors import ConfigError
 
@@ -138,6 +138,15 @@ class RuleTable:
     ``default_rule``; see :mod:`meshkit._methods`. :meth:`lookup` is cached per method
     (bounded), so the hot path is one dict lookup.
 
+    The health service's methods (``/grpc.health.v1.Health/...``: orchestrators' probes,
+    Consul's gRPC checks, mesh clients' health checking) are governed only by a key whose
+    service part names something (:func:`names_a_service`: ``"grpc.health.v1.Health/*"``,
+    ``"Health/Check"``, ``"grpc.*/*"``), never by ``default_rule`` nor by a catch-all
+    glob (``"*"``, ``"*/Check"``): a probe refused ``RESOURCE_EXHAUSTED`` (a kubelet's
+    liveness and readiness probes over a ``"1/second"`` default) or, failing closed,
+    ``UNAVAILABLE`` during a storage outage is a replica taken out of service (every
+    replica at once, for a Redis blip), which no limit is for.
+
     Each rule also has a name of its own, :meth:`counted_as`, under which the calls of
     methods the server did not register are counted (``"<unregistered OrderService/*>"``,
     ``"<unregistered methods>"`` for the default rule): :meth:`lookup` gives that rule for
@@ -151,7 +160,7 @@ class RuleTable:
         ConfigError: a malformed pattern or rule (quoted).
     """
 
-    __slots__ = ("_cache", "_matcher", "_shared")
+    __slots__ = ("_cache", "_health", "_matcher", "_shared")
 
     def __init__(self, rules: Mapping[str, str | None], default_rule: str | None) -> None:
         MethodMatcher(rules, None, where="RateLimitOptions.rules")  # the patterns first
@@ -162,6 +171,10 @@ class RuleTable:
             "<default>", default_rule, parse_rule(default_rule, where="default_rule"))
         self._matcher: MethodMatcher[Rule | None] = MethodMatcher(
             parsed, default, where="RateLimitOptions.rules")
+        # the health service: only keys naming a service govern it (class docstring)
+        self._health: MethodMatcher[Rule | None] = MethodMatcher(
+            {pattern: rule for pattern, rule in parsed.items() if names_a_service(pattern)},
+            None, where="RateLimitOptions.rules")
         # the names unregistered methods are counted under -> their rule
         self._shared: dict[str, Rule] = {
             _shared_name(rule): rule for rule in (*parsed.values(), default)
@@ -180,7 +193,8 @@ class RuleTable:
             return self._cache[method]
         except KeyError:
             pass
-        rule = self._shared[method] if method in self._shared else self._matcher.lookup(method)
+        rule = self._shared[method] if method in self._shared else (
+            self._health if method.startswith(HEALTH_PREFIX) else self._matcher).lookup(method)
         cache = self._cache
         if len(cache) >= MAX_CACHED_METHODS + len(self._shared):
             with contextlib.suppress(KeyError, RuntimeError, StopIteration):
@@ -194,8 +208,23 @@ class RuleTable:
         sends): the rule's own name, shared by every such method it governs, so that a
         caller sending a new name per call does not get a new budget per name;
         ``method`` itself when no rule limits it."""
-        rule = self._matcher.lookup(method)
+        rule = (self._health if method.startswith(HEALTH_PREFIX)
+                else self._matcher).lookup(method)
         return method if rule is None else _shared_name(rule)
+
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+"""The methods of the gRPC health service, which only a rule naming a service governs
+(:class:`RuleTable`)."""
+
+_WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
+
+
+def names_a_service(pattern: str) -> bool:
+    """Whether the method pattern ``pattern`` (valid) names a service or a package: its
+    service part is more than wildcards (``"Health/*"``, ``"grpc.*/*"``; not ``"*"``,
+    ``"*/Check"``, ``"?*/*"``)."""
+    return bool(_WILDCARDS.sub("", normalized(pattern).partition("/")[0]))
 
 
 def _shared_name(rule: Rule) -> str:

@@ -16,7 +16,12 @@ order, so a call refused by a later part was counted by the earlier ones). ``rul
 method pattern (:mod:`meshkit._methods`: ``"/ecom.v1.OrderService/PlaceOrder"``,
 ``"OrderService/PlaceOrder"``, ``"OrderService/*"``, ``"*"``) to a rule, or to ``None`` to
 exempt it; an exact pattern wins, then the longest glob, then ``default_rule``. Each method
-has its own budget per caller even when its rule comes from a glob or the default; under
+has its own budget per caller even when its rule comes from a glob or the default. The
+health service (``grpc.health.v1.Health``: orchestrators' probes, Consul's gRPC checks)
+is limited only by a ``rules`` key naming a service (``"grpc.health.v1.Health/*"``,
+``"Health/Check"``), never by ``default_rule`` nor a catch-all glob (``"*"``,
+``"*/Check"``): a probe refused, or failed closed in a storage outage, takes the replica
+out of service. Under
 :func:`meshkit.serve`, a method the server did not register (a name a caller made up for
 a catch-all generic handler, not in ``ServeOptions.generic_methods``) is counted under its
 rule's name instead (:meth:`StorageLimiter.counted_as`), all such methods one budget per
@@ -517,7 +522,10 @@ class RateLimitOptions:
             :mod:`meshkit._methods`).
             Default: no overrides.
         default_rule: rule for every method no key matches, e.g. ``"100/second"``;
-            ``None`` (default) leaves them unlimited.
+            ``None`` (default) leaves them unlimited. Not for the health service
+            (``grpc.health.v1.Health``), which only a ``rules`` key naming a service
+            limits (``"Health/*"``; a catch-all glob, ``"*"``, ``"*/Check"``, does not):
+            its callers are probes, and a refused one takes the replica out of service.
         strategy: ``"fixed-window"``, ``"moving-window"`` or ``"sliding-window-counter"``
             (default). On Redis the fixed and the moving window keep a caller's count
             under the same key, a counter and a list: while replicas sharing a Redis run
