@@ -889,14 +889,15 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     # (_evictable_from of a call that came just now)
                     self._readers[task] = now if self._evict_after is None \
                         else now + self._evict_after
+                    reading = True  # (the bytes checked above: nothing ran since)
                 else:
                     # waits for a permit: its arrival, for the deadline's admission
                     gate_arrival.set(now)
                     await self._acquire_read(task)
-                reading = True
-            if reading and budget is not None and self.inflight_bytes >= budget:
-                request = _FULL  # filled up while this call waited to read
-            else:
+                    reading = True
+                    if budget is not None and self.inflight_bytes >= budget:
+                        request = _FULL  # filled up while this call waited to read
+            if request is _LATE:  # (not _FULL)
                 # context.read(), not the request iterator: grpc.aio's iterator is an
                 # async generator around it (a frame and asyncgen-hook bookkeeping per call)
                 request = await context.read()
