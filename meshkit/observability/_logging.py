@@ -69,6 +69,9 @@ __all__ = [
 
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
            "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+# the other names the standard library's logging (and structlog) give these levels: the
+# spelling of most deployment templates (MESHKIT_LOG_LEVEL=warn)
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 def _span_context_is_tuple() -> bool:
     """Whether a ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote,
@@ -1429,9 +1432,10 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
     unset one (as meshkit's other variables).
 
     Args:
-        level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL`` (any case), or
-            the standard library's number of one (``logging.DEBUG``); default from
-            ``MESHKIT_LOG_LEVEL``, else ``INFO``.
+        level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL`` (any case;
+            ``WARN`` and ``FATAL`` too, as the standard library and structlog name them),
+            or the standard library's number of one (``logging.DEBUG``); default from
+            ``MESHKIT_LOG_LEVEL`` (the same names), else ``INFO``.
         json: JSON lines (``True``) or console format (``False``); default JSON unless
             stderr is a terminal, or as ``MESHKIT_LOG_FORMAT`` (``json``/``console``, any
             case) says.
@@ -1454,12 +1458,14 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
                           f"the standard library's number of one, got {level!r}")
     elif level:
         name = level.strip().upper()
+        name = _LEVEL_ALIASES.get(name, name)
         if name not in _LEVELS:
             raise ConfigError(f"log level must be one of {sorted(_LEVELS)} (any case), "
                               f"got {level!r}")
     else:
         raw = env.get("MESHKIT_LOG_LEVEL", "")
         name = raw.strip().upper() or "INFO"
+        name = _LEVEL_ALIASES.get(name, name)
         if name not in _LEVELS:
             raise ConfigError(f"MESHKIT_LOG_LEVEL must be one of {sorted(_LEVELS)} (any "
                               f"case), got {raw!r}")
