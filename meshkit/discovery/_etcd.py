@@ -1842,7 +1842,13 @@ class EtcdRegistry:
         the one known (a wiped store restarted with the same flags whose revision passed
         the watch's while the stream's connection was dead without a sign), or lacks a
         known key (deleted meanwhile, or a replaced store: the read tells which). Keys
-        changed after ``cur.revision`` come as the resumed stream's events. Cost: one
+        changed after ``cur.revision`` come as the resumed stream's events; when there
+        are none (the prefix exactly as known), ``cur.revision`` is moved on to the read's
+        revision, so that a watch of a quiet service resumes from a recent revision, not
+        from its last change, which a compaction (etcd's ``--auto-compaction``, run by
+        every Kubernetes API server) would have removed: refused, the watch read its whole
+        prefix again after each compaction, and backed off after three such reads. (A key
+        put and deleted meanwhile is then never seen: the state is the same.) Cost: one
         keys-only ``/v3/kv/range`` per quiet resume.
 
         Raises:
@@ -1854,20 +1860,32 @@ class EtcdRegistry:
                                               "range_end": _b64(_prefix_end(prefix)),
                                               "keys_only": True}, persist=False)
         header = data.get("header") or {}
-        if header.get("cluster_id") != cur.cluster or int(
-                header.get("revision") or 0) < cur.revision:
+        revision = int(header.get("revision") or 0)
+        if header.get("cluster_id") != cur.cluster or revision < cur.revision:
             return False
         seen = 0
+        newer = False  # a key changed after cur.revision: its events are still to come
         for kv in data.get("kvs") or ():
             mod = int(kv.get("mod_revision") or 0)
             known = cur.mods.get(_unb64(kv["key"]))
             if known is not None:
                 seen += 1
-                if mod != known and mod <= cur.revision:
-                    return False
+                if mod != known:
+                    if mod <= cur.revision:
+                        return False
+                    newer = True
             elif mod <= cur.revision:
                 return False
-        return seen == len(cur.mods)
+            else:
+                newer = True
+        if seen != len(cur.mods):
+            return False
+        if not newer:
+            # the prefix is as the watch knows it at this read's revision: resume from
+            # there, not from its last change (however old: etcd compacts past it, and
+            # the resume would be refused and the prefix read in full)
+            cur.revision = revision
+        return True
 
     async def _stream(self, prefix: bytes, cur: _Cursor, queue: asyncio.Queue[_Update]) -> None:
         """Follow one watch stream from ``cur.revision + 1``, applying its events to ``cur``
