@@ -239,7 +239,10 @@ class ConsulOptions:
     Args:
         addr: the agent's HTTP address like ``CONSUL_HTTP_ADDR``: ``host:port``
             or ``scheme://host:port`` (``http``/``https``), IPv6 as ``[::1]:8500``. Default
-            ``"127.0.0.1:8500"``. A missing port means 8500 (http) or 8501 (https).
+            ``"127.0.0.1:8500"``. A URL without a port (``https://consul.example``, as
+            HCP Consul gives ``CONSUL_HTTP_ADDR``) means its scheme's port, 443 (80 for
+            http), as in Consul's client; any other missing port 8500 (http) or 8501
+            (https).
         scheme: ``"http"``, ``"https"`` or None (default: the scheme in ``addr``, else http).
             ``https`` from either place wins, as in Consul's own client.
         token: ACL token sent as ``X-Consul-Token`` (default None: anonymous). Never shown in
@@ -469,10 +472,16 @@ class ConsulOptions:
 
     @property
     def port(self) -> int:
-        """The agent's port: the one in ``addr``, else 8500 (http) or 8501 (https)."""
-        port = split_address(self.addr, "addr")[2]
+        """The agent's port: the one in ``addr``; else, for an ``addr`` written as a URL
+        (``https://consul.example``), its scheme's own, 443 (https) or 80 (http), as
+        Consul's client and any URL reader take it; else 8500 (http) or 8501 (https)."""
+        addr_scheme, _, port = split_address(self.addr, "addr")
         if port is not None:
             return port
+        if addr_scheme is not None:
+            # Consul's api.NewClient keeps the URL's host as the request's host, so Go's
+            # net/http dials the scheme's port (HCP Consul's addresses name no port)
+            return 443 if self.effective_scheme == "https" else 80
         return 8501 if self.effective_scheme == "https" else 8500
 
     @property
@@ -578,7 +587,11 @@ class ConsulOptions:
             except ConfigError:
                 raise ConfigError(_USERINFO_REFUSED) from None
         if parts.netloc:
-            kwargs["addr"] = parts.netloc if scheme == "consul" else (
+            # no port: the agent's (8500, 8501 for https), not an http(s) URL's (80, 443),
+            # so the host alone (consul+https sets the scheme below; https from the
+            # environment wins over consul+http, as it did over an http:// address)
+            kwargs["addr"] = parts.netloc if scheme == "consul" or (
+                split_address(parts.netloc, "addr")[2] is None) else (
                 f"{scheme.split('+')[1]}://{parts.netloc}"
             )
         if parts.path not in ("", "/"):
