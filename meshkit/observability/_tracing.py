@@ -177,6 +177,8 @@ _TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 
 class _MetadataGetter(Getter[Sequence[Any]]):
     """Reads propagation headers from gRPC invocation metadata (a sequence of pairs).
+    A header is looked up by its name in lower case, as gRPC metadata keys are (HTTP/2):
+    a propagator naming one with capitals (AWS X-Ray's ``X-Amzn-Trace-Id``) finds it.
     Several ``baggage`` entries are one comma-joined value (W3C Baggage: multiple
     headers are allowed and make one list; the API's propagator reads only the first
     value it is given), empty ones left out. Several ``traceparent`` entries are none:
@@ -185,6 +187,7 @@ class _MetadataGetter(Getter[Sequence[Any]]):
     API's propagator took the first entry's."""
 
     def get(self, carrier: Sequence[Any], key: str) -> list[str] | None:
+        key = key.lower()
         found = [v if isinstance(v, str) else v.decode("ascii", "replace")
                  for k, v in carrier if k == key]
         if len(found) > 1:
@@ -200,10 +203,14 @@ class _MetadataGetter(Getter[Sequence[Any]]):
 
 class _MetadataSetter(Setter[MutableSequence[tuple[str, str | bytes]]]):
     """Appends propagation headers to outgoing metadata, replacing a previous value (a
-    retried or re-injected call must not carry two ``traceparent`` headers)."""
+    retried or re-injected call must not carry two ``traceparent`` headers), under their
+    names in lower case: gRPC refuses a metadata key with capitals, which a propagator
+    may give (AWS X-Ray's ``X-Amzn-Trace-Id``: every call failed ``INTERNAL``), as
+    opentelemetry-instrumentation-grpc's setter lower-cases them too."""
 
     def set(self, carrier: MutableSequence[tuple[str, str | bytes]], key: str,
             value: str) -> None:
+        key = key.lower()
         for i, (k, _) in enumerate(carrier):
             if k == key:
                 carrier[i] = (key, value)
