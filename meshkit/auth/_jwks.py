@@ -16,7 +16,7 @@ import contextlib
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -443,7 +443,7 @@ class JWKSClient:
         self._keys: dict[str, VerificationKey] = {}
         self._by_alg: dict[tuple[str, str], VerificationKey] = {}
         # every key of a (kid, algorithm) the document lists several of (RFC 7517 §4.5
-        # asks for distinct kids: SHOULD), in its order: get_key_refreshed tries them
+        # asks for distinct kids: SHOULD), in its order: get_key_refreshed gives them
         self._more: dict[tuple[str, str], tuple[VerificationKey, ...]] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
@@ -488,44 +488,50 @@ class JWKSClient:
         return None
 
     async def get_key_refreshed(self, kid: str, algorithm: str,
-                                stale: VerificationKey) -> VerificationKey | None:
-        """Another key for ``kid`` bound to ``algorithm``, when the one given, ``stale``,
-        failed a token's signature: the next key the document lists for the pair when it
-        lists several (RFC 7517 §4.5 asks for distinct kids, SHOULD: an issuer
-        overlapping a rotation under one ``kid``), without a fetch; else, the issuer
-        may have replaced its key under the same ``kid`` (an IdP naming its key
+                                tried: Collection[VerificationKey]) -> VerificationKey | None:
+        """Another key for ``kid`` bound to ``algorithm``, when those given, ``tried``,
+        failed a token's signature: the first key the document lists for the pair that is
+        none of them, when it lists several (RFC 7517 §4.5 asks for distinct kids, SHOULD:
+        an issuer overlapping a rotation under one ``kid``), without a fetch; else, the
+        issuer may have replaced its key under the same ``kid`` (an IdP naming its key
         ``"main"``), which no unknown-``kid`` refresh would learn of before
         ``refresh_interval_s``: refreshes as for an unknown ``kid`` (at most once per
-        ``min_refresh_interval_s``, joining a fetch in flight; not at all when a refresh
-        meanwhile already brought another key) and gives the pair's first key when it is
-        another than ``stale``.
+        ``min_refresh_interval_s``, joining a fetch in flight, waited for at most
+        ``fetch_timeout_s``; not at all when a refresh meanwhile already brought a key not
+        tried) and gives the first key then listed for the pair that is not in ``tried``
+        (in document order, wherever the refresh lists the keys tried).
+
+        Args:
+            kid: the token header's ``kid``.
+            algorithm: the token header's ``alg``.
+            tried: the keys the token's signature failed with (compared by ``==``: kid,
+                algorithm and key material).
 
         Returns:
             That key, or ``None``: no other (the token stays refused), or the refresh was
             rate-limited or failed. :class:`~meshkit.auth.JWTVerifier` tries each key
             it gets once, at most 8 per token.
         """
-        key = self._next_key(kid, algorithm, stale)
+        key = self._untried(kid, algorithm, tried)
         if key is None:
             if not await self._fetch_unknown():
                 return None
-            key = self._next_key(kid, algorithm, stale)
+            key = self._untried(kid, algorithm, tried)
         return key
 
-    def _next_key(self, kid: str, algorithm: str, stale: VerificationKey
-                  ) -> VerificationKey | None:
-        """The key to try after ``stale`` for ``(kid, algorithm)`` in the copy held: the
-        next one the document lists for the pair when it lists several, the pair's
-        (first) key when ``stale`` is none of them, else ``None``."""
+    def _untried(self, kid: str, algorithm: str, tried: Collection[VerificationKey]
+                 ) -> VerificationKey | None:
+        """The first key for ``(kid, algorithm)`` in the copy held, in document order,
+        that is not in ``tried``, else ``None``."""
         pair = (kid, algorithm)
         keys = self._more.get(pair)
         if keys is None:
             key = self._by_alg.get(pair)
-            return None if key is None or key == stale else key
-        if stale not in keys:
-            return keys[0]
-        i = keys.index(stale) + 1
-        return keys[i] if i < len(keys) else None
+            return None if key is None or key in tried else key
+        for key in keys:
+            if key not in tried:
+                return key
+        return None
 
     def _maybe_refresh(self) -> None:
         """Start a background refresh when the copy is stale (and the rate limit allows)."""

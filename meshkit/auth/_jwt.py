@@ -244,12 +244,14 @@ class KeySource(Protocol):
     ``refresh_interval_s`` (seconds): :class:`JWTVerifier` serves a token from its cache
     for at most that long before asking the source again, as
     :class:`~meshkit.auth.JWKSClient` does. And, for a remote copy, an
-    ``async def get_key_refreshed(self, kid: str, algorithm: str, stale: VerificationKey)``:
-    :class:`JWTVerifier` calls it when the key it got, ``stale``, fails a token's signature
-    (another key published under the ``kid``, or the issuer replaced its key under it)
-    and verifies the token again with the key it returns, if any (``None``: refused as
-    before), asking again while the keys it returns fail (each key once, at most 8); the
-    source refreshes rate-limited, as for an unknown ``kid``.
+    ``async def get_key_refreshed(self, kid: str, algorithm: str,
+    tried: tuple[VerificationKey, ...])``: :class:`JWTVerifier` calls it when the keys it
+    got, ``tried`` (the first from ``get_key_for``/``get_key``), failed a token's signature
+    (another key published under the ``kid``, or the issuer replaced its key under it) and
+    verifies the token again with the key it returns, one not in ``tried``, if any
+    (``None``: refused as before), asking again while the keys it returns fail (each key
+    once, at most 8 a token); the source refreshes rate-limited, as for an unknown
+    ``kid``.
     """
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -1053,7 +1055,7 @@ class JWTVerifier:
         self._find: Callable[[str, str], Awaitable[VerificationKey | None]] | None = (
             getattr(keys, "get_key_for", None))
         # asked again when a token's signature fails: a key replaced under its kid
-        self._refetch: Callable[[str, str, VerificationKey],
+        self._refetch: Callable[[str, str, tuple[VerificationKey, ...]],
                                 Awaitable[VerificationKey | None]] | None = (
             getattr(keys, "get_key_refreshed", None))
 
@@ -1111,12 +1113,14 @@ class JWTVerifier:
             except InvalidTokenError as exc:
                 # a key replaced under its kid, or another key published under it: the
                 # source (a JWKSClient) gives the next one, or its (rate-limited) refresh
-                # brings the new one, which no unknown kid would ask for
+                # brings the new one, which no unknown kid would ask for. Each key once,
+                # whatever order a refresh meanwhile lists them in.
                 refetch = self._refetch
-                if refetch is None or exc.details() != _BAD_SIG:
+                if (refetch is None or exc.details() != _BAD_SIG
+                        or len(tried) >= _MAX_KEYS_TRIED):
                     raise
-                fresh = await refetch(kid, alg, key)
-                if fresh is None or fresh in tried or len(tried) >= _MAX_KEYS_TRIED:
+                fresh = await refetch(kid, alg, tuple(tried))
+                if fresh is None or fresh in tried:
                     raise
                 tried.append(fresh)
                 key = fresh
