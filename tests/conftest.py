@@ -117,6 +117,18 @@ if os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "uvloop":
 
         return {"uvloop": uvloop.new_event_loop}
 
+elif os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "eager":
+
+    def pytest_asyncio_loop_factories(config: pytest.Config,
+                                      item: pytest.Item) -> dict[str, Callable[[], Any]]:
+        """``MESHKIT_TEST_LOOP=eager`` (Python 3.12+): every async test runs on asyncio's
+        loop with ``asyncio.eager_task_factory``, a task factory users set for speed: a
+        task runs its first step inside ``create_task()``, before the caller goes on
+        (tests/support/loops.py's ``new_loop``)."""
+        from tests.support.loops import new_loop
+
+        return {"eager": new_loop}
+
 
 @pytest.fixture(autouse=True)
 def _structlog_config_restored() -> Iterator[None]:

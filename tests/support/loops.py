@@ -13,13 +13,23 @@ _T = TypeVar("_T")
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop of the suite's kind: uvloop's with ``MESHKIT_TEST_LOOP=uvloop``,
-    else asyncio's."""
-    if os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "uvloop":
+    """A new event loop of the suite's kind: uvloop's with ``MESHKIT_TEST_LOOP=uvloop``;
+    asyncio's with ``asyncio.eager_task_factory`` with ``MESHKIT_TEST_LOOP=eager`` (Python
+    3.12+; a ``RuntimeError`` before); else asyncio's."""
+    kind = os.environ.get("MESHKIT_TEST_LOOP", "asyncio")
+    if kind == "uvloop":
         import uvloop
 
         return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+    loop = asyncio.new_event_loop()
+    if kind == "eager":
+        eager = getattr(asyncio, "eager_task_factory", None)
+        if eager is None:
+            loop.close()
+            raise RuntimeError("MESHKIT_TEST_LOOP=eager needs Python 3.12+ "
+                               "(asyncio.eager_task_factory)")
+        loop.set_task_factory(eager)
+    return loop
 
 
 def run(main: Coroutine[Any, Any, _T]) -> _T:
