@@ -422,7 +422,10 @@ class JWKSClient:
 
     Keys are kept by ``(kid, algorithm)``, so keys sharing a ``kid`` (RFC 7517 §4.5, e.g.
     an EC and an OKP key) each verify the tokens of their algorithm
-    (:meth:`get_key_for`, one dict lookup).
+    (:meth:`get_key_for`, one dict lookup: the first the document lists for the pair);
+    several under one ``kid`` and algorithm (RFC 7517 §4.5: SHOULD be distinct) are all
+    kept, and a token the first does not verify is tried with the others in document
+    order (:meth:`get_key_refreshed`).
     """
 
     def __init__(self, url: UrlProvider | str, options: JWKSClientOptions | None = None, *,

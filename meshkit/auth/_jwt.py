@@ -994,8 +994,11 @@ class JWTVerifier:
     :meth:`verify` raises :class:`InvalidTokenError` (``UNAUTHENTICATED``) on any failure,
     including an unknown ``kid`` after the key source's (rate-limited) refresh, and a
     signature the ``kid``'s key does not verify after the source, asked again
-    (``get_key_refreshed``: a :class:`~meshkit.auth.JWKSClient` refreshes, rate-limited),
-    gave no other key for it.
+    (``get_key_refreshed``: a :class:`~meshkit.auth.JWKSClient` gives the other keys it
+    holds for the ``kid`` and algorithm, then refreshes, rate-limited), gave no other key
+    for it (each key tried once, at most 8 a token). Such a token (a forged one naming a
+    known ``kid``) waits for a refresh it makes or joins: at most the client's
+    ``fetch_timeout_s``; a token the first key found for its ``kid`` verifies never waits.
 
     Raises:
         ConfigError: ``options`` is no :class:`VerifierOptions`, or ``keys`` (also when
