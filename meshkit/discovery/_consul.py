@@ -850,6 +850,29 @@ def _undecoded_listing(response: Any) -> _Listing:
         default_deny=str(headers.get(_DEFAULT_POLICY_HEADER, "")).lower() == "deny")
 
 
+def _load_client_cert(tls: ssl.SSLContext, cert: tuple[str, str] | str) -> None:
+    """Load the client certificate ``cert`` (a PEM path holding the key too, or a
+    ``(cert, key)`` pair of paths) into ``tls``, never asking for a pass phrase.
+
+    Without a ``password`` OpenSSL asks ``Enter PEM pass phrase:`` for an encrypted key on
+    the process's terminal (stdin without one) and waits there, in the event loop; Consul's
+    client cannot load such a key either (Go's ``tls.LoadX509KeyPair``).
+
+    Raises:
+        OSError: the key is encrypted (its file named) or a file cannot be read;
+            ssl.SSLError: a file holds no usable certificate or key.
+    """
+    cert_file, key_file = cert if isinstance(cert, tuple) else (cert, None)
+    shown = shown_path(key_file if key_file is not None else cert_file)
+
+    def refuse() -> bytes:
+        raise OSError(f"the client key {shown} is encrypted (protected by a pass phrase): "
+                      "give key_file (CONSUL_CLIENT_KEY) an unencrypted key, as Consul's "
+                      "client needs")
+
+    tls.load_cert_chain(cert_file, key_file, password=refuse)
+
+
 class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is untyped
     """py-consul's aio HTTP client (its requests, callbacks and ``close()``) on an aiohttp
     session of meshkit's making. py-consul's own ``__init__`` builds a connector with
@@ -904,10 +927,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             tls.check_hostname = False
             tls.verify_mode = ssl.CERT_NONE
-            if isinstance(cert, tuple):
-                tls.load_cert_chain(*cert)
-            elif cert:
-                tls.load_cert_chain(cert)
+            if cert:
+                _load_client_cert(tls, cert)
         elif scheme == "https":
             # given to aiohttp as `ssl`, not deprecated args. A CA bundle is the only
             # trusted root, as in Consul's client (api.SetupTLSConfig: RootCAs holds the
@@ -919,10 +940,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
                 # CAs alone, as with a CA file
                 cadata=None if isinstance(verify, str) or ca_path is None
                 else "".join(_ca_path_files(ca_path)))
-            if isinstance(cert, tuple):
-                tls.load_cert_chain(*cert)
-            elif cert:
-                tls.load_cert_chain(cert)
+            if cert:
+                _load_client_cert(tls, cert)
         # the attribute py-consul's requests and close() use
         self._session = aiohttp.ClientSession(
             # No connection limit (limit=0): each watch holds a connection for its long
