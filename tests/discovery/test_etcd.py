@@ -1384,36 +1384,6 @@ async def test_watch_catches_up_after_a_disconnect(
     assert not [e for e in logs if "compacted" in e["event"]]
 
 
-async def test_watch_reads_again_after_a_compaction(
-        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
-    """If etcd compacted past the revision a watch resumes from (a stream quiet for
-    ``ttl_s`` is resumed from its revision; others' writes outside its prefix moved the
-    store on), the watch is cancelled with compact_revision, reads the prefix in full and
-    goes on from there."""
-    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
-    # the reader's ttl_s of 1 s: its quiet stream is resumed after 1 s
-    owner, reader = EtcdRegistry(opts), EtcdRegistry(
-        EtcdOptions(endpoints=tuple(own_node.endpoints), **{**FAST, "ttl_s": 1}))
-    registries += [owner, reader]
-    service = unique_service()
-    a, b = make_instance(service, 1), make_instance(service, 2)
-    await owner.register(a)
-    watcher = Collector(reader, service)
-    assert await watcher.next() == {a}
-    with capture_logs() as logs:
-        for i in range(5):
-            await asyncio.to_thread(own_node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"),
-                                                              "value": ""})
-        status = await asyncio.to_thread(own_node.post, 0, "/kv/range", {"key": _b64("x")})
-        rev = int(status["header"]["revision"])  # type: ignore[index]
-        await asyncio.to_thread(own_node.post, 0, "/kv/compaction", {"revision": str(rev)})
-        await until(lambda: any(e["event"].startswith("etcd compacted past") for e in logs),
-                    timeout_s=opts.ttl_s + 3, what="the quiet stream's compacted resume")
-        await owner.register(b)
-        await watcher.until_set({a, b})
-    await watcher.stop()
-
-
 async def test_replaced_store_keeps_last_endpoints_until_owners_return(
         own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """etcd restarted on a wiped data directory: the watch keeps its last set (never yields
