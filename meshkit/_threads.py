@@ -27,6 +27,13 @@ _T = TypeVar("_T")
 _Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
+def _cpu_count() -> int | None:
+    """The CPUs ``ThreadPoolExecutor`` sizes its default pool by: those this process may
+    run on from Python 3.13 (``os.process_cpu_count()``), the machine's before."""
+    count: Callable[[], int | None] = getattr(os, "process_cpu_count", os.cpu_count)
+    return count()
+
+
 class HandlerThreads(Executor):
     """A pool of up to ``max_workers`` daemon threads named ``<thread_name_prefix>_<n>``,
     each started when a submitted call finds no idle one.
@@ -34,12 +41,13 @@ class HandlerThreads(Executor):
     Args:
         max_workers: the most threads, an int >= 1 (the caller validates it,
             ``ServeOptions.handler_threads``); ``None``: ``ThreadPoolExecutor``'s default,
-            ``min(32, cpus + 4)``.
+            ``min(32, cpus + 4)``, ``cpus`` the CPUs this process may run on from Python
+            3.13 (``os.process_cpu_count()``: its CPU affinity), the machine's before.
         thread_name_prefix: the threads' name prefix, e.g. ``meshkit-handler-<service>``.
     """
 
     def __init__(self, max_workers: int | None, thread_name_prefix: str) -> None:
-        self._max = (min(32, (os.cpu_count() or 1) + 4) if max_workers is None
+        self._max = (min(32, (_cpu_count() or 1) + 4) if max_workers is None
                      else max_workers)
         self._prefix = thread_name_prefix
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
