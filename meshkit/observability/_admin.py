@@ -59,6 +59,10 @@ MeshServer) may wait unrun before ``/livez`` calls that loop wedged."""
 _RENDER_THREADS = 2
 """Threads an admin server renders ``/metrics`` in: two scrapes at once (a pair of
 Prometheus replicas) each get one; a third waits."""
+_ENCODE_THREADS = 1
+"""Threads an admin server encodes ``/debug/mesh`` and ``/debug/dashboard.json`` in: not
+the render threads, where a collector of the application's that is slow (or hangs) held
+them back with the scrapes waiting on it."""
 _GZIP_LEVEL = 1
 """The gzip level of ``/metrics``: a 1 MB exposition (10,000 samples) ~16x smaller in
 ~4 ms; level 6 or 9 (``gzip.compress``'s default) takes four times longer for 3-6 %
@@ -193,7 +197,9 @@ class AdminServer:
     meshkit's are. The thread is the admin server's own (two of them, named
     ``meshkit-admin-metrics_<n>``, from :meth:`start` to :meth:`stop`), not the loop's
     default executor: work queued there (``asyncio.to_thread``, blocking handlers, name
-    lookups) does not hold a scrape back.
+    lookups) does not hold a scrape back. The JSON of ``/debug/mesh`` and the dashboard
+    is encoded in one more (``meshkit-admin-json_0``): scrapes waiting on a slow
+    collector do not hold the debug views back.
 
     Every answer carries ``X-Content-Type-Options: nosniff``; those of the routes above
     and every error (``400``, ``403``, ``404``, ``405``, ``503``) ``Cache-Control:
@@ -251,6 +257,7 @@ class AdminServer:
         self._unencodable: set[str] = set()  # families warned about (see _metrics)
         self._runner: web.AppRunner | None = None
         self._render_threads: ThreadPoolExecutor | None = None  # from start() to stop()
+        self._encode_threads: ThreadPoolExecutor | None = None  # the same, for the JSON
         # while start() runs: done when it has returned or raised (stop() waits for it)
         self._starting: asyncio.Future[None] | None = None
         self._stop_asked = False  # stop() during start(): the start undoes itself
@@ -412,6 +419,8 @@ class AdminServer:
         # no thread started until the first scrape
         self._render_threads = ThreadPoolExecutor(max_workers=_RENDER_THREADS,
                                                   thread_name_prefix="meshkit-admin-metrics")
+        self._encode_threads = ThreadPoolExecutor(max_workers=_ENCODE_THREADS,
+                                                  thread_name_prefix="meshkit-admin-json")
         try:
             runner, port = await start_app(app, self.options.host, self.options.port)
         except BaseException:
@@ -445,9 +454,13 @@ class AdminServer:
             self._release_render_threads()
 
     def _release_render_threads(self) -> None:
-        pool, self._render_threads = self._render_threads, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Release the render and JSON threads (each ends once its work under way is
+        done, not waited for)."""
+        pools = (self._render_threads, self._encode_threads)
+        self._render_threads = self._encode_threads = None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:
@@ -608,10 +621,11 @@ class AdminServer:
         return web.Response(text=text, content_type="application/json")
 
     async def _off_loop(self, encode: Callable[[], str]) -> str:
-        """``encode()`` run in the render threads (as ``/metrics`` renders), so that a
+        """``encode()`` run in the admin server's JSON thread (``/metrics`` renders in
+        threads of its own, which a slow collector may hold), so that a
         large answer does not stall the calls the loop serves; on the loop once the
         threads are gone (:meth:`stop` under way, a handler still finishing)."""
-        pool = self._render_threads
+        pool = self._encode_threads
         if pool is None:
             return encode()
         return await asyncio.get_running_loop().run_in_executor(pool, encode)

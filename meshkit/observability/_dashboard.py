@@ -60,7 +60,7 @@ _MAX_SAMPLES = 64
 
 Offload = Callable[[Callable[[], str]], Awaitable[str]]
 """Runs a JSON encoding (``() -> str``) off the event loop and answers its text: the admin
-server's render threads (:meth:`~meshkit.observability.AdminServer._off_loop`)."""
+server's JSON thread (:meth:`~meshkit.observability.AdminServer._off_loop`)."""
 
 
 def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[int],
