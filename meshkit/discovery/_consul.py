@@ -634,8 +634,9 @@ def _ca_path_files(path: str) -> list[str]:
     path (``rootcerts.LoadCAPath``: every file must hold PEM certificates).
 
     Raises:
-        OSError: a file cannot be read.
-        ssl.SSLError: a file holds no PEM certificate (the path quoted), or none at all.
+        OSError: a file cannot be read, or holds no PEM certificate (the path quoted), or
+            there is none at all (not an ``ssl.SSLError``: its ``str()`` is the repr of
+            its arguments' tuple, a message in brackets and quotes).
     """
     texts: list[str] = []
     for root, dirs, files in os.walk(path):
@@ -645,10 +646,10 @@ def _ca_path_files(path: str) -> list[str]:
             with open(file, encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
             if "-----BEGIN CERTIFICATE-----" not in text:
-                raise ssl.SSLError(f"ca_path {path!r}: no PEM certificate in {file!r}")
+                raise OSError(f"ca_path {path!r}: no PEM certificate in {file!r}")
             texts.append(text if text.endswith("\n") else text + "\n")
     if not texts:
-        raise ssl.SSLError(f"ca_path {path!r} holds no certificate file")
+        raise OSError(f"ca_path {path!r} holds no certificate file")
     return texts
 
 
