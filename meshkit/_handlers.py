@@ -105,15 +105,14 @@ aborts, or returns leaving the answer to grpc.aio) and when a streaming handler 
 ``answers_none`` that is ``False``: then a missing response is grpc.aio's to answer, as
 without an ``Unhandled`` (the wrap also leaves the unary response's serializing to it)."""
 
-Gate = tuple[Callable[[Any], Awaitable[None] | None],
-             Callable[[Any], Awaitable[tuple[Any, int]]],
+Gate = tuple[Callable[[Any], Awaitable[tuple[Any, int]]],
              Callable[[int], None], Callable[[Any, int], None]]
 """The request gate's steps for a unary-unary call, which a wrap with a reporter may run in
-its own frame (:data:`GATE_MARK`): ``enter(context)`` takes a call slot (``None``, else an
-awaitable that sheds the call); ``first(context)`` reads the request (the request and its
-size in bytes, or aborts the call); ``release(size)`` gives slot and bytes back once the
-call returned; ``abandon(context, size)``, called in the ``except`` block of a call that
-raised (``size``: -1 when it was never admitted), gives them back then."""
+its own frame (:data:`GATE_MARK`): ``first(context)`` takes a call slot and reads the
+request (the request and its size in bytes, or aborts the call, a call shed for want of a
+slot included); ``release(size)`` gives slot and bytes back once the call returned;
+``abandon(context, size)``, called in the ``except`` block of a call that raised
+(``size``: -1 when it was never admitted), gives them back then."""
 
 
 class NoResponse(Exception):
@@ -1519,7 +1518,7 @@ class _GrpcAsync(functools.partial[Any]):
         return self
 
 
-_NO_GATE: Gate = (_ungated, _ungated, _ungated, _ungated)
+_NO_GATE: Gate = (_ungated, _ungated, _ungated)
 
 
 GUARD_MARK = "_meshkit_guard"
@@ -1928,7 +1927,7 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
     inner, undecodable, message = _unguarded(inner, guard)
     awaits = inspect.iscoroutinefunction(inner)
     gated = gate is not None
-    enter, first, release, abandon = gate if gate is not None else _NO_GATE
+    first, release, abandon = gate if gate is not None else _NO_GATE
 
     # finish() gets the exception in the except clause, whose name Python unbinds on leaving
     # it: a local holding it would make a cycle exception -> traceback -> this frame ->
@@ -1944,12 +1943,8 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
     # (``gated`` is fixed per method) a call pays three checks of it.
     async def behavior(request: Any, context: Any) -> Any:
         size = -1  # the gate's: the request's bytes in flight once it admitted it
-        if gated:
-            refused = enter(context)
-            if refused is not None:
-                await refused  # shed before anything ran: no slot taken, nothing reported
         try:
-            if gated:
+            if gated:  # (shed, or refused, before anything ran: nothing reported)
                 request, size = await first(context)
             state = start(context)
             try:

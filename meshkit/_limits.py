@@ -81,7 +81,7 @@ _DEALLOCATING_STREAMS_ARG = "grpc.http2.max_deallocating_streams"
 _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 # grpc.health.v1's unary check: what Kubernetes' and Consul's gRPC probes call
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-_HEALTH_RESERVE = 8  # slots past the cap a health check may take (see _enter_reserved)
+_HEALTH_RESERVE = 8  # slots past the cap a health check may take (see _first_reserved)
 # the largest request a reserved health check reads (a HealthCheckRequest names a service)
 _HEALTH_REQUEST_BYTES = 4096
 _DEALLOCATING_STREAMS = 100
@@ -728,7 +728,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         # the calls ended by an eviction, counted in `evicted` when evicted and so in no
         # other reason as they end (_counted): one reason per refused call
         self._evicted_calls: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-        # health checks holding a reserved place (_enter_reserved): read without a permit,
+        # health checks holding a reserved place (_first_reserved): read without a permit,
         # evicted only for another check (_evict_reserved)
         self._reserved: set[asyncio.Task[Any]] = set()
         self._sweep: asyncio.TimerHandle | None = None
@@ -765,7 +765,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         only passed through :func:`~meshkit._handlers.off_loop_handler` (a plain one
         that a user's interceptor returns runs as the server's plain handlers do: its
         threads, meshkit's synchronous context), and its ``Check``, which may take a
-        reserved slot past the cap (:meth:`_enter_reserved`)."""
+        reserved slot past the cap (:meth:`_first_reserved`)."""
         if method == _HEALTH_WATCH:
             return self._reading_watch(off_loop_handler(handler))
         if method == _HEALTH_CHECK and not handler.request_streaming:
@@ -869,9 +869,15 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return False
 
     async def _first(self, context: Any) -> tuple[Any, int]:
-        """Admit the call and read its one request message; returns it and its size in
-        bytes (counted in flight), or aborts the call. The caller has counted the call in
-        :attr:`active` and uncounts it when the call ends."""
+        """Take a call slot (:meth:`_enter`'s steps, inline: no frame of their own per
+        call), admit the call and read its one request message; returns it and its size
+        in bytes (counted in :attr:`inflight_bytes` and the call in :attr:`active`), or
+        aborts the call. The caller gives slot and bytes back once the call ends:
+        :meth:`_release` (``size``: -1 when it raised before it was admitted, a call shed
+        for want of a slot included: see :meth:`_shed_unslotted`)."""
+        if self._cap is not None and self.slots >= self._cap and not self._evict():
+            await self._shed_unslotted(context)
+        self.slots += 1
         budget = self._budget  # (read three times per call: a local)
         if budget is not None and self.inflight_bytes >= budget:
             await self._busy(context)
@@ -986,20 +992,33 @@ class RequestGate(grpc.aio.ServerInterceptor):
             raise
 
     async def _first_reserved(self, context: Any) -> tuple[Any, int]:
-        """:meth:`_first` for a call that entered by :meth:`_enter_reserved`: one holding a
-        reserved place reads its request at once, without a read permit (which, under a
-        backlog of slow uploads, go to the newest waiter first: a probe waited until it
-        was evicted "server busy") nor the byte budget's check before the read, and is
-        evicted only for another check (:meth:`_evict_reserved`;
+        """:meth:`_first` for a health check (``grpc.health.v1.Health/Check``), so that an
+        overloaded server still answers the probes that decide whether it is restarted or
+        reaped (Kubernetes' and Consul's gRPC checks, 1 s timeouts) instead of failing
+        them "server busy": while fewer than ``_HEALTH_RESERVE`` (8) checks hold a
+        reserved place, the check takes one, a slot that may lie past the cap
+        (:attr:`slots` counts it), and no other call evicts it. With the 8 places held,
+        the check takes the place of the check that has waited longest for its request,
+        if that wait reached ``evict_waiting_after_s`` (:meth:`_evict_reserved`: a probe
+        sends its few bytes with its headers, so checks that send headers only cannot
+        hold the reserve for ``first_message_timeout_s`` while every slot is busy); else
+        it is any call (:meth:`_first`: a slot, a read permit).
+
+        One holding a reserved place reads its request at once, without a read permit
+        (which, under a backlog of slow uploads, go to the newest waiter first: a probe
+        waited until it was evicted "server busy") nor the byte budget's check before the
+        read, and is evicted only for another check (:meth:`_evict_reserved`;
         ``first_message_timeout_s`` still ends it). Its request is
         bounded instead: one over ``_HEALTH_REQUEST_BYTES`` (4096; a HealthCheckRequest
         names a service) is refused ``RESOURCE_EXHAUSTED`` once read (counted in
         :attr:`shed`), so at most 8 such reads hold ``max_receive_message_bytes`` each,
-        for the read only. Any other call, :meth:`_first`."""
+        for the read only."""
+        if len(self._reserved) >= _HEALTH_RESERVE and not self._evict_reserved():
+            return await self._first(context)
         task = self._loops.current_task()
         assert task is not None
-        if task not in self._reserved:
-            return await self._first(context)
+        self._reserved.add(task)
+        self.slots += 1
         self._waiting[task] = time.monotonic()
         if self._timeout_s is not None and self._sweep is None:
             self._arm_sweep(asyncio.get_running_loop())
@@ -1232,7 +1251,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         (``evict_waiting_after_s``); ``None`` once taken. Else the call is shed: the
         awaitable returned aborts it ``RESOURCE_EXHAUSTED`` (a plain function, so that a
         call taking a free slot costs no coroutine). The caller gives the slot back with
-        :meth:`_release` once the call ends (also when aborted after)."""
+        :meth:`_release` once the call ends (also when aborted after). (A unary-request
+        call takes its slot in :meth:`_first`, these steps inline.)"""
         if self._cap is not None and self.slots >= self._cap and not self._evict():
             self.shed += 1
             self._warn("shedding calls: every call slot is taken")
@@ -1240,29 +1260,22 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.slots += 1
         return None
 
-    def _enter_reserved(self, context: Any) -> Awaitable[None] | None:
-        """:meth:`_enter` for a health check (``grpc.health.v1.Health/Check``), so that an
-        overloaded server still answers the probes that decide whether it is restarted or
-        reaped (Kubernetes' and Consul's gRPC checks, 1 s timeouts) instead of failing
-        them "server busy": while fewer than ``_HEALTH_RESERVE`` (8) checks hold a
-        reserved place, the check takes one, a slot that may lie past the cap
-        (:attr:`slots` counts it), and :meth:`_first_reserved` reads its request without
-        waiting for a read permit, and no other call evicts it. With the 8 places held,
-        the check takes the place of the check that has waited longest for its request,
-        if that wait reached ``evict_waiting_after_s`` (:meth:`_evict_reserved`: a probe
-        sends its few bytes with its headers, so checks that send headers only cannot
-        hold the reserve for ``first_message_timeout_s`` while every slot is busy); else
-        it is any call (:meth:`_enter`, a read permit)."""
-        if len(self._reserved) >= _HEALTH_RESERVE and not self._evict_reserved():
-            return self._enter(context)
-        task = self._loops.current_task()
-        assert task is not None
-        self._reserved.add(task)
-        self.slots += 1
-        return None
+    async def _shed_unslotted(self, context: Any) -> None:
+        """Shed a unary-request call that found every call slot taken (:meth:`_first`, as
+        :meth:`_enter` sheds): ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer,
+        counted in :attr:`shed`. Raises as :func:`_shed` does; as it raises, the call
+        takes a slot, so that the caller's :meth:`_release` (size -1) of a call that
+        raised in :meth:`_first` gives back what it took (taken and given back with no
+        other code between them: no other call ever sees it)."""
+        self.shed += 1
+        self._warn("shedding calls: every call slot is taken")
+        try:
+            await _shed(context)
+        finally:
+            self.slots += 1
 
     def _evict_reserved(self) -> bool:
-        """End the reserved check (:meth:`_enter_reserved`) that has waited longest for its
+        """End the reserved check (:meth:`_first_reserved`) that has waited longest for its
         request, if that wait reached ``evict_waiting_after_s``; whether one was ended (it
         ends ``CANCELLED`` "request did not arrive in time", counted in :attr:`evicted`;
         its place is given back when its task ends, moments later). Asked only when the 8
@@ -1281,7 +1294,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return False
 
     def _release_reserved(self, size: int) -> None:
-        """:meth:`_release` of a call that entered by :meth:`_enter_reserved`."""
+        """:meth:`_release` of a call read by :meth:`_first_reserved`."""
         self._reserved.discard(self._loops.current_task())
         self._release(size)
 
@@ -1295,7 +1308,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         after_handler_thread(context, self._release, size)
 
     def _settle_reserved(self, context: Any, size: int) -> None:
-        """:meth:`_settle` of a call that entered by :meth:`_enter_reserved`."""
+        """:meth:`_settle` of a call read by :meth:`_first_reserved`."""
         self._reserved.discard(self._loops.current_task())
         after_handler_thread(context, self._release, size)
 
@@ -1580,8 +1593,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return _GrpcAsync(admitted)  # (see meshkit._handlers._GrpcAsync)
 
     def _convert(self, handler: Handler, reserved: bool = False) -> Handler:
-        first = self._first_reserved if reserved else self._first
-        enter = self._enter_reserved if reserved else self._enter
+        first = self._first_reserved if reserved else self._first  # (takes the slot)
         release = self._release_reserved if reserved else self._release
         settle = self._settle_reserved if reserved else self._settle
         if handler.response_streaming:
@@ -1594,9 +1606,6 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
             async def stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
                 size = -1
-                refused = enter(context)
-                if refused is not None:
-                    await refused
                 task = current_task() if watch_stalls else None
                 try:
                     request, size = await first(context)
@@ -1633,7 +1642,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 _drop_traceback(sys.exc_info()[1])  # see unary_out
                 settle(context, size)
 
-            behaviour = fused(gate=(enter, first, release, abandon))
+            behaviour = fused(gate=(first, release, abandon))
             if in_a_thread(inner_u):
                 setattr(behaviour, THREAD_MARK, True)
             return _request_streaming(handler, behaviour)
@@ -1641,9 +1650,6 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
         async def unary_out(requests: Any, context: Any) -> Any:
             size = -1
-            refused = enter(context)
-            if refused is not None:
-                await refused
             try:
                 request, size = await first(context)
                 result = inner_u(request, context)
