@@ -48,6 +48,10 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 ``/v3/watch``             a streaming prefix watch from ``revision + 1``
 ========================  ==========================================================
 
+With ``user`` and ``password`` (etcd's authentication on), ``/v3/auth/authenticate`` gives
+the token every request carries (``Authorization``); it is got again when etcd answers
+``invalid auth token`` (a token idle past ``--auth-token-ttl``, default 300 s).
+
 Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``):
 
 * **Lease.** One lease per registry (like etcd's ``concurrency.Session``): every instance
@@ -392,6 +396,17 @@ class EtcdOptions:
         verify: verify the members' certificates (default True); False is etcdctl's
             ``--insecure-skip-tls-verify`` (``ETCDCTL_INSECURE_SKIP_TLS_VERIFY=true``):
             TLS without verification, ``cert_file`` still presented.
+        user: etcd user name, for a cluster with authentication on (``etcdctl auth
+            enable``): every request then carries a token the registry gets from
+            ``/v3/auth/authenticate`` with ``user`` and ``password``, and gets again when
+            etcd answers ``invalid auth token`` (a token expired, ``--auth-token-ttl``,
+            default 300 s, or a member restarted). Client certificates alone do not
+            authenticate there: etcd's JSON gateway, which the registry speaks, does not
+            take a certificate's common name for a user (etcd.io/docs, "Why gRPC
+            gateway": "gRPC-gateway does not support authentication using TLS Common
+            Name"). Default None: no authentication. Goes with ``password``.
+        password: that user's password (never quoted in an error nor a ``repr``). Not
+            read from ``ETCDCTL_PASSWORD`` nor a URI (see :meth:`from_env`).
 
     The defaults worked out from ``ttl_s`` (``keepalive_interval_s``, ``fault_grace_s``,
     ``last_seen_ttl_s``) read as the numbers in effect (floats), and are held as
@@ -421,9 +436,23 @@ class EtcdOptions:
     cert_file: str | None = None
     key_file: str | None = field(default=None, repr=False)
     verify: bool = True
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_bool("verify", self.verify)
+        if self.user is not None and not (isinstance(self.user, str) and self.user):
+            raise ConfigError(f"user must be a non-empty string or None, got a "
+                              f"{type(self.user).__name__}" + (
+                                  "" if self.user else " (empty)"))
+        if self.password is not None and not isinstance(self.password, str):
+            raise ConfigError(f"password must be a string or None, got a "
+                              f"{type(self.password).__name__}")
+        if (self.user is None) != (self.password is None):
+            raise ConfigError("user and password go together (etcd's password "
+                              "authentication), got " + (
+                                  f"user={self.user!r} and no password" if self.password is None
+                                  else "a password and no user"))
         # quoted without user info: an endpoint URL may carry a password
         if isinstance(self.endpoints, str):
             raise ConfigError(f"endpoints must be a sequence of URLs, got "
@@ -512,9 +541,8 @@ class EtcdOptions:
         false, else plain http; one written with its scheme keeps it.
 
         ``ETCDCTL_USER`` and ``ETCDCTL_PASSWORD`` (etcd's password authentication) are
-        refused: the registry does not authenticate with a password (use client
-        certificates, ``ETCDCTL_CERT``/``ETCDCTL_KEY``, with etcd's
-        ``--client-cert-auth``); dropping them would leave every request to fail with
+        refused: the registry takes a user name and password only as the options
+        ``user`` and ``password``; dropping them would leave every request to fail with
         etcd's permission errors.
 
         Args:
@@ -538,9 +566,10 @@ class EtcdOptions:
             if env_value(env, name) is not None:
                 # not quoted: ETCDCTL_USER may be 'user:password'
                 raise ConfigError(
-                    f"{name} is set, but meshkit's etcd registry does not authenticate "
-                    "with a user name and password; use client certificates "
-                    "(ETCDCTL_CERT/ETCDCTL_KEY, etcd's --client-cert-auth) or unset it")
+                    f"{name} is set, but meshkit's etcd registry does not read a user "
+                    "name and password from the environment; give them as "
+                    "EtcdOptions(user=..., password=...) (read from a secret file, say) "
+                    "and unset it")
         kwargs = env_fields(env, {"ETCDCTL_CACERT": "ca_file", "ETCDCTL_CERT": "cert_file",
                                   "ETCDCTL_KEY": "key_file"})
         skip = env_value(env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY")
@@ -931,6 +960,9 @@ class EtcdRegistry:
         # The gateway's path prefix: /v3 (etcd >= 3.4) until a member answers a plain 404
         # and /v3beta (etcd 3.3) works instead; see _post_one.
         self._api = _V3
+        # The auth token of the requests, with options.user (see _auth_headers); None
+        # until got, and after etcd refused it
+        self._token: str | None = None
         _registries.add(self)  # reset in a forked child: _forget_parent
 
     def _forget_parent(self) -> None:
@@ -1174,13 +1206,78 @@ class EtcdRegistry:
                       previous=self._api, now=api)
             self._api = api
 
+    async def _auth_headers(self, session: aiohttp.ClientSession, endpoint: str,
+                            bound_s: float) -> dict[str, str]:
+        """The headers that authenticate a request (none without ``user``): the token,
+        got first from ``endpoint``'s ``/auth/authenticate`` (within ``bound_s``
+        seconds) when there is none yet or the last one was refused.
+
+        Raises:
+            _EtcdError: etcd refused the user name or password (``authentication failed,
+                invalid user ID or password``; the password never quoted), or the
+                member's error.
+            aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError: the request
+                failed, or its answer has no token.
+        """
+        if self.options.user is None:
+            return {}
+        token = self._token
+        if token is None:
+            data = await self._post_call(session, endpoint, "/auth/authenticate", {
+                "name": self.options.user, "password": self.options.password}, bound_s,
+                headers={})
+            token = str(data["token"])
+            self._token = token
+        return {"Authorization": token}
+
+    def _token_refused(self, error: _EtcdError, token: str | None) -> bool:
+        """Whether ``error`` says the token sent (``token``) is no longer taken: etcd's
+        ``invalid auth token`` (UNAUTHENTICATED: expired, ``--auth-token-ttl``, or a
+        member restarted: simple tokens live in one member's memory), ``revision of auth
+        store is old`` (users or roles changed since it was issued) or ``user name is
+        empty`` (sent none); then it is dropped (unless another is already in use), so
+        the next request authenticates again, as etcd's Go client does."""
+        if self.options.user is None:
+            return False
+        refused = error.code == 16 or any(text in str(error) for text in (
+            "invalid auth token", "revision of auth store is old", "user name is empty"))
+        if refused and self._token == token:
+            self._token = None
+        return refused
+
     async def _post_one(self, session: aiohttp.ClientSession, endpoint: str, path: str,
                         body: Mapping[str, Any],
                         request_timeout_s: float | None = None, *,
                         sliced: bool = False) -> dict[str, Any]:
         """POST ``body`` to call ``path`` of one member and return its JSON answer, within
         ``request_timeout_s`` seconds (default: the option's); ``sliced``: as :meth:`_post`
-        (the answer read within them, decoded after).
+        (the answer read within them, decoded after). With ``user``, authenticated (see
+        :meth:`_auth_headers`): a token etcd no longer takes is replaced and the call
+        made again, once.
+
+        Raises:
+            _EtcdError: as :meth:`_post_call`, or etcd refused the user name or password.
+            aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError: as
+                :meth:`_post_call`.
+        """
+        bound = self.options.request_timeout_s if request_timeout_s is None \
+            else request_timeout_s
+        for again in (False, True):
+            headers = await self._auth_headers(session, endpoint, bound)
+            try:
+                return await self._post_call(session, endpoint, path, body, bound,
+                                             headers=headers, sliced=sliced)
+            except _EtcdError as exc:
+                if again or not self._token_refused(exc, headers.get("Authorization")):
+                    raise
+        raise AssertionError("unreachable")  # the second attempt returns or raises
+
+    async def _post_call(self, session: aiohttp.ClientSession, endpoint: str, path: str,
+                         body: Mapping[str, Any], bound: float, *,
+                         headers: Mapping[str, str], sliced: bool = False) -> dict[str, Any]:
+        """POST ``body`` to call ``path`` of one member with ``headers`` and return its
+        JSON answer, within ``bound`` seconds; ``sliced``: as :meth:`_post` (the answer
+        read within them, decoded after).
 
         The status is checked before the body is parsed. A 404 that is not a gateway error
         (no gRPC code: the member does not serve the prefix, as etcd 3.3 does not serve
@@ -1193,11 +1290,9 @@ class EtcdRegistry:
             ValueError: a 200 answer that is not a JSON object.
         """
         api = self._api
-        bound = self.options.request_timeout_s if request_timeout_s is None \
-            else request_timeout_s
         for tried in (api, _V3BETA if api == _V3 else _V3):
-            async with asyncio.timeout(bound), \
-                    session.post(self._url(endpoint, tried, path), json=body) as resp:
+            async with asyncio.timeout(bound), session.post(
+                    self._url(endpoint, tried, path), json=body, headers=headers) as resp:
                 if resp.status != 200:
                     error = _EtcdError.of(endpoint, resp.status, await resp.text())
                     if error.no_route and tried == api:
@@ -1907,12 +2002,16 @@ class EtcdRegistry:
                                    "start_revision": str(cur.revision + 1)}}
         api = self._api
         try:
+            auth = await self._auth_headers(session, endpoint,
+                                            self.options.request_timeout_s)
             async with asyncio.timeout(self.options.request_timeout_s):
                 resp = await session.post(self._url(endpoint, api, "/watch"), json=body,
-                                          headers={"Grpc-Metadata-hasleader": "true"})
+                                          headers={"Grpc-Metadata-hasleader": "true",
+                                                   **auth})
         except (aiohttp.ClientError, OSError, TimeoutError):
             self._failed_over(index)
             raise
+        token = auth.get("Authorization")
         async with resp:
             if resp.status != 200:
                 try:  # a body that stalls after error headers must not hold the watch
@@ -1922,7 +2021,9 @@ class EtcdRegistry:
                     self._failed_over(index)
                     raise
                 error = _EtcdError.of(endpoint, resp.status, text)
-                if error.no_route and api == self._api:
+                if self._token_refused(error, token):
+                    pass  # the next attempt authenticates again
+                elif error.no_route and api == self._api:
                     # the member serves the other prefix (etcd 3.3: /v3beta only); the
                     # retry uses it (a watch's full read through _post_one usually finds
                     # this out first)
@@ -1959,8 +2060,10 @@ class EtcdRegistry:
                                       compact_revision=int(result["compact_revision"]))
                             cur.reread = True
                             return
-                        raise _EtcdError(endpoint, 200, -1, "watch canceled: " + str(
+                        error = _EtcdError(endpoint, 200, -1, "watch canceled: " + str(
                             result.get("cancel_reason") or "no reason given"))
+                        self._token_refused(error, token)  # if so, got again next time
+                        raise error
                     events = result.get("events") or ()
                     if not events:  # a progress notification
                         continue
