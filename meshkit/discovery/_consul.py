@@ -1214,7 +1214,22 @@ class ConsulRegistry:
         return text
 
     def _describe(self, exc: BaseException) -> str:
+        """``"Type: message"`` of ``exc``, redacted, with :meth:`_acl_hint` for a 403."""
+        if isinstance(exc, consul.ACLPermissionDenied):
+            detail = str(exc).strip()
+            return self._redact(f"ACLPermissionDenied: {detail or '(no body)'} "
+                                f"({self._acl_hint()})"[:600])
         return self._redact(describe(exc))
+
+    def _acl_hint(self) -> str:
+        """What a 403 (Consul's ACLs refusing, or a proxy) asks of the ACL token: none was
+        sent, or the one sent was refused. Never the token."""
+        if self.options.token is None:
+            return ("no ACL token was sent: set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE "
+                    "(ConsulOptions.token)")
+        return ("the ACL token was refused: unknown, expired, or lacking the permission "
+                "(service:write on the service to register, deregister and heartbeat; "
+                "service:read and node:read to read)")
 
     def _cause(self, exc: BaseException) -> BaseException | None:
         """What a :class:`RegistryError` made of ``exc`` is chained from: ``exc`` itself,
@@ -1444,9 +1459,14 @@ class ConsulRegistry:
             self.options.request_timeout_s,
         )
         if response.code != 200:
+            body = str(response.body).strip()[:300]
+            reason = (f"HTTP {response.code}: {body}" if body
+                      else f"HTTP {response.code} (no body)")
+            if response.code == 403:
+                reason += f" ({self._acl_hint()})"
             raise RegistryError(self._redact(
                 f"Consul agent {self.options.base_url} refused to register "
-                f"{payload['ID']!r}: HTTP {response.code}: {str(response.body).strip()[:300]}"
+                f"{payload['ID']!r}: {reason}"
             ))
 
     async def register(self, instance: Instance) -> None:
