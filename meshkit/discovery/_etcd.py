@@ -342,7 +342,8 @@ def _userinfo_refused(uri: str) -> str:
     """The error of an etcd URI refused for user info (quoted as :func:`shown_uri` does)."""
     return (f"etcd URI must not carry user info, got {shown_uri(uri, _URI_FIELDS)!r} (an "
             f"'@' after '//' is taken for user info unless it is in the value of ca_file, "
-            f"cert_file or key_file; write any other as %40)")
+            f"cert_file or key_file; write any other as %40); etcd's user name and "
+            f"password are given as EtcdOptions(user=..., password=...)")
 
 
 def _split_endpoints(text: str, default_scheme: str) -> tuple[str, ...]:
