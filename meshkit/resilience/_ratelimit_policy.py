@@ -138,14 +138,18 @@ class RuleTable:
     ``default_rule``; see :mod:`meshkit._methods`. :meth:`lookup` is cached per method
     (bounded), so the hot path is one dict lookup.
 
-    The health service's methods (``/grpc.health.v1.Health/...``: orchestrators' probes,
-    Consul's gRPC checks, mesh clients' health checking) are governed only by a key whose
-    service part names something (:func:`names_a_service`: ``"grpc.health.v1.Health/*"``,
+    The health service's methods (:data:`HEALTH_METHODS`: ``/grpc.health.v1.Health/``
+    ``Check``, ``Watch`` and ``List``; orchestrators' probes, Consul's gRPC checks, mesh
+    clients' health checking) are limited only by a key whose service part names
+    something (:func:`names_a_service`: ``"grpc.health.v1.Health/*"``,
     ``"Health/Check"``, ``"grpc.*/*"``), never by ``default_rule`` nor by a catch-all
-    glob (``"*"``, ``"*/Check"``): a probe refused ``RESOURCE_EXHAUSTED`` (a kubelet's
-    liveness and readiness probes over a ``"1/second"`` default) or, failing closed,
-    ``UNAVAILABLE`` during a storage outage is a replica taken out of service (every
-    replica at once, for a Redis blip), which no limit is for.
+    glob (``"*"``, ``"*/Check"``; one that exempts, ``"*/Check": None``, still does): a
+    probe refused ``RESOURCE_EXHAUSTED`` (a kubelet's liveness and readiness probes over
+    a ``"1/second"`` default) or, failing closed, ``UNAVAILABLE`` during a storage outage
+    is a replica taken out of service (every replica at once, for a Redis blip), which
+    no limit is for. Any other name under that path (``/grpc.health.v1.Health/X``, which
+    a catch-all generic handler would serve) is limited as any method, and so is a
+    health method the server did not register (:meth:`counted_as`).
 
     Each rule also has a name of its own, :meth:`counted_as`, under which the calls of
     methods the server did not register are counted (``"<unregistered OrderService/*>"``,
@@ -171,9 +175,11 @@ class RuleTable:
             "<default>", default_rule, parse_rule(default_rule, where="default_rule"))
         self._matcher: MethodMatcher[Rule | None] = MethodMatcher(
             parsed, default, where="RateLimitOptions.rules")
-        # the health service: only keys naming a service govern it (class docstring)
+        # the health service: only keys naming a service limit it (class docstring); an
+        # exemption by a catch-all glob ("*/Check": None) outranks a package's as before
         self._health: MethodMatcher[Rule | None] = MethodMatcher(
-            {pattern: rule for pattern, rule in parsed.items() if names_a_service(pattern)},
+            {pattern: rule for pattern, rule in parsed.items()
+             if rule is None or names_a_service(pattern)},
             None, where="RateLimitOptions.rules")
         # the names unregistered methods are counted under -> their rule
         self._shared: dict[str, Rule] = {
@@ -194,7 +200,7 @@ class RuleTable:
         except KeyError:
             pass
         rule = self._shared[method] if method in self._shared else (
-            self._health if method.startswith(HEALTH_PREFIX) else self._matcher).lookup(method)
+            self._health if method in HEALTH_METHODS else self._matcher).lookup(method)
         cache = self._cache
         if len(cache) >= MAX_CACHED_METHODS + len(self._shared):
             with contextlib.suppress(KeyError, RuntimeError, StopIteration):
@@ -207,15 +213,18 @@ class RuleTable:
         server did not register ``method`` (a generic handler serving any name a caller
         sends): the rule's own name, shared by every such method it governs, so that a
         caller sending a new name per call does not get a new budget per name;
-        ``method`` itself when no rule limits it."""
-        rule = (self._health if method.startswith(HEALTH_PREFIX)
-                else self._matcher).lookup(method)
+        ``method`` itself when no rule limits it. A name under the health service's path
+        is limited here as any other: the server did not register it, so it is no
+        method of its health service (a catch-all handler serves it)."""
+        rule = self._matcher.lookup(method)
         return method if rule is None else _shared_name(rule)
 
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
-"""The methods of the gRPC health service, which only a rule naming a service governs
-(:class:`RuleTable`)."""
+HEALTH_METHODS = frozenset(("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+                            "/grpc.health.v1.Health/List"))
+"""The methods of the gRPC health service (``health.proto``), which only a rule naming a
+service limits (:class:`RuleTable`); not any other name under its path, which a caller
+can send to a catch-all generic handler."""
 
 _WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
 

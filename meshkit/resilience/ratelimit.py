@@ -17,11 +17,13 @@ method pattern (:mod:`meshkit._methods`: ``"/ecom.v1.OrderService/PlaceOrder"``,
 ``"OrderService/PlaceOrder"``, ``"OrderService/*"``, ``"*"``) to a rule, or to ``None`` to
 exempt it; an exact pattern wins, then the longest glob, then ``default_rule``. Each method
 has its own budget per caller even when its rule comes from a glob or the default. The
-health service (``grpc.health.v1.Health``: orchestrators' probes, Consul's gRPC checks)
-is limited only by a ``rules`` key naming a service (``"grpc.health.v1.Health/*"``,
-``"Health/Check"``), never by ``default_rule`` nor a catch-all glob (``"*"``,
-``"*/Check"``): a probe refused, or failed closed in a storage outage, takes the replica
-out of service. Under
+health service (``grpc.health.v1.Health``'s ``Check``, ``Watch`` and ``List``, as the
+server registered them: orchestrators' probes, Consul's gRPC checks) is limited only by a
+``rules`` key naming a service (``"grpc.health.v1.Health/*"``, ``"Health/Check"``), never
+by ``default_rule`` nor a catch-all glob (``"*"``, ``"*/Check"``): a probe refused, or
+failed closed in a storage outage, takes the replica out of service; another name under
+its path (``/grpc.health.v1.Health/X``, a catch-all generic handler's) is limited as any
+other method. Under
 :func:`meshkit.serve`, a method the server did not register (a name a caller made up for
 a catch-all generic handler, not in ``ServeOptions.generic_methods``) is counted under its
 rule's name instead (:meth:`StorageLimiter.counted_as`), all such methods one budget per
@@ -523,7 +525,8 @@ class RateLimitOptions:
             Default: no overrides.
         default_rule: rule for every method no key matches, e.g. ``"100/second"``;
             ``None`` (default) leaves them unlimited. Not for the health service
-            (``grpc.health.v1.Health``), which only a ``rules`` key naming a service
+            (``grpc.health.v1.Health``'s ``Check``, ``Watch`` and ``List``; another name
+            under its path is limited), which only a ``rules`` key naming a service
             limits (``"Health/*"``; a catch-all glob, ``"*"``, ``"*/Check"``, does not):
             its callers are probes, and a refused one takes the replica out of service.
         strategy: ``"fixed-window"``, ``"moving-window"`` or ``"sliding-window-counter"``
