@@ -541,6 +541,10 @@ class EtcdOptions:
         file is set (by a variable or an override) or ``ETCDCTL_INSECURE_TRANSPORT`` is
         false, else plain http; one written with its scheme keeps it.
 
+        ``ETCDCTL_DISCOVERY_SRV`` (etcdctl's ``--discovery-srv``) is not looked up: set
+        without endpoints (``ETCDCTL_ENDPOINTS``, an override, a URI's hosts) it is
+        refused, rather than dropped for the default member.
+
         ``ETCDCTL_USER`` and ``ETCDCTL_PASSWORD`` (etcd's password authentication) are
         refused: the registry takes a user name and password only as the options
         ``user`` and ``password``; dropping them would leave every request to fail with
@@ -553,7 +557,8 @@ class EtcdOptions:
         Raises:
             ConfigError: a variable or override is invalid (the value quoted, never a
                 password), ``ETCDCTL_USER`` or ``ETCDCTL_PASSWORD`` is set (named, its
-                value not quoted), or an override names no field.
+                value not quoted), ``ETCDCTL_DISCOVERY_SRV`` is set without endpoints,
+                or an override names no field.
         """
         return cls._from_env(environ, False, overrides)
 
@@ -583,6 +588,13 @@ class EtcdOptions:
             for name in ("ca_file", "cert_file", "key_file"))
         if (raw := env_value(env, "ETCDCTL_ENDPOINTS")) is not None:
             kwargs["endpoints"] = _split_endpoints(raw, "https" if tls else "http")
+        srv = env_value(env, "ETCDCTL_DISCOVERY_SRV")
+        if srv is not None and "endpoints" not in kwargs and "endpoints" not in overrides:
+            # dropped, the registry would dial the default member and fail far from here
+            raise ConfigError(
+                f"ETCDCTL_DISCOVERY_SRV is set ({srv!r}), but meshkit's etcd registry does "
+                f"not look up the members' SRV records; set ETCDCTL_ENDPOINTS (or "
+                f"endpoints) to the members' client URLs")
         return options_with(cls, kwargs, overrides)
 
     @classmethod
