@@ -1216,9 +1216,9 @@ class ConsulRegistry:
     def _describe(self, exc: BaseException) -> str:
         """``"Type: message"`` of ``exc``, redacted, with :meth:`_acl_hint` for a 403."""
         if isinstance(exc, consul.ACLPermissionDenied):
-            detail = str(exc).strip()
+            detail = str(exc).strip()[:300]  # (a proxy's page: the hint is not cut off)
             return self._redact(f"ACLPermissionDenied: {detail or '(no body)'} "
-                                f"({self._acl_hint()})"[:600])
+                                f"({self._acl_hint()})")
         return self._redact(describe(exc))
 
     def _acl_hint(self) -> str:

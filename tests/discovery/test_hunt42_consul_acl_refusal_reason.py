@@ -102,3 +102,25 @@ async def test_a_403_to_an_unknown_token_says_it_was_refused() -> None:
         for message in messages:
             assert REFUSED in message and "ACL not found" in message, messages
             assert TOKEN not in message
+
+
+async def test_a_long_403_page_keeps_the_hint() -> None:
+    """A proxy's 403 page of several kilobytes: quoted in part, the hint kept whole."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="<html>" + "x" * 5000 + "</html>")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    registry = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{runner.addresses[0][1]}",
+                                            request_timeout_s=2))
+    try:
+        messages = await _errors(registry)
+    finally:
+        await registry.close()
+        await runner.cleanup()
+    for message in messages:
+        assert message.endswith("(ConsulOptions.token))"), messages
+        assert len(message) < 1000, messages
