@@ -20,9 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+import structlog
+
 __all__ = ["HandlerThreads"]
 
 _T = TypeVar("_T")
+
+_log = structlog.get_logger("meshkit.server")
 
 _Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -55,23 +59,46 @@ class HandlerThreads(Executor):
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._shutdown = False
+        self._start_failing = False  # a thread start failed (warned) since one worked
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a pool thread; its ``Future``.
 
+        A thread the work needs is started before the work is queued. One that cannot
+        be started (``RuntimeError: can't start new thread``: a container's
+        ``pids.max``, ``RLIMIT_NPROC``): with other threads in the pool the work waits
+        for one of them, as past ``max_workers`` (a warning of the ``meshkit.server``
+        logger with the error, once until a start works again); with none the error is
+        raised and nothing is queued, so the work never runs later
+        (``ThreadPoolExecutor`` queues the work first: the error raised to the caller,
+        the work still ran once a thread freed up, a call its caller was told had
+        failed).
+
         Raises:
-            RuntimeError: after :meth:`shutdown`, as ``ThreadPoolExecutor``.
+            RuntimeError: after :meth:`shutdown`, as ``ThreadPoolExecutor``; or the pool
+                has no thread and none can be started (nothing queued).
         """
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: Future[_T] = Future()
-            self._work.put((future, fn, args, kwargs))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
                 thread = threading.Thread(target=self._run, daemon=True,
                                           name=f"{self._prefix}_{len(self._threads)}")
-                thread.start()
-                self._threads.append(thread)
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    if not self._threads:
+                        raise
+                    if not self._start_failing:  # once until a start works again
+                        self._start_failing = True
+                        _log.warning("could not start another handler thread: calls wait "
+                                     "for a busy one", threads=len(self._threads),
+                                     error=str(exc) or repr(exc))
+                else:
+                    self._start_failing = False
+                    self._threads.append(thread)
+            future: Future[_T] = Future()
+            self._work.put((future, fn, args, kwargs))
         return future
 
     def _run(self) -> None:
