@@ -65,13 +65,19 @@ from typing import Generic, TypeVar
 
 from meshkit.errors import ConfigError
 
-__all__ = ["MAX_CACHED_METHODS", "MethodMatcher", "check_served", "normalized", "outranks",
-           "short_name"]
+__all__ = ["HEALTH_METHODS", "MAX_CACHED_METHODS", "MethodMatcher", "check_served",
+           "normalized", "outranks", "short_name"]
 
 _V = TypeVar("_V")
 
 MAX_CACHED_METHODS = 4096
 """Bound on a :class:`MethodMatcher`'s per-method cache (oldest entries evicted first)."""
+
+HEALTH_METHODS = frozenset(("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+                            "/grpc.health.v1.Health/List"))
+"""The methods of the gRPC health service (``health.proto``), which the rate limit leaves
+to rules naming a service and deadline admission treats as probes; not any other name
+under its path, which a caller can send to a catch-all generic handler."""
 
 _GLOB_CHARS = frozenset("*?[")
 _SET_RE = re.compile(r"\[!?\]?[^\]]*\]")

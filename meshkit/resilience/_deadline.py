@@ -33,6 +33,7 @@ import grpc
 
 from meshkit._config import check_number
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit._methods import HEALTH_METHODS
 from meshkit.errors import ConfigError
 
 __all__ = [
@@ -202,7 +203,6 @@ class deadline_scope:
         _deadline.set(outer[-1] if outer else None)
 
 
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes: admitted while their deadline lasts
 
 ADMISSION_REFUSAL_DETAILS = "deadline exceeded before the handler ran"
 """Details of a call :class:`DeadlineInterceptor` refused (``DEADLINE_EXCEEDED``)."""
@@ -265,7 +265,8 @@ class DeadlineInterceptor(WrappingInterceptor):
             :data:`ADMISSION_REFUSAL_DETAILS`, trailer :data:`ADMISSION_REFUSAL_METADATA`:
             mesh clients count it against no endpoint); a call with exactly this much
             left is admitted (default 0.0: only expired ones, which grpc reads as 0 left).
-            ``grpc.health.v1`` checks are refused only once their deadline has passed:
+            ``grpc.health.v1`` checks (``Check``, ``Watch``, ``List``; not another name
+            under that path) are refused only once their deadline has passed:
             they do no work this bound is for, and probes' deadlines are short
             (Kubernetes' gRPC probe: 1 s by default). A call that came with enough
             time left but lost it waiting in the server's request gate for a read
@@ -288,7 +289,9 @@ class DeadlineInterceptor(WrappingInterceptor):
         self.rejected = 0
 
     def _before_for(self, method: str) -> Before:
-        if method.startswith(_HEALTH_PREFIX) and self._refuse_at > 0.0:
+        # probes, admitted while their deadline lasts: the health service's methods, not
+        # any name under its path (a catch-all handler's, which a caller picks)
+        if method in HEALTH_METHODS and self._refuse_at > 0.0:
             return self._admit_probe
         return self._admit
 
@@ -350,7 +353,8 @@ class DeadlineOptions:
     Args:
         min_remaining_s: refuse calls with less time left than this, seconds; a call
             with exactly this much left is admitted (default 0.0: only calls whose
-            deadline already passed); ``grpc.health.v1`` checks only once their
+            deadline already passed); ``grpc.health.v1`` checks (``Check``, ``Watch``,
+            ``List``) only once their
             deadline has passed (a probe's is short: Kubernetes' 1 s by default). A
             meshkit server calling this one under its own caller's deadline, whose
             handler lets the refusal escape, answers that caller ``DEADLINE_EXCEEDED``

@@ -30,7 +30,7 @@ from limits.aio.storage import (
 from limits.aio.storage import Storage as AsyncStorage
 from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
-from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher, normalized
+from meshkit._methods import HEALTH_METHODS, MAX_CACHED_METHODS, MethodMatcher, normalized
 from meshkit._uris import hide_userinfo, mask_query, shown_value, split_userinfo
 from meshkit.errors import ConfigError
 
@@ -219,12 +219,6 @@ class RuleTable:
         rule = self._matcher.lookup(method)
         return method if rule is None else _shared_name(rule)
 
-
-HEALTH_METHODS = frozenset(("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
-                            "/grpc.health.v1.Health/List"))
-"""The methods of the gRPC health service (``health.proto``), which only a rule naming a
-service limits (:class:`RuleTable`); not any other name under its path, which a caller
-can send to a catch-all generic handler."""
 
 _WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
 
