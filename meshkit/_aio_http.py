@@ -10,13 +10,17 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
+import weakref
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from meshkit._fork import name_dev_null
 from meshkit._hosts import bare_host, is_unspecified
 
 __all__ = ["start_app"]
@@ -77,6 +81,34 @@ _CLIENT_ERRORS = _ClientErrorsOncePerMinute()
 _HTTP_LOG.addFilter(_CLIENT_ERRORS)
 
 
+#: The listening sockets of the apps started here (weakly: one closed and collected leaves);
+#: a child made by ``os.fork()`` makes its copies of them name ``/dev/null``.
+_LISTENING: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _listeners_forgotten() -> None:
+    """In a forked child: the listening sockets' descriptors name ``/dev/null``
+    (:func:`meshkit._fork.name_dev_null`). The child's copy otherwise kept each port
+    listening after the parent stopped serving it: a client connected and waited,
+    unanswered (nothing accepts in the child), and the port could not be bound again
+    while the child lived."""
+    name_dev_null(list(_LISTENING))
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_listeners_forgotten)
+
+
+def _remember_listening(runner: web.AppRunner) -> None:
+    """Add the listening sockets of ``runner``'s sites to :data:`_LISTENING`."""
+    for site in runner.sites:
+        server: Any = getattr(site, "_server", None)
+        for sock in getattr(server, "sockets", None) or ():
+            raw = getattr(sock, "_sock", sock)  # asyncio's TransportSocket wraps it
+            if isinstance(raw, socket.socket):
+                _LISTENING.add(raw)
+
+
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (``port`` 0: a free one), without an access log.
 
@@ -98,7 +130,10 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
     ``_SHUTDOWN_S`` seconds (aiohttp's default, 60 s, held a server's drain that long
     after a scraper that stopped reading). A connection idle between requests is closed
     after ``_KEEPALIVE_S`` seconds (``web.run_app``'s default; the runner's own, 3630 s,
-    let clients that send nothing hold file descriptors for an hour). A request aiohttp
+    let clients that send nothing hold file descriptors for an hour). A child made by
+    ``os.fork()`` does not keep the listening sockets (its copies name ``/dev/null``):
+    once the parent stops serving, the port refuses connections and can be bound again.
+    A request aiohttp
     cannot parse (the client's fault, answered ``400``) is logged on ``meshkit.http`` as
     one warning a minute without a traceback, not at ``ERROR`` with one each (any peer
     reaching the port could fill the logs); the handlers' other records go there as
@@ -137,12 +172,14 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
                     for left in pending:  # the one that failed, and those not tried
                         left.close()
                     raise
+                _remember_listening(runner)
                 return runner, int(runner.addresses[0][1])
             site = web.TCPSite(runner, host, port)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
+    _remember_listening(runner)
     addresses = runner.addresses
     return runner, int(addresses[0][1]) if addresses else port
 
