@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from meshkit._fork import name_dev_null
+from meshkit._fork import name_dev_null, reset_in_forked_child
 from meshkit._hosts import bare_host, is_unspecified
 
 __all__ = ["start_app"]
@@ -54,6 +54,13 @@ class _ClientErrorsOncePerMinute(logging.Filter):
         self._lock = threading.Lock()
         self._last = -float("inf")
         self._left_out = 0
+        _filters.add(self)  # a lock of its own in a forked child
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()``: a new lock (one a thread of the parent held
+        at the fork would never be released, and the child's first malformed request
+        would hang its event loop in the log call)."""
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -74,6 +81,8 @@ class _ClientErrorsOncePerMinute(logging.Filter):
         record.exc_info = record.exc_text = None
         return True
 
+
+_filters = reset_in_forked_child(_ClientErrorsOncePerMinute)
 
 #: The logger of the servers' request handlers (aiohttp's ``aiohttp.server`` otherwise).
 _HTTP_LOG = logging.getLogger("meshkit.http")
