@@ -293,7 +293,7 @@ class EjectingBalancer:
         self._cap = 1  # endpoints that may be ejected at once (set by update)
         self._health: dict[str, _Health] = {}
         self._ejected: tuple[Endpoint, ...] = ()  # ejection not over (kept by _schedule)
-        self._next_expiry = float("inf")
+        self._next_expiry = _NEVER  # (pick tests for this object: nothing ejected)
         # due probes waiting for their connection (FAILING), looked at one a pick (in
         # turn) until _recheck_at, the next time something else falls due (_take_probe);
         # () when not known (_schedule)
@@ -374,7 +374,9 @@ class EjectingBalancer:
         balancer has nothing to give, an ejected endpoint whose connection is not
         ``FAILING`` (panic routing, module docstring; its outcome is neutral), else
         ``None``."""
-        if self._next_expiry <= self._clock():
+        # nothing ejected (_schedule's _NEVER itself): no clock read (3 bytecodes and a
+        # C call a pick)
+        if self._next_expiry is not _NEVER and self._next_expiry <= self._clock():
             probe = self._take_probe(_NEVER)
             if probe is not None:
                 ep, h = probe
@@ -423,7 +425,7 @@ class EjectingBalancer:
             ejected one whose connection is not ``FAILING`` can, when nothing in rotation
             can: panic routing, see :meth:`pick`).
         """
-        if self._next_expiry <= self._clock():
+        if self._next_expiry is not _NEVER and self._next_expiry <= self._clock():
             probe = self._take_probe(self._opts.base_ejection_s)
             if probe is not None:
                 ep, h = probe
