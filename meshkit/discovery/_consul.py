@@ -144,7 +144,6 @@ from meshkit.discovery._shared import (
     SLICE_S,
     CloseRace,
     decoded_in_slices,
-    describe,
     due_to_log,
     foreign_task,
     full_jitter,
@@ -826,7 +825,8 @@ def _listing(response: Any) -> _Listing:
     does not route a listing of no instance, where the agent answers 200 with ``[]``
     for a service it does not know."""
     if response.code == 404:
-        raise consul.NotFound(f"HTTP 404: {str(response.body).strip()[:300]}")
+        # whole: ConsulRegistry._describe cuts it once the ACL token is redacted
+        raise consul.NotFound(f"HTTP 404: {str(response.body).strip()}")
     body = CB.json()(response)
     headers = response.headers
     raw_index = headers.get("X-Consul-Index")
@@ -841,7 +841,8 @@ def _undecoded_listing(response: Any) -> _Listing:
     decoded by :func:`~meshkit.discovery._shared.decoded_in_slices`, not in one go in
     this callback)."""
     if response.code == 404:
-        raise consul.NotFound(f"HTTP 404: {str(response.body).strip()[:300]}")
+        # whole: ConsulRegistry._describe cuts it once the ACL token is redacted
+        raise consul.NotFound(f"HTTP 404: {str(response.body).strip()}")
     CB._status(response)
     headers = response.headers
     raw_index = headers.get("X-Consul-Index")
@@ -1215,11 +1216,14 @@ class ConsulRegistry:
 
     def _describe(self, exc: BaseException) -> str:
         """``"Type: message"`` of ``exc``, redacted, with :meth:`_acl_hint` for a 403."""
+        # Redacted whole, then cut: a token that a proxy's error page echoes, straddling
+        # the cut, would not be found whole and its first characters would be shown.
         if isinstance(exc, consul.ACLPermissionDenied):
-            detail = str(exc).strip()[:300]  # (a proxy's page: the hint is not cut off)
-            return self._redact(f"ACLPermissionDenied: {detail or '(no body)'} "
-                                f"({self._acl_hint()})")
-        return self._redact(describe(exc))
+            detail = self._redact(str(exc).strip())[:300]  # (a page: the hint is kept)
+            return f"ACLPermissionDenied: {detail or '(no body)'} ({self._acl_hint()})"
+        # describe()'s "Type: message" (of at most 500 characters), cut after redacting
+        detail = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else "no detail")
+        return self._redact(f"{type(exc).__name__}: {detail}")[:500]
 
     def _acl_hint(self) -> str:
         """What a 403 (Consul's ACLs refusing, or a proxy) asks of the ACL token: none was
@@ -1459,7 +1463,7 @@ class ConsulRegistry:
             self.options.request_timeout_s,
         )
         if response.code != 200:
-            body = str(response.body).strip()[:300]
+            body = self._redact(str(response.body).strip())[:300]  # redacted, then cut
             reason = (f"HTTP {response.code}: {body}" if body
                       else f"HTTP {response.code} (no body)")
             if response.code == 403:
@@ -1712,7 +1716,8 @@ class ConsulRegistry:
         if response.code == 404:
             return False
         if response.code != 200:
-            raise consul.ConsulException(f"HTTP {response.code}: {str(response.body)[:300]}")
+            # the body whole: _describe cuts it once the ACL token is redacted
+            raise consul.ConsulException(f"HTTP {response.code}: {response.body}")
         return True
 
     async def _keep(self, reg: _Registration) -> None:
