@@ -65,8 +65,10 @@ async def test_a_channel_dropped_at_its_first_answer_logs_no_build_errors(
                                    options=meshkit.DialOptions(insecure=True))
             pool = channel._pool
             await pool.resolved.wait()
-            # the first batch built, the rest to come a batch per turn
-            assert len(pool.endpoints) == BUILD_BATCH
+            # the first batch built, the rest to come a batch per turn (one more batch
+            # already with asyncio.eager_task_factory, MESHKIT_TEST_LOOP=eager: the task
+            # adding them ran its first step when made, not a turn later)
+            assert BUILD_BATCH <= len(pool.endpoints) <= 2 * BUILD_BATCH < _INSTANCES
             del channel  # dropped, never closed
             await _dropped_until_closed(pool)
         assert pool.closed
