@@ -99,11 +99,19 @@ def redact_secrets(
     reading would consume); such a collection is logged as the list of its pairs. A key
     may be ``str`` or ``bytes`` (as gRPC metadata keys may), in dicts as in pairs.
 
+    In every string field, the event's text included, the user info of each URL
+    (RFC 3986 §3.2.1: what stands between ``scheme://`` and ``@`` before the first ``/``,
+    ``?`` or ``#``) becomes ``[REDACTED]``: ``dsn="postgresql://app:pw@db/x"`` ->
+    ``"postgresql://[REDACTED]@db/x"``, the host and path kept.
+
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
     for key, value in event_dict.items():
         if key != "event" and is_sensitive_key(key):
             event_dict[key] = REDACTED
+        elif isinstance(value, str):
+            if "@" in value and "://" in value:  # a URL's user info: ``user:password@``
+                event_dict[key] = _URL_USERINFO_RE.sub(_URL_USERINFO_MASK, value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
                                else v for k, v in value.items()}
@@ -113,6 +121,11 @@ def redact_secrets(
                     p[0], str | bytes) for p in value)):
             event_dict[key] = [(k, REDACTED if _named_secret(k) else v) for k, v in value]
     return event_dict
+
+
+# a URL's scheme and user info (RFC 3986 §3.1, §3.2.1: no '/', '?', '#' or '@' in it)
+_URL_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@\s]*@")
+_URL_USERINFO_MASK = rf"\g<1>{REDACTED}@"
 
 
 def _named_secret(key: str | bytes) -> bool:
