@@ -1715,6 +1715,8 @@ class ConsulRegistry:
         )
         if response.code == 404:
             return False
+        if response.code == 403:  # as py-consul raises it: _describe adds the ACL hint
+            raise consul.ACLPermissionDenied(response.body)
         if response.code != 200:
             # the body whole: _describe cuts it once the ACL token is redacted
             raise consul.ConsulException(f"HTTP {response.code}: {response.body}")
