@@ -90,18 +90,36 @@ _CLIENT_ERRORS = _ClientErrorsOncePerMinute()
 _HTTP_LOG.addFilter(_CLIENT_ERRORS)
 
 
-#: The listening sockets of the apps started here (weakly: one closed and collected leaves);
-#: a child made by ``os.fork()`` makes its copies of them name ``/dev/null``.
-_LISTENING: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+#: The listening servers (asyncio's or uvloop's) and the request servers (aiohttp's
+#: ``web.Server``, which holds the connections) of the apps started here, weakly (one
+#: closed and collected leaves): a child made by ``os.fork()`` makes its copies of their
+#: sockets name ``/dev/null``. Their sockets are read at the fork: uvloop's servers give
+#: new ``PseudoSocket`` objects at each read (no ``socket.socket`` to keep), and the
+#: connections come and go.
+_LISTENING: weakref.WeakSet[Any] = weakref.WeakSet()
+_HANDLING: weakref.WeakSet[web.Server] = weakref.WeakSet()
 
 
 def _listeners_forgotten() -> None:
-    """In a forked child: the listening sockets' descriptors name ``/dev/null``
-    (:func:`meshkit._fork.name_dev_null`). The child's copy otherwise kept each port
-    listening after the parent stopped serving it: a client connected and waited,
-    unanswered (nothing accepts in the child), and the port could not be bound again
-    while the child lived."""
-    name_dev_null(list(_LISTENING))
+    """In a forked child: the descriptors of the listening sockets and of the connections
+    open at the fork name ``/dev/null`` (:func:`meshkit._fork.name_dev_null`). The
+    child's copy otherwise kept each port listening after the parent stopped serving it
+    (a client connected and waited, unanswered: nothing accepts in the child; the port
+    could not be bound again while the child lived), and each connection open: the
+    parent's close of it sent no FIN, so a client (a scraper's keep-alive connection)
+    sent its next request on it and waited for an answer until its timeout. Never
+    raises (a fork hook's error would only be printed)."""
+    sockets: list[Any] = []
+    for server in list(_LISTENING):
+        with contextlib.suppress(Exception):
+            sockets.extend(server.sockets or ())
+    for handling in list(_HANDLING):
+        with contextlib.suppress(Exception):
+            for transport in list(handling._connections.values()):
+                if (sock := transport.get_extra_info("socket")) is not None:
+                    sockets.append(sock)
+    with contextlib.suppress(Exception):
+        name_dev_null(sockets)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -109,13 +127,14 @@ if hasattr(os, "register_at_fork"):  # not on Windows
 
 
 def _remember_listening(runner: web.AppRunner) -> None:
-    """Add the listening sockets of ``runner``'s sites to :data:`_LISTENING`."""
+    """Add ``runner``'s listening servers (its sites') to :data:`_LISTENING` and its
+    request server to :data:`_HANDLING`."""
     for site in runner.sites:
         server: Any = getattr(site, "_server", None)
-        for sock in getattr(server, "sockets", None) or ():
-            raw = getattr(sock, "_sock", sock)  # asyncio's TransportSocket wraps it
-            if isinstance(raw, socket.socket):
-                _LISTENING.add(raw)
+        if server is not None:
+            _LISTENING.add(server)
+    if runner.server is not None:
+        _HANDLING.add(runner.server)
 
 
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -140,8 +159,10 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
     after a scraper that stopped reading). A connection idle between requests is closed
     after ``_KEEPALIVE_S`` seconds (``web.run_app``'s default; the runner's own, 3630 s,
     let clients that send nothing hold file descriptors for an hour). A child made by
-    ``os.fork()`` does not keep the listening sockets (its copies name ``/dev/null``):
-    once the parent stops serving, the port refuses connections and can be bound again.
+    ``os.fork()`` does not keep the listening sockets nor the connections open at the
+    fork (its copies name ``/dev/null``; on asyncio's and uvloop's loops): once the
+    parent stops serving, the port refuses connections and can be bound again, and a
+    connection the parent closes is closed for its client.
     A request aiohttp
     cannot parse (the client's fault, answered ``400``) is logged on ``meshkit.http`` as
     one warning a minute without a traceback, not at ``ERROR`` with one each (any peer
