@@ -346,6 +346,28 @@ def _userinfo_refused(uri: str) -> str:
             f"password are given as EtcdOptions(user=..., password=...)")
 
 
+def _load_client_cert(tls: ssl.SSLContext, cert_file: str, key_file: str | None) -> None:
+    """Load the client certificate ``cert_file`` and its key ``key_file`` into ``tls``,
+    never asking for a pass phrase.
+
+    Without a ``password`` OpenSSL asks ``Enter PEM pass phrase:`` for an encrypted key on
+    the process's terminal (stdin without one) and waits there, in the event loop (the
+    error without a terminal: ``OSError: [Errno 22] Invalid argument``); etcdctl cannot
+    load such a key either (Go's ``tls.LoadX509KeyPair``).
+
+    Raises:
+        OSError: the key is encrypted (its file named) or a file cannot be read;
+            ssl.SSLError: a file holds no usable certificate or key.
+    """
+    shown = shown_path(key_file if key_file is not None else cert_file)
+
+    def refuse() -> bytes:
+        raise OSError(f"the client key {shown} is encrypted (protected by a pass phrase): "
+                      "give key_file (ETCDCTL_KEY) an unencrypted key, as etcdctl needs")
+
+    tls.load_cert_chain(cert_file, key_file, password=refuse)
+
+
 def _split_endpoints(text: str, default_scheme: str) -> tuple[str, ...]:
     return tuple(_parse_endpoint(e, default_scheme) for e in text.split(",") if e.strip())
 
@@ -1096,11 +1118,11 @@ class EtcdRegistry:
                     tls.check_hostname = False
                     tls.verify_mode = ssl.CERT_NONE
                     if opts.cert_file is not None:
-                        tls.load_cert_chain(opts.cert_file, opts.key_file)
+                        _load_client_cert(tls, opts.cert_file, opts.key_file)
                 elif opts.scheme == "https":
                     tls = ssl.create_default_context(cafile=opts.ca_file)
                     if opts.cert_file is not None:
-                        tls.load_cert_chain(opts.cert_file, opts.key_file)
+                        _load_client_cert(tls, opts.cert_file, opts.key_file)
                 self._ssl = tls
             # a closed loop's session was closed by its owner as that loop ended, unless
             # the loop was closed with the owner pending (stopped, not run to its end)
