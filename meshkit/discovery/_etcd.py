@@ -998,6 +998,9 @@ class EtcdRegistry:
         # The auth token of the requests, with options.user (see _auth_headers); None
         # until got, and after etcd refused it
         self._token: str | None = None
+        # the /auth/authenticate in flight in each event loop, which every request that
+        # finds no token waits for (see _authenticate)
+        self._authenticating: dict[asyncio.AbstractEventLoop, asyncio.Task[str]] = {}
         _registries.add(self)  # reset in a forked child: _forget_parent
 
     def _forget_parent(self) -> None:
@@ -1047,6 +1050,7 @@ class EtcdRegistry:
                 task.cancel()
         self._keepers = {}
         self._sessions = {}
+        self._authenticating = {}
         race = CloseRace()  # no waits of the parent's loops to wake at a close
         race.closed = self._race.closed
         self._race = race
@@ -1258,12 +1262,48 @@ class EtcdRegistry:
             return {}
         token = self._token
         if token is None:
-            data = await self._post_call(session, endpoint, "/auth/authenticate", {
-                "name": self.options.user, "password": self.options.password}, bound_s,
-                headers={})
-            token = str(data["token"])
-            self._token = token
+            token = await self._authenticate(session, endpoint, bound_s)
         return {"Authorization": token}
+
+    async def _authenticate(self, session: aiohttp.ClientSession, endpoint: str,
+                            bound_s: float) -> str:
+        """A new token (kept as ``_token``), from one ``/auth/authenticate`` per event loop
+        for every request that finds none: the first ones of a process, or all those etcd
+        refused at once (the token expired under many watches, a member restarted), as the
+        Go client refreshes its one token under a lock. Each authenticate is a bcrypt check
+        of the password and a Raft proposal on etcd: one per request was a storm of them.
+        It runs in a task of its own (``endpoint``'s, within ``bound_s`` seconds), so a
+        waiter cancelled, or past its own ``bound_s``, leaves it to the others.
+
+        Raises:
+            as :meth:`_auth_headers`; ``CancelledError`` when :meth:`close` ended it.
+        """
+        loop = asyncio.get_running_loop()
+        task = self._authenticating.get(loop)
+        if task is None or task.done():
+            task = loop.create_task(self._new_token(session, endpoint, bound_s),
+                                    name="meshkit-etcd-authenticate")
+            self._authenticating[loop] = task
+            task.add_done_callback(self._authenticated)
+        async with asyncio.timeout(bound_s):  # the waiter's own bound (a keep-alive's)
+            return await asyncio.shield(task)
+
+    def _authenticated(self, task: asyncio.Task[str]) -> None:
+        """An authenticate task ended: forget it, its error taken (its waiters got it, or
+        were all cancelled: no 'exception was never retrieved' at its collection)."""
+        if self._authenticating.get(task.get_loop()) is task:
+            del self._authenticating[task.get_loop()]
+        if not task.cancelled():
+            task.exception()
+
+    async def _new_token(self, session: aiohttp.ClientSession, endpoint: str,
+                         bound_s: float) -> str:
+        data = await self._post_call(session, endpoint, "/auth/authenticate", {
+            "name": self.options.user, "password": self.options.password}, bound_s,
+            headers={})
+        token = str(data["token"])
+        self._token = token
+        return token
 
     def _token_refused(self, error: _EtcdError, token: str | None) -> bool:
         """Whether ``error`` says the token sent (``token``) is no longer taken: etcd's
