@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import io
 import logging
 import math
 import re
@@ -156,8 +157,32 @@ def _plain_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
     (``show_locals=True``; a token or request held in one would reach the log), or
     ``better_exceptions``', which shows values too. A function of its own, not
     ``plain_traceback`` itself, which ConsoleRenderer would take for its default when
-    neither is installed and swap for the monochrome default without colors."""
-    structlog.dev.plain_traceback(sio, exc_info)
+    neither is installed and swap for the monochrome default without colors. A URL's
+    user info in it (an error quoting a connection string) is redacted, as in the
+    fields (:func:`redact_secrets`)."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    sio.write(redact_url_userinfo(text.getvalue()))
+
+
+def redact_url_userinfo(text: str) -> str:
+    """``text`` with the user info of each URL in it ``[REDACTED]`` (as
+    :func:`redact_secrets` does in every string field); linear in its length."""
+    if "@" in text and "://" in text:
+        return _URL_USERINFO_RE.sub(_URL_USERINFO_MASK, text)
+    return text
+
+
+def redact_exception(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor, after ``format_exc_info``: the user info of each URL in the
+    ``exception`` field (the traceback, made after :func:`redact_secrets` ran: an error
+    quoting ``postgresql://app:pw@db/x``) becomes ``[REDACTED]``."""
+    text = event_dict.get("exception")
+    if isinstance(text, str):
+        event_dict["exception"] = redact_url_userinfo(text)
+    return event_dict
 
 
 class _StdlibLine:

@@ -31,6 +31,7 @@ from meshkit._log import (  # installs the quiet default
     _plain_traceback,
     get_logger,
     is_sensitive_key,
+    redact_exception,
     redact_secrets,
 )
 from meshkit.errors import ConfigError
@@ -1497,6 +1498,11 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
     writer = BufferedLineWriter(sys.stderr, flush_interval_s=access_log_flush_interval_s)
     wrapper = structlog.make_filtering_bound_logger(_LEVELS[name])
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # exc_info as an "exception" field holding the traceback, a URL's user info in it
+    # redacted as in the fields (the console renderer formats it itself, _plain_traceback
+    # redacting it)
+    exceptions: list[structlog.typing.Processor] = [
+        structlog.processors.format_exc_info, redact_exception] if json else []
     flush_logs(0)  # what the previous access logger still holds, in its configuration
     structlog.configure(
         processors=[
@@ -1505,9 +1511,7 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
             stamp,
             add_trace_context,
             redact_secrets,
-            # exc_info as an "exception" field holding the traceback (the console
-            # renderer formats it itself)
-            *([structlog.processors.format_exc_info] if json else []),
+            *exceptions,
             renderer,
         ],
         wrapper_class=wrapper,
