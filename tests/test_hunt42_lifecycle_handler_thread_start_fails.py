@@ -72,13 +72,23 @@ def _handlers(ran: list[bytes], release: threading.Event) -> grpc.GenericRpcHand
             release.wait(_WAIT_S)
         return b"done:" + request
 
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        ran.append(request)
+        yield b"first:" + request
+        yield b"last:" + request
+
     return grpc.method_handlers_generic_handler(
-        _SERVICE, {"Work": grpc.unary_unary_rpc_method_handler(work)})
+        _SERVICE, {"Work": grpc.unary_unary_rpc_method_handler(work),
+                   "Stream": grpc.unary_stream_rpc_method_handler(stream)})
 
 
 def _servicer(ran: list[bytes], release: threading.Event) -> tuple[Any, Any]:
     return (lambda handler, server: server.add_generic_rpc_handlers((handler,)),
             _handlers(ran, release))
+
+
+async def _read_all(call: Any) -> list[bytes]:
+    return [message async for message in call]
 
 
 async def _wait_for(predicate: Any) -> None:
@@ -113,11 +123,18 @@ async def test_a_call_whose_thread_cannot_start_waits_for_a_busy_one_and_runs_on
             assert len(warned) == 1 and warned[0]["log_level"] == "warning"
             assert warned[0]["threads"] == 1
             assert "can't start new thread" in warned[0]["error"]
+            # a plain-function response stream too (its own thread job)
+            stream = channel.unary_stream(f"/{_SERVICE}/Stream")(b"s", timeout=_WAIT_S)
+            streamed = asyncio.ensure_future(_read_all(stream))
+            await _wait_for(lambda: start_limit.refused >= 2)
+            await asyncio.sleep(0.2)
+            assert not streamed.done(), "the stream failed at once"
             release.set()
             assert await held == b"done:hold"
             # the second call waited for the first one's thread, as past handler_threads
             assert await second == b"done:second"
-            assert ran == [b"hold", b"second"]
+            assert await streamed == [b"first:s", b"last:s"]
+            assert sorted(ran) == [b"hold", b"s", b"second"]
     finally:
         release.set()
         await server.drain()
