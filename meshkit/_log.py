@@ -100,7 +100,8 @@ def redact_secrets(
     reading would consume); such a collection is logged as the list of its pairs. A key
     may be ``str`` or ``bytes`` (as gRPC metadata keys may), in dicts as in pairs.
 
-    In every string (or ``bytes``) field, the event's text included, the user info of each URL
+    In every string (or ``bytes``) field, the event's text included, and one level deep
+    (a dict's values, a list's or tuple's items, pairs' values), the user info of each URL
     (RFC 3986 §3.2.1: what stands between ``scheme://`` and ``@`` before the first ``/``,
     ``?`` or ``#``) becomes ``[REDACTED]``: ``dsn="postgresql://app:pw@db/x"`` ->
     ``"postgresql://[REDACTED]@db/x"``, the host and path kept; in time linear in the
@@ -119,13 +120,29 @@ def redact_secrets(
                 event_dict[key] = _URL_USERINFO_BYTES_RE.sub(_URL_USERINFO_BYTES_MASK, value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
-                               else v for k, v in value.items()}
+                               else _url_redacted(v) for k, v in value.items()}
         elif (isinstance(value, list | tuple) or (
                 not isinstance(value, _NOT_PAIRS) and isinstance(value, Collection))) and (
                 value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(
                     p[0], str | bytes) for p in value)):
-            event_dict[key] = [(k, REDACTED if _named_secret(k) else v) for k, v in value]
+            event_dict[key] = [(k, REDACTED if _named_secret(k) else _url_redacted(v))
+                               for k, v in value]
+        elif type(value) in (list, tuple) and any(
+                _url_redacted(v) is not v for v in value):  # a URL's user info in an item
+            event_dict[key] = type(value)(_url_redacted(v) for v in value)
     return event_dict
+
+
+def _url_redacted(value: Any) -> Any:
+    """``value`` with the user info of each URL in it redacted when it is a ``str`` or
+    ``bytes`` (:func:`redact_secrets`), else as it is."""
+    if isinstance(value, str):
+        return redact_url_userinfo(value)
+    if isinstance(value, bytes) and b"@" in value and b"://" in value:
+        redacted, n = _URL_USERINFO_BYTES_RE.subn(_URL_USERINFO_BYTES_MASK, value)
+        if n:
+            return redacted
+    return value
 
 
 # a URL's scheme and user info (RFC 3986 §3.1, §3.2.1: no '/', '?', '#' or '@' in it),
@@ -169,8 +186,10 @@ def redact_url_userinfo(text: str) -> str:
     """``text`` with the user info of each URL in it ``[REDACTED]`` (as
     :func:`redact_secrets` does in every string field); linear in its length."""
     if "@" in text and "://" in text:
-        return _URL_USERINFO_RE.sub(_URL_USERINFO_MASK, text)
-    return text
+        redacted, n = _URL_USERINFO_RE.subn(_URL_USERINFO_MASK, text)
+        if n:
+            return redacted
+    return text  # (the same object when there is nothing to redact)
 
 
 def redact_exception(
