@@ -290,14 +290,39 @@ _UNUSABLE_LOG_EVERY_S = 60.0
 _DEAD_HOLDER_CHECK_S = 1.0
 
 
+_REDACTED = "[REDACTED]"
+
+
+def _redacted(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every one of ``secrets`` (the password, auth tokens; None and empty
+    ones skipped) replaced by ``[REDACTED]``, also in their JSON-escaped forms (a body
+    echoing a request holds them so): an answer of etcd or of a proxy in front of it
+    that quotes the request it refused (``/auth/authenticate``'s body, the
+    ``Authorization`` header) must not bring them into an error, a log or ``status()``.
+    Done before any cut: a secret cut in two is no longer found whole."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if secret:
+            forms |= {secret, json.dumps(secret)[1:-1],
+                      json.dumps(secret, ensure_ascii=False)[1:-1]}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, _REDACTED)
+    return text
+
+
 class _EtcdError(Exception):
     """An error answer of the gateway: HTTP status, gRPC code and etcd's message."""
 
     @classmethod
-    def of(cls, endpoint: str, status: int, text: str) -> _EtcdError:
+    def of(cls, endpoint: str, status: int, text: str,
+           secrets: Iterable[str | None] = ()) -> _EtcdError:
         """The error of a non-200 answer whose body is ``text``: the gateway's JSON error
         (``code``, ``message``/``error``) if it is one, else the text itself (code -1), so
-        that e.g. a plain-text 404 reads ``HTTP 404, gRPC code -1: 404 page not found``."""
+        that e.g. a plain-text 404 reads ``HTTP 404, gRPC code -1: 404 page not found``;
+        ``secrets`` redacted (:func:`_redacted`) before the message is cut to 300
+        characters."""
+        secrets = tuple(secrets)
+        text = _redacted(text, secrets)
         try:
             data = json.loads(text)
         except ValueError:
@@ -308,8 +333,9 @@ class _EtcdError(Exception):
             code = int(data.get("code", -1))
         except (TypeError, ValueError):
             code = -1
-        return cls(endpoint, status, code,
-                   str(data.get("message") or data.get("error") or data)[:300])
+        # again once decoded: escapes other than json.dumps's (\u0041 for 'A') undone
+        return cls(endpoint, status, code, _redacted(
+            str(data.get("message") or data.get("error") or data), secrets)[:300])
 
     @property
     def no_route(self) -> bool:
@@ -1305,6 +1331,13 @@ class EtcdRegistry:
         self._token = token
         return token
 
+    def _secrets(self, token: str | None = None) -> tuple[str | None, ...]:
+        """What an error must not show (:func:`_redacted`): with ``user``, the password,
+        the token in use and ``token`` (the one a request sent, maybe replaced since)."""
+        if self.options.user is None:
+            return ()
+        return self.options.password, self._token, token
+
     def _token_refused(self, error: _EtcdError, token: str | None) -> bool:
         """Whether ``error`` says the token sent (``token``) is no longer taken: etcd's
         ``invalid auth token`` (UNAUTHENTICATED: expired, ``--auth-token-ttl``, or a
@@ -1369,7 +1402,8 @@ class EtcdRegistry:
             async with asyncio.timeout(bound), session.post(
                     self._url(endpoint, tried, path), json=body, headers=headers) as resp:
                 if resp.status != 200:
-                    error = _EtcdError.of(endpoint, resp.status, await resp.text())
+                    error = _EtcdError.of(endpoint, resp.status, await resp.text(),
+                                          self._secrets(headers.get("Authorization")))
                     if error.no_route and tried == api:
                         continue
                     raise error
@@ -1381,7 +1415,7 @@ class EtcdRegistry:
                 data = await decoded_in_slices(raw.decode("utf-8"))
             if not isinstance(data, dict):
                 raise ValueError(f"{endpoint}: answer to {path} is not a JSON object: "
-                                 f"{str(data)[:300]}")
+                                 f"{_redacted(str(data), self._secrets())[:300]}")
             self._use_api(tried, endpoint)
             return data
         raise AssertionError("unreachable")  # the second prefix's answer returns or raises
@@ -1452,7 +1486,8 @@ class EtcdRegistry:
         ttl = self.options.ttl_s if ttl_s is None else ttl_s
         data = await self._post("/lease/grant", {"TTL": str(int(ttl))})
         if data.get("error"):
-            raise _EtcdError(self.options.endpoints[self._current], 200, -1, str(data["error"]))
+            raise _EtcdError(self.options.endpoints[self._current], 200, -1,
+                             _redacted(str(data["error"]), self._secrets()))
         return int(data["ID"])
 
     async def _put(self, instance: Instance, lease: int, key: bytes | None = None) -> None:
@@ -2095,7 +2130,7 @@ class EtcdRegistry:
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     self._failed_over(index)
                     raise
-                error = _EtcdError.of(endpoint, resp.status, text)
+                error = _EtcdError.of(endpoint, resp.status, text, self._secrets(token))
                 if self._token_refused(error, token):
                     pass  # the next attempt authenticates again
                 elif error.no_route and api == self._api:
@@ -2115,7 +2150,8 @@ class EtcdRegistry:
                         err = message["error"]
                         raise _EtcdError(endpoint, 200, int(err.get("grpc_code") or
                                                             err.get("code") or -1),
-                                         str(err.get("message") or err))
+                                         _redacted(str(err.get("message") or err),
+                                                   self._secrets(token)))
                     result = message.get("result") or {}
                     header = result.get("header") or {}
                     # canceled first: etcd refuses a watch in its "created" answer itself
@@ -2135,8 +2171,9 @@ class EtcdRegistry:
                                       compact_revision=int(result["compact_revision"]))
                             cur.reread = True
                             return
-                        error = _EtcdError(endpoint, 200, -1, "watch canceled: " + str(
-                            result.get("cancel_reason") or "no reason given"))
+                        error = _EtcdError(endpoint, 200, -1, "watch canceled: " + _redacted(
+                            str(result.get("cancel_reason") or "no reason given"),
+                            self._secrets(token)))
                         self._token_refused(error, token)  # if so, got again next time
                         raise error
                     events = result.get("events") or ()
