@@ -453,7 +453,9 @@ class EtcdOptions:
             authenticate there: etcd's JSON gateway, which the registry speaks, does not
             take a certificate's common name for a user (etcd.io/docs, "Why gRPC
             gateway": "gRPC-gateway does not support authentication using TLS Common
-            Name"). Default None: no authentication. Goes with ``password``.
+            Name"). Default None: no authentication. Goes with ``password`` (the name
+            alone: not etcdctl's ``--user name:password`` form; such a ``user`` without
+            ``password`` is refused unquoted).
         password: that user's password (never quoted in an error nor a ``repr``). Not
             read from ``ETCDCTL_PASSWORD`` nor a URI (see :meth:`from_env`).
 
@@ -498,10 +500,15 @@ class EtcdOptions:
             raise ConfigError(f"password must be a string or None, got a "
                               f"{type(self.password).__name__}")
         if (self.user is None) != (self.password is None):
+            # a user written as etcdctl's --user takes it, 'name:password': not quoted
             raise ConfigError("user and password go together (etcd's password "
                               "authentication), got " + (
-                                  f"user={self.user!r} and no password" if self.password is None
-                                  else "a password and no user"))
+                                  "a password and no user" if self.user is None
+                                  else f"user={self.user!r} and no password"
+                                  if ":" not in self.user
+                                  else "a user holding ':' (not quoted) and no password: "
+                                  "not etcdctl's --user 'name:password'; give the "
+                                  "password as password=..."))
         # quoted without user info: an endpoint URL may carry a password
         if isinstance(self.endpoints, str):
             raise ConfigError(f"endpoints must be a sequence of URLs, got "
