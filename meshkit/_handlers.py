@@ -46,6 +46,7 @@ __all__ = [
     "Continuation",
     "EscapedCancelledError",
     "EscapedGeneratorExit",
+    "EscapedKeyboardInterrupt",
     "EscapedStopIteration",
     "EscapedSystemExit",
     "FusedInterceptor",
@@ -394,6 +395,15 @@ class EscapedSystemExit(RuntimeError):
     its ``__cause__``."""
 
 
+class EscapedKeyboardInterrupt(RuntimeError):
+    """A ``KeyboardInterrupt`` that escaped a plain-function handler run in a thread,
+    raised in its place: Ctrl-C never reaches such a thread (Python delivers signals to
+    the main thread), so it is the handler's own code's (a library re-raising a child
+    process's SIGINT); carried back to the event loop it was raised in the call's task,
+    where asyncio lets it stop the loop, draining the server and ending its process. The
+    call ends ``UNKNOWN``, as for any exception; the original is its ``__cause__``."""
+
+
 def _escaped_exit(exc: GeneratorExit) -> EscapedGeneratorExit | None:
     """``exc`` as an :class:`EscapedGeneratorExit` when the handler's own code raised it
     (it came up from a frame below the wrap's: an ``async def`` handler, an async response
@@ -433,6 +443,8 @@ def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
         raise EscapedGeneratorExit(f"GeneratorExit escaped the handler: {e!r}") from e
     except SystemExit as e:  # a thread's own end, not the server's: see EscapedSystemExit
         raise EscapedSystemExit(f"SystemExit escaped the handler: {e!r}") from e
+    except KeyboardInterrupt as e:  # never Ctrl-C's in a thread: see EscapedKeyboardInterrupt
+        raise EscapedKeyboardInterrupt(f"KeyboardInterrupt escaped the handler: {e!r}") from e
 
 
 _CALL_READS = ("peer", "peer_identities", "peer_identity_key", "auth_context")
@@ -1031,13 +1043,14 @@ class _Pump:
     def _hand(self, to: Callable[[asyncio.Future[Any], Any], None], fut: asyncio.Future[Any],
               what: Any) -> bool:
         """``to(fut, what)`` on the loop; ``False`` when the loop is closed."""
-        if isinstance(what, StopIteration | GeneratorExit | SystemExit):
+        if isinstance(what, StopIteration | GeneratorExit | SystemExit | KeyboardInterrupt):
             # an asyncio future cannot carry a StopIteration; a GeneratorExit would wedge
-            # the loop's async generators serving the stream; a SystemExit would stop
-            # the loop (see EscapedSystemExit)
+            # the loop's async generators serving the stream; a SystemExit or a
+            # KeyboardInterrupt would stop the loop (see EscapedSystemExit)
             escaped = (EscapedStopIteration if isinstance(what, StopIteration)
                        else EscapedGeneratorExit if isinstance(what, GeneratorExit)
-                       else EscapedSystemExit)(
+                       else EscapedSystemExit if isinstance(what, SystemExit)
+                       else EscapedKeyboardInterrupt)(
                 f"{type(what).__name__} escaped a response stream: {what!r}")
             escaped.__cause__ = what
             what = escaped
