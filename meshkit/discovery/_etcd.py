@@ -50,7 +50,9 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 
 With ``user`` and ``password`` (etcd's authentication on), ``/v3/auth/authenticate`` gives
 the token every request carries (``Authorization``); it is got again when etcd answers
-``invalid auth token`` (a token idle past ``--auth-token-ttl``, default 300 s).
+``invalid auth token`` (a token idle past ``--auth-token-ttl``, default 300 s), one
+authenticate for all the requests of an event loop. While etcd's authentication is not
+enabled, requests go without a token (logged), as etcdctl's do.
 
 Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``):
 
@@ -449,11 +451,13 @@ class EtcdOptions:
             enable``): every request then carries a token the registry gets from
             ``/v3/auth/authenticate`` with ``user`` and ``password``, and gets again when
             etcd answers ``invalid auth token`` (a token expired, ``--auth-token-ttl``,
-            default 300 s, or a member restarted). Client certificates alone do not
-            authenticate there: etcd's JSON gateway, which the registry speaks, does not
-            take a certificate's common name for a user (etcd.io/docs, "Why gRPC
-            gateway": "gRPC-gateway does not support authentication using TLS Common
-            Name"). Default None: no authentication. Goes with ``password`` (the name
+            default 300 s, or a member restarted); while etcd's authentication is not
+            enabled yet, requests go without one (a warning), as etcdctl's do, so clients
+            can be given credentials before ``etcdctl auth enable``. Client certificates
+            alone do not authenticate there: etcd's JSON gateway, which the registry
+            speaks, does not take a certificate's common name for a user (etcd.io/docs,
+            "Why gRPC gateway": "gRPC-gateway does not support authentication using TLS
+            Common Name"). Default None: no authentication. Goes with ``password`` (the name
             alone: not etcdctl's ``--user name:password`` form; such a ``user`` without
             ``password`` is refused unquoted).
         password: that user's password (never quoted in an error nor a ``repr``). Not
@@ -1029,7 +1033,7 @@ class EtcdRegistry:
         # and /v3beta (etcd 3.3) works instead; see _post_one.
         self._api = _V3
         # The auth token of the requests, with options.user (see _auth_headers); None
-        # until got, and after etcd refused it
+        # until got, and after etcd refused it; "" while etcd's auth is not enabled
         self._token: str | None = None
         # the /auth/authenticate in flight in each event loop, which every request that
         # finds no token waits for (see _authenticate)
@@ -1282,7 +1286,8 @@ class EtcdRegistry:
                             bound_s: float) -> dict[str, str]:
         """The headers that authenticate a request (none without ``user``): the token,
         got first from ``endpoint``'s ``/auth/authenticate`` (within ``bound_s``
-        seconds) when there is none yet or the last one was refused.
+        seconds) when there is none yet or the last one was refused; none while etcd's
+        authentication is not enabled (see :meth:`_new_token`).
 
         Raises:
             _EtcdError: etcd refused the user name or password (``authentication failed,
@@ -1296,7 +1301,7 @@ class EtcdRegistry:
         token = self._token
         if token is None:
             token = await self._authenticate(session, endpoint, bound_s)
-        return {"Authorization": token}
+        return {"Authorization": token} if token else {}
 
     async def _authenticate(self, session: aiohttp.ClientSession, endpoint: str,
                             bound_s: float) -> str:
@@ -1331,10 +1336,23 @@ class EtcdRegistry:
 
     async def _new_token(self, session: aiohttp.ClientSession, endpoint: str,
                          bound_s: float) -> str:
-        data = await self._post_call(session, endpoint, "/auth/authenticate", {
-            "name": self.options.user, "password": self.options.password}, bound_s,
-            headers={})
-        token = str(data["token"])
+        """A token from ``/auth/authenticate``, or ``""`` (no token: requests go without
+        one) when etcd's authentication is not enabled yet, as etcd's Go client and
+        etcdctl go on then (clients are given their credentials before ``etcdctl auth
+        enable``); once it is, etcd answers ``user name is empty`` and
+        :meth:`_token_refused` has one got."""
+        try:
+            data = await self._post_call(session, endpoint, "/auth/authenticate", {
+                "name": self.options.user, "password": self.options.password}, bound_s,
+                headers={})
+        except _EtcdError as exc:
+            if "authentication is not enabled" not in str(exc):
+                raise
+            _log.warning("etcd's authentication is not enabled: requests go without a "
+                         "token until it is", endpoint=endpoint, user=self.options.user)
+            token = ""
+        else:
+            token = str(data["token"])
         self._token = token
         return token
 
@@ -1356,7 +1374,7 @@ class EtcdRegistry:
             return False
         refused = error.code == 16 or any(text in str(error) for text in (
             "invalid auth token", "revision of auth store is old", "user name is empty"))
-        if refused and self._token == token:
+        if refused and (self._token or None) == token:  # "": none sent, auth was off
             self._token = None
         return refused
 
