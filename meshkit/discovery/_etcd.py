@@ -1417,6 +1417,8 @@ class EtcdRegistry:
         ``/v3``, or 3.5 ``/v3beta``) is retried once at once under the other prefix, which
         is remembered for this registry's later calls and watches if it answers.
 
+        A redirect is not followed (etcd sends none): it is a non-200 answer.
+
         Raises:
             _EtcdError: a non-200 answer (quoting the gateway's error or the body's text).
             aiohttp.ClientError, OSError, TimeoutError: the request failed.
@@ -1424,8 +1426,11 @@ class EtcdRegistry:
         """
         api = self._api
         for tried in (api, _V3BETA if api == _V3 else _V3):
+            # no redirect followed: etcd never sends one, and aiohttp would re-send a
+            # 307/308's body (/auth/authenticate's password) to wherever it points
             async with asyncio.timeout(bound), session.post(
-                    self._url(endpoint, tried, path), json=body, headers=headers) as resp:
+                    self._url(endpoint, tried, path), json=body, headers=headers,
+                    allow_redirects=False) as resp:
                 if resp.status != 200:
                     error = _EtcdError.of(endpoint, resp.status, await resp.text(),
                                           self._secrets(headers.get("Authorization")))
@@ -2142,7 +2147,8 @@ class EtcdRegistry:
             async with asyncio.timeout(self.options.request_timeout_s):
                 resp = await session.post(self._url(endpoint, api, "/watch"), json=body,
                                           headers={"Grpc-Metadata-hasleader": "true",
-                                                   **auth})
+                                                   **auth},
+                                          allow_redirects=False)  # as _post_call
         except (aiohttp.ClientError, OSError, TimeoutError):
             self._failed_over(index)
             raise
