@@ -156,11 +156,13 @@ class _NotAsyncHandler(TypeError):
     another awaitable (an ``await`` forgotten), an async iterator (an ``async for``
     forgotten): a fault of the code, not of the message, so it ends :meth:`Consumer.run`
     rather than count as the message's failure; ``reason``: its short form, for the
-    delivery's report."""
+    delivery's report; ``publisher``: the message's verified publisher, for the report
+    (set by :func:`_give_back`)."""
 
     def __init__(self, message: str, reason: str = "handler returned no awaitable") -> None:
         super().__init__(message)
         self.reason = reason
+        self.publisher: PeerIdentity | None = None
 
 
 class _SettleFailed(Exception):
@@ -192,6 +194,7 @@ async def _give_back(msg: Msg, publisher: PeerIdentity | None,
     closed meanwhile) is ``fault``'s cause and the tail of its reason, not the error
     run() ends with: the handler's fault is what its author must see (JetStream
     redelivers the message after ``ack_wait_s``)."""
+    fault.publisher = publisher  # reported as any outcome of a verified message
     try:
         await _settle("nak", msg.nak(), publisher)
     except _SettleFailed as exc:
@@ -1320,7 +1323,7 @@ class Consumer:
                           f"{exc.what} failed: {type(failed).__name__}")
             except _NotAsyncHandler as exc:
                 failed = exc
-                result = ("error", None, exc.reason)
+                result = ("error", exc.publisher, exc.reason)
             except asyncio.CancelledError:  # the consumer's own (see Handler)
                 result = ("cancelled", None, "cancelled")
                 raise
