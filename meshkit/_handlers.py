@@ -32,6 +32,7 @@ import grpc
 import structlog
 
 from meshkit._metadata import check_metadata
+from meshkit._threads import NoHandlerThread
 from meshkit.errors import InvalidMetadataError, RequestStreamCutError
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "off_loop_handler",
     "off_loop_outermost",
     "other_responses",
+    "refuse_no_thread",
     "responses",
     "runs_in_a_thread",
     "status_code_of",
@@ -857,7 +859,12 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
             job = None
             running = loop.run_in_executor(None, run, _call_sync, behaviour, request, sync)
         else:  # run_in_executor's own steps, the job kept
-            job = executor.submit(run, _call_sync, behaviour, request, sync)
+            try:
+                job = executor.submit(run, _call_sync, behaviour, request, sync)
+            except NoHandlerThread:  # nothing queued: none of the handler ran
+                sync.end()
+                await refuse_no_thread(context)
+                raise  # (abort raised; this only for a context whose abort did not)
             running = asyncio.wrap_future(job, loop=loop)
         try:
             result = await running
@@ -876,6 +883,24 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
         return result
 
     return _marked(off_loop)
+
+
+async def refuse_no_thread(context: Any) -> None:
+    """Refuse a call whose plain-function handler could not be given a thread: the
+    server's pool had none and none could start (``can't start new thread``: a
+    container's ``pids.max``, ``RLIMIT_NPROC``;
+    :class:`~meshkit._threads.NoHandlerThread`, nothing queued), so none of the
+    handler's code ran. Answered as the request gate sheds a call none of whose code
+    ran: ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (``meshkit-nack:
+    1``), which a meshkit client retries on another endpoint whatever the method (an
+    ``UNAVAILABLE`` is believed a nack only with a draining server's details, which
+    would also tell the balancer this endpoint is leaving); not ``UNKNOWN``, which says
+    the handler failed. Raises the abort (``grpc.aio.AbortError``)."""
+    # (the failure path only; meshkit.resilience is not among this module's imports)
+    from meshkit.resilience._retry import NACK_METADATA
+
+    context.set_trailing_metadata((NACK_METADATA,))
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
 
 
 def _ended_early(context: Any, sync: _SyncContext, job: Future[Any] | None,
@@ -957,6 +982,8 @@ class _Pump:
         :func:`after_handler_thread`).
 
         Raises:
+            NoHandlerThread: ``executor`` has no thread and none can start (nothing
+                queued: the call is refused, see :func:`refuse_no_thread`).
             RuntimeError: ``executor`` was shut down (the call then fails ``UNKNOWN``).
         """
         context = self._context
@@ -1089,7 +1116,12 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
             make = functools.partial(_call_sync, behaviour, request, sync)
         pump = _Pump(loop, context)
         first: asyncio.Future[Any] = loop.create_future()
-        pump.start(HANDLER_EXECUTOR.get(), run, sync, first, it, make)
+        try:
+            pump.start(HANDLER_EXECUTOR.get(), run, sync, first, it, make)
+        except NoHandlerThread:  # nothing queued: none of the handler ran
+            sync.end()
+            await refuse_no_thread(context)
+            raise  # (abort raised; this only for a context whose abort did not)
         finished = False
         try:
             item = await first

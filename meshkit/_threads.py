@@ -22,13 +22,20 @@ from typing import Any, TypeVar
 
 import structlog
 
-__all__ = ["HandlerThreads"]
+__all__ = ["HandlerThreads", "NoHandlerThread"]
 
 _T = TypeVar("_T")
 
 _log = structlog.get_logger("meshkit.server")
 
 _Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class NoHandlerThread(RuntimeError):
+    """:meth:`HandlerThreads.submit` found no thread in its pool and could not start one
+    (``RuntimeError: can't start new thread``, its cause; its text the same): nothing was
+    queued, so the work never runs. A server refuses the call as one none of whose code
+    ran (see :func:`meshkit._handlers.refuse_no_thread`)."""
 
 
 def _cpu_count() -> int | None:
@@ -68,15 +75,16 @@ class HandlerThreads(Executor):
         be started (``RuntimeError: can't start new thread``: a container's
         ``pids.max``, ``RLIMIT_NPROC``): with other threads in the pool the work waits
         for one of them, as past ``max_workers`` (a warning of the ``meshkit.server``
-        logger with the error, once until a start works again); with none the error is
-        raised and nothing is queued, so the work never runs later
-        (``ThreadPoolExecutor`` queues the work first: the error raised to the caller,
-        the work still ran once a thread freed up, a call its caller was told had
-        failed).
+        logger with the error, once until a start works again); with none
+        :class:`NoHandlerThread` is raised (the same warning, once) and nothing is
+        queued, so the work never runs later (``ThreadPoolExecutor`` queues the work
+        first: the error raised to the caller, the work still ran once a thread freed
+        up, a call its caller was told had failed).
 
         Raises:
-            RuntimeError: after :meth:`shutdown`, as ``ThreadPoolExecutor``; or the pool
-                has no thread and none can be started (nothing queued).
+            NoHandlerThread: (a ``RuntimeError``) the pool has no thread and none can be
+                started (nothing queued).
+            RuntimeError: after :meth:`shutdown`, as ``ThreadPoolExecutor``.
         """
         with self._lock:
             if self._shutdown:
@@ -87,10 +95,15 @@ class HandlerThreads(Executor):
                 try:
                     thread.start()
                 except RuntimeError as exc:
+                    warn = not self._start_failing  # once until a start works again
+                    self._start_failing = True
                     if not self._threads:
-                        raise
-                    if not self._start_failing:  # once until a start works again
-                        self._start_failing = True
+                        if warn:
+                            _log.warning("could not start a handler thread: calls are "
+                                         "refused 'server busy'", threads=0,
+                                         error=str(exc) or repr(exc))
+                        raise NoHandlerThread(*exc.args) from exc
+                    if warn:
                         _log.warning("could not start another handler thread: calls wait "
                                      "for a busy one", threads=len(self._threads),
                                      error=str(exc) or repr(exc))

@@ -10,7 +10,8 @@ caller had been told failed ran anyway, later, with nobody waiting for it (a
 ``PlaceOrder`` the client retries runs twice). Now the thread is started before the work
 is queued: with other threads in the pool the call waits for one of them (as a call past
 ``handler_threads`` does) and runs once; with none, ``submit()`` raises and nothing is
-left to run.
+left to run (the call refused ``RESOURCE_EXHAUSTED`` "server busy" with the nack
+trailer, see tests/test_hunt42_r_handler_thread_none_starts.py).
 
 Real ``grpc.aio`` servers and calls on 127.0.0.1; the failing start is the one thing
 injected (``threading.Thread.start`` raising as CPython's does, for the server's handler
@@ -155,7 +156,10 @@ async def test_a_call_no_thread_can_run_fails_and_never_runs_later(
             work = channel.unary_unary(f"/{_SERVICE}/Work")
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 await work(b"refused", timeout=_WAIT_S)
-            assert failed.value.code() is grpc.StatusCode.UNKNOWN
+            # refused as the request gate sheds a call none of whose code ran
+            # (tests/test_hunt42_r_handler_thread_none_starts.py)
+            assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert ("meshkit-nack", "1") in tuple(failed.value.trailing_metadata() or ())
             assert ran == []
             start_limit.allowed = 1  # threads can start again
             assert await work(b"later", timeout=_WAIT_S) == b"done:later"
