@@ -185,7 +185,13 @@ def _learn(key: Any, request: bool = False) -> bool:
     return binary
 
 
-def check_metadata(metadata: Iterable[tuple[Any, Any]], request: bool = False) -> None:
+# a str where a (key, value) pair belongs: unpacked, a two-letter key became a pair of its
+# letters (sent, its value lost) and a longer one a bare ValueError naming nothing
+_NOT_A_PAIR = ("metadata is a sequence of (key, value) pairs, got a str in place of a pair "
+               "(metadata given as a dict? pass dict.items())")
+
+
+def check_metadata(metadata: Iterable[Any], request: bool = False) -> None:
     """Check ``metadata`` (``(key, value)`` pairs) against gRPC's rules.
 
     A key is non-empty ``[0-9a-z-_.]``; a ``-bin`` key's value is ``bytes`` (any bytes);
@@ -200,13 +206,22 @@ def check_metadata(metadata: Iterable[tuple[Any, Any]], request: bool = False) -
     only: grpc core aborts the server's process sending it (as request metadata grpc
     core leaves it out, the call's own deadline sent).
 
+    A ``str`` in place of a pair is refused too: metadata given as a ``dict``, which the
+    channel's ``list(metadata)`` turns into its keys (a two-letter key would otherwise
+    go out split into a key and a value, its own value lost), or as header lines.
+
     Raises:
-        InvalidMetadataError: the first pair that breaks a rule (status ``INTERNAL``; the
-            message quotes the key, never the value).
-        ValueError, TypeError: ``metadata`` is not a sequence of pairs.
+        InvalidMetadataError: the first pair that breaks a rule, or a ``str`` in place of
+            a pair (status ``INTERNAL``; the message quotes the key, or the ``str`` when
+            it has a key's shape, never a value).
+        ValueError, TypeError: ``metadata`` is not a sequence of pairs (an item that
+            is no ``str`` and no pair).
     """
     keys = _KEYS
-    for key, value in metadata:
+    for pair in metadata:
+        if type(pair) is str:  # a dict's key (list(metadata) of a dict), a header line
+            raise InvalidMetadataError(pair, _NOT_A_PAIR)
+        key, value = pair
         binary = keys.get(key) if type(key) is str else None
         if binary is None:
             binary = _learn(key, request)
