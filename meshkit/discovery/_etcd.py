@@ -1356,6 +1356,11 @@ class EtcdRegistry:
         self._token = token
         return token
 
+    def _shown(self, data: object) -> str:
+        """An unexpected answer ``data`` as an error quotes it: 300 characters, the
+        secrets redacted first (:func:`_redacted`)."""
+        return _redacted(str(data), self._secrets())[:300]
+
     def _secrets(self, token: str | None = None) -> tuple[str | None, ...]:
         """What an error must not show (:func:`_redacted`): with ``user``, the password,
         the token in use and ``token`` (the one a request sent, maybe replaced since)."""
@@ -1445,7 +1450,7 @@ class EtcdRegistry:
                 data = await decoded_in_slices(raw.decode("utf-8"))
             if not isinstance(data, dict):
                 raise ValueError(f"{endpoint}: answer to {path} is not a JSON object: "
-                                 f"{_redacted(str(data), self._secrets())[:300]}")
+                                 f"{self._shown(data)}")
             self._use_api(tried, endpoint)
             return data
         raise AssertionError("unreachable")  # the second prefix's answer returns or raises
@@ -1732,7 +1737,7 @@ class EtcdRegistry:
                 continue
             responses: list[dict[str, Any]] = list(data.get("responses") or ())
             if len(responses) != len(chunk):
-                raise ValueError(f"a txn of {len(chunk)} ranges answered {str(data)[:300]}")
+                raise ValueError(f"a txn of {len(chunk)} ranges answered {self._shown(data)}")
             for (key, instance, record), response in zip(chunk, responses, strict=True):
                 kvs = (response.get("response_range") or {}).get("kvs") or ()
                 kv: dict[str, Any] | None = kvs[0] if kvs else None
@@ -2283,7 +2288,7 @@ class EtcdRegistry:
                                    "keys_only": True}} for p in ranges]}, persist=False)
             responses: list[dict[str, Any]] = list(data.get("responses") or ())
             if len(responses) != 2:
-                raise ValueError(f"a txn of two ranges answered {str(data)[:300]}")
+                raise ValueError(f"a txn of two ranges answered {self._shown(data)}")
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise RegistryError(f"etcd: cannot list services: {describe(exc)}") from exc
         names = set()
@@ -2327,7 +2332,7 @@ class EtcdRegistry:
             ]}, persist=False)
             responses: list[dict[str, Any]] = list(data.get("responses") or ())
             if len(responses) != 3:
-                raise ValueError(f"a txn of three ranges answered {str(data)[:300]}")
+                raise ValueError(f"a txn of three ranges answered {self._shown(data)}")
             records, legacy_records, keys = (
                 (r.get("response_range") or {}).get("kvs") or () for r in responses)
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
@@ -2375,7 +2380,7 @@ class EtcdRegistry:
                 for p in prefixes]}, persist=False)
             responses: list[dict[str, Any]] = list(data.get("responses") or ())
             if len(responses) != len(prefixes):
-                raise ValueError(f"a txn of {len(prefixes)} ranges answered {str(data)[:300]}")
+                raise ValueError(f"a txn of {len(prefixes)} ranges answered {self._shown(data)}")
             keys, *records = ((r.get("response_range") or {}).get("kvs") or ()
                               for r in responses)
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:

@@ -62,9 +62,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 class _EchoProxy:
     """Forwards to etcd; answers the calls under ``echo`` with an error quoting the
     request's password (``/auth/authenticate``; JSON-escaped in a text answer) or its
-    ``Authorization`` header, from the 290th character of the message on."""
+    ``Authorization`` header, from the 290th character of the message on; with
+    ``json_error`` None, a 200 answer quoting the header that is no answer of the call."""
 
-    def __init__(self, upstream: str, echo: set[str], json_error: bool) -> None:
+    def __init__(self, upstream: str, echo: set[str], json_error: bool | None) -> None:
         self.upstream, self.echo, self.json_error = upstream, echo, json_error
         self.tokens: set[str] = set()
 
@@ -74,6 +75,8 @@ class _EchoProxy:
         if token:
             self.tokens.add(token)
         call = request.path.removeprefix("/v3")
+        if call in self.echo and self.json_error is None:  # a 200 answer, no txn's
+            return web.json_response({"echo": "x" * 280 + str(token)})
         if call in self.echo:
             if call == "/auth/authenticate":  # its password field, as the body has it
                 password = json.loads(body)["password"]
@@ -97,7 +100,7 @@ class _EchoProxy:
 async def proxy(node: EtcdCluster) -> AsyncIterator[Any]:
     runners: list[web.AppRunner] = []
 
-    async def start(echo: set[str], json_error: bool) -> tuple[_EchoProxy, str]:
+    async def start(echo: set[str], json_error: bool | None) -> tuple[_EchoProxy, str]:
         handler = _EchoProxy(node.endpoints[0], echo, json_error)
         app = web.Application()
         app.router.add_route("POST", "/{tail:.*}", handler.handle)
@@ -184,6 +187,25 @@ async def test_an_echoed_token_is_never_shown(proxy: Any, json_error: bool,
     shown = "\n".join([*map(_texts, errors), caplog.text, str(status.last_error)])
     assert "upstream refused" in shown and "[REDACTED]" in shown
     assert "watch of" in shown  # the watch's outage is in there
+    for token in handler.tokens:
+        for form in _forms(token):
+            assert form not in shown, (form, shown)
+
+
+async def test_a_200_answer_echoing_the_token_is_never_shown(proxy: Any) -> None:
+    """A 200 answer that is no txn's (a proxy's page quoting the request's header):
+    services() and failing() quote it (300 characters) without the token."""
+    handler, url = await proxy({"/kv/txn"}, None)
+    async with EtcdRegistry(EtcdOptions(endpoints=(url,), user="root",
+                                        password=_PASSWORD, **FAST)) as registry:
+        errors = []
+        for call in (registry.services, lambda: registry.failing(unique_service())):
+            with pytest.raises(RegistryError, match="ranges answered") as info:
+                await call()
+            errors.append(info.value)
+    assert handler.tokens, "no token was sent"
+    shown = "\n".join(map(_texts, errors))
+    assert "[REDACTED]" in shown
     for token in handler.tokens:
         for form in _forms(token):
             assert form not in shown, (form, shown)
