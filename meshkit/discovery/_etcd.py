@@ -360,8 +360,19 @@ _FOREIGN: tuple[type[BaseException], ...] = (
 
 
 def _parse_endpoint(text: str, default_scheme: str) -> str:
-    """``host[:port]`` or ``scheme://host[:port]`` as ``scheme://host:port``."""
-    scheme, host, port = split_address(text, "etcd endpoint")
+    """``host[:port]`` or ``scheme://host[:port]`` as ``scheme://host:port``.
+
+    Raises:
+        ConfigError: not such an address (quoted without user info); one with user info
+            (``http://root:<password>@host:2379``) is told where they go instead.
+    """
+    try:
+        scheme, host, port = split_address(text, "etcd endpoint")
+    except ConfigError as exc:
+        if "user info" not in str(exc):
+            raise
+        raise ConfigError(f"{exc}; etcd's user name and password are given as "
+                          f"EtcdOptions(user=..., password=...)") from None
     host = f"[{host}]" if ":" in host else host
     return f"{scheme or default_scheme}://{host}:{port or DEFAULT_PORT}"
 
