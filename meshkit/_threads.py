@@ -67,6 +67,13 @@ class HandlerThreads(Executor):
         self._threads: list[threading.Thread] = []
         self._shutdown = False
         self._start_failing = False  # a thread start failed (warned) since one worked
+        # calls queued with neither an idle thread's permit nor a thread of their own
+        # (past max_workers, or no thread could start) not yet paid for by a thread
+        # finishing a call: one that does takes such a call instead of counting itself
+        # idle (ThreadPoolExecutor's count, released after every call, kept one permit
+        # too many per such call for good: later calls took a permit and waited behind a
+        # busy thread instead of starting one, the pool never grew back)
+        self._owed = 0
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a pool thread; its ``Future``.
@@ -89,7 +96,11 @@ class HandlerThreads(Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+            if self._idle.acquire(blocking=False):
+                pass
+            elif len(self._threads) >= self._max:
+                self._owed += 1
+            else:
                 thread = threading.Thread(target=self._run, daemon=True,
                                           name=f"{self._prefix}_{len(self._threads)}")
                 try:
@@ -107,6 +118,7 @@ class HandlerThreads(Executor):
                         _log.warning("could not start another handler thread: calls wait "
                                      "for a busy one", threads=len(self._threads),
                                      error=str(exc) or repr(exc))
+                    self._owed += 1
                 else:
                     self._start_failing = False
                     self._threads.append(thread)
@@ -131,7 +143,11 @@ class HandlerThreads(Executor):
                     future.set_result(result)
                     del result
             del future, fn, args, kwargs
-            self._idle.release()
+            with self._lock:
+                if self._owed:  # a call waits with no thread counted for it: take it
+                    self._owed -= 1
+                else:  # idle (permits are only taken, and owed, under the lock)
+                    self._idle.release()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more work; with ``cancel_futures``, cancel the calls not yet started;
