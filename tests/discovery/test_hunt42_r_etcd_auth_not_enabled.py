@@ -72,3 +72,38 @@ async def test_credentials_before_auth_enable(node: EtcdCluster) -> None:
         await registry.deregister(a)
         await registry.deregister(b)
         assert registry.status().writable
+
+
+async def test_auth_disable_is_followed(node: EtcdCluster) -> None:
+    """The other way: ``etcdctl auth disable`` while the registry holds a token. etcd
+    then refuses that token (``invalid auth token``) and answers an authenticate ``not
+    enabled``; the registry goes on without a token (before: every call failed from
+    then on)."""
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    _call(node, "/auth/role/add", {"name": "root"})
+    _call(node, "/auth/user/add", {"name": "root", "password": _PASSWORD})
+    _call(node, "/auth/user/grant", {"user": "root", "role": "root"})
+    _call(node, "/auth/enable", {})
+    options = EtcdOptions(endpoints=tuple(node.endpoints), user="root", password=_PASSWORD,
+                          **FAST)
+    async with EtcdRegistry(options) as registry:
+        await registry.register(a)
+        assert (await registry.snapshot(service)).live == {a}
+        root = json.loads(_answer(node, "/auth/authenticate",
+                                  {"name": "root", "password": _PASSWORD}))["token"]
+        _answer(node, "/auth/disable", {}, root)
+        await registry.register(b)
+        assert (await registry.snapshot(service)).live == {a, b}
+        await registry.deregister(a)
+        await registry.deregister(b)
+
+
+def _answer(node: EtcdCluster, path: str, body: dict[str, Any],
+            token: str | None = None) -> bytes:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{node.members[0].client_port}/v3{path}",
+        data=json.dumps(body).encode(), method="POST",
+        headers={} if token is None else {"Authorization": token})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return bytes(resp.read())
