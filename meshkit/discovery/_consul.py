@@ -84,6 +84,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import functools
 import ipaddress
 import itertools
 import json
@@ -231,6 +232,74 @@ def _go_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+              "m": 60.0, "h": 3600.0}
+#: The longest fault grace a kept instance's own checks may imply, seconds (see
+#: :func:`_checks_grace_s`): an interval check of an hour (a batch job's) would otherwise keep
+#: a dead endpoint for three hours after an agent's restart. A larger options default wins.
+_MAX_CHECKS_GRACE_S = 600.0
+
+
+@functools.lru_cache(maxsize=64)
+def _go_seconds(text: str) -> float | None:
+    """A Go duration string as the agent writes one (``"10s"``, ``"1m0s"``, ``"1.5s"``,
+    ``"250ms"``) in seconds; None if it is none, or not above 0."""
+    parts = _GO_DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    seconds = sum(float(n) * _GO_UNIT_S[u] for n, u in parts)
+    return seconds if seconds > 0 else None
+
+
+def _duration_s(value: object) -> float | None:
+    """A duration of a check's ``Definition`` in seconds: a Go duration string
+    (``Interval``, ``Timeout``) or a number of nanoseconds (``TTL``: a ``time.Duration``
+    the agent's JSON writes as such, ``agent/structs`` ``HealthCheckDefinition``); None
+    when absent, not above 0 or unreadable."""
+    kind = type(value)
+    if kind is str:
+        return _go_seconds(cast(str, value)) if len(cast(str, value)) <= 64 else None
+    if (kind is int or kind is float) and cast(float, value) > 0:
+        return cast(float, value) / 1e9
+    return None
+
+
+def _checks_grace_s(checks: object, service_id: str, default_s: float) -> float:
+    """How long a watch keeps an instance the agent forgot (restarted without its state),
+    from the checks the agent listed for it (an entry's ``Checks`` of
+    ``/v1/health/service``): what its owner needs to have it passing again. A TTL check
+    (``Definition.TTL``): its TTL (the owner's heartbeat, every third of it, finds the
+    instance forgotten and passes the check at once); an interval check (``GRPC``, ``HTTP``,
+    ..., ``Definition.Interval``, else the check's own ``Interval``): three intervals (the
+    owner's lookup, then the agent's first run of the check staggered within its
+    interval, then the run). The longest of the instance's checks (the node's own, without
+    ``ServiceID``, left out), at most :data:`_MAX_CHECKS_GRACE_S` unless ``default_s`` is
+    longer; ``default_s`` (the options' default) for a check that says neither, and for an
+    instance without checks of its own. Run for every entry of every answer of a watch
+    (about 2 us an entry)."""
+    if type(checks) is not list or not service_id:
+        return default_s
+    grace = -1.0
+    for check in checks:
+        if type(check) is not dict or check.get("ServiceID") != service_id:
+            continue
+        definition = check.get("Definition")
+        if type(definition) is not dict:
+            definition = {}
+        raw = definition.get("TTL")
+        implied = _duration_s(raw) if raw is not None else None
+        if implied is None:
+            raw = definition.get("Interval") or check.get("Interval")
+            interval = _duration_s(raw) if raw is not None else None
+            implied = 3 * interval if interval is not None else default_s
+        if implied > grace:
+            grace = implied
+    if grace < 0:
+        return default_s
+    return min(grace, max(default_s, _MAX_CHECKS_GRACE_S))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsulOptions:
     """Options of :class:`ConsulRegistry`. Times are seconds (floats).
@@ -326,15 +395,21 @@ class ConsulOptions:
         fault_grace_s: how long a watch keeps the instances of its last set that the agent
             no longer lists after it answered with an ``X-Consul-Index`` below one already
             seen (an agent restarted without its state, a restored snapshot), until their
-            owners have registered again; default ``ttl_s`` (owners notice within
-            ``ttl_s / 3`` and pass their TTL check at once), and with ``check="grpc"`` or
-            ``"both"`` at least ``3 * check_interval_s`` (30 with the defaults): such an
-            owner notices at its next lookup (up to ``check_interval_s``; with ``"both"``
-            its next heartbeat), registers the instance again with its checks critical, and
-            the agent runs the gRPC check first up to ``check_interval_s`` later (its
-            stagger), the run taking up to its ``Timeout``; 0 turns it off. See
-            :meth:`ConsulRegistry.watch`. The default reads as the number in effect (a
-            float) and is held as :class:`~meshkit.discovery._types.Derived`, so
+            owners have registered again; 0 turns it off. Left to its default, each kept
+            instance is kept as long as the checks the agent last listed for it imply
+            (their owners are other processes, their options not this one's): a TTL
+            check its ``TTL`` (the owner notices within a third of it and passes the check
+            at once); an interval check such as a gRPC one three of its ``Interval``
+            (the owner notices at its next lookup, registers the instance again with its
+            checks critical, and the agent runs the check first up to an ``Interval``
+            later, its stagger, the run taking up to its ``Timeout``); the longest of
+            them, at most 600 s (unless the number below is longer). An instance whose
+            checks say neither (another node's, an older agent's answer) is kept for the
+            number this default reads as: ``ttl_s``, and with ``check="grpc"`` or
+            ``"both"`` at least ``3 * check_interval_s`` (30 with the defaults). A value
+            given applies to every instance. See :meth:`ConsulRegistry.watch`. The
+            default reads as the number in effect (a float) and is held as
+            :class:`~meshkit.discovery._types.Derived`, so
             ``dataclasses.replace(options, ttl_s=60)`` works it out again from the new
             ``ttl_s`` (it kept the old one's), and so do ``check`` and
             ``check_interval_s``; a value given is kept.
@@ -1949,15 +2024,19 @@ class ConsulRegistry:
             pass
         return out
 
-    async def _keyed_in_slices(self, service: str, entries: list[Any]
+    async def _keyed_in_slices(self, service: str, entries: list[Any],
+                               graces: tuple[dict[Instance, float], float] | None = None,
                                ) -> dict[Instance, tuple[str, str]]:
         """:meth:`_keyed`, the event loop let run every :data:`SLICE_S`; each entry of
         ``entries`` is set to ``None`` once read, so that the decoded answer is freed as
-        it is read (2,000 entries freed at once took about 10 ms of the loop)."""
+        it is read (2,000 entries freed at once took about 10 ms of the loop).
+
+        ``graces``, ``(out, default_s)``: ``out`` gets the fault grace each instance's
+        checks imply (:func:`_checks_grace_s`), for those where it is not ``default_s``."""
         out: dict[Instance, tuple[str, str]] = {}
         clock = time.perf_counter
         until = clock() + SLICE_S
-        for n in self._keyed_steps(service, entries, out):
+        for n in self._keyed_steps(service, entries, out, graces):
             if n >= 0:
                 entries[n] = None
             if clock() >= until:
@@ -1966,8 +2045,11 @@ class ConsulRegistry:
         return out
 
     def _keyed_steps(self, service: str, entries: list[Any],
-                     out: dict[Instance, tuple[str, str]]) -> Iterator[int]:
-        """:meth:`_keyed` into ``out``, a step per entry (its index, once read; -1 first)."""
+                     out: dict[Instance, tuple[str, str]],
+                     graces: tuple[dict[Instance, float], float] | None = None,
+                     ) -> Iterator[int]:
+        """:meth:`_keyed` into ``out``, a step per entry (its index, once read; -1 first);
+        ``graces`` as :meth:`_keyed_in_slices` takes it."""
         ids = []
         for n, entry in enumerate(entries):
             ids.append(str((entry.get("Service") or {}).get("ID") or ""))
@@ -1982,7 +2064,7 @@ class ConsulRegistry:
             name = f"{node.get('Node') or node.get('ID') or node.get('Address')}"
             sid = f"{name}/{raw}" if raw in repeated else raw
             try:
-                out[Instance(
+                instance = Instance(
                     service=svc.get("Service") or service,
                     instance_id=sid,
                     # An empty service address means the node's address (Consul docs).
@@ -1991,9 +2073,15 @@ class ConsulRegistry:
                     tags=tuple(svc.get("Tags") or ()),
                     meta=dict(svc.get("Meta") or {}),
                     weight=max(1, int(weights.get("Passing") or 1)),
-                )] = (name, raw)
+                )
             except (ConfigError, TypeError, ValueError) as exc:
                 self._log_unusable(service, sid, exc)
+            else:
+                out[instance] = (name, raw)
+                if graces is not None:
+                    grace_s = _checks_grace_s(entry.get("Checks"), raw, graces[1])
+                    if grace_s != graces[1]:
+                        graces[0][instance] = grace_s
             yield index
 
     def _log_unusable(self, service: str, instance_id: str, exc: BaseException) -> None:
@@ -2126,14 +2214,19 @@ class ConsulRegistry:
         the highest one the watch has seen (remembered across errors), listing only the
         instances registered since. A registry fault is not "every instance left": the
         instances of the last set that the answer does not list are then kept for
-        ``fault_grace_s`` (default ``ttl_s``; at least ``3 * check_interval_s`` with a gRPC
-        check), merged with what the agent lists, as their owners' keepers find them
-        forgotten at their next heartbeat (``ttl_s / 3``) or lookup (``check_interval_s``)
-        and register them again; :attr:`RegistryStatus.kept_endpoints` counts them. One that
+        ``fault_grace_s``, merged with what the agent lists, as their owners' keepers find
+        them forgotten at their next heartbeat (a third of their TTL) or lookup (their
+        check's interval) and register them again; :attr:`RegistryStatus.kept_endpoints`
+        counts them. Left to its default the grace is each instance's own, from the checks
+        the agent listed for it (``Checks[].Definition``: a TTL check's ``TTL``, three of
+        an interval check's ``Interval``, the longest, at most 600 s), else the options'
+        (``ttl_s``; at least ``3 * check_interval_s`` with ``check="grpc"``): a process
+        that only watches, with the default ``check="ttl"``, keeps a gRPC-checked
+        instance until the agent's first run of its check has passed. One that
         the agent lists again (the same node and ``Service.ID``, whatever ``instance_id``
         the new answer gives it, or the same host and port) is no longer kept, so its later
         deregistration (the index moving forward) removes it at once; one whose owner never
-        comes back goes when the grace ends (a long poll is cut then). An agent whose new
+        comes back goes when its grace ends (a long poll is cut then). An agent whose new
         index has already passed the one the watch saw is not told: its answer applies at
         once. The iterator ends when the registry is closed; it can be cancelled at any
         await.
@@ -2148,6 +2241,8 @@ class ConsulRegistry:
             raise ConfigError(f"service must not be empty, got {service!r}")
         grace_s = self.options.fault_grace_s
         assert grace_s is not None
+        # the default: each instance's from its checks (a value given applies to all)
+        per_check = grace_s > 0 and is_default(grace_s)
         loop = asyncio.get_running_loop()
         me = next(self._watch_ids)
         index = 0
@@ -2155,9 +2250,11 @@ class ConsulRegistry:
         last: frozenset[Instance] | None = None
         listed: frozenset[Instance] = frozenset()
         keyed: dict[Instance, tuple[str, str]] = {}  # listed -> (node, Service.ID)
-        # of an agent that lost its state, each with its (node, Service.ID)
-        kept: dict[Instance, tuple[str, str]] = {}
-        keep_until: float | None = None  # loop time
+        graces: dict[Instance, float] = {}  # listed -> its checks' grace, if not grace_s
+        # of an agent that lost its state: each with its (node, Service.ID), its grace
+        # and the loop time that ends
+        kept: dict[Instance, tuple[tuple[str, str], float, float]] = {}
+        keep_until: float | None = None  # loop time: the first of kept to end
         failures = 0
         bucket = _TokenBucket(self.options.watch_query_interval_s, _WATCH_BURST)
         after_blocking_answer = False
@@ -2224,12 +2321,17 @@ class ConsulRegistry:
                     elif new_index < highest and last is not None and grace_s > 0:
                         # An index below one already answered: an agent (or cluster) that
                         # lost or restored its state, not instances that all left.
-                        # last is listed | kept (kept ones keep their pairs)
-                        kept, keep_until = {**kept, **keyed}, loop.time() + grace_s
+                        # last is listed | kept (kept ones keep their pairs and graces)
+                        now = loop.time()
+                        kept = {i: (p, g, now + g) for i, (p, g, _) in kept.items()}
+                        for i, p in keyed.items():
+                            g = graces.get(i, grace_s)
+                            kept[i] = (p, g, now + g)
                         _log.info("consul index went backwards (agent restarted without "
                                   "its state?): a watch keeps its last endpoints until their "
                                   "owners register again", service=service,
-                                  index=new_index, highest=highest, grace_s=grace_s)
+                                  index=new_index, highest=highest,
+                                  grace_s=round(max(g for _, g, _ in kept.values()), 3))
                     if new_index is not None:
                         # lower: counted from the new state from now on
                         highest = new_index
@@ -2239,22 +2341,25 @@ class ConsulRegistry:
                             index = 0  # went backwards: reset, non-blocking re-read
                         else:
                             index = new_index
-                    keyed = await self._keyed_in_slices(service, entries)
+                    graces = {}
+                    keyed = await self._keyed_in_slices(
+                        service, entries, (graces, grace_s) if per_check else None)
                     listed = frozenset(keyed)
                 if kept:  # after a fault only: no work per answer otherwise
-                    if keep_until is not None and loop.time() < keep_until:
-                        # one the agent lists again is its own from now on: a later
-                        # deregistration (or a failing check) of it removes it at once.
-                        # Matched by (node, Service.ID), not instance_id: that one is
-                        # node-qualified only while another entry shares the ID. An
-                        # endpoint listed again is not kept a second time either.
-                        pairs = set(keyed.values())
-                        endpoints = {(i.host, i.port) for i in listed}
-                        kept = {i: p for i, p in kept.items()
-                                if p not in pairs and (i.host, i.port) not in endpoints}
-                    else:
-                        kept = {}  # the grace ended
+                    # one the agent lists again is its own from now on: a later
+                    # deregistration (or a failing check) of it removes it at once.
+                    # Matched by (node, Service.ID), not instance_id: that one is
+                    # node-qualified only while another entry shares the ID. An
+                    # endpoint listed again is not kept a second time either; one
+                    # whose grace ended goes.
+                    now = loop.time()
+                    pairs = set(keyed.values())
+                    endpoints = {(i.host, i.port) for i in listed}
+                    kept = {i: k for i, k in kept.items()
+                            if now < k[2] and k[0] not in pairs
+                            and (i.host, i.port) not in endpoints}
                     if kept:
+                        keep_until = min(k[2] for k in kept.values())
                         self._kept[me] = len(kept)
                     else:
                         keep_until = None

@@ -27,8 +27,10 @@ takes it, ``strings.TrimPrefix``, not one segment):
 * ``GET /v1/health/service/<name>[?passing][&tag=][&index=&wait=]`` — ``health`` (list
   service instances) and ``features/blocking``: ``[{"Node": {...}, "Service": {ID, Service,
   Tags, Address, Port, Meta, Weights, ...}, "Checks": [...]}]`` with the ``X-Consul-Index``
-  header; with ``index`` the request is held until that service's index moves past it or
-  ``wait`` (default 5m, at most 10m) elapses. No wait jitter is added (deterministic).
+  header, each check with its ``Type`` (``"ttl"``, ``"grpc"``) and ``Definition`` as Consul's
+  agent writes it (``Interval``/``Timeout`` as Go duration strings, ``TTL`` in
+  nanoseconds); with ``index`` the request is held until that service's index moves past
+  it or ``wait`` (default 5m, at most 10m) elapses. No wait jitter is added (deterministic).
 * ``GET /v1/catalog/services`` — ``catalog`` (list services): ``{name: [tags]}``.
 * ``PUT /v1/catalog/register`` — ``catalog`` (register entity): ``{"Node", "Address",
   "Service": {ID, Service, Address, Port, Tags, Meta, Weights}}`` puts a service on another
@@ -122,6 +124,24 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def go_duration_string(seconds: float) -> str:
+    """Seconds as Go's ``time.Duration.String`` writes them: ``"2s"``, ``"1m0s"``,
+    ``"1h0m0s"``, ``"1.5s"``, ``"250ms"``."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return f"{ns / size:.9f}".rstrip("0").rstrip(".") + unit
+    h, rest = divmod(ns, 3_600_000_000_000)
+    m, rest = divmod(rest, 60_000_000_000)
+    sec = f"{rest / 1e9:.9f}".rstrip("0").rstrip(".") + "s"
+    if h:
+        return f"{h}h{m}m{sec}"
+    return f"{m}m{sec}" if m else sec
+
+
 def _norm(d: Any) -> dict[str, Any]:
     """Keys lower-cased without underscores: ``GRPCUseTLS`` == ``grpc_use_tls``."""
     if not isinstance(d, dict):
@@ -177,8 +197,27 @@ class _Check:
             "Notes": "", "Output": self.output, "ServiceID": service.id,
             "ServiceName": service.name, "ServiceTags": list(service.tags),
             "Type": "ttl" if self.ttl_s is not None else "grpc",
-            "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0,
+            "Definition": self.definition(), "CreateIndex": 0, "ModifyIndex": 0,
         }
+
+    def definition(self) -> dict[str, Any]:
+        """The check's ``Definition`` as Consul's agent answers it (``agent/structs``,
+        ``HealthCheckDefinition.MarshalJSON``): ``Interval``, ``Timeout`` and
+        ``DeregisterCriticalServiceAfter`` as Go duration strings (``"10s"``, ``"1m0s"``),
+        ``TTL`` as a number of nanoseconds (a ``time.Duration`` without the string
+        override), zero values and false left out (``omitempty``)."""
+        out: dict[str, Any] = {}
+        if self.ttl_s is not None:
+            out["TTL"] = round(self.ttl_s * 1e9)
+        else:
+            out.update(GRPC=self.grpc, Interval=go_duration_string(self.interval_s),
+                       Timeout=go_duration_string(self.timeout_s))
+            if self.grpc_use_tls:
+                out["GRPCUseTLS"] = True
+        if self.deregister_after_s:
+            out["DeregisterCriticalServiceAfter"] = go_duration_string(
+                self.deregister_after_s)
+        return out
 
 
 @dataclass
