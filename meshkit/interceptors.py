@@ -187,10 +187,11 @@ class ClientInterceptor:
     grpc.aio response-streaming interceptor may: the caller then reads the iterator's
     messages (``async for`` and ``read()``) while status, metadata, ``cancel()`` and
     ``write()`` are those of the call ``proceed`` last returned. Anything else (``None``:
-    a forgotten ``return``) fails the call with ``TypeError`` and cancels that call.
-    Both default to passing the call straight through. Raise a
-    ``grpc.aio.AioRpcError`` (e.g. :class:`meshkit.errors.MeshRpcError`) to fail a call
-    with a given status.
+    a forgotten ``return``) fails the call with ``TypeError`` and cancels that call;
+    an exception ``intercept_stream`` raises fails the call with it and cancels every
+    call its ``proceed`` opened. Both default to passing the call straight through.
+    Raise a ``grpc.aio.AioRpcError`` (e.g. :class:`meshkit.errors.MeshRpcError`) to fail
+    a call with a given status.
     """
 
     async def intercept_unary(
@@ -302,8 +303,12 @@ def _bind_checked_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamP
     """:func:`_bind_stream` for an application's interceptor: an async iterator it returns
     in place of a call is wrapped (:class:`_IteratedCall`) over the call its ``proceed``
     last returned, as grpc.aio's ``InterceptedUnaryStreamCall`` does; another result is a
-    ``TypeError``, the opened call cancelled. Costs a coroutine for ``proceed`` per
-    streaming call through such an interceptor (none for other interceptors)."""
+    ``TypeError``, the opened call cancelled. When the interceptor raises (it looked at the
+    call and refused it, or was cancelled with its caller), every call its ``proceed``
+    opened is cancelled and the exception goes on: the caller gets no call object to end
+    them, and each ran on until its deadline (for ever without one), its server's handler
+    with it and its endpoint's ``in_flight`` counted. Costs a coroutine for ``proceed``
+    per streaming call through such an interceptor (none for other interceptors)."""
     method = icpt.intercept_stream
 
     async def run(details: ClientCallDetails, request: Any) -> Any:
@@ -314,7 +319,12 @@ def _bind_checked_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamP
             opened.append(call)
             return call
 
-        result = await method(details, request, proceed)
+        try:
+            result = await method(details, request, proceed)
+        except BaseException:  # the caller gets no call: nothing else would end them
+            for call in opened:
+                call.cancel()
+            raise
         if opened and result is opened[-1]:
             return result
         if hasattr(result, "add_done_callback"):  # another call (grpc.aio's, meshkit's)
