@@ -832,7 +832,7 @@ class MeshCall:
             if self._error is not None:
                 raise self._reported(self._error)
             return
-        await call.wait_for_connection()
+        await _wait_for_connection(call)
 
 
 class UnaryResponseCall(MeshCall):
@@ -1393,7 +1393,9 @@ class StreamResponseCall(MeshCall):
                 finished call; not a ``CancelledError`` in a writing task nobody
                 cancelled, nor the status again: a write that waited while the call
                 failed raises the status, as grpc.aio's); or :meth:`cancel` ended it
-                while this write waited for it to open (as grpc.aio's intercepted call);
+                while this write waited for it to open or for its initial metadata to go
+                out (as grpc.aio's intercepted call; grpc.aio's own write waited for
+                good there);
                 or the server ended the call while this write was in flight, ``OK`` or
                 with a status that has not come yet (grpc.aio raises its own ``INTERNAL``
                 "Internal error from Core" there, and reports it as the call's status
@@ -1440,6 +1442,12 @@ class StreamResponseCall(MeshCall):
                 self._refused_write(call, exc)
                 raise
         try:
+            # grpc.aio's write waits for the call's initial metadata to go out, and waits
+            # for good for a call that ends first (cancelled a turn or two after it was
+            # made): that wait, bounded by the call's end (a getattr per message after it)
+            sent = getattr(call, "_metadata_sent", None)
+            if sent is not None and not sent.is_set() and not call.done():
+                await self._metadata_sent_or_end(call, sent)
             await call.write(request)
         except asyncio.CancelledError:
             self._raise_codec_error()
@@ -1464,6 +1472,26 @@ class StreamResponseCall(MeshCall):
         messages = self._details.messages
         if messages is not None:
             messages.msg_sent += 1
+
+    async def _metadata_sent_or_end(self, call: Any, sent: asyncio.Event) -> None:
+        """For :meth:`write`: wait until ``call`` (the attempt, a grpc.aio call) has sent
+        its initial metadata (``sent``, its ``_metadata_sent``), as grpc.aio's ``_write``
+        does, or has ended (:func:`_metadata_sent_or_end`). A call ended by then, as a
+        write that waited for the opening (grpc.aio's ``_write`` raises the status after
+        its wait): raises ``InvalidStateError`` "RPC already finished." for
+        :meth:`cancel` (or an ``OK`` end), else ``CancelledError`` for the mesh's or a
+        codec's cancel (:meth:`write` reports those), else the status (``AioRpcError``).
+        Cancelling the wait cancels the call, as :meth:`_settled_or_cancel`."""
+        try:
+            await _metadata_sent_or_end(call, sent)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if not call.done():  # (grpc.aio's _write looks again, after its wait)
+            return
+        if not self._cancelled:
+            await _raise_for_end(call)
+        raise asyncio.InvalidStateError(_FINISHED)
 
     def _refused_write(self, call: Any, exc: BaseException) -> None:
         """A message of :meth:`write` its serializer refused (``exc``; the error path
@@ -2007,10 +2035,64 @@ class RetryingStreamCall(MeshCall):
         await super().wait_for_connection()
 
 
+async def _metadata_sent_or_end(call: Any, sent: asyncio.Event) -> None:
+    """Wait until ``call`` (a grpc.aio call with a request stream) has sent its initial
+    metadata (``sent``, its ``_metadata_sent``, which its ``write()`` and
+    ``wait_for_connection()`` wait for) or has ended, whichever comes first: grpc.aio never
+    sets ``sent`` for a call that ends before its metadata went out (cancelled a turn or
+    two after it was made; with ``asyncio.eager_task_factory``, a call cancelled before
+    the loop's next turns), and those waits of its own never returned. Cancelling the
+    wait leaves the call alone."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def on_end(_call: Any) -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    call.add_done_callback(on_end)  # (at once for a call ended meanwhile)
+    opened = loop.create_task(sent.wait())
+    try:
+        await asyncio.wait((opened, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        opened.cancel()
+        ended.cancel()
+
+
+async def _raise_for_end(call: Any) -> None:
+    """As grpc.aio's ``_raise_for_status`` of ``call``, an ended grpc.aio call:
+    ``CancelledError`` when it was cancelled here, its status (``AioRpcError``) when it
+    failed, nothing for ``OK``. The error path only."""
+    core = getattr(call, "_cython_call", None)
+    if core.is_locally_cancelled() if core is not None else call.cancelled():
+        raise asyncio.CancelledError()
+    code = await call.code()
+    if code is not _OK:
+        raise AioRpcError(code, await call.initial_metadata(),
+                          await call.trailing_metadata(), await call.details(),
+                          await call.debug_error_string())
+
+
+async def _wait_for_connection(call: Any) -> None:
+    """``call.wait_for_connection()`` of an attempt (a grpc.aio call), bounded by its end:
+    a request stream's waits for its initial metadata to go out, and waited for good for
+    a call ended first (:func:`_metadata_sent_or_end`); such a call's status is raised
+    then, as grpc.aio's after that wait (``CancelledError`` for a cancelled call).
+    Cancelling the wait leaves the call alone, as grpc.aio's."""
+    sent = getattr(call, "_metadata_sent", None)
+    if sent is not None and not sent.is_set():
+        if not call.done():
+            await _metadata_sent_or_end(call, sent)
+        if not sent.is_set():
+            await _raise_for_end(call)
+            return
+    await call.wait_for_connection()
+
+
 async def _connected(call: Any) -> bool:
     """Whether ``call`` (an attempt) connects: ``False`` if it fails or is cancelled first."""
     try:
-        await call.wait_for_connection()
+        await _wait_for_connection(call)
     except (AioRpcError, asyncio.CancelledError):
         return False
     return True
