@@ -31,6 +31,7 @@ from structlog.testing import capture_logs
 import meshkit
 from meshkit._threads import HandlerThreads
 from meshkit.discovery import LocalRegistry
+from meshkit.server import ServerLimits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,12 +98,20 @@ def _servicer(ran: list[bytes], name: bytes = b"done") -> tuple[Any, Any]:
 
 
 def _server(registry: LocalRegistry, ran: list[bytes], name: bytes = b"done",
-            instance_id: str | None = None) -> meshkit.MeshServer:
+            instance_id: str | None = None, **extra: Any) -> meshkit.MeshServer:
     return meshkit.MeshServer(
         _SERVICE, [_servicer(ran, name)], registry=registry,
         options=meshkit.ServeOptions(insecure=True, port=0, drain_delay_s=0.0,
                                      grace_s=1.0, handler_threads=4,
-                                     instance_id=instance_id))
+                                     instance_id=instance_id, **extra))
+
+
+async def _until(what: Any) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + _WAIT_S
+    while not what():
+        assert loop.time() < end, "not within the bound"
+        await asyncio.sleep(0.01)
 
 
 async def _call(channel: grpc.aio.Channel, method: str, tag: bytes) -> Any:
@@ -146,6 +155,32 @@ async def test_a_call_no_thread_can_run_is_shed_with_the_nack(
             start_limit.refusing = False  # threads can start again
             assert await _call(channel, method, b"later") == _answer(method, b"later")
             await asyncio.sleep(0.2)  # (a refused call's work, if queued, ran by now)
+            assert ran == [b"later"]
+    finally:
+        await server.drain()
+
+
+@pytest.mark.parametrize("read_requests", [True, False], ids=["gate", "call-slots"])
+@pytest.mark.parametrize("method", ["Work", "Down"])
+async def test_a_refused_call_gives_back_its_call_slot(
+        registry: LocalRegistry, start_limit: _StartLimit, method: str,
+        read_requests: bool) -> None:
+    ran: list[bytes] = []
+    server = _server(registry, ran, limits=ServerLimits(
+        max_concurrent_rpcs=2, read_requests=read_requests))
+    await server.start()
+    slots = server.gate if read_requests else server.call_slots
+    assert slots is not None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            for tag in (b"a", b"b", b"c"):  # more than the slots
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await _call(channel, method, tag)
+                assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            await _until(lambda: slots.calls() == 0)
+            start_limit.refusing = False
+            assert await _call(channel, method, b"later") == _answer(method, b"later")
+            await _until(lambda: slots.calls() == 0)
             assert ran == [b"later"]
     finally:
         await server.drain()
