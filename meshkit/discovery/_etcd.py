@@ -51,8 +51,8 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 With ``user`` and ``password`` (etcd's authentication on), ``/v3/auth/authenticate`` gives
 the token every request carries (``Authorization``); it is got again when etcd answers
 ``invalid auth token`` (a token idle past ``--auth-token-ttl``, default 300 s), one
-authenticate for all the requests of an event loop. While etcd's authentication is not
-enabled, requests go without a token (logged), as etcdctl's do.
+authenticate for all the requests of an event loop to a member. While etcd's
+authentication is not enabled, requests go without a token (logged), as etcdctl's do.
 
 Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``):
 
@@ -169,6 +169,7 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -1046,9 +1047,11 @@ class EtcdRegistry:
         # The auth token of the requests, with options.user (see _auth_headers); None
         # until got, and after etcd refused it; "" while etcd's auth is not enabled
         self._token: str | None = None
-        # the /auth/authenticate in flight in each event loop, which every request that
-        # finds no token waits for (see _authenticate)
-        self._authenticating: dict[asyncio.AbstractEventLoop, asyncio.Task[str]] = {}
+        # the /auth/authenticate in flight in each event loop to each member, which every
+        # request of that loop to that member that finds no token waits for (see
+        # _authenticate)
+        self._authenticating: dict[tuple[asyncio.AbstractEventLoop, str],
+                                   asyncio.Task[str]] = {}
         _registries.add(self)  # reset in a forked child: _forget_parent
 
     def _forget_parent(self) -> None:
@@ -1317,31 +1320,37 @@ class EtcdRegistry:
     async def _authenticate(self, session: aiohttp.ClientSession, endpoint: str,
                             bound_s: float) -> str:
         """A new token (kept as ``_token``), from one ``/auth/authenticate`` per event loop
-        for every request that finds none: the first ones of a process, or all those etcd
-        refused at once (the token expired under many watches, a member restarted), as the
-        Go client refreshes its one token under a lock. Each authenticate is a bcrypt check
-        of the password and a Raft proposal on etcd: one per request was a storm of them.
-        It runs in a task of its own (``endpoint``'s, within ``bound_s`` seconds), so a
-        waiter cancelled, or past its own ``bound_s``, leaves it to the others.
+        and member for every request that finds none: the first ones of a process, or all
+        those etcd refused at once (the token expired under many watches, a member
+        restarted), as the Go client refreshes its one token under a lock. Each
+        authenticate is a bcrypt check of the password and a Raft proposal on etcd: one
+        per request was a storm of them. It runs in a task of its own (``endpoint``'s,
+        within ``bound_s`` seconds), so a waiter cancelled, or past its own ``bound_s``,
+        leaves it to the others. Shared per member, not per loop: a request that gave up
+        on a member whose authenticate hangs (partitioned, catching up after a restart)
+        and went on to the next one would otherwise wait there for the hung one's and
+        fail with its timeout (with two endpoints, every request while it hangs).
 
         Raises:
             as :meth:`_auth_headers`; ``CancelledError`` when :meth:`close` ended it.
         """
-        loop = asyncio.get_running_loop()
-        task = self._authenticating.get(loop)
+        key = (asyncio.get_running_loop(), endpoint)
+        task = self._authenticating.get(key)
         if task is None or task.done():
-            task = loop.create_task(self._new_token(session, endpoint, bound_s),
-                                    name="meshkit-etcd-authenticate")
-            self._authenticating[loop] = task
-            task.add_done_callback(self._authenticated)
+            task = key[0].create_task(self._new_token(session, endpoint, bound_s),
+                                      name="meshkit-etcd-authenticate")
+            self._authenticating[key] = task
+            task.add_done_callback(functools.partial(self._authenticated, key))
         async with asyncio.timeout(bound_s):  # the waiter's own bound (a keep-alive's)
             return await asyncio.shield(task)
 
-    def _authenticated(self, task: asyncio.Task[str]) -> None:
-        """An authenticate task ended: forget it, its error taken (its waiters got it, or
-        were all cancelled: no 'exception was never retrieved' at its collection)."""
-        if self._authenticating.get(task.get_loop()) is task:
-            del self._authenticating[task.get_loop()]
+    def _authenticated(self, key: tuple[asyncio.AbstractEventLoop, str],
+                       task: asyncio.Task[str]) -> None:
+        """The authenticate task of ``key`` (loop, member) ended: forget it, its error
+        taken (its waiters got it, or were all cancelled: no 'exception was never
+        retrieved' at its collection)."""
+        if self._authenticating.get(key) is task:
+            del self._authenticating[key]
         if not task.cancelled():
             task.exception()
 
