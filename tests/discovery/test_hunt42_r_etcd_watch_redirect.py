@@ -39,6 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 async def test_a_watch_follows_no_redirect(node: EtcdCluster, status: int) -> None:
     seen: list[bytes] = []
     watches: list[int] = []
+    retried = asyncio.Event()  # the stream tried again after backoff
     upstream = node.endpoints[0]
 
     async def elsewhere(request: web.Request) -> web.Response:
@@ -48,6 +49,8 @@ async def test_a_watch_follows_no_redirect(node: EtcdCluster, status: int) -> No
     async def proxy(request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/watch"):
             watches.append(1)
+            if len(watches) >= 3:
+                retried.set()
             return web.Response(status=status, headers={
                 "Location": f"http://127.0.0.1:{other_port}{request.path}"})
         async with aiohttp.ClientSession() as client, client.post(
@@ -79,8 +82,7 @@ async def test_a_watch_follows_no_redirect(node: EtcdCluster, status: int) -> No
                     # the first read goes through the proxy; its stream is refused
                     assert await watcher.next(timeout_s=10) == {make_instance(service, 1)}
                     async with asyncio.timeout(10):
-                        while len(watches) < 3:  # the stream tried again after backoff
-                            await asyncio.sleep(0.05)
+                        await retried.wait()
                 finally:
                     await watcher.stop()
             await owner.deregister(make_instance(service, 1))
