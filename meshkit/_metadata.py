@@ -85,7 +85,7 @@ LoggedMetadata = dict[str, str | list[str]]
 """An access log's ``md``: see :func:`logged_metadata`."""
 
 
-def logged_metadata(metadata: Iterable[tuple[Any, Any]],
+def logged_metadata(metadata: Iterable[Any],
                     keys: tuple[str, ...]) -> LoggedMetadata | None:
     """The values of ``metadata`` under ``keys`` as an access log's ``md`` (``None`` when
     there is none): a key the metadata carries once maps to its value, one it carries
@@ -97,9 +97,20 @@ def logged_metadata(metadata: Iterable[tuple[Any, Any]],
     name: a gRPC library sends printable ASCII only, but a raw HTTP/2 peer sends any
     octets and grpc core hands them on, and the JSON line escapes only what RFC 8259
     requires, so a right-to-left override, a C1 control (U+009B CSI) or U+2028 reached
-    the log raw."""
+    the log raw. An item of ``metadata`` that is no ``(key, value)`` pair (a ``str``: a
+    ``dict``'s key; a tuple of another length), which makes the call itself fail, is
+    passed over: the call's line is written all the same (this never raises for the
+    metadata's shape)."""
     out: LoggedMetadata = {}
-    for key, value in metadata:
+    for pair in metadata:
+        # an item that is no (key, value) pair (a dict's key: the channel keeps a dict's
+        # keys; a pair of 3): a call check_metadata refuses, whose line is still written
+        if type(pair) is str:
+            continue
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
+            continue
         if type(key) is not str:
             if not isinstance(key, bytes | str):
                 continue
