@@ -151,6 +151,7 @@ from meshkit.resilience._retry import (
     transport_only,
 )
 from meshkit.resilience._retry import not_served as _not_served
+from meshkit.resilience.ratelimit import storage_refusal
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
 
@@ -277,13 +278,17 @@ def _checked_unary_response(message: Any) -> Any:
 
 def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError) -> bool:
     """Whether a unary-response attempt's failure ``exc`` (its ``code``) says nothing of
-    its endpoint: grpc's own refusal on this side (:func:`_refused_here`), or a server's
+    its endpoint: grpc's own refusal on this side (:func:`_refused_here`), a server's
     deadline admission refusal (``meshkit-deadline-refused``: the request's deadline was
-    short, :func:`~meshkit.resilience._deadline.admission_refusal`). The failure path
-    only."""
+    short, :func:`~meshkit.resilience._deadline.admission_refusal`), or a server's
+    fail-closed rate-limit refusal (``meshkit-ratelimit-unavailable``: the rate-limit
+    storage the replicas share is down,
+    :func:`~meshkit.resilience.ratelimit.storage_refusal`). The failure path only."""
     details = exc.details()
-    return _refused_here(code, details, exc.initial_metadata(), exc.trailing_metadata()) or (
-        code is _DEADLINE_EXCEEDED and admission_refusal(details, exc.trailing_metadata()))
+    trailers = exc.trailing_metadata()
+    return _refused_here(code, details, exc.initial_metadata(), trailers) or (
+        code is _DEADLINE_EXCEEDED and admission_refusal(details, trailers)) or (
+        code is _UNAVAILABLE and storage_refusal(code, trailers))
 
 
 def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: Any = None,
@@ -2313,10 +2318,13 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
             code, await call.details()):
         done(_CANCELLED, latency)  # grpc refused to send a message: no endpoint's outcome
         return
-    elif code is _UNAVAILABLE and _refused_here(
-            code, await call.details(), await call.initial_metadata(),
-            await call.trailing_metadata()):
-        done(_CANCELLED, latency)  # its credentials failed here: no endpoint's outcome
+    elif code is _UNAVAILABLE and (
+            storage_refusal(code, trailers := await call.trailing_metadata())
+            or _refused_here(code, await call.details(), await call.initial_metadata(),
+                             trailers)):
+        # its credentials failed here, or the server's rate-limit storage (shared by the
+        # replicas) is down and it fails closed: no endpoint's outcome, as a unary one's
+        done(_CANCELLED, latency)
         return
     elif code is _DEADLINE_EXCEEDED:
         # the caller's bound on the stream's life (a watch, a subscription renewed every

@@ -92,7 +92,9 @@ over the limit                              ``RESOURCE_EXHAUSTED``, trailing met
                                             message names the method and the limit, never
                                             a caller key
 storage down, ``on_storage_error="allow"``  the call proceeds (default: fail open)
-storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after)
+storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after), trailing
+                                            metadata ``meshkit-ratelimit-unavailable:
+                                            1`` (below)
 ==========================================  =============================================
 
 ``grpc-retry-pushback-ms`` (gRFC A6 "Pushback") is the wait in milliseconds, or ``-1``
@@ -119,7 +121,20 @@ refused 0.3 s in with a 0.9 s deadline was admitted 0.70 s later), and gives up 
 Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` because the
 caller is not over any quota: the server cannot decide, which is the transient "try again
 with backoff" condition ``UNAVAILABLE`` means, and it must not carry a ``retry-after``
-the limiter cannot compute. A storage outage is logged once as a warning on
+the limiter cannot compute. It carries the trailer
+``meshkit-ratelimit-unavailable: 1`` (:data:`STORAGE_REFUSAL_METADATA`), and a mesh
+client (:func:`meshkit.dial`) reports such an attempt to its balancer as no endpoint's
+outcome (:func:`storage_refusal`), as it does a deadline admission refusal: not an
+outlier-ejection failure (``UNAVAILABLE`` is in ``OutlierOptions.failure_codes``' default),
+not P2C's overload penalty. Without it an outage of the storage every replica shares
+(Redis) ejected up to ``max_ejection_percent`` of healthy replicas, which stayed out for
+``base_ejection_s`` after the storage came back. The cost: a replica whose own way to the
+storage is broken (the others reaching it) is not ejected for its refusals either. It is
+no nack (:func:`~meshkit.resilience.is_nack`), so gRFC A6 semantics hold: a client retries
+it only as the method's retry policy says for ``UNAVAILABLE`` (within its retry budget),
+not on another endpoint whatever the method, since another replica, sharing the storage,
+would most likely refuse it too and a transparent retry would double every replica's load
+in the outage. A storage outage is logged once as a warning on
 ``meshkit.resilience.ratelimit`` when it starts and once as info when it ends, at most
 one of each in full per :data:`STORAGE_OUTAGE_LOG_INTERVAL_S` (a storage failing every
 other hit starts and ends an outage per failure: the later ones are counted, ``rate limit
@@ -230,6 +245,7 @@ from meshkit.resilience._ratelimit_policy import (
 
 __all__ = [
     "DEFAULT_MAX_KEYS",
+    "STORAGE_REFUSAL_METADATA",
     "KeyFunc",
     "Limiter",
     "OnStorageError",
@@ -244,6 +260,7 @@ __all__ = [
     "by_metadata",
     "by_peer",
     "rejected_by_rate_limit",
+    "storage_refusal",
 ]
 
 _log = structlog.get_logger("meshkit.resilience.ratelimit")
@@ -261,6 +278,30 @@ once per (``rate limit window not read``, debug): the later ones are counted and
 one ``rate limit windows not read`` line (``count=``) when this interval ends, or at
 :meth:`StorageLimiter.aclose`. Read when a limiter is built."""
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+STORAGE_REFUSAL_METADATA = ("meshkit-ratelimit-unavailable", "1")
+"""Trailing metadata of a call :class:`RateLimitInterceptor` refused ``UNAVAILABLE``
+because its limiter could not decide (``on_storage_error="deny"`` and the storage failed,
+was too slow, or its breaker was open: a :class:`Rejection` with code ``UNAVAILABLE``).
+A mesh client reports such an attempt to its balancer as no endpoint's outcome
+(:func:`storage_refusal`)."""
+
+
+def storage_refusal(code: grpc.StatusCode, trailing_metadata: Any) -> bool:
+    """Whether a status ``code`` with ``trailing_metadata`` (a sequence of ``(key,
+    value)`` pairs, or ``None``) is a meshkit server's fail-closed rate-limit refusal:
+    ``UNAVAILABLE`` with :data:`STORAGE_REFUSAL_METADATA`. Nothing of the call ran, and
+    the cause is the rate-limit storage the replicas share (Redis), not the endpoint: a
+    mesh channel does not count it against the endpoint for outlier ejection
+    (``OutlierOptions.failure_codes``) nor as a P2C failure or latency sample, or an
+    outage of the shared storage ejected up to ``max_ejection_percent`` of healthy
+    replicas, kept out for ``base_ejection_s`` after the storage came back. It is no
+    nack (:func:`~meshkit.resilience.is_nack`): retried only as the method's retry
+    policy says for ``UNAVAILABLE`` (gRFC A6), since another replica, sharing the
+    storage, would most likely refuse it too. Asked on the failure path only."""
+    return code is _UNAVAILABLE and bool(trailing_metadata) and any(
+        tuple(item) == STORAGE_REFUSAL_METADATA for item in trailing_metadata)
 _MAX_PUSHBACK_MS = 2**31 - 1
 """The longest ``grpc-retry-pushback-ms`` gRFC A6 allows (a signed 32-bit integer of
 milliseconds, about 24.86 days); a longer wait is sent as ``-1`` (do not retry)."""
@@ -545,8 +586,12 @@ class RateLimitOptions:
             host dialled (``?ssl_check_hostname=true`` is added, coredis' default being
             false) unless the URI sets ``ssl_check_hostname`` or ``ssl_cert_reqs=none``.
         on_storage_error: ``"allow"`` (default: fail open, the call proceeds) or
-            ``"deny"`` (fail closed, ``UNAVAILABLE``) when the storage fails or is slower
-            than ``storage_timeout_s``.
+            ``"deny"`` (fail closed, ``UNAVAILABLE`` with the trailer
+            ``meshkit-ratelimit-unavailable: 1``) when the storage fails or is slower
+            than ``storage_timeout_s``, or its breaker is open. Mesh clients count such a
+            refusal against no endpoint (no outlier ejection, no P2C penalty: the
+            storage is shared, the replica is healthy) and retry it only as the method's
+            retry policy says for ``UNAVAILABLE`` (module docstring).
         key: caller key function ``(method, context) -> str``, a plain function (not
             ``async def``: see :data:`KeyFunc`); default :func:`by_peer`.
         key_prefix: first part of every storage key (default ``"meshkit"``), so several
@@ -2251,8 +2296,11 @@ class RateLimitInterceptor(WrappingInterceptor):
     metadata ``retry-after`` (whole seconds, >= 1) and ``grpc-retry-pushback-ms`` (the
     wait in milliseconds, ``-1`` when the call's deadline ends first or the wait is past
     2**31 - 1 ms: module docstring);
-    failing closed ends it with ``UNAVAILABLE``. The check runs on the event loop; a
-    plain-function (synchronous) handler then runs in a thread, as grpc.aio runs it
+    failing closed ends it with ``UNAVAILABLE`` and trailing metadata
+    :data:`STORAGE_REFUSAL_METADATA` (any :class:`Rejection` with that code: the limiter
+    could not decide), which mesh clients count against no endpoint. The check runs on
+    the event loop; a plain-function (synchronous) handler then runs in a thread, as
+    grpc.aio runs it
     (:func:`meshkit._handlers.async_behaviour`).
 
     Args:
@@ -2368,4 +2416,7 @@ class RateLimitInterceptor(WrappingInterceptor):
             pushback = "-1" if wait_ms > _MAX_PUSHBACK_MS or (
                 left is not None and left * 1000 < wait_ms) else str(wait_ms)
             trailing = (("retry-after", str(after)), ("grpc-retry-pushback-ms", pushback))
+        if rejection.code is _UNAVAILABLE:
+            # failing closed: marked so mesh clients count it against no endpoint
+            trailing = (*trailing, STORAGE_REFUSAL_METADATA)
         await context.abort(rejection.code, rejection.details, trailing)
