@@ -22,6 +22,7 @@ Order: ``DialOptions.interceptors[0]`` is outermost. Example::
 
 from __future__ import annotations
 
+import copy
 import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -79,7 +80,9 @@ class ClientCallDetails:
 
     ``copy.copy(details)`` (an interceptor proceeding with details of its own, as
     grpc.aio's are ``_replace``d) makes a copy whose ``codec_error`` is recorded on the
-    details it was copied from too, where the call object reads it.
+    details it was copied from too, where the call object reads it; ``copy.deepcopy``
+    makes the same copy with a deep copy of the metadata (the call's runtime records
+    shared).
 
     Made by the balanced channel for each call from the call's arguments (keyword-only):
     ``service``, ``method``, ``kind``, ``timeout_s`` (the call's timeout, seconds, or
@@ -161,6 +164,18 @@ class ClientCallDetails:
                 continue
             setattr(new, name, value)
         new._origin = self
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ClientCallDetails:
+        """What ``copy.deepcopy`` makes: the copy :meth:`__copy__` makes, with a deep copy
+        of the metadata (the interceptor's own to change; the caller's list untouched).
+        The call's runtime records (``codec``, ``messages``, ``last_call``,
+        ``credentials``, ``attempts``...) are shared as in a shallow copy: they hold
+        locks and grpc's call objects, which cannot be copied (``TypeError: cannot
+        pickle '_thread.lock' object``), and what the attempt records must reach the
+        call object."""
+        new = self.__copy__()
+        new.metadata = copy.deepcopy(self.metadata, memo)
         return new
 
     def time_remaining_s(self) -> float | None:
