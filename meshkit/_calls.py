@@ -2078,7 +2078,13 @@ async def _wait_for_connection(call: Any) -> None:
     a request stream's waits for its initial metadata to go out, and waited for good for
     a call ended first (:func:`_metadata_sent_or_end`); such a call's status is raised
     then, as grpc.aio's after that wait (``CancelledError`` for a cancelled call).
-    Cancelling the wait leaves the call alone, as grpc.aio's."""
+    Cancelling the wait leaves the call alone, as grpc.aio's. An attempt through attempt
+    interceptors (grpc.aio's intercepted call) waits as its ``wait_for_connection``
+    does, for its interceptors' call, then for that one's connection, so bounded."""
+    task = getattr(call, "_interceptors_task", None)
+    if isinstance(task, asyncio.Future):
+        await _wait_for_connection(await task)
+        return
     sent = getattr(call, "_metadata_sent", None)
     if sent is not None and not sent.is_set():
         if not call.done():
