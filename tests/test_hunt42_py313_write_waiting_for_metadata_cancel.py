@@ -72,7 +72,7 @@ async def _ended(writer: asyncio.Future[None], what: str) -> None:
     if not done:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
-    assert done, f"the write still waits 5 s after {what}"
+    assert done, f"still waiting 5 s after {what}"
 
 
 @pytest.mark.parametrize("dial_kw", DIALS)
