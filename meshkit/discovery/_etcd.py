@@ -348,6 +348,8 @@ class _EtcdError(Exception):
 
     def __init__(self, endpoint: str, status: int, code: int, message: str) -> None:
         super().__init__(f"{endpoint}: HTTP {status}, gRPC code {code}: {message}")
+        self.endpoint = endpoint
+        self.message = message
         self.code = code
         self.status = status
         self.retry_elsewhere = code in _TRY_ELSEWHERE or status in (502, 503, 504)
@@ -1052,6 +1054,9 @@ class EtcdRegistry:
         # _authenticate)
         self._authenticating: dict[tuple[asyncio.AbstractEventLoop, str],
                                    asyncio.Task[str]] = {}
+        # etcd's last refusal of the user name or password and until when (monotonic) it
+        # stands for every request without asking again (see _authenticate)
+        self._auth_refused: tuple[float, _EtcdError] | None = None
         _registries.add(self)  # reset in a forked child: _forget_parent
 
     def _forget_parent(self) -> None:
@@ -1331,12 +1336,24 @@ class EtcdRegistry:
         and went on to the next one would otherwise wait there for the hung one's and
         fail with its timeout (with two endpoints, every request while it hangs).
 
+        etcd's refusal of the user name or password (``authentication failed``) stands
+        for ``backoff_max_s`` seconds: a request meanwhile gets it at once, unasked (each
+        ask is a bcrypt check on etcd, and every watch retrying on its own backoff sent
+        one: a fleet with a stale password kept etcd's CPU busy); the first after asks
+        again.
+
         Raises:
             as :meth:`_auth_headers`; ``CancelledError`` when :meth:`close` ended it.
         """
         key = (asyncio.get_running_loop(), endpoint)
         task = self._authenticating.get(key)
         if task is None or task.done():
+            refused = self._auth_refused
+            if refused is not None and time.monotonic() < refused[0]:
+                held = refused[1]
+                raise _EtcdError(held.endpoint, held.status, held.code,
+                                 f"{held.message} (refused less than "
+                                 f"{self.options.backoff_max_s:g} s ago: not asked again yet)")
             task = key[0].create_task(self._new_token(session, endpoint, bound_s),
                                       name="meshkit-etcd-authenticate")
             self._authenticating[key] = task
@@ -1366,7 +1383,9 @@ class EtcdRegistry:
                 "name": self.options.user, "password": self.options.password}, bound_s,
                 headers={})
         except _EtcdError as exc:
-            if "authentication is not enabled" not in str(exc):
+            if "authentication failed" in exc.message:  # the name or password
+                self._auth_refused = (time.monotonic() + self.options.backoff_max_s, exc)
+            if "authentication is not enabled" not in exc.message:
                 raise
             _log.warning("etcd's authentication is not enabled: requests go without a "
                          "token until it is", endpoint=endpoint, user=self.options.user)
