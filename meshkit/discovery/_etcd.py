@@ -475,7 +475,10 @@ class EtcdOptions:
             alone: not etcdctl's ``--user name:password`` form; such a ``user`` without
             ``password`` is refused unquoted).
         password: that user's password (never quoted in an error nor a ``repr``). Not
-            read from ``ETCDCTL_PASSWORD`` nor a URI (see :meth:`from_env`).
+            read from ``ETCDCTL_PASSWORD`` nor a URI (see :meth:`from_env`). etcd's
+            refusal of the name or password (``authentication failed``) stands for
+            ``backoff_max_s``: requests meanwhile fail with it without asking etcd again
+            (each ask is a bcrypt check there).
 
     The defaults worked out from ``ttl_s`` (``keepalive_interval_s``, ``fault_grace_s``,
     ``last_seen_ttl_s``) read as the numbers in effect (floats), and are held as
