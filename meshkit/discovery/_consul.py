@@ -256,12 +256,15 @@ def _duration_s(value: object) -> float | None:
     """A duration of a check's ``Definition`` in seconds: a Go duration string
     (``Interval``, ``Timeout``) or a number of nanoseconds (``TTL``: a ``time.Duration``
     the agent's JSON writes as such, ``agent/structs`` ``HealthCheckDefinition``); None
-    when absent, not above 0 or unreadable."""
+    when absent, not above 0 or unreadable; a number beyond a Go duration's range reads
+    as its largest (2**63 ns)."""
     kind = type(value)
     if kind is str:
         return _go_seconds(cast(str, value)) if len(cast(str, value)) <= 64 else None
     if (kind is int or kind is float) and cast(float, value) > 0:
-        return cast(float, value) / 1e9
+        # at most a Go time.Duration's range: a bigger int (not an agent's) would raise
+        # OverflowError when divided (ints and floats compare exactly)
+        return min(cast(float, value), 2.0 ** 63) / 1e9
     return None
 
 
@@ -2331,7 +2334,8 @@ class ConsulRegistry:
                                   "its state?): a watch keeps its last endpoints until their "
                                   "owners register again", service=service,
                                   index=new_index, highest=highest,
-                                  grace_s=round(max(g for _, g, _ in kept.values()), 3))
+                                  grace_s=round(max((g for _, g, _ in kept.values()),
+                                                    default=grace_s), 3))
                     if new_index is not None:
                         # lower: counted from the new state from now on
                         highest = new_index
