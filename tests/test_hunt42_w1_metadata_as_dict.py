@@ -15,12 +15,12 @@ Now a ``str`` where a pair belongs is :class:`~meshkit.errors.InvalidMetadataErr
 ``dict.items()``; the string is quoted only when it has a key's shape (a header line,
 which may hold a credential, is described unquoted).
 
-Known residue (meshkit/resilience/_retry.py, not this fix's): with the default retry
-options the retry interceptor reads the idempotency key out of ``details.metadata`` as
-pairs (``_has_key``) when an attempt fails (this refusal is an ``AioRpcError``) and when a
-unary-stream call opens, so a dict whose keys are longer than two characters still ends
-in its ``ValueError`` there; those cases dial with ``retry=None``. The two-letter keys,
-which went out silently, are refused whatever the retry options."""
+With the default retry options the retry interceptor reads the idempotency key out of
+``details.metadata`` as pairs (``_has_key``) when an attempt fails (this refusal is an
+``AioRpcError``) and when a unary-stream call opens: a dict whose keys are longer than two
+characters ended in its bare ``ValueError`` there, until ``_has_key`` skipped what is not
+pairs (the call's own refusal then says what is wrong); each case runs with and without
+retries."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ CASES = [
     ({"ab": "zz"}, "'ab'", _NO_RETRY),
     ({"authorization": f"Bearer {_SECRET}"}, "'authorization'", _NO_RETRY),
     ([f"authorization: Bearer {_SECRET}"], "key of", _NO_RETRY),
+    ({"authorization": f"Bearer {_SECRET}"}, "'authorization'", {}),
+    ([f"authorization: Bearer {_SECRET}"], "key of", {}),
 ]
 
 
@@ -69,7 +71,7 @@ CASES = [
 @pytest.mark.parametrize(("md", "named", "options"), CASES,
                          ids=["two-letter-key", "two-letter-key-secret",
                               "two-letter-key-no-retry", "dict-no-retry",
-                              "header-line-no-retry"])
+                              "header-line-no-retry", "dict", "header-line"])
 async def test_metadata_as_a_dict_is_refused_naming_it_and_nothing_is_sent(
     registry: LocalRegistry, md: Any, named: str, options: dict[str, Any],
 ) -> None:

@@ -1381,8 +1381,11 @@ def _unsent_again(request: Any, exc: AioRpcError) -> bool:
 
 def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:
     key = policy.idempotency_metadata_key
-    if any(k == key and v for k, v in details.metadata):
-        return True
+    try:
+        if any(k == key and v for k, v in details.metadata or ()):
+            return True
+    except (TypeError, ValueError):  # not pairs (a dict's keys): the call's refusal says so
+        pass
     f = policy.idempotency_field
     return bool(f and getattr(request, f, None))
 
