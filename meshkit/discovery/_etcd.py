@@ -1357,12 +1357,22 @@ class EtcdRegistry:
                 raise _EtcdError(held.endpoint, held.status, held.code,
                                  f"{held.message} (refused less than "
                                  f"{self.options.backoff_max_s:g} s ago: not asked again yet)")
+            self._drop_closed_authenticates()
             task = key[0].create_task(self._new_token(session, endpoint, bound_s),
                                       name="meshkit-etcd-authenticate")
             self._authenticating[key] = task
             task.add_done_callback(functools.partial(self._authenticated, key))
         async with asyncio.timeout(bound_s):  # the waiter's own bound (a keep-alive's)
             return await asyncio.shield(task)
+
+    def _drop_closed_authenticates(self) -> None:
+        """Forget the authenticate tasks of event loops closed with them in flight (a
+        loop closed without running its tasks to their end: they never end, and kept the
+        loop referenced for as long as the registry lived). ``list()`` copies the keys at
+        once: other threads add and remove theirs meanwhile."""
+        for key in list(self._authenticating):
+            if key[0].is_closed():
+                self._authenticating.pop(key, None)
 
     def _authenticated(self, key: tuple[asyncio.AbstractEventLoop, str],
                        task: asyncio.Task[str]) -> None:
@@ -2483,6 +2493,7 @@ class EtcdRegistry:
             tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
             keepers, self._keepers = self._keepers, {}
         tasks += [k for k in keepers.values() if not foreign_task(k)]
+        self._drop_closed_authenticates()
         taken = False
         try:
             for task in tasks:
