@@ -276,19 +276,73 @@ def _checked_unary_response(message: Any) -> Any:
     return message
 
 
-def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError) -> bool:
-    """Whether a unary-response attempt's failure ``exc`` (its ``code``) says nothing of
-    its endpoint: grpc's own refusal on this side (:func:`_refused_here`), a server's
-    deadline admission refusal (``meshkit-deadline-refused``: the request's deadline was
-    short, :func:`~meshkit.resilience._deadline.admission_refusal`), or a server's
-    fail-closed rate-limit refusal (``meshkit-ratelimit-unavailable``: the rate-limit
-    storage the replicas share is down,
-    :func:`~meshkit.resilience.ratelimit.storage_refusal`). The failure path only."""
+SHARED_REFUSAL_WINDOW_S = 10.0
+"""How recently (seconds) another endpoint must have refused a call fail-closed for its
+rate-limit storage (:func:`~meshkit.resilience.ratelimit.storage_refusal`) for an
+endpoint's such refusal to count as the outage of the storage the replicas share: no
+endpoint's outcome. See :class:`_StorageRefusals`."""
+_PEER_CALLS = 3
+"""Calls the other endpoints must have been sent since an endpoint's first refusal of a
+run (none of them refusing so) for its later ones to count as its own."""
+
+
+class _StorageRefusals:
+    """Tells a fail-closed rate-limit refusal of the storage the replicas share (Redis
+    down: no endpoint's outcome) from one of an endpoint's own way to it (a wrong
+    password or URI on one replica, its network, its breaker: its outcome, ejected and
+    penalised as any ``UNAVAILABLE``, or a replica failing every limited call fast kept
+    its share of calls for good). A refusal is the shared storage's when another
+    endpoint refused so within :data:`SHARED_REFUSAL_WINDOW_S`, or it is an endpoint's
+    first in that window (nothing to tell by yet); the endpoint's own once the other
+    endpoints were sent :data:`_PEER_CALLS` calls since its first (``Endpoint.calls``,
+    read here: nothing on the success path) and none of them refused so. One per
+    channel, on its loop; the failure path only. ``pool``: the channel's endpoint pool
+    (its ``endpoints`` by key, read at each refusal)."""
+
+    __slots__ = ("_last", "_pool")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
+        # key -> (time.monotonic() of its last refusal, the others' calls at its first)
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def shared(self, ep: Endpoint) -> bool:
+        """Note ``ep``'s refusal; whether it is the shared storage's (see the class).
+        Entries older than :data:`SHARED_REFUSAL_WINDOW_S` are dropped (bounded by the
+        endpoints refusing within it)."""
+        now = time.monotonic()
+        last = self._last
+        shared = False
+        for key, (at, _) in list(last.items()):
+            if now - at > SHARED_REFUSAL_WINDOW_S:
+                del last[key]
+            elif key != ep.key:
+                shared = True
+        key = ep.key
+        others: int = sum(e.calls for e in self._pool.endpoints.values()) - ep.calls
+        entry = last.get(key)
+        if shared or entry is None:
+            last[key] = (now, others)
+            return True
+        last[key] = (now, entry[1])
+        return others - entry[1] < _PEER_CALLS
+
+
+def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError, ep: Endpoint,
+                          refusals: _StorageRefusals) -> bool:
+    """Whether a unary-response attempt's failure ``exc`` (its ``code``) on ``ep`` says
+    nothing of its endpoint: grpc's own refusal on this side (:func:`_refused_here`), a
+    server's deadline admission refusal (``meshkit-deadline-refused``: the request's
+    deadline was short, :func:`~meshkit.resilience._deadline.admission_refusal`), or a
+    server's fail-closed rate-limit refusal (``meshkit-ratelimit-unavailable``,
+    :func:`~meshkit.resilience.ratelimit.storage_refusal`) while another endpoint refuses
+    so too (``refusals``: the rate-limit storage the replicas share is down; one refusing
+    alone is its own failure). The failure path only."""
     details = exc.details()
     trailers = exc.trailing_metadata()
     return _refused_here(code, details, exc.initial_metadata(), trailers) or (
         code is _DEADLINE_EXCEEDED and admission_refusal(details, trailers)) or (
-        code is _UNAVAILABLE and storage_refusal(code, trailers))
+        code is _UNAVAILABLE and storage_refusal(code, trailers) and refusals.shared(ep))
 
 
 def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: Any = None,
@@ -1128,6 +1182,8 @@ class MeshChannel(grpc.aio.Channel):
                                   drain_timeout_s=options.drain_timeout_s,
                                   resolve_timeout_s=options.resolve_timeout_s,
                                   diagnosis=_diagnosis(service, options.tls))
+        # fail-closed rate-limit refusals, by endpoint: the shared storage's or one's own
+        self._storage_refusals = _StorageRefusals(self._pool)
         self._conns = self._pool.conns
         self._left_idle = self._pool.left_idle
         # (instance id, address) of endpoints logged as not serving a method another
@@ -1389,7 +1445,7 @@ class MeshChannel(grpc.aio.Channel):
                 break
             except AioRpcError as exc:
                 code = exc.code()
-                if _no_endpoints_outcome(code, exc):
+                if _no_endpoints_outcome(code, exc, ep, self._storage_refusals):
                     done(_CANCELLED, _perf() - t0)  # no endpoint's outcome
                     raise
                 ep.failures += 1
@@ -1483,7 +1539,7 @@ class MeshChannel(grpc.aio.Channel):
                 response = await call
             except AioRpcError as exc:
                 code = exc.code()
-                if _no_endpoints_outcome(code, exc):
+                if _no_endpoints_outcome(code, exc, ep, self._storage_refusals):
                     done(_CANCELLED, _perf() - t0)
                     raise
                 ep.failures += 1
@@ -1666,7 +1722,7 @@ class MeshChannel(grpc.aio.Channel):
             response = await call
         except AioRpcError as exc:
             code = exc.code()
-            if _no_endpoints_outcome(code, exc):
+            if _no_endpoints_outcome(code, exc, ep, self._storage_refusals):
                 done(_CANCELLED, upload.latency())  # no endpoint's outcome
                 raise
             if upload.sent_at is None and (code is _DEADLINE_EXCEEDED or code is _CANCELLED):
@@ -1812,7 +1868,8 @@ class MeshChannel(grpc.aio.Channel):
         if responded is None:
             def finished(c: Any) -> None:
                 ep.in_flight -= 1
-                self._pool.spawn_in_own_loop(_report_stream(c, ep, done, details))
+                self._pool.spawn_in_own_loop(_report_stream(
+                    c, ep, done, details, self._storage_refusals))
         else:  # the balancer hears of the stream's first response (_stream_answered)
             answering = self._answering
             answering[call] = responded
@@ -1820,7 +1877,8 @@ class MeshChannel(grpc.aio.Channel):
             def finished(c: Any) -> None:
                 ep.in_flight -= 1
                 answering.pop(c, None)
-                self._pool.spawn_in_own_loop(_report_stream(c, ep, done, details))
+                self._pool.spawn_in_own_loop(_report_stream(
+                    c, ep, done, details, self._storage_refusals))
 
         # held while a bidi attempt's end is (_request_stream_ended)
         add_end_callback(call, finished)
@@ -2288,7 +2346,7 @@ async def _watch_certificates(me: weakref.ref[MeshChannel], interval_s: float) -
 
 
 async def _report_stream(call: Any, ep: Endpoint, done: Any,
-                         details: ClientCallDetails) -> None:
+                         details: ClientCallDetails, refusals: _StorageRefusals) -> None:
     # no latency sample (a negative one, see balancer.Done): a stream's lifetime is no
     # round-trip time, and one long, healthy stream would make P2C's peak EWMA read its
     # endpoint as that slow; failures still carry P2C's overload penalty
@@ -2319,11 +2377,13 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
         done(_CANCELLED, latency)  # grpc refused to send a message: no endpoint's outcome
         return
     elif code is _UNAVAILABLE and (
-            storage_refusal(code, trailers := await call.trailing_metadata())
+            (storage_refusal(code, trailers := await call.trailing_metadata())
+             and refusals.shared(ep))
             or _refused_here(code, await call.details(), await call.initial_metadata(),
                              trailers)):
         # its credentials failed here, or the server's rate-limit storage (shared by the
-        # replicas) is down and it fails closed: no endpoint's outcome, as a unary one's
+        # replicas, another refusing so too) is down and it fails closed: no endpoint's
+        # outcome, as a unary one's
         done(_CANCELLED, latency)
         return
     elif code is _DEADLINE_EXCEEDED:

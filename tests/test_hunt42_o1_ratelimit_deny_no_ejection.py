@@ -21,6 +21,7 @@ port nothing listens on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from typing import Any
 
@@ -28,7 +29,7 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import OutlierOptions
+from meshkit.balancer import OutlierOptions, RoundRobin
 from meshkit.discovery import LocalRegistry
 from meshkit.resilience import RateLimitOptions
 from tests.support.echo import method
@@ -104,14 +105,17 @@ _KINDS = {"unary": _unary, "server_stream": _server_stream,
           "client_stream": _client_stream, "bidi": _bidi}
 
 
+@pytest.mark.parametrize("balancer", [None, RoundRobin], ids=["p2c", "round_robin"])
 @pytest.mark.parametrize("kind", list(_KINDS), ids=list(_KINDS))
 async def test_a_shared_storage_outage_under_deny_ejects_no_replica(
-        registry: LocalRegistry, echo_servers: Any, kind: str) -> None:
+        registry: LocalRegistry, echo_servers: Any, kind: str, balancer: Any) -> None:
     for name in ("a", "b", "c"):
         await echo_servers(name, rate_limit=_deny())
     # ejects at the 2nd failure in a row, up to all of them: a fault counted shows at once
     opts = meshkit.DialOptions(insecure=True, retry=None, outlier=OutlierOptions(
         consecutive_failures=2, max_ejection_percent=100.0, base_ejection_s=30.0))
+    if balancer is not None:  # each endpoint in turn (P2C's picks are random)
+        opts = dataclasses.replace(opts, balancer=balancer)
     async with meshkit.dial("echo", registry=registry, options=opts) as ch:
         call = _KINDS[kind]
         codes = [await call(ch) for _ in range(12)]

@@ -121,33 +121,37 @@ refused 0.3 s in with a 0.9 s deadline was admitted 0.70 s later), and gives up 
 Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` because the
 caller is not over any quota: the server cannot decide, which is the transient "try again
 with backoff" condition ``UNAVAILABLE`` means, and it must not carry a ``retry-after``
-the limiter cannot compute. It carries the trailer
-``meshkit-ratelimit-unavailable: 1`` (:data:`STORAGE_REFUSAL_METADATA`), and a mesh
-client (:func:`meshkit.dial`) reports such an attempt to its balancer as no endpoint's
-outcome (:func:`storage_refusal`), as it does a deadline admission refusal: not an
-outlier-ejection failure (``UNAVAILABLE`` is in ``OutlierOptions.failure_codes``' default),
-not P2C's overload penalty. Without it an outage of the storage every replica shares
-(Redis) ejected up to ``max_ejection_percent`` of healthy replicas, which stayed out for
-``base_ejection_s`` after the storage came back. The cost: a replica whose own way to the
-storage is broken (the others reaching it) is not ejected for its refusals either. It is
-no nack (:func:`~meshkit.resilience.is_nack`), so gRFC A6 semantics hold: a client retries
-it only as the method's retry policy says for ``UNAVAILABLE`` (within its retry budget),
-not on another endpoint whatever the method, since another replica, sharing the storage,
+the limiter cannot compute. It carries the trailer ``meshkit-ratelimit-unavailable: 1``
+(:data:`STORAGE_REFUSAL_METADATA`), and a mesh client (:func:`meshkit.dial`) reports such
+an attempt to its balancer as no endpoint's outcome (:func:`storage_refusal`) while the
+replicas refuse so together, as it does a deadline admission refusal: not an
+outlier-ejection failure (``UNAVAILABLE`` is in ``OutlierOptions.failure_codes``'
+default), not P2C's overload penalty. Without it an outage of the storage every replica
+shares (Redis) ejected up to ``max_ejection_percent`` of healthy replicas, which stayed
+out for ``base_ejection_s`` after the storage came back. A replica refusing so *alone*
+(its own way to the storage broken: a wrong password or URI, its network; the others
+reaching it and answering) is counted as failing, as any ``UNAVAILABLE``, or it would
+fail its share of the calls for good: the client counts a refusal as the shared storage's
+when another endpoint refused so within ``meshkit.channel.SHARED_REFUSAL_WINDOW_S`` (ten
+seconds) or it is an endpoint's first in that window, and as the endpoint's own once the
+other endpoints took a few calls since without refusing so. It is no nack
+(:func:`~meshkit.resilience.is_nack`), so gRFC A6 semantics hold: a client retries it
+only as the method's retry policy says for ``UNAVAILABLE`` (within its retry budget), not
+on another endpoint whatever the method, since another replica, sharing the storage,
 would most likely refuse it too and a transparent retry would double every replica's load
 in the outage. A storage outage is logged once as a warning on
 ``meshkit.resilience.ratelimit`` when it starts and once as info when it ends, at most
 one of each in full per :data:`STORAGE_OUTAGE_LOG_INTERVAL_S` (a storage failing every
 other hit starts and ends an outage per failure: the later ones are counted, ``rate limit
-storage outages`` and ``rate limit storage recoveries`` with ``count=``); a storage
-round trip slower than ``storage_timeout_s`` counts as a failure. Each round trip has the
+storage outages`` and ``rate limit storage recoveries`` with ``count=``); a storage round
+trip slower than ``storage_timeout_s`` counts as a failure. Each round trip has the
 timeout to itself: the hit (one per part of a rule) and, once a hit refused, the reads of
 the window state ``retry-after`` comes from. A call a hit refused is refused whatever
 those reads do: one that fails or is too slow makes ``retry-after`` the window's length
 (rounded up), and is not a storage failure; it is logged at debug level as ``rate limit
-window not read``, once per limit and error type and
-:data:`WINDOW_READ_LOG_INTERVAL_S`, the later ones counted in one ``rate limit windows
-not read`` line (``count=``) when the interval ends (:class:`~meshkit._log.RepeatLog`):
-not one line per refused call.
+window not read``, once per limit and error type and :data:`WINDOW_READ_LOG_INTERVAL_S`,
+the later ones counted in one ``rate limit windows not read`` line (``count=``) when the
+interval ends (:class:`~meshkit._log.RepeatLog`): not one line per refused call.
 
 A storage that hangs would make every limited call wait ``storage_timeout_s``. A breaker
 (:class:`StorageBreaker`) opens after ``breaker_failures`` consecutive storage failures:
@@ -294,9 +298,11 @@ def storage_refusal(code: grpc.StatusCode, trailing_metadata: Any) -> bool:
     ``UNAVAILABLE`` with :data:`STORAGE_REFUSAL_METADATA`. Nothing of the call ran, and
     the cause is the rate-limit storage the replicas share (Redis), not the endpoint: a
     mesh channel does not count it against the endpoint for outlier ejection
-    (``OutlierOptions.failure_codes``) nor as a P2C failure or latency sample, or an
-    outage of the shared storage ejected up to ``max_ejection_percent`` of healthy
-    replicas, kept out for ``base_ejection_s`` after the storage came back. It is no
+    (``OutlierOptions.failure_codes``) nor as a P2C failure or latency sample while
+    other endpoints refuse so too, or an outage of the shared storage ejected up to
+    ``max_ejection_percent`` of healthy replicas, kept out for ``base_ejection_s`` after
+    the storage came back; one endpoint refusing so alone, its peers answering, is
+    counted as failing (module docstring). It is no
     nack (:func:`~meshkit.resilience.is_nack`): retried only as the method's retry
     policy says for ``UNAVAILABLE`` (gRFC A6), since another replica, sharing the
     storage, would most likely refuse it too. Asked on the failure path only."""
@@ -589,9 +595,11 @@ class RateLimitOptions:
             ``"deny"`` (fail closed, ``UNAVAILABLE`` with the trailer
             ``meshkit-ratelimit-unavailable: 1``) when the storage fails or is slower
             than ``storage_timeout_s``, or its breaker is open. Mesh clients count such a
-            refusal against no endpoint (no outlier ejection, no P2C penalty: the
-            storage is shared, the replica is healthy) and retry it only as the method's
-            retry policy says for ``UNAVAILABLE`` (module docstring).
+            refusal against no endpoint while the replicas refuse so together (no
+            outlier ejection, no P2C penalty: the storage is shared, the replica is
+            healthy), against the replica refusing so alone (its own way to the storage
+            is broken), and retry it only as the method's retry policy says for
+            ``UNAVAILABLE`` (module docstring).
         key: caller key function ``(method, context) -> str``, a plain function (not
             ``async def``: see :data:`KeyFunc`); default :func:`by_peer`.
         key_prefix: first part of every storage key (default ``"meshkit"``), so several
@@ -2298,7 +2306,8 @@ class RateLimitInterceptor(WrappingInterceptor):
     2**31 - 1 ms: module docstring);
     failing closed ends it with ``UNAVAILABLE`` and trailing metadata
     :data:`STORAGE_REFUSAL_METADATA` (any :class:`Rejection` with that code: the limiter
-    could not decide), which mesh clients count against no endpoint. The check runs on
+    could not decide), which mesh clients count against no endpoint while the replicas
+    refuse so together. The check runs on
     the event loop; a plain-function (synchronous) handler then runs in a thread, as
     grpc.aio runs it
     (:func:`meshkit._handlers.async_behaviour`).
