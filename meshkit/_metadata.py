@@ -198,8 +198,20 @@ def _learn(key: Any, request: bool = False) -> bool:
 
 # a str where a (key, value) pair belongs: unpacked, a two-letter key became a pair of its
 # letters (sent, its value lost) and a longer one a bare ValueError naming nothing
-_NOT_A_PAIR = ("metadata is a sequence of (key, value) pairs, got a str in place of a pair "
+_NOT_A_PAIR = ("metadata is a sequence of (key, value) pairs, got {} in place of a pair "
                "(metadata given as a dict? pass dict.items())")
+
+
+def _check_not_text(item: Any) -> None:
+    """Raise :class:`InvalidMetadataError` for an ``item`` of metadata that is no tuple
+    and is text: a ``str`` (a ``StrEnum`` of header names included), ``bytes`` or
+    ``bytearray``, a dict's key or a header line; another item (a list pair) is left to
+    the unpacking."""
+    if isinstance(item, str):
+        raise InvalidMetadataError(str(item), _NOT_A_PAIR.format("a str"))
+    if isinstance(item, bytes | bytearray):
+        raise InvalidMetadataError(bytes(item), _NOT_A_PAIR.format(
+            "bytes" if isinstance(item, bytes) else "a bytearray"))
 
 
 def check_metadata(metadata: Iterable[Any], request: bool = False) -> None:
@@ -217,21 +229,22 @@ def check_metadata(metadata: Iterable[Any], request: bool = False) -> None:
     only: grpc core aborts the server's process sending it (as request metadata grpc
     core leaves it out, the call's own deadline sent).
 
-    A ``str`` in place of a pair is refused too: metadata given as a ``dict``, which the
-    channel's ``list(metadata)`` turns into its keys (a two-letter key would otherwise
-    go out split into a key and a value, its own value lost), or as header lines.
+    A ``str`` (a ``StrEnum``'s member too) or ``bytes`` in place of a pair is refused
+    too: metadata given as a ``dict``, which the channel's ``list(metadata)`` turns into
+    its keys (a two-letter key would otherwise go out split into a key and a value, its
+    own value lost), or as header lines.
 
     Raises:
-        InvalidMetadataError: the first pair that breaks a rule, or a ``str`` in place of
-            a pair (status ``INTERNAL``; the message quotes the key, or the ``str`` when
-            it has a key's shape, never a value).
+        InvalidMetadataError: the first pair that breaks a rule, or a ``str`` or
+            ``bytes`` in place of a pair (status ``INTERNAL``; the message quotes the
+            key, or the ``str`` when it has a key's shape, never a value).
         ValueError, TypeError: ``metadata`` is not a sequence of pairs (an item that
-            is no ``str`` and no pair).
+            is no ``str``, no ``bytes`` and no pair: a tuple of 3).
     """
     keys = _KEYS
     for pair in metadata:
-        if type(pair) is str:  # a dict's key (list(metadata) of a dict), a header line
-            raise InvalidMetadataError(pair, _NOT_A_PAIR)
+        if type(pair) is not tuple:  # (a pair is a tuple: one check for the usual case)
+            _check_not_text(pair)  # a dict's key (list(metadata) of a dict), header line
         key, value = pair
         binary = keys.get(key) if type(key) is str else None
         if binary is None:
