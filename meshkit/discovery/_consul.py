@@ -235,6 +235,9 @@ def _go_duration(seconds: float) -> str:
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
               "m": 60.0, "h": 3600.0}
+#: A meshkit TTL check's ``Notes``, then its TTL (a Go duration): the agent's answers
+#: (``/v1/health/service``) tell an interval check's ``Interval`` but no TTL.
+_TTL_NOTES_PREFIX = "meshkit heartbeat, TTL "
 #: The longest fault grace a kept instance's own checks may imply, seconds (see
 #: :func:`_checks_grace_s`): an interval check of an hour (a batch job's) would otherwise keep
 #: a dead endpoint for three hours after an agent's restart. A larger options default wins.
@@ -272,9 +275,12 @@ def _checks_grace_s(checks: object, service_id: str, default_s: float) -> float:
     """How long a watch keeps an instance the agent forgot (restarted without its state),
     from the checks the agent listed for it (an entry's ``Checks`` of
     ``/v1/health/service``): what its owner needs to have it passing again. A TTL check
-    (``Definition.TTL``): its TTL (the owner's heartbeat, every third of it, finds the
-    instance forgotten and passes the check at once); an interval check (``GRPC``, ``HTTP``,
-    ..., ``Definition.Interval``, else the check's own ``Interval``): three intervals (the
+    (``Definition.TTL`` of one registered through the catalog; an agent tells no TTL of
+    those registered through it, so a meshkit owner writes it in the check's ``Notes``,
+    ``"meshkit heartbeat, TTL 15s"``): its TTL (the owner's heartbeat, every third of it,
+    finds the instance forgotten and passes the check at once); another process's TTL
+    check says neither. An interval check (``GRPC``, ``HTTP``, ..., the check's own
+    ``Interval`` as an agent writes it, else ``Definition.Interval``): three intervals (the
     owner's lookup, then the agent's first run of the check staggered within its
     interval, then the run). The longest of the instance's checks (the node's own, without
     ``ServiceID``, left out), at most :data:`_MAX_CHECKS_GRACE_S` unless ``default_s`` is
@@ -291,6 +297,10 @@ def _checks_grace_s(checks: object, service_id: str, default_s: float) -> float:
         if type(definition) is not dict:
             definition = {}
         raw = definition.get("TTL")
+        if raw is None:  # an agent's answer: the TTL only in a meshkit check's Notes
+            notes = check.get("Notes")
+            if type(notes) is str and notes.startswith(_TTL_NOTES_PREFIX):
+                raw = notes[len(_TTL_NOTES_PREFIX):]
         implied = _duration_s(raw) if raw is not None else None
         if implied is None:
             raw = definition.get("Interval") or check.get("Interval")
@@ -401,14 +411,15 @@ class ConsulOptions:
             owners have registered again; 0 turns it off. Left to its default, each kept
             instance is kept as long as the checks the agent last listed for it imply
             (their owners are other processes, their options not this one's): a TTL
-            check its ``TTL`` (the owner notices within a third of it and passes the check
-            at once); an interval check such as a gRPC one three of its ``Interval``
-            (the owner notices at its next lookup, registers the instance again with its
-            checks critical, and the agent runs the check first up to an ``Interval``
-            later, its stagger, the run taking up to its ``Timeout``); the longest of
+            check its TTL, which a meshkit owner writes in the check's ``Notes`` as the
+            agent's answers tell none (the owner notices within a third of it and passes
+            the check at once); an interval check such as a gRPC one three of its
+            ``Interval`` (the owner notices at its next lookup, registers the instance
+            again with its checks critical, and the agent runs the check first up to an
+            ``Interval`` later, its stagger, the run taking up to its ``Timeout``); the longest of
             them, at most 600 s (unless the number below is longer). An instance whose
-            checks say neither (another node's, an older agent's answer) is kept for the
-            number this default reads as: ``ttl_s``, and with ``check="grpc"`` or
+            checks say neither (another client's TTL check, an older agent's answer) is
+            kept for the number this default reads as: ``ttl_s``, and with ``check="grpc"`` or
             ``"both"`` at least ``3 * check_interval_s`` (30 with the defaults). A value
             given applies to every instance. See :meth:`ConsulRegistry.watch`. The
             default reads as the number in effect (a float) and is held as
@@ -1471,6 +1482,9 @@ class ConsulRegistry:
                 "CheckID": ttl_check_id,
                 "Name": f"meshkit heartbeat of {instance.instance_id}",
                 "TTL": _go_duration(opts.ttl_s),
+                # the agent's answers tell no TTL (only an interval check's Interval):
+                # the watches of other processes read it here (_checks_grace_s)
+                "Notes": f"{_TTL_NOTES_PREFIX}{_go_duration(opts.ttl_s)}",
                 # Passing from the start: register() returning means "discoverable now"
                 # (a CheckID new to the agent, which keeps the status of one it holds).
                 "Status": "passing",
@@ -2221,8 +2235,9 @@ class ConsulRegistry:
         them forgotten at their next heartbeat (a third of their TTL) or lookup (their
         check's interval) and register them again; :attr:`RegistryStatus.kept_endpoints`
         counts them. Left to its default the grace is each instance's own, from the checks
-        the agent listed for it (``Checks[].Definition``: a TTL check's ``TTL``, three of
-        an interval check's ``Interval``, the longest, at most 600 s), else the options'
+        the agent listed for it (``Checks``: a meshkit TTL check's TTL, from its
+        ``Notes``; three of an interval check's ``Interval``; the longest, at most 600 s),
+        else the options'
         (``ttl_s``; at least ``3 * check_interval_s`` with ``check="grpc"``): a process
         that only watches, with the default ``check="ttl"``, keeps a gRPC-checked
         instance until the agent's first run of its check has passed. One that

@@ -27,10 +27,11 @@ takes it, ``strings.TrimPrefix``, not one segment):
 * ``GET /v1/health/service/<name>[?passing][&tag=][&index=&wait=]`` — ``health`` (list
   service instances) and ``features/blocking``: ``[{"Node": {...}, "Service": {ID, Service,
   Tags, Address, Port, Meta, Weights, ...}, "Checks": [...]}]`` with the ``X-Consul-Index``
-  header, each check with its ``Type`` (``"ttl"``, ``"grpc"``) and ``Definition`` as Consul's
-  agent writes it (``Interval``/``Timeout`` as Go duration strings, ``TTL`` in
-  nanoseconds); with ``index`` the request is held until that service's index moves past
-  it or ``wait`` (default 5m, at most 10m) elapses. No wait jitter is added (deterministic).
+  header, each check with its ``Type`` (``"ttl"``, ``"grpc"``), ``Notes``, and as Consul's
+  agent writes a check registered through it: ``Interval``/``Timeout`` (Go duration
+  strings) of an interval check, nothing of a TTL, ``Definition`` ``{}``; with ``index``
+  the request is held until that service's index moves past it or ``wait`` (default 5m,
+  at most 10m) elapses. No wait jitter is added (deterministic).
 * ``GET /v1/catalog/services`` — ``catalog`` (list services): ``{name: [tags]}``.
 * ``PUT /v1/catalog/register`` — ``catalog`` (register entity): ``{"Node", "Address",
   "Service": {ID, Service, Address, Port, Tags, Meta, Weights}}`` puts a service on another
@@ -179,6 +180,7 @@ class _Check:
     check_id: str
     name: str
     service_id: str
+    notes: str = ""
     ttl_s: float | None = None
     grpc: str | None = None
     grpc_use_tls: bool = False
@@ -194,30 +196,23 @@ class _Check:
     def to_json(self, node: str, service: _Service) -> dict[str, Any]:
         return {
             "Node": node, "CheckID": self.check_id, "Name": self.name, "Status": self.status,
-            "Notes": "", "Output": self.output, "ServiceID": service.id,
+            "Notes": self.notes, "Output": self.output, "ServiceID": service.id,
             "ServiceName": service.name, "ServiceTags": list(service.tags),
             "Type": "ttl" if self.ttl_s is not None else "grpc",
-            "Definition": self.definition(), "CreateIndex": 0, "ModifyIndex": 0,
+            **self.timing(),
+            "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0,
         }
 
-    def definition(self) -> dict[str, Any]:
-        """The check's ``Definition`` as Consul's agent answers it (``agent/structs``,
-        ``HealthCheckDefinition.MarshalJSON``): ``Interval``, ``Timeout`` and
-        ``DeregisterCriticalServiceAfter`` as Go duration strings (``"10s"``, ``"1m0s"``),
-        ``TTL`` as a number of nanoseconds (a ``time.Duration`` without the string
-        override), zero values and false left out (``omitempty``)."""
-        out: dict[str, Any] = {}
+    def timing(self) -> dict[str, Any]:
+        """What the agent tells of a check registered through it (``agent/agent.go``,
+        ``addServiceInternal``: ``structs.HealthCheck{Interval: ..., Timeout: ...}``, set
+        only when not zero): an interval check's ``Interval`` and ``Timeout`` as Go
+        duration strings (``"10s"``, ``"1m0s"``), nothing of a TTL check's TTL; its
+        ``Definition`` stays empty (``{}``: only ``/v1/catalog/register`` fills it)."""
         if self.ttl_s is not None:
-            out["TTL"] = round(self.ttl_s * 1e9)
-        else:
-            out.update(GRPC=self.grpc, Interval=go_duration_string(self.interval_s),
-                       Timeout=go_duration_string(self.timeout_s))
-            if self.grpc_use_tls:
-                out["GRPCUseTLS"] = True
-        if self.deregister_after_s:
-            out["DeregisterCriticalServiceAfter"] = go_duration_string(
-                self.deregister_after_s)
-        return out
+            return {}
+        return {"Interval": go_duration_string(self.interval_s),
+                "Timeout": go_duration_string(self.timeout_s)}
 
 
 @dataclass
@@ -541,7 +536,7 @@ class ConsulDouble:
         dereg = c.get("deregistercriticalserviceafter")
         check = _Check(
             check_id=check_id, name=str(c.get("name") or f"Service '{service_id}' check"),
-            service_id=service_id,
+            service_id=service_id, notes=str(c.get("notes") or ""),
             deregister_after_s=parse_duration(dereg) if dereg else None,
             status=str(c.get("status") or "critical"),
         )

@@ -607,6 +607,8 @@ async def test_register_payload_ttl(double: ConsulDouble, make_registry: Any) ->
         "Checks": [{
             "CheckID": check_id, "Name": "meshkit heartbeat of orderd-3",
             "TTL": "15s", "Status": "passing", "DeregisterCriticalServiceAfter": "90s",
+            # the agent's answers tell no TTL: other processes' watches read it here
+            "Notes": "meshkit heartbeat, TTL 15s",
         }],
     }
     assert double.services["orderd-3"].checks[check_id].status == "passing"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry, _checks_grace_s
@@ -62,3 +63,35 @@ async def test_an_empty_service_survives_an_agent_restart_without_state() -> Non
 def test_a_ttl_beyond_a_float_is_capped_not_raised(ttl: int) -> None:
     checks = [{"ServiceID": "a", "Definition": {"TTL": ttl}}]
     assert _checks_grace_s(checks, "a", 15.0) == 600.0
+
+
+async def test_an_agents_answer_tells_a_meshkit_ttl_owners_ttl() -> None:
+    """3. A Consul agent answers a check registered through it with ``Definition`` ``{}``
+    and no TTL anywhere (``agent/agent.go``: only an interval check's ``Interval`` and
+    ``Timeout``), as the double now does: a kept TTL-checked instance then took the
+    WATCHER's grace, not its owner's TTL (an owner with ``ttl_s`` 9 heartbeating every
+    3 s, dropped by a watcher whose grace was 3 s). The owner's TTL check now says its TTL
+    in its ``Notes``, which the watch reads."""
+    service = unique_service()
+    async with ConsulDouble() as double:
+        owner = ConsulRegistry(ConsulOptions(addr=double.addr, ttl_s=9.0,
+                                             request_timeout_s=1.0))
+        try:
+            a = make_instance(service, 1)
+            await owner.register(a)
+            async with (aiohttp.ClientSession() as http,
+                        http.get(f"{double.url}/v1/health/service/{service}") as resp):
+                entries = await resp.json()
+            (entry,) = entries
+            (check,) = [c for c in entry["Checks"] if c["ServiceID"] == a.instance_id]
+            assert check["Definition"] == {}  # as an agent answers
+            assert _checks_grace_s(entry["Checks"], a.instance_id, 3.0) == 9.0
+        finally:
+            await owner.close()
+
+
+def test_a_ttl_in_notes_of_another_kind_is_not_read() -> None:
+    checks = [{"ServiceID": "a", "Type": "ttl", "Notes": "TTL 1h", "Definition": {}},
+              {"ServiceID": "a", "Type": "ttl", "Definition": {},
+               "Notes": "meshkit heartbeat, TTL " + "9" * 100 + "h"}]
+    assert _checks_grace_s(checks, "a", 7.0) == 7.0
