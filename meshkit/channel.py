@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import re
 import time
 import warnings
@@ -291,37 +292,62 @@ class _StorageRefusals:
     down: no endpoint's outcome) from one of an endpoint's own way to it (a wrong
     password or URI on one replica, its network, its breaker: its outcome, ejected and
     penalised as any ``UNAVAILABLE``, or a replica failing every limited call fast kept
-    its share of calls for good). A refusal is the shared storage's when another
-    endpoint refused so within :data:`SHARED_REFUSAL_WINDOW_S`, or it is an endpoint's
-    first in that window (nothing to tell by yet); the endpoint's own once the other
-    endpoints were sent :data:`_PEER_CALLS` calls since its first (``Endpoint.calls``,
-    read here: nothing on the success path) and none of them refused so. One per
-    channel, on its loop; the failure path only. ``pool``: the channel's endpoint pool
-    (its ``endpoints`` by key, read at each refusal)."""
+    its share of calls for good). A refusal is the shared storage's when most of the
+    endpoints taking calls (more than half of those sent one in the last one to two
+    :data:`SHARED_REFUSAL_WINDOW_S`, this one included) refused so within
+    :data:`SHARED_REFUSAL_WINDOW_S`, or it is an endpoint's first in that window
+    (nothing to tell by yet); the endpoint's own once the other endpoints were sent
+    :data:`_PEER_CALLS` calls since its first (``Endpoint.calls``, read here: nothing on
+    the success path) while at most half of them refused so. Not "another endpoint
+    refused": two broken replicas (a zone cut off from the storage, a rollout's wrong
+    password on two pods) then vouched for each other, never ejected. Not "half the
+    pool": under a zone preference (``PreferZone``) the pool holds the other zones'
+    endpoints too, taking no calls, and a shared outage read as the local replicas' own
+    ejected them. One per channel, on its loop; the failure path only (O(endpoints) per
+    refusal). ``pool``: the channel's endpoint pool (its ``endpoints`` by key, read at
+    each refusal; an endpoint that left it counts no more)."""
 
-    __slots__ = ("_last", "_pool")
+    __slots__ = ("_cur", "_cur_at", "_last", "_pool", "_prev")
 
     def __init__(self, pool: EndpointPool) -> None:
         self._pool = pool
         # key -> (time.monotonic() of its last refusal, the others' calls at its first)
         self._last: dict[str, tuple[float, int]] = {}
+        # each endpoint's calls (by key) at a refusal at least SHARED_REFUSAL_WINDOW_S
+        # ago (_prev: who took calls since), and at the latest roll (_cur, _cur_at)
+        self._prev: dict[str, int] = {}
+        self._cur: dict[str, int] = {}
+        self._cur_at = -math.inf
 
     def shared(self, ep: Endpoint) -> bool:
         """Note ``ep``'s refusal; whether it is the shared storage's (see the class).
         Entries older than :data:`SHARED_REFUSAL_WINDOW_S` are dropped (bounded by the
-        endpoints refusing within it)."""
+        endpoints refusing within it; the calls snapshots by the pool's endpoints)."""
         now = time.monotonic()
         last = self._last
-        shared = False
-        for key, (at, _) in list(last.items()):
-            if now - at > SHARED_REFUSAL_WINDOW_S:
-                del last[key]
-            elif key != ep.key:
-                shared = True
+        endpoints = self._pool.endpoints
+        if now - self._cur_at >= SHARED_REFUSAL_WINDOW_S:
+            self._prev = self._cur
+            self._cur = {k: e.calls for k, e in endpoints.items()}
+            self._cur_at = now
+        prev = self._prev
         key = ep.key
-        others: int = sum(e.calls for e in self._pool.endpoints.values()) - ep.calls
+        refusing = 1  # ep
+        for k, (at, _) in list(last.items()):
+            if now - at > SHARED_REFUSAL_WINDOW_S:
+                del last[k]
+            elif k != key and k in endpoints:
+                refusing += 1
+        total = 0
+        taking = 0  # endpoints sent a call since the _prev snapshot
+        for k, e in endpoints.items():
+            calls = e.calls
+            total += calls
+            if calls > prev.get(k, 0):
+                taking += 1
+        others = total - ep.calls
         entry = last.get(key)
-        if shared or entry is None:
+        if refusing * 2 > max(taking, refusing) or entry is None:
             last[key] = (now, others)
             return True
         last[key] = (now, entry[1])
@@ -335,9 +361,9 @@ def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError, ep: Endpoint,
     server's deadline admission refusal (``meshkit-deadline-refused``: the request's
     deadline was short, :func:`~meshkit.resilience._deadline.admission_refusal`), or a
     server's fail-closed rate-limit refusal (``meshkit-ratelimit-unavailable``,
-    :func:`~meshkit.resilience.ratelimit.storage_refusal`) while another endpoint refuses
-    so too (``refusals``: the rate-limit storage the replicas share is down; one refusing
-    alone is its own failure). The failure path only."""
+    :func:`~meshkit.resilience.ratelimit.storage_refusal`) while most endpoints refuse so
+    too (``refusals``: the rate-limit storage the replicas share is down; one refusing
+    alone or with a few others is its own failure). The failure path only."""
     details = exc.details()
     trailers = exc.trailing_metadata()
     return _refused_here(code, details, exc.initial_metadata(), trailers) or (
@@ -2382,7 +2408,7 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
             or _refused_here(code, await call.details(), await call.initial_metadata(),
                              trailers)):
         # its credentials failed here, or the server's rate-limit storage (shared by the
-        # replicas, another refusing so too) is down and it fails closed: no endpoint's
+        # replicas, most refusing so too) is down and it fails closed: no endpoint's
         # outcome, as a unary one's
         done(_CANCELLED, latency)
         return

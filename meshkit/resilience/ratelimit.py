@@ -129,12 +129,13 @@ outlier-ejection failure (``UNAVAILABLE`` is in ``OutlierOptions.failure_codes``
 default), not P2C's overload penalty. Without it an outage of the storage every replica
 shares (Redis) ejected up to ``max_ejection_percent`` of healthy replicas, which stayed
 out for ``base_ejection_s`` after the storage came back. A replica refusing so *alone*
-(its own way to the storage broken: a wrong password or URI, its network; the others
-reaching it and answering) is counted as failing, as any ``UNAVAILABLE``, or it would
-fail its share of the calls for good: the client counts a refusal as the shared storage's
-when another endpoint refused so within ``meshkit.channel.SHARED_REFUSAL_WINDOW_S`` (ten
-seconds) or it is an endpoint's first in that window, and as the endpoint's own once the
-other endpoints took a few calls since without refusing so. It is no nack
+or with a few others (its own way to the storage broken: a wrong password or URI, its
+network, its zone cut off; most replicas reaching it and answering) is counted as
+failing, as any ``UNAVAILABLE``, or it would fail its share of the calls for good: the
+client counts a refusal as the shared storage's when more than half of its endpoints
+refused so within ``meshkit.channel.SHARED_REFUSAL_WINDOW_S`` (ten seconds) or it is an
+endpoint's first in that window, and as the endpoint's own once the other endpoints took
+a few calls since, at most half of the endpoints refusing so. It is no nack
 (:func:`~meshkit.resilience.is_nack`), so gRFC A6 semantics hold: a client retries it
 only as the method's retry policy says for ``UNAVAILABLE`` (within its retry budget), not
 on another endpoint whatever the method, since another replica, sharing the storage,
@@ -299,10 +300,10 @@ def storage_refusal(code: grpc.StatusCode, trailing_metadata: Any) -> bool:
     the cause is the rate-limit storage the replicas share (Redis), not the endpoint: a
     mesh channel does not count it against the endpoint for outlier ejection
     (``OutlierOptions.failure_codes``) nor as a P2C failure or latency sample while
-    other endpoints refuse so too, or an outage of the shared storage ejected up to
+    most other endpoints refuse so too, or an outage of the shared storage ejected up to
     ``max_ejection_percent`` of healthy replicas, kept out for ``base_ejection_s`` after
-    the storage came back; one endpoint refusing so alone, its peers answering, is
-    counted as failing (module docstring). It is no
+    the storage came back; an endpoint refusing so alone or with a few others, most
+    peers answering, is counted as failing (module docstring). It is no
     nack (:func:`~meshkit.resilience.is_nack`): retried only as the method's retry
     policy says for ``UNAVAILABLE`` (gRFC A6), since another replica, sharing the
     storage, would most likely refuse it too. Asked on the failure path only."""
@@ -595,11 +596,11 @@ class RateLimitOptions:
             ``"deny"`` (fail closed, ``UNAVAILABLE`` with the trailer
             ``meshkit-ratelimit-unavailable: 1``) when the storage fails or is slower
             than ``storage_timeout_s``, or its breaker is open. Mesh clients count such a
-            refusal against no endpoint while the replicas refuse so together (no
+            refusal against no endpoint while most replicas refuse so together (no
             outlier ejection, no P2C penalty: the storage is shared, the replica is
-            healthy), against the replica refusing so alone (its own way to the storage
-            is broken), and retry it only as the method's retry policy says for
-            ``UNAVAILABLE`` (module docstring).
+            healthy), against a replica refusing so alone or with a few others, most
+            answering (its own way to the storage is broken), and retry it only as
+            the method's retry policy says for ``UNAVAILABLE`` (module docstring).
         key: caller key function ``(method, context) -> str``, a plain function (not
             ``async def``: see :data:`KeyFunc`); default :func:`by_peer`.
         key_prefix: first part of every storage key (default ``"meshkit"``), so several
@@ -2306,7 +2307,7 @@ class RateLimitInterceptor(WrappingInterceptor):
     2**31 - 1 ms: module docstring);
     failing closed ends it with ``UNAVAILABLE`` and trailing metadata
     :data:`STORAGE_REFUSAL_METADATA` (any :class:`Rejection` with that code: the limiter
-    could not decide), which mesh clients count against no endpoint while the replicas
+    could not decide), which mesh clients count against no endpoint while most replicas
     refuse so together. The check runs on
     the event loop; a plain-function (synchronous) handler then runs in a thread, as
     grpc.aio runs it
