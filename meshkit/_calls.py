@@ -2080,10 +2080,12 @@ async def _wait_for_connection(call: Any) -> None:
     then, as grpc.aio's after that wait (``CancelledError`` for a cancelled call).
     Cancelling the wait leaves the call alone, as grpc.aio's. An attempt through attempt
     interceptors (grpc.aio's intercepted call) waits as its ``wait_for_connection``
-    does, for its interceptors' call, then for that one's connection, so bounded."""
+    does, for its interceptors' call, then for that one's connection, so bounded; its
+    interceptors' run shielded (grpc.aio's awaits it bare: a timed-out wait cancelled the
+    attempt, an interceptor still at work, and the call ended ``CANCELLED``)."""
     task = getattr(call, "_interceptors_task", None)
     if isinstance(task, asyncio.Future):
-        await _wait_for_connection(await task)
+        await _wait_for_connection(await asyncio.shield(task))
         return
     sent = getattr(call, "_metadata_sent", None)
     if sent is not None and not sent.is_set():
