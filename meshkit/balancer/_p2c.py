@@ -40,7 +40,8 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL``, ``DATA_LOSS``) counts as at least
   ``overload_penalty_s`` of latency, so a shedding endpoint, or one failing fast on every
   call, gets less traffic instead of more for being quick;
-* an endpoint added after the first discovery answer ramps up over ``slow_start_s``: its
+* an endpoint added after the first discovery answer ramps up over ``slow_start_s``,
+  from its first READY after it was added (from its addition if it was READY then): its
   ``weight`` grows linearly from ``slow_start_min_weight`` to 1, and when it wins a pick
   it keeps it with probability ``weight / mean weight`` (the mean over all endpoints, 1
   for those whose ramp is over), so it gets about ``weight`` of its fair share, weights
@@ -54,6 +55,12 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   decay), 30 beside 10 about 28 % (Envoy: 23 %); checking only the first winner's
   weight gave 32 % and 65 %. With no endpoint past its ramp, nothing yields. (Dividing
   its load by the weight instead would make a winner-take-all comparison starve it.)
+  Counted from its addition, the ramp of a newcomer still connecting for longer than
+  ``slow_start_s`` (a server registered before its port listens, a first connection
+  refused and retried on grpc's backoff) was over when it turned READY, and it took
+  its full share at once, more under load (no sample: its peers' mean, nothing
+  pending); Envoy starts a host's slow start at its first passed health check
+  (``tests/test_hunt42_h10_p2c_slow_start_from_ready.py``).
 
 ``pending`` counts outstanding requests: a call from its pick until its response starts,
 as Finagle's ``p2cPeakEwma`` and Linkerd/tower's ``PeakEwma`` (``CompleteOnResponse``)
@@ -127,7 +134,9 @@ class P2COptions:
         overload_penalty_s: minimum latency charged for ``RESOURCE_EXHAUSTED``,
             ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL`` and ``DATA_LOSS`` answers, seconds
             (0.25).
-        slow_start_s: ramp-up window of endpoints added later, seconds; 0 disables (5.0).
+        slow_start_s: ramp-up window of endpoints added later, from their first READY
+            after they were added (from their addition if READY then), seconds; 0
+            disables (5.0).
         slow_start_min_weight: weight at the start of the ramp, (0, 1] (0.1).
 
     Raises:
@@ -369,6 +378,30 @@ class StreamPending:
         self._done(code, latency_s)
 
 
+class _ReadyWatch(StateIndex):
+    """The P2C's endpoints by state, which also starts the slow start of a newcomer that
+    was not READY when added (``waiting``, set by :meth:`P2C.update`) at its first
+    READY: at a state change, nothing per pick. It holds no reference to its P2C (the
+    endpoints hold their indexes: no cycle for the garbage collector)."""
+
+    __slots__ = ("clock", "restarted", "waiting")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.clock = clock
+        # newcomers not READY yet: key -> their statistics, whose ramp starts at READY
+        self.waiting: dict[str, _Stat] = {}
+        self.restarted = False  # a ramp started since P2C._ramps last summed them
+
+    def _moved(self, ep: Endpoint, old: EndpointState) -> None:
+        super()._moved(ep, old)
+        if self.waiting and ep._state is _READY and ep in self:
+            st = self.waiting.pop(ep.key, None)
+            if st is not None:
+                st.added_at = self.clock()
+                self.restarted = True
+
+
 class P2C:
     """Power of two choices over peak-EWMA load; see the module docstring.
 
@@ -400,7 +433,7 @@ class P2C:
         self._eps: tuple[Endpoint, ...] = ()
         # the endpoints by state (kept by their state's setter): a draw when the first
         # two drawn are not both READY is O(1), not a scan of every endpoint
-        self._by_state = StateIndex()
+        self._by_state = _ReadyWatch(clock)
         self._stats: dict[str, _Stat] = {}
         self._mean = _SampledMean(self._opts)
         self._seeded = False
@@ -416,11 +449,19 @@ class P2C:
         now = self._clock()
         # Endpoints of the first answer are not slow-started: there is nothing to protect.
         start = now if self._seeded else now - self._opts.slow_start_s
+        # a newcomer not READY yet starts its ramp at its first READY (_ReadyWatch)
+        ramps = self._seeded and self._opts.slow_start_s > 0
+        waiting = self._by_state.waiting
+        waits: dict[str, _Stat] = {}
         stats = {}
         for ep in endpoints:
             st = self._stats.get(ep.key)
             if st is None or st.address != ep.address:
                 st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
+                if ramps and ep.state is not _READY:
+                    waits[ep.key] = st
+            elif waiting.get(ep.key) is st:  # still waiting for its first READY
+                waits[ep.key] = st
             stats[ep.key] = st
         for key, st in self._stats.items():
             if stats.get(key) is not st:  # gone (or replaced): a call that ends after it
@@ -428,6 +469,7 @@ class P2C:
         self._stats = stats
         self._mean.reset(stats, now)
         self._eps = tuple(endpoints)
+        self._by_state.waiting = waits
         self._by_state.track(self._eps)
         self._ramps_until = -math.inf  # _ramps: made afresh
         if endpoints:
@@ -451,7 +493,9 @@ class P2C:
 
     def weight(self, ep: Endpoint, now: float | None = None) -> float:
         """Slow-start weight of ``ep`` in (0, 1] (module docstring): a pick it wins is
-        kept with probability this over the mean weight of the endpoints."""
+        kept with probability this over the mean weight of the endpoints. A newcomer's
+        ramp counts from its first READY after it was added (from its addition if it
+        was READY then)."""
         ss = self._opts.slow_start_s
         if ss <= 0:
             return 1.0
@@ -632,11 +676,14 @@ class P2C:
 
     def _ramps(self, now: float) -> tuple[tuple[Endpoint, ...], float]:
         """The endpoints whose slow start is over at ``now``, and the mean weight of all
-        endpoints. Kept until the next ramp ends, the next update, or ``_RAMP_STEP`` of
+        endpoints. Kept until the next ramp ends, the next update, a newcomer's ramp
+        starting at its first READY (_ReadyWatch), or ``_RAMP_STEP`` of
         ``slow_start_s`` (a weight moves by 0.02 at most meanwhile), so a pick a newcomer
         wins reads them in O(1); remade in O(n)."""
-        if now < self._ramps_until:
+        watch = self._by_state
+        if now < self._ramps_until and not watch.restarted:
             return self._settled, self._mean_weight
+        watch.restarted = False
         ss = self._opts.slow_start_s
         low = self._opts.slow_start_min_weight
         settled = []
