@@ -857,7 +857,15 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
         run = contextvars.copy_context().run
         if executor is None:  # a grpc.aio server of your own: the default executor
             job = None
-            running = loop.run_in_executor(None, run, _call_sync, behaviour, request, sync)
+            once = _Abandonable()
+            try:
+                running = loop.run_in_executor(None, once, run, _call_sync, behaviour,
+                                               request, sync)
+            except RuntimeError as exc:  # the job may be queued: it must never run
+                once.abandoned = True
+                sync.end()
+                await refuse_no_thread(context)
+                raise NoHandlerThread(*exc.args) from exc  # (a context whose abort did not)
         else:  # run_in_executor's own steps, the job kept
             try:
                 job = executor.submit(run, _call_sync, behaviour, request, sync)
@@ -901,6 +909,24 @@ async def refuse_no_thread(context: Any) -> None:
 
     context.set_trailing_metadata((NACK_METADATA,))
     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
+
+
+class _Abandonable:
+    """A unary call's job on the loop's default executor, ``fn(*args)`` unless
+    :attr:`abandoned`: ``ThreadPoolExecutor`` queues a job before it starts the thread
+    to run it, so one whose ``submit`` raised (``can't start new thread``) still runs on
+    the next thread started, its call answered long before (the handler of a call its
+    caller was told had failed ran anyway)."""
+
+    __slots__ = ("abandoned",)
+
+    def __init__(self) -> None:
+        self.abandoned = False
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.abandoned:
+            return None
+        return fn(*args)
 
 
 def _ended_early(context: Any, sync: _SyncContext, job: Future[Any] | None,
@@ -983,14 +1009,24 @@ class _Pump:
 
         Raises:
             NoHandlerThread: ``executor`` has no thread and none can start (nothing
-                queued: the call is refused, see :func:`refuse_no_thread`).
+                queued), or the loop's default executor could not take the job (no
+                thread could start: ``ThreadPoolExecutor`` queued it first, and it does
+                nothing if it runs; or it was shut down): the call is refused, see
+                :func:`refuse_no_thread`.
             RuntimeError: ``executor`` was shut down (the call then fails ``UNKNOWN``).
         """
         context = self._context
         _OUTLIVING[context] = self.outliving
         try:
             if executor is None:
-                self._loop.run_in_executor(None, run, self._run, first, it, make)
+                try:
+                    self._loop.run_in_executor(None, run, self._run, first, it, make)
+                except RuntimeError as exc:
+                    # ThreadPoolExecutor queued the job before the thread it could not
+                    # start (or was shut down): the job, if it runs, finds the stream
+                    # stopped and does nothing
+                    self._asks.put(_STOP)
+                    raise NoHandlerThread(*exc.args) from exc
             else:
                 self._job = executor.submit(run, self._run, first, it, make)
         except BaseException:
