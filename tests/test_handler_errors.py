@@ -29,6 +29,7 @@ from tests.support.echo import method as echo_method
 
 _SERVICE = "errs.v1.Errs"
 _SECRET = "postgres://app:hunter2@db.internal/orders"
+_REDACTED_SECRET = "postgres://[REDACTED]@db.internal/orders"  # as the server's log shows it
 
 
 def _m(name: str) -> str:
@@ -801,7 +802,8 @@ def test_the_server_log_holds_the_exception_with_its_traceback(
         tmp_path: Path, logs: str) -> None:
     """Under ``configure_logging(json=True)`` the server's line is one JSON object: event
     ``unhandled exception``, ``method``, ``error_type`` and an ``exception`` field holding
-    the traceback. Unconfigured, the line and its traceback reach stderr through the
+    the traceback (a URL's user info in it redacted). Unconfigured, the line and its
+    traceback reach stderr through the
     standard library (nothing on stdout). The caller printed UNKNOWN without the text."""
     proc = subprocess.run([sys.executable, "-c", _JSON_PROCESS, str(tmp_path / "r"), logs],
                           capture_output=True, text=True, timeout=60, check=False,
@@ -812,14 +814,17 @@ def test_the_server_log_holds_the_exception_with_its_traceback(
     assert "Unexpected [" not in proc.stderr  # grpc.aio logged nothing of its own
     if logs == "unconfigured":
         assert "unhandled exception" in proc.stderr and _m("Unary") in proc.stderr
-        assert "Traceback" in proc.stderr and _SECRET in proc.stderr
+        # the text with the URL's user info redacted (2afced2e): the password never logged
+        assert "Traceback" in proc.stderr and _REDACTED_SECRET in proc.stderr
+        assert "hunter2" not in proc.stderr
         return
     lines = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
     errs = [ln for ln in lines if ln.get("event") == "unhandled exception"]
     assert len(errs) == 1, proc.stderr
     err = errs[0]
     assert (err["level"], err["method"], err["error_type"]) == ("error", _m("Unary"), "_Boom")
-    assert err["exception"].startswith("Traceback") and _SECRET in err["exception"]
+    assert err["exception"].startswith("Traceback") and _REDACTED_SECRET in err["exception"]
+    assert "hunter2" not in proc.stderr
 
 
 def _count(metrics: Any, name: str, **labels: str) -> float:
