@@ -17,6 +17,7 @@ import functools
 import inspect
 import queue
 import threading
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -864,8 +865,9 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
             except RuntimeError as exc:  # the job may be queued: it must never run
                 once.abandoned = True
                 sync.end()
+                refused = _no_default_thread(exc)
                 await refuse_no_thread(context)
-                raise NoHandlerThread(*exc.args) from exc  # (a context whose abort did not)
+                raise refused from exc  # (a context whose abort did not)
         else:  # run_in_executor's own steps, the job kept
             try:
                 job = executor.submit(run, _call_sync, behaviour, request, sync)
@@ -909,6 +911,31 @@ async def refuse_no_thread(context: Any) -> None:
 
     context.set_trailing_metadata((NACK_METADATA,))
     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
+
+
+_NO_DEFAULT_THREAD_WARN_S = 60.0
+"""The least seconds between two warnings that the loop's default executor could not
+take a plain-function handler's job (see :func:`_no_default_thread`)."""
+_NO_DEFAULT_THREAD_WARNED_AT: float | None = None  # time.monotonic() of the last one
+
+
+def _no_default_thread(exc: RuntimeError) -> NoHandlerThread:
+    """The :class:`~meshkit._threads.NoHandlerThread` for a call the loop's default
+    executor could not take (``exc``: ``run_in_executor``'s ``RuntimeError``, ``can't
+    start new thread`` or the executor shut down; the call is refused "server busy",
+    see :func:`refuse_no_thread`), after a warning of the ``meshkit.server`` logger with
+    ``exc``'s text, at most once every :data:`_NO_DEFAULT_THREAD_WARN_S` seconds (a
+    ``ThreadPoolExecutor`` does not say when a start works again): else every such call
+    was refused without a line in the server's log. Failure path only."""
+    global _NO_DEFAULT_THREAD_WARNED_AT
+    now = time.monotonic()
+    last = _NO_DEFAULT_THREAD_WARNED_AT
+    if last is None or now - last >= _NO_DEFAULT_THREAD_WARN_S:
+        _NO_DEFAULT_THREAD_WARNED_AT = now
+        _log.warning("could not start a thread of the loop's default executor for a "
+                     "plain-function handler: calls are refused 'server busy'",
+                     error=str(exc) or repr(exc))
+    return NoHandlerThread(*exc.args)
 
 
 class _Abandonable:
@@ -1026,7 +1053,7 @@ class _Pump:
                     # start (or was shut down): the job, if it runs, finds the stream
                     # stopped and does nothing
                     self._asks.put(_STOP)
-                    raise NoHandlerThread(*exc.args) from exc
+                    raise _no_default_thread(exc) from exc
             else:
                 self._job = executor.submit(run, self._run, first, it, make)
         except BaseException:
