@@ -899,10 +899,14 @@ async def refuse_no_thread(context: Any) -> None:
     """Refuse a call whose plain-function handler could not be given a thread: the
     server's pool had none and none could start (``can't start new thread``: a
     container's ``pids.max``, ``RLIMIT_NPROC``;
-    :class:`~meshkit._threads.NoHandlerThread`, nothing queued), so none of the
+    :class:`~meshkit._threads.NoHandlerThread`, nothing queued; or the loop's default
+    executor could not take the job, which then does nothing if it runs), so none of the
     handler's code ran. Answered as the request gate sheds a call none of whose code
     ran: ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (``meshkit-nack:
-    1``), which a meshkit client retries on another endpoint whatever the method (an
+    1``), which a meshkit client retries on another endpoint as its retry rules say for
+    a nack (:mod:`meshkit.resilience`): a unary call whatever the method, a
+    stream-unary one whose request can be sent again (a list, not a generator), a
+    unary-stream one when its method is safe to repeat, a bidi stream not (an
     ``UNAVAILABLE`` is believed a nack only with a draining server's details, which
     would also tell the balancer this endpoint is leaving); not ``UNKNOWN``, which says
     the handler failed. Raises the abort (``grpc.aio.AbortError``)."""
