@@ -40,7 +40,9 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL``, ``DATA_LOSS``) counts as at least
   ``overload_penalty_s`` of latency, so a shedding endpoint, or one failing fast on every
   call, gets less traffic instead of more for being quick;
-* an endpoint added after the first discovery answer ramps up over ``slow_start_s``,
+* an endpoint added after the first discovery answer (once one of the endpoints has
+  been READY: the pool hands a large first answer over ``BUILD_BATCH`` at a time, and the
+  later batches are part of the cold start too) ramps up over ``slow_start_s``,
   from its first READY after it was added (from its addition if it was READY then): its
   ``weight`` grows linearly from ``slow_start_min_weight`` to 1, and when it wins a pick
   it keeps it with probability ``weight / mean weight`` (the mean over all endpoints, 1
@@ -134,9 +136,10 @@ class P2COptions:
         overload_penalty_s: minimum latency charged for ``RESOURCE_EXHAUSTED``,
             ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL`` and ``DATA_LOSS`` answers, seconds
             (0.25).
-        slow_start_s: ramp-up window of endpoints added later, from their first READY
-            after they were added (from their addition if READY then), seconds; 0
-            disables (5.0).
+        slow_start_s: ramp-up window of endpoints added later (after one of the
+            endpoints has been READY: none of a first answer, however many updates
+            bring it), from their first READY after they were added (from their
+            addition if READY then), seconds; 0 disables (5.0).
         slow_start_min_weight: weight at the start of the ramp, (0, 1] (0.1).
 
     Raises:
@@ -384,7 +387,7 @@ class _ReadyWatch(StateIndex):
     READY: at a state change, nothing per pick. It holds no reference to its P2C (the
     endpoints hold their indexes: no cycle for the garbage collector)."""
 
-    __slots__ = ("clock", "restarted", "waiting")
+    __slots__ = ("clock", "restarted", "served", "waiting")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__()
@@ -392,9 +395,14 @@ class _ReadyWatch(StateIndex):
         # newcomers not READY yet: key -> their statistics, whose ramp starts at READY
         self.waiting: dict[str, _Stat] = {}
         self.restarted = False  # a ramp started since P2C._ramps last summed them
+        # a member has been READY: the cold start is over, an endpoint added now ramps
+        # (P2C.update; a first answer comes in several updates, BUILD_BATCH at a time)
+        self.served = False
 
     def _moved(self, ep: Endpoint, old: EndpointState) -> None:
         super()._moved(ep, old)
+        if not self.served and ep._state is _READY and ep in self:
+            self.served = True
         if self.waiting and ep._state is _READY and ep in self:
             st = self.waiting.pop(ep.key, None)
             if st is not None:
@@ -420,7 +428,7 @@ class P2C:
     """
 
     __slots__ = ("_by_state", "_clock", "_eps", "_mean", "_mean_weight", "_opts",
-                 "_ramps_until", "_rng", "_seeded", "_settled", "_stats")
+                 "_ramps_until", "_rng", "_settled", "_stats")
 
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -436,7 +444,6 @@ class P2C:
         self._by_state = _ReadyWatch(clock)
         self._stats: dict[str, _Stat] = {}
         self._mean = _SampledMean(self._opts)
-        self._seeded = False
         # the endpoints whose slow start is over and the mean weight, until _ramps_until
         # (_ramps)
         self._settled: tuple[Endpoint, ...] = ()
@@ -448,9 +455,13 @@ class P2C:
         and address) are kept, an endpoint at a new address starts as a newcomer."""
         now = self._clock()
         # Endpoints of the first answer are not slow-started: there is nothing to protect.
-        start = now if self._seeded else now - self._opts.slow_start_s
+        # Nor those added while no endpoint has been READY yet: the pool hands a large
+        # first answer over in batches (BUILD_BATCH a turn of the loop), and ramping the
+        # later ones sent the first batch's (the same for every client) twice its share.
+        seeded = self._by_state.served
+        start = now if seeded else now - self._opts.slow_start_s
         # a newcomer not READY yet starts its ramp at its first READY (_ReadyWatch)
-        ramps = self._seeded and self._opts.slow_start_s > 0
+        ramps = seeded and self._opts.slow_start_s > 0
         waiting = self._by_state.waiting
         waits: dict[str, _Stat] = {}
         stats = {}
@@ -472,8 +483,8 @@ class P2C:
         self._by_state.waiting = waits
         self._by_state.track(self._eps)
         self._ramps_until = -math.inf  # _ramps: made afresh
-        if endpoints:
-            self._seeded = True
+        if self._by_state.count(_READY):  # (READY when added: no _moved)
+            self._by_state.served = True
 
     def load(self, ep: Endpoint, now: float | None = None) -> float:
         """The load score of ``ep`` (seconds of expected wait), as :meth:`pick` compares."""
