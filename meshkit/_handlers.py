@@ -863,11 +863,13 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
                 running = loop.run_in_executor(None, once, run, _call_sync, behaviour,
                                                request, sync)
             except RuntimeError as exc:  # the job may be queued: it must never run
-                once.abandoned = True
-                sync.end()
-                refused = _no_default_thread(exc)
-                await refuse_no_thread(context)
-                raise refused from exc  # (a context whose abort did not)
+                if once.claim():
+                    sync.end()
+                    refused = _no_default_thread(exc)
+                    await refuse_no_thread(context)
+                    raise refused from exc  # (a context whose abort did not)
+                # a worker took the job before the start failed: its handler runs
+                running = once.outcome_on(loop)
         else:  # run_in_executor's own steps, the job kept
             try:
                 job = executor.submit(run, _call_sync, behaviour, request, sync)
@@ -943,21 +945,73 @@ def _no_default_thread(exc: RuntimeError) -> NoHandlerThread:
 
 
 class _Abandonable:
-    """A unary call's job on the loop's default executor, ``fn(*args)`` unless
-    :attr:`abandoned`: ``ThreadPoolExecutor`` queues a job before it starts the thread
-    to run it, so one whose ``submit`` raised (``can't start new thread``) still runs on
+    """A unary call's job on the loop's default executor: ``fn(*args)`` unless the call
+    was refused first. ``ThreadPoolExecutor`` queues a job before it starts the thread
+    to run it: one whose ``submit`` raised (``can't start new thread``) still runs on
     the next thread started, its call answered long before (the handler of a call its
-    caller was told had failed ran anyway)."""
+    caller was told had failed ran anyway); and a worker freed up while the start was
+    under way may already have taken it (the start releases the GIL) when ``submit``
+    raises. So the job and the refusal each :meth:`claim` the call, and one of them
+    wins: a job that started first is the call's answer (:meth:`outcome_on`), a refused
+    call's job does nothing. Per call: a small list and a tuple."""
 
-    __slots__ = ("abandoned",)
+    __slots__ = ("_claim", "_loop", "_outcome", "_report", "_waiter")
 
     def __init__(self) -> None:
-        self.abandoned = False
+        self._claim: list[None] = [None]  # popped by the first to claim (atomic)
+        self._report: list[None] = [None]  # popped by the first of: outcome, a waiter
+
+    def claim(self) -> bool:
+        """Whether the caller claimed the call first (the job to run it; the loop to
+        refuse it)."""
+        try:
+            self._claim.pop()
+        except IndexError:
+            return False
+        return True
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.abandoned:
+        if not self.claim():  # refused first: never run
             return None
-        return fn(*args)
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            self._hand((False, exc))
+            raise
+        self._outcome = (True, result)  # _hand's, inline (every call)
+        try:
+            self._report.pop()
+        except IndexError:
+            self._hand(self._outcome)
+        return result
+
+    def _hand(self, outcome: tuple[bool, Any]) -> None:
+        self._outcome = outcome
+        try:
+            self._report.pop()
+        except IndexError:  # a waiter was set first (outcome_on): answer it
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._answer)
+
+    def _answer(self) -> None:
+        ok, value = self._outcome
+        if not self._waiter.done():
+            if ok:
+                self._waiter.set_result(value)
+            else:
+                self._waiter.set_exception(value)
+
+    def outcome_on(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """On ``loop``, after :meth:`claim` said the job started first (its executor's
+        ``submit`` raised, its future lost): a future of the job's outcome (failure path
+        only)."""
+        self._loop = loop
+        self._waiter: asyncio.Future[Any] = loop.create_future()
+        try:
+            self._report.pop()
+        except IndexError:  # the job has its outcome already
+            self._answer()
+        return self._waiter
 
 
 def _ended_early(context: Any, sync: _SyncContext, job: Future[Any] | None,
@@ -1018,12 +1072,15 @@ class _Pump:
     job is cancelled, as a unary call's; on the loop's default executor, whose jobs
     meshkit does not hold, the job ends as it starts)."""
 
-    __slots__ = ("_asks", "_context", "_job", "_loop", "finished", "outliving")
+    __slots__ = ("_asks", "_claim", "_context", "_job", "_loop", "finished", "outliving")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, context: Any) -> None:
         self._loop = loop
         self._context = context
         self._asks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # popped by the first of: the job starting, the loop refusing the call (a job on
+        # the loop's default executor whose submit raised may have been taken already)
+        self._claim: list[None] = [None]
         self._job: Future[None] | None = None
         self.finished = False
         self.outliving = _Outliving(loop)
@@ -1043,7 +1100,8 @@ class _Pump:
                 queued), or the loop's default executor could not take the job (no
                 thread could start: ``ThreadPoolExecutor`` queued it first, and it does
                 nothing if it runs; or it was shut down): the call is refused, see
-                :func:`refuse_no_thread`.
+                :func:`refuse_no_thread`; not when a worker freed up during the start
+                took the job first (the stream then runs as any other).
             RuntimeError: ``executor`` was shut down (the call then fails ``UNKNOWN``).
         """
         context = self._context
@@ -1054,10 +1112,12 @@ class _Pump:
                     self._loop.run_in_executor(None, run, self._run, first, it, make)
                 except RuntimeError as exc:
                     # ThreadPoolExecutor queued the job before the thread it could not
-                    # start (or was shut down): the job, if it runs, finds the stream
-                    # stopped and does nothing
-                    self._asks.put(_STOP)
-                    raise _no_default_thread(exc) from exc
+                    # start (or was shut down): the job, if it runs, finds the call
+                    # claimed and does nothing; unless a worker freed up during the start
+                    # took it first: then the stream runs
+                    if self._claimed():
+                        self._asks.put(_STOP)
+                        raise _no_default_thread(exc) from exc
             else:
                 self._job = executor.submit(run, self._run, first, it, make)
         except BaseException:
@@ -1091,6 +1151,14 @@ class _Pump:
         sync.end(keep=not self.finished)
         sync.run_callbacks()  # the call ended: its add_callback()s (see there)
 
+    def _claimed(self) -> bool:
+        """Whether the caller (the job starting; the loop refusing) came first."""
+        try:
+            self._claim.pop()
+        except IndexError:
+            return False
+        return True
+
     def _ended(self) -> None:
         """The stream's thread is done with it (or its job never ran)."""
         self.finished = True
@@ -1100,7 +1168,8 @@ class _Pump:
              make: Callable[[], Any] | None) -> None:
         """The thread's job: the whole stream (see the class). Never raises."""
         try:
-            if not self._asks.empty():  # stopped while it waited for a thread: never run
+            if not self._claimed() or not self._asks.empty():
+                # refused, or stopped while it waited for a thread: never run
                 fut = _STOP
             elif it is None:
                 assert make is not None
