@@ -735,8 +735,15 @@ class ServeOptions:
         handler_threads: how many threads run the server's plain-function (``def``, not
             ``async def``) handlers, a pool the server owns (threads named
             ``meshkit-handler-<service>_<n>``, each started when a call first needs it,
-            also grpc.aio's ``migration_thread_pool``), an int >= 1. Default ``None``:
-            Python's default for a thread pool, ``min(32, cpus + 4)`` (6 on 2 cores), as
+            also grpc.aio's ``migration_thread_pool``), an int >= 1. A thread that
+            cannot be started (``can't start new thread``: a container's ``pids.max``,
+            ``RLIMIT_NPROC``): with other threads in the pool the call waits for one of
+            them (a ``meshkit.server`` warning, once until a start works); with none it
+            is refused ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer
+            (``meshkit-nack: 1``), none of its handler run, which mesh clients send to
+            another endpoint as :mod:`meshkit.resilience`'s nack rules allow. Default
+            ``None``: Python's default for a thread pool, ``min(32, cpus + 4)`` (6 on 2
+            cores; the CPUs the process may run on, from Python 3.13), as
             many as the loop's default executor they ran in before. Calls admitted past
             it (each holding one of ``limits.max_concurrent_rpcs``, 32 by default, a
             plain request stream's too) wait for a thread, as a synchronous
