@@ -13,13 +13,7 @@ be loaded, and nothing reads the terminal. Files that cannot be read are named a
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pty
-import select
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -28,36 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshkit.auth._probe import handshake_problem
 from tests.auth.conftest import TD, Pki
+from tests.support.terminal import run_on_a_terminal
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _run_on_a_terminal(code: str, timeout_s: float) -> bytes:
-    """What ``python -c code`` writes on its terminal (a pseudo-terminal) within
-    ``timeout_s`` seconds; the process is killed then if it has not ended."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the test's interpreter, its path
-        os.execv(sys.executable, [sys.executable, "-c", code])
-    out, end = b"", time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:  # the child ended (EIO)
-                    break
-                if not data:
-                    break
-                out += data
-                if b"RESULT" in out and out.rstrip().endswith(b"END"):
-                    break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    return out
 
 
 def test_an_encrypted_key_file_is_no_terminal_prompt(pki: Pki, tmp_path: Path) -> None:
@@ -78,7 +45,7 @@ def test_an_encrypted_key_file_is_no_terminal_prompt(pki: Pki, tmp_path: Path) -
         print("RESULT", why)
         print("END")
     """)
-    out = _run_on_a_terminal(code, 30)
+    out = run_on_a_terminal(code, 30)
     assert b"pass phrase" not in out, out
     assert b"RESULT the client's certificate files could not be loaded" in out, out
     assert b"secret" not in out

@@ -15,78 +15,23 @@ callback that refuses: the error says the key file is encrypted and names it.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import os
-import pty
-import select
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 from meshkit.errors import RegistryError
 from tests.discovery.conformance import make_instance, unique_service
+from tests.support.terminal import encrypted_client_files, run_on_a_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _client_files(tmp_path: Path) -> tuple[str, str]:
-    """A self-signed client certificate and its key, encrypted with the pass phrase
-    ``secret-phrase``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshkit-client")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret-phrase")))
-    return str(cert_file), str(key_file)
-
-
-def _run_on_a_terminal(code: str, timeout_s: float) -> bytes:
-    """What ``python -c code`` writes on its terminal (a pseudo-terminal) within
-    ``timeout_s`` seconds; the process is killed then if it has not ended."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the test's interpreter
-        os.execv(sys.executable, [sys.executable, "-c", code])
-    out, end = b"", time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:  # the child ended (EIO)
-                    break
-                if not data:
-                    break
-                out += data
-                if out.rstrip().endswith(b"END"):
-                    break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    return out
-
-
 @pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
 def test_an_encrypted_client_key_is_no_terminal_prompt(tmp_path: Path, verify: bool) -> None:
-    cert_file, key_file = _client_files(tmp_path)
+    cert_file, key_file = encrypted_client_files(tmp_path)
     code = textwrap.dedent(f"""
         import asyncio, sys
         sys.path.insert(0, {str(Path.cwd())!r})
@@ -109,7 +54,7 @@ def test_an_encrypted_client_key_is_no_terminal_prompt(tmp_path: Path, verify: b
         asyncio.run(main())
         print("END")
     """)
-    out = _run_on_a_terminal(code, 9)
+    out = run_on_a_terminal(code, 9)
     assert b"Enter PEM" not in out, out
     assert b"RESULT" in out and b"END" in out, out
     assert b"is encrypted" in out and key_file.encode() in out, out
@@ -121,7 +66,7 @@ async def test_the_error_names_the_key_file(tmp_path: Path,
     prompt written on stderr."""
     if _terminal_attached():
         pytest.skip("a terminal is attached: the unfixed code would prompt on it")
-    cert_file, key_file = _client_files(tmp_path)
+    cert_file, key_file = encrypted_client_files(tmp_path)
     registry = ConsulRegistry(ConsulOptions(addr="https://127.0.0.1:9", cert_file=cert_file,
                                             key_file=key_file, request_timeout_s=2))
     try:

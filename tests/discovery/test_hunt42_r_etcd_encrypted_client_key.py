@@ -14,81 +14,25 @@ Consul registry's twin was fixed in 64c3df1a; this is the etcd registry's.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import os
-import pty
-import select
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshkit.discovery import EtcdOptions, EtcdRegistry
 from meshkit.errors import RegistryError
 from tests.discovery.conformance import make_instance, unique_service
+from tests.support.terminal import PHRASE, encrypted_client_files, run_on_a_terminal
 
 pytestmark = pytest.mark.timeout(60)
-
-_PHRASE = b"secret-phrase"
-
-
-def _client_files(tmp_path: Path) -> tuple[str, str]:
-    """A self-signed client certificate and its key, encrypted with ``_PHRASE``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshkit-client")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(_PHRASE)))
-    return str(cert_file), str(key_file)
-
-
-def _run_on_a_terminal(code: str, timeout_s: float) -> bytes:
-    """What ``python -c code`` writes on its terminal (a pseudo-terminal) within
-    ``timeout_s`` seconds; the process is killed then if it has not ended."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the test's interpreter
-        os.execv(sys.executable, [sys.executable, "-c", code])
-    out, end = b"", time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:  # the child ended (EIO)
-                    break
-                if not data:
-                    break
-                out += data
-                if out.rstrip().endswith(b"END"):
-                    break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    return out
 
 
 @pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
 def test_an_encrypted_client_key_is_no_terminal_prompt(tmp_path: Path, verify: bool) -> None:
     """From a shell: register() and services() fail at once with the reason; no prompt
     (before: 'Enter PEM pass phrase:' and the process waited there, the loop held)."""
-    cert_file, key_file = _client_files(tmp_path)
+    cert_file, key_file = encrypted_client_files(tmp_path)
     code = textwrap.dedent(f"""
         import asyncio, sys
         sys.path.insert(0, {str(Path.cwd())!r})
@@ -115,13 +59,13 @@ def test_an_encrypted_client_key_is_no_terminal_prompt(tmp_path: Path, verify: b
         asyncio.run(main())
         print("END")
     """)
-    out = _run_on_a_terminal(code, 15)
+    out = run_on_a_terminal(code, 15)
     assert b"Enter PEM" not in out, out
     results = [line for line in out.splitlines() if line.startswith(b"RESULT")]
     assert len(results) == 2 and b"END" in out, out
     for line in results:
         assert b"is encrypted" in line and key_file.encode() in line, out
-    assert _PHRASE not in out
+    assert PHRASE not in out
 
 
 async def test_the_error_names_the_key_file(tmp_path: Path,
@@ -130,7 +74,7 @@ async def test_the_error_names_the_key_file(tmp_path: Path,
     prompt written on stderr (before: 'OSError: [Errno 22] Invalid argument')."""
     if _terminal_attached():
         pytest.skip("a terminal is attached: the unfixed code would prompt on it")
-    cert_file, key_file = _client_files(tmp_path)
+    cert_file, key_file = encrypted_client_files(tmp_path)
     registry = EtcdRegistry(EtcdOptions(endpoints=("https://127.0.0.1:9",),
                                         cert_file=cert_file, key_file=key_file,
                                         request_timeout_s=1, operation_timeout_s=1))
@@ -144,7 +88,7 @@ async def test_the_error_names_the_key_file(tmp_path: Path,
     for error in (info.value, info2.value):
         assert "is encrypted" in str(error) and key_file in str(error), str(error)
         assert "ETCDCTL_KEY" in str(error)
-        assert _PHRASE.decode() not in str(error)
+        assert PHRASE.decode() not in str(error)
     assert "Enter PEM" not in capfd.readouterr().err
 
 
