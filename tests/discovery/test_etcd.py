@@ -731,8 +731,8 @@ async def test_the_key_check_costs_one_txn_per_ttl(
     most one request per four keep-alives (plus one, the first round's), and nothing else
     while no key is lost."""
     reg = EtcdRegistry(EtcdOptions(endpoints=(gateway.endpoint,), ttl_s=1,
-                                   keepalive_interval_s=0.25, request_timeout_s=0.5,
-                                   operation_timeout_s=0.5, backoff_base_s=0.01,
+                                   keepalive_interval_s=0.25, request_timeout_s=2.0,
+                                   operation_timeout_s=2.0, backoff_base_s=0.01,
                                    backoff_max_s=0.02))
     registries.append(reg)
     for n in (1, 2, 3):
