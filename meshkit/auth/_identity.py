@@ -216,9 +216,9 @@ class SpiffeId:
                 domain, empty / ``.`` / ``..`` path segments, query, fragment, port,
                 user info, any character outside ``[a-z0-9._-]`` in the trust domain or
                 ``[A-Za-z0-9._-]`` in a path segment (SPIFFE ID §2.1, §2.2; so also a
-                trailing newline), longer than 2048 bytes, or with a trust domain longer
-                than 255 bytes (§2.3); ``value`` neither ``str`` nor ``bytes`` (named by
-                its type).
+                trailing newline, or a lone surrogate), longer than 2048 bytes, or with
+                a trust domain longer than 255 bytes (§2.3); ``value`` neither ``str``
+                nor ``bytes`` (named by its type).
         """
         if isinstance(value, bytes):
             text = value.decode("utf-8", "replace")
@@ -226,7 +226,10 @@ class SpiffeId:
             text = value
         else:
             raise ConfigError(f"a SPIFFE ID is a str or bytes, got a {type(value).__name__}")
-        if len(text.encode()) > _MAX_ID_BYTES or not text.startswith("spiffe://"):
+        # surrogatepass: a lone surrogate (a non-UTF-8 byte's escape, os.environ) counts
+        # its three bytes here and is refused below as a character outside the grammar
+        if len(text.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES or not text.startswith(
+                "spiffe://"):
             raise ConfigError(f"not a SPIFFE ID: {text[:100]!r}")
         rest = text[len("spiffe://"):]
         td, slash, path = rest.partition("/")
