@@ -133,8 +133,8 @@ def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> 
         * ``etcd://host:2379[,host2:2379]`` or ``etcd+https://host:2379,...`` (query options
           as :meth:`EtcdRegistry.from_uri` documents); ``etcd://`` alone takes
           ``ETCDCTL_ENDPOINTS``; ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` and
-          ``ETCDCTL_INSECURE_TRANSPORT`` apply as etcdctl reads them, and
-          ``ETCDCTL_USER``/``ETCDCTL_PASSWORD`` are refused (:meth:`EtcdOptions.from_env`).
+          ``ETCDCTL_INSECURE_TRANSPORT`` apply as etcdctl reads them, and so do
+          ``ETCDCTL_USER``/``ETCDCTL_PASSWORD`` (:meth:`EtcdOptions.from_env`).
 
     Raises:
         ConfigError: ``uri`` is no string (``None``, a ``pathlib.Path``, ``bytes``: named

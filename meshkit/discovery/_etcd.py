@@ -380,6 +380,37 @@ def _parse_endpoint(text: str, default_scheme: str) -> str:
     return f"{scheme or default_scheme}://{host}:{port or DEFAULT_PORT}"
 
 
+def _env_credentials(env: Mapping[str, str]) -> dict[str, Any]:
+    """``user`` and ``password`` from etcdctl's ``ETCDCTL_USER``/``ETCDCTL_PASSWORD``, as
+    etcdctl reads ``--user``/``--password`` (``authCfgFromCmd``): with a password the user
+    is taken whole, else ``name:password`` is split at the first ``:``. Taken as they are
+    (a password may begin or end with a space); empty counts as unset.
+
+    Raises:
+        ConfigError: a user without a password (etcdctl asks for it on the terminal),
+            or a password without a user (etcdctl drops it): the variables named, their
+            values never quoted.
+    """
+    user, password = env.get("ETCDCTL_USER") or None, env.get("ETCDCTL_PASSWORD") or None
+    if user is None:
+        if password is not None:
+            raise ConfigError("ETCDCTL_PASSWORD is set without ETCDCTL_USER (etcdctl would "
+                              "not authenticate, and every request fail with etcd's "
+                              "'user name is empty'); set ETCDCTL_USER too, or unset it")
+        return {}
+    if password is None:
+        name, colon, password = user.partition(":")
+        if not colon:  # not quoted: a user name only, but the same variable as passwords
+            raise ConfigError("ETCDCTL_USER holds no password ('name:password') and "
+                              "ETCDCTL_PASSWORD is not set: etcdctl would ask for it on "
+                              "the terminal; set ETCDCTL_PASSWORD or give "
+                              "EtcdOptions(user=..., password=...)")
+        if not name:
+            raise ConfigError("ETCDCTL_USER ('name:password') has an empty user name")
+        user = name
+    return {"user": user, "password": password}
+
+
 def _userinfo_refused(uri: str) -> str:
     """The error of an etcd URI refused for user info (quoted as :func:`shown_uri` does)."""
     return (f"etcd URI must not carry user info, got {shown_uri(uri, _URI_FIELDS)!r} (an "
@@ -474,8 +505,9 @@ class EtcdOptions:
             Common Name"). Default None: no authentication. Goes with ``password`` (the name
             alone: not etcdctl's ``--user name:password`` form; such a ``user`` without
             ``password`` is refused unquoted).
-        password: that user's password (never quoted in an error nor a ``repr``). Not
-            read from ``ETCDCTL_PASSWORD`` nor a URI (see :meth:`from_env`). etcd's
+        password: that user's password (never quoted in an error nor a ``repr``). Never
+            read from a URI; :meth:`from_env` takes ``ETCDCTL_USER``/``ETCDCTL_PASSWORD``
+            as etcdctl does (``ETCDCTL_USER=name:password`` split there). etcd's
             refusal of the name or password (``authentication failed``) stands for
             ``backoff_max_s``: requests meanwhile fail with it without asking etcd again
             (each ask is a bcrypt check there).
@@ -621,10 +653,12 @@ class EtcdOptions:
         without endpoints (``ETCDCTL_ENDPOINTS``, an override, a URI's hosts) it is
         refused, rather than dropped for the default member.
 
-        ``ETCDCTL_USER`` and ``ETCDCTL_PASSWORD`` (etcd's password authentication) are
-        refused: the registry takes a user name and password only as the options
-        ``user`` and ``password``; dropping them would leave every request to fail with
-        etcd's permission errors.
+        ``ETCDCTL_USER`` and ``ETCDCTL_PASSWORD`` (etcd's password authentication) give
+        ``user`` and ``password`` as etcdctl's ``--user``/``--password`` do: with
+        ``ETCDCTL_PASSWORD`` the user is ``ETCDCTL_USER`` whole, else ``ETCDCTL_USER`` is
+        ``name:password`` (split at the first ``:``). Taken as they are (not stripped).
+        A ``user`` or ``password`` override wins over both variables (the pair is taken
+        from one place). The password is never quoted nor logged.
 
         Args:
             environ: the variables (default ``os.environ``).
@@ -632,8 +666,10 @@ class EtcdOptions:
 
         Raises:
             ConfigError: a variable or override is invalid (the value quoted, never a
-                password), ``ETCDCTL_USER`` or ``ETCDCTL_PASSWORD`` is set (named, its
-                value not quoted), ``ETCDCTL_DISCOVERY_SRV`` is set without endpoints,
+                password), ``ETCDCTL_USER`` without a password (no ``:`` and no
+                ``ETCDCTL_PASSWORD``: etcdctl would ask for it) or ``ETCDCTL_PASSWORD``
+                without ``ETCDCTL_USER`` (named, their values not quoted),
+                ``ETCDCTL_DISCOVERY_SRV`` is set without endpoints,
                 or an override names no field.
         """
         return cls._from_env(environ, False, overrides)
@@ -644,15 +680,9 @@ class EtcdOptions:
         """:meth:`from_env`; ``tls``: endpoints of ``ETCDCTL_ENDPOINTS`` written without a
         scheme are https whatever the variables say (an ``etcd+https://`` URI)."""
         env = os.environ if environ is None else environ
-        for name in ("ETCDCTL_USER", "ETCDCTL_PASSWORD"):
-            if env_value(env, name) is not None:
-                # not quoted: ETCDCTL_USER may be 'user:password'
-                raise ConfigError(
-                    f"{name} is set, but meshkit's etcd registry does not read a user "
-                    "name and password from the environment; give them as "
-                    "EtcdOptions(user=..., password=...) (read from a secret file, say) "
-                    "and unset it")
-        kwargs = env_fields(env, {"ETCDCTL_CACERT": "ca_file", "ETCDCTL_CERT": "cert_file",
+        kwargs = _env_credentials(env) if (
+            "user" not in overrides and "password" not in overrides) else {}
+        kwargs |= env_fields(env, {"ETCDCTL_CACERT": "ca_file", "ETCDCTL_CERT": "cert_file",
                                   "ETCDCTL_KEY": "key_file"})
         skip = env_value(env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY")
         if skip is not None:
