@@ -293,6 +293,12 @@ class EndpointPool:
         # answer, and by _retry_builds with a backoff meanwhile)
         self.sub_channel_errors = 0
         self._unbuilt: dict[str, tuple[Instance, str]] = {}  # key: (instance, error)
+        # the first discovery answer is still coming in (its batches: _add_rest): the
+        # balancer is told so (its optional cold_start(on)), and slow-starts none of it
+        # whatever connected meanwhile; None: not begun yet
+        self._cold: bool | None = None
+        self._cold_start: Callable[[bool], object] | None = getattr(
+            balancer, "cold_start", None)
         # endpoints whose rebuild() failed (they keep their current sub-channel, with the
         # old credentials): retried by _retry_builds until built or gone
         self._stale: set[str] = set()
@@ -432,7 +438,12 @@ class EndpointPool:
                 del self._unbuilt[key]
             self._retry_builds_later()
         self._forget()
+        if self._cold is None and self._cold_start is not None:
+            self._cold = True  # the first answer: its batches are no newcomers
+            self._cold_start(True)
         self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
+        if not to_add:
+            self._warm()
         self._mark_resolved()
         _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
         self.notify()
@@ -454,7 +465,17 @@ class EndpointPool:
             if self._unbuilt:
                 self._retry_builds_later()
             self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
+            if not to_add:
+                self._warm()
             self.notify()
+
+    def _warm(self) -> None:
+        """The first discovery answer is all in the balancer: endpoints added from now on
+        are newcomers (its ``cold_start(False)``, once)."""
+        if self._cold:
+            self._cold = False
+            if self._cold_start is not None:
+                self._cold_start(False)
 
     def _filter_failed(self, f: Filter, exc: Exception) -> None:
         """Filter ``f`` raised ``exc`` on a discovery answer: the pool keeps its last

@@ -308,6 +308,14 @@ class EjectingBalancer:
         """The wrapped balancer."""
         return self._inner
 
+    def cold_start(self, on: bool) -> None:
+        """Hand the pool's word on the first discovery answer (``on``: its updates are
+        coming in; see :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`) to the
+        inner balancer, if it takes it."""
+        hook = getattr(self._inner, "cold_start", None)
+        if hook is not None:
+            hook(on)
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list; the ejection state of an endpoint that stays (same
         instance id and address) is kept, an endpoint at a new address starts afresh."""

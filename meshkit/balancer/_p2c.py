@@ -427,7 +427,7 @@ class P2C:
             reading); quoted.
     """
 
-    __slots__ = ("_by_state", "_clock", "_eps", "_mean", "_mean_weight", "_opts",
+    __slots__ = ("_by_state", "_clock", "_cold", "_eps", "_mean", "_mean_weight", "_opts",
                  "_ramps_until", "_rng", "_settled", "_stats")
 
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
@@ -449,6 +449,20 @@ class P2C:
         self._settled: tuple[Endpoint, ...] = ()
         self._mean_weight = 1.0
         self._ramps_until = -math.inf
+        # the pool says the updates belong to the first discovery answer (cold_start)
+        self._cold = False
+
+    def cold_start(self, on: bool) -> None:
+        """The channel's pool says whether the next updates belong to the first discovery
+        answer (``True`` before its first batch, ``False`` once its last batch is in):
+        none of its endpoints is slow-started, whether or not one of them was READY
+        before a later batch came (the pool builds a large answer ``BUILD_BATCH`` a
+        turn of the event loop). Without the pool's word (a balancer used alone), an
+        endpoint added before any endpoint was READY is none either.
+
+        Args:
+            on: ``True`` while the first answer is coming in."""
+        self._cold = bool(on)
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list; statistics of endpoints that stay (same instance id
@@ -458,7 +472,9 @@ class P2C:
         # Nor those added while no endpoint has been READY yet: the pool hands a large
         # first answer over in batches (BUILD_BATCH a turn of the loop), and ramping the
         # later ones sent the first batch's (the same for every client) twice its share.
-        seeded = self._by_state.served
+        # The pool's word (cold_start) covers a first batch that connected before the
+        # next one came.
+        seeded = self._by_state.served and not self._cold
         start = now if seeded else now - self._opts.slow_start_s
         # a newcomer not READY yet starts its ramp at its first READY (_ReadyWatch)
         ramps = seeded and self._opts.slow_start_s > 0

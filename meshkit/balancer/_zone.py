@@ -110,6 +110,15 @@ class ZoneAwareBalancer:
         """The balancer over the other zones' endpoints."""
         return self._other
 
+    def cold_start(self, on: bool) -> None:
+        """Hand the pool's word on the first discovery answer (``on``: its updates are
+        coming in; see :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`) to both
+        zones' balancers, where they take it."""
+        for inner in (self._local, self._other):
+            hook = getattr(inner, "cold_start", None)
+            if hook is not None:
+                hook(on)
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list: each inner balancer gets its zone group's endpoints,
         in the order given."""
