@@ -30,6 +30,10 @@ demo: $(STAMP)
 # once: 34 s is not worth a load-sensitive CI failure. Later the same day, with more of
 # the suite's waiting cut: 3 workers 5:08 / 5:20 of tests in a clean clone's CI run.
 # TEST_WORKERS=N to choose.
+# --max-worker-restart=0: a test worker that dies (a segfault, a SIGKILL) fails the run at
+# once and names the test it died on. pytest-xdist 3.8 with --dist loadfile can otherwise
+# replace the worker and then wait for good with every worker idle (pytest-xdist #784,
+# #1378); a clean-clone CI run hung so once (tests/test_suite_worker_crash.py).
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1); print(n + 1)")
 test: $(STAMP)
 	bash scripts/install-ops.sh
@@ -38,7 +42,7 @@ test: $(STAMP)
 	bash scripts/install-grpcjs.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 $(PYTEST_ARGS)
 
 # Line coverage of meshkit/ over the whole suite (the call objects, meshkit/_calls.py, >= 95 %).
 coverage: $(STAMP)
