@@ -102,10 +102,9 @@ def redact_secrets(
 
     In every string (or ``bytes``) field, the event's text included, and one level deep
     (a dict's values, a list's or tuple's items, pairs' values), the user info of each URL
-    (RFC 3986 §3.2.1: what stands between ``scheme://`` and ``@`` before the first ``/``,
-    ``?`` or ``#``) becomes ``[REDACTED]``: ``dsn="postgresql://app:pw@db/x"`` ->
-    ``"postgresql://[REDACTED]@db/x"``, the host and path kept; in time linear in the
-    field's length.
+    (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
+    ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
+    path kept; in time linear in the field's length.
 
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
@@ -114,10 +113,10 @@ def redact_secrets(
             event_dict[key] = REDACTED
         elif isinstance(value, str):
             if "@" in value and "://" in value:  # a URL's user info: ``user:password@``
-                event_dict[key] = _URL_USERINFO_RE.sub(_URL_USERINFO_MASK, value)
+                event_dict[key] = redact_url_userinfo(value)
         elif isinstance(value, bytes):  # rendered as its repr, the URL in it whole
             if b"@" in value and b"://" in value:
-                event_dict[key] = _URL_USERINFO_BYTES_RE.sub(_URL_USERINFO_BYTES_MASK, value)
+                event_dict[key] = _url_redacted(value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
                                else _url_redacted(v) for k, v in value.items()}
@@ -139,22 +138,66 @@ def _url_redacted(value: Any) -> Any:
     if isinstance(value, str):
         return redact_url_userinfo(value)
     if isinstance(value, bytes) and b"@" in value and b"://" in value:
-        redacted, n = _URL_USERINFO_BYTES_RE.subn(_URL_USERINFO_BYTES_MASK, value)
-        if n:
-            return redacted
+        text = value.decode("latin-1")
+        redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
+                                _AT_OR_SPACE_BYTES_RE)
+        if redacted is not text:
+            return redacted.encode("latin-1")
     return value
 
 
-# a URL's scheme and user info (RFC 3986 §3.1, §3.2.1: no '/', '?', '#' or '@' in it),
-# linear in the text's length: tried only where a run of scheme characters starts (the
-# lookbehind), each run read once (possessive: no backtracking into it), its first letter
-# where the scheme starts. ``[A-Za-z][A-Za-z0-9+.-]*://`` was tried at every letter of a
-# long run, each try reading the run to its end: quadratic, ~1 s for 40,000 letters.
-_URL_USERINFO = r"(?<![A-Za-z0-9+.\-])([0-9+.\-]*+[A-Za-z][A-Za-z0-9+.\-]*+://)[^/?#@\s]*+@"
-_URL_USERINFO_RE = re.compile(_URL_USERINFO)
-_URL_USERINFO_MASK = rf"\g<1>{REDACTED}@"
-_URL_USERINFO_BYTES_RE = re.compile(_URL_USERINFO.encode())
-_URL_USERINFO_BYTES_MASK = _URL_USERINFO_MASK.encode()
+# where a URL's scheme starts (RFC 3986 §3.1), linear in the text's length: tried only
+# where a run of scheme characters starts (the lookbehind), each run read once
+# (possessive: no backtracking into it), its first letter where the scheme starts.
+# ``[A-Za-z][A-Za-z0-9+.-]*://`` was tried at every letter of a long run, each try reading
+# the run to its end: quadratic, ~1 s for 40,000 letters.
+_SCHEME = r"(?<![A-Za-z0-9+.\-])[0-9+.\-]*+[A-Za-z][A-Za-z0-9+.\-]*+://"
+_SCHEME_RE = re.compile(_SCHEME)
+_AUTHORITY_END_RE = re.compile(r"[/?#@\s]")  # what ends a well-formed authority
+_AT_OR_SPACE_RE = re.compile(r"[@\s]")
+# the same for bytes, read as Latin-1 (lossless): whitespace is ASCII's only
+_SCHEME_BYTES_RE = re.compile(_SCHEME, re.ASCII)
+_AUTHORITY_END_BYTES_RE = re.compile(r"[/?#@\s]", re.ASCII)
+_AT_OR_SPACE_BYTES_RE = re.compile(r"[@\s]", re.ASCII)
+
+
+def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
+                 at_re: re.Pattern[str]) -> str:
+    """``text`` with each URL's user info ``[REDACTED]`` (the rule of
+    :func:`redact_url_userinfo`); ``text`` itself when there is none."""
+    out: list[str] = []
+    done = 0  # text[:done] is in out (or needs nothing)
+    skip = 0  # no user info starts before this (a scan already read that far)
+    for m in scheme_re.finditer(text):
+        start = m.end()
+        if start < skip:
+            continue
+        end = end_re.search(text, start)
+        if end is None:
+            break  # no '@' after here: nothing more to redact
+        at = end.start()
+        if text[at] != "@":  # '/', '?', '#' or whitespace ends the authority
+            authority = text[start:at]
+            colon = authority.find(":")
+            port = authority[colon + 1:]
+            if (text[at].isspace() or colon < 0 or authority.startswith("[")
+                    or (port.isascii() and port.isdigit())):
+                skip = at  # a host (and port): an '@' after it is in a path or query
+                continue
+            # ``user:password`` with a '/', '?' or '#' in the password (pasted
+            # unencoded): the user info runs on to the next '@' before any whitespace
+            found = at_re.search(text, at)
+            if found is None or found.group() != "@":
+                skip = found.start() if found is not None else len(text)
+                continue
+            at = found.start()
+        out.append(text[done:start])
+        out.append(REDACTED)
+        done = skip = at  # the '@' kept
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _named_secret(key: str | bytes) -> bool:
@@ -184,11 +227,21 @@ def _plain_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
 
 def redact_url_userinfo(text: str) -> str:
     """``text`` with the user info of each URL in it ``[REDACTED]`` (as
-    :func:`redact_secrets` does in every string field); linear in its length."""
+    :func:`redact_secrets` does in every string field); linear in its length.
+
+    A URL's user info is what stands between ``scheme://`` and ``@`` before the first
+    ``/``, ``?`` or ``#`` (RFC 3986 §3.2.1), or, when the text up to that first ``/``,
+    ``?`` or ``#`` reads ``user:password`` (a ``:`` not followed by a port's digits
+    alone, no bracketed IP literal), everything up to the next ``@`` before any
+    whitespace: a password pasted unencoded (``postgresql://u:pa/ss@h/db``,
+    ``redis://:p?w#d@h:6379``) is redacted whole. An ``@`` in a path or query after a
+    host (``https://h/@user``, ``https://h:8443/@scope/pkg``) is no user info. Not
+    redacted: a password whose characters before its first ``/``, ``?`` or ``#`` are
+    all digits (``u:123/x@h`` reads as host ``u``, port 123), and the part of a password
+    after an unencoded ``@`` in it (an ``@`` ends user info, as in a well-formed URL).
+    """
     if "@" in text and "://" in text:
-        redacted, n = _URL_USERINFO_RE.subn(_URL_USERINFO_MASK, text)
-        if n:
-            return redacted
+        return _redact_urls(text, _SCHEME_RE, _AUTHORITY_END_RE, _AT_OR_SPACE_RE)
     return text  # (the same object when there is nothing to redact)
 
 
