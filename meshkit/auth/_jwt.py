@@ -350,8 +350,9 @@ class KeySet:
         writing its own. ``keep_previous + 1`` newest files are loaded; ``grace_s`` and
         ``clock`` are the constructor's.
 
-        A ``jwt-*.key`` entry that vanished while listed (a dangling link, as a Kubernetes
-        Secret mount leaves one a moment) is skipped.
+        A ``jwt-*.key`` entry that vanished while listed or before it was read (a
+        dangling link, as a Kubernetes Secret mount leaves one a moment; a name with a
+        creation time too) is skipped: the next older file loads in its place.
 
         Raises:
             ConfigError: no key and ``create`` is false or none can be created (a
@@ -385,10 +386,14 @@ class KeySet:
                 raise ConfigError(f"no jwt-*.key signing key in {d}, and none could be "
                                   f"created: {type(exc).__name__}") from None
             files = cls._key_files(d)
-        keys = []
-        for f in files[: keep_previous + 1]:
+        keys: list[SigningKey] = []
+        for f in files:
+            if len(keys) > keep_previous:
+                break
             try:
                 data = f.read_bytes()
+            except FileNotFoundError:  # vanished since listed (a Secret mount's swap)
+                continue
             except OSError as exc:
                 raise ConfigError(f"cannot read {f}: {type(exc).__name__}") from None
             try:
@@ -407,13 +412,15 @@ class KeySet:
         every file the copy's mtime, in the copier's order, which once made an old key
         current after a rotation."""
         def age(p: Path) -> tuple[int, int, str]:
+            # stat'ed first, whatever its name: a dangling link raises here, stamped too
+            mtime_ns = p.stat().st_mtime_ns
             m = _STAMPED_KEY_FILE.fullmatch(p.name)
             if m is not None:
                 with contextlib.suppress(ValueError):
                     when = datetime.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S.%f")
                     stamp = when.replace(tzinfo=datetime.UTC).timestamp()
                     return 1, round(stamp * 1_000_000), p.name
-            return 0, p.stat().st_mtime_ns, p.name
+            return 0, mtime_ns, p.name
 
         dated = []
         for p in d.glob("jwt-*.key"):
