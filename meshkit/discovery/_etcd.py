@@ -865,6 +865,7 @@ class _Cursor:
     reread: bool = True
     cluster: str | None = None
     resyncs: int = 0
+    service: str | None = None
 
 
 class _LeaseLock:
@@ -1073,6 +1074,11 @@ class EtcdRegistry:
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
         self._kept: dict[int, int] = {}
+        # each watched service's reads (its watches' ranges and streams), and how many
+        # watches of it run: one refused watch (etcd's permission denied on its prefix)
+        # is that service's fault, not every service's (see _outcome)
+        self._reads: dict[str, StatusTracker] = {}
+        self._watchers: dict[str, int] = {}
         # the key of each unusable value -> monotonic time it was last logged
         self._unusable_logged: dict[bytes, float] = {}
         self._watch_ids = itertools.count()
@@ -1153,6 +1159,8 @@ class EtcdRegistry:
         self._check_at = 0.0
         self._kept_at = -float("inf")
         self._kept = {}
+        self._reads = {}
+        self._watchers = {}
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -1537,8 +1545,16 @@ class EtcdRegistry:
             return data
         raise AssertionError("unreachable")  # the second prefix's answer returns or raises
 
-    def _outcome(self, write: bool, error: str | None) -> None:
-        """Record a read or write outcome; log the start, reminders and end of an outage."""
+    def _outcome(self, write: bool, error: str | None, service: str | None = None) -> None:
+        """Record a read or write outcome; log the start, reminders and end of an outage.
+
+        A read of a watch of ``service`` is that service's (:meth:`status` with it; its
+        outages logged naming it); the registry's own read outcome fails only while every
+        watched service's latest read failed (a prefix etcd's authentication refuses this
+        user is no fault of the others'), its ``read_errors`` counting every failure."""
+        if service is not None and not write:
+            self._service_outcome(service, error)
+            return
         tracker = self._tracker
         endpoints = list(self.options.endpoints)
         if error is None:
@@ -1553,6 +1569,50 @@ class EtcdRegistry:
         elif outage == "reminder":
             _log.warning(_LOG_STILL[write], endpoints=endpoints, error=error,
                          failing_for_s=round(tracker.failing_for_s(write), 1))
+
+    def _service_outcome(self, service: str, error: str | None) -> None:
+        """:meth:`_outcome` of a read of a watch of ``service``."""
+        reads = self._reads.get(service)
+        if reads is None:
+            if not self._watchers.get(service):  # its last watch ended meanwhile
+                return
+            reads = self._reads[service] = StatusTracker("etcd")
+        endpoints = list(self.options.endpoints)
+        tracker = self._tracker
+        if error is None:
+            duration = reads.read_ok()
+            if duration is not None:
+                _log.info(_LOG_BACK[False], endpoints=endpoints, service=service,
+                          outage_s=round(duration, 3))
+            tracker.read_ok()
+            return
+        outage = reads.read_failed(error)
+        if outage == "started":
+            _log.warning(_LOG_STARTED[False], endpoints=endpoints, service=service,
+                         error=error)
+        elif outage == "reminder":
+            _log.warning(_LOG_STILL[False], endpoints=endpoints, service=service,
+                         error=error, failing_for_s=round(reads.failing_for_s(False), 1))
+        if all(t.read.ok is False for t in list(self._reads.values())):
+            tracker.read_failed(error)
+        else:  # counted, the registry still read (another service's watches do)
+            tracker.read.errors += 1
+            tracker.last_error = error
+
+    def _watch_ended(self, service: str) -> None:
+        """A watch of ``service`` ended: the last one takes its reads' record along; if it
+        was failing and the other watched services read, the registry reads again (their
+        streams report only when something comes)."""
+        left = self._watchers.get(service, 0) - 1
+        if left > 0:
+            self._watchers[service] = left
+            return
+        self._watchers.pop(service, None)
+        gone = self._reads.pop(service, None)
+        others = list(self._reads.values())
+        if (gone is not None and others and self._tracker.read.ok is False
+                and not all(t.read.ok is False for t in others)):
+            self._tracker.read_ok()
 
     def _key(self, instance: Instance) -> bytes:
         return f"{self.options.prefix}{instance.service}/{instance.instance_id}".encode()
@@ -2020,6 +2080,7 @@ class EtcdRegistry:
         if not service:
             raise ConfigError(f"service must not be empty, got {service!r}")
         queue: asyncio.Queue[_Update] = asyncio.Queue()
+        self._watchers[service] = self._watchers.get(service, 0) + 1
         follower = asyncio.create_task(self._follow(service, queue),
                                        name=f"meshkit-etcd-watch-{service}")
         me = next(self._watch_ids)
@@ -2070,6 +2131,7 @@ class EtcdRegistry:
             self._kept.pop(me, None)
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
+            self._watch_ended(service)
 
     def _log_unusable(self, key: bytes, exc: BaseException) -> None:
         """Warn that the value at ``key`` is skipped (a watch, :meth:`snapshot`,
@@ -2123,7 +2185,7 @@ class EtcdRegistry:
         left quiet is resumed from the revision applied once the prefix's keys say
         nothing was missed (:meth:`_unchanged`), else the prefix is read in full."""
         prefix = f"{self.options.prefix}{service}/".encode()
-        cur = _Cursor()
+        cur = _Cursor(service=service)
         failures = 0
         while not self._race.closed:
             try:
@@ -2138,7 +2200,7 @@ class EtcdRegistry:
                         i.instance_id for key, i in cur.state.items() if key not in state)
                     cur.state, cur.mods, cur.revision = state, mods, rev
                     cur.cluster, cur.reread = header.get("cluster_id"), False
-                    self._outcome(False, None)
+                    self._outcome(False, None, service)
                     queue.put_nowait(_Update(state, deleted, replaced))
                     cur.resyncs += 1
                     if cur.resyncs > 2:  # re-read again and again: do not spin
@@ -2150,7 +2212,7 @@ class EtcdRegistry:
                 if not cur.reread:  # a broken stream: read in full (failures back off)
                     cur.reread, cur.resyncs = True, 0
                 failures += 1
-                self._outcome(False, f"watch of {service!r}: {describe(exc)}")
+                self._outcome(False, f"watch of {service!r}: {describe(exc)}", service)
                 await asyncio.sleep(self._backoff_delay(failures))
             else:
                 failures = 0
@@ -2280,7 +2342,7 @@ class EtcdRegistry:
                                 header.get("revision") or 0) < cur.revision:
                             cur.reread = True  # another store answers: read it in full
                             return
-                        self._outcome(False, None)
+                        self._outcome(False, None, cur.service)
                         continue
                     if result.get("canceled"):
                         if int(result.get("compact_revision") or 0) > 0:
@@ -2318,7 +2380,7 @@ class EtcdRegistry:
                     cur.revision = max([cur.revision, *(
                         int(e["kv"].get("mod_revision") or 0) for e in events)])
                     cur.resyncs = 0
-                    self._outcome(False, None)
+                    self._outcome(False, None, cur.service)
                     queue.put_nowait(_Update(state, frozenset(deleted),
                                              False))
             except (aiohttp.ClientError, OSError):
@@ -2480,18 +2542,33 @@ class EtcdRegistry:
         return ServiceSnapshot(frozenset(live),
                                self._unlisted(listed, [kv for r in records for kv in r]))
 
-    def status(self) -> RegistryStatus:
+    def status(self, service: str | None = None) -> RegistryStatus:
         """This registry's health as its own requests saw it (no I/O).
 
-        ``readable``/``read_errors``: the watches' reads and streams; ``writable``/
+        Args:
+            service: a service name, e.g. ``"orderd"``: ``readable`` (and, while it
+                fails, ``last_error``) say how that service's watches read (None while
+                none runs, or none has read yet); default None: the registry's.
+
+        ``readable``/``read_errors``: the watches' reads and streams; ``readable`` is
+        False only while every watched service's latest read failed (one service's
+        prefix that etcd's authentication refuses this user leaves the others
+        readable: ask with ``service`` for one); ``writable``/
         ``write_errors``: register, deregister and keep-alives (with their owned-key
         checks); ``reopened``: lease losses after which every instance was registered
         again, plus each key found lost (deleted or overwritten while the lease lived) and
         put back; ``kept_endpoints``: instances the watches keep after a replaced store
         (see the module docstring).
         """
-        return dataclasses.replace(self._tracker.status(),
-                                   kept_endpoints=sum(self._kept.values()))
+        status = dataclasses.replace(self._tracker.status(),
+                                     kept_endpoints=sum(self._kept.values()))
+        if service is None:
+            return status
+        reads = self._reads.get(service)
+        if reads is None:
+            return dataclasses.replace(status, readable=None)
+        return dataclasses.replace(status, readable=reads.read.ok, last_error=(
+            reads.last_error if reads.read.ok is False else status.last_error))
 
     async def close(self) -> None:
         """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent; a
