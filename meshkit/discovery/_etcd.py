@@ -2367,8 +2367,11 @@ class EtcdRegistry:
                         if event.get("type") == "DELETE":
                             mods.pop(key, None)
                             gone = state.pop(key, None)
+                            # the key is <prefix><service>/<instance_id>, and an id may
+                            # hold '/' (a service name may not): all past the prefix
                             deleted.add(gone.instance_id if gone is not None
-                                        else key.rsplit(b"/", 1)[-1].decode(errors="replace"))
+                                        else key.removeprefix(prefix).decode(
+                                            errors="replace"))
                             continue
                         mods[key] = int(kv.get("mod_revision") or 0)
                         try:
