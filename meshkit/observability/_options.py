@@ -9,7 +9,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from meshkit._config import check_bool, check_instance, check_metadata_key, check_strings
-from meshkit._methods import MethodMatcher
+from meshkit._methods import HEALTH_METHODS, MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import is_sensitive_key
 
@@ -19,10 +19,13 @@ PeerIdentityFunc = Callable[[], "str | None"]
 """``() -> identity or None``, called inside a server handler once the call has finished
 (e.g. the verified SPIFFE ID set by the authentication interceptor)."""
 
+# the health and reflection services' methods by name, not ``Service/*``: a catch-all
+# generic handler (a gateway) serves any name a caller sends under those services
+# (``/grpc.health.v1.Health/Anything``), which must not get past the access log and traces
 QUIET_METHODS: tuple[str, ...] = (
-    "/grpc.health.v1.Health/*",
-    "/grpc.reflection.v1alpha.ServerReflection/*",
-    "/grpc.reflection.v1.ServerReflection/*",
+    *sorted(HEALTH_METHODS),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 )
 
 
@@ -53,7 +56,9 @@ class TelemetryOptions:
         registry: Prometheus registry; ``None`` (default) is the process's meshkit
             registry (:func:`~meshkit.observability.default_registry`).
         quiet_methods: method patterns (see :mod:`meshkit._methods`) that get no span and no
-            access log, only metrics (default: health checks and reflection).
+            access log, only metrics (default: the health service's
+            Check, Watch and List and reflection's ServerReflectionInfo, by name: any other
+            name under those services, which a catch-all handler may serve, is logged).
         log_metadata: request metadata keys whose values the access log includes, as
             ``md`` (default none): a key sent once maps to its value, one sent more than
             once to the list of its values, in order; bytes are shown as text.
