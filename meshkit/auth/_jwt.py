@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -179,12 +180,17 @@ class SigningKey:
         """Load an unencrypted PKCS#8 PEM private key.
 
         Raises:
-            ConfigError: unparsable or of an unsupported type (content never quoted).
+            ConfigError: unparsable or of an unsupported type, a curve ``cryptography``
+                does not support included (``prime239v1``, SM2, explicit parameters:
+                its ``UnsupportedAlgorithm``); content never quoted.
         """
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
             raise ConfigError("cannot parse the JWT signing key PEM") from None
+        except UnsupportedAlgorithm:  # an EC curve OpenSSL knows and cryptography does not
+            raise ConfigError("signing keys must be ECDSA P-256 or Ed25519 (its key type "
+                              "or curve is not supported)") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
             raise ConfigError("signing keys must be ECDSA P-256 or Ed25519")
         return cls.from_private_key(key)
