@@ -64,6 +64,26 @@ def inline_calls_enabled() -> bool:
                       f"got {raw!r}")
 
 
+#: what grpc.aio's ``Call.__init__`` sets, and all it does (its ``__code__.co_names``):
+#: InlineUnaryUnary.__call__ writes it out (no frame per call)
+_CALL_INIT_NAMES = ("_loop", "_cython_call", "tuple", "_metadata", "_request_serializer",
+                    "_response_deserializer")
+
+
+def _plain_init(base: Any) -> bool:
+    """Whether grpc.aio's ``Call`` (``base``) is made as :meth:`InlineUnaryUnary.__call__`
+    makes it without its ``__init__``: an ``__init__`` of (cython_call, metadata,
+    request_serializer, response_deserializer, loop) that only stores them (the metadata
+    as a tuple), and ``object.__new__``."""
+    init = getattr(base, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return (code is not None and code.co_names == _CALL_INIT_NAMES
+            and code.co_varnames[:6] == ("self", "cython_call", "metadata",
+                                         "request_serializer", "response_deserializer",
+                                         "loop")
+            and base.__new__ is object.__new__)
+
+
 def _internals() -> tuple[Any, Any, Any, Any] | None:
     """grpc.aio's ``Call`` base, ``UnaryUnaryMultiCallable``, ``serialize`` /
     ``deserialize`` and ``build_census_context``, when this grpcio has them as expected."""
@@ -79,7 +99,8 @@ def _internals() -> tuple[Any, Any, Any, Any] | None:
     aio_call = getattr(cygrpc, "_AioCall", None)
     if (base is None or mc is None or census is None or aio_call is None
             or not hasattr(aio_call, "unary_unary") or not hasattr(base, "_raise_for_status")
-            or not hasattr(_common, "serialize") or not hasattr(_common, "deserialize")):
+            or not hasattr(_common, "serialize") or not hasattr(_common, "deserialize")
+            or not _plain_init(base)):
         return None  # pragma: no cover - another grpcio layout
     return base, mc, (_common.serialize, _common.deserialize), census
 
@@ -112,6 +133,7 @@ else:  # pragma: no cover - another grpcio layout
     _PublicMultiCallable = None
 
 
+_new_call = object.__new__  # an InlineUnaryUnaryCall without its __init__ (see __call__)
 _RUNNING = ("running",)
 _STATUS = ("ended with a status other than OK, or cancelled",)
 _REBUILT = (grpc.aio.AioRpcError, asyncio.CancelledError)  # what _again makes again
@@ -136,8 +158,8 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
     _outcome: tuple[Any, ...] | None = None
     _waiters: list[asyncio.Future[None]] | None = None  # later awaits, while it runs
     _active: set[Any] | None = None  # its multicallable's calls in flight, while it runs
-    # made with grpc.aio's Call.__init__ (cython_call, metadata, ser, deser, loop), no
-    # __init__ of its own (a frame per call); InlineUnaryUnary.__call__ sets the request
+    # made as grpc.aio's Call.__init__ (cython_call, metadata, ser, deser, loop) makes it,
+    # written out in InlineUnaryUnary.__call__, which sets the request too
     _request: Any
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -253,9 +275,14 @@ class InlineUnaryUnary:
         cython_call = self._channel.call(
             self._method, None if timeout is None else time.time() + timeout, credentials,
             wait_for_ready, self._handle)
-        # (grpc.aio's Call.__init__ makes the metadata a tuple)
-        call = InlineUnaryUnaryCall(cython_call, metadata or (), self._ser, self._deser,
-                                    self._loop)
+        # grpc.aio's Call.__init__(cython_call, metadata or (), ser, deser, loop) written
+        # out (no frame per call; checked at import, _plain_init): change both
+        call = _new_call(InlineUnaryUnaryCall)
+        call._loop = self._loop
+        call._cython_call = cython_call
+        call._metadata = tuple(metadata) if metadata else ()
+        call._request_serializer = self._ser
+        call._response_deserializer = self._deser
         call._request = request
         active = call._active = self._active
         active.add(call)
