@@ -8,7 +8,9 @@ Pure policy, no I/O, injectable clocks and random sources; the balanced channel
   ``done(code, latency_s)`` feeding each outcome back (go-kratos' ``selector``);
 * balancers: :class:`P2C` over peak EWMA (the default; Finagle, Linkerd),
   :class:`RoundRobin` (gRPC's ``round_robin``), :class:`WeightedRoundRobin` (registry
-  weights), :class:`RingHash` (consistent hashing on a request key);
+  weights), :class:`RingHash` (consistent hashing on a request key); P2C, RoundRobin
+  and WeightedRoundRobin slow-start endpoints added after the first discovery answer
+  (``slow_start_s``: P2C's default 5 s, the others' off unless given);
 * :class:`EjectingBalancer` with :class:`OutlierOptions`: outlier ejection in front of any
   balancer (Envoy's consecutive-failure detection);
 * :class:`ZoneAwareBalancer`: the local zone's endpoints while one is READY, the other

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 
-from meshkit._config import check_rng
+from meshkit._config import check_clock, check_rng
 from meshkit._fork import reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex, noop_done
+from meshkit.balancer._slow_start import SlowStart, check_slow_start
 
 _READY = EndpointState.READY
 _IDLE = EndpointState.IDLE
@@ -34,20 +36,40 @@ class RoundRobin:
     process otherwise went on from the parent's, each sending the same endpoints its
     calls in the same order.
 
+    Slow start (off by default, as Envoy's ``slow_start_config``; gRPC's
+    ``round_robin`` has none): with ``slow_start_s`` > 0, an endpoint added after the
+    first discovery answer ramps up over ``slow_start_s`` from its first READY, with
+    :class:`~meshkit.balancer.P2C`'s option names and rules: at its turn it takes the
+    pick about ``weight`` of the times and passes the turn on otherwise, so its share is
+    its weight over the sum of the weights (Envoy's normalised weights); an endpoint
+    back from an ejection ramps again (:mod:`meshkit.balancer._slow_start`).
+
     Args:
         rng: random source for the start position (default: a new ``random.Random()``,
             and a new position in a forked child; with one given the position is kept
             there).
+        slow_start_s: ramp window of endpoints added later, seconds, >= 0; 0 (default)
+            disables.
+        slow_start_min_weight: weight at the start of the ramp, (0, 1] (default 0.1).
+        clock: monotonic seconds for the ramps (default ``time.monotonic``).
 
     Raises:
         ConfigError: ``rng`` is no random source (a seed given for
-            ``random.Random(seed)``, the class itself; quoted).
+            ``random.Random(seed)``, the class itself), a slow-start value out of range
+            or ``clock`` not callable; quoted.
     """
 
-    __slots__ = ("__weakref__", "_by_state", "_endpoints", "_next", "_positions")
+    __slots__ = ("__weakref__", "_by_state", "_endpoints", "_next", "_positions", "_ramp")
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, slow_start_s: float = 0.0,
+                 slow_start_min_weight: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         check_rng("rng", rng, ("randrange",))
+        check_slow_start(slow_start_s, slow_start_min_weight)
+        check_clock("clock", clock, wall=False)
+        # the newcomers' ramps (None: no slow start)
+        self._ramp = (SlowStart(slow_start_s, slow_start_min_weight, clock)
+                      if slow_start_s > 0 else None)
         self._endpoints: tuple[Endpoint, ...] = ()
         # each endpoint's places in the turn, and the endpoints by state (kept by their
         # state's setter): the next READY one in turn is found among the READY ones
@@ -61,8 +83,21 @@ class RoundRobin:
         """In a forked child: a new random position (see the class)."""
         self._next = int.from_bytes(os.urandom(4), "big") % (1 << 30)
 
+    def cold_start(self, on: bool) -> None:
+        """The channel's pool says whether the next updates belong to the first discovery
+        answer (``on``), whose endpoints never ramp (see
+        :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`)."""
+        if self._ramp is not None:
+            self._ramp.cold = bool(on)
+
+    def weight(self, ep: Endpoint) -> float:
+        """Slow-start weight of ``ep`` in (0, 1]; 1 without slow start or past its ramp."""
+        return 1.0 if self._ramp is None else self._ramp.weight(ep)
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list (order is kept as given)."""
+        if self._ramp is not None:
+            self._ramp.update(endpoints)
         self._endpoints = tuple(endpoints)
         positions: dict[Endpoint, list[int]] = {}
         for i, ep in enumerate(self._endpoints):
@@ -84,6 +119,16 @@ class RoundRobin:
         if n == 0:
             return None
         start = self._next
+        ramp = self._ramp
+        if ramp is not None and ramp.ramping:
+            # a newcomer passes its turn on (SlowStart.keep): the walk goes on to the
+            # next one in turn, the whole turn at most
+            for i in range(n):
+                ep = eps[(start + i) % n]
+                if (ep._state is _READY and not (exclude and ep in exclude)
+                        and ramp.keep(ep)):
+                    self._next = (start + i + 1) % n
+                    return ep, noop_done
         for i in range(min(n, _WALK)):
             ep = eps[(start + i) % n]
             if ep._state is _READY and not (exclude and ep in exclude):

@@ -7,11 +7,13 @@ import hashlib
 import heapq
 import math
 import random
+import time
 from collections.abc import Callable, Collection, Sequence
 
-from meshkit._config import check_int, check_rng
+from meshkit._config import check_clock, check_int, check_rng
 from meshkit._fork import ForkSafeRandom, reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex, noop_done
+from meshkit.balancer._slow_start import SlowStart, check_slow_start
 
 __all__ = ["RingHash", "WeightedRoundRobin"]
 
@@ -65,21 +67,42 @@ class WeightedRoundRobin:
     workers forked from one process otherwise followed the parent's schedule, each
     sending the same endpoints its calls in the same order.
 
+    Slow start (off by default, as Envoy's ``slow_start_config``): with ``slow_start_s``
+    > 0, an endpoint added after the first discovery answer ramps up over
+    ``slow_start_s`` from its first READY, with :class:`~meshkit.balancer.P2C`'s option
+    names and rules: at its turn it takes the pick about ``weight`` of the times and
+    lets the turn pass unused otherwise (its next turn one step on), so its share is its
+    registry weight times its ramp weight over the sum of those (Envoy scales a host's
+    scheduler weight by its ramp factor); an endpoint back from an ejection ramps again
+    (:mod:`meshkit.balancer._slow_start`).
+
     Args:
         rng: random source for the first turns (default: a new ``random.Random()``,
             reseeded in a forked child; one given is never reseeded and its schedule is
             kept there).
+        slow_start_s: ramp window of endpoints added later, seconds, >= 0; 0 (default)
+            disables.
+        slow_start_min_weight: weight at the start of the ramp, (0, 1] (default 0.1).
+        clock: monotonic seconds for the ramps (default ``time.monotonic``).
 
     Raises:
         ConfigError: ``rng`` is no random source (a seed given for
-            ``random.Random(seed)``, the class itself; quoted).
+            ``random.Random(seed)``, the class itself), a slow-start value out of range
+            or ``clock`` not callable; quoted.
     """
 
     __slots__ = ("__weakref__", "_aside", "_aside_by_state", "_by_state", "_heap", "_last",
-                 "_rng", "_seq", "_steps")
+                 "_ramp", "_rng", "_seq", "_steps")
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, slow_start_s: float = 0.0,
+                 slow_start_min_weight: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         check_rng("rng", rng, ("random",))
+        check_slow_start(slow_start_s, slow_start_min_weight)
+        check_clock("clock", clock, wall=False)
+        # the newcomers' ramps (None: no slow start)
+        self._ramp = (SlowStart(slow_start_s, slow_start_min_weight, clock)
+                      if slow_start_s > 0 else None)
         self._rng = rng if rng is not None else ForkSafeRandom()
         # (turn due, queue order, endpoint): the heap's minimum is the next endpoint due
         self._heap: list[tuple[float, int, Endpoint]] = []
@@ -106,10 +129,23 @@ class WeightedRoundRobin:
         self._set_aside_none()
         self.update(eps)
 
+    def cold_start(self, on: bool) -> None:
+        """The channel's pool says whether the next updates belong to the first discovery
+        answer (``on``), whose endpoints never ramp (see
+        :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`)."""
+        if self._ramp is not None:
+            self._ramp.cold = bool(on)
+
+    def weight(self, ep: Endpoint) -> float:
+        """Slow-start weight of ``ep`` in (0, 1]; 1 without slow start or past its ramp."""
+        return 1.0 if self._ramp is None else self._ramp.weight(ep)
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list. Endpoints that stay keep their place in the cycle
         (the part of a turn they still had to wait), newcomers are due after one turn of
         their own weight at most (a random point of it)."""
+        if self._ramp is not None:
+            self._ramp.update(endpoints)
         # (the connecting ones set aside at the turn they would have now)
         entries = self._heap + [self._turn(e) for e in self._aside.values() if e is not None]
         now = min(entries)[0] if entries else 0
@@ -230,10 +266,17 @@ class WeightedRoundRobin:
         chosen = fallback = None
         passed: list[tuple[float, int, Endpoint]] = []
         idle: list[tuple[float, int, Endpoint]] = []  # still connecting
+        ramp = self._ramp
+        if ramp is not None and not ramp.ramping:
+            ramp = None
+        held: list[tuple[float, int, Endpoint]] = []  # newcomers passing their turn on
         while heap:
             entry = heapq.heappop(heap)
             ep = entry[2]
             if ep.state is _READY and not (exclude and ep in exclude):
+                if ramp is not None and not ramp.keep(ep):
+                    held.append(entry)
+                    continue
                 chosen = entry
                 break
             if ep.state is _FAILING:
@@ -261,6 +304,12 @@ class WeightedRoundRobin:
                     self._set_aside(first[2], first)
                 else:
                     idle.insert(0, first)
+        if held:
+            # newcomers that passed their turn on: it passes unused while another READY
+            # one takes the pick, else the first of them due takes it after all
+            if chosen is None:
+                chosen = held.pop(0)
+            passed.extend(held)
         steps, seq = self._steps, self._seq
         if chosen is not None:
             # connecting while a READY one was there: due one turn of their own from now
