@@ -64,7 +64,8 @@ class JWKSServer:
     """Serves a :class:`KeySet`'s JWKS at ``/.well-known/jwks.json`` with aiohttp.
 
     Args:
-        keys: the key set; rotations show up on the next request.
+        keys: the key set (the :attr:`keys` attribute, which may be replaced by another
+            key set); rotations and a replacement show up on the next request.
         max_age_s: ``Cache-Control: max-age`` sent to clients, whole seconds (default
             300; >= 0).
 
@@ -81,23 +82,41 @@ class JWKSServer:
     """
 
     def __init__(self, keys: KeySet, *, max_age_s: int = 300) -> None:
-        if not isinstance(keys, KeySet):  # else every fetch answered HTTP 500
-            raise ConfigError(f"keys must be a KeySet, got {keys!r}")
         check_int("max_age_s", max_age_s, low=0)  # RFC 9111 §1.2.2: delta-seconds
+        # the document of (key set, version): every key set starts at version 1, so a
+        # replaced one (the keys setter) is told by identity, not by its version alone
+        self._body: tuple[KeySet | None, int, bytes] = (None, -1, b"")
         self.keys = keys
         self.max_age_s = max_age_s
         self.app = web.Application()
         self.app.router.add_get(JWKS_PATH, self._handle)
         self._runner: web.AppRunner | None = None
-        self._body: tuple[int, bytes] = (-1, b"")
         self.port = 0
         self.host = ""
 
+    @property
+    def keys(self) -> KeySet:
+        """The key set served; may be replaced (a key directory read again): the next
+        request serves the new one.
+
+        Raises:
+            ConfigError: assigned something other than a :class:`KeySet` (quoted).
+        """
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: KeySet) -> None:
+        if not isinstance(keys, KeySet):  # else every fetch answered HTTP 500
+            raise ConfigError(f"keys must be a KeySet, got {keys!r}")
+        self._keys = keys
+
     def _document(self) -> bytes:
-        version, body = self._body
-        if version != self.keys.version:
-            body = json.dumps(self.keys.jwks(), separators=(",", ":")).encode()
-            self._body = (self.keys.version, body)
+        keys = self._keys
+        held, version, body = self._body
+        if held is not keys or version != keys.version:
+            version = keys.version  # read before the document: a rotation meanwhile
+            body = json.dumps(keys.jwks(), separators=(",", ":")).encode()  # shows next
+            self._body = (keys, version, body)
         return body
 
     async def _handle(self, _request: web.Request) -> web.Response:
