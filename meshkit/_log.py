@@ -101,10 +101,12 @@ def redact_secrets(
     may be ``str`` or ``bytes`` (as gRPC metadata keys may), in dicts as in pairs.
 
     In every string (or ``bytes``) field, the event's text included, and one level deep
-    (a dict's values, a list's or tuple's items, pairs' values), the user info of each URL
-    (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
+    (a dict's values, a list's, tuple's or set's items, pairs' values), the user info of
+    each URL (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
     ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
-    path kept; in time linear in the field's length.
+    path kept; in time linear in the field's length. An exception in such a place
+    (``error=e``: rendered as its ``repr``, which quotes its message) whose ``repr``
+    holds a URL's user info is replaced by that ``repr``, redacted.
 
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
@@ -126,17 +128,36 @@ def redact_secrets(
                     p[0], str | bytes) for p in value)):
             event_dict[key] = [(k, REDACTED if _named_secret(k) else _url_redacted(v))
                                for k, v in value]
-        elif type(value) in (list, tuple) and any(
+        elif type(value) in _PLAIN_COLLECTIONS and any(
                 _url_redacted(v) is not v for v in value):  # a URL's user info in an item
             event_dict[key] = type(value)(_url_redacted(v) for v in value)
+        elif isinstance(value, BaseException):  # rendered as its repr, its message whole
+            event_dict[key] = _url_redacted(value)
     return event_dict
+
+
+# the collections whose items redact_secrets reads (one level deep) and rebuilds as they
+# were: rendered as their repr, every item whole
+_PLAIN_COLLECTIONS = (list, tuple, set, frozenset)
 
 
 def _url_redacted(value: Any) -> Any:
     """``value`` with the user info of each URL in it redacted when it is a ``str`` or
-    ``bytes`` (:func:`redact_secrets`), else as it is."""
+    ``bytes`` (:func:`redact_secrets`), an exception's ``repr`` redacted when that holds
+    one, else ``value`` as it is."""
     if isinstance(value, str):
         return redact_url_userinfo(value)
+    if isinstance(value, BaseException):
+        # an exception logged as a field (``error=e``): the renderers write its repr,
+        # which quotes its message (an error quoting a connection string); that repr
+        # redacted when it holds a URL's user info (what would have been written, less
+        # the password), else the exception itself
+        try:
+            shown = repr(value)
+        except Exception:  # a broken __repr__: the renderer's to meet
+            return value
+        redacted = redact_url_userinfo(shown)
+        return value if redacted is shown else redacted
     if isinstance(value, bytes) and b"@" in value and b"://" in value:
         text = value.decode("latin-1")
         redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
