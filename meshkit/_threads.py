@@ -13,6 +13,7 @@ for its result.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import threading
@@ -29,6 +30,12 @@ _T = TypeVar("_T")
 _log = structlog.get_logger("meshkit.server")
 
 _Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+_RETRY_FIRST_S = 0.05
+"""Seconds before the first new try to start a thread for calls queued while none could
+start (on the submitting event loop); doubled after each failed try, up to
+:data:`_RETRY_MAX_S`."""
+_RETRY_MAX_S = 0.5
 
 
 class NoHandlerThread(RuntimeError):
@@ -74,6 +81,9 @@ class HandlerThreads(Executor):
         # too many per such call for good: later calls took a permit and waited behind a
         # busy thread instead of starting one, the pool never grew back)
         self._owed = 0
+        # the event loop timer that tries again to start threads for owed calls while
+        # the pool is below max_workers (a start failed): see _retry_starts
+        self._retry: asyncio.TimerHandle | None = None
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a pool thread; its ``Future``.
@@ -119,6 +129,7 @@ class HandlerThreads(Executor):
                                      "for a busy one", threads=len(self._threads),
                                      error=str(exc) or repr(exc))
                     self._owed += 1
+                    self._schedule_retry(_RETRY_FIRST_S)
                 else:
                     self._start_failing = False
                     self._threads.append(thread)
@@ -146,8 +157,57 @@ class HandlerThreads(Executor):
             with self._lock:
                 if self._owed:  # a call waits with no thread counted for it: take it
                     self._owed -= 1
+                    # more waiting while the pool is below max_workers (starts failed):
+                    # a thread each now, not one after the other on this one
+                    self._start_owed()
                 else:  # idle (permits are only taken, and owed, under the lock)
                     self._idle.release()
+
+    def _start_owed(self) -> bool:
+        """With the lock held: start a thread for each call queued with none counted for
+        it (``_owed``) while the pool is below ``max_workers``, each new thread paying
+        one. False when a start failed (calls still owed; logged as in :meth:`submit`,
+        once until a start works again), True otherwise."""
+        while self._owed and not self._shutdown and len(self._threads) < self._max:
+            thread = threading.Thread(target=self._run, daemon=True,
+                                      name=f"{self._prefix}_{len(self._threads)}")
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                if not self._start_failing:
+                    self._start_failing = True
+                    _log.warning("could not start another handler thread: calls wait "
+                                 "for a busy one", threads=len(self._threads),
+                                 error=str(exc) or repr(exc))
+                return False
+            self._start_failing = False
+            self._threads.append(thread)
+            self._owed -= 1
+        return True
+
+    def _schedule_retry(self, delay_s: float) -> None:
+        """With the lock held: try :meth:`_start_owed` again in ``delay_s`` seconds on the
+        calling thread's running event loop (a server submits from its loop); nothing
+        without one (then a thread finishing a call, or the next :meth:`submit`, tries)
+        or when a try is already scheduled."""
+        if self._retry is not None and not self._retry.cancelled():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._retry = loop.call_later(delay_s, self._retry_starts, loop, delay_s)
+
+    def _retry_starts(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        """The event loop timer of :meth:`_schedule_retry`: start threads for the owed
+        calls; while a start still fails, try again later (the delay doubled, up to
+        :data:`_RETRY_MAX_S`)."""
+        with self._lock:
+            self._retry = None
+            if not self._start_owed() and not loop.is_closed():
+                self._retry = loop.call_later(min(delay_s * 2, _RETRY_MAX_S),
+                                              self._retry_starts, loop,
+                                              min(delay_s * 2, _RETRY_MAX_S))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more work; with ``cancel_futures``, cancel the calls not yet started;
