@@ -113,11 +113,13 @@ from meshkit._handlers import (
     HANDLER_EXECUTOR,
     Handler,
     Resolver,
+    Unhandled,
     WrappingInterceptor,
     fold_outermost,
     fuse_interceptors,
     handler_resolver,
     off_loop_outermost,
+    status_code_of,
     unknown_methods_handler,
 )
 from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
@@ -129,7 +131,7 @@ from meshkit._limits import (
     guard_generic_handler,
     guard_method_handler,
 )
-from meshkit._log import context_without_meshkit
+from meshkit._log import context_without_meshkit, printable
 from meshkit._metadata import MESH_USER_AGENT
 from meshkit._methods import MethodMatcher, check_served
 from meshkit._registration import grpc_observability_active
@@ -998,10 +1000,76 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
     if options.rate_limit is not None:
         chain.append(RateLimitInterceptor(options.rate_limit))
     # exposing the text: a handler's refusal (PermissionDeniedError...) still gets its status
-    chain.append(UnhandledErrorInterceptor(
+    chain.append(_DownstreamAwareUnhandled(
         expose_exception_text=options.expose_exception_text))
     chain.extend(options.interceptors)
     return tuple(chain)
+
+
+DOWNSTREAM_STATUS_KEY = "meshkit-downstream-status"
+"""The trailer a meshkit server answers a downstream refusal that escaped its handler with:
+its value the downstream's status code name (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``)."""
+
+_DOWNSTREAM_REFUSALS = frozenset({grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED})
+"""The downstream codes that say the downstream could not serve now (down, draining, no
+endpoints, overloaded, its rate-limit storage down), not that this server is at fault."""
+
+
+def _downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
+    """The downstream code of ``exc`` when it is a call's ``AioRpcError`` (a grpc.aio
+    channel's, a meshkit channel's ``MeshRpcError``) with a code of
+    :data:`_DOWNSTREAM_REFUSALS` and the handler set no non-``OK`` code of its own
+    (``set_code``, which stays the answer), else ``None``. The failure path only."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    code = exc.code()
+    if code not in _DOWNSTREAM_REFUSALS:
+        return None
+    own = status_code_of(context.code())
+    if own is not None and own is not grpc.StatusCode.OK:
+        return None
+    return code
+
+
+class _DownstreamAwareUnhandled(UnhandledErrorInterceptor):
+    """:class:`~meshkit._unhandled.UnhandledErrorInterceptor`, but a downstream refusal
+    that escaped the handler (:func:`_downstream_refusal`: a call the handler made failed
+    ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED``) is answered ``RESOURCE_EXHAUSTED``
+    "a call the handler made was refused (<CODE>)" with the trailer
+    :data:`DOWNSTREAM_STATUS_KEY` ``: <CODE>``, not ``UNKNOWN``: this server is healthy,
+    its dependency is not. ``RESOURCE_EXHAUSTED`` is no default outlier-ejection failure
+    code (``UNKNOWN``, ``UNAVAILABLE`` and ``INTERNAL`` are: every replica of a middle
+    tier was ejected for its dependency's outage) and no default retryable code (the
+    hop below already retried: a second hop retrying ``UNAVAILABLE`` multiplies the
+    load on the failing dependency, as RFC 3261 16.7 forbids a proxy to pass a 503 on).
+    The downstream's details and trailers (a nack, the rate-limit storage refusal, its
+    peer) are not passed on: this server ran the call. Logged at ``debug`` (``downstream
+    refused a call the handler made``): an outcome telemetry counts, not a fault of the
+    handler. Any other downstream status (``INVALID_ARGUMENT``, ``NOT_FOUND``: this
+    server's request to it was wrong) is answered as before (``UNKNOWN``), as are a code
+    the handler set, in both ``expose_exception_text`` modes."""
+
+    def _unhandled_for(self, method: str) -> Unhandled:
+        inner = super()._unhandled_for(method)
+        shown = printable(method)  # escaped once per method, as the inner's log lines
+
+        async def unhandled(exc: Exception, context: Any) -> bool:
+            code = _downstream_refusal(exc, context)
+            if code is None:
+                return await inner(exc, context)
+            _log.debug("downstream refused a call the handler made",
+                       method=shown, code=code.name)
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(f"a call the handler made was refused ({code.name})")
+            context.set_trailing_metadata(
+                (*(context.trailing_metadata() or ()), (DOWNSTREAM_STATUS_KEY, code.name)))
+            return True
+
+        # a missing response: the inner's choice (an exposing one leaves it to grpc.aio)
+        unhandled.answers_none = getattr(  # type: ignore[attr-defined]
+            inner, "answers_none", True)
+        return unhandled
 
 
 class _MethodTable(grpc.GenericRpcHandler):
