@@ -1,0 +1,141 @@
+"""A second SIGINT/SIGTERM during ``serve()``'s drain ends the drain now.
+
+The first Ctrl-C (or SIGTERM) drains: in-flight calls get ``grace_s`` to finish. A second
+one was only logged ("the drain goes on"), so a handler that never returns held the
+process for the whole ``grace_s`` (60 s here) whatever the operator did; uvicorn,
+gunicorn and Kubernetes (SIGKILL after the grace) all treat the second signal as "stop
+now". Now the second signal cancels the in-flight calls (their callers get
+``UNAVAILABLE``), the server is stopped and closed, ``serve()`` returns, and the process
+exits 0 well inside ``grace_s``; a warning says so. Run in a real child process, signals
+sent by ``os.kill`` from here.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import pytest
+
+from meshkit.server import MeshServer
+
+_CHILD = r"""
+import asyncio, logging, sys, tempfile
+from pathlib import Path
+import grpc
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
+
+async def hang(request, context):
+    print("in flight", flush=True)
+    await asyncio.sleep(600)
+    return b"late"
+
+def add(_servicer, server):
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Hang", {
+        "Hang": grpc.unary_unary_rpc_method_handler(hang)}),))
+
+async def main():
+    registry = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg"))
+    opts = meshkit.ServeOptions(insecure=True, admin=None, host="127.0.0.1",
+                                drain_delay_s=0.0, grace_s=SIG_GRACE)
+    try:
+        await meshkit.serve("hang", [(add, None)], registry=registry, options=opts,
+                            on_started=lambda srv: print("port", srv.port, flush=True))
+    finally:
+        await registry.close()
+
+asyncio.run(main())
+print("exited cleanly", flush=True)
+"""
+
+_GRACE_S = 60.0
+
+
+def _lines(stream: IO[str], out: queue.Queue[str]) -> None:
+    for line in stream:
+        out.put(line.rstrip("\n"))
+    out.put("<eof>")
+
+
+def _wait_for(out: queue.Queue[str], seen: list[str], want: str, timeout_s: float) -> str:
+    """The first line holding ``want`` within ``timeout_s`` (every line read kept in
+    ``seen``); AssertionError naming what came instead."""
+    end = time.monotonic() + timeout_s
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no line with {want!r} in {timeout_s} s: {seen}")
+        try:
+            line = out.get(timeout=left)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if want in line:
+            return line
+        if line == "<eof>":
+            raise AssertionError(f"the child ended before {want!r}: {seen}")
+
+
+# The fix is in meshkit/server.py (MeshServer._end_drain_now, called by
+# _serve_until_signal's on_signal), owned by another helper of hunt 43: until it lands the
+# test is an expected failure; once it has, it must pass (strict).
+_FIXED = hasattr(MeshServer, "_end_drain_now")
+
+
+@pytest.mark.xfail(not _FIXED, strict=True,
+                   reason="needs MeshServer._end_drain_now in meshkit/server.py")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_the_drain_ends_it_now(second: signal.Signals,
+                                                     tmp_path: Path) -> None:
+    child = _CHILD.replace("SIG_GRACE", repr(_GRACE_S))
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
+    seen: list[str] = []
+    try:
+        port = int(_wait_for(out, seen, "port ", 30).split()[-1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            hang: Any = channel.unary_unary("/t.Hang/Hang")
+            call = hang.future(b"x", timeout=100)
+            _wait_for(out, seen, "in flight", 30)
+            os.kill(proc.pid, signal.SIGINT)
+            _wait_for(out, seen, "draining", 30)
+            time.sleep(1.0)  # well into the grace: the drain waits for the call
+            assert proc.poll() is None, seen
+            assert not call.done()
+            sent = time.monotonic()
+            os.kill(proc.pid, second)
+            try:
+                code = proc.wait(timeout=20)  # a third of grace_s: not the grace ending
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"the second {second.name} did not end the drain: "
+                                     f"{seen}") from None
+            took = time.monotonic() - sent
+            with pytest.raises(grpc.RpcError) as info:
+                call.result(timeout=20)
+        _wait_for(out, seen, "<eof>", 10)
+        assert code == 0, seen
+        assert took < _GRACE_S / 3, seen
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+        assert any("ending it now" in line for line in seen), seen
+        assert "exited cleanly" in seen, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
