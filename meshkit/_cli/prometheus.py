@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -99,15 +100,36 @@ def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[st
     return out
 
 
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message: ``"a FIFO"``, ``"a character device"``..."""
+    import stat
+
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
 def write_atomically(path: Path, text: str) -> bool:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``; returns
     whether the file changed (an unchanged file is not touched).
 
     Raises:
-        OSError: the directory cannot be written.
+        OSError: the directory cannot be written, or ``path`` exists and is neither a
+            regular file nor a directory (a FIFO, a device: ``strerror`` "not a regular
+            file (...)"; it is neither read, which could block or never end, nor
+            replaced).
     """
+    import stat
     import tempfile
 
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing: made; unreachable: mkstemp says why
+        mode = stat.S_IFREG
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(errno.EINVAL, f"not a regular file ({_file_kind(mode)})")
     data = text.encode()
     with contextlib.suppress(OSError):  # bytes: a file that is not UTF-8 just differs
         if path.read_bytes() == data:
