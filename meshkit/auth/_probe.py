@@ -263,14 +263,21 @@ def _own_validity(cert_file: str) -> str:
 
 def _describe(cert: x509.Certificate, verify_code: int, ca_file: str) -> str:
     """The server's certificate a verification refused (OpenSSL's ``verify_code``),
-    named by what it refused: its expiry, its start, its purpose (no serverAuth), an
-    issuer no CA of ``ca_file`` verifies; else its issuer and expiry alone."""
+    named by what it refused: its expiry, its start (or, the certificate itself valid,
+    the CA's: OpenSSL reports an expired CA of the chain alike), its purpose (no
+    serverAuth), an issuer no CA of ``ca_file`` verifies; else its issuer and expiry
+    alone."""
     ident = _identity(cert)
-    if verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-        return f"the server's certificate {ident} expired at {_utc(cert.not_valid_after_utc)}"
-    if verify_code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
-        return (f"the server's certificate {ident} is not valid until "
-                f"{_utc(cert.not_valid_before_utc)}")
+    if verify_code in (9, 10):
+        # OpenSSL says so of any certificate of the chain: the server's own, or a CA's
+        now = dt.datetime.now(dt.UTC)
+        if verify_code == 10 and now > cert.not_valid_after_utc:  # CERT_HAS_EXPIRED
+            return (f"the server's certificate {ident} expired at "
+                    f"{_utc(cert.not_valid_after_utc)}")
+        if verify_code == 9 and now < cert.not_valid_before_utc:  # CERT_NOT_YET_VALID
+            return (f"the server's certificate {ident} is not valid until "
+                    f"{_utc(cert.not_valid_before_utc)}")
+        return _issuer_out_of_period(cert, ident, ca_file, now, expired=verify_code == 10)
     if verify_code == 26:  # X509_V_ERR_INVALID_PURPOSE
         return (f"the server's certificate {ident} has an extended key usage without "
                 "serverAuth")
@@ -280,6 +287,35 @@ def _describe(cert: x509.Certificate, verify_code: int, ca_file: str) -> str:
         return (f"the server's certificate {ident} ({valid}) is issued by {issuer!r}, "
                 f"which no CA of {ca_file} verifies")
     return f"the server's certificate {ident} (issuer {issuer!r}, {valid})"
+
+
+def _issuer_out_of_period(cert: x509.Certificate, ident: str, ca_file: str,
+                          now: dt.datetime, *, expired: bool) -> str:
+    """The reason when OpenSSL found a certificate of the server's chain expired (or, not
+    ``expired``, not valid yet) and it is not the server's own ``cert`` (valid at
+    ``now``): the CA certificate of ``ca_file`` with ``cert``'s issuer name that is out
+    of its period, named with its date, else a CA of the chain (an intermediate the
+    server presents, which Python's ssl does not hand over)."""
+    valid = (f"the server's certificate {ident} is valid until "
+             f"{_utc(cert.not_valid_after_utc)}")
+    try:
+        with open(ca_file, "rb") as f:
+            cas = x509.load_pem_x509_certificates(f.read())
+    except Exception:  # unreadable now (mid-renewal): the CA is not named
+        cas = []
+    for ca in cas:
+        if ca.subject != cert.issuer:
+            continue
+        name = ca.subject.rfc4514_string()
+        if expired and now > ca.not_valid_after_utc:
+            return (f"the CA certificate {name!r} of {ca_file} that issued it expired at "
+                    f"{_utc(ca.not_valid_after_utc)}; {valid}")
+        if not expired and now < ca.not_valid_before_utc:
+            return (f"the CA certificate {name!r} of {ca_file} that issued it is not "
+                    f"valid until {_utc(ca.not_valid_before_utc)}; {valid}")
+    period = "has expired" if expired else "is not valid yet"
+    return (f"a CA certificate of its chain {period} (an intermediate CA the server "
+            f"presents, or one of {ca_file}); {valid}")
 
 
 class HandshakeDiagnosis:
