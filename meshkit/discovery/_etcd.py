@@ -856,8 +856,9 @@ class _Update:
 class _Cursor:
     """Where a watch's follower is: the state it built and the ``mod_revision`` of each
     key of it (also of a key whose value is unusable), the last revision applied, whether
-    a full read is due, the cluster id, and how many full reads in a row came without an
-    event between them."""
+    a full read is due, the cluster id, how many full reads in a row came without an
+    event between them, the service watched, and when the current stream was
+    established."""
 
     state: dict[bytes, Instance] = field(default_factory=dict)
     mods: dict[bytes, int] = field(default_factory=dict)
@@ -866,6 +867,9 @@ class _Cursor:
     cluster: str | None = None
     resyncs: int = 0
     service: str | None = None
+    #: monotonic time the current stream was established (etcd's "created"), None
+    #: while none is: a stream that lived past the longest backoff broke afresh
+    created_at: float | None = None
 
 
 class _LeaseLock:
@@ -2171,7 +2175,10 @@ class EtcdRegistry:
 
     async def _follow(self, service: str, queue: asyncio.Queue[_Update]) -> None:
         """Read ``service``'s prefix and follow its watch stream, forever; put each new
-        state on ``queue``. Errors are recorded and retried with backoff.
+        state on ``queue``. Errors are recorded and retried with backoff (full jitter,
+        ``backoff_base_s`` .. ``backoff_max_s``), counted from the first of a series: a
+        stream left quiet, or one that broke after living longer than ``backoff_max_s``,
+        starts the count afresh.
 
         The prefix is read in full at start, after a compaction, and after any broken
         stream (as Kubernetes' reflectors list again): the read's view replaces the
@@ -2211,11 +2218,17 @@ class EtcdRegistry:
             except _FOREIGN as exc:
                 if not cur.reread:  # a broken stream: read in full (failures back off)
                     cur.reread, cur.resyncs = True, 0
+                created_at, cur.created_at = cur.created_at, None
+                if created_at is not None and (time.monotonic() - created_at
+                                               >= self.options.backoff_max_s):
+                    # a stream that worked for longer than the longest backoff broke:
+                    # a first failure, not one more of a series (as a quiet leave)
+                    failures = 0
                 failures += 1
                 self._outcome(False, f"watch of {service!r}: {describe(exc)}", service)
                 await asyncio.sleep(self._backoff_delay(failures))
             else:
-                failures = 0
+                failures, cur.created_at = 0, None
 
     async def _unchanged(self, prefix: bytes, cur: _Cursor) -> bool:
         """Whether the stream of a watch left quiet can be resumed from ``cur.revision + 1``
@@ -2342,6 +2355,7 @@ class EtcdRegistry:
                                 header.get("revision") or 0) < cur.revision:
                             cur.reread = True  # another store answers: read it in full
                             return
+                        cur.created_at = time.monotonic()
                         self._outcome(False, None, cur.service)
                         continue
                     if result.get("canceled"):
