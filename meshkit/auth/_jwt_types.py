@@ -22,7 +22,8 @@ class Claims:
         issued_at: ``iat``, seconds since the epoch.
         not_before: ``nbf``, seconds since the epoch, or ``None``.
         token_id: ``jti``, or ``None``.
-        raw: every claim as decoded (read-only view; includes the above).
+        raw: every claim as decoded (read-only view; includes the above). Compared by
+            ``==`` but left out of the hash (claims hash: a set member, a dict key).
     """
 
     subject: str
@@ -33,7 +34,8 @@ class Claims:
     issued_at: float | None = None
     not_before: float | None = None
     token_id: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # compared, but not hashed: a mapping is unhashable, and hash(claims) raised
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
 
     def has_scopes(self, required: frozenset[str] | set[str] | tuple[str, ...]) -> bool:
         """Whether every scope in ``required`` was granted."""
