@@ -8,6 +8,8 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
+from meshkit._log import printable
+
 __all__ = ["render_trace"]
 
 _KINDS = {"SpanKind.SERVER": "server", "SpanKind.CLIENT": "client",
@@ -27,12 +29,13 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | str | None = 
            └─ ecom.v1.UserService/GetUser  client  +1.10 ms  2.30 ms  OK
               └─ ...
 
-    Each line (control characters in names and values escaped, ``\\n``, ``\\x1b``: they
-    may come from remote callers): span name, kind, offset from the root's start
-    (children), duration in milliseconds, gRPC status (``rpc.grpc.status_code`` or the
-    span status), a few attributes, and events (``· attempt``) below it. Spans whose
-    parent is not among ``spans`` are roots, marked ``(parent span not exported)`` when
-    they have a parent (one from a process killed before it exported its spans, say).
+    Each line (characters that are not printable in names and values escaped, ``\\n``,
+    ``\\x1b``, ``\\u202e``: they may come from remote callers): span name, kind, offset
+    from the root's start (children), duration in milliseconds, gRPC status
+    (``rpc.grpc.status_code`` or the span status), a few attributes, and events
+    (``· attempt``) below it. Spans whose parent is not among ``spans`` are roots, marked
+    ``(parent span not exported)`` when they have a parent (one from a process killed
+    before it exported its spans, say).
     Each span is drawn once: spans whose parent links loop (a span its own parent, in a
     corrupted file) are drawn from the earliest of them, marked ``(its parent links
     loop)``.
@@ -139,17 +142,13 @@ def _walk(span: ReadableSpan, children: dict[int | None, list[ReadableSpan]], or
         push_kids(child, deeper)
 
 
-# C0 and C1 control characters, DEL and the Unicode line separators (a newline would
-# forge tree lines, ESC / CSI drive a terminal): written as Python escapes
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
-_CONTROLS.update({0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t", 0x2028: "\\u2028",
-                  0x2029: "\\u2029"})  # the last two: line breaks to str.splitlines()
-
-
 def _text(value: object) -> str:
-    """``value`` as text on one line, its control characters escaped (``\\n``,
-    ``\\x1b``): span names and attribute values may come from remote callers."""
-    return str(value).translate(_CONTROLS)
+    """``value`` as text on one line, each character that is not printable escaped as
+    ``repr`` writes it (:func:`meshkit._log.printable`, as the access log: ``\\n``,
+    ``\\x1b``, and Unicode format characters such as the bidi override ``\\u202e``,
+    which would reorder the line on a terminal): span names and attribute values may
+    come from remote callers."""
+    return printable(str(value))
 
 
 def _ms(ns: int) -> str:
