@@ -889,7 +889,13 @@ class EndpointPool:
         :attr:`diagnosis`, and a ``TRANSIENT_FAILURE`` that lasts again every probe
         interval (:meth:`_state_change`)."""
         key = ep.key
-        ch = self.conns[key].channel
+        conn = self.conns.get(key)
+        if conn is None:
+            # spawned in the turn its sub-channel went (a close() that ran before this
+            # task started: a batch added or rebuilt just before; raising here left a
+            # "Task exception was never retrieved" per endpoint): nothing to mirror
+            return
+        ch = conn.channel
         state = ch.get_state(try_to_connect=connect)
         calls = ep.calls  # the endpoint's calls before the connection being made
         while True:
