@@ -117,12 +117,13 @@ class VerificationKey:
         algorithm: the one JWS algorithm this key verifies, e.g. ``"ES256"``.
         key: the ``cryptography`` public key object; an RSA key under
             :data:`MIN_RSA_KEY_BITS` (2048) bits, or a private key object, verifies no
-            token.
+            token. Compared by ``==`` (key material), left out of the hash
+            (``cryptography``'s keys have none): keys hash by ``kid`` and ``algorithm``.
     """
 
     kid: str
     algorithm: str
-    key: Any
+    key: Any = field(hash=False)
 
 
 @dataclass(frozen=True, slots=True)
