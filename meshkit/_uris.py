@@ -56,13 +56,20 @@ def mask_query(rest: str, known: Collection[str] = ()) -> str:
     ``urllib.parse`` reads ``5;password=pw`` as ``ttl_s``'s value), and a known key's value
     that, decoded, holds ``&``, ``;``, ``=`` or ``?`` (never an option's value, but a
     second pair run into it: ``ttl_s=5%26password%3Dpw``, ``ttl_s=5?password=pw``) is
-    masked too: more is masked, never less."""
+    masked too, and so is a piece with no ``=`` that, decoded, holds one of those
+    (``password%3Dpw``: a pair whose ``=`` was percent-encoded): more is masked, never
+    less."""
     rest, hash_, _ = rest.partition("#")
     base, qmark, query = rest.partition("?")
     if query:
         pieces = []
         for piece in _SEPARATORS.split(query):  # the separators kept, at odd places
             key, eq, value = piece.partition("=")
+            if not eq and key not in ("&", ";") and _RUN_IN.search(urllib.parse.unquote_plus(key)):
+                # no '=' as written, one decoded: a pair whose '=' was percent-encoded
+                # (``password%3Dpw``), its secret in what a parser reads as a key
+                pieces.append("***")
+                continue
             masked = eq and (urllib.parse.unquote_plus(key) not in known
                              or _RUN_IN.search(urllib.parse.unquote_plus(value)))
             pieces.append(f"{key}=***" if masked else piece)

@@ -242,7 +242,9 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
         elif key in strs:
             out[key] = value
         else:
-            raise ConfigError(f"unknown option {key!r} in {where}")
+            # shown_value: a key that decodes to a run-in pair ('password%3Dpw') holds
+            # its secret
+            raise ConfigError(f"unknown option {shown_value(key)} in {where}")
     return out
 
 
