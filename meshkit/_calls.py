@@ -529,6 +529,8 @@ class MeshCall:
     # -- settling ----------------------------------------------------------------------
     def _settle(self, call: Any, error: BaseException | None) -> None:
         """Fix the outcome (once) and run the done callbacks registered so far."""
+        # UnaryResponseCall._run writes out the case of an answer with no callback and
+        # no waiter: change both
         if self._is_settled:
             return
         self._is_settled = True
@@ -863,6 +865,15 @@ class UnaryResponseCall(MeshCall):
     __slots__ = ("_ctx", "_invoke", "_request", "_response")
 
     _settles_at_cancel = False
+    # _settle is MeshCall's: _run settles an answer without a done callback or a waiter
+    # itself (a frame less per call); False for a subclass that extends _settle
+    # (StreamUnaryCall: it ends the request stream too)
+    _plain_settle: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_settle" in cls.__dict__:
+            cls._plain_settle = False
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  invoke: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
@@ -929,7 +940,14 @@ class UnaryResponseCall(MeshCall):
             self._settle(self._details.last_call, exc)
             del self
             raise
-        self._settle(self._details.last_call, None)
+        if (self._callbacks is None and self._settled_fut is None and self._plain_settle
+                and not self._is_settled):
+            # _settle(last_call, None) written out for its usual case (no done callback
+            # and no waiter yet, _settle not extended): change both
+            self._is_settled = True
+            self._call = self._details.last_call
+        else:
+            self._settle(self._details.last_call, None)
         return self._response
 
     def _start(self) -> None:
