@@ -200,7 +200,8 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
         if text[at] != "@":  # '/', '?', '#' or whitespace ends the authority
             authority = text[start:at]
             colon = authority.find(":")
-            port = authority[colon + 1:]
+            # a port, or the first of a host list's (``h1:27017,h2:27017``, ``h1,h2:5432``)
+            port = authority[colon + 1:].partition(",")[0]
             if (text[at].isspace() or colon < 0 or authority.startswith("[")
                     or (port.isascii() and port.isdigit())):
                 skip = at  # a host (and port): an '@' after it is in a path or query
@@ -253,8 +254,8 @@ def redact_url_userinfo(text: str) -> str:
     A URL's user info is what stands between ``scheme://`` and ``@`` before the first
     ``/``, ``?`` or ``#`` (RFC 3986 §3.2.1), or, when the text up to that first ``/``,
     ``?`` or ``#`` reads ``user:password`` (a ``:`` not followed by a port's digits
-    alone, no bracketed IP literal), everything up to the next ``@`` before any
-    whitespace: a password pasted unencoded (``postgresql://u:pa/ss@h/db``,
+    alone or before a ``,``, as in a host list; no bracketed IP literal), everything up
+    to the next ``@`` before any whitespace: a password pasted unencoded (``postgresql://u:pa/ss@h/db``,
     ``redis://:p?w#d@h:6379``) is redacted whole. An ``@`` in a path or query after a
     host (``https://h/@user``, ``https://h:8443/@scope/pkg``) is no user info. Not
     redacted: a password whose characters before its first ``/``, ``?`` or ``#`` are

@@ -38,6 +38,9 @@ _CASES = {
     "port-then-at-in-path": ("https://h:8443/@scope/pkg", "https://h:8443/@scope/pkg"),
     "ipv6-at-in-path": ("http://[::1]/a@b", "http://[::1]/a@b"),
     "ipv6-port-at-in-path": ("http://[fe80::1]:80/a@b", "http://[fe80::1]:80/a@b"),
+    "multi-host-at-in-query": ("mongodb://h1:27017,h2:27017/db?app=a@b",
+                               "mongodb://h1:27017,h2:27017/db?app=a@b"),
+    "multi-host-pg": ("postgresql://h1,h2:5432/db?x=@y", "postgresql://h1,h2:5432/db?x=@y"),
     "no-at-before-space": ("http://u:p/x and y@z", "http://u:p/x and y@z"),
     "well-formed": ("mysql://u:p@h/db", "mysql://[REDACTED]@h/db"),
 }
