@@ -1083,6 +1083,8 @@ class EtcdRegistry:
         # is that service's fault, not every service's (see _outcome)
         self._reads: dict[str, StatusTracker] = {}
         self._watchers: dict[str, int] = {}
+        # both counted by watches of several threads' loops at once
+        self._reads_mutex = threading.Lock()
         # the key of each unusable value -> monotonic time it was last logged
         self._unusable_logged: dict[bytes, float] = {}
         self._watch_ids = itertools.count()
@@ -1165,6 +1167,7 @@ class EtcdRegistry:
         self._kept = {}
         self._reads = {}
         self._watchers = {}
+        self._reads_mutex = threading.Lock()
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -1576,11 +1579,13 @@ class EtcdRegistry:
 
     def _service_outcome(self, service: str, error: str | None) -> None:
         """:meth:`_outcome` of a read of a watch of ``service``."""
-        reads = self._reads.get(service)
-        if reads is None:
-            if not self._watchers.get(service):  # its last watch ended meanwhile
-                return
-            reads = self._reads[service] = StatusTracker("etcd")
+        with self._reads_mutex:
+            reads = self._reads.get(service)
+            if reads is None and self._watchers.get(service):
+                reads = self._reads[service] = StatusTracker("etcd")
+        if reads is None:  # its last watch ended meanwhile: the registry's only
+            self._outcome(False, error)
+            return
         endpoints = list(self.options.endpoints)
         tracker = self._tracker
         if error is None:
@@ -1607,13 +1612,14 @@ class EtcdRegistry:
         """A watch of ``service`` ended: the last one takes its reads' record along; if it
         was failing and the other watched services read, the registry reads again (their
         streams report only when something comes)."""
-        left = self._watchers.get(service, 0) - 1
-        if left > 0:
-            self._watchers[service] = left
-            return
-        self._watchers.pop(service, None)
-        gone = self._reads.pop(service, None)
-        others = list(self._reads.values())
+        with self._reads_mutex:
+            left = self._watchers.get(service, 0) - 1
+            if left > 0:
+                self._watchers[service] = left
+                return
+            self._watchers.pop(service, None)
+            gone = self._reads.pop(service, None)
+            others = list(self._reads.values())
         if (gone is not None and others and self._tracker.read.ok is False
                 and not all(t.read.ok is False for t in others)):
             self._tracker.read_ok()
@@ -2084,7 +2090,8 @@ class EtcdRegistry:
         if not service:
             raise ConfigError(f"service must not be empty, got {service!r}")
         queue: asyncio.Queue[_Update] = asyncio.Queue()
-        self._watchers[service] = self._watchers.get(service, 0) + 1
+        with self._reads_mutex:
+            self._watchers[service] = self._watchers.get(service, 0) + 1
         follower = asyncio.create_task(self._follow(service, queue),
                                        name=f"meshkit-etcd-watch-{service}")
         me = next(self._watch_ids)
