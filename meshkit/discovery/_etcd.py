@@ -149,8 +149,10 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   prefix is read in full, as after a broken stream. **Cost:** one keys-only range and
   one watch request per ``ttl_s`` of quiet per watch; none while events flow.
 * **Last known good.** While etcd cannot be read, a watch keeps its last set (yields
-  nothing), never an empty set because of an error; ``status()`` says ``readable=False``
-  and the outage is logged once (a reminder every 60 s, a line when it ends). If after an
+  nothing), never an empty set because of an error; ``status(service)`` says
+  ``readable=False`` (``status()`` too once every watched service's reads fail: a prefix
+  etcd's authentication refuses this user is that service's fault alone) and the
+  outage is logged once per service (a reminder every 60 s, a line when it ends). If after an
   outage etcd comes back with a *replaced store* (another cluster id, a revision lower
   than one already seen, or a key whose ``mod_revision`` is at most the watch's revision
   but not the one the watch knew: a restored or wiped data directory, also one restarted
