@@ -14,7 +14,8 @@ Pure policy, no I/O, injectable clocks and random sources; the balanced channel
 * :class:`EjectingBalancer` with :class:`OutlierOptions`: outlier ejection in front of any
   balancer (Envoy's consecutive-failure detection);
 * :class:`ZoneAwareBalancer`: the local zone's endpoints while one is READY, the other
-  zones' otherwise, decided per call (Envoy's and Linkerd's locality failover);
+  zones' otherwise, decided per call (Envoy's and Linkerd's locality failover), a share
+  of the calls spilling over as local endpoints fail (Envoy's overprovisioning factor);
 * filters run per discovery change: :class:`Subset`, :class:`PreferZone` (the local zone
   while an instance of it is registered, usable or not), or any callable
   (:data:`Filter`).

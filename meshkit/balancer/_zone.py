@@ -1,5 +1,7 @@
-"""Zone-aware balancing: the local zone's endpoints while one of them can take the call,
-the other zones' otherwise, decided per call (pure policy, no I/O).
+"""Zone-aware balancing: the local zone's endpoints while they are healthy enough, a
+share of the calls to the other zones in proportion as they are not (Envoy's priority
+spillover), all of them when no local endpoint can take the call, decided per call
+(pure policy, no I/O).
 
 Envoy's zone-aware routing and locality failover, and gRPC's priority failover (gRFC
 A56), send traffic to another locality when the local one has no *healthy* host, not
@@ -17,10 +19,13 @@ only the endpoints in rotation), their ejection.
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Callable, Collection, Sequence
 
 import grpc
 
+from meshkit._config import check_number, check_rng
+from meshkit._fork import ForkSafeRandom
 from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState, StateIndex
 from meshkit.balancer._filters import Filter, PreferZone
 from meshkit.balancer._p2c import P2C
@@ -29,6 +34,7 @@ from meshkit.errors import ConfigError
 __all__ = ["ZoneAwareBalancer", "split_zone_preference"]
 
 _READY = EndpointState.READY
+_FAILING = EndpointState.FAILING
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 Pick = Callable[[str | None, Collection[Endpoint]], tuple[Endpoint, Done] | None]
@@ -59,7 +65,19 @@ class ZoneAwareBalancer:
       another zone, since the ``exclude`` preference of :class:`~meshkit.balancer.Balancer`
       asks for a different endpoint; with none, to the local one again;
     * no endpoint usable anywhere: ``None`` (under outlier ejection, panic routing then
-      takes an ejected endpoint whose connection is not failing).
+      takes an ejected endpoint whose connection is not failing);
+    * some local endpoints ``FAILING``: the local zone keeps
+      ``min(1, overprovisioning_factor * healthy / local)`` of the calls (``healthy``:
+      its endpoints not ``FAILING``; an IDLE one, whose unused connection a server
+      closed, is healthy) and the rest go to the other zones, as Envoy's priority levels
+      spill over (its default factor 1.4: 10 local endpoints keep every call while 8
+      are healthy, 84 % with 6, 14 % with 1), instead of every local call on the few
+      endpoints left. A call drawn to spill over stays local when the other zones'
+      pick is ``FAILING`` or there is none; a retry (``exclude``) follows the rules
+      above only. Outlier ejection hands this balancer the endpoints in rotation only,
+      so an ejected local endpoint counts in neither ``healthy`` nor ``local`` (Envoy
+      counts it unhealthy): a zone whose endpoints are ejected spills over only once
+      every one is.
 
     The common pick (a READY local endpoint) costs one inner pick and two tests. Give it
     as the channel's balancer factory (the channel puts outlier ejection around it)::
@@ -72,16 +90,30 @@ class ZoneAwareBalancer:
         inner: factory of the balancer used within each group (called twice: one for
             the local zone's endpoints, one for the others'); default
             :class:`~meshkit.balancer.P2C`.
+        overprovisioning_factor: how far the local zone's healthy share is scaled up
+            before calls spill over, >= 1 (default 1.4, Envoy's 140 %); ``math.inf``:
+            no proportional spillover (all-or-nothing, as before).
+        rng: random source of the spillover draws (default a new ``random.Random``,
+            reseeded in a forked child).
 
     Raises:
         ConfigError: an empty zone, or one that is not a string; an ``inner`` that is
-            not callable (a balancer given instead of its factory; quoted).
+            not callable (a balancer given instead of its factory); an
+            ``overprovisioning_factor`` below 1 or no number; ``rng`` no random source
+            (quoted).
     """
 
-    __slots__ = ("_by_state", "_local", "_local_eps", "_local_stream", "_other",
-                 "_other_stream", "zone")
+    __slots__ = ("_by_state", "_factor", "_local", "_local_eps", "_local_stream", "_other",
+                 "_other_stream", "_rng", "zone")
 
-    def __init__(self, zone: str, inner: Callable[[], Balancer] = P2C) -> None:
+    def __init__(self, zone: str, inner: Callable[[], Balancer] = P2C, *,
+                 overprovisioning_factor: float = 1.4,
+                 rng: random.Random | None = None) -> None:
+        check_number("overprovisioning_factor", overprovisioning_factor, low=1.0,
+                     finite=False)
+        check_rng("rng", rng, ("random",))
+        self._factor = float(overprovisioning_factor)
+        self._rng = rng if rng is not None else ForkSafeRandom()
         if not isinstance(zone, str) or not zone:
             raise ConfigError(
                 f"ZoneAwareBalancer zone must be a non-empty string, got {zone!r}")
@@ -161,7 +193,17 @@ class ZoneAwareBalancer:
 
     def _choose(self, local: Pick, other: Pick, key: str | None,
                 exclude: Collection[Endpoint]) -> tuple[Endpoint, Done] | None:
-        got = local(key, exclude) if self._local_eps else None
+        n = len(self._local_eps)
+        if n and not exclude and (failing := self._by_state.count(_FAILING)):
+            # some local endpoints failing: spill over in proportion (class docstring)
+            keep = (n - failing) * self._factor
+            if 0 < keep < n and self._rng.random() * n >= keep:
+                alt = other(key, exclude)
+                if alt is not None:
+                    if alt[0].state is not _FAILING:
+                        return alt
+                    alt[1](_CANCELLED, 0.0)  # not sent: no outcome
+        got = local(key, exclude) if n else None
         if got is not None:
             ep = got[0]
             if ep.state is _READY and not (exclude and ep in exclude):
