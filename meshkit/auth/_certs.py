@@ -60,6 +60,8 @@ from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
     SpiffeId,
+    _Anchor,
+    _name_problem,
     foreign_identity_name,
     identity_dns_name,
     load_pem_certificates,
@@ -339,8 +341,10 @@ def issue_workload(
             instead of a sequence of names (quoted), a bad IP or an IPv6 one with a zone
             (``fe80::1%eth0``; quoted), a DNS name no certificate may
             carry (RFC 5280 §4.2.1.6: not ASCII host-name syntax, or a wildcard that is
-            not the whole leftmost label; quoted), a DNS/IP name outside the
-            CA's name constraints, an extra DNS name equal to or under ``svc.<td>`` other
+            not the whole leftmost label; quoted), a name the CA's name constraints
+            forbid (RFC 5280 §4.2.1.10: outside its permitted or in its excluded
+            subtrees; the extra DNS/IP names, the SPIFFE ID and the identity DNS name
+            alike, named), an extra DNS name equal to or under ``svc.<td>`` other
             than the workload's own identity name (``userd.svc.<td>`` or ``*.svc.<td>``
             for ``orderd``: clients verify identity as that host name, so it would let
             the workload pass as another; quoted), a validity outliving the CA,
@@ -394,6 +398,13 @@ def issue_workload(
         ):
             raise ConfigError(f"IP {ip!r} is outside the CA's name constraints")
         names.append(x509.IPAddress(addr))
+    # every name against every subtree, permitted and excluded (the SPIFFE ID and the
+    # identity name too), as peers check them (PeerVerifier): a certificate they would
+    # all refuse is not written
+    problem = _name_problem(_Anchor.of(ca_cert), names)
+    if problem is not None:
+        raise ConfigError(f"the CA's name constraints forbid this certificate: {problem} "
+                          "(every peer would refuse it)")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
