@@ -2572,9 +2572,11 @@ class EtcdRegistry:
         """This registry's health as its own requests saw it (no I/O).
 
         Args:
-            service: a service name, e.g. ``"orderd"``: ``readable`` (and, while it
-                fails, ``last_error``) say how that service's watches read (None while
-                none runs, or none has read yet); default None: the registry's.
+            service: a service name, e.g. ``"orderd"``: ``readable``,
+                ``failing_since_s`` (its reads' outage, or the writes') and, while it
+                fails, ``last_error`` say how that service's watches read (``readable``
+                None while none runs, or none has read yet); default None: the
+                registry's.
 
         ``readable``/``read_errors``: the watches' reads and streams; ``readable`` is
         False only while every watched service's latest read failed (one service's
@@ -2593,8 +2595,12 @@ class EtcdRegistry:
         reads = self._reads.get(service)
         if reads is None:
             return dataclasses.replace(status, readable=None)
-        return dataclasses.replace(status, readable=reads.read.ok, last_error=(
-            reads.last_error if reads.read.ok is False else status.last_error))
+        own = reads.status()  # the service's reads' outage, and the registry's writes'
+        since = [t for t in (own.failing_since_s, self._tracker.write.since_wall)
+                 if t is not None]
+        return dataclasses.replace(
+            status, readable=own.readable, failing_since_s=min(since) if since else None,
+            last_error=own.last_error if own.readable is False else status.last_error)
 
     async def close(self) -> None:
         """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent; a

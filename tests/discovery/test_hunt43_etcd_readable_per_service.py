@@ -103,3 +103,25 @@ async def test_one_refused_watch_leaves_other_services_readable(node: _AuthEtcd)
     finally:
         await app.close()
         await root.close()
+
+
+async def test_the_refused_service_reports_its_outage_start(node: _AuthEtcd) -> None:
+    """``status(service)`` of the refused service gives its outage's start
+    (``failing_since_s``) and its error; the readable one none."""
+    app = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), user="app",
+                                   password=_APP_PW, **FAST))
+    try:
+        allowed = Collector(app, _ALLOWED)
+        await allowed.next(timeout_s=15)
+        denied = Collector(app, _DENIED)
+        await until(lambda: app.status(_DENIED).readable is False, timeout_s=15,
+                    what="the refused watch to be unreadable")
+        refused = app.status(_DENIED)
+        assert refused.failing_since_s is not None
+        assert refused.last_error is not None and "permission denied" in refused.last_error
+        assert _APP_PW not in refused.last_error
+        assert app.status(_ALLOWED).failing_since_s is None
+        await denied.stop()
+        await allowed.stop()
+    finally:
+        await app.close()
