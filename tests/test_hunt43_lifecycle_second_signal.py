@@ -1,13 +1,16 @@
-"""A second SIGINT/SIGTERM during ``serve()``'s drain ends the drain now.
+"""The same SIGINT/SIGTERM a second time during ``serve()``'s drain ends the drain now.
 
 The first Ctrl-C (or SIGTERM) drains: in-flight calls get ``grace_s`` to finish. A second
 one was only logged ("the drain goes on"), so a handler that never returns held the
-process for the whole ``grace_s`` (60 s here) whatever the operator did; uvicorn,
-gunicorn and Kubernetes (SIGKILL after the grace) all treat the second signal as "stop
-now". Now the second signal cancels the in-flight calls (their callers get
-``UNAVAILABLE``), the server is stopped and closed, ``serve()`` returns, and the process
-exits 0 well inside ``grace_s``; a warning says so. Run in a real child process, signals
-sent by ``os.kill`` from here.
+process for the whole ``grace_s`` (60 s here) whatever the operator did; uvicorn treats a
+second Ctrl-C as "stop now", Kubernetes sends SIGKILL after the grace. Now the same signal
+again cancels the in-flight calls (their callers get ``UNAVAILABLE``), the server is
+stopped and closed, ``serve()`` returns, and the process exits 0 well inside
+``grace_s``; a warning says so. Another signal (Ctrl-C reaching the process group, then
+honcho's or foreman's SIGTERM to its children) still lets the drain go on, as
+tests/integration/test_processes.py::test_a_second_signal_during_the_drain_does_not_kill_
+in_flight_calls asks; that signal again ends it. Run in a real child process, the
+signals sent by ``os.kill`` from here.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ async def main():
     finally:
         await registry.close()
 
-asyncio.run(main())
+RUNNER(main())
 print("exited cleanly", flush=True)
 """
 
@@ -96,10 +99,20 @@ _FIXED = hasattr(MeshServer, "_end_drain_now")
 @pytest.mark.xfail(not _FIXED, strict=True,
                    reason="needs MeshServer._end_drain_now in meshkit/server.py")
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_second_signal_during_the_drain_ends_it_now(second: signal.Signals,
-                                                     tmp_path: Path) -> None:
-    child = _CHILD.replace("SIG_GRACE", repr(_GRACE_S))
+@pytest.mark.parametrize(("signals", "runner"), [
+    ((signal.SIGINT, signal.SIGINT), "asyncio.run"),
+    ((signal.SIGTERM, signal.SIGTERM), "asyncio.run"),
+    ((signal.SIGINT, signal.SIGINT), "meshkit.run"),
+    ((signal.SIGINT, signal.SIGTERM, signal.SIGTERM), "asyncio.run")],
+    ids=["SIGINT-twice", "SIGTERM-twice", "SIGINT-twice-meshkit.run",
+         "SIGINT-then-SIGTERM-twice"])
+def test_the_same_signal_again_during_the_drain_ends_it_now(
+        signals: tuple[signal.Signals, ...], runner: str, tmp_path: Path) -> None:
+    """``runner``: ``meshkit.run`` runs the child on uvloop's event loop (installed here).
+    A signal other than those before (Ctrl-C to the process group, then a process
+    manager's SIGTERM: tests/integration/test_processes.py) lets the drain go on; the
+    same one again ends it."""
+    child = _CHILD.replace("SIG_GRACE", repr(_GRACE_S)).replace("RUNNER", runner)
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path,
@@ -108,14 +121,18 @@ def test_a_second_signal_during_the_drain_ends_it_now(second: signal.Signals,
     assert proc.stdout is not None
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
     seen: list[str] = []
+    first, *others, second = signals
     try:
         port = int(_wait_for(out, seen, "port ", 30).split()[-1])
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             hang: Any = channel.unary_unary("/t.Hang/Hang")
             call = hang.future(b"x", timeout=100)
             _wait_for(out, seen, "in flight", 30)
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, first)
             _wait_for(out, seen, "draining", 30)
+            for other in others:  # another signal: logged, the drain goes on
+                os.kill(proc.pid, other)
+                _wait_for(out, seen, "the drain goes on", 30)
             time.sleep(1.0)  # well into the grace: the drain waits for the call
             assert proc.poll() is None, seen
             assert not call.done()
