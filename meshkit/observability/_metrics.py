@@ -316,7 +316,8 @@ class _Record:
         in the side's own count: on a server, 1 (or ``True``) when the rate limiter
         refused it (:attr:`BoundServer.rate_limited`); on a client, the logical call's
         attempts (:attr:`BoundClient.attempts`). One method for both sides, its frame the
-        only one per call."""
+        only one per call; the server telemetry's ``_finish`` counts the same inline
+        (a change here is one there)."""
         if code is _OK:
             self.ok += 1
         else:

@@ -8,6 +8,7 @@ import contextvars
 import functools
 import json
 import time
+from bisect import bisect_left as _bisect
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -369,8 +370,17 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         self._in_flight -= 1
         limited = code is STATUS_EXHAUSTED and _rejected_by_rate_limit()
         try:
-            if m.bound is not None:
-                m.bound.finished(code, duration_s, limited)
+            bound = m.bound
+            if bound is not None:  # bound.finished(...), inline: one frame fewer per call
+                if code is STATUS_OK:
+                    bound.ok += 1
+                else:
+                    handled = bound.handled
+                    handled[code] = handled.get(code, 0) + 1
+                bound.counts[_bisect(bound.bounds, duration_s)] += 1
+                bound.sum_s += duration_s
+                bound.in_flight -= 1
+                bound.extra += limited
             # access_mode() != ACCESS_OFF, the JSON access log's answer inline (a frame)
             log = self.options.access_log and (type(_AccessLog.logger) is _AccessWriter
                                                or access_mode() != ACCESS_OFF)
