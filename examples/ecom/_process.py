@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 
 import meshkit
-from examples.ecom.storage import Store, StoreUnavailable, open_store
+from examples.ecom.storage import Store, StoreError, StoreUnavailable, open_store
 from meshkit.auth import AuthOptions, TLSOptions, tls_from_dir
 from meshkit.observability import AdminOptions, configure_logging
 from meshkit.resilience import RateLimitOptions
@@ -95,7 +95,12 @@ async def open_store_waiting(url: str, wait_s: float) -> Store:
     Once open, a store reconnects by itself; at the start there was no store yet, and a
     service exited at once: a stack applied together, its database still starting, began
     in Kubernetes' CrashLoopBackOff, whose delays (up to 5 minutes) outlasted the
-    database's start. Other failures (a bad URL, authentication) are raised at once.
+    database's start. Other failures (a bad URL, authentication refused, a missing
+    database) end the process at once: ``store cannot be opened`` logged with the cause
+    (the database's own message, e.g. ``role "app" does not exist``; never the URL's
+    password) and :class:`SystemExit` with one line naming it (status 1, no traceback:
+    a traceback's last line, all ``meshkit demo`` shows of a service's log, named no
+    cause).
 
     An attempt gets what is left of ``wait_s`` (at least a second): one at a database
     that takes connections and never answers ran to the store's own connect timeout
@@ -119,6 +124,11 @@ async def open_store_waiting(url: str, wait_s: float) -> Store:
                              cause=f"{type(cause).__name__}: {cause}" if cause else str(exc))
             await asyncio.sleep(1.0)
             continue
+        except (StoreError, ValueError) as exc:  # waiting cannot fix it: say why, once
+            cause = exc.__cause__
+            why = f"{exc}: {type(cause).__name__}: {cause}" if cause else str(exc)
+            _log.error("store cannot be opened", cause=why)
+            raise SystemExit(f"cannot open the store: {why}") from None
         if warned:
             _log.info("store available")
         return store

@@ -20,7 +20,19 @@ import signal
 import meshkit
 from examples.ecom._process import count_arg, open_store_waiting, seconds_arg, setup_logging
 from examples.ecom.events import event_signer, outbox_relay
+from examples.ecom.storage import Store
 from meshkit.messaging import RelayOptions
+
+
+async def _open_store(url: str, wait_s: float) -> Store | SystemExit:
+    """:func:`~examples.ecom._process.open_store_waiting`, its :class:`SystemExit` (a
+    store that cannot be opened: the one line to end with) returned, not raised: raised
+    in a task it leaves the event loop at once, and asyncio then logs the task's
+    exception as never retrieved after that line."""
+    try:
+        return await open_store_waiting(url, wait_s)
+    except SystemExit as exc:
+        return exc
 
 
 async def main(argv: list[str] | None = None) -> None:
@@ -50,7 +62,7 @@ async def main(argv: list[str] | None = None) -> None:
     # and exec): unblock them, as Go's signal.Notify and meshkit's serve() do
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     # a SIGTERM while the database is awaited ends the wait (the handlers are ours now)
-    opening = asyncio.ensure_future(open_store_waiting(args.db, args.db_wait_s))
+    opening = asyncio.ensure_future(_open_store(args.db, args.db_wait_s))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -60,6 +72,8 @@ async def main(argv: list[str] | None = None) -> None:
             await opening
         return
     store = opening.result()
+    if isinstance(store, SystemExit):  # raised here: out of a task it also logged the task
+        raise store
     try:
         async with outbox_relay(store, args.nats_url, signer,
                                 RelayOptions(name="orders", batch_size=args.batch_size)):
