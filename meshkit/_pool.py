@@ -293,7 +293,8 @@ class EndpointPool:
         # answer, and by _retry_builds with a backoff meanwhile)
         self.sub_channel_errors = 0
         self._unbuilt: dict[str, tuple[Instance, str]] = {}  # key: (instance, error)
-        # the first discovery answer is still coming in (its batches: _add_rest): the
+        # the first discovery answer with endpoints is still coming in (its batches:
+        # _add_rest; an empty answer before it leaves the cold start on): the
         # balancer is told so (its optional cold_start(on)), and slow-starts none of it
         # whatever connected meanwhile; None: not begun yet
         self._cold: bool | None = None
@@ -442,7 +443,7 @@ class EndpointPool:
             self._cold = True  # the first answer: its batches are no newcomers
             self._cold_start(True)
         self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
-        if not to_add:
+        if not to_add and self.endpoints:
             self._warm()
         self._mark_resolved()
         _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
@@ -465,13 +466,14 @@ class EndpointPool:
             if self._unbuilt:
                 self._retry_builds_later()
             self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
-            if not to_add:
+            if not to_add and self.endpoints:
                 self._warm()
             self.notify()
 
     def _warm(self) -> None:
-        """The first discovery answer is all in the balancer: endpoints added from now on
-        are newcomers (its ``cold_start(False)``, once)."""
+        """The first discovery answer with endpoints is all in the balancer (an empty
+        one, a service not registered yet, leaves the cold start to the next): endpoints
+        added from now on are newcomers (its ``cold_start(False)``, once)."""
         if self._cold:
             self._cold = False
             if self._cold_start is not None:

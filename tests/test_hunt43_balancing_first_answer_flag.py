@@ -56,3 +56,24 @@ async def test_no_batch_of_the_first_answer_ramps_though_the_first_connected() -
         late = pool.endpoints[f"i{_N:04d}"]
         late.state = EndpointState.READY
         assert p2c.weight(late) < 1.0
+
+
+async def test_an_empty_first_answer_leaves_the_next_one_the_cold_start() -> None:
+    """A service not registered yet when the channel is dialled: its first answer with
+    endpoints is the cold start, built in batches as well."""
+    opts = meshkit.DialOptions(insecure=True, retry=None)
+    async with meshkit.dial("big", registry=QueueRegistry(), options=opts) as ch:
+        pool = ch._pool
+        outer = pool.balancer
+        assert isinstance(outer, EjectingBalancer)
+        p2c = outer.inner
+        assert isinstance(p2c, P2C)
+        pool.apply(frozenset())
+        pool.apply(frozenset(_inst(i) for i in range(_N)))
+        for ep in list(pool.endpoints.values()):
+            ep.state = EndpointState.READY
+        await until(lambda: len(outer._all) == _N, timeout_s=30, what="the balancer's")
+        for ep in pool.endpoints.values():
+            ep.state = EndpointState.READY
+        ramping = [ep.key for ep in pool.endpoints.values() if p2c.weight(ep) < 1.0]
+        assert not ramping, f"{len(ramping)} of the first answer with endpoints ramped"
