@@ -700,11 +700,19 @@ def _anchor_refusal(anchor: _Anchor, identity: PeerIdentity,
     if problem is not None:
         return 2, _Refused(problem)
     if at is not None:
+        name = anchor.cert.subject.rfc4514_string()
         if at < anchor.not_before:
-            return 3, _Refused("the CA certificate is not valid yet", until=anchor.not_before)
+            return 3, _Refused(f"the CA certificate is not valid yet ({name!r}: not before "
+                               f"{_utc(anchor.not_before)})", until=anchor.not_before)
         if at > anchor.not_after:
-            return 3, _Refused("the CA certificate has expired", since=_after(anchor.not_after))
+            return 3, _Refused(f"the CA certificate has expired ({name!r}: not after "
+                               f"{_utc(anchor.not_after)})", since=_after(anchor.not_after))
     return None
+
+
+def _utc(t: float) -> str:
+    """Epoch seconds ``t`` as an ISO 8601 UTC time to the second (``...Z``)."""
+    return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
 
 _CacheKey = bytes | tuple[bytes, bytes | None]
@@ -1009,9 +1017,11 @@ class PeerVerifier:
         if at is not None:
             nb, na = leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
             if at < nb:
-                raise _Refused("the certificate is not valid yet", until=nb)
+                raise _Refused(f"the certificate is not valid yet (not before {_utc(nb)})",
+                               until=nb)
             if at > na:  # valid through notAfter, inclusive (RFC 5280 §4.1.2.5)
-                raise _Refused("the certificate has expired", since=_after(na))
+                raise _Refused(f"the certificate has expired (not after {_utc(na)})",
+                               since=_after(na))
             since, until = nb, _after(na)  # cached while notBefore <= now <= notAfter
         if self._anchors is None:
             for cert in chain:
