@@ -872,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kill", action="store_true", help="do not kill an instance")
     p.add_argument("--keep-running", action="store_true",
                    help="leave the stack up after the workload and print how to call it")
-    p.add_argument("--workdir", default=None,
+    p.add_argument("--workdir", default=None, type=_workdir,
                    help="directory for registry, databases, logs (kept; a run there again "
                         "reuses its CA)")
     p.add_argument("--keep-workdir", action="store_true", help="do not delete the temp workdir")
@@ -881,6 +881,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", default=None, type=_postgres_url,
                    help="postgresql://... to use PostgreSQL instead of SQLite files")
     return p
+
+
+def _workdir(value: str) -> str:
+    """``--workdir``: a directory path; ``""`` or blanks (``--workdir "$DIR"`` with the
+    variable unset: ``Path("")`` is the working directory, where the whole stack, its CA
+    key included, was made and kept) and a ``~`` no shell expanded are usage errors,
+    quoted."""
+    from meshkit._env import unexpanded_home
+
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"must be a directory path, got {value!r}")
+    if (home := unexpanded_home(value)) is not None:
+        raise argparse.ArgumentTypeError(
+            f"got {value!r}, whose '~' no shell expanded; give the path itself, e.g. "
+            f"{home!r}")
+    return value
 
 
 def _postgres_url(value: str) -> str:
@@ -953,12 +969,17 @@ def main(argv: list[str] | None = None) -> int:
         SystemExit: a usage error (status 2, nothing created), or a CA in ``--workdir``
             the demo cannot use.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "WARNING"), json=False)
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix="meshkit-demo-")
         args.own_workdir = True
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, or under one: status 2, not a traceback
+        reason = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        parser.error(f"argument --workdir: cannot use {args.workdir!r}: {reason or exc}")
     try:
         return asyncio.run(run_until_terminated(args))
     except StartError as exc:  # every process was stopped: what went wrong, no traceback
