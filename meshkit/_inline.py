@@ -211,13 +211,21 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
                 fut.set_result(None)
 
     async def _again(self) -> Any:
-        """A later await: wait for the first one's outcome, then give it."""
+        """A later await: wait for the first one's outcome, then give it. Cancelling the
+        awaiting task cancels the call, as grpc.aio's ``__await__`` (and its
+        ``wait_for_connection``, which awaits the call's task) does whichever task
+        awaiting the call is cancelled."""
         while self._outcome is _RUNNING:
             fut: asyncio.Future[None] = self._loop.create_future()
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(fut)
-            await fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if not self.cancelled():
+                    self.cancel()
+                raise
         if self._outcome is _STATUS:
             await self._raise_for_status()  # CancelledError if cancelled, else the error
             raise asyncio.CancelledError()  # the awaiting task was cancelled as it ended
