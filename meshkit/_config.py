@@ -522,8 +522,9 @@ def check_path(name: str, value: object) -> str:
     """``value`` (the field ``name``, a file or directory path) as a ``str``: a
     non-empty ``str`` or an ``os.PathLike`` whose path is one. ``None`` (an unset
     environment variable), ``bytes``, a number (``os`` would take it for a file
-    descriptor) and ``""`` (which ``Path`` reads as the current directory) are refused,
-    and so is a path starting with a ``~`` that a shell would have expanded (``~``,
+    descriptor), ``""`` (which ``Path`` reads as the current directory) and a path
+    holding a NUL character (every ``open``/``stat`` of it raises a bare ``ValueError``)
+    are refused, and so is a path starting with a ``~`` that a shell would have expanded (``~``,
     ``~/certs``, ``~user/x`` of a user there is): no shell did (an environment file, a
     systemd unit, a quoted value, ``--opt=~/x``), and taken as written it is a relative
     path under a directory named ``~`` in the working directory (what ``meshkit certs
@@ -538,6 +539,9 @@ def check_path(name: str, value: object) -> str:
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{name} must be a path (a non-empty str or os.PathLike), "
                           f"got {shown_path(value)}")
+    if "\x00" in text:  # else the first open/stat raises a bare ValueError
+        raise ConfigError(f"{name} must be a path without a NUL character, got "
+                          f"{shown_path(value)}")
     if (home := unexpanded_home(text)) is not None:
         raise ConfigError(f"{name} must be a path, got {shown_path(value)}, whose '~' no "
                           "shell expanded (an environment file, a quoted value, "
