@@ -627,8 +627,11 @@ class TokenIssuer:
             ConfigError: empty subject, ``scopes`` given as one string, a scope that is no
                 RFC 6749 §3.3 scope token (empty, or with a space, tab, other control or
                 non-ASCII character, ``"`` or ``\\``; see :func:`check_scopes`), a bad
-                ``ttl_s`` (not a number, ``True``, out of range) or an ``audience`` that
-                is not a non-empty string (``""``; quoted).
+                ``ttl_s`` (not a number, ``True``, out of range), an ``audience`` that
+                is not a non-empty string (``""``; quoted), or ``extra_claims`` that is
+                no mapping of non-empty string names to JSON values (RFC 8259: NaN or
+                infinity, a datetime, a set, bytes are none; the claim named, its value
+                never quoted).
         """
         if not subject or not isinstance(subject, str):
             raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -641,7 +644,7 @@ class TokenIssuer:
             raise ConfigError(f"audience must be a non-empty string, got {audience!r}")
         now = int(self.options.clock())
         exp = now + math.ceil(ttl)  # never exp == iat (a token born expired)
-        payload: dict[str, Any] = dict(extra_claims or {})
+        payload = _extra_claims(extra_claims)
         payload.update(
             iss=self.options.issuer, sub=subject,
             aud=self.options.audience if audience is None else audience,
@@ -652,6 +655,35 @@ class TokenIssuer:
         self.keys.note_signed(key.kid, exp)
         return jwt.encode(payload, key.private_key, algorithm=key.algorithm,
                           headers={"kid": key.kid, "typ": "at+jwt"})
+
+
+def _extra_claims(extra: object) -> dict[str, Any]:
+    """``extra`` (:meth:`TokenIssuer.issue`'s ``extra_claims``) as a new dict, checked to
+    be JSON a verifier anywhere parses: Python's json writes NaN and infinity as bare
+    words no RFC 8259 parser takes, turns a non-string name into a string, and raises a
+    bare ``TypeError`` on a datetime or a set.
+
+    Raises:
+        ConfigError: no mapping (named by its type), a name that is no non-empty string
+            (quoted), or a value that is no JSON (the claim named, never its value).
+    """
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise ConfigError("extra_claims must be a mapping of claim names to JSON values, "
+                          f"got a {type(extra).__name__}")
+    for name, value in extra.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"extra_claims: claim names must be non-empty strings, "
+                              f"got {name!r}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise ConfigError(
+                f"extra_claims[{name!r}] is no JSON value (RFC 8259: strings, finite "
+                "numbers, booleans, null, lists and objects of them; NaN or infinity, "
+                "a datetime, a set or bytes are none)") from None
+    return dict(extra)
 
 
 def check_algorithms(name: str, value: object) -> tuple[str, ...]:
