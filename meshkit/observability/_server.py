@@ -157,7 +157,8 @@ def _peer_parts(peer: str) -> tuple[str | None, int | None]:
 class _Method:
     """Everything one method needs per call, computed on its first call."""
 
-    __slots__ = ("attrs", "bound", "line_head", "log_md", "names", "outcome", "traced")
+    __slots__ = ("attrs", "bound", "line_head", "log_md", "names", "outcome", "plain_outcome",
+                 "traced")
 
     def __init__(self, names: MethodNames, bound: BoundServer | None, traced: bool,
                  log_md: tuple[str, ...],
@@ -173,6 +174,9 @@ class _Method:
         # request-streaming method (chosen once: a unary-request call pays nothing for
         # the streams' check)
         self.outcome = outcome or TelemetryServerInterceptor._outcome
+        # whether it is _outcome, whose commonest answer (no exception, no code set: OK)
+        # the interceptor's _finish gives inline (no frame per call)
+        self.plain_outcome = self.outcome is TelemetryServerInterceptor._outcome
 
 
 class _MethodReporter:
@@ -365,7 +369,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 exc: BaseException | None) -> None:
         span, token, t0, peer = state
         duration_s = _perf() - t0
-        code = m.outcome(context, exc)
+        if exc is None and m.plain_outcome and context.code() is None:
+            code = STATUS_OK  # _outcome's answer, inline: one frame fewer per call
+        else:
+            code = m.outcome(context, exc)
         defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         limited = code is STATUS_EXHAUSTED and _rejected_by_rate_limit()
