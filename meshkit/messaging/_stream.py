@@ -68,13 +68,26 @@ def check_jetstream(js: object) -> None:
                           f"connection; got a {type(js).__name__}")
 
 
+_MIN_DURATION_S = 1e-9
+"""The shortest duration JetStream can carry, one nanosecond: nats-py sends
+``int(seconds * 1e9)``, so a shorter positive one went out as 0, which JetStream reads as
+its default (a stream's ``max_age`` 0: keep for ever; ``ack_wait`` 0: 30 s)."""
+
+
 def check_duration_s(name: str, value: object) -> None:
     """Check that ``value`` (the field ``name``) is a number of seconds JetStream can carry:
-    > 0 and at most :data:`MAX_DURATION_S` (so finite).
+    at least one nanosecond (:data:`_MIN_DURATION_S`; a positive value below it would be
+    sent as 0, JetStream's "default": for ``max_age`` no limit at all) and at most
+    :data:`MAX_DURATION_S` (so finite).
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted.
     """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and 0 < value < _MIN_DURATION_S:
+        raise ConfigError(f"{name} must be at least one nanosecond (1e-09 s: JetStream's "
+                          f"durations are whole nanoseconds, and 0 means its default), "
+                          f"got {value!r}")
     check_number(name, value, low=0.0, low_open=True, high=MAX_DURATION_S)
 
 
