@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from meshkit import __version__
+from meshkit._cli._common import StdoutWriteError
 
 __all__ = ["main"]
 
@@ -123,9 +124,11 @@ _EXIT_INTERRUPTED = 128 + 2  # SIGINT
 _EXIT_FAILED = 1
 
 
-class _StdoutClosedError(OSError):
+class _StdoutClosedError(StdoutWriteError):
     """A command wrote to stdout, and the process started with file descriptor 1 closed
-    (``errno`` ``EBADF``)."""
+    (``errno`` ``EBADF``). A :class:`~meshkit._cli._common.StdoutWriteError`, so a
+    command's own ``OSError`` handling re-raises it as it does a failed write (``meshkit
+    certs`` printed it as an unreadable file's: ``[Errno 9] stdout is closed ...``)."""
 
 
 class _ClosedStdout(io.TextIOBase):
@@ -188,8 +191,6 @@ class _GuardedStdout:
 
 
 def _write_error(exc: OSError) -> OSError:
-    from meshkit._cli._common import StdoutWriteError
-
     reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
     return StdoutWriteError(exc.errno, f"stdout cannot be written: {reason}")
 
@@ -218,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     Raises:
         SystemExit: a command ended with a message (argparse, a refused run); its status.
     """
-    from meshkit._cli._common import StdoutWriteError
-
     stdout = sys.stdout  # None: started with file descriptor 1 closed
     guarded = _GuardedStdout(_ClosedStdout() if stdout is None else stdout)
     sys.stdout = guarded
