@@ -1017,13 +1017,19 @@ endpoints, overloaded, its rate-limit storage down), not that this server is at 
 
 
 def _downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
-    """The downstream code of ``exc`` when it is a call's ``AioRpcError`` (a grpc.aio
-    channel's, a meshkit channel's ``MeshRpcError``) with a code of
-    :data:`_DOWNSTREAM_REFUSALS` and the handler set no non-``OK`` code of its own
-    (``set_code``, which stays the answer), else ``None``. The failure path only."""
-    if not isinstance(exc, grpc.aio.AioRpcError):
+    """The downstream code of ``exc`` when it is a call's error (a grpc.aio channel's
+    ``AioRpcError``, a meshkit channel's ``MeshRpcError``, a synchronous channel's
+    ``grpc.RpcError`` that is a ``grpc.Call``, what a plain-function handler's stub
+    raises) with a code of :data:`_DOWNSTREAM_REFUSALS` and the handler set no non-``OK``
+    code of its own (``set_code``, which stays the answer), else ``None``. The failure
+    path only."""
+    if not isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) or \
+            not isinstance(exc, grpc.RpcError):
         return None
-    code = exc.code()
+    try:
+        code = exc.code()
+    except Exception:  # a grpc.Call of one's own that cannot tell
+        return None
     if code not in _DOWNSTREAM_REFUSALS:
         return None
     own = status_code_of(context.code())

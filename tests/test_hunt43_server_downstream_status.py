@@ -177,3 +177,40 @@ async def test_a_code_the_handler_set_before_the_escape_wins(registry: LocalRegi
     finally:
         await down.drain()
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_plain_function_handlers_downstream_refusal_is_answered_so_too(
+        registry: LocalRegistry) -> None:
+    """A plain-function handler's synchronous stub raises ``grpc.RpcError`` (a
+    ``grpc.Call``), not ``AioRpcError``: answered the same way."""
+    down = meshkit.MeshServer("down", [(_add_down, None)], registry=registry,
+                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await down.start()
+
+    def sync_relay(request: bytes, context: Any) -> bytes:
+        with grpc.insecure_channel(f"127.0.0.1:{down.port}") as raw:
+            ch: Any = raw
+            answer: bytes = ch.unary_unary(f"/{_DOWN}/Call")(request, timeout=5)
+            return answer
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_MID, {
+            "Sync": grpc.unary_unary_rpc_method_handler(sync_relay)}),))
+
+    try:
+        mid = meshkit.MeshServer("mid", [(add, None)], registry=registry,
+                                 options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+        await mid.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{mid.port}") as raw:
+                ch: Any = raw
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ch.unary_unary(f"/{_MID}/Sync")(b"StorageDown", timeout=10)
+        finally:
+            await mid.drain()
+    finally:
+        await down.drain()
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+    assert ("meshkit-downstream-status", "UNAVAILABLE") in tuple(
+        err.value.trailing_metadata() or ())
+    assert "hunter2" not in (err.value.details() or "")
