@@ -37,7 +37,10 @@ yours)``): that one is served instead and driven the same way (see :class:`MeshS
 4. rate limiting (``rate_limit``): after auth, so the limit keys on a verified identity
    and unauthenticated callers consume no one's budget;
 5. the answer to an unhandled exception: ``UNKNOWN`` naming the exception's type, its
-   text only in the server's log; a unary handler's ``None`` gets ``INTERNAL``; with
+   text only in the server's log (a downstream call's ``UNAVAILABLE`` or
+   ``RESOURCE_EXHAUSTED`` that escaped the handler: ``RESOURCE_EXHAUSTED`` with the
+   trailer ``meshkit-downstream-status``, :class:`_DownstreamAwareUnhandled`); a unary
+   handler's ``None`` gets ``INTERNAL``; with
    ``expose_exception_text`` both are grpc.aio's, but for a handler's
    ``PermissionDeniedError``/``UnauthenticatedError``, which get their status in both
    modes (:mod:`meshkit._unhandled`);
