@@ -91,8 +91,11 @@ class HandlerThreads(Executor):
         A thread the work needs is started before the work is queued. One that cannot
         be started (``RuntimeError: can't start new thread``: a container's
         ``pids.max``, ``RLIMIT_NPROC``): with other threads in the pool the work waits
-        for one of them, as past ``max_workers`` (a warning of the ``meshkit.server``
-        logger with the error, once until a start works again); with none
+        for one of them to finish a call, or for a start that works again, whichever
+        comes first (the start is tried again on the submitting event loop, after 0.05 s
+        doubling to 0.5 s, and by a thread finishing a call while more work waits with
+        none counted for it; a warning of the ``meshkit.server`` logger with the error,
+        once until a start works again); with none
         :class:`NoHandlerThread` is raised (the same warning, once) and nothing is
         queued, so the work never runs later (``ThreadPoolExecutor`` queues the work
         first: the error raised to the caller, the work still ran once a thread freed
