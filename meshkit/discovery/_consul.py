@@ -154,6 +154,7 @@ from meshkit.discovery._shared import (
 from meshkit.discovery._types import (
     Derived,
     Instance,
+    Outage,
     RegistryStatus,
     ServiceSnapshot,
     StatusTracker,
@@ -1190,6 +1191,12 @@ class ConsulRegistry:
         self._tracker = StatusTracker("consul")
         # watch number -> instances it keeps after the agent lost its state (status())
         self._kept: dict[int, int] = {}
+        # each watched service's reads, and how many watches of it run (under
+        # _reads_mutex: watches of several threads' loops): one service's failing
+        # queries are that service's fault, not every service's (see _watch_failed)
+        self._reads: dict[str, StatusTracker] = {}
+        self._watchers: dict[str, int] = {}
+        self._reads_mutex = threading.Lock()
         self._watch_ids = itertools.count()
         _registries.add(self)  # reset in a forked child: _forget_parent
 
@@ -1238,6 +1245,9 @@ class ConsulRegistry:
         race.closed = self._race.closed
         self._race = race
         self._kept = {}
+        self._reads = {}
+        self._watchers = {}
+        self._reads_mutex = threading.Lock()
 
     @classmethod
     def from_uri(
@@ -1367,6 +1377,59 @@ class ConsulRegistry:
         if duration is not None:
             _log.info("consul readable again", agent=self.options.base_url,
                       outage_s=round(duration, 3))
+
+    def _service_reads(self, service: str) -> StatusTracker | None:
+        """The read record of watched ``service`` (made at its first outcome); None once
+        its last watch ended."""
+        with self._reads_mutex:
+            reads = self._reads.get(service)
+            if reads is None and self._watchers.get(service):
+                reads = self._reads[service] = StatusTracker("consul")
+            return reads
+
+    def _watch_failed(self, service: str, error: str) -> Outage | None:
+        """Record a failed query of a watch of ``service``; what the watch logs
+        (``"started"``, ``"reminder"`` or None): the registry's read outage while every
+        watched service's latest query failed (it fails then, and only then), else the
+        service's own. The registry's ``read_errors`` and ``last_error`` take each
+        failure."""
+        reads = self._service_reads(service)
+        if reads is None:
+            return self._tracker.read_failed(error)
+        outage = reads.read_failed(error)
+        if all(t.read.ok is False for t in list(self._reads.values())):
+            return self._tracker.read_failed(error)
+        # counted; the registry still reads (other services' watches do)
+        self._tracker.read.errors += 1
+        self._tracker.last_error = error
+        return outage
+
+    def _watch_read_ok(self, service: str) -> None:
+        """Record a successful query of a watch of ``service`` (the service's outage's
+        end logged, with the registry's as :meth:`_read_ok` logs it)."""
+        reads = self._service_reads(service)
+        registry_failing = self._tracker.read.ok is False  # its end logged by _read_ok
+        if (reads is not None and (duration := reads.read_ok()) is not None
+                and not registry_failing):
+            _log.info("consul readable again for a service", service=service,
+                      agent=self.options.base_url, outage_s=round(duration, 3))
+        self._read_ok()
+
+    def _watch_ended(self, service: str) -> None:
+        """A watch of ``service`` ended: the last one takes its record along; if it was
+        failing and other watched services read, the registry reads again (a blocking
+        query reports only when it answers)."""
+        with self._reads_mutex:
+            left = self._watchers.get(service, 0) - 1
+            if left > 0:
+                self._watchers[service] = left
+                return
+            self._watchers.pop(service, None)
+            gone = self._reads.pop(service, None)
+            others = list(self._reads.values())
+        if (gone is not None and others and self._tracker.read.ok is False
+                and not all(t.read.ok is False for t in others)):
+            self._read_ok()
 
     def _write_ok(self) -> None:
         """Record a successful write; log "consul writable again" if it ended an outage."""
@@ -2263,6 +2326,8 @@ class ConsulRegistry:
         per_check = grace_s > 0 and is_default(grace_s)
         loop = asyncio.get_running_loop()
         me = next(self._watch_ids)
+        with self._reads_mutex:
+            self._watchers[service] = self._watchers.get(service, 0) + 1
         index = 0
         highest = 0  # the highest X-Consul-Index answered, kept across errors
         last: frozenset[Instance] | None = None
@@ -2296,9 +2361,9 @@ class ConsulRegistry:
                     if not grace.expired():
                         failures += 1
                         delay = self._backoff_delay(failures)
-                        outage = self._tracker.read_failed(
+                        outage = self._watch_failed(service, (
                             f"watch of {service!r} on Consul agent {self.options.base_url}: "
-                            f"{self._describe(exc)}")
+                            f"{self._describe(exc)}"))
                         if outage == "started":
                             _log.warning(
                                 "consul watch failed; keeping the last known endpoints",
@@ -2311,7 +2376,7 @@ class ConsulRegistry:
                                 "endpoints", service=service, agent=self.options.base_url,
                                 attempt=failures, retry_in_s=round(delay, 3),
                                 error=self._describe(exc),
-                                failing_for_s=round(self._tracker.failing_for_s(False), 1))
+                                failing_for_s=round(self._failing_for_s(service), 1))
                         index = 0  # the agent may have restarted: re-read at once
                         if await self._race.race(self._sleep_coro(delay)) is CLOSED:
                             return
@@ -2326,7 +2391,7 @@ class ConsulRegistry:
                     if blocking:
                         failures = 0
                         after_blocking_answer = True
-                    self._read_ok()
+                    self._watch_read_ok(service)
                     self._check_acl_filtering(f"watch of {service!r}", result)
                     if new_index is None:
                         # No X-Consul-Index (a proxy dropped it; Consul's Go client reads
@@ -2389,15 +2454,36 @@ class ConsulRegistry:
                     yield current
         finally:
             self._kept.pop(me, None)
+            self._watch_ended(service)
+
+    def _failing_for_s(self, service: str) -> float:
+        """Seconds the reads of watched ``service`` have failed: the registry's outage
+        while it fails (or the service has no record), else the service's."""
+        reads = self._reads.get(service)
+        if reads is None or self._tracker.read.ok is False:
+            return self._tracker.failing_for_s(False)
+        return reads.failing_for_s(False)
 
     async def _sleep_coro(self, delay: float) -> None:
         await self._sleep(delay)
 
     # -- lifecycle -----------------------------------------------------------------------
-    def status(self) -> RegistryStatus:
+    def status(self, service: str | None = None) -> RegistryStatus:
         """This registry's health as its own calls to the agent saw it (no I/O).
 
-        ``readable``/``read_errors``: the watches' health queries; ``writable``/
+        Args:
+            service: a service name, e.g. ``"orderd"``: ``readable``,
+                ``failing_since_s`` (its watches' outage, or the writes') and, while it
+                fails, ``last_error`` say how that service's watches read (``readable``
+                None while none runs, or none has answered yet); default None: the
+                registry's.
+
+        ``readable``/``read_errors``: the watches' health queries (and the reads of
+        :meth:`instances`, :meth:`failing`, :meth:`snapshot`, :meth:`services`);
+        ``readable`` is False after a watch's failed query only while every watched
+        service's latest query failed (one service's answers failing, say too large for
+        ``request_timeout_s``, leave the others readable: ask with ``service``);
+        ``writable``/
         ``write_errors``: register, deregister and the heartbeats (TTL passes or lookups);
         ``reopened``: instances registered again because the agent had forgotten them;
         ``last_error`` may name the agent's address and an instance id, never the token. A
@@ -2408,9 +2494,19 @@ class ConsulRegistry:
         index below one already seen (see :meth:`watch`).
         """
         status = self._tracker.status()
-        if not self._kept:
+        if self._kept:
+            status = replace(status, kept_endpoints=sum(self._kept.values()))
+        if service is None:
             return status
-        return replace(status, kept_endpoints=sum(self._kept.values()))
+        reads = self._reads.get(service)
+        if reads is None:
+            return replace(status, readable=None)
+        own = reads.status()  # the service's reads' outage, and the registry's writes'
+        since = [t for t in (own.failing_since_s, self._tracker.write.since_wall)
+                 if t is not None]
+        return replace(
+            status, readable=own.readable, failing_since_s=min(since) if since else None,
+            last_error=own.last_error if own.readable is False else status.last_error)
 
     async def close(self) -> None:
         """Stop heartbeats, end every watch (their iterators finish) and close the client.
