@@ -104,9 +104,12 @@ def redact_secrets(
     (a dict's values, a list's, tuple's or set's items, pairs' values), the user info of
     each URL (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
     ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
-    path kept; in time linear in the field's length. An exception in such a place
+    path kept; so does the value of each ``key=value`` pair in it whose key names a
+    credential (:func:`redact_text`: ``dsn="host=db password=pw"`` ->
+    ``"host=db password=[REDACTED]"``, ODBC's ``Pwd=pw;``, a URL query's
+    ``?password=pw``); in time linear in the field's length. An exception in such a place
     (``error=e``: rendered as its ``repr``, which quotes its message) whose ``repr``
-    holds a URL's user info is replaced by that ``repr``, redacted.
+    holds either is replaced by that ``repr``, redacted.
 
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
@@ -114,10 +117,11 @@ def redact_secrets(
         if key != "event" and is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, str):
-            if "@" in value and "://" in value:  # a URL's user info: ``user:password@``
-                event_dict[key] = redact_url_userinfo(value)
+            # a URL's user info (``user:password@``), a ``password=...`` pair
+            if "=" in value or ("@" in value and "://" in value):
+                event_dict[key] = redact_text(value)
         elif isinstance(value, bytes):  # rendered as its repr, the URL in it whole
-            if b"@" in value and b"://" in value:
+            if b"=" in value or (b"@" in value and b"://" in value):
                 event_dict[key] = _url_redacted(value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
@@ -146,7 +150,7 @@ def _url_redacted(value: Any) -> Any:
     ``bytes`` (:func:`redact_secrets`), an exception's ``repr`` redacted when that holds
     one, else ``value`` as it is."""
     if isinstance(value, str):
-        return redact_url_userinfo(value)
+        return redact_text(value)
     if isinstance(value, BaseException):
         # an exception logged as a field (``error=e``): the renderers write its repr,
         # which quotes its message (an error quoting a connection string); that repr
@@ -156,12 +160,15 @@ def _url_redacted(value: Any) -> Any:
             shown = repr(value)
         except Exception:  # a broken __repr__: the renderer's to meet
             return value
-        redacted = redact_url_userinfo(shown)
+        redacted = redact_text(shown)
         return value if redacted is shown else redacted
-    if isinstance(value, bytes) and b"@" in value and b"://" in value:
-        text = value.decode("latin-1")
-        redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
-                                _AT_OR_SPACE_BYTES_RE)
+    if isinstance(value, bytes) and (b"=" in value or (b"@" in value and b"://" in value)):
+        text = redacted = value.decode("latin-1")
+        if "@" in text and "://" in text:
+            redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
+                                    _AT_OR_SPACE_BYTES_RE)
+        if "=" in redacted:
+            redacted = _redact_pairs(redacted, _PAIR_KEY_BYTES_RE, _PAIR_VALUE_BYTES_RE)
         if redacted is not text:
             return redacted.encode("latin-1")
     return value
@@ -222,6 +229,49 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
     return "".join(out)
 
 
+# ``key=value`` pairs in text (a libpq keyword DSN, an ODBC connection string, a URL's
+# query): a key where a run of key characters starts (the lookbehind; read once:
+# possessive), blanks around '=' (libpq allows them); linear in the text's length
+_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)[ \t]*+=[ \t]*+"
+# a value: libpq's quoted one ('...', \' escapes), ODBC's braced one ({...}, }} escapes),
+# either running to the text's end when not closed (more masked, never less), else up to
+# whitespace, '&', ';' or a quote
+_PAIR_VALUE = r"'(?:[^'\\]|\\.)*+'?|\{(?:[^}]|\}\})*+\}?|[^\s&;']*+"
+_PAIR_KEY_RE = re.compile(_PAIR_KEY)
+_PAIR_VALUE_RE = re.compile(_PAIR_VALUE, re.DOTALL)
+_PAIR_KEY_BYTES_RE = re.compile(_PAIR_KEY, re.ASCII)
+_PAIR_VALUE_BYTES_RE = re.compile(_PAIR_VALUE, re.ASCII | re.DOTALL)
+# ODBC's password keyword, which names no credential to is_sensitive_key
+_PAIR_SECRETS = frozenset({"pwd"})
+# values masked already (meshkit._uris masks a URI's query values with ``***``)
+_MASKS = frozenset({"***", REDACTED})
+
+
+def _redact_pairs(text: str, key_re: re.Pattern[str], value_re: re.Pattern[str]) -> str:
+    """``text`` with the value of each ``key=value`` pair whose key names a credential
+    (:func:`is_sensitive_key`, or ``pwd``) ``[REDACTED]``; ``text`` itself when there is
+    none."""
+    out: list[str] = []
+    done = 0
+    for m in key_re.finditer(text):
+        if m.start() < done:
+            continue  # inside a value redacted already
+        key = m.group(1)
+        if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
+            continue
+        value = value_re.match(text, m.end())
+        end = value.end() if value is not None else m.end()
+        if end == m.end() or text[m.end():end] in _MASKS:
+            continue  # no value (``password=`` at the end, before a separator), or masked
+        out.append(text[done:m.end()])
+        out.append(REDACTED)
+        done = end
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
+
+
 def _named_secret(key: str | bytes) -> bool:
     """:func:`is_sensitive_key` of a key given as ``str`` or as ``bytes`` (as metadata
     keys may be; a byte that is not ASCII is read as Latin-1, so never fails)."""
@@ -244,7 +294,19 @@ def _plain_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
     fields (:func:`redact_secrets`)."""
     text = io.StringIO()
     structlog.dev.plain_traceback(text, exc_info)
-    sio.write(redact_url_userinfo(text.getvalue()))
+    sio.write(redact_text(text.getvalue()))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with each URL's user info (:func:`redact_url_userinfo`) and the value of
+    each ``key=value`` pair whose key names a credential ``[REDACTED]``: a libpq keyword
+    DSN's ``password=...`` (quoted or not), an ODBC string's ``Pwd=...;`` (braced or
+    not), a URL query's ``password=...&``, ``access_token=...``; other pairs as they are.
+    ``text`` itself when there is nothing to redact; linear in its length."""
+    text = redact_url_userinfo(text)
+    if "=" in text:
+        return _redact_pairs(text, _PAIR_KEY_RE, _PAIR_VALUE_RE)
+    return text
 
 
 def redact_url_userinfo(text: str) -> str:
@@ -275,7 +337,7 @@ def redact_exception(
     quoting ``postgresql://app:pw@db/x``) becomes ``[REDACTED]``."""
     text = event_dict.get("exception")
     if isinstance(text, str):
-        event_dict["exception"] = redact_url_userinfo(text)
+        event_dict["exception"] = redact_text(text)
     return event_dict
 
 
