@@ -214,12 +214,18 @@ def _out_file(text: str) -> Path:
         argparse.ArgumentTypeError: ``""`` or blanks (``--out "$TARGETS"`` with the
             variable unset: ``Path("")`` is the working directory), or a leading ``~`` no
             shell expanded (``--out=~/t.json``: a directory named ``~`` in the working
-            directory); quoted (argparse prints it and exits 2).
+            directory), or ``-`` (stdout to most commands; it made a file named ``-``
+            in the working directory: ``./-`` names that on purpose); quoted (argparse
+            prints it and exits 2).
     """
     from meshkit._env import unexpanded_home  # os only; --help loads no more
 
     if not text.strip():
         raise argparse.ArgumentTypeError(f"must be a file path, got {text!r}")
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "got '-': the targets file is replaced atomically beside itself, which stdout "
+            "cannot be; give a file path (./- for a file named '-')")
     if (home := unexpanded_home(text)) is not None:
         raise argparse.ArgumentTypeError(
             f"got {text!r}, whose '~' no shell expanded (as with --out=~/...); give the "
