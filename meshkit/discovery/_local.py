@@ -1584,8 +1584,13 @@ class LocalRegistry:
             yield current
             await asyncio.sleep(poll_s)
 
-    def status(self) -> RegistryStatus:
+    def status(self, service: str | None = None) -> RegistryStatus:
         """This registry's health as its own operations saw it (no I/O).
+
+        Args:
+            service: taken for the Consul and etcd registries' ``status(service)``
+                (one call for any registry); every service here is read from one file,
+                so the answer is the registry's whatever it names. Default None.
 
         ``readable``/``read_errors``: watch polls and :meth:`instances`; ``writable``/
         ``write_errors``: register, heartbeats, deregister and write probes; ``reopened``:
