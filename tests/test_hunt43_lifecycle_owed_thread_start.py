@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import grpc
 import pytest
 
+import meshkit
 from meshkit._threads import HandlerThreads
+from meshkit.discovery import LocalRegistry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,3 +105,74 @@ def test_calls_owed_a_thread_get_one_as_a_busy_thread_frees_up(starts: _Starts) 
         first_release.set()
         second_release.set()
         pool.shutdown(wait=True)
+
+
+class _Limit:
+    """``allowed`` more starts of the pool's threads, then each start fails."""
+
+    def __init__(self) -> None:
+        self.allowed = 0
+        self.refused = 0
+
+
+_SERVICE = "hunt43.lifecycle.Owed"
+
+
+async def test_a_servers_queued_call_runs_once_a_thread_can_start(
+        registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through a real server (its ``handler_threads`` pool, grpc.aio calls on
+    127.0.0.1): the second call's thread cannot start; once starts work again it is
+    answered while the first call's handler still holds its thread."""
+    limit = _Limit()
+    limit.allowed = 1
+    prefix = f"meshkit-handler-{_SERVICE}"
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith(prefix):
+            if limit.allowed <= 0:
+                limit.refused += 1
+                raise RuntimeError("can't start new thread")
+            limit.allowed -= 1
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    release = threading.Event()
+    holding = threading.Event()
+
+    def work(request: bytes, context: Any) -> bytes:
+        if request == b"hold":
+            holding.set()
+            release.wait(_WAIT_S * 3)
+        return b"done:" + request
+
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE, {"Work": grpc.unary_unary_rpc_method_handler(work)})
+    server = meshkit.MeshServer(
+        _SERVICE, [(lambda h, srv: srv.add_generic_rpc_handlers((h,)), handler)],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0.0,
+                                     grace_s=1.0, handler_threads=4))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call: Any = channel.unary_unary(f"/{_SERVICE}/Work")
+            held = asyncio.ensure_future(call(b"hold", timeout=_WAIT_S * 3))
+            await asyncio.wait_for(asyncio.to_thread(holding.wait, _WAIT_S), _WAIT_S * 2)
+            second = asyncio.ensure_future(call(b"second", timeout=_WAIT_S * 3))
+            loop = asyncio.get_running_loop()
+            end = loop.time() + _WAIT_S
+            while limit.refused < 1:
+                assert loop.time() < end, "the second call's thread start was not tried"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            assert not second.done()
+            limit.allowed = 10  # starts work again
+            # TimeoutError: it still waits for the held call's thread
+            assert await asyncio.wait_for(second, _WAIT_S) == b"done:second"
+            assert not held.done()
+            release.set()
+            assert await held == b"done:hold"
+    finally:
+        release.set()
+        await server.drain()
