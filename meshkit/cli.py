@@ -6,7 +6,7 @@
 * ``meshkit bench [...]``: the benchmark suite (from a source checkout).
 * ``meshkit services``, ``meshkit call``, ``meshkit prometheus-targets``: operating a
   running mesh (:mod:`meshkit._cli`, one module each).
-* ``meshkit version`` (no arguments: one is a usage error, status 2).
+* ``meshkit version`` or ``meshkit --version`` (no arguments: one is a usage error, status 2).
 * ``meshkit help [COMMAND]``: the usage, or ``COMMAND --help``.
 
 Every command ends quietly when the reader of its output goes away (``meshkit services |
@@ -291,7 +291,7 @@ def _dispatch(args: list[str]) -> int:
         print(_usage(), end="")
         return 0
     command, rest = args[0], args[1:]
-    if command == "version":
+    if command in ("version", "--version"):  # --version: what most tools answer
         return _version(rest)
     if command == "certs":
         from meshkit.auth import cli as certs_cli

@@ -92,7 +92,8 @@ def _directory(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshkit certs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # metavar: a missing subcommand is "required: {init,issue,inspect}", not "cmd"
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{init,issue,inspect}")
     init = sub.add_parser("init", help="create the mesh CA (ca.pem, ca.key)")
     init.add_argument("--dir", default=_default_dir(), type=_directory,
                       help=f"where ca.pem and ca.key are written (default ${CERT_DIR}, "
