@@ -39,7 +39,7 @@ yours)``): that one is served instead and driven the same way (see :class:`MeshS
 5. the answer to an unhandled exception: ``UNKNOWN`` naming the exception's type, its
    text only in the server's log (a downstream call's ``UNAVAILABLE`` or
    ``RESOURCE_EXHAUSTED`` that escaped the handler: ``RESOURCE_EXHAUSTED`` with the
-   trailer ``meshkit-downstream-status``, :class:`_DownstreamAwareUnhandled`); a unary
+   trailer ``meshkit-downstream-status``, :func:`_downstream_aware`); a unary
    handler's ``None`` gets ``INTERNAL``; with
    ``expose_exception_text`` both are grpc.aio's, but for a handler's
    ``PermissionDeniedError``/``UnauthenticatedError``, which get their status in both
@@ -1003,8 +1003,8 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
     if options.rate_limit is not None:
         chain.append(RateLimitInterceptor(options.rate_limit))
     # exposing the text: a handler's refusal (PermissionDeniedError...) still gets its status
-    chain.append(_DownstreamAwareUnhandled(
-        expose_exception_text=options.expose_exception_text))
+    chain.append(_downstream_aware(UnhandledErrorInterceptor(
+        expose_exception_text=options.expose_exception_text)))
     chain.extend(options.interceptors)
     return tuple(chain)
 
@@ -1041,8 +1041,9 @@ def _downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
     return code
 
 
-class _DownstreamAwareUnhandled(UnhandledErrorInterceptor):
-    """:class:`~meshkit._unhandled.UnhandledErrorInterceptor`, but a downstream refusal
+def _downstream_aware(answer: UnhandledErrorInterceptor) -> UnhandledErrorInterceptor:
+    """:class:`~meshkit._unhandled.UnhandledErrorInterceptor` ``answer`` (returned, its
+    type kept), but a downstream refusal
     that escaped the handler (:func:`_downstream_refusal`: a call the handler made failed
     ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED``) is answered ``RESOURCE_EXHAUSTED``
     "a call the handler made was refused (<CODE>)" with the trailer
@@ -1058,9 +1059,10 @@ class _DownstreamAwareUnhandled(UnhandledErrorInterceptor):
     handler. Any other downstream status (``INVALID_ARGUMENT``, ``NOT_FOUND``: this
     server's request to it was wrong) is answered as before (``UNKNOWN``), as are a code
     the handler set, in both ``expose_exception_text`` modes."""
+    inner_for = answer._unhandled_for
 
-    def _unhandled_for(self, method: str) -> Unhandled:
-        inner = super()._unhandled_for(method)
+    def unhandled_for(method: str) -> Unhandled:
+        inner = inner_for(method)
         shown = printable(method)  # escaped once per method, as the inner's log lines
 
         async def unhandled(exc: Exception, context: Any) -> bool:
@@ -1079,6 +1081,10 @@ class _DownstreamAwareUnhandled(UnhandledErrorInterceptor):
         unhandled.answers_none = getattr(  # type: ignore[attr-defined]
             inner, "answers_none", True)
         return unhandled
+
+    # the instance's own shadows the class's (the wraps ask it once per method)
+    answer._unhandled_for = unhandled_for  # type: ignore[method-assign]
+    return answer
 
 
 class _MethodTable(grpc.GenericRpcHandler):
