@@ -1591,24 +1591,31 @@ class EtcdRegistry:
         endpoints = list(self.options.endpoints)
         tracker = self._tracker
         if error is None:
+            registry_failing = tracker.read.ok is False
             duration = reads.read_ok()
+            registry_back = tracker.read_ok()
+            if registry_failing:  # the registry's outage ended: one line for all
+                duration = registry_back
             if duration is not None:
                 _log.info(_LOG_BACK[False], endpoints=endpoints, service=service,
                           outage_s=round(duration, 3))
-            tracker.read_ok()
             return
+        # logged: the registry's outage while every watched service's reads fail (one
+        # warning and its reminders for all, as before), else this service's own
         outage = reads.read_failed(error)
+        failing_for_s = reads.failing_for_s(False)
+        if all(t.read.ok is False for t in list(self._reads.values())):
+            outage = tracker.read_failed(error)
+            failing_for_s = tracker.failing_for_s(False)
+        else:  # counted, the registry still reads (another service's watches do)
+            tracker.read.errors += 1
+            tracker.last_error = error
         if outage == "started":
             _log.warning(_LOG_STARTED[False], endpoints=endpoints, service=service,
                          error=error)
         elif outage == "reminder":
             _log.warning(_LOG_STILL[False], endpoints=endpoints, service=service,
-                         error=error, failing_for_s=round(reads.failing_for_s(False), 1))
-        if all(t.read.ok is False for t in list(self._reads.values())):
-            tracker.read_failed(error)
-        else:  # counted, the registry still read (another service's watches do)
-            tracker.read.errors += 1
-            tracker.last_error = error
+                         error=error, failing_for_s=round(failing_for_s, 1))
 
     def _watch_ended(self, service: str) -> None:
         """A watch of ``service`` ended: the last one takes its reads' record along; if it

@@ -8,6 +8,7 @@ fails. A real etcd with authentication on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.request
@@ -125,3 +126,36 @@ async def test_the_refused_service_reports_its_outage_start(node: _AuthEtcd) -> 
         await allowed.stop()
     finally:
         await app.close()
+
+
+async def test_a_refused_watch_logs_its_outage_once(node: _AuthEtcd) -> None:
+    """One warning naming the refused service over its retries, no "readable again"
+    line each time another service's stream answers (the registry-wide outcome started
+    and ended an outage at every turn: a warning per retry)."""
+    from structlog.testing import capture_logs
+
+    root = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), user="root",
+                                    password=_ROOT_PW, **FAST))
+    app = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), user="app",
+                                   password=_APP_PW, **FAST))
+    try:
+        allowed = Collector(app, _ALLOWED)
+        await allowed.next(timeout_s=15)
+        with capture_logs() as logs:
+            denied = Collector(app, _DENIED)
+            errors = app.status().read_errors
+            n = 0
+            while app.status().read_errors < errors + 4:  # events between the retries
+                n += 1
+                await root.register(make_instance(_ALLOWED, 100 + n))
+                await asyncio.sleep(0.2)
+                assert n < 100, "the refused watch did not retry"
+        started = [e for e in logs if e["event"].startswith("etcd cannot be read")]
+        back = [e for e in logs if e["event"] == "etcd readable again"]
+        assert len(started) == 1 and started[0]["service"] == _DENIED, started
+        assert not back, back
+        await denied.stop()
+        await allowed.stop()
+    finally:
+        await app.close()
+        await root.close()
