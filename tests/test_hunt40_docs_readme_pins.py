@@ -47,7 +47,7 @@ EXAMPLE_PROCESSES = [
     (f"examples.ecom.{m}", "--help")
     for m in ("user_service", "order_service", "projection_service", "outbox_relay")
 ]
-NOT_OURS = {"--dist"}  # pytest-xdist's, in what `make test` runs
+NOT_OURS = {"--dist", "--max-worker-restart"}  # pytest-xdist's, in what `make test` runs
 
 
 def _spans(name: str) -> list[str]:

@@ -414,7 +414,9 @@ async def test_peer_identity_and_rate_limit_become_attributes(
     await relay(b"1", timeout=5)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await relay(b"2", timeout=5)
-    assert err.value.code() is grpc.StatusCode.UNKNOWN  # front's handler raised
+    # front's handler let the echo server's refusal escape: a downstream refusal is
+    # answered RESOURCE_EXHAUSTED with meshkit-downstream-status, not UNKNOWN (e927beae)
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     await until(lambda: len(tracing.spans()) >= 8, what="8 spans")
     servers = by_name(tracing.spans(), "meshkit.test.Echo/Unary", SpanKind.SERVER)
     assert {s.attributes["meshkit.peer.identity"] for s in servers} == {"spiffe://mesh/svc/front"}
