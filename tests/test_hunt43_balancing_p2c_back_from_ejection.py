@@ -92,3 +92,31 @@ def test_an_endpoint_back_from_ejection_is_a_slow_started_newcomer() -> None:
     clock.t += 6.0
     share = _run(eb, clock, 2000, None, eps[0])
     assert 0.05 < share < 0.16, f"past its ramp it took {share:.0%}"
+
+
+def test_calls_still_out_count_when_it_comes_back() -> None:
+    """Calls sent to it before its ejection and still running when it comes back load
+    it (Envoy's active-request count and Finagle's/Linkerd's pending count are the
+    host's, across an ejection): it came back with ``pending`` 0, read as idle beside
+    peers with calls out, and their outcomes went to statistics nobody read."""
+    clock = _Clock()
+    p2c = P2C(P2COptions(slow_start_s=5.0), rng=random.Random(3), clock=clock)
+    eps = [_ep(i) for i in range(4)]
+    p2c.update(eps)
+    clock.t += 60
+    out: list[Done] = []
+    for _ in range(3):  # three calls out on i00 (the others excluded), none answered
+        picked = p2c.pick(None, eps[1:])
+        assert picked is not None and picked[0] is eps[0]
+        out.append(picked[1])
+    p2c.update(eps[1:])  # ejected
+    clock.t += 11.0
+    p2c.update(eps)  # back, its calls still out
+    row = {r["instance_id"]: r for r in p2c.snapshot()}["i00"]
+    assert row["pending"] == 3, row
+    assert p2c.weight(eps[0]) < 0.2  # still a newcomer's ramp
+    for done in out:  # they end: its count goes back to 0, never below
+        done(_OK, 0.012)
+    row = {r["instance_id"]: r for r in p2c.snapshot()}["i00"]
+    assert row["pending"] == 0, row
+    assert row["rtt_ms"] >= 11.0, row  # their latency is its sample now

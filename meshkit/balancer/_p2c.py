@@ -85,7 +85,16 @@ picking again while a dial's sub-channels connected turned into event-loop stall
 
 Statistics belong to an endpoint at its address: an update keeps them for the same
 instance id *and* address only, so an instance that re-registered elsewhere (a restarted
-process) starts as a newcomer.
+process) starts as a newcomer. An endpoint that leaves the list and comes back (an
+ejection by :class:`~meshkit.balancer.EjectingBalancer` and its successful probe) is a
+newcomer too: no estimate from before (neither the overload penalty of the failures that
+ejected it nor a fast estimate from before it broke: its sampled peers' mean, as any
+newcomer's), and slow start from its return (Envoy starts a host's slow start when it
+rejoins); but the calls it was sent before it left and that still run count in its
+``pending`` (as Envoy's active requests and Finagle's and Linkerd's pending count are
+the host's, across an ejection), and their outcomes are its first samples: it came back
+read as idle beside peers with calls out
+(``tests/test_hunt43_balancing_p2c_back_from_ejection.py``).
 """
 
 from __future__ import annotations
@@ -427,8 +436,8 @@ class P2C:
             reading); quoted.
     """
 
-    __slots__ = ("_by_state", "_clock", "_cold", "_eps", "_mean", "_mean_weight", "_opts",
-                 "_ramps_until", "_rng", "_settled", "_stats")
+    __slots__ = ("_by_state", "_clock", "_cold", "_eps", "_gone", "_mean", "_mean_weight",
+                 "_opts", "_ramps_until", "_rng", "_settled", "_stats")
 
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -451,6 +460,9 @@ class P2C:
         self._ramps_until = -math.inf
         # the pool says the updates belong to the first discovery answer (cold_start)
         self._cold = False
+        # statistics of endpoints that left (an ejection) with calls still out, by key:
+        # an endpoint back at its address takes their count up again (update)
+        self._gone: dict[str, _Stat] = {}
 
     def cold_start(self, on: bool) -> None:
         """The channel's pool says whether the next updates belong to the first discovery
@@ -481,10 +493,20 @@ class P2C:
         waiting = self._by_state.waiting
         waits: dict[str, _Stat] = {}
         stats = {}
+        gone = self._gone
         for ep in endpoints:
             st = self._stats.get(ep.key)
             if st is None or st.address != ep.address:
-                st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
+                back = gone.pop(ep.key, None) if gone else None
+                if back is not None and back.address == ep.address and back.pending:
+                    # back (from an ejection) with calls out: a newcomer whose count
+                    # goes on, their outcomes its first samples (the done callbacks
+                    # they hold are this object's)
+                    st = back
+                    st.rtt_s = st.floor = st.since = -1.0
+                    st.stamp = st.added_at = start
+                else:
+                    st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
                 if ramps and ep.state is not _READY:
                     waits[ep.key] = st
             elif waiting.get(ep.key) is st:  # still waiting for its first READY
@@ -493,6 +515,11 @@ class P2C:
         for key, st in self._stats.items():
             if stats.get(key) is not st:  # gone (or replaced): a call that ends after it
                 st.mean = None  # left (draining) must not move the others' running sum
+                if st.pending and key not in stats:
+                    gone[key] = st  # calls out: counted again if it comes back
+        if gone:  # (those whose calls have all ended since: nothing to carry)
+            for key in [k for k, st in gone.items() if not st.pending or k in stats]:
+                del gone[key]
         self._stats = stats
         self._mean.reset(stats, now)
         self._eps = tuple(endpoints)
