@@ -7,8 +7,9 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -132,6 +133,26 @@ async def open_store_waiting(url: str, wait_s: float) -> Store:
         if warned:
             _log.info("store available")
         return store
+
+
+def run_service(module: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run a service process's ``main()`` (:func:`meshkit.run`: on uvloop when installed);
+    a :class:`~meshkit.errors.ConfigError` it raises (a bad ``--host``, a ``--cert-dir``
+    without the certificates, an unknown cache or rate-limit storage URI: meshkit's
+    message quotes the bad value, never a secret) is logged (``bad configuration``) and
+    ends the process with that message on one line, ``python -m <module>: ...``, status
+    1, instead of a traceback of a dozen frames.
+
+    Raises:
+        SystemExit: the configuration error's line (status 1).
+    """
+    from meshkit.errors import ConfigError
+
+    try:
+        meshkit.run(main)
+    except ConfigError as exc:
+        _log.error("bad configuration", error=str(exc))
+        raise SystemExit(f"python -m {module}: {exc}") from None
 
 
 def parser(service: str, default_db: str) -> argparse.ArgumentParser:

@@ -17,8 +17,13 @@ import contextlib
 import os
 import signal
 
-import meshkit
-from examples.ecom._process import count_arg, open_store_waiting, seconds_arg, setup_logging
+from examples.ecom._process import (
+    count_arg,
+    open_store_waiting,
+    run_service,
+    seconds_arg,
+    setup_logging,
+)
 from examples.ecom.events import event_signer, outbox_relay
 from examples.ecom.storage import Store
 from meshkit.messaging import RelayOptions
@@ -85,4 +90,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    meshkit.run(main())  # on uvloop when installed (meshkit[fast])
+    run_service("examples.ecom.outbox_relay", main())  # one line for a bad setting

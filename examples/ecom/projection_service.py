@@ -24,6 +24,7 @@ from examples.ecom._process import (
     announce,
     open_store_waiting,
     parser,
+    run_service,
     seconds_arg,
     serve_options,
     setup_logging,
@@ -199,4 +200,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    meshkit.run(main())  # on uvloop when installed (meshkit[fast])
+    run_service("examples.ecom.projection_service", main())  # one line for a bad setting

@@ -23,6 +23,7 @@ from examples.ecom._process import (
     jwt_dir,
     open_store_waiting,
     parser,
+    run_service,
     seconds_arg,
     serve_options,
     setup_logging,
@@ -103,4 +104,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    meshkit.run(main())  # on uvloop when installed (meshkit[fast])
+    run_service("examples.ecom.user_service", main())  # one line for a bad setting
