@@ -866,14 +866,15 @@ class UnaryResponseCall(MeshCall):
 
     _settles_at_cancel = False
     # _settle is MeshCall's: _run settles an answer without a done callback or a waiter
-    # itself (a frame less per call); False for a subclass that extends _settle
-    # (StreamUnaryCall: it ends the request stream too)
+    # itself (a frame less per call); False for a subclass whose _settle, as its MRO
+    # finds it (its own, a base's or a mixin's), is another (StreamUnaryCall: it ends
+    # the request stream too). Set when the class is made: a _settle assigned to a
+    # class later is not seen
     _plain_settle: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "_settle" in cls.__dict__:
-            cls._plain_settle = False
+        cls._plain_settle = cls._settle is MeshCall._settle
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  invoke: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
