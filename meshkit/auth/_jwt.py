@@ -826,7 +826,8 @@ class TokenVerifier:
         """``(alg, kid)`` from the token's header, checked against the options.
 
         Raises:
-            InvalidTokenError: too large, not three base64url parts, bad JSON, ``alg`` not
+            InvalidTokenError: too large, not three base64url parts, bad JSON (``NaN``,
+                ``Infinity`` or ``1e400`` anywhere in it too: RFC 7519 §7.2), ``alg`` not
                 in the configured list (incl. ``none`` and ``HS*``), a ``typ`` that is not
                 the configured media type (``application/`` optional, any case), or a
                 missing/oversized ``kid``.
@@ -838,6 +839,8 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise InvalidTokenError(_MALFORMED) from None
+        if not _valid_json(header):  # NaN, Infinity, 1e400: no JSON (RFC 7519 §7.2)
+            raise InvalidTokenError(_MALFORMED)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algs:
             raise InvalidTokenError("token algorithm not accepted")
@@ -868,7 +871,8 @@ class TokenVerifier:
                 :data:`MIN_RSA_KEY_BITS` (2048) bits (RFC 7518 §3.3; ``"token signature or
                 key not accepted"``, as for a bad signature), wrong ``iss`` or ``aud``,
                 missing required claim, expired (``exp``), not yet valid (``nbf``), issued
-                in the future (``iat``), or malformed claims. A required claim whose
+                in the future (``iat``), or malformed claims (``NaN``, ``Infinity`` or
+                ``1e400`` in any claim: no JSON, RFC 7519 §7.2). A required claim whose
                 value is the empty string (``"sub": ""``) counts as missing.
         """
         opts = self._options
@@ -895,6 +899,8 @@ class TokenVerifier:
             raise InvalidTokenError("token lacks a required claim") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidTokenError(_MALFORMED) from None
+        if not _valid_json(payload):  # NaN, Infinity, 1e400 in any claim (RFC 7519 §7.2)
+            raise InvalidTokenError(_MALFORMED)
         if payload.get("iss") != opts.issuer:
             # compared here too: pyjwt 2.10.0 (which pyjwt>=2.9 admits) took any part of
             # the issuer string (CVE-2024-53861: ``iss in issuer``)
@@ -943,6 +949,18 @@ class TokenVerifier:
             not_before=None if nbf is None else float(nbf), token_id=jti,
             raw=MappingProxyType(dict(payload)),
         )
+
+
+def _valid_json(value: object) -> bool:
+    """Whether ``value`` (a JOSE header or claims set as Python's json read it) was
+    valid JSON (RFC 8259 §6): Python's parser also reads ``NaN``, ``Infinity`` and
+    numbers beyond a double (``1e400``, read as infinity), which RFC 7519 §7.2 has a
+    verifier refuse ("a completely valid JSON object") and other JOSE libraries do."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return True
 
 
 def _num(v: object) -> bool:
