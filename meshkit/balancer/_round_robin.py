@@ -122,8 +122,9 @@ class RoundRobin:
         ramp = self._ramp
         if ramp is not None and ramp.ramping:
             # a newcomer passes its turn on (SlowStart.keep): the walk goes on to the
-            # next one in turn, the whole turn at most
-            for i in range(n):
+            # next one in turn, a step more per newcomer than below (not the whole turn:
+            # O(n) a pick with few of many READY, a newcomer that never connects)
+            for i in range(min(n, _WALK + len(ramp.ramping))):
                 ep = eps[(start + i) % n]
                 if (ep._state is _READY and not (exclude and ep in exclude)
                         and ramp.keep(ep)):
