@@ -94,11 +94,11 @@ def _wait_for(out: queue.Queue[str], seen: list[str], want: str, timeout_s: floa
 
 # The fix is in meshkit/server.py (MeshServer._end_drain_now, called by
 # _serve_until_signal's on_signal), owned by another helper of hunt 43: until it lands the
-# test is an expected failure; once it has, it must pass (strict).
+# tests are expected failures (the subprocess ones not run); once it has, they run.
 _FIXED = hasattr(MeshServer, "_end_drain_now")
 
 
-@pytest.mark.xfail(not _FIXED, strict=True,
+@pytest.mark.xfail(not _FIXED, run=False,  # (not run: each would wait 20 s for nothing)
                    reason="needs MeshServer._end_drain_now in meshkit/server.py")
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("signals", "runner"), [
