@@ -336,10 +336,11 @@ def issue_workload(
     key usage to ``digitalSignature`` alone, whatever the arguments.
 
     Raises:
-        ConfigError: bad service name, ``ttl_h`` not a finite number > 0 (or ending past
-            the year 9999, RFC 5280 §4.1.2.5), ``dns`` or ``ips`` given as one string
-            instead of a sequence of names (quoted), a bad IP or an IPv6 one with a zone
-            (``fe80::1%eth0``; quoted), a DNS name no certificate may
+        ConfigError: bad service name, an identity DNS name over 253 characters (a long
+            service name under a long trust domain), ``ttl_h`` not a finite number > 0
+            (or ending past the year 9999, RFC 5280 §4.1.2.5), ``dns`` or ``ips`` given
+            as one string instead of a sequence of names (quoted), a bad IP or an IPv6
+            one with a zone (``fe80::1%eth0``; quoted), a DNS name no certificate may
             carry (RFC 5280 §4.2.1.6: not ASCII host-name syntax, or a wildcard that is
             not the whole leftmost label; quoted), a name the CA's name constraints
             forbid (RFC 5280 §4.2.1.10: outside its permitted or in its excluded
@@ -359,6 +360,11 @@ def issue_workload(
     td = trust_domain_of(ca_cert)
     sid = workload_id(td, service)
     ident = identity_dns_name(td, service)
+    if len(ident) > _MAX_DNS_NAME:  # a 63-character label under a 200-character domain
+        raise ConfigError(
+            f"the identity DNS name of {service!r} in trust domain {td!r} would be "
+            f"{len(ident)} characters, over the {_MAX_DNS_NAME} a DNS name may have "
+            "(RFC 1034 §3.1): shorten the service name or the trust domain")
     start = _now(now)
     end = _end(start, "ttl_h", ttl_h, "hours")
     if end > ca_cert.not_valid_after_utc:
@@ -450,6 +456,11 @@ def _name_list(what: str, names: Sequence[str]) -> Sequence[str]:
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
+_MAX_DNS_NAME = 253
+"""Characters of a DNS name's text form, a trailing dot aside (RFC 1034 §3.1: 255 octets
+on the wire)."""
+
+
 def _dns_san(name: object) -> str:
     """``name`` as a certificate's dNSName: lower-case, without its trailing dot.
 
@@ -468,7 +479,8 @@ def _dns_san(name: object) -> str:
     d = d[:-1] if d.endswith(".") else d
     labels = d.split(".")
     first = 1 if labels[0] == "*" and len(labels) > 1 else 0
-    if len(d) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in labels[first:]):
+    if len(d) > _MAX_DNS_NAME or not all(_DNS_LABEL_RE.fullmatch(label)
+                                          for label in labels[first:]):
         raise ConfigError(
             f"DNS name {name!r} is not a host name a certificate may carry (RFC 5280 "
             "§4.2.1.6: ASCII letters, digits and '-' in non-empty labels of at most 63 "
