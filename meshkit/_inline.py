@@ -27,6 +27,7 @@ import asyncio
 import os
 import time
 from collections.abc import Generator
+from types import FunctionType
 from typing import Any
 
 import grpc
@@ -74,10 +75,14 @@ def _plain_init(base: Any) -> bool:
     """Whether grpc.aio's ``Call`` (``base``) is made as :meth:`InlineUnaryUnary.__call__`
     makes it without its ``__init__``: an ``__init__`` of (cython_call, metadata,
     request_serializer, response_deserializer, loop) that only stores them (the metadata
-    as a tuple), and ``object.__new__``."""
+    as a tuple), and ``object.__new__``. The ``__init__`` must be a plain function: a
+    proxy that wraps it (``wrapt.FunctionWrapper``, as instrumentation patches
+    functions) forwards ``__code__`` from the function it wraps, and written out the
+    wrapper would never run."""
     init = getattr(base, "__init__", None)
     code = getattr(init, "__code__", None)
-    return (code is not None and code.co_names == _CALL_INIT_NAMES
+    return (type(init) is FunctionType and code is not None
+            and code.co_names == _CALL_INIT_NAMES
             and code.co_varnames[:6] == ("self", "cython_call", "metadata",
                                          "request_serializer", "response_deserializer",
                                          "loop")
