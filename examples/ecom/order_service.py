@@ -121,6 +121,11 @@ async def main(argv: list[str] | None = None) -> None:
                    help="how long to wait for a user service before serving anyway")
     args = p.parse_args(argv)
     tls_options = tls(args, SERVICE)
+    # the settings checked before any wait (the store's, then the user service's): a
+    # typo (--host, --rate-limit-storage) ends the start at once, not after the waits
+    limits = RateLimitOptions(rules=security.RATE_LIMITS, key=by_identity,
+                              storage_uri=args.rate_limit_storage)
+    serve_options(args, tls_options, rate_limit=limits)  # built again below, with auth
     store = await open_store_waiting(args.db, args.db_wait_s)
     users_opts = dataclasses.replace(
         mesh.USERS, tls=tls_options, insecure=tls_options is None,
@@ -146,8 +151,6 @@ async def main(argv: list[str] | None = None) -> None:
             VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE), jwks)
         auth = AuthOptions(verifier=verifier, jwt=security.ORDERD_JWT,
                            policy=security.orderd_policy(insecure=tls_options is None))
-        limits = RateLimitOptions(rules=security.RATE_LIMITS, key=by_identity,
-                                  storage_uri=args.rate_limit_storage)
         async with outbox_relay(store, args.nats_url, signer) as relay:
             servicer = OwnedOrders(store, user_pb2_grpc.UserServiceStub(users_channel),
                                    on_order_placed=relay.notify if relay else None)
