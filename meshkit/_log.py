@@ -104,12 +104,13 @@ def redact_secrets(
     (a dict's values, a list's, tuple's or set's items, pairs' values), the user info of
     each URL (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
     ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
-    path kept; so does the value of each ``key=value`` pair in it whose key names a
-    credential (:func:`redact_text`: ``dsn="host=db password=pw"`` ->
-    ``"host=db password=[REDACTED]"``, ODBC's ``Pwd=pw;``, a URL query's
-    ``?password=pw``); in time linear in the field's length. An exception in such a place
-    (``error=e``: rendered as its ``repr``, which quotes its message) whose ``repr``
-    holds either is replaced by that ``repr``, redacted.
+    path kept; so does the value of each ``key=value`` or ``key: value`` pair in it whose
+    key names a credential, and a ``Bearer`` token (:func:`redact_text`:
+    ``dsn="host=db password=pw"`` -> ``"host=db password=[REDACTED]"``, ODBC's
+    ``Pwd=pw;``, a URL query's ``?password=pw``, ``Authorization: Bearer t``); in time
+    linear in the field's length. An exception in such a place (``error=e``: rendered as
+    its ``repr``, which quotes its message) whose ``repr`` holds either is replaced by
+    that ``repr``, redacted.
 
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
@@ -117,11 +118,11 @@ def redact_secrets(
         if key != "event" and is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, str):
-            # a URL's user info (``user:password@``), a ``password=...`` pair
-            if "=" in value or ("@" in value and "://" in value):
+            # a URL's user info (``user:password@``), a ``password=...`` pair, a bearer
+            if ":" in value or "=" in value or "earer" in value or "EARER" in value:
                 event_dict[key] = redact_text(value)
         elif isinstance(value, bytes):  # rendered as its repr, the URL in it whole
-            if b"=" in value or (b"@" in value and b"://" in value):
+            if b":" in value or b"=" in value or b"earer" in value or b"EARER" in value:
                 event_dict[key] = _url_redacted(value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
@@ -162,13 +163,13 @@ def _url_redacted(value: Any) -> Any:
             return value
         redacted = redact_text(shown)
         return value if redacted is shown else redacted
-    if isinstance(value, bytes) and (b"=" in value or (b"@" in value and b"://" in value)):
+    if isinstance(value, bytes) and (b":" in value or b"=" in value or b"earer" in value
+                                     or b"EARER" in value):
         text = redacted = value.decode("latin-1")
         if "@" in text and "://" in text:
             redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
                                     _AT_OR_SPACE_BYTES_RE)
-        if "=" in redacted:
-            redacted = _redact_pairs(redacted, _PAIR_KEY_BYTES_RE, _PAIR_VALUE_BYTES_RE)
+        redacted = _redact_pairs(redacted, _PAIRS_BYTES)
         if redacted is not text:
             return redacted.encode("latin-1")
     return value
@@ -230,46 +231,83 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 
 
 # ``key=value`` pairs in text (a libpq keyword DSN, an ODBC connection string, a URL's
-# query): a key where a run of key characters starts (the lookbehind; read once:
-# possessive), blanks around '=' (libpq allows them); linear in the text's length
-_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)[ \t]*+=[ \t]*+"
+# query) and ``key: value`` ones (an HTTP header quoted in a message): a key where a run
+# of key characters starts (the lookbehind; read once: possessive), blanks around the
+# '=' or ':' (libpq allows them); linear in the text's length
+_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)[ \t]*+[=:][ \t]*+"
 # a value: libpq's quoted one ('...', \' escapes), ODBC's braced one ({...}, }} escapes),
 # either running to the text's end when not closed (more masked, never less), else up to
 # whitespace, '&', ';' or a quote
 _PAIR_VALUE = r"'(?:[^'\\]|\\.)*+'?|\{(?:[^}]|\}\})*+\}?|[^\s&;']*+"
-_PAIR_KEY_RE = re.compile(_PAIR_KEY)
-_PAIR_VALUE_RE = re.compile(_PAIR_VALUE, re.DOTALL)
-_PAIR_KEY_BYTES_RE = re.compile(_PAIR_KEY, re.ASCII)
-_PAIR_VALUE_BYTES_RE = re.compile(_PAIR_VALUE, re.ASCII | re.DOTALL)
+# the credential after an auth scheme taken for a value (``Authorization: Bearer <token>``)
+_SCHEME_CREDENTIAL = r"[ \t]++[^\s&;']++"
+# ``Bearer <token>`` anywhere (RFC 6750's b64token, 8 characters or more: "bearer token"
+# in prose is none)
+_BEARER = r"(?<![A-Za-z0-9_\-])bearer[ \t]++([A-Za-z0-9\-._~+/]{8,}+=*+)"
+# the auth schemes (the IANA registry's, case-insensitive) a credential follows
+_AUTH_SCHEMES = frozenset({"basic", "bearer", "digest", "dpop", "hoba", "mutual",
+                           "negotiate", "ntlm", "token", "apikey", "hmac", "aws4-hmac-sha256"})
 # ODBC's password keyword, which names no credential to is_sensitive_key
 _PAIR_SECRETS = frozenset({"pwd"})
 # values masked already (meshkit._uris masks a URI's query values with ``***``)
 _MASKS = frozenset({"***", REDACTED})
 
 
-def _redact_pairs(text: str, key_re: re.Pattern[str], value_re: re.Pattern[str]) -> str:
-    """``text`` with the value of each ``key=value`` pair whose key names a credential
-    (:func:`is_sensitive_key`, or ``pwd``) ``[REDACTED]``; ``text`` itself when there is
-    none."""
+class _PairRes:
+    """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
+    as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
+
+    __slots__ = ("bearer", "credential", "key", "value")
+
+    def __init__(self, flags: int) -> None:
+        self.key = re.compile(_PAIR_KEY, flags)
+        self.value = re.compile(_PAIR_VALUE, flags | re.DOTALL)
+        self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
+        self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
+
+
+_PAIRS = _PairRes(0)
+_PAIRS_BYTES = _PairRes(re.ASCII)
+
+
+def _redact_pairs(text: str, res: _PairRes) -> str:
+    """``text`` with the value of each ``key=value`` or ``key: value`` pair whose key
+    names a credential (:func:`is_sensitive_key`, or ``pwd``) ``[REDACTED]`` (a value
+    that is an auth scheme with the credential after it), and each ``Bearer <token>``'s
+    token; ``text`` itself when there is none."""
     out: list[str] = []
     done = 0
-    for m in key_re.finditer(text):
-        if m.start() < done:
-            continue  # inside a value redacted already
-        key = m.group(1)
-        if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
-            continue
-        value = value_re.match(text, m.end())
-        end = value.end() if value is not None else m.end()
-        if end == m.end() or text[m.end():end] in _MASKS:
-            continue  # no value (``password=`` at the end, before a separator), or masked
-        out.append(text[done:m.end()])
-        out.append(REDACTED)
-        done = end
-    if not out:
-        return text
-    out.append(text[done:])
-    return "".join(out)
+    if "=" in text or ":" in text:
+        for m in res.key.finditer(text):
+            if m.start() < done:
+                continue  # inside a value redacted already
+            key = m.group(1)
+            if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
+                continue
+            value = res.value.match(text, m.end())
+            end = value.end() if value is not None else m.end()
+            if end == m.end() or text[m.end():end] in _MASKS:
+                continue  # no value (``password=`` at the end, before a separator), masked
+            if text[m.end():end].lower() in _AUTH_SCHEMES:  # ``Bearer <token>``: both
+                credential = res.credential.match(text, end)
+                if credential is not None:
+                    end = credential.end()
+            out.append(text[done:m.end()])
+            out.append(REDACTED)
+            done = end
+        if out:
+            out.append(text[done:])
+            text = "".join(out)
+    if "earer" in text or "EARER" in text:
+        redacted = res.bearer.sub(_bearer_mask, text)
+        if redacted != text:
+            return redacted
+    return text
+
+
+def _bearer_mask(m: re.Match[str]) -> str:
+    """A ``Bearer <token>`` match with its token ``[REDACTED]``."""
+    return f"{m.group()[:m.start(1) - m.start()]}{REDACTED}"
 
 
 def _named_secret(key: str | bytes) -> bool:
@@ -299,14 +337,16 @@ def _plain_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
 
 def redact_text(text: str) -> str:
     """``text`` with each URL's user info (:func:`redact_url_userinfo`) and the value of
-    each ``key=value`` pair whose key names a credential ``[REDACTED]``: a libpq keyword
-    DSN's ``password=...`` (quoted or not), an ODBC string's ``Pwd=...;`` (braced or
-    not), a URL query's ``password=...&``, ``access_token=...``; other pairs as they are.
-    ``text`` itself when there is nothing to redact; linear in its length."""
-    text = redact_url_userinfo(text)
-    if "=" in text:
-        return _redact_pairs(text, _PAIR_KEY_RE, _PAIR_VALUE_RE)
-    return text
+    each ``key=value`` or ``key: value`` pair whose key names a credential
+    (:func:`is_sensitive_key`, or ODBC's ``pwd``) ``[REDACTED]``: a libpq keyword DSN's
+    ``password=...`` (quoted or not), an ODBC string's ``Pwd=...;`` (braced or not), a
+    URL query's ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an
+    auth scheme as the value: the credential after it too), ``access_token=...``; and
+    each ``Bearer <token>`` (8 characters or more) wherever it stands. Other pairs as
+    they are (a credential-named key's value is redacted whatever it is: ``token:
+    expired`` too). ``text`` itself when there is nothing to redact; linear in its
+    length."""
+    return _redact_pairs(redact_url_userinfo(text), _PAIRS)
 
 
 def redact_url_userinfo(text: str) -> str:
