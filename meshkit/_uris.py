@@ -56,22 +56,24 @@ def mask_query(rest: str, known: Collection[str] = ()) -> str:
     ``urllib.parse`` reads ``5;password=pw`` as ``ttl_s``'s value), and a known key's value
     that, decoded, holds ``&``, ``;``, ``=`` or ``?`` (never an option's value, but a
     second pair run into it: ``ttl_s=5%26password%3Dpw``, ``ttl_s=5?password=pw``) is
-    masked too, and so is a piece with no ``=`` that, decoded, holds one of those
-    (``password%3Dpw``: a pair whose ``=`` was percent-encoded): more is masked, never
-    less."""
+    masked too, and so is a whole piece whose key, decoded, holds one of those
+    (``password%3Dpw``: a pair whose ``=`` was percent-encoded, also ``password%3Dpw==``
+    with base64 padding after it). Decoding is repeated (``%253D``: encoded twice) up to
+    4 times. More is masked, never less."""
     rest, hash_, _ = rest.partition("#")
     base, qmark, query = rest.partition("?")
     if query:
         pieces = []
         for piece in _SEPARATORS.split(query):  # the separators kept, at odd places
             key, eq, value = piece.partition("=")
-            if not eq and key not in ("&", ";") and _RUN_IN.search(urllib.parse.unquote_plus(key)):
-                # no '=' as written, one decoded: a pair whose '=' was percent-encoded
-                # (``password%3Dpw``), its secret in what a parser reads as a key
+            if key not in ("&", ";") and _run_in(key):
+                # a key holding, decoded, a run-in pair: one whose '=' was percent-encoded
+                # (``password%3Dpw``, also with a '=' of base64 padding after it,
+                # ``password%3Dpw==``, or encoded twice, ``password%253Dpw``), its secret
+                # in what a parser reads as a key: the whole piece masked
                 pieces.append("***")
                 continue
-            masked = eq and (urllib.parse.unquote_plus(key) not in known
-                             or _RUN_IN.search(urllib.parse.unquote_plus(value)))
+            masked = eq and (urllib.parse.unquote_plus(key) not in known or _run_in(value))
             pieces.append(f"{key}=***" if masked else piece)
         query = "".join(pieces)
     return f"{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
@@ -81,10 +83,27 @@ def shown_value(value: str) -> str:
     """An option value of a URI's query quoted for an error (``repr``), or ``'***'`` when
     it holds ``&``, ``;``, ``=`` or ``?``: never an option's value, but a second pair run
     into it (``?ttl_s=5;password=pw``, which ``urllib.parse`` reads as ``ttl_s``'s value
-    ``5;password=pw``), whose secret must not reach a log, as :func:`mask_query` masks it
-    in the URI shown beside it."""
-    return "'***'" if _RUN_IN.search(value) else repr(value)
+    ``5;password=pw``), also once decoded again (``5%3Bpassword%3Dpw``: encoded twice),
+    whose secret must not reach a log, as :func:`mask_query` masks it in the URI shown
+    beside it."""
+    return "'***'" if _run_in(value) else repr(value)
+
+
+def _run_in(text: str) -> bool:
+    """Whether ``text`` holds ``&``, ``;``, ``=`` or ``?`` as written or once decoded,
+    decoded again and again (``%253D`` is ``%3D`` encoded once more: a template that
+    encoded an encoded value), up to :data:`_DECODE_ROUNDS` times."""
+    for _ in range(_DECODE_ROUNDS):
+        if _RUN_IN.search(text):
+            return True
+        decoded = urllib.parse.unquote_plus(text)
+        if decoded == text:
+            return False
+        text = decoded
+    return _RUN_IN.search(text) is not None
 
 
 _SEPARATORS = re.compile(r"([&;])")
 _RUN_IN = re.compile(r"[&;=?]")
+#: how many times :func:`_run_in` decodes a text (each a '%25' layer: 3 are 4 decodes)
+_DECODE_ROUNDS = 4
