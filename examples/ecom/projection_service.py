@@ -152,6 +152,9 @@ async def main(argv: list[str] | None = None) -> None:
         verifier = events.event_verifier(  # a rotated CA bundle is taken
             args.cert_dir,
             allowed_publishers=(workload_id(security.TRUST_DOMAIN, "orderd"),))
+    # the serve settings (--host, the admin address) checked before the database wait:
+    # a typo ends the start at once, not after --db-wait-s (built again below, with auth)
+    serve_options(args, tls_options)
     store = await open_store_waiting(args.db, args.db_wait_s)
     # summaries are served from the store whether or not NATS answers: the consumer
     # starts once it is reachable and the stream made (events.nats_connection)
