@@ -82,8 +82,9 @@ class HandlerThreads(Executor):
         # busy thread instead of starting one, the pool never grew back)
         self._owed = 0
         # the event loop timer that tries again to start threads for owed calls while
-        # the pool is below max_workers (a start failed): see _retry_starts
+        # the pool is below max_workers (a start failed), and its loop: see _retry_starts
         self._retry: asyncio.TimerHandle | None = None
+        self._retry_loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a pool thread; its ``Future``.
@@ -136,6 +137,11 @@ class HandlerThreads(Executor):
                 else:
                     self._start_failing = False
                     self._threads.append(thread)
+                    # starts work again: the calls queued while they failed get a thread
+                    # each now (else the new thread takes the oldest of them, first in
+                    # first out, and this call waits in its place behind busy threads)
+                    if self._owed and not self._start_owed():
+                        self._schedule_retry(_RETRY_FIRST_S)
             future: Future[_T] = Future()
             self._work.put((future, fn, args, kwargs))
         return future
@@ -192,25 +198,30 @@ class HandlerThreads(Executor):
         """With the lock held: try :meth:`_start_owed` again in ``delay_s`` seconds on the
         calling thread's running event loop (a server submits from its loop); nothing
         without one (then a thread finishing a call, or the next :meth:`submit`, tries)
-        or when a try is already scheduled."""
-        if self._retry is not None and not self._retry.cancelled():
+        or when a try is already scheduled on a loop that runs (one left on a loop that
+        ended, whose timer never ran and asyncio does not cancel, does not count)."""
+        if (self._retry is not None and not self._retry.cancelled()
+                and self._retry_loop is not None and self._retry_loop.is_running()):
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         self._retry = loop.call_later(delay_s, self._retry_starts, loop, delay_s)
+        self._retry_loop = loop
 
     def _retry_starts(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
         """The event loop timer of :meth:`_schedule_retry`: start threads for the owed
         calls; while a start still fails, try again later (the delay doubled, up to
         :data:`_RETRY_MAX_S`)."""
         with self._lock:
-            self._retry = None
+            if self._retry_loop is not loop:  # replaced while this loop did not run:
+                return  # the timer on the loop that ran tries
+            self._retry = self._retry_loop = None
             if not self._start_owed() and not loop.is_closed():
-                self._retry = loop.call_later(min(delay_s * 2, _RETRY_MAX_S),
-                                              self._retry_starts, loop,
-                                              min(delay_s * 2, _RETRY_MAX_S))
+                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+                self._retry = loop.call_later(delay_s, self._retry_starts, loop, delay_s)
+                self._retry_loop = loop
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more work; with ``cancel_futures``, cancel the calls not yet started;
