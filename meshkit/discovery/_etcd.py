@@ -413,6 +413,17 @@ def _env_credentials(env: Mapping[str, str]) -> dict[str, Any]:
     return {"user": user, "password": password}
 
 
+def _shown_user(user: str | None) -> str | None:
+    """``user`` as a ``repr`` or a log shows it: up to its first ``:``, the rest
+    ``[REDACTED]``. A user name holding ``:`` is etcdctl's ``--user name:password`` whole
+    (``ETCDCTL_USER=root:pw`` set beside ``ETCDCTL_PASSWORD``, which etcdctl, and
+    :meth:`EtcdOptions.from_env`, take as the name ``root:pw``): what follows may be a
+    password."""
+    if user is None or ":" not in user:
+        return user
+    return f"{user.partition(':')[0]}:{_REDACTED}"
+
+
 def _userinfo_refused(uri: str) -> str:
     """The error of an etcd URI refused for user info (quoted as :func:`shown_uri` does)."""
     return (f"etcd URI must not carry user info, got {shown_uri(uri, _URI_FIELDS)!r} (an "
@@ -506,7 +517,10 @@ class EtcdOptions:
             "Why gRPC gateway": "gRPC-gateway does not support authentication using TLS
             Common Name"). Default None: no authentication. Goes with ``password`` (the name
             alone: not etcdctl's ``--user name:password`` form; such a ``user`` without
-            ``password`` is refused unquoted).
+            ``password`` is refused unquoted). A name holding ``:`` is shown in a
+            ``repr`` or a log up to it, the rest ``[REDACTED]`` (and redacted from
+            errors): ``ETCDCTL_USER=name:password`` beside ``ETCDCTL_PASSWORD`` is taken
+            whole, as etcdctl takes it.
         password: that user's password (never quoted in an error nor a ``repr``). Never
             read from a URI; :meth:`from_env` takes ``ETCDCTL_USER``/``ETCDCTL_PASSWORD``
             as etcdctl does (``ETCDCTL_USER=name:password`` split there). etcd's
@@ -542,8 +556,16 @@ class EtcdOptions:
     cert_file: str | None = None
     key_file: str | None = field(default=None, repr=False)
     verify: bool = True
-    user: str | None = None
+    user: str | None = field(default=None, repr=False)  # shown by __repr__, masked
     password: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        """The fields as a dataclass shows them, ``password`` and ``key_file`` left out,
+        and ``user`` up to a ``:`` (see :func:`_shown_user`)."""
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if f.repr]
+        shown.append(f"user={_shown_user(self.user)!r}")
+        return f"EtcdOptions({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         check_bool("verify", self.verify)
@@ -1448,7 +1470,8 @@ class EtcdRegistry:
             if "authentication is not enabled" not in exc.message:
                 raise
             _log.warning("etcd's authentication is not enabled: requests go without a "
-                         "token until it is", endpoint=endpoint, user=self.options.user)
+                         "token until it is", endpoint=endpoint,
+                         user=_shown_user(self.options.user))
             token = ""
         else:
             token = str(data["token"])
@@ -1465,7 +1488,9 @@ class EtcdRegistry:
         the token in use and ``token`` (the one a request sent, maybe replaced since)."""
         if self.options.user is None:
             return ()
-        return self.options.password, self._token, token
+        # a name holding ':' may be etcdctl's 'name:password' taken whole (_shown_user)
+        return (self.options.password, self._token, token,
+                self.options.user.partition(":")[2])
 
     def _token_refused(self, error: _EtcdError, token: str | None) -> bool:
         """Whether ``error`` says the token sent (``token``) is no longer taken: etcd's
