@@ -1015,12 +1015,18 @@ class UnaryResponseCall(MeshCall):
         call a per-call interceptor answered itself after its attempt failed returns
         (``OK``, as :meth:`code`), a call whose answer the mesh refused raises.
 
+        Cancelling the wait (an ``asyncio.wait_for`` timeout) cancels the call, as
+        grpc.aio's unary ``wait_for_connection`` (it awaits the call's task) and as its
+        ``await``: nothing runs on for nobody.
+
         Raises:
             grpc.aio.AioRpcError: the call failed, with the status its ``await`` raises
                 (``INTERNAL`` for a response its deserializer refused, a mesh status).
             asyncio.CancelledError: the call was cancelled.
             Exception: what a client interceptor raised, as the ``await``.
         """
+        if not self._is_settled:
+            await self._settled_or_cancel()
         await self._outcome()
         if self._error is not None:
             raise self._reported(self._error)  # a status: a new copy (see _fresh)
