@@ -2175,8 +2175,10 @@ class EtcdRegistry:
         finally:
             self._kept.pop(me, None)
             follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
-            self._watch_ended(service)
+            try:
+                await asyncio.gather(follower, return_exceptions=True)
+            finally:  # also when cancelled again meanwhile: else counted for ever
+                self._watch_ended(service)
 
     def _log_unusable(self, key: bytes, exc: BaseException) -> None:
         """Warn that the value at ``key`` is skipped (a watch, :meth:`snapshot`,
