@@ -174,7 +174,7 @@ from meshkit.resilience import (
     RateLimitOptions,
     StorageLimiter,
 )
-from meshkit.resilience._retry import DRAINING_DETAILS, NACK_METADATA
+from meshkit.resilience._retry import DRAINING_DETAILS, NACK_METADATA, size_refusal
 
 __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"]
 
@@ -1024,16 +1024,20 @@ def _downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
     ``AioRpcError``, a meshkit channel's ``MeshRpcError``, a synchronous channel's
     ``grpc.RpcError`` that is a ``grpc.Call``, what a plain-function handler's stub
     raises) with a code of :data:`_DOWNSTREAM_REFUSALS` and the handler set no non-``OK``
-    code of its own (``set_code``, which stays the answer), else ``None``. The failure
-    path only."""
+    code of its own (``set_code``, which stays the answer), else ``None``. A message
+    size limit's ``RESOURCE_EXHAUSTED`` (:func:`~meshkit.resilience._retry.size_refusal`:
+    the handler's request over the downstream's receive limit or its own channel's send
+    limit, an answer over its own receive limit) is no refusal to serve now but this
+    server's request or limit, met alike on every endpoint: ``None``, as for an
+    ``INVALID_ARGUMENT``. The failure path only."""
     if not isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) or \
             not isinstance(exc, grpc.RpcError):
         return None
     try:
         code = exc.code()
+        if code not in _DOWNSTREAM_REFUSALS or size_refusal(code, exc.details()):
+            return None
     except Exception:  # a grpc.Call of one's own that cannot tell
-        return None
-    if code not in _DOWNSTREAM_REFUSALS:
         return None
     own = status_code_of(context.code())
     if own is not None and own is not grpc.StatusCode.OK:
@@ -1057,7 +1061,8 @@ def _downstream_aware(answer: UnhandledErrorInterceptor) -> UnhandledErrorInterc
     peer) are not passed on: this server ran the call. Logged at ``debug`` (``downstream
     refused a call the handler made``): an outcome telemetry counts, not a fault of the
     handler. Any other downstream status (``INVALID_ARGUMENT``, ``NOT_FOUND``: this
-    server's request to it was wrong) is answered as before (``UNKNOWN``), as are a code
+    server's request to it was wrong; a message size limit's ``RESOURCE_EXHAUSTED``,
+    likewise) is answered as before (``UNKNOWN``), as are a code
     the handler set, in both ``expose_exception_text`` modes."""
     inner_for = answer._unhandled_for
 
