@@ -3,8 +3,11 @@
 lets escape, as a custom verifier's are answered) refuses its caller with that status and
 details, counted so in ``grpc_server_handled_total``; before, the caller got ``UNKNOWN``
 "Unexpected PermissionDeniedError in the handler" and the server logged a traceback. Any
-other ``AioRpcError`` a handler lets escape (a downstream call's, a meshkit client's
-``NoEndpointsError``) is still ``UNKNOWN``."""
+other ``AioRpcError`` a handler lets escape (a downstream call's ``PERMISSION_DENIED``) is
+still ``UNKNOWN``; a meshkit client's ``NoEndpointsError`` (``UNAVAILABLE``: the
+dependency is down) is a downstream refusal, answered ``RESOURCE_EXHAUSTED`` "a call the
+handler made was refused (UNAVAILABLE)" with the trailer ``meshkit-downstream-status``
+(e927beae), not counted against this server."""
 
 from __future__ import annotations
 
@@ -59,6 +62,8 @@ async def test_a_handler_refusal_keeps_its_status(registry: LocalRegistry,
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await ch.unary_unary(f"/{APP}/{name}")(b"x", timeout=5)
             got[name] = (err.value.code(), err.value.details())
+            if name == "NoEndpoints":
+                trailers = tuple(err.value.trailing_metadata() or ())
     finally:
         await ch.close()
         await srv.drain()
@@ -66,9 +71,11 @@ async def test_a_handler_refusal_keeps_its_status(registry: LocalRegistry,
     assert got["Unauth"] == (grpc.StatusCode.UNAUTHENTICATED, "session expired")
     assert got["Down"][0] is grpc.StatusCode.UNKNOWN
     assert "downstream said no" not in (got["Down"][1] or "")
-    assert got["NoEndpoints"][0] is grpc.StatusCode.UNKNOWN
+    assert got["NoEndpoints"] == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  "a call the handler made was refused (UNAVAILABLE)")
+    assert ("meshkit-downstream-status", "UNAVAILABLE") in trailers
     for method, code in (("Deny", "PermissionDenied"), ("Unauth", "Unauthenticated"),
-                         ("Down", "Unknown")):
+                         ("Down", "Unknown"), ("NoEndpoints", "ResourceExhausted")):
         assert prom.get_sample_value("grpc_server_handled_total", {
             "grpc_service": APP, "grpc_method": method, "grpc_type": "unary",
             "grpc_code": code}) == 1.0, method
