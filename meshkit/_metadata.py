@@ -97,7 +97,12 @@ def logged_metadata(metadata: Iterable[Any],
     name: a gRPC library sends printable ASCII only, but a raw HTTP/2 peer sends any
     octets and grpc core hands them on, and the JSON line escapes only what RFC 8259
     requires, so a right-to-left override, a C1 control (U+009B CSI) or U+2028 reached
-    the log raw. An item of ``metadata`` that is no ``(key, value)`` pair (a ``str``: a
+    the log raw. A credential in a value (a key not named for one can carry one:
+    ``x-callback: https://u:pw@h/``, ``host=db password=pw``, ``Bearer <token>``) is
+    ``[REDACTED]`` as in every other log field (:func:`meshkit._log.redact_text`), read
+    only in a value holding ``@``, ``=``, ``:`` or ``earer``: the access line does not
+    pass through :func:`meshkit._log.redact_secrets`. An item of ``metadata`` that is no
+    ``(key, value)`` pair (a ``str``: a
     ``dict``'s key; a tuple of another length), which makes the call itself fail, is
     passed over: the call's line is written all the same (this never raises for the
     metadata's shape)."""
@@ -121,6 +126,11 @@ def logged_metadata(metadata: Iterable[Any],
             if not isinstance(value, bytes):
                 continue
             value = value.decode("ascii", "backslashreplace")
+        if "@" in value or "=" in value or ":" in value or "earer" in value or (
+                "EARER" in value):  # could hold a credential: read (a plain id: 5 checks)
+            from meshkit._log import redact_text  # (structlog: not for every importer)
+
+            value = redact_text(value)
         if not value.isprintable():  # a raw peer's (the usual value: this one check)
             from meshkit._log import printable  # (structlog: not for every importer)
 
