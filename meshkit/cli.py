@@ -21,6 +21,7 @@ it would say there is dropped (never printed on stdout instead).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import io
@@ -190,6 +191,23 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
+def _escape_unencodable(stream: Any) -> str | None:
+    """Make ``stream`` (stdout) write what its encoding cannot encode escaped, as
+    ``backslashreplace`` writes it (``\\xe9``: stderr's own handler), instead of raising
+    ``UnicodeEncodeError`` (an ``é`` in an instance id or a path on an ASCII or Latin-1
+    stdout ended the command in a traceback, after its work was done); returns the error
+    handler it had, to be restored, or ``None`` when it cannot be reconfigured."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    errors = getattr(stream, "errors", None)
+    if reconfigure is None or not isinstance(errors, str):
+        return None
+    try:
+        reconfigure(errors="backslashreplace")
+    except (OSError, ValueError):  # closed, or not a text stream that takes it
+        return None
+    return errors
+
+
 def _write_error(exc: OSError) -> OSError:
     reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
     return StdoutWriteError(exc.errno, f"stdout cannot be written: {reason}")
@@ -220,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         SystemExit: a command ended with a message (argparse, a refused run); its status.
     """
     stdout = sys.stdout  # None: started with file descriptor 1 closed
+    errors = _escape_unencodable(stdout)
     guarded = _GuardedStdout(_ClosedStdout() if stdout is None else stdout)
     sys.stdout = guarded
     no_stderr = sys.stderr is None
@@ -250,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         return _EXIT_INTERRUPTED
     finally:
         sys.stdout = stdout  # as the interpreter had it (None too)
+        if errors is not None:
+            with contextlib.suppress(Exception):  # a stream closed meanwhile
+                stdout.reconfigure(errors=errors)  # type: ignore[union-attr]
         if no_stderr:
             sys.stderr = None
 
