@@ -118,12 +118,17 @@ class AuthzPolicy:
             is a ``ConfigError`` from ``start()``, and keys matching no method it serves
             are named in a warning (:func:`meshkit._methods.check_served`).
 
-    Example::
+    Example (the health methods by name: ``"/grpc.health.v1.Health/*"`` would also let
+    anyone call any other name under the service, which a catch-all generic handler
+    serves)::
 
+        probe = Rule(allow_peers=("*",), allow_anonymous=True)
         AuthzPolicy(rules={
             "/ecom.v1.UserService/GetUser": Rule(allow_peers=(workload_id(td, "orderd"),)),
             "/ecom.v1.OrderService/*": Rule(allow_subjects=("*",)),
-            "/grpc.health.v1.Health/*": Rule(allow_peers=("*",), allow_anonymous=True),
+            "/grpc.health.v1.Health/Check": probe,
+            "/grpc.health.v1.Health/Watch": probe,
+            "/grpc.health.v1.Health/List": probe,
         })
     """
 

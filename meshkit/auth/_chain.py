@@ -29,8 +29,11 @@ class AuthOptions:
     Every method the server serves is checked, ``grpc.health.v1.Health`` and reflection
     included (nothing is exempt by default): with a ``verifier``, a Kubernetes gRPC probe
     or a Consul ``check="grpc"`` on a plaintext server is refused ``UNAUTHENTICATED``
-    unless ``JWTAuthOptions(public_methods=("/grpc.health.v1.Health/*",))`` opens it
-    (and, with a ``policy``, a rule with ``allow_anonymous=True``).
+    unless ``JWTAuthOptions(public_methods=(...))`` opens it (and, with a ``policy``, a
+    rule with ``allow_anonymous=True``). Name the health methods one by one,
+    ``"/grpc.health.v1.Health/Check"``, ``".../Watch"`` and ``".../List"``, not
+    ``"/grpc.health.v1.Health/*"``: with a catch-all generic handler the glob opens any
+    name under the service (``/grpc.health.v1.Health/Anything``) as well.
 
     Args:
         verifier: a :class:`~meshkit.auth.JWTVerifier`; with it every method needs a valid
@@ -56,8 +59,11 @@ class AuthOptions:
             :class:`~meshkit.auth.PeerIdentityInterceptor` does (default ``True``);
             ``False`` with ``tls.allowed_peers`` is a ``ConfigError`` when the server is
             built (:meth:`interceptors`), as the list would be enforced by nothing.
-        exempt_methods: methods the peer check skips, e.g. ``("/grpc.health.v1.Health/*",)``
-            for a prober (the connection must still be accepted); the peer check alone:
+        exempt_methods: methods the peer check skips, e.g. the health methods by name,
+            ``("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+            "/grpc.health.v1.Health/List")``, for a prober (not ``Health/*``, which a
+            catch-all handler would serve any name under; the connection must still be
+            accepted); the peer check alone:
             the token and the policy still apply to them (``JWTAuthOptions(
             public_methods=...)``, ``Rule(allow_anonymous=True)`` open a method).
 

@@ -218,8 +218,11 @@ class PeerIdentityInterceptor(_RefusalLogged):
         allowed_peers: SPIFFE ID patterns (``*`` wildcards) that may connect; empty
             (default) allows every workload of ``trust_domain``.
         exempt_methods: method patterns (:class:`~meshkit._methods.MethodMatcher`) exempt
-            from the check, e.g. ``("grpc.health.v1.Health/*",)`` for health checks from a
-            plaintext prober (default none).
+            from the check, e.g. the health methods by name for a plaintext prober,
+            ``("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+            "/grpc.health.v1.Health/List")`` (not ``"grpc.health.v1.Health/*"``, which
+            also exempts any other name under the service: a catch-all generic handler
+            serves it) (default none).
         verifier: the :class:`~meshkit.auth.PeerVerifier` that checks the peer's
             certificate and yields its workload identity (:meth:`TLSOptions.peer_interceptor`
             passes one over the trust bundle); default the bundle-less
