@@ -775,7 +775,11 @@ class ServeOptions:
             text and stack trace on the server span too (as
             ``TelemetryOptions(expose_exception_text=True)``). In both modes a handler's
             ``meshkit.auth.PermissionDeniedError`` or ``UnauthenticatedError`` is
-            answered with its own status and details.
+            answered with its own status and details, and a downstream call's
+            ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED`` (not a message size limit's) that
+            escaped the handler, no code set, is answered ``RESOURCE_EXHAUSTED`` "a call
+            the handler made was refused (<CODE>)" with the trailer
+            ``meshkit-downstream-status: <CODE>`` (see :func:`_downstream_aware`).
         generic_methods: method patterns (:mod:`meshkit._methods` spellings, e.g.
             ``("/proxy.v1.Cache/Get", "proxy.v1.Cache/*")``) of methods your generic
             handlers serve that telemetry labels by name in the metrics (``grpc_service``,
@@ -961,7 +965,8 @@ def _servicer_pairs(service: str, servicers: object) -> list[tuple[AddServicer, 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:
     """The interceptors ``serve()`` installs for ``options``, in the one documented order
     (module docstring): telemetry, deadline, auth, rate limit, the answer to unhandled
-    exceptions (refusals alone with ``options.expose_exception_text``), then
+    exceptions (refusals and downstream refusals alone with
+    ``options.expose_exception_text``), then
     ``options.interceptors``.
 
     Args:
