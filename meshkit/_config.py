@@ -522,13 +522,16 @@ def check_path(name: str, value: object) -> str:
     """``value`` (the field ``name``, a file or directory path) as a ``str``: a
     non-empty ``str`` or an ``os.PathLike`` whose path is one. ``None`` (an unset
     environment variable), ``bytes``, a number (``os`` would take it for a file
-    descriptor), ``""`` (which ``Path`` reads as the current directory) and a path
-    holding a NUL character (every ``open``/``stat`` of it raises a bare ``ValueError``)
-    are refused, and so is a path starting with a ``~`` that a shell would have expanded (``~``,
-    ``~/certs``, ``~user/x`` of a user there is): no shell did (an environment file, a
-    systemd unit, a quoted value, ``--opt=~/x``), and taken as written it is a relative
-    path under a directory named ``~`` in the working directory (what ``meshkit certs
-    init`` made of ``MESHKIT_CERT_DIR="~/certs"``), not the home directory it reads as.
+    descriptor), ``""`` (which ``Path`` reads as the current directory), a path
+    holding a NUL character and one the file system's encoding cannot write (a lone
+    surrogate such as a JSON ``"\\ud800"``; not the escape of a non-UTF-8 byte that
+    ``os.environ`` gives: every ``open``/``stat`` of either raises a bare
+    ``ValueError``) are refused, and so is a path starting with a ``~`` that a shell
+    would have expanded (``~``, ``~/certs``, ``~user/x`` of a user there is): no shell
+    did (an environment file, a systemd unit, a quoted value, ``--opt=~/x``), and taken
+    as written it is a relative path under a directory named ``~`` in the working
+    directory (what ``meshkit certs init`` made of ``MESHKIT_CERT_DIR="~/certs"``), not
+    the home directory it reads as.
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted (as
@@ -542,6 +545,11 @@ def check_path(name: str, value: object) -> str:
     if "\x00" in text:  # else the first open/stat raises a bare ValueError
         raise ConfigError(f"{name} must be a path without a NUL character, got "
                           f"{shown_path(value)}")
+    try:  # else the first open/stat raises a bare UnicodeEncodeError
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} must be a path the file system can encode (no lone "
+                          f"surrogate), got {shown_path(value)}") from None
     if (home := unexpanded_home(text)) is not None:
         raise ConfigError(f"{name} must be a path, got {shown_path(value)}, whose '~' no "
                           "shell expanded (an environment file, a quoted value, "
