@@ -123,6 +123,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse_device(path: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``path`` when it is a character or block device or a
+    socket: ``inspect`` reads the whole file, and ``/dev/zero`` or a disk never end (a
+    ``MemoryError`` traceback, or the machine's memory first). A pipe (``/dev/stdin``
+    fed by ``|``) and a regular file pass; a path that cannot be read is left to the
+    reader, whose message says why."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    for is_kind, kind in ((stat.S_ISCHR, "a character device"),
+                          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if is_kind(mode):
+            raise error(f"cannot read certificates from {path}: not a certificate file "
+                        f"({kind})")
+
+
 def main(argv: list[str]) -> int:
     """Run ``meshkit certs ...`` with ``argv`` (a leading ``"certs"`` is accepted and
     skipped); returns the exit code: 0 done, 1 refused/failed, 2 usage error.
@@ -173,6 +192,7 @@ def main(argv: list[str]) -> int:
                             f"{files.key_file}, mode 0600), valid until "
                             f"{info.not_after.isoformat()}"))
             return 0
+        _refuse_device(ns.file, CertificateError)
         certs = load_certificates(ns.file)
         for i, cert in enumerate(certs):
             try:
