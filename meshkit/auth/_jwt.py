@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import jwt
+import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -60,6 +61,8 @@ from meshkit._methods import MethodMatcher, normalized
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
 from meshkit.auth._jwt_types import Claims
 from meshkit.errors import ConfigError
+
+_log = structlog.get_logger("meshkit.auth")
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -359,13 +362,15 @@ class KeySet:
 
         A ``jwt-*.key`` entry that vanished while listed or before it was read (a
         dangling link, as a Kubernetes Secret mount leaves one a moment; a name with a
-        creation time too) is skipped: the next older file loads in its place.
+        creation time too) is skipped: the next older file loads in its place, and a
+        warning names it (one that stays is a link to a file not there).
 
         Raises:
             ConfigError: no key and ``create`` is false or none can be created (a
-                read-only mount), or an unreadable key file or one that is no key (the
-                file named, never its content); ``directory`` holding a key's PEM (or a
-                line break) rather than a path (named by its type, nothing created);
+                read-only mount), or an unreadable key file (a link loop too) or one that
+                is no key (the file named, never its content); ``directory`` holding a
+                key's PEM (or a line break) rather than a path (named by its type, nothing
+                created);
                 ``create`` not ``True`` or ``False`` (a string read from the
                 environment, ``"false"``, is truthy; quoted, nothing created);
                 ``directory`` no path (``None`` from an unset variable, ``bytes``, a
@@ -393,6 +398,10 @@ class KeySet:
                 raise ConfigError(f"no jwt-*.key signing key in {d}, and none could be "
                                   f"created: {type(exc).__name__}") from None
             files = cls._key_files(d)
+        listed = set(files)
+        for p in d.glob("jwt-*.key"):  # left out by the listing: a dangling link
+            if p not in listed and not p.exists():
+                _skipped_key_file(p)
         keys: list[SigningKey] = []
         for f in files:
             if len(keys) > keep_previous:
@@ -400,6 +409,7 @@ class KeySet:
             try:
                 data = f.read_bytes()
             except FileNotFoundError:  # vanished since listed (a Secret mount's swap)
+                _skipped_key_file(f)
                 continue
             except OSError as exc:
                 raise ConfigError(f"cannot read {f}: {type(exc).__name__}") from None
@@ -435,6 +445,8 @@ class KeySet:
                 dated.append((age(p), p))
             except FileNotFoundError:  # a dangling link (a Secret mount's swap), removed
                 continue
+            except OSError as exc:  # a link loop (ELOOP), a denied stat: no key to skip
+                raise ConfigError(f"cannot read {p}: {type(exc).__name__}") from None
         return [p for _, p in sorted(dated, key=lambda e: e[0], reverse=True)]
 
     @staticmethod
@@ -526,6 +538,15 @@ class KeySet:
     async def get_key(self, kid: str) -> VerificationKey | None:
         """:class:`KeySource` for verifiers in the issuing process."""
         return self._by_kid.get(kid)
+
+
+def _skipped_key_file(path: Path) -> None:
+    """Warn that the ``jwt-*.key`` entry ``path`` was skipped (gone: a dangling link). A
+    Secret mount's swap leaves one for a moment; one that stays is a misconfiguration
+    (a link to a file not there) that would otherwise pass unseen, an older key or a new
+    one signing in its place. The path only, never any content."""
+    _log.warning("jwt signing key file skipped: it does not exist (a dangling link?)",
+                 file=str(path))
 
 
 # -- scopes ---------------------------------------------------------------------------------
