@@ -244,6 +244,10 @@ _SCHEME_CREDENTIAL = r"[ \t]++[^\s&;']++"
 # ``Bearer <token>`` anywhere (RFC 6750's b64token, 8 characters or more: "bearer token"
 # in prose is none)
 _BEARER = r"(?<![A-Za-z0-9_\-])bearer[ \t]++([A-Za-z0-9\-._~+/]{8,}+=*+)"
+# a port after a ``host:`` (1 to 5 digits, then the end, a blank, a URL delimiter or a
+# sentence's period): ``auth.default.svc:443``, ``http://auth:8080/x`` are no
+# ``key: value`` pairs (a ``:`` with no blank on either side only)
+_PORT = r"[0-9]{1,5}+(?:[/?#,;&)\]}>\"'|]|\.?(?:\s|\Z))"
 # the auth schemes (the IANA registry's, case-insensitive) a credential follows
 _AUTH_SCHEMES = frozenset({"basic", "bearer", "digest", "dpop", "hoba", "mutual",
                            "negotiate", "ntlm", "token", "apikey", "hmac", "aws4-hmac-sha256"})
@@ -257,10 +261,11 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "credential", "key", "value")
+    __slots__ = ("bearer", "credential", "key", "port", "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
+        self.port = re.compile(_PORT, flags)
         self.value = re.compile(_PAIR_VALUE, flags | re.DOTALL)
         self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
         self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
@@ -284,6 +289,11 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
             key = m.group(1)
             if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
                 continue
+            if m.end() - m.end(1) == 1 and text[m.end(1)] == ":" and (
+                    text[m.start() - 1:m.start()] == "@"
+                    or text[max(m.start() - 2, 0):m.start()] == "//"
+                    or res.port.match(text, m.end()) is not None):
+                continue  # a host (``//auth:8080/x``, scp's ``git@auth:repo``), a port
             value = res.value.match(text, m.end())
             end = value.end() if value is not None else m.end()
             if end == m.end() or text[m.end():end] in _MASKS:
@@ -344,8 +354,11 @@ def redact_text(text: str) -> str:
     auth scheme as the value: the credential after it too), ``access_token=...``; and
     each ``Bearer <token>`` (8 characters or more) wherever it stands. Other pairs as
     they are (a credential-named key's value is redacted whatever it is: ``token:
-    expired`` too). ``text`` itself when there is nothing to redact; linear in its
-    length."""
+    expired`` too), and so is a ``host:port`` or ``user@host:path`` (a ``:`` with no
+    blank on either side after ``//`` or ``@``, or before a port's 1 to 5 digits:
+    ``http://auth:8080/x``, ``auth.default.svc:443``, ``git@auth-host:repo`` stay
+    whole; ``password:1234`` so too, ``password: 1234`` and ``password=1234`` not).
+    ``text`` itself when there is nothing to redact; linear in its length."""
     return _redact_pairs(redact_url_userinfo(text), _PAIRS)
 
 
