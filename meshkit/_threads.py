@@ -94,9 +94,10 @@ class HandlerThreads(Executor):
         ``pids.max``, ``RLIMIT_NPROC``): with other threads in the pool the work waits
         for one of them to finish a call, or for a start that works again, whichever
         comes first (the start is tried again on the submitting event loop, after 0.05 s
-        doubling to 0.5 s, and by a thread finishing a call while more work waits with
-        none counted for it; a warning of the ``meshkit.server`` logger with the error,
-        once until a start works again); with none
+        doubling to 0.5 s, by a thread finishing a call while more work waits with
+        none counted for it, and by a later call whose own thread starts; a warning of
+        the ``meshkit.server`` logger with the error, once until a start works again);
+        with none
         :class:`NoHandlerThread` is raised (the same warning, once) and nothing is
         queued, so the work never runs later (``ThreadPoolExecutor`` queues the work
         first: the error raised to the caller, the work still ran once a thread freed
