@@ -236,11 +236,12 @@ class Workload:
     users: list[str] = field(default_factory=list)
     acked: dict[str, str] = field(default_factory=dict)  # idempotency key -> order id
 
-    def take(self) -> bool:
-        """Reserve one call from the budget."""
-        if self.started >= self.budget:
+    def take(self, calls: int = 1) -> bool:
+        """Reserve ``calls`` calls from the budget together (a new user's CreateUser and
+        Authenticate: 2), or none when fewer are left."""
+        if self.started + calls > self.budget:
             return False
-        self.started += 1
+        self.started += calls
         if self.started >= self.mark_at:
             self.mark.set()
         return True
@@ -255,14 +256,13 @@ async def run_workload(users: user_pb2_grpc.UserServiceStub,
         i = 0
         user_id: str | None = None
         md: tuple[tuple[str, str], ...] = ()
-        while w.take():
+        while w.take(1 if user_id is not None else 2):  # a new user: sign-up and login
             i += 1
             try:
                 if user_id is None:
                     email = f"user{n}-{uuid.uuid4().hex[:8]}@example.com"
                     u = await users.CreateUser(user_pb2.CreateUserRequest(
                         email=email, name=f"User {n}", password=f"pw-{email}"), timeout=timeout_s)
-                    w.take()  # logging in is part of the workload even at its very end
                     session = await users.Authenticate(user_pb2.AuthenticateRequest(
                         email=email, password=f"pw-{email}"), timeout=timeout_s)
                     user_id = u.id
