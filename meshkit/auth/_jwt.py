@@ -836,9 +836,12 @@ class TokenVerifier:
         """Refuse empty tokens and tokens over ``max_token_bytes``.
 
         Raises:
-            InvalidTokenError: ``"malformed token"`` / ``"token too large"``.
+            InvalidTokenError: ``"malformed token"`` (empty, or a character outside ASCII:
+                a compact JWS is base64url and dots, RFC 7515 §7.1; a lone surrogate, as
+                ``surrogateescape`` decoding leaves one, would not even encode) /
+                ``"token too large"``.
         """
-        if not token:
+        if not token or not token.isascii():  # isascii: O(1), a flag of the str
             raise InvalidTokenError(_MALFORMED)
         if len(token) > self._options.max_token_bytes:
             raise InvalidTokenError("token too large")
@@ -1161,7 +1164,8 @@ class JWTVerifier:
         """The claims of ``token`` when it was verified before and has not expired (the
         per-call path of a returning caller, without a coroutine), else ``None``: then
         :meth:`verify` it."""
-        if not token or len(token) > self._core._options.max_token_bytes:
+        if not token or len(token) > self._core._options.max_token_bytes or (
+                not token.isascii()):  # no JWS: a lone surrogate would not even encode
             return None  # verify() says why
         if getattr(self._keys, "version", None) != self._version:
             self._keys_changed()
