@@ -298,6 +298,8 @@ class EndpointPool:
         # balancer is told so (its optional cold_start(on)), and slow-starts none of it
         # whatever connected meanwhile; None: not begun yet
         self._cold: bool | None = None
+        # the registry's status() takes this pool's service (_own_status)
+        self._status_takes_service = True
         self._cold_start: Callable[[bool], object] | None = getattr(
             balancer, "cold_start", None)
         # endpoints whose rebuild() failed (they keep their current sub-channel, with the
@@ -1255,7 +1257,7 @@ class EndpointPool:
         while not self.resolved.is_set():
             if status is not None:
                 try:
-                    st = status()
+                    st = self._own_status(status)
                     unreadable, summary = st.readable is False, st.summary
                 except Exception:  # a registry without status support: wait only
                     status = None
@@ -1343,9 +1345,22 @@ class EndpointPool:
         if status is None:
             return False
         try:
-            return status().readable is False
+            return self._own_status(status).readable is False
         except Exception:  # a registry without status support
             return False
+
+    def _own_status(self, status: Callable[..., Any]) -> Any:
+        """The registry's ``status(service)`` for this pool's service (how its own
+        watch reads: a registry's ``status()`` is unreadable only while every watched
+        service fails, so one prefix refused among readable ones said nothing), or its
+        ``status()`` for a registry whose ``status`` takes no service (a ``TypeError``:
+        asked so from then on). Errors of ``status`` itself are the caller's."""
+        if self._status_takes_service:
+            try:
+                return status(self.service)
+            except TypeError:
+                self._status_takes_service = False
+        return status()
 
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
@@ -1354,7 +1369,7 @@ class EndpointPool:
         if status is None:
             return None
         try:
-            summary = status().summary
+            summary = self._own_status(status).summary
         except Exception:  # a registry without status support: say nothing more
             return None
         return summary if isinstance(summary, str) else None
