@@ -112,6 +112,10 @@ def _handlers(target: str) -> dict[str, Any]:
             yield b"first"
         yield call_sync(_which(context))
 
+    async def a_writes(request: bytes, context: Any) -> None:
+        await context.write(b"first")  # a streaming coroutine answering with write()
+        await context.write(await call_async(_which(context)))
+
     async def a_sets_code(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield b"first"
         context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
@@ -130,15 +134,20 @@ def _handlers(target: str) -> dict[str, Any]:
         "SServerStream": grpc.unary_stream_rpc_method_handler(s_us),
         "SClientStream": grpc.stream_unary_rpc_method_handler(s_su),
         "SBidi": grpc.stream_stream_rpc_method_handler(s_ss),
+        "AWritesServerStream": grpc.unary_stream_rpc_method_handler(a_writes),
         "ASetsCode": grpc.unary_stream_rpc_method_handler(a_sets_code),
         "SSetsCode": grpc.unary_unary_rpc_method_handler(s_sets_code),
     }
 
 
-_KINDS = ("AUnary", "AServerStream", "AClientStream", "ABidi",
+_KINDS = ("AUnary", "AServerStream", "AClientStream", "ABidi", "AWritesServerStream",
           "SUnary", "SServerStream", "SClientStream", "SBidi")
 _TYPES = {"Unary": "unary", "ServerStream": "server_stream",
           "ClientStream": "client_stream", "Bidi": "bidi_stream"}
+
+
+def _type(name: str) -> str:
+    return next(t for k, t in _TYPES.items() if name.endswith(k))
 
 
 class _PassThrough(grpc.aio.ServerInterceptor):
@@ -235,7 +244,7 @@ async def test_every_kind_answers_an_escaped_downstream_refusal_resource_exhaust
             for name in _KINDS:
                 counted = prom.get_sample_value("grpc_server_handled_total", {
                     "grpc_service": _MID, "grpc_method": name,
-                    "grpc_type": _TYPES[name[1:]], "grpc_code": "ResourceExhausted"})
+                    "grpc_type": _type(name), "grpc_code": "ResourceExhausted"})
                 assert counted == 2.0, (name, counted)
                 # the middle tier's rate limiter refused nothing
                 limited = prom.get_sample_value("meshkit_server_rate_limited_total", {
@@ -243,7 +252,7 @@ async def test_every_kind_answers_an_escaped_downstream_refusal_resource_exhaust
                 assert limited == 0.0, (name, limited)
                 in_flight = prom.get_sample_value("grpc_server_in_flight", {
                     "grpc_service": _MID, "grpc_method": name,
-                    "grpc_type": _TYPES[name[1:]]})
+                    "grpc_type": _type(name)})
                 assert in_flight == 0.0, (name, in_flight)
 
 
