@@ -152,7 +152,8 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   nothing), never an empty set because of an error; ``status(service)`` says
   ``readable=False`` (``status()`` too once every watched service's reads fail: a prefix
   etcd's authentication refuses this user is that service's fault alone) and the
-  outage is logged once per service (a reminder every 60 s, a line when it ends). If after an
+  outage is logged once (a reminder every 60 s, a line when it ends): once for all while
+  every watched service's reads fail (etcd down), else once per failing service. If after an
   outage etcd comes back with a *replaced store* (another cluster id, a revision lower
   than one already seen, or a key whose ``mod_revision`` is at most the watch's revision
   but not the one the watch knew: a restored or wiped data directory, also one restarted
