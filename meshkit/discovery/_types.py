@@ -403,6 +403,12 @@ class Registry(Protocol):
 
         Cheap and free of I/O: it reports what the registry's own reads and writes saw, so
         metrics and the balanced channel may call it as often as they like.
+
+        The built-in registries also take an optional ``service`` (``status("orderd")``:
+        how that service's watches read, ``readable`` None while none runs), and their
+        ``status()`` is unreadable only while every watched service's reads fail. This
+        protocol does not require it: a caller asking with a service asks ``status()``
+        of a registry that takes none (its ``TypeError``).
         """
         ...
 
