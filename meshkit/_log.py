@@ -100,9 +100,9 @@ def redact_secrets(
     reading would consume); such a collection is logged as the list of its pairs. A key
     may be ``str`` or ``bytes`` (as gRPC metadata keys may), in dicts as in pairs.
 
-    In every string (or ``bytes``) field, the event's text included, and one level deep
-    (a dict's values, a list's, tuple's or set's items, pairs' values), the user info of
-    each URL (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
+    In every string (or ``bytes``, ``bytearray``) field, the event's text included, and
+    one level deep (a dict's values, a list's, tuple's or set's items, pairs' values),
+    the user info of each URL (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
     ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
     path kept; so does the value of each ``key=value`` or ``key: value`` pair in it whose
     key names a credential, and a ``Bearer`` token (:func:`redact_text`:
@@ -121,7 +121,7 @@ def redact_secrets(
             # a URL's user info (``user:password@``), a ``password=...`` pair, a bearer
             if ":" in value or "=" in value or "earer" in value or "EARER" in value:
                 event_dict[key] = redact_text(value)
-        elif isinstance(value, bytes):  # rendered as its repr, the URL in it whole
+        elif isinstance(value, bytes | bytearray):  # rendered as its repr, the URL whole
             if b":" in value or b"=" in value or b"earer" in value or b"EARER" in value:
                 event_dict[key] = _url_redacted(value)
         elif isinstance(value, dict):
@@ -147,9 +147,9 @@ _PLAIN_COLLECTIONS = (list, tuple, set, frozenset)
 
 
 def _url_redacted(value: Any) -> Any:
-    """``value`` with the user info of each URL in it redacted when it is a ``str`` or
-    ``bytes`` (:func:`redact_secrets`), an exception's ``repr`` redacted when that holds
-    one, else ``value`` as it is."""
+    """``value`` with the user info of each URL in it redacted when it is a ``str``,
+    ``bytes`` or ``bytearray`` (of the same type; :func:`redact_secrets`), an
+    exception's ``repr`` redacted when that holds one, else ``value`` as it is."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, BaseException):
@@ -163,15 +163,16 @@ def _url_redacted(value: Any) -> Any:
             return value
         redacted = redact_text(shown)
         return value if redacted is shown else redacted
-    if isinstance(value, bytes) and (b":" in value or b"=" in value or b"earer" in value
-                                     or b"EARER" in value):
+    if isinstance(value, bytes | bytearray) and (
+            b":" in value or b"=" in value or b"earer" in value or b"EARER" in value):
         text = redacted = value.decode("latin-1")
         if "@" in text and "://" in text:
             redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
                                     _AT_OR_SPACE_BYTES_RE)
         redacted = _redact_pairs(redacted, _PAIRS_BYTES)
         if redacted is not text:
-            return redacted.encode("latin-1")
+            out = redacted.encode("latin-1")
+            return bytearray(out) if isinstance(value, bytearray) else out
     return value
 
 
