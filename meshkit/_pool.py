@@ -591,6 +591,8 @@ class EndpointPool:
                               instance_id=key, address=inst.address)
             if added:
                 self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
+                if not self._to_add:  # a first answer none of which could be built at
+                    self._warm()  # first is all in now: later ones are newcomers
                 self.notify()
             for key in list(self._stale):
                 ep = self.endpoints.get(key)
