@@ -1701,6 +1701,7 @@ class MeshServer:
         self._stopped = asyncio.Event()
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None  # drain()'s work, see there
+        self._drain_forced = False  # a second signal ended the drain (_end_drain_now)
         # start() between binding and returning (or undoing itself): drain() leaves the
         # server to it, see drain()
         self._starting = False
@@ -2551,9 +2552,42 @@ class MeshServer:
             self._stopped.set()
             return
         self.draining = True
-        self._drain_task = asyncio.get_running_loop().create_task(
+        self._drain_task = task = asyncio.get_running_loop().create_task(
             self._drain(server), name=f"meshkit-drain-{self.service}")
-        await asyncio.shield(self._drain_task)
+        if self._drain_forced:  # a second signal came before the drain began
+            # after the task's first step: a task cancelled before it runs never enters
+            # its coroutine (no finally: the server would stay unstopped)
+            task.get_loop().call_soon(task.cancel)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # the drain's task cancelled by _end_drain_now (it still stopped and closed
+            # the server): the drain ended, not this call cancelled
+            me = asyncio.current_task()
+            if not (self._drain_forced and task.done()
+                    and (me is None or not me.cancelling())):
+                raise
+
+    def _end_drain_now(self, sig: signal.Signals) -> None:
+        """The same SIGTERM/SIGINT again while draining (or while the first one's drain
+        is about to begin): end the drain now, as uvicorn's and gunicorn's second Ctrl-C
+        or Kubernetes' SIGKILL after the grace. The drain's task is cancelled: the step
+        under way stops (deregistration, ``drain_delay_s``, the refusal phase or the
+        ``grace_s`` wait), the grpc server is stopped without grace (in-flight calls end
+        ``UNAVAILABLE``) and closed as a cancelled drain is, and :meth:`drain` returns.
+        Logged (warning); a third signal is only logged."""
+        if self._drain_forced:
+            _log.warning("signal during the drain: already ending it", service=self.service,
+                         signal=sig.name)
+            return
+        self._drain_forced = True
+        _log.warning("signal during the drain: ending it now, in-flight calls cancelled "
+                     "UNAVAILABLE", service=self.service, signal=sig.name,
+                     grace_s=self.options.grace_s)
+        task = self._drain_task
+        if task is not None and not task.done():
+            # soon, not now: a drain task not yet started would never run its finally
+            task.get_loop().call_soon(task.cancel)
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         """:meth:`drain`'s steps, in a task of their own that its caller's cancellation
@@ -2785,9 +2819,13 @@ class MeshServer:
 
         The signal handlers are installed first: a signal while the server starts stops
         the start (undone: nothing stays registered), then this returns. They stay
-        installed until the drain has ended: a second signal during the drain is logged
-        and the drain goes on (in-flight calls keep their ``grace_s``), instead of killing
-        the process. A child forked meanwhile (``multiprocessing``, a pre-fork worker)
+        installed until the drain has ended: the same signal a second time during the
+        drain (Ctrl-C twice, as uvicorn's second Ctrl-C) ends it now: in-flight calls
+        are cancelled (``UNAVAILABLE``), the server is stopped and closed, and this
+        returns; logged. Another signal (Ctrl-C reaching the process group, then a
+        process manager's SIGTERM) is logged and the drain goes on (in-flight calls keep
+        their ``grace_s``); that one again ends it.
+        A child forked meanwhile (``multiprocessing``, a pre-fork worker)
         gets the signals' previous handlers back: a signal to it is its own.
 
         Every server of the event loop sees the signal (several ``serve()`` in one
@@ -2827,11 +2865,17 @@ class MeshServer:
         # a plain number (15) as the Signals it is: the listeners log the signal's name
         signals = _checked_signals(signals)
 
+        seen: set[signal.Signals] = set()  # the signals that came (drain begun or not)
+
         def on_signal(sig: signal.Signals) -> None:
             if got.is_set() or self.draining:
-                _log.warning("signal during the drain: the drain goes on",
-                             service=self.service, signal=sig.name,
-                             grace_s=self.options.grace_s)
+                if sig in seen:  # the same signal again (Ctrl-C twice): stop now
+                    self._end_drain_now(sig)
+                else:  # another one (Ctrl-C to the group, then the manager's SIGTERM)
+                    _log.warning("signal during the drain: the drain goes on (this "
+                                 "signal again ends it now)", service=self.service,
+                                 signal=sig.name, grace_s=self.options.grace_s)
+            seen.add(sig)
             got.set()
 
         listening: list[signal.Signals] = []
@@ -2857,8 +2901,9 @@ class MeshServer:
                     for fut in (waiter, stopped):
                         fut.cancel()
             finally:
-                # with the handlers still installed: a second signal does not kill the
-                # drain; itself shielded: cancelled, it runs to its end (handlers removed)
+                # with the handlers still installed: a second signal ends the drain now
+                # (_end_drain_now), not the process; itself shielded: cancelled, it runs
+                # to its end (handlers removed)
                 await self.drain()
         finally:
             for sig in listening:  # the last server of the loop removes the handler
@@ -3237,8 +3282,11 @@ async def serve(
 
     The SIGTERM/SIGINT handlers are installed before the server starts: a signal while
     it starts or while ``on_started`` runs cancels them, then the server drains and
-    ``serve()`` returns. They stay installed until the drain has ended: a second signal
-    during the drain is logged and does not cut the in-flight calls' ``grace_s`` short.
+    ``serve()`` returns. They stay installed until the drain has ended: the same signal
+    a second time during the drain (Ctrl-C twice) ends it now, cutting the in-flight
+    calls' ``grace_s`` short (they end ``UNAVAILABLE``; logged), as uvicorn's second
+    Ctrl-C; another signal (Ctrl-C, then a process manager's SIGTERM) is logged and
+    does not.
     Children forked while serving (``multiprocessing``, ``ProcessPoolExecutor``, pre-fork
     workers) get the signals' previous handlers back, so a signal sent to one is handled
     by that child (SIGTERM ends it), never relayed to this server. Every ``serve()`` of

@@ -92,14 +92,10 @@ def _wait_for(out: queue.Queue[str], seen: list[str], want: str, timeout_s: floa
             raise AssertionError(f"the child ended before {want!r}: {seen}")
 
 
-# The fix is in meshkit/server.py (MeshServer._end_drain_now, called by
-# _serve_until_signal's on_signal), owned by another helper of hunt 43: until it lands the
-# tests are expected failures (the subprocess ones not run); once it has, they run.
-_FIXED = hasattr(MeshServer, "_end_drain_now")
+# The fix: meshkit/server.py's MeshServer._end_drain_now, called by
+# _serve_until_signal's on_signal for the same signal a second time.
 
 
-@pytest.mark.xfail(not _FIXED, run=False,  # (not run: each would wait 20 s for nothing)
-                   reason="needs MeshServer._end_drain_now in meshkit/server.py")
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("signals", "runner"), [
     ((signal.SIGINT, signal.SIGINT), "asyncio.run"),
@@ -163,8 +159,6 @@ def test_the_same_signal_again_during_the_drain_ends_it_now(
 _SERVICE = "hunt43.lifecycle.Hang"
 
 
-@pytest.mark.xfail(not _FIXED, strict=True,
-                   reason="needs MeshServer._end_drain_now in meshkit/server.py")
 @pytest.mark.timeout(60)
 async def test_ending_a_drain_whose_task_has_not_run_yet_still_stops_the_server(
         registry: LocalRegistry) -> None:
