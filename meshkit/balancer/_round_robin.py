@@ -122,9 +122,11 @@ class RoundRobin:
         ramp = self._ramp
         if ramp is not None and ramp.ramping:
             # a newcomer passes its turn on (SlowStart.keep): the walk goes on to the
-            # next one in turn, a step more per newcomer than below (not the whole turn:
-            # O(n) a pick with few of many READY, a newcomer that never connects)
-            for i in range(min(n, _WALK + len(ramp.ramping))):
+            # next one in turn, a step more per READY newcomer than below (not the whole
+            # turn, nor a step per newcomer: O(n) a pick with few of many READY and
+            # newcomers that never connect, whose ramps never start)
+            walk = _WALK + min(len(ramp.ramping), ramp.count(_READY))
+            for i in range(min(n, walk)):
                 ep = eps[(start + i) % n]
                 if (ep._state is _READY and not (exclude and ep in exclude)
                         and ramp.keep(ep)):
