@@ -186,6 +186,14 @@ class Balancer(Protocol):
     and :class:`~meshkit.balancer.EjectingBalancer` decides a half-open probe by it
     (:class:`~meshkit.balancer.StreamDone`). A balancer without it gets streams through
     ``pick``, counted until they end.
+
+    Optional: ``cold_start(on)``, the channel's pool saying whether the next updates
+    belong to the first discovery answer (``True`` before its first batch, ``False``
+    once its last batch is in, once); a balancer that slow-starts newcomers ramps none
+    of them (:meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`). The pool and
+    the wrappers (:class:`~meshkit.balancer.EjectingBalancer`,
+    :class:`~meshkit.balancer.ZoneAwareBalancer`) look it up with ``getattr``: a
+    balancer without it is never asked; a wrapper of one's own should forward it.
     """
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
