@@ -502,10 +502,20 @@ def _write_all(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) -> 
     directory are serialised (an exclusive ``flock`` on it), so two renewals at once
     never leave one's key beside the other's certificate.
 
+    A file that cannot be put in place after an earlier one was (the certificate after
+    the key: EBUSY, EACCES) has the earlier ones put back as they were (copies staged
+    with the new files, their owner and mode kept; a new one removed), so the pair in
+    force still matches. With ``overwrite``, a path that is a symbolic link has the file
+    it names written, the link kept (``os.replace`` would put a regular file in the
+    link's place, the file it names left with the old content for everything else
+    reading it).
+
     Raises:
         KeyExistsError: a path exists and ``overwrite`` is false (nothing written).
         OSError: a file could not be written or placed.
     """
+    if overwrite:
+        files = [(_link_target(path), data, mode) for path, data, mode in files]
     directories = list(dict.fromkeys(path.parent for path, _data, _mode in files))
     for directory in directories:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -550,30 +560,83 @@ def _write_locked(files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool) 
     # meanwhile (as O_EXCL would)
     staged: list[Path] = []
     try:
-        for path, data, mode in files:
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            staged.append(tmp)
-            with os.fdopen(fd, "wb") as f:
+        new = [_stage(staged, path, data, mode, keep=overwrite) for path, data, mode in files]
+        # overwriting, the files in force but the last are staged too (copies, their
+        # owner and mode kept): put back if a later one cannot be placed, so the pair in
+        # force still matches (the last one, never replaced then, needs none)
+        old: list[tuple[Path | None, bool]] = [
+            _stage_old(staged, path, mode) if overwrite and i < len(files) - 1
+            else (None, path.exists())
+            for i, (path, _data, mode) in enumerate(files)]
+        placed: list[tuple[Path, Path | None, bool]] = []  # (path, its old copy, existed)
+        try:
+            for (path, _data, _mode), tmp, (copy, existed) in zip(files, new, old,
+                                                                  strict=True):
                 if overwrite:
-                    _keep_access(fd, path, private=not mode & 0o077)
-                f.write(data)
-                f.flush()
-                # the data on disk before its name: a power loss after the link/rename
-                # otherwise can leave a key of zero bytes (ext4's delayed allocation
-                # commits the new name first)
-                os.fsync(f.fileno())
-        for (path, _data, _mode), tmp in zip(files, staged, strict=True):
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise KeyExistsError(f"{path} exists; refusing to overwrite it") from None
+                    os.replace(tmp, path)
+                    placed.append((path, copy, existed))
+                else:
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        raise KeyExistsError(f"{path} exists; refusing to overwrite it"
+                                             ) from None
+        except BaseException:
+            _put_back(placed)
+            raise
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)
+
+
+def _stage(staged: list[Path], path: Path, data: bytes, mode: int, *, keep: bool) -> Path:
+    """``data`` written whole and synced to a new temporary file beside ``path`` (mode
+    ``mode``; ``keep``: the owner, group and mode of the file at ``path``), listed in
+    ``staged`` (removed by the caller); returns its path."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    staged.append(tmp)
+    with os.fdopen(fd, "wb") as f:
+        if keep:
+            _keep_access(fd, path, private=not mode & 0o077)
+        f.write(data)
+        f.flush()
+        # the data on disk before its name: a power loss after the link/rename
+        # otherwise can leave a key of zero bytes (ext4's delayed allocation
+        # commits the new name first)
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _stage_old(staged: list[Path], path: Path, mode: int) -> tuple[Path | None, bool]:
+    """A staged copy of the file now at ``path`` (see :func:`_stage`) to put back, and
+    whether there is one: ``(None, False)`` when there is none; ``(None, True)`` when it
+    cannot be read (it then cannot be put back)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, False
+    except OSError:
+        return None, True
+    return _stage(staged, path, data, mode, keep=True), True
+
+
+def _put_back(placed: Sequence[tuple[Path, Path | None, bool]]) -> None:
+    """Undo the replacements ``placed`` (latest first): each path's old file back, a
+    path that had none removed; best effort (the error that made it undo is raised)."""
+    for path, copy, existed in reversed(placed):
+        with contextlib.suppress(OSError):
+            if copy is not None:
+                os.replace(copy, path)
+            elif not existed:
+                path.unlink()
+
+
+def _link_target(path: Path) -> Path:
+    """The file ``path`` names: itself, or, a symbolic link to a file that exists, that
+    file (every link followed, as ``open()`` does); a dangling link is replaced itself
+    (nothing written, no directory made, where it points)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() and path.exists() else path
 
 
 def _keep_access(fd: int, path: Path, *, private: bool) -> None:
