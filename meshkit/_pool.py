@@ -1251,8 +1251,9 @@ class EndpointPool:
 
     async def _resolved_or_unreadable(self) -> str | None:
         """Wait for the first discovery answer (``None``) or, whichever comes first, for
-        the registry to report that it cannot be read (``RegistryStatus.readable``
-        False): then its fixed phrase (``RegistryStatus.summary``). The registry's status
+        the registry to report that it cannot read this pool's service
+        (``status(service).readable`` False, :meth:`_own_status`): then its fixed phrase
+        (``RegistryStatus.summary``). The registry's status
         is looked at every ``UNREADABLE_POLL_S`` meanwhile (no I/O: it reports what its
         own reads saw); a registry without ``status()`` is only waited for."""
         status = getattr(self.registry, "status", None)
@@ -1341,8 +1342,9 @@ class EndpointPool:
                 f" ({names})")
 
     def registry_unreadable(self) -> bool:
-        """The registry reports that it cannot be read (``RegistryStatus.readable``
-        False); ``False`` when it reports no status or its ``status()`` fails."""
+        """The registry reports that it cannot read this pool's service
+        (``status(service).readable`` False, :meth:`_own_status`); ``False`` when it
+        reports no status or its ``status()`` fails."""
         status = getattr(self.registry, "status", None)
         if status is None:
             return False
@@ -1365,8 +1367,9 @@ class EndpointPool:
         return status()
 
     def _registry_problem(self) -> str | None:
-        """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
-        address or error text), or ``None`` when it reports none or cannot say."""
+        """The registry's own fixed phrase for a fault of this pool's service
+        (``RegistryStatus.summary`` of :meth:`_own_status`: no path, address or error
+        text), or ``None`` when it reports none or cannot say."""
         status = getattr(self.registry, "status", None)
         if status is None:
             return None
