@@ -82,7 +82,9 @@ _DOWNSTREAM_REFUSAL = DOWNSTREAM_REFUSAL_DETAILS
 
 def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     """The details to answer ``DEADLINE_EXCEEDED`` with when ``exc`` is a downstream call's
-    ``DEADLINE_EXCEEDED`` that this call's own deadline accounts for, else ``None``:
+    ``DEADLINE_EXCEEDED`` (a grpc.aio or meshkit channel's error, or a synchronous
+    channel's ``grpc.RpcError``, what a plain-function handler's stub raises) that this
+    call's own deadline accounts for, else ``None``:
 
     * it ran out this call's deadline, propagated
       (:class:`~meshkit.resilience.DeadlineInterceptor`): raised when this call has (all
@@ -109,8 +111,16 @@ def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     downstream call with a shorter timeout of its own, run out with this call's time
     left, is no such error; nor is any downstream status of a call without a deadline.
     Asked on the failure path only."""
-    if not isinstance(exc, grpc.aio.AioRpcError) or \
-            exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+    # a call's error: grpc.aio's (and a meshkit channel's MeshRpcError), or a synchronous
+    # channel's grpc.RpcError that is a grpc.Call (a plain-function handler's stub)
+    if not isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) or \
+            not isinstance(exc, grpc.RpcError):
+        return None
+    try:
+        if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            return None
+        details, trailers = exc.details(), exc.trailing_metadata()
+    except Exception:  # a grpc.Call of one's own that cannot tell
         return None
     try:
         remaining = context.time_remaining()
@@ -124,7 +134,7 @@ def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     if propagated is not None and \
             abs(time.monotonic() + remaining - propagated) <= DEADLINE_SLACK_S:
         return _DOWNSTREAM_DEADLINE
-    if admission_refusal(exc.details(), exc.trailing_metadata()) and not own_deadline_of(exc):
+    if admission_refusal(details, trailers) and not own_deadline_of(exc):
         return _DOWNSTREAM_REFUSAL
     return None
 
