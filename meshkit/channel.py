@@ -2219,8 +2219,8 @@ class MeshChannel(grpc.aio.Channel):
         registry: dict[str, Any] | None = None
         status = getattr(self.registry, "status", None)
         if status is not None:
-            try:
-                st_reg = status()
+            try:  # how its own service reads (status(service)), as the pool asks
+                st_reg = self._pool._own_status(status)
                 registry = {**dataclasses.asdict(st_reg), "ok": st_reg.ok}
             except Exception:  # a registry's own bug: as one that reports no health (the
                 registry = None  # readers skip a channel whose stats() raises: all of it)
