@@ -111,6 +111,24 @@ def _file_kind(mode: int) -> str:
     return "not a file"
 
 
+def refuse_special_file(path: Path) -> None:
+    """Return unless ``path`` exists and is neither a regular file nor a directory.
+
+    Raises:
+        OSError: ``EINVAL``, ``strerror`` "not a regular file (a FIFO)" (a character or
+            block device, a socket): it is neither read, which could block or never
+            end, nor replaced. A path that cannot be read is left to the writer.
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing: made; unreachable: mkstemp says why
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(errno.EINVAL, f"not a regular file ({_file_kind(mode)})")
+
+
 def write_atomically(path: Path, text: str) -> bool:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``; returns
     whether the file changed (an unchanged file is not touched).
@@ -121,15 +139,9 @@ def write_atomically(path: Path, text: str) -> bool:
             file (...)"; it is neither read, which could block or never end, nor
             replaced).
     """
-    import stat
     import tempfile
 
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:  # missing: made; unreachable: mkstemp says why
-        mode = stat.S_IFREG
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise OSError(errno.EINVAL, f"not a regular file ({_file_kind(mode)})")
+    refuse_special_file(path)
     data = text.encode()
     with contextlib.suppress(OSError):  # bytes: a file that is not UTF-8 just differs
         if path.read_bytes() == data:
@@ -312,8 +324,9 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
 
 def main(argv: list[str]) -> int:
     """Run ``meshkit prometheus-targets``; exit status 0 (after one pass, or a watch ended
-    by SIGTERM), 1 when a one-shot pass fails or a relative ``--out`` cannot be resolved
-    (the working directory was deleted), 2 for a usage error (argparse's, a bad duration
+    by SIGTERM), 1 when a one-shot pass fails, ``--out`` is a FIFO or a device (with
+    ``--watch`` too) or a relative ``--out`` cannot be resolved (the working directory was
+    deleted), 2 for a usage error (argparse's, a bad duration
     or registry URI).
 
     Raises:
@@ -329,8 +342,10 @@ def main(argv: list[str]) -> int:
 
     quiet_logging()
     try:
+        # before resolve(): /dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N]
+        refuse_special_file(args.out)
         args.out = args.out.resolve()  # a relative path needs the working directory
-    except OSError as exc:  # deleted meanwhile
+    except OSError as exc:  # a FIFO or a device; or the working directory deleted
         print(f"meshkit prometheus-targets: --out {args.out}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1

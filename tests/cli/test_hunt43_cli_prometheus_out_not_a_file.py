@@ -60,3 +60,17 @@ def test_a_regular_file_is_still_rewritten(tmp_path: Path) -> None:
                           "--registry", f"local://{tmp_path}/reg")
     assert status == 0, err
     assert target.read_text() == "[]\n"
+
+
+def test_dev_stdout_on_a_pipe_is_named_as_given(tmp_path: Path) -> None:
+    """``--out /dev/stdout`` with stdout a pipe: the path was resolved first, through
+    ``/proc/self/fd/1``, into ``/proc/PID/fd/pipe:[N]``, and the pass failed "--out
+    /proc/4242/fd/pipe:[133097]: No such file or directory", a path the user never
+    typed; now it is refused as the FIFO it is, named as given."""
+    if not os.path.exists("/dev/stdout"):
+        pytest.skip("no /dev/stdout")
+    status, out, err = _run("prometheus-targets", "--out", "/dev/stdout",
+                            "--registry", f"local://{tmp_path}/reg")
+    assert status == 1, (status, out, err)
+    assert err.strip() == ("meshkit prometheus-targets: --out /dev/stdout: not a regular "
+                           "file (a FIFO)"), err
