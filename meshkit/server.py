@@ -2575,7 +2575,9 @@ class MeshServer:
         under way stops (deregistration, ``drain_delay_s``, the refusal phase or the
         ``grace_s`` wait), the grpc server is stopped without grace (in-flight calls end
         ``UNAVAILABLE``) and closed as a cancelled drain is, and :meth:`drain` returns.
-        Logged (warning); a third signal is only logged."""
+        A deregistration not done by then is tried once more after the stop, for
+        :data:`_FORCED_DEREGISTER_S` at most (:meth:`_deregister_after_forced_stop`).
+        Logged (warning); any signal after it is only logged ("already ending it")."""
         if self._drain_forced:
             _log.warning("signal during the drain: already ending it", service=self.service,
                          signal=sig.name)
@@ -2645,7 +2647,27 @@ class MeshServer:
                 self._release_instance_id()  # (cancelled before its step)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await _stop_server(server, None)
+                if self._drain_forced:
+                    await self._deregister_after_forced_stop()
             await self._close_after_stop()
+
+    async def _deregister_after_forced_stop(self) -> None:
+        """A drain ended by a second signal (:meth:`_end_drain_now`) before its
+        deregistration was done (cut under way: a registry slow to answer; or not begun):
+        once the server has stopped, one more try, for :data:`_FORCED_DEREGISTER_S` at
+        most, so the entry is not left listed, a stopped address mesh clients still pick,
+        until the registry's TTL expires it. Past the bound, failed or cancelled, it is
+        logged (``deregister failed``) and the TTL expires the entry. Never raises."""
+        instance = self.instance
+        if instance is None or self._withdrawn:
+            return
+        try:
+            await _bounded(self.registry.deregister(instance), _FORCED_DEREGISTER_S)
+            self._withdrawn = True  # (stats().registered)
+        except (Exception, asyncio.CancelledError) as exc:
+            with contextlib.suppress(Exception):  # logs must not break the stop
+                _log.warning("deregister failed", service=self.service,
+                             error=str(exc) or repr(exc))
 
     def _close_gate(self) -> None:
         """Once the grpc server has stopped: the request gate's first-message timer is
@@ -2824,7 +2846,9 @@ class MeshServer:
         are cancelled (``UNAVAILABLE``), the server is stopped and closed, and this
         returns; logged. Another signal (Ctrl-C reaching the process group, then a
         process manager's SIGTERM) is logged and the drain goes on (in-flight calls keep
-        their ``grace_s``); that one again ends it.
+        their ``grace_s``); that one again ends it. Once it is ending so, any signal is
+        only logged, and a deregistration the end cut short is tried once more after the
+        stop (2 s at most) rather than left listed until the registry's TTL.
         A child forked meanwhile (``multiprocessing``, a pre-fork worker)
         gets the signals' previous handlers back: a signal to it is its own.
 
@@ -2869,7 +2893,9 @@ class MeshServer:
 
         def on_signal(sig: signal.Signals) -> None:
             if got.is_set() or self.draining:
-                if sig in seen:  # the same signal again (Ctrl-C twice): stop now
+                # the same signal again (Ctrl-C twice): stop now; any signal once the
+                # drain is ending so: "already ending it"
+                if sig in seen or self._drain_forced:
                     self._end_drain_now(sig)
                 else:  # another one (Ctrl-C to the group, then the manager's SIGTERM)
                     _log.warning("signal during the drain: the drain goes on (this "
@@ -2988,6 +3014,11 @@ _DRAIN_DEREGISTER_S = 10.0
 ``registrarTimeout``, 10 s; meshkit's own registries bound each request below it); past it
 the deregistration is cancelled and logged (``deregister failed``), and the drain goes on:
 the registry's TTL expires the entry."""
+
+_FORCED_DEREGISTER_S = 2.0
+"""How long a drain ended by a second signal waits, once the server has stopped, for the
+``deregister()`` it had not finished (:meth:`MeshServer._deregister_after_forced_stop`);
+past it the registry's TTL expires the entry."""
 
 _CLOSE_INTERCEPTOR_S = 5.0
 """How long a stopped server waits for each interceptor's ``aclose()``; past it the close
