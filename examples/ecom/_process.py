@@ -87,11 +87,27 @@ def count_arg(low: int = 1) -> Callable[[str], int]:
     return count
 
 
+class StoreNotOpened(StoreUnavailable):
+    """The store could not be reached within the start's wait (``--db-wait-s``); its
+    message is the one line to end the process with (``cannot open the store within
+    N s: <cause>``, never the URL's password): :func:`run_service` ends with it,
+    status 1, no traceback."""
+
+
+def _store_failure(exc: BaseException) -> str:
+    """``exc`` (a store's failure) and its cause, on one line: the store's own messages
+    and the database driver's never quote the URL's password."""
+    cause = exc.__cause__
+    return f"{exc}: {type(cause).__name__}: {cause}" if cause else str(exc)
+
+
 async def open_store_waiting(url: str, wait_s: float) -> Store:
     """:func:`~examples.ecom.storage.open_store`, tried again every second while the
     database cannot be reached (:class:`~examples.ecom.storage.StoreUnavailable`), for up
-    to ``wait_s`` seconds, then the last failure is raised; one warning when the first
-    attempt fails (``store unavailable at start, retrying``) and one info line once open.
+    to ``wait_s`` seconds, then :class:`StoreNotOpened` (a ``StoreUnavailable``) is
+    raised naming the last failure's cause, logged as ``store cannot be opened``; one
+    warning when the first attempt fails (``store unavailable at start, retrying``) and
+    one info line once open.
 
     Once open, a store reconnects by itself; at the start there was no store yet, and a
     service exited at once: a stack applied together, its database still starting, began
@@ -116,8 +132,11 @@ async def open_store_waiting(url: str, wait_s: float) -> Store:
             except TimeoutError:  # ours: the store maps its own timeouts
                 raise StoreUnavailable(f"the store did not open within {wait_s} s") from None
         except StoreUnavailable as exc:
-            if time.monotonic() + 1.0 > deadline:
-                raise
+            if time.monotonic() + 1.0 > deadline:  # waited enough: say why, once
+                why = _store_failure(exc)
+                _log.error("store cannot be opened", cause=why, wait_s=wait_s)
+                raise StoreNotOpened(
+                    f"cannot open the store within {wait_s:g} s: {why}") from exc
             if not warned:
                 warned = True
                 cause = exc.__cause__
@@ -126,8 +145,7 @@ async def open_store_waiting(url: str, wait_s: float) -> Store:
             await asyncio.sleep(1.0)
             continue
         except (StoreError, ValueError) as exc:  # waiting cannot fix it: say why, once
-            cause = exc.__cause__
-            why = f"{exc}: {type(cause).__name__}: {cause}" if cause else str(exc)
+            why = _store_failure(exc)
             _log.error("store cannot be opened", cause=why)
             raise SystemExit(f"cannot open the store: {why}") from None
         if warned:
@@ -150,6 +168,8 @@ def run_service(module: str, main: Coroutine[Any, Any, None]) -> None:
 
     try:
         meshkit.run(main)
+    except StoreNotOpened as exc:  # logged already: "store cannot be opened"
+        raise SystemExit(str(exc)) from None
     except ConfigError as exc:
         _log.error("bad configuration", error=str(exc))
         raise SystemExit(f"python -m {module}: {exc}") from None
