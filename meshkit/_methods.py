@@ -33,9 +33,17 @@ part is compared with the method name.
 4. then the pattern whose normalized spelling (leading ``/`` removed) sorts first by code
    point. Mapping order never matters, so the answer is deterministic.
 
-Methods no pattern matches get the matcher's default. Two spellings of the same pattern
-(``"/a.B/C"`` and ``"a.B/C"``, ``"*"`` and ``"*/*"``) in one mapping are a
-:class:`~meshkit.errors.ConfigError`.
+Methods no pattern matches get the matcher's default.
+
+**Names that are no method path.** A method is ``/<service>/<method>``: one leading ``/``
+(or none, as a client may spell it), a non-empty service and method name, no other
+``/``. Any other name (``//pkg.Svc/M``, ``/x/pkg.Svc/M``, ``/pkg.Svc/a/M``,
+``/pkg.Svc/``), which only a catch-all generic handler serves, gets the value of ``"*"``
+(every method) when the mapping has it, else the default: no exact, short or glob
+pattern, so ``public_methods=("Svc/M",)`` or ``"*/Get*"`` opens no such name.
+
+Two spellings of the same pattern (``"/a.B/C"`` and ``"a.B/C"``, ``"*"`` and ``"*/*"``)
+in one mapping are a :class:`~meshkit.errors.ConfigError`.
 
 **Checked against the methods served.** When a :class:`~meshkit.MeshServer` starts, the
 patterns of its server-side settings (``AuthzPolicy.rules``, ``JWTAuthOptions``'
@@ -155,7 +163,7 @@ class MethodMatcher(Generic[_V]):
             a second spelling of another pattern; the bad pattern is quoted.
     """
 
-    __slots__ = ("_cache", "_default", "_exact", "_globs", "_patterns")
+    __slots__ = ("_cache", "_default", "_every", "_exact", "_globs", "_patterns")
 
     def __init__(self, entries: Mapping[str, _V], default: _V, *,
                  where: str = "method patterns") -> None:
@@ -176,6 +184,9 @@ class MethodMatcher(Generic[_V]):
             p.normal: (p.text, v) for p, v in patterns if not p.glob}
         self._globs = tuple((p, v) for p, v in patterns if p.glob)
         self._default: tuple[str | None, _V] = (None, default)
+        # what a name that is no gRPC method path gets: "*" (every method) or the default
+        self._every: tuple[str | None, _V] = next(
+            ((p.text, v) for p, v in patterns if p.normal == "*/*"), self._default)
         self._cache: dict[str, tuple[str | None, _V]] = {}
 
     @classmethod
@@ -220,16 +231,20 @@ class MethodMatcher(Generic[_V]):
             return self._resolve(method)
 
     def _resolve(self, method: str) -> tuple[str | None, _V]:
-        service, _, name = method.lstrip("/").rpartition("/")
-        short = service.rsplit(".", 1)[-1]
-        found: tuple[str | None, _V] | None = (
-            self._exact.get(f"{service}/{name}") or self._exact.get(f"{short}/{name}"))
-        if found is None:
-            found = self._default
-            for p, v in self._globs:
-                if p.matches(service, short, name):
-                    found = (p.text, v)
-                    break
+        service, sep, name = (method[1:] if method.startswith("/") else method).partition("/")
+        found: tuple[str | None, _V] | None
+        if not sep or not service or not name or "/" in name:
+            # no gRPC method path (module docstring): "*" alone takes it, else the default
+            found = self._every
+        else:
+            short = service.rsplit(".", 1)[-1]
+            found = self._exact.get(f"{service}/{name}") or self._exact.get(f"{short}/{name}")
+            if found is None:
+                found = self._default
+                for p, v in self._globs:
+                    if p.matches(service, short, name):
+                        found = (p.text, v)
+                        break
         cache = self._cache
         if len(cache) >= MAX_CACHED_METHODS:
             # FIFO eviction; suppress the errors of a race with another thread.
