@@ -51,7 +51,7 @@ def machine_note(results: dict[str, Any]) -> str | None:
             f"client + server CPU per call; the reference run ({ref['run']}): "
             f"{ref['qps']:,.0f} QPS, {ref['cpu_us_per_call']:.1f} us")
     model = _get(results, "machine", "cpu")
-    if isinstance(model, str) and model and ref["cpu"] not in model:
+    if isinstance(model, str) and model and str(ref["cpu"]) not in model:
         note += (f"; this machine's processor ({model}) is not the reference's "
                  f"({ref['cpu']}): the factor below is the processor's as well as the load's")
     if results.get("loop", "asyncio") != "asyncio":
@@ -237,11 +237,17 @@ def _overhead_rows(res: dict[str, Any], conc: str) -> list[list[Any]]:
         c = rss.get(name, {})
         rows.append([name, s["qps"], _ratio(s.get("qps_ratio")), s["p50_us"],
                      s.get("added_p50_us"),
-                     s["p99_us"], s["client_cpu_s_per_1k"] * 1000,
-                     s["server_cpu_s_per_1k"] * 1000,
+                     s["p99_us"], _ms(s["client_cpu_s_per_1k"]),
+                     _ms(s["server_cpu_s_per_1k"]),
                      (c.get("server_peak_rss_kb") or 0) / 1024 if c else None,
                      (c.get("client_peak_rss_kb") or 0) / 1024 if c else None, _errors(s)])
     return rows
+
+
+def _ms(seconds: float | None) -> float | None:
+    """CPU seconds per 1000 calls as milliseconds; ``None`` (no call served) stays
+    ``None`` and prints ``-``."""
+    return None if seconds is None else seconds * 1000
 
 
 def _errors(s: dict[str, Any]) -> Any:
@@ -275,7 +281,7 @@ def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str]
                               _ratio_spread(s, "qps_ratio_vs_hand"),
                               _ratio(s.get("qps_ratio_vs_hand-notrace")), s["p50_us"],
                               s["p99_us"],
-                              s["client_cpu_s_per_1k"] * 1000, s["server_cpu_s_per_1k"] * 1000,
+                              _ms(s["client_cpu_s_per_1k"]), _ms(s["server_cpu_s_per_1k"]),
                               _errors(s)])
             rounds = (f"{res['rounds']} interleaved rounds of {res['round_s']} s; "
                       if "rounds" in res else "")

@@ -285,19 +285,22 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
     CPU per call and is left out of those medians and comparisons.
 
     Returns:
-        ``qps`` (successful calls per second), ``p50_us``, ``p99_us`` (``None`` when no
-        round had a successful call), ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
-        (CPU seconds per 1000 successful calls), ``calls`` (every call that ended),
+        ``qps`` (successful calls per second), ``p50_us``, ``p99_us``,
+        ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k`` (CPU seconds per 1000
+        successful calls; these four ``None`` when no round had a successful call),
+        ``calls`` (every call that ended),
         ``ok``, ``errors`` (``errors_by_status``: by status code name), ``rounds``, and
-        with a baseline ``qps_ratio`` (median of per-round ratios), ``qps_ratio_range``
+        with a baseline ``qps_ratio`` (median of per-round ratios; ``None`` when no
+        baseline round served a call), ``qps_ratio_range``
         (their lowest and highest), ``added_p50_us``/``added_p99_us`` and
         ``added_cpu_us_per_call`` (client + server CPU per call over the baseline's,
         median of per-round differences, us; ``None`` when no round of both succeeded).
     """
     served = [r for r in rounds if r["ok"]]
 
-    def per_1k(key: str) -> float:
-        return median([r[key] / r["ok"] * 1000 for r in served])
+    def per_1k(key: str) -> float | None:
+        # no round served a call: no CPU per call (0.0 read as the cheapest contender)
+        return median([r[key] / r["ok"] * 1000 for r in served]) if served else None
 
     def latency(key: str) -> float | None:
         return median([r[key] for r in served]) if served else None
@@ -318,7 +321,8 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
     if base is not None:
         pairs = list(zip(rounds, base, strict=False))
         ratios = [r["qps"] / b["qps"] for r, b in pairs if b["qps"]]
-        out["qps_ratio"] = median(ratios)
+        # no baseline round served a call: no ratio (not a median of none, 0.000x)
+        out["qps_ratio"] = median(ratios) if ratios else None
         out["qps_ratio_range"] = [min(ratios), max(ratios)] if ratios else None
         both = [(r, b) for r, b in pairs if r["ok"] and b["ok"]]
 
