@@ -21,7 +21,8 @@ from run to run):
 Each variant adds one layer to the bare mesh (``bare``: round robin, no retries, no
 ejection, no telemetry; the server with no check and no telemetry); rounds alternate the
 variants; the figure is the median CPU time (``time.process_time``) per call over rounds,
-minus the bare variant's, i.e. what the layer adds. Tracing samples 100 % into an SDK
+and what the layer adds is the median of its per-round differences with the bare
+variant's run of the same round. Tracing samples 100 % into an SDK
 provider whose exporter drops spans; access lines go through ``configure_logging()`` to
 ``/dev/null``.
 
@@ -40,7 +41,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from benchmarks._paired import medians, paired_added
 
 __all__ = ["client_layers", "main", "server_layers"]
 
@@ -168,8 +170,9 @@ async def _client_run(options: dict[str, Any], registry: Any, calls: int) -> flo
         await ch.close()
 
 
-async def client_layers(rounds: int, calls: int, provider: Any) -> dict[str, float]:
-    """Median CPU us per call of each client variant (see the module docstring)."""
+async def client_layers(rounds: int, calls: int, provider: Any) -> dict[str, list[float]]:
+    """CPU us per call of each client variant in each of ``rounds`` alternating rounds
+    (see the module docstring), in round order (:func:`table` pairs them by round)."""
     from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 
     with tempfile.TemporaryDirectory() as d:
@@ -186,7 +189,7 @@ async def client_layers(rounds: int, calls: int, provider: Any) -> dict[str, flo
                     got[name].append(await _client_run(variants[name], registry, calls))
         finally:
             await registry.close()
-    return {k: statistics.median(v) for k, v in got.items()}
+    return got
 
 
 # -- server ----------------------------------------------------------------------------------
@@ -333,8 +336,9 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
     return spent
 
 
-async def server_layers(rounds: int, calls: int, provider: Any) -> dict[str, float]:
-    """Median CPU us per call of each server variant (see the module docstring)."""
+async def server_layers(rounds: int, calls: int, provider: Any) -> dict[str, list[float]]:
+    """CPU us per call of each server variant in each of ``rounds`` alternating rounds
+    (see the module docstring), in round order (:func:`table` pairs them by round)."""
     from benchmarks.stacks import Secrets, bench_token
 
     with tempfile.TemporaryDirectory() as d:
@@ -350,7 +354,7 @@ async def server_layers(rounds: int, calls: int, provider: Any) -> dict[str, flo
             for name in order:
                 options, with_cert = variants[name]
                 got[name].append(await _server_run(options, with_cert, secrets, token, calls))
-    return {k: statistics.median(v) for k, v in got.items()}
+    return got
 
 
 # -- entry point -----------------------------------------------------------------------------
@@ -368,13 +372,21 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def table(side: str, medians: dict[str, float], limit_us: float = 15.0) -> str:
-    """A Markdown table of one side: CPU us per call and what each variant adds to bare."""
-    bare = medians["bare"]
+def table(side: str, rounds: dict[str, list[float]], limit_us: float = 15.0) -> str:
+    """A Markdown table of one side: the median CPU us per call of each variant and what
+    it adds to ``bare``, the median of its per-round differences with the ``bare`` run of
+    the same round (not the difference of the medians, which come from different rounds).
+
+    Args:
+        side: ``"client"`` or ``"server"`` (the header's word).
+        rounds: variant -> CPU us per call in each round, round order, ``bare`` among them.
+        limit_us: the single-layer target (15 us, issue 11's); ``+<layer>`` rows are judged.
+    """
+    mid, added_by = medians(rounds), paired_added(rounds, "bare")
     lines = [f"| {side} variant | CPU us/call | added us/call | single layer <= {limit_us:g} us |",
              "|---|---:|---:|---:|"]
-    for name, v in medians.items():
-        added = v - bare
+    for name, v in mid.items():
+        added = added_by[name]
         single = name.startswith("+")
         verdict = ("met" if added <= limit_us else "**missed**") if single else ""
         lines.append(f"| {name} | {v:.1f} | {added:+.1f} | {verdict} |")
@@ -459,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
 
     provider = tracer_provider(1.0, max_queue_size=NULL_TRANSPORT_QUEUE)
 
-    async def run() -> tuple[dict[str, float], dict[str, float]]:
+    async def run() -> tuple[dict[str, list[float]], dict[str, list[float]]]:
         with _quiet_stderr():
             configure_logging("INFO", json=True)
             client = await client_layers(args.rounds, args.calls, provider)
@@ -470,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client, server = asyncio.run(run())
     print(f"CPU per call over a null transport, medians of {args.rounds} alternating rounds "
-          f"of {args.calls} calls\n")
+          f"of {args.calls} calls (added: median of per-round differences with bare)\n")
     print(table("client", client))
     print()
     print(table("server", server))
