@@ -36,7 +36,16 @@ SCOPES = ("orders:read", "orders:write")
 EDGE = "edge"
 """The demo client's workload name."""
 
-_INFRA = ("/grpc.health.v1.Health/*", "/grpc.reflection.v1alpha.ServerReflection/*")
+_INFRA = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+)
+"""Health and reflection (both versions a MeshServer serves), by method name: a service
+glob (``/grpc.health.v1.Health/*``) would open any look-alike name under it that a
+catch-all generic handler serves to any peer, with no token."""
 
 
 def userd_policy(*, insecure: bool = False) -> AuthzPolicy:
