@@ -39,11 +39,12 @@ import contextlib
 import io
 import os
 import random
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
+
+from benchmarks._paired import medians, paired_added
 
 __all__ = ["accesslog", "fusion", "main", "ratelimit", "telemetry", "telemetry_e2e"]
 
@@ -55,15 +56,23 @@ _FIELDS: dict[str, Any] = {
 }
 
 
-async def _alternate(rounds: int, variants: dict[str, Callable[[], Awaitable[float]]],
-                     ) -> dict[str, float]:
-    """Run each variant once per round, alternating the order; medians of the results."""
+async def _alternate_rounds(rounds: int,
+                            variants: dict[str, Callable[[], Awaitable[float]]],
+                            ) -> dict[str, list[float]]:
+    """Run each variant once per round, alternating the order; every round's result per
+    variant, in round order."""
     results: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else reversed(names)):
             results[name].append(await variants[name]())
-    return {name: statistics.median(v) for name, v in results.items()}
+    return results
+
+
+async def _alternate(rounds: int, variants: dict[str, Callable[[], Awaitable[float]]],
+                     ) -> dict[str, float]:
+    """Run each variant once per round, alternating the order; medians of the results."""
+    return medians(await _alternate_rounds(rounds, variants))
 
 
 async def fusion(rounds: int = 12, calls: int = 6000) -> dict[str, float]:
@@ -187,8 +196,9 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
     continuation that answers at once, and the fused server handler wrap with a handler
     that answers at once (metadata carrying a ``traceparent`` as the client sends it),
     yielding to the loop after each call so deferred completions run; ``off`` is the same
-    loop without interceptors, subtracted. Keys ``client:<variant>`` and
-    ``server:<variant>``.
+    loop without interceptors, subtracted round by round (the median of the per-round
+    differences; ``client:off``/``server:off`` are the bare loop's median). Keys
+    ``client:<variant>`` and ``server:<variant>``.
     """
     import grpc
     import structlog
@@ -276,15 +286,18 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
             for v in TELEMETRY_VARIANTS:
                 variants[f"client:{v}"] = client_run(v)
                 variants[f"server:{v}"] = server_run(v)
-            res = await _alternate(rounds, variants)
+            got = await _alternate_rounds(rounds, variants)
         finally:
             flush_logs()
             structlog.reset_defaults()
             _AccessLog.logger = saved
+    # what a variant adds: the median of its per-round differences with the bare loop of
+    # the same round (not the difference of medians taken from different rounds)
+    res = medians(got)
     for side in ("client", "server"):
-        base = res[f"{side}:off"]
+        added = paired_added({v: got[f"{side}:{v}"] for v in TELEMETRY_VARIANTS}, "off")
         for v in TELEMETRY_VARIANTS[1:]:
-            res[f"{side}:{v}"] -= base
+            res[f"{side}:{v}"] = added[v]
     return res
 
 
@@ -293,7 +306,8 @@ async def telemetry_e2e(sink: TextIO, rounds: int = 6, calls: int = 3000,
     """CPU microseconds per unary call, client and server in this process (a real
     :class:`meshkit.MeshServer` and :func:`meshkit.dial` channel on loopback, 16 callers),
     for each telemetry variant of :data:`TELEMETRY_VARIANTS` on both sides; ``off`` is
-    ``telemetry=None`` on both, the others are given as the added CPU over it. The access
+    ``telemetry=None`` on both (its median), the others are given as the added CPU over
+    it (the median of the per-round differences with ``off``'s run of the round). The access
     log is JSON through :func:`configure_logging`, written to ``sink``."""
     import tempfile
 
@@ -357,14 +371,14 @@ async def telemetry_e2e(sink: TextIO, rounds: int = 6, calls: int = 3000,
         _AccessLog.logger = None
         configure_logging("info", json=True)
         try:
-            res = await _alternate(rounds, {v: run_variant(v, f"{tmp}/registry.db")
-                                            for v in TELEMETRY_VARIANTS})
+            got = await _alternate_rounds(rounds, {v: run_variant(v, f"{tmp}/registry.db")
+                                                   for v in TELEMETRY_VARIANTS})
         finally:
             flush_logs()
             structlog.reset_defaults()
             _AccessLog.logger = saved
-    base = res["off"]
-    return {v: (res[v] - base if v != "off" else base) for v in TELEMETRY_VARIANTS}
+    added = paired_added(got, "off")  # median of per-round differences with "off"
+    return {v: (added[v] if v != "off" else medians(got)["off"]) for v in TELEMETRY_VARIANTS}
 
 
 async def ratelimit(rounds: int = 10, hits: int = 4000, keys: int = 1,
