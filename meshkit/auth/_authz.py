@@ -103,7 +103,10 @@ class AuthzPolicy:
     MethodMatcher's: an exact pattern, else the longest glob (most literal characters;
     ties: fewer ``*``, then code-point order), else ``default``. The usual "exact method
     over its service key ``/pkg.Svc/*`` over the default" is the special case of that
-    rule. Resolved once per method and cached (one dict lookup a call).
+    rule. A name that is no gRPC method path (``//pkg.Svc/M``, ``/x/pkg.Svc/M``,
+    ``/pkg.Svc/``: only a catch-all generic handler serves one) gets the ``"*"`` key's
+    rule, else ``default``, never another key's. Resolved once per method and cached
+    (one dict lookup a call).
 
     Args:
         rules: ``{method pattern: Rule}``, e.g. ``{"/ecom.v1.UserService/GetUser":
