@@ -606,7 +606,7 @@ def _load_json(text: str, descriptor: Any) -> Any:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, not UTF-8, too deep
         raise CallError(f"request is not valid JSON: {_one_line(exc)}") from None
     if not isinstance(value, dict) and descriptor.full_name not in _JSON_NOT_OBJECT:
-        raise CallError(f"request must be a JSON object (a {descriptor.full_name}), "
+        raise CallError(f"request must be a JSON object (message {descriptor.full_name}), "
                         f"got {type(value).__name__}")
     return value
 
