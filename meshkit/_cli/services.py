@@ -272,6 +272,9 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(render(rows))
     if not rows:  # a local registry's missing file named (it is not created)
         missing = missing_local(args.registry)
-        print(f"meshkit services: no instance listed in {args.registry}"
+        names = list(dict.fromkeys(args.service))  # the filter named: a typo shows
+        which = (f" for service{'s' if len(names) > 1 else ''} "
+                 f"{', '.join(map(repr, names))}" if names else "")
+        print(f"meshkit services: no instance listed{which} in {args.registry}"
               f"{f' ({missing})' if missing else ''}", file=sys.stderr)
     return 0 if rows else 1
