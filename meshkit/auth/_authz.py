@@ -11,8 +11,10 @@ everything unless configured) — and :meth:`AuthzPolicy.evaluate` returns a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
@@ -24,6 +26,35 @@ from meshkit.auth._jwt_types import Claims
 from meshkit.errors import ConfigError
 
 __all__ = ["AuthzPolicy", "Decision", "Rule"]
+
+
+class _Matches(Protocol):
+    def matches(self, identity: str | None) -> bool: ...
+
+
+class _DeniedSubjects:
+    """``deny_subjects``' matcher: as :class:`IdentityMatcher` (validated by one), except
+    that a ``*`` matches any run of characters, ``/`` included. A JWT ``sub`` is the
+    issuer's opaque string (``repo:org/repo:ref:refs/heads/main``), so a deny wildcard
+    that stopped at a ``/`` would let such a subject past the list."""
+
+    __slots__ = ("_any", "_exact", "_regex")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        IdentityMatcher(patterns, where="deny_subjects")  # the same checks and errors
+        self._any = "*" in patterns
+        self._exact = frozenset(p for p in patterns if "*" not in p)
+        wild = [".*".join(re.escape(part) for part in p.split("*"))
+                for p in patterns if "*" in p]
+        self._regex = (re.compile("|".join(f"(?:{w})" for w in wild), re.DOTALL)
+                       if wild else None)
+
+    def matches(self, identity: str | None) -> bool:
+        if identity is None:
+            return False
+        if self._any or identity in self._exact:
+            return True
+        return self._regex is not None and self._regex.fullmatch(identity) is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +73,11 @@ class Rule:
         deny_peers: SPIFFE ID patterns refused even if allowed (default none).
         allow_subjects: JWT ``sub`` patterns; ``"*"`` = any caller with a verified token
             (default none).
-        deny_subjects: JWT ``sub`` patterns refused even if allowed (default none).
+        deny_subjects: JWT ``sub`` patterns refused even if allowed (default none); here
+            a ``*`` matches any run of characters, ``/`` included (a ``sub`` is the
+            issuer's opaque string: ``"repo:evil-org/*"`` refuses
+            ``repo:evil-org/x:ref:refs/heads/main``), where in the allow lists it stops
+            at a ``/``.
         allow_anonymous: allow callers with neither a peer identity nor a token, and so
             every caller the deny lists do not refuse, identified or not (what a caller
             with a token could get by dropping it; default ``False``; for health checks
@@ -62,7 +97,7 @@ class Rule:
     allow_subjects: tuple[str, ...] = ()
     deny_subjects: tuple[str, ...] = ()
     allow_anonymous: bool = False
-    _m: tuple[IdentityMatcher, ...] = field(init=False, repr=False, compare=False, default=())
+    _m: tuple[_Matches, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         check_bool("allow_anonymous", self.allow_anonymous)  # "false" would allow them
@@ -71,7 +106,7 @@ class Rule:
         object.__setattr__(self, "_m", (
             IdentityMatcher(self.allow_peers, where="allow_peers", peers=True),
             IdentityMatcher(self.deny_peers, where="deny_peers", peers=True),
-            IdentityMatcher(self.allow_subjects), IdentityMatcher(self.deny_subjects),
+            IdentityMatcher(self.allow_subjects), _DeniedSubjects(self.deny_subjects),
         ))
 
 
