@@ -52,15 +52,23 @@ def _p(values: list[float], q: float) -> float:
 def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
             survivors: list[str]) -> dict[str, Any]:
     """Failed calls, extra latency and time to balance from one round's call timeline
-    (``[start_monotonic_s, latency_s, instance_id or "!CODE"]``)."""
+    (``[start_monotonic_s, latency_s, instance_id or "!CODE"]``). Latencies (``pre_*``,
+    ``post_1s_p99_us``, ``extra_*``) are those of served calls, failed ones are counted in
+    ``failed``; the post-kill figures are ``None`` when no call started in the second
+    after the kill was served."""
     t_begin = min((c[0] for c in timeline), default=t_kill)
     t_end = max((c[0] for c in timeline), default=t_kill)
     pre = [c for c in timeline if c[0] < t_kill]
     pre_span = max(t_kill - t_begin, 1e-9)
     pre_rate = len(pre) / pre_span
-    pre_p99 = _p([c[1] for c in pre], 0.99)
-    pre_p50 = _p([c[1] for c in pre], 0.50)
-    after = [c for c in timeline if t_kill <= c[0] < t_kill + 1.0]
+    # latencies are those of served calls: a refused call's near-zero latency would pull
+    # the percentiles down for the contender that fails calls (failed ones are counted)
+    pre_ok = [c[1] for c in pre if not c[2].startswith("!")]
+    pre_p99 = _p(pre_ok, 0.99)
+    pre_p50 = _p(pre_ok, 0.50)
+    after = [c[1] for c in timeline
+             if t_kill <= c[0] < t_kill + 1.0 and not c[2].startswith("!")]
+    post_p99 = _p(after, 0.99) if after else None
     failed = [c for c in timeline if c[2].startswith("!")]
     to_victim_after = sum(1 for c in timeline if c[0] >= t_kill + 0.05 and c[2] == victim)
     def unbalanced(lo: float, replicas: list[str], dead: str | None) -> bool:
@@ -90,9 +98,9 @@ def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
         "pre_qps": pre_rate,
         "pre_p50_us": pre_p50 * 1e6,
         "pre_p99_us": pre_p99 * 1e6,
-        "post_1s_p99_us": _p([c[1] for c in after], 0.99) * 1e6,
-        "extra_p99_us": (_p([c[1] for c in after], 0.99) - pre_p99) * 1e6,
-        "extra_max_us": (max((c[1] for c in after), default=0.0) - pre_p99) * 1e6,
+        "post_1s_p99_us": None if post_p99 is None else post_p99 * 1e6,
+        "extra_p99_us": None if post_p99 is None else (post_p99 - pre_p99) * 1e6,
+        "extra_max_us": (max(after) - pre_p99) * 1e6 if after else None,
         "calls_to_victim_after_kill": to_victim_after,
         "balanced_after_s": balanced_after,
         "last_unbalanced_window_end_s": last_bad,
@@ -102,6 +110,13 @@ def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
         "windows_before": n_pre,
         "observed_s": t_end - t_kill,
     }
+
+
+def _median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The median of ``key`` over the rounds that have it (``None``: no served call after
+    the kill), ``None`` when none has."""
+    values = [r[key] for r in rows if r[key] is not None]
+    return median(values) if values else None
 
 
 async def run(ctx: Ctx) -> dict[str, Any]:
@@ -161,8 +176,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         out[name] = {
             "layers": list(CONTENDERS[name]),
             "failed_calls": sum(r["failed"] for r in rows),
-            "extra_p99_us": median([r["extra_p99_us"] for r in rows]),
-            "extra_max_us": median([r["extra_max_us"] for r in rows]),
+            "extra_p99_us": _median_of(rows, "extra_p99_us"),
+            "extra_max_us": _median_of(rows, "extra_max_us"),
             "balanced_after_s_max": (None if any(b is None for b in balanced)
                                      else max(balanced, default=0.0)),
             "unbalanced_share_before": before / n_before,
