@@ -33,8 +33,10 @@ from meshkit.resilience._deadline import (
     DOWNSTREAM_REFUSAL_DETAILS,
     admission_refusal,
 )
+from meshkit.resilience._retry import size_refusal
 
-__all__ = ["UnhandledErrorInterceptor", "unhandled_answer", "unhandled_details"]
+__all__ = ["DOWNSTREAM_STATUS_KEY", "UnhandledErrorInterceptor", "downstream_refusal",
+           "unhandled_answer", "unhandled_details"]
 
 _log = structlog.get_logger("meshkit.server")
 
@@ -79,6 +81,65 @@ client's ``MeshRpcError``) is ``UNKNOWN``."""
 _DOWNSTREAM_DEADLINE = "deadline exceeded (in a call the handler made under it)"
 _DOWNSTREAM_REFUSAL = DOWNSTREAM_REFUSAL_DETAILS
 
+DOWNSTREAM_STATUS_KEY = "meshkit-downstream-status"
+"""The trailer a meshkit server answers a downstream refusal that escaped its handler with
+(:func:`downstream_refusal`): its value the downstream's status code name
+(``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``)."""
+
+_DOWNSTREAM_REFUSALS = frozenset({grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED})
+"""The downstream codes that say the downstream could not serve now (down, draining, no
+endpoints, overloaded, its rate-limit storage down), not that this server is at fault."""
+
+
+def _is_call_error(exc: Exception) -> bool:
+    """Whether ``exc`` is a call's error: a grpc.aio channel's ``AioRpcError`` (a meshkit
+    channel's ``MeshRpcError`` among them), or a synchronous channel's ``grpc.RpcError``
+    that is a ``grpc.Call`` (what a plain-function handler's stub raises)."""
+    return isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) and \
+        isinstance(exc, grpc.RpcError)
+
+
+def downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
+    """The downstream code of ``exc`` when it is a call's error (:func:`_is_call_error`)
+    with a code of :data:`_DOWNSTREAM_REFUSALS` and the handler set no non-``OK`` code
+    of its own on ``context`` (``set_code``, which stays the answer), else ``None``. A
+    message size limit's ``RESOURCE_EXHAUSTED``
+    (:func:`~meshkit.resilience._retry.size_refusal`: the handler's request over the
+    downstream's receive limit or its own channel's send limit, an answer over its own
+    receive limit) is no refusal to serve now but this server's request or limit, met
+    alike on every endpoint: ``None``, as for an ``INVALID_ARGUMENT``. Such a refusal is
+    answered ``RESOURCE_EXHAUSTED`` "a call the handler made was refused (<CODE>)" with
+    the trailer :data:`DOWNSTREAM_STATUS_KEY` ``: <CODE>`` (:func:`unhandled_answer`,
+    :class:`UnhandledErrorInterceptor`). The failure path only; never raises."""
+    if not _is_call_error(exc):
+        return None
+    call: Any = exc
+    try:
+        code = call.code()
+        if code not in _DOWNSTREAM_REFUSALS or size_refusal(code, call.details()):
+            return None
+    except Exception:  # a grpc.Call of one's own that cannot tell
+        return None
+    own = status_code_of(context.code())
+    if own is not None and own is not grpc.StatusCode.OK:
+        return None
+    refused: grpc.StatusCode = code
+    return refused
+
+
+def _refused_details(code: grpc.StatusCode) -> str:
+    return f"a call the handler made was refused ({code.name})"
+
+
+def _answer_refusal(code: grpc.StatusCode, context: Any) -> None:
+    """Set the answer to a downstream refusal of ``code`` on ``context``: ``RESOURCE_EXHAUSTED``
+    :func:`_refused_details` and the trailer :data:`DOWNSTREAM_STATUS_KEY`."""
+    context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    context.set_details(_refused_details(code))
+    context.set_trailing_metadata(
+        (*(context.trailing_metadata() or ()), (DOWNSTREAM_STATUS_KEY, code.name)))
+
 
 def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     """The details to answer ``DEADLINE_EXCEEDED`` with when ``exc`` is a downstream call's
@@ -111,15 +172,13 @@ def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     downstream call with a shorter timeout of its own, run out with this call's time
     left, is no such error; nor is any downstream status of a call without a deadline.
     Asked on the failure path only."""
-    # a call's error: grpc.aio's (and a meshkit channel's MeshRpcError), or a synchronous
-    # channel's grpc.RpcError that is a grpc.Call (a plain-function handler's stub)
-    if not isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) or \
-            not isinstance(exc, grpc.RpcError):
+    if not _is_call_error(exc):  # (a plain-function handler's stub's too)
         return None
+    call: Any = exc
     try:
-        if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+        if call.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
             return None
-        details, trailers = exc.details(), exc.trailing_metadata()
+        details, trailers = call.details(), call.trailing_metadata()
     except Exception:  # a grpc.Call of one's own that cannot tell
         return None
     try:
@@ -148,7 +207,10 @@ def unhandled_answer(exc: Exception, context: Any) -> tuple[grpc.StatusCode, str
     authorizer raises, which no meshkit client call raises: a handler raising one, or
     letting a shared auth helper's escape, refuses its caller) their own code and details,
     as a verifier's are answered (grpc-go's handler returning ``status.Error``); else
-    ``DEADLINE_EXCEEDED`` for a downstream
+    ``RESOURCE_EXHAUSTED`` "a call the handler made was refused (<CODE>)" for a
+    downstream call's ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED`` (:func:`downstream_refusal`:
+    this server is healthy, its dependency is not; the interceptor adds the trailer
+    :data:`DOWNSTREAM_STATUS_KEY`); else ``DEADLINE_EXCEEDED`` for a downstream
     ``DEADLINE_EXCEEDED`` that this call's own deadline accounts for (see
     :func:`_downstream_deadline`: details :data:`_DOWNSTREAM_DEADLINE` or
     :data:`_DOWNSTREAM_REFUSAL`); else ``UNKNOWN``. Details are
@@ -161,6 +223,9 @@ def unhandled_answer(exc: Exception, context: Any) -> tuple[grpc.StatusCode, str
     code = status_code_of(context.code())  # (an integer too: grpc.aio sends it)
     if code is not None and code is not grpc.StatusCode.OK:
         return code, unhandled_details(exc)
+    refused = downstream_refusal(exc, context)
+    if refused is not None:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, _refused_details(refused)
     downstream = _downstream_deadline(exc, context)
     if downstream is not None:
         return grpc.StatusCode.DEADLINE_EXCEEDED, downstream
@@ -190,13 +255,24 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     ``error`` they were a traceback per call under overload); with the code and details of an
     :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` the handler raised (a refusal, as
-    ``context.abort`` would answer it; not logged), while any other ``AioRpcError``
-    (a downstream call's) stays ``UNKNOWN``. The status is set before the handler
-    wrap reports the call, so telemetry (``grpc_server_handled_total``, the server span,
-    the access line) records the code sent, and the log line is written under the call's
-    span. What the handler answers itself is left alone: ``context.abort``,
-    ``set_code``/``set_details``, and any other ``grpc.aio.BaseError``; so is
-    ``asyncio.CancelledError`` (the call is gone).
+    ``context.abort`` would answer it; not logged); with ``RESOURCE_EXHAUSTED`` "a call
+    the handler made was refused (<CODE>)" and the trailer :data:`DOWNSTREAM_STATUS_KEY`
+    ``: <CODE>`` for a downstream call's ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED`` (not
+    a message size limit's; :func:`downstream_refusal`), in both modes: this server is
+    healthy, its dependency is not. ``RESOURCE_EXHAUSTED`` is no default
+    outlier-ejection failure code (``UNKNOWN``, ``UNAVAILABLE`` and ``INTERNAL`` are:
+    every replica of a middle tier was ejected for its dependency's outage) and no
+    default retryable code (the hop below already retried: a second hop retrying
+    ``UNAVAILABLE`` multiplies the load on the failing dependency, as RFC 3261 16.7
+    forbids a proxy to pass a 503 on); the downstream's details and trailers (a nack,
+    the rate-limit storage refusal, its peer) are not passed on; logged at ``debug``
+    (``downstream refused a call the handler made``). Any other downstream status
+    (a call's error of a grpc.aio, meshkit or synchronous channel) stays ``UNKNOWN``.
+    The status is set before the handler wrap reports the call, so telemetry
+    (``grpc_server_handled_total``, the server span, the access line) records the code
+    sent, and the log line is written under the call's span. What the handler answers
+    itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
+    other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
     A unary-response handler that returns ``None``, or a streaming one that yields it,
     with no status set gets ``INTERNAL`` instead (:func:`_no_response`). A unary response
     is serialized inside the wrap, so an exception of the method's response serializer is
@@ -216,11 +292,11 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
 
     Args:
         expose_exception_text: what ``ServeOptions(expose_exception_text=True)`` installs
-            (default ``False``): only the two refusals are answered (their code and
-            details, as above); every other exception, and a unary ``None`` or a ``None``
-            yielded, is left to grpc.aio (``UNKNOWN`` "Unexpected <class 'X'>: <text>"),
-            and nothing is logged. On a server with no other wrap (no telemetry, no
-            check) this adds one to each call.
+            (default ``False``): only the two refusals and a downstream refusal are
+            answered (their code and details, as above); every other exception, and
+            a unary ``None`` or a ``None`` yielded, is left to grpc.aio (``UNKNOWN``
+            "Unexpected <class 'X'>: <text>"), and nothing is logged. On a server with
+            no other wrap (no telemetry, no check) this adds one to each call.
     """
 
     def __init__(self, *, expose_exception_text: bool = False) -> None:
@@ -228,17 +304,26 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
         self.expose_exception_text = expose_exception_text
 
     def _unhandled_for(self, method: str) -> Unhandled:
-        if self.expose_exception_text:
-            return _refusals_only
         # the name as logged: a generic handler may serve any name a caller sends, and
         # the console log writes a value raw (an ESC sequence acts on the reader's
         # terminal, a line break forges a line); escaped once per method
         shown = printable(method)
+        if self.expose_exception_text:
+            async def refusals_only(exc: Exception, context: Any) -> bool:
+                return await _refusals_only(exc, context, shown)
+
+            # the wrap hands it no missing response: left to grpc.aio
+            refusals_only.answers_none = False  # type: ignore[attr-defined]
+            return refusals_only
 
         async def unhandled(exc: Exception, context: Any) -> bool:
             if type(exc) is NoResponse:
                 await _no_response(method, context, exc.streaming, shown)
                 return False
+            refused = downstream_refusal(exc, context)
+            if refused is not None:
+                _answer_downstream_refusal(refused, context, shown)
+                return True
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
             # users to raise other types of exception with specified status code")
             code, details = unhandled_answer(exc, context)
@@ -266,9 +351,24 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
         return unhandled
 
 
-async def _refusals_only(exc: Exception, context: Any) -> bool:
-    """The answer of an exposing :class:`UnhandledErrorInterceptor`: a refusal's status
-    (:func:`unhandled_answer`), set; ``False`` for anything else (grpc.aio answers it)."""
+def _answer_downstream_refusal(code: grpc.StatusCode, context: Any, shown: str) -> None:
+    """Answer a downstream refusal of ``code`` (:func:`downstream_refusal`) on ``context``
+    (:func:`_answer_refusal`), logged at ``debug`` (``downstream refused a call the
+    handler made``, ``method`` ``shown``): an outcome telemetry counts, not a fault of
+    the handler."""
+    _log.debug("downstream refused a call the handler made", method=shown, code=code.name)
+    _answer_refusal(code, context)
+
+
+async def _refusals_only(exc: Exception, context: Any, shown: str) -> bool:
+    """The answer of an exposing :class:`UnhandledErrorInterceptor` (of the method
+    ``shown``, as logged): a refusal's status (:func:`unhandled_answer`) or a downstream
+    refusal's (:func:`downstream_refusal`), set; ``False`` for anything else (grpc.aio
+    answers it)."""
+    refused = downstream_refusal(exc, context)
+    if refused is not None:
+        _answer_downstream_refusal(refused, context, shown)
+        return True
     if not isinstance(exc, _REFUSALS):
         return False
     code, details = unhandled_answer(exc, context)
@@ -276,6 +376,3 @@ async def _refusals_only(exc: Exception, context: Any) -> bool:
     context.set_details(details)
     return True
 
-
-# the wrap hands it no missing response: left to grpc.aio (see meshkit._handlers.Unhandled)
-_refusals_only.answers_none = False  # type: ignore[attr-defined]

@@ -39,7 +39,7 @@ yours)``): that one is served instead and driven the same way (see :class:`MeshS
 5. the answer to an unhandled exception: ``UNKNOWN`` naming the exception's type, its
    text only in the server's log (a downstream call's ``UNAVAILABLE`` or
    ``RESOURCE_EXHAUSTED`` that escaped the handler: ``RESOURCE_EXHAUSTED`` with the
-   trailer ``meshkit-downstream-status``, :func:`_downstream_aware`); a unary
+   trailer ``meshkit-downstream-status``, :func:`meshkit._unhandled.downstream_refusal`); a unary
    handler's ``None`` gets ``INTERNAL``; with
    ``expose_exception_text`` both are grpc.aio's, but for a handler's
    ``PermissionDeniedError``/``UnauthenticatedError``, which get their status in both
@@ -116,13 +116,11 @@ from meshkit._handlers import (
     HANDLER_EXECUTOR,
     Handler,
     Resolver,
-    Unhandled,
     WrappingInterceptor,
     fold_outermost,
     fuse_interceptors,
     handler_resolver,
     off_loop_outermost,
-    status_code_of,
     unknown_methods_handler,
 )
 from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
@@ -134,7 +132,7 @@ from meshkit._limits import (
     guard_generic_handler,
     guard_method_handler,
 )
-from meshkit._log import context_without_meshkit, printable
+from meshkit._log import context_without_meshkit
 from meshkit._metadata import MESH_USER_AGENT
 from meshkit._methods import MethodMatcher, check_served
 from meshkit._registration import grpc_observability_active
@@ -174,7 +172,7 @@ from meshkit.resilience import (
     RateLimitOptions,
     StorageLimiter,
 )
-from meshkit.resilience._retry import DRAINING_DETAILS, NACK_METADATA, size_refusal
+from meshkit.resilience._retry import DRAINING_DETAILS, NACK_METADATA
 
 __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"]
 
@@ -779,7 +777,8 @@ class ServeOptions:
             ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED`` (not a message size limit's) that
             escaped the handler, no code set, is answered ``RESOURCE_EXHAUSTED`` "a call
             the handler made was refused (<CODE>)" with the trailer
-            ``meshkit-downstream-status: <CODE>`` (see :func:`_downstream_aware`).
+            ``meshkit-downstream-status: <CODE>`` (see
+            :func:`meshkit._unhandled.downstream_refusal`).
         generic_methods: method patterns (:mod:`meshkit._methods` spellings, e.g.
             ``("/proxy.v1.Cache/Get", "proxy.v1.Cache/*")``) of methods your generic
             handlers serve that telemetry labels by name in the metrics (``grpc_service``,
@@ -1008,93 +1007,10 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
     if options.rate_limit is not None:
         chain.append(RateLimitInterceptor(options.rate_limit))
     # exposing the text: a handler's refusal (PermissionDeniedError...) still gets its status
-    chain.append(_downstream_aware(UnhandledErrorInterceptor(
-        expose_exception_text=options.expose_exception_text)))
+    chain.append(UnhandledErrorInterceptor(
+        expose_exception_text=options.expose_exception_text))
     chain.extend(options.interceptors)
     return tuple(chain)
-
-
-DOWNSTREAM_STATUS_KEY = "meshkit-downstream-status"
-"""The trailer a meshkit server answers a downstream refusal that escaped its handler with:
-its value the downstream's status code name (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``)."""
-
-_DOWNSTREAM_REFUSALS = frozenset({grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED})
-"""The downstream codes that say the downstream could not serve now (down, draining, no
-endpoints, overloaded, its rate-limit storage down), not that this server is at fault."""
-
-
-def _downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
-    """The downstream code of ``exc`` when it is a call's error (a grpc.aio channel's
-    ``AioRpcError``, a meshkit channel's ``MeshRpcError``, a synchronous channel's
-    ``grpc.RpcError`` that is a ``grpc.Call``, what a plain-function handler's stub
-    raises) with a code of :data:`_DOWNSTREAM_REFUSALS` and the handler set no non-``OK``
-    code of its own (``set_code``, which stays the answer), else ``None``. A message
-    size limit's ``RESOURCE_EXHAUSTED`` (:func:`~meshkit.resilience._retry.size_refusal`:
-    the handler's request over the downstream's receive limit or its own channel's send
-    limit, an answer over its own receive limit) is no refusal to serve now but this
-    server's request or limit, met alike on every endpoint: ``None``, as for an
-    ``INVALID_ARGUMENT``. The failure path only."""
-    if not isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) or \
-            not isinstance(exc, grpc.RpcError):
-        return None
-    try:
-        code = exc.code()
-        if code not in _DOWNSTREAM_REFUSALS or size_refusal(code, exc.details()):
-            return None
-    except Exception:  # a grpc.Call of one's own that cannot tell
-        return None
-    own = status_code_of(context.code())
-    if own is not None and own is not grpc.StatusCode.OK:
-        return None
-    return code
-
-
-def _downstream_aware(answer: UnhandledErrorInterceptor) -> UnhandledErrorInterceptor:
-    """:class:`~meshkit._unhandled.UnhandledErrorInterceptor` ``answer`` (returned, its
-    type kept), but a downstream refusal
-    that escaped the handler (:func:`_downstream_refusal`: a call the handler made failed
-    ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED``) is answered ``RESOURCE_EXHAUSTED``
-    "a call the handler made was refused (<CODE>)" with the trailer
-    :data:`DOWNSTREAM_STATUS_KEY` ``: <CODE>``, not ``UNKNOWN``: this server is healthy,
-    its dependency is not. ``RESOURCE_EXHAUSTED`` is no default outlier-ejection failure
-    code (``UNKNOWN``, ``UNAVAILABLE`` and ``INTERNAL`` are: every replica of a middle
-    tier was ejected for its dependency's outage) and no default retryable code (the
-    hop below already retried: a second hop retrying ``UNAVAILABLE`` multiplies the
-    load on the failing dependency, as RFC 3261 16.7 forbids a proxy to pass a 503 on).
-    The downstream's details and trailers (a nack, the rate-limit storage refusal, its
-    peer) are not passed on: this server ran the call. Logged at ``debug`` (``downstream
-    refused a call the handler made``): an outcome telemetry counts, not a fault of the
-    handler. Any other downstream status (``INVALID_ARGUMENT``, ``NOT_FOUND``: this
-    server's request to it was wrong; a message size limit's ``RESOURCE_EXHAUSTED``,
-    likewise) is answered as before (``UNKNOWN``), as are a code
-    the handler set, in both ``expose_exception_text`` modes."""
-    inner_for = answer._unhandled_for
-
-    def unhandled_for(method: str) -> Unhandled:
-        inner = inner_for(method)
-        shown = printable(method)  # escaped once per method, as the inner's log lines
-
-        async def unhandled(exc: Exception, context: Any) -> bool:
-            code = _downstream_refusal(exc, context)
-            if code is None:
-                return await inner(exc, context)
-            _log.debug("downstream refused a call the handler made",
-                       method=shown, code=code.name)
-            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
-            context.set_details(f"a call the handler made was refused ({code.name})")
-            context.set_trailing_metadata(
-                (*(context.trailing_metadata() or ()), (DOWNSTREAM_STATUS_KEY, code.name)))
-            return True
-
-        # a missing response: the inner's choice (an exposing one leaves it to grpc.aio)
-        unhandled.answers_none = getattr(  # type: ignore[attr-defined]
-            inner, "answers_none", True)
-        return unhandled
-
-    # the instance's own shadows the class's (the wraps ask it once per method)
-    answer._unhandled_for = unhandled_for  # type: ignore[method-assign]
-    return answer
 
 
 class _MethodTable(grpc.GenericRpcHandler):

@@ -412,7 +412,10 @@ class _AnsweringContext:
     (0.01, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED),
     (3.0, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN),  # its own timeout
     (None, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN),
-    (0.0, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN),
+    (0.0, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN),
+    # a downstream refusal: the interceptor's own rule now, as served (meshkit._unhandled.
+    # downstream_refusal; it was server.py's wrap of it, this alone said UNKNOWN)
+    (0.0, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
 async def test_a_downstream_deadline_that_was_this_calls_own_is_answered_deadline_exceeded(
         remaining_s: float | None, downstream: grpc.StatusCode,
