@@ -284,14 +284,19 @@ def sliding_window_wait_s(*, amount: int, window_s: float, previous_count: int,
         previous_count, previous_expires_in_s, current_count, current_expires_in_s: as
             ``storage.get_sliding_window`` returns them; the current window's key lives two
             windows from its start, so its window ends ``current_expires_in_s - window_s``
-            from now.
+            from now: now when that TTL is exactly one window (Redis shifts the window
+            only once its key's PTTL is below it, so at that millisecond the figures are
+            the ended window's, which a hit a millisecond later no longer meets).
 
     Returns:
         Seconds to wait: 0.0 if a hit would be admitted now, else the moment the weighted
         count reaches ``amount`` on its way down (a hit is admitted any time after it).
     """
     prev_expires = max(0.0, min(previous_expires_in_s, window_s))
-    current_ends_in = current_expires_in_s - window_s if current_expires_in_s > window_s \
+    # a TTL of exactly one window: the window ends now (Redis' boundary millisecond, not
+    # shifted yet), not in a whole window (">" sent "3/second" callers 1000 ms, "100/hour"
+    # callers an hour, at each window's end)
+    current_ends_in = current_expires_in_s - window_s if current_expires_in_s >= window_s \
         else current_expires_in_s
     if previous_count * prev_expires / window_s + current_count < amount:
         return 0.0
