@@ -419,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     global _loop
     _loop = args.loop  # the variants' child processes run on it
-    variants = [v for v in args.variants.split(",") if v]
+    # each once, in the order given (--cpu pairs a variant's rounds with raw's)
+    variants = list(dict.fromkeys(v for v in args.variants.split(",") if v))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         parser.error(f"--variants: unknown {unknown!r} or none; choose from "

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args.child[0], int(args.child[1]), int(args.child[2]), args.child[3])
         return 0
-    variants = [v for v in args.variants.split(",") if v]
+    variants = list(dict.fromkeys(v for v in args.variants.split(",") if v))  # each once
     unknown = [v for v in variants if v not in instructions.VARIANTS]
     if unknown or not variants:
         parser.error(f"unknown variants {unknown!r}; choose from "

@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         v, k, n, r, b, out = args.child
         _child(v, k, int(n), int(r), b == "1", out)
         return 0
-    kinds = [k for k in args.kinds.split(",") if k]
-    variants = [v for v in args.variants.split(",") if v]
+    # each once, in the order given (a twice-named variant was measured twice a round
+    # and its rounds no longer paired with the base's)
+    kinds = list(dict.fromkeys(k for k in args.kinds.split(",") if k))
+    variants = list(dict.fromkeys(v for v in args.variants.split(",") if v))
     bad = [x for x in kinds if x not in KINDS] + [x for x in variants if x not in VARIANTS]
     if bad or not kinds or not variants:
         parser.error(f"unknown or missing kinds/variants {bad!r}; kinds: {', '.join(KINDS)}; "
