@@ -130,3 +130,48 @@ async def test_another_signal_after_the_forced_end_is_not_said_to_let_the_drain_
          "SIGINT"),
         ("signal during the drain: already ending it", "SIGTERM"),
         ("signal during the drain: already ending it", "SIGINT")], said
+
+
+@pytest.mark.timeout(90)
+async def test_a_forced_end_closes_the_admin_server_and_leaves_no_live_server(
+        registry: LocalRegistry) -> None:
+    """The forced end stops and closes as a drain does: the admin server (``/readyz``)
+    closed, the server out of the live list, ``stats()`` not draining, not registered."""
+    from urllib.parse import urlsplit
+
+    from meshkit.observability import AdminOptions
+
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE, {"Hang": grpc.unary_unary_rpc_method_handler(_hang)})
+    srv = MeshServer(_SERVICE, [(lambda h, server: server.add_generic_rpc_handlers((h,)),
+                                 handler)], registry=registry,
+                     options=ServeOptions(insecure=True, admin=AdminOptions(port=0),
+                                          drain_delay_s=0.0, grace_s=_GRACE_S))
+    serving = asyncio.ensure_future(srv.run_until_signal())
+    try:
+        await until(lambda: srv.ready, timeout_s=30, what="the server serving")
+        assert srv.admin is not None
+        port = urlsplit(srv.admin.url).port
+        assert port, srv.admin.url
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            hang: Any = channel.unary_unary(f"/{_SERVICE}/Hang")
+            call = asyncio.ensure_future(hang(b"x", timeout=100))
+            await asyncio.sleep(0.5)
+            _signal(signal.SIGTERM)
+            await until(lambda: srv.draining, timeout_s=30, what="the drain")
+            _signal(signal.SIGTERM)
+            await asyncio.wait_for(serving, 30)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(call, 30)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(OSError):  # the admin listener closed
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), 10)
+            writer.close()
+        assert not srv.live
+        stats = srv.stats()
+        assert not stats.draining and not stats.registered and not stats.ready
+    finally:
+        if not serving.done():
+            serving.cancel()
+            await asyncio.wait({serving}, timeout=30)

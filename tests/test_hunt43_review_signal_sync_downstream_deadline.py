@@ -49,7 +49,7 @@ async def _down_refuses(request: bytes, context: Any) -> bytes:
 
 
 def _count(metrics: Any, name: str, **labels: str) -> float:
-    return sum(sample.value for family in metrics.collect() for sample in family.samples
+    return sum(float(sample.value) for family in metrics.collect() for sample in family.samples
                if sample.name == name
                and all(sample.labels.get(k) == v for k, v in labels.items()))
 

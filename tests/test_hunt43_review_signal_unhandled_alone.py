@@ -52,7 +52,7 @@ class _Context:
         self.trailers = tuple(trailers)
 
 
-class _SyncError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+class _SyncError(grpc.RpcError, grpc.Call):
     """What a synchronous channel's stub raises (grpc._channel._InactiveRpcError's
     shape: a grpc.RpcError that is a grpc.Call)."""
 
@@ -74,8 +74,8 @@ class _SyncError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
-        return None
+    def time_remaining(self) -> float:
+        return 0.0
 
     def cancel(self) -> bool:
         return False
