@@ -119,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
     issue.add_argument("--force", action="store_true", help="replace (renew) existing files")
     insp = sub.add_parser("inspect", help="print a PEM certificate file's identity and validity")
-    insp.add_argument("file", help="a PEM file of one or more certificates")
+    insp.add_argument("file", help="a PEM file of one or more certificates; - reads stdin "
+                                   "(./- names a file called -)")
     return p
 
 
@@ -140,6 +141,28 @@ def _refuse_device(path: str, error: type[Exception]) -> None:
         if is_kind(mode):
             raise error(f"cannot read certificates from {path}: not a certificate file "
                         f"({kind})")
+
+
+def _stdin_path(error: type[Exception]) -> str:
+    """The path ``inspect -`` reads stdin by (``/dev/stdin``: a pipe or a redirected
+    file; devices are refused by :func:`_refuse_device` as for any path).
+
+    Raises:
+        error: stdin is a terminal (the command would look hung, waiting for a PEM
+            typed in: one line saying how to feed it), or closed.
+    """
+    try:
+        terminal = os.isatty(0)
+    except OSError:
+        terminal = False
+    if terminal:
+        raise error("cannot read certificates from stdin: it is a terminal (pipe or "
+                    "redirect a PEM file into it: meshkit certs inspect - < cert.pem)")
+    try:
+        os.fstat(0)
+    except OSError:
+        raise error("cannot read certificates from stdin: it is closed") from None
+    return "/dev/stdin" if os.path.exists("/dev/stdin") else "/dev/fd/0"
 
 
 def main(argv: list[str]) -> int:
@@ -192,8 +215,9 @@ def main(argv: list[str]) -> int:
                             f"{files.key_file}, mode 0600), valid until "
                             f"{info.not_after.isoformat()}"))
             return 0
-        _refuse_device(ns.file, CertificateError)
-        certs = load_certificates(ns.file)
+        path = _stdin_path(CertificateError) if ns.file == "-" else ns.file
+        _refuse_device(path, CertificateError)
+        certs = load_certificates(path)
         for i, cert in enumerate(certs):
             try:
                 lines = describe_certificate(cert).lines()
