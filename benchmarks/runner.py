@@ -152,6 +152,9 @@ def _plan(args: argparse.Namespace) -> Plan:
     if args.contenders:
         names = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
         unknown = [n for n in names if n not in CONTENDERS]
+        if not names:  # not raw alone, a run of nothing that was asked for
+            raise ValueError(f"--contenders: none given in {args.contenders!r}; "
+                             f"choose from {', '.join(CONTENDERS)}")
         if unknown:
             raise ValueError(f"--contenders: unknown {', '.join(map(repr, unknown))}; "
                              f"choose from {', '.join(CONTENDERS)}")
@@ -159,7 +162,9 @@ def _plan(args: argparse.Namespace) -> Plan:
                                                                  if n != "raw")))
     if args.concurrency:
         try:
-            conc = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
+            # each once, in the order given (one named twice ran all its rounds twice)
+            conc = tuple(dict.fromkeys(int(c) for c in args.concurrency.split(",")
+                                       if c.strip()))
         except ValueError:
             raise ValueError(f"--concurrency takes integers, got {args.concurrency!r}") from None
         if not conc or min(conc) < 1:
