@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from benchmarks import stacks
 from benchmarks.procs import Supervisor
@@ -52,6 +53,21 @@ def summarize(collapsed: Path, top: int = 15) -> str:
     for frame, hits in [(f, k) for f, k in incl.most_common() if "meshkit/" in f][:top]:
         out.append(f"  {100 * hits / total:5.1f}%  {frame}")
     return "\n".join(out)
+
+
+def _load_line(res: dict[str, Any]) -> str:
+    """The load's figures: QPS and p50 of the served calls, and the failed calls by
+    status code when there were any (a stack failing every call has no p50 to show:
+    "0 us" read as the fastest)."""
+    errors: dict[str, int] = res.get("errors") or {}
+    failed = sum(errors.values())
+    served = (f"{res['qps']:.0f} QPS, p50 {res['p50_us']:.0f} us" if res.get("ok", 1)
+              else "no call served")
+    if not failed:
+        return served
+    codes = ", ".join(f"{k} {v:,}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1]))
+    return (f"{served}; {failed:,} of {res.get('calls', failed):,} calls failed ({codes}): "
+            "the profile is partly or wholly of failing calls")
 
 
 async def _run(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> None:
@@ -97,7 +113,7 @@ async def _run(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> None
             print(f"py-spy on the {role} failed: {err.decode(errors='replace')[-400:]}")
     res = await load
     print(f"layers: {kind} {','.join(layers)}; concurrency {args.concurrency}: "
-          f"{res['qps']:.0f} QPS, p50 {res['p50_us']:.0f} us")
+          + _load_line(res))
     for role, _ in spies:
         path = args.out / f"{role}.txt"
         print(f"\n{role} ({path})")
