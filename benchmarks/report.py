@@ -86,7 +86,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     successful calls only, so when the contender it is about failed calls it is **not
     met** (``met=False``), and when only its baseline did (``raw``, ``hand``,
     ``p2c-healthy``) the comparison is not trusted (``met=None``); such rows carry a
-    ``note`` naming the failed calls by status code.
+    ``note`` naming the failed calls by status code. A convergence target (join, leave)
+    whose contender failed calls in its rounds is not met either, with such a note.
     """
     sc = results.get("scenarios", {})
     rows: list[dict[str, Any]] = []
@@ -168,10 +169,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                              "value": "not measured: the new instance never served",
                              "unit": "", "met": None})
                 continue
-            rows.append({"target": name, "goal": "<= 1 s",
-                         "value": v if v is not None else "never", "unit": "s",
-                         "met": v is not None and v <= 1.0})
+            target = {"target": name, "goal": "<= 1 s",
+                      "value": v if v is not None else "never", "unit": "s",
+                      "met": v is not None and v <= 1.0}
+            failed = _convergence_failed(f"{reg}-p2c", row)
+            if failed is not None:  # read off served calls while others failed: not met
+                target["met"] = False
+                target["note"] = failed
+            rows.append(target)
     return rows
+
+
+def _convergence_failed(label: str, row: dict[str, Any]) -> str | None:
+    """``"'local-p2c' failed 7 calls (UNAVAILABLE)"`` when the convergence contender
+    ``row`` had failed calls in its rounds (their status codes, from each round's
+    ``failed_codes``), else ``None``."""
+    n = row.get("failed_calls") or 0
+    if not n:
+        return None
+    codes = sorted({c for r in row.get("rounds") or [] for c in r.get("failed_codes") or []})
+    return f"{label!r} failed {n:,} calls" + (f" ({', '.join(codes)})" if codes else "")
 
 
 def _ratio(value: Any) -> Any:
