@@ -2190,6 +2190,11 @@ class StorageLimiter:
                 previous_count=window[0], previous_expires_in_s=window[1],
                 current_count=window[2], current_expires_in_s=window[3])
             after = retry_after_s(wait, 0.0)
+        elif window.remaining > 0:
+            # room in the window read after the hit (a moving window's refusing hit left
+            # it between the two storage steps): its "oldest hit" is the next one, whose
+            # leaving no call waits for; admitted now
+            wait, after = 0.0, 1
         else:  # a reset time on the storage's clock: memory:// the monotonic one
             now = _MEMORY_CLOCK.time() if self.synchronous else time.time()
             wait = window.reset_time - now
