@@ -504,7 +504,53 @@ async def _call(args: _Args) -> tuple[str, str | None]:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 await _note_connect_errors(ch, exc)
+                if getattr(args.options, "insecure", False):
+                    await _note_tls_endpoints(ch, exc)
             raise
+
+
+TLS_SNIFF_S = 3.0
+"""Bound on the TLS handshakes :func:`_note_tls_endpoints` tries, together, seconds."""
+
+
+async def _speaks_tls(address: str) -> bool:
+    """Whether the server at ``address`` (``host:port``, ``[v6]:port``) answers a TLS
+    handshake (certificates not checked): it completes, or the server ends it with a TLS
+    alert (a client certificate it requires). A plaintext server (``WRONG_VERSION_NUMBER``,
+    a reset), a refused or unreachable one, or no answer within :data:`TLS_SNIFF_S`:
+    ``False``."""
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(TLS_SNIFF_S):
+            _, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx)
+    except ssl.SSLError as exc:
+        return "ALERT" in (exc.reason or "")
+    except (OSError, ValueError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(TLS_SNIFF_S):
+            await writer.wait_closed()
+    return True
+
+
+async def _note_tls_endpoints(ch: meshkit.MeshChannel, exc: grpc.aio.AioRpcError) -> None:
+    """Add to ``exc`` (a call on a plaintext channel, ``--insecure``, failed
+    ``UNAVAILABLE``) a note per endpoint that answers a TLS handshake: a plaintext
+    channel has no TLS probe to say why it cannot connect, and the status read only
+    "all N endpoints are failing or ejected". Bounded by :data:`TLS_SNIFF_S`."""
+    endpoints = [ep for ep in ch.stats().endpoints if ep.present]
+    found = await asyncio.gather(*(_speaks_tls(ep.address) for ep in endpoints))
+    for ep, tls in zip(endpoints, found, strict=True):
+        if tls:
+            exc.add_note(f"endpoint {ep.instance_id} at {ep.address} speaks TLS: the "
+                         "server may require TLS (mTLS); give --cert-dir (and --workload) "
+                         "instead of --insecure")
 
 
 async def _note_connect_errors(ch: meshkit.MeshChannel, exc: grpc.aio.AioRpcError) -> None:
