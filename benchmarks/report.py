@@ -256,9 +256,15 @@ def _overhead_rows(res: dict[str, Any], conc: str) -> list[list[Any]]:
                      s.get("added_p50_us"),
                      s["p99_us"], _ms(s["client_cpu_s_per_1k"]),
                      _ms(s["server_cpu_s_per_1k"]),
-                     (c.get("server_peak_rss_kb") or 0) / 1024 if c else None,
-                     (c.get("client_peak_rss_kb") or 0) / 1024 if c else None, _errors(s)])
+                     _mib(c.get("server_peak_rss_kb")), _mib(c.get("client_peak_rss_kb")),
+                     _errors(s)])
     return rows
+
+
+def _mib(kib: Any) -> float | None:
+    """A peak RSS in KiB as MiB; unknown (``None``: the process gone, no ``/proc``) stays
+    ``None`` and prints ``-``, not 0.0."""
+    return kib / 1024 if isinstance(kib, int | float) else None
 
 
 def _ms(seconds: float | None) -> float | None:
