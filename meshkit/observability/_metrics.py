@@ -127,8 +127,25 @@ def rpc_metrics(registry: CollectorRegistry | None = None) -> RpcMetrics:
     reg = _DEFAULT if registry is None else registry
     found = _BY_REGISTRY.get(reg)
     if found is None:
-        found = _BY_REGISTRY[reg] = RpcMetrics(reg)
+        # made once: two threads asking at once (servers or channels starting on two
+        # threads' event loops) each made one, and the second's registration raised
+        # prometheus-client's DuplicateTimeseries out of serve()/dial()
+        with _CREATING.lock:
+            found = _BY_REGISTRY.get(reg)
+            if found is None:
+                found = _BY_REGISTRY[reg] = RpcMetrics(reg)
     return found
+
+
+class _CreationLock:
+    """The lock :func:`rpc_metrics` makes a registry's :class:`RpcMetrics` under (a new
+    one in a forked child: a thread of the parent may have held it at the fork)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def _forget_parent(self) -> None:
+        self.lock = threading.Lock()
 
 
 def set_certificate_expiry(service: str, not_after_unix_s: float, *,
@@ -212,6 +229,8 @@ def publish_certificate(server: Any, service: str, not_before_unix_s: float,
 _published = itertools.count(1)  # the order of publication (next() is atomic in CPython)
 # the collectors whose locks a forked child makes again (_Certificates, MeshCollector)
 _locked: weakref.WeakSet[Any] = reset_in_forked_child(object)
+_CREATING = _CreationLock()
+_locked.add(_CREATING)
 
 _CERTIFICATE_DOCS = {
     "expiry": ("meshkit_certificate_expiry_timestamp_seconds",
@@ -532,6 +551,8 @@ class RpcMetrics:
         self._registry = weakref.ref(registry)
         self.servers: dict[tuple[str, str, str], BoundServer] = {}
         self.clients: dict[tuple[str, str, str], BoundClient] = {}
+        # a method's record is made under it (threads binding one method at once)
+        self._bind_lock = threading.Lock()
         _locked.add(self)  # its registry's lock made again in a forked child
         registry.register(_RpcCollector(self))
         # rendered at scrape, not prometheus-client Gauges: under its multiprocess mode a
@@ -549,6 +570,7 @@ class RpcMetrics:
         (prometheus-client's ``CollectorRegistry`` holds one while a scrape copies its
         collectors, and registers no fork handler: a scrape in another thread of the
         parent at the fork left the child's first scrape blocked for ever)."""
+        self._bind_lock = threading.Lock()
         registry = self._registry()
         if registry is not None and hasattr(registry, "_lock"):
             registry._lock = threading.Lock()
@@ -587,12 +609,29 @@ class RpcMetrics:
         if rec is None:
             if len(records) >= limit or not _encodable(labels):
                 return self._other(records, record, names.grpc_type)
-            rec = records[labels] = record(labels, self.buckets_s)
+            # made once, under the lock: a second thread binding the method at once
+            # made one too and stored it over the first, whose calls (its interceptor
+            # keeps the record it got) were never rendered
+            with self._bind_lock:
+                rec = records.get(labels)
+                if rec is None:
+                    if len(records) >= limit:
+                        return self._other_locked(records, record, names.grpc_type)
+                    rec = records[labels] = record(labels, self.buckets_s)
         return rec
 
     def _other(self, records: dict[tuple[str, str, str], _R], record: type[_R],
                grpc_type: str) -> _R:
         """The :data:`OTHER_METHOD` record of ``grpc_type`` in ``records``."""
+        rec = records.get((grpc_type, OTHER_METHOD, OTHER_METHOD))
+        if rec is None:
+            with self._bind_lock:
+                rec = self._other_locked(records, record, grpc_type)
+        return rec
+
+    def _other_locked(self, records: dict[tuple[str, str, str], _R], record: type[_R],
+                      grpc_type: str) -> _R:
+        """:meth:`_other` with the bind lock held."""
         labels = (grpc_type, OTHER_METHOD, OTHER_METHOD)
         rec = records.get(labels)
         if rec is None:
