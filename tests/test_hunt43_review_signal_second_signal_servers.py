@@ -32,31 +32,36 @@ import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
 
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
+_said = threading.Lock()
+
+def say(*words):  # one whole line at a time: the handler threads print too
+    with _said:
+        print(*words, flush=True)
 
 async def unary(request, context):
-    print("in flight", flush=True)
+    say("in flight")
     await asyncio.sleep(600)
     return b"late"
 
 async def server_stream(request, context):
     yield b"first"
-    print("in flight", flush=True)
+    say("in flight")
     await asyncio.sleep(600)
     yield b"late"
 
 async def client_stream(requests, context):
-    print("in flight", flush=True)
+    say("in flight")
     await asyncio.sleep(600)
     return b"late"
 
 async def bidi(requests, context):
     async for _ in requests:
         yield b"echo"
-        print("in flight", flush=True)
+        say("in flight")
         await asyncio.sleep(600)
 
 def sync_unary(request, context):
-    print("in flight", flush=True)
+    say("in flight")
     time.sleep(600)
     return b"late"
 
@@ -75,7 +80,7 @@ async def main():
     try:
         await asyncio.gather(*(
             meshkit.serve(name, [(add, None)], registry=registry, options=opts,
-                          on_started=lambda srv: print("port", srv.port, flush=True))
+                          on_started=lambda srv: say("port", srv.port))
             for name in ("a", "b")))
         print("entries left", len(await registry.instances("a"))
               + len(await registry.instances("b")), flush=True)
