@@ -175,3 +175,40 @@ async def test_a_forced_end_closes_the_admin_server_and_leaves_no_live_server(
         if not serving.done():
             serving.cancel()
             await asyncio.wait({serving}, timeout=30)
+
+
+class _HangingRegistration(LocalRegistry):
+    """A local registry whose ``register()`` waits (until cancelled): a start that is
+    still under way when the signals come."""
+
+    def __init__(self, options: LocalOptions) -> None:
+        super().__init__(options)
+        self.registering = asyncio.Event()
+
+    async def register(self, instance: Instance) -> None:
+        self.registering.set()
+        await asyncio.sleep(600)
+
+
+@pytest.mark.timeout(90)
+async def test_a_second_signal_while_the_start_is_under_way_ends_it_all_the_same(
+        tmp_path: Path) -> None:
+    """SIGINT while the start registers (stops the start, undone), SIGINT again while
+    that goes on: ``run_until_signal`` returns, nothing registered, the server stopped."""
+    registry = _HangingRegistration(LocalOptions(
+        path=tmp_path / "reg", ttl_s=30.0, heartbeat_interval_s=1.0, poll_interval_s=0.05))
+    srv = _server(registry)
+    serving = asyncio.ensure_future(srv.run_until_signal())
+    try:
+        await asyncio.wait_for(registry.registering.wait(), 30)
+        _signal(signal.SIGINT)
+        _signal(signal.SIGINT)
+        await asyncio.wait_for(serving, 30)
+        await asyncio.wait_for(srv.wait_stopped(), 5)
+        assert not srv.live
+        assert not await registry.instances(_SERVICE)
+    finally:
+        if not serving.done():
+            serving.cancel()
+            await asyncio.wait({serving}, timeout=30)
+        await registry.close()
