@@ -176,8 +176,9 @@ def test_a_second_signal_ends_every_servers_drain_and_every_kind_of_call(
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             channels.append(channel)
             calls += _calls(channel)
-        for _ in range(2 * _KINDS):
-            _wait_for(out, seen, "in flight", 30)
+        flights = 0  # counted per occurrence: the sync handler's thread and the loop
+        while flights < 2 * _KINDS:  # print at once, two on a line ("in flightin flight")
+            flights += _wait_for(out, seen, "in flight", 30).count("in flight")
         os.kill(proc.pid, signal.SIGINT)
         for _ in range(2):
             _wait_for(out, seen, "draining", 30)
