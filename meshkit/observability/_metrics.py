@@ -138,8 +138,9 @@ def rpc_metrics(registry: CollectorRegistry | None = None) -> RpcMetrics:
 
 
 class _CreationLock:
-    """The lock :func:`rpc_metrics` makes a registry's :class:`RpcMetrics` under (a new
-    one in a forked child: a thread of the parent may have held it at the fork)."""
+    """A process-wide lock (:func:`rpc_metrics` makes a registry's :class:`RpcMetrics`
+    under one, :meth:`_Record.finished` counts a non-OK code under another); a new one
+    in a forked child: a thread of the parent may have held it at the fork."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -231,6 +232,8 @@ _published = itertools.count(1)  # the order of publication (next() is atomic in
 _locked: weakref.WeakSet[Any] = reset_in_forked_child(object)
 _CREATING = _CreationLock()
 _locked.add(_CREATING)
+_CODES = _CreationLock()  # _Record.finished's count of a non-OK code
+_locked.add(_CODES)
 
 _CERTIFICATE_DOCS = {
     "expiry": ("meshkit_certificate_expiry_timestamp_seconds",
@@ -299,10 +302,13 @@ class _Record:
     """One method's RPC counts as plain numbers, read by :class:`_RpcCollector` at scrape
     (the per-call hot path: a few integer adds and one bisect, no lock).
 
-    Updates are not locked: a record is meant to be updated from the event loop thread(s)
-    that run the interceptors; CPython's GIL makes each ``+=`` on these slots effectively
-    atomic for the int/float values used here in practice, and a scrape reads a snapshot
-    that may be one call apart between families (as a scrape always may be)."""
+    Updates are not locked but one: a record is updated from the event loop thread(s)
+    that run the interceptors (one record per method and registry, whatever the loop);
+    CPython's GIL makes each ``+=`` on these slots effectively atomic for the int/float
+    values used here in practice; a non-OK code's count in ``handled`` (a dict whose
+    ``StatusCode`` keys hash in Python, where a thread may switch between the read and
+    the write) is updated under a process-wide lock. A scrape reads a snapshot that may
+    be one call apart between families (as a scrape always may be)."""
 
     __slots__ = ("bounds", "counts", "created", "extra", "handled", "in_flight", "labels",
                  "msg_received", "msg_sent", "ok", "started", "sum_s")
@@ -340,8 +346,12 @@ class _Record:
         if code is _OK:
             self.ok += 1
         else:
-            handled = self.handled
-            handled[code] = handled.get(code, 0) + 1
+            # under a lock: a StatusCode hashes in Python, and a thread switch between
+            # the read and the write lost another thread's count (one method's record
+            # is shared by the channels and servers of every event loop of the process)
+            with _CODES.lock:
+                handled = self.handled
+                handled[code] = handled.get(code, 0) + 1
         self.counts[_bisect(self.bounds, duration_s)] += 1
         self.sum_s += duration_s
         self.in_flight -= 1
