@@ -68,12 +68,27 @@ async def test_a_replayed_upload_counts_each_message_once(
                 assert await ch.unary_unary(method("Unary"))(b"w", timeout=5) == b"a|w"
                 a = next(ep for ep in ch.endpoints() if ep.key == "a")
                 server_a.stop(None).wait(5)
-                _hold_until_not_ready(ch._conns["a"].channel)
+                sub = ch._conns["a"].channel
+                _hold_until_not_ready(sub)
+                # the pool's own tracking of a's sub-channel must not hear of the death
+                # before the pick (with write(), the attempt starts a loop turn later:
+                # uvloop ran the tracker's wake-up first and the call went to b at once,
+                # one attempt): it reads READY too until the pick's read
+                real_get_state = sub.get_state
+                held = [True]
+
+                def held_get_state(try_to_connect: bool = False) -> Any:
+                    if held[0]:
+                        return grpc.ChannelConnectivity.READY
+                    return real_get_state(try_to_connect)
+
+                monkeypatch.setattr(sub, "get_state", held_get_state)
                 real = ch._sub_channel_state
                 reads = [0]
 
                 def stale(ep: Any) -> Any:
                     reads[0] += 1
+                    held[0] = False
                     if ep is a and reads[0] == 1:  # the read made just before it died
                         return grpc.ChannelConnectivity.READY
                     return real(ep)
