@@ -77,6 +77,10 @@ async def main(argv: list[str] | None = None) -> None:
     args = arguments().parse_args(argv)
     cache = open_user_cache(UserCacheOptions(uri=args.user_cache, ttl_s=args.user_cache_ttl_s))
     tls_options = tls(args, SERVICE)
+    # the serve settings (--host, --advertise-host, the admin address) checked before the
+    # database wait: a typo ends the start at once, not after --db-wait-s (built again
+    # below, with auth)
+    serve_options(args, tls_options)
     keys = KeySet.from_directory(jwt_dir(args))
     issuer = TokenIssuer(keys, IssuerOptions(issuer=security.ISSUER, audience=security.AUDIENCE,
                                              ttl_s=TOKEN_TTL_S))
