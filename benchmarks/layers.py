@@ -150,6 +150,7 @@ def _client_variants(provider: Any) -> dict[str, dict[str, Any]]:
 async def _client_run(options: dict[str, Any], registry: Any, calls: int) -> float:
     import meshkit
     from benchmarks.stacks import flush_spans
+    from meshkit.observability import flush_logs
 
     ch = meshkit.dial("bench", registry=registry,
                       options=meshkit.DialOptions(insecure=True, **options))
@@ -159,11 +160,13 @@ async def _client_run(options: dict[str, Any], registry: Any, calls: int) -> flo
         call = ch.unary_unary("/bench.Svc/M")
         for _ in range(200):
             await call(b"x", timeout=5)
+        flush_logs()  # the warm-up's access lines are written before the window
         _settle_heap()
         t0 = time.process_time()
         for _ in range(calls):
             await call(b"x", timeout=5)
         flush_spans(options.get("telemetry"))  # the export of the spans counts too
+        flush_logs()  # and the run's last access lines (else the next variant's window)
         return (time.process_time() - t0) / calls * 1e6
     finally:
         gc.unfreeze()
@@ -284,6 +287,7 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
     import meshkit
     from benchmarks.stacks import flush_spans
     from meshkit._handlers import fuse_interceptors, handler_resolver
+    from meshkit.observability import flush_logs
     from meshkit.server import server_chain
 
     opts = meshkit.ServeOptions(**({"insecure": True} if "tls" not in options else {}),
@@ -325,12 +329,14 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
 
     for _ in range(200):
         await asyncio.get_running_loop().create_task(one())
+    flush_logs()  # the warm-up's access lines are written before the window
     _settle_heap()
     t0 = time.process_time()
     loop = asyncio.get_running_loop()
     for _ in range(calls):
         await loop.create_task(one())
     flush_spans(options.get("telemetry"))
+    flush_logs()  # and the run's last access lines (else the next variant's window)
     spent = (time.process_time() - t0) / calls * 1e6
     gc.unfreeze()
     return spent
