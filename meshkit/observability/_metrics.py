@@ -357,6 +357,15 @@ class _Record:
         self.in_flight -= 1
         self.extra += extra
 
+    def count_code(self, code: grpc.StatusCode) -> None:
+        """Count one finished call's non-OK ``code`` in ``handled``
+        (``grpc_*_handled_total``), thread-safe: what :meth:`finished` does for a non-OK
+        code, for a caller that counts a call's other parts inline (the server telemetry's
+        ``_finish``). ``code``: a ``grpc.StatusCode`` other than ``OK``."""
+        with _CODES.lock:
+            handled = self.handled
+            handled[code] = handled.get(code, 0) + 1
+
 
 class BoundServer(_Record):
     """One server method's counts (``grpc_server_*`` and ``meshkit_server_rate_limited``),

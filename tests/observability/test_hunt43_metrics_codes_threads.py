@@ -65,3 +65,25 @@ def test_error_codes_finished_on_several_threads_are_all_counted() -> None:
     assert record.started == total and sum(record.counts) == total
     assert record.in_flight == 0
     assert dict(record.handled) == {codes[0]: total // 2, codes[1]: total // 2}
+
+
+@pytest.mark.usefixtures("often_switching")
+def test_count_code_on_several_threads_counts_every_one() -> None:
+    """``count_code``, the non-OK count alone (for a caller counting the rest inline, as
+    the server telemetry does), loses none either."""
+    rpc = RpcMetrics(CollectorRegistry())
+    record = rpc.bind_server(MethodNames("/p.S/M", "unary"))
+    start = threading.Barrier(_THREADS)
+
+    def run() -> None:
+        start.wait(timeout=10)
+        for _ in range(_CALLS):
+            record.count_code(grpc.StatusCode.UNAVAILABLE)
+
+    threads = [threading.Thread(target=run) for _ in range(_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=100)
+    assert not any(t.is_alive() for t in threads)
+    assert dict(record.handled) == {grpc.StatusCode.UNAVAILABLE: _THREADS * _CALLS}
