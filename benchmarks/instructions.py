@@ -255,11 +255,17 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
             gc_runs[info["generation"]] += 1
             gc_s[0] += time.perf_counter() - started[0]
 
+    from meshkit.observability import flush_logs
+
+    flush_logs()  # the warm-up's access lines are written before the window
     gc.callbacks.append(on_gc)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     try:
         with around_measured():
             await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
+            for _ in range(3):  # a client call's line is captured turns after it
+                await asyncio.sleep(0)
+            flush_logs()  # the calls' own lines are rendered and written in it
     finally:
         r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         gc.callbacks.remove(on_gc)
