@@ -27,6 +27,7 @@ import importlib
 import io
 import os
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -160,9 +161,11 @@ class _GuardedStdout:
     ``--help`` (``_print_message`` ignores an ``OSError``), which otherwise ended with
     status 0 and nothing said into a closed pipe or a closed stdout."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, outer: Any = None) -> None:
         self._stream = stream
         self.failed: OSError | None = None
+        self.outer = outer  # the sys.stdout main() found (None too), put back after
+        self.ended = False  # its main() has returned
 
     def write(self, s: str) -> int:
         try:
@@ -191,21 +194,56 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
-def _escape_unencodable(stream: Any) -> str | None:
+_escaping_lock = threading.Lock()
+_escaping: dict[int, tuple[Any, str, int]] = {}
+"""Streams :func:`_escape_unencodable` reconfigured, by ``id``: (the stream, the error
+handler it had, how many :func:`main` calls under way use it)."""
+
+
+def _escape_unencodable(stream: Any) -> Any:
     """Make ``stream`` (stdout) write what its encoding cannot encode escaped, as
     ``backslashreplace`` writes it (``\\xe9``: stderr's own handler), instead of raising
     ``UnicodeEncodeError`` (an ``é`` in an instance id or a path on an ASCII or Latin-1
-    stdout ended the command in a traceback, after its work was done); returns the error
-    handler it had, to be restored, or ``None`` when it cannot be reconfigured."""
-    reconfigure = getattr(stream, "reconfigure", None)
-    errors = getattr(stream, "errors", None)
-    if reconfigure is None or not isinstance(errors, str):
-        return None
-    try:
-        reconfigure(errors="backslashreplace")
-    except (OSError, ValueError):  # closed, or not a text stream that takes it
-        return None
-    return errors
+    stdout ended the command in a traceback, after its work was done); returns the
+    stream to give :func:`_restore_handler` when the command ends, or ``None`` when it
+    cannot be reconfigured (``StringIO``, a closed stream).
+
+    Counted: calls of :func:`main` overlapping in threads share the change, and the
+    handler the stream had is restored when the last of them ends (each saving and
+    restoring its own restored ``strict`` under a call still running, and left
+    ``backslashreplace`` behind)."""
+    while isinstance(stream, _GuardedStdout):  # main() called within main()
+        stream = stream._stream
+    with _escaping_lock:
+        held = _escaping.get(id(stream))
+        if held is not None and held[0] is stream:
+            _escaping[id(stream)] = (stream, held[1], held[2] + 1)
+            return stream
+        reconfigure = getattr(stream, "reconfigure", None)
+        errors = getattr(stream, "errors", None)
+        if reconfigure is None or not isinstance(errors, str):
+            return None
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError, TypeError):  # closed, or not a text stream that takes it
+            return None
+        _escaping[id(stream)] = (stream, errors, 1)
+        return stream
+
+
+def _restore_handler(stream: Any) -> None:
+    """End one use of ``stream`` (from :func:`_escape_unencodable`); the last restores
+    the error handler it had (nothing raised: a stream closed meanwhile)."""
+    with _escaping_lock:
+        held = _escaping.get(id(stream))
+        if held is None or held[0] is not stream:
+            return
+        if held[2] > 1:
+            _escaping[id(stream)] = (stream, held[1], held[2] - 1)
+            return
+        del _escaping[id(stream)]
+        with contextlib.suppress(Exception):
+            stream.reconfigure(errors=held[1])
 
 
 def _write_error(exc: OSError) -> OSError:
@@ -238,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         SystemExit: a command ended with a message (argparse, a refused run); its status.
     """
     stdout = sys.stdout  # None: started with file descriptor 1 closed
-    errors = _escape_unencodable(stdout)
-    guarded = _GuardedStdout(_ClosedStdout() if stdout is None else stdout)
+    escaped = _escape_unencodable(stdout)
+    guarded = _GuardedStdout(_ClosedStdout() if stdout is None else stdout, stdout)
     sys.stdout = guarded
     no_stderr = sys.stderr is None
     if no_stderr:
@@ -268,10 +306,18 @@ def main(argv: list[str] | None = None) -> int:
         print("meshkit: interrupted", file=sys.stderr)
         return _EXIT_INTERRUPTED
     finally:
-        sys.stdout = stdout  # as the interpreter had it (None too)
-        if errors is not None:
-            with contextlib.suppress(Exception):  # a stream closed meanwhile
-                stdout.reconfigure(errors=errors)  # type: ignore[union-attr]
+        # as the interpreter had it (None too), unless a call that overlapped this one
+        # (another thread's) put its own on top: that one puts back past this, ended
+        guarded.ended = True
+        on_top = sys.stdout
+        if not (isinstance(on_top, _GuardedStdout) and on_top is not guarded
+                and not on_top.ended):
+            outer = stdout
+            while isinstance(outer, _GuardedStdout) and outer.ended:
+                outer = outer.outer
+            sys.stdout = outer
+        if escaped is not None:
+            _restore_handler(escaped)
         if no_stderr:
             sys.stderr = None
 
