@@ -246,6 +246,11 @@ class Workload:
             self.mark.set()
         return True
 
+    def give_back(self, calls: int = 1) -> None:
+        """Return ``calls`` reserved calls that will not be made (a failed CreateUser's
+        Authenticate) to the budget."""
+        self.started -= calls
+
 
 async def run_workload(users: user_pb2_grpc.UserServiceStub,
                        orders: order_pb2_grpc.OrderServiceStub, w: Workload,
@@ -261,8 +266,13 @@ async def run_workload(users: user_pb2_grpc.UserServiceStub,
             try:
                 if user_id is None:
                     email = f"user{n}-{uuid.uuid4().hex[:8]}@example.com"
-                    u = await users.CreateUser(user_pb2.CreateUserRequest(
-                        email=email, name=f"User {n}", password=f"pw-{email}"), timeout=timeout_s)
+                    try:
+                        u = await users.CreateUser(user_pb2.CreateUserRequest(
+                            email=email, name=f"User {n}", password=f"pw-{email}"),
+                            timeout=timeout_s)
+                    except grpc.aio.AioRpcError:
+                        w.give_back()  # its login, reserved with it, is not made
+                        raise
                     session = await users.Authenticate(user_pb2.AuthenticateRequest(
                         email=email, password=f"pw-{email}"), timeout=timeout_s)
                     user_id = u.id
