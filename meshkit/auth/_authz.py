@@ -20,7 +20,7 @@ import grpc
 from meshkit._config import check_bool, check_strings
 from meshkit._fields import FrozenMap
 from meshkit._methods import MethodMatcher
-from meshkit.auth._identity import IdentityMatcher
+from meshkit.auth._identity import IdentityMatcher, _glob_matches
 from meshkit.auth._jwt_types import Claims
 from meshkit.errors import ConfigError
 
@@ -53,23 +53,6 @@ class _DeniedSubjects:
         if self._any or identity in self._exact:
             return True
         return any(_glob_matches(parts, identity) for parts in self._wild)
-
-
-def _glob_matches(parts: tuple[str, ...], text: str) -> bool:
-    """Whether ``text`` matches the pattern ``"*".join(parts)`` (``len(parts) >= 2``),
-    ``*`` being any run of characters: the first piece a prefix, the last a suffix, the
-    others found in order between them (the leftmost find never loses a match)."""
-    first, last = parts[0], parts[-1]
-    end = len(text) - len(last)
-    if end < len(first) or not text.startswith(first) or not text.endswith(last):
-        return False
-    pos = len(first)
-    for piece in parts[1:-1]:
-        found = text.find(piece, pos, end)
-        if found < 0:
-            return False
-        pos = found + len(piece)
-    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -363,6 +363,38 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")))
 
 
+def _glob_matches(parts: tuple[str, ...], text: str) -> bool:
+    """Whether ``text`` matches the pattern ``"*".join(parts)`` (``len(parts) >= 2``),
+    ``*`` being any run of characters (``/`` included: callers split on ``/`` first when
+    it must not cross one): the first piece a prefix, the last a suffix, the others found
+    in order between them (the leftmost find never loses a match). Time linear in
+    ``text`` per piece, where a regex backtracks polynomially (``"a*a*a*b"``)."""
+    first, last = parts[0], parts[-1]
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    pos = len(first)
+    for piece in parts[1:-1]:
+        found = text.find(piece, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _segments_match(pattern: tuple[tuple[str, ...], ...], segments: list[str]) -> bool:
+    """Whether each of ``segments`` (an identity split on ``/``) matches the same-index
+    segment of ``pattern`` (a pattern split on ``/``, then each segment on ``*``: one
+    piece is a literal segment); the caller checked the counts are equal."""
+    for parts, text in zip(pattern, segments, strict=True):
+        if len(parts) == 1:
+            if parts[0] != text:
+                return False
+        elif not _glob_matches(parts, text):
+            return False
+    return True
+
+
 def foreign_pattern_domain(pattern: str, trust_domains: Iterable[str]) -> str | None:
     """The trust domain of the peer pattern ``pattern`` (``spiffe://<td>/svc/<service>``,
     ``*`` wildcards, the shape :class:`IdentityMatcher` with ``peers=True`` checked) when
@@ -408,7 +440,7 @@ def peer_pattern_problem(pattern: str) -> str | None:
 
 
 class IdentityMatcher:
-    """Matches identities (SPIFFE IDs or JWT subjects) against ``*`` patterns, compiled once.
+    """Matches identities (SPIFFE IDs or JWT subjects) against ``*`` patterns, split once.
 
     A pattern is an exact string in which ``*`` stands for any run of characters other
     than ``/`` — it never crosses a path segment — except that the pattern ``"*"`` alone
@@ -416,6 +448,8 @@ class IdentityMatcher:
     of the trust domain and not ``spiffe://meshkit.local/svc/orderd/extra`` (no
     workload); with ``peers=True`` a pattern that can match no workload
     (``"spiffe://meshkit.local/*"``, see :func:`peer_pattern_problem`) is refused.
+    A match takes time linear in the identity's length per pattern (no regex: a ``sub``
+    the issuer signed for a user-chosen name cannot make it backtrack).
 
     Args:
         patterns: the patterns; an empty sequence matches nothing.
@@ -431,14 +465,16 @@ class IdentityMatcher:
             (``peers=True``) a pattern can match no workload (quoted, with why).
     """
 
-    __slots__ = ("_any", "_exact", "_patterns", "_regex")
+    __slots__ = ("_any", "_exact", "_patterns", "_wild")
 
     def __init__(self, patterns: Sequence[str], *, where: str = "patterns",
                  peers: bool = False) -> None:
         refuse_str(where, patterns)
         self._patterns = tuple(patterns)
         exact: set[str] = set()
-        wild: list[str] = []
+        # the wildcard patterns by their count of '/'-segments, each split on '/' and then
+        # on '*': '*' never crosses a '/', so a match pairs the segments one to one
+        wild: dict[int, list[tuple[tuple[str, ...], ...]]] = {}
         for p in self._patterns:
             if not isinstance(p, str) or not p:
                 raise ConfigError(f"identity patterns must be non-empty strings, got {p!r}")
@@ -446,12 +482,13 @@ class IdentityMatcher:
             if problem is not None:
                 raise ConfigError(f"{where}: {p!r} can match no peer: {problem}")
             if "*" in p:
-                wild.append("[^/]*".join(re.escape(part) for part in p.split("*")))
+                segments = tuple(tuple(seg.split("*")) for seg in p.split("/"))
+                wild.setdefault(len(segments), []).append(segments)
             else:
                 exact.add(p)
         self._any = "*" in self._patterns
         self._exact = frozenset(exact)
-        self._regex = re.compile("|".join(f"(?:{w})" for w in wild)) if wild else None
+        self._wild = {n: tuple(ps) for n, ps in wild.items()}
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -467,7 +504,13 @@ class IdentityMatcher:
             return False
         if self._any or identity in self._exact:
             return True
-        return self._regex is not None and self._regex.fullmatch(identity) is not None
+        # segment by segment, each in linear time: a regex ('[^/]*' per '*') backtracks
+        # polynomially ("a*a*a*b" against a 2,000-character sub: over a second per call)
+        candidates = self._wild.get(identity.count("/") + 1)
+        if candidates is None:
+            return False
+        segments = identity.split("/")
+        return any(_segments_match(p, segments) for p in candidates)
 
     def __repr__(self) -> str:
         return f"IdentityMatcher({list(self._patterns)!r})"
