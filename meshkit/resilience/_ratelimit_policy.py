@@ -65,7 +65,8 @@ class Rule:
     Attributes:
         pattern: the rules-mapping key that matched (``"<default>"`` for the default rule).
         text: the rule as written, e.g. ``"10 per minute;1000 per hour"``.
-        items: the parsed ``limits`` items, checked in order; all must admit the call.
+        items: the parsed ``limits`` items, shortest window first (:func:`parse_rule`),
+            checked in that order; all must admit the call.
     """
 
     pattern: str
@@ -75,6 +76,14 @@ class Rule:
 
 def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
     """Parse a rule in ``limits`` notation (``"100/second"``, ``"10 per minute;1000/hour"``).
+
+    The parts come shortest window first, whatever order they were written in: a call is
+    counted against each part in turn until one refuses it, and the parts before that
+    one keep its hit (no storage takes one back), so a call a longer window refuses is
+    charged only to windows that end sooner. In the written order, ``"4/minute;2/second"``
+    charged the minute with every call the second refused: a burst of ten spent the
+    minute's four at once (two calls a minute, where ``"2/second;4/minute"`` admitted
+    four).
 
     Args:
         text: the rule string.
@@ -125,7 +134,8 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
         if match is not None and match.group(3) is not None and int(match.group(3)) == 0:
             raise ConfigError(f"{where}: rate limit window must be at least 1 unit, got 0 "
                               f"in {text!r}")
-    return items
+    # shortest window first (see above); the same window: the smaller amount first
+    return tuple(sorted(items, key=lambda item: (item.get_expiry(), item.amount)))
 
 
 class RuleTable:
