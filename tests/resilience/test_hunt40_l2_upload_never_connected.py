@@ -79,6 +79,19 @@ def _hold_until_not_ready(sub: grpc.aio.Channel) -> None:
     assert sub.get_state() is not grpc.ChannelConnectivity.READY
 
 
+def _hold_get_state_ready(
+    monkeypatch: pytest.MonkeyPatch, sub: grpc.aio.Channel, held: list[bool]
+) -> None:
+    """Make ``sub.get_state()`` read READY while ``held[0]`` is true (the pool's tracker
+    reads it too), then grpc's own state."""
+    real = sub.get_state
+
+    def get_state(try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return grpc.ChannelConnectivity.READY if held[0] else real(try_to_connect)
+
+    monkeypatch.setattr(sub, "get_state", get_state)
+
+
 async def _agen(taken: list[bytes]) -> AsyncIterator[bytes]:
     for m in (b"x", b"y", b"z"):
         taken.append(m)
@@ -132,14 +145,20 @@ async def test_an_upload_whose_attempt_never_connected_goes_to_another_endpoint(
                 assert await ch.unary_unary(method("Unary"))(b"w", timeout=5) == b"a|w"
                 a = next(ep for ep in ch.endpoints() if ep.key == "a")
                 server_a.stop(None).wait(5)
-                _hold_until_not_ready(ch._conns["a"].channel)
+                sub = ch._conns["a"].channel
+                _hold_until_not_ready(sub)
                 assert a.state is EndpointState.READY
+                # the pool's own tracking must not hear of the death before the pick
+                # either (with write() the attempt starts a loop turn later, and uvloop
+                # ran the tracker first: the call went to b at once, the case untested)
+                _hold_get_state_ready(monkeypatch, sub, held := [True])
                 real = ch._sub_channel_state
-                reads = [0]
+                reads: list[str] = []
 
                 def stale(ep: Any) -> Any:
-                    reads[0] += 1
-                    if ep is a and reads[0] == 1:  # the read made just before it died
+                    reads.append(ep.key)
+                    held[0] = False
+                    if ep is a and len(reads) == 1:  # the read made just before it died
                         return grpc.ChannelConnectivity.READY
                     return real(ep)
 
@@ -147,6 +166,7 @@ async def test_an_upload_whose_attempt_never_connected_goes_to_another_endpoint(
                 taken: list[bytes] = []
                 assert await asyncio.wait_for(_upload(ch, style, taken), 20) == b"b|x,y,z"
                 assert taken == [b"x", b"y", b"z"]  # each message taken once
+                assert reads[0] == "a", reads  # the attempt went to a first (the race)
     finally:
         server_a.stop(None)
 
