@@ -346,8 +346,8 @@ def main(argv: list[str]) -> int:
         refuse_special_file(args.out)
         args.out = args.out.resolve()  # a relative path needs the working directory
     except OSError as exc:  # a FIFO or a device; or the working directory deleted
-        print(f"meshkit prometheus-targets: --out {args.out}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(printable(f"meshkit prometheus-targets: --out {args.out}: "
+                        f"{exc.strerror or exc}"), file=sys.stderr)  # a path is any text
         return 1
     try:
         stopped_by = asyncio.run(_run(args))
