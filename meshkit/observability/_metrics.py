@@ -1191,9 +1191,16 @@ class MeshCollector:
                     _channel_samples(final) if isinstance(final, ChannelStats)
                     else _server_samples(final)))
                 self._retire(self._final([] if entry is None else entry[1], now))
+            dropped: list[_Sample] = []
             for kind, samples_of in _SAMPLES_OF:
                 for obj in tracked(kind):
-                    self._read(obj, samples_of, fams, read)
+                    self._read(obj, samples_of, fams, read, dropped)
+            # a counter series a live one stopped reporting (an endpoint its pool forgot)
+            # that stays listed (by the tally or another live one): what it counted
+            # there is kept, as one that ends leaves its counts; else the series would
+            # go backwards by it
+            self._retire([(fam, labels, value) for fam, labels, value in dropped
+                          if labels in fams[fam].values or (fam, labels) in self._retired])
             for ref in [r for r in self._last if r() is None]:  # collected since
                 self._retire(self._last.pop(ref)[1])  # (with no final counts recorded)
             self._forget_endpoints(fams)
@@ -1228,11 +1235,14 @@ class MeshCollector:
         return kept
 
     def _read(self, obj: Any, samples_of: Callable[[Any], list[_Sample]],
-              fams: dict[str, _Family], read: dict[int, Any]) -> None:
+              fams: dict[str, _Family], read: dict[int, Any],
+              dropped: list[_Sample] | None = None) -> None:
         """Add a live (or closing) ``obj``'s samples to ``fams`` and remember its
         counters; retire the counters of one that ended since the last scrape without
         recording its final ones. ``read``: snapshots taken on their own loops (by
-        ``id()``: ``obj``'s, or the exception it raised, when it is there)."""
+        ``id()``: ``obj``'s, or the exception it raised, when it is there);
+        ``dropped`` gets the counter samples of the last scrape that a live ``obj`` no
+        longer reports (an endpoint its pool forgot)."""
         ref = weakref.ref(obj)
         if not getattr(obj, "live", False):
             final = final_stats(ref)
@@ -1265,7 +1275,12 @@ class MeshCollector:
             return
         for fam, labels, value in samples:
             fams[fam].add(labels, value)
-        self._last[ref] = (samples_of, [s for s in samples if fams[s[0]].kind == "counter"])
+        counters = [s for s in samples if fams[s[0]].kind == "counter"]
+        before = self._last.get(ref)
+        if before is not None and dropped is not None:
+            reported = {(fam, labels) for fam, labels, _ in counters}
+            dropped.extend(s for s in before[1] if (s[0], s[1]) not in reported)
+        self._last[ref] = (samples_of, counters)
 
     @staticmethod
     def _final(last: list[_Sample], now: list[_Sample]) -> list[_Sample]:
