@@ -24,8 +24,10 @@ process on uvloop's event loop (``meshkit[fast]``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -196,8 +198,29 @@ def _session(got: dict[str, list[list[float]]], order: tuple[tuple[str, str], ..
             p.close()
 
 
+def _interruptible() -> dict[int, Any]:
+    """Make SIGINT (even when inherited as ignored, from a background job) and SIGTERM
+    interrupt the run with KeyboardInterrupt, so that its ``finally`` stops every worker
+    (as the runner's); returns the previous handlers for :func:`_restore`."""
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    with contextlib.suppress(ValueError):  # not in the main thread: left alone
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the A/B and print its summary."""
+    """Run the A/B and print its summary; returns 0, or 130 when interrupted (SIGINT or
+    SIGTERM: every worker stopped first)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the old code tree")
@@ -219,8 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= a.sessions <= a.rounds:
         p.error(f"need 1 <= --sessions <= --rounds, got --sessions {a.sessions}, "
                 f"--rounds {a.rounds}")
-    s = run(a.base, a.new, side=a.side, telemetry=a.telemetry, rounds=a.rounds,
-            calls=a.calls, callers=a.callers, loop=a.loop, sessions=a.sessions)["summary"]
+    previous = _interruptible()
+    try:
+        s = run(a.base, a.new, side=a.side, telemetry=a.telemetry, rounds=a.rounds,
+                calls=a.calls, callers=a.callers, loop=a.loop, sessions=a.sessions)["summary"]
+    except KeyboardInterrupt:  # _session's finally stopped the workers
+        print("\ninterrupted; every worker process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        _restore(previous)
     sides = "both sides" if a.side == "both" else f"{a.side} side"
     print(f"{sides}, telemetry {a.telemetry}, {a.rounds} alternating rounds of "
           f"{a.calls} calls, {a.callers} caller(s), {a.loop} event loop, "
