@@ -24,6 +24,7 @@ from typing import Any
 
 from benchmarks import stacks
 from benchmarks.procs import Supervisor
+from benchmarks.runner import _interruptible, _restore
 
 __all__ = ["main", "summarize"]
 
@@ -153,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await sup.close()
 
+    # SIGINT (even inherited as ignored) and SIGTERM interrupt it through go()'s finally,
+    # which stops the workers, as in the runner
+    previous = _interruptible()
     try:
         asyncio.run(go())
     except KeyboardInterrupt:
+        print("\ninterrupted; every worker process was stopped", file=sys.stderr)
         return 130
     finally:
         sup.kill_all()
+        _restore(previous)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
