@@ -472,9 +472,10 @@ class IdentityMatcher:
         refuse_str(where, patterns)
         self._patterns = tuple(patterns)
         exact: set[str] = set()
-        # the wildcard patterns by their count of '/'-segments, each split on '/' and then
-        # on '*': '*' never crosses a '/', so a match pairs the segments one to one
-        wild: dict[int, list[tuple[tuple[str, ...], ...]]] = {}
+        # each wildcard pattern as (its literal head before the first '*', its literal
+        # tail after the last, whether it has one '*', its '/'-segments each split on
+        # '*'): '*' never crosses a '/', so a match pairs the segments one to one
+        wild: list[tuple[str, str, bool, tuple[tuple[str, ...], ...]]] = []
         for p in self._patterns:
             if not isinstance(p, str) or not p:
                 raise ConfigError(f"identity patterns must be non-empty strings, got {p!r}")
@@ -482,13 +483,14 @@ class IdentityMatcher:
             if problem is not None:
                 raise ConfigError(f"{where}: {p!r} can match no peer: {problem}")
             if "*" in p:
+                pieces = p.split("*")
                 segments = tuple(tuple(seg.split("*")) for seg in p.split("/"))
-                wild.setdefault(len(segments), []).append(segments)
+                wild.append((pieces[0], pieces[-1], len(pieces) == 2, segments))
             else:
                 exact.add(p)
         self._any = "*" in self._patterns
         self._exact = frozenset(exact)
-        self._wild = {n: tuple(ps) for n, ps in wild.items()}
+        self._wild = tuple(wild)
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -506,11 +508,20 @@ class IdentityMatcher:
             return True
         # segment by segment, each in linear time: a regex ('[^/]*' per '*') backtracks
         # polynomially ("a*a*a*b" against a 2,000-character sub: over a second per call)
-        candidates = self._wild.get(identity.count("/") + 1)
-        if candidates is None:
-            return False
-        segments = identity.split("/")
-        return any(_segments_match(p, segments) for p in candidates)
+        split: list[str] | None = None
+        for head, tail, single, segments in self._wild:
+            end = len(identity) - len(tail)
+            if end < len(head) or not identity.startswith(head) or not identity.endswith(tail):
+                continue
+            if single:  # one '*': what lies between head and tail holds no '/'
+                if identity.find("/", len(head), end) < 0:
+                    return True
+                continue
+            if split is None:
+                split = identity.split("/")
+            if len(split) == len(segments) and _segments_match(segments, split):
+                return True
+        return False
 
     def __repr__(self) -> str:
         return f"IdentityMatcher({list(self._patterns)!r})"
