@@ -381,9 +381,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             if bound is not None:  # bound.finished(...), inline: one frame fewer per call
                 if code is STATUS_OK:
                     bound.ok += 1
-                else:
-                    handled = bound.handled
-                    handled[code] = handled.get(code, 0) + 1
+                else:  # under finished()'s lock: a thread switch splits get-then-set
+                    bound.count_code(code)
                 bound.counts[_bisect(bound.bounds, duration_s)] += 1
                 bound.sum_s += duration_s
                 bound.in_flight -= 1
