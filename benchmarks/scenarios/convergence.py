@@ -32,7 +32,7 @@ from typing import Any
 from benchmarks.procs import ClientProc, ServerProc
 from benchmarks.scenarios._common import Ctx, median
 
-__all__ = ["run"]
+__all__ = ["run", "summarize"]
 
 NAME = "convergence"
 #: How each registry is named in tables and targets.
@@ -54,6 +54,31 @@ def _analyse(timeline: list[list[Any]], new_id: str, t_reg: float,
         "calls": len(timeline),
         "failed": len(failed),
         "failed_codes": sorted({c[2][1:] for c in failed}),
+    }
+
+
+def summarize(name: str, reg: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's row from its rounds (:func:`_analyse`'s): ``join_s_max`` (``None``
+    when a round's new instance never served), ``join_s_median`` and ``leave_s_median``
+    over the rounds that have them (``None`` when none has: not 0.0, the fastest),
+    ``leave_s_max``, ``never_served``, ``failed_calls``, and ``registry``, its label,
+    ``balancer`` and ``layers`` from ``name`` (``<registry>-<balancer>``)."""
+    joins = [x["join_s"] for x in rs]
+    served = [j for j in joins if j is not None]
+    leaves = [x["leave_s"] for x in rs if x["served_by_new"] and x["leave_s"] is not None]
+    balancer = name.split("-", 1)[1]
+    return {
+        "registry": reg,
+        "registry_label": LABELS[reg],
+        "balancer": balancer,
+        "layers": list(BALANCERS[balancer]),
+        "join_s_max": None if any(j is None for j in joins) else max(joins),
+        "join_s_median": median(served) if served else None,
+        "leave_s_max": max(leaves) if leaves else None,
+        "leave_s_median": median(leaves) if leaves else None,
+        "never_served": sum(1 for x in rs if not x["served_by_new"]),
+        "failed_calls": sum(x["failed"] for x in rs),
+        "rounds": rs,
     }
 
 
@@ -129,24 +154,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             for name, _reg, uri, svc in (contenders if r % 2 == 0 else contenders[::-1]):
                 rows[name].append(await _round(ctx, client, name, uri, svc,
                                                f"{name}-new-{r}"))
-        out: dict[str, Any] = {}
-        for name, reg, _uri, _svc in contenders:
-            rs = rows[name]
-            joins = [x["join_s"] for x in rs]
-            leaves = [x["leave_s"] for x in rs if x["served_by_new"]]
-            out[name] = {
-                "registry": reg,
-                "registry_label": LABELS[reg],
-                "balancer": name.split("-", 1)[1],
-                "layers": list(BALANCERS[name.split("-", 1)[1]]),
-                "join_s_max": None if any(j is None for j in joins) else max(joins),
-                "join_s_median": median([j for j in joins if j is not None]),
-                "leave_s_max": max(leaves) if leaves else None,
-                "leave_s_median": median(leaves),
-                "never_served": sum(1 for x in rs if not x["served_by_new"]),
-                "failed_calls": sum(x["failed"] for x in rs),
-                "rounds": rs,
-            }
+        out = {name: summarize(name, reg, rows[name]) for name, reg, _uri, _svc in contenders}
         return {"join_obs_s": plan.join_obs_s, "leave_obs_s": plan.leave_obs_s,
                 "drain_delay_s": ctx.sup.drain_delay_s, "contenders": out}
     finally:
