@@ -12,7 +12,8 @@ with ``-W error::pytest.PytestUnraisableExceptionWarning``, and
 ``tests/discovery/test_etcd_sessions.py::test_session_of_a_loop_closed_with_its_owner_pending_is_closed[asyncio]``
 failing ``Unclosed client session`` after another test's leak in the same worker. The
 coroutine itself does it on both loops (this test). A library fault in
-``meshkit/discovery/_shared.py`` (``hold_until_cancelled``): strict xfail until fixed.
+``meshkit/discovery/_shared.py`` (``hold_until_cancelled``), fixed: on ``GeneratorExit`` it
+closes the client synchronously (``_close_without_loop``) and awaits nothing.
 """
 
 from __future__ import annotations
@@ -37,11 +38,6 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hold_until_cancelled awaits close() in its finally when its coroutine is "
-    "closed (GeneratorExit) after its loop closed: 'coroutine ignored GeneratorExit'",
-)
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"], ids=["asyncio", "uvloop"])
 def test_an_owner_collected_after_its_loop_closed_raises_nothing(
     kind: str, monkeypatch: pytest.MonkeyPatch

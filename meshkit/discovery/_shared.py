@@ -171,18 +171,58 @@ async def hold_until_cancelled(close: Callable[[], Coroutine[Any, Any, Any]],
     and run them to their end while the loop still runs), so no client of an ended loop is
     left unclosed; then once the other tasks cancelled with it have ended, at most
     ``bound_s`` seconds later (:func:`outlast_the_sweep`: a ``serve()`` task among them
-    deregisters with it as it drains)."""
+    deregisters with it as it drains).
+
+    Its loop closed with it pending (stopped, not run to its end), the garbage collector
+    later closes its coroutine (``GeneratorExit``), where nothing may be awaited: the
+    client is then closed synchronously (:func:`_close_without_loop`), never awaited
+    (that raised ``RuntimeError: coroutine ignored GeneratorExit`` and left the client
+    unclosed)."""
     me = asyncio.current_task()
     if me is not None:
         _OWNERS.add(me)
+    awaitable = True
     try:
         await asyncio.get_running_loop().create_future()
     except asyncio.CancelledError:
         await outlast_the_sweep(race, bound_s)
         raise
+    except GeneratorExit:  # collected, its loop gone: no await from here on
+        awaitable = False
+        _close_without_loop(close, ignore)
+        raise
     finally:
-        with contextlib.suppress(*ignore):
-            await close()
+        if awaitable:
+            with contextlib.suppress(*ignore):
+                await close()
+
+
+def _close_without_loop(close: Callable[[], Coroutine[Any, Any, Any]],
+                        ignore: tuple[type[BaseException], ...]) -> None:
+    """Close a client (``close``: the bound ``close`` of an aiohttp ``ClientSession``, or
+    of a py-consul client holding one as ``http._session``) where nothing can be awaited
+    (:func:`hold_until_cancelled`'s coroutine closed by the garbage collector): the
+    session's connections are shut down (``shutdown(SHUT_RDWR)``, as
+    :func:`~meshkit.discovery._resolver.abandon_session` does: the server sees them end),
+    then ``close()``'s coroutine is run up to its first suspension (aiohttp's close marks
+    its connector closed and drops its pool synchronously; with the loop closed it
+    suspends nowhere) and closed there if it would wait. Errors in ``ignore``, and
+    ``RuntimeError`` (a closed loop), are swallowed: this runs in a finaliser."""
+    owner = getattr(close, "__self__", None)
+    session = owner if hasattr(owner, "connector") else getattr(
+        getattr(owner, "http", None), "_session", None)
+    with contextlib.suppress(Exception):
+        from meshkit.discovery._resolver import _shut_down, session_sockets
+        for sock in session_sockets(session) if session is not None else ():
+            with contextlib.suppress(OSError):
+                _shut_down(sock)
+    with contextlib.suppress(*ignore, RuntimeError):
+        coro = close()
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        coro.close()  # it would wait (its loop still open, a connection to end)
 
 
 def foreign_task(task: asyncio.Task[Any] | None) -> bool:
