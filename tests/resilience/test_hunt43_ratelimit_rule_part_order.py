@@ -90,7 +90,9 @@ async def test_memory_bursts_get_two_a_second_up_to_the_minute(
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_redis_bursts_get_two_a_second_up_to_the_minute(strategy: str) -> None:
     """The same on Redis, in real time: a burst, 2.1 s, a burst; "4/minute;2/second"
-    admits two of each (before: 2 then 0)."""
+    admits the minute's four over the two bursts (before: 2 then 0). The sum, not
+    ``[2, 2]``: a burst the loaded box stretches over a second's end is admitted up to
+    four at once in real time, the minute then spent, and that is right too."""
     if not redis_ping(SHARED_REDIS_PORT):
         skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
 
@@ -102,6 +104,7 @@ async def test_redis_bursts_get_two_a_second_up_to_the_minute(strategy: str) -> 
         storage_uri=f"async+redis://127.0.0.1:{SHARED_REDIS_PORT}",
         key_prefix=f"h43po-{uuid.uuid4().hex}", storage_timeout_s=5.0))
     try:
-        assert await _bursts(limiter, advance) == [2, 2]
+        admitted = await _bursts(limiter, advance)
+        assert sum(admitted) == 4, admitted
     finally:
         await limiter.aclose()
