@@ -193,7 +193,11 @@ def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     if propagated is not None and \
             abs(time.monotonic() + remaining - propagated) <= DEADLINE_SLACK_S:
         return _DOWNSTREAM_DEADLINE
-    if admission_refusal(details, trailers) and not own_deadline_of(exc):
+    try:
+        refusal = admission_refusal(details, trailers)
+    except Exception:  # a grpc.Call of one's own: trailers of no pairs, odd details
+        return None
+    if refusal and not own_deadline_of(exc):
         return _DOWNSTREAM_REFUSAL
     return None
 
