@@ -149,7 +149,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--scenarios: {f'unknown {unknown}' if unknown else 'none given'}; "
                          f"choose from {list(SCENARIOS)}")
     args.selected = selected
-    if args.contenders:
+    if args.contenders is not None:  # '' too: an empty list, not the option left out
         names = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
         unknown = [n for n in names if n not in CONTENDERS]
         if not names:  # not raw alone, a run of nothing that was asked for
@@ -160,7 +160,7 @@ def _plan(args: argparse.Namespace) -> Plan:
                              f"choose from {', '.join(CONTENDERS)}")
         plan = dataclasses.replace(plan, overhead_only=("raw", *(n for n in names
                                                                  if n != "raw")))
-    if args.concurrency:
+    if args.concurrency is not None:  # '' too, as --contenders
         try:
             # each once, in the order given (one named twice ran all its rounds twice)
             conc = tuple(dict.fromkeys(int(c) for c in args.concurrency.split(",")
