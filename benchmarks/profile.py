@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"need --concurrency >= 1, --seconds > 0 and --top >= 0, got "
                 f"--concurrency {args.concurrency}, --seconds {args.seconds}, --top {args.top}")
     if args.layers not in ("raw", "full"):
-        unknown = [x for x in args.layers.split(",") if x and x not in stacks.LAYERS]
+        names = [x for x in args.layers.split(",") if x]
+        if not names:  # not the bare mesh, a profile of nothing that was asked for
+            p.error(f"--layers: none given in {args.layers!r}; choose raw, full or from "
+                    f"{', '.join(stacks.LAYERS)}")
+        unknown = [x for x in names if x not in stacks.LAYERS]
         if unknown:
             p.error(f"--layers: unknown {', '.join(map(repr, unknown))}; choose raw, full "
                     f"or from {', '.join(stacks.LAYERS)}")
