@@ -1,6 +1,8 @@
 """In-process A/B measurements of single hot-path levers, interleaved in one process.
 
-``python -m benchmarks.micro`` (about a minute) prints, as medians over alternating rounds:
+``python -m benchmarks.micro`` (about a minute) prints, as medians over alternating rounds
+(telemetry's "added" figures: medians of the per-round differences with the bare loop of
+the same round):
 
 * ``fusion``: CPU per unary call (client + server in this process, concurrency 16) with
   five no-op :class:`meshkit._handlers.WrappingInterceptor` checks chained as five
@@ -16,8 +18,9 @@
 * ``telemetry``: CPU each fused telemetry interceptor adds per unary call, per side
   (client interceptor with an instant continuation, server handler wrap with an instant
   handler), for tracing 100 %, metrics, access log, all three and all three at 1 %
-  sampling, minus the bare loop; and ``e2e``: the same variants on both sides of a real
-  in-process MeshServer and dial() channel (16 callers), CPU added per call over none;
+  sampling, minus the bare loop's run of the same round; and ``e2e``: the same variants
+  on both sides of a real in-process MeshServer and dial() channel (16 callers), CPU added
+  per call over none (per round, as the per-side figures);
 * ``ratelimit``: CPU per rate-limit hit (default sliding-window counter, ``memory://``,
   yielding to the event loop after each hit as a server does between calls) on ``limits``'
   own async ``MemoryStorage`` and strategies (``stock``: a coroutine per storage step, its
