@@ -53,7 +53,7 @@ def _cutting(base: type[Any], mode: str) -> type[Any]:
     """``base`` whose first ``deregister()`` waits until cancelled, and whose second
     one answers, hangs, or finds the registry closed (``mode``)."""
 
-    class Cutting(base):  # type: ignore[misc, valid-type]
+    class Cutting(base):  # type: ignore[misc]
         asked = 0
         waiting: asyncio.Event | None = None
 
