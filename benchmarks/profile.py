@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -71,6 +72,23 @@ def _load_line(res: dict[str, Any]) -> str:
             "the profile is partly or wholly of failing calls")
 
 
+async def _stop_spies(spies: list[asyncio.subprocess.Process], wait_s: float = 5.0) -> None:
+    """Stop the py-spy recorders still running (SIGTERM, SIGKILL after ``wait_s`` seconds)
+    and wait for each, on this loop: a recorder left running outlives an interrupted
+    profile, and its transport, collected after the loop closed, prints a traceback."""
+    for spy in spies:
+        if spy.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                spy.terminate()
+    for spy in spies:
+        try:
+            await asyncio.wait_for(spy.wait(), wait_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                spy.kill()
+            await spy.wait()
+
+
 async def _run(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> None:
     secrets = stacks.Secrets(workdir / "secrets")
     for note in secrets.create():
@@ -100,18 +118,21 @@ async def _run(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> None
          "duration_s": args.seconds + 2.0}, timeout_s=args.seconds + 60))
     await asyncio.sleep(0.5)
     args.out.mkdir(parents=True, exist_ok=True)
-    spies = []
-    for role, pid in (("server", server.pid), ("client", client.pid)):
-        spies.append((role, await asyncio.create_subprocess_exec(
-            args.py_spy, "record", "--pid", str(pid),
-            "--duration", str(max(1, round(args.seconds))),
-            "--rate", "250", "--format", "raw", "--output", str(args.out / f"{role}.txt"),
-            "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)))
-    for role, spy in spies:
-        _, err = await spy.communicate()
-        if spy.returncode:
-            print(f"py-spy on the {role} failed: {err.decode(errors='replace')[-400:]}")
+    spies: list[tuple[str, asyncio.subprocess.Process]] = []
+    try:
+        for role, pid in (("server", server.pid), ("client", client.pid)):
+            spies.append((role, await asyncio.create_subprocess_exec(
+                args.py_spy, "record", "--pid", str(pid),
+                "--duration", str(max(1, round(args.seconds))),
+                "--rate", "250", "--format", "raw", "--output", str(args.out / f"{role}.txt"),
+                "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)))
+        for role, spy in spies:
+            _, err = await spy.communicate()
+            if spy.returncode:
+                print(f"py-spy on the {role} failed: {err.decode(errors='replace')[-400:]}")
+    finally:  # interrupted (or failed): no recorder left running, each waited for here
+        await _stop_spies([spy for _, spy in spies])
     res = await load
     print(f"layers: {kind} {','.join(layers)}; concurrency {args.concurrency}: "
           + _load_line(res))
