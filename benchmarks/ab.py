@@ -63,7 +63,8 @@ class _Proc:
         self._reader.start()
         try:
             first = self.read().split()
-        except RuntimeError:
+        except BaseException:  # no answer in time (killed), or interrupted while it starts:
+            self.proc.kill()  # not yet in _session's list, whose finally would stop it
             self.close()
             raise
         if not first or first[0] != "ready":
