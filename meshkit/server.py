@@ -62,6 +62,7 @@ written twice. Example::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -403,14 +404,61 @@ os.register_at_fork(before=_block_handled_signals_for_fork,
                     after_in_child=_undo_signal_handlers_in_child)
 
 class _AdminSlot:
-    """The shared admin server of one event loop, its user count and its lock."""
+    """The shared admin server of one event loop, its user count and its lock;
+    ``borrowed``: the process's ephemeral-port admin server of another loop that this
+    loop's users use instead (:class:`_Borrowed`)."""
 
-    __slots__ = ("lock", "server", "users")
+    __slots__ = ("borrowed", "lock", "server", "users")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.server: AdminServer | None = None
         self.users = 0
+        self.borrowed: _Borrowed | None = None
+
+
+class _Borrowed:
+    """The process's admin server on an ephemeral port (``AdminOptions.port`` 0), served
+    by the event loop ``loop`` and used by the servers of other loops too (guarded by
+    ``_SharedAdmin._fixed_lock``): ``borrowers`` counts their users per loop,
+    ``registries`` lists every user's registry (repeats kept), for a server that takes
+    it over."""
+
+    __slots__ = ("borrowers", "loop", "options", "registries", "server")
+
+    def __init__(self, server: AdminServer, loop: asyncio.AbstractEventLoop,
+                 options: AdminOptions) -> None:
+        self.server = server
+        self.loop = loop
+        self.options = options
+        self.borrowers: dict[asyncio.AbstractEventLoop, int] = {}
+        self.registries: list[CollectorRegistry] = []
+
+
+#: The tasks moving the admin server to another loop: referenced until they end.
+_moves: set[asyncio.Task[None]] = set()
+
+
+async def _in_loop(loop: asyncio.AbstractEventLoop, call: Callable[..., object],
+                   *args: Any) -> None:
+    """``call(*args)`` in ``loop`` (another thread's), awaited up to 10 s; nothing when
+    that loop is closed."""
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            call(*args)
+        except BaseException as exc:  # handed to the waiter
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:  # closed
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.wrap_future(done), 10)
 
 
 class _SharedAdmin:
@@ -419,13 +467,25 @@ class _SharedAdmin:
     An asyncio lock and an aiohttp server belong to one event loop, so the servers of one
     loop share one admin server, started with the first of them and stopped with the last
     (their loop's slot is dropped then: it holds a lock bound to the loop, which a slot
-    kept would keep alive). Servers of another loop (``asyncio.run()`` again, a thread's
-    own loop) start one of their own on an ephemeral port; a fixed port
-    (``MESHKIT_ADMIN_PORT``, ``AdminOptions.port``) held by the admin server of another
-    loop still running is not bound again (it would fail ``EADDRINUSE``): the process has
-    its admin server there, which serves every server's ``/readyz`` and ``/debug/mesh``,
-    and the servers of this loop serve without one (a warning, no ``admin_port``
-    announced).
+    kept would keep alive).
+
+    Servers of another loop (a thread's own loop) use the same admin server too: one per
+    process, so a Prometheus scraping every announced ``admin_port`` counts no series
+    twice (each loop's own admin server served the same process-wide registry, and each
+    server announced its own port). On an ephemeral port (``AdminOptions.port`` 0, the
+    default), a loop without one borrows the running admin server of another loop started
+    with equal options, announces its port and has its registry served there
+    (:class:`_Borrowed`; registries are added and removed in the admin server's loop).
+    When the loop serving it loses its last server (its loop ending) while servers of
+    other loops still use it, it moves: it is stopped there and started again, on the same
+    port, in the loop of one of those (a warning if that port was taken meanwhile: those
+    servers then serve without one); a loop that has ended no longer lends it. A forked
+    child starts its own (the parent's loops are not in the child).
+    A fixed port (``MESHKIT_ADMIN_PORT``, ``AdminOptions.port``) held by the admin server
+    of another loop still running is not bound again (it would fail ``EADDRINUSE``): the
+    process has its admin server there, which serves every server's ``/readyz`` and
+    ``/debug/mesh``, and the servers of this loop serve without one (a warning, no
+    ``admin_port`` announced).
 
     Its ``/metrics`` serves the registry of its options (default: the process's
     :func:`~meshkit.observability.default_registry`) and the registry each of its users
@@ -441,6 +501,10 @@ class _SharedAdmin:
     # fixed admin ports of this process: port -> the loop whose admin server holds it
     _fixed: dict[int, weakref.ref[asyncio.AbstractEventLoop]] = {}
     _fixed_lock = threading.Lock()
+    # the ephemeral-port admin server other loops borrow (one per process)
+    _lent: _Borrowed | None = None
+    # the loop starting it, and what tells the others it has
+    _starting: tuple[asyncio.AbstractEventLoop, concurrent.futures.Future[None]] | None = None
 
     @classmethod
     def users(cls) -> int:
@@ -449,12 +513,67 @@ class _SharedAdmin:
         return 0 if slot is None else slot.users
 
     @classmethod
+    def _borrow(cls, options: AdminOptions, loop: asyncio.AbstractEventLoop,
+                registry: CollectorRegistry | None) -> _Borrowed | None:
+        """Count one user of ``loop`` on the process's ephemeral-port admin server of
+        another running loop started with ``options``, if there is one."""
+        if options.port != 0:
+            return None
+        with cls._fixed_lock:
+            lent = cls._lent
+            if (lent is None or lent.loop is loop or lent.options != options
+                    or lent.loop.is_closed() or not lent.loop.is_running()):
+                return None
+            lent.borrowers[loop] = lent.borrowers.get(loop, 0) + 1
+            if registry is not None:
+                lent.registries.append(registry)
+            return lent
+
+    @classmethod
+    async def _borrow_or_claim(cls, options: AdminOptions, loop: asyncio.AbstractEventLoop,
+                               registry: CollectorRegistry | None) -> _Borrowed | None:
+        """:meth:`_borrow`, waiting (30 s at most) while another loop starts the
+        process's ephemeral-port admin server; ``None``: this loop starts it (claimed:
+        :meth:`_started` ends the claim)."""
+        if options.port != 0:
+            return None
+        deadline = time.monotonic() + 30.0
+        while True:
+            lent = cls._borrow(options, loop, registry)
+            if lent is not None:
+                return lent
+            with cls._fixed_lock:
+                starting = cls._starting
+                if starting is None or starting[0] is loop or starting[1].done() \
+                        or starting[0].is_closed() or time.monotonic() >= deadline:
+                    cls._starting = (loop, concurrent.futures.Future())
+                    return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(starting[1])),
+                                       max(0.0, deadline - time.monotonic()))
+
+    @classmethod
+    def _started(cls, loop: asyncio.AbstractEventLoop, server: AdminServer | None,
+                 options: AdminOptions) -> None:
+        """``loop`` started its admin server (``None``: failed to): lend it to other
+        loops (ephemeral port) and end ``loop``'s claim (:meth:`_borrow_or_claim`)."""
+        if options.port != 0:
+            return
+        with cls._fixed_lock:
+            if server is not None and (cls._lent is None or cls._lent.loop.is_closed()):
+                cls._lent = _Borrowed(server, loop, options)
+            starting = cls._starting
+            if starting is not None and starting[0] is loop:
+                cls._starting = None
+                starting[1].set_result(None)
+
+    @classmethod
     async def acquire(cls, options: AdminOptions,
                       registry: CollectorRegistry | None = None) -> AdminServer | None:
-        """The running loop's admin server, started if it has none, serving ``registry``
-        (where the user's metrics go) at ``/metrics`` until :meth:`release`; ``None``
-        when ``options.port`` is fixed and held by the admin server of another loop of
-        this process (warned).
+        """The process's admin server (the running loop's, started if neither it nor
+        another running loop has one), serving ``registry`` (where the user's metrics go)
+        at ``/metrics`` until :meth:`release`; ``None`` when ``options.port`` is fixed and
+        held by the admin server of another loop of this process (warned).
 
         Raises:
             OSError: the admin server's address cannot be bound.
@@ -469,6 +588,21 @@ class _SharedAdmin:
                     continue  # its last user released and dropped it while we waited
                 try:
                     if slot.server is None:
+                        lent = slot.borrowed or await cls._borrow_or_claim(options, loop,
+                                                                           registry)
+                        if lent is not None:
+                            if slot.borrowed is None:
+                                slot.borrowed = lent
+                            else:  # counted by _borrow only for a first borrow
+                                with cls._fixed_lock:
+                                    lent.borrowers[loop] = lent.borrowers.get(loop, 0) + 1
+                                    if registry is not None:
+                                        lent.registries.append(registry)
+                            slot.users += 1
+                            if registry is not None:
+                                await _in_loop(lent.loop, lent.server.add_registry,
+                                               registry)
+                            return lent.server
                         if not cls._reserve(options.port, loop):
                             _log.warning("admin port held by the admin server of another "
                                          "event loop of this process; serving without an "
@@ -480,12 +614,17 @@ class _SharedAdmin:
                                                            "meshkit-admin-start")
                         except BaseException:
                             cls._unreserve(options.port, loop)
+                            cls._started(loop, None, options)
                             raise
                         slot.server = server
+                        cls._started(loop, server, options)
                         _log.info("admin server", url=server.url)
                     slot.users += 1
                     if registry is not None:
                         slot.server.add_registry(registry)
+                        with cls._fixed_lock:
+                            if cls._lent is not None and cls._lent.server is slot.server:
+                                cls._lent.registries.append(registry)
                     return slot.server
                 finally:
                     if slot.users == 0:
@@ -495,13 +634,34 @@ class _SharedAdmin:
     async def release(cls, registry: CollectorRegistry | None = None) -> None:
         """One user of the running loop's admin server is gone (its ``registry``, as
         given to :meth:`acquire`, leaves ``/metrics`` unless another user counts there);
-        the last stops it."""
+        the last stops it (or moves it to another loop still using it)."""
         loop = asyncio.get_running_loop()
         slot = cls._slots.get(loop)
         if slot is None:
             return
         async with slot.lock:
             slot.users -= 1
+            lent = slot.borrowed
+            if lent is not None:
+                with cls._fixed_lock:
+                    left = lent.borrowers.get(loop, 0) - 1
+                    if left > 0:
+                        lent.borrowers[loop] = left
+                    else:
+                        lent.borrowers.pop(loop, None)
+                    if registry is not None and registry in lent.registries:
+                        lent.registries.remove(registry)
+                    host, served = lent.loop, lent.server
+                if registry is not None:
+                    await _in_loop(host, served.remove_registry, registry)
+                if slot.users <= 0 and cls._slots.get(loop) is slot:
+                    del cls._slots[loop]
+                return
+            with cls._fixed_lock:
+                lent = cls._lent if cls._lent is not None and \
+                    cls._lent.server is slot.server else None
+                if lent is not None and registry is not None and registry in lent.registries:
+                    lent.registries.remove(registry)
             if slot.users > 0:
                 if registry is not None and slot.server is not None:
                     slot.server.remove_registry(registry)
@@ -510,10 +670,71 @@ class _SharedAdmin:
             if cls._slots.get(loop) is slot:
                 del cls._slots[loop]
             if server is not None:
+                port = server.port
                 try:
                     await server.stop()
                 finally:
                     cls._unreserve(server.options.port, loop)
+                    if lent is not None:
+                        cls._hand_over(lent, port)
+
+    @classmethod
+    def _hand_over(cls, lent: _Borrowed, port: int) -> None:
+        """``lent``'s loop lost its last server: start it again on ``port`` in the loop
+        of a borrower still running, or forget it when there is none."""
+        with cls._fixed_lock:
+            heirs = [h for h in lent.borrowers if not h.is_closed()]
+            if cls._lent is not lent:
+                return
+            for heir in heirs:
+                try:
+                    heir.call_soon_threadsafe(cls._start_take_over, heir, lent, port)
+                except RuntimeError:  # closed meanwhile
+                    lent.borrowers.pop(heir, None)
+                    continue
+                lent.loop = heir
+                return
+            cls._lent = None
+
+    @classmethod
+    def _start_take_over(cls, heir: asyncio.AbstractEventLoop, lent: _Borrowed,
+                         port: int) -> None:
+        task = heir.create_task(cls._take_over(lent, port), name="meshkit-admin-move")
+        _moves.add(task)
+        task.add_done_callback(_moves.discard)
+
+    @classmethod
+    async def _take_over(cls, lent: _Borrowed, port: int) -> None:
+        """In a borrower's loop: serve ``lent``'s admin server here, on ``port``."""
+        loop = asyncio.get_running_loop()
+        slot = cls._slots.get(loop)
+        if slot is None or slot.borrowed is not lent:
+            with cls._fixed_lock:
+                lent.borrowers.pop(loop, None)
+            cls._hand_over(lent, port)
+            return
+        async with slot.lock:
+            with cls._fixed_lock:
+                registries = list(lent.registries)
+            server = AdminServer(dataclasses.replace(lent.options, port=port),
+                                 dashboard_registry=registries[0] if registries else None)
+            try:
+                await _in_a_context_of_its_own(server.start(), "meshkit-admin-start")
+            except Exception as exc:  # warned: served without one
+                _log.warning("admin server not moved to another event loop: its port "
+                             "could not be bound again", admin_port=port,
+                             error=f"{type(exc).__name__}: {exc}"[:300])
+                with cls._fixed_lock:
+                    if cls._lent is lent:
+                        cls._lent = None
+                return
+            for registry in registries:
+                server.add_registry(registry)
+            with cls._fixed_lock:
+                lent.borrowers.pop(loop, None)
+                lent.server = server
+            slot.server, slot.borrowed = server, None
+            _log.info("admin server moved to another event loop", url=server.url)
 
     @classmethod
     def _reserve(cls, port: int, loop: asyncio.AbstractEventLoop) -> bool:
@@ -535,6 +756,17 @@ class _SharedAdmin:
             held = cls._fixed.get(port)
             if held is not None and held() in (loop, None):
                 del cls._fixed[port]
+
+    @classmethod
+    def _forget_in_forked_child(cls) -> None:
+        """The parent's admin servers and loops are not the child's: it starts its own."""
+        cls._fixed_lock = threading.Lock()
+        cls._fixed = {}
+        cls._lent = None
+        cls._starting = None
+
+
+os.register_at_fork(after_in_child=_SharedAdmin._forget_in_forked_child)
 
 
 _MESH_CHECKS = {
