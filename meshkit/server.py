@@ -608,8 +608,8 @@ class _SharedAdmin:
                                          "event loop of this process; serving without an "
                                          "admin server", admin_port=options.port)
                             return None
-                        server = AdminServer(options, dashboard_registry=registry)
-                        try:
+                        try:  # a claim (ephemeral port) ends however this ends
+                            server = AdminServer(options, dashboard_registry=registry)
                             await _in_a_context_of_its_own(server.start(),
                                                            "meshkit-admin-start")
                         except BaseException:
