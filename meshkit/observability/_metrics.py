@@ -140,13 +140,19 @@ def rpc_metrics(registry: CollectorRegistry | None = None) -> RpcMetrics:
 class _CreationLock:
     """A process-wide lock (:func:`rpc_metrics` makes a registry's :class:`RpcMetrics`
     under one, :meth:`_Record.finished` counts a non-OK code under another); a new one
-    in a forked child: a thread of the parent may have held it at the fork."""
+    in a forked child: a thread of the parent may have held it at the fork.
+
+    Reentrant: a garbage collection may run while a thread holds it (from Python 3.12
+    one that is due runs at the eval breaker of ``StatusCode.__hash__``, Python code
+    called to count the code) and finalize a stream handler's generator, whose telemetry
+    finishes that call ``CANCELLED`` on the same thread, under the same lock: with a
+    plain lock the thread waited for itself for ever."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
 
     def _forget_parent(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
 
 
 def set_certificate_expiry(service: str, not_after_unix_s: float, *,
