@@ -156,6 +156,7 @@ from meshkit.discovery._types import (
     Instance,
     Outage,
     RegistryStatus,
+    ServiceReads,
     ServiceSnapshot,
     StatusTracker,
     is_default,
@@ -1191,12 +1192,9 @@ class ConsulRegistry:
         self._tracker = StatusTracker("consul")
         # watch number -> instances it keeps after the agent lost its state (status())
         self._kept: dict[int, int] = {}
-        # each watched service's reads, and how many watches of it run (under
-        # _reads_mutex: watches of several threads' loops): one service's failing
-        # queries are that service's fault, not every service's (see _watch_failed)
-        self._reads: dict[str, StatusTracker] = {}
-        self._watchers: dict[str, int] = {}
-        self._reads_mutex = threading.Lock()
+        # each watched service's reads: one service's failing queries are that
+        # service's fault, not every service's (see _watch_failed)
+        self._reads = ServiceReads("consul")
         self._watch_ids = itertools.count()
         _registries.add(self)  # reset in a forked child: _forget_parent
 
@@ -1245,9 +1243,7 @@ class ConsulRegistry:
         race.closed = self._race.closed
         self._race = race
         self._kept = {}
-        self._reads = {}
-        self._watchers = {}
-        self._reads_mutex = threading.Lock()
+        self._reads = ServiceReads("consul")
 
     @classmethod
     def from_uri(
@@ -1378,26 +1374,17 @@ class ConsulRegistry:
             _log.info("consul readable again", agent=self.options.base_url,
                       outage_s=round(duration, 3))
 
-    def _service_reads(self, service: str) -> StatusTracker | None:
-        """The read record of watched ``service`` (made at its first outcome); None once
-        its last watch ended."""
-        with self._reads_mutex:
-            reads = self._reads.get(service)
-            if reads is None and self._watchers.get(service):
-                reads = self._reads[service] = StatusTracker("consul")
-            return reads
-
     def _watch_failed(self, service: str, error: str) -> Outage | None:
         """Record a failed query of a watch of ``service``; what the watch logs
         (``"started"``, ``"reminder"`` or None): the registry's read outage while every
         watched service's latest query failed (it fails then, and only then), else the
         service's own. The registry's ``read_errors`` and ``last_error`` take each
         failure."""
-        reads = self._service_reads(service)
+        reads = self._reads.record(service)
         if reads is None:
             return self._tracker.read_failed(error)
         outage = reads.read_failed(error)
-        if all(t.read.ok is False for t in list(self._reads.values())):
+        if self._reads.all_failing():
             return self._tracker.read_failed(error)
         # counted; the registry still reads (other services' watches do)
         self._tracker.read.errors += 1
@@ -1407,7 +1394,7 @@ class ConsulRegistry:
     def _watch_read_ok(self, service: str) -> None:
         """Record a successful query of a watch of ``service`` (the service's outage's
         end logged, with the registry's as :meth:`_read_ok` logs it)."""
-        reads = self._service_reads(service)
+        reads = self._reads.record(service)
         registry_failing = self._tracker.read.ok is False  # its end logged by _read_ok
         if (reads is not None and (duration := reads.read_ok()) is not None
                 and not registry_failing):
@@ -1419,16 +1406,7 @@ class ConsulRegistry:
         """A watch of ``service`` ended: the last one takes its record along; if it was
         failing and other watched services read, the registry reads again (a blocking
         query reports only when it answers)."""
-        with self._reads_mutex:
-            left = self._watchers.get(service, 0) - 1
-            if left > 0:
-                self._watchers[service] = left
-                return
-            self._watchers.pop(service, None)
-            gone = self._reads.pop(service, None)
-            others = list(self._reads.values())
-        if (gone is not None and others and self._tracker.read.ok is False
-                and not all(t.read.ok is False for t in others)):
+        if self._reads.watch_ended(service, self._tracker):
             self._read_ok()
 
     def _write_ok(self) -> None:
@@ -2326,8 +2304,7 @@ class ConsulRegistry:
         per_check = grace_s > 0 and is_default(grace_s)
         loop = asyncio.get_running_loop()
         me = next(self._watch_ids)
-        with self._reads_mutex:
-            self._watchers[service] = self._watchers.get(service, 0) + 1
+        self._reads.watch_started(service)
         index = 0
         highest = 0  # the highest X-Consul-Index answered, kept across errors
         last: frozenset[Instance] | None = None
@@ -2498,15 +2475,7 @@ class ConsulRegistry:
             status = replace(status, kept_endpoints=sum(self._kept.values()))
         if service is None:
             return status
-        reads = self._reads.get(service)
-        if reads is None:
-            return replace(status, readable=None)
-        own = reads.status()  # the service's reads' outage, and the registry's writes'
-        since = [t for t in (own.failing_since_s, self._tracker.write.since_wall)
-                 if t is not None]
-        return replace(
-            status, readable=own.readable, failing_since_s=min(since) if since else None,
-            last_error=own.last_error if own.readable is False else status.last_error)
+        return self._reads.status(service, self._tracker, status)
 
     async def close(self) -> None:
         """Stop heartbeats, end every watch (their iterators finish) and close the client.

@@ -237,6 +237,7 @@ from meshkit.discovery._types import (
     Instance,
     Outage,
     RegistryStatus,
+    ServiceReads,
     ServiceSnapshot,
     StatusTracker,
     is_default,
@@ -1103,13 +1104,10 @@ class EtcdRegistry:
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
         self._kept: dict[int, int] = {}
-        # each watched service's reads (its watches' ranges and streams), and how many
-        # watches of it run: one refused watch (etcd's permission denied on its prefix)
-        # is that service's fault, not every service's (see _outcome)
-        self._reads: dict[str, StatusTracker] = {}
-        self._watchers: dict[str, int] = {}
-        # both counted by watches of several threads' loops at once
-        self._reads_mutex = threading.Lock()
+        # each watched service's reads (its watches' ranges and streams): one refused
+        # watch (etcd's permission denied on its prefix) is that service's fault, not
+        # every service's (see _outcome)
+        self._reads = ServiceReads("etcd")
         # the key of each unusable value -> monotonic time it was last logged
         self._unusable_logged: dict[bytes, float] = {}
         self._watch_ids = itertools.count()
@@ -1190,9 +1188,7 @@ class EtcdRegistry:
         self._check_at = 0.0
         self._kept_at = -float("inf")
         self._kept = {}
-        self._reads = {}
-        self._watchers = {}
-        self._reads_mutex = threading.Lock()
+        self._reads = ServiceReads("etcd")
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -1607,10 +1603,7 @@ class EtcdRegistry:
 
     def _service_outcome(self, service: str, error: str | None) -> None:
         """:meth:`_outcome` of a read of a watch of ``service``."""
-        with self._reads_mutex:
-            reads = self._reads.get(service)
-            if reads is None and self._watchers.get(service):
-                reads = self._reads[service] = StatusTracker("etcd")
+        reads = self._reads.record(service)
         if reads is None:  # its last watch ended meanwhile: the registry's only
             self._outcome(False, error)
             return
@@ -1630,7 +1623,7 @@ class EtcdRegistry:
         # warning and its reminders for all, as before), else this service's own
         outage = reads.read_failed(error)
         failing_for_s = reads.failing_for_s(False)
-        if all(t.read.ok is False for t in list(self._reads.values())):
+        if self._reads.all_failing():
             outage = tracker.read_failed(error)
             failing_for_s = tracker.failing_for_s(False)
         else:  # counted, the registry still reads (another service's watches do)
@@ -1647,16 +1640,7 @@ class EtcdRegistry:
         """A watch of ``service`` ended: the last one takes its reads' record along; if it
         was failing and the other watched services read, the registry reads again (their
         streams report only when something comes)."""
-        with self._reads_mutex:
-            left = self._watchers.get(service, 0) - 1
-            if left > 0:
-                self._watchers[service] = left
-                return
-            self._watchers.pop(service, None)
-            gone = self._reads.pop(service, None)
-            others = list(self._reads.values())
-        if (gone is not None and others and self._tracker.read.ok is False
-                and not all(t.read.ok is False for t in others)):
+        if self._reads.watch_ended(service, self._tracker):
             self._tracker.read_ok()
 
     def _key(self, instance: Instance) -> bytes:
@@ -2125,8 +2109,7 @@ class EtcdRegistry:
         if not service:
             raise ConfigError(f"service must not be empty, got {service!r}")
         queue: asyncio.Queue[_Update] = asyncio.Queue()
-        with self._reads_mutex:
-            self._watchers[service] = self._watchers.get(service, 0) + 1
+        self._reads.watch_started(service)
         follower = asyncio.create_task(self._follow(service, queue),
                                        name=f"meshkit-etcd-watch-{service}")
         me = next(self._watch_ids)
@@ -2627,15 +2610,7 @@ class EtcdRegistry:
                                      kept_endpoints=sum(self._kept.values()))
         if service is None:
             return status
-        reads = self._reads.get(service)
-        if reads is None:
-            return dataclasses.replace(status, readable=None)
-        own = reads.status()  # the service's reads' outage, and the registry's writes'
-        since = [t for t in (own.failing_since_s, self._tracker.write.since_wall)
-                 if t is not None]
-        return dataclasses.replace(
-            status, readable=own.readable, failing_since_s=min(since) if since else None,
-            last_error=own.last_error if own.readable is False else status.last_error)
+        return self._reads.status(service, self._tracker, status)
 
     async def close(self) -> None:
         """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent; a

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from meshkit._config import check_int, check_string_map, check_strings
@@ -336,6 +337,85 @@ class StatusTracker:
             reopened=self.reopened, last_error=self.last_error,
             failing_since_s=min(since) if since else None,
         )
+
+
+class ServiceReads:
+    """Each watched service's read record of a registry (a :class:`StatusTracker` per
+    service) and how many watches of it run, for ``status(service)``: one service's
+    failing reads (an etcd prefix its user may not read, a Consul path answering 500) are
+    that service's fault, not every service's.
+
+    Thread-safe: watches of several threads' event loops count at once. A service's
+    record is made at its first outcome while a watch of it runs (:meth:`record`) and
+    dropped with its last watch (:meth:`watch_ended`), so the records are bounded by the
+    services watched. ``kind``: the registry's, e.g. ``"etcd"``."""
+
+    __slots__ = ("_mutex", "_reads", "_watchers", "kind")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._reads: dict[str, StatusTracker] = {}
+        self._watchers: dict[str, int] = {}
+        self._mutex = threading.Lock()
+
+    def watch_started(self, service: str) -> None:
+        """A watch of ``service`` began (its outcomes are recorded from now on)."""
+        with self._mutex:
+            self._watchers[service] = self._watchers.get(service, 0) + 1
+
+    def record(self, service: str) -> StatusTracker | None:
+        """The read record of watched ``service``, made at its first outcome; None once
+        its last watch ended (an outcome then is the registry's only)."""
+        with self._mutex:
+            reads = self._reads.get(service)
+            if reads is None and self._watchers.get(service):
+                reads = self._reads[service] = StatusTracker(self.kind)
+            return reads
+
+    def get(self, service: str) -> StatusTracker | None:
+        """The read record of ``service`` if it has one (none made)."""
+        return self._reads.get(service)
+
+    def all_failing(self) -> bool:
+        """Whether every watched service's latest read failed (the registry's reads fail
+        then, and only then)."""
+        return all(t.read.ok is False for t in list(self._reads.values()))
+
+    def watch_ended(self, service: str, registry: StatusTracker) -> bool:
+        """A watch of ``service`` ended: the last one takes its record along. True when
+        the registry, failing, reads again because of it (its failing service gone, the
+        other watched services read): the caller records the registry's read as ok."""
+        with self._mutex:
+            left = self._watchers.get(service, 0) - 1
+            if left > 0:
+                self._watchers[service] = left
+                return False
+            self._watchers.pop(service, None)
+            gone = self._reads.pop(service, None)
+            others = list(self._reads.values())
+        return (gone is not None and bool(others) and registry.read.ok is False
+                and not all(t.read.ok is False for t in others))
+
+    def status(self, service: str, registry: StatusTracker,
+               status: RegistryStatus) -> RegistryStatus:
+        """``status`` (the registry's :class:`RegistryStatus`) as ``service``'s watches
+        read: ``readable`` None while none runs or none answered yet, else its reads';
+        ``failing_since_s`` its reads' outage or the registry's writes'; ``last_error``
+        its own while it fails."""
+        reads = self._reads.get(service)
+        if reads is None:
+            return replace(status, readable=None)
+        own = reads.status()
+        since = [t for t in (own.failing_since_s, registry.write.since_wall)
+                 if t is not None]
+        return replace(
+            status, readable=own.readable, failing_since_s=min(since) if since else None,
+            last_error=own.last_error if own.readable is False else status.last_error)
+
+    def __len__(self) -> int:
+        """How many services have a read record or a running watch."""
+        with self._mutex:
+            return len(self._reads.keys() | self._watchers.keys())
 
 
 class _Side:
