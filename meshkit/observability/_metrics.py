@@ -150,9 +150,14 @@ class _CreationLock:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        # _count_code's: whether a count runs, and the counts nested in it (a finalizer's)
+        self.counting = False
+        self.nested: list[tuple[dict[grpc.StatusCode, int], grpc.StatusCode]] = []
 
     def _forget_parent(self) -> None:
         self.lock = threading.RLock()
+        self.counting = False
+        self.nested = []
 
 
 def set_certificate_expiry(service: str, not_after_unix_s: float, *,
@@ -355,9 +360,7 @@ class _Record:
             # under a lock: a StatusCode hashes in Python, and a thread switch between
             # the read and the write lost another thread's count (one method's record
             # is shared by the channels and servers of every event loop of the process)
-            with _CODES.lock:
-                handled = self.handled
-                handled[code] = handled.get(code, 0) + 1
+            _count_code(self.handled, code)
         self.counts[_bisect(self.bounds, duration_s)] += 1
         self.sum_s += duration_s
         self.in_flight -= 1
@@ -368,9 +371,29 @@ class _Record:
         (``grpc_*_handled_total``), thread-safe: what :meth:`finished` does for a non-OK
         code, for a caller that counts a call's other parts inline (the server telemetry's
         ``_finish``). ``code``: a ``grpc.StatusCode`` other than ``OK``."""
-        with _CODES.lock:
-            handled = self.handled
+        _count_code(self.handled, code)
+
+
+def _count_code(handled: dict[grpc.StatusCode, int], code: grpc.StatusCode) -> None:
+    """Add one to ``handled[code]`` under ``_CODES``' lock. The lock is reentrant (see
+    :class:`_CreationLock`): a finalizer run by a collection inside a count (at a hash of
+    ``code``, the read's or the write's) counts on the same thread. Such a nested count
+    is queued and added by the outer one after its own write: made in place, between the
+    outer read and write, the outer write put back the value read plus one, and the
+    nested count was lost."""
+    with _CODES.lock:
+        if _CODES.counting:  # nested in a count of this thread: the outer one adds it
+            _CODES.nested.append((handled, code))
+            return
+        _CODES.counting = True
+        try:
             handled[code] = handled.get(code, 0) + 1
+            nested = _CODES.nested
+            while nested:
+                more, again = nested.pop()
+                more[again] = more.get(again, 0) + 1
+        finally:
+            _CODES.counting = False
 
 
 class BoundServer(_Record):
