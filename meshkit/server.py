@@ -435,6 +435,9 @@ class _Borrowed:
         self.registries: list[CollectorRegistry] = []
 
 
+#: A count on a borrowed admin server: it, and its loop and server read with the count.
+_Lease = tuple[_Borrowed, asyncio.AbstractEventLoop, AdminServer]
+
 #: The tasks moving the admin server to another loop: referenced until they end.
 _moves: set[asyncio.Task[None]] = set()
 
@@ -514,7 +517,7 @@ class _SharedAdmin:
 
     @classmethod
     def _borrow(cls, options: AdminOptions, loop: asyncio.AbstractEventLoop,
-                registry: CollectorRegistry | None) -> _Borrowed | None:
+                registry: CollectorRegistry | None) -> _Lease | None:
         """Count one user of ``loop`` on the process's ephemeral-port admin server of
         another running loop started with ``options``, if there is one."""
         if options.port != 0:
@@ -524,15 +527,40 @@ class _SharedAdmin:
             if (lent is None or lent.loop is loop or lent.options != options
                     or lent.loop.is_closed() or not lent.loop.is_running()):
                 return None
-            lent.borrowers[loop] = lent.borrowers.get(loop, 0) + 1
-            if registry is not None:
-                lent.registries.append(registry)
-            return lent
+            return cls._count(lent, loop, registry)
+
+    @classmethod
+    def _count(cls, lent: _Borrowed, loop: asyncio.AbstractEventLoop,
+               registry: CollectorRegistry | None) -> _Lease:
+        """Count one user of ``loop`` on ``lent`` (``_fixed_lock`` held): its loop and
+        server read with the count, so that a move (:meth:`_take_over`, which lists
+        the registries once it has swapped the server in) either lists ``registry`` or
+        is the server ``registry`` is added to."""
+        lent.borrowers[loop] = lent.borrowers.get(loop, 0) + 1
+        if registry is not None:
+            lent.registries.append(registry)
+        return lent, lent.loop, lent.server
+
+    @classmethod
+    def _uncount(cls, lent: _Borrowed, loop: asyncio.AbstractEventLoop,
+                 registry: CollectorRegistry | None) -> tuple[asyncio.AbstractEventLoop,
+                                                              AdminServer]:
+        """Undo one :meth:`_count` (``_fixed_lock`` not held): the loop and server to
+        remove ``registry`` from, read with it."""
+        with cls._fixed_lock:
+            left = lent.borrowers.get(loop, 0) - 1
+            if left > 0:
+                lent.borrowers[loop] = left
+            else:
+                lent.borrowers.pop(loop, None)
+            if registry is not None and registry in lent.registries:
+                lent.registries.remove(registry)
+            return lent.loop, lent.server
 
     @classmethod
     async def _borrow_or_claim(cls, options: AdminOptions, loop: asyncio.AbstractEventLoop,
-                               registry: CollectorRegistry | None) -> _Borrowed | None:
-        """:meth:`_borrow`, waiting (30 s at most) while another loop starts the
+                               registry: CollectorRegistry | None) -> _Lease | None:
+        """:meth:`_borrow`, waiting (30 s at most) while another loop, running, starts the
         process's ephemeral-port admin server; ``None``: this loop starts it (claimed:
         :meth:`_started` ends the claim)."""
         if options.port != 0:
@@ -544,13 +572,14 @@ class _SharedAdmin:
                 return lent
             with cls._fixed_lock:
                 starting = cls._starting
+                # a loop not running (stopped mid-start, or closed) starts nothing
                 if starting is None or starting[0] is loop or starting[1].done() \
-                        or starting[0].is_closed() or time.monotonic() >= deadline:
+                        or not starting[0].is_running() or time.monotonic() >= deadline:
                     cls._starting = (loop, concurrent.futures.Future())
                     return None
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError):  # looked at again each second
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(starting[1])),
-                                       max(0.0, deadline - time.monotonic()))
+                                       min(1.0, max(0.0, deadline - time.monotonic())))
 
     @classmethod
     def _started(cls, loop: asyncio.AbstractEventLoop, server: AdminServer | None,
@@ -588,20 +617,23 @@ class _SharedAdmin:
                     continue  # its last user released and dropped it while we waited
                 try:
                     if slot.server is None:
-                        lent = slot.borrowed or await cls._borrow_or_claim(options, loop,
-                                                                           registry)
-                        if lent is not None:
-                            if slot.borrowed is None:
-                                slot.borrowed = lent
-                            else:  # counted by _borrow only for a first borrow
-                                with cls._fixed_lock:
-                                    lent.borrowers[loop] = lent.borrowers.get(loop, 0) + 1
-                                    if registry is not None:
-                                        lent.registries.append(registry)
+                        lease: _Lease | None
+                        if slot.borrowed is not None:
+                            with cls._fixed_lock:
+                                lease = cls._count(slot.borrowed, loop, registry)
+                        else:
+                            lease = await cls._borrow_or_claim(options, loop, registry)
+                        if lease is not None:
+                            lent, host, served = lease
+                            slot.borrowed = lent
                             slot.users += 1
                             if registry is not None:
-                                await _in_loop(lent.loop, lent.server.add_registry,
-                                               registry)
+                                try:
+                                    await _in_loop(host, served.add_registry, registry)
+                                except BaseException:  # not a user: uncounted
+                                    slot.users -= 1
+                                    cls._uncount(lent, loop, registry)
+                                    raise
                             return lent.server
                         if not cls._reserve(options.port, loop):
                             _log.warning("admin port held by the admin server of another "
@@ -643,15 +675,7 @@ class _SharedAdmin:
             slot.users -= 1
             lent = slot.borrowed
             if lent is not None:
-                with cls._fixed_lock:
-                    left = lent.borrowers.get(loop, 0) - 1
-                    if left > 0:
-                        lent.borrowers[loop] = left
-                    else:
-                        lent.borrowers.pop(loop, None)
-                    if registry is not None and registry in lent.registries:
-                        lent.registries.remove(registry)
-                    host, served = lent.loop, lent.server
+                host, served = cls._uncount(lent, loop, registry)
                 if registry is not None:
                     await _in_loop(host, served.remove_registry, registry)
                 if slot.users <= 0 and cls._slots.get(loop) is slot:
@@ -715,9 +739,9 @@ class _SharedAdmin:
             return
         async with slot.lock:
             with cls._fixed_lock:
-                registries = list(lent.registries)
+                first = lent.registries[0] if lent.registries else None
             server = AdminServer(dataclasses.replace(lent.options, port=port),
-                                 dashboard_registry=registries[0] if registries else None)
+                                 dashboard_registry=first)
             try:
                 await _in_a_context_of_its_own(server.start(), "meshkit-admin-start")
             except Exception as exc:  # warned: served without one
@@ -728,11 +752,12 @@ class _SharedAdmin:
                     if cls._lent is lent:
                         cls._lent = None
                 return
-            for registry in registries:
-                server.add_registry(registry)
-            with cls._fixed_lock:
+            with cls._fixed_lock:  # listed with the swap: see _count
                 lent.borrowers.pop(loop, None)
                 lent.server = server
+                registries = list(lent.registries)
+            for registry in registries:
+                server.add_registry(registry)
             slot.server, slot.borrowed = server, None
             _log.info("admin server moved to another event loop", url=server.url)
 
