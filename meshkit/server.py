@@ -484,6 +484,14 @@ class _SharedAdmin:
     port, in the loop of one of those (a warning if that port was taken meanwhile: those
     servers then serve without one); a loop that has ended no longer lends it. A forked
     child starts its own (the parent's loops are not in the child).
+    Limits: while it moves, scrapes are refused (the port is free between its stop and
+    its start); a borrower's ``MeshServer.admin`` stays the :class:`AdminServer` it
+    borrowed (after a move: the stopped one, of the same ``url`` and ``port``); a loop
+    closed with servers never stopped (``loop.close()`` with no ``asyncio.run``
+    shutdown) does not hand it over, and the loops that borrowed it keep announcing
+    its port (their next servers too) until their own servers have all stopped; a
+    borrower's start and stop wait up to 10 s each for a busy serving loop to add or
+    remove its registry.
     A fixed port (``MESHKIT_ADMIN_PORT``, ``AdminOptions.port``) held by the admin server
     of another loop still running is not bound again (it would fail ``EADDRINUSE``): the
     process has its admin server there, which serves every server's ``/readyz`` and
