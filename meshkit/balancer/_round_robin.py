@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from meshkit._config import check_clock, check_rng
 from meshkit._fork import reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex, noop_done
-from meshkit.balancer._slow_start import SlowStart, check_slow_start
+from meshkit.balancer._slow_start import Ramped, SlowStart, check_slow_start
 
 _READY = EndpointState.READY
 _IDLE = EndpointState.IDLE
@@ -20,7 +20,7 @@ _WALK = 8
 __all__ = ["RoundRobin"]
 
 
-class RoundRobin:
+class RoundRobin(Ramped):
     """Round robin over usable endpoints, as gRPC's ``round_robin`` LB policy.
 
     READY endpoints are taken in turn (the turn passes over endpoints that are not
@@ -82,17 +82,6 @@ class RoundRobin:
     def _forget_parent(self) -> None:
         """In a forked child: a new random position (see the class)."""
         self._next = int.from_bytes(os.urandom(4), "big") % (1 << 30)
-
-    def cold_start(self, on: bool) -> None:
-        """The channel's pool says whether the next updates belong to the first discovery
-        answer (``on``), whose endpoints never ramp (see
-        :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`)."""
-        if self._ramp is not None:
-            self._ramp.cold = bool(on)
-
-    def weight(self, ep: Endpoint) -> float:
-        """Slow-start weight of ``ep`` in (0, 1]; 1 without slow start or past its ramp."""
-        return 1.0 if self._ramp is None else self._ramp.weight(ep)
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list (order is kept as given)."""

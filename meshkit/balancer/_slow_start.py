@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from meshkit._config import check_number
 from meshkit.balancer._endpoint import Endpoint, EndpointState, StateIndex
 
-__all__ = ["SlowStart", "check_slow_start"]
+__all__ = ["Ramped", "SlowStart", "check_slow_start"]
 
 _READY = EndpointState.READY
 
@@ -144,3 +144,23 @@ class SlowStart(StateIndex):
             r.credit -= 1.0
             return True
         return False
+
+
+class Ramped:
+    """What RoundRobin and WeightedRoundRobin share of their optional slow start: a
+    balancer holding a :class:`SlowStart` (or ``None``: no slow start) as ``_ramp``, in
+    a ``__slots__`` of its own."""
+
+    __slots__ = ()
+    _ramp: SlowStart | None
+
+    def cold_start(self, on: bool) -> None:
+        """The channel's pool says whether the next updates belong to the first discovery
+        answer (``on``), whose endpoints never ramp (see
+        :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`)."""
+        if self._ramp is not None:
+            self._ramp.cold = bool(on)
+
+    def weight(self, ep: Endpoint) -> float:
+        """Slow-start weight of ``ep`` in (0, 1]; 1 without slow start or past its ramp."""
+        return 1.0 if self._ramp is None else self._ramp.weight(ep)

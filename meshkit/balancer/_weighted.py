@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Sequence
 from meshkit._config import check_clock, check_int, check_rng
 from meshkit._fork import ForkSafeRandom, reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, StateIndex, noop_done
-from meshkit.balancer._slow_start import SlowStart, check_slow_start
+from meshkit.balancer._slow_start import Ramped, SlowStart, check_slow_start
 
 __all__ = ["RingHash", "WeightedRoundRobin"]
 
@@ -24,7 +24,7 @@ _MAX_RING = 8 * 1024 * 1024  # gRPC's limit of ring_hash's max_ring_size (gRFC A
 _LCM_MAX = 1 << 46  # a weights' multiple this large makes a cycle of 2**62 turns: floats
 
 
-class WeightedRoundRobin:
+class WeightedRoundRobin(Ramped):
     """Weighted round robin over ``Instance.weight`` by earliest-deadline-first scheduling
     (Envoy's ``EdfScheduler``): an endpoint of weight ``w`` has a turn every ``1/w`` of a
     cycle, and each pick takes the endpoint whose turn is due first (ties: the one queued
@@ -128,17 +128,6 @@ class WeightedRoundRobin:
         self._heap = []
         self._set_aside_none()
         self.update(eps)
-
-    def cold_start(self, on: bool) -> None:
-        """The channel's pool says whether the next updates belong to the first discovery
-        answer (``on``), whose endpoints never ramp (see
-        :meth:`P2C.cold_start <meshkit.balancer.P2C.cold_start>`)."""
-        if self._ramp is not None:
-            self._ramp.cold = bool(on)
-
-    def weight(self, ep: Endpoint) -> float:
-        """Slow-start weight of ``ep`` in (0, 1]; 1 without slow start or past its ramp."""
-        return 1.0 if self._ramp is None else self._ramp.weight(ep)
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list. Endpoints that stay keep their place in the cycle
