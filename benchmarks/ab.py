@@ -24,10 +24,8 @@ process on uvloop's event loop (``meshkit[fast]``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import queue
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,9 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from benchmarks._interrupt import interruptible as _interruptible
+from benchmarks._interrupt import restore as _restore
 
 __all__ = ["main", "run"]
 
@@ -197,26 +198,6 @@ def _session(got: dict[str, list[list[float]]], order: tuple[tuple[str, str], ..
             p.end_input()
         for p in procs:
             p.close()
-
-
-def _interruptible() -> dict[int, Any]:
-    """Make SIGINT (even when inherited as ignored, from a background job) and SIGTERM
-    interrupt the run with KeyboardInterrupt, so that its ``finally`` stops every worker
-    (as the runner's); returns the previous handlers for :func:`_restore`."""
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous: dict[int, Any] = {}
-    with contextlib.suppress(ValueError):  # not in the main thread: left alone
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
-    return previous
-
-
-def _restore(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from typing import Any
 
 import meshkit
 from benchmarks import report, stacks
+from benchmarks._interrupt import interruptible as _interruptible
+from benchmarks._interrupt import restore as _restore
 from benchmarks.procs import REPO, Supervisor, WorkerError
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios._common import PLANS, Ctx, Plan
@@ -236,26 +237,6 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
     results["duration_s"] = round(time.monotonic() - started, 2)
     results["targets"] = report.targets(results)
     return results
-
-
-def _interruptible() -> dict[int, Any]:
-    """Make SIGINT (even when inherited as ignored, e.g. from a background job) and
-    SIGTERM interrupt the run, so that its ``finally`` blocks stop every worker; returns
-    the previous handlers for :func:`_restore`."""
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous: dict[int, Any] = {}
-    with contextlib.suppress(ValueError):  # not in the main thread: leave them alone
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
-    return previous
-
-
-def _restore(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None, *, prog: str = "meshkit bench") -> int:
