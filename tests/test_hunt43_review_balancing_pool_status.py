@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,24 +46,13 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class _AuthEtcd(EtcdCluster):
-    def call(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """root (role root), and app: read and write on ``_ALLOWED``'s prefix only."""
-    cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
+    cluster = EtcdCluster(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _ROOT_PW})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
+        cluster.add_root(_ROOT_PW)
         cluster.call("/auth/role/add", {"name": "app"})
         start = f"{_PREFIX}{_ALLOWED}/"
         end = start[:-1] + "0"  # '/' + 1
@@ -73,13 +60,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
             "permType": "READWRITE", "key": _b64(start), "range_end": _b64(end)}})
         cluster.call("/auth/user/add", {"name": "app", "password": _APP_PW})
         cluster.call("/auth/user/grant", {"user": "app", "role": "app"})
-        cluster.call("/auth/enable", {})
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()
 
 
-async def test_a_channel_whose_own_prefix_is_refused_fails_fast(node: _AuthEtcd) -> None:
+async def test_a_channel_whose_own_prefix_is_refused_fails_fast(node: EtcdCluster) -> None:
     """Another service of the registry reads (``status()`` is not False): the channel of
     the refused service still fails its call UNAVAILABLE well before its 30 s
     ``resolve_timeout_s``, saying the registry cannot be read, and is

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,13 +40,6 @@ class _AuthEtcd(EtcdCluster):
         for m in self.members:
             m.args += ["--auth-token-ttl", str(_TOKEN_TTL_S)]
 
-    def call(self, path: str, body: dict[str, Any], token: str | None = None) -> Any:
-        headers = {} if token is None else {"Authorization": token}
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST", headers=headers)
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +48,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
     cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _PASSWORD})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
-        cluster.call("/auth/enable", {})
+        cluster.add_root(_PASSWORD)
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()

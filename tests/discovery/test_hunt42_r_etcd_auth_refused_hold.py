@@ -14,8 +14,6 @@ that calls through."""
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,13 +33,6 @@ _N = 8
 
 
 class _AuthEtcd(EtcdCluster):
-    def call(self, path: str, body: dict[str, Any], token: str | None = None) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": token} if token else {})
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
 
     def root_token(self) -> str:
         return str(self.call("/auth/authenticate",
@@ -53,10 +44,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
     cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _PASSWORD})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
-        cluster.call("/auth/enable", {})
+        cluster.add_root(_PASSWORD)
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()

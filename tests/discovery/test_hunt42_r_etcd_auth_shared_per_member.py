@@ -16,12 +16,9 @@ that takes connections and never answers, listed first."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,24 +31,13 @@ pytestmark = pytest.mark.timeout(60)
 _PASSWORD = "sh4red-Pa55word"
 
 
-class _AuthEtcd(EtcdCluster):
-    def call(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
-    cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _PASSWORD})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
-        cluster.call("/auth/enable", {})
+        cluster.add_root(_PASSWORD)
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()
@@ -80,7 +66,7 @@ def _registry(node: EtcdCluster, silent: str) -> EtcdRegistry:
         backoff_base_s=0.05, backoff_max_s=0.2))
 
 
-async def test_a_read_authenticates_at_the_next_member(node: _AuthEtcd) -> None:
+async def test_a_read_authenticates_at_the_next_member(node: EtcdCluster) -> None:
     """snapshot() (one pass over the members): the silent member's authenticate times
     out, the next member's is its own (before: it waited for the silent one's and failed
     with its timeout: RegistryError)."""
@@ -96,7 +82,7 @@ async def test_a_read_authenticates_at_the_next_member(node: _AuthEtcd) -> None:
         server.close()
 
 
-async def test_a_register_goes_on_at_the_next_member(node: _AuthEtcd) -> None:
+async def test_a_register_goes_on_at_the_next_member(node: EtcdCluster) -> None:
     """register() (writes persist for operation_timeout_s): before, every attempt went
     silent member -> next member waiting for the silent one's authenticate, and it failed
     after 3 s though the next member was fine."""

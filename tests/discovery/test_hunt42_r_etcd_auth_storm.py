@@ -14,8 +14,6 @@ refreshes it under a lock). A real etcd node with authentication on; the registr
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,12 +41,6 @@ class _AuthEtcd(EtcdCluster):
         for m in self.members:
             m.args += ["--auth-token-ttl", str(_TOKEN_TTL_S)]
 
-    def call(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +48,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
     cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _PASSWORD})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
-        cluster.call("/auth/enable", {})
+        cluster.add_root(_PASSWORD)
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()

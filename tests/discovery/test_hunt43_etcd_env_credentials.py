@@ -8,11 +8,8 @@ quoted in an error, a ``repr`` or a log. A real etcd with authentication on."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
@@ -73,30 +70,19 @@ def test_an_empty_user_name_is_refused_without_the_password() -> None:
     assert _SECRET not in str(info.value), str(info.value)
 
 
-class _AuthEtcd(EtcdCluster):
-    def call(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
-    cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _SECRET})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
-        cluster.call("/auth/enable", {})
+        cluster.add_root(_SECRET)
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()
 
 
-async def test_a_registry_from_the_environment_authenticates(node: _AuthEtcd) -> None:
+async def test_a_registry_from_the_environment_authenticates(node: EtcdCluster) -> None:
     """``ETCDCTL_USER=root:<password>`` reaches an etcd with authentication on: register
     and watch work, and no log line carries the password."""
     env = {"ETCDCTL_ENDPOINTS": ",".join(node.endpoints), "ETCDCTL_USER": f"root:{_SECRET}"}

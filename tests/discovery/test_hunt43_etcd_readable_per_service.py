@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,24 +36,13 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class _AuthEtcd(EtcdCluster):
-    def call(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
-            data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """root (role root), and app: read and write on ``_ALLOWED``'s prefix only."""
-    cluster = _AuthEtcd(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
+    cluster = EtcdCluster(require_etcd_binary(), Path(tmp_path_factory.mktemp("etcd")))
     try:
         cluster.start_blocking()
-        cluster.call("/auth/role/add", {"name": "root"})
-        cluster.call("/auth/user/add", {"name": "root", "password": _ROOT_PW})
-        cluster.call("/auth/user/grant", {"user": "root", "role": "root"})
+        cluster.add_root(_ROOT_PW)
         cluster.call("/auth/role/add", {"name": "app"})
         start = f"{_PREFIX}{_ALLOWED}/"
         end = start[:-1] + "0"  # '/' + 1
@@ -63,13 +50,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthEtcd]:
             "permType": "READWRITE", "key": _b64(start), "range_end": _b64(end)}})
         cluster.call("/auth/user/add", {"name": "app", "password": _APP_PW})
         cluster.call("/auth/user/grant", {"user": "app", "role": "app"})
-        cluster.call("/auth/enable", {})
+        cluster.enable_auth()
         yield cluster
     finally:
         cluster.close()
 
 
-async def test_one_refused_watch_leaves_other_services_readable(node: _AuthEtcd) -> None:
+async def test_one_refused_watch_leaves_other_services_readable(node: EtcdCluster) -> None:
     a = make_instance(_ALLOWED, 1)
     root = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), user="root",
                                     password=_ROOT_PW, **FAST))
@@ -106,7 +93,7 @@ async def test_one_refused_watch_leaves_other_services_readable(node: _AuthEtcd)
         await root.close()
 
 
-async def test_the_refused_service_reports_its_outage_start(node: _AuthEtcd) -> None:
+async def test_the_refused_service_reports_its_outage_start(node: EtcdCluster) -> None:
     """``status(service)`` of the refused service gives its outage's start
     (``failing_since_s``) and its error; the readable one none."""
     app = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), user="app",
@@ -128,7 +115,7 @@ async def test_the_refused_service_reports_its_outage_start(node: _AuthEtcd) -> 
         await app.close()
 
 
-async def test_a_refused_watch_logs_its_outage_once(node: _AuthEtcd) -> None:
+async def test_a_refused_watch_logs_its_outage_once(node: EtcdCluster) -> None:
     """One warning naming the refused service over its retries, no "readable again"
     line each time another service's stream answers (the registry-wide outcome started
     and ended an outage at every turn: a warning per retry)."""

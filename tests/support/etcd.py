@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.ports import free_port
 from tests.support.skips import skip_or_fail
@@ -248,6 +249,27 @@ class EtcdCluster:
         with urllib.request.urlopen(req, timeout=5) as resp:
             out: dict[str, object] = json.loads(resp.read())
             return out
+
+    def call(self, path: str, body: dict[str, object], token: str | None = None) -> Any:
+        """POST ``body`` to the first member's gateway at ``/v3<path>`` with etcd's auth
+        ``token`` (the ``Authorization`` header) when given; the decoded JSON answer."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.members[0].client_port}/v3{path}",
+            data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": token} if token else {})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def add_root(self, password: str) -> None:
+        """Add the user ``root`` with ``password`` and the role ``root`` (auth still off:
+        :meth:`enable_auth`)."""
+        self.call("/auth/role/add", {"name": "root"})
+        self.call("/auth/user/add", {"name": "root", "password": password})
+        self.call("/auth/user/grant", {"user": "root", "role": "root"})
+
+    def enable_auth(self) -> None:
+        """Turn etcd's authentication on (``etcdctl auth enable``)."""
+        self.call("/auth/enable", {})
 
     def close(self) -> None:
         """Kill every member."""
