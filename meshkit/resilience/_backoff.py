@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import dataclass, field
 
 from meshkit._config import check_number
@@ -12,6 +13,10 @@ from meshkit._fork import ForkSafeRandom
 from meshkit.errors import ConfigError
 
 __all__ = ["Backoff"]
+
+# the bound of an uncapped delay whose growth passes a float's range: finite, so the
+# jitter's uniform(0, cap) draws a number (uniform(0, inf) is inf, or NaN on a 0 draw)
+_LONGEST_S = sys.float_info.max
 
 
 class _OwnRandom(ForkSafeRandom):
@@ -31,11 +36,15 @@ class _OwnRandom(ForkSafeRandom):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Backoff:
     """Delay before retry ``n`` (1-based): uniform in ``[0, min(max_delay_s,
-    base_delay_s * multiplier ** (n - 1))]``.
+    base_delay_s * multiplier ** (n - 1))]`` (gRFC A6 "Exponential backoff", with full
+    jitter); never infinite or NaN: with ``max_delay_s=math.inf`` a growth past the
+    largest float (about 1.8e308 s: ``multiplier=1e200`` at the third retry, the default
+    2.0 past the 1,000th) is capped there.
 
     Args:
         base_delay_s: cap of the first delay, seconds (default 0.025).
-        max_delay_s: cap of any delay, seconds (default 1.0).
+        max_delay_s: cap of any delay, seconds (default 1.0; ``math.inf``: no cap but
+            the largest finite float).
         multiplier: growth per retry, >= 1 (default 2.0).
         rng: random source (default a new ``random.Random``, reseeded in a child made by
             ``os.fork()`` and in a copy, pickled or deep-copied, so workers forked from
@@ -75,7 +84,12 @@ class Backoff:
             )
 
     def cap_s(self, retry: int) -> float:
-        """The upper bound of the delay before retry number ``retry`` (1-based), seconds."""
+        """The upper bound of the delay before retry number ``retry`` (1-based), seconds:
+        finite, at most ``max_delay_s`` and the largest float.
+
+        Raises:
+            ValueError: ``retry`` below 1.
+        """
         if retry < 1:
             raise ValueError(f"retry is 1-based, got {retry!r}")
         base = self.base_delay_s
@@ -84,9 +98,15 @@ class Backoff:
         try:  # gRFC A6: min(initial_backoff * multiplier ** (n - 1), max_backoff)
             grown = base * self.multiplier ** (retry - 1)
         except OverflowError:  # past any float: past max_delay_s as well
-            return self.max_delay_s
-        return min(self.max_delay_s, grown)
+            return min(self.max_delay_s, _LONGEST_S)
+        # an infinite max_delay_s caps nothing: a product past the largest float is inf
+        return min(self.max_delay_s, grown, _LONGEST_S)
 
     def delay_s(self, retry: int) -> float:
-        """A jittered delay before retry number ``retry`` (1-based), seconds."""
+        """A jittered delay before retry number ``retry`` (1-based), seconds: uniform in
+        ``[0, cap_s(retry)]``, finite.
+
+        Raises:
+            ValueError: ``retry`` below 1.
+        """
         return self.rng.uniform(0.0, self.cap_s(retry))
