@@ -27,6 +27,7 @@ import structlog
 from opentelemetry import trace
 
 from meshkit._config import check_bool, check_int, check_number
+from meshkit._env import decimal_number
 from meshkit._log import (  # installs the quiet default
     _plain_traceback,
     get_logger,
@@ -1485,11 +1486,9 @@ def configure_logging(level: str | int | None = None, *, json: bool | None = Non
     )
     if access_log_flush_interval_s is None:
         raw = env.get("MESHKIT_ACCESS_LOG_FLUSH_S", "")
-        try:
-            access_log_flush_interval_s = float(raw) if raw.strip() else (
-                0.2 if json else 0.0)
-        except ValueError:
-            access_log_flush_interval_s = math.nan
+        # a plain decimal number, as every MESHKIT_* number (not float()'s "1_0")
+        read = decimal_number(raw) if raw.strip() else (0.2 if json else 0.0)
+        access_log_flush_interval_s = math.nan if read is None else read
         if not 0 <= access_log_flush_interval_s <= 60:  # nan too
             raise ConfigError(f"MESHKIT_ACCESS_LOG_FLUSH_S must be seconds in [0, 60], "
                               f"got {raw!r}")
