@@ -16,7 +16,11 @@ Example::
 
 Also here: :func:`server_chain` (the interceptors ``serve()`` installs, in the one
 documented order) and the typed snapshots ``stats()`` returns (:class:`ChannelStats`,
-:class:`ServerStats`, :class:`EndpointStats`, :class:`RetrySnapshot`).
+:class:`ServerStats`, :class:`EndpointStats`, :class:`RetrySnapshot`), and
+:data:`DOWNSTREAM_STATUS_KEY` (``"meshkit-downstream-status"``: the trailer a meshkit
+server answers with, beside ``RESOURCE_EXHAUSTED``, when a call its handler made was
+refused ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED`` and the error escaped; its value the
+root refusal's code name, carried up a chain of any length).
 
 Packages: :mod:`meshkit.discovery` (registries: local, Consul, etcd),
 :mod:`meshkit.balancer` (balancers, filters, outlier ejection), :mod:`meshkit.resilience`
@@ -37,6 +41,7 @@ from meshkit._lazy import first_read_lock
 if TYPE_CHECKING:
     from meshkit._loop import run, uvloop_installed
     from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot, ServerStats
+    from meshkit._unhandled import DOWNSTREAM_STATUS_KEY
     from meshkit.channel import DialOptions, MeshChannel, dial
     from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
     from meshkit.errors import (
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "DOWNSTREAM_STATUS_KEY",
     "CallKind",
     "ChannelStats",
     "ClientCallDetails",
@@ -100,6 +106,7 @@ __all__ = [
 # for the parts it uses.
 _LAZY = {
     **dict.fromkeys(("run", "uvloop_installed"), "meshkit._loop"),
+    "DOWNSTREAM_STATUS_KEY": "meshkit._unhandled",
     **dict.fromkeys(("ChannelStats", "EndpointStats", "RetrySnapshot", "ServerStats"),
                     "meshkit._stats"),
     **dict.fromkeys(("DialOptions", "MeshChannel", "dial"), "meshkit.channel"),

@@ -83,8 +83,11 @@ _DOWNSTREAM_REFUSAL = DOWNSTREAM_REFUSAL_DETAILS
 
 DOWNSTREAM_STATUS_KEY = "meshkit-downstream-status"
 """The trailer a meshkit server answers a downstream refusal that escaped its handler with
-(:func:`downstream_refusal`): its value the downstream's status code name
-(``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``)."""
+(:func:`downstream_refusal`), beside ``RESOURCE_EXHAUSTED``: its value the status code
+name (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``) of the root refusal, the downstream's own
+code or, when the downstream is a meshkit server that answered so itself, the code its
+own trailer named (a chain of any length names the first refusal). Exported as
+``meshkit.DOWNSTREAM_STATUS_KEY``."""
 
 _DOWNSTREAM_REFUSALS = frozenset({grpc.StatusCode.UNAVAILABLE,
                                   grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -111,7 +114,10 @@ def downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
     alike on every endpoint: ``None``, as for an ``INVALID_ARGUMENT``. Such a refusal is
     answered ``RESOURCE_EXHAUSTED`` "a call the handler made was refused (<CODE>)" with
     the trailer :data:`DOWNSTREAM_STATUS_KEY` ``: <CODE>`` (:func:`unhandled_answer`,
-    :class:`UnhandledErrorInterceptor`). The failure path only; never raises."""
+    :class:`UnhandledErrorInterceptor`). A downstream ``RESOURCE_EXHAUSTED`` that carries
+    that trailer itself (a meshkit server's answer to a refusal further down) gives the
+    code its trailer names (:func:`_root_refusal`), so a chain of any length answers its
+    first caller with the root refusal's code. The failure path only; never raises."""
     if not _is_call_error(exc):
         return None
     call: Any = exc
@@ -121,11 +127,35 @@ def downstream_refusal(exc: Exception, context: Any) -> grpc.StatusCode | None:
             return None
     except Exception:  # a grpc.Call of one's own that cannot tell
         return None
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        code = _root_refusal(call, code)
     own = status_code_of(context.code())
     if own is not None and own is not grpc.StatusCode.OK:
         return None
     refused: grpc.StatusCode = code
     return refused
+
+
+_ROOT_REFUSALS = {code.name: code for code in _DOWNSTREAM_REFUSALS}
+"""The values of a downstream's :data:`DOWNSTREAM_STATUS_KEY` trailer taken as its root
+refusal (:func:`_root_refusal`); any other value is no meshkit server's and is ignored."""
+
+
+def _root_refusal(call: Any, code: grpc.StatusCode) -> grpc.StatusCode:
+    """The root refusal of a downstream call's ``RESOURCE_EXHAUSTED``: the code its
+    :data:`DOWNSTREAM_STATUS_KEY` trailer names when it carries one of
+    :data:`_ROOT_REFUSALS` (the downstream is a meshkit server that answered so for a
+    refusal further down: A -> B -> C, C ``UNAVAILABLE``, B answers A
+    ``RESOURCE_EXHAUSTED`` with the trailer ``UNAVAILABLE``, and A passes ``UNAVAILABLE``
+    on, not B's ``RESOURCE_EXHAUSTED``), else ``code``. Never raises."""
+    try:
+        trailers = call.trailing_metadata() or ()
+        for key, value in trailers:
+            if key == DOWNSTREAM_STATUS_KEY:
+                return _ROOT_REFUSALS.get(value, code) if isinstance(value, str) else code
+    except Exception:  # a grpc.Call of one's own: no trailers, or not pairs
+        return code
+    return code
 
 
 def _refused_details(code: grpc.StatusCode) -> str:
