@@ -43,8 +43,9 @@ from urllib.parse import urlsplit
 
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -95,6 +96,7 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 _TD_CHARS_RE = re.compile(r"[a-z0-9._-]+")
 _URI_SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
 _MAX_ID_BYTES = 2048
+_MIN_RSA_BITS = 2048  # a peer's RSA leaf key (NIST SP 800-131A; _certs.MIN_RSA_BITS, own keys)
 _MAX_TD_BYTES = 255  # SPIFFE ID §2.3: the URI host's bound (RFC 3986)
 _PEM_BEGIN = b"-----BEGIN "
 _PEM_END_RE = re.compile(rb"-----END [^-\r\n]+-----")
@@ -693,10 +695,18 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
                        ) from None
     if isinstance(bc, x509.BasicConstraints) and bc.ca:
         raise _Refused("the certificate is a CA certificate (CA:TRUE), not a workload's")
-    if isinstance(ku, x509.KeyUsage) and (
-        not ku.digital_signature or ku.key_cert_sign or ku.crl_sign
-    ):
+    if not isinstance(ku, x509.KeyUsage):  # X.509-SVID §4.3: MUST be set on every SVID
+        raise _Refused("no keyUsage extension: a leaf X.509-SVID must have one with "
+                       "digitalSignature (X.509-SVID §4.3)")
+    if not ku.digital_signature or ku.key_cert_sign or ku.crl_sign:
         raise _Refused("key usage is not a workload's (digitalSignature, no keyCertSign/cRLSign)")
+    try:
+        public_key = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise _Refused("the certificate's public key cannot be read") from None
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < _MIN_RSA_BITS:
+        raise _Refused(f"RSA {public_key.key_size}-bit key: a workload's RSA key must have "
+                       f"at least {_MIN_RSA_BITS} bits (NIST SP 800-131A)")
     if isinstance(eku, x509.ExtendedKeyUsage) and not any(o in eku for o in _CLIENT_AUTH):
         raise _Refused("extended key usage does not allow client authentication")
     names = list(san) if isinstance(san, x509.SubjectAlternativeName) else []
@@ -797,8 +807,11 @@ class PeerVerifier:
       RFC 5280 §4.2.1.10; another name type under a CA constraining that type is
       refused), and in each CA's trust domain when it names one (``spiffe://<td>`` URI
       SAN); a CA of the bundle with malformed extensions issues nothing;
-    * is itself no CA (``CA:FALSE`` or no basicConstraints), has key usage (if present)
-      ``digitalSignature`` without ``keyCertSign``/``cRLSign``, extended key usage (if
+    * is itself no CA (``CA:FALSE`` or no basicConstraints), has a keyUsage extension
+      with ``digitalSignature`` and without ``keyCertSign``/``cRLSign`` (X.509-SVID §4.3:
+      every SVID carries keyUsage; go-spiffe refuses a leaf without it too), an RSA key,
+      if RSA, of at least 2048 bits (NIST SP 800-131A, as :func:`load_workload_key`
+      asks of a workload's own key), extended key usage (if
       present) allowing client authentication, and exactly one URI SAN of any scheme
       (X.509-SVID §2), which must be a workload ID ``spiffe://<td>/svc/<service>``; no
       DNS name in ``svc.<td>`` but its own identity name ``<service>.svc.<td>`` (another
