@@ -652,7 +652,9 @@ class TokenIssuer:
                 is not a non-empty string (``""``; quoted), or ``extra_claims`` that is
                 no mapping of non-empty string names to JSON values (RFC 8259: NaN or
                 infinity, a datetime, a set, bytes are none; the claim named, its value
-                never quoted).
+                never quoted), or holds a nested object with a name that is no string
+                (``{1: ...}``: JSON would write ``"1"``, possibly twice in one object,
+                RFC 7519 §4; the claim and that name quoted).
         """
         if not subject or not isinstance(subject, str):
             raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -704,7 +706,33 @@ def _extra_claims(extra: object) -> dict[str, Any]:
                 f"extra_claims[{name!r}] is no JSON value (RFC 8259: strings, finite "
                 "numbers, booleans, null, lists and objects of them; NaN or infinity, "
                 "a datetime, a set or bytes are none)") from None
+        bad = _non_string_name(value)
+        if bad:
+            member = bad[0]
+            raise ConfigError(
+                f"extra_claims[{name!r}]: member name {member!r} is no string; JSON would "
+                f"write it as {json.dumps(member)!r}, which may duplicate another name "
+                "(RFC 7519 §4: claim names must be unique; RFC 8259 §4)")
     return dict(extra)
+
+
+def _non_string_name(value: object) -> tuple[object] | tuple[()]:
+    """``(name,)``: the first member name that is no string in the objects nested in
+    ``value`` (a JSON value: :func:`json.dumps` took it; ``None`` may be that name), else
+    ``()``. A dict's ``1``, ``True`` or
+    ``None`` name is written ``"1"``, ``"true"``, ``"null"``: beside that string name, the
+    object would hold one name twice."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Mapping):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    return (k,)
+                todo.append(item)
+        elif isinstance(v, list | tuple):
+            todo.extend(v)
+    return ()
 
 
 def check_algorithms(name: str, value: object) -> tuple[str, ...]:
