@@ -67,6 +67,11 @@ _GZIP_LEVEL = 1
 """The gzip level of ``/metrics``: a 1 MB exposition (10,000 samples) ~16x smaller in
 ~4 ms; level 6 or 9 (``gzip.compress``'s default) takes four times longer for 3-6 %
 less."""
+_MAX_CONNECTIONS = 100
+"""Connections an admin server keeps open at once: one more (a scraper's new one, a
+client opening many and sending nothing) closes the oldest (:class:`_ConnectionCap`),
+so that idle connections, each otherwise kept for the 75 s keep-alive, cannot hold
+sockets and memory without bound."""
 _RESERVED = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
@@ -207,6 +212,11 @@ class AdminServer:
     ``400`` aiohttp itself answers a request it cannot parse (a malformed header line,
     a bad ``Content-Length``): it is made before the application sees a request, and
     has neither (its ``text/plain`` body quotes the offending line).
+
+    At most 100 connections are kept open at once (``_MAX_CONNECTIONS``): one more
+    closes the oldest (an idle one at once, one mid-answer after its answer), so a
+    client opening many keep-alive connections and sending nothing (each otherwise kept
+    75 s) holds no more sockets than that.
 
     ``/metrics`` serves further registries given with :meth:`add_registry` (the shared
     admin server of ``serve()``: the default registry and every server's telemetry
@@ -433,6 +443,8 @@ class AdminServer:
                 self._release_render_threads()
             raise RuntimeError("admin server stopped while starting")
         self._host_checked = _all_loopback(runner.addresses)
+        if runner.server is not None:
+            _ConnectionCap(runner.server, _MAX_CONNECTIONS)
         self._runner, self.port = runner, port
         _log.info("admin server listening", address=f"{uri_host(self.options.host)}:{self.port}")
         return self.port
@@ -629,6 +641,40 @@ class AdminServer:
         if pool is None:
             return encode()
         return await asyncio.get_running_loop().run_in_executor(pool, encode)
+
+
+class _ConnectionCap:
+    """At most ``limit`` open connections on an aiohttp ``web.Server``: each one past it
+    closes the oldest (an idle one at once, as aiohttp's keep-alive timeout closes it:
+    ``force_close()``; one answering once its answer is sent: ``close()``), so a
+    client opening many connections and sending nothing cannot hold more than
+    ``limit`` sockets (aiohttp has no such option: its only bound
+    is the keep-alive timeout). The oldest, not the new one, goes: refusing new ones
+    would let whoever holds ``limit`` idle connections lock a Prometheus out; a scraper
+    whose keep-alive connection was closed opens a new one.
+
+    Installed on the server's ``connection_made`` (the public hook each
+    ``RequestHandler`` calls with itself when its connection is made)."""
+
+    __slots__ = ("_made", "_server", "limit")
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self._server = server
+        self._made = server.connection_made
+        self.limit = limit
+        server.connection_made = self.connection_made  # type: ignore[method-assign]
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        self._made(handler, transport)
+        handlers = self._server.connections  # oldest first (insertion order)
+        for old in handlers[:max(0, len(handlers) - self.limit)]:
+            # aiohttp tells no idleness publicly: its own keep-alive check reads the
+            # handler's state; a handler without the attribute is closed at once
+            if getattr(old, "_request_in_progress", False):
+                old.close()  # answering: closed once the answer is sent
+            else:
+                old.force_close()  # idle (or not started): its close() would leave the
+                # socket open (the waiting task is cancelled, nothing closes it)
 
 
 class _Ping:
