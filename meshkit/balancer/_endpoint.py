@@ -194,6 +194,14 @@ class Balancer(Protocol):
     the wrappers (:class:`~meshkit.balancer.EjectingBalancer`,
     :class:`~meshkit.balancer.ZoneAwareBalancer`) look it up with ``getattr``: a
     balancer without it is never asked; a wrapper of one's own should forward it.
+
+    Optional: ``census(endpoints)``, every endpoint of the service, those out of
+    rotation included: :class:`~meshkit.balancer.EjectingBalancer` calls it with its
+    whole list before the ``update`` that gives the endpoints in rotation, so a
+    balancer can count an ejected endpoint as unhealthy
+    (:class:`~meshkit.balancer.ZoneAwareBalancer`'s spillover share, as Envoy counts
+    ejected hosts for a locality's health). Looked up with ``getattr``, as
+    ``cold_start``; a wrapper of one's own should forward it.
     """
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:

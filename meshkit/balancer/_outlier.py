@@ -257,7 +257,7 @@ class EjectingBalancer:
             rotation (panic routing, module docstring).
     """
 
-    __slots__ = ("_all", "_cap", "_clock", "_ejected", "_health", "_inner", "_lean_ok",
+    __slots__ = ("_all", "_cap", "_census", "_clock", "_ejected", "_health", "_inner", "_lean_ok",
                  "_max_times", "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free",
                  "_opts", "_rate_interval_s", "_recheck_at", "_turn", "_waiting", "ejections",
                  "panic_picks")
@@ -273,6 +273,10 @@ class EjectingBalancer:
         check_instance("options", options, OutlierOptions)
         check_clock("clock", clock, wall=False)
         self._inner = inner
+        # the inner balancer's optional census (Balancer): told every endpoint, so that
+        # it can count the ejected ones as unhealthy (ZoneAwareBalancer's spillover)
+        self._census: Callable[[Sequence[Endpoint]], object] | None = getattr(
+            inner, "census", None)
         self._opts = options or OutlierOptions()
         self._ok_fails = _OK in self._opts.failure_codes
         # the failure-rate rule counts one interval's calls (gRFC A50, Envoy): 0.0 when
@@ -318,7 +322,9 @@ class EjectingBalancer:
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list; the ejection state of an endpoint that stays (same
-        instance id and address) is kept, an endpoint at a new address starts afresh."""
+        instance id and address) is kept, an endpoint at a new address starts afresh.
+        The inner balancer gets the endpoints in rotation (``update``), after the whole
+        list (its ``census``, where it has one: :class:`~meshkit.balancer.Balancer`)."""
         w = self._opts.failure_rate_window
         old = self._health
         health = {}
@@ -336,6 +342,8 @@ class EjectingBalancer:
         # binary float product 375 * 18.4 / 100 falls just short (68.99999999999999)
         percent = Fraction(repr(float(self._opts.max_ejection_percent)))
         self._cap = max(1, math.floor(percent * len(self._all) / 100))
+        if self._census is not None:  # every endpoint, the ejected ones included
+            self._census(self._all)
         self._sync()
 
     def _sync(self) -> None:

@@ -74,10 +74,12 @@ class ZoneAwareBalancer:
       are healthy, 84 % with 6, 14 % with 1), instead of every local call on the few
       endpoints left. A call drawn to spill over stays local when the other zones'
       pick is ``FAILING`` or there is none; a retry (``exclude``) follows the rules
-      above only. Outlier ejection hands this balancer the endpoints in rotation only,
-      so an ejected local endpoint counts in neither ``healthy`` nor ``local`` (Envoy
-      counts it unhealthy): a zone whose endpoints are ejected spills over only once
-      every one is.
+      above only. An endpoint ejected by outlier ejection counts in ``local`` and not
+      in ``healthy``, as Envoy counts an ejected host unhealthy for its locality's
+      health: :class:`~meshkit.balancer.EjectingBalancer` hands this balancer the
+      endpoints in rotation (``update``) and every endpoint (:meth:`census`), so a
+      local zone with 7 of 10 endpoints ejected keeps 42 % of the calls, not all of
+      them on the 3 left.
 
     The common pick (a READY local endpoint) costs one inner pick and two tests. Give it
     as the channel's balancer factory (the channel puts outlier ejection around it)::
@@ -103,8 +105,8 @@ class ZoneAwareBalancer:
             (quoted).
     """
 
-    __slots__ = ("_by_state", "_factor", "_local", "_local_eps", "_local_stream", "_other",
-                 "_other_stream", "_rng", "zone")
+    __slots__ = ("_by_state", "_factor", "_local", "_local_all", "_local_eps", "_local_out",
+                 "_local_stream", "_other", "_other_stream", "_rng", "zone")
 
     def __init__(self, zone: str, inner: Callable[[], Balancer] = P2C, *,
                  overprovisioning_factor: float = 1.4,
@@ -125,6 +127,11 @@ class ZoneAwareBalancer:
         self._local = inner()
         self._other = inner()
         self._local_eps: tuple[Endpoint, ...] = ()
+        # the local endpoints of the last census (ejected ones included; None: no census,
+        # a balancer used without outlier ejection), and how many of them update left
+        # out (ejected: unhealthy in the spillover share)
+        self._local_all: frozenset[str] | None = None
+        self._local_out = 0
         # the local endpoints by state (kept by their state's setter): whether another
         # local one is READY is O(READY), not a scan of the zone at each pick
         self._by_state = StateIndex()
@@ -151,18 +158,45 @@ class ZoneAwareBalancer:
             if hook is not None:
                 hook(on)
 
+    def census(self, endpoints: Sequence[Endpoint]) -> None:
+        """Every endpoint of the service, those out of rotation (ejected) included; the
+        next :meth:`update` gives those in rotation. A local endpoint of the census that
+        ``update`` leaves out counts as unhealthy in the spillover share (class
+        docstring; Envoy counts an ejected host unhealthy). Called by
+        :class:`~meshkit.balancer.EjectingBalancer` before each update of its full list
+        (the optional ``census`` of :class:`~meshkit.balancer.Balancer`); each zone
+        group's census goes on to its inner balancer where that takes one. O(n).
+
+        Args:
+            endpoints: every endpoint, ejected or not."""
+        local, other = self._split(endpoints)
+        self._local_all = frozenset(ep.key for ep in local)
+        for inner, group in ((self._local, local), (self._other, other)):
+            hook = getattr(inner, "census", None)
+            if hook is not None:
+                hook(group)
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list: each inner balancer gets its zone group's endpoints,
-        in the order given."""
+        in the order given. Local endpoints of the last :meth:`census` missing here are
+        counted as ejected (unhealthy)."""
+        local, other = self._split(endpoints)
+        self._local.update(local)
+        self._other.update(other)
+        self._local_eps = tuple(local)
+        self._by_state.track(local)
+        known = self._local_all
+        self._local_out = (0 if known is None else
+                           max(0, len(known) - sum(1 for ep in local if ep.key in known)))
+
+    def _split(self, endpoints: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
+        """``endpoints`` split into the local zone's and the others', in order."""
         zone = self.zone
         local: list[Endpoint] = []
         other: list[Endpoint] = []
         for ep in endpoints:
             (local if ep.instance.meta.get("zone") == zone else other).append(ep)
-        self._local.update(local)
-        self._other.update(other)
-        self._local_eps = tuple(local)
-        self._by_state.track(local)
+        return local, other
 
     def pick(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
@@ -194,10 +228,13 @@ class ZoneAwareBalancer:
     def _choose(self, local: Pick, other: Pick, key: str | None,
                 exclude: Collection[Endpoint]) -> tuple[Endpoint, Done] | None:
         n = len(self._local_eps)
-        if n and not exclude and (failing := self._by_state.count(_FAILING)):
-            # some local endpoints failing: spill over in proportion (class docstring)
+        if n and not exclude and ((failing := self._by_state.count(_FAILING))
+                                  or self._local_out):
+            # some local endpoints failing or ejected: spill over in proportion (class
+            # docstring); the ejected count in the zone's total, not its healthy
             keep = (n - failing) * self._factor
-            if 0 < keep < n and self._rng.random() * n >= keep:
+            total = n + self._local_out
+            if 0 < keep < total and self._rng.random() * total >= keep:
                 alt = other(key, exclude)
                 if alt is not None:
                     if alt[0].state is not _FAILING:
