@@ -116,6 +116,7 @@ __all__ = [
 
 _log = structlog.get_logger("meshkit.auth.tls")
 Clock = Callable[[], float]
+_MAX_DNS_NAME = 253  # characters of a written DNS name (RFC 1035 §2.3.4: 255 octets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,9 +765,20 @@ class TLSOptions:
             ``(("grpc.ssl_target_name_override", "<service>.svc.<td>"),)``.
 
         Raises:
-            ConfigError: ``service`` is not a lowercase DNS label.
+            ConfigError: ``service`` is not a lowercase DNS label, or its identity name
+                in this trust domain would be over 253 characters, the most a DNS name
+                may have (RFC 1035 §2.3.4: 255 octets on the wire, 253 characters
+                written): no certificate can carry it (the issuer refuses the workload),
+                so every handshake would fail ``UNAVAILABLE``.
         """
-        return (("grpc.ssl_target_name_override", identity_dns_name(self.domain, service)),)
+        name = identity_dns_name(self.domain, service)
+        if len(name) > _MAX_DNS_NAME:  # a 63-character label under a 200-character domain
+            raise ConfigError(
+                f"the identity DNS name of {service!r} in trust domain {self.domain!r} "
+                f"would be {len(name)} characters, over the {_MAX_DNS_NAME} a DNS name may "
+                "have (RFC 1035 §2.3.4): no server certificate can carry it, so no TLS "
+                "handshake could verify it; shorten the service name or the trust domain")
+        return (("grpc.ssl_target_name_override", name),)
 
     def peer_verifier(self) -> PeerVerifier:
         """The :class:`~meshkit.auth.PeerVerifier` over ``ca_file`` (one per options
