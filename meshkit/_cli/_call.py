@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,25 @@ def _send_refused(exc: grpc.aio.AioRpcError) -> bool:
 _MUTE_NAMED = 5
 
 
+class _Deadline:
+    """When the latest request of a ``meshkit call`` (a reflection request, the call)
+    reaches its deadline, as ``time.monotonic()`` (the event loop's clock): what is left
+    of it bounds the hint a failed call is given (:func:`_note_tls_endpoints`)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def start(self, timeout_s: float) -> None:
+        """A request with a deadline of ``timeout_s`` seconds starts now."""
+        self.at = time.monotonic() + timeout_s
+
+    def left_s(self) -> float:
+        """Seconds left until the deadline, 0 once it passed."""
+        return max(0.0, self.at - time.monotonic())
+
+
 class _NoReflection(CallError):
     """The server serves no gRPC reflection (neither ``v1alpha`` nor ``v1``)."""
 
@@ -102,10 +122,13 @@ class Reflection:
     server may want the bearer token on every method)."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float,
-                 metadata: tuple[tuple[str, str | bytes], ...] = ()) -> None:
+                 metadata: tuple[tuple[str, str | bytes], ...] = (),
+                 deadline: _Deadline | None = None) -> None:
         self.channel = channel
         self.timeout_s = timeout_s
         self.metadata = metadata or None
+        #: when the latest request's deadline ends (set as each request starts)
+        self.deadline = deadline if deadline is not None else _Deadline()
         self.pool = descriptor_pool.DescriptorPool()
         self._files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
         self._added: set[str] = set()
@@ -118,6 +141,7 @@ class Reflection:
                 path, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
             for attempt in range(1, _SEND_ATTEMPTS + 1):
+                self.deadline.start(self.timeout_s)
                 try:
                     async for response in rpc(iter([request]), timeout=self.timeout_s,
                                               metadata=self.metadata):
@@ -498,35 +522,40 @@ async def _call(args: _Args) -> tuple[str, str | None]:
     else:
         service = args.target.service
         await _check_discovery(args, service)
+    deadline = _Deadline()
     async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
         try:
-            return await _call_on(ch, service, args)
+            return await _call_on(ch, service, args, deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 await _note_connect_errors(ch, exc)
                 if getattr(args.options, "insecure", False):
-                    await _note_tls_endpoints(ch, exc)
+                    # within the failed request's deadline: an endpoint that never
+                    # answers the handshake must not hold the command past it
+                    await _note_tls_endpoints(ch, exc, deadline.left_s())
             raise
 
 
 TLS_SNIFF_S = 3.0
-"""Bound on the TLS handshakes :func:`_note_tls_endpoints` tries, together, seconds."""
+"""Bound on the TLS handshakes :func:`_note_tls_endpoints` tries, together, seconds
+(lowered to what is left of the failed request's deadline)."""
 
 
-async def _speaks_tls(address: str) -> bool:
+async def _speaks_tls(address: str, within_s: float = TLS_SNIFF_S) -> bool:
     """Whether the server at ``address`` (``host:port``, ``[v6]:port``) answers a TLS
     handshake (certificates not checked): it completes, or the server ends it with a TLS
     alert (a client certificate it requires). A plaintext server (``WRONG_VERSION_NUMBER``,
-    a reset), a refused or unreachable one, or no answer within :data:`TLS_SNIFF_S`:
-    ``False``."""
+    a reset), a refused or unreachable one, or no answer within ``within_s`` seconds
+    (the handshake and the close together): ``False``."""
     import ssl
 
     host, _, port = address.rpartition(":")
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    until = asyncio.get_running_loop().time() + within_s
     try:
-        async with asyncio.timeout(TLS_SNIFF_S):
+        async with asyncio.timeout_at(until):
             _, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx)
     except ssl.SSLError as exc:
         return "ALERT" in (exc.reason or "")
@@ -534,18 +563,24 @@ async def _speaks_tls(address: str) -> bool:
         return False
     writer.close()
     with contextlib.suppress(Exception):
-        async with asyncio.timeout(TLS_SNIFF_S):
+        async with asyncio.timeout_at(until):
             await writer.wait_closed()
     return True
 
 
-async def _note_tls_endpoints(ch: meshkit.MeshChannel, exc: grpc.aio.AioRpcError) -> None:
+async def _note_tls_endpoints(ch: meshkit.MeshChannel, exc: grpc.aio.AioRpcError,
+                              within_s: float = TLS_SNIFF_S) -> None:
     """Add to ``exc`` (a call on a plaintext channel, ``--insecure``, failed
     ``UNAVAILABLE``) a note per endpoint that answers a TLS handshake: a plaintext
     channel has no TLS probe to say why it cannot connect, and the status read only
-    "all N endpoints are failing or ejected". Bounded by :data:`TLS_SNIFF_S`."""
+    "all N endpoints are failing or ejected". Bounded by :data:`TLS_SNIFF_S` and by
+    ``within_s`` (seconds, what is left of the failed request's deadline: the hint stays
+    within ``--timeout-s``); none left, no handshake is tried."""
+    within_s = min(TLS_SNIFF_S, within_s)
+    if within_s <= 0:
+        return
     endpoints = [ep for ep in ch.stats().endpoints if ep.present]
-    found = await asyncio.gather(*(_speaks_tls(ep.address) for ep in endpoints))
+    found = await asyncio.gather(*(_speaks_tls(ep.address, within_s) for ep in endpoints))
     for ep, tls in zip(endpoints, found, strict=True):
         if tls:
             exc.add_note(f"endpoint {ep.instance_id} at {ep.address} speaks TLS: the "
@@ -572,10 +607,12 @@ async def _note_connect_errors(ch: meshkit.MeshChannel, exc: grpc.aio.AioRpcErro
                          f"{ep.connect_error}")
 
 
-async def _call_on(ch: meshkit.MeshChannel, service: str, args: _Args
-                   ) -> tuple[str, str | None]:
-    """:func:`_call` on the channel ``ch`` to ``service``."""
-    refl = Reflection(ch, args.timeout_s, args.metadata)
+async def _call_on(ch: meshkit.MeshChannel, service: str, args: _Args,
+                   deadline: _Deadline | None = None) -> tuple[str, str | None]:
+    """:func:`_call` on the channel ``ch`` to ``service``; ``deadline`` is set as each
+    request (reflection's, the call) starts."""
+    deadline = deadline if deadline is not None else _Deadline()
+    refl = Reflection(ch, args.timeout_s, args.metadata, deadline)
     try:
         method = await _resolve(refl, args.target)
     except _NoReflection:
@@ -608,6 +645,7 @@ async def _call_on(ch: meshkit.MeshChannel, service: str, args: _Args
     rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
                          request_serializer=request_cls.SerializeToString,
                          response_deserializer=response_cls.FromString)
+    deadline.start(args.timeout_s)
     response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
     # the call ran: from here on no error loses its answer (see _to_json)
     try:
