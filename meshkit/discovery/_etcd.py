@@ -206,6 +206,7 @@ from meshkit.discovery._options import (
     env_value,
     options_with,
     parse_bool,
+    parse_go_duration,
     query_fields,
     shown_uri,
     split_address,
@@ -253,6 +254,9 @@ DEFAULT_PORT = 2379
 #: refused with ``etcdserver: too large lease TTL`` (etcd 3.3 upgrade notes: "when the
 #: requested TTL is larger than 9,000,000,000 seconds").
 _MAX_LEASE_TTL_S = 9_000_000_000
+#: etcdctl's timeout variables (Go durations) and the fields they set
+_ENV_TIMEOUTS = {"ETCDCTL_DIAL_TIMEOUT": "connect_timeout_s",
+                 "ETCDCTL_COMMAND_TIMEOUT": "operation_timeout_s"}
 _FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
                  "connect_timeout_s",
                  "backoff_base_s", "backoff_max_s", "fault_grace_s", "last_seen_ttl_s")
@@ -675,6 +679,13 @@ class EtcdOptions:
         file is set (by a variable or an override) or ``ETCDCTL_INSECURE_TRANSPORT`` is
         false, else plain http; one written with its scheme keeps it.
 
+        ``ETCDCTL_DIAL_TIMEOUT`` (etcdctl's ``--dial-timeout``: ``connect_timeout_s``)
+        and ``ETCDCTL_COMMAND_TIMEOUT`` (``--command-timeout``, the bound of a whole
+        command, retries across members included: ``operation_timeout_s``) are Go
+        durations as etcdctl reads them (``time.ParseDuration``: ``"2s"``, ``"500ms"``,
+        ``"1m30s"``; see :func:`~meshkit.discovery._options.parse_go_duration`), above
+        0; unset, meshkit's defaults stay (1 s and 10 s; etcdctl's are 2 s and 5 s).
+
         ``ETCDCTL_DISCOVERY_SRV`` (etcdctl's ``--discovery-srv``) is not looked up: set
         without endpoints (``ETCDCTL_ENDPOINTS``, an override, a URI's hosts) it is
         refused, rather than dropped for the default member.
@@ -696,6 +707,8 @@ class EtcdOptions:
                 ``ETCDCTL_PASSWORD``: etcdctl would ask for it) or ``ETCDCTL_PASSWORD``
                 without ``ETCDCTL_USER`` (named, their values not quoted),
                 ``ETCDCTL_DISCOVERY_SRV`` is set without endpoints,
+                ``ETCDCTL_DIAL_TIMEOUT``/``ETCDCTL_COMMAND_TIMEOUT`` is no Go duration
+                above 0 (named, quoted),
                 or an override names no field.
         """
         return cls._from_env(environ, False, overrides)
@@ -720,6 +733,13 @@ class EtcdOptions:
             for name in ("ca_file", "cert_file", "key_file"))
         if (raw := env_value(env, "ETCDCTL_ENDPOINTS")) is not None:
             kwargs["endpoints"] = _split_endpoints(raw, "https" if tls else "http")
+        for var, name in _ENV_TIMEOUTS.items():
+            if (raw := env_value(env, var)) is not None:
+                seconds = parse_go_duration(var, raw)
+                if not seconds > 0:  # etcdctl: 0 waits for ever; meshkit needs a bound
+                    raise ConfigError(f"{var} must be a Go duration above 0 such as "
+                                      f"'2s', got {raw!r}")
+                kwargs[name] = seconds
         srv = env_value(env, "ETCDCTL_DISCOVERY_SRV")
         if srv is not None and "endpoints" not in kwargs and "endpoints" not in overrides:
             # dropped, the registry would dial the default member and fail far from here

@@ -5,6 +5,7 @@ overrides checked against the options' fields."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ __all__ = [
     "env_value",
     "options_with",
     "parse_bool",
+    "parse_go_duration",
     "parse_uri",
     "query_fields",
     "redact_address",
@@ -190,6 +192,46 @@ def parse_bool(name: str, value: str) -> bool:
     if v in _FALSE:
         return False
     raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+#: one element of a Go duration (``time.ParseDuration``): a decimal number (``1``, ``1.5``,
+#: ``.5``, ``1.``) and its unit; ``µs`` as U+00B5 (micro sign) or U+03BC (Greek mu)
+_GO_DURATION = re.compile(
+    r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+")
+_GO_ELEMENT = re.compile(r"([0-9]*\.?[0-9]*)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_GO_UNIT_NS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6,
+               "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+#: a Go ``time.Duration`` is int64 nanoseconds: a longer one fails ``ParseDuration``
+_GO_MAX_NS = 2**63 - 1
+
+
+def parse_go_duration(name: str, value: str) -> float:
+    """``value`` (the variable or field ``name``), a Go duration as ``time.ParseDuration``
+    reads one (what etcdctl's and Consul's duration flags and variables take), in seconds:
+    an optional sign, then one or more decimal numbers each with its unit, ``ns``, ``us``
+    (or ``µs``), ``ms``, ``s``, ``m``, ``h`` (``"2s"``, ``"500ms"``, ``"1m30s"``,
+    ``".5s"``, ``"-1.5h"``), or ``"0"`` alone. Taken exactly: no blanks (strip first), no
+    exponent, no ``_``, ASCII digits only. The sign is kept: the caller checks the range.
+
+    Raises:
+        ConfigError: anything else (a number without its unit, ``"2"``, included), or a
+            duration beyond Go's (int64 nanoseconds, about 292 years); ``name`` and the
+            value quoted.
+    """
+    if value in ("0", "+0", "-0"):
+        return 0.0
+    if not isinstance(value, str) or not _GO_DURATION.fullmatch(value):
+        raise ConfigError(f"{name} must be a Go duration such as '2s', '500ms' or "
+                          f"'1m30s' (a number and its unit: ns, us, ms, s, m, h), got "
+                          f"{value!r}")
+    sign = -1 if value.startswith("-") else 1
+    total_ns = 0.0
+    for number, unit in _GO_ELEMENT.findall(value.lstrip("+-")):
+        total_ns += float(number) * _GO_UNIT_NS[unit]
+    if total_ns > _GO_MAX_NS:
+        raise ConfigError(f"{name} must be a Go duration of at most about 292 years "
+                          f"(int64 nanoseconds), got {value!r}")
+    return sign * total_ns / 1e9
 
 
 def env_value(environ: Mapping[str, str], name: str) -> str | None:
