@@ -235,11 +235,18 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 # query) and ``key: value`` ones (an HTTP header quoted in a message): a key where a run
 # of key characters starts (the lookbehind; read once: possessive), blanks around the
 # '=' or ':' (libpq allows them); linear in the text's length
-_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)[ \t]*+[=:][ \t]*+"
+# ... or quoted, as a dict's repr or a JSON object writes it (``'password': 'x'``,
+# ``"token":"abc"``): the closing quote after the key (group 2)
+_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+[=:][ \t]*+"
 # a value: libpq's quoted one ('...', \' escapes), ODBC's braced one ({...}, }} escapes),
 # either running to the text's end when not closed (more masked, never less), else up to
 # whitespace, '&', ';' or a quote
 _PAIR_VALUE = r"'(?:[^'\\]|\\.)*+'?|\{(?:[^}]|\}\})*+\}?|[^\s&;']*+"
+# a quoted key's value (a repr's, JSON's): quoted ('...' or "...", \ escapes; a bytes
+# repr's b'...'), kept whole, or bare (a number, None) up to the ',', '}', ']' or ')'
+# that ends it; a quote not closed runs to the text's end (more masked, never less)
+_QUOTED_KEY_VALUE = (r"b?'(?:[^'\\]|\\.)*+'?|b?\"(?:[^\"\\]|\\.)*+\"?"
+                     r"|\{(?:[^}]|\}\})*+\}?|[^\s&;'\",}\])]*+")
 # the credential after an auth scheme taken for a value (``Authorization: Bearer <token>``)
 _SCHEME_CREDENTIAL = r"[ \t]++[^\s&;']++"
 # ``Bearer <token>`` anywhere (RFC 6750's b64token, 8 characters or more: "bearer token"
@@ -262,12 +269,13 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "credential", "key", "port", "value")
+    __slots__ = ("bearer", "credential", "key", "port", "quoted_value", "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
         self.port = re.compile(_PORT, flags)
         self.value = re.compile(_PAIR_VALUE, flags | re.DOTALL)
+        self.quoted_value = re.compile(_QUOTED_KEY_VALUE, flags | re.DOTALL)
         self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
         self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
 
@@ -290,20 +298,28 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
             key = m.group(1)
             if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
                 continue
-            if m.end() - m.end(1) == 1 and text[m.end(1)] == ":" and (
+            quoted = m.end(2) > m.start(2)  # a repr's or JSON's key: no host
+            if not quoted and m.end() - m.end(1) == 1 and text[m.end(1)] == ":" and (
                     text[m.start() - 1:m.start()] == "@"
                     or text[max(m.start() - 2, 0):m.start()] == "//"
                     or res.port.match(text, m.end()) is not None):
                 continue  # a host (``//auth:8080/x``, scp's ``git@auth:repo``), a port
-            value = res.value.match(text, m.end())
+            value = (res.quoted_value if quoted else res.value).match(text, m.end())
             end = value.end() if value is not None else m.end()
             if end == m.end() or text[m.end():end] in _MASKS:
                 continue  # no value (``password=`` at the end, before a separator), masked
-            if text[m.end():end].lower() in _AUTH_SCHEMES:  # ``Bearer <token>``: both
+            start = m.end()
+            if quoted:  # the value's quotes kept: the repr or JSON stays well-formed
+                inner = _QUOTES_RE.fullmatch(text, start, end)
+                if inner is not None:
+                    if inner.group(2) in _MASKS:
+                        continue
+                    start, end = inner.start(2), inner.end(2)
+            elif text[start:end].lower() in _AUTH_SCHEMES:  # ``Bearer <token>``: both
                 credential = res.credential.match(text, end)
                 if credential is not None:
                     end = credential.end()
-            out.append(text[done:m.end()])
+            out.append(text[done:start])
             out.append(REDACTED)
             done = end
         if out:
@@ -314,6 +330,10 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
         if redacted != text:
             return redacted
     return text
+
+
+# a quoted value's inside (group 2), between its (closed) quotes (group 1)
+_QUOTES_RE = re.compile(r"b?(['\"])(.*)\1", re.DOTALL)
 
 
 def _bearer_mask(m: re.Match[str]) -> str:
@@ -352,8 +372,12 @@ def redact_text(text: str) -> str:
     (:func:`is_sensitive_key`, or ODBC's ``pwd``) ``[REDACTED]``: a libpq keyword DSN's
     ``password=...`` (quoted or not), an ODBC string's ``Pwd=...;`` (braced or not), a
     URL query's ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an
-    auth scheme as the value: the credential after it too), ``access_token=...``; and
-    each ``Bearer <token>`` (8 characters or more) wherever it stands. Other pairs as
+    auth scheme as the value: the credential after it too), ``access_token=...``; a
+    dict's repr or a JSON object's quoted key (``{'password': 'p w'}`` ->
+    ``{'password': '[REDACTED]'}``, ``{"token":"abc"}``, ``{b'authorization': b'x'}``:
+    the quotes kept, a bare value such as ``1234`` up to the ``,``, ``}``, ``]`` or
+    ``)`` after it); and each ``Bearer <token>`` (8 characters or more) wherever it
+    stands. Other pairs as
     they are (a credential-named key's value is redacted whatever it is: ``token:
     expired`` too), and so is a ``host:port`` or ``user@host:path`` (a ``:`` with no
     blank on either side after ``//`` or ``@``, or before a port's 1 to 5 digits:
