@@ -138,7 +138,12 @@ class AdminServer:
                            encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
                            warning, not as a 500; gzip compressed (in that thread) when
                            the ``Accept-Encoding`` header takes ``gzip``, as Prometheus'
-                           does (``Vary: Accept, Accept-Encoding``)
+                           does (``Vary: Accept, Accept-Encoding``); with
+                           ``?name[]=<series>`` (repeatable) only the samples of those
+                           series names (``foo_total``, ``foo_bucket``), as
+                           prometheus_client's own exposition answers (its
+                           ``restricted_registry``); 200 with no sample when none is
+                           served
     /livez                 liveness (a Kubernetes ``livenessProbe``): 200 ``ok`` (text,
                            ``Cache-Control: no-store``) while the process's event loops
                            run, so it fails only when one is wedged (a blocking call, a
@@ -518,12 +523,15 @@ class AdminServer:
         # gzip when the scraper takes it (Prometheus asks on every scrape), compressed in
         # the render thread too
         zipped = _accepts_gzip(", ".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
+        # name[]=<series>: only those samples (prometheus_client's exposition's
+        # restricted_registry; Prometheus federation-style selection by series name)
+        only = frozenset(request.query.getall("name[]", [])) or None
         loop = asyncio.get_running_loop()
         if self._render_threads is None:  # stopped meanwhile
             raise web.HTTPServiceUnavailable(text="admin server stopping\n")
         body, fixed = await loop.run_in_executor(
             self._render_threads, contextvars.copy_context().run, self._render, om, loop,
-            more, zipped, left)
+            more, zipped, left, only)
         new = sorted(fixed - self._unencodable)
         if new:
             self._unencodable.update(new)
@@ -539,12 +547,17 @@ class AdminServer:
 
     def _render(self, om: bool, loop: asyncio.AbstractEventLoop,
                 more: tuple[CollectorRegistry, ...] = (), zipped: bool = False,
-                left: tuple[_Left, ...] = ()) -> tuple[bytes, set[str]]:
+                left: tuple[_Left, ...] = (),
+                only: frozenset[str] | None = None) -> tuple[bytes, set[str]]:
         """The exposition of the registry and ``more`` registries (merged, see
         :meth:`add_registry`), with what the registries that ``left`` counted in the
         series listed, OpenMetrics if ``om`` else the text format 0.0.4 (gzip
         compressed if ``zipped``), and the names of the families whose text had to be
         fixed; run in a worker thread, the mesh read on ``loop`` (:func:`reading_on`).
+        With ``only`` (the query's ``name[]`` values), only the samples of those names
+        (``foo_total``, ``foo_bucket``: series names, not family names), as
+        prometheus_client's own ``registry.restricted_registry(names)`` answers; a family
+        left with none is left out.
 
         Text not encodable as UTF-8 (a lone surrogate in a label value or help text:
         prometheus-client raises ``UnicodeEncodeError`` on it, which would make every
@@ -564,6 +577,8 @@ class AdminServer:
                 for gone in left:
                     metrics, gone.families = _kept(metrics, gone.families)
                 self._left = _folded(self._left)
+        if only is not None:
+            metrics = [m for m in (_restricted(m, only) for m in metrics) if m is not None]
         try:
             body, names = generate(_Collected(metrics)), set()
         except UnicodeEncodeError:
@@ -1002,6 +1017,18 @@ def _merged(metrics: list[Metric], more: Iterable[Metric]) -> list[Metric]:
                     else had.value + sample.value)
         out[i] = merged
     return out
+
+
+def _restricted(metric: Metric, names: frozenset[str]) -> Metric | None:
+    """``metric`` with only its samples named in ``names`` (a copy), or ``None`` when it
+    has none: what prometheus_client's ``Metric._restricted_metric`` does for its
+    ``RestrictedRegistry`` (its ``/metrics?name[]=`` filter), type and unit kept."""
+    samples = [s for s in metric.samples if s.name in names]
+    if not samples:
+        return None
+    kept = copy.copy(metric)
+    kept.samples = samples
+    return kept
 
 
 def _utf8(text: str) -> str:
