@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import threading
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -93,11 +93,16 @@ def _close(main: Any) -> None:
 
 
 # asyncio's {loop: the task running on it now}, which current_task() reads (CPython 3.11 to
-# 3.13); None where asyncio keeps it elsewhere (then asyncio is asked every time)
+# 3.13); where asyncio keeps it elsewhere, an empty table: asked, it always sends the
+# cache to asyncio
 _tasks_table = getattr(asyncio.tasks, "_current_tasks", None)
-_CURRENT_TASKS: dict[Any, asyncio.Task[Any]] | None = (
-    _tasks_table if isinstance(_tasks_table, dict) else None)
-_get_ident = threading.get_ident
+_CURRENT_TASKS: dict[Any, asyncio.Task[Any]] = (
+    _tasks_table if isinstance(_tasks_table, dict) else {})
+_tasks_get = _CURRENT_TASKS.get
+# this thread's asynchronous-generator hooks: a running asyncio or uvloop loop sets them,
+# bound to itself, in the thread it runs in (run_forever), and puts back the old ones
+# when it stops; a C function reading the thread's state, no system call
+_hooks = sys.get_asyncgen_hooks
 
 
 class LoopCache:
@@ -108,43 +113,55 @@ class LoopCache:
     ``getpid`` system call (``strace``: the only system call the mesh added per call);
     ``current_task()`` is a Python function around it: 0.29-0.72 us on the benchmarks'
     VM, depending on its load, against about 0.2 us here. This keeps the loop found last
-    and the thread it was found in, and reads asyncio's current-task table for that loop
-    while the caller is that thread: a thread runs one loop at a time, so a task running
-    on it is the caller's. Anything else (another thread, a callback outside any task, a
-    loop that stopped, a Python that keeps the table elsewhere) asks asyncio and
-    remembers the answer. The loop and its thread are kept as one pair, read and written
-    whole: threads running loops of their own share a cache (``meshkit._calls`` keeps one
-    per process), and kept as two attributes a thread switch between their writes let a
-    thread read another thread's loop with its own thread id, and get that thread's task
-    (a mesh call's ``cancel()`` then cancelled a task of another thread's loop instead).
+    and the first-iteration asynchronous-generator hook it had set in the thread it was
+    found in (``sys.get_asyncgen_hooks()``: asyncio's and uvloop's ``run_forever`` set
+    a method bound to the loop, per thread, for as long as the loop runs there), and reads
+    asyncio's current-task table for that loop while the caller's thread holds that same
+    hook: the loop runs in the caller's thread, and a thread runs one loop at a time, so
+    a task running on it is the caller's. Kept by thread id instead, a loop that stopped
+    in one thread and ran again in another while the first thread ran a loop of its own
+    gave the first thread's tasks the task the moved loop ran in the other thread.
+    Anything else (another thread, another loop, a callback outside any task, a loop
+    that stopped, hooks the application set itself, a Python that keeps the table
+    elsewhere) asks asyncio and remembers the answer. The loop and its hook are kept as
+    one pair, read and written whole: threads running loops of their own share a cache
+    (``meshkit._calls`` keeps one per process), and kept as two attributes a thread
+    switch between their writes let a thread read another thread's loop with its own
+    thread's key, and get that thread's task (a mesh call's ``cancel()`` then cancelled
+    a task of another thread's loop instead).
     A cache per user (the request gate keeps one). In a child
     made by ``os.fork()`` it forgets the loop found (``os.register_at_fork``): forked
     while that loop ran a task (a ``ProcessPoolExecutor`` worker, forked from inside
     the loop by ``run_in_executor``), the child inherits the table's entry for it, the
-    thread id stays the same, and the cache answered with the parent's task, a copy
+    thread's hooks stay the same, and the cache answered with the parent's task, a copy
     that never runs there, in every task of the child's own loop.
     """
 
     __slots__ = ("__weakref__", "_found")
 
     def __init__(self) -> None:
-        # (the loop found last, the id of the thread it was found in): one pair
-        self._found: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
+        # (the loop found last, the hook it had set in the thread it was found in): one
+        # pair; (None, None) matches a thread outside any loop, where no task runs
+        self._found: tuple[asyncio.AbstractEventLoop | None, object] = (None, None)
         _caches.add(self)
 
     def _forget_parent(self) -> None:
         """In a forked child: ask asyncio again (see the class)."""
-        self._found = (None, 0)
+        self._found = (None, None)
 
     def current_task(self) -> asyncio.Task[Any] | None:
         """The task running now (``None`` outside a task or outside a loop)."""
-        loop, ident = self._found
-        if ident == _get_ident() and _CURRENT_TASKS is not None:
-            task = _CURRENT_TASKS.get(loop)
+        loop, hook = self._found
+        if hook == _hooks().firstiter:  # bound methods: equal when bound to one loop
+            task = _tasks_get(loop)
             if task is not None:
                 return task
         loop = asyncio._get_running_loop()
-        self._found = (loop, _get_ident())
+        hook = _hooks().firstiter
+        # only a hook bound to the loop says where it runs: one the application set
+        # may be the same in every thread (then asyncio is asked every time)
+        self._found = (loop, hook) if getattr(hook, "__self__", None) is loop \
+            else (None, None)
         return None if loop is None else asyncio.current_task(loop)
 
 

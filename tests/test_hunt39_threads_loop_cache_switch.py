@@ -10,9 +10,10 @@ thread's loop with its own thread id, and the cache answered it with the task th
 ``cancel()`` then cancelled an unrelated task of another thread's loop (from the wrong
 thread) and not the call.
 
-Here the thread switch is made to happen at every thread-id read of one thread: each
-time it reads its thread id, the other thread asks the cache once. Each must always get
-its own task.
+Here the thread switch is made to happen at every read of one thread's key in the cache
+(its thread id then; since, its asynchronous-generator hooks, ``_loop._hooks``): each
+time it reads it, the other thread asks the cache once. Each must always get its own
+task.
 """
 
 from __future__ import annotations
@@ -47,23 +48,23 @@ def test_a_thread_switch_inside_the_cache_never_hands_out_another_threads_task(
         factory = asyncio.new_event_loop
     cache = LoopCache()
     real_ident = threading.get_ident
+    real_hooks = _loop._hooks
     switching: dict[str, int] = {}  # {"ident": the switching thread's id}
     ask, answered, ready = threading.Event(), threading.Event(), threading.Event()
     finished = threading.Event()
     wrong: list[str] = []
     asked = [0]
 
-    def switching_ident() -> int:
-        me = real_ident()
-        if me == switching.get("ident") and not finished.is_set():
+    def switching_hooks() -> Any:
+        if real_ident() == switching.get("ident") and not finished.is_set():
             # a thread switch here: the other thread asks the cache once, then back
             answered.clear()
             ask.set()
             if not answered.wait(_WAIT_S):
                 wrong.append("the other thread did not answer")
-        return me
+        return real_hooks()
 
-    monkeypatch.setattr(_loop, "_get_ident", switching_ident)
+    monkeypatch.setattr(_loop, "_hooks", switching_hooks)
 
     async def other() -> None:  # thread A: answers each switch with one question
         task = asyncio.current_task()
@@ -80,7 +81,7 @@ def test_a_thread_switch_inside_the_cache_never_hands_out_another_threads_task(
                 wrong.append("thread A got another thread's task")
             answered.set()
 
-    async def switcher() -> None:  # thread B: asks, switching at each thread-id read
+    async def switcher() -> None:  # thread B: asks, switching at each read of its key
         task = asyncio.current_task()
         switching["ident"] = real_ident()
         try:
