@@ -1883,6 +1883,9 @@ class MeshServer:
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None  # drain()'s work, see there
         self._drain_forced = False  # a second signal ended the drain (_end_drain_now)
+        # time.monotonic() from which the drain's stop ends the calls still in flight
+        # (grpc core's cancel-all: callers get UNAVAILABLE), see _calls_cut
+        self._cut_at: float | None = None
         # start() between binding and returning (or undoing itself): drain() leaves the
         # server to it, see drain()
         self._starting = False
@@ -2052,6 +2055,7 @@ class MeshServer:
             if isinstance(icpt, TelemetryServerInterceptor):
                 icpt.server_calls = None if self.gate is None else self.gate.calls
                 icpt.registered = registered
+                icpt.calls_cut = self._calls_cut
             elif isinstance(icpt, RateLimitInterceptor):
                 icpt.registered = registered
         # a port in use is refused unless the user opts in (see ServeOptions.server_options)
@@ -2755,7 +2759,8 @@ class MeshServer:
         or Kubernetes' SIGKILL after the grace. The drain's task is cancelled: the step
         under way stops (deregistration, ``drain_delay_s``, the refusal phase or the
         ``grace_s`` wait), the grpc server is stopped without grace (in-flight calls end
-        ``UNAVAILABLE``) and closed as a cancelled drain is, and :meth:`drain` returns.
+        ``UNAVAILABLE``, and telemetry records them so: :meth:`_calls_cut`) and closed as
+        a cancelled drain is, and :meth:`drain` returns.
         A deregistration not done by then is tried once more after the stop, for
         :data:`_FORCED_DEREGISTER_S` at most (:meth:`_deregister_after_forced_stop`).
         Logged (warning); any signal after it is only logged ("already ending it")."""
@@ -2807,6 +2812,7 @@ class MeshServer:
             await self._stop_following_certificate()
             await asyncio.sleep(opts.drain_delay_s)
             await self._refuse_new_calls()
+            self._cut_at = time.monotonic() + opts.grace_s  # the grace's end cuts the rest
             stop = asyncio.ensure_future(_stop_server(server, opts.grace_s))
             # the health watchers have been told NOT_SERVING: their calls end once the
             # stop has begun (its first step, run by this sleep, sends the GOAWAY and
@@ -2826,11 +2832,24 @@ class MeshServer:
             # of the live registry (/readyz, /metrics), not listed as live for good.
             if not stopped:
                 self._release_instance_id()  # (cancelled before its step)
+                self._cut_at = time.monotonic()  # no grace: every call in flight is cut
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await _stop_server(server, None)
                 if self._drain_forced:
                     await self._deregister_after_forced_stop()
             await self._close_after_stop()
+
+    def _calls_cut(self) -> bool:
+        """Whether a call cancelled now was cut by the drain's stop: a forced stop (a
+        second signal, :meth:`_end_drain_now`, or the drain's task cancelled) has begun,
+        or the ``grace_s`` of a graceful one has run out. grpc core then ends the calls
+        still in flight and their callers get ``UNAVAILABLE``, while the handler tasks
+        see a cancellation as for a client's cancel; the telemetry interceptor asks this
+        (``TelemetryServerInterceptor.calls_cut``) for a call it would record
+        ``CANCELLED``, and records ``UNAVAILABLE``, the code sent. A client's own cancel
+        after that moment cannot be told apart and is recorded ``UNAVAILABLE`` too."""
+        cut_at = self._cut_at
+        return cut_at is not None and time.monotonic() >= cut_at
 
     async def _deregister_after_forced_stop(self) -> None:
         """A drain ended by a second signal (:meth:`_end_drain_now`) before its

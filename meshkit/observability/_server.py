@@ -54,6 +54,7 @@ from meshkit.observability._semconv import (
     STATUS_DEADLINE,
     STATUS_EXHAUSTED,
     STATUS_OK,
+    STATUS_UNAVAILABLE,
     STATUS_UNKNOWN,
     MethodNames,
     grpc_type,
@@ -326,6 +327,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         (this interceptor on a plain grpc.aio server, where nothing tells it): every
         method by its name, up to :data:`~meshkit.observability._metrics.MAX_SERVER_METHODS`
         per registry. Spans and access-log lines always carry the name the caller sent."""
+        self.calls_cut: Callable[[], bool] | None = None
+        """Whether the server's stop is now ending the calls in flight (a forced drain,
+        or the drain's ``grace_s`` run out), whose callers get ``UNAVAILABLE`` from grpc
+        core while their handlers see a cancellation: a call this interceptor would
+        record ``CANCELLED`` is then recorded ``UNAVAILABLE``, the code sent. ``serve()``
+        sets it (``MeshServer._calls_cut``); ``None``: ``CANCELLED`` as it is."""
         self._access = _ServerAccess(service_name)
         # a broken span processor's failures: a line a minute, not one per call
         self._failures = TelemetryFailures()
@@ -373,6 +380,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             code = STATUS_OK  # _outcome's answer, inline: one frame fewer per call
         else:
             code = m.outcome(context, exc)
+            if code is STATUS_CANCELLED and self._cut():
+                code = STATUS_UNAVAILABLE  # the server's stop cut it: what the caller got
         defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         limited = code is STATUS_EXHAUSTED and _rejected_by_rate_limit()
@@ -556,6 +565,17 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         return _MethodReporter(functools.partial(self._start, m),
                                functools.partial(self._finish, m), bound)
 
+    def _cut(self) -> bool:
+        """:attr:`calls_cut`'s answer (``False`` without one, or when it raises: the
+        code is then recorded as the handler's task saw it)."""
+        cut = self.calls_cut
+        if cut is None:
+            return False
+        try:
+            return cut()
+        except Exception:
+            return False
+
     @staticmethod
     def _outcome(context: Any, exc: BaseException | None) -> grpc.StatusCode:
         """The status a call ends with: what the handler set or aborted with, CANCELLED /
@@ -662,6 +682,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             return
         duration_s = _perf() - state[2]
         code = m.outcome(context, exc)
+        if code is STATUS_CANCELLED and self._cut():
+            code = STATUS_UNAVAILABLE  # (see _finish)
         # a quiet method gets metrics only, the rate limiter's refusals among them
         bound.finished(code, duration_s,
                        code is STATUS_EXHAUSTED and _rejected_by_rate_limit())
