@@ -33,6 +33,7 @@ pays nothing for this; a refused one a clock read and a dict lookup.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import inspect
 from collections.abc import Awaitable, Collection
@@ -82,6 +83,13 @@ _log = structlog.get_logger("meshkit.auth")
 
 _call_get = _call.get  # for fresh_identity inline in each check (module docstring)
 _call_set = _call.set
+
+# the call (its context) an AuthzInterceptor judged without claims: a token check running
+# after it for that call means a hand-built chain has the policy before the token check
+_judged_unclaimed: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "meshkit_authz_judged_unclaimed", default=None)
+_judged_get = _judged_unclaimed.get
+_judged_set = _judged_unclaimed.set
 
 _UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 _DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -332,6 +340,9 @@ class JWTAuthInterceptor(_RefusalLogged):
     every call instead, unless its class overrides ``cached`` as well. Refusals
     are logged ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module
     docstring), the reason a category (``"token expired"``, ``"no token"``...), never the token.
+    Running after an :class:`AuthzInterceptor` that judged the call without claims (a
+    hand-built chain in the wrong order) is logged once per interceptor, a warning
+    (``authorization policy ran before the token check``).
 
     On a ``grpc.aio`` server of your own, ``await interceptor.aclose()`` once it has
     stopped: it logs the counts of the last interval's refusals, which are otherwise lost
@@ -353,6 +364,19 @@ class JWTAuthInterceptor(_RefusalLogged):
         self._verifier = verifier
         self._options = options or JWTAuthOptions()
         self._refusals = _refusal_log("jwt")
+        self._order_told = False  # the authz-before-token warning, once
+
+    def _tell_order(self, method: str) -> None:
+        """Log, once per interceptor, that an :class:`AuthzInterceptor` judged a call
+        before this token check (a hand-built chain in the wrong order)."""
+        if self._order_told:
+            return
+        self._order_told = True
+        _log.warning("authorization policy ran before the token check", method=method,
+                     fix="put JWTAuthInterceptor before AuthzInterceptor in the server's "
+                         "interceptors (PeerIdentityInterceptor, JWTAuthInterceptor, "
+                         "AuthzInterceptor): the policy saw no claims, so its "
+                         "deny_subjects refused no one and allow_subjects everyone")
 
     # read-only: each method's check holds them from its first call, so one assigned later
     # would apply to the methods not called yet alone
@@ -467,6 +491,8 @@ class JWTAuthInterceptor(_RefusalLogged):
                 _call_set(context)  # its task inherited from another call's
                 if marked is not None:
                     _forget_identity()
+            if _judged_get() is context:  # the policy judged this call already
+                self._tell_order(method)
             try:
                 token = extract_bearer(call_metadata(context), opts.metadata_key)
             except UnauthenticatedError as exc:
@@ -498,6 +524,12 @@ class AuthzInterceptor(_RefusalLogged):
     Evaluates the policy with the verified peer SPIFFE ID (from
     :class:`PeerIdentityInterceptor` when it ran, else read from the call) and the verified
     token claims (from :class:`JWTAuthInterceptor`), so it goes after both in the chain.
+    Put before the token check on a hand-built server, it would judge every call without
+    claims (``deny_subjects`` refusing no one, ``allow_subjects`` everyone); the chain
+    cannot be seen when an interceptor is built, so the :class:`JWTAuthInterceptor` that
+    runs after it for a call the policy judged without claims logs one warning
+    (``authorization policy ran before the token check``, with the ``method`` and the
+    ``fix``) per token interceptor; the call is not refused for it.
 
     Args:
         policy: the :class:`~meshkit.auth.AuthzPolicy`.
@@ -604,7 +636,10 @@ class AuthzInterceptor(_RefusalLogged):
                             _DENIED, f"caller is not allowed to call {method}")
                         return foreign
                     _peer.set(peer)
-            decision = policy.evaluate(method, peer.spiffe_id if peer else None, _claims.get())
+            claims = _claims.get()
+            if claims is None:  # told by a token check after this one (a wrong order)
+                _judged_set(context)
+            decision = policy.evaluate(method, peer.spiffe_id if peer else None, claims)
             if decision.allowed:
                 return None
             details = ("unauthenticated" if decision.code is _UNAUTH
