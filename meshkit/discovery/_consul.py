@@ -149,6 +149,7 @@ from meshkit.discovery._shared import (
     foreign_task,
     full_jitter,
     hold_until_cancelled,
+    kept_count,
     same_in_slices,
 )
 from meshkit.discovery._types import (
@@ -1190,8 +1191,9 @@ class ConsulRegistry:
         self._unusable_logged: dict[tuple[str, str], float] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
-        # watch number -> instances it keeps after the agent lost its state (status())
-        self._kept: dict[int, int] = {}
+        # (service, watch number) -> instances it keeps after the agent lost its state
+        # (status(), status(service))
+        self._kept: dict[tuple[str, int], int] = {}
         # each watched service's reads: one service's failing queries are that
         # service's fault, not every service's (see _watch_failed)
         self._reads = ServiceReads("consul")
@@ -2421,16 +2423,16 @@ class ConsulRegistry:
                             and (i.host, i.port) not in endpoints}
                     if kept:
                         keep_until = min(k[2] for k in kept.values())
-                        self._kept[me] = len(kept)
+                        self._kept[service, me] = len(kept)
                     else:
                         keep_until = None
-                        self._kept.pop(me, None)
+                        self._kept.pop((service, me), None)
                 current = listed.union(kept) if kept else listed
                 if not await same_in_slices(current, last):
                     last = current
                     yield current
         finally:
-            self._kept.pop(me, None)
+            self._kept.pop((service, me), None)
             self._watch_ended(service)
 
     def _failing_for_s(self, service: str) -> float:
@@ -2468,11 +2470,13 @@ class ConsulRegistry:
         them: ``X-Consul-Results-Filtered-By-ACLs``) succeeded, so it counts as readable,
         but sets ``last_error`` to say so (and logs a warning at most every 10 minutes).
         ``kept_endpoints``: instances the watches keep after the agent answered with an
-        index below one already seen (see :meth:`watch`).
+        index below one already seen (see :meth:`watch`); with ``service``, those its own
+        watches keep.
         """
         status = self._tracker.status()
-        if self._kept:
-            status = replace(status, kept_endpoints=sum(self._kept.values()))
+        kept = kept_count(self._kept, service)
+        if kept:
+            status = replace(status, kept_endpoints=kept)
         if service is None:
             return status
         return self._reads.status(service, self._tracker, status)

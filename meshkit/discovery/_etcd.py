@@ -231,6 +231,7 @@ from meshkit.discovery._shared import (
     foreign_task,
     full_jitter,
     hold_until_cancelled,
+    kept_count,
     same_in_slices,
 )
 from meshkit.discovery._types import (
@@ -1123,7 +1124,8 @@ class EtcdRegistry:
         self._kept_at = -float("inf")
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
-        self._kept: dict[int, int] = {}
+        # (service, watch number) -> instances it keeps after a replaced store
+        self._kept: dict[tuple[str, int], int] = {}
         # each watched service's reads (its watches' ranges and streams): one refused
         # watch (etcd's permission denied on its prefix) is that service's fault, not
         # every service's (see _outcome)
@@ -2171,13 +2173,13 @@ class EtcdRegistry:
                     kept, keep_until = frozenset(), None
                 ids = {i.instance_id for i in listed}
                 extra = frozenset(i for i in kept if i.instance_id not in ids)
-                self._kept[me] = len(extra)
+                self._kept[service, me] = len(extra)
                 current = listed | extra
                 if not await same_in_slices(current, last):
                     last = current
                     yield current
         finally:
-            self._kept.pop(me, None)
+            self._kept.pop((service, me), None)
             follower.cancel()
             try:
                 await asyncio.gather(follower, return_exceptions=True)
@@ -2624,10 +2626,10 @@ class EtcdRegistry:
         checks); ``reopened``: lease losses after which every instance was registered
         again, plus each key found lost (deleted or overwritten while the lease lived) and
         put back; ``kept_endpoints``: instances the watches keep after a replaced store
-        (see the module docstring).
+        (see the module docstring); with ``service``, those its own watches keep.
         """
         status = dataclasses.replace(self._tracker.status(),
-                                     kept_endpoints=sum(self._kept.values()))
+                                     kept_endpoints=kept_count(self._kept, service))
         if service is None:
             return status
         return self._reads.status(service, self._tracker, status)

@@ -249,6 +249,15 @@ def full_jitter(rng: random.Random, attempt: int, base_s: float, max_s: float) -
     return rng.uniform(0.0, cap)
 
 
+def kept_count(kept: dict[tuple[str, int], int], service: str | None) -> int:
+    """How many instances the watches keep after a fault (``kept``: ``{(service, watch
+    number): count}``, what a registry's ``status()`` reports as ``kept_endpoints``):
+    all of them, or those of ``service``'s watches only. Safe with loops of other
+    threads changing ``kept`` (read as one copy)."""
+    items = list(kept.items())
+    return sum(n for (name, _), n in items if service is None or name == service)
+
+
 def due_to_log(logged: dict[Any, float], key: object, every_s: float) -> bool:
     """Whether a warning about ``key`` is due (once per key, then at most every
     ``every_s`` seconds while it repeats), noting it in ``logged`` (``{key: monotonic
