@@ -670,7 +670,10 @@ class AttemptSpanInterceptor(
     (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status
     (a cancelled attempt's ``DEADLINE_EXCEEDED`` when the logical call's deadline had
     passed or the handled call's had run out, as the logical span's), and re-injects
-    ``traceparent`` so the server span is the attempt's child. The number and endpoint
+    ``traceparent`` so the server span is the attempt's child (on a copy of the details,
+    ``_replace``, of their class: an application's ``grpc.aio.ClientCallDetails``
+    subclass reaches the interceptors after this one with its own attributes, as
+    grpc.aio passes it on). The number and endpoint
     are those of the attempt being started, as the balanced channel gives them when it
     starts it (hedged attempts started in the same loop turn each name their own,
     although grpc.aio runs the interceptor a turn later).
@@ -729,7 +732,11 @@ class AttemptSpanInterceptor(
             return None, client_call_details
         md: list[tuple[str, str | bytes]] = list(client_call_details.metadata or ())
         inject_context(md, trace.set_span_in_context(span))
-        return span, client_call_details._replace(metadata=grpc.aio.Metadata(*md))
+        details = client_call_details._replace(metadata=grpc.aio.Metadata(*md))
+        own = getattr(client_call_details, "__dict__", None)
+        if own:  # an application's details subclass: _replace (tuple.__new__) drops these
+            details.__dict__.update(own)
+        return span, details
 
     @staticmethod
     def _end(span: Any, code: grpc.StatusCode) -> None:
