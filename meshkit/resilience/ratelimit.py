@@ -32,7 +32,8 @@ rule and caller: a new name per call is no new budget. With no
 resolved once and cached; a method with no rule has its handler returned untouched.
 
 Callers are told apart by a key function ``(method, context) -> str``: by default
-:func:`by_peer`, the peer's IP address without the port; :func:`by_metadata` keys by a
+:func:`by_peer`, the peer's IP address without the port (a global or unique-local IPv6
+one by its /64); :func:`by_metadata` keys by a
 request header (``by_metadata("x-user")``). Keys by SPIFFE ID or JWT ``sub`` plug in the
 same way: any callable reading ``context.auth_context()`` or metadata set by the
 authentication interceptor placed before this one.
@@ -240,7 +241,7 @@ from meshkit.resilience._ratelimit_policy import (
     Rule,
     RuleTable,
     check_redis_options,
-    peer_host,
+    peer_key,
     redact_uri,
     retry_after_s,
     sliding_window_wait_s,
@@ -434,14 +435,27 @@ def _not_a_key(key_of: KeyFunc, key: object) -> TypeError:
 
 
 def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Key a call by the caller's IP address, without the port (the default key).
+    """Key a call by the caller's IP address, without the port (the default key); an
+    IPv6 caller by its /64.
+
+    A global (``2000::/3``) or unique-local (``fc00::/7``) IPv6 address is keyed by its
+    /64 network: a client given a /64 (the least a site is given, RFC 6177) may call
+    from any of its 2^64 addresses, each a budget of its own if keyed whole; rate
+    limiters key IPv6 by /64 for that reason (Cloudflare's, the advice for nginx's
+    ``limit_req``). So all hosts of one /64 (the clients behind one home router or one
+    Kubernetes node's pod range of that size) share one budget; key by something else
+    (:func:`by_identity`, :func:`by_metadata`) where that is too coarse.
 
     Args:
         method: full method name (unused).
         context: the call's context; ``context.peer()`` is e.g. ``"ipv4:10.0.0.7:51234"``.
 
     Returns:
-        ``"10.0.0.7"``; ``"::1"`` for IPv6; other peer kinds (``"unix:..."``) whole.
+        ``"10.0.0.7"``; ``"2001:db8:1:2::/64"`` for a global or unique-local IPv6
+        address (:func:`~meshkit.resilience._ratelimit_policy.peer_key`); the address
+        for loopback (``"::1"``), link-local (``"fe80::1%eth0"``: ``fe80::/64`` is every
+        host of the link) and other IPv6 ones; the IPv4 address of an IPv4-mapped one;
+        other peer kinds (``"unix:..."``) whole.
     """
     # a peer string is one connection's, the same call after call: its host is parsed
     # once (peer_host: 43 bytecodes and a frame per call), kept in a bounded dict
@@ -453,17 +467,17 @@ def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 def _peer_key(peer: str) -> str:
-    """``peer_host(peer)``, kept in :data:`_PEER_HOSTS` (cleared when full) for the
-    next call from that peer (:func:`by_peer`'s look-up, and the interceptor's own
-    when ``by_peer`` is its key)."""
-    host = peer_host(peer)
+    """``peer_key(peer)`` (the host, an IPv6 one's /64), kept in :data:`_PEER_HOSTS`
+    (cleared when full) for the next call from that peer (:func:`by_peer`'s look-up,
+    and the interceptor's own when ``by_peer`` is its key)."""
+    host = peer_key(peer)
     if len(_PEER_HOSTS) >= _MAX_PEER_HOSTS:
         _PEER_HOSTS.clear()
     _PEER_HOSTS[peer] = host
     return host
 
 
-_PEER_HOSTS: dict[str, str] = {}  # peer string -> peer_host(peer), for by_peer
+_PEER_HOSTS: dict[str, str] = {}  # peer string -> peer_key(peer), for by_peer
 _MAX_PEER_HOSTS = 4096
 
 
