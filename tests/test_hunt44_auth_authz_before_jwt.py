@@ -5,8 +5,9 @@ Checks run in interceptor order, so an ``AuthzInterceptor`` listed first on a pl
 so ``deny_subjects`` refused no one and ``allow_subjects`` refused everyone, silently
 (``AuthOptions.interceptors`` and ``serve()`` order them themselves; a plain server's
 chain cannot be seen when an interceptor is built). The token check now notices a call
-the policy already judged without claims and logs one warning per interceptor naming
-the order to use; the right order logs nothing.
+a policy with subject rules already judged without claims and logs one warning per
+interceptor naming the order to use; the right order, or a policy reading no claims,
+logs nothing.
 """
 
 from __future__ import annotations
@@ -99,4 +100,16 @@ async def test_jwt_before_authz_is_silent(serve: Serve) -> None:
         ok = await asyncio.wait_for(call(port, credentials=None, metadata=[
             ("authorization", f"Bearer {ISSUE.issue('alice')}")]), 10)
         assert ok == b"-|alice"
+    assert _warnings(logs) == []
+
+
+async def test_a_policy_without_subject_rules_is_not_told(serve: Serve) -> None:
+    """[authz, jwt] with a policy that reads no claims (anonymous allowed, no subject
+    rules): its decision is the same in either order, so nothing is logged."""
+    policy = AuthzPolicy(rules={method("Whoami"): Rule(allow_anonymous=True)})
+    port = await serve([AuthzInterceptor(policy), JWTAuthInterceptor(_verifier())])
+    md = [("authorization", f"Bearer {ISSUE.issue('alice')}")]
+    with structlog.testing.capture_logs() as logs:
+        assert await asyncio.wait_for(call(port, credentials=None, metadata=md), 10) == (
+            b"-|alice")
     assert _warnings(logs) == []

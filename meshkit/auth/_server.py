@@ -340,9 +340,9 @@ class JWTAuthInterceptor(_RefusalLogged):
     every call instead, unless its class overrides ``cached`` as well. Refusals
     are logged ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module
     docstring), the reason a category (``"token expired"``, ``"no token"``...), never the token.
-    Running after an :class:`AuthzInterceptor` that judged the call without claims (a
-    hand-built chain in the wrong order) is logged once per interceptor, a warning
-    (``authorization policy ran before the token check``).
+    Running after an :class:`AuthzInterceptor` whose policy has subject rules and judged
+    the call without claims (a hand-built chain in the wrong order) is logged once per
+    interceptor, a warning (``authorization policy ran before the token check``).
 
     On a ``grpc.aio`` server of your own, ``await interceptor.aclose()`` once it has
     stopped: it logs the counts of the last interval's refusals, which are otherwise lost
@@ -527,7 +527,8 @@ class AuthzInterceptor(_RefusalLogged):
     Put before the token check on a hand-built server, it would judge every call without
     claims (``deny_subjects`` refusing no one, ``allow_subjects`` everyone); the chain
     cannot be seen when an interceptor is built, so the :class:`JWTAuthInterceptor` that
-    runs after it for a call the policy judged without claims logs one warning
+    runs after it for a call a policy with subject rules judged without claims logs one
+    warning
     (``authorization policy ran before the token check``, with the ``method`` and the
     ``fix``) per token interceptor; the call is not refused for it.
 
@@ -617,6 +618,10 @@ class AuthzInterceptor(_RefusalLogged):
         refusals = self._refusals
         verifier = self._verifier
         trust_domain = self._trust_domain
+        # only subject rules read the claims: a policy without them is judged alike
+        # whatever the order, and pays no marking per call
+        by_subject = any(r.allow_subjects or r.deny_subjects
+                         for r in (*policy.rules.values(), policy.default))
 
         def before(context: Any) -> Awaitable[None] | None:
             marked = _call_get()  # fresh_identity, inline: the call's first check marks
@@ -637,7 +642,7 @@ class AuthzInterceptor(_RefusalLogged):
                         return foreign
                     _peer.set(peer)
             claims = _claims.get()
-            if claims is None:  # told by a token check after this one (a wrong order)
+            if claims is None and by_subject:  # told by a token check after this one
                 _judged_set(context)
             decision = policy.evaluate(method, peer.spiffe_id if peer else None, claims)
             if decision.allowed:
