@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from meshkit._fork import reset_in_forked_child
+
 __all__ = ["HandlerThreads", "NoHandlerThread"]
 
 _T = TypeVar("_T")
@@ -56,6 +58,9 @@ class HandlerThreads(Executor):
     """A pool of up to ``max_workers`` daemon threads named ``<thread_name_prefix>_<n>``,
     each started when a submitted call finds no idle one.
 
+    In a child made by ``os.fork()`` the pool starts afresh (:meth:`_forget_parent`):
+    no thread of the parent's is there, so the child's calls get threads of its own.
+
     Args:
         max_workers: the most threads, an int >= 1 (the caller validates it,
             ``ServeOptions.handler_threads``); ``None``: ``ThreadPoolExecutor``'s default,
@@ -85,6 +90,25 @@ class HandlerThreads(Executor):
         # the pool is below max_workers (a start failed), and its loop: see _retry_starts
         self._retry: asyncio.TimerHandle | None = None
         self._retry_loop: asyncio.AbstractEventLoop | None = None
+        _pools.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()`` (:func:`~meshkit._fork.reset_in_forked_child`):
+        only the forking thread exists there, so the parent's threads, the idle permits
+        they released, the calls queued for them and the lock as it was at the fork (held,
+        maybe, by a thread that is not there) are dropped, and the pool starts with no
+        thread, as a new one (a call submitted then starts one). Kept: ``max_workers``,
+        the name prefix and whether the pool was shut down. The parent's queued calls
+        are the parent's; their futures here are never completed (nothing in the child
+        waits for them)."""
+        self._work = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads = []
+        self._start_failing = False
+        self._owed = 0
+        self._retry = None  # (a timer of the parent's loop)
+        self._retry_loop = None
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a pool thread; its ``Future``.
@@ -243,3 +267,6 @@ class HandlerThreads(Executor):
         if wait:
             for thread in threads:
                 thread.join()
+
+
+_pools = reset_in_forked_child(HandlerThreads)
