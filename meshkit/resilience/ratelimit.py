@@ -526,7 +526,9 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
     Args:
         name: metadata key, case-insensitive, not a ``-bin`` key.
         fallback: key function for calls without the header (default :func:`by_peer`);
-            ``None`` puts all such calls in one shared budget.
+            ``None`` puts all such calls in one shared budget, keyed
+            ``"<name><missing>"``, which no value a caller sends makes (those are keyed
+            ``"<name>=<value>"``): a client cannot spend that budget on purpose.
 
     Raises:
         ConfigError: ``name`` is empty, not a string, a binary (``-bin``) key, or holds a
@@ -552,7 +554,9 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
         raise ConfigError(f"by_metadata's fallback must be None or a plain function "
                           f"(method, context) -> str, got {fallback!r}")
     prefix = header + "="
-    missing = prefix + "<missing>"
+    # not "<header>=...": no value a caller sends makes it (every sent one is keyed
+    # "<header>=<value>"), so no client can spend the shared budget of those without it
+    missing = header + "<missing>"
 
     def key(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         for k, v in call_metadata(context) or ():
