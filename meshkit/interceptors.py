@@ -154,15 +154,20 @@ class ClientCallDetails:
 
     def __copy__(self) -> ClientCallDetails:
         """A shallow copy (what ``copy.copy`` makes of the slots), recording its
-        ``codec_error`` on this one too."""
+        ``codec_error`` on this one too; of an application's subclass, with its own
+        slots and ``__dict__`` (an interceptor after the one that made it reads them)."""
         cls = type(self)
         new = cls.__new__(cls)
-        for name in ClientCallDetails.__slots__:
+        names = ClientCallDetails.__slots__ if cls is ClientCallDetails else _slots(cls)
+        for name in names:
             try:
                 value = getattr(self, name)
             except AttributeError:  # a slot never set (_codec_error, _origin)
                 continue
             setattr(new, name, value)
+        own = getattr(self, "__dict__", None)
+        if own:
+            new.__dict__.update(own)
         new._origin = self
         return new
 
@@ -181,6 +186,16 @@ class ClientCallDetails:
     def time_remaining_s(self) -> float | None:
         """Seconds left before the deadline (may be negative), or ``None`` without one."""
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+def _slots(cls: type) -> tuple[str, ...]:
+    """Every slot of ``cls`` and its bases but ``__dict__``/``__weakref__`` (a subclass of
+    :class:`ClientCallDetails` adds its own)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        declared = vars(klass).get("__slots__", ())
+        names.extend((declared,) if isinstance(declared, str) else declared)
+    return tuple(n for n in names if n not in ("__dict__", "__weakref__"))
 
 
 UnaryProceed = Callable[[ClientCallDetails, Any], Awaitable[Any]]
