@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshkit.auth import TLSOptions, create_ca, issue_workload
-from tests.auth.chains import key_pem, pem
+from tests.auth.chains import key_pem, key_usage, pem
 from tests.auth.conftest import TD, StartServer, call, start_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,6 +119,7 @@ def _leaf_without_key_id(key: ec.EllipticCurvePrivateKey, issuer: x509.Certifica
             .not_valid_before(now - dt.timedelta(minutes=1))
             .not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(key_usage(sign_certs=False), critical=True)  # X.509-SVID §4.3
             .add_extension(x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False)
