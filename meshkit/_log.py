@@ -238,15 +238,19 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 # ... or quoted, as a dict's repr or a JSON object writes it (``'password': 'x'``,
 # ``"token":"abc"``): the closing quote after the key (group 2)
 _PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+[=:][ \t]*+"
-# a value: libpq's quoted one ('...', \' escapes), ODBC's braced one ({...}, }} escapes),
-# either running to the text's end when not closed (more masked, never less), else up to
-# whitespace, '&', ';' or a quote
-_PAIR_VALUE = r"'(?:[^'\\]|\\.)*+'?|\{(?:[^}]|\}\})*+\}?|[^\s&;']*+"
-# a quoted key's value (a repr's, JSON's): quoted ('...' or "...", \ escapes; a bytes
-# repr's b'...'), kept whole, or bare (a number, None) up to the ',', '}', ']' or ')'
-# that ends it; a quote not closed runs to the text's end (more masked, never less)
-_QUOTED_KEY_VALUE = (r"b?'(?:[^'\\]|\\.)*+'?|b?\"(?:[^\"\\]|\\.)*+\"?"
-                     r"|\{(?:[^}]|\}\})*+\}?|[^\s&;'\",}\])]*+")
+# a value not opened by a quote or brace (those: _OPENED): up to whitespace, '&', ';' or
+# a quote
+_PAIR_VALUE = r"[^\s&;']*+"
+# a quoted key's (a repr's, JSON's) bare value (a number, None): up to the ',', '}', ']'
+# or ')' that ends it as well
+_QUOTED_KEY_VALUE = r"[^\s&;'\",}\])]*+"
+# a quoted value's body after its opening quote or brace (libpq's and Python's '...' and
+# "..." with \ escapes, ODBC's {...} with }} escapes), read once, possessively: the
+# closing quote or brace is the character after the match, when it is one; a value opened
+# and not closed anywhere after ends at the first whitespace (_UNCLOSED), as a bare one
+_OPENED = {"'": r"(?:[^'\\]|\\.)*+", '"': r'(?:[^"\\]|\\.)*+', "{": r"(?:[^}]|\}\})*+"}
+_CLOSING = {"'": "'", '"': '"', "{": "}"}
+_UNCLOSED = r"[^\s]*+"
 # the credential after an auth scheme taken for a value (``Authorization: Bearer <token>``)
 _SCHEME_CREDENTIAL = r"[ \t]++[^\s&;']++"
 # ``Bearer <token>`` anywhere (RFC 6750's b64token, 8 characters or more: "bearer token"
@@ -269,13 +273,16 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "credential", "key", "port", "quoted_value", "value")
+    __slots__ = ("bearer", "credential", "key", "opened", "port", "quoted_value", "unclosed",
+                 "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
         self.port = re.compile(_PORT, flags)
         self.value = re.compile(_PAIR_VALUE, flags | re.DOTALL)
         self.quoted_value = re.compile(_QUOTED_KEY_VALUE, flags | re.DOTALL)
+        self.opened = {c: re.compile(body, flags | re.DOTALL) for c, body in _OPENED.items()}
+        self.unclosed = re.compile(_UNCLOSED, flags)
         self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
         self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
 
@@ -291,6 +298,10 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
     token; ``text`` itself when there is none."""
     out: list[str] = []
     done = 0
+    # the openers (quote, brace) known not closed anywhere after them: any opened later
+    # is not either (a scan from a later opener reads the same tokens), so each opener's
+    # body is read once at most and the whole stays linear
+    unclosed: set[str] = set()
     if "=" in text or ":" in text:
         for m in res.key.finditer(text):
             if m.start() < done:
@@ -304,18 +315,19 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
                     or text[max(m.start() - 2, 0):m.start()] == "//"
                     or res.port.match(text, m.end()) is not None):
                 continue  # a host (``//auth:8080/x``, scp's ``git@auth:repo``), a port
-            value = (res.quoted_value if quoted else res.value).match(text, m.end())
-            end = value.end() if value is not None else m.end()
-            if end == m.end() or text[m.end():end] in _MASKS:
-                continue  # no value (``password=`` at the end, before a separator), masked
             start = m.end()
-            if quoted:  # the value's quotes kept: the repr or JSON stays well-formed
+            end, closed = _value_end(text, start, quoted, res, unclosed)
+            if end == start or text[start:end] in _MASKS:
+                continue  # no value (``password=`` at the end, before a separator), masked
+            if quoted and closed:  # the quotes kept: the repr or JSON stays well-formed
                 inner = _QUOTES_RE.fullmatch(text, start, end)
                 if inner is not None:
                     if inner.group(2) in _MASKS:
                         continue
                     start, end = inner.start(2), inner.end(2)
-            elif text[start:end].lower() in _AUTH_SCHEMES:  # ``Bearer <token>``: both
+            elif not closed and text[start + (text[start] in "'\"{"):end].lower(
+                    ) in _AUTH_SCHEMES:  # ``Bearer <token>`` (``'Bearer <token>`` not
+                # closed): both
                 credential = res.credential.match(text, end)
                 if credential is not None:
                     end = credential.end()
@@ -330,6 +342,31 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
         if redacted != text:
             return redacted
     return text
+
+
+def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
+               unclosed: set[str]) -> tuple[int, bool]:
+    """Where the value at ``text[pos:]`` ends, and whether it is a closed quoted or braced
+    one (its quotes or braces included): ``'...'``, ``"..."`` (also ``b'...'``), ``{...}``
+    to the closing quote or brace; one not closed (or in ``unclosed``: known not closed,
+    added to when found so) up to the first whitespace; else a bare value (a quoted key's
+    up to a ``,``, ``}``, ``]`` or ``)`` too)."""
+    opener = text[pos:pos + 1]
+    body = pos + 1
+    if opener == "b" and text[body:body + 1] in ("'", '"'):  # a bytes repr's b'...'
+        opener = text[body]
+        body += 1
+    if opener in _CLOSING:
+        if opener not in unclosed:
+            scanned = res.opened[opener].match(text, body)
+            after = scanned.end() if scanned is not None else body
+            if text[after:after + 1] == _CLOSING[opener]:
+                return after + 1, True
+            unclosed.add(opener)
+        found = res.unclosed.match(text, body)
+        return (found.end() if found is not None else body), False
+    found = (res.quoted_value if quoted_key else res.value).match(text, pos)
+    return (found.end() if found is not None else pos), False
 
 
 # a quoted value's inside (group 2), between its (closed) quotes (group 1)
@@ -370,7 +407,10 @@ def redact_text(text: str) -> str:
     """``text`` with each URL's user info (:func:`redact_url_userinfo`) and the value of
     each ``key=value`` or ``key: value`` pair whose key names a credential
     (:func:`is_sensitive_key`, or ODBC's ``pwd``) ``[REDACTED]``: a libpq keyword DSN's
-    ``password=...`` (quoted or not), an ODBC string's ``Pwd=...;`` (braced or not), a
+    ``password=...`` (quoted or not: ``'...'`` or ``"..."`` with ``\\`` escapes, whole,
+    blanks included; a quote not closed anywhere after it ends at the first whitespace,
+    ``password='abc rest`` -> ``password=[REDACTED] rest``), an ODBC string's
+    ``Pwd=...;`` (braced or not; a brace not closed likewise), a
     URL query's ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an
     auth scheme as the value: the credential after it too), ``access_token=...``; a
     dict's repr or a JSON object's quoted key (``{'password': 'p w'}`` ->

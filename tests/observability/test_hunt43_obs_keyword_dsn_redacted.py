@@ -36,7 +36,7 @@ _CASES = {
     "token-in-text": ("callback failed: access_token=abc.def.ghi expired",
                       "callback failed: access_token=[REDACTED] expired"),
     "after-another-key": ("a=password=s3cret", "a=password=[REDACTED]"),
-    "unterminated-quote": ("password='s3cret dbname=x", "password=[REDACTED]"),
+    "unterminated-quote": ("password='s3cret dbname=x", "password=[REDACTED] dbname=x"),
     # not credentials: as they are
     "plain-keys": ("host=db user=app dbname=x port=5432", "host=db user=app dbname=x port=5432"),
     "inside-a-word": ("monkey=banana keyboard=qwerty author=me",
