@@ -969,6 +969,31 @@ async def run_until_terminated(args: argparse.Namespace) -> int:
     return code
 
 
+def _escape_unencodable_stdout() -> Callable[[], None]:
+    """Make ``sys.stdout`` write what its encoding cannot encode escaped (``\\u2014``,
+    the ``backslashreplace`` handler stderr has) instead of raising
+    ``UnicodeEncodeError``: the report's dashes on an ASCII stdout
+    (``PYTHONIOENCODING=ascii``, an ASCII locale) ended ``python -m examples.ecom.demo``
+    in a traceback after its work was done (``meshkit demo`` has its stdout escaped by
+    ``meshkit.cli``). Returns the function that puts the stream's own handler back; a
+    stream that cannot be reconfigured (a ``StringIO``, a closed one) is left as it is."""
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None or not isinstance(errors, str):
+        return lambda: None
+    try:
+        reconfigure(errors="backslashreplace")
+    except (OSError, ValueError, TypeError):  # closed, or not a text stream that takes it
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(Exception):
+            reconfigure(errors=errors)
+
+    return restore
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``meshkit demo``; returns the exit code: the run's (0 passed, 1
     failed; 1 too, with one message on stderr naming it and the end of its log, when a
@@ -990,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a file there, or under one: status 2, not a traceback
         reason = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
         parser.error(f"argument --workdir: cannot use {args.workdir!r}: {reason or exc}")
+    restore = _escape_unencodable_stdout()
     try:
         return asyncio.run(run_until_terminated(args))
     except StartError as exc:  # every process was stopped: what went wrong, no traceback
@@ -999,6 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Interrupted; every process was stopped.")
         return _EXIT_INTERRUPTED
     finally:
+        restore()
         # run() removes it too; not if it failed before its clean-up started (its first
         # line printed to a closed stdout, say), with the demo CA's key in it
         if getattr(args, "own_workdir", False) and not args.keep_workdir:
