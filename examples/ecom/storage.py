@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -659,6 +660,20 @@ async def _sqlite_orders(
     return [_order(r, items) for r in rows]
 
 
+def _check_sqlite_directory(path: str) -> None:
+    """Raise :class:`StoreError` naming the directory of the SQLite file ``path``
+    (as given, relative to the working directory) when it does not exist or is not a
+    directory: SQLite's own error, ``unable to open database file``
+    (``SQLITE_CANTOPEN``), is a condition to wait out (:class:`StoreUnavailable`) and
+    names nothing."""
+    directory = os.path.dirname(path) or "."
+    if os.path.isdir(directory):
+        return
+    why = "is not a directory" if os.path.exists(directory) else "does not exist"
+    raise StoreError(f"the sqlite file's directory {directory!r} {why} (SQLite creates "
+                     "the file, not its directory)")
+
+
 class SqliteStore:
     """:class:`Store` on one SQLite file through one aiosqlite connection.
 
@@ -688,10 +703,15 @@ class SqliteStore:
         ``busy_timeout_s`` (default 10 s, > 0) bounds each wait for another
         connection's lock. Raises ``ValueError`` for a bad ``busy_timeout_s``,
         :class:`StoreUnavailable` if the file cannot be opened, written or
-        locked in time, and :class:`StoreError` for any other failure.
+        locked in time, and :class:`StoreError` for any other failure: a
+        directory of ``path`` that does not exist or is not a directory among
+        them, named in the message (SQLite creates the file, never its
+        directory, so no wait would open it: ``sqlite:///missing-dir/x.db``
+        made a service retry it for all of ``--db-wait-s``).
         """
         if not busy_timeout_s > 0:
             raise ValueError(f"busy_timeout_s must be > 0, got {busy_timeout_s!r}")
+        _check_sqlite_directory(path)
         try:
             conn = await _sqlite_connect(path, busy_timeout_s)
         except Exception as exc:

@@ -6,8 +6,10 @@ open: a stack applied together (PostgreSQL still starting) began in Kubernetes'
 CrashLoopBackOff, whose growing delays (up to 5 minutes) held every service down after
 the database was up. They now try again every second for ``--db-wait-s`` (env
 ``ECOM_DB_WAIT_S``, default 60 s, the startup probe's allowance), one warning logged.
-Here the SQLite file's directory is missing at first (the file cannot be opened:
-StoreUnavailable), then made.
+Here a directory stands where the SQLite file goes at first (the file cannot be opened:
+StoreUnavailable), then is removed. (A missing directory no longer serves: SQLite never
+creates it, so the store refuses it at once, naming it:
+tests/examples/test_hunt44_cli_sqlite_missing_dir.py.)
 """
 
 from __future__ import annotations
@@ -28,18 +30,19 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def test_a_service_waits_for_its_database_at_start(tmp_path: Path) -> None:
-    db_dir = tmp_path / "not-yet"
+    db_file = tmp_path / "summary.db"
+    db_file.mkdir()  # the file cannot be opened while a directory stands there
     env = {"MESHKIT_REGISTRY": f"local://{tmp_path / 'registry'}"}
     async with children(tmp_path / "logs", env) as kids:
         child = await kids.start(
             "examples.ecom.projection_service", "--insecure",
-            "--db", f"sqlite:///{db_dir / 'summary.db'}", "--nats-url", "nats://127.0.0.1:1")
+            "--db", f"sqlite:///{db_file}", "--nats-url", "nats://127.0.0.1:1")
         await until(lambda: child.proc.returncode is not None
                     or "store unavailable at start" in child.stderr(), timeout_s=30,
                     what="the first attempt at the store")
         await asyncio.sleep(0.3)  # a retry or two
         assert child.proc.returncode is None, child.stderr()[-2000:]  # before: exited 1
-        db_dir.mkdir()
+        db_file.rmdir()
         await child.wait_line("READY ", timeout_s=20)
         events = [json.loads(line).get("event") for line in child.stderr().splitlines()
                   if line.startswith("{")]

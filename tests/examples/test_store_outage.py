@@ -382,15 +382,17 @@ async def test_meshkit_client_retries_keyed_place_order_once(
 
 
 async def test_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
-    """Opening an SQLite store whose file cannot be created raises StoreUnavailable, and
-    its message names no path."""
+    """Opening an SQLite store whose file cannot be opened (a directory stands in its
+    place) raises StoreUnavailable, and its message names no path. (A missing directory
+    is refused at once instead, naming it: test_hunt44_cli_sqlite_missing_dir.py.)"""
     from examples.ecom.storage import StoreUnavailable
 
+    (tmp_path / "in-the-way.db").mkdir()
     before = set(threading.enumerate())
     with pytest.raises(StoreUnavailable) as info:
-        await open_store(f"sqlite:///{tmp_path / 'no-such-dir' / 'ecom.db'}")
+        await open_store(f"sqlite:///{tmp_path / 'in-the-way.db'}")
     assert_no_internals(str(info.value))
-    assert "no-such-dir" not in str(info.value)
+    assert "in-the-way" not in str(info.value)
     # aiosqlite stops the failed connection's thread in the background; let it finish
     # while this loop still runs.
     await until(
