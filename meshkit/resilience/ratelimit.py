@@ -103,11 +103,13 @@ storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after), tr
 A6's signed 32-bit integer holds (2**31 - 1 ms, about 24.86 days: a ``"1/month"`` rule's
 refusal; ``retry-after`` still says when). With ``memory://``, and with Redis for the
 sliding window counter and the fixed window (whose ends Redis gives in milliseconds,
-``PTTL``), it is the wait to the millisecond (rounded up), which ``retry-after`` rounds
-up to whole seconds: a "1/second" caller refused 0.6 s into its window may retry in
-400 ms, and one whose deadline is 0.5 s away is told so, not ``-1``. A Redis moving
-window (its hits stamped by the replicas' clocks) sends ``retry-after`` x 1000. gRPC
-clients whose
+``PTTL``) and the moving window (its hits stamped in fractional seconds by the replicas'
+clocks: the wait is as exact as those clocks agree, the skew ``retry-after`` has too; a
+caller told too early is refused again with the rest), it is the wait to the
+millisecond (rounded up), which ``retry-after`` rounds up to whole seconds: a
+"1/second" caller refused 0.6 s into its window may retry in 400 ms, and one whose
+deadline is 0.5 s away is told so, not ``-1``. Other storages send ``retry-after`` x
+1000. gRPC clients whose
 retry or hedging policy lists ``RESOURCE_EXHAUSTED`` (grpc-go, C-core and its wrappers,
 Java) read only this trailer: without it they retried at their own backoff, at once,
 and were refused again until their attempts ran out. With it they wait out the refusal
@@ -792,9 +794,10 @@ class Rejection:
             sends neither.
         pushback_ms: the same wait in milliseconds (>= 1), rounded up, when the limiter
             knows it that well (``memory://``: its windows are on this process' clock;
-            Redis' fixed and sliding windows: their ``PTTL``), sent as
-            ``grpc-retry-pushback-ms``; ``None``: ``retry_after_s`` x 1000 (a Redis moving
-            window, stamped by the replicas' clocks; other storages).
+            Redis' fixed and sliding windows: their ``PTTL``; Redis' moving window: its
+            hits' fractional stamps, by the replicas' clocks), sent as
+            ``grpc-retry-pushback-ms``; ``None``: ``retry_after_s`` x 1000 (other
+            storages).
     """
 
     code: grpc.StatusCode
@@ -1626,12 +1629,13 @@ class StorageLimiter:
         self._sliding = opts.strategy == "sliding-window-counter"
         self._fixed = opts.strategy == "fixed-window"
         # a refusal's wait known to the millisecond (Rejection.pushback_ms): memory:// (its
-        # own clock); on Redis a sliding window (its scripts' PTTLs: durations) and a fixed
-        # window read by PTTL; a networked moving window's hits are stamped by the
-        # replicas' clocks, and other storages keep whole seconds: retry-after x 1000
+        # own clock); on Redis a sliding window (its scripts' PTTLs: durations), a fixed
+        # window read by PTTL, and a moving window (its hits stamped in fractional
+        # seconds, by the replicas' clocks: as exact as they agree, the same skew
+        # retry-after has); other storages keep whole seconds: retry-after x 1000
         self._exact_wait = self.synchronous or (
-            self._sliding and isinstance(storage, AsyncRedisStorage)) or (
-            self._fixed and pttl)
+            (self._sliding or opts.strategy == "moving-window")
+            and isinstance(storage, AsyncRedisStorage)) or (self._fixed and pttl)
         # the sliding-window counter's hit made here (the strategy's own three lines, with
         # the storage key remembered): storage.acquire_sliding_window_entry is limits'
         # storage interface for that strategy
