@@ -215,6 +215,9 @@ _USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' aft
 _FLOORS = (("ttl_s", 0.1), ("check_interval_s", 0.01), ("watch_query_interval_s", 0.01),
            ("backoff_max_s", 0.01))
 
+#: At most this many services named in one log line (an outage of every watched service)
+_NAMED_SERVICES = 20
+
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
 
@@ -1197,6 +1200,10 @@ class ConsulRegistry:
         # each watched service's reads: one service's failing queries are that
         # service's fault, not every service's (see _watch_failed)
         self._reads = ServiceReads("consul")
+        # services whose own read outage began and is not logged yet: logged at its
+        # second failed query, unless every watched service fails by then (the
+        # registry's outage: one line naming them all) or it reads again first
+        self._unlogged: set[str] = set()
         self._watch_ids = itertools.count()
         _registries.add(self)  # reset in a forked child: _forget_parent
 
@@ -1246,6 +1253,7 @@ class ConsulRegistry:
         self._race = race
         self._kept = {}
         self._reads = ServiceReads("consul")
+        self._unlogged = set()
 
     @classmethod
     def from_uri(
@@ -1376,30 +1384,50 @@ class ConsulRegistry:
             _log.info("consul readable again", agent=self.options.base_url,
                       outage_s=round(duration, 3))
 
-    def _watch_failed(self, service: str, error: str) -> Outage | None:
+    def _watch_failed(self, service: str, error: str) -> tuple[Outage | None, list[str]]:
         """Record a failed query of a watch of ``service``; what the watch logs
-        (``"started"``, ``"reminder"`` or None): the registry's read outage while every
-        watched service's latest query failed (it fails then, and only then), else the
-        service's own. The registry's ``read_errors`` and ``last_error`` take each
-        failure."""
+        (``"started"``, ``"reminder"`` or None) and the services the line names: the
+        registry's read outage while every watched service's latest query failed (it
+        fails then, and only then; its start names every watched service, once however
+        many watches fail), else the service's own. A service's own outage's start is
+        logged at its second failed query in a row, not its first: the agent going
+        down fails every watch one after the other, which would otherwise log one start
+        per watched service before the registry's. The registry's ``read_errors`` and
+        ``last_error`` take each failure."""
         reads = self._reads.record(service)
         if reads is None:
-            return self._tracker.read_failed(error)
+            return self._tracker.read_failed(error), [service]
         outage = reads.read_failed(error)
         if self._reads.all_failing():
-            return self._tracker.read_failed(error)
+            registry = self._tracker.read_failed(error)
+            if registry == "started":
+                self._unlogged.clear()  # this line names them
+                return registry, self._reads.failing()
+            if outage == "started" or service in self._unlogged:
+                # the registry's outage was logged naming the others: this service
+                # joined it (its own outage is part of it)
+                self._unlogged.discard(service)
+            return registry, [service]
         # counted; the registry still reads (other services' watches do)
         self._tracker.read.errors += 1
         self._tracker.last_error = error
-        return outage
+        if outage == "started":
+            self._unlogged.add(service)
+            return None, [service]
+        if service in self._unlogged:  # the second failure in a row: its own fault
+            self._unlogged.discard(service)
+            return "started", [service]
+        return outage, [service]
 
     def _watch_read_ok(self, service: str) -> None:
         """Record a successful query of a watch of ``service`` (the service's outage's
         end logged, with the registry's as :meth:`_read_ok` logs it)."""
         reads = self._reads.record(service)
         registry_failing = self._tracker.read.ok is False  # its end logged by _read_ok
+        unlogged = service in self._unlogged  # its start was not logged: nor its end
+        self._unlogged.discard(service)
         if (reads is not None and (duration := reads.read_ok()) is not None
-                and not registry_failing):
+                and not registry_failing and not unlogged):
             _log.info("consul readable again for a service", service=service,
                       agent=self.options.base_url, outage_s=round(duration, 3))
         self._read_ok()
@@ -1410,6 +1438,8 @@ class ConsulRegistry:
         query reports only when it answers)."""
         if self._reads.watch_ended(service, self._tracker):
             self._read_ok()
+        if self._reads.get(service) is None:  # its last watch: no start to log now
+            self._unlogged.discard(service)
 
     def _write_ok(self) -> None:
         """Record a successful write; log "consul writable again" if it ended an outage."""
@@ -2261,13 +2291,16 @@ class ConsulRegistry:
         "Rate limit"), so an index that keeps moving is polled at that rate. On errors it
         keeps the last set, sleeps with full-jitter exponential backoff
         (``backoff_base_s`` .. ``backoff_max_s``) and retries forever, logging a warning
-        when the registry's reads start failing and a reminder at most every 60 s (not
-        one per retry), and "consul readable again" (with ``outage_s``) at info when a
-        read works again. The backoff grows with each failure until a blocking query
-        succeeds (the non-blocking re-read after an error does not reset it, so a watch
-        whose blocking queries keep failing backs off to ``backoff_max_s``). Instances the
-        ACL token may not read are not listed (the agent filters them out, HTTP 200); when
-        the agent says so a warning is logged and :meth:`status` records it (see there).
+        when the registry's reads start failing (once for an outage of every watched
+        service, naming them: ``services``, the first 20, and ``service_count``; for one
+        service's reads failing alone, at its second failed query in a row) and a
+        reminder at most every 60 s (not one per retry), and "consul readable again"
+        (with ``outage_s``) at info when a read works again. The backoff grows with each
+        failure until a blocking query succeeds (the non-blocking re-read after an error
+        does not reset it, so a watch whose blocking queries keep failing backs off to
+        ``backoff_max_s``). Instances the ACL token may not read are not listed (the
+        agent filters them out, HTTP 200); when the agent says so a warning is logged
+        and :meth:`status` records it (see there).
 
         An agent that lost its state (restarted without it: dev mode, a container without
         a volume) or had an older one restored answers with an ``X-Consul-Index`` below
@@ -2340,7 +2373,7 @@ class ConsulRegistry:
                     if not grace.expired():
                         failures += 1
                         delay = self._backoff_delay(failures)
-                        outage = self._watch_failed(service, (
+                        outage, named = self._watch_failed(service, (
                             f"watch of {service!r} on Consul agent {self.options.base_url}: "
                             f"{self._describe(exc)}"))
                         if outage == "started":
@@ -2348,7 +2381,10 @@ class ConsulRegistry:
                                 "consul watch failed; keeping the last known endpoints",
                                 service=service, agent=self.options.base_url,
                                 attempt=failures, retry_in_s=round(delay, 3),
-                                error=self._describe(exc))
+                                error=self._describe(exc),
+                                **({"services": named[:_NAMED_SERVICES],
+                                    "service_count": len(named)} if len(named) > 1
+                                   else {}))
                         elif outage == "reminder":
                             _log.warning(
                                 "consul watch still failing; keeping the last known "

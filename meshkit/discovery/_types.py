@@ -376,6 +376,11 @@ class ServiceReads:
         """The read record of ``service`` if it has one (none made)."""
         return self._reads.get(service)
 
+    def failing(self) -> list[str]:
+        """The watched services whose latest read failed, sorted (for a log line)."""
+        with self._mutex:
+            return sorted(s for s, t in self._reads.items() if t.read.ok is False)
+
     def all_failing(self) -> bool:
         """Whether every watched service's latest read failed (the registry's reads fail
         then, and only then)."""
