@@ -128,7 +128,9 @@ class AdminServer:
                            like ``/debug/mesh``, read on the loop and encoded in the
                            admin server's own threads (below)
     /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
-                           text format, or OpenMetrics when the Accept header asks for it;
+                           text format, or OpenMetrics when the Accept header prefers
+                           it (each format weighed by its most specific media range,
+                           RFC 9110 12.5.1; a tie of ``*/*`` alone is the text format);
                            collected and rendered in the admin server's own thread (the
                            channels and servers are read on their own event loops: this
                            one, or another thread's for those started there, within
@@ -1104,19 +1106,34 @@ def _accepts_gzip(accept_encoding: str) -> bool:
     return best is not None and best > 0.0
 
 
+def _range_weight(items: list[tuple[str, float]], kind: str) -> tuple[float, int]:
+    """The weight ``items`` (:func:`_weighted`) give media type ``kind`` (lower case)
+    by its most specific matching range (RFC 9110 12.5.1: ``type/subtype`` over
+    ``type/*`` over ``*/*``; the highest of several of one precision, as Prometheus
+    lists its OpenMetrics versions apart): ``(q, precision)``, precision 2 for the type
+    named, 1 for ``type/*``, 0 for ``*/*``; ``(-1.0, -1)`` when no range matches."""
+    major = kind.partition("/")[0] + "/*"
+    best = (-1.0, -1)
+    for item, q in items:
+        precision = 2 if item == kind else 1 if item == major else 0 if item == "*/*" else -1
+        if precision > best[1] or (precision == best[1] and precision >= 0 and q > best[0]):
+            best = (q, precision)
+    return best
+
+
 def _wants_openmetrics(accept: str) -> bool:
     """Whether an ``Accept`` header prefers the OpenMetrics text format to Prometheus'
-    text format 0.0.4: its best weight for ``application/openmetrics-text`` is above 0
-    and not below the best for ``text/plain``, ``text/*`` or ``*/*`` (RFC 9110 12.5.1:
-    media types compare case-insensitively, a parameter value may be quoted, ``q=0``
-    means not acceptable; a malformed weight counts as 0). A header prometheus_client's
-    own ``choose_encoder`` raises on (a quoted ``version``) or reads wrongly (``q=0``)
-    is answered here, never with a 500."""
-    best_om = best_text = -1.0
-    for kind, q in _weighted(accept):
-        if kind == "application/openmetrics-text":
-            best_om = max(best_om, q)
-        elif kind in ("text/plain", "text/*", "*/*"):
-            best_text = max(best_text, q)
-    return best_om > 0.0 and best_om >= best_text
-
+    text format 0.0.4: the weight of ``application/openmetrics-text`` is above 0 and
+    above that of ``text/plain``, or equal to it and given by a range that names it
+    (``application/openmetrics-text`` or ``application/*``: a tie of ``*/*`` alone, curl's
+    default, is the text format), each weight taken from the most specific range
+    matching it (RFC 9110 12.5.1: ``text/plain;q=0, */*`` refuses the text format,
+    which ``*/*`` does not take back; media types compare case-insensitively, a
+    parameter value may be quoted, ``q=0`` means not acceptable; a malformed weight
+    counts as 0). A header prometheus_client's own ``choose_encoder`` raises on (a
+    quoted ``version``) or reads wrongly (``q=0``) is answered here, never with a
+    500."""
+    items = _weighted(accept)
+    om, om_precision = _range_weight(items, "application/openmetrics-text")
+    text, _ = _range_weight(items, "text/plain")
+    return om > 0.0 and (om > text or (om == text and om_precision > 0))
