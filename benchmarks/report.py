@@ -149,7 +149,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     fo = _get(sc, "failover", "contenders", "default") or {}
     add("failover: failed calls (meshkit defaults)", "0", fo.get("failed_calls"),
         lambda v: v == 0)
-    if fo:
+    if fo.get("unmeasured_rounds"):  # judged against a pre-kill rate it did not measure
+        rows.append({"target": "failover: balanced again after SIGKILL", "goal": "<= 1 s",
+                     "value": f"not measured: {fo['unmeasured_rounds']} round(s) served no "
+                              "call before the kill", "unit": "", "met": None})
+    elif fo:
         bal = fo.get("balanced_after_s_max")
         rows.append({"target": "failover: balanced again after SIGKILL", "goal": "<= 1 s",
                      "value": bal if bal is not None else "not within the observation",
@@ -229,12 +233,14 @@ def _status(target: dict[str, Any], missed: str) -> str:
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
+    """A table cell or measured value: ``-`` for ``None``, a float with ``digits``
+    decimals (thousands grouped, no decimals, from 1,000), never a negative zero (a
+    -0.001 s reads 0.00, not -0.00)."""
     if v is None:
         return "-"
     if isinstance(v, float):
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.{digits}f}"
+        text = f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
     return str(v)
 
 

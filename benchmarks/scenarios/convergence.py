@@ -48,7 +48,9 @@ def _analyse(timeline: list[list[Any]], new_id: str, t_reg: float,
     last_start = max((c[0] for c in served), default=None)
     failed = [c for c in timeline if c[2].startswith("!")]
     return {
-        "join_s": None if first_done is None else first_done - t_reg,
+        # its first call can end before the worker reports the registration done
+        # (watchers see the row first): served at once, 0, not -0.00
+        "join_s": None if first_done is None else max(0.0, first_done - t_reg),
         "leave_s": None if last_start is None else last_start - t_term,
         "served_by_new": len(served),
         "calls": len(timeline),

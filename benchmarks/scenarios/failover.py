@@ -42,9 +42,11 @@ SHARE_OF_FAIR = 0.6
 CONTENDERS = {"default": ("p2c", "outlier", "retry"), "rr-noretry": ()}
 
 
-def _p(values: list[float], q: float) -> float:
+def _p(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (nearest rank), ``None`` for no value: not 0.0,
+    which read as a measured p99 of an empty pre-kill list."""
     if not values:
-        return 0.0
+        return None
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
@@ -55,7 +57,9 @@ def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
     (``[start_monotonic_s, latency_s, instance_id or "!CODE"]``). Latencies (``pre_*``,
     ``post_1s_p99_us``, ``extra_*``) are those of served calls, failed ones are counted in
     ``failed``; the post-kill figures are ``None`` when no call started in the second
-    after the kill was served."""
+    after the kill was served, the pre-kill ones (and the extra latencies) when none
+    before it was, and so is ``balanced_after_s``: the balance is judged against the
+    pre-kill call rate, which such a round did not measure."""
     t_begin = min((c[0] for c in timeline), default=t_kill)
     t_end = max((c[0] for c in timeline), default=t_kill)
     pre = [c for c in timeline if c[0] < t_kill]
@@ -68,7 +72,7 @@ def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
     pre_p50 = _p(pre_ok, 0.50)
     after = [c[1] for c in timeline
              if t_kill <= c[0] < t_kill + 1.0 and not c[2].startswith("!")]
-    post_p99 = _p(after, 0.99) if after else None
+    post_p99 = _p(after, 0.99)
     failed = [c for c in timeline if c[2].startswith("!")]
     to_victim_after = sum(1 for c in timeline if c[0] >= t_kill + 0.05 and c[2] == victim)
     def unbalanced(lo: float, replicas: list[str], dead: str | None) -> bool:
@@ -86,7 +90,7 @@ def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
     n_windows = int((t_end - t_kill) // WINDOW_S)
     bad = [unbalanced(t_kill + w * WINDOW_S, survivors, victim) for w in range(n_windows)]
     balanced_after: float | None = None
-    for w in range(n_windows - STEADY_WINDOWS + 1):
+    for w in range(n_windows - STEADY_WINDOWS + 1 if pre_ok else 0):
         if not any(bad[w:w + STEADY_WINDOWS]):
             balanced_after = w * WINDOW_S
             break
@@ -96,11 +100,14 @@ def analyse(timeline: list[list[Any]], t_kill: float, victim: str,
         "failed": len(failed),
         "failed_codes": sorted({c[2][1:] for c in failed}),
         "pre_qps": pre_rate,
-        "pre_p50_us": pre_p50 * 1e6,
-        "pre_p99_us": pre_p99 * 1e6,
+        "pre_p50_us": None if pre_p50 is None else pre_p50 * 1e6,
+        "pre_p99_us": None if pre_p99 is None else pre_p99 * 1e6,
         "post_1s_p99_us": None if post_p99 is None else post_p99 * 1e6,
-        "extra_p99_us": None if post_p99 is None else (post_p99 - pre_p99) * 1e6,
-        "extra_max_us": (max(after) - pre_p99) * 1e6 if after else None,
+        "extra_p99_us": (None if post_p99 is None or pre_p99 is None
+                         else (post_p99 - pre_p99) * 1e6),
+        "extra_max_us": (max(after) - pre_p99) * 1e6 if after and pre_p99 is not None
+                        else None,
+        "pre_kill_served": len(pre_ok),
         "calls_to_victim_after_kill": to_victim_after,
         "balanced_after_s": balanced_after,
         "last_unbalanced_window_end_s": last_bad,
@@ -180,6 +187,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             "extra_max_us": _median_of(rows, "extra_max_us"),
             "balanced_after_s_max": (None if any(b is None for b in balanced)
                                      else max(balanced, default=0.0)),
+            # rounds with no call served before the kill: balance not measured
+            "unmeasured_rounds": sum(1 for r in rows if not r["pre_kill_served"]),
             "unbalanced_share_before": before / n_before,
             "unbalanced_share_after": after / n_after,
             "rounds": rows,
