@@ -237,7 +237,12 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 # '=' or ':' (libpq allows them); linear in the text's length
 # ... or quoted, as a dict's repr or a JSON object writes it (``'password': 'x'``,
 # ``"token":"abc"``): the closing quote after the key (group 2)
-_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+[=:][ \t]*+"
+# (the separator: group 3)
+_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+([=:])[ \t]*+"
+# the ends of an exception class's name (PEP 8's ``Error``; ``Exception``, ``Warning``):
+# ``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...`` (a traceback's
+# last line, ``str()`` of a chained error) are no ``key: value`` pairs
+_CLASS_ENDS = ("Error", "Exception", "Warning")
 # a value not opened by a quote or brace (those: _OPENED): up to whitespace, '&', ';' or
 # a quote
 _PAIR_VALUE = r"[^\s&;']*+"
@@ -310,6 +315,8 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
             if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
                 continue
             quoted = m.end(2) > m.start(2)  # a repr's or JSON's key: no host
+            if not quoted and m.group(3) == ":" and _is_class_name(key):
+                continue  # ``InvalidTokenError: bad`` names an exception, no key
             if not quoted and m.end() - m.end(1) == 1 and text[m.end(1)] == ":" and (
                     text[m.start() - 1:m.start()] == "@"
                     or text[max(m.start() - 2, 0):m.start()] == "//"
@@ -342,6 +349,14 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
         if redacted != text:
             return redacted
     return text
+
+
+def _is_class_name(key: str) -> bool:
+    """Whether ``key`` reads as an exception class's name, dotted or not
+    (``PasswordError``, ``jwt.exceptions.InvalidTokenError``): its last part a
+    capitalised identifier ending in ``Error``, ``Exception`` or ``Warning``."""
+    name = key.rpartition(".")[2]
+    return name[:1].isupper() and name.endswith(_CLASS_ENDS) and name.isidentifier()
 
 
 def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
@@ -417,9 +432,11 @@ def redact_text(text: str) -> str:
     ``{'password': '[REDACTED]'}``, ``{"token":"abc"}``, ``{b'authorization': b'x'}``:
     the quotes kept, a bare value such as ``1234`` up to the ``,``, ``}``, ``]`` or
     ``)`` after it); and each ``Bearer <token>`` (8 characters or more) wherever it
-    stands. Other pairs as
-    they are (a credential-named key's value is redacted whatever it is: ``token:
-    expired`` too), and so is a ``host:port`` or ``user@host:path`` (a ``:`` with no
+    stands. Other pairs as they are (a credential-named key's value is redacted whatever
+    it is: ``token: expired`` too), and so is an exception class's name before ``: ``
+    (``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...``: a
+    capitalised name ending in ``Error``, ``Exception`` or ``Warning`` is no key), and so
+    is a ``host:port`` or ``user@host:path`` (a ``:`` with no
     blank on either side after ``//`` or ``@``, or before a port's 1 to 5 digits:
     ``http://auth:8080/x``, ``auth.default.svc:443``, ``git@auth-host:repo`` stay
     whole; ``password:1234`` so too, ``password: 1234`` and ``password=1234`` not).
