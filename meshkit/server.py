@@ -22,7 +22,8 @@ error:
    ``Watch`` at once, in a loop) and give in-flight calls ``grace_s`` to finish;
 5. return, so the process exits 0.
 
-The health service is meshkit's own ``grpc_health.v1.health.aio.HealthServicer`` unless
+The health service is meshkit's own ``grpc_health.v1.health.aio.HealthServicer`` (with
+gRFC A90's ``List`` added: :class:`_MeshHealthServicer`) unless
 the servicers include one of yours (``(health_pb2_grpc.add_HealthServicer_to_server,
 yours)``): that one is served instead and driven the same way (see :class:`MeshServer`).
 
@@ -1421,6 +1422,38 @@ class _WatchContext:
         return getattr(self._context, name)
 
 
+_HEALTH_LIST_MAX = 100
+"""The most services ``grpc.health.v1.Health/List`` answers (gRFC A90: "The maximum
+number of services to return is 100; responses exceeding this limit will result in a
+RESOURCE_EXHAUSTED error"; grpc-go's ``maxAllowedServices``)."""
+
+
+class _MeshHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
+    """meshkit's own health servicer (``MeshServer.health`` unless you give yours):
+    grpcio-health-checking's ``grpc_health.v1.health.aio.HealthServicer`` (``Check``,
+    ``Watch``, ``set``, ``enter_graceful_shutdown``, as grpc/grpc doc/health-checking.md
+    says) with the ``List`` method of gRFC A90, which that servicer lacks (its generated
+    base answered ``UNIMPLEMENTED`` and the server logged an unhandled
+    ``NotImplementedError`` per call)."""
+
+    async def List(self, request: health_pb2.HealthListRequest,
+                   context: Any) -> health_pb2.HealthListResponse:
+        """A snapshot of every service's status (``""``, the whole server, and each
+        name set with :meth:`set`): ``HealthListResponse.statuses``, name to
+        ``HealthCheckResponse``; once the drain began, each ``NOT_SERVING``. Over
+        :data:`_HEALTH_LIST_MAX` (100) services: ``RESOURCE_EXHAUSTED`` naming the
+        maximum (gRFC A90, as grpc-go's ``health.Server.List``). Idempotent, no side
+        effect."""
+        statuses = dict(self._server_status)  # (one snapshot: no await in between)
+        if len(statuses) > _HEALTH_LIST_MAX:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"server health list exceeds maximum capacity: "
+                                f"{_HEALTH_LIST_MAX}")
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in statuses.items()})
+
+
 class _HealthWatches:
     """Ends one server's health ``Watch`` calls when it drains (and its idle server
     reflection streams: :meth:`idle_ending`).
@@ -1869,7 +1902,7 @@ class MeshServer:
                 "critical at the first check; set ConsulOptions(grpc_use_tls=True) "
                 "(?grpc_use_tls=true in a consul:// URI) with an agent certificate "
                 "this server trusts, or use check='ttl'")
-        self.health: health.aio.HealthServicer = health.aio.HealthServicer()
+        self.health: health.aio.HealthServicer = _MeshHealthServicer()
         self._kept_statuses: frozenset[str] = frozenset()  # set before start(): see start()
         self._watches = _HealthWatches()
         self.service_names: list[str] = []
