@@ -38,7 +38,12 @@ from meshkit.messaging._publisher import (
     max_payload,
     message_size,
 )
-from meshkit.messaging._stream import check_duration_s, check_jetstream, check_nats_name
+from meshkit.messaging._stream import (
+    MAX_DURATION_S,
+    check_duration_s,
+    check_jetstream,
+    check_nats_name,
+)
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff
@@ -128,6 +133,16 @@ def is_dead_letter(headers: Mapping[str, str] | None) -> bool:
     ``Meshkit-Dead-Letter-Reason``."""
     return headers is not None and (DLQ_CONSUMER_HEADER in headers or (
         DLQ_SUBJECT_HEADER in headers and DLQ_REASON_HEADER in headers))
+
+
+def _nak_delay_s(delay_s: float) -> float:
+    """A nak's redelivery delay, seconds, within what JetStream takes: at most
+    :data:`~meshkit.messaging._stream.MAX_DURATION_S` (2**63 - 1 ns, about 292 years).
+    nats-py sends ``int(delay * 10**9)`` nanoseconds: nats-server (2.9) cannot read a
+    delay past int64 and redelivers the message at once, and past ~1.8e299 s the
+    conversion raises ``OverflowError`` (a ``Backoff`` with ``max_delay_s=math.inf``
+    draws up to the largest float)."""
+    return min(delay_s, MAX_DURATION_S)
 
 
 def _original_msg_id(headers: Mapping[str, str]) -> str:
@@ -567,7 +582,8 @@ class ConsumerOptions:
             dead-lettered without running the handler; use a smaller ``batch_size``
             (1 where that matters) or a larger ``max_deliveries``.
         backoff: delay before a failed message is redelivered (nak with delay; default
-            full jitter 100 ms doubling to 5 s).
+            full jitter 100 ms doubling to 5 s); a delay past JetStream's longest
+            duration (2**63 - 1 ns, about 292 years) is sent as that.
         ack_wait_s: the server redelivers a message not acked in this time, e.g. after
             the consumer process died (default 30 s, > 0): it bounds each handler call,
             counted from the message's turn, not from the fetch of its batch. The
@@ -1402,7 +1418,8 @@ class Consumer:
                 reason = f"failed {delivery} times: {reason}"
                 return (await self._dead_letter(msg, headers, reason, delivery,
                                                 "dead_letter", publisher), publisher, reason)
-            await _settle("nak", msg.nak(delay=o.backoff.delay_s(delivery)), publisher)
+            await _settle("nak", msg.nak(delay=_nak_delay_s(o.backoff.delay_s(delivery))),
+                          publisher)
             return "retry", publisher, reason
         await _settle("ack", msg.ack(), publisher)
         return "ack", publisher, ""
@@ -1477,7 +1494,8 @@ class Consumer:
                          subject=msg.subject, dead_letter_subject=self._dead_letter_subject,
                          error=type(exc).__name__)
             await _settle("nak", msg.nak(delay=o.ack_wait_s if delivery > o.max_deliveries
-                                         else o.backoff.delay_s(delivery)), publisher)
+                                         else _nak_delay_s(o.backoff.delay_s(delivery))),
+                          publisher)
             return "retry"
         await _settle("term", msg.term(), publisher)
         _log.warning("message dead-lettered", subject=msg.subject,
