@@ -123,3 +123,38 @@ async def test_a_forged_trailer_value_is_not_carried_on(registry: LocalRegistry)
     trailers = tuple(err.value.trailing_metadata() or ())
     values = [v for k, v in trailers if k == meshkit.DOWNSTREAM_STATUS_KEY]
     assert values == ["RESOURCE_EXHAUSTED"], trailers
+
+
+def _add_mesh_middle(registry: LocalRegistry, downstream: str) -> Any:
+    """A middle tier whose handler calls ``downstream`` through a meshkit channel (the
+    error it lets escape is a ``MeshRpcError``, its trailers kept)."""
+
+    async def call(request: bytes, context: Any) -> bytes:
+        async with meshkit.dial(downstream, registry=registry,
+                                options=meshkit.DialOptions(insecure=True,
+                                                            telemetry=None)) as ch:
+            await ch.wait_for_endpoints(1, timeout_s=10)
+            answer: bytes = await ch.unary_unary(f"/{_SVC}/Call")(request, timeout=10)
+            return answer
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SVC, {
+            "Call": grpc.unary_unary_rpc_method_handler(call)}),))
+
+    return add
+
+
+async def test_three_tiers_over_mesh_channels_name_the_root_refusal(
+        registry: LocalRegistry) -> None:
+    """The same chain with each tier calling the next through ``meshkit.dial``."""
+    async with _server(registry, "tier-c", _add_leaf(grpc.StatusCode.UNAVAILABLE)), \
+            _server(registry, "tier-b", _add_mesh_middle(registry, "tier-c")), \
+            _server(registry, "tier-a", _add_mesh_middle(registry, "tier-b")) as a, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as raw:
+        ch: Any = raw
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(ch.unary_unary(f"/{_SVC}/Call")(b"x", timeout=20), 40)
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+    trailers = tuple(err.value.trailing_metadata() or ())
+    values = [v for k, v in trailers if k == meshkit.DOWNSTREAM_STATUS_KEY]
+    assert values == ["UNAVAILABLE"], trailers
