@@ -134,7 +134,8 @@ def _storable_id(value: object) -> bool:
 class Projection:
     """The consumer handler: applies an ``OrderPlaced`` event to the summaries once.
 
-    A body that is not an ``OrderPlaced`` JSON object with an ``event_id`` (the message
+    A body that is not an ``OrderPlaced`` JSON object (nor JSON nested too deep to
+    decode) with an ``event_id`` (the message
     id wins when there is one) and a ``user_id`` that are non-empty strings of at most
     :data:`MAX_EVENT_ID_CHARS` characters without U+0000 or a lone surrogate, and
     ``total_minor`` (a JSON integer, ``true``/``false`` are not, that an order can have:
@@ -154,7 +155,8 @@ class Projection:
             body = json.loads(d.data)
             user_id, total = body["user_id"], body["total_minor"]
             event_id = d.msg_id or body["event_id"]
-        except (ValueError, KeyError, TypeError) as exc:
+        # RecursionError: a body nested past the decoder's depth ("[[[[...")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise PoisonMessage(f"not an OrderPlaced event: {type(exc).__name__}") from None
         if body.get("type") != "OrderPlaced" or not _storable_id(user_id) \
                 or not isinstance(total, int) or isinstance(total, bool) \
