@@ -120,6 +120,20 @@ class Proc:
     killed: bool = False
 
 
+def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``proc`` unless asyncio reported it done, with ``os.kill``: not
+    ``Process.terminate()``/``kill()``, i.e. ``Popen.send_signal``, whose ``poll()``
+    (``waitpid(WNOHANG)``) reaps a child that exited and that asyncio's child watcher has
+    not read yet: the watcher then finds none and reports 255 ("exit status already
+    read" with the pidfd watcher, Python 3.12's default; "Unknown child process pid"
+    with the threaded one), and the demo printed 255 for a service that exited on its
+    own. ``os.kill`` reaps nothing: an exited child stays a zombie, its pid not reused,
+    until the watcher reads its status. A process gone already is no error."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+
+
 class StartError(RuntimeError):
     """A service process of the stack exited or did not report READY in time; the
     message names it and quotes the end of its log."""
@@ -194,23 +208,21 @@ class Stack:
     def kill(self, instance_id: str) -> int:
         """SIGKILL one instance; returns its pid."""
         p = self.procs[instance_id]
-        p.proc.kill()
+        _signal(p.proc, signal.SIGKILL)
         p.killed = True
         return p.proc.pid
 
     async def stop_all(self, grace_s: float = 10.0) -> dict[str, int | None]:
-        """SIGTERM every live process, wait up to ``grace_s``, SIGKILL leftovers."""
+        """SIGTERM every live process, wait up to ``grace_s``, SIGKILL leftovers;
+        returns each instance's exit status (negative: the signal that ended it)."""
         for p in self.procs.values():
-            if p.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.proc.terminate()
+            _signal(p.proc, signal.SIGTERM)
         waits = [p.proc.wait() for p in self.procs.values()]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), grace_s)
         except TimeoutError:
             for p in self.procs.values():
-                if p.proc.returncode is None:
-                    p.proc.kill()
+                _signal(p.proc, signal.SIGKILL)
             await asyncio.gather(*(p.proc.wait() for p in self.procs.values()))
         for t in self._pumps:
             t.cancel()
