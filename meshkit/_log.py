@@ -105,7 +105,8 @@ def redact_secrets(
     the user info of each URL (see :func:`redact_url_userinfo`) becomes ``[REDACTED]``:
     ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
     path kept; so does the value of each ``key=value`` or ``key: value`` pair in it whose
-    key names a credential, and a ``Bearer`` token (:func:`redact_text`:
+    key names a credential (quoted too, as in a dict's repr, JSON or a ``(key, value)``
+    pair's repr), and a ``Bearer`` token (:func:`redact_text`:
     ``dsn="host=db password=pw"`` -> ``"host=db password=[REDACTED]"``, ODBC's
     ``Pwd=pw;``, a URL query's ``?password=pw``, ``Authorization: Bearer t``); in time
     linear in the field's length. An exception in such a place (``error=e``: rendered as
@@ -119,10 +120,12 @@ def redact_secrets(
             event_dict[key] = REDACTED
         elif isinstance(value, str):
             # a URL's user info (``user:password@``), a ``password=...`` pair, a bearer
-            if ":" in value or "=" in value or "earer" in value or "EARER" in value:
+            if ":" in value or "=" in value or "earer" in value or "EARER" in value or (
+                    "'," in value or '",' in value):  # ... a pair's repr
                 event_dict[key] = redact_text(value)
         elif isinstance(value, bytes | bytearray):  # rendered as its repr, the URL whole
-            if b":" in value or b"=" in value or b"earer" in value or b"EARER" in value:
+            if b":" in value or b"=" in value or b"earer" in value or b"EARER" in value or (
+                    b"'," in value or b'",' in value):
                 event_dict[key] = _url_redacted(value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
@@ -164,7 +167,8 @@ def _url_redacted(value: Any) -> Any:
         redacted = redact_text(shown)
         return value if redacted is shown else redacted
     if isinstance(value, bytes | bytearray) and (
-            b":" in value or b"=" in value or b"earer" in value or b"EARER" in value):
+            b":" in value or b"=" in value or b"earer" in value or b"EARER" in value
+            or b"'," in value or b'",' in value):
         text = redacted = value.decode("latin-1")
         if "@" in text and "://" in text:
             redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
@@ -239,6 +243,10 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 # ``"token":"abc"``): the closing quote after the key (group 2)
 # (the separator: group 3)
 _PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+([=:])[ \t]*+"
+# a ``(key, value)`` pair as a tuple's repr writes it (a list of gRPC metadata pairs, a
+# ``grpc.aio.Metadata``'s repr: ``('authorization', 'Basic abc')``): a '(' that follows
+# no name (not a call's ``check('password', ...)``), the key quoted (group 2), a ','
+_TUPLE_KEY = r"(?<![A-Za-z0-9_])\([ \t]*+b?(['\"])([A-Za-z][A-Za-z0-9_.\-]*+)\1,[ \t]*+"
 # the ends of an exception class's name (PEP 8's ``Error``; ``Exception``, ``Warning``):
 # ``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...`` (a traceback's
 # last line, ``str()`` of a chained error) are no ``key: value`` pairs
@@ -278,8 +286,8 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "credential", "key", "opened", "port", "quoted_value", "unclosed",
-                 "value")
+    __slots__ = ("bearer", "credential", "key", "opened", "port", "quoted_value", "tuple_key",
+                 "unclosed", "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
@@ -288,6 +296,7 @@ class _PairRes:
         self.quoted_value = re.compile(_QUOTED_KEY_VALUE, flags | re.DOTALL)
         self.opened = {c: re.compile(body, flags | re.DOTALL) for c, body in _OPENED.items()}
         self.unclosed = re.compile(_UNCLOSED, flags)
+        self.tuple_key = re.compile(_TUPLE_KEY, flags)
         self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
         self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
 
@@ -307,6 +316,8 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
     # is not either (a scan from a later opener reads the same tokens), so each opener's
     # body is read once at most and the whole stays linear
     unclosed: set[str] = set()
+    if "'," in text or '",' in text:  # a quoted key then ',': maybe a pair's repr
+        text = _redact_tuple_pairs(text, res)
     if "=" in text or ":" in text:
         for m in res.key.finditer(text):
             if m.start() < done:
@@ -349,6 +360,39 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
         if redacted != text:
             return redacted
     return text
+
+
+def _redact_tuple_pairs(text: str, res: _PairRes) -> str:
+    """``text`` with the value of each ``(key, value)`` pair's repr whose key names a
+    credential ``[REDACTED]``, its quotes kept (``('x-api-key', 'k')`` ->
+    ``('x-api-key', '[REDACTED]')``); a pair only when its value closes the tuple (``)``
+    right after it); ``text`` itself when there is none."""
+    out: list[str] = []
+    done = 0
+    unclosed: set[str] = set()
+    for m in res.tuple_key.finditer(text):
+        if m.start() < done:
+            continue
+        key = m.group(2)
+        if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
+            continue
+        start = m.end()
+        end, closed = _value_end(text, start, True, res, unclosed)
+        if end == start or text[end:end + 1] != ")":
+            continue  # no value, or no pair (a tuple of three names)
+        if closed:
+            inner = _QUOTES_RE.fullmatch(text, start, end)
+            if inner is not None:
+                start, end = inner.start(2), inner.end(2)
+        if text[start:end] in _MASKS:
+            continue
+        out.append(text[done:start])
+        out.append(REDACTED)
+        done = end
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _is_class_name(key: str) -> bool:
@@ -431,9 +475,11 @@ def redact_text(text: str) -> str:
     dict's repr or a JSON object's quoted key (``{'password': 'p w'}`` ->
     ``{'password': '[REDACTED]'}``, ``{"token":"abc"}``, ``{b'authorization': b'x'}``:
     the quotes kept, a bare value such as ``1234`` up to the ``,``, ``}``, ``]`` or
-    ``)`` after it); and each ``Bearer <token>`` (8 characters or more) wherever it
-    stands. Other pairs as they are (a credential-named key's value is redacted whatever
-    it is: ``token: expired`` too), and so is an exception class's name before ``: ``
+    ``)`` after it); a ``(key, value)`` pair's repr (gRPC metadata written as text:
+    ``[('x-api-key', 'k')]`` -> ``[('x-api-key', '[REDACTED]')]``, a ``(`` after no
+    name, the value closing the tuple); and each ``Bearer <token>`` (8 characters or
+    more) wherever it stands. Other pairs as they are (a credential-named key's value is
+    redacted whatever it is: ``token: expired`` too), and so is an exception class's name before ``: ``
     (``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...``: a
     capitalised name ending in ``Error``, ``Exception`` or ``Warning`` is no key), and so
     is a ``host:port`` or ``user@host:path`` (a ``:`` with no
