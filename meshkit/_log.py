@@ -469,23 +469,23 @@ def redact_text(text: str) -> str:
     ``password=...`` (quoted or not: ``'...'`` or ``"..."`` with ``\\`` escapes, whole,
     blanks included; a quote not closed anywhere after it ends at the first whitespace,
     ``password='abc rest`` -> ``password=[REDACTED] rest``), an ODBC string's
-    ``Pwd=...;`` (braced or not; a brace not closed likewise), a
-    URL query's ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an
-    auth scheme as the value: the credential after it too), ``access_token=...``; a
-    dict's repr or a JSON object's quoted key (``{'password': 'p w'}`` ->
-    ``{'password': '[REDACTED]'}``, ``{"token":"abc"}``, ``{b'authorization': b'x'}``:
-    the quotes kept, a bare value such as ``1234`` up to the ``,``, ``}``, ``]`` or
-    ``)`` after it); a ``(key, value)`` pair's repr (gRPC metadata written as text:
-    ``[('x-api-key', 'k')]`` -> ``[('x-api-key', '[REDACTED]')]``, a ``(`` after no
-    name, the value closing the tuple); and each ``Bearer <token>`` (8 characters or
-    more) wherever it stands. Other pairs as they are (a credential-named key's value is
-    redacted whatever it is: ``token: expired`` too), and so is an exception class's name before ``: ``
+    ``Pwd=...;`` (braced or not; a brace not closed likewise), a URL query's
+    ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an auth scheme
+    as the value: the credential after it too), ``access_token=...``; a dict's repr or a
+    JSON object's quoted key (``{'password': 'p w'}`` -> ``{'password': '[REDACTED]'}``,
+    ``{"token":"abc"}``, ``{b'authorization': b'x'}``: the quotes kept, a bare value
+    such as ``1234`` up to the ``,``, ``}``, ``]`` or ``)`` after it); a ``(key, value)``
+    pair's repr (gRPC metadata written as text: ``[('x-api-key', 'k')]`` ->
+    ``[('x-api-key', '[REDACTED]')]``, a ``(`` after no name, the value closing the
+    tuple); and each ``Bearer <token>`` (8 characters or more) wherever it stands.
+    Other pairs as they are (a credential-named key's value is redacted whatever it is:
+    ``token: expired`` too), and so is an exception class's name before ``:``
     (``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...``: a
-    capitalised name ending in ``Error``, ``Exception`` or ``Warning`` is no key), and so
-    is a ``host:port`` or ``user@host:path`` (a ``:`` with no
-    blank on either side after ``//`` or ``@``, or before a port's 1 to 5 digits:
-    ``http://auth:8080/x``, ``auth.default.svc:443``, ``git@auth-host:repo`` stay
-    whole; ``password:1234`` so too, ``password: 1234`` and ``password=1234`` not).
+    capitalised name ending in ``Error``, ``Exception`` or ``Warning`` is no key), and
+    so is a ``host:port`` or ``user@host:path`` (a ``:`` with no blank on either side
+    after ``//`` or ``@``, or before a port's 1 to 5 digits: ``http://auth:8080/x``,
+    ``auth.default.svc:443``, ``git@auth-host:repo`` stay whole; ``password:1234`` so
+    too, ``password: 1234`` and ``password=1234`` not).
     ``text`` itself when there is nothing to redact; linear in its length."""
     return _redact_pairs(redact_url_userinfo(text), _PAIRS)
 
