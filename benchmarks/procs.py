@@ -135,10 +135,15 @@ class _Proc:
         return peak_rss_kb(self.pid)
 
     def signal(self, sig: signal.Signals) -> None:
-        """Send ``sig`` if the process still runs."""
+        """Send ``sig`` if the process still runs, with ``os.kill``: not
+        ``Process.send_signal`` (``Popen.send_signal``), whose ``poll()`` reaps a worker
+        that exited before asyncio's child watcher read it, which then reports 255
+        ("Unknown child process pid ..., will report returncode 255"). ``os.kill``
+        reaps nothing: an exited worker stays a zombie, its pid not reused, until the
+        watcher reads its status."""
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
+                os.kill(self.pid, sig)
 
     async def stop(self, grace_s: float = 3.0) -> None:
         """Close stdin (the worker exits on EOF), then SIGTERM, then SIGKILL."""

@@ -34,7 +34,12 @@ def _until_exited(pid: int) -> None:
     """Block (the loop does not run: its child watcher reads nothing meanwhile) until
     child ``pid`` has exited, without reaping it (``WNOWAIT``); at most 30 s."""
     deadline = time.monotonic() + 30.0
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:  # the watcher read it already (the loop ran meanwhile)
+            return
         assert time.monotonic() < deadline, "the service did not exit"
         time.sleep(0.01)  # blocking the loop is the point
 
