@@ -202,6 +202,12 @@ class Balancer(Protocol):
     (:class:`~meshkit.balancer.ZoneAwareBalancer`'s spillover share, as Envoy counts
     ejected hosts for a locality's health). Looked up with ``getattr``, as
     ``cold_start``; a wrapper of one's own should forward it.
+
+    Optional: ``observe(endpoint, code, latency_s)``, the outcome of a call sent to
+    ``endpoint`` not through ``pick``: :class:`~meshkit.balancer.EjectingBalancer`'s
+    successful unary probe of an ejected endpoint, handed over once the endpoint is
+    back in the list (:class:`~meshkit.balancer.P2C` records it as a latency sample).
+    Looked up with ``getattr``; a wrapper of one's own should forward it.
     """
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:

@@ -12,8 +12,10 @@ A50's ``interval``, 10 s by default as ``base_ejection_time``), so an endpoint t
 failing soon after it comes back is ejected for longer and longer, and one that stays
 healthy is soon back to ``base_ejection_s``.
 When that time is up the endpoint is *half-open*: it goes back for exactly one probe call;
-success closes the breaker (back in rotation, its multiplier kept, going down from then),
-failure ejects it again for longer. The
+success closes the breaker (back in rotation, its multiplier kept, going down from then;
+a unary probe's outcome is handed to the inner balancer's optional ``observe`` then, as
+P2C's first latency sample of the returned endpoint), failure ejects it again for
+longer. The
 probe is a real caller's call, so it waits for a usable connection: while the endpoint's
 state is ``FAILING`` (no balancer sends a call there) it stays out of rotation with its
 probe pending, and a pick after the connection recovers probes it (the first one, or
@@ -257,10 +259,10 @@ class EjectingBalancer:
             rotation (panic routing, module docstring).
     """
 
-    __slots__ = ("_all", "_cap", "_census", "_clock", "_ejected", "_health", "_inner", "_lean_ok",
-                 "_max_times", "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free",
-                 "_opts", "_rate_interval_s", "_recheck_at", "_turn", "_waiting", "ejections",
-                 "panic_picks")
+    __slots__ = ("_all", "_cap", "_census", "_clock", "_ejected", "_health", "_inner",
+                 "_lean_ok", "_max_times", "_next_expiry", "_observe", "_ok_fails",
+                 "_on_change", "_on_probe_free", "_opts", "_rate_interval_s", "_recheck_at",
+                 "_turn", "_waiting", "ejections", "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -277,6 +279,10 @@ class EjectingBalancer:
         # it can count the ejected ones as unhealthy (ZoneAwareBalancer's spillover)
         self._census: Callable[[Sequence[Endpoint]], object] | None = getattr(
             inner, "census", None)
+        # and its optional observe (Balancer): a successful unary probe's outcome, handed
+        # over once its endpoint is back in rotation (P2C's first latency sample of it)
+        self._observe: Callable[[Endpoint, grpc.StatusCode, float], object] | None = (
+            getattr(inner, "observe", None))
         self._opts = options or OutlierOptions()
         self._ok_fails = _OK in self._opts.failure_codes
         # the failure-rate rule counts one interval's calls (gRFC A50, Envoy): 0.0 when
@@ -400,6 +406,10 @@ class EjectingBalancer:
                 def probe_done(code: grpc.StatusCode, latency_s: float) -> None:
                     h.probing = False
                     self._record(ep, h, code, probe=True)
+                    if (self._observe is not None and h.ejected_until is None
+                            and self._health.get(ep.key) is h):
+                        # back in rotation: the probe is its first latency sample
+                        self._observe(ep, code, latency_s)
 
                 return ep, probe_done
         got = self._inner.pick(key, exclude)

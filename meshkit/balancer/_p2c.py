@@ -94,7 +94,12 @@ rejoins); but the calls it was sent before it left and that still run count in i
 ``pending`` (as Envoy's active requests and Finagle's and Linkerd's pending count are
 the host's, across an ejection), and their outcomes are its first samples: it came back
 read as idle beside peers with calls out
-(``tests/test_hunt43_balancing_p2c_back_from_ejection.py``).
+(``tests/test_hunt43_balancing_p2c_back_from_ejection.py``). The probe that brought it
+back is a sample too (:meth:`P2C.observe`, which the ejecting balancer calls once the
+endpoint is back): a real call, answered after the endpoint recovered, as Finagle's and
+Linkerd's probes pass through the node's latency metric; an endpoint whose probe took
+500 ms beside peers at 10 ms came back at its peers' mean and drew its full share
+(``tests/test_hunt44_balancing_p2c_probe_sample.py``).
 """
 
 from __future__ import annotations
@@ -528,6 +533,25 @@ class P2C:
         self._ramps_until = -math.inf  # _ramps: made afresh
         if self._by_state.count(_READY):  # (READY when added: no _moved)
             self._by_state.served = True
+
+    def observe(self, ep: Endpoint, code: grpc.StatusCode, latency_s: float) -> None:
+        """Record the outcome of a call sent to ``ep`` not through :meth:`pick` (the
+        optional ``observe`` of :class:`~meshkit.balancer.Balancer`: the half-open probe
+        of :class:`~meshkit.balancer.EjectingBalancer`, sent while ``ep`` was out of the
+        list and handed over once it is back), as a picked call's outcome is recorded:
+        a latency sample (an overload answer's penalty included), none for a negative
+        ``latency_s`` or a ``CANCELLED`` one that does not raise the estimate. An
+        endpoint not in the list (or at another address) is ignored. O(1).
+
+        Args:
+            ep: the endpoint the call went to.
+            code: its status code.
+            latency_s: its latency, seconds (negative: no sample)."""
+        st = self._stats.get(ep.key)
+        if st is None or st.address != ep.address:
+            return
+        st.pending += 1  # (done takes the call off pending: it was never counted)
+        st.done(code, latency_s)
 
     def load(self, ep: Endpoint, now: float | None = None) -> float:
         """The load score of ``ep`` (seconds of expected wait), as :meth:`pick` compares."""

@@ -176,6 +176,21 @@ class ZoneAwareBalancer:
             if hook is not None:
                 hook(group)
 
+    def observe(self, ep: Endpoint, code: grpc.StatusCode, latency_s: float) -> None:
+        """Hand the outcome of a call sent to ``ep`` not through :meth:`pick` (the
+        half-open probe of :class:`~meshkit.balancer.EjectingBalancer`; the optional
+        ``observe`` of :class:`~meshkit.balancer.Balancer`) to the inner balancer of
+        ``ep``'s zone group, where that takes it.
+
+        Args:
+            ep: the endpoint the call went to.
+            code: its status code.
+            latency_s: its latency, seconds (negative: no sample)."""
+        inner = self._local if ep in self._by_state else self._other
+        hook = getattr(inner, "observe", None)
+        if hook is not None:
+            hook(ep, code, latency_s)
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list: each inner balancer gets its zone group's endpoints,
         in the order given. Local endpoints of the last :meth:`census` missing here are
