@@ -408,7 +408,7 @@ def _outbox_event(event_id: str, subject: str, payload: bytes | str,
     """
     try:
         decoded = json.loads(headers)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
         decoded = None
     if isinstance(decoded, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in decoded.items()):
