@@ -595,7 +595,8 @@ class Publisher:
                 return PubAck.from_response(reply)
             err = reply["error"]
             refusal = _API_ERRORS.get(err["code"], nats.js.errors.APIError)(**err)
-        except (ValueError, TypeError, KeyError) as exc:
+        # RecursionError: a reply nested past the JSON decoder's depth ("[[[[...")
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise _NotAnAck from exc
         raise refusal
 
