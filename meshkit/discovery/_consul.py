@@ -1204,6 +1204,8 @@ class ConsulRegistry:
         # second failed query, unless every watched service fails by then (the
         # registry's outage: one line naming them all) or it reads again first
         self._unlogged: set[str] = set()
+        # services whose own outage's start was logged: only theirs log its end
+        self._own_logged: set[str] = set()
         self._watch_ids = itertools.count()
         _registries.add(self)  # reset in a forked child: _forget_parent
 
@@ -1254,6 +1256,7 @@ class ConsulRegistry:
         self._kept = {}
         self._reads = ServiceReads("consul")
         self._unlogged = set()
+        self._own_logged = set()
 
     @classmethod
     def from_uri(
@@ -1416,6 +1419,7 @@ class ConsulRegistry:
             return None, [service]
         if service in self._unlogged:  # the second failure in a row: its own fault
             self._unlogged.discard(service)
+            self._own_logged.add(service)
             return "started", [service]
         return outage, [service]
 
@@ -1424,10 +1428,13 @@ class ConsulRegistry:
         end logged, with the registry's as :meth:`_read_ok` logs it)."""
         reads = self._reads.record(service)
         registry_failing = self._tracker.read.ok is False  # its end logged by _read_ok
-        unlogged = service in self._unlogged  # its start was not logged: nor its end
+        # its own outage's end is logged only when its start was (a start covered by
+        # the registry's line ends with "consul readable again")
+        logged = service in self._own_logged
         self._unlogged.discard(service)
+        self._own_logged.discard(service)
         if (reads is not None and (duration := reads.read_ok()) is not None
-                and not registry_failing and not unlogged):
+                and not registry_failing and logged):
             _log.info("consul readable again for a service", service=service,
                       agent=self.options.base_url, outage_s=round(duration, 3))
         self._read_ok()
@@ -1440,6 +1447,7 @@ class ConsulRegistry:
             self._read_ok()
         if self._reads.get(service) is None:  # its last watch: no start to log now
             self._unlogged.discard(service)
+            self._own_logged.discard(service)
 
     def _write_ok(self) -> None:
         """Record a successful write; log "consul writable again" if it ended an outage."""
