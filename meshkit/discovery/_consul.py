@@ -183,6 +183,10 @@ _FOREIGN: tuple[type[BaseException], ...] = (
     ValueError,  # a malformed X-Consul-Index or body
 )
 _RETRYABLE: tuple[type[BaseException], ...] = (*_FOREIGN, RegistryError)
+#: Errors of one read's own (the agent answered, or not in time): an error status, a
+#: malformed answer, a timeout. A failed connection (aiohttp's, OSError) is the agent's.
+_SERVICE_READ_ERRORS: tuple[type[BaseException], ...] = (
+    consul.ConsulException, TimeoutError, ValueError)
 
 _FLOAT_FIELDS = (
     "check_interval_s",
@@ -2194,11 +2198,18 @@ class ConsulRegistry:
         _log.warning("skipping unusable consul service entry", service=service,
                      instance_id=instance_id[:128], error=type(exc).__name__)
 
-    async def _read_once(self, path: str, what: str) -> Any:
+    async def _read_once(self, path: str, what: str, service: str | None = None) -> Any:
         """One non-blocking ``GET <path>`` bounded by ``request_timeout_s``, recorded in
         :meth:`status` (ACL filtering too: :meth:`_check_acl_filtering`), a failure that
         starts a read outage (or is the tracker's reminder) logged as a warning, the end of
         one at info (:meth:`_read_ok`); returns the body of the answer.
+
+        A read of one ``service`` that fails while the agent still answers other watched
+        services' watches, by an error of that read's own (an error status, a malformed
+        answer, a timeout: an answer too large for ``request_timeout_s``; not a failed
+        connection, which is the agent's), is counted (``read_errors``, ``last_error``)
+        without making the registry unreadable, as :meth:`_watch_failed` counts one
+        service's failing watch; the caller gets the error.
 
         Raises:
             RegistryError: the agent cannot be reached or refused (chained); also when
@@ -2212,8 +2223,15 @@ class ConsulRegistry:
                 raise
             raise self._closed_error(f"cannot read {what}") from exc
         except _RETRYABLE as exc:
-            outage = self._tracker.read_failed(
-                f"{what} on Consul agent {self.options.base_url}: {self._describe(exc)}")
+            error = f"{what} on Consul agent {self.options.base_url}: {self._describe(exc)}"
+            if (service is not None and isinstance(exc, _SERVICE_READ_ERRORS)
+                    and not self._reads.all_failing()):
+                # that service's fault: other watched services read
+                self._tracker.read.errors += 1
+                self._tracker.last_error = error
+                outage = None
+            else:
+                outage = self._tracker.read_failed(error)
             if outage is not None:  # the caller gets the error; the log, an outage's start
                 _log.warning("consul read failed", read=what, agent=self.options.base_url,
                              error=self._describe(exc),
@@ -2247,7 +2265,7 @@ class ConsulRegistry:
         if not service:
             raise ConfigError(f"service must not be empty, got {service!r}")
         entries = await self._read_once(f"/v1/health/service/{service}",
-                                        f"health of {service!r}")
+                                        f"health of {service!r}", service)
         return list(entries or [])
 
     async def failing(self, service: str) -> frozenset[Instance]:
@@ -2505,8 +2523,9 @@ class ConsulRegistry:
         :meth:`instances`, :meth:`failing`, :meth:`snapshot`, :meth:`services`);
         ``readable`` is False after a watch's failed query only while every watched
         service's latest query failed (one service's answers failing, say too large for
-        ``request_timeout_s``, leave the others readable: ask with ``service``);
-        ``writable``/
+        ``request_timeout_s``, leave the others readable: ask with ``service``), and
+        after a failed :meth:`failing` or :meth:`snapshot` of one service only when no
+        watched service reads or the agent could not be reached; ``writable``/
         ``write_errors``: register, deregister and the heartbeats (TTL passes or lookups);
         ``reopened``: instances registered again because the agent had forgotten them;
         ``last_error`` may name the agent's address and an instance id, never the token. A
