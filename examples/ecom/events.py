@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -209,8 +210,9 @@ async def purge_sent_events(store: Store, *, retention_s: float = OUTBOX_RETENTI
     each, so a PlaceOrder waits for one batch at most) until a batch comes back short. A
     store failure is logged as a warning (``outbox purge failed``) and the next interval
     tried again; pending events are never deleted. Several relays purging one outbox is
-    harmless. Raises ``ValueError`` for a ``retention_s`` or ``interval_s`` not > 0 or a
-    ``batch`` below 1.
+    harmless. Raises ``ValueError`` for a ``retention_s`` not a finite number > 0 (use
+    :func:`outbox_relay`'s ``retention_s=None`` to keep events for ever), an
+    ``interval_s`` not > 0 or a ``batch`` below 1.
     """
     await purge_every(store.purge_sent, retention_s=retention_s, interval_s=interval_s,
                       batch=batch, warning="outbox purge failed", errors=(StoreError,))
@@ -224,9 +226,10 @@ async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_
     with the cutoff ``retention_s`` seconds ago until a batch comes back short, now and
     then every ``interval_s`` seconds, until cancelled; ``errors`` it raises are logged
     as ``warning`` and the next interval tried again. Raises ``ValueError`` for a
-    ``retention_s`` or ``interval_s`` not > 0 or a ``batch`` below 1."""
-    if not retention_s > 0:
-        raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
+    ``retention_s`` not a finite number > 0, an ``interval_s`` not > 0 or a ``batch``
+    below 1."""
+    if not 0 < retention_s < math.inf:  # inf: round(inf * 1000) raised OverflowError
+        raise ValueError(f"retention_s must be a finite number > 0, got {retention_s!r}")
     if not interval_s > 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

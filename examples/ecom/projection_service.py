@@ -81,8 +81,8 @@ async def purge_processed_events(store: Store, *,
     each, so an apply waits for one batch at most) until a batch comes back short. A
     failure is logged as a warning (``processed events purge failed``) and the next
     interval tried again; it never ends the projection. Several projection processes
-    purging one store is harmless. Raises ``ValueError`` for a ``retention_s`` or
-    ``interval_s`` not > 0 or a ``batch`` below 1.
+    purging one store is harmless. Raises ``ValueError`` for a ``retention_s`` not a
+    finite number > 0, an ``interval_s`` not > 0 or a ``batch`` below 1.
     """
     # a bug too is logged and tried again: the consumer goes on
     await events.purge_every(store.purge_processed, retention_s=retention_s,
