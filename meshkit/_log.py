@@ -106,7 +106,7 @@ def redact_secrets(
     ``dsn="postgresql://app:pw@db/x"`` -> ``"postgresql://[REDACTED]@db/x"``, the host and
     path kept; so does the value of each ``key=value`` or ``key: value`` pair in it whose
     key names a credential (quoted too, as in a dict's repr, JSON or a ``(key, value)``
-    pair's repr), and a ``Bearer`` token (:func:`redact_text`:
+    pair's repr), a ``Bearer`` token and a PEM private key's body (:func:`redact_text`:
     ``dsn="host=db password=pw"`` -> ``"host=db password=[REDACTED]"``, ODBC's
     ``Pwd=pw;``, a URL query's ``?password=pw``, ``Authorization: Bearer t``); in time
     linear in the field's length. An exception in such a place (``error=e``: rendered as
@@ -121,11 +121,12 @@ def redact_secrets(
         elif isinstance(value, str):
             # a URL's user info (``user:password@``), a ``password=...`` pair, a bearer
             if ":" in value or "=" in value or "earer" in value or "EARER" in value or (
-                    "'," in value or '",' in value):  # ... a pair's repr
+                    "'," in value or '",' in value  # ... a pair's repr, a PEM key
+                    or "PRIVATE KEY" in value):
                 event_dict[key] = redact_text(value)
         elif isinstance(value, bytes | bytearray):  # rendered as its repr, the URL whole
             if b":" in value or b"=" in value or b"earer" in value or b"EARER" in value or (
-                    b"'," in value or b'",' in value):
+                    b"'," in value or b'",' in value or b"PRIVATE KEY" in value):
                 event_dict[key] = _url_redacted(value)
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
@@ -168,7 +169,7 @@ def _url_redacted(value: Any) -> Any:
         return value if redacted is shown else redacted
     if isinstance(value, bytes | bytearray) and (
             b":" in value or b"=" in value or b"earer" in value or b"EARER" in value
-            or b"'," in value or b'",' in value):
+            or b"'," in value or b'",' in value or b"PRIVATE KEY" in value):
         text = redacted = value.decode("latin-1")
         if "@" in text and "://" in text:
             redacted = _redact_urls(text, _SCHEME_BYTES_RE, _AUTHORITY_END_BYTES_RE,
@@ -247,6 +248,13 @@ _PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+([=:
 # ``grpc.aio.Metadata``'s repr: ``('authorization', 'Basic abc')``): a '(' that follows
 # no name (not a call's ``check('password', ...)``), the key quoted (group 2), a ','
 _TUPLE_KEY = r"(?<![A-Za-z0-9_])\([ \t]*+b?(['\"])([A-Za-z][A-Za-z0-9_.\-]*+)\1,[ \t]*+"
+# a PEM private key block (RFC 7468: ``-----BEGIN PRIVATE KEY-----``, ``RSA``/``EC``/
+# ``ENCRYPTED``/``OPENSSH`` ... ``PRIVATE KEY``): its label (group 1), its body of base64
+# and line breaks, raw or escaped as a repr writes them (group 2), its END line when
+# there is one (group 3); tried at each ``-----BEGIN `` only, the label bounded, the body
+# read once (possessive): linear
+_PEM_KEY = (r"(-----BEGIN [A-Z0-9 ]{0,40}?PRIVATE KEY-----)((?:[A-Za-z0-9+/=\s]|\\[nr])*+)"
+            r"(-----END [A-Z0-9 ]{0,40}?PRIVATE KEY-----)?")
 # the ends of an exception class's name (PEP 8's ``Error``; ``Exception``, ``Warning``):
 # ``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...`` (a traceback's
 # last line, ``str()`` of a chained error) are no ``key: value`` pairs
@@ -286,8 +294,8 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "credential", "key", "opened", "port", "quoted_value", "tuple_key",
-                 "unclosed", "value")
+    __slots__ = ("bearer", "credential", "key", "opened", "pem", "port", "quoted_value",
+                 "tuple_key", "unclosed", "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
@@ -297,6 +305,7 @@ class _PairRes:
         self.opened = {c: re.compile(body, flags | re.DOTALL) for c, body in _OPENED.items()}
         self.unclosed = re.compile(_UNCLOSED, flags)
         self.tuple_key = re.compile(_TUPLE_KEY, flags)
+        self.pem = re.compile(_PEM_KEY, flags)
         self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
         self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
 
@@ -316,6 +325,8 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
     # is not either (a scan from a later opener reads the same tokens), so each opener's
     # body is read once at most and the whole stays linear
     unclosed: set[str] = set()
+    if "PRIVATE KEY-----" in text:  # a PEM private key, wherever it stands: its body
+        text = res.pem.sub(_pem_mask, text)
     if "'," in text or '",' in text:  # a quoted key then ',': maybe a pair's repr
         text = _redact_tuple_pairs(text, res)
     if "=" in text or ":" in text:
@@ -337,6 +348,8 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
             end, closed = _value_end(text, start, quoted, res, unclosed)
             if end == start or text[start:end] in _MASKS:
                 continue  # no value (``password=`` at the end, before a separator), masked
+            if not closed and text.startswith("-----BEGIN ", start):
+                continue  # a PEM block: a private key's body is redacted (above)
             if quoted and closed:  # the quotes kept: the repr or JSON stays well-formed
                 inner = _QUOTES_RE.fullmatch(text, start, end)
                 if inner is not None:
@@ -432,6 +445,14 @@ def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
 _QUOTES_RE = re.compile(r"b?(['\"])(.*)\1", re.DOTALL)
 
 
+def _pem_mask(m: re.Match[str]) -> str:
+    """A PEM private key block with its body ``[REDACTED]``, its BEGIN and END lines kept
+    (none but the BEGIN line when it has no body)."""
+    if not m.group(2):
+        return m.group()
+    return f"{m.group(1)}{REDACTED}{m.group(3) or ''}"
+
+
 def _bearer_mask(m: re.Match[str]) -> str:
     """A ``Bearer <token>`` match with its token ``[REDACTED]``."""
     return f"{m.group()[:m.start(1) - m.start()]}{REDACTED}"
@@ -477,7 +498,10 @@ def redact_text(text: str) -> str:
     such as ``1234`` up to the ``,``, ``}``, ``]`` or ``)`` after it); a ``(key, value)``
     pair's repr (gRPC metadata written as text: ``[('x-api-key', 'k')]`` ->
     ``[('x-api-key', '[REDACTED]')]``, a ``(`` after no name, the value closing the
-    tuple); and each ``Bearer <token>`` (8 characters or more) wherever it stands.
+    tuple); each ``Bearer <token>`` (8 characters or more) wherever it stands; and the
+    body of each PEM private key block (RFC 7468's ``-----BEGIN ... PRIVATE KEY-----``,
+    up to its END line or the first character no base64 line has), the BEGIN and END
+    lines kept, wherever it stands (certificates and public keys as they are).
     Other pairs as they are (a credential-named key's value is redacted whatever it is:
     ``token: expired`` too), and so is an exception class's name before ``:``
     (``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...``: a
