@@ -674,6 +674,22 @@ def _add_well_known_types(pool: descriptor_pool.DescriptorPool) -> None:
             pool.Add(proto)
 
 
+def _parse_json(text: str) -> Any:
+    """The JSON ``text`` loaded (a leading byte order mark passed over), whatever type
+    it is to have: :func:`meshkit._cli.call.main` checks a request with it before it
+    reads the registry, so a request that is not JSON is a usage error (exit 2) even
+    when the service is down or missing, not ``UNAVAILABLE`` after the wait.
+
+    Raises:
+        CallError: not JSON (or nested deeper than the parser goes), or a key given
+            twice in an object (at any depth).
+    """
+    try:
+        return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_object)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, not UTF-8, too deep
+        raise CallError(f"request is not valid JSON: {_one_line(exc)}") from None
+
+
 def _load_json(text: str, descriptor: Any) -> Any:
     """The JSON ``text`` of a request of the message type ``descriptor``, loaded; a
     leading byte order mark (what Windows editors and PowerShell 5's redirection write)
@@ -685,10 +701,7 @@ def _load_json(text: str, descriptor: Any) -> Any:
             or not a JSON object when the type's proto3 JSON form is one (all but some
             well-known types, ``_JSON_NOT_OBJECT``).
     """
-    try:
-        value = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_object)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, not UTF-8, too deep
-        raise CallError(f"request is not valid JSON: {_one_line(exc)}") from None
+    value = _parse_json(text)
     if not isinstance(value, dict) and descriptor.full_name not in _JSON_NOT_OBJECT:
         raise CallError(f"request must be a JSON object (message {descriptor.full_name}), "
                         f"got {type(value).__name__}")

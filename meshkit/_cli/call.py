@@ -312,7 +312,7 @@ def main(argv: list[str]) -> int:
 
     import grpc
 
-    from meshkit._cli._call import _Args, _run
+    from meshkit._cli._call import _Args, _parse_json, _run
     from meshkit.errors import ConfigError, InvalidCallError
 
     quiet_logging()
@@ -320,6 +320,8 @@ def main(argv: list[str]) -> int:
         target, metadata = parse_target(ns.target, ns.service), _metadata(ns.header)
         options = _dial_options(ns)
         body = _request_text(ns.request)
+        if body:  # not JSON: a usage error, before the registry (the type comes later)
+            _parse_json(body)
         registry = open_registry(ns.registry)
         if (missing := missing_local_registry(registry)) is not None:  # dial() makes it
             print(f"ERROR: UNAVAILABLE: the service registry cannot be read: {missing}",
