@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from meshkit._config import check_seconds
+from meshkit._env import decimal_number
 from meshkit._uris import mask_query, shown_value, split_userinfo
 from meshkit.errors import ConfigError
 
@@ -253,8 +254,10 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
                  strs: Collection[str], bools: Collection[str] = (),
                  where: str) -> dict[str, Any]:
     """Option fields from a URI's parsed query (``urllib.parse.parse_qs``; the last value
-    of a repeated key wins), typed by the field names in ``floats``, ``bools`` (see
-    :func:`parse_bool`) and ``strs``.
+    of a repeated key wins), typed by the field names in ``floats`` (a plain decimal
+    number, :func:`meshkit._env.decimal_number`: not ``1_0``, ``inf`` or non-ASCII
+    digits, which Python's ``float()`` takes), ``bools`` (see :func:`parse_bool`) and
+    ``strs``.
 
     ``where`` says where the query comes from, the URI quoted as :func:`shown_uri` gives
     it (e.g. ``"etcd URI 'etcd://h:2379?ttl_s=5'"``): every error names it, so an operator
@@ -270,11 +273,11 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
     for key, values in query.items():
         value = values[-1]
         if key in floats:
-            try:
-                out[key] = float(value)
-            except ValueError:
+            # a plain decimal number, as the environment's (not float()'s "1_0")
+            if (number := decimal_number(value)) is None:
                 raise ConfigError(f"{key} must be a number, got {shown_value(value)} "
-                                  f"(in {where})") from None
+                                  f"(in {where})")
+            out[key] = number
         elif key in bools:
             try:
                 out[key] = parse_bool(key, value)
