@@ -123,7 +123,7 @@ from meshkit._config import (
     check_status_codes,
 )
 from meshkit._fields import Normalised
-from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
+from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState, StateIndex
 from meshkit.errors import ConfigError
 
 __all__ = ["EjectingBalancer", "OutlierOptions", "StreamDone"]
@@ -131,6 +131,8 @@ __all__ = ["EjectingBalancer", "OutlierOptions", "StreamDone"]
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _FAILING = EndpointState.FAILING
+_READY = EndpointState.READY
+_IDLE = EndpointState.IDLE
 _NEVER = float("inf")
 # the most likely an endpoint as good as its peers fails its whole window and run: beyond
 # it, an endpoint failing every call is ejected beyond max_ejection_percent
@@ -259,10 +261,10 @@ class EjectingBalancer:
             rotation (panic routing, module docstring).
     """
 
-    __slots__ = ("_all", "_cap", "_census", "_clock", "_ejected", "_health", "_inner",
-                 "_lean_ok", "_max_times", "_next_expiry", "_observe", "_ok_fails",
-                 "_on_change", "_on_probe_free", "_opts", "_rate_interval_s", "_recheck_at",
-                 "_turn", "_waiting", "ejections", "panic_picks")
+    __slots__ = ("_all", "_cap", "_census", "_clock", "_ejected", "_ejected_by_state",
+                 "_health", "_inner", "_lean_ok", "_max_times", "_next_expiry", "_observe",
+                 "_ok_fails", "_on_change", "_on_probe_free", "_opts", "_rate_interval_s",
+                 "_recheck_at", "_turn", "_waiting", "ejections", "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -303,6 +305,9 @@ class EjectingBalancer:
         self._cap = 1  # endpoints that may be ejected at once (set by update)
         self._health: dict[str, _Health] = {}
         self._ejected: tuple[Endpoint, ...] = ()  # ejection not over (kept by _schedule)
+        # the same endpoints by state (kept by their state's setter): a panic pick reads
+        # the usable ones, not every ejected endpoint's state
+        self._ejected_by_state = StateIndex()
         self._next_expiry = _NEVER  # (pick tests for this object: nothing ejected)
         # due probes waiting for their connection (FAILING), looked at one a pick (in
         # turn) until _recheck_at, the next time something else falls due (_take_probe);
@@ -367,6 +372,7 @@ class EjectingBalancer:
         self._waiting = ()  # _take_probe looks at every ejected endpoint again
         self._ejected = tuple(ep for ep in self._all
                               if self._health[ep.key].ejected_until is not None)
+        self._ejected_by_state.track(self._ejected)
 
     def _out(self, key: str) -> bool:
         # out of rotation from its ejection until a probe succeeds (waiting for its time,
@@ -475,13 +481,26 @@ class EjectingBalancer:
         ``FAILING`` (one not in ``exclude`` if there is one; in turn), with an outcome
         callback that records nothing, or ``None`` when there is none (module
         docstring, panic routing)."""
-        usable = [ep for ep in self._ejected if ep.state is not _FAILING]
-        if not usable:
+        # drawn from the ejected endpoints kept by state, READY then IDLE ones in turn:
+        # O(1) while few are excluded (a list of every ejected one's state was O(ejected)
+        # a pick, 212 us with 4,000 ejected)
+        ready = self._ejected_by_state.of(_READY)
+        idle = self._ejected_by_state.of(_IDLE)
+        nr = len(ready)
+        n = nr + len(idle)
+        if not n:
             return None
-        untried = [ep for ep in usable if ep not in exclude] if exclude else usable
-        choices = untried or usable
         self.panic_picks += 1
-        return choices[self.panic_picks % len(choices)], _neutral
+        turn = self.panic_picks
+        for i in range(min(n, 4)):
+            k = (turn + i) % n
+            ep = ready[k] if k < nr else idle[k - nr]
+            if not (exclude and ep in exclude):
+                return ep, _neutral
+        usable = ready + idle
+        untried = [ep for ep in usable if ep not in exclude]
+        choices = untried or usable
+        return choices[turn % len(choices)], _neutral
 
     def _take_probe(self, verdict_s: float) -> tuple[Endpoint, _Health] | None:
         """The ejected endpoint whose time is up and whose connection is not ``FAILING``,
