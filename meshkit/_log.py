@@ -255,6 +255,9 @@ _TUPLE_KEY = r"(?<![A-Za-z0-9_])\([ \t]*+b?(['\"])([A-Za-z][A-Za-z0-9_.\-]*+)\1,
 # read once (possessive): linear
 _PEM_KEY = (r"(-----BEGIN [A-Z0-9 ]{0,40}?PRIVATE KEY-----)((?:[A-Za-z0-9+/=\s]|\\[nr])*+)"
             r"(-----END [A-Z0-9 ]{0,40}?PRIVATE KEY-----)?")
+# the cookies after a ``Cookie`` header's first (RFC 6265 §4.2.1's cookie-string:
+# ``name=value`` pairs joined by ';' and a blank): every one may be a session; possessive
+_MORE_COOKIES = r"(?:;[ \t]*+[^\s;=]++=[^\s;]*+)*+"
 # the ends of an exception class's name (PEP 8's ``Error``; ``Exception``, ``Warning``):
 # ``PasswordError: wrong shape``, ``jwt.exceptions.InvalidTokenError: ...`` (a traceback's
 # last line, ``str()`` of a chained error) are no ``key: value`` pairs
@@ -294,8 +297,8 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "credential", "key", "opened", "pem", "port", "quoted_value",
-                 "tuple_key", "unclosed", "value")
+    __slots__ = ("bearer", "cookies", "credential", "key", "opened", "pem", "port",
+                 "quoted_value", "tuple_key", "unclosed", "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
@@ -306,6 +309,7 @@ class _PairRes:
         self.unclosed = re.compile(_UNCLOSED, flags)
         self.tuple_key = re.compile(_TUPLE_KEY, flags)
         self.pem = re.compile(_PEM_KEY, flags)
+        self.cookies = re.compile(_MORE_COOKIES, flags)
         self.credential = re.compile(_SCHEME_CREDENTIAL, flags)
         self.bearer = re.compile(_BEARER, flags | re.IGNORECASE)
 
@@ -362,6 +366,10 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
                 credential = res.credential.match(text, end)
                 if credential is not None:
                     end = credential.end()
+            elif not closed and key.lower() == "cookie":  # a Cookie header: every cookie
+                more = res.cookies.match(text, end)
+                if more is not None:
+                    end = more.end()
             out.append(text[done:start])
             out.append(REDACTED)
             done = end
@@ -492,7 +500,9 @@ def redact_text(text: str) -> str:
     ``password='abc rest`` -> ``password=[REDACTED] rest``), an ODBC string's
     ``Pwd=...;`` (braced or not; a brace not closed likewise), a URL query's
     ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an auth scheme
-    as the value: the credential after it too), ``access_token=...``; a dict's repr or a
+    as the value: the credential after it too), a ``Cookie:`` header's every cookie
+    (RFC 6265's cookie-string, ``a=1; session=x`` whole), ``access_token=...``; a dict's
+    repr or a
     JSON object's quoted key (``{'password': 'p w'}`` -> ``{'password': '[REDACTED]'}``,
     ``{"token":"abc"}``, ``{b'authorization': b'x'}``: the quotes kept, a bare value
     such as ``1234`` up to the ``,``, ``}``, ``]`` or ``)`` after it); a ``(key, value)``
