@@ -804,7 +804,8 @@ class _LastResort(logging.Handler):
     """The standard library's handler of last resort (``logging.lastResort``: what a
     record at ``WARNING`` or above goes to when no handler is configured anywhere) once
     :func:`configure_logging` has run: the record is logged through structlog's
-    configuration (``logger`` = the record's logger name, its message, its exception),
+    configuration (``logger`` = the record's logger name, its message, its exception,
+    its stack as ``stack`` when it was logged with ``stack_info=True``),
     so the warnings of libraries that log through the standard library (OpenTelemetry's
     propagators and exporters, ``meshkit.fork``) come out as the other lines do, JSON
     with ``level`` and ``timestamp`` under ``json=True``, instead of their bare message
@@ -832,6 +833,8 @@ class _LastResort(logging.Handler):
             fields: dict[str, Any] = {"logger": record.name}
             if record.exc_info:
                 fields["exc_info"] = record.exc_info
+            if record.stack_info:  # logged with stack_info=True: as structlog names it
+                fields["stack"] = record.stack_info
             lg = structlog.get_logger(record.name)
             method = _RECORD_METHODS.get(record.levelno, "warning")
             getattr(lg, method)(record.getMessage(), **fields)
