@@ -255,6 +255,8 @@ DEFAULT_PORT = 2379
 #: refused with ``etcdserver: too large lease TTL`` (etcd 3.3 upgrade notes: "when the
 #: requested TTL is larger than 9,000,000,000 seconds").
 _MAX_LEASE_TTL_S = 9_000_000_000
+#: etcdctl's default ``--endpoints``, without a scheme: https when TLS is asked for
+_ETCDCTL_DEFAULT_ENDPOINT = "127.0.0.1:2379"
 #: etcdctl's timeout variables (Go durations) and the fields they set
 _ENV_TIMEOUTS = {"ETCDCTL_DIAL_TIMEOUT": "connect_timeout_s",
                  "ETCDCTL_COMMAND_TIMEOUT": "operation_timeout_s"}
@@ -678,7 +680,9 @@ class EtcdOptions:
         (``etcdctl/ctlv3/command/global.go``, ``newClientCfg``), an endpoint of
         ``ETCDCTL_ENDPOINTS`` written without a scheme uses TLS (``https``) when a TLS
         file is set (by a variable or an override) or ``ETCDCTL_INSECURE_TRANSPORT`` is
-        false, else plain http; one written with its scheme keeps it.
+        false, else plain http; one written with its scheme keeps it. So does etcdctl's
+        default endpoint, ``127.0.0.1:2379``, when ``ETCDCTL_ENDPOINTS`` is unset and no
+        ``endpoints`` override is given (``https://127.0.0.1:2379`` then).
 
         ``ETCDCTL_DIAL_TIMEOUT`` (etcdctl's ``--dial-timeout``: ``connect_timeout_s``)
         and ``ETCDCTL_COMMAND_TIMEOUT`` (``--command-timeout``, the bound of a whole
@@ -748,6 +752,9 @@ class EtcdOptions:
                 f"ETCDCTL_DISCOVERY_SRV is set ({srv!r}), but meshkit's etcd registry does "
                 f"not look up the members' SRV records; set ETCDCTL_ENDPOINTS (or "
                 f"endpoints) to the members' client URLs")
+        if tls and "endpoints" not in kwargs and "endpoints" not in overrides:
+            # etcdctl's default endpoint, 127.0.0.1:2379, has no scheme either: TLS then
+            kwargs["endpoints"] = _split_endpoints(_ETCDCTL_DEFAULT_ENDPOINT, "https")
         return options_with(cls, kwargs, overrides)
 
     @classmethod
