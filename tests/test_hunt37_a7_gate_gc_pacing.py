@@ -32,6 +32,8 @@ from meshkit.discovery import LocalRegistry
 from tests.support.wait import until
 
 _MIB = 1 << 20
+_GC_AFTER = 4 * _MIB  # gc_after_request_bytes here (16 MiB by default)
+_CACHE = 50_000  # objects in the application's cache
 
 
 def _add_upload(_servicer: object, server: Any) -> None:
@@ -45,13 +47,18 @@ def _add_upload(_servicer: object, server: Any) -> None:
 async def test_collections_after_large_requests_take_a_bounded_share_of_the_loop(
     registry: LocalRegistry,
 ) -> None:
-    """With a heap whose full collection takes tenths of a second, 64 uploads of 1 MiB
-    (four times gc_after_request_bytes) run one collection, not four; the collection put
-    off runs once its pause has passed, and the gate's timer goes with the server."""
-    cache = [{"k": [i]} for i in range(200_000)]  # an application's in-memory cache
+    """With a heap whose full collection takes about a tenth of a second, 16 uploads of
+    1 MiB (four times gc_after_request_bytes, 4 MiB here) run one collection, not four;
+    the collection put off runs once its pause has passed, and the gate's timer goes with
+    the server."""
+    # an application's in-memory cache; kept small (and gc_after_request_bytes with it)
+    # as the wait for the collection put off is 19 times one collection's duration
+    cache = [{"k": [i]} for i in range(_CACHE)]
     srv = meshkit.MeshServer("upload", [(_add_upload, None)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
-                                                          admin=None))
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, admin=None,
+                                 limits=meshkit.ServerLimits(
+                                     gc_after_request_bytes=_GC_AFTER)))
     await srv.start()
     try:
         gate = srv.gate
@@ -62,10 +69,10 @@ async def test_collections_after_large_requests_take_a_bounded_share_of_the_loop
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
             put: Any = ch.unary_unary("/test.Upload/Put")
             t0 = time.monotonic()
-            for _ in range(64):
+            for _ in range(4 * _GC_AFTER // _MIB):
                 assert await put(b"x" * _MIB, timeout=60) == b"%d" % _MIB
             took = time.monotonic() - t0
-        # before: one collection per 16 MiB, 4 (about 2 s of the 2.8 s at 0.5 s each);
+        # before: one collection per gc_after_request_bytes, 4 (most of the time taken);
         # now the first, and the next only after 19 times its duration
         assert gate.collections <= 1 + took / (10 * one), (gate.collections, took, one)
         assert gate.collections >= 1
