@@ -1,4 +1,4 @@
-"""Rate-limit keys: ``by_peer`` keys an IPv6 caller by its /64 (one client owning a /64
+"""Rate-limit keys: ``by_peer`` keys a global IPv6 caller by its /64 (one client owning a /64
 cannot spread over 2^64 budgets)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class _Ctx:
 _CASES = [
     ("ipv6:[2001:db8:1:2::7]:5000", "2001:db8:1:2::/64"),
     ("ipv6:%5B2001:db8:1:2:ffff:ffff:ffff:ffff%5D:6000", "2001:db8:1:2::/64"),
-    ("ipv6:[fd00:aa:bb:cc:1::1]:1", "fd00:aa:bb:cc::/64"),  # unique local (fc00::/7)
+    ("ipv6:[fd00:aa:bb:cc:1::1]:1", "fd00:aa:bb:cc:1::1"),  # unique local: whole
     ("ipv6:[::1]:5000", "::1"),  # loopback: the host itself
     ("ipv6:[fe80::1%25eth0]:1", "fe80::1%eth0"),  # link-local: fe80::/64 is every host
     ("ipv6:[::ffff:10.0.0.7]:1", "10.0.0.7"),  # IPv4-mapped: the IPv4 address
@@ -47,7 +47,7 @@ _CASES = [
 
 @pytest.mark.parametrize(("peer", "key"), _CASES, ids=[f"case{i}" for i in range(len(_CASES))])
 def test_by_peer_keys_global_ipv6_by_its_64(peer: str, key: str) -> None:
-    """A global or unique-local IPv6 caller is keyed by its /64; loopback, link-local,
+    """A global IPv6 caller is keyed by its /64; unique-local, loopback, link-local,
     IPv4-mapped and other peers by their address (the same through by_identity)."""
     ctx: Any = _Ctx(peer)
     assert by_peer(_METHOD, ctx) == key

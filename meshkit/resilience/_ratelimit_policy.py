@@ -273,17 +273,22 @@ IPV6_KEY_PREFIX = 64
 subnet, the least a site or a home connection is given (RFC 6177, RIPE-690), and SLAAC
 lets its owner use any of its 2^64 addresses, so keyed by the full address one client
 would have as many budgets. Rate limiters key IPv6 by /64 for that reason (Cloudflare's
-rate limiting rules, the advice for nginx ``limit_req``)."""
-_AGGREGATED_V6 = (ipaddress.IPv6Network("2000::/3"), ipaddress.IPv6Network("fc00::/7"))
+rate limiting rules, the advice for nginx ``limit_req``). Only global unicast
+addresses (``2000::/3``, what ISPs hand out by the /64) are: a unique-local one
+(``fc00::/7``, RFC 4193) is the site's own, where a /64 is no one client's (Kubernetes
+pod networks give pods small blocks of one /64: Cilium's default pool ``fd00::/104``,
+/120 per node; Calico's /122 blocks), so it keeps its full address."""
+_AGGREGATED_V6 = ipaddress.IPv6Network("2000::/3")
 
 
 def peer_key(peer: str) -> str:
     """The rate-limit key of a gRPC peer string (:func:`~meshkit.resilience.by_peer`):
-    :func:`peer_host`, except that an IPv6 address in the global unicast (``2000::/3``)
-    or unique local (``fc00::/7``) space is keyed by its /64 (:data:`IPV6_KEY_PREFIX`),
-    written ``"2001:db8:1:2::/64"``, and an IPv4-mapped one (``::ffff:10.0.0.7``) by
-    its IPv4 address. Loopback (``::1``), link-local (``fe80::1%eth0``: ``fe80::/64`` is
-    every host of the link) and other IPv6 addresses keep their full address.
+    :func:`peer_host`, except that an IPv6 address in the global unicast space
+    (``2000::/3``) is keyed by its /64 (:data:`IPV6_KEY_PREFIX`), written
+    ``"2001:db8:1:2::/64"``, and an IPv4-mapped one (``::ffff:10.0.0.7``) by its IPv4
+    address. Unique-local (``fd00::a:1``: a pod network's, whose /64 holds many
+    clients), loopback (``::1``), link-local (``fe80::1%eth0``: ``fe80::/64`` is every
+    host of the link) and other IPv6 addresses keep their full address.
 
     ``"ipv6:[2001:db8:1:2::7]:5000"`` -> ``"2001:db8:1:2::/64"``;
     ``"ipv4:10.0.0.7:51234"`` -> ``"10.0.0.7"``.
@@ -297,7 +302,7 @@ def peer_key(peer: str) -> str:
         return host
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
-    if any(address in net for net in _AGGREGATED_V6):
+    if address in _AGGREGATED_V6:
         return str(ipaddress.IPv6Network((address, IPV6_KEY_PREFIX), strict=False))
     return host
 

@@ -32,8 +32,8 @@ rule and caller: a new name per call is no new budget. With no
 resolved once and cached; a method with no rule has its handler returned untouched.
 
 Callers are told apart by a key function ``(method, context) -> str``: by default
-:func:`by_peer`, the peer's IP address without the port (a global or unique-local IPv6
-one by its /64); :func:`by_metadata` keys by a
+:func:`by_peer`, the peer's IP address without the port (a global IPv6 one,
+``2000::/3``, by its /64); :func:`by_metadata` keys by a
 request header (``by_metadata("x-user")``). Keys by SPIFFE ID or JWT ``sub`` plug in the
 same way: any callable reading ``context.auth_context()`` or metadata set by the
 authentication interceptor placed before this one.
@@ -437,26 +437,29 @@ def _not_a_key(key_of: KeyFunc, key: object) -> TypeError:
 
 
 def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Key a call by the caller's IP address, without the port (the default key); an
-    IPv6 caller by its /64.
+    """Key a call by the caller's IP address, without the port (the default key); a
+    global IPv6 caller by its /64.
 
-    A global (``2000::/3``) or unique-local (``fc00::/7``) IPv6 address is keyed by its
-    /64 network: a client given a /64 (the least a site is given, RFC 6177) may call
-    from any of its 2^64 addresses, each a budget of its own if keyed whole; rate
-    limiters key IPv6 by /64 for that reason (Cloudflare's, the advice for nginx's
-    ``limit_req``). So all hosts of one /64 (the clients behind one home router or one
-    Kubernetes node's pod range of that size) share one budget; key by something else
-    (:func:`by_identity`, :func:`by_metadata`) where that is too coarse.
+    A global unicast (``2000::/3``) IPv6 address is keyed by its /64 network: a client
+    given a /64 (the least a site is given, RFC 6177) may call from any of its 2^64
+    addresses, each a budget of its own if keyed whole; rate limiters key IPv6 by /64
+    for that reason (Cloudflare's, the advice for nginx's ``limit_req``). So all hosts
+    of one global /64 (the clients behind one home router, the pods of one cloud subnet
+    that hands them global addresses) share one budget; key by something else
+    (:func:`by_identity`, :func:`by_metadata`) where that is too coarse. A unique-local
+    address (``fc00::/7``, RFC 4193: the site's own, such as a Kubernetes pod network's
+    ``fd00::/104``, where one /64 holds every pod) keeps its full address.
 
     Args:
         method: full method name (unused).
         context: the call's context; ``context.peer()`` is e.g. ``"ipv4:10.0.0.7:51234"``.
 
     Returns:
-        ``"10.0.0.7"``; ``"2001:db8:1:2::/64"`` for a global or unique-local IPv6
-        address (:func:`~meshkit.resilience._ratelimit_policy.peer_key`); the address
-        for loopback (``"::1"``), link-local (``"fe80::1%eth0"``: ``fe80::/64`` is every
-        host of the link) and other IPv6 ones; the IPv4 address of an IPv4-mapped one;
+        ``"10.0.0.7"``; ``"2001:db8:1:2::/64"`` for a global IPv6 address
+        (:func:`~meshkit.resilience._ratelimit_policy.peer_key`); the address for
+        unique-local (``"fd00::a:1"``), loopback (``"::1"``), link-local
+        (``"fe80::1%eth0"``: ``fe80::/64`` is every host of the link) and other IPv6
+        ones; the IPv4 address of an IPv4-mapped one;
         other peer kinds (``"unix:..."``) whole.
     """
     # a peer string is one connection's, the same call after call: its host is parsed
