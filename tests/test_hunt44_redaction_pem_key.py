@@ -31,6 +31,10 @@ _CASES = {
                          "PRIVATE KEY-----'}",
                          "{'key': '-----BEGIN RSA PRIVATE KEY-----[REDACTED]-----END RSA "
                          "PRIVATE KEY-----'}"),
+    "encrypted-headers": ("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+                          "DEK-Info: AES-128-CBC,0F1E\n\nMIIEow\n-----END RSA PRIVATE KEY-----",
+                          "-----BEGIN RSA PRIVATE KEY-----[REDACTED]-----END RSA PRIVATE "
+                          "KEY-----"),
     "truncated": ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN", "-----BEGIN PRIVATE KEY-----"
                   "[REDACTED]"),
     # not secrets: as they are
@@ -65,6 +69,8 @@ _SHAPES = {
     "many-begins": "-----BEGIN PRIVATE KEY-----" * (_N // 27),
     "long-body": "-----BEGIN PRIVATE KEY-----" + "A" * _N,
     "dashes": "-" * _N + "BEGIN PRIVATE KEY",
+    "body-dashes": "-----BEGIN PRIVATE KEY-----" + "-" * _N,
+    "many-keys-dashes": "-----BEGIN PRIVATE KEY----- a-b:c," * (_N // 36),
 }
 
 
