@@ -190,11 +190,18 @@ class ClientCallDetails:
 
 def _slots(cls: type) -> tuple[str, ...]:
     """Every slot of ``cls`` and its bases but ``__dict__``/``__weakref__`` (a subclass of
-    :class:`ClientCallDetails` adds its own)."""
+    :class:`ClientCallDetails` adds its own), by the attribute name Python stores it under:
+    a private ``__name`` declared in class ``_Cls`` is ``_Cls__name`` (name mangling, the
+    class name's leading underscores stripped; read as written, the slot seemed never set
+    and its value was dropped from the copy)."""
     names: list[str] = []
     for klass in cls.__mro__:
         declared = vars(klass).get("__slots__", ())
-        names.extend((declared,) if isinstance(declared, str) else declared)
+        owner = klass.__name__.lstrip("_")
+        for name in (declared,) if isinstance(declared, str) else declared:
+            if name.startswith("__") and not name.endswith("__") and owner:
+                name = f"_{owner}{name}"
+            names.append(name)
     return tuple(n for n in names if n not in ("__dict__", "__weakref__"))
 
 
