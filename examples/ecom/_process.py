@@ -15,6 +15,7 @@ import structlog
 
 import meshkit
 from examples.ecom.storage import Store, StoreError, StoreUnavailable, open_store
+from meshkit._env import decimal_number
 from meshkit.auth import AuthOptions, TLSOptions, tls_from_dir
 from meshkit.observability import AdminOptions, configure_logging
 from meshkit.resilience import RateLimitOptions
@@ -32,19 +33,30 @@ def _bad(text: str, what: str, env: str | None) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(f"must be {what}, got {text!r}{where}")
 
 
+def _digits(text: str, *, plus: bool = False) -> int | None:
+    """``text`` as an ``int`` when it is ASCII digits (blanks around ignored; a leading
+    ``+`` too when ``plus``; at most 18 digits after leading zeros: ``int()`` of over
+    4,300 raises), else ``None``."""
+    value = text.strip()
+    if plus and value.startswith("+"):
+        value = value[1:]
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 18:
+        return None
+    return int(value)
+
+
 def port_arg(env: str | None = None) -> Callable[[str], int]:
     """An argparse ``type``: a TCP port, 0..65535 (0 picks a free one). ``env`` names the
     variable the flag's default comes from, for the message: a default given as a string
     (``default=os.environ.get(...)``) is converted by argparse too, so a bad value in the
     environment is a usage error naming the flag and the variable (exit 2), not a
-    ``ValueError`` traceback when the parser is built (then even ``--help`` failed)."""
+    ``ValueError`` traceback when the parser is built (then even ``--help`` failed).
+    ASCII digits only, blanks around ignored, as the library reads ``MESHKIT_ADMIN_PORT``
+    (not ``int()``'s ``5_0051`` or full-width digits)."""
 
     def port(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _bad(text, "a port number, 0..65535", env) from None
-        if not 0 <= value <= 65535:
+        value = _digits(text)
+        if value is None or not 0 <= value <= 65535:
             raise _bad(text, "a port number, 0..65535", env)
         return value
 
@@ -54,17 +66,15 @@ def port_arg(env: str | None = None) -> Callable[[str], int]:
 def seconds_arg(env: str | None = None, *, zero: bool = True,
                 least: float = 0.0) -> Callable[[str], float]:
     """An argparse ``type``: a finite number of seconds, >= 0 (> 0 unless ``zero``; at
-    least ``least`` when given); NaN and infinity refused. ``env`` as for
-    :func:`port_arg`."""
+    least ``least`` when given); NaN and infinity refused. A plain decimal number, as
+    the library reads ``MESHKIT_*`` numbers (:func:`meshkit._env.decimal_number`: not
+    ``float()``'s ``1_0`` or full-width digits). ``env`` as for :func:`port_arg`."""
     what = "a finite number of seconds" + (f", >= {least:g}" if least > 0
                                            else ", >= 0" if zero else ", > 0")
 
     def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise _bad(text, what, env) from None
-        if not math.isfinite(value) or value < least or value < 0 \
+        value = decimal_number(text)
+        if value is None or not math.isfinite(value) or value < least or value < 0 \
                 or (value == 0 and not zero):
             raise _bad(text, what, env)
         return value
@@ -73,14 +83,12 @@ def seconds_arg(env: str | None = None, *, zero: bool = True,
 
 
 def count_arg(low: int = 1) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``low``."""
+    """An argparse ``type``: an integer >= ``low``, ASCII digits (a leading ``+`` taken,
+    blanks around ignored; not ``int()``'s ``1_0`` or full-width digits)."""
 
     def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _bad(text, f"an integer >= {low}", None) from None
-        if value < low:
+        value = _digits(text, plus=True)
+        if value is None or value < low:
             raise _bad(text, f"an integer >= {low}", None)
         return value
 
