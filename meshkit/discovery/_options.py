@@ -199,7 +199,7 @@ def parse_bool(name: str, value: str) -> bool:
 #: ``.5``, ``1.``) and its unit; ``µs`` as U+00B5 (micro sign) or U+03BC (Greek mu)
 _GO_DURATION = re.compile(
     r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+")
-_GO_ELEMENT = re.compile(r"([0-9]*\.?[0-9]*)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_GO_ELEMENT = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _GO_UNIT_NS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6,
                "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 #: a Go ``time.Duration`` is int64 nanoseconds: a longer one fails ``ParseDuration``
@@ -225,14 +225,39 @@ def parse_go_duration(name: str, value: str) -> float:
         raise ConfigError(f"{name} must be a Go duration such as '2s', '500ms' or "
                           f"'1m30s' (a number and its unit: ns, us, ms, s, m, h), got "
                           f"{value!r}")
-    sign = -1 if value.startswith("-") else 1
-    total_ns = 0.0
-    for number, unit in _GO_ELEMENT.findall(value.lstrip("+-")):
-        total_ns += float(number) * _GO_UNIT_NS[unit]
-    if total_ns > _GO_MAX_NS:
+    negative = value.startswith("-")
+    total_ns = _go_nanoseconds(value.lstrip("+-"))
+    if total_ns is None or total_ns > _GO_MAX_NS + negative:  # -2**63 ns is a Duration
         raise ConfigError(f"{name} must be a Go duration of at most about 292 years "
                           f"(int64 nanoseconds), got {value!r}")
-    return sign * total_ns / 1e9
+    return (-total_ns if negative else total_ns) / 1e9
+
+
+def _go_nanoseconds(body: str) -> int | None:
+    """The nanoseconds of ``body`` (a Go duration without its sign, matched by
+    ``_GO_DURATION``) computed as ``time.ParseDuration`` computes them (integer
+    nanoseconds, a fraction's ``float64(f) * (float64(unit) / scale)`` truncated, digits of
+    a fraction past uint64 ignored), ``None`` past 2**63 ns (Go's overflow)."""
+    total = 0
+    for whole, fraction, unit in _GO_ELEMENT.findall(body):
+        whole = whole.lstrip("0")
+        if len(whole) > 19:  # (int() of over 4,300 digits raises)
+            return None
+        ns, per = int(whole or "0"), _GO_UNIT_NS[unit]
+        if ns > 2**63 // per:
+            return None
+        ns *= per
+        f, scale = 0, 1.0
+        for digit in fraction:  # Go's leadingFraction
+            if f > _GO_MAX_NS // 10 or f * 10 + int(digit) > 2**63:
+                break  # Go skips the remaining digits
+            f, scale = f * 10 + int(digit), scale * 10
+        if f > 0:
+            ns += int(float(f) * (float(per) / scale))
+        total += ns
+        if ns > 2**63 or total > 2**63:
+            return None
+    return total
 
 
 def env_value(environ: Mapping[str, str], name: str) -> str | None:
