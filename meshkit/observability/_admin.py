@@ -72,6 +72,12 @@ _MAX_CONNECTIONS = 100
 client opening many and sending nothing) closes the oldest (:class:`_ConnectionCap`),
 so that idle connections, each otherwise kept for the 75 s keep-alive, cannot hold
 sockets and memory without bound."""
+_EVICTED_GRACE_S = 30.0
+"""Seconds a connection closed past :data:`_MAX_CONNECTIONS` may take to end before it
+is aborted (its unsent data dropped): one answering is closed once its answer is sent,
+but a client that never reads it keeps the write waiting for ever (aiohttp has no write
+timeout), and a socket closed with data unsent stays open until the client reads it.
+Longer than a scrape's usual timeout (Prometheus: 10 s)."""
 _RESERVED = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
@@ -668,30 +674,49 @@ class _ConnectionCap:
     ``limit`` sockets (aiohttp has no such option: its only bound
     is the keep-alive timeout). The oldest, not the new one, goes: refusing new ones
     would let whoever holds ``limit`` idle connections lock a Prometheus out; a scraper
-    whose keep-alive connection was closed opens a new one.
+    whose keep-alive connection was closed opens a new one. A connection so closed
+    that has not ended :data:`_EVICTED_GRACE_S` later (a client that never reads its
+    answer: the write, or the socket's close, waits on it for ever) is aborted.
 
     Installed on the server's ``connection_made`` (the public hook each
     ``RequestHandler`` calls with itself when its connection is made)."""
 
-    __slots__ = ("_made", "_server", "limit")
+    __slots__ = ("_doomed", "_made", "_server", "limit")
 
     def __init__(self, server: web.Server, limit: int) -> None:
         self._server = server
         self._made = server.connection_made
         self.limit = limit
+        # the transports of connections closed past the cap, each aborted after the grace
+        self._doomed: set[asyncio.BaseTransport] = set()
         server.connection_made = self.connection_made  # type: ignore[method-assign]
 
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
         self._made(handler, transport)
         handlers = self._server.connections  # oldest first (insertion order)
         for old in handlers[:max(0, len(handlers) - self.limit)]:
+            sock = old.transport  # None once force_close() ran: its abort is due already
             # aiohttp tells no idleness publicly: its own keep-alive check reads the
             # handler's state; a handler without the attribute is closed at once
-            if getattr(old, "_request_in_progress", False):
+            busy = getattr(old, "_request_in_progress", False)
+            if busy:
                 old.close()  # answering: closed once the answer is sent
             else:
                 old.force_close()  # idle (or not started): its close() would leave the
                 # socket open (the waiting task is cancelled, nothing closes it)
+            # an abort due only where the connection may outlive its close (no timer per
+            # idle connection a flood of new ones evicts: those end at once)
+            if sock is not None and (busy or sock.get_write_buffer_size()) and (
+                    sock not in self._doomed):
+                self._doomed.add(sock)
+                asyncio.get_running_loop().call_later(_EVICTED_GRACE_S, self._abort, sock)
+
+    def _abort(self, transport: asyncio.BaseTransport) -> None:
+        """Abort ``transport`` (nothing if its connection has ended: asyncio's abort
+        of a lost connection does nothing)."""
+        self._doomed.discard(transport)
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
 
 
 class _Ping:
