@@ -227,9 +227,10 @@ class AdminServer:
     has neither (its ``text/plain`` body quotes the offending line).
 
     At most 100 connections are kept open at once (``_MAX_CONNECTIONS``): one more
-    closes the oldest (an idle one at once, one mid-answer after its answer), so a
-    client opening many keep-alive connections and sending nothing (each otherwise kept
-    75 s) holds no more sockets than that.
+    closes the oldest (an idle one at once, one mid-answer after its answer; one not
+    ended 30 s later, its client not reading the answer, is aborted), so a client
+    opening many keep-alive connections and sending nothing (each otherwise kept 75 s),
+    or asking and never reading, holds no more sockets than that for long.
 
     ``/metrics`` serves further registries given with :meth:`add_registry` (the shared
     admin server of ``serve()``: the default registry and every server's telemetry
