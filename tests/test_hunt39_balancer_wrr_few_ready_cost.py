@@ -250,10 +250,13 @@ def test_picks_are_those_of_before(data: st.DataObject, n: int, seed: int) -> No
     old.update(old_eps)
     new.update(new_eps)
     exact = True
+    rng = random.Random(data.draw(st.integers(0, 2**32 - 1)))
     for _ in range(data.draw(st.integers(1, 4))):
         for _ in range(data.draw(st.integers(1, 40))):
-            tried = data.draw(st.sets(st.integers(0, n - 1), max_size=2)
-                              if data.draw(st.integers(0, 4)) == 0 else st.just(set()))
+            # a retry (up to two tried) one pick in five; from a drawn seed, as a draw a
+            # pick was most of the test's time
+            tried = set(rng.sample(range(n), min(rng.randint(0, 2), n))
+                        if rng.randint(0, 4) == 0 else ())
             a = old.pick(exclude={old_eps[i] for i in tried})
             got = new.pick(exclude={new_eps[i] for i in tried})
             b = got[0] if got is not None else None
