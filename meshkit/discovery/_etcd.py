@@ -153,7 +153,9 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   ``readable=False`` (``status()`` too once every watched service's reads fail: a prefix
   etcd's authentication refuses this user is that service's fault alone) and the
   outage is logged once (a reminder every 60 s, a line when it ends): once for all while
-  every watched service's reads fail (etcd down), else once per failing service. If after an
+  every watched service's reads fail (etcd down; the line names them, ``services``, the
+  first 20, and ``service_count``), else once per failing service, at its second failed
+  read in a row (etcd going down fails the watches one after the other). If after an
   outage etcd comes back with a *replaced store* (another cluster id, a revision lower
   than one already seen, or a key whose ``mod_revision`` is at most the watch's revision
   but not the one the watch knew: a restored or wiped data directory, also one restarted
@@ -1012,6 +1014,8 @@ _LOG_STARTED = {
 }
 _LOG_STILL = {False: "etcd still cannot be read", True: "etcd still cannot be written"}
 _LOG_BACK = {False: "etcd readable again", True: "etcd writable again"}
+#: At most this many services named in one log line (an outage of every watched service)
+_NAMED_SERVICES = 20
 
 
 class EtcdRegistry:
@@ -1137,6 +1141,12 @@ class EtcdRegistry:
         # watch (etcd's permission denied on its prefix) is that service's fault, not
         # every service's (see _outcome)
         self._reads = ServiceReads("etcd")
+        # services whose own read outage began and is not logged yet: logged at its
+        # second failed read, unless every watched service fails by then (the
+        # registry's outage: one line naming them all) or it reads again first
+        self._unlogged: set[str] = set()
+        # services whose own outage's start was logged: only theirs log its end
+        self._own_logged: set[str] = set()
         # the key of each unusable value -> monotonic time it was last logged
         self._unusable_logged: dict[bytes, float] = {}
         self._watch_ids = itertools.count()
@@ -1218,6 +1228,8 @@ class EtcdRegistry:
         self._kept_at = -float("inf")
         self._kept = {}
         self._reads = ServiceReads("etcd")
+        self._unlogged = set()
+        self._own_logged = set()
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -1642,25 +1654,50 @@ class EtcdRegistry:
             registry_failing = tracker.read.ok is False
             duration = reads.read_ok()
             registry_back = tracker.read_ok()
+            # its own outage's end is logged only when its start was (one covered by
+            # the registry's start line ends with the registry's end line)
+            logged = service in self._own_logged
+            self._unlogged.discard(service)
+            self._own_logged.discard(service)
             if registry_failing:  # the registry's outage ended: one line for all
                 duration = registry_back
+            elif not logged:
+                duration = None
             if duration is not None:
                 _log.info(_LOG_BACK[False], endpoints=endpoints, service=service,
                           outage_s=round(duration, 3))
             return
         # logged: the registry's outage while every watched service's reads fail (one
-        # warning and its reminders for all, as before), else this service's own
+        # warning naming them all, and its reminders), else this service's own, from
+        # its second failed read in a row: etcd going down fails every watch one after
+        # the other, which would otherwise log one start per watched service first
         outage = reads.read_failed(error)
         failing_for_s = reads.failing_for_s(False)
+        named: dict[str, object] = {}
         if self._reads.all_failing():
             outage = tracker.read_failed(error)
             failing_for_s = tracker.failing_for_s(False)
+            if outage == "started":
+                self._unlogged.clear()  # this line names them
+                failing = self._reads.failing()
+                if len(failing) > 1:
+                    named = {"services": failing[:_NAMED_SERVICES],
+                             "service_count": len(failing)}
+            else:  # its own outage is part of the registry's, logged
+                self._unlogged.discard(service)
         else:  # counted, the registry still reads (another service's watches do)
             tracker.read.errors += 1
             tracker.last_error = error
+            if outage == "started":
+                self._unlogged.add(service)
+                outage = None
+            elif service in self._unlogged:  # the second failure in a row: its own fault
+                self._unlogged.discard(service)
+                self._own_logged.add(service)
+                outage = "started"
         if outage == "started":
             _log.warning(_LOG_STARTED[False], endpoints=endpoints, service=service,
-                         error=error)
+                         error=error, **named)
         elif outage == "reminder":
             _log.warning(_LOG_STILL[False], endpoints=endpoints, service=service,
                          error=error, failing_for_s=round(failing_for_s, 1))
@@ -1671,6 +1708,9 @@ class EtcdRegistry:
         streams report only when something comes)."""
         if self._reads.watch_ended(service, self._tracker):
             self._tracker.read_ok()
+        if self._reads.get(service) is None:  # its last watch: no start to log now
+            self._unlogged.discard(service)
+            self._own_logged.discard(service)
 
     def _key(self, instance: Instance) -> bytes:
         return f"{self.options.prefix}{instance.service}/{instance.instance_id}".encode()
