@@ -84,16 +84,19 @@ def is_unspecified(host: str) -> bool:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine's loopback: ``127.0.0.0/8`` (also IPv4-mapped,
-    ``::ffff:127.0.0.1``), ``::1`` (bracketed or not) or ``localhost`` (any case, with
-    or without its root dot).
+    ``::ffff:127.0.0.1``), ``::1`` (bracketed or not) or ``localhost`` (any case, as
+    written: not ``localhost.``).
 
     Other ``.localhost`` names (``app.localhost``), which RFC 6761 section 6.3 says
     resolve to loopback, are not counted: a caller lets plain text through to a loopback
     host (a JWKS URL over ``http``), and the C library's resolver (glibc with ``hosts:
     files dns``, no ``nss-myhostname``) does not answer such a name itself but asks the
-    network's DNS server, whose answer could be any address. Only a resolver of
-    meshkit's own that answered them with loopback would make them safe to count."""
-    if bare_host(host).lower().rstrip(".") == "localhost":
+    network's DNS server, whose answer could be any address. Nor is ``localhost.`` with
+    its root dot, for the same reason: glibc's ``files`` backend matches it against no
+    ``/etc/hosts`` line and asks DNS (glibc 2.36: ``getent ahosts localhost.`` queries
+    the nameserver). Only a resolver of meshkit's own that answered them with loopback
+    would make them safe to count."""
+    if bare_host(host).lower() == "localhost":
         return True
     address = _address(host)
     return address is not None and address.is_loopback
