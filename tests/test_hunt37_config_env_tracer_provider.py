@@ -34,7 +34,7 @@ from tests.cli.test_ops_commands import Greeter, protos, services
 
 async def main():
     out = {}
-    reg = LocalRegistry(LocalOptions(path=tempfile.mkdtemp()))
+    reg = LocalRegistry(LocalOptions(path=tempfile.mkdtemp(), ttl_s=15.0))
     server = meshkit.MeshServer("tp", [(services.add_GreeterServicer_to_server, Greeter())],
                                 registry=reg, options=meshkit.ServeOptions(
                                     insecure=True, drain_delay_s=0, grace_s=1))

@@ -82,7 +82,7 @@ CONFIGS = {
 @pytest.mark.parametrize("method", ["Yields", "Writes", "Bidi"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 async def test_the_caller_gets_no_serializer_text(config: str, method: str) -> None:
-    registry = LocalRegistry(LocalOptions(path=tempfile.mkdtemp()))
+    registry = LocalRegistry(LocalOptions(path=tempfile.mkdtemp(), ttl_s=15.0))
     fields: dict[str, Any] = {"telemetry": TelemetryOptions(access_log=False),
                               **CONFIGS[config]}
     server = meshkit.MeshServer("t", [(lambda _s, srv: _add(srv), None)], registry=registry,

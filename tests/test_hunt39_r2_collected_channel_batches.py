@@ -31,7 +31,7 @@ _INSTANCES = 4 * BUILD_BATCH + 10  # a first batch at once, four more loop turns
 
 
 async def _registry(tmp_path: Path) -> LocalRegistry:
-    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=15.0))
     for i in range(_INSTANCES):  # nothing listens there: sub-channels are built lazily
         await reg.register(Instance(service="big", instance_id=f"b{i:03d}",
                                     host="127.0.0.1", port=1 + i))

@@ -56,7 +56,7 @@ async def test_a_dropped_channel_is_collected_and_closed_with_its_registry(
     tmp_path: Path,
 ) -> None:
     where = tmp_path / "reg"
-    server_reg = LocalRegistry(LocalOptions(path=where))
+    server_reg = LocalRegistry(LocalOptions(path=where, ttl_s=15.0))
     server = meshkit.MeshServer("dropped", [add_echo("d1")], registry=server_reg,
                                 options=meshkit.ServeOptions(insecure=True, admin=None,
                                                              drain_delay_s=0))
@@ -94,7 +94,7 @@ async def test_a_channel_a_stub_holds_is_not_collected(tmp_path: Path) -> None:
     """Only the channel object dropped: a multicallable (what a generated stub keeps)
     keeps it alive and working."""
     where = tmp_path / "reg"
-    reg = LocalRegistry(LocalOptions(path=where))
+    reg = LocalRegistry(LocalOptions(path=where, ttl_s=15.0))
     server = meshkit.MeshServer("held", [add_echo("h1")], registry=reg,
                                 options=meshkit.ServeOptions(insecure=True, admin=None,
                                                              drain_delay_s=0))
@@ -122,7 +122,7 @@ async def test_a_balancer_notice_after_the_channel_was_collected_is_dropped(
     """The pool's tasks run on for a loop turn after the channel is collected (its close
     is scheduled): an outlier ejection's notice then reaching the collected channel's
     callbacks is dropped, not raised into the balancer (a ``UsageError`` before)."""
-    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=15.0))
     try:
         channel = meshkit.dial("gone", registry=reg,
                                options=meshkit.DialOptions(insecure=True))

@@ -37,7 +37,7 @@ _ROUNDS = 12
 def test_channels_closed_in_worker_loops_leave_no_completion_for_a_closed_loop(
     tmp_path: Path,
 ) -> None:
-    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=15.0))
     other = LoopThread()  # the loop that goes on (and reads grpc's poller)
     errors: list[str] = []
 

@@ -45,7 +45,7 @@ def test_streams_left_open_at_the_loop_end_are_collected_quietly(
     server_loop = LoopThread()  # the server outlives the client's loop: streams stay open
 
     async def start() -> tuple[meshkit.MeshServer, LocalRegistry]:
-        reg = LocalRegistry(LocalOptions(path=where))
+        reg = LocalRegistry(LocalOptions(path=where, ttl_s=15.0))
         server = meshkit.MeshServer(
             "streams", [add_echo("s1")], registry=reg,
             options=meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0,
@@ -54,7 +54,7 @@ def test_streams_left_open_at_the_loop_end_are_collected_quietly(
         return server, reg
 
     async def client() -> None:
-        reg = LocalRegistry(LocalOptions(path=where))
+        reg = LocalRegistry(LocalOptions(path=where, ttl_s=15.0))
         channel = meshkit.dial("streams", registry=reg,
                                options=meshkit.DialOptions(insecure=True))
         stream = channel.unary_stream(method("ServerStream"))(b"100000", timeout=30)

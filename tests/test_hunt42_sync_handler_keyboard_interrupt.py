@@ -44,7 +44,7 @@ def add(_servicer, server):
         "Ok": grpc.unary_unary_rpc_method_handler(ok)}),))
 
 async def main():
-    registry = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg"))
+    registry = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg", ttl_s=15.0))
     srv = meshkit.MeshServer("kbd", [(add, None)], registry=registry,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
                                                           grace_s=1.0, admin=None))

@@ -51,7 +51,7 @@ def add(_servicer, server):
         "Hang": grpc.unary_unary_rpc_method_handler(hang)}),))
 
 async def main():
-    registry = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg"))
+    registry = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg", ttl_s=15.0))
     opts = meshkit.ServeOptions(insecure=True, admin=None, host="127.0.0.1",
                                 drain_delay_s=0.0, grace_s=SIG_GRACE)
     try:

@@ -63,7 +63,7 @@ def test_serve_lets_telemetry_count_its_calls_with_the_request_gate(tmp_path: Pa
     from meshkit.observability import TelemetryServerInterceptor
 
     async def main(limits: meshkit.ServerLimits) -> list[object]:
-        reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
+        reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=15.0))
         server = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
                                     options=meshkit.ServeOptions(insecure=True, admin=None,
                                                                  drain_delay_s=0,

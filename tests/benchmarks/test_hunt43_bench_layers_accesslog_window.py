@@ -61,7 +61,7 @@ def test_client_window_holds_its_own_access_lines(clock: _Clock) -> None:
 
     async def go() -> None:
         with tempfile.TemporaryDirectory() as d:
-            registry = LocalRegistry(LocalOptions(path=Path(d) / "r"))
+            registry = LocalRegistry(LocalOptions(path=Path(d) / "r", ttl_s=15.0))
             for i in (1, 2):
                 await registry.register(Instance(service="bench", instance_id=f"b{i}",
                                                  host="127.0.0.1", port=i))

@@ -91,7 +91,7 @@ async def _serving(tmp_path: Path, instance_id: str = "e1",
     no drain delay unless ``options`` say), drained on the way out."""
     opts: dict[str, Any] = {"insecure": True, "drain_delay_s": 0.0, "grace_s": 2.0,
                             "telemetry": None, "instance_id": instance_id, **options}
-    registry = LocalRegistry(LocalOptions(path=tmp_path / f"reg-{instance_id}"))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / f"reg-{instance_id}", ttl_s=15.0))
     srv = meshkit.MeshServer("echo", [add_echo(instance_id), (_add_probe, None)],
                              registry=registry, options=meshkit.ServeOptions(**opts))
     try:
@@ -453,7 +453,7 @@ async def test_a_meshkit_channel_honours_a_grpcjs_servers_pushback(tmp_path: Pat
     """A grpc-js server's ``grpc-retry-pushback-ms`` reaches meshkit's retry: 700 ms is
     waited before the next attempt, ``-1`` sends none; a rich error's
     ``grpc-status-details-bin`` trailer comes through the channel as the server sent it."""
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     retry = RetryOptions(default=RetryPolicy(max_attempts=3, idempotent=True, retryable_codes={
         grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}))
     try:
@@ -484,7 +484,7 @@ async def test_a_meshkit_channel_honours_a_grpcjs_servers_pushback(tmp_path: Pat
 async def test_a_grpcjs_server_shutting_down_loses_no_meshkit_call(tmp_path: Path) -> None:
     """One of two grpc-js servers shuts down gracefully (GOAWAY) while a meshkit channel
     sends 200 calls, one every 10 ms, and is killed after: every call is answered."""
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     try:
         async with _js_servers(2) as [(p1, proc1), (p2, _proc2)]:
             for iid, port in (("j1", p1), ("j2", p2)):

@@ -56,7 +56,7 @@ async def _dial(
     tmp_path: Path, port: int, **options: Any
 ) -> AsyncIterator[tuple[Any, _CountingProxy]]:
     proxy = _CountingProxy(port)
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     async with proxy:
         await registry.register(
             Instance(service="js", instance_id="j1", host="127.0.0.1", port=proxy.port)

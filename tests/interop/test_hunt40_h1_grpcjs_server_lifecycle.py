@@ -40,7 +40,7 @@ async def _js_channel(
 ) -> AsyncIterator[meshkit.MeshChannel]:
     """A channel (plaintext, no telemetry unless ``options`` say) to grpc-js servers on
     ``ports``, registered as ``j0``, ``j1``..."""
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     try:
         for i, port in enumerate(ports):
             await registry.register(

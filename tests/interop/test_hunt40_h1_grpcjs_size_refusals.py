@@ -37,7 +37,7 @@ _BIG = 5 << 20  # over grpc-js' default 4 MiB receive limit
 
 
 async def _dial_js(tmp_path: Path, port: int, **options: Any) -> tuple[Any, LocalRegistry]:
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     await registry.register(Instance(service="js", instance_id="j1", host="127.0.0.1", port=port))
     opts = meshkit.DialOptions(insecure=True, telemetry=None, **options)
     return meshkit.dial("js", registry=registry, options=opts), registry

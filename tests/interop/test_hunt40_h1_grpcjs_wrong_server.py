@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def test_calls_go_on_from_a_grpcjs_server_of_another_service(tmp_path: Path) -> None:
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     good = _server(SERVICE)
     try:
         port = good.add_insecure_port("127.0.0.1:0")
@@ -89,7 +89,7 @@ async def test_a_stream_refused_by_a_grpcjs_server_of_another_service(tmp_path: 
     the method: the caller gets ``UNIMPLEMENTED`` (a stream cannot be sent on), and the
     grpc-js endpoint's outcome is a failure (it serves another service): ejected after one
     (``consecutive_failures=1``)."""
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     good = grpc.aio.server()
     good.add_generic_rpc_handlers((handler("good"),))
     _WrongLater.wrong_first = False

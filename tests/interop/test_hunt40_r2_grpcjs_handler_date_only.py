@@ -38,7 +38,7 @@ async def test_a_grpcjs_handlers_quota_refusal_is_retried_and_counted(tmp_path: 
             max_attempts=3, idempotent=True, retryable_codes={grpc.StatusCode.UNAVAILABLE, _EX}
         )
     )
-    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", poll_interval_s=0.05, ttl_s=15.0))
     try:
         async with _js_servers(1) as [(port, _proc)]:
             await registry.register(

@@ -97,7 +97,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Any, list[Any], int, Any
         "p.S", {"Do": grpc.unary_unary_rpc_method_handler(answer)}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    registry = LocalRegistry(LocalOptions(path=tmp_path))
+    registry = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=15.0))
     await registry.register(Instance(service="xray-svc", instance_id="x1",
                                      host="127.0.0.1", port=port))
     channel = meshkit.dial("xray-svc", registry=registry,
