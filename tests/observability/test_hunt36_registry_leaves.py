@@ -5,6 +5,9 @@ Prometheus (``rate()``/``increase()`` count the remaining value again as new).""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -25,6 +28,15 @@ async def _scrape(admin: AdminServer) -> dict[tuple[str, tuple[tuple[str, str], 
 def _calls(seen: dict[tuple[str, tuple[tuple[str, str], ...]], float],
            method: str) -> float | None:
     return seen.get(("hunt36_calls_total", (("method", method),)))
+
+
+def _freed(gone: weakref.ref[CollectorRegistry]) -> None:
+    """See the registry ``gone`` refers to freed, its last name deleted: by its reference
+    count, else by a full collection (a cycle holds it). A ``gc.collect()`` per registry
+    whether needed or not took seconds in a test process holding a suite's objects."""
+    if gone() is not None:
+        gc.collect()
+    assert gone() is None
 
 
 def _count(seen: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float | None:
@@ -79,8 +91,6 @@ async def test_registries_that_left_for_good_are_kept_as_one_entry() -> None:
     """A server replaced at every reload by one with a registry of its own: what each
     left is summed into one entry once its registry is freed (not one per reload), and
     the shared series keeps every count."""
-    import gc
-
     own = CollectorRegistry()
     Counter("hunt36_calls", "Calls.", ["method"], registry=own).labels("x").inc(1)
     admin = AdminServer(AdminOptions(registry=own, require_server=False))
@@ -91,8 +101,9 @@ async def test_registries_that_left_for_good_are_kept_as_one_entry() -> None:
             Counter("hunt36_calls", "Calls.", ["method"], registry=reloaded).labels("x").inc(2)
             admin.add_registry(reloaded)
             admin.remove_registry(reloaded)
+            gone = weakref.ref(reloaded)
             del reloaded
-            gc.collect()
+            _freed(gone)
             await _scrape(admin)
         assert _calls(await _scrape(admin), "x") == 11
         assert len(admin._left) == 1
@@ -103,14 +114,13 @@ async def test_registries_that_left_for_good_are_kept_as_one_entry() -> None:
 async def test_registries_that_left_are_folded_without_scrapes_too() -> None:
     """Nothing scrapes the admin server (no Prometheus yet): what the registries freed
     left is folded at each removal, not kept one entry per reload until a scrape."""
-    import gc
-
     admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
     for _ in range(5):
         reloaded = CollectorRegistry()
         Counter("hunt36_calls", "Calls.", ["method"], registry=reloaded).labels("x").inc(2)
         admin.add_registry(reloaded)
         admin.remove_registry(reloaded)
+        gone = weakref.ref(reloaded)
         del reloaded
-        gc.collect()
+        _freed(gone)
     assert len(admin._left) <= 2  # the last one (freed after it left) and the fold
