@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from examples.ecom._child import signal_child
+
 __all__ = ["LOOP_ENV", "ClientProc", "ServerProc", "Supervisor", "WorkerError",
            "WorkerUnavailable", "cpu_seconds", "peak_rss_kb"]
 
@@ -135,15 +137,16 @@ class _Proc:
         return peak_rss_kb(self.pid)
 
     def signal(self, sig: signal.Signals) -> None:
-        """Send ``sig`` if the process still runs, with ``os.kill``: not
-        ``Process.send_signal`` (``Popen.send_signal``), whose ``poll()`` reaps a worker
-        that exited before asyncio's child watcher read it, which then reports 255
-        ("Unknown child process pid ..., will report returncode 255"). ``os.kill``
-        reaps nothing: an exited worker stays a zombie, its pid not reused, until the
-        watcher reads its status."""
+        """Send ``sig`` if the process still runs, with
+        :func:`examples.ecom._child.signal_child`: not ``Process.send_signal``
+        (``Popen.send_signal``), whose ``poll()`` reaps a worker that exited before
+        asyncio's child watcher read it, which then reports 255 ("Unknown child process
+        pid ..., will report returncode 255"); nor a bare ``os.kill``, which signals
+        whichever process has the pid once the watcher reaped the worker but before the
+        loop set its ``returncode``. ``signal_child`` reaps nothing and signals only this
+        worker, through a pidfd, while it is not reaped."""
         if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+            signal_child(self.pid, sig)
 
     async def stop(self, grace_s: float = 3.0) -> None:
         """Close stdin (the worker exits on EOF), then SIGTERM, then SIGKILL."""
@@ -282,8 +285,7 @@ class Supervisor:
         """SIGKILL every worker still running, synchronously (interrupted runs)."""
         for p in self.procs:
             if p.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
+                signal_child(p.pid, signal.SIGKILL)
 
 
 async def wait_until(pred: Any, timeout_s: float, interval_s: float = 0.02) -> bool:
