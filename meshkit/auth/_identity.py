@@ -603,6 +603,8 @@ class _Anchor:
             problem = "the trusted certificate is not a CA (basicConstraints CA:FALSE or absent)"
         elif problem is None and isinstance(ku, x509.KeyUsage) and not ku.key_cert_sign:
             problem = "the CA's key usage does not allow signing certificates (keyCertSign)"
+        if problem is None:  # as the path validation refuses one above an intermediate
+            problem = _weak_rsa(cert, "the CA's")
         td = None
         if isinstance(san, x509.SubjectAlternativeName):
             for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
@@ -700,13 +702,9 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
                        "digitalSignature (X.509-SVID §4.3)")
     if not ku.digital_signature or ku.key_cert_sign or ku.crl_sign:
         raise _Refused("key usage is not a workload's (digitalSignature, no keyCertSign/cRLSign)")
-    try:
-        public_key = leaf.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise _Refused("the certificate's public key cannot be read") from None
-    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < _MIN_RSA_BITS:
-        raise _Refused(f"RSA {public_key.key_size}-bit key: a workload's RSA key must have "
-                       f"at least {_MIN_RSA_BITS} bits (NIST SP 800-131A)")
+    weak = _weak_rsa(leaf, "a workload's")
+    if weak is not None:
+        raise _Refused(weak)
     if isinstance(eku, x509.ExtendedKeyUsage) and not any(o in eku for o in _CLIENT_AUTH):
         raise _Refused("extended key usage does not allow client authentication")
     names = list(san) if isinstance(san, x509.SubjectAlternativeName) else []
@@ -733,6 +731,21 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
 
 def _self_signed(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject and _signed_by(cert, cert)
+
+
+def _weak_rsa(cert: x509.Certificate, whose: str) -> str | None:
+    """Why ``cert``'s key is refused (``whose`` names the holder in the reason): an RSA
+    key under 2048 bits (NIST SP 800-131A; what cryptography's path validation refuses
+    of a CA, and :func:`load_workload_key` of a workload's own key), or a key that
+    cannot be read; ``None`` for any other key."""
+    try:
+        public_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "the certificate's public key cannot be read"
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < _MIN_RSA_BITS:
+        return (f"RSA {public_key.key_size}-bit key: {whose} RSA key must have at least "
+                f"{_MIN_RSA_BITS} bits (NIST SP 800-131A)")
+    return None
 
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -806,7 +819,9 @@ class PeerVerifier:
       present) has ``keyCertSign``, within their name constraints (DNS, URI and IP SANs,
       RFC 5280 §4.2.1.10; another name type under a CA constraining that type is
       refused), and in each CA's trust domain when it names one (``spiffe://<td>`` URI
-      SAN); a CA of the bundle with malformed extensions issues nothing;
+      SAN); a CA of the bundle with malformed extensions, or with an RSA key under
+      2048 bits (NIST SP 800-131A, as path validation refuses such a CA above an
+      intermediate), issues nothing;
     * is itself no CA (``CA:FALSE`` or no basicConstraints), has a keyUsage extension
       with ``digitalSignature`` and without ``keyCertSign``/``cRLSign`` (X.509-SVID §4.3:
       every SVID carries keyUsage; go-spiffe refuses a leaf without it too), an RSA key,
