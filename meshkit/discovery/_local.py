@@ -152,7 +152,7 @@ from meshkit._config import (
 )
 from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
-from meshkit.discovery._shared import due_to_log
+from meshkit.discovery._shared import due_to_log, kept_count
 from meshkit.discovery._types import (
     Derived,
     Instance,
@@ -758,7 +758,8 @@ class LocalRegistry:
         self._tracker = StatusTracker("local", clock=self.options.clock)
         self._gc_at = -float("inf")  # monotonic time of the last garbage collection
         self._reopened_at: float | None = None  # monotonic time of the latest reopen
-        self._kept: dict[int, int] = {}  # watch number -> endpoints it keeps (faults)
+        # (service, watch number) -> endpoints it keeps (faults)
+        self._kept: dict[tuple[str, int], int] = {}
         # monotonic time a watch last saw others write while this process could not
         self._others_write_at: float | None = None
         self._watch_ids = itertools.count()
@@ -1503,7 +1504,7 @@ class LocalRegistry:
                         last = current
                         yield current
         finally:
-            self._kept.pop(me, None)
+            self._kept.pop((service, me), None)
 
     async def _poll(self, service: str, poll_s: float,
                     me: int) -> AsyncGenerator[frozenset[Instance], None]:
@@ -1526,7 +1527,7 @@ class LocalRegistry:
         advanced_at = 0.0
         while not self._closed:
             read = functools.partial(self._read, service=service,
-                                     with_seq=bool(self._kept.get(me)))
+                                     with_seq=bool(self._kept.get((service, me))))
             try:
                 snap = await self._run(read, write=False)
             except RegistryError:  # reported by _run, once per outage
@@ -1571,7 +1572,7 @@ class LocalRegistry:
                 seq_seen = written_since = None
             if kept:
                 current = current.union(missing)
-            was = self._kept.get(me, 0)
+            was = self._kept.get((service, me), 0)
             if kept and not was:
                 _log.info("registry fault: a watch keeps endpoints the registry does not "
                           "list until their owners renew them", service=service,
@@ -1579,7 +1580,7 @@ class LocalRegistry:
             elif was and not kept:
                 _log.info("a watch no longer keeps endpoints the registry does not list",
                           service=service, dropped=sorted(i.instance_id for i in missing))
-            self._kept[me] = kept
+            self._kept[service, me] = kept
             last = current
             yield current
             await asyncio.sleep(poll_s)
@@ -1590,7 +1591,8 @@ class LocalRegistry:
         Args:
             service: taken for the Consul and etcd registries' ``status(service)``
                 (one call for any registry); every service here is read from one file,
-                so the answer is the registry's whatever it names. Default None.
+                so the answer is the registry's whatever it names, but for
+                ``kept_endpoints``: those ``service``'s own watches keep. Default None.
 
         ``readable``/``read_errors``: watch polls and :meth:`instances`; ``writable``/
         ``write_errors``: register, heartbeats, deregister and write probes; ``reopened``:
@@ -1610,7 +1612,7 @@ class LocalRegistry:
                 and not self._owned and not self._heartbeats):
             st = dataclasses.replace(st, writable=None,
                                      failing_since_s=self._tracker.read.since_wall)
-        return dataclasses.replace(st, kept_endpoints=sum(self._kept.values()))
+        return dataclasses.replace(st, kept_endpoints=kept_count(self._kept, service))
 
     async def close(self) -> None:
         """Stop heartbeats and close the file. Registrations expire after their TTL.

@@ -19,8 +19,9 @@ one JSON object per line on stdout:
     with ``EFBIG`` (SQLite: "disk I/O error"), as on a full disk or a read-only remount;
     reads keep working. Reply ``{"event": "fault"}``.
   - ``heal``: lifts the limit; reply ``{"event": "heal"}``.
-  - ``status``: reply ``{"event": "status", "status": {...}}`` (the fields of
-    ``RegistryStatus``) or ``{"event": "status", "error": "..."}``.
+  - ``status [SERVICE]``: reply ``{"event": "status", "status": {...}}`` (the fields of
+    ``RegistryStatus``, of ``status(SERVICE)`` when named) or ``{"event": "status",
+    "error": "..."}``.
   - ``register ID``: reply ``{"event": "register", "id": ID, "error": null or "..."}``.
   - ``deregister ID``: reply ``{"event": "deregister", "id": ID, "error": null or "..."}``.
   - ``quit``: closes the registry and exits 0.
@@ -100,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
             emit(event="heal")
         elif cmd == "status":
             try:
-                emit(event="status", status=dataclasses.asdict(reg.status()))
+                emit(event="status", status=dataclasses.asdict(reg.status(arg or None)))
             except Exception as exc:  # reported to the test, which fails
                 emit(event="status", error=f"{type(exc).__name__}: {exc}")
         elif cmd == "register":
