@@ -713,11 +713,13 @@ class _ConnectionCap:
                 asyncio.get_running_loop().call_later(_EVICTED_GRACE_S, self._abort, sock)
 
     def _abort(self, transport: asyncio.BaseTransport) -> None:
-        """Abort ``transport`` (nothing if its connection has ended: asyncio's abort
-        of a lost connection does nothing)."""
+        """Abort ``transport`` (nothing if its connection has ended: asyncio's and
+        uvloop's abort of a lost connection does nothing). Not by ``isinstance``:
+        uvloop's ``TCPTransport`` is no ``asyncio.Transport`` subclass."""
         self._doomed.discard(transport)
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
 
 
 class _Ping:
