@@ -81,8 +81,9 @@ async def test_open_streams_to_an_unknown_method_end_at_once(
         writers = [asyncio.ensure_future(_writing(c)) for c in calls]
         try:
             async with asyncio.timeout(15):  # the deadline is 30 s: not what ends them
-                codes = [await c.code() for c in calls]
-                details = [await c.details() for c in calls]
+                # code and details read together, one call at a time: a status replaced
+                # between two reads (below) would pair one's code with the other's details
+                answered = [(await c.code(), await c.details()) for c in calls]
         finally:
             for w in writers:
                 w.cancel()
@@ -92,7 +93,12 @@ async def test_open_streams_to_an_unknown_method_end_at_once(
         # "Internal error from Core" when a write was in flight as the answer came in
         # (its failed send batch replaces the status it had not yet read): measured with
         # a plain grpc.aio server and no meshkit on a loaded 2-core box, 145 of 4,800.
-        answers = set(zip(codes, details, strict=True))
+        # That replacement can also come after the call's code was read: read all the
+        # codes first, then all the details, a plain grpc.aio server and client gave
+        # (UNIMPLEMENTED, "Internal error from Core") for 10 of 72,000 streams at load
+        # ~19 (the code read again: INTERNAL), as a CI run did at load ~9; read together
+        # as here, none of 30,400. Neither pair mixes a code and details of meshkit's.
+        answers = set(answered)
         assert answers <= {(grpc.StatusCode.UNIMPLEMENTED, "Method not found!"),
                            (grpc.StatusCode.INTERNAL, "Internal error from Core")}, answers
         assert (grpc.StatusCode.UNIMPLEMENTED, "Method not found!") in answers
