@@ -681,10 +681,12 @@ class EtcdOptions:
         true); empty variables count as unset. As etcdctl dials them
         (``etcdctl/ctlv3/command/global.go``, ``newClientCfg``), an endpoint of
         ``ETCDCTL_ENDPOINTS`` written without a scheme uses TLS (``https``) when a TLS
-        file is set (by a variable or an override) or ``ETCDCTL_INSECURE_TRANSPORT`` is
-        false, else plain http; one written with its scheme keeps it. So does etcdctl's
-        default endpoint, ``127.0.0.1:2379``, when ``ETCDCTL_ENDPOINTS`` is unset and no
-        ``endpoints`` override is given (``https://127.0.0.1:2379`` then).
+        file is set (by a variable or an override), ``ETCDCTL_INSECURE_TRANSPORT`` is
+        false or ``ETCDCTL_INSECURE_SKIP_TLS_VERIFY`` true (TLS without the server's
+        certificate checked: etcd's ``client/v3`` ``newTLSConfig``), else plain http;
+        one written with its scheme keeps it. So does etcdctl's default endpoint,
+        ``127.0.0.1:2379``, when ``ETCDCTL_ENDPOINTS`` is unset and no ``endpoints``
+        override is given (``https://127.0.0.1:2379`` then).
 
         ``ETCDCTL_DIAL_TIMEOUT`` (etcdctl's ``--dial-timeout``: ``connect_timeout_s``)
         and ``ETCDCTL_COMMAND_TIMEOUT`` (``--command-timeout``, the bound of a whole
@@ -734,7 +736,8 @@ class EtcdOptions:
         if skip is not None:
             kwargs["verify"] = not parse_bool("ETCDCTL_INSECURE_SKIP_TLS_VERIFY", skip)
         insecure = env_value(env, "ETCDCTL_INSECURE_TRANSPORT")
-        tls = tls or (insecure is not None
+        # skipping the check asks for TLS too (etcd client/v3 newTLSConfig)
+        tls = tls or kwargs.get("verify") is False or (insecure is not None
                       and not parse_bool("ETCDCTL_INSECURE_TRANSPORT", insecure)) or any(
             {**kwargs, **overrides}.get(name) is not None
             for name in ("ca_file", "cert_file", "key_file"))
