@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.procs import ServerProc
 from benchmarks.scenarios._common import Ctx, median
 
-__all__ = ["analyse", "run"]
+__all__ = ["analyse", "run", "summarize"]
 
 NAME = "failover"
 WINDOW_S = 0.1
@@ -126,6 +126,35 @@ def _median_of(rows: list[dict[str, Any]], key: str) -> float | None:
     return median(values) if values else None
 
 
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's figures from its rounds (:func:`analyse`'s rows).
+
+    A round that served no call before the kill has no pre-kill rate to judge its
+    balance against (its ``balanced_after_s`` is ``None``, as a round that never balanced
+    has): such rounds are counted in ``unmeasured_rounds`` and left out of
+    ``balanced_after_s_max`` (the largest of the measured rounds; ``None`` when one of
+    them never balanced, ``unbalanced_rounds`` counting those, or when none was
+    measured)."""
+    measured = [r["balanced_after_s"] for r in rows if r["pre_kill_served"]]
+    before = sum(r["unbalanced_windows_before"] for r in rows)
+    n_before = sum(r["windows_before"] for r in rows) or 1
+    after = sum(r["unbalanced_windows_after"] for r in rows)
+    n_after = sum(r["windows_after"] for r in rows) or 1
+    return {
+        "failed_calls": sum(r["failed"] for r in rows),
+        "extra_p99_us": _median_of(rows, "extra_p99_us"),
+        "extra_max_us": _median_of(rows, "extra_max_us"),
+        "balanced_after_s_max": (None if not measured or any(b is None for b in measured)
+                                 else max(measured)),
+        "unbalanced_rounds": sum(1 for b in measured if b is None),
+        # rounds with no call served before the kill: balance not measured
+        "unmeasured_rounds": len(rows) - len(measured),
+        "unbalanced_share_before": before / n_before,
+        "unbalanced_share_after": after / n_after,
+        "rounds": rows,
+    }
+
+
 async def run(ctx: Ctx) -> dict[str, Any]:
     """Kill a replica under load ``failover_rounds`` times per contender."""
     plan = ctx.plan
@@ -173,26 +202,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             await servers[victim].stop(2.0)
             gen += 1
             await start(victim, gen)
-    out: dict[str, Any] = {}
-    for name, rows in results.items():
-        balanced = [r["balanced_after_s"] for r in rows]
-        before = sum(r["unbalanced_windows_before"] for r in rows)
-        n_before = sum(r["windows_before"] for r in rows) or 1
-        after = sum(r["unbalanced_windows_after"] for r in rows)
-        n_after = sum(r["windows_after"] for r in rows) or 1
-        out[name] = {
-            "layers": list(CONTENDERS[name]),
-            "failed_calls": sum(r["failed"] for r in rows),
-            "extra_p99_us": _median_of(rows, "extra_p99_us"),
-            "extra_max_us": _median_of(rows, "extra_max_us"),
-            "balanced_after_s_max": (None if any(b is None for b in balanced)
-                                     else max(balanced, default=0.0)),
-            # rounds with no call served before the kill: balance not measured
-            "unmeasured_rounds": sum(1 for r in rows if not r["pre_kill_served"]),
-            "unbalanced_share_before": before / n_before,
-            "unbalanced_share_after": after / n_after,
-            "rounds": rows,
-        }
+    out = {name: {"layers": list(CONTENDERS[name]), **summarize(rows)}
+           for name, rows in results.items()}
     return {"replicas": 3, "concurrency": plan.failover_concurrency,
             "pre_s": plan.failover_pre_s, "post_s": plan.failover_post_s,
             "window_s": WINDOW_S, "contenders": out}
