@@ -429,7 +429,7 @@ class RingHash:
         hashes = self._hashes
         ring: list[tuple[int, str]] = []
         by_key: dict[str, Endpoint] = {}
-        own: dict[Endpoint, list[int]] = {}
+        most: dict[str, int] = {}  # the most points of an endpoint listed under a key
         for ep, count in zip(endpoints, counts, strict=True):
             key = ep.key
             by_key[key] = ep
@@ -439,12 +439,14 @@ class RingHash:
             for i in range(len(mine), count):
                 mine.append(_hash64(f"{key}#{i}"))
             ring.extend((h, key) for h in mine[:count])
-            own[ep] = sorted(mine[:count])
+            if count > most.get(key, 0):
+                most[key] = count
         ring.sort()
         self._points = [p for p, _ in ring]
         self._owners = [by_key[key] for _, key in ring]
-        # (an endpoint listed twice under one key: the ring's owner of its points)
-        self._own = {ep: own[ep] for ep in by_key.values()}
+        # each key's points (an endpoint listed twice under one key: the ring holds the
+        # points of both, the larger prefix, all owned by the last one listed)
+        self._own = {by_key[key]: sorted(hashes[key][:c]) for key, c in most.items()}
         self._eps = tuple(endpoints)
         self._by_state.track(self._eps)
         if len(hashes) > 2 * len(by_key):  # forget those gone a while (bounded memory)
