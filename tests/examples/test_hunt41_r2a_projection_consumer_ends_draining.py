@@ -58,6 +58,25 @@ async def _make_push(url: str, durable: str) -> None:
         await nc.close()
 
 
+async def _bound(url: str, durable: str) -> None:
+    """Wait until the projection's consumer is bound to ``durable`` and pulling (a pull
+    request of its own waits on the server), as a fixed 1 s sleep assumed."""
+    nc = await nats.connect(url, connect_timeout=2)
+    try:
+        js = nc.jetstream()
+
+        async def pulling() -> bool:
+            try:
+                info = await js.consumer_info(events.STREAM, durable)
+            except nats.js.errors.NotFoundError:  # not made yet
+                return False
+            return (info.num_waiting or 0) >= 1
+
+        await until(pulling, timeout_s=20, interval_s=0.05, what=f"a pull on {durable}")
+    finally:
+        await nc.close()
+
+
 async def _stream(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=2)
     try:
@@ -90,7 +109,7 @@ async def test_a_consumer_ending_during_the_drain_lets_it_finish(
             str(DRAIN_DELAY_S),
         )
         await child.wait_line("READY", timeout_s=30)
-        await asyncio.sleep(1.0)  # the consumer bound to its durable
+        await _bound(private_nats.url, "swapped")
         signalled = time.monotonic()
         child.proc.send_signal(signal.SIGTERM)
         await until(lambda: "draining" in child.stderr(), timeout_s=10, what="the drain begun")
@@ -134,7 +153,7 @@ async def test_a_consumer_ending_deregisters_the_instance(
         registry = registry_from_uri(uri)
         try:
             assert {i.instance_id for i in await registry.instances("summaryd")} == {"summaryd-1"}
-            await asyncio.sleep(1.0)
+            await _bound(private_nats.url, "swapped")
             await _make_push(private_nats.url, "swapped")
             code = await child.wait_exit(timeout_s=40)
             assert code == 1
