@@ -328,10 +328,9 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
     token; ``text`` itself when there is none."""
     out: list[str] = []
     done = 0
-    # the openers (quote, brace) known not closed anywhere after them: any opened later
-    # is not either (a scan from a later opener reads the same tokens), so each opener's
-    # body is read once at most and the whole stays linear
-    unclosed: set[str] = set()
+    # where each opener's (quote's, brace's) last scan ended: a later one opened before
+    # that is closed there too, or not either (_value_end); the whole stays linear
+    scans: dict[str, int] = {}
     if "PRIVATE KEY-----" in text:  # a PEM private key, wherever it stands: its body
         text = res.pem.sub(_pem_mask, text)
     if "'," in text or '",' in text:  # a quoted key then ',': maybe a pair's repr
@@ -352,7 +351,7 @@ def _redact_pairs(text: str, res: _PairRes) -> str:
                     or res.port.match(text, m.end()) is not None):
                 continue  # a host (``//auth:8080/x``, scp's ``git@auth:repo``), a port
             start = m.end()
-            end, closed = _value_end(text, start, quoted, res, unclosed)
+            end, closed = _value_end(text, start, quoted, res, scans)
             if end == start or text[start:end] in _MASKS:
                 continue  # no value (``password=`` at the end, before a separator), masked
             if not closed and text.startswith("-----BEGIN ", start):
@@ -393,7 +392,7 @@ def _redact_tuple_pairs(text: str, res: _PairRes) -> str:
     right after it); ``text`` itself when there is none."""
     out: list[str] = []
     done = 0
-    unclosed: set[str] = set()
+    scans: dict[str, int] = {}
     for m in res.tuple_key.finditer(text):
         if m.start() < done:
             continue
@@ -401,7 +400,9 @@ def _redact_tuple_pairs(text: str, res: _PairRes) -> str:
         if not (is_sensitive_key(key) or key.lower() in _PAIR_SECRETS):
             continue
         start = m.end()
-        end, closed = _value_end(text, start, True, res, unclosed)
+        # a value opened and not closed is none (read no further: each such read would
+        # run to the next blank, and none is a pair's, whose ')' follows its value)
+        end, closed = _value_end(text, start, True, res, scans, to_blank=False)
         if end == start or text[end:end + 1] != ")":
             continue  # no value, or no pair (a tuple of three names)
         if closed:
@@ -428,24 +429,35 @@ def _is_class_name(key: str) -> bool:
 
 
 def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
-               unclosed: set[str]) -> tuple[int, bool]:
+               scans: dict[str, int], *, to_blank: bool = True) -> tuple[int, bool]:
     """Where the value at ``text[pos:]`` ends, and whether it is a closed quoted or braced
     one (its quotes or braces included): ``'...'``, ``"..."`` (also ``b'...'``), ``{...}``
-    to the closing quote or brace; one not closed (or in ``unclosed``: known not closed,
-    added to when found so) up to the first whitespace; else a bare value (a quoted key's
-    up to a ``,``, ``}``, ``]`` or ``)`` too)."""
+    to the closing quote or brace; one not closed up to the first whitespace (with
+    ``to_blank``; else ``pos``: no value); else a bare value (a quoted key's up to a
+    ``,``, ``}``, ``]`` or ``)`` too).
+
+    ``scans`` (one per text, empty at first) holds where each opener's last scan of the
+    text ended (its closing quote or brace, or the text's end when there was none): an
+    opener inside that scan is closed at the same place (``{{{...}``: a scan from a later
+    ``{`` reads the same tokens to the same ``}``), or not either, so no character is
+    scanned twice and a text of many openers stays linear."""
     opener = text[pos:pos + 1]
     body = pos + 1
     if opener == "b" and text[body:body + 1] in ("'", '"'):  # a bytes repr's b'...'
         opener = text[body]
         body += 1
     if opener in _CLOSING:
-        if opener not in unclosed:
+        after = scans.get(opener, -1)
+        if after < body:  # past the last scan (or none yet): read this one
             scanned = res.opened[opener].match(text, body)
             after = scanned.end() if scanned is not None else body
-            if text[after:after + 1] == _CLOSING[opener]:
-                return after + 1, True
-            unclosed.add(opener)
+            if text[after:after + 1] != _CLOSING[opener]:
+                after = len(text)  # none closed: nor is any opened later
+            scans[opener] = after
+        if after < len(text):
+            return after + 1, True
+        if not to_blank:
+            return pos, False
         found = res.unclosed.match(text, body)
         return (found.end() if found is not None else body), False
     found = (res.quoted_value if quoted_key else res.value).match(text, pos)
