@@ -250,13 +250,14 @@ _PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+([=:
 _TUPLE_KEY = r"(?<![A-Za-z0-9_])\([ \t]*+b?(['\"])([A-Za-z][A-Za-z0-9_.\-]*+)\1,[ \t]*+"
 # a PEM private key block (RFC 7468: ``-----BEGIN PRIVATE KEY-----``, ``RSA``/``EC``/
 # ``ENCRYPTED``/``OPENSSH`` ... ``PRIVATE KEY``): its label (group 1), its body of base64
-# and line breaks, raw or escaped as a repr writes them, and RFC 1421's headers of an
-# encrypted one (``Proc-Type: 4,ENCRYPTED``, ``DEK-Info: AES-128-CBC,<iv>``: ':', ',',
-# a '-' not starting the END line's five) (group 2), its END line when there is one
+# and line breaks, raw or escaped as a repr writes them (any number of times: a repr of
+# JSON text writes ``\\n``; the backslashes read once, possessive), and RFC 1421's
+# headers of an encrypted one (``Proc-Type: 4,ENCRYPTED``, ``DEK-Info: AES-128-CBC,<iv>``:
+# ':', ',', a '-' not starting the END line's five) (group 2), its END line when there is one
 # (group 3); tried at each ``-----BEGIN `` only, the label bounded, the body read once
 # (possessive; the lookahead bounded): linear
 _PEM_KEY = (r"(-----BEGIN [A-Z0-9 ]{0,40}?PRIVATE KEY-----)"
-            r"((?:[A-Za-z0-9+/=\s:,]|-(?!----)|\\[nr])*+)"
+            r"((?:[A-Za-z0-9+/=\s:,]|-(?!----)|\\++[nr])*+)"
             r"(-----END [A-Z0-9 ]{0,40}?PRIVATE KEY-----)?")
 # the cookies after a ``Cookie`` header's first (RFC 6265 §4.2.1's cookie-string:
 # ``name=value`` pairs joined by ';' and a blank): every one may be a session; possessive
