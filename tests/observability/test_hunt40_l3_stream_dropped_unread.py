@@ -12,6 +12,7 @@ collected: counted ``CANCELLED``, no endpoint outcome, nothing left."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -120,9 +121,18 @@ async def test_a_stream_dropped_unread_ends_when_collected(
                 what="the dropped streams counted",
             )
             assert _count(prom, "grpc_client_in_flight", method, kind) == 0
-            for _ in range(3):
-                await asyncio.sleep(0.2)
-                gc.collect()
+            # waited for (collecting), not three fixed 0.2 s sleeps; the asserts below say
+            # what is left if it is not reached
+            with contextlib.suppress(AssertionError):
+                await until(
+                    lambda: (
+                        gc.collect() >= 0
+                        and len(asyncio.all_tasks()) <= tasks_before + 3
+                        and _mesh_calls() <= calls_before
+                    ),
+                    timeout_s=10,
+                    what="the dropped streams' tasks and call objects gone",
+                )
             assert len(asyncio.all_tasks()) <= tasks_before + 3, (
                 tasks_before,
                 len(asyncio.all_tasks()),

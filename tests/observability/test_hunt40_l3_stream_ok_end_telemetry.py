@@ -17,6 +17,7 @@ status, one per such call until the channel closed). The server's own telemetry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
@@ -351,9 +352,18 @@ async def test_a_bidi_stream_dropped_unread_is_counted_at_its_collection(
         )
         # nothing left per dropped call: no task (grpc.aio's own waiting for the status
         # among them), no call object
-        for _ in range(3):
-            await asyncio.sleep(0.2)
-            gc.collect()
+        # waited for (collecting), not three fixed 0.2 s sleeps; the asserts below say
+        # what is left if it is not reached
+        with contextlib.suppress(AssertionError):
+            await until(
+                lambda: (
+                    gc.collect() >= 0
+                    and len(asyncio.all_tasks()) <= tasks_before + 3
+                    and _mesh_calls() <= calls_before
+                ),
+                timeout_s=10,
+                what="the dropped streams' tasks and call objects gone",
+            )
         assert len(asyncio.all_tasks()) <= tasks_before + 3, (
             tasks_before,
             len(asyncio.all_tasks()),
