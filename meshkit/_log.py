@@ -241,9 +241,11 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 # of key characters starts (the lookbehind; read once: possessive), blanks around the
 # '=' or ':' (libpq allows them); linear in the text's length
 # ... or quoted, as a dict's repr or a JSON object writes it (``'password': 'x'``,
-# ``"token":"abc"``): the closing quote after the key (group 2)
+# ``"token":"abc"``), or a JSON object quoted in JSON (``\\"token\\": ...``): the closing
+# quote after the key (group 2)
 # (the separator: group 3)
-_PAIR_KEY = r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)(['\"]?)[ \t]*+([=:])[ \t]*+"
+_PAIR_KEY = (r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)((?:['\"]|\\\")?)"
+             r"[ \t]*+([=:])[ \t]*+")
 # a ``(key, value)`` pair as a tuple's repr writes it (a list of gRPC metadata pairs, a
 # ``grpc.aio.Metadata``'s repr: ``('authorization', 'Basic abc')``): a '(' that follows
 # no name (not a call's ``check('password', ...)``), the key quoted (group 2), a ','
@@ -274,10 +276,14 @@ _PAIR_VALUE = r"[^\s&;']*+"
 _QUOTED_KEY_VALUE = r"[^\s&;'\",}\])]*+"
 # a quoted value's body after its opening quote or brace (libpq's and Python's '...' and
 # "..." with \ escapes, ODBC's {...} with }} escapes), read once, possessively: the
-# closing quote or brace is the character after the match, when it is one; a value opened
-# and not closed anywhere after ends at the first whitespace (_UNCLOSED), as a bare one
-_OPENED = {"'": r"(?:[^'\\]|\\.)*+", '"': r'(?:[^"\\]|\\.)*+', "{": r"(?:[^}]|\}\})*+"}
-_CLOSING = {"'": "'", '"': '"', "{": "}"}
+# closing quote or brace is what follows the match, when it is one; a value opened
+# and not closed anywhere after ends at the first whitespace (_UNCLOSED), as a bare one;
+# ... and a string of JSON quoted in JSON text (``\\"a b\\"``), its quotes escaped once:
+# its own escapes (``\\\\\\"``, a quote in it) an escaped backslash then an escaped
+# character, no raw '"' (that would end the outer string)
+_OPENED = {"'": r"(?:[^'\\]|\\.)*+", '"': r'(?:[^"\\]|\\.)*+', "{": r"(?:[^}]|\}\})*+",
+           '\\"': r'(?:[^\\"]|\\[^\\"]|\\\\(?:\\.|[^\\"]))*+'}
+_CLOSING = {"'": "'", '"': '"', "{": "}", '\\"': '\\"'}
 _UNCLOSED = r"[^\s]*+"
 # the credential after an auth scheme taken for a value (``Authorization: Bearer <token>``)
 _SCHEME_CREDENTIAL = r"[ \t]++[^\s&;']++"
@@ -447,16 +453,20 @@ def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
     if opener == "b" and text[body:body + 1] in ("'", '"'):  # a bytes repr's b'...'
         opener = text[body]
         body += 1
+    elif opener == "\\" and text[body:body + 1] == '"':  # JSON quoted in JSON: \"...\"
+        opener = '\\"'
+        body += 1
     if opener in _CLOSING:
+        closing = _CLOSING[opener]
         after = scans.get(opener, -1)
         if after < body:  # past the last scan (or none yet): read this one
             scanned = res.opened[opener].match(text, body)
             after = scanned.end() if scanned is not None else body
-            if text[after:after + 1] != _CLOSING[opener]:
+            if not text.startswith(closing, after):
                 after = len(text)  # none closed: nor is any opened later
             scans[opener] = after
         if after < len(text):
-            return after + 1, True
+            return after + len(closing), True
         if not to_blank:
             return pos, False
         found = res.unclosed.match(text, body)
@@ -465,8 +475,8 @@ def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
     return (found.end() if found is not None else pos), False
 
 
-# a quoted value's inside (group 2), between its (closed) quotes (group 1)
-_QUOTES_RE = re.compile(r"b?(['\"])(.*)\1", re.DOTALL)
+# a quoted value's inside (group 2), between its (closed) quotes (group 1: ', ", \")
+_QUOTES_RE = re.compile(r"b?(['\"]|\\\")(.*)\1", re.DOTALL)
 
 
 def _pem_mask(m: re.Match[str]) -> str:
