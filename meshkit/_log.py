@@ -528,15 +528,16 @@ def redact_text(text: str) -> str:
     ``password=...&``, a header line's ``Authorization: Bearer <token>`` (an auth scheme
     as the value: the credential after it too), a ``Cookie:`` header's every cookie
     (RFC 6265's cookie-string, ``a=1; session=x`` whole), ``access_token=...``; a dict's
-    repr or a
-    JSON object's quoted key (``{'password': 'p w'}`` -> ``{'password': '[REDACTED]'}``,
-    ``{"token":"abc"}``, ``{b'authorization': b'x'}``: the quotes kept, a bare value
+    repr or a JSON object's quoted key (``{'password': 'p w'}`` ->
+    ``{'password': '[REDACTED]'}``, ``{"token":"abc"}``, ``{b'authorization': b'x'}``,
+    JSON quoted in JSON ``{\\"token\\": \\"abc\\"}``: the quotes kept, a bare value
     such as ``1234`` up to the ``,``, ``}``, ``]`` or ``)`` after it); a ``(key, value)``
     pair's repr (gRPC metadata written as text: ``[('x-api-key', 'k')]`` ->
     ``[('x-api-key', '[REDACTED]')]``, a ``(`` after no name, the value closing the
     tuple); each ``Bearer <token>`` (8 characters or more) wherever it stands; and the
     body of each PEM private key block (RFC 7468's ``-----BEGIN ... PRIVATE KEY-----``,
-    up to its END line or the first character no base64 line has), the BEGIN and END
+    up to its END line or the first character no base64 line has; its line breaks raw
+    or escaped, once or more: ``\\n``, ``\\\\n``), the BEGIN and END
     lines kept, wherever it stands (certificates and public keys as they are).
     Other pairs as they are (a credential-named key's value is redacted whatever it is:
     ``token: expired`` too), and so is an exception class's name before ``:``
