@@ -35,9 +35,10 @@ def test_a_cookie_header_is_redacted_whole(case: str) -> None:
 
 
 def test_linear_in_the_length() -> None:
-    """A 100 KB cookie-string is redacted well under a second."""
-    start = time.perf_counter()
+    """A 100 KB cookie-string is redacted well under a CPU
+    second (process_time: a loaded box's waiting not counted)."""
+    start = time.process_time()
     redact_text("Cookie: a=1" + "; a=1" * 20_000)
     redact_text("Cookie: a=1" + ";a" * 50_000)
     redact_text("cookie: a " * 10_000)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0

@@ -67,9 +67,10 @@ _SHAPES = {
 
 @pytest.mark.parametrize("shape", list(_SHAPES), ids=list(_SHAPES))
 def test_linear_in_the_length(shape: str) -> None:
-    """A 100 KB adversarial string is redacted well under a second."""
+    """A 100 KB adversarial string is redacted well under a CPU
+    second (process_time: a loaded box's waiting not counted)."""
     value = _SHAPES[shape]
-    start = time.perf_counter()
+    start = time.process_time()
     redact_text(value)
     redact_secrets(None, "info", {"event": "e", "v": value, "b": value.encode()})
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
