@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -62,6 +61,10 @@ DURABLE = "order-summary"
 OUTBOX_RETENTION_S = 86400.0
 #: Pause between two purges of the outbox (seconds).
 PURGE_INTERVAL_S = 60.0
+#: The longest retention a purge takes (seconds, about 292 million years): its cutoff in
+#: milliseconds must fit the stores' signed 64-bit column (SQLite INTEGER, PostgreSQL
+#: ``bigint``), which refuse one past it at every purge.
+MAX_RETENTION_S = (2**63 - 1) // 1000
 
 #: How long the ``ECOM_ORDERS`` stream keeps an event (its ``max_age``, seconds): a day.
 #: JetStream deletes an event older than this, consumed or not.
@@ -210,12 +213,22 @@ async def purge_sent_events(store: Store, *, retention_s: float = OUTBOX_RETENTI
     each, so a PlaceOrder waits for one batch at most) until a batch comes back short. A
     store failure is logged as a warning (``outbox purge failed``) and the next interval
     tried again; pending events are never deleted. Several relays purging one outbox is
-    harmless. Raises ``ValueError`` for a ``retention_s`` not a finite number > 0 (use
-    :func:`outbox_relay`'s ``retention_s=None`` to keep events for ever), an
-    ``interval_s`` not > 0 or a ``batch`` below 1.
+    harmless. Raises ``ValueError`` for a ``retention_s`` not a finite number > 0 and at
+    most :data:`MAX_RETENTION_S` (use :func:`outbox_relay`'s ``retention_s=None`` to keep
+    events for ever), an ``interval_s`` not > 0 or a ``batch`` below 1.
     """
     await purge_every(store.purge_sent, retention_s=retention_s, interval_s=interval_s,
                       batch=batch, warning="outbox purge failed", errors=(StoreError,))
+
+
+def _check_retention_s(retention_s: float) -> None:
+    """Raise ``ValueError`` quoting ``retention_s`` unless it is a number > 0 and at most
+    :data:`MAX_RETENTION_S` seconds: ``inf`` raised ``OverflowError`` from ``round(inf *
+    1000)`` at the first purge, and past the bound the cutoff's milliseconds are past
+    int64, which the store refused at every purge."""
+    if not 0 < retention_s <= MAX_RETENTION_S:
+        raise ValueError(f"retention_s must be a finite number > 0 and at most "
+                         f"{MAX_RETENTION_S} (seconds), got {retention_s!r}")
 
 
 async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_s: float,
@@ -226,10 +239,10 @@ async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_
     with the cutoff ``retention_s`` seconds ago until a batch comes back short, now and
     then every ``interval_s`` seconds, until cancelled; ``errors`` it raises are logged
     as ``warning`` and the next interval tried again. Raises ``ValueError`` for a
-    ``retention_s`` not a finite number > 0, an ``interval_s`` not > 0 or a ``batch``
-    below 1."""
-    if not 0 < retention_s < math.inf:  # inf: round(inf * 1000) raised OverflowError
-        raise ValueError(f"retention_s must be a finite number > 0, got {retention_s!r}")
+    ``retention_s`` not a finite number > 0 and at most :data:`MAX_RETENTION_S` (its
+    cutoff's milliseconds must fit a signed 64-bit integer), an ``interval_s`` not > 0
+    or a ``batch`` below 1."""
+    _check_retention_s(retention_s)
     if not interval_s > 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -485,7 +498,11 @@ async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner
 
     The body starts at once, whether or not NATS answers (:func:`nats_connection`):
     PlaceOrder needs only the store, and the relay publishes once NATS is reachable and
-    the stream made (:func:`ensure_order_stream_when_connected`)."""
+    the stream made (:func:`ensure_order_stream_when_connected`). Raises ``ValueError``
+    for a ``retention_s`` that is not ``None`` nor a finite number > 0 and at most
+    :data:`MAX_RETENTION_S`, at once (not from the purge task at the relay's stop)."""
+    if retention_s is not None:
+        _check_retention_s(retention_s)
     if not nats_url:
         yield None
         return

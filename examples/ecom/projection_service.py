@@ -82,7 +82,8 @@ async def purge_processed_events(store: Store, *,
     failure is logged as a warning (``processed events purge failed``) and the next
     interval tried again; it never ends the projection. Several projection processes
     purging one store is harmless. Raises ``ValueError`` for a ``retention_s`` not a
-    finite number > 0, an ``interval_s`` not > 0 or a ``batch`` below 1.
+    finite number > 0 and at most :data:`events.MAX_RETENTION_S`, an ``interval_s`` not
+    > 0 or a ``batch`` below 1.
     """
     # a bug too is logged and tried again: the consumer goes on
     await events.purge_every(store.purge_processed, retention_s=retention_s,
