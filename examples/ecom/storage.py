@@ -48,6 +48,7 @@ import math
 import os
 import re
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -665,11 +666,22 @@ def _check_sqlite_directory(path: str) -> None:
     (as given, relative to the working directory) when it does not exist or is not a
     directory: SQLite's own error, ``unable to open database file``
     (``SQLITE_CANTOPEN``), is a condition to wait out (:class:`StoreUnavailable`) and
-    names nothing."""
+    names nothing. A directory that cannot be looked at (``EACCES``: one on its path
+    the process may not search, say) is left to SQLite, whose refusal is then
+    :class:`StoreUnavailable` (waited out: permissions can be fixed), not said to be
+    missing."""
     directory = os.path.dirname(path) or "."
-    if os.path.isdir(directory):
+    try:
+        is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        why = ("does not exist" if isinstance(exc, FileNotFoundError)
+               else "is not a directory (a file on its path)")
+    except (OSError, ValueError):  # EACCES, ELOOP, a NUL...: SQLite's to say
         return
-    why = "is not a directory" if os.path.exists(directory) else "does not exist"
+    else:
+        if is_dir:
+            return
+        why = "is not a directory"
     raise StoreError(f"the sqlite file's directory {directory!r} {why} (SQLite creates "
                      "the file, not its directory)")
 
