@@ -34,6 +34,7 @@ import grpc
 
 import meshkit
 from examples.ecom import demo_events, events, mesh, security
+from examples.ecom._child import signal_child
 from examples.ecom._process import seconds_arg
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from meshkit.auth import (
@@ -129,17 +130,19 @@ class Proc:
 
 
 def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """Send ``sig`` to ``proc`` unless asyncio reported it done, with ``os.kill``: not
-    ``Process.terminate()``/``kill()``, i.e. ``Popen.send_signal``, whose ``poll()``
-    (``waitpid(WNOHANG)``) reaps a child that exited and that asyncio's child watcher has
-    not read yet: the watcher then finds none and reports 255 ("exit status already
-    read" with the pidfd watcher, Python 3.12's default; "Unknown child process pid"
-    with the threaded one), and the demo printed 255 for a service that exited on its
-    own. ``os.kill`` reaps nothing: an exited child stays a zombie, its pid not reused,
-    until the watcher reads its status. A process gone already is no error."""
+    """Send ``sig`` to ``proc`` unless asyncio reported it done, with
+    :func:`examples.ecom._child.signal_child`: not ``Process.terminate()``/``kill()``,
+    i.e. ``Popen.send_signal``, whose ``poll()`` (``waitpid(WNOHANG)``) reaps a child
+    that exited and that asyncio's child watcher has not read yet: the watcher then
+    finds none and reports 255 ("exit status already read" with the pidfd watcher,
+    Python 3.12's default; "Unknown child process pid" with the threaded one), and the
+    demo printed 255 for a service that exited on its own; nor a bare ``os.kill``,
+    which signals whichever process has the pid once the watcher reaped the child but
+    before the loop set ``returncode``. ``signal_child`` reaps nothing and signals this
+    child only while it is not reaped (through a pidfd). A process gone already is no
+    error."""
     if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
+        signal_child(proc.pid, sig)
 
 
 class StartError(RuntimeError):
