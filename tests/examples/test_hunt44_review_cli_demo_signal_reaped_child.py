@@ -40,6 +40,11 @@ def _reap(pid: int) -> None:
 async def test_signal_sends_nothing_to_a_reaped_service(
         sig: signal.Signals, monkeypatch: pytest.MonkeyPatch) -> None:
     """A service reaped before the loop saw it: no signal is sent."""
+    if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
+        # libuv reaps a child in its SIGCHLD handler and sets returncode in the same
+        # callback: the window staged here does not exist there, and a child reaped by
+        # another (this test) is never reported, so proc.wait() would never end
+        pytest.skip("uvloop sets returncode when it reaps: no reaped-but-unknown window")
     sent: list[int] = []
     monkeypatch.setattr(os, "kill", lambda pid, s: sent.append(pid))
     if hasattr(signal, "pidfd_send_signal"):
