@@ -33,7 +33,7 @@ from tests.support.registries import QueueRegistry
 from tests.support.wait import until
 
 _SVC = "hunt40.v1.Late"
-_N = 30  # calls per round: a leak of one object per call shows as 30 and 60
+_N = 20  # calls per round: a leak of one object per call shows as 20 and 40
 
 
 class _Handler:
@@ -122,7 +122,8 @@ async def test_sends_after_the_call_ended_leave_nothing_behind(what: str) -> Non
                     handler.got.clear()
                     call = method(b"", timeout=30)
                     waited = asyncio.ensure_future(call)
-                    await until(handler.got.is_set, timeout_s=5.0, what="the handler's start")
+                    await until(handler.got.is_set, timeout_s=5.0, interval_s=0.005,
+                                what="the handler's start")
                     call.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await waited
@@ -141,7 +142,7 @@ async def test_sends_after_the_call_ended_leave_nothing_behind(what: str) -> Non
             after_2n = _callback_wrappers() - base
     finally:
         await srv.drain()
-    # a leak of one per call: 30 then 60; none: the same few either way
+    # a leak of one per call: 20 then 40; none: the same few either way
     assert after_2n - after_n < _N // 3, (
         f"grpc batch callbacks grew by {after_n} over {_N} late sends and by {after_2n} "
         f"over {2 * _N}: batches started on ended calls are left in memory"
