@@ -241,10 +241,12 @@ def _redact_urls(text: str, scheme_re: re.Pattern[str], end_re: re.Pattern[str],
 # of key characters starts (the lookbehind; read once: possessive), blanks around the
 # '=' or ':' (libpq allows them); linear in the text's length
 # ... or quoted, as a dict's repr or a JSON object writes it (``'password': 'x'``,
-# ``"token":"abc"``), or a JSON object quoted in JSON (``\\"token\\": ...``): the closing
-# quote after the key (group 2)
+# ``"token":"abc"``), or a JSON object quoted in JSON (``\\"token\\": ...``; quoted
+# again, ``\\\\\\"``: 2**k - 1 backslashes, k up to 4): the closing quote after the key
+# (group 2)
 # (the separator: group 3)
-_PAIR_KEY = (r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)((?:['\"]|\\\")?)"
+_PAIR_KEY = (r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*+)"
+             r"((?:['\"]|\\\"|\\{3}\"|\\{7}\"|\\{15}\")?)"
              r"[ \t]*+([=:])[ \t]*+")
 # a ``(key, value)`` pair as a tuple's repr writes it (a list of gRPC metadata pairs, a
 # ``grpc.aio.Metadata``'s repr: ``('authorization', 'Basic abc')``): a '(' that follows
@@ -284,6 +286,18 @@ _QUOTED_KEY_VALUE = r"[^\s&;'\",}\])]*+"
 _OPENED = {"'": r"(?:[^'\\]|\\.)*+", '"': r'(?:[^"\\]|\\.)*+', "{": r"(?:[^}]|\}\})*+",
            '\\"': r'(?:[^\\"]|\\[^\\"]|\\\\(?:\\.|[^\\"]))*+'}
 _CLOSING = {"'": "'", '"': '"', "{": "}", '\\"': '\\"'}
+# ... and one quoted k = 2..4 times (JSON of JSON of JSON): its quotes written with
+# N = 2**k - 1 backslashes, each backslash of the string's own text with 2**k = M; its body
+# what stands for that string's characters: a plain one, an escaped backslash (2M), an
+# escaped quote (2M - 1 and a quote), an escape of another character (M, or any run
+# under 2M before no backslash or quote: lenient); its end N backslashes and a quote
+for _n in (3, 7, 15):
+    _CLOSING["\\" * _n + '"'] = "\\" * _n + '"'
+    _OPENED["\\" * _n + '"'] = (rf'(?:[^\\"]|\\{{{2 * _n + 2}}}|\\{{{2 * _n + 1}}}"'
+                                 rf'|\\{{1,{2 * _n + 1}}}+(?![\\"]))*+')
+# a run of backslashes then a quote that may open a value quoted in JSON (N as above)
+_ESCAPED_QUOTE = r'\\{1,15}+"'
+
 _UNCLOSED = r"[^\s]*+"
 # the credential after an auth scheme taken for a value (``Authorization: Bearer <token>``)
 _SCHEME_CREDENTIAL = r"[ \t]++[^\s&;']++"
@@ -307,8 +321,8 @@ class _PairRes:
     """The compiled patterns of :func:`_redact_pairs`, for text (``str``) or for bytes read
     as Latin-1 (``re.ASCII``: whitespace is ASCII's only)."""
 
-    __slots__ = ("bearer", "cookies", "credential", "key", "opened", "pem", "port",
-                 "quoted_value", "tuple_key", "unclosed", "value")
+    __slots__ = ("bearer", "cookies", "credential", "escaped_quote", "key", "opened", "pem",
+                 "port", "quoted_value", "tuple_key", "unclosed", "value")
 
     def __init__(self, flags: int) -> None:
         self.key = re.compile(_PAIR_KEY, flags)
@@ -317,6 +331,7 @@ class _PairRes:
         self.quoted_value = re.compile(_QUOTED_KEY_VALUE, flags | re.DOTALL)
         self.opened = {c: re.compile(body, flags | re.DOTALL) for c, body in _OPENED.items()}
         self.unclosed = re.compile(_UNCLOSED, flags)
+        self.escaped_quote = re.compile(_ESCAPED_QUOTE, flags)
         self.tuple_key = re.compile(_TUPLE_KEY, flags)
         self.pem = re.compile(_PEM_KEY, flags)
         self.cookies = re.compile(_MORE_COOKIES, flags)
@@ -453,9 +468,11 @@ def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
     if opener == "b" and text[body:body + 1] in ("'", '"'):  # a bytes repr's b'...'
         opener = text[body]
         body += 1
-    elif opener == "\\" and text[body:body + 1] == '"':  # JSON quoted in JSON: \"...\"
-        opener = '\\"'
-        body += 1
+    elif opener == "\\":  # JSON quoted in JSON: \"...\" (again: \\\"...\\\", ...)
+        run = res.escaped_quote.match(text, pos)
+        if run is not None and run.group() in _CLOSING:
+            opener = run.group()
+            body = run.end()
     if opener in _CLOSING:
         closing = _CLOSING[opener]
         after = scans.get(opener, -1)
@@ -476,7 +493,7 @@ def _value_end(text: str, pos: int, quoted_key: bool, res: _PairRes,
 
 
 # a quoted value's inside (group 2), between its (closed) quotes (group 1: ', ", \")
-_QUOTES_RE = re.compile(r"b?(['\"]|\\\")(.*)\1", re.DOTALL)
+_QUOTES_RE = re.compile(r"b?(['\"]|\\++\")(.*)\1", re.DOTALL)
 
 
 def _pem_mask(m: re.Match[str]) -> str:
@@ -530,7 +547,8 @@ def redact_text(text: str) -> str:
     (RFC 6265's cookie-string, ``a=1; session=x`` whole), ``access_token=...``; a dict's
     repr or a JSON object's quoted key (``{'password': 'p w'}`` ->
     ``{'password': '[REDACTED]'}``, ``{"token":"abc"}``, ``{b'authorization': b'x'}``,
-    JSON quoted in JSON ``{\\"token\\": \\"abc\\"}``: the quotes kept, a bare value
+    JSON quoted in JSON ``{\\"token\\": \\"abc\\"}``, and quoted again up to four
+    times in all, ``\\\\\\"``: the quotes kept, a bare value
     such as ``1234`` up to the ``,``, ``}``, ``]`` or ``)`` after it); a ``(key, value)``
     pair's repr (gRPC metadata written as text: ``[('x-api-key', 'k')]`` ->
     ``[('x-api-key', '[REDACTED]')]``, a ``(`` after no name, the value closing the
