@@ -1139,6 +1139,7 @@ from meshkit.resilience import RateLimitOptions
 
 what, config = sys.argv[1], sys.argv[2]
 done = threading.Event()
+left = threading.Event()  # the caller of Late saw its deadline pass
 got = []
 kept = []
 
@@ -1153,9 +1154,11 @@ def ask(context):
 
 def late(request, context):
     # a slow handler (a slow database) that asks who called at the end; its caller's
-    # 0.2 s deadline has passed by then
+    # deadline has passed by then (the caller saw it 0.4 s before: the server's own
+    # deadline, set from the header as the call came, has ended the call meanwhile)
     try:
-        time.sleep(0.8)
+        left.wait(10)
+        time.sleep(0.4)
         ask(context)
         return b"late"
     finally:
@@ -1239,10 +1242,14 @@ async def main():
         elif what == "leaked":
             assert await ch.unary_unary("/t.Sync/Leaks")(b"", timeout=5) == b"leaked"
         else:
+            # (0.5 s: a 0.2 s deadline passed on a loaded box before grpc.aio ran the
+            # handler at all, which then never set done)
             try:
-                await ch.unary_unary("/t.Sync/Late")(b"", timeout=0.2)
+                await ch.unary_unary("/t.Sync/Late")(b"", timeout=0.5)
             except grpc.aio.AioRpcError as e:
                 assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+            finally:
+                left.set()
         assert await asyncio.to_thread(done.wait, 5)
         await asyncio.sleep(0.3)
         print(got[0], flush=True)
