@@ -7,8 +7,9 @@ Kubernetes pod networks hand out ULA addresses from far smaller blocks inside on
 (Cilium's default cluster pool ``fd00::/104`` with a /120 per node, Calico's /122
 blocks of one /48 pool, Docker's ``fd00::/80``-style networks), so every pod of a
 cluster, or of a node, became one rate-limit key and one noisy caller spent the budget
-of all the others. A global address (``2000::/3``, what an ISP hands out by the /64,
-RFC 6177) is still keyed by its /64.
+of all the others. Later in the session ``by_peer`` went back to every address whole (global
+IPv6 pods of EKS/GKE share one subnet /64 too); a global address is keyed by its /64 only
+by the opt-in ``by_peer_network()``, and a ULA one not even there.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ _CASES = [
     ("ipv6:[fd00::a:1]:5000", "fd00::a:1"),  # Cilium's default pool, node A
     ("ipv6:[fd00::b:2]:5000", "fd00::b:2"),  # ... node B: same /64, another pod
     ("ipv6:[fdaa:bb:cc:dd:1::1]:1", "fdaa:bb:cc:dd:1::1"),
-    ("ipv6:[2001:db8:1:2::7]:5000", "2001:db8:1:2::/64"),  # global: still its /64
+    ("ipv6:[2001:db8:1:2::7]:5000", "2001:db8:1:2::7"),  # global: whole too (by_peer)
 ]
 
 
 @pytest.mark.parametrize(("peer", "key"), _CASES, ids=[f"case{i}" for i in range(len(_CASES))])
 def test_a_unique_local_caller_keeps_its_address(peer: str, key: str) -> None:
-    """A ULA caller is keyed by its full address, a global one by its /64."""
+    """A ULA caller is keyed by its full address (by_peer keys every address whole; only
+    by_peer_network() keys a global one by its /64)."""
     assert by_peer(_METHOD, _Ctx(peer)) == key  # type: ignore[arg-type]
 
 

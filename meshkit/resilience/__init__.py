@@ -61,6 +61,7 @@ from meshkit.resilience.ratelimit import (
     by_identity,
     by_metadata,
     by_peer,
+    by_peer_network,
     rejected_by_rate_limit,
 )
 
@@ -88,6 +89,7 @@ __all__ = [
     "by_identity",
     "by_metadata",
     "by_peer",
+    "by_peer_network",
     "clamp_timeout_s",
     "current_deadline",
     "deadline_scope",

@@ -268,30 +268,31 @@ def peer_host(peer: str) -> str:
     return host
 
 
-IPV6_KEY_PREFIX = 64
-"""The prefix length an IPv6 caller is keyed by (:func:`peer_key`): a /64 is one
-subnet, the least a site or a home connection is given (RFC 6177, RIPE-690), and SLAAC
-lets its owner use any of its 2^64 addresses, so keyed by the full address one client
-would have as many budgets. Rate limiters key IPv6 by /64 for that reason (Cloudflare's
-rate limiting rules, the advice for nginx ``limit_req``). Only global unicast
-addresses (``2000::/3``, what ISPs hand out by the /64) are: a unique-local one
-(``fc00::/7``, RFC 4193) is the site's own, where a /64 is no one client's (Kubernetes
-pod networks give pods small blocks of one /64: Cilium's default pool ``fd00::/104``,
-/120 per node; Calico's /122 blocks), so it keeps its full address."""
+IPV6_NETWORK_PREFIX_LEN = 64
+"""The prefix length :func:`~meshkit.resilience.by_peer_network` keys a global IPv6
+caller by, by default: a /64 is one subnet, the least a site or a home connection is
+given (RFC 6177, RIPE-690), and SLAAC lets its owner use any of its 2^64 addresses, so
+keyed by the full address one internet client would have as many budgets (Cloudflare's
+rate limiting rules and the advice for nginx ``limit_req`` key IPv6 by /64 for that
+reason). Not the default key's: inside a cluster a /64 is no one client's (EKS and GKE
+IPv6 pods take global addresses out of their subnet's /64; Kubernetes pod networks hand out
+unique-local blocks of one /64), where keying by it would put every pod of a subnet in
+one budget."""
 _AGGREGATED_V6 = ipaddress.IPv6Network("2000::/3")
 
 
-def peer_key(peer: str) -> str:
-    """The rate-limit key of a gRPC peer string (:func:`~meshkit.resilience.by_peer`):
-    :func:`peer_host`, except that an IPv6 address in the global unicast space
-    (``2000::/3``) is keyed by its /64 (:data:`IPV6_KEY_PREFIX`), written
-    ``"2001:db8:1:2::/64"``, and an IPv4-mapped one (``::ffff:10.0.0.7``) by its IPv4
-    address. Unique-local (``fd00::a:1``: a pod network's, whose /64 holds many
-    clients), loopback (``::1``), link-local (``fe80::1%eth0``: ``fe80::/64`` is every
-    host of the link) and other IPv6 addresses keep their full address.
+def peer_key(peer: str, *, ipv6_prefix_len: int = 128) -> str:
+    """The rate-limit key of a gRPC peer string: :func:`peer_host`, an IPv4-mapped IPv6
+    address (``::ffff:10.0.0.7``) as its IPv4 address, and, with ``ipv6_prefix_len``
+    below 128 (:func:`~meshkit.resilience.by_peer_network`), an IPv6 address in the
+    global unicast space (``2000::/3``) as its network of that length, written
+    ``"2001:db8:1:2::/64"``. Unique-local (``fd00::a:1``), loopback (``::1``),
+    link-local (``fe80::1%eth0``: ``fe80::/64`` is every host of the link) and other
+    IPv6 addresses always keep their full address.
 
-    ``"ipv6:[2001:db8:1:2::7]:5000"`` -> ``"2001:db8:1:2::/64"``;
-    ``"ipv4:10.0.0.7:51234"`` -> ``"10.0.0.7"``.
+    ``peer_key("ipv6:[2001:db8:1:2::7]:5000")`` -> ``"2001:db8:1:2::7"``;
+    ``peer_key("ipv6:[2001:db8:1:2::7]:5000", ipv6_prefix_len=64)`` ->
+    ``"2001:db8:1:2::/64"``; ``peer_key("ipv4:10.0.0.7:51234")`` -> ``"10.0.0.7"``.
     """
     host = peer_host(peer)
     if ":" not in host or not peer.startswith("ipv6:"):
@@ -302,8 +303,8 @@ def peer_key(peer: str) -> str:
         return host
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
-    if address in _AGGREGATED_V6:
-        return str(ipaddress.IPv6Network((address, IPV6_KEY_PREFIX), strict=False))
+    if ipv6_prefix_len < 128 and address in _AGGREGATED_V6:
+        return str(ipaddress.IPv6Network((address, ipv6_prefix_len), strict=False))
     return host
 
 

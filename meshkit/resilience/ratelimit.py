@@ -238,6 +238,7 @@ from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
 from meshkit.resilience._ratelimit_policy import (
     _STORAGE_OPTIONS,
+    IPV6_NETWORK_PREFIX_LEN,
     STRATEGIES,
     OutageTracker,
     Rule,
@@ -267,6 +268,7 @@ __all__ = [
     "by_identity",
     "by_metadata",
     "by_peer",
+    "by_peer_network",
     "rejected_by_rate_limit",
     "storage_refusal",
 ]
@@ -437,30 +439,24 @@ def _not_a_key(key_of: KeyFunc, key: object) -> TypeError:
 
 
 def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Key a call by the caller's IP address, without the port (the default key); a
-    global IPv6 caller by its /64.
+    """Key a call by the caller's IP address, without the port (the default key).
 
-    A global unicast (``2000::/3``) IPv6 address is keyed by its /64 network: a client
-    given a /64 (the least a site is given, RFC 6177) may call from any of its 2^64
-    addresses, each a budget of its own if keyed whole; rate limiters key IPv6 by /64
-    for that reason (Cloudflare's, the advice for nginx's ``limit_req``). So all hosts
-    of one global /64 (the clients behind one home router, the pods of one cloud subnet
-    that hands them global addresses) share one budget; key by something else
-    (:func:`by_identity`, :func:`by_metadata`) where that is too coarse. A unique-local
-    address (``fc00::/7``, RFC 4193: the site's own, such as a Kubernetes pod network's
-    ``fd00::/104``, where one /64 holds every pod) keeps its full address.
+    Every address is keyed whole (an IPv4-mapped IPv6 one as its IPv4 address): inside a
+    cluster, what a mesh serves, each pod has an address of its own, and a /64 is no one
+    client's (EKS and GKE IPv6 pods take global addresses out of their subnet's /64,
+    pod networks hand out unique-local blocks of one /64), so keying IPv6 by its /64, as
+    internet-facing rate limiters do, would put every pod of a subnet in one budget. For
+    callers from the internet, where one client owns a whole /64 (RFC 6177) and could
+    spread its calls over 2^64 budgets, use :func:`by_peer_network`.
 
     Args:
         method: full method name (unused).
         context: the call's context; ``context.peer()`` is e.g. ``"ipv4:10.0.0.7:51234"``.
 
     Returns:
-        ``"10.0.0.7"``; ``"2001:db8:1:2::/64"`` for a global IPv6 address
-        (:func:`~meshkit.resilience._ratelimit_policy.peer_key`); the address for
-        unique-local (``"fd00::a:1"``), loopback (``"::1"``), link-local
-        (``"fe80::1%eth0"``: ``fe80::/64`` is every host of the link) and other IPv6
-        ones; the IPv4 address of an IPv4-mapped one;
-        other peer kinds (``"unix:..."``) whole.
+        ``"10.0.0.7"``; ``"2001:db8:1:2::7"``; ``"fe80::1%eth0"``; the IPv4 address of an
+        IPv4-mapped one; other peer kinds (``"unix:..."``) whole
+        (:func:`~meshkit.resilience._ratelimit_policy.peer_key`).
     """
     # a peer string is one connection's, the same call after call: its host is parsed
     # once (peer_host: 43 bytecodes and a frame per call), kept in a bounded dict
@@ -471,8 +467,47 @@ def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return host
 
 
+def by_peer_network(*, ipv6_prefix_len: int = IPV6_NETWORK_PREFIX_LEN) -> KeyFunc:
+    """A key function for callers from the internet: :func:`by_peer`, but a global
+    unicast IPv6 caller (``2000::/3``) keyed by its network of ``ipv6_prefix_len`` bits,
+    ``"2001:db8:1:2::/64"``. A client given a /64 (the least a site is given, RFC 6177;
+    SLAAC lets it use any of its addresses) would otherwise have 2^64 budgets; Cloudflare's
+    rate limiting rules and the advice for nginx ``limit_req`` key IPv6 by /64 for that
+    reason. Every host of one such network shares one budget (the clients behind one
+    home router, the pods of a cloud subnet that hands them global addresses: keep
+    :func:`by_peer` for calls from inside a cluster). Unique-local (``fc00::/7``),
+    loopback, link-local and IPv4 callers keep their full address.
+
+    Args:
+        ipv6_prefix_len: the prefix length, an ``int`` from 1 to 128 (default 64; 128
+            keys every address whole, as :func:`by_peer`).
+
+    Raises:
+        ConfigError: ``ipv6_prefix_len`` is not an ``int`` (a ``bool`` neither) from 1 to
+            128 (quoted).
+    """
+    if (isinstance(ipv6_prefix_len, bool) or not isinstance(ipv6_prefix_len, int)
+            or not 1 <= ipv6_prefix_len <= 128):
+        raise ConfigError(f"by_peer_network: ipv6_prefix_len must be an int from 1 to 128, "
+                          f"got {ipv6_prefix_len!r}")
+    keys: dict[str, str] = {}  # peer string -> its key, bounded as _PEER_HOSTS
+
+    def by_peer_network(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        peer = context.peer()
+        key = keys.get(peer)
+        if key is None:
+            key = peer_key(peer, ipv6_prefix_len=ipv6_prefix_len)
+            if len(keys) >= _MAX_PEER_HOSTS:
+                keys.clear()
+            keys[peer] = key
+        return key
+
+    by_peer_network.__qualname__ = f"by_peer_network(ipv6_prefix_len={ipv6_prefix_len})"
+    return by_peer_network
+
+
 def _peer_key(peer: str) -> str:
-    """``peer_key(peer)`` (the host, an IPv6 one's /64), kept in :data:`_PEER_HOSTS`
+    """``peer_key(peer)`` (the host), kept in :data:`_PEER_HOSTS`
     (cleared when full) for the next call from that peer (:func:`by_peer`'s look-up,
     and the interceptor's own when ``by_peer`` is its key)."""
     host = peer_key(peer)
