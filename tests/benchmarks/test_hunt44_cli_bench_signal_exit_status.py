@@ -12,16 +12,14 @@ default; set here on 3.11) leaves the window open for as long as the loop is bus
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks.procs import _Proc
+from tests.support.procs import pidfd_child_watcher, until_exited
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,29 +28,8 @@ pytestmark = pytest.mark.timeout(60)
 def pidfd_watcher() -> Iterator[None]:
     """The pidfd child watcher on Python 3.11 (3.12's default; later Pythons keep
     theirs)."""
-    if sys.version_info >= (3, 12):
+    with pidfd_child_watcher():
         yield
-        return
-    policy = asyncio.get_event_loop_policy()
-    old = policy.get_child_watcher()
-    policy.set_child_watcher(asyncio.PidfdChildWatcher())
-    try:
-        yield
-    finally:
-        policy.set_child_watcher(old)
-
-
-def _until_exited(pid: int) -> None:
-    """Block the loop until child ``pid`` exited, without reaping it; at most 30 s."""
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return
-        except ChildProcessError:  # the watcher read it already (the loop ran meanwhile)
-            return
-        assert time.monotonic() < deadline, "the child did not exit"
-        time.sleep(0.01)  # blocking the loop is the point
 
 
 @pytest.mark.usefixtures("pidfd_watcher")
@@ -62,7 +39,7 @@ async def test_signal_to_a_worker_that_exited_keeps_its_status(tmp_path: Path) -
     for _ in range(5):
         proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "sleep 0.2; exit 3")
         worker = _Proc("w", proc, tmp_path / "w.log")
-        _until_exited(proc.pid)
+        until_exited(proc.pid)
         worker.signal(signal.SIGTERM)
         codes.append(await asyncio.wait_for(proc.wait(), 30))
     assert codes == [3] * 5, codes

@@ -15,13 +15,12 @@ Run as ``python -m`` this module is the "service": it says READY and exits 3.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.procs import pidfd_child_watcher, until_exited
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,34 +29,12 @@ if __name__ == "__main__":  # the service: READY, then exit 3 at once
     raise SystemExit(3)
 
 
-def _until_exited(pid: int) -> None:
-    """Block (the loop does not run: its child watcher reads nothing meanwhile) until
-    child ``pid`` has exited, without reaping it (``WNOWAIT``); at most 30 s."""
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return
-        except ChildProcessError:  # the watcher read it already (the loop ran meanwhile)
-            return
-        assert time.monotonic() < deadline, "the service did not exit"
-        time.sleep(0.01)  # blocking the loop is the point
-
-
 @pytest.fixture
 def pidfd_watcher() -> Iterator[None]:
     """The pidfd child watcher (3.12's default) on Python 3.11, where the threaded one,
     blocked in ``waitpid`` already, reaps the child first; later Pythons keep theirs."""
-    if sys.version_info >= (3, 12):
+    with pidfd_child_watcher():
         yield
-        return
-    policy = asyncio.get_event_loop_policy()
-    old = policy.get_child_watcher()
-    policy.set_child_watcher(asyncio.PidfdChildWatcher())
-    try:
-        yield
-    finally:
-        policy.set_child_watcher(old)
 
 
 @pytest.mark.usefixtures("pidfd_watcher")
@@ -72,7 +49,7 @@ async def test_stop_all_reports_the_exit_status_of_a_service_that_exited(
         stack = demo.Stack(tmp_path / f"w{n}", f"local://{tmp_path / 'registry'}", None)
         (tmp_path / f"w{n}").mkdir()
         p = await stack.start("exits", "exits-1", timeout_s=30)
-        _until_exited(p.proc.pid)
+        until_exited(p.proc.pid, "the service")
         codes.append((await asyncio.wait_for(stack.stop_all(5.0), 30))["exits-1"])
     assert codes == [3] * 8, codes
 
@@ -86,7 +63,7 @@ async def test_kill_of_a_service_that_exited_keeps_its_status(
     monkeypatch.setitem(demo.SERVICES, "exits", __name__)
     stack = demo.Stack(tmp_path, f"local://{tmp_path / 'registry'}", None)
     p = await stack.start("exits", "exits-1", timeout_s=30)
-    _until_exited(p.proc.pid)
+    until_exited(p.proc.pid, "the service")
     stack.kill("exits-1")
     codes = await asyncio.wait_for(stack.stop_all(5.0), 30)
     assert codes == {"exits-1": 3}, codes

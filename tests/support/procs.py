@@ -8,7 +8,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tests.support.wait import until
@@ -121,8 +122,6 @@ def stop_process(pid: int, timeout_s: float = 5.0) -> None:
     only when it next returns to user space, which on a loaded VM can be milliseconds
     later (a NATS server answered a publish sent after ``kill(SIGSTOP)`` returned).
     Raises ``TimeoutError`` if a thread is still running after ``timeout_s`` seconds."""
-    import time
-
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -136,3 +135,36 @@ def stop_process(pid: int, timeout_s: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"process {pid} not stopped after {timeout_s} s: {states}")
         time.sleep(0.001)
+
+
+@contextlib.contextmanager
+def pidfd_child_watcher() -> Iterator[None]:
+    """asyncio's pidfd child watcher for the block on Python 3.11 (3.12's default; later
+    Pythons keep theirs): the threaded 3.11 one, blocked in ``waitpid`` already, reaps an
+    exiting child first, which hides the window where a ``Popen.poll()`` reaps it and the
+    watcher then reports 255."""
+    if sys.version_info >= (3, 12):
+        yield
+        return
+    policy = asyncio.get_event_loop_policy()
+    old = policy.get_child_watcher()
+    policy.set_child_watcher(asyncio.PidfdChildWatcher())
+    try:
+        yield
+    finally:
+        policy.set_child_watcher(old)
+
+
+def until_exited(pid: int, what: str = "the child", timeout_s: float = 30.0) -> None:
+    """Block (the loop does not run: its child watcher reads nothing meanwhile) until
+    child ``pid`` has exited, without reaping it (``WNOWAIT``); at most ``timeout_s``
+    seconds, then AssertionError "``what`` did not exit"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:  # the watcher read it already (the loop ran meanwhile)
+            return
+        assert time.monotonic() < deadline, f"{what} did not exit"
+        time.sleep(0.01)  # blocking the loop is the point
