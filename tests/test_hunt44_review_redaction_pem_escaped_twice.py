@@ -11,12 +11,12 @@ is part of the body; linear all the same."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from meshkit._log import redact_text
 from meshkit.observability import redact_secrets
+from tests.support.redaction import assert_linear
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +59,4 @@ def test_linear_in_the_length() -> None:
     values = ["-----BEGIN PRIVATE KEY-----" + "\\" * 100_000,
               "-----BEGIN PRIVATE KEY-----" + "\\\\\\n\\\\x" * 15_000,
               "-----BEGIN PRIVATE KEY-----\\\\" * 3_500]
-    start = time.process_time()
-    for value in values:
-        redact_secrets(None, "info", {"event": "e", "v": value, "b": value.encode()})
-    assert time.process_time() - start < 1.0
+    assert_linear(*values)
