@@ -20,29 +20,10 @@ from meshkit.balancer import (
     RoundRobin,
 )
 from meshkit.discovery import Instance
+from tests.support.counting import OwnCountedEndpoint, take_reads
 
 READY, IDLE, FAILING = EndpointState.READY, EndpointState.IDLE, EndpointState.FAILING
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
-
-
-class Counted(Endpoint):
-    """An endpoint that counts the reads of its state."""
-
-    __slots__ = ("reads",)
-
-    def __init__(self, instance: Instance) -> None:
-        self.reads = 0
-        super().__init__(instance)
-
-    # the endpoint's own state (the balancers' StateIndex follows it), reads counted
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        self.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
 
 
 def _inst(i: int) -> Instance:
@@ -56,7 +37,7 @@ def test_a_pick_does_not_walk_every_ejected_endpoint_waiting_for_its_connection(
         clock=lambda: t[0])
     healthy = Endpoint(_inst(0))
     healthy.state = READY
-    dead = [Counted(_inst(i)) for i in range(1, 41)]
+    dead = [OwnCountedEndpoint(_inst(i)) for i in range(1, 41)]
     for ep in dead:
         ep.state = READY
     eb.update([healthy, *dead])
@@ -69,13 +50,12 @@ def test_a_pick_does_not_walk_every_ejected_endpoint_waiting_for_its_connection(
     for ep in dead:
         ep.state = FAILING
     t[0] += 11.0  # every ejection is up; every connection still fails
-    for ep in dead:
-        ep.reads = 0
+    take_reads(dead)
     for _ in range(200):
         got = eb.pick()
         assert got is not None and got[0] is healthy
         got[1](OK, 0.001)
-    reads = sum(ep.reads for ep in dead)
+    reads = take_reads(dead)
     assert reads <= 200 * 2 + 2 * len(dead), f"{reads} state reads of ejected endpoints"
     # one comes back: it is probed within as many picks as endpoints wait
     back = dead[17]

@@ -19,36 +19,18 @@ from meshkit.balancer import (
     RoundRobin,
 )
 from meshkit.discovery import Instance
+from tests.support.counting import OwnCountedEndpoint, take_reads
 
 READY, IDLE, FAILING = EndpointState.READY, EndpointState.IDLE, EndpointState.FAILING
 
 _N = 400
 
 
-class Counted(Endpoint):
-    """An endpoint that counts the reads of its state."""
-
-    __slots__ = ("reads",)
-
-    def __init__(self, instance: Instance) -> None:
-        self.reads = 0
-        super().__init__(instance)
-
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        self.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
-
-
-def _all_ejected() -> tuple[EjectingBalancer, list[Counted]]:
+def _all_ejected() -> tuple[EjectingBalancer, list[OwnCountedEndpoint]]:
     eb = EjectingBalancer(RoundRobin(random.Random(0)), OutlierOptions(
         consecutive_failures=1, max_ejection_percent=100, base_ejection_s=1000.0,
         max_ejection_s=1000.0), clock=lambda: 0.0)
-    eps = [Counted(Instance(service="s", instance_id=f"i{i:04d}", host="127.0.0.1",
+    eps = [OwnCountedEndpoint(Instance(service="s", instance_id=f"i{i:04d}", host="127.0.0.1",
                             port=2000 + i)) for i in range(_N)]
     for ep in eps:
         ep.state = READY
@@ -63,25 +45,18 @@ def _all_ejected() -> tuple[EjectingBalancer, list[Counted]]:
     return eb, eps
 
 
-def _reads(eps: list[Counted]) -> int:
-    total = sum(ep.reads for ep in eps)
-    for ep in eps:
-        ep.reads = 0
-    return total
-
-
 def test_a_panic_pick_reads_a_few_ejected_endpoints() -> None:
     """Every endpoint ejected: each pick still gets one, reading a few states, and the
     picks go round the ejected endpoints."""
     eb, eps = _all_ejected()
-    _reads(eps)
+    take_reads(eps)
     seen = set()
     for _ in range(_N):
         got = eb.pick()
         assert got is not None
         seen.add(got[0].key)
         got[1](grpc.StatusCode.OK, 0.01)
-    assert _reads(eps) <= 4 * _N, "a panic pick walked the ejected endpoints"
+    assert take_reads(eps) <= 4 * _N, "a panic pick walked the ejected endpoints"
     assert len(seen) >= _N // 2
     assert eb.panic_picks == _N
 
@@ -103,10 +78,10 @@ def test_a_panic_pick_skips_failing_ones_cheaply() -> None:
     eb, eps = _all_ejected()
     for ep in eps:
         ep.state = FAILING
-    _reads(eps)
+    take_reads(eps)
     for _ in range(100):
         assert eb.pick() is None
-    assert _reads(eps) <= 400, "a failing panic pick walked the ejected endpoints"
+    assert take_reads(eps) <= 400, "a failing panic pick walked the ejected endpoints"
     eps[7].state = IDLE
     got = eb.pick()
     assert got is not None and got[0] is eps[7]

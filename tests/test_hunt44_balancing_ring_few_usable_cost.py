@@ -10,39 +10,14 @@ import random
 
 from meshkit.balancer import Endpoint, EndpointState, RingHash
 from meshkit.discovery import Instance
+from tests.support.counting import OwnCountedEndpoint, take_reads
 
 READY, IDLE, FAILING = EndpointState.READY, EndpointState.IDLE, EndpointState.FAILING
 
 
-class Counted(Endpoint):
-    """An endpoint that counts the reads of its state."""
-
-    __slots__ = ("reads",)
-
-    def __init__(self, instance: Instance) -> None:
-        self.reads = 0
-        super().__init__(instance)
-
-    @property  # type: ignore[override]
-    def state(self) -> EndpointState:
-        self.reads += 1
-        return Endpoint.state.__get__(self)  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: EndpointState) -> None:
-        Endpoint.state.__set__(self, value)  # type: ignore[attr-defined]
-
-
-def _eps(n: int, weight: int = 1) -> list[Counted]:
-    return [Counted(Instance(service="s", instance_id=f"i{i:04d}", host="127.0.0.1",
+def _eps(n: int, weight: int = 1) -> list[OwnCountedEndpoint]:
+    return [OwnCountedEndpoint(Instance(service="s", instance_id=f"i{i:04d}", host="127.0.0.1",
                              port=2000 + i, weight=weight)) for i in range(n)]
-
-
-def _reads(eps: list[Counted]) -> int:
-    total = sum(ep.reads for ep in eps)
-    for ep in eps:
-        ep.reads = 0
-    return total
 
 
 def _walk(rh: RingHash, key: str, exclude: set[Endpoint]) -> Endpoint | None:
@@ -71,10 +46,10 @@ def test_a_keyed_pick_with_every_endpoint_failing_reads_no_ring() -> None:
         ep.state = FAILING
     rh = RingHash(rng=random.Random(0))
     rh.update(eps)
-    _reads(eps)
+    take_reads(eps)
     for k in range(50):
         assert rh.pick(f"k{k}") is None
-    assert _reads(eps) <= 50, "a keyed pick walked the ring"
+    assert take_reads(eps) <= 50, "a keyed pick walked the ring"
 
 
 def test_a_keyed_pick_with_one_usable_endpoint_reads_a_few() -> None:
@@ -85,11 +60,11 @@ def test_a_keyed_pick_with_one_usable_endpoint_reads_a_few() -> None:
     rh = RingHash(rng=random.Random(0))
     rh.update(eps)
     eps[17].state = READY
-    _reads(eps)
+    take_reads(eps)
     for k in range(50):
         got = rh.pick(f"k{k}")
         assert got is not None and got[0] is eps[17]
-    assert _reads(eps) <= 50 * 8, "a keyed pick walked the ring"
+    assert take_reads(eps) <= 50 * 8, "a keyed pick walked the ring"
 
 
 def test_the_owner_is_the_walks_owner() -> None:
@@ -97,7 +72,7 @@ def test_the_owner_is_the_walks_owner() -> None:
     endpoint the clockwise walk gives."""
     rnd = random.Random(11)
     for trial in range(40):
-        eps = [Counted(Instance(service="s", instance_id=f"t{trial}-{i:03d}",
+        eps = [OwnCountedEndpoint(Instance(service="s", instance_id=f"t{trial}-{i:03d}",
                                 host="127.0.0.1", port=3000 + i, weight=rnd.randint(1, 4)))
                for i in range(rnd.choice((3, 40, 300)))]
         usable_share = rnd.choice((0.0, 0.01, 0.05, 0.3, 1.0))
