@@ -32,6 +32,32 @@ def _count(prom: CollectorRegistry, method: str, code: str) -> float:
         "grpc_code": code}) or 0.0
 
 
+def _hanging(started: asyncio.Event) -> Any:
+    """A unary handler that sets ``started`` and then hangs (600 s)."""
+    async def hang(request: bytes, context: Any) -> bytes:
+        started.set()
+        await asyncio.sleep(600)
+        return b"late"
+    return hang
+
+
+def _server(name: str, handlers: dict[str, Any], registry: LocalRegistry,
+            prom: CollectorRegistry, *, grace_s: float) -> meshkit.MeshServer:
+    """An insecure server ``name`` of the unary ``handlers`` (by method of ``_APP``): no
+    drain delay, a ``grace_s`` grace, its metrics in ``prom``."""
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_APP, {
+            method: grpc.unary_unary_rpc_method_handler(handler)
+            for method, handler in handlers.items()}),))
+
+    return meshkit.MeshServer(name, [(add, None)], registry=registry,
+                              options=meshkit.ServeOptions(
+                                  insecure=True, admin=None, drain_delay_s=0.0,
+                                  grace_s=grace_s,
+                                  telemetry=TelemetryOptions(registry=prom, tracing=False,
+                                                             access_log=False)))
+
+
 @pytest.mark.timeout(90)
 async def test_a_forced_drain_records_the_code_its_callers_see(
         registry: LocalRegistry) -> None:
@@ -39,23 +65,8 @@ async def test_a_forced_drain_records_the_code_its_callers_see(
     a call cancelled by its client earlier in the same drain: counted Canceled."""
     prom = CollectorRegistry()
     started: dict[str, asyncio.Event] = {"Hang": asyncio.Event(), "Gone": asyncio.Event()}
-
-    def hanging(name: str) -> Any:
-        async def hang(request: bytes, context: Any) -> bytes:
-            started[name].set()
-            await asyncio.sleep(600)
-            return b"late"
-        return hang
-
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_APP, {
-            name: grpc.unary_unary_rpc_method_handler(hanging(name)) for name in started}),))
-
-    srv = meshkit.MeshServer("forced", [(add, None)], registry=registry,
-                             options=meshkit.ServeOptions(
-                                 insecure=True, admin=None, drain_delay_s=0.0, grace_s=60.0,
-                                 telemetry=TelemetryOptions(registry=prom, tracing=False,
-                                                            access_log=False)))
+    srv = _server("forced", {name: _hanging(event) for name, event in started.items()},
+                  registry, prom, grace_s=60.0)
     await srv.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
@@ -95,21 +106,7 @@ async def test_a_grace_run_out_records_the_code_its_callers_see(
     way (grpc core's cancel-all): the caller sees UNAVAILABLE, and it is counted so."""
     prom = CollectorRegistry()
     started = asyncio.Event()
-
-    async def hang(request: bytes, context: Any) -> bytes:
-        started.set()
-        await asyncio.sleep(600)
-        return b"late"
-
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_APP, {
-            "Hang": grpc.unary_unary_rpc_method_handler(hang)}),))
-
-    srv = meshkit.MeshServer("graced", [(add, None)], registry=registry,
-                             options=meshkit.ServeOptions(
-                                 insecure=True, admin=None, drain_delay_s=0.0, grace_s=0.5,
-                                 telemetry=TelemetryOptions(registry=prom, tracing=False,
-                                                            access_log=False)))
+    srv = _server("graced", {"Hang": _hanging(started)}, registry, prom, grace_s=0.5)
     await srv.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
