@@ -24,6 +24,16 @@ from tests.support.wait import until
 pytestmark = pytest.mark.timeout(90)
 
 
+async def _each_keeps_its_own(reader: ConsulRegistry | EtcdRegistry, one: str, two: str,
+                              *, timeout_s: float, what: str) -> None:
+    """Once the registry keeps 2 instances in all (within ``timeout_s``), services ``one``
+    and ``two`` each keep 1 and a service never watched 0."""
+    await until(lambda: reader.status().kept_endpoints == 2, timeout_s=timeout_s, what=what)
+    assert reader.status(one).kept_endpoints == 1
+    assert reader.status(two).kept_endpoints == 1
+    assert reader.status(unique_service()).kept_endpoints == 0
+
+
 async def test_consul_kept_endpoints_per_service() -> None:
     """Consul: each service's status counts its own watch's kept instances."""
     one, two = unique_service(), unique_service()
@@ -49,11 +59,8 @@ async def test_consul_kept_endpoints_per_service() -> None:
             double.forget_all()
             double.reset_index(1)
             await double.start()
-            await until(lambda: reader.status().kept_endpoints == 2, timeout_s=10.0,
-                        what="both watches to keep their instance")
-            assert reader.status(one).kept_endpoints == 1
-            assert reader.status(two).kept_endpoints == 1
-            assert reader.status(unique_service()).kept_endpoints == 0
+            await _each_keeps_its_own(reader, one, two, timeout_s=10.0,
+                                      what="both watches to keep their instance")
         finally:
             for w in watchers:
                 await w.stop()
@@ -95,11 +102,8 @@ async def test_etcd_kept_endpoints_per_service(own_node: EtcdCluster) -> None:
         own_node.wipe(0)
         own_node.start_member(0)
         await own_node.wait_healthy()
-        await until(lambda: reader.status().kept_endpoints == 2, timeout_s=20,
-                    what="both watches to keep their last set")
-        assert reader.status(one).kept_endpoints == 1
-        assert reader.status(two).kept_endpoints == 1
-        assert reader.status(unique_service()).kept_endpoints == 0
+        await _each_keeps_its_own(reader, one, two, timeout_s=20,
+                                  what="both watches to keep their last set")
     finally:
         for w in watchers:
             await w.stop()
