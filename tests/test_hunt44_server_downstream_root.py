@@ -25,16 +25,22 @@ from meshkit.discovery import LocalRegistry
 _SVC = "hunt44.Tier"
 
 
-def _add_leaf(code: grpc.StatusCode) -> Any:
-    async def call(request: bytes, context: Any) -> bytes:
-        await context.abort(code, "leaf refused")
-        raise AssertionError("unreachable")
+def _adding(call: Any) -> Any:
+    """A MeshServer service adder: ``call`` as the unary method ``Call`` of ``_SVC``."""
 
     def add(_servicer: Any, server: Any) -> None:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SVC, {
             "Call": grpc.unary_unary_rpc_method_handler(call)}),))
 
     return add
+
+
+def _add_leaf(code: grpc.StatusCode) -> Any:
+    async def call(request: bytes, context: Any) -> bytes:
+        await context.abort(code, "leaf refused")
+        raise AssertionError("unreachable")
+
+    return _adding(call)
 
 
 def _add_middle(target: str) -> Any:
@@ -44,11 +50,7 @@ def _add_middle(target: str) -> Any:
             answer: bytes = await ch.unary_unary(f"/{_SVC}/Call")(request, timeout=10)
             return answer
 
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SVC, {
-            "Call": grpc.unary_unary_rpc_method_handler(call)}),))
-
-    return add
+    return _adding(call)
 
 
 @contextlib.asynccontextmanager
@@ -110,11 +112,7 @@ async def test_a_forged_trailer_value_is_not_carried_on(registry: LocalRegistry)
                             trailing_metadata=((meshkit.DOWNSTREAM_STATUS_KEY, "INTERNAL"),))
         raise AssertionError("unreachable")
 
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SVC, {
-            "Call": grpc.unary_unary_rpc_method_handler(forged)}),))
-
-    async with _server(registry, "tier-c", add) as c, \
+    async with _server(registry, "tier-c", _adding(forged)) as c, \
             _server(registry, "tier-b", _add_middle(f"127.0.0.1:{c.port}")) as b, \
             grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as raw:
         ch: Any = raw
@@ -137,11 +135,7 @@ def _add_mesh_middle(registry: LocalRegistry, downstream: str) -> Any:
             answer: bytes = await ch.unary_unary(f"/{_SVC}/Call")(request, timeout=10)
             return answer
 
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SVC, {
-            "Call": grpc.unary_unary_rpc_method_handler(call)}),))
-
-    return add
+    return _adding(call)
 
 
 async def test_three_tiers_over_mesh_channels_name_the_root_refusal(
