@@ -68,6 +68,16 @@ def _p2c(clock: _Clock) -> P2C:
     return P2C(P2COptions(slow_start_s=0.0), rng=random.Random(3), clock=clock)
 
 
+def _four_under_p2c(clock: _Clock) -> tuple[P2C, EjectingBalancer, list[Endpoint]]:
+    """Four READY endpoints of zone ``a`` in a P2C under an EjectingBalancer that ejects
+    at the first failure."""
+    p2c = _p2c(clock)
+    eb = EjectingBalancer(p2c, OutlierOptions(consecutive_failures=1), clock=clock)
+    eps = [_ep(i) for i in range(4)]
+    eb.update(eps)
+    return p2c, eb, eps
+
+
 def _rtt_ms(p2c: P2C, ep: Endpoint) -> float:
     row = {r["instance_id"]: r for r in p2c.snapshot()}[ep.key]
     return float(row["rtt_ms"])
@@ -77,10 +87,7 @@ def test_a_slow_probe_is_the_returning_endpoints_first_sample() -> None:
     """A probe answered OK in 500 ms: back in rotation estimated at 500 ms, not at its
     peers' 10 ms, and it draws few of the next calls."""
     clock = _Clock()
-    p2c = _p2c(clock)
-    eb = EjectingBalancer(p2c, OutlierOptions(consecutive_failures=1), clock=clock)
-    eps = [_ep(i) for i in range(4)]
-    eb.update(eps)
+    p2c, eb, eps = _four_under_p2c(clock)
     _eject_and_probe(eb, clock, eps, _OK, 0.5)
     assert not eb.ejected()
     assert _rtt_ms(p2c, eps[0]) >= 400.0, p2c.snapshot()
@@ -97,10 +104,7 @@ def test_a_slow_probe_is_the_returning_endpoints_first_sample() -> None:
 def test_a_failed_probe_feeds_nothing() -> None:
     """A probe that fails keeps the endpoint out; P2C never sees it."""
     clock = _Clock()
-    p2c = _p2c(clock)
-    eb = EjectingBalancer(p2c, OutlierOptions(consecutive_failures=1), clock=clock)
-    eps = [_ep(i) for i in range(4)]
-    eb.update(eps)
+    p2c, eb, eps = _four_under_p2c(clock)
     _eject_and_probe(eb, clock, eps, _UNAVAILABLE, 0.5)
     assert eb.ejected() == [eps[0].key]
     assert eps[0].key not in {r["instance_id"] for r in p2c.snapshot()}
