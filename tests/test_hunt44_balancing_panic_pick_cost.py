@@ -30,8 +30,9 @@ def _all_ejected() -> tuple[EjectingBalancer, list[OwnCountedEndpoint]]:
     eb = EjectingBalancer(RoundRobin(random.Random(0)), OutlierOptions(
         consecutive_failures=1, max_ejection_percent=100, base_ejection_s=1000.0,
         max_ejection_s=1000.0), clock=lambda: 0.0)
-    eps = [OwnCountedEndpoint(Instance(service="s", instance_id=f"i{i:04d}", host="127.0.0.1",
-                            port=2000 + i)) for i in range(_N)]
+    eps = [OwnCountedEndpoint(Instance(service="s", instance_id=f"i{i:04d}",
+                                       host="127.0.0.1", port=2000 + i))
+           for i in range(_N)]
     for ep in eps:
         ep.state = READY
     eb.update(eps)

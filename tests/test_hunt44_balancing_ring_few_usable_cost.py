@@ -16,8 +16,19 @@ READY, IDLE, FAILING = EndpointState.READY, EndpointState.IDLE, EndpointState.FA
 
 
 def _eps(n: int, weight: int = 1) -> list[OwnCountedEndpoint]:
-    return [OwnCountedEndpoint(Instance(service="s", instance_id=f"i{i:04d}", host="127.0.0.1",
-                             port=2000 + i, weight=weight)) for i in range(n)]
+    return [OwnCountedEndpoint(Instance(service="s", instance_id=f"i{i:04d}",
+                                        host="127.0.0.1", port=2000 + i, weight=weight))
+            for i in range(n)]
+
+
+def _all_failing_ring(n: int) -> tuple[list[OwnCountedEndpoint], RingHash]:
+    """``n`` counting endpoints, all FAILING, and a RingHash of them."""
+    eps = _eps(n)
+    for ep in eps:
+        ep.state = FAILING
+    rh = RingHash(rng=random.Random(0))
+    rh.update(eps)
+    return eps, rh
 
 
 def _walk(rh: RingHash, key: str, exclude: set[Endpoint]) -> Endpoint | None:
@@ -41,11 +52,7 @@ def _walk(rh: RingHash, key: str, exclude: set[Endpoint]) -> Endpoint | None:
 
 def test_a_keyed_pick_with_every_endpoint_failing_reads_no_ring() -> None:
     """2,000 endpoints all FAILING: ``None`` without reading the owners' states."""
-    eps = _eps(2000)
-    for ep in eps:
-        ep.state = FAILING
-    rh = RingHash(rng=random.Random(0))
-    rh.update(eps)
+    eps, rh = _all_failing_ring(2000)
     take_reads(eps)
     for k in range(50):
         assert rh.pick(f"k{k}") is None
@@ -54,11 +61,7 @@ def test_a_keyed_pick_with_every_endpoint_failing_reads_no_ring() -> None:
 
 def test_a_keyed_pick_with_one_usable_endpoint_reads_a_few() -> None:
     """One READY of 2,000: every key goes to it, reading a few states a pick."""
-    eps = _eps(2000)
-    for ep in eps:
-        ep.state = FAILING
-    rh = RingHash(rng=random.Random(0))
-    rh.update(eps)
+    eps, rh = _all_failing_ring(2000)
     eps[17].state = READY
     take_reads(eps)
     for k in range(50):
@@ -73,7 +76,8 @@ def test_the_owner_is_the_walks_owner() -> None:
     rnd = random.Random(11)
     for trial in range(40):
         eps = [OwnCountedEndpoint(Instance(service="s", instance_id=f"t{trial}-{i:03d}",
-                                host="127.0.0.1", port=3000 + i, weight=rnd.randint(1, 4)))
+                                           host="127.0.0.1", port=3000 + i,
+                                           weight=rnd.randint(1, 4)))
                for i in range(rnd.choice((3, 40, 300)))]
         usable_share = rnd.choice((0.0, 0.01, 0.05, 0.3, 1.0))
         for ep in eps:
