@@ -6,7 +6,6 @@ by its /64, for callers from the internet (one client owning a /64 cannot spread
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import pytest
@@ -20,23 +19,9 @@ from meshkit.resilience.ratelimit import (
     by_peer,
     by_peer_network,
 )
+from tests.support.ratelimit import PeerContext, admitted
 
 _METHOD = "/s.A/M"
-
-
-class _Ctx:
-    """What the key functions read of a servicer context."""
-
-    def __init__(self, peer: str = "ipv4:10.0.0.7:5000",
-                 md: tuple[tuple[str, str], ...] = ()) -> None:
-        self._peer = peer
-        self._md = md
-
-    def peer(self) -> str:
-        return self._peer
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._md
 
 
 # (peer, by_peer's key, by_peer_network()'s key)
@@ -59,7 +44,7 @@ def test_by_peer_keys_addresses_whole_and_by_peer_network_global_ipv6_by_its_64(
         peer: str, whole: str, network: str) -> None:
     """by_peer (and by_identity's fallback) keys every address whole; by_peer_network()
     a global IPv6 one by its /64, the others as by_peer."""
-    ctx: Any = _Ctx(peer)
+    ctx: Any = PeerContext(peer)
     assert by_peer(_METHOD, ctx) == whole
     assert by_peer(_METHOD, ctx) == whole  # from the cache too
     assert by_identity(_METHOD, ctx) == whole
@@ -69,7 +54,7 @@ def test_by_peer_keys_addresses_whole_and_by_peer_network_global_ipv6_by_its_64(
 
 
 def test_by_peer_network_takes_a_prefix_length_and_refuses_bad_ones() -> None:
-    ctx: Any = _Ctx("ipv6:[2001:db8:1:2:3:4:5:6]:1")
+    ctx: Any = PeerContext("ipv6:[2001:db8:1:2:3:4:5:6]:1")
     assert by_peer_network(ipv6_prefix_len=48)(_METHOD, ctx) == "2001:db8:1::/48"
     assert by_peer_network(ipv6_prefix_len=128)(_METHOD, ctx) == "2001:db8:1:2:3:4:5:6"
     assert exported is by_peer_network
@@ -79,15 +64,6 @@ def test_by_peer_network_takes_a_prefix_length_and_refuses_bad_ones() -> None:
         assert repr(bad) in str(info.value)
 
 
-def _admitted(before: Any, peer: str) -> bool:
-    got = before(_Ctx(peer))
-    if got is None:
-        return True
-    assert inspect.iscoroutine(got)
-    got.close()
-    return False
-
-
 def test_the_default_key_gives_each_address_of_a_64_its_own_budget() -> None:
     """Pods of one cloud subnet (global addresses of one /64) each have a budget of their
     own under the interceptor's inline default key."""
@@ -95,7 +71,7 @@ def test_the_default_key_gives_each_address_of_a_64_its_own_budget() -> None:
     before = icpt._before_for(_METHOD)
     assert before is not None
     peers = ["ipv6:[2001:db8:5::1]:1", "ipv6:[2001:db8:5::1]:2", "ipv6:[2001:db8:5::2]:1"]
-    assert [_admitted(before, p) for p in peers] == [True, False, True]
+    assert [admitted(before, p) for p in peers] == [True, False, True]
 
 
 def test_one_64_shares_one_budget_under_by_peer_network() -> None:
@@ -107,4 +83,4 @@ def test_one_64_shares_one_budget_under_by_peer_network() -> None:
     assert before is not None
     peers = ["ipv6:[2001:db8:5::1]:1", "ipv6:[2001:db8:5::2]:1", "ipv6:[2001:db8:5::3]:1",
              "ipv6:[2001:db8:6::1]:1"]
-    assert [_admitted(before, p) for p in peers] == [True, True, False, True]
+    assert [admitted(before, p) for p in peers] == [True, True, False, True]

@@ -14,27 +14,12 @@ by the opt-in ``by_peer_network()``, and a ULA one not even there.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
 import pytest
 
 from meshkit.resilience.ratelimit import RateLimitInterceptor, RateLimitOptions, by_peer
+from tests.support.ratelimit import PeerContext, admitted
 
 _METHOD = "/s.A/M"
-
-
-class _Ctx:
-    """What the key functions read of a servicer context."""
-
-    def __init__(self, peer: str) -> None:
-        self._peer = peer
-
-    def peer(self) -> str:
-        return self._peer
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
 
 
 _CASES = [
@@ -49,16 +34,7 @@ _CASES = [
 def test_a_unique_local_caller_keeps_its_address(peer: str, key: str) -> None:
     """A ULA caller is keyed by its full address (by_peer keys every address whole; only
     by_peer_network() keys a global one by its /64)."""
-    assert by_peer(_METHOD, _Ctx(peer)) == key  # type: ignore[arg-type]
-
-
-def _admitted(before: Any, peer: str) -> bool:
-    got = before(_Ctx(peer))
-    if got is None:
-        return True
-    assert inspect.iscoroutine(got)
-    got.close()
-    return False
+    assert by_peer(_METHOD, PeerContext(peer)) == key  # type: ignore[arg-type]
 
 
 def test_two_pods_of_one_ula_64_have_their_own_budgets() -> None:
@@ -69,4 +45,4 @@ def test_two_pods_of_one_ula_64_have_their_own_budgets() -> None:
     before = icpt._before_for(_METHOD)
     assert before is not None
     peers = ["ipv6:[fd00::a:1]:1", "ipv6:[fd00::a:1]:2", "ipv6:[fd00::b:2]:1"]
-    assert [_admitted(before, p) for p in peers] == [True, False, True]
+    assert [admitted(before, p) for p in peers] == [True, False, True]

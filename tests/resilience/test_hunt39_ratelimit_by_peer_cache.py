@@ -11,16 +11,9 @@ import pytest
 from meshkit.resilience import ratelimit
 from meshkit.resilience._ratelimit_policy import peer_host
 from meshkit.resilience.ratelimit import by_identity, by_peer
+from tests.support.ratelimit import PeerContext
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class _Ctx:
-    def __init__(self, peer: str) -> None:
-        self._peer = peer
-
-    def peer(self) -> str:
-        return self._peer
 
 
 PEERS = ["ipv4:10.0.0.7:51234", "ipv6:%5B::1%5D:51234", "ipv6:[::1]:4",
@@ -29,7 +22,7 @@ PEERS = ["ipv4:10.0.0.7:51234", "ipv6:%5B::1%5D:51234", "ipv6:[::1]:4",
 
 @pytest.mark.parametrize("peer", PEERS, ids=range(len(PEERS)))
 def test_the_same_key_as_parsing_each_call(peer: str) -> None:
-    ctx: Any = _Ctx(peer)
+    ctx: Any = PeerContext(peer)
     want = peer_host(peer)
     assert [by_peer("/s/M", ctx) for _ in range(3)] == [want] * 3
     assert by_identity("/s/M", ctx) == want  # no claims, no peer identity: the address
@@ -39,5 +32,5 @@ def test_bounded_under_many_connections() -> None:
     n = ratelimit._MAX_PEER_HOSTS + 50
     for i in range(n):
         peer = f"ipv4:10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:{1000 + i % 50000}"
-        assert by_peer("/s/M", _Ctx(peer)) == peer_host(peer)  # type: ignore[arg-type]
+        assert by_peer("/s/M", PeerContext(peer)) == peer_host(peer)  # type: ignore[arg-type]
         assert len(ratelimit._PEER_HOSTS) <= ratelimit._MAX_PEER_HOSTS

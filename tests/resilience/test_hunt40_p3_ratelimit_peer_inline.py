@@ -4,7 +4,6 @@ as ``by_peer`` gives, the same budgets; another key function is called as before
 
 from __future__ import annotations
 
-import inspect
 import sys
 from types import FrameType
 from typing import Any
@@ -14,18 +13,9 @@ import pytest
 from meshkit.resilience import RateLimitInterceptor, RateLimitOptions, ratelimit
 from meshkit.resilience._ratelimit_policy import peer_host
 from meshkit.resilience.ratelimit import by_peer
+from tests.support.ratelimit import PeerContext, admitted
 
 _METHOD = "/s.A/M"
-
-
-class _Ctx:
-    """A servicer context's peer(), the only thing the check reads of it."""
-
-    def __init__(self, peer: Any) -> None:
-        self._peer = peer
-
-    def peer(self) -> Any:
-        return self._peer
 
 
 def _before(**options: Any) -> Any:
@@ -33,16 +23,6 @@ def _before(**options: Any) -> Any:
     before = icpt._before_for(_METHOD)
     assert before is not None
     return before
-
-
-def _admitted(before: Any, peer: Any) -> bool:
-    """Whether a call from ``peer`` is admitted (a refusal's awaitable closed unrun)."""
-    got = before(_Ctx(peer))
-    if got is None:
-        return True
-    assert inspect.iscoroutine(got)
-    got.close()
-    return False
 
 
 @pytest.mark.parametrize("given", [False, True])
@@ -58,7 +38,7 @@ def test_the_default_key_is_read_without_by_peers_frame(given: bool) -> None:
         names.clear()
         sys.setprofile(profile)
         try:
-            assert _admitted(before, peer)
+            assert admitted(before, peer)
         finally:
             sys.setprofile(None)
         assert "by_peer" not in names and "before_now" not in names, names
@@ -76,14 +56,14 @@ def test_budgets_are_the_hosts_as_by_peer_keys_them(first: str, same: str, other
     """Two connections of one host share its budget; another host has its own; the key
     kept for a peer is by_peer's."""
     before = _before()
-    assert [_admitted(before, p) for p in (first, same, same, other)] == [
+    assert [admitted(before, p) for p in (first, same, same, other)] == [
         True,
         True,
         False,
         True,
     ]
     for peer in (first, same, other):
-        assert ratelimit._PEER_HOSTS[peer] == peer_host(peer) == by_peer(_METHOD, _Ctx(peer))
+        assert ratelimit._PEER_HOSTS[peer] == peer_host(peer) == by_peer(_METHOD, PeerContext(peer))
 
 
 def test_a_full_peer_cache_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,7 +72,7 @@ def test_a_full_peer_cache_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ratelimit, "_PEER_HOSTS", {})
     before = _before()
     for i in range(7):
-        assert _admitted(before, f"ipv4:10.0.1.{i}:5000")
+        assert admitted(before, f"ipv4:10.0.1.{i}:5000")
         assert len(ratelimit._PEER_HOSTS) <= 3
 
 
@@ -106,7 +86,7 @@ def test_another_key_function_is_called_and_checked() -> None:
         return "alice"
 
     before = _before(key=by_user)
-    assert [_admitted(before, p) for p in ("ipv4:1.1.1.1:1", "ipv4:2.2.2.2:2", "x")] == [
+    assert [admitted(before, p) for p in ("ipv4:1.1.1.1:1", "ipv4:2.2.2.2:2", "x")] == [
         True,
         True,
         False,
@@ -114,4 +94,4 @@ def test_another_key_function_is_called_and_checked() -> None:
     assert seen == [_METHOD] * 3
     bad = _before(key=lambda method, context: 42)
     with pytest.raises(TypeError, match="returned int 42, not a caller key"):
-        bad(_Ctx("ipv4:1.1.1.1:1"))
+        bad(PeerContext("ipv4:1.1.1.1:1"))

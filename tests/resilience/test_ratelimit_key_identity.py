@@ -19,18 +19,9 @@ from meshkit.auth import Claims
 from meshkit.auth._context import _claims, _peer
 from meshkit.auth._identity import PeerIdentity
 from meshkit.resilience.ratelimit import by_identity
+from tests.support.ratelimit import PeerContext
 
 METHOD = "/p.S/M"
-
-
-class _Context:
-    """The one thing by_identity reads of a servicer context: the peer."""
-
-    def __init__(self, peer: str) -> None:
-        self._peer = peer
-
-    def peer(self) -> str:
-        return self._peer
 
 
 def _key(subject: Any, spiffe_id: str | None, address: str) -> str:
@@ -39,7 +30,7 @@ def _key(subject: Any, spiffe_id: str | None, address: str) -> str:
                            expires_at=0.0))
         if spiffe_id is not None:
             _peer.set(PeerIdentity(spiffe_id, "td", spiffe_id.rpartition("/")[2]))
-        return by_identity(METHOD, _Context(address))  # type: ignore[arg-type]
+        return by_identity(METHOD, PeerContext(address))  # type: ignore[arg-type]
 
     return contextvars.Context().run(run)
 
