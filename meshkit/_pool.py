@@ -308,6 +308,10 @@ class EndpointPool:
         # endpoints whose sub-channel is left IDLE (its connection closed while unused)
         # until a call needs one: connect_idle
         self._idle: set[str] = set()
+        # when (time.perf_counter()) each endpoint's connection last ended or was
+        # replaced, by key: a draining refusal from before then says nothing of the
+        # connection now (leaving); written on a change of connectivity, not per call
+        self._ended_at: dict[str, float] = {}
         # the sub-channels rebuild() made for READY endpoints and still connecting, by
         # endpoint key, with the task that puts each in use once it is READY
         # (_connect_then_use); meanwhile calls go over the established connection
@@ -621,6 +625,7 @@ class EndpointPool:
         if self._pending:
             self._drop_pending(ep.key, ep)
         self._idle.discard(ep.key)
+        self._ended_at.pop(ep.key, None)
         # kept (its counters go on if it comes back), last in the order of forgetting
         self.history[ep.key] = self.history.pop(ep.key, ep)
         conn = self.conns.pop(ep.key)
@@ -821,6 +826,7 @@ class EndpointPool:
             self._track_state(ep, connect=key not in self._idle))
         self._replaced.setdefault(key, set()).add(old)
         connection_ended(ep)  # new attempts go over a new connection
+        self._ended_at[key] = time.perf_counter()
         self._drain(old, ep, math.inf).add_done_callback(
             functools.partial(self._forget_replaced, key, old))
 
@@ -926,6 +932,7 @@ class EndpointPool:
                 return
             if last is _READY_CONN:  # (READY again: a new connection made meanwhile)
                 connection_ended(ep)  # a draining refusal seen before proves no more
+                self._ended_at[key] = time.perf_counter()  # (see leaving)
             if last is _READY_CONN and state is not _READY_CONN:  # the connection ended
                 used, calls = ep.calls != calls or ep.in_flight > 0, ep.calls
                 if state is _IDLE_CONN and not used:
@@ -1009,6 +1016,40 @@ class EndpointPool:
         if ep.state is not state and self.endpoints.get(ep.key) is ep:
             ep.state = state
             self.notify()
+
+    def leaving(self, ep: Endpoint, started: float | None = None) -> None:
+        """A draining server refused a call on ``ep`` (``UNAVAILABLE`` "server draining"
+        with ``meshkit-nack: 1``, :func:`~meshkit.resilience._retry.draining_refusal`):
+        its server is leaving for good, as a GOAWAY says, so the endpoint is taken out of
+        picking at once (``FAILING``: no balancer, outlier ejection's panic routing
+        included, sends a call there) for its current connection. Nothing else would:
+        its sub-channel stays ``READY`` through the server's refusal phase, P2C's failure
+        penalty (``overload_penalty_s``, 0.25 s) is less than a loaded endpoint's cost,
+        and outlier ejection's cap (``max_ejection_percent``) may forbid ejecting it, so
+        calls went on to the draining server until its stop cancelled those grpc had
+        accepted but not yet run (``CANCELLED``, never retried).
+
+        It comes back as :meth:`_track_state` reads its sub-channel: that state is set
+        on the sub-channel's next change only, which the refusal phase does not make (the
+        old connection stays ``READY``); the server's stop ends the connection, and a new
+        ``READY`` (a server restarted at the address, a rebuilt sub-channel) puts the
+        endpoint back in rotation, as does a new :class:`Endpoint` for a later discovery
+        answer that lists the instance again after it left.
+
+        ``started``: the attempt's ``time.perf_counter()`` start (or a later reading),
+        ``None`` when not known. Ignored (nothing changes) when ``ep`` is not ``READY``
+        (the pool already saw its connection change), has left the pool, or its
+        connection ended or was replaced at or after ``started`` (the refusal came over
+        the one before). Residual risk without ``started``: a refusal read after the
+        endpoint reconnected to a new server at its address keeps it out until that
+        connection changes (a reconnect within the loop turns between the refusal's
+        arrival and its reading). The failure path only; raises nothing."""
+        if ep.state is not EndpointState.READY or self.endpoints.get(ep.key) is not ep:
+            return
+        if started is not None and self._ended_at.get(ep.key, -math.inf) >= started:
+            return
+        ep.state = EndpointState.FAILING
+        self.notify()
 
     @property
     def by_state(self) -> StateIndex:

@@ -1488,7 +1488,7 @@ class MeshChannel(grpc.aio.Channel):
                     done(_attempt_outcome(exc), _perf() - t0)
                     if code is not _UNAVAILABLE:
                         raise
-                    unsent = self._unavailable(ep, exc)
+                    unsent = self._unavailable(ep, exc, t0)
                     if unsent is None:
                         raise
                     if not details.wait_for_ready:
@@ -1571,7 +1571,7 @@ class MeshChannel(grpc.aio.Channel):
                 ep.failures += 1
                 done(_attempt_outcome(exc), _perf() - t0)
                 if code is _UNAVAILABLE:
-                    unsent = self._unavailable(ep, exc)
+                    unsent = self._unavailable(ep, exc, t0)
                     if unsent is not None:
                         raise unsent from exc
                     raise
@@ -1760,7 +1760,8 @@ class MeshChannel(grpc.aio.Channel):
                 raise
             done(_attempt_outcome(exc), upload.latency())
             if code is _UNAVAILABLE:
-                unsent = self._unavailable(ep, exc)
+                # (a reading after the attempt's launch: see EndpointPool.leaving)
+                unsent = self._unavailable(ep, exc, upload.sent_at)
                 if unsent is not None:
                     raise unsent from exc
             raise
@@ -1851,10 +1852,15 @@ class MeshChannel(grpc.aio.Channel):
             return None
         return state
 
-    def _unavailable(self, ep: Endpoint, exc: AioRpcError) -> ConnectFailedError | None:
+    def _unavailable(self, ep: Endpoint, exc: AioRpcError,
+                     started: float | None = None) -> ConnectFailedError | None:
         """The failure path of a unary-response attempt on ``ep`` that ended
-        ``UNAVAILABLE`` (``exc``), after its outcome was reported: when grpc failed it
-        because the endpoint's sub-channel could not connect
+        ``UNAVAILABLE`` (``exc``), after its outcome was reported. A draining server's
+        refusal (:func:`~meshkit.resilience._retry.draining_refusal`) takes ``ep`` out of
+        picking for its current connection (:meth:`~meshkit._pool.EndpointPool.leaving`,
+        ``started``: the attempt's ``perf_counter()`` start or a later reading, ``None``
+        when not known), and ``None`` is returned (the nack is retried as it is). When
+        grpc failed it because the endpoint's sub-channel could not connect
         (:func:`~meshkit.resilience._retry.never_connected`, with the sub-channel's
         connectivity read now), the endpoint takes that state at once (the pool's own
         tracking hears of it a moment later, and meanwhile more calls were picked onto an
@@ -1866,7 +1872,11 @@ class MeshChannel(grpc.aio.Channel):
         details = exc.details()
         trailers = exc.trailing_metadata()
         pool = self._pool
-        if trailers or details is None or pool.endpoints.get(ep.key) is not ep:
+        if trailers:
+            if draining_refusal(_UNAVAILABLE, details, trailers):
+                pool.leaving(ep, started)
+            return None
+        if details is None or pool.endpoints.get(ep.key) is not ep:
             return None
         state = self._sub_channel_state(ep)
         if state is None:
@@ -1895,7 +1905,7 @@ class MeshChannel(grpc.aio.Channel):
             def finished(c: Any) -> None:
                 ep.in_flight -= 1
                 self._pool.spawn_in_own_loop(_report_stream(
-                    c, ep, done, details, self._storage_refusals))
+                    c, ep, done, details, self._storage_refusals, self._pool))
         else:  # the balancer hears of the stream's first response (_stream_answered)
             answering = self._answering
             answering[call] = responded
@@ -1904,7 +1914,7 @@ class MeshChannel(grpc.aio.Channel):
                 ep.in_flight -= 1
                 answering.pop(c, None)
                 self._pool.spawn_in_own_loop(_report_stream(
-                    c, ep, done, details, self._storage_refusals))
+                    c, ep, done, details, self._storage_refusals, self._pool))
 
         # held while a bidi attempt's end is (_request_stream_ended)
         add_end_callback(call, finished)
@@ -2372,7 +2382,8 @@ async def _watch_certificates(me: weakref.ref[MeshChannel], interval_s: float) -
 
 
 async def _report_stream(call: Any, ep: Endpoint, done: Any,
-                         details: ClientCallDetails, refusals: _StorageRefusals) -> None:
+                         details: ClientCallDetails, refusals: _StorageRefusals,
+                         pool: EndpointPool | None = None) -> None:
     # no latency sample (a negative one, see balancer.Done): a stream's lifetime is no
     # round-trip time, and one long, healthy stream would make P2C's peak EWMA read its
     # endpoint as that slow; failures still carry P2C's overload penalty
@@ -2420,7 +2431,8 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
         return
     if code is not _OK:
         ep.failures += 1
-        if (code is _UNAVAILABLE or code is _EXHAUSTED) and await _stream_shed(call, code):
+        if (code is _UNAVAILABLE or code is _EXHAUSTED) and await _stream_shed(
+                call, code, ep, pool):
             code = _EXHAUSTED  # refused before any of it ran: overload, as a unary attempt's
         elif code is _UNIMPLEMENTED and (refusal := await _stream_not_served(call)):
             # its server serves no such method: another service's, when another endpoint
@@ -2509,18 +2521,26 @@ async def _stream_not_served(call: Any) -> str | None:
     return None
 
 
-async def _stream_shed(call: Any, code: grpc.StatusCode) -> bool:
+async def _stream_shed(call: Any, code: grpc.StatusCode, ep: Endpoint | None = None,
+                       pool: EndpointPool | None = None) -> bool:
     """Whether a stream that ended ``code`` was refused before any of it ran for overload
     (a nack, see :func:`~meshkit.resilience.is_nack`): reset with ``REFUSED_STREAM``, or a
     meshkit server's "server busy" with ``meshkit-nack: 1``. A draining server's refusal
     (:func:`~meshkit.resilience._retry.draining_refusal`) is a nack but no overload: its
-    endpoint is leaving, reported ``UNAVAILABLE``."""
+    endpoint is leaving, reported ``UNAVAILABLE``, and taken out of ``pool``'s picking
+    for its current connection (:meth:`~meshkit._pool.EndpointPool.leaving`, the
+    attempt's start not known here) when ``ep`` and ``pool`` are given."""
     try:
         details, trailers = await call.details(), await call.trailing_metadata()
     except Exception:  # a call object without them: no nack seen
         return False
-    return (nacked_status(code, details, trailers)
-            and not draining_refusal(code, details, trailers))
+    if not nacked_status(code, details, trailers):
+        return False
+    if draining_refusal(code, details, trailers):
+        if ep is not None and pool is not None:
+            pool.leaving(ep)
+        return False
+    return True
 
 
 class _Upload:
