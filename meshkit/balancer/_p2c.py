@@ -188,9 +188,15 @@ class _SampledMean:
 
     Nothing asks for the prior while every endpoint has a sample, so the sum is kept only
     while one has none (``missing``): a stat's ``mean`` is this object then, else
-    ``None``, and the done callback of a sampled endpoint costs one test otherwise."""
+    ``None``, and the done callback of a sampled endpoint costs one test otherwise.
+    An endpoint back from an ejection (:meth:`P2C.restore`) while every other one has a
+    sample makes the sum *stale* instead (only the endpoints without a sample point
+    here): it is made (O(n)) at the first read of the prior, which a probe's sample
+    handed over at once (:meth:`P2C.observe`) spares, so that a storm of returns costs
+    O(1) each."""
 
-    __slots__ = ("count", "decay_s", "default_rtt_s", "missing", "origin", "stats", "total")
+    __slots__ = ("count", "decay_s", "default_rtt_s", "missing", "origin", "stale", "stats",
+                 "total")
 
     def __init__(self, opts: P2COptions) -> None:
         self.decay_s = opts.decay_s
@@ -200,11 +206,15 @@ class _SampledMean:
         self.total = 0.0
         self.count = 0  # endpoints with a sample
         self.missing = 0  # endpoints without one
+        # the sum is not kept (made at the next read): only those without a sample point
+        # here (`missing` of them)
+        self.stale = False
 
     def reset(self, stats: dict[str, _Stat], now: float) -> None:
         """Recompute the sum over ``stats`` with its origin at ``now`` (O(n))."""
         self.stats = stats
         self.origin = now
+        self.stale = False
         sampled = [st for st in stats.values() if st.rtt_s >= 0]
         self.count = len(sampled)
         self.missing = len(stats) - len(sampled)
@@ -219,6 +229,12 @@ class _SampledMean:
 
     def sampled(self, st: _Stat, now: float, first: bool) -> None:
         """``st``'s estimate changed at ``now`` (its first sample when ``first``)."""
+        if self.stale:  # (only those without a sample point here: `first`)
+            st.mean = None
+            self.missing -= 1
+            if not self.missing:
+                self.stale = False  # every endpoint sampled: nothing asks for the prior
+            return
         dt = now - self.origin
         if dt > _HORIZON * self.decay_s:
             self.reset(self.stats, now)
@@ -238,6 +254,8 @@ class _SampledMean:
 
     def at(self, now: float) -> float:
         """The mean decayed to ``now``, else ``default_rtt_s`` with no endpoint sampled."""
+        if self.stale:
+            self.reset(self.stats, now)
         if not self.count:
             return self.default_rtt_s
         dt = now - self.origin
@@ -532,6 +550,100 @@ class P2C:
         self._by_state.track(self._eps)
         self._ramps_until = -math.inf  # _ramps: made afresh
         if self._by_state.count(_READY):  # (READY when added: no _moved)
+            self._by_state.served = True
+
+    def remove(self, ep: Endpoint) -> None:
+        """Take ``ep`` out of the list, as :meth:`update` with the list without it would
+        (the optional ``remove`` of :class:`~meshkit.balancer.Balancer`:
+        :class:`~meshkit.balancer.EjectingBalancer` hands an ejected endpoint over so):
+        its statistics leave (kept aside while calls sent to it are out, as
+        :meth:`update` keeps them), the others' stay. O(1) but for a copy of the list
+        (in C), not :meth:`update`'s O(n) (5.3 ms at 4,000 endpoints, every ejection of
+        a storm); O(n) only when it was the last endpoint with no latency sample (the
+        prior's running sum is dropped, as a first sample drops it). An endpoint not in
+        the list is ignored.
+
+        Args:
+            ep: the endpoint to take out (the object in the list)."""
+        eps = self._eps
+        stats = self._stats
+        st = stats.get(ep.key)
+        if st is None or ep not in self._by_state:
+            return
+        if len(stats) != len(eps):  # a key listed twice: as update does it
+            self.update([e for e in eps if e is not ep])
+            return
+        i = eps.index(ep)
+        self._eps = eps[:i] + eps[i + 1:]
+        del stats[ep.key]
+        mean = self._mean
+        if st.mean is not None and mean.stale:  # (one without a sample: see _SampledMean)
+            mean.missing -= 1
+            if not mean.missing:
+                mean.stale = False
+        elif st.mean is not None:  # the prior's running sum is kept: take its part out
+            if st.rtt_s >= 0:
+                mean.count -= 1
+                mean.total -= st.share
+            else:
+                mean.missing -= 1
+                if not mean.missing:  # every endpoint left sampled (as _SampledMean)
+                    for other in stats.values():
+                        other.mean = None
+        st.mean = None  # a call that ends after it left must not move the sum
+        if st.pending:
+            self._gone[ep.key] = st  # calls out: counted again if it comes back
+        self._by_state.waiting.pop(ep.key, None)
+        self._by_state.discard(ep)
+        self._ramps_until = -math.inf  # _ramps: made afresh
+
+    def restore(self, ep: Endpoint, at: int) -> None:
+        """Put ``ep`` back in the list at position ``at``, as :meth:`update` with the list
+        so would (the optional ``restore`` of :class:`~meshkit.balancer.Balancer`:
+        :class:`~meshkit.balancer.EjectingBalancer` hands an endpoint back from an
+        ejection so): a newcomer (module docstring: slow start from its return, no
+        estimate from before, the calls it still has out counted). O(1) but for a copy
+        of the list (in C); the prior's running sum, when every other endpoint has a
+        latency sample, is made at the next read of the prior (O(n) then), which a
+        probe's sample (:meth:`observe`) handed over at once spares. An endpoint in the
+        list already is moved there by :meth:`update`.
+
+        Args:
+            ep: the endpoint to put back.
+            at: its index in the new list, 0 to ``len(list)`` (clamped)."""
+        eps = self._eps
+        at = max(0, min(at, len(eps)))
+        stats = self._stats
+        if ep.key in stats or len(stats) != len(eps):  # as update does it
+            rest = [e for e in eps if e is not ep]
+            self.update([*rest[:at], ep, *rest[at:]])
+            return
+        now = self._clock()
+        seeded = self._by_state.served and not self._cold
+        start = now if seeded else now - self._opts.slow_start_s
+        gone = self._gone
+        back = gone.pop(ep.key, None) if gone else None
+        if back is not None and back.address == ep.address and back.pending:
+            st = back  # back with calls out (as update)
+            st.rtt_s = st.floor = st.since = -1.0
+            st.stamp = st.added_at = start
+        else:
+            st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
+        if seeded and self._opts.slow_start_s > 0 and ep.state is not _READY:
+            self._by_state.waiting[ep.key] = st
+        stats[ep.key] = st
+        self._eps = (*eps[:at], ep, *eps[at:])
+        mean = self._mean
+        # one more without a sample: the running sum, kept while one has none, goes on;
+        # else it is made at the next read of the prior (stale: _SampledMean)
+        if not mean.missing:
+            mean.stale = True
+            mean.stats = stats
+        mean.missing += 1
+        st.mean = mean
+        self._by_state.add(ep)
+        self._ramps_until = -math.inf
+        if self._by_state.count(_READY):
             self._by_state.served = True
 
     def observe(self, ep: Endpoint, code: grpc.StatusCode, latency_s: float) -> None:

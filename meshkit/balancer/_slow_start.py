@@ -104,6 +104,25 @@ class SlowStart(StateIndex):
         if self.count(_READY):
             self.served = True
 
+    def removed(self, ep: Endpoint) -> None:
+        """``ep`` left the balancer's list (the rest stays): :meth:`update` with the list
+        without it, in O(1)."""
+        self.ramping.pop(ep.key, None)
+        self.discard(ep)
+
+    def restored(self, ep: Endpoint) -> None:
+        """``ep`` (not in the list) joined it (the rest stays): :meth:`update` with the
+        list with it, in O(1); a newcomer, which ramps unless the first answer is
+        coming in or no member has been READY."""
+        if ep in self:
+            return
+        if self.served and not self.cold:
+            self.ramping[ep.key] = _Ramp(ep.address,
+                                         self.clock() if ep.state is _READY else None)
+        self.add(ep)
+        if self.count(_READY):
+            self.served = True
+
     def _moved(self, ep: Endpoint, old: EndpointState) -> None:
         super()._moved(ep, old)
         if ep._state is _READY and ep in self:

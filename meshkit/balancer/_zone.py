@@ -18,6 +18,7 @@ only the endpoints in rotation), their ejection.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import random
 from collections.abc import Callable, Collection, Sequence
@@ -106,7 +107,8 @@ class ZoneAwareBalancer:
     """
 
     __slots__ = ("_by_state", "_factor", "_local", "_local_all", "_local_eps", "_local_out",
-                 "_local_stream", "_other", "_other_stream", "_rng", "zone")
+                 "_local_stream", "_other", "_other_eps", "_other_stream", "_rank", "_rng",
+                 "zone")
 
     def __init__(self, zone: str, inner: Callable[[], Balancer] = P2C, *,
                  overprovisioning_factor: float = 1.4,
@@ -127,6 +129,10 @@ class ZoneAwareBalancer:
         self._local = inner()
         self._other = inner()
         self._local_eps: tuple[Endpoint, ...] = ()
+        self._other_eps: tuple[Endpoint, ...] = ()
+        # each endpoint's place in the last census (its order is every later list's):
+        # where restore puts an endpoint back in its zone group
+        self._rank: dict[str, int] = {}
         # the local endpoints of the last census (ejected ones included; None: no census,
         # a balancer used without outlier ejection), and how many of them update left
         # out (ejected: unhealthy in the spillover share)
@@ -171,6 +177,7 @@ class ZoneAwareBalancer:
             endpoints: every endpoint, ejected or not."""
         local, other = self._split(endpoints)
         self._local_all = frozenset(ep.key for ep in local)
+        self._rank = {ep.key: i for i, ep in enumerate(endpoints)}
         for inner, group in ((self._local, local), (self._other, other)):
             hook = getattr(inner, "census", None)
             if hook is not None:
@@ -199,10 +206,88 @@ class ZoneAwareBalancer:
         self._local.update(local)
         self._other.update(other)
         self._local_eps = tuple(local)
+        self._other_eps = tuple(other)
         self._by_state.track(local)
         known = self._local_all
         self._local_out = (0 if known is None else
                            max(0, len(known) - sum(1 for ep in local if ep.key in known)))
+
+    def remove(self, ep: Endpoint) -> None:
+        """Take ``ep`` out of the list, as :meth:`update` with the list without it would
+        (the optional ``remove`` of :class:`~meshkit.balancer.Balancer`:
+        :class:`~meshkit.balancer.EjectingBalancer` hands an ejected endpoint over so):
+        its zone group's balancer is handed it (its own ``remove``, else an ``update``
+        of the group), and a local endpoint of the last :meth:`census` counts as
+        ejected (unhealthy) in the spillover share. O(1) but for copies of the group's
+        list (in C) and the inner balancer's own. An endpoint not in the list is
+        ignored.
+
+        Args:
+            ep: the endpoint to take out (the object in the list)."""
+        local = ep.instance.meta.get("zone") == self.zone
+        eps = self._local_eps if local else self._other_eps
+        try:
+            i = eps.index(ep)
+        except ValueError:
+            return
+        rest = eps[:i] + eps[i + 1:]
+        inner = self._local if local else self._other
+        hook = getattr(inner, "remove", None)
+        if ep in rest or hook is None:  # (listed twice, or no hook: the group's update)
+            self.update([e for e in (*self._local_eps, *self._other_eps) if e is not ep])
+            return
+        hook(ep)
+        if local:
+            self._local_eps = rest
+            self._by_state.discard(ep)
+            known = self._local_all
+            if known is not None and ep.key in known:
+                self._local_out += 1
+        else:
+            self._other_eps = rest
+
+    def restore(self, ep: Endpoint, at: int) -> None:
+        """Put ``ep`` back in the list, as :meth:`update` with the list with it would
+        (the optional ``restore`` of :class:`~meshkit.balancer.Balancer`:
+        :class:`~meshkit.balancer.EjectingBalancer` hands an endpoint back from an
+        ejection so): its zone group's balancer is handed it at its place in the
+        group, the order of the last :meth:`census` (its own ``restore``, else an
+        ``update`` of the group). Without a census that orders it (a balancer used
+        alone), or with the endpoint in the list already, it is put at ``at`` by
+        :meth:`update`. O(log n) but for copies of the group's list (in C) and the
+        inner balancer's own.
+
+        Args:
+            ep: the endpoint to put back.
+            at: its index in the new list (the zone groups together), 0 to
+                ``len(list)``."""
+        local = ep.instance.meta.get("zone") == self.zone
+        eps = self._local_eps if local else self._other_eps
+        inner = self._local if local else self._other
+        hook = getattr(inner, "restore", None)
+        rank = self._rank
+        j = -1
+        if ep.key in rank and ep not in eps:
+            try:
+                j = bisect.bisect_left(eps, rank[ep.key], key=lambda e: rank[e.key])
+            except KeyError:  # (one listed after the census: its order is unknown)
+                j = -1
+        if j < 0 or hook is None:
+            rest = [e for e in (*self._local_eps, *self._other_eps) if e is not ep]
+            if ep.key in rank and all(e.key in rank for e in rest):  # the census's order
+                self.update(sorted([*rest, ep], key=lambda e: rank[e.key]))
+            else:
+                self.update([*rest[:at], ep, *rest[at:]])
+            return
+        hook(ep, j)
+        if local:
+            self._local_eps = (*eps[:j], ep, *eps[j:])
+            self._by_state.add(ep)
+            known = self._local_all
+            if known is not None and ep.key in known:
+                self._local_out = max(0, self._local_out - 1)
+        else:
+            self._other_eps = (*eps[:j], ep, *eps[j:])
 
     def _split(self, endpoints: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
         """``endpoints`` split into the local zone's and the others', in order."""
