@@ -135,6 +135,9 @@ _FAILING = EndpointState.FAILING
 _READY = EndpointState.READY
 _IDLE = EndpointState.IDLE
 _NEVER = float("inf")
+# _next_expiry while the inner balancer's list is behind (_moved): the next pick's test
+# for a due probe holds, and brings it up to date first (_take_probe)
+_STALE = -_NEVER
 # the most likely an endpoint as good as its peers fails its whole window and run: beyond
 # it, an endpoint failing every call is ejected beyond max_ejection_percent
 _BROKEN_ODDS = 1e-6
@@ -265,7 +268,7 @@ class EjectingBalancer:
     __slots__ = ("_all", "_cap", "_census", "_clock", "_ejected", "_ejected_by_state",
                  "_health", "_inner", "_lean_ok", "_max_times", "_next_expiry", "_observe",
                  "_ok_fails", "_on_change", "_on_probe_free", "_opts", "_pos",
-                 "_rate_interval_s", "_recheck_at", "_remove", "_restore", "_turn",
+                 "_rate_interval_s", "_recheck_at", "_remove", "_restore", "_stale", "_turn",
                  "_waiting", "ejections", "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
@@ -323,6 +326,9 @@ class EjectingBalancer:
         # the usable ones, not every ejected endpoint's state
         self._ejected_by_state = StateIndex()
         self._next_expiry = _NEVER  # (pick tests for this object: nothing ejected)
+        # the inner balancer (one without remove/restore) still has the list in rotation
+        # of before the last ejections or returns: updated at the next pick (_moved)
+        self._stale = False
         # due probes waiting for their connection (FAILING), looked at one a pick (in
         # turn) until _recheck_at, the next time something else falls due (_take_probe);
         # () when not known (_schedule)
@@ -334,7 +340,9 @@ class EjectingBalancer:
 
     @property
     def inner(self) -> Balancer:
-        """The wrapped balancer."""
+        """The wrapped balancer (with the endpoints in rotation now)."""
+        if self._stale:
+            self._sync()
         return self._inner
 
     def cold_start(self, on: bool) -> None:
@@ -378,6 +386,7 @@ class EjectingBalancer:
     def _sync(self) -> None:
         """Give the inner balancer the endpoints in rotation (all of them, ``update``),
         list the ejected ones afresh, and schedule probes. O(n)."""
+        self._stale = False
         health = self._health
         self._inner.update([ep for ep in self._all if health[ep.key].ejected_until is None])
         self._ejected = tuple(ep for ep in self._all
@@ -391,12 +400,17 @@ class EjectingBalancer:
         list in rotation), where it has both, so that a storm of ejections costs
         O(ejected) each (a copy of the ejected tuple, in C) and the inner balancer's
         own, not a full ``update`` of every endpoint in rotation (5-8 ms each at 4,000
-        endpoints: seconds of event-loop stall for 2,000 ejections); else :meth:`_sync`.
+        endpoints: seconds of event-loop stall for 2,000 ejections). An inner balancer
+        without them (:class:`~meshkit.balancer.WeightedRoundRobin`,
+        :class:`~meshkit.balancer.RingHash`, whose schedule or ring is remade whole) gets
+        its ``update`` at the next pick (or :meth:`next_probe_in_s`, :attr:`inner`, a
+        probe's ``observe``), once for every ejection and return since: a storm between
+        two picks costs one update, not one each; no pick sees an ejected endpoint.
         """
         pos = self._pos
         remove, restore = self._remove, self._restore
         i = pos.get(ep.key) if pos is not None else None
-        if pos is None or i is None or remove is None or restore is None:
+        if pos is None or i is None:
             self._sync()
             return
         ep = self._all[i]  # (the listed object: an update may have replaced an equal one)
@@ -409,14 +423,20 @@ class EjectingBalancer:
                 return
             self._ejected = (*ejected[:j], ep, *ejected[j:])
             self._ejected_by_state.add(ep)
-            remove(ep)
+            if remove is None or restore is None:
+                self._stale = True
+            else:
+                remove(ep)
         else:
             if j >= len(ejected) or ejected[j] is not ep:  # (not out: nothing moves)
                 self._schedule()
                 return
             self._ejected = (*ejected[:j], *ejected[j + 1:])
             self._ejected_by_state.discard(ep)
-            restore(ep, i - j)
+            if remove is None or restore is None:
+                self._stale = True
+            else:
+                restore(ep, i - j)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -430,7 +450,7 @@ class EjectingBalancer:
             t = h.probe_until if h.probing else h.ejected_until
             if t is not None and t < nxt:
                 nxt = t
-        self._next_expiry = nxt
+        self._next_expiry = _STALE if self._stale else nxt
         self._waiting = ()  # _take_probe looks at every ejected endpoint again
 
     def _out(self, key: str) -> bool:
@@ -444,6 +464,8 @@ class EjectingBalancer:
         ``None`` when none will: how long a call waiting for an endpoint
         (``wait_for_ready``) sleeps at most before it looks again, since nothing else
         wakes it when an ejection ends."""
+        if self._stale:
+            self._sync()
         if self._next_expiry == _NEVER:
             return None
         return max(0.0, self._next_expiry - self._clock())
@@ -474,6 +496,8 @@ class EjectingBalancer:
                     if (self._observe is not None and h.ejected_until is None
                             and self._health.get(ep.key) is h):
                         # back in rotation: the probe is its first latency sample
+                        if self._stale:
+                            self._sync()
                         self._observe(ep, code, latency_s)
 
                 return ep, probe_done
@@ -573,7 +597,13 @@ class EjectingBalancer:
         still registered), nothing tells the balancer when one recovers, so picks keep
         asking; each then looks at one of them, in turn, until something else falls due
         (an ejection's end, a stream probe's bound): O(1) a pick, not O(ejected), and a
-        recovered one is probed within as many picks as endpoints wait."""
+        recovered one is probed within as many picks as endpoints wait. An inner balancer
+        behind on the ejections and returns since the last pick is brought up to date
+        first (:meth:`_moved`)."""
+        if self._stale:
+            self._sync()
+            if not self._next_expiry <= self._clock():
+                return None
         now = self._clock()
         waiting = self._waiting
         if waiting and now < self._recheck_at:
