@@ -97,6 +97,13 @@ _CONNECTIVITY = {
 
 
 _TRACKERS_END_S = 0.25
+LEAVING_HOLD_S = 10.0
+"""Seconds an endpoint a draining refusal took out of picking (:meth:`EndpointPool.leaving`)
+stays out when its connection goes on meanwhile: a meshkit server's stop follows its
+refusal phase (0.5 s at most) and ends the connection long before, so only a connection
+that outlives such a refusal (an L7 proxy passing one drained backend's answer through, a
+server of another make refusing so and serving on) brings it back this way, where it was
+kept out for as long as the connection lived."""
 """How long :meth:`EndpointPool.close` waits, once its sub-channels are closed, for their
 state trackers to see them shut down (each ends at once then; past it, cancelled). Not
 longer: grpc reports a sub-channel's ``SHUTDOWN`` to its watch only once no call object
@@ -1034,7 +1041,10 @@ class EndpointPool:
         old connection stays ``READY``); the server's stop ends the connection, and a new
         ``READY`` (a server restarted at the address, a rebuilt sub-channel) puts the
         endpoint back in rotation, as does a new :class:`Endpoint` for a later discovery
-        answer that lists the instance again after it left.
+        answer that lists the instance again after it left. A connection that goes on
+        (no change for :data:`LEAVING_HOLD_S`, 10 s: an L7 proxy passing one drained
+        backend's refusal through, a server of another make refusing so and serving on)
+        puts it back then, where it was kept out for as long as the connection lived.
 
         ``started``: the attempt's ``time.perf_counter()`` start (or a later reading),
         ``None`` when not known. Ignored (nothing changes) when ``ep`` is not ``READY``
@@ -1049,6 +1059,24 @@ class EndpointPool:
         if started is not None and self._ended_at.get(ep.key, -math.inf) >= started:
             return
         ep.state = EndpointState.FAILING
+        self.notify()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop: nothing to bound it with)
+            return
+        loop.call_later(LEAVING_HOLD_S, self._left_long_enough, ep, time.perf_counter())
+
+    def _left_long_enough(self, ep: Endpoint, left_at: float) -> None:
+        """:data:`LEAVING_HOLD_S` after :meth:`leaving` took ``ep`` out: back in picking
+        (``READY``) when its connection neither ended nor was replaced since (no change
+        the state tracker saw, :attr:`_ended_at`), it is still the pool's and still
+        ``FAILING``, and the pool is open; else nothing (its tracker or a later discovery
+        answer decides)."""
+        if (self.closed or self.endpoints.get(ep.key) is not ep
+                or ep.state is not EndpointState.FAILING
+                or self._ended_at.get(ep.key, -math.inf) >= left_at):
+            return
+        ep.state = EndpointState.READY
         self.notify()
 
     @property
