@@ -1064,7 +1064,9 @@ class EndpointPool:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # (no loop: nothing to bound it with)
             return
-        loop.call_later(LEAVING_HOLD_S, self._left_long_enough, ep, time.perf_counter())
+        # (weakly: the timer does not keep a dropped channel's pool alive for the hold)
+        loop.call_later(LEAVING_HOLD_S, _left_long_enough, weakref.ref(self), ep,
+                        time.perf_counter())
 
     def _left_long_enough(self, ep: Endpoint, left_at: float) -> None:
         """:data:`LEAVING_HOLD_S` after :meth:`leaving` took ``ep`` out: back in picking
@@ -1548,3 +1550,10 @@ class EndpointPool:
                 await asyncio.gather(*(c.close(ep, None) for c, ep in live),
                                      return_exceptions=True)
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _left_long_enough(pool: weakref.ref[EndpointPool], ep: Endpoint, left_at: float) -> None:
+    """:meth:`EndpointPool._left_long_enough` of ``pool`` if it still exists."""
+    alive = pool()
+    if alive is not None:
+        alive._left_long_enough(ep, left_at)
