@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from meshkit.observability import TelemetryOptions, redact_secrets
+from meshkit.observability._logging import _AccessLog
 from meshkit.observability._server import TelemetryServerInterceptor
 from tests.support.wait import until
 
@@ -38,15 +40,27 @@ _REAL = ("/grpc.health.v1.Health/Check", "/grpc.reflection.v1.ServerReflection/"
 
 @pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
+    """The access lines as JSON, whatever an earlier test of the worker left: a level
+    filter in structlog's wrapper class (a command's or the demo's ``main()``), or the
+    access logger ``configure_logging()`` built (its batch writer) still in place. Two
+    clean-clone runs of 2026-12-08 failed this test in one worker (its lines never
+    reached), and it passed alone and after every ``tests/observability`` file: the
+    state it depends on is set here, not inherited."""
     buf = io.StringIO()
+    saved = (_AccessLog.logger, _AccessLog.built)
+    _AccessLog.logger, _AccessLog.built = None, None
     structlog.configure(
         processors=[structlog.processors.add_log_level, redact_secrets,
                     structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         logger_factory=structlog.PrintLoggerFactory(buf),
         cache_logger_on_first_use=False,
     )
-    yield buf
-    structlog.reset_defaults()
+    try:
+        yield buf
+    finally:
+        structlog.reset_defaults()
+        _AccessLog.logger, _AccessLog.built = saved
 
 
 class _CatchAll(grpc.GenericRpcHandler):
